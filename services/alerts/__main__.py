@@ -1,0 +1,11 @@
+"""`python -m services.alerts <command>`: `worker` runs the service; other commands are ops tools."""
+
+import sys
+
+from services.alerts.app import app
+from shared.service import run_cli
+
+COMMANDS: dict = {}
+
+if __name__ == "__main__":
+    sys.exit(run_cli(app, COMMANDS, sys.argv))

@@ -1,0 +1,168 @@
+"""What every flowwatch service has in common: the Faust app and its three endpoints.
+
+Each service's ``create_app(settings)`` starts from :func:`base_app`, which applies
+the conventions from the design (broker and consumer tuning against rebalance
+storms, rocksdb tables under the data dir, web server on the configured host,
+at-least-once processing) and mounts ``/health``, ``/ready`` and ``/metrics``.
+
+Readiness means: joined the consumer group, not rebalancing, tables recovered,
+and every service-specific check (model loaded, ...) passing. Liveness means the
+process answers *and* the consumer is not stalled: a partition with messages
+waiting whose stream has not taken an event for ``stall_seconds`` fails /health,
+so an orchestrator restarts a worker whose consumer died silently.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import faust
+
+from shared import codec as _codec  # noqa: F401 - registers the orjson codec with Faust
+from shared.logs import setup_logging
+from shared.metrics import CONSUMER_LAG, CONTENT_TYPE_LATEST, READY, exposition
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+Check = Callable[[], "tuple[bool, str]"]
+
+
+@dataclass
+class ServiceState:
+    """Health state of one running service; views and tests read it."""
+
+    app: faust.App
+    service: str
+    stall_seconds: float = 120.0
+    checks: dict[str, Check] = field(default_factory=dict)
+    joined: bool = False
+    started_at: float = field(default_factory=time.monotonic)
+
+    def add_check(self, name: str, check: Check) -> None:
+        """Register a readiness check returning ``(ok, detail)``."""
+        self.checks[name] = check
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        app = self.app
+        recovery = getattr(app.tables, "_recovery", None)
+        tables_ok = not app.tables or (recovery is not None and recovery.completed.is_set() and not app.in_recovery)
+        detail: dict[str, Any] = {
+            "joined_group": self.joined,
+            "rebalancing": bool(app.rebalancing),
+            "tables_recovered": bool(tables_ok),
+        }
+        ok = self.joined and not app.rebalancing and bool(tables_ok)
+        for name, check in self.checks.items():
+            try:
+                passed, why = check()
+            except Exception as exc:  # noqa: BLE001 - a failing check is "not ready", with its reason
+                passed, why = False, f"{type(exc).__name__}: {exc}"
+            detail[name] = {"ok": passed, "detail": why}
+            ok = ok and passed
+        READY.labels(self.service).set(1 if ok else 0)
+        return ok, detail
+
+    def stalled_partitions(self) -> dict[str, float]:
+        """Partitions with messages waiting whose stream took nothing for ``stall_seconds``."""
+        app = self.app
+        if not self.joined or app.rebalancing or app.in_recovery:
+            return {}
+        now = time.monotonic()
+        stalled: dict[str, float] = {}
+        consumer = app.consumer
+        inbound = app.monitor.stream_inbound_time if app.monitor else {}
+        lag_by_topic: dict[str, int] = {}
+        for tp in consumer.assignment():
+            if tp.topic in app.tables.changelog_topics:
+                continue
+            try:
+                highwater = consumer.highwater(tp)
+            except Exception:  # noqa: BLE001 - highwater unknown before the first fetch
+                continue
+            committed = consumer._committed_offset.get(tp)  # noqa: SLF001 - faust keeps no public accessor
+            position = (committed + 1) if committed is not None else 0
+            lag = max(0, (highwater or 0) - position)
+            lag_by_topic[tp.topic] = lag_by_topic.get(tp.topic, 0) + lag
+            if lag <= 0:
+                continue
+            last = inbound.get(tp, self.started_at)
+            if now - last > self.stall_seconds:
+                stalled[f"{tp.topic}[{tp.partition}]"] = round(now - last, 1)
+        for topic, lag in lag_by_topic.items():
+            CONSUMER_LAG.labels(self.service, topic).set(lag)
+        return stalled
+
+
+def base_app(settings: Settings, *, app_id: str | None = None, **conf: Any) -> tuple[faust.App, ServiceState]:
+    """A configured Faust app with /health, /ready and /metrics mounted."""
+    setup_logging(settings.service, settings.log_level)
+    settings.table_dir.mkdir(parents=True, exist_ok=True)
+    options: dict[str, Any] = {
+        "broker": settings.broker_url,
+        "store": settings.table_store,
+        "datadir": str(settings.data_dir / settings.service),
+        "tabledir": str(settings.table_dir),
+        "web_host": settings.web_host,
+        "web_bind": settings.web_host,
+        "web_port": settings.port,
+        "web_enabled": True,
+        "processing_guarantee": "at_least_once",
+        "topic_replication_factor": settings.replication_factor,
+        "topic_partitions": settings.partitions,
+        # Faust may create only its own changelog/repartition topics; ours come from shared.topics.
+        "topic_allow_declare": True,
+        "broker_max_poll_records": settings.max_poll_records,
+        "table_standby_replicas": settings.standby_replicas,
+        # Against rebalance storms (pitfall 1): generous session, quick heartbeats.
+        "broker_session_timeout": 60.0,
+        "broker_heartbeat_interval": 3.0,
+        "broker_rebalance_timeout": 60.0,
+        "consumer_auto_offset_reset": "earliest",
+        "producer_linger_ms": 5,
+        "producer_max_batch_size": 256 * 1024,
+        "web_in_thread": False,
+        "key_serializer": "raw",
+        "value_serializer": "orjson",
+        "logging_config": None,
+    }
+    options.update(conf)
+    app = faust.App(app_id or f"{settings.topic_prefix}flowwatch-{settings.service}", **options)
+    state = ServiceState(app=app, service=settings.service)
+    app.flowwatch_state = state  # type: ignore[attr-defined]
+    app.flowwatch_settings = settings  # type: ignore[attr-defined]
+
+    @app.on_partitions_assigned.connect
+    async def _joined(sender: Any, assigned: Any, **_: Any) -> None:
+        state.joined = True
+
+    @app.page("/health")
+    async def health(web: Any, request: Any) -> Any:
+        stalled = state.stalled_partitions()
+        body = {"status": "stalled" if stalled else "ok", "service": settings.service, "stalled": stalled}
+        return web.json(body, status=503 if stalled else 200)
+
+    @app.page("/ready")
+    async def ready(web: Any, request: Any) -> Any:
+        ok, detail = state.readiness()
+        return web.json({"ready": ok, "service": settings.service, **detail}, status=200 if ok else 503)
+
+    @app.page("/metrics")
+    async def metrics(web: Any, request: Any) -> Any:
+        state.readiness()
+        state.stalled_partitions()
+        return web.bytes(exposition(), content_type=CONTENT_TYPE_LATEST.split(";")[0])
+
+    return app, state
+
+
+def run_cli(app: faust.App, commands: dict[str, Callable[[list[str]], int]], argv: list[str]) -> int:
+    """Dispatch ``python -m services.<name> <command>``: our ops commands, else Faust's CLI (worker, ...)."""
+    if len(argv) > 1 and argv[1] in commands:
+        return commands[argv[1]](argv[2:])
+    app.main()
+    return 0

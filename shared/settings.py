@@ -1,0 +1,120 @@
+"""Settings shared by every flowwatch service, read from environment variables.
+
+Every field is documented where it is declared; the README's settings table is
+generated from the same metadata (``python -m shared.settings``), so the docs and
+the code cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "FLOWWATCH_"
+
+#: Default web port per service, so four services can run side by side on one host.
+DEFAULT_PORTS = {
+    "ingest": 8081,
+    "detector": 8082,
+    "forecaster": 8083,
+    "alerts": 8084,
+}
+
+
+def _doc(default: Any, doc: str, env: str | None = None) -> Any:
+    """A dataclass field with its documentation attached as metadata."""
+    meta = {"doc": doc}
+    if env:
+        meta["env"] = env
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Runtime settings of one flowwatch service. Read with :meth:`from_env`."""
+
+    service: str = _doc("ingest", "Which service these settings are for (ingest, detector, forecaster, alerts).")
+    broker_url: str = _doc("kafka://127.0.0.1:9092", "Kafka bootstrap servers, comma separated, `kafka://host:port`.")
+    redis_url: str = _doc("redis://127.0.0.1:6379/0", "Redis URL for the shared read cache.")
+    mqtt_url: str = _doc("mqtt://127.0.0.1:1883", "MQTT broker URL (ingest subscribes here).")
+    topic_prefix: str = _doc("", "Prefix for every topic and consumer group, e.g. `prod.`; lets tests and tenants share a broker.")
+    partitions: int = _doc(4, "Partitions of the keyed data topics; caps each service's parallelism.")
+    replication_factor: int = _doc(1, "Replication factor for topics created by `python -m shared.topics create`.")
+    web_host: str = _doc("127.0.0.1", "Address the service's web server binds to. Never 0.0.0.0 unless you mean it.")
+    web_port: int = _doc(0, "Web server port; 0 means the service default (ingest 8081, detector 8082, forecaster 8083, alerts 8084).")
+    data_dir: Path = _doc(Path(".flowwatch"), "Directory for Faust table stores (rocksdb) and other local state.")
+    model_dir: Path = _doc(Path(".flowwatch/models"), "Model registry directory.")
+    log_level: str = _doc("INFO", "Log level (DEBUG, INFO, WARNING, ERROR).")
+    table_store: str = _doc("rocksdb://", "Faust table store URL; `rocksdb://` (rocksdict) or `memory://`.")
+    cache_ttl_s: int = _doc(3600, "TTL in seconds of entries in the Redis cache.")
+    max_poll_records: int = _doc(500, "Kafka max records per poll; modest values avoid stream_wait_empty hangs.")
+    standby_replicas: int = _doc(0, "Faust table standby replicas (set 1 in production for fast failover).")
+
+    @property
+    def port(self) -> int:
+        return self.web_port or DEFAULT_PORTS.get(self.service, 8080)
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """Broker list as aiokafka expects it (no scheme)."""
+        return ",".join(part.split("://", 1)[-1] for part in self.broker_url.split(","))
+
+    def topic(self, name: str) -> str:
+        """Full topic name with the configured prefix."""
+        return f"{self.topic_prefix}{name}"
+
+    @property
+    def table_dir(self) -> Path:
+        return self.data_dir / self.service / "tables"
+
+    @classmethod
+    def from_env(cls, service: str | None = None, env: dict[str, str] | None = None, **overrides: Any) -> Settings:
+        """Build settings from ``FLOWWATCH_*`` variables; ``overrides`` win over the environment."""
+        env = dict(os.environ if env is None else env)
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            key = f.metadata.get("env", ENV_PREFIX + f.name.upper())
+            if key in env and env[key] != "":
+                values[f.name] = _coerce(f, env[key])
+        if service:
+            values["service"] = service
+        values.update(overrides)
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+def _coerce(f: dataclasses.Field, raw: str) -> Any:
+    default = f.default if f.default is not dataclasses.MISSING else None
+    try:
+        if isinstance(default, bool):
+            return raw.strip().lower() in {"1", "true", "yes", "on"}
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+        if isinstance(default, Path):
+            return Path(raw)
+    except ValueError as exc:
+        raise ValueError(f"{ENV_PREFIX}{f.name.upper()}={raw!r}: {exc}") from None
+    return raw
+
+
+def settings_table(cls: type = Settings, prefix: str = ENV_PREFIX) -> str:
+    """Markdown table of a settings dataclass: variable, default, meaning."""
+    rows = ["| variable | default | meaning |", "| --- | --- | --- |"]
+    for f in fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        key = f.metadata.get("env", prefix + f.name.upper())
+        rows.append(f"| `{key}` | `{default}` | {f.metadata.get('doc', '')} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(settings_table())

@@ -1,0 +1,168 @@
+"""The one place that defines every flowwatch topic.
+
+``python -m shared.topics create`` creates them all up front (the broker's
+automatic topic creation is off) and changes nothing when run again;
+``python -m shared.topics list`` prints the registry.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from shared.records import (
+    Aggregate,
+    Alert,
+    Anomaly,
+    Feedback,
+    IncidentLabel,
+    ModelEvent,
+    QuarantinedReading,
+    Reading,
+    Record,
+    Risk,
+    Score,
+    SensorEvent,
+)
+from shared.settings import Settings
+
+DAY_MS = 24 * 3600 * 1000
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """A topic: its name (without prefix), partitions, key, value and retention."""
+
+    name: str
+    key: str
+    value: type[Record] | None
+    doc: str
+    partitions: int | None = None  # None: Settings.partitions
+    cleanup_policy: str = "delete"
+    retention_ms: int = 7 * DAY_MS
+
+    def partitions_for(self, settings: Settings) -> int:
+        return self.partitions or settings.partitions
+
+    def config(self) -> dict[str, str]:
+        cfg = {"cleanup.policy": self.cleanup_policy}
+        if "delete" in self.cleanup_policy:
+            cfg["retention.ms"] = str(self.retention_ms)
+        return cfg
+
+
+READINGS_RAW = TopicSpec(
+    "readings.raw", "sensor_id (or none)", None, "Readings as devices send them: JSON, any shape.", retention_ms=3 * DAY_MS
+)
+READINGS_CLEAN = TopicSpec("readings.clean", "sensor_id", Reading, "Validated readings in canonical units.")
+READINGS_QUARANTINE = TopicSpec(
+    "readings.quarantine", "sensor_id or none", QuarantinedReading, "Rejected inputs with their reasons.", retention_ms=14 * DAY_MS
+)
+SENSOR_EVENTS = TopicSpec("sensor.events", "sensor_id", SensorEvent, "A sensor went silent or came back.", retention_ms=30 * DAY_MS)
+SCORES = TopicSpec("scores", "sensor_id", Score, "Every reading's anomaly score.", retention_ms=3 * DAY_MS)
+ANOMALIES = TopicSpec("anomalies", "sensor_id", Anomaly, "Flagged readings with reasons.", retention_ms=30 * DAY_MS)
+AGGREGATES = TopicSpec("aggregates", "site/zone/utility", Aggregate, "Tumbling-window summaries per zone.", retention_ms=30 * DAY_MS)
+RISK = TopicSpec("risk", "zone", Risk, "Risk of an incident per zone, with forecast and loss.", retention_ms=30 * DAY_MS)
+ALERTS = TopicSpec("alerts", "fingerprint", Alert, "Alert state changes for other systems.", retention_ms=30 * DAY_MS)
+ALERTS_DLQ = TopicSpec("alerts.dlq", "receiver", None, "Notifications that failed after the last retry.", partitions=1, retention_ms=30 * DAY_MS)
+FEEDBACK = TopicSpec("feedback", "fingerprint", Feedback, "Operator verdicts for retraining.", partitions=1, retention_ms=365 * DAY_MS)
+MODELS = TopicSpec("models", "model name", ModelEvent, "Model promotions; services hot-reload on them.", partitions=1, retention_ms=365 * DAY_MS)
+LABELS = TopicSpec("labels", "incident_id", IncidentLabel, "Ground truth of simulated incidents.", partitions=1, retention_ms=30 * DAY_MS)
+
+REGISTRY: tuple[TopicSpec, ...] = (
+    READINGS_RAW,
+    READINGS_CLEAN,
+    READINGS_QUARANTINE,
+    SENSOR_EVENTS,
+    SCORES,
+    ANOMALIES,
+    AGGREGATES,
+    RISK,
+    ALERTS,
+    ALERTS_DLQ,
+    FEEDBACK,
+    MODELS,
+    LABELS,
+)
+
+BY_NAME = {spec.name: spec for spec in REGISTRY}
+
+
+def faust_topic(app: Any, spec: TopicSpec, settings: Settings) -> Any:
+    """The Faust topic for a spec: raw bytes keys, orjson values, never declared by Faust.
+
+    Values decode to dicts; agents turn them into records in batches
+    (``Record.from_dict``) so a malformed message is a counted error, not a crash
+    inside Faust's deserialiser.
+    """
+    return app.topic(
+        settings.topic(spec.name),
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=spec.partitions_for(settings),
+        internal=False,
+    )
+
+
+async def create_all(settings: Settings, *, out: Any = sys.stdout) -> dict[str, str]:
+    """Create every registered topic that does not exist; report the rest. Idempotent."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, client_id="flowwatch-topics")
+    await admin.start()
+    result: dict[str, str] = {}
+    try:
+        existing = set(await admin.list_topics())
+        missing = [s for s in REGISTRY if settings.topic(s.name) not in existing]
+        if missing:
+            await admin.create_topics(
+                [
+                    NewTopic(
+                        name=settings.topic(s.name),
+                        num_partitions=s.partitions_for(settings),
+                        replication_factor=settings.replication_factor,
+                        topic_configs=s.config(),
+                    )
+                    for s in missing
+                ]
+            )
+        for spec in REGISTRY:
+            result[settings.topic(spec.name)] = "created" if spec in missing else "exists"
+        described = await admin.describe_topics([settings.topic(s.name) for s in REGISTRY if s not in missing])
+        for topic in described:
+            spec = BY_NAME[topic["topic"][len(settings.topic_prefix) :]]
+            have = len(topic["partitions"])
+            want = spec.partitions_for(settings)
+            if have != want:
+                result[topic["topic"]] = f"exists with {have} partitions (registry says {want}; left unchanged)"
+    finally:
+        await admin.close()
+    for name, status in result.items():
+        print(f"{name:40s} {status}", file=out)
+    return result
+
+
+def _main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m shared.topics", description=__doc__)
+    parser.add_argument("command", choices=["create", "list"])
+    args = parser.parse_args(argv)
+    settings = Settings.from_env()
+    if args.command == "list":
+        for s in REGISTRY:
+            print(f"{settings.topic(s.name):28s} partitions={s.partitions_for(settings):<3d} {s.cleanup_policy:8s} key={s.key}")
+        return 0
+    try:
+        asyncio.run(create_all(settings))
+    except Exception as exc:  # noqa: BLE001 - an operator needs the reason, not a traceback
+        print(f"error: could not create topics on {settings.broker_url}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main())
