@@ -89,6 +89,10 @@ class Settings:
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 
+    def to_env(self) -> dict[str, str]:
+        """The ``FLOWWATCH_*`` variables that reproduce these settings in a child process."""
+        return {f.metadata.get("env", ENV_PREFIX + f.name.upper()): str(getattr(self, f.name)) for f in fields(self)}
+
 
 def _coerce(f: dataclasses.Field, raw: str) -> Any:
     default = f.default if f.default is not dataclasses.MISSING else None

@@ -1,0 +1,74 @@
+"""Fixtures: the real stack (started once per run), isolated topics per test.
+
+Integration tests never skip: if Kafka, Redis or Mosquitto cannot be reached the
+run fails with the reason. ``make test`` starts the stack before pytest; running
+pytest by hand starts it here if it is not up.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from shared.settings import Settings
+from shared.topics import create_all
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        kind = "integration" if "integration" in item.path.parts else "unit"
+        item.add_marker(getattr(pytest.mark, kind))
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.fixture(scope="session")
+def stack() -> Settings:
+    """The real stack on 127.0.0.1; started by scripts/stack.sh when not already up."""
+    base = Settings.from_env()
+    if subprocess.run(["bash", str(ROOT / "scripts/stack.sh"), "status"], capture_output=True).returncode != 0:
+        up = subprocess.run(["bash", str(ROOT / "scripts/stack.sh"), "up"], capture_output=True, text=True)
+        if up.returncode != 0:
+            pytest.fail(f"the local stack could not start:\n{up.stdout}\n{up.stderr}", pytrace=False)
+    return base
+
+
+@pytest.fixture
+async def settings(stack: Settings, tmp_path: Path) -> AsyncIterator[Settings]:
+    """Settings with a unique topic prefix, its topics created, and state under tmp_path."""
+    prefix = f"t{uuid.uuid4().hex[:10]}."
+    s = stack.replace(
+        topic_prefix=prefix,
+        data_dir=tmp_path / "data",
+        model_dir=tmp_path / "models",
+        partitions=2,
+    )
+    await create_all(s, out=open("/dev/null", "w"))  # noqa: SIM115
+    yield s
+    await _delete_prefixed(s)
+
+
+async def _delete_prefixed(s: Settings) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=s.bootstrap_servers)
+    await admin.start()
+    try:
+        names = [t for t in await admin.list_topics() if t.startswith(s.topic_prefix)]
+        if names:
+            await admin.delete_topics(names)
+    except Exception:  # noqa: BLE001 - cleanup is best effort; the next run uses a new prefix anyway
+        pass
+    finally:
+        await admin.close()

@@ -1,0 +1,137 @@
+"""Test helpers that talk to the real stack: produce, consume, run a service as a process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from shared.codec import dumps, loads
+from shared.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+async def produce(settings: Settings, topic: str, messages: list[tuple[bytes | None, Any]]) -> None:
+    """Send ``(key, value)`` pairs to a (prefixed) topic; values that are not bytes go through orjson."""
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, linger_ms=5)
+    await producer.start()
+    try:
+        futures = [
+            await producer.send(settings.topic(topic), value if isinstance(value, bytes) else dumps(value), key=key)
+            for key, value in messages
+        ]
+        await producer.flush()
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+async def consume(settings: Settings, topic: str, count: int, timeout: float = 60.0, decode: bool = True) -> list[Any]:
+    """Read ``count`` messages from the start of a topic, or all there are when ``timeout`` runs out."""
+    consumer = AIOKafkaConsumer(
+        settings.topic(topic),
+        bootstrap_servers=settings.bootstrap_servers,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=None,
+    )
+    await consumer.start()
+    out: list[Any] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while len(out) < count and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=500, max_records=5000)
+            for records in batch.values():
+                out.extend(loads(r.value) if decode else r for r in records)
+    finally:
+        await consumer.stop()
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ServiceProcess:
+    """``python -m services.<name> worker`` as a child process with the test's settings."""
+
+    def __init__(self, service: str, settings: Settings, extra_env: dict[str, str] | None = None, args: list[str] | None = None):
+        self.service = service
+        # Each process gets a free port so tests can run several services side by side.
+        self.settings = settings.replace(service=service, web_port=settings.web_port or free_port())
+        self.env = {**os.environ, **self.settings.to_env(), **(extra_env or {})}
+        self.args = args or []
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = Path(self.settings.data_dir) / f"{service}.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.settings.web_host}:{self.settings.port}"
+
+    def start(self) -> ServiceProcess:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", f"services.{self.service}", "worker", "--loglevel", "warning", *self.args],
+            cwd=ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        return self
+
+    def wait_ready(self, timeout: float = 120.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        last: Any = None
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"{self.service} exited with {self.proc.returncode}:\n{self.tail()}")
+            try:
+                r = httpx.get(f"{self.url}/ready", timeout=2)
+                last = r.json()
+                if r.status_code == 200:
+                    return last
+            except httpx.HTTPError as exc:
+                last = repr(exc)
+            time.sleep(0.5)
+        raise TimeoutError(f"{self.service} not ready after {timeout}s (last: {last}):\n{self.tail()}")
+
+    def tail(self, n: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, sig)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def __enter__(self) -> ServiceProcess:
+        self.start()
+        self.wait_ready()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
