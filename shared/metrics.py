@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 
-__all__ = ["Counter", "Gauge", "Histogram", "exposition", "CONTENT_TYPE_LATEST"]
+__all__ = ["CONTENT_TYPE_LATEST", "Counter", "Gauge", "Histogram", "exposition"]
 
 # Buckets for per-event and per-batch processing latency, in seconds.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -21,9 +21,14 @@ BATCH_SECONDS = Histogram(
     "flowwatch_batch_seconds", "Time to process one micro-batch", ["service", "stage"], buckets=LATENCY_BUCKETS
 )
 BATCH_SIZE = Histogram(
-    "flowwatch_batch_size", "Events per micro-batch", ["service", "stage"], buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000)
+    "flowwatch_batch_size",
+    "Events per micro-batch",
+    ["service", "stage"],
+    buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000),
 )
-CACHE_ERRORS = Counter("flowwatch_cache_errors_total", "Redis operations that failed (the pipeline went on)", ["service", "op"])
+CACHE_ERRORS = Counter(
+    "flowwatch_cache_errors_total", "Redis operations that failed (the pipeline went on)", ["service", "op"]
+)
 CONSUMER_LAG = Gauge("flowwatch_consumer_lag", "Messages behind the log end, per topic", ["service", "topic"])
 READY = Gauge("flowwatch_ready", "1 when the service is ready (joined its group, tables recovered)", ["service"])
 

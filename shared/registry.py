@@ -117,7 +117,9 @@ class ModelRegistry:
         return ModelVersion(name, version, path, orjson.loads((path / META).read_bytes()))
 
     def list(self, name: str | None = None) -> list[ModelVersion]:
-        names = [name] if name else sorted(p.name for p in self.root.iterdir() if p.is_dir()) if self.root.exists() else []
+        names = (
+            [name] if name else sorted(p.name for p in self.root.iterdir() if p.is_dir()) if self.root.exists() else []
+        )
         return [self.load(n, v) for n in names for v in self._versions(n)]
 
     def promote(self, name: str, version: str, alias: str = "production") -> ModelEvent:
@@ -150,7 +152,9 @@ def _main(argv: list[str] | None = None) -> int:
     from shared.settings import Settings
 
     settings = Settings.from_env()
-    parser = argparse.ArgumentParser(prog="python -m shared.registry", description="Inspect and promote model versions.")
+    parser = argparse.ArgumentParser(
+        prog="python -m shared.registry", description="Inspect and promote model versions."
+    )
     parser.add_argument("--model-dir", type=Path, default=settings.model_dir)
     sub = parser.add_subparsers(dest="command", required=True)
     ls = sub.add_parser("list", help="list versions and aliases")
@@ -166,7 +170,9 @@ def _main(argv: list[str] | None = None) -> int:
         if args.command == "list":
             for mv in reg.list(args.name):
                 tags = [a for a, v in reg.aliases(mv.name).items() if v == mv.version]
-                print(f"{mv.name:24s} {mv.version:6s} {time.strftime('%Y-%m-%d %H:%M', time.gmtime(mv.metadata.get('created', 0)))} {','.join(tags)}")
+                print(
+                    f"{mv.name:24s} {mv.version:6s} {time.strftime('%Y-%m-%d %H:%M', time.gmtime(mv.metadata.get('created', 0)))} {','.join(tags)}"
+                )
             return 0
         event = reg.promote(args.name, args.version, args.alias)
         print(f"{args.name} {args.alias} -> {args.version}")

@@ -84,7 +84,7 @@ class ServiceState:
                 highwater = consumer.highwater(tp)
             except Exception:  # noqa: BLE001 - highwater unknown before the first fetch
                 continue
-            committed = consumer._committed_offset.get(tp)  # noqa: SLF001 - faust keeps no public accessor
+            committed = consumer._committed_offset.get(tp)
             position = (committed + 1) if committed is not None else 0
             lag = max(0, (highwater or 0) - position)
             lag_by_topic[tp.topic] = lag_by_topic.get(tp.topic, 0) + lag

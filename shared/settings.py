@@ -42,11 +42,15 @@ class Settings:
     broker_url: str = _doc("kafka://127.0.0.1:9092", "Kafka bootstrap servers, comma separated, `kafka://host:port`.")
     redis_url: str = _doc("redis://127.0.0.1:6379/0", "Redis URL for the shared read cache.")
     mqtt_url: str = _doc("mqtt://127.0.0.1:1883", "MQTT broker URL (ingest subscribes here).")
-    topic_prefix: str = _doc("", "Prefix for every topic and consumer group, e.g. `prod.`; lets tests and tenants share a broker.")
+    topic_prefix: str = _doc(
+        "", "Prefix for every topic and consumer group, e.g. `prod.`; lets tests and tenants share a broker."
+    )
     partitions: int = _doc(4, "Partitions of the keyed data topics; caps each service's parallelism.")
     replication_factor: int = _doc(1, "Replication factor for topics created by `python -m shared.topics create`.")
     web_host: str = _doc("127.0.0.1", "Address the service's web server binds to. Never 0.0.0.0 unless you mean it.")
-    web_port: int = _doc(0, "Web server port; 0 means the service default (ingest 8081, detector 8082, forecaster 8083, alerts 8084).")
+    web_port: int = _doc(
+        0, "Web server port; 0 means the service default (ingest 8081, detector 8082, forecaster 8083, alerts 8084)."
+    )
     data_dir: Path = _doc(Path(".flowwatch"), "Directory for Faust table stores (rocksdb) and other local state.")
     model_dir: Path = _doc(Path(".flowwatch/models"), "Model registry directory.")
     log_level: str = _doc("INFO", "Log level (DEBUG, INFO, WARNING, ERROR).")

@@ -55,22 +55,59 @@ class TopicSpec:
 
 
 READINGS_RAW = TopicSpec(
-    "readings.raw", "sensor_id (or none)", None, "Readings as devices send them: JSON, any shape.", retention_ms=3 * DAY_MS
+    "readings.raw",
+    "sensor_id (or none)",
+    None,
+    "Readings as devices send them: JSON, any shape.",
+    retention_ms=3 * DAY_MS,
 )
 READINGS_CLEAN = TopicSpec("readings.clean", "sensor_id", Reading, "Validated readings in canonical units.")
 READINGS_QUARANTINE = TopicSpec(
-    "readings.quarantine", "sensor_id or none", QuarantinedReading, "Rejected inputs with their reasons.", retention_ms=14 * DAY_MS
+    "readings.quarantine",
+    "sensor_id or none",
+    QuarantinedReading,
+    "Rejected inputs with their reasons.",
+    retention_ms=14 * DAY_MS,
 )
-SENSOR_EVENTS = TopicSpec("sensor.events", "sensor_id", SensorEvent, "A sensor went silent or came back.", retention_ms=30 * DAY_MS)
+SENSOR_EVENTS = TopicSpec(
+    "sensor.events", "sensor_id", SensorEvent, "A sensor went silent or came back.", retention_ms=30 * DAY_MS
+)
 SCORES = TopicSpec("scores", "sensor_id", Score, "Every reading's anomaly score.", retention_ms=3 * DAY_MS)
 ANOMALIES = TopicSpec("anomalies", "sensor_id", Anomaly, "Flagged readings with reasons.", retention_ms=30 * DAY_MS)
-AGGREGATES = TopicSpec("aggregates", "site/zone/utility", Aggregate, "Tumbling-window summaries per zone.", retention_ms=30 * DAY_MS)
-RISK = TopicSpec("risk", "zone", Risk, "Risk of an incident per zone, with forecast and loss.", retention_ms=30 * DAY_MS)
+AGGREGATES = TopicSpec(
+    "aggregates", "site/zone/utility", Aggregate, "Tumbling-window summaries per zone.", retention_ms=30 * DAY_MS
+)
+RISK = TopicSpec(
+    "risk", "zone", Risk, "Risk of an incident per zone, with forecast and loss.", retention_ms=30 * DAY_MS
+)
 ALERTS = TopicSpec("alerts", "fingerprint", Alert, "Alert state changes for other systems.", retention_ms=30 * DAY_MS)
-ALERTS_DLQ = TopicSpec("alerts.dlq", "receiver", None, "Notifications that failed after the last retry.", partitions=1, retention_ms=30 * DAY_MS)
-FEEDBACK = TopicSpec("feedback", "fingerprint", Feedback, "Operator verdicts for retraining.", partitions=1, retention_ms=365 * DAY_MS)
-MODELS = TopicSpec("models", "model name", ModelEvent, "Model promotions; services hot-reload on them.", partitions=1, retention_ms=365 * DAY_MS)
-LABELS = TopicSpec("labels", "incident_id", IncidentLabel, "Ground truth of simulated incidents.", partitions=1, retention_ms=30 * DAY_MS)
+ALERTS_DLQ = TopicSpec(
+    "alerts.dlq",
+    "receiver",
+    None,
+    "Notifications that failed after the last retry.",
+    partitions=1,
+    retention_ms=30 * DAY_MS,
+)
+FEEDBACK = TopicSpec(
+    "feedback", "fingerprint", Feedback, "Operator verdicts for retraining.", partitions=1, retention_ms=365 * DAY_MS
+)
+MODELS = TopicSpec(
+    "models",
+    "model name",
+    ModelEvent,
+    "Model promotions; services hot-reload on them.",
+    partitions=1,
+    retention_ms=365 * DAY_MS,
+)
+LABELS = TopicSpec(
+    "labels",
+    "incident_id",
+    IncidentLabel,
+    "Ground truth of simulated incidents.",
+    partitions=1,
+    retention_ms=30 * DAY_MS,
+)
 
 REGISTRY: tuple[TopicSpec, ...] = (
     READINGS_RAW,
@@ -154,7 +191,9 @@ def _main(argv: list[str] | None = None) -> int:
     settings = Settings.from_env()
     if args.command == "list":
         for s in REGISTRY:
-            print(f"{settings.topic(s.name):28s} partitions={s.partitions_for(settings):<3d} {s.cleanup_policy:8s} key={s.key}")
+            print(
+                f"{settings.topic(s.name):28s} partitions={s.partitions_for(settings):<3d} {s.cleanup_policy:8s} key={s.key}"
+            )
         return 0
     try:
         asyncio.run(create_all(settings))

@@ -54,7 +54,7 @@ async def settings(stack: Settings, tmp_path: Path) -> AsyncIterator[Settings]:
         model_dir=tmp_path / "models",
         partitions=2,
     )
-    await create_all(s, out=open("/dev/null", "w"))  # noqa: SIM115
+    await create_all(s, out=open("/dev/null", "w"))
     yield s
     await _delete_prefixed(s)
 

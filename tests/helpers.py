@@ -67,7 +67,9 @@ def free_port() -> int:
 class ServiceProcess:
     """``python -m services.<name> worker`` as a child process with the test's settings."""
 
-    def __init__(self, service: str, settings: Settings, extra_env: dict[str, str] | None = None, args: list[str] | None = None):
+    def __init__(
+        self, service: str, settings: Settings, extra_env: dict[str, str] | None = None, args: list[str] | None = None
+    ):
         self.service = service
         # Each process gets a free port so tests can run several services side by side.
         self.settings = settings.replace(service=service, web_port=settings.web_port or free_port())
@@ -82,7 +84,7 @@ class ServiceProcess:
 
     def start(self) -> ServiceProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
+        log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", f"services.{self.service}", "worker", "--loglevel", "warning", *self.args],
             cwd=ROOT,
