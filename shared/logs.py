@@ -44,3 +44,16 @@ def setup_logging(service: str, level: str = "INFO") -> None:
     # aiokafka logs every rebalance at INFO in detail; keep it at WARNING unless debugging.
     if level.upper() != "DEBUG":
         logging.getLogger("aiokafka").setLevel(logging.WARNING)
+
+
+def logging_config(service: str, level: str = "INFO") -> dict:
+    """dictConfig for Faust's worker, which reconfigures logging when it starts."""
+    quiet = "WARNING" if level.upper() != "DEBUG" else "DEBUG"
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": JsonFormatter, "service": service}},
+        "handlers": {"json": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}},
+        "root": {"level": level.upper(), "handlers": ["json"]},
+        "loggers": {"aiokafka": {"level": quiet}},
+    }

@@ -23,7 +23,7 @@ from typing import Any
 import faust
 
 from shared import codec as _codec  # noqa: F401 - registers the orjson codec with Faust
-from shared.logs import setup_logging
+from shared.logs import logging_config, setup_logging
 from shared.metrics import CONSUMER_LAG, CONTENT_TYPE_LATEST, READY, exposition
 from shared.settings import Settings
 
@@ -128,7 +128,7 @@ def base_app(settings: Settings, *, app_id: str | None = None, **conf: Any) -> t
         "web_in_thread": False,
         "key_serializer": "raw",
         "value_serializer": "orjson",
-        "logging_config": None,
+        "logging_config": logging_config(settings.service, settings.log_level),
     }
     options.update(conf)
     app = faust.App(app_id or f"{settings.topic_prefix}flowwatch-{settings.service}", **options)

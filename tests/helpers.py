@@ -86,7 +86,7 @@ class ServiceProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", f"services.{self.service}", "worker", "--loglevel", "warning", *self.args],
+            [sys.executable, "-m", f"services.{self.service}", "worker", *self.args],
             cwd=ROOT,
             env=self.env,
             stdout=log,
@@ -137,3 +137,32 @@ class ServiceProcess:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+
+
+def listening_addresses(pid: int) -> set[tuple[str, int]]:
+    """(address, port) of every TCP socket in LISTEN state owned by ``pid`` (from /proc, no tools needed)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    found = set()
+    for table, family in (("tcp", 4), ("tcp6", 6)):
+        lines = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
+        for line in lines:
+            cols = line.split()
+            local, state, inode = cols[1], cols[3], cols[9]
+            if state != "0A" or inode not in inodes:  # 0A = LISTEN
+                continue
+            addr_hex, port_hex = local.split(":")
+            raw = bytes.fromhex(addr_hex)
+            if family == 4:
+                addr = ".".join(str(b) for b in raw[::-1])
+            else:
+                words = [raw[i : i + 4][::-1] for i in range(0, 16, 4)]
+                addr = socket.inet_ntop(socket.AF_INET6, b"".join(words))
+            found.add((addr, int(port_hex, 16)))
+    return found

@@ -1,0 +1,61 @@
+# flowwatch — the two commands are `make demo` and `make test`; everything else is a step of theirs.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# The venv is rebuilt whenever the lock or pyproject changes.
+VENV_STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml 2>/dev/null | sha1sum | cut -c1-12)
+export PYTHONPATH := $(CURDIR)
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: help venv stack-up stack-down stack-status topics test test-unit test-integration lint bench demo clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
+
+venv: $(VENV_STAMP) ## create .venv and install the pinned packages
+
+$(VENV_STAMP): requirements.lock pyproject.toml
+	@echo "==> installing Python packages into $(VENV) (first run takes a minute or two)"
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
+	@$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	@rm -f $(VENV)/.installed-* && touch $@
+
+stack-up: ## start Kafka (KRaft), Redis and Mosquitto on 127.0.0.1 (idempotent)
+	@bash scripts/stack.sh up
+
+stack-down: ## stop the local stack; leaves no process behind
+	@bash scripts/stack.sh down
+
+stack-status: ## show what of the local stack is running
+	@bash scripts/stack.sh status
+
+topics: venv stack-up ## create every registered topic (idempotent)
+	@$(PY) -m shared.topics create
+
+lint: venv ## ruff check and format check
+	@$(PY) -m ruff check .
+	@$(PY) -m ruff format --check .
+
+test: venv stack-up lint ## run every test (unit and integration) against the real local stack
+	@$(PY) -m pytest -p no:cacheprovider --durations=15
+
+test-unit: venv ## unit tests only (no stack needed)
+	@$(PY) -m pytest -p no:cacheprovider -m unit
+
+test-integration: venv stack-up ## integration tests only
+	@$(PY) -m pytest -p no:cacheprovider -m integration
+
+bench: venv stack-up ## run the benchmarks; results as JSON in bench/results/
+	@mkdir -p bench/results
+	@set -e; for b in bench/bench_*.py; do echo "==> $$b"; $(PY) $$b; done
+	@echo "results: $$(ls bench/results/*.json)"
+
+demo: venv stack-up ## run the whole system on the local stack; Ctrl-C stops it
+	@$(PY) -m scripts.demo
+
+clean: stack-down ## stop the stack and remove local state (keeps the download cache)
+	rm -rf .stack .flowwatch bench/results

@@ -1,0 +1,33 @@
+import uuid
+
+from shared.cache import Cache
+from shared.metrics import CACHE_ERRORS
+
+
+async def test_cache_round_trip_on_real_redis(stack) -> None:
+    cache = Cache(stack.redis_url, prefix=f"t{uuid.uuid4().hex[:8]}:", ttl_s=60, service="test")
+    try:
+        assert await cache.ping()
+        assert await cache.set_many("sensor", {"s-1": {"score": 1.5}, "s-2": {"score": 0.2}})
+        assert await cache.get("sensor", "s-1") == {"score": 1.5}
+        assert await cache.get_many("sensor", ["s-1", "s-2", "nope"]) == {"s-1": {"score": 1.5}, "s-2": {"score": 0.2}}
+        assert await cache.incr_many("zone_anomalies", {"z1": 3})
+        assert await cache.incr_many("zone_anomalies", {"z1": 2})
+        assert int(await cache.client.get(cache.key("zone_anomalies", "z1"))) == 5
+        assert 0 < await cache.client.ttl(cache.key("sensor", "s-1")) <= 60
+        assert cache.misses == 0
+    finally:
+        await cache.client.delete(*await cache.client.keys(cache.prefix + "*"))
+        await cache.close()
+
+
+async def test_redis_down_degrades_to_counted_misses() -> None:
+    # Nothing listens on port 1 of loopback: every call fails fast, none raises.
+    cache = Cache("redis://127.0.0.1:1/0", service="test-down", log_every_s=3600)
+    before = CACHE_ERRORS.labels("test-down", "set")._value.get()
+    assert await cache.set("sensor", "s-1", {"x": 1}) is False
+    assert await cache.get("sensor", "s-1") is None
+    assert await cache.incr_many("zone", {"z": 1}) is False
+    assert cache.misses == 3
+    assert CACHE_ERRORS.labels("test-down", "set")._value.get() == before + 1
+    await cache.close()
