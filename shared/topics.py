@@ -184,11 +184,30 @@ async def create_all(settings: Settings, *, out: Any = sys.stdout) -> dict[str, 
     return result
 
 
+def topics_table(settings: Settings | None = None) -> str:
+    """Markdown table of the registry (the README's topic table)."""
+    settings = settings or Settings.from_env(env={})
+    rows = [
+        "| topic | partitions | key | value | cleanup | retention | what |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for s in REGISTRY:
+        parts = str(s.partitions) if s.partitions else "`FLOWWATCH_PARTITIONS`"
+        value = s.value.__name__ if s.value else "JSON as sent"
+        rows.append(
+            f"| `{s.name}` | {parts} | {s.key} | {value} | {s.cleanup_policy} | {s.retention_ms // DAY_MS} d | {s.doc} |"
+        )
+    return "\n".join(rows)
+
+
 def _main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m shared.topics", description=__doc__)
-    parser.add_argument("command", choices=["create", "list"])
+    parser.add_argument("command", choices=["create", "list", "markdown"])
     args = parser.parse_args(argv)
     settings = Settings.from_env()
+    if args.command == "markdown":
+        print(topics_table())
+        return 0
     if args.command == "list":
         for s in REGISTRY:
             print(
