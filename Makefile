@@ -8,6 +8,13 @@ PY := $(VENV)/bin/python
 # The venv is rebuilt whenever the lock or pyproject changes.
 VENV_STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml 2>/dev/null | sha1sum | cut -c1-12)
 export PYTHONPATH := $(CURDIR)
+# Stack ports; the services' URLs follow them unless set explicitly.
+export KAFKA_PORT ?= 9092
+export REDIS_PORT ?= 6379
+export MQTT_PORT ?= 1883
+export FLOWWATCH_BROKER_URL ?= kafka://127.0.0.1:$(KAFKA_PORT)
+export FLOWWATCH_REDIS_URL ?= redis://127.0.0.1:$(REDIS_PORT)/0
+export FLOWWATCH_MQTT_URL ?= mqtt://127.0.0.1:$(MQTT_PORT)
 export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: help venv stack-up stack-down stack-status topics test test-unit test-integration lint bench demo clean
