@@ -1,0 +1,203 @@
+"""Receivers: signed webhooks (Alertmanager webhook v4 payload), email over SMTP, and retries.
+
+A failed attempt raises :class:`DeliveryError` saying whether another attempt can
+help: 5xx, 429, timeouts and connection errors can; any other 4xx (and SMTP 5xx)
+cannot, so they go to the DLQ at once instead of hammering a receiver that said no.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import html
+import random
+import smtplib
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from email.message import EmailMessage
+from email.utils import formatdate, make_msgid
+from typing import Any
+
+import httpx
+
+from services.alerts.config import EmailConfig, WebhookConfig
+from shared.codec import dumps
+
+SIGNATURE_HEADER = "X-Flowwatch-Signature"
+TIMESTAMP_HEADER = "X-Flowwatch-Timestamp"
+ID_HEADER = "Idempotency-Key"
+
+
+class DeliveryError(Exception):
+    def __init__(self, message: str, retryable: bool):
+        super().__init__(message)
+        self.retryable = retryable
+
+
+def sign(secret: bytes, timestamp: str, body: bytes) -> str:
+    """``sha256=<hex>`` HMAC of ``<timestamp>.<body>``; the timestamp lets receivers refuse replays."""
+    return "sha256=" + hmac.new(secret, timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+
+
+def verify(secret: bytes, timestamp: str, body: bytes, signature: str) -> bool:
+    """What a receiver does (documented in docs/alerts.md); used by the tests."""
+    return hmac.compare_digest(sign(secret, timestamp, body), signature)
+
+
+def webhook_payload(notification: dict[str, Any], max_alerts: int = 0) -> dict[str, Any]:
+    payload = {k: v for k, v in notification.items() if k != "id"}
+    alerts = notification["alerts"]
+    if max_alerts and len(alerts) > max_alerts:
+        payload["alerts"] = alerts[:max_alerts]
+        payload["truncatedAlerts"] = len(alerts) - max_alerts
+    return payload
+
+
+async def send_webhook(client: httpx.AsyncClient, cfg: WebhookConfig, notification: dict[str, Any]) -> int:
+    body = dumps(webhook_payload(notification, cfg.max_alerts))
+    ts = str(int(time.time()))
+    headers = {
+        **cfg.headers,
+        "Content-Type": "application/json",
+        "User-Agent": "flowwatch-alerts/1",
+        ID_HEADER: notification["id"],
+        TIMESTAMP_HEADER: ts,
+    }
+    if cfg.secret:
+        headers[SIGNATURE_HEADER] = sign(cfg.secret, ts, body)
+    try:
+        resp = await client.post(cfg.url, content=body, headers=headers, timeout=cfg.timeout_s)
+    except httpx.TimeoutException as exc:
+        raise DeliveryError(f"timeout after {cfg.timeout_s}s: {type(exc).__name__}", True) from None
+    except httpx.HTTPError as exc:
+        raise DeliveryError(f"{type(exc).__name__}: {exc}", True) from None
+    if resp.status_code < 300:
+        return resp.status_code
+    snippet = resp.text[:200].replace("\n", " ")
+    retryable = resp.status_code >= 500 or resp.status_code in (408, 429)
+    raise DeliveryError(f"HTTP {resp.status_code}: {snippet}", retryable)
+
+
+# ----------------------------------------------------------------------------------------------- email
+
+
+def email_message(cfg: EmailConfig, notification: dict[str, Any]) -> EmailMessage:
+    alerts = notification["alerts"]
+    firing = [a for a in alerts if a["status"] == "firing"]
+    resolved = [a for a in alerts if a["status"] != "firing"]
+    glabels = " ".join(f"{k}={v}" for k, v in sorted(notification["groupLabels"].items()))
+    status = notification["status"].upper()
+    subject = f"{cfg.subject_prefix} [{status}:{len(firing) or len(resolved)}] {glabels}".strip()
+
+    def lines(a: dict[str, Any]) -> list[str]:
+        ann = a["annotations"]
+        out = [f"- [{a['status']}] {ann.get('summary') or a['labels'].get('alertname', '')}"]
+        if ann.get("description"):
+            out.append(f"  {ann['description']}")
+        out.append("  labels: " + ", ".join(f"{k}={v}" for k, v in sorted(a["labels"].items())))
+        out.append(f"  since: {a['startsAt']}" + (f"  until: {a['endsAt']}" if a["status"] != "firing" else ""))
+        if ann.get("runbook_url"):
+            out.append(f"  runbook: {ann['runbook_url']}")
+        if a.get("generatorURL"):
+            out.append(f"  details: {a['generatorURL']}")
+        return out
+
+    text = [f"{len(firing)} firing, {len(resolved)} resolved — group {glabels or notification['groupKey']}", ""]
+    for a in alerts:
+        text += lines(a)
+    if notification.get("truncatedAlerts"):
+        text.append(f"... and {notification['truncatedAlerts']} more")
+
+    def row(a: dict[str, Any]) -> str:
+        ann = a["annotations"]
+        runbook = ann.get("runbook_url", "")
+        link = f'<a href="{html.escape(runbook)}">runbook</a>' if runbook else ""
+        return (
+            f"<tr><td>{html.escape(a['status'])}</td>"
+            f"<td><b>{html.escape(ann.get('summary') or a['labels'].get('alertname', ''))}</b><br>"
+            f"{html.escape(ann.get('description', ''))}</td>"
+            f"<td>{html.escape(', '.join(f'{k}={v}' for k, v in sorted(a['labels'].items())))}</td>"
+            f"<td>{html.escape(a['startsAt'])}</td><td>{link}</td></tr>"
+        )
+
+    body_html = (
+        f"<html><body><h2>{html.escape(subject)}</h2>"
+        "<table border='1' cellpadding='4'><tr><th>status</th><th>alert</th><th>labels</th><th>since</th><th></th></tr>"
+        + "".join(row(a) for a in alerts)
+        + "</table></body></html>"
+    )
+    msg = EmailMessage()
+    msg["Subject"] = subject
+    msg["From"] = cfg.sender
+    msg["To"] = ", ".join(cfg.to)
+    msg["Date"] = formatdate(localtime=False)
+    msg["Message-ID"] = make_msgid(idstring=notification["id"], domain="flowwatch")
+    msg["X-Flowwatch-Notification-Id"] = notification["id"]
+    msg.set_content("\n".join(text))
+    msg.add_alternative(body_html, subtype="html")
+    return msg
+
+
+def _send_email_sync(cfg: EmailConfig, msg: EmailMessage, tls_context: ssl.SSLContext | None) -> None:
+    ctx = tls_context or ssl.create_default_context()
+    try:
+        if cfg.tls == "tls":
+            smtp: smtplib.SMTP = smtplib.SMTP_SSL(cfg.host, cfg.port, timeout=cfg.timeout_s, context=ctx)
+        else:
+            smtp = smtplib.SMTP(cfg.host, cfg.port, timeout=cfg.timeout_s)
+        with smtp:
+            smtp.ehlo()
+            if cfg.tls == "starttls":
+                smtp.starttls(context=ctx)
+                smtp.ehlo()
+            if cfg.username:
+                smtp.login(cfg.username, cfg.password)
+            smtp.send_message(msg)
+    except smtplib.SMTPResponseException as exc:
+        # 4xx is "try again later"; 5xx (bad auth, unknown mailbox) will not get better.
+        raise DeliveryError(f"SMTP {exc.smtp_code}: {exc.smtp_error!r}", 400 <= exc.smtp_code < 500) from None
+    except smtplib.SMTPRecipientsRefused as exc:
+        raise DeliveryError(f"SMTP recipients refused: {sorted(exc.recipients)}", False) from None
+    except (smtplib.SMTPException, OSError) as exc:
+        raise DeliveryError(f"SMTP {type(exc).__name__}: {exc}", True) from None
+
+
+async def send_email(cfg: EmailConfig, notification: dict[str, Any], tls_context: ssl.SSLContext | None = None) -> None:
+    # smtplib blocks; a thread keeps the event loop (and Faust's heartbeats) running.
+    await asyncio.to_thread(_send_email_sync, cfg, email_message(cfg, notification), tls_context)
+
+
+# ----------------------------------------------------------------------------------------------- retries
+
+
+def backoff_delay(attempt: int, base_s: float, cap_s: float, rng: random.Random | None = None) -> float:
+    """Full-jitter exponential backoff: uniform in [0, min(cap, base * 2**(attempt-1))]."""
+    top = min(cap_s, base_s * (2 ** max(0, attempt - 1)))
+    return (rng or random).uniform(0, top)
+
+
+async def with_retries(
+    attempt_fn: Callable[[int], Awaitable[Any]],
+    *,
+    max_attempts: int,
+    base_s: float,
+    cap_s: float,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    on_failure: Callable[[int, DeliveryError], None] | None = None,
+) -> int:
+    """Run ``attempt_fn(attempt)`` until it succeeds; returns the attempts used or raises the last error."""
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            await attempt_fn(attempt)
+            return attempt
+        except DeliveryError as exc:
+            if on_failure:
+                on_failure(attempt, exc)
+            if not exc.retryable or attempt >= max_attempts:
+                exc.attempts = attempt  # type: ignore[attr-defined]
+                raise
+        await sleep(backoff_delay(attempt, base_s, cap_s))

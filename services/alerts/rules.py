@@ -1,0 +1,232 @@
+"""Alert rules: conditions on an input record that fire (or resolve) an alert with templated labels.
+
+A rule reads one *source* (``anomaly``, ``risk``, ``sensor_event``, ``quarantine``),
+checks its ``when`` conditions (all must hold) and renders labels and annotations
+from the record's fields with ``str.format`` templates (``"{zone}"``,
+``"{probability:.0%}"``, ``"{class_probs[leak]:.2f}"``). ``resolve_when`` conditions
+resolve the same alert explicitly (a sensor that comes back); otherwise an alert
+resolves after ``resolve_after`` without a new matching record.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import operator
+import re
+import string
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from services.alerts.labels import fingerprint
+from shared.records import Anomaly, Risk, SensorEvent
+
+#: Fields of the synthetic record a ``quarantine`` rule sees: readings quarantined per source per window.
+QUARANTINE_FIELDS = ("source", "count", "window_s", "window_start", "ts")
+
+SOURCES: dict[str, tuple[str, ...]] = {
+    "anomaly": tuple(f.name for f in dataclasses.fields(Anomaly)),
+    "risk": tuple(f.name for f in dataclasses.fields(Risk)),
+    "sensor_event": tuple(f.name for f in dataclasses.fields(SensorEvent)),
+    "quarantine": QUARANTINE_FIELDS,
+}
+
+
+def _regex_op(negate: bool) -> Callable[[Any, Any], bool]:
+    def op(got: Any, pattern: Any) -> bool:
+        hit = re.fullmatch(str(pattern), "" if got is None else str(got)) is not None
+        return hit != negate
+
+    return op
+
+
+def _cmp(fn: Callable[[Any, Any], bool]) -> Callable[[Any, Any], bool]:
+    def op(got: Any, want: Any) -> bool:
+        try:
+            return bool(fn(got, want))
+        except TypeError:
+            return False
+
+    return op
+
+
+_OPS: dict[str, Callable[[Any, Any], bool]] = {
+    "==": operator.eq,
+    "!=": operator.ne,
+    ">=": _cmp(operator.ge),
+    "<=": _cmp(operator.le),
+    ">": _cmp(operator.gt),
+    "<": _cmp(operator.lt),
+    "=~": _regex_op(False),
+    "!~": _regex_op(True),
+    "in": lambda got, want: got in want,
+    "not in": lambda got, want: got not in want,
+}
+_COND_RE = re.compile(r"^\s*([A-Za-z_][\w.]*)\s+(==|!=|>=|<=|>|<|=~|!~|not in|in)\s+(.+?)\s*$")
+_MISSING = object()
+
+
+class RuleError(ValueError):
+    """A rule that cannot work; the message names the field."""
+
+
+@dataclass(frozen=True)
+class Condition:
+    path: tuple[str, ...]
+    op: str
+    value: Any
+    text: str
+    value_path: tuple[str, ...] = ()
+
+    def holds(self, record: Mapping[str, Any]) -> bool:
+        got = _lookup(record, self.path)
+        if got is _MISSING:
+            return False
+        want = _lookup(record, self.value_path) if self.value_path else self.value
+        return want is not _MISSING and _OPS[self.op](got, want)
+
+
+def _lookup(record: Mapping[str, Any], path: tuple[str, ...]) -> Any:
+    got: Any = record
+    for part in path:
+        if not isinstance(got, Mapping) or part not in got:
+            return _MISSING
+        got = got[part]
+    return got
+
+
+def parse_condition(text: Any, fields: tuple[str, ...]) -> Condition:
+    if not isinstance(text, str):
+        raise RuleError(f"a condition is a string like 'probability >= 0.8', got {text!r}")
+    m = _COND_RE.match(text)
+    if not m:
+        raise RuleError(f"cannot parse condition {text!r} (expected '<field> <op> <value>', ops: {', '.join(_OPS)})")
+    path_text, op, raw = m.groups()
+    path = tuple(path_text.split("."))
+    if path[0] not in fields:
+        raise RuleError(f"condition {text!r}: unknown field {path[0]!r} (known: {', '.join(fields)})")
+    if re.fullmatch(r"[A-Za-z_][\w.]*", raw) and raw.split(".")[0] in fields and op not in ("=~", "!~"):
+        # ``score >= threshold``: compare with another field of the same record.
+        return Condition(path, op, None, text, tuple(raw.split(".")))
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        raise RuleError(f"condition {text!r}: cannot read value {raw!r}: {exc}") from None
+    if op in ("in", "not in") and not isinstance(value, list):
+        raise RuleError(f"condition {text!r}: '{op}' needs a list like [a, b]")
+    if op in ("=~", "!~"):
+        try:
+            re.compile(str(value))
+        except re.error as exc:
+            raise RuleError(f"condition {text!r}: bad regular expression: {exc}") from None
+    return Condition(path, op, value, text)
+
+
+def check_template(template: Any, fields: tuple[str, ...]) -> str:
+    """Validate a ``str.format`` template against the source's fields; returns it as a string."""
+    if not isinstance(template, (str, int, float)):
+        raise RuleError(f"template must be a string, got {type(template).__name__}")
+    template = str(template)
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise RuleError(f"template {template!r}: {exc}") from None
+    for _, field_name, _, _ in parsed:
+        if field_name is None:
+            continue
+        root = re.split(r"[.\[]", field_name, maxsplit=1)[0]
+        if root == "" or root.isdigit():
+            raise RuleError(f"template {template!r}: use named fields like {{zone}}, not positional ones")
+        if root not in fields:
+            raise RuleError(f"template {template!r}: unknown field {root!r} (known: {', '.join(fields)})")
+    return template
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """At most ``max_alerts`` new alerts per ``per_s`` per rule and ``collapse_by`` labels; the rest fold into one."""
+
+    max_alerts: int
+    per_s: float
+    collapse_by: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    source: str
+    when: tuple[Condition, ...]
+    labels: dict[str, str]
+    annotations: dict[str, str]
+    resolve_after_s: float
+    resolve_when: tuple[Condition, ...] = ()
+    rate_limit: RateLimit | None = None
+
+    def _render(self, templates: Mapping[str, str], record: Mapping[str, Any]) -> dict[str, str]:
+        out = {}
+        for key, template in templates.items():
+            value = template.format_map(record)
+            if value != "":
+                out[key] = value
+        return out
+
+    def evaluate(self, record: Mapping[str, Any]) -> Observation | None:
+        """The alert this record fires or resolves, or None. Raises KeyError/ValueError on a record it cannot render."""
+        fires = all(c.holds(record) for c in self.when)
+        resolves = bool(self.resolve_when) and all(c.holds(record) for c in self.resolve_when)
+        if not fires and not resolves:
+            return None
+        labels = {"alertname": self.name, **self._render(self.labels, record)}
+        annotations = self._render(self.annotations, record) if fires else {}
+        ts = record.get("ts")
+        return Observation(
+            fingerprint=fingerprint(labels),
+            rule=self.name,
+            labels=labels,
+            annotations=annotations,
+            ts=int(ts) if isinstance(ts, (int, float)) else 0,
+            resolve=not fires,
+            resolve_after_s=self.resolve_after_s,
+        )
+
+
+@dataclass(slots=True)
+class Observation:
+    """One rule hit: the alert it names (by fingerprint) was seen firing, or should resolve."""
+
+    fingerprint: str
+    rule: str
+    labels: dict[str, str]
+    annotations: dict[str, str]
+    ts: int
+    resolve: bool = False
+    resolve_after_s: float = 300.0
+    count: int = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Observation:
+        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data})
+
+
+def merge(observations: list[Observation]) -> list[Observation]:
+    """Collapse a batch to one observation per fingerprint: the latest wins, counts add up.
+
+    This is the first line of flood protection: 10,000 anomalies of one sensor in
+    a batch travel on as one observation.
+    """
+    by_fp: dict[str, Observation] = {}
+    for obs in observations:
+        prev = by_fp.get(obs.fingerprint)
+        if prev is None:
+            by_fp[obs.fingerprint] = obs
+        elif obs.ts >= prev.ts:
+            obs.count += prev.count
+            by_fp[obs.fingerprint] = obs
+        else:
+            prev.count += obs.count
+    return list(by_fp.values())

@@ -1,0 +1,62 @@
+"""Settings of the alerts service, read from ``FLOWWATCH_ALERTS_*`` environment variables.
+
+Secrets (API tokens, webhook HMAC secrets, SMTP passwords) are never values here:
+these settings only name the environment variable or file that holds them.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from shared.settings import _coerce, _doc
+
+ENV_PREFIX = "FLOWWATCH_ALERTS_"
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "config" / "alerts.yaml"
+
+
+@dataclass(frozen=True)
+class AlertsSettings:
+    """Runtime settings of the alerts service. Read with :meth:`from_env`."""
+
+    config_path: Path = _doc(DEFAULT_CONFIG, "Rules, routing, inhibition, receivers and mute intervals (YAML).")
+    tick_interval_s: float = _doc(
+        1.0, "How often group timers, resolve timeouts and the delivery outbox are evaluated, in seconds."
+    )
+    tokens_env: str = _doc(
+        "FLOWWATCH_ALERTS_TOKENS",
+        "Name of the env var holding API tokens as `role:token[:name]` entries separated by commas.",
+    )
+    tokens_file: str = _doc("", "File with API tokens, one `role token [name]` per line (`#` comments).")
+    external_url: str = _doc("", "Base URL of this service as operators reach it (webhook `externalURL`).")
+    batch_size: int = _doc(1000, "Max input records evaluated per micro-batch.")
+    batch_within_s: float = _doc(0.05, "Max seconds to wait to fill a micro-batch.")
+    max_attempts: int = _doc(5, "Delivery attempts per notification before it goes to alerts.dlq.")
+    backoff_base_s: float = _doc(0.5, "First retry delay; doubles each attempt, with full jitter.")
+    backoff_max_s: float = _doc(30.0, "Upper bound of one retry delay.")
+    lease_s: float = _doc(
+        60.0,
+        "A notification being delivered is leased in Redis for this long, so a new partition owner "
+        "does not send it concurrently after a rebalance; also the wait before a crashed delivery is retried.",
+    )
+    done_ttl_s: int = _doc(7 * 24 * 3600, "How long Redis remembers that a notification was delivered.")
+    resolved_retention_s: float = _doc(
+        3600.0, "How long a resolved alert stays in the table and the API before it is forgotten."
+    )
+    quarantine_window_s: float = _doc(60.0, "Window in which quarantined readings are counted for rate rules.")
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> AlertsSettings:
+        env = dict(os.environ if env is None else env)
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            key = ENV_PREFIX + f.name.upper()
+            if env.get(key, "") != "":
+                values[f.name] = _coerce(f, env[key])
+        values.update(overrides)
+        return cls(**values)
+
+    def to_env(self) -> dict[str, str]:
+        return {ENV_PREFIX + f.name.upper(): str(getattr(self, f.name)) for f in fields(self)}
