@@ -1,0 +1,164 @@
+{{/*
+The pod template of one component. Call with (dict "root" $ "name" $name "c" $component).
+*/}}
+{{- define "flowwatch.podTemplate" -}}
+{{- $root := .root }}
+{{- $name := .name }}
+{{- $c := .c }}
+{{- $web := gt (int $c.port) 0 }}
+{{- $files := include "flowwatch.configFiles" . | fromYaml -}}
+metadata:
+  labels:
+    {{- include "flowwatch.componentLabels" . | nindent 4 }}
+    {{- with $c.podLabels }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+  annotations:
+    # Roll the pods when their settings change.
+    checksum/settings: {{ include (print $root.Template.BasePath "/configmap.yaml") $root | sha256sum }}
+    checksum/secret: {{ include (print $root.Template.BasePath "/secret.yaml") $root | sha256sum }}
+    {{- with $c.podAnnotations }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+spec:
+  serviceAccountName: {{ include "flowwatch.serviceAccountName" $root }}
+  # The services never call the Kubernetes API.
+  automountServiceAccountToken: false
+  {{- with $root.Values.imagePullSecrets }}
+  imagePullSecrets:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  securityContext:
+    {{- toYaml $c.podSecurityContext | nindent 4 }}
+  terminationGracePeriodSeconds: {{ $c.terminationGracePeriodSeconds }}
+  {{- with $c.nodeSelector }}
+  nodeSelector:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with $c.tolerations }}
+  tolerations:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with $c.affinity }}
+  affinity:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with $c.topologySpreadConstraints }}
+  topologySpreadConstraints:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  containers:
+    - name: {{ $name }}
+      image: {{ include "flowwatch.image" $root | quote }}
+      imagePullPolicy: {{ $root.Values.image.pullPolicy }}
+      command: ["python", "-m", "services.{{ $name }}"]
+      args:
+        {{- toYaml $c.args | nindent 8 }}
+      {{- if $web }}
+      ports:
+        - name: http
+          containerPort: {{ $c.port }}
+          protocol: TCP
+      {{- end }}
+      envFrom:
+        - configMapRef:
+            name: {{ include "flowwatch.fullname" $root }}-settings
+        {{- if include "flowwatch.hasSecret" $root }}
+        # After the ConfigMap: a key in both (e.g. a Redis URL with a password) takes the Secret's value.
+        - secretRef:
+            name: {{ include "flowwatch.secretName" $root }}
+        {{- end }}
+      env:
+        {{- if $web }}
+        - name: FLOWWATCH_WEB_HOST
+          value: {{ $root.Values.settings.webHost | quote }}
+        - name: FLOWWATCH_WEB_PORT
+          value: {{ $c.port | quote }}
+        {{- end }}
+        {{- with $c.extraEnv }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
+      {{- if $web }}
+      {{- with $c.probes.startup }}
+      {{- if .enabled }}
+      startupProbe:
+        httpGet: {path: {{ .path }}, port: http}
+        periodSeconds: {{ .periodSeconds }}
+        timeoutSeconds: {{ .timeoutSeconds }}
+        failureThreshold: {{ .failureThreshold }}
+      {{- end }}
+      {{- end }}
+      {{- with $c.probes.liveness }}
+      {{- if .enabled }}
+      livenessProbe:
+        httpGet: {path: {{ .path }}, port: http}
+        periodSeconds: {{ .periodSeconds }}
+        timeoutSeconds: {{ .timeoutSeconds }}
+        failureThreshold: {{ .failureThreshold }}
+      {{- end }}
+      {{- end }}
+      {{- with $c.probes.readiness }}
+      {{- if .enabled }}
+      readinessProbe:
+        httpGet: {path: {{ .path }}, port: http}
+        periodSeconds: {{ .periodSeconds }}
+        timeoutSeconds: {{ .timeoutSeconds }}
+        failureThreshold: {{ .failureThreshold }}
+      {{- end }}
+      {{- end }}
+      {{- end }}
+      resources:
+        {{- toYaml $c.resources | nindent 8 }}
+      securityContext:
+        {{- toYaml $c.securityContext | nindent 8 }}
+      volumeMounts:
+        - name: tmp
+          mountPath: /tmp
+        - name: data
+          mountPath: /data
+        {{- if has $name $root.Values.models.mountTo }}
+        - name: models
+          mountPath: /models
+        {{- end }}
+        {{- if $files }}
+        - name: config
+          mountPath: /etc/flowwatch/{{ $name }}
+          readOnly: true
+        {{- end }}
+        {{- if include "flowwatch.hasSecret" $root }}
+        - name: secrets
+          mountPath: {{ $root.Values.secrets.mountPath }}
+          readOnly: true
+        {{- end }}
+        {{- with include "flowwatch.kafkaTlsMount" $root }}{{ . | nindent 8 }}{{ end }}
+  volumes:
+    - name: tmp
+      emptyDir:
+        sizeLimit: 256Mi
+    {{- if not $c.persistence.enabled }}
+    # No claim: the table store starts empty and is rebuilt from the changelog on every start.
+    - name: data
+      emptyDir: {}
+    {{- end }}
+    {{- if has $name $root.Values.models.mountTo }}
+    - name: models
+      {{- if $root.Values.models.persistence.enabled }}
+      persistentVolumeClaim:
+        claimName: {{ include "flowwatch.modelClaimName" $root }}
+      {{- else }}
+      emptyDir: {}
+      {{- end }}
+    {{- end }}
+    {{- if $files }}
+    - name: config
+      configMap:
+        name: {{ include "flowwatch.componentName" (dict "root" $root "name" $name) }}-config
+    {{- end }}
+    {{- if include "flowwatch.hasSecret" $root }}
+    - name: secrets
+      secret:
+        secretName: {{ include "flowwatch.secretName" $root }}
+        defaultMode: 0440
+    {{- end }}
+    {{- with include "flowwatch.kafkaTlsVolume" $root }}{{ . | nindent 4 }}{{ end }}
+{{- end }}
