@@ -1,16 +1,225 @@
-"""The forecaster service's Faust app: `create_app(settings)` and the module-level `app` for the CLI."""
+"""The forecaster service's Faust app: `create_app(settings)` and the module-level `app` for the CLI.
+
+Two stages, thin over pure code:
+
+* ``fold_readings`` (readings.clean, keyed by sensor; no state): each micro-batch is
+  folded into one partial per zone (:mod:`services.forecaster.partials`) and sent
+  to the internal ``<app id>-zone-partials`` topic keyed by zone — a map-side
+  combine instead of repartitioning every reading.
+* ``score_zones`` (zone partials, keyed by zone): merges partials into the zone's
+  state in the ``zones`` table, closes complete steps and runs both models in
+  batches (:class:`services.forecaster.pipeline.ZoneProcessor`, in a worker thread so
+  the event loop keeps heartbeating); writes each zone once per batch in its own
+  partition (pitfall 10); publishes ``Risk`` records keyed by zone and caches the
+  latest per zone in Redis (kind ``risk``).
+
+The model is loaded at start in a thread (TensorFlow is imported then); until it is
+loaded /ready says why and zone state keeps warming up without risk records. A
+``models`` event for our model, or a changed alias seen by the poll timer, hot-swaps it.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
+from typing import Any
+
 import faust
 
+from services.forecaster.features import FeatureConfig
+from services.forecaster.metrics import (
+    BAD_READINGS,
+    DUPLICATES,
+    INFERENCE_SECONDS,
+    LATE_STEPS,
+    STEPS_CLOSED,
+    ZONE_PROBABILITY,
+)
+from services.forecaster.partials import fold
+from services.forecaster.pipeline import ZoneProcessor
+from services.forecaster.runtime import ModelHolder
+from services.forecaster.settings import ForecasterSettings
+from services.forecaster.zonestate import ZoneState
+from shared.cache import Cache
+from shared.codec import dumps, loads
+from shared.metrics import BATCH_SECONDS, BATCH_SIZE, DECODE_ERRORS, EVENTS_IN, EVENTS_OUT
+from shared.records import ModelEvent, QuarantinedReading
 from shared.service import base_app
 from shared.settings import Settings
+from shared.streaming import event_context, write_once_per_key
+from shared.topics import MODELS, READINGS_CLEAN, READINGS_QUARANTINE, RISK, faust_topic
+
+log = logging.getLogger(__name__)
+SERVICE = "forecaster"
+MODEL_POLL_S = 30.0
 
 
-def create_app(settings: Settings | None = None) -> faust.App:
-    settings = settings or Settings.from_env("forecaster")
-    app, _state = base_app(settings)
+def create_app(settings: Settings | None = None, forecaster_settings: ForecasterSettings | None = None) -> faust.App:
+    settings = settings or Settings.from_env(SERVICE)
+    fs = forecaster_settings or ForecasterSettings.from_env()
+    app, state = base_app(settings)
+    raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
+
+    readings = faust_topic(app, READINGS_CLEAN, settings)
+    partials_topic = app.topic(f"{app.conf.id}-zone-partials", internal=True, partitions=settings.partitions, **raw)
+    risk_topic = faust_topic(app, RISK, settings)
+    quarantine = faust_topic(app, READINGS_QUARANTINE, settings)
+    models_topic = faust_topic(app, MODELS, settings)
+    zones = app.Table("zones", partitions=settings.partitions, key_serializer="raw", value_serializer="orjson")
+
+    holder = ModelHolder(fs, settings.model_dir)
+    state.add_check("model", holder.check)
+    processor = ZoneProcessor(FeatureConfig.from_settings(fs), fs, None)
+    cache = Cache(settings.redis_url, prefix=settings.topic_prefix, ttl_s=settings.cache_ttl_s, service=SERVICE)
+    app.forecaster = {"holder": holder, "processor": processor, "cache": cache, "zones": zones}  # type: ignore[attr-defined]
+    step_ms = fs.step_ms
+
+    def use_model() -> None:
+        """Point the processor at the holder's current model (between batches only)."""
+        predictor = holder.predictor
+        if predictor is not None and processor.models is not predictor:
+            processor.config = predictor.config
+            processor.feature_names = predictor.config.risk_feature_names
+            processor.models = predictor
+
+    @app.agent(readings)
+    async def fold_readings(stream: Any) -> None:
+        async for events in stream.take_events(fs.batch_size, fs.batch_within_s):
+            t0 = time.perf_counter()
+            items: list[tuple[Any, int, int]] = []
+            bad: list[tuple[Any, str, Any]] = []
+            for ev in events:
+                try:
+                    data = loads(ev.value)
+                    if not isinstance(data, dict):
+                        raise TypeError(f"expected a JSON object, got {type(data).__name__}")
+                except Exception as exc:  # noqa: BLE001 - one bad message must not stop the batch
+                    bad.append((ev.value, f"forecaster: undecodable ({type(exc).__name__}: {exc})", ev.key))
+                    continue
+                items.append((data, ev.message.partition, ev.message.offset))
+            partials, unusable = fold(items, step_ms)
+            bad.extend((r, why, None) for r, why in unusable)
+            EVENTS_IN.labels(SERVICE, READINGS_CLEAN.name).inc(len(events))
+            for zone, partial in partials.items():
+                await partials_topic.send(key=zone.encode(), value=dumps(partial))
+            if bad:
+                await _quarantine(bad)
+            BATCH_SIZE.labels(SERVICE, "fold").observe(len(events))
+            BATCH_SECONDS.labels(SERVICE, "fold").observe(time.perf_counter() - t0)
+
+    async def _quarantine(bad: list[tuple[Any, str, Any]]) -> None:
+        DECODE_ERRORS.labels(SERVICE, READINGS_CLEAN.name).inc(len(bad))
+        BAD_READINGS.inc(len(bad))
+        now = int(time.time() * 1000)
+        for payload, reason, key in bad:
+            if isinstance(payload, (bytes, bytearray)):
+                payload = bytes(payload).decode("utf-8", errors="replace")
+            sensor = payload.get("sensor_id") if isinstance(payload, dict) else None
+            record = QuarantinedReading(
+                payload=payload, source="forecaster", reasons=[reason], received_ms=now, sensor_id=sensor
+            )
+            await quarantine.send(
+                key=key if isinstance(key, bytes) else (sensor or "").encode() or None, value=dumps(record)
+            )
+        EVENTS_OUT.labels(SERVICE, READINGS_QUARANTINE.name).inc(len(bad))
+        log.warning("quarantined %d readings the forecaster cannot use: %s", len(bad), bad[0][1])
+
+    @app.agent(partials_topic)
+    async def score_zones(stream: Any) -> None:
+        loop = asyncio.get_running_loop()
+        async for events in stream.take_events(fs.batch_size, fs.batch_within_s):
+            t0 = time.perf_counter()
+            use_model()
+            partials: list[dict[str, Any]] = []
+            last_event: dict[bytes, Any] = {}
+            for ev in events:
+                try:
+                    partial = loads(ev.value)
+                    zone = partial["zone"]
+                except Exception as exc:  # noqa: BLE001 - internal topic; count, log and go on
+                    DECODE_ERRORS.labels(SERVICE, "zone-partials").inc()
+                    log.error("undecodable zone partial skipped: %s", exc)
+                    continue
+                partials.append(partial)
+                last_event[zone.encode()] = ev
+            states: dict[str, ZoneState] = {}
+            for key, ev in last_event.items():
+                with event_context(ev):
+                    value = zones.get(key)
+                if value is not None:
+                    try:
+                        states[key.decode()] = ZoneState.from_dict(value)
+                    except Exception as exc:  # noqa: BLE001 - a state we cannot read is rebuilt, not a crash
+                        log.error("zone %s: unreadable state dropped (%s)", key.decode(), exc)
+            dup0, late0 = processor.duplicates, processor.late
+            t1 = time.perf_counter()
+            risks = await loop.run_in_executor(None, processor.process, states, partials)
+            INFERENCE_SECONDS.observe(time.perf_counter() - t1)
+            DUPLICATES.inc(processor.duplicates - dup0)
+            LATE_STEPS.inc(processor.late - late0)
+            write_once_per_key(
+                zones,
+                {k: states[k.decode()].to_dict() for k in last_event if k.decode() in states},
+                last_event,
+            )
+            STEPS_CLOSED.inc(len(risks))
+            if risks:
+                latest: dict[str, Any] = {}
+                for risk in risks:
+                    body = risk.to_dict()
+                    await risk_topic.send(key=risk.zone.encode(), value=dumps(body))
+                    latest[risk.zone] = body
+                    ZONE_PROBABILITY.labels(risk.zone).set(risk.probability)
+                EVENTS_OUT.labels(SERVICE, RISK.name).inc(len(risks))
+                await cache.set_many("risk", latest)
+            EVENTS_IN.labels(SERVICE, "zone-partials").inc(len(events))
+            BATCH_SIZE.labels(SERVICE, "score").observe(len(events))
+            BATCH_SECONDS.labels(SERVICE, "score").observe(time.perf_counter() - t0)
+
+    @app.agent(models_topic)
+    async def model_events(stream: Any) -> None:
+        async for events in stream.take_events(100, 1.0):
+            for ev in events:
+                try:
+                    event = ModelEvent.from_dict(loads(ev.value))
+                except Exception as exc:  # noqa: BLE001
+                    DECODE_ERRORS.labels(SERVICE, MODELS.name).inc()
+                    log.warning("undecodable models event skipped: %s", exc)
+                    continue
+                if event.name == fs.model_name and event.alias == fs.model_alias:
+                    await holder.refresh(f"{event.action} event: {event.name} {event.alias} -> {event.version}")
+
+    @app.task
+    async def load_model() -> None:
+        await holder.refresh("start")
+
+    # Every worker polls the registry too: a models event reaches one consumer of the group only.
+    @app.timer(MODEL_POLL_S)
+    async def poll_model() -> None:
+        await holder.refresh("registry poll")
+
+    @app.page("/zones/{zone}")
+    async def zone_view(web: Any, request: Any, zone: str) -> Any:
+        value = zones.get(zone.encode())
+        if value is None:
+            return web.json({"error": f"zone {zone!r} is not known to this worker"}, status=404)
+        st = ZoneState.from_dict(value)
+        return web.json(
+            {
+                "zone": st.zone,
+                "site": st.site,
+                "utility": st.utility,
+                "last_step_ts": (st.last_step + 1) * st.step_ms if st.last_step >= 0 else None,
+                "open_steps": sorted(st.open),
+                "sensors": len(st.sens),
+                "late_partials": st.late,
+                "forecast_next": st.pending,
+                "incident": st.incident,
+                "model": holder.check()[1],
+            }
+        )
+
     return app
 
 

@@ -1,0 +1,28 @@
+"""The forecaster's own Prometheus metrics (the common ones are in shared.metrics)."""
+
+from __future__ import annotations
+
+from shared.metrics import LATENCY_BUCKETS, Counter, Gauge, Histogram
+
+STEPS_CLOSED = Counter(
+    "flowwatch_forecaster_steps_closed_total", "Zone steps closed (one risk record each when a model is loaded)"
+)
+LATE_STEPS = Counter(
+    "flowwatch_forecaster_late_partials_total",
+    "Partial step statistics that arrived after their step had closed (dropped)",
+)
+DUPLICATES = Counter(
+    "flowwatch_forecaster_duplicate_partials_total", "Partials already applied (redelivered after a restart; skipped)"
+)
+BAD_READINGS = Counter(
+    "flowwatch_forecaster_unusable_readings_total",
+    "Readings on readings.clean the forecaster could not use (quarantined)",
+)
+INFERENCE_SECONDS = Histogram(
+    "flowwatch_forecaster_inference_seconds", "Model time per micro-batch (both models)", buckets=LATENCY_BUCKETS
+)
+MODEL_LOADED = Gauge("flowwatch_forecaster_model_loaded", "1 for the model version being served", ["version"])
+MODEL_LOAD_ERRORS = Counter(
+    "flowwatch_forecaster_model_load_errors_total", "Failed model loads (the previous model stays)"
+)
+ZONE_PROBABILITY = Gauge("flowwatch_forecaster_incident_probability", "Latest incident probability per zone", ["zone"])

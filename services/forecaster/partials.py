@@ -1,0 +1,151 @@
+"""Stage 1: fold readings into per-zone partial step statistics (a map-side combine).
+
+readings.clean is keyed by sensor, but features are per zone. Instead of
+repartitioning every reading by zone, each micro-batch is folded into one small
+message per zone holding sum/count/min/max per step and metric (and per sensor),
+which stage 2 merges in the zone's table. That moves a few hundred messages per
+second through the repartition topic instead of tens of thousands.
+
+A partial is a plain dict (orjson on the wire)::
+
+    {"zone": "z1", "site": "s1",
+     "u": {"water": 120},                      # readings per utility
+     "units": {"water.flow": "m3/h"},
+     "b": {"28512345": {                       # step index (ts // step_ms), as str
+         "n": 40,
+         "m": {"water.flow": [n, sum, sumsq, min, max]},
+         "s": {"sensor-1": {"water.flow": [n, sum, min, max]}}}},
+     "wm": {"0": 1711000000000},               # source partition -> max event ts
+     "off": {"0": 1234}}                       # source partition -> max offset (dedup)
+
+Metric names are qualified by utility (``water.flow``, ``gas.pressure``) so a gas
+pressure never averages with a water pressure.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+Partial = dict[str, Any]
+
+
+class BadReading(ValueError):
+    """A reading on readings.clean that the forecaster cannot use, with the reason."""
+
+
+def fold(items: Iterable[tuple[Any, int, int]], step_ms: int) -> tuple[dict[str, Partial], list[tuple[Any, str]]]:
+    """Fold ``(reading dict, source partition, offset)`` items into one partial per zone.
+
+    Raises nothing: unusable readings come back as ``(reading, reason)`` for the
+    caller to quarantine and count.
+    """
+    out: dict[str, Partial] = {}
+    bad: list[tuple[Any, str]] = []
+    isfinite = math.isfinite
+    for reading, partition, offset in items:
+        try:
+            zone = reading["zone"]
+            ts = int(reading["ts"])
+            values = reading["values"]
+            utility = reading["utility"]
+            sensor = reading["sensor_id"]
+            if not zone or not isinstance(zone, str) or not isinstance(values, dict):
+                raise BadReading("no zone or no values")
+        except (KeyError, TypeError, ValueError) as exc:
+            bad.append((reading, f"forecaster: unusable reading ({type(exc).__name__}: {exc})"))
+            continue
+        part = out.get(zone)
+        if part is None:
+            part = out[zone] = {
+                "zone": zone,
+                "site": reading.get("site", ""),
+                "u": {},
+                "units": {},
+                "b": {},
+                "wm": {},
+                "off": {},
+            }
+        p = str(partition)
+        if ts > part["wm"].get(p, -1):
+            part["wm"][p] = ts
+        if offset > part["off"].get(p, -1):
+            part["off"][p] = offset
+        part["u"][utility] = part["u"].get(utility, 0) + 1
+        bkey = str(ts // step_ms)
+        bucket = part["b"].get(bkey)
+        if bucket is None:
+            bucket = part["b"][bkey] = {"n": 0, "m": {}, "s": {}}
+        bucket["n"] += 1
+        sens = bucket["s"].get(sensor)
+        if sens is None:
+            sens = bucket["s"][sensor] = {}
+        metrics = bucket["m"]
+        units = reading.get("units") or {}
+        for name, raw in values.items():
+            if isinstance(raw, bool) or not isinstance(raw, (int, float)):
+                continue
+            x = float(raw)
+            if not isfinite(x):
+                continue
+            key = f"{utility}.{name}"
+            acc = metrics.get(key)
+            if acc is None:
+                metrics[key] = [1, x, x * x, x, x]
+                if name in units:
+                    part["units"][key] = units[name]
+            else:
+                acc[0] += 1
+                acc[1] += x
+                acc[2] += x * x
+                if x < acc[3]:
+                    acc[3] = x
+                if x > acc[4]:
+                    acc[4] = x
+            sacc = sens.get(key)
+            if sacc is None:
+                sens[key] = [1, x, x, x]
+            else:
+                sacc[0] += 1
+                sacc[1] += x
+                if x < sacc[2]:
+                    sacc[2] = x
+                if x > sacc[3]:
+                    sacc[3] = x
+    return out, bad
+
+
+def merge_bucket(into: dict[str, Any], other: dict[str, Any]) -> None:
+    """Add one partial step's statistics into another (both dicts as in the module doc)."""
+    into["n"] += other["n"]
+    metrics = into["m"]
+    for key, acc in other["m"].items():
+        mine = metrics.get(key)
+        if mine is None:
+            metrics[key] = list(acc)
+        else:
+            mine[0] += acc[0]
+            mine[1] += acc[1]
+            mine[2] += acc[2]
+            mine[3] = min(mine[3], acc[3])
+            mine[4] = max(mine[4], acc[4])
+    sensors = into["s"]
+    for sensor, accs in other["s"].items():
+        mine_s = sensors.get(sensor)
+        if mine_s is None:
+            sensors[sensor] = {k: list(v) for k, v in accs.items()}
+            continue
+        for key, acc in accs.items():
+            mine = mine_s.get(key)
+            if mine is None:
+                mine_s[key] = list(acc)
+            else:
+                mine[0] += acc[0]
+                mine[1] += acc[1]
+                mine[2] = min(mine[2], acc[2])
+                mine[3] = max(mine[3], acc[3])
+
+
+def empty_bucket() -> dict[str, Any]:
+    return {"n": 0, "m": {}, "s": {}}

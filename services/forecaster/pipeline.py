@@ -1,0 +1,203 @@
+"""Zone steps to risk records: the pure core shared by the Faust agent, offline evaluation and the benchmark.
+
+:class:`ZoneProcessor` takes merged partials for a set of zone states, closes the
+steps that are complete and runs both models on them in batches. Zones with
+several complete steps (a replay, a catch-up after downtime) are processed in
+rounds: round *k* closes every zone's *k*-th step, so each model call is one
+batch across zones and each zone still sees its steps in order.
+
+Offline evaluation replays history through this same class, so serving and
+evaluation produce the same numbers for the same inputs by construction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
+
+import numpy as np
+
+from services.forecaster.classes import RISK_CLASSES
+from services.forecaster.features import FeatureConfig
+from services.forecaster.losses import update_incident
+from services.forecaster.partials import Partial
+from services.forecaster.settings import ForecasterSettings
+from services.forecaster.zonestate import Step, ZoneState
+from shared.records import Risk
+
+
+class Models(Protocol):
+    """What the processor needs from a loaded model (see :class:`services.forecaster.model.Predictor`)."""
+
+    config: FeatureConfig
+    version: str
+
+    def risk(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def forecast(self, x: np.ndarray) -> np.ndarray: ...
+
+
+#: Called for every closed step with the step and its forecast inputs ``{metric: (x, scale)}``;
+#: offline dataset building records training rows through it.
+StepHook = Callable[[Step, dict[str, tuple[np.ndarray, float]]], None]
+
+
+class ZoneProcessor:
+    def __init__(
+        self,
+        config: FeatureConfig,
+        settings: ForecasterSettings,
+        models: Models | None = None,
+        on_step: StepHook | None = None,
+    ) -> None:
+        self.config = config
+        self.settings = settings
+        self.models = models
+        self.on_step = on_step
+        self.tariffs = settings.tariff_by_utility
+        self.feature_names = config.risk_feature_names
+        self.duplicates = 0
+        self.late = 0
+
+    def new_state(self, zone: str) -> ZoneState:
+        return ZoneState(zone, self.config.step_ms)
+
+    def ingest(self, states: dict[str, ZoneState], partials: Iterable[Partial]) -> set[str]:
+        """Merge partials into their zones' states (created on first sight); returns the zones touched."""
+        touched: set[str] = set()
+        for partial in partials:
+            zone = partial["zone"]
+            state = states.get(zone)
+            if state is None or state.step_ms != self.config.step_ms:
+                # a model with another step length makes old state meaningless: start the zone afresh
+                state = states[zone] = self.new_state(zone)
+            late_before = state.late
+            if state.ingest(partial):
+                touched.add(zone)
+            else:
+                self.duplicates += 1
+            self.late += state.late - late_before
+        return touched
+
+    def process(self, states: dict[str, ZoneState], partials: Iterable[Partial]) -> list[Risk]:
+        touched = self.ingest(states, partials)
+        return self.close_ready(states, touched)
+
+    def close_ready(self, states: dict[str, ZoneState], zones: Iterable[str]) -> list[Risk]:
+        queues = {z: states[z].closable(self.config.max_skew_steps) for z in zones}
+        queues = {z: q for z, q in queues.items() if q}
+        out: list[Risk] = []
+        k = 0
+        while queues:
+            batch = [(z, q[k]) for z, q in queues.items()]
+            out.extend(self._round(states, batch))
+            k += 1
+            queues = {z: q for z, q in queues.items() if len(q) > k}
+        return out
+
+    def _round(self, states: dict[str, ZoneState], batch: list[tuple[str, int]]) -> list[Risk]:
+        cfg = self.config
+        steps = [states[z].close_step(b, cfg) for z, b in batch]
+        if self.models is not None:
+            probs, contrib = self.models.risk(np.stack([s.features for s in steps]))
+        else:
+            probs = contrib = None
+
+        records: list[dict[str, Any]] = []
+        fc_rows: list[tuple[int, str, np.ndarray, float]] = []
+        for i, step in enumerate(steps):
+            state = states[step.zone]
+            rec: dict[str, Any] = {}
+            if probs is not None:
+                p = probs[i]
+                probability = float(1.0 - p[0])
+                top = int(np.argmax(p))
+                rec = {"probability": probability, "type": RISK_CLASSES[top], "probs": p}
+                metric = cfg.key_metric(step.utility)
+                expected = step.expected.get(metric) if metric else None
+                tariff = self.tariffs.get(step.utility, 0.0)
+                state.incident, rec["loss"] = update_incident(
+                    state.incident,
+                    probability=probability,
+                    incident_type=RISK_CLASSES[top] if top else RISK_CLASSES[1 + int(np.argmax(p[1:]))],
+                    step_start_ms=step.ts - cfg.step_ms,
+                    step_s=cfg.step_s,
+                    metric=metric,
+                    actual=step.actual.get(metric) if metric else None,
+                    expected=expected[1] if expected else None,
+                    unit=step.units.get(metric, "") if metric else "",
+                    tariff=tariff,
+                    currency=self.settings.currency,
+                    threshold=self.settings.incident_threshold,
+                    horizon_s=cfg.horizon_steps * cfg.step_s,
+                )
+            # during an incident the history remembers the forecast, so the baseline stays leak-free
+            state.remember(step, cfg, counterfactual=state.incident is not None)
+            inputs: dict[str, tuple[np.ndarray, float]] = {}
+            for metric in step.actual:
+                got = state.forecast_input(metric, step.step, cfg)
+                if got is not None:
+                    inputs[metric] = got
+                    fc_rows.append((i, metric, got[0], got[1]))
+            if self.on_step is not None:
+                self.on_step(step, inputs)
+            records.append(rec)
+
+        new_pending: dict[str, dict[str, list[float]]] = {step.zone: {} for step in steps}
+        if fc_rows and self.models is not None:
+            q = self.models.forecast(np.stack([r[2] for r in fc_rows]))
+            for (i, metric, _x, scale), qs in zip(fc_rows, q, strict=True):
+                new_pending[steps[i].zone][metric] = [float((1.0 + v) * scale) for v in qs]
+        for step in steps:
+            states[step.zone].pending = new_pending[step.zone]
+
+        if self.models is None:
+            return []
+        return [
+            self._record(step, rec, contrib[i], new_pending[step.zone])
+            for i, (step, rec) in enumerate(zip(steps, records, strict=True))
+        ]
+
+    def _record(self, step: Step, rec: dict[str, Any], contrib: np.ndarray, nxt: dict[str, list[float]]) -> Risk:
+        cfg = self.config
+        forecast: dict[str, dict[str, float]] = {}
+        for metric in sorted(set(step.actual) | set(nxt)):
+            entry: dict[str, float] = {}
+            if metric in nxt:
+                lo, mid, hi = nxt[metric]
+                entry.update(q10=lo, q50=mid, q90=hi, for_ts=float(step.ts + cfg.step_ms))
+            if metric in step.actual:
+                entry["actual"] = step.actual[metric]
+                exp = step.expected.get(metric)
+                if exp:
+                    lo, mid, hi = exp
+                    entry.update(expected=mid, expected_q10=lo, expected_q90=hi)
+                    outside = step.actual[metric] < lo or step.actual[metric] > hi
+                    entry["outside"] = 1.0 if outside else 0.0
+                    entry["deviation"] = (step.actual[metric] - mid) / max(hi - lo, 1e-9)
+            forecast[metric] = entry
+        order = np.argsort(-np.abs(contrib))[: self.settings.top_features]
+        top = [
+            {
+                "feature": self.feature_names[j],
+                "contribution": round(float(contrib[j]), 5),
+                "value": round(float(step.features[j]), 4),
+            }
+            for j in order
+            if contrib[j] != 0.0
+        ]
+        probs = rec["probs"]
+        return Risk(
+            site=step.site,
+            zone=step.zone,
+            utility=step.utility,
+            ts=step.ts,
+            horizon_s=cfg.horizon_steps * cfg.step_s,
+            probability=round(rec["probability"], 6),
+            incident_type=rec["type"],
+            class_probs={c: round(float(v), 6) for c, v in zip(RISK_CLASSES, probs, strict=True)},
+            forecast=forecast,
+            loss=rec["loss"],
+            model_version=self.models.version if self.models else "",
+            top_features=top,
+        )

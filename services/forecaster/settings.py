@@ -1,0 +1,110 @@
+"""Settings of the forecaster service, read from ``FLOWWATCH_FORECASTER_*`` environment variables.
+
+Time is event time: readings are bucketed into steps of ``step_s`` seconds by their own
+timestamp, so a replay of last week's data gives the same risks as living through it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from typing import Any
+
+from shared.settings import _coerce, _doc
+
+ENV_PREFIX = "FLOWWATCH_FORECASTER_"
+
+
+def parse_mapping(raw: str) -> dict[str, str]:
+    """``"water:flow,energy:power"`` -> ``{"water": "flow", "energy": "power"}`` (also accepts ``=``)."""
+    out: dict[str, str] = {}
+    for part in raw.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        sep = "=" if "=" in part else ":"
+        if sep not in part:
+            raise ValueError(f"expected key{sep}value, got {part!r}")
+        key, value = part.split(sep, 1)
+        out[key.strip()] = value.strip()
+    return out
+
+
+@dataclass(frozen=True)
+class ForecasterSettings:
+    """Runtime settings of the forecaster service. Read with :meth:`from_env`."""
+
+    step_s: int = _doc(60, "Length of one time step (feature bucket) in seconds of event time.")
+    horizon_steps: int = _doc(15, "Risk horizon in steps: probability of an incident now or within this many steps.")
+    window_steps: int = _doc(24, "Steps of key-metric history each zone keeps for the forecast (bounded state).")
+    max_skew_steps: int = _doc(
+        5,
+        "A zone's step closes when every source partition feeding it has passed the step's end, or when the "
+        "fastest one is this many steps ahead (a lagging or silent partition cannot hold a zone back longer).",
+    )
+    sensor_ttl_steps: int = _doc(1440, "Per-sensor state of a sensor not heard from for this many steps is dropped.")
+    baseline_half_life_steps: float = _doc(
+        720.0, "Half-life (in steps) of the slow per-metric and per-sensor baselines features are measured against."
+    )
+    profile_alpha: float = _doc(0.02, "Update weight of the hour-of-day profile per step (seasonal baseline).")
+    key_metrics: str = _doc(
+        "water:flow,energy:power,gas:flow",
+        "Metric forecast per utility (`utility:metric`, comma separated); also the metric losses are measured on.",
+    )
+    tariffs: str = _doc(
+        "water:2.10,energy:0.25,gas:0.90",
+        "Cost per canonical unit of lost volume per utility (`utility:price`): EUR per m³ water, kWh, m³ gas.",
+    )
+    currency: str = _doc("EUR", "Currency of the tariffs and of the costs in risk records.")
+    incident_threshold: float = _doc(
+        0.5, "Incident probability from which a zone counts as in incident for loss accounting."
+    )
+    batch_size: int = _doc(2000, "Max readings per micro-batch (stage 1) and partials per batch (stage 2).")
+    batch_within_s: float = _doc(0.2, "Max seconds to wait to fill a micro-batch.")
+    model_name: str = _doc("forecaster", "Model name in the registry.")
+    model_alias: str = _doc(
+        "production", "Registry alias to serve; when the alias does not exist yet, the newest version is served."
+    )
+    top_features: int = _doc(3, "Contributing features listed in each risk record.")
+
+    @property
+    def step_ms(self) -> int:
+        return self.step_s * 1000
+
+    @property
+    def key_metric_by_utility(self) -> dict[str, str]:
+        return parse_mapping(self.key_metrics)
+
+    @property
+    def tariff_by_utility(self) -> dict[str, float]:
+        return {k: float(v) for k, v in parse_mapping(self.tariffs).items()}
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> ForecasterSettings:
+        env = dict(os.environ if env is None else env)
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            key = ENV_PREFIX + f.name.upper()
+            if env.get(key, "") != "":
+                values[f.name] = _coerce(f, env[key])
+        values.update(overrides)
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if self.step_s <= 0 or self.horizon_steps <= 0 or self.window_steps < 4:
+            raise ValueError("step_s and horizon_steps must be positive and window_steps at least 4")
+        if not 0.0 < self.profile_alpha <= 1.0:
+            raise ValueError("profile_alpha must be in (0, 1]")
+        self.key_metric_by_utility  # noqa: B018 - raises on a malformed mapping
+        self.tariff_by_utility  # noqa: B018
+
+    def to_env(self) -> dict[str, str]:
+        return {ENV_PREFIX + f.name.upper(): str(getattr(self, f.name)) for f in fields(self)}
+
+
+if __name__ == "__main__":
+    from shared.settings import settings_table
+
+    print(settings_table(ForecasterSettings, ENV_PREFIX))

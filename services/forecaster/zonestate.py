@@ -1,0 +1,389 @@
+"""Stage 2: one zone's rolling state, from merged partials to closed steps and their features.
+
+A :class:`ZoneState` is the value of the forecaster's table (keyed by zone). It is
+bounded by construction: at most ``max_skew_steps`` open steps, ``window_steps``
+of key-metric history, one baseline per (sensor, metric) with sensors forgotten
+after ``sensor_ttl_steps``, and a 24-slot hour-of-day profile per metric.
+
+Closing a step yields a :class:`Step`: its feature vector (measured against the
+baselines *before* the step updates them) and the key-metric actuals. Model
+outputs come back through :meth:`ZoneState.commit`, which decides what the
+forecast history remembers: during an incident it remembers the forecast, not
+the actual, so the expected value keeps describing the zone without the leak and
+the excess over it measures the loss.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from services.forecaster.features import METRIC_FEATURES, FeatureConfig
+from services.forecaster.partials import Partial, empty_bucket, merge_bucket
+from shared.records import UTILITIES
+
+Z_CLIP = 50.0
+HUBER_K = 3.0
+_NF = len(METRIC_FEATURES)
+
+
+def slog(z: float) -> float:
+    """Signed log: keeps the sign and order of a z-score but tames its tail for the network."""
+    z = max(-Z_CLIP, min(Z_CLIP, z))
+    return math.copysign(math.log1p(abs(z)), z)
+
+
+def _sd(stat: list[float], mu_for_floor: float | None = None) -> float:
+    """Standard deviation of an EW baseline ``[n, mu, var]``, floored so a flat signal cannot divide by zero."""
+    mu = stat[1] if mu_for_floor is None else mu_for_floor
+    return math.sqrt(max(stat[2], 0.0)) + 1e-3 * abs(mu) + 1e-6
+
+
+def _ew_update(stat: list[float], x: float, alpha: float) -> None:
+    """Bias-corrected, Huberised exponentially weighted mean and variance, updated in place."""
+    n, mu, var = stat
+    a = max(alpha, 1.0 / (n + 1.0))
+    d = x - mu
+    if n >= 10:
+        lim = HUBER_K * (math.sqrt(var if var > 0.0 else 0.0) + 1e-3 * abs(mu) + 1e-6)
+        d = -lim if d < -lim else lim if d > lim else d
+    stat[0] = n + 1.0
+    stat[1] = mu + a * d
+    stat[2] = (1.0 - a) * (var + a * d * d)
+
+
+def hour_of(step: int, step_s: int) -> int:
+    return int((step * step_s) // 3600) % 24
+
+
+@dataclass(slots=True)
+class Step:
+    """A closed step of one zone: features for the models and what actually happened."""
+
+    zone: str
+    site: str
+    utility: str
+    step: int  # step index: ts // step_ms
+    ts: int  # end of the step, epoch ms
+    features: np.ndarray
+    actual: dict[str, float] = field(default_factory=dict)  # key metric -> step mean
+    units: dict[str, str] = field(default_factory=dict)
+    expected: dict[str, list[float]] = field(default_factory=dict)  # key metric -> [q10, q50, q90] made for this step
+
+
+class ZoneState:
+    __slots__ = (
+        "base",
+        "closed",
+        "hist",
+        "incident",
+        "last_step",
+        "late",
+        "off",
+        "open",
+        "pending",
+        "prof",
+        "recent",
+        "sens",
+        "site",
+        "step_ms",
+        "units",
+        "util",
+        "wm",
+        "zone",
+    )
+
+    def __init__(self, zone: str, step_ms: int) -> None:
+        self.zone = zone
+        self.step_ms = step_ms
+        self.site = ""
+        self.util: dict[str, int] = {}  # readings per utility (decayed), to name the zone's utility
+        self.units: dict[str, str] = {}
+        self.wm: dict[str, int] = {}  # source partition -> max event ts
+        self.off: dict[str, int] = {}  # source partition -> max offset applied (dedup after redelivery)
+        self.open: dict[int, dict[str, Any]] = {}  # step -> merged bucket stats
+        self.closed = -1  # highest step closed
+        self.last_step = -1  # highest step closed that had data
+        self.late = 0  # partial steps that arrived after their step closed
+        self.base: dict[str, list[float]] = {}  # metric (and __n, __ns) -> [n, mu, var]
+        self.prof: dict[str, list[list[float]]] = {}  # metric -> 24 x [n, mu, var]
+        self.sens: dict[
+            str, dict[str, Any]
+        ] = {}  # sensor -> {"_b": last step, metric: [n, mu, var], "_m": {metric: last mean}}
+        self.recent: dict[str, list[float]] = {}  # metric -> last z_hour values (for d1/d4)
+        self.hist: dict[
+            str, list[float]
+        ] = {}  # key metric -> last window_steps step means (counterfactual in incidents)
+        self.pending: dict[str, list[float]] = {}  # key metric -> forecast [q10, q50, q90] for the next step
+        self.incident: dict[str, Any] | None = None  # ongoing incident: since, class, volume, ...
+
+    # -- (de)serialisation: the table value is a plain dict (orjson) ------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "v": 1,
+            "zone": self.zone,
+            "step_ms": self.step_ms,
+            "site": self.site,
+            "util": self.util,
+            "units": self.units,
+            "wm": self.wm,
+            "off": self.off,
+            "open": {str(k): v for k, v in self.open.items()},
+            "closed": self.closed,
+            "last_step": self.last_step,
+            "late": self.late,
+            "base": self.base,
+            "prof": self.prof,
+            "sens": self.sens,
+            "recent": self.recent,
+            "hist": self.hist,
+            "pending": self.pending,
+            "incident": self.incident,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ZoneState:
+        s = cls(d["zone"], int(d["step_ms"]))
+        s.site = d.get("site", "")
+        s.util = dict(d.get("util", {}))
+        s.units = dict(d.get("units", {}))
+        s.wm = dict(d.get("wm", {}))
+        s.off = dict(d.get("off", {}))
+        s.open = {int(k): v for k, v in d.get("open", {}).items()}
+        s.closed = int(d.get("closed", -1))
+        s.last_step = int(d.get("last_step", -1))
+        s.late = int(d.get("late", 0))
+        s.base = d.get("base", {})
+        s.prof = d.get("prof", {})
+        s.sens = d.get("sens", {})
+        s.recent = d.get("recent", {})
+        s.hist = d.get("hist", {})
+        s.pending = d.get("pending", {})
+        s.incident = d.get("incident")
+        return s
+
+    # -- input ----------------------------------------------------------------------------------
+
+    @property
+    def utility(self) -> str:
+        return max(self.util, key=self.util.__getitem__) if self.util else ""
+
+    def ingest(self, partial: Partial) -> bool:
+        """Merge one partial; returns False when it was a duplicate (already applied after a redelivery)."""
+        offs = partial.get("off", {})
+        if offs and all(o <= self.off.get(p, -1) for p, o in offs.items()):
+            return False
+        for p, o in offs.items():
+            if o > self.off.get(p, -1):
+                self.off[p] = o
+        for p, ts in partial.get("wm", {}).items():
+            if ts > self.wm.get(p, -1):
+                self.wm[p] = ts
+        if partial.get("site"):
+            self.site = partial["site"]
+        for u, n in partial.get("u", {}).items():
+            self.util[u] = self.util.get(u, 0) + n
+        if sum(self.util.values()) > 1_000_000:
+            # bounded, and recent readings weigh more: halve the counts now and then
+            self.util = {u: n // 2 for u, n in self.util.items()}
+        self.units.update(partial.get("units", {}))
+        for key, bucket in partial.get("b", {}).items():
+            step = int(key)
+            if step <= self.closed:
+                self.late += 1
+                continue
+            mine = self.open.get(step)
+            if mine is None:
+                self.open[step] = mine = empty_bucket()
+            merge_bucket(mine, bucket)
+        return True
+
+    def closable(self, max_skew_steps: int) -> list[int]:
+        """Open steps every active source partition has passed (or that the fastest passed long ago)."""
+        if not self.open or not self.wm:
+            return []
+        newest = max(self.wm.values())
+        skew_ms = max_skew_steps * self.step_ms
+        active = [ts for ts in self.wm.values() if ts >= newest - skew_ms]
+        # a step [s*step, (s+1)*step) is complete when every active partition has an event at/after its end
+        horizon = min(active)
+        limit = max(horizon, newest - skew_ms)
+        return sorted(s for s in self.open if (s + 1) * self.step_ms <= limit)
+
+    # -- closing a step: features against the baselines, then baseline updates ---------------------
+
+    def close_step(self, step: int, cfg: FeatureConfig, expected: dict[str, list[float]] | None = None) -> Step:
+        bucket = self.open.pop(step, None) or empty_bucket()
+        gap = step - self.last_step if self.last_step >= 0 else 1
+        self.closed = max(self.closed, step)
+        self.last_step = step
+        hour = hour_of(step, cfg.step_s)
+        alpha = cfg.baseline_alpha
+        index = cfg.metric_index
+        feats = np.zeros(len(cfg.metrics) * _NF + 5 + len(UTILITIES), dtype=np.float32)
+        metrics = bucket["m"]
+        sensors = bucket["s"]
+        sqrt, log, log1p, copysign = math.sqrt, math.log, math.log1p, math.copysign
+
+        def slog(z: float) -> float:
+            z = -Z_CLIP if z < -Z_CLIP else Z_CLIP if z > Z_CLIP else z
+            return copysign(log1p(abs(z)), z)
+
+        # per sensor: deviation from its own baseline (measured before the baseline moves), then update
+        per_metric: dict[str, list] = {}  # metric -> [zs, max spike, repeats, seen]
+        for sensor, accs in sensors.items():
+            st = self.sens.get(sensor)
+            if st is None:
+                st = self.sens[sensor] = {"_b": step, "_m": {}}
+            st["_b"] = step
+            last_means = st["_m"]
+            for metric, sacc in accs.items():
+                smean = sacc[1] / sacc[0]
+                sb = st.get(metric)
+                if sb is None:
+                    st[metric] = [1.0, smean, 0.0]
+                    last_means[metric] = smean
+                    continue
+                if sb[0] >= 3 and metric in index:
+                    mu = sb[1]
+                    ssd = sqrt(sb[2] if sb[2] > 0.0 else 0.0) + 1e-3 * abs(mu) + 1e-6
+                    agg = per_metric.get(metric)
+                    if agg is None:
+                        agg = per_metric[metric] = [[], 0.0, 0, 0]
+                    agg[0].append((smean - mu) / ssd)
+                    spike = max(abs(sacc[3] - mu), abs(sacc[2] - mu)) / ssd
+                    if spike > agg[1]:
+                        agg[1] = spike
+                    agg[3] += 1
+                    if last_means.get(metric) == smean:
+                        agg[2] += 1
+                _ew_update(sb, smean, alpha)
+                last_means[metric] = smean
+
+        actual: dict[str, float] = {}
+        for metric, acc in metrics.items():
+            n, total, sumsq, lo, hi = acc
+            mean = total / n
+            actual[metric] = mean
+            base = self.base.get(metric)
+            prof = self.prof.get(metric)
+            if prof is None:
+                prof = self.prof[metric] = [[0.0, 0.0, 0.0] for _ in range(24)]
+            slot = prof[hour]
+            i = index.get(metric)
+            if i is not None and base is not None:
+                std = sqrt(max(sumsq / n - mean * mean, 0.0))
+                sd = _sd(base)
+                o = i * _NF
+                feats[o] = 1.0
+                feats[o + 1] = slog((mean - base[1]) / sd)
+                z_hour = slog((mean - slot[1]) / _sd(slot) if slot[0] >= 3 else (mean - base[1]) / sd)
+                feats[o + 2] = z_hour
+                feats[o + 3] = log((std + 1e-6) / sd)
+                feats[o + 4] = slog((hi - lo) / sd)
+                agg = per_metric.get(metric)
+                if agg is not None:
+                    zs = sorted(agg[0])
+                    feats[o + 5] = slog(zs[len(zs) // 2])
+                    feats[o + 6] = slog(max(zs[0], zs[-1], key=abs))
+                    feats[o + 7] = slog(agg[1])
+                    feats[o + 8] = agg[2] / agg[3]
+                rec = self.recent.get(metric)
+                if rec:
+                    feats[o + 9] = z_hour - rec[-1]
+                    feats[o + 10] = z_hour - sum(rec) / len(rec)
+                    self.recent[metric] = [*rec[-3:], z_hour]
+                else:
+                    self.recent[metric] = [z_hour]
+            # baselines move after the features were measured against them
+            if base is None:
+                self.base[metric] = [1.0, mean, 0.0]
+            else:
+                _ew_update(base, mean, alpha)
+            if slot[0] > 0:
+                _ew_update(slot, mean, cfg.profile_alpha)
+            else:
+                prof[hour] = [1.0, mean, 0.0]
+
+        z = len(cfg.metrics) * _NF
+        n_read = float(bucket["n"])
+        n_sens = float(len(sensors))
+        bn = self.base.get("__n")
+        bs = self.base.get("__ns")
+        feats[z] = log((n_read + 1.0) / (bn[1] + 1.0)) if bn else 0.0
+        feats[z + 1] = log((n_sens + 1.0) / (bs[1] + 1.0)) if bs else 0.0
+        feats[z + 2] = log1p(max(gap - 1, 0))
+        angle = 2.0 * math.pi * (((step * cfg.step_s) % 86400) / 86400.0)
+        feats[z + 3] = math.sin(angle)
+        feats[z + 4] = math.cos(angle)
+        util = self.utility
+        if util in UTILITIES:
+            feats[z + 5 + UTILITIES.index(util)] = 1.0
+        for key, x in (("__n", n_read), ("__ns", n_sens)):
+            if key in self.base:
+                _ew_update(self.base[key], x, alpha)
+            else:
+                self.base[key] = [1.0, x, 0.0]
+
+        ttl = cfg.sensor_ttl_steps
+        if len(self.sens) > len(sensors):
+            for sensor in [s for s, st in self.sens.items() if step - st["_b"] > ttl]:
+                del self.sens[sensor]
+
+        keyed = {}
+        units = {}
+        for utility in self.util:
+            km = cfg.key_metric(utility)
+            if km and km in actual:
+                keyed[km] = actual[km]
+                if km in self.units:
+                    units[km] = self.units[km]
+        return Step(
+            zone=self.zone,
+            site=self.site,
+            utility=util,
+            step=step,
+            ts=(step + 1) * self.step_ms,
+            features=feats,
+            actual=keyed,
+            units=units,
+            expected=dict(self.pending) if expected is None else expected,
+        )
+
+    # -- forecast history ----------------------------------------------------------------------
+
+    def forecast_input(self, metric: str, step: int, cfg: FeatureConfig) -> tuple[np.ndarray, float] | None:
+        """Forecast features for the step after ``step`` and the scale they are expressed in."""
+        hist = self.hist.get(metric)
+        if not hist:
+            return None
+        w = cfg.window_steps
+        scale = sum(abs(x) for x in hist) / len(hist) + 1e-6
+        x = np.zeros(w + 4 + len(UTILITIES), dtype=np.float32)
+        # left-pad a short history with its oldest value, so the first steps still forecast
+        padded = [hist[0]] * (w - len(hist)) + hist[-w:]
+        x[:w] = [v / scale - 1.0 for v in padded]
+        prof = self.prof.get(metric)
+        nxt = step + 1
+        h_next, h_now = hour_of(nxt, cfg.step_s), hour_of(step, cfg.step_s)
+        x[w] = (prof[h_next][1] / scale - 1.0) if prof and prof[h_next][0] > 0 else x[w - 1]
+        x[w + 1] = (prof[h_now][1] / scale - 1.0) if prof and prof[h_now][0] > 0 else x[w - 1]
+        angle = 2.0 * math.pi * (((nxt * cfg.step_s) % 86400) / 86400.0)
+        x[w + 2] = math.sin(angle)
+        x[w + 3] = math.cos(angle)
+        utility = metric.split(".", 1)[0]
+        if utility in UTILITIES:
+            x[w + 4 + UTILITIES.index(utility)] = 1.0
+        return x, scale
+
+    def remember(self, step: Step, cfg: FeatureConfig, counterfactual: bool) -> None:
+        """Append the step to the forecast history: its actuals, or during an incident what was expected."""
+        for metric, value in step.actual.items():
+            expected = step.expected.get(metric)
+            v = expected[1] if counterfactual and expected else value
+            hist = self.hist.get(metric, [])
+            self.hist[metric] = [*hist[-(cfg.window_steps - 1) :], float(v)]
