@@ -1,17 +1,254 @@
-"""The alerts service's Faust app: `create_app(settings)` and the module-level `app` for the CLI."""
+"""The alerts service's Faust app: `create_app(settings)` and the module-level `app` for the CLI.
+
+Two stages, both thin over pure code:
+
+* ``evaluate`` (input partitions, micro-batches, no state): anomalies, risk, sensor
+  events and quarantined readings → rule hits merged per fingerprint → the internal
+  events topic, keyed by the shard labels (``global.shard_by``, default site/zone),
+  so every alert, group and inhibition of a zone lives on one partition.
+* ``alert_state`` (internal events, one event at a time so every table write has
+  its event's partition — pitfall 10): alert lifecycle, groups, outbox. A timer
+  sends a ``tick`` to each partition this worker owns; timers therefore run *inside*
+  stream iteration and their table writes are changelogged and recovered.
+
+Deliveries run beside the stream (:mod:`services.alerts.dispatcher`) so a slow
+receiver never stalls a partition.
+"""
 
 from __future__ import annotations
 
-import faust
+import logging
+import time
+from typing import Any
 
+import faust
+import httpx
+
+from services.alerts.api import AlertsApi, mount
+from services.alerts.auth import TokenStore
+from services.alerts.config import Config, load_config
+from services.alerts.dispatcher import Dispatcher, Integrations
+from services.alerts.evaluate import INPUTS, decode_internal, evaluate_batch
+from services.alerts.labels import shard_key
+from services.alerts.mirror import Mirror
+from services.alerts.processor import Processor
+from services.alerts.settings import AlertsSettings
+from shared.cache import Cache
+from shared.codec import dumps
+from shared.metrics import BATCH_SECONDS, BATCH_SIZE, DECODE_ERRORS, EVENTS_IN, EVENTS_OUT
 from shared.service import base_app
 from shared.settings import Settings
+from shared.topics import ALERTS_DLQ, FEEDBACK
+
+log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings | None = None) -> faust.App:
+def create_app(
+    settings: Settings | None = None, alerts_settings: AlertsSettings | None = None, config: Config | None = None
+) -> faust.App:
     settings = settings or Settings.from_env("alerts")
-    app, _state = base_app(settings)
+    asettings = alerts_settings or AlertsSettings.from_env()
+    config = config or load_config(asettings.config_path)
+    if asettings.external_url:
+        config = Config(**{**config.__dict__, "external_url": asettings.external_url})
+    tokens = TokenStore.load(asettings.tokens_env, asettings.tokens_file)
+    app, state = base_app(
+        settings,
+        broker_session_timeout=asettings.session_timeout_s,
+        broker_rebalance_timeout=max(asettings.session_timeout_s, 10.0),
+    )
+    raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
+
+    by_topic = {settings.topic(name): name for name in INPUTS}
+    inputs = app.topic(*by_topic, internal=False, **raw)
+    events = app.topic(f"{app.conf.id}-events", internal=True, partitions=settings.partitions, **raw)
+    silence_commands = app.topic(f"{app.conf.id}-silence-commands", internal=True, partitions=1, **raw)
+    dlq = app.topic(settings.topic(ALERTS_DLQ.name), internal=False, **raw)
+    feedback = app.topic(settings.topic(FEEDBACK.name), internal=False, **raw)
+    outputs: dict[str, Any] = {}
+
+    schema = faust.Schema(key_type=str, key_serializer="json", value_serializer="orjson")
+    table_kw: dict[str, Any] = {"partitions": settings.partitions, "schema": schema}
+    alerts_t = app.Table("alerts", **table_kw)
+    groups_t = app.Table("groups", **table_kw)
+    outbox_t = app.Table("outbox", **table_kw)
+    limits_t = app.Table("limits", **table_kw)
+    counters_t = app.Table("counters", **table_kw)
+    # Every worker needs every silence; faust's advice for GlobalTable: one partition, recovery buffer 1.
+    silences_t = app.GlobalTable("silences", partitions=1, recovery_buffer_size=1, schema=schema)
+
+    processor = Processor(
+        config,
+        asettings,
+        alerts=alerts_t,
+        groups=groups_t,
+        outbox=outbox_t,
+        limits=limits_t,
+        counters=counters_t,
+        silences=silences_t,
+    )
+    cache = Cache(settings.redis_url, prefix=settings.topic_prefix, ttl_s=settings.cache_ttl_s, service="alerts")
+    mirror = Mirror(cache)
+
+    async def send_event(value: dict[str, Any], *, key: bytes | None = None, partition: int | None = None) -> None:
+        fut = await events.send(key=key, value=dumps(value), partition=partition)
+        await fut
+
+    async def kafka_send(topic: str, key: bytes, value: dict[str, Any]) -> None:
+        name = settings.topic(topic)
+        if name not in outputs:
+            outputs[name] = app.topic(name, internal=False, **raw)
+        fut = await outputs[name].send(key=key, value=dumps(value))
+        await fut
+        EVENTS_OUT.labels("alerts", topic).inc()
+
+    async def dead_letter(record: dict[str, Any]) -> None:
+        fut = await dlq.send(key=record["receiver"].encode(), value=dumps(record))
+        await fut
+        EVENTS_OUT.labels("alerts", ALERTS_DLQ.name).inc()
+        log.error(
+            "notification %s to %s/%s sent to the DLQ after %s attempt(s): %s",
+            record["id"],
+            record["receiver"],
+            record["integration"],
+            record["attempts"],
+            record["error"],
+        )
+
+    http = httpx.AsyncClient(follow_redirects=False)
+    dispatcher = Dispatcher(
+        asettings,
+        Integrations(config, http, kafka_send),
+        cache.client,
+        cache.key("", ""),
+        flush=app.producer.flush,
+        report=lambda partition, value: send_event(value, partition=partition),
+        dead_letter=dead_letter,
+    )
+
+    async def send_ack(alert: dict[str, Any], value: dict[str, Any]) -> None:
+        await send_event(value, key=shard_key(alert["labels"], config.shard_by))
+
+    async def send_silence(sid: str, silence: dict[str, Any] | None) -> None:
+        fut = await silence_commands.send(key=sid.encode(), value=dumps(silence))
+        await fut
+
+    async def send_feedback(record: dict[str, Any]) -> None:
+        fut = await feedback.send(key=record["fingerprint"].encode(), value=dumps(record))
+        await fut
+        EVENTS_OUT.labels("alerts", FEEDBACK.name).inc()
+
+    mount(
+        app,
+        AlertsApi(
+            config,
+            tokens,
+            mirror,
+            silences_t,
+            send_ack=send_ack,
+            send_silence=send_silence,
+            send_feedback=send_feedback,
+        ),
+    )
+
+    @app.agent(inputs)
+    async def evaluate(stream: Any) -> None:
+        async for batch in stream.take_events(asettings.batch_size, within=asettings.batch_within_s):
+            started = time.perf_counter()
+            items = [(by_topic[e.message.topic], e.value) for e in batch]
+            for name in {n for n, _ in items}:
+                EVENTS_IN.labels("alerts", name).inc(sum(1 for n, _ in items if n == name))
+            result = evaluate_batch(config, items, asettings.quarantine_window_s)
+            for obs in result.observations:
+                await events.send(
+                    key=shard_key(obs.labels, config.shard_by), value=dumps({"type": "obs", "obs": obs.to_dict()})
+                )
+            for (source, start), n in result.quarantined.items():
+                await events.send(
+                    key=shard_key({}, config.shard_by),
+                    value=dumps({"type": "qcount", "source": source, "window_start": start, "n": n}),
+                )
+            BATCH_SIZE.labels("alerts", "evaluate").observe(len(batch))
+            BATCH_SECONDS.labels("alerts", "evaluate").observe(time.perf_counter() - started)
+
+    last_tick: dict[int, float] = {}
+
+    @app.agent(events)
+    async def alert_state(stream: Any) -> None:
+        async for event in stream.events():
+            try:
+                value = decode_internal(event.value)
+            except ValueError as exc:
+                DECODE_ERRORS.labels("alerts", "events").inc()
+                log.warning("undecodable internal event skipped: %s", exc)
+                continue
+            partition = event.message.partition
+            now = time.time()
+            if value["type"] == "tick":
+                # Ticks can queue up behind a backlog; one per interval is enough.
+                if now - last_tick.get(partition, 0.0) < asettings.tick_interval_s * 0.5:
+                    continue
+                last_tick[partition] = now
+            started = time.perf_counter()
+            changes = processor.handle(value, partition, now)
+            await mirror.put_alerts(changes.alerts)
+            await mirror.remove_alerts(changes.removed)
+            for entry in changes.dispatch:
+                dispatcher.submit(entry)
+            BATCH_SECONDS.labels("alerts", value["type"]).observe(time.perf_counter() - started)
+
+    @app.agent(silence_commands)
+    async def silence_writer(stream: Any) -> None:
+        async for event in stream.events():
+            silence = _loads_obj(event.value)
+            if silence is None or "id" not in silence:
+                DECODE_ERRORS.labels("alerts", "silence-commands").inc()
+                continue
+            silences_t[silence["id"]] = silence
+            ttl = max(60, (silence["ends_at"] - int(time.time() * 1000)) // 1000 + 86400)
+            await cache.set("silence", silence["id"], silence, ttl_s=ttl)
+
+    @app.timer(asettings.tick_interval_s)
+    async def tick() -> None:
+        if not state.joined or app.rebalancing:
+            return
+        name = events.get_topic_name()
+        for tp in app.assignor.assigned_actives():
+            if tp.topic == name:
+                await events.send(key=None, value=dumps({"type": "tick", "ts": time.time()}), partition=tp.partition)
+
+    redis_ok = {"ok": True}
+
+    @app.timer(5.0)
+    async def check_redis() -> None:
+        redis_ok["ok"] = await cache.ping()
+
+    state.add_check(
+        "config", lambda: (True, f"{config.path}: {len(config.rules)} rules, {len(config.receivers)} receivers")
+    )
+    state.add_check(
+        "redis", lambda: (True, "reachable" if redis_ok["ok"] else "unreachable: API reads and idempotency degraded")
+    )
+
+    async def _close() -> None:
+        await dispatcher.close()
+        await http.aclose()
+        await cache.close()
+
+    app.flowwatch_close = _close  # type: ignore[attr-defined]
+    app.flowwatch_processor = processor  # type: ignore[attr-defined]
+    app.flowwatch_dispatcher = dispatcher  # type: ignore[attr-defined]
     return app
+
+
+def _loads_obj(raw: bytes) -> dict[str, Any] | None:
+    from shared.codec import loads
+
+    try:
+        value = loads(raw)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 app = create_app()

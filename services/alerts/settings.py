@@ -46,6 +46,10 @@ class AlertsSettings:
         3600.0, "How long a resolved alert stays in the table and the API before it is forgotten."
     )
     quarantine_window_s: float = _doc(60.0, "Window in which quarantined readings are counted for rate rules.")
+    session_timeout_s: float = _doc(
+        60.0,
+        "Kafka consumer session timeout: how long a crashed worker keeps its partitions before another takes over.",
+    )
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> AlertsSettings:

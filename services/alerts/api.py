@@ -1,0 +1,275 @@
+"""The HTTP API, Alertmanager-flavoured: alerts, acks, silences, feedback. Token auth with roles.
+
+Reads come from the Redis mirror (alerts) and the silences table; writes become
+events on Kafka that the owning agent applies, so the tables stay the only source
+of truth. Every refusal is a 4xx with a JSON ``{"error": ...}`` saying why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import faust
+from faust.web import Request, Response, View
+
+from services.alerts import engine
+from services.alerts.auth import Principal, TokenStore
+from services.alerts.config import Config
+from services.alerts.matchers import MatcherError, parse_matchers
+from services.alerts.metrics import API_REQUESTS
+from services.alerts.mirror import Mirror
+from services.alerts.silences import SilenceError, new_silence, rfc3339, status
+from services.alerts.silences import view as silence_view
+from shared.codec import loads
+
+VERDICTS = ("true_positive", "false_positive")
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+class AlertsApi:
+    """The dependencies of the views; the Faust app wires it (see app.py)."""
+
+    def __init__(
+        self,
+        config: Config,
+        tokens: TokenStore,
+        mirror: Mirror,
+        silences: Any,
+        *,
+        send_ack: Callable[[dict[str, Any], dict[str, Any]], Awaitable[None]],
+        send_silence: Callable[[str, dict[str, Any] | None], Awaitable[None]],
+        send_feedback: Callable[[dict[str, Any]], Awaitable[None]],
+    ):
+        self.config = config
+        self.tokens = tokens
+        self.mirror = mirror
+        self.silences = silences
+        self.send_ack = send_ack
+        self.send_silence = send_silence
+        self.send_feedback = send_feedback
+
+    def authorize(self, request: Request, role: str) -> Principal:
+        if not self.tokens.tokens:
+            raise ApiError(401, "no API tokens are configured (set FLOWWATCH_ALERTS_TOKENS or a tokens file)")
+        principal = self.tokens.authenticate(request.headers.get("Authorization"))
+        if principal is None:
+            raise ApiError(401, "missing or invalid bearer token")
+        if not principal.can(role):
+            raise ApiError(403, f"role {principal.role!r} may not do this; needs {role!r} or above")
+        return principal
+
+    async def body(self, request: Request) -> Any:
+        raw = await request.read()
+        if not raw:
+            raise ApiError(400, "request body is empty; send a JSON object")
+        try:
+            return loads(raw)
+        except ValueError as exc:
+            raise ApiError(400, f"body is not valid JSON: {exc}") from None
+
+    # ------------------------------------------------------------------------------------------ alerts
+
+    def _silences(self) -> list[dict[str, Any]]:
+        return [s for s in self.silences.values() if s]
+
+    async def _with_status(self, alerts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        now_ms = int(time.time() * 1000)
+        firing = [a for a in alerts if a["status"] == "firing"]
+        sup = engine.Suppression.build(self.config, self._silences(), firing, now_ms)
+        out = []
+        for a in alerts:
+            silenced = sup.silenced_by(a["labels"]) if a["status"] == "firing" else []
+            inhibited = a["status"] == "firing" and sup.inhibited(a)
+            view = engine.alert_view(a, self.config.external_url)
+            view.update(
+                {
+                    "updatedAt": rfc3339(a["updated_at"]),
+                    "receivers": sorted({r.receiver for r in self.config.route.match(a["labels"])}),
+                    "count": a.get("count", 1),
+                    "ack": {"by": a["acked_by"], "at": rfc3339(a["acked_at"]), "comment": a.get("ack_comment", "")}
+                    if a.get("acked_by")
+                    else None,
+                    "state": "suppressed"
+                    if (silenced or inhibited)
+                    else ("active" if a["status"] == "firing" else "resolved"),
+                    "silencedBy": silenced,
+                    "inhibited": inhibited,
+                }
+            )
+            out.append(view)
+        return out
+
+    async def list_alerts(self, request: Request) -> dict[str, Any]:
+        self.authorize(request, "viewer")
+        q = request.query
+        try:
+            matchers = parse_matchers(q.getall("filter", []))
+        except MatcherError as exc:
+            raise ApiError(400, f"filter: {exc}") from None
+        wanted_status = q.get("status")
+        if wanted_status not in (None, "firing", "resolved"):
+            raise ApiError(400, "status: use firing or resolved")
+        alerts = [a for a in await self.mirror.all_alerts() if all(m.matches(a["labels"]) for m in matchers)]
+        if wanted_status:
+            alerts = [a for a in alerts if a["status"] == wanted_status]
+        views = await self._with_status(alerts)
+        for flag, key in (("silenced", "silencedBy"), ("inhibited", "inhibited")):
+            if flag in q:
+                want = q[flag].lower() in ("1", "true", "yes")
+                views = [v for v in views if bool(v[key]) == want]
+        if "receiver" in q:
+            views = [v for v in views if q["receiver"] in v["receivers"]]
+        views.sort(key=lambda v: (v["status"] != "firing", v["startsAt"]), reverse=False)
+        return {"alerts": views, "count": len(views)}
+
+    async def get_alert(self, request: Request, fingerprint: str) -> dict[str, Any]:
+        self.authorize(request, "viewer")
+        alert = await self.mirror.alert(fingerprint)
+        if alert is None:
+            raise ApiError(404, f"no alert with fingerprint {fingerprint!r}")
+        [view] = await self._with_status([alert])
+        return view
+
+    async def ack(self, request: Request, fingerprint: str) -> dict[str, Any]:
+        who = self.authorize(request, "operator")
+        body = await self.body(request) if request.can_read_body else {}
+        if not isinstance(body, dict):
+            raise ApiError(400, "body must be a JSON object")
+        alert = await self.mirror.alert(fingerprint)
+        if alert is None:
+            raise ApiError(404, f"no alert with fingerprint {fingerprint!r}")
+        if alert["status"] != "firing":
+            raise ApiError(409, "alert is resolved; nothing to acknowledge")
+        comment = str(body.get("comment", ""))[:1000]
+        await self.send_ack(alert, {"type": "ack", "fingerprint": fingerprint, "by": who.name, "comment": comment})
+        # Read-your-write: wait briefly for the agent to apply it.
+        for _ in range(50):
+            current = await self.mirror.alert(fingerprint)
+            if current and current.get("acked_by"):
+                return {"status": "acknowledged", "fingerprint": fingerprint, "by": who.name}
+            await asyncio.sleep(0.1)
+        return {"status": "accepted", "fingerprint": fingerprint, "by": who.name}
+
+    # ------------------------------------------------------------------------------------------ silences
+
+    async def list_silences(self, request: Request) -> list[dict[str, Any]]:
+        self.authorize(request, "viewer")
+        now_ms = int(time.time() * 1000)
+        state = request.query.get("state")
+        out = [silence_view(s, now_ms) for s in self._silences()]
+        if state:
+            out = [s for s in out if s["status"]["state"] == state]
+        return sorted(out, key=lambda s: s["endsAt"], reverse=True)
+
+    async def create_silence(self, request: Request) -> dict[str, Any]:
+        who = self.authorize(request, "operator")
+        now_ms = int(time.time() * 1000)
+        try:
+            silence = new_silence(await self.body(request), now_ms, author_default=who.name)
+        except SilenceError as exc:
+            raise ApiError(400, str(exc)) from None
+        existing = self.silences.get(silence["id"])
+        if existing is not None and not who.can("admin") and existing["created_by"] != who.name:
+            raise ApiError(403, "only its author or an admin may update a silence")
+        await self.send_silence(silence["id"], silence)
+        await self._wait(lambda: (self.silences.get(silence["id"]) or {}).get("updated_at") == now_ms)
+        return {"silenceID": silence["id"]}
+
+    async def delete_silence(self, request: Request) -> dict[str, Any]:
+        who = self.authorize(request, "operator")
+        sid = request.query.get("id") or request.match_info.get("silence_id")
+        if not sid:
+            raise ApiError(400, "give the silence id: DELETE /v1/silences/{id} or ?id=")
+        silence = self.silences.get(sid)
+        if silence is None:
+            raise ApiError(404, f"no silence {sid!r}")
+        if silence["created_by"] != who.name and not who.can("admin"):
+            raise ApiError(403, "only its author or an admin may expire a silence")
+        now_ms = int(time.time() * 1000)
+        if status(silence, now_ms) == "expired":
+            raise ApiError(409, "silence has already expired")
+        expired = {**silence, "ends_at": now_ms, "starts_at": min(silence["starts_at"], now_ms), "updated_at": now_ms}
+        await self.send_silence(sid, expired)
+        await self._wait(lambda: (self.silences.get(sid) or {}).get("updated_at") == now_ms)
+        return {"silenceID": sid, "status": "expired"}
+
+    async def _wait(self, done: Callable[[], bool], timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not done():
+            if time.monotonic() > deadline:
+                raise ApiError(503, "the change was sent but not applied in time; check GET /v1/silences")
+            await asyncio.sleep(0.05)
+
+    # ------------------------------------------------------------------------------------------ feedback
+
+    async def feedback(self, request: Request) -> dict[str, Any]:
+        who = self.authorize(request, "operator")
+        body = await self.body(request)
+        if not isinstance(body, dict):
+            raise ApiError(400, "body must be a JSON object with fingerprint and verdict")
+        fp, verdict = body.get("fingerprint"), body.get("verdict")
+        if not isinstance(fp, str) or not fp:
+            raise ApiError(400, "fingerprint: is required")
+        if verdict not in VERDICTS:
+            raise ApiError(400, f"verdict: must be one of {', '.join(VERDICTS)}")
+        alert = await self.mirror.alert(fp)
+        if alert is None:
+            raise ApiError(404, f"no alert with fingerprint {fp!r}")
+        record = {
+            "fingerprint": fp,
+            "verdict": verdict,
+            "ts": int(time.time() * 1000),
+            "author": who.name,
+            "comment": str(body.get("comment", ""))[:2000],
+            "labels": alert["labels"],
+            "v": 1,
+        }
+        await self.send_feedback(record)
+        return {"status": "recorded", **record}
+
+
+def mount(app: faust.App, api: AlertsApi) -> None:
+    """Register the views on the Faust web server."""
+
+    def handler(endpoint: str, fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Response]]:
+        async def run(self: View, request: Request, **kw: Any) -> Response:
+            try:
+                result = await fn(request, **kw)
+                code = 200
+            except ApiError as exc:
+                result, code = {"error": str(exc)}, exc.status
+            API_REQUESTS.labels(endpoint, str(code)).inc()
+            return self.json(result, status=code)
+
+        return run
+
+    app.page("/v1/alerts")(type("AlertsList", (View,), {"get": handler("alerts", api.list_alerts)}))
+    app.page("/v1/alerts/{fingerprint}")(type("AlertOne", (View,), {"get": handler("alert", api.get_alert)}))
+    app.page("/v1/alerts/{fingerprint}/ack")(type("AlertAck", (View,), {"post": handler("ack", api.ack)}))
+    app.page("/v1/silences")(
+        type(
+            "Silences",
+            (View,),
+            {
+                "get": handler("silences", api.list_silences),
+                "post": handler("silences", api.create_silence),
+                "delete": handler("silences", api.delete_silence),
+            },
+        )
+    )
+    app.page("/v1/silences/{silence_id}")(
+        type(
+            "SilenceOne",
+            (View,),
+            {"delete": handler("silences", lambda request, silence_id: api.delete_silence(request))},
+        )
+    )
+    app.page("/v1/feedback")(type("Feedback", (View,), {"post": handler("feedback", api.feedback)}))

@@ -1,0 +1,75 @@
+"""API tokens with roles: viewer < operator < admin.
+
+Tokens come from an environment variable (``role:token[:name]`` entries, comma
+separated) and/or a file (``role token [name]`` per line). Every request's token is
+compared with *every* known token in constant time, so timing tells nothing about
+which prefix was right. Tokens never reach a log line.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROLES = {"viewer": 1, "operator": 2, "admin": 3}
+
+
+class AuthConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Principal:
+    role: str
+    name: str
+
+    def can(self, role: str) -> bool:
+        return ROLES[self.role] >= ROLES[role]
+
+
+@dataclass
+class TokenStore:
+    tokens: list[tuple[bytes, Principal]] = field(default_factory=list, repr=False)
+
+    def add(self, role: str, token: str, name: str, where: str) -> None:
+        if role not in ROLES:
+            raise AuthConfigError(f"{where}: unknown role {role!r} (use viewer, operator or admin)")
+        if len(token) < 16:
+            raise AuthConfigError(f"{where}: token for {name or role!r} is shorter than 16 characters")
+        self.tokens.append((token.encode(), Principal(role, name or role)))
+
+    @classmethod
+    def load(cls, env_var: str, file: str = "", env: dict[str, str] | None = None) -> TokenStore:
+        env = dict(os.environ if env is None else env)
+        store = cls()
+        for i, entry in enumerate(p for p in env.get(env_var, "").split(",") if p.strip()):
+            parts = entry.strip().split(":")
+            if len(parts) not in (2, 3):
+                raise AuthConfigError(f"{env_var} entry {i + 1}: expected role:token[:name]")
+            store.add(parts[0], parts[1], parts[2] if len(parts) == 3 else "", f"{env_var} entry {i + 1}")
+        if file:
+            try:
+                lines = Path(file).read_text().splitlines()
+            except OSError as exc:
+                raise AuthConfigError(f"{file}: cannot read: {exc.strerror}") from None
+            for n, line in enumerate(lines, 1):
+                line = line.split("#", 1)[0].strip()
+                if not line:
+                    continue
+                parts = line.split()
+                if len(parts) not in (2, 3):
+                    raise AuthConfigError(f"{file}:{n}: expected 'role token [name]'")
+                store.add(parts[0], parts[1], parts[2] if len(parts) == 3 else "", f"{file}:{n}")
+        return store
+
+    def authenticate(self, header: str | None) -> Principal | None:
+        if not header or not header.startswith("Bearer "):
+            return None
+        given = header[len("Bearer ") :].strip().encode()
+        found = None
+        for token, principal in self.tokens:
+            if hmac.compare_digest(token, given) and found is None:
+                found = principal
+        return found
