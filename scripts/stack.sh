@@ -3,7 +3,8 @@
 #
 # Usage:
 #   bash scripts/stack.sh up       # install/download what is missing, start all three, wait until ready
-#   bash scripts/stack.sh down     # stop all three; exits non-zero if any process or port remains
+#   bash scripts/stack.sh down     # stop all three (SIGTERM, wait 30s, SIGKILL); exits non-zero if any
+#                                  # process of this stack remains (ports held by others: warning only)
 #   bash scripts/stack.sh status   # one line per component; exit 0 if all running, 1 otherwise
 #
 # `up` and `down` are idempotent: `up` on a running stack only re-checks it, `down` on a stopped
@@ -37,7 +38,9 @@
 # Central. kafka_2.13 4.4.0 is listed there, but its runtime dependency kafka-tools-api 4.4.0 (and
 # kafka-tools 4.4.0) is not, so 4.4.0 cannot be resolved into a runnable broker. 4.3.1 works with
 # aiokafka 0.14.0 / faust-streaming 0.15.3 (checked: admin create_topics, produce, consume with a
-# consumer group). Set KAFKA_VERSION to try another release.
+# consumer group, a faust worker with a changelog-backed table). Set KAFKA_VERSION to try another
+# release. Topics are never auto-created (auto.create.topics.enable=false): faust declares only its
+# internal topics (changelogs, repartition), so source topics must be created up front.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -79,7 +82,9 @@ die() {
   exit 1
 }
 
-# fail_component NAME WHAT LOGFILE... : clear failure message with the tail of the logs
+# fail_component NAME WHAT [LOGFILE...] : clear failure message (with the tail of the logs), exit 1.
+# Set FAIL_HINT beforehand to replace the generic "what to do" advice.
+FAIL_HINT=""
 fail_component() {
   local name="$1" what="$2"
   shift 2
@@ -93,14 +98,26 @@ fail_component() {
         printf -- '-----\n'
       fi
     done
-    printf 'stack: what to do: read the log(s) above (%s); check that nothing else uses the port;\n' "$*"
-    printf 'stack:   then run "bash scripts/stack.sh down" and "bash scripts/stack.sh up" again.\n'
-    if [[ "$name" == kafka ]]; then
-      printf 'stack:   If the Kafka data dir is from another Kafka version or cluster, remove %s\n' "$KAFKA_DATA"
-      printf 'stack:   (local data only) and retry. Raise FLOWWATCH_STACK_TIMEOUT on a slow machine.\n'
+    if [[ -n "$FAIL_HINT" ]]; then
+      printf 'stack: what to do: %s\n' "$FAIL_HINT"
+    else
+      printf 'stack: what to do: read %s; check that nothing else uses its port;\n' "${*:-the output above}"
+      printf 'stack:   then run "bash scripts/stack.sh down" and "bash scripts/stack.sh up" again.\n'
+      if [[ "$name" == kafka ]]; then
+        printf 'stack:   If the Kafka data dir is from another Kafka version or cluster, remove %s\n' "$KAFKA_DATA"
+        printf 'stack:   (local data only) and retry. Raise FLOWWATCH_STACK_TIMEOUT on a slow machine.\n'
+      fi
     fi
   } >&2
   exit 1
+}
+
+port_var_of() {
+  case "$1" in
+    kafka) echo KAFKA_PORT ;;
+    redis) echo REDIS_PORT ;;
+    mosquitto) echo MQTT_PORT ;;
+  esac
 }
 
 port_of() {
@@ -165,6 +182,17 @@ port_owner() {
   if command -v ss >/dev/null 2>&1; then
     ss -Hltnp "sport = :$port" 2>/dev/null | head -n 3 || true
   fi
+}
+
+# Close every fd above 2 in the current (sub)shell. Daemons are exec'ed after this so they do not
+# inherit the stack.lock fd (they would hold the lock forever) or a caller's pipes (a CI runner or
+# `make ... | tee` would then wait on them forever).
+close_extra_fds() {
+  local f fd
+  for f in /proc/"$BASHPID"/fd/*; do
+    fd="${f##*/}"
+    if [[ "$fd" =~ ^[0-9]+$ ]] && ((fd > 2)); then eval "exec $fd>&-" 2>/dev/null || true; fi
+  done
 }
 
 python_bin() {
@@ -442,9 +470,9 @@ check_port_free() {
   local comp="$1" port
   port="$(port_of "$comp")"
   if port_listening "$port"; then
+    FAIL_HINT="stop that process, or start the stack on another port ($(port_var_of "$comp")=...)."
     fail_component "$comp" "port $BIND_HOST:$port is already in use by a process that is not this stack's:
-$(port_owner "$port")
-stack:   stop that process, or choose another port (e.g. ${comp^^}_PORT=...; for mosquitto MQTT_PORT)" 
+$(port_owner "$port")"
   fi
 }
 
@@ -455,16 +483,26 @@ start_kafka() {
   cp="$KAFKA_LIBS/*"
   check_port_free kafka
   if port_listening "$KAFKA_CONTROLLER_PORT"; then
+    FAIL_HINT="stop that process, or start the stack with another KAFKA_CONTROLLER_PORT=..."
     fail_component kafka "controller port $BIND_HOST:$KAFKA_CONTROLLER_PORT is already in use:
-$(port_owner "$KAFKA_CONTROLLER_PORT")
-stack:   stop that process or set KAFKA_CONTROLLER_PORT"
+$(port_owner "$KAFKA_CONTROLLER_PORT")"
   fi
   write_kafka_config
-  local jvm_opts=(-Xss1m $KAFKA_HEAP_OPTS -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:+ExitOnOutOfMemoryError
-    -Djava.awt.headless=true -Dlog4j2.configurationFile="$KAFKA_LOG4J" -Dkafka.logs.dir="$LOG_DIR")
+  # kafka.log/kafka.out hold this run only (so a failure shows this run's lines); keep the last run's
+  if [[ -f "$LOG_DIR/kafka.log" ]]; then mv -f "$LOG_DIR/kafka.log" "$LOG_DIR/kafka.log.prev"; fi
+  : >"$LOG_DIR/kafka.out"
+  local heap_opts jvm_opts
+  read -r -a heap_opts <<<"$KAFKA_HEAP_OPTS"
+  jvm_opts=("${heap_opts[@]}" -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:+ExitOnOutOfMemoryError
+    -Djava.awt.headless=true -Djava.net.preferIPv4Stack=true -Dlog4j2.configurationFile="$KAFKA_LOG4J" -Dkafka.logs.dir="$LOG_DIR")
   if [[ ! -f "$KAFKA_DATA/meta.properties" ]]; then
     local cluster_id
-    cluster_id="$("$java" -cp "$cp" "${jvm_opts[@]}" kafka.tools.StorageTool random-uuid 2>>"$LOG_DIR/kafka.out" | tail -n 1)"
+    # same format as 'kafka-storage random-uuid' (16 random bytes, base64url, no padding, no leading '-')
+    cluster_id="$("$(python_bin)" -c 'import base64,os
+while True:
+    u = base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
+    if not u.startswith("-"): break
+print(u)' 2>>"$LOG_DIR/kafka.out" || true)"
     [[ -n "$cluster_id" ]] || fail_component kafka "could not generate a cluster id" "$LOG_DIR/kafka.out"
     log "kafka: formatting storage in $KAFKA_DATA (cluster id $cluster_id)"
     if ! "$java" -cp "$cp" "${jvm_opts[@]}" kafka.tools.StorageTool format \
@@ -473,8 +511,7 @@ stack:   stop that process or set KAFKA_CONTROLLER_PORT"
     fi
   fi
   log "kafka: starting $KAFKA_VERSION on $BIND_HOST:$KAFKA_PORT (controller $KAFKA_CONTROLLER_PORT)"
-  : >"$LOG_DIR/kafka.out"
-  setsid "$java" -cp "$cp" "${jvm_opts[@]}" kafka.Kafka "$KAFKA_PROPS" \
+  (close_extra_fds && exec setsid "$java" -cp "$cp" "${jvm_opts[@]}" kafka.Kafka "$KAFKA_PROPS") \
     </dev/null >>"$LOG_DIR/kafka.out" 2>&1 &
   echo $! >"$(pidfile_of kafka)"
 }
@@ -489,8 +526,7 @@ wait_kafka() {
       fail_component kafka "the broker process (pid $pid) exited during startup" "$LOG_DIR/kafka.out" "$LOG_DIR/kafka.log"
     fi
     if ((SECONDS >= deadline)); then
-      stop_component kafka >/dev/null 2>&1 || true
-      fail_component kafka "the broker did not answer a metadata request on $BIND_HOST:$KAFKA_PORT within ${UP_TIMEOUT}s (process stopped)" \
+      fail_component kafka "the broker did not answer a metadata request on $BIND_HOST:$KAFKA_PORT within ${UP_TIMEOUT}s" \
         "$LOG_DIR/kafka.out" "$LOG_DIR/kafka.log"
     fi
     sleep 0.5
@@ -502,9 +538,9 @@ start_redis() {
   mkdir -p "$REDIS_DATA"
   log "redis: starting on $BIND_HOST:$REDIS_PORT"
   local out
-  if ! out="$(cd "$REDIS_DATA" && redis-server --bind "$BIND_HOST" --port "$REDIS_PORT" --protected-mode yes \
+  if ! out="$(cd "$REDIS_DATA" && close_extra_fds && exec redis-server --bind "$BIND_HOST" --port "$REDIS_PORT" --protected-mode yes \
       --daemonize yes --pidfile "$(pidfile_of redis)" --dir "$REDIS_DATA" \
-      --save '' --appendonly no --logfile "$LOG_DIR/redis.log" 2>&1)"; then
+      --save '' --appendonly no --logfile "$LOG_DIR/redis.log" </dev/null 2>&1)"; then
     printf '%s\n' "$out" >>"$LOG_DIR/redis.log"
     fail_component redis "redis-server exited with an error" "$LOG_DIR/redis.log"
   fi
@@ -522,7 +558,7 @@ start_mosquitto() {
   local bin out
   bin="$(mosquitto_bin)"
   rm -f "$(pidfile_of mosquitto)"
-  if ! out="$("$bin" -c "$MOSQ_CONF" -d 2>&1)"; then
+  if ! out="$(close_extra_fds && exec "$bin" -c "$MOSQ_CONF" -d </dev/null 2>&1)"; then
     printf '%s\n' "$out" >>"$LOG_DIR/mosquitto.log"
     fail_component mosquitto "mosquitto exited with an error" "$LOG_DIR/mosquitto.log"
   fi
@@ -557,7 +593,11 @@ stop_component() {
         kill -KILL "$pid" 2>/dev/null || true
       fi
     done
-    sleep 0.2
+    # let the parent (often init) reap them, so no <defunct> entry lingers in ps right after down
+    deadline=$((SECONDS + 3))
+    for pid in $pids; do
+      while [[ -d "/proc/$pid" ]] && ((SECONDS < deadline)); do sleep 0.1; done
+    done
   fi
   rm -f "$(pidfile_of "$comp")"
   [[ -z "$(stack_pids "$comp")" ]]
@@ -589,6 +629,7 @@ cmd_status() {
   return "$rc"
 }
 
+# Serialises up/down. fd 9 must not leak into the daemons: see close_extra_fds.
 lock_stack() {
   mkdir -p "$STACK_DIR"
   exec 9>"$STACK_DIR/stack.lock"
@@ -597,8 +638,21 @@ lock_stack() {
   fi
 }
 
+# components this `up` started; if `up` fails they are stopped again (no half-started stack)
+STARTED=()
+cleanup_failed_up() {
+  local rc=$? comp
+  trap - EXIT
+  if ((rc != 0 && ${#STARTED[@]} > 0)); then
+    log "up failed; stopping what this run started: ${STARTED[*]}"
+    for comp in "${STARTED[@]}"; do stop_component "$comp" >/dev/null 2>&1 || true; done
+  fi
+  exit "$rc"
+}
+
 cmd_up() {
   local t0=$SECONDS
+  trap cleanup_failed_up EXIT
   lock_stack
   mkdir -p "$PID_DIR" "$LOG_DIR" "$DATA_DIR" "$CONF_DIR" "$CACHE_DIR"
   ensure_debian_tools
@@ -609,6 +663,7 @@ cmd_up() {
   if [[ -n "$(live_pid kafka)" ]]; then
     log "kafka: already running (pid $(live_pid kafka))"
   else
+    STARTED+=(kafka)
     start_kafka
     kafka_started=1
   fi
@@ -616,15 +671,18 @@ cmd_up() {
     redis_ready || fail_component redis "process $(live_pid redis) is running but does not answer PING" "$LOG_DIR/redis.log"
     log "redis: already running (pid $(live_pid redis))"
   else
+    STARTED+=(redis)
     start_redis
   fi
   if [[ -n "$(live_pid mosquitto)" ]]; then
     log "mosquitto: already running (pid $(live_pid mosquitto))"
   else
+    STARTED+=(mosquitto)
     start_mosquitto
   fi
   wait_kafka
   if ((kafka_started)); then log "kafka: ready"; fi
+  STARTED=()
   log "up in $((SECONDS - t0))s"
   cmd_status
 }
@@ -656,7 +714,7 @@ case "${1:-}" in
   down) cmd_down ;;
   status) cmd_status ;;
   *)
-    sed -n '2,9p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,11p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
     exit 2
     ;;
 esac
