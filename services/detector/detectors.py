@@ -1,0 +1,181 @@
+"""Anomaly detectors over feature rows: every one scores a matrix at once, higher is more anomalous.
+
+Each detector is fitted on standardised features of normal operation and keeps
+the threshold calibrated for it (``threshold``), so a score divided by its
+threshold is comparable across detectors: 1.0 means "as unusual as the
+calibration quantile of normal data". The ensemble averages those ratios.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from sklearn.cluster import KMeans
+from sklearn.ensemble import IsolationForest
+from sklearn.neighbors import LocalOutlierFactor
+
+
+@dataclass
+class Scaler:
+    """Centre and scale per feature, with a floor so a near-constant feature cannot explode."""
+
+    rel_floor: float = 0.01
+    abs_floor: float = 1e-6
+    center: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    scale: np.ndarray = field(default_factory=lambda: np.ones(0))
+
+    def fit(self, x: np.ndarray) -> Scaler:
+        self.center = np.median(x, axis=0)
+        std = x.std(axis=0)
+        iqr = np.subtract(*np.percentile(x, [75, 25], axis=0)) / 1.349
+        floor = np.maximum(self.rel_floor * np.abs(self.center), self.abs_floor)
+        # the larger of std and IQR: robust to a few outliers, yet honest about heavy tails
+        self.scale = np.maximum(np.maximum(std, iqr), floor)
+        return self
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        return (x - self.center) / self.scale
+
+
+class Detector:
+    """Base: ``fit`` on normal rows, ``score`` rows, ``threshold`` set by calibration."""
+
+    name = "detector"
+    needs_fit = True
+    threshold: float = 1.0
+
+    def fit(self, x: np.ndarray) -> Detector:
+        return self
+
+    def score(self, x: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
+class ZScoreDetector(Detector):
+    """Largest absolute z-score of a row against the rolling state; needs no training."""
+
+    name = "zscore"
+    needs_fit = False
+
+    def __init__(self, threshold: float = 2.5):
+        self.threshold = threshold
+
+    def score(self, z: np.ndarray) -> np.ndarray:
+        return np.abs(z).max(axis=1) if z.shape[1] else np.zeros(len(z))
+
+
+class IsolationForestDetector(Detector):
+    name = "iforest"
+
+    def __init__(self, n_estimators: int = 100, max_samples: int | str = "auto", seed: int = 0):
+        self.model = IsolationForest(n_estimators=n_estimators, max_samples=max_samples, random_state=seed)
+
+    def fit(self, x: np.ndarray) -> IsolationForestDetector:
+        self.model.fit(x)
+        return self
+
+    def score(self, x: np.ndarray) -> np.ndarray:
+        return -self.model.score_samples(x)
+
+
+class KMeansDetector(Detector):
+    """Distance to the nearest centroid of normal operating modes."""
+
+    name = "kmeans"
+
+    def __init__(self, clusters: int = 8, percentile: float = 95.0, seed: int = 0):
+        self.clusters = clusters
+        self.percentile = percentile
+        self.seed = seed
+        self.model: KMeans | None = None
+
+    def fit(self, x: np.ndarray) -> KMeansDetector:
+        k = max(1, min(self.clusters, len(x) // 10))
+        self.model = KMeans(n_clusters=k, n_init=4, random_state=self.seed).fit(x)
+        self.threshold = float(np.percentile(self.score(x), self.percentile))
+        return self
+
+    def score(self, x: np.ndarray) -> np.ndarray:
+        assert self.model is not None
+        return self.model.transform(x).min(axis=1)
+
+
+class LOFDetector(Detector):
+    """Local outlier factor in novelty mode: density of a row relative to its normal neighbours."""
+
+    name = "lof"
+
+    def __init__(self, neighbours: int = 20):
+        self.neighbours = neighbours
+        self.model: LocalOutlierFactor | None = None
+
+    def fit(self, x: np.ndarray) -> LOFDetector:
+        self.model = LocalOutlierFactor(n_neighbors=min(self.neighbours, len(x) - 1), novelty=True).fit(x)
+        return self
+
+    def score(self, x: np.ndarray) -> np.ndarray:
+        assert self.model is not None
+        return -self.model.score_samples(x)
+
+
+class PCADetector(Detector):
+    """PCA on standardised features: Hotelling's T² inside the model plane, Q (SPE) off it.
+
+    The score is the larger of T² and Q, each divided by its own calibrated limit,
+    so it crosses 1.0 when either statistic does.
+    """
+
+    name = "pca"
+
+    def __init__(self, variance: float = 0.9, max_components: int | None = None):
+        self.variance = variance
+        self.max_components = max_components
+        self.mean = np.zeros(0)
+        self.components = np.zeros((0, 0))
+        self.eigvals = np.ones(0)
+        self.t2_limit = 1.0
+        self.q_limit = 1.0
+
+    def fit(self, x: np.ndarray) -> PCADetector:
+        self.mean = x.mean(axis=0)
+        xc = x - self.mean
+        _, sv, vt = np.linalg.svd(xc, full_matrices=False)
+        eig = sv**2 / max(len(x) - 1, 1)
+        ratio = np.cumsum(eig) / max(eig.sum(), 1e-12)
+        k = int(np.searchsorted(ratio, self.variance) + 1)
+        k = min(k, self.max_components or k, len(eig) - 1 if len(eig) > 1 else 1)
+        self.components = vt[:k]
+        self.eigvals = np.maximum(eig[:k], 1e-9)
+        t2, q = self.statistics(x)
+        self.t2_limit = float(max(np.quantile(t2, 0.99), 1e-9))
+        self.q_limit = float(max(np.quantile(q, 0.99), 1e-9))
+        return self
+
+    def statistics(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        xc = x - self.mean
+        t = xc @ self.components.T
+        t2 = (t * t / self.eigvals).sum(axis=1)
+        resid = xc - t @ self.components
+        return t2, (resid * resid).sum(axis=1)
+
+    def residuals(self, x: np.ndarray) -> np.ndarray:
+        xc = x - self.mean
+        return xc - (xc @ self.components.T) @ self.components
+
+    def score(self, x: np.ndarray) -> np.ndarray:
+        t2, q = self.statistics(x)
+        return np.maximum(t2 / self.t2_limit, q / self.q_limit)
+
+
+def make_detector(name: str, **params: object) -> Detector:
+    kinds: dict[str, type[Detector]] = {
+        "zscore": ZScoreDetector,
+        "iforest": IsolationForestDetector,
+        "kmeans": KMeansDetector,
+        "lof": LOFDetector,
+        "pca": PCADetector,
+    }
+    if name not in kinds:
+        raise ValueError(f"unknown detector {name!r}; known: {', '.join(kinds)}")
+    return kinds[name](**params)  # type: ignore[arg-type]

@@ -1,0 +1,263 @@
+"""The anomaly model: features -> detectors -> calibrated ensemble -> causal persistence.
+
+One :class:`AnomalyModel` serves one *profile* (an asset kind or sensor group, or
+the columns of a CSV offline). It holds everything scoring needs, calibrated on
+normal data and saved together: the feature configuration, the scaler, the
+fitted detectors with their thresholds, the ensemble threshold and the state at
+the end of training. Streaming and offline scoring call the same methods.
+
+Calibration is out-of-fold: training rows are cut into contiguous time blocks,
+each block is scored by detectors fitted on the other blocks, and thresholds are
+quantiles of those honest scores. A few hundred normal rows are all a test rig
+gives us; in-sample scores of IsolationForest, LOF or K-Means on them would be
+optimistic and the thresholds too tight.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+import orjson
+
+from services.detector.detectors import Detector, Scaler, ZScoreDetector, make_detector
+from services.detector.state import FEATURE_BLOCKS, Layout, RollingState, StateConfig, alpha
+
+MODEL_FILE = "model.joblib"
+META_FILE = "meta.json"
+ALL_DETECTORS = ("zscore", "pca", "kmeans", "lof", "iforest")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """What a profile's model looks at and how strict it is."""
+
+    # feature blocks the learned detectors see (see state.FEATURE_BLOCKS)
+    blocks: tuple[str, ...] = ("smooth", "spread", "z")
+    detectors: tuple[str, ...] = ALL_DETECTORS
+    # the statistical detector's threshold on |z| and which z it reads
+    zscore_threshold: float = 2.5
+    zscore_block: str = "z_tod"
+    kmeans_percentile: float = 95.0
+    # detector thresholds: this quantile of out-of-fold normal scores
+    calib_quantile: float = 0.99
+    # ensemble on-threshold: this quantile of smoothed out-of-fold normal scores, times margin
+    alarm_quantile: float = 0.995
+    margin: float = 1.1
+    cv_folds: int = 5
+    ratio_cap: float = 20.0  # one detector alone cannot carry the average beyond this
+    score_halflife: float = 2.0  # causal smoothing of the ensemble score, in readings
+    off_ratio: float = 0.9  # an episode ends when the smoothed score falls below off_ratio * threshold
+    min_train_rows: int = 50
+    state: StateConfig = field(default_factory=StateConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        data = dict(data)
+        state = StateConfig(**data.pop("state", {}))
+        tuples = {k: tuple(v) for k, v in data.items() if isinstance(v, list)}
+        return cls(**{**data, **tuples, "state": state})
+
+
+@dataclass
+class Scored:
+    """Scores of a batch of readings, row-aligned with the input."""
+
+    score: np.ndarray  # smoothed ensemble score (the one compared with threshold)
+    raw: np.ndarray  # ensemble score of the reading alone
+    anomaly: np.ndarray  # bool, after hysteresis
+    members: dict[str, np.ndarray]  # each detector's score / its threshold
+    contributions: np.ndarray  # (n, metrics), rows sum to 1
+    threshold: float
+
+
+class AnomalyModel:
+    """A fitted (or purely statistical) model for one profile's metrics."""
+
+    def __init__(self, metrics: tuple[str, ...] | list[str], config: ModelConfig | None = None, name: str = "default"):
+        self.metrics = tuple(metrics)
+        self.config = config or ModelConfig()
+        self.name = name
+        self.rolling = RollingState(self.metrics, self.config.state)
+        self.scaler: Scaler | None = None
+        self.detectors: list[Detector] = [ZScoreDetector(self.config.zscore_threshold)]
+        self.threshold = 1.0
+        self.initial_state = self.rolling.layout.empty(1)
+        self.version = "statistical"
+        self.trained_rows = 0
+        self.fitted_at = 0.0
+        m = len(self.metrics)
+        pos = {b: i for i, b in enumerate(FEATURE_BLOCKS)}
+        self._cols = np.concatenate([np.arange(pos[b] * m, (pos[b] + 1) * m) for b in self.config.blocks])
+        self._z_cols = np.arange(pos[self.config.zscore_block] * m, (pos[self.config.zscore_block] + 1) * m)
+        self._a_score = alpha(self.config.score_halflife)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def trained(self) -> bool:
+        return self.scaler is not None
+
+    @property
+    def layout(self) -> Layout:
+        return self.rolling.layout
+
+    def block(self, features: np.ndarray, name: str) -> np.ndarray:
+        i, m = FEATURE_BLOCKS.index(name), len(self.metrics)
+        return features[:, i * m : (i + 1) * m]
+
+    # ------------------------------------------------------------------ fitting
+    def fit(self, x: np.ndarray, ts_ms: np.ndarray) -> AnomalyModel:
+        """Fit on normal rows of one stream (``x`` is ``(n, metrics)``, time-ordered)."""
+        cfg = self.config
+        state = self.rolling.layout.empty(1)
+        feats = self.rolling.run(state, x, ts_ms.astype(np.float64), np.zeros(len(x), dtype=np.int64))
+        skip = min(max(cfg.state.warmup, int(3 * cfg.state.short_halflife)), len(x) // 5)
+        feats = feats[skip:]
+        if len(feats) < cfg.min_train_rows:
+            raise ValueError(f"need at least {cfg.min_train_rows + skip} training rows, got {len(x)}")
+        learned = [d for d in cfg.detectors if d != "zscore"]
+        z_members = ["zscore"] if "zscore" in cfg.detectors else []
+        self.scaler = Scaler().fit(feats[:, self._cols])
+        xs = self.scaler.transform(feats[:, self._cols])
+
+        # out-of-fold member scores for calibration
+        folds = np.array_split(np.arange(len(xs)), max(2, cfg.cv_folds))
+        oof = {name: np.empty(len(xs)) for name in learned}
+        for hold in folds:
+            keep = np.setdiff1d(np.arange(len(xs)), hold)
+            scaler = Scaler().fit(feats[keep][:, self._cols])
+            xk, xh = scaler.transform(feats[keep][:, self._cols]), scaler.transform(feats[hold][:, self._cols])
+            for name in learned:
+                oof[name][hold] = self._new_detector(name).fit(xk).score(xh)
+
+        self.detectors = [ZScoreDetector(cfg.zscore_threshold)] if z_members else []
+        for name in learned:
+            det = self._new_detector(name).fit(xs)
+            if name != "kmeans":  # K-Means keeps its percentile threshold, as specified
+                det.threshold = float(max(np.quantile(oof[name], cfg.calib_quantile), 1e-9))
+            else:
+                det.threshold = float(max(np.percentile(oof[name], cfg.kmeans_percentile), 1e-9))
+            self.detectors.append(det)
+
+        ratios = [np.minimum(oof[d.name] / d.threshold, cfg.ratio_cap) for d in self.detectors if d.name in oof]
+        if z_members:
+            z = ZScoreDetector(cfg.zscore_threshold)
+            ratios.append(np.minimum(z.score(feats[:, self._z_cols]) / z.threshold, cfg.ratio_cap))
+        raw = np.mean(ratios, axis=0)
+        smoothed = self._smooth_sequence(raw)
+        self.threshold = float(max(np.quantile(smoothed, cfg.alarm_quantile) * cfg.margin, 1e-9))
+        self.initial_state = state
+        self.trained_rows = len(x)
+        self.fitted_at = time.time()
+        self.version = f"fit-{int(self.fitted_at)}"
+        return self
+
+    def _new_detector(self, name: str) -> Detector:
+        if name == "kmeans":
+            return make_detector(name, percentile=self.config.kmeans_percentile)
+        return make_detector(name)
+
+    def _smooth_sequence(self, raw: np.ndarray) -> np.ndarray:
+        out, s, a = np.empty_like(raw), raw[0] if len(raw) else 0.0, self._a_score
+        for i, r in enumerate(raw):
+            s = s + a * (r - s)
+            out[i] = s
+        return out
+
+    # ------------------------------------------------------------------ scoring
+    def features(self, state: np.ndarray, x: np.ndarray, ts_ms: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        return self.rolling.run(state, x, ts_ms.astype(np.float64), idx)
+
+    def member_scores(self, feats: np.ndarray) -> dict[str, np.ndarray]:
+        """Each detector's score divided by its threshold (1.0 = its calibrated limit)."""
+        cap = self.config.ratio_cap
+        out: dict[str, np.ndarray] = {}
+        xs = self.scaler.transform(feats[:, self._cols]) if self.scaler is not None else None
+        for det in self.detectors:
+            if isinstance(det, ZScoreDetector):
+                s = det.score(feats[:, self._z_cols])
+            else:
+                s = det.score(xs)
+            out[det.name] = np.minimum(np.nan_to_num(s / det.threshold, nan=cap, posinf=cap), cap)
+        return out
+
+    def contributions(self, feats: np.ndarray) -> np.ndarray:
+        """Share of each metric in the row's deviation (rows sum to 1)."""
+        m = len(self.metrics)
+        if self.scaler is not None:
+            dev = self.scaler.transform(feats[:, self._cols]) ** 2
+            per_metric = dev.reshape(len(feats), -1, m).sum(axis=1)
+        else:
+            per_metric = feats[:, self._z_cols] ** 2
+        per_metric = np.nan_to_num(per_metric)
+        total = per_metric.sum(axis=1, keepdims=True)
+        return np.where(total > 0, per_metric / np.where(total > 0, total, 1.0), 1.0 / m)
+
+    def score(self, state: np.ndarray, feats: np.ndarray, idx: np.ndarray) -> Scored:
+        """Ensemble score, causal smoothing and hysteresis for feature rows (updates ``state``)."""
+        members = self.member_scores(feats)
+        raw = np.mean(list(members.values()), axis=0) if members else np.zeros(len(feats))
+        smoothed, flags = self._persist(state, raw, idx)
+        return Scored(smoothed, raw, flags, members, self.contributions(feats), self.threshold)
+
+    def _persist(self, state: np.ndarray, raw: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        lay, a = self.layout, self._a_score
+        on, off = self.threshold, self.threshold * self.config.off_ratio
+        smoothed, flags = np.empty(len(raw)), np.zeros(len(raw), dtype=bool)
+        # readings of one sensor in order; the common case (one per sensor) needs one pass
+        order = np.argsort(idx, kind="stable")
+        sorted_idx = idx[order]
+        starts = np.r_[0, np.flatnonzero(np.diff(sorted_idx)) + 1] if len(idx) else np.zeros(0, dtype=int)
+        occ = np.empty(len(idx), dtype=np.int64)
+        occ[order] = np.arange(len(idx)) - np.repeat(starts, np.diff(np.r_[starts, len(idx)]))
+        for j in range(int(occ.max()) + 1 if len(idx) else 0):
+            pick = np.flatnonzero(occ == j)
+            rows = idx[pick]
+            prev = state[rows, lay.SCORE]
+            fresh = state[rows, lay.SCORED] == 0
+            s = np.where(fresh, raw[pick], prev + a * (raw[pick] - prev))
+            was = state[rows, lay.FLAG] > 0
+            flag = np.where(was, s >= off, s >= on)
+            state[rows, lay.SCORE] = s
+            state[rows, lay.FLAG] = flag
+            state[rows, lay.SCORED] += 1
+            smoothed[pick], flags[pick] = s, flag
+        return smoothed, flags
+
+    # ------------------------------------------------------------------ persistence
+    def meta(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "metrics": list(self.metrics),
+            "trained": self.trained,
+            "trained_rows": self.trained_rows,
+            "fitted_at": self.fitted_at,
+            "threshold": self.threshold,
+            "detectors": {d.name: d.threshold for d in self.detectors},
+            "config": self.config.to_dict(),
+        }
+
+    def save(self, directory: Path | str) -> Path:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        joblib.dump(self, directory / MODEL_FILE, compress=3)
+        (directory / META_FILE).write_bytes(orjson.dumps(self.meta(), option=orjson.OPT_INDENT_2))
+        return directory
+
+    @staticmethod
+    def load(directory: Path | str) -> AnomalyModel:
+        path = Path(directory) / MODEL_FILE
+        if not path.exists():
+            raise FileNotFoundError(f"no {MODEL_FILE} in {directory}; run `python -m services.detector fit` first")
+        model = joblib.load(path)
+        if not isinstance(model, AnomalyModel):
+            raise TypeError(f"{path} does not hold an AnomalyModel")
+        return model

@@ -1,0 +1,240 @@
+"""Per-sensor rolling state and the causal features computed from it.
+
+One sensor's state is a flat float64 vector (see :class:`Layout`): per metric a
+short and a long exponentially weighted mean and variance, the last value, a
+time-of-day profile (mean and variance per hour of day), plus the sensor's
+observation count, last timestamp and the post-processing state of its anomaly
+score. Flat vectors are cheap to stack into a ``(sensors, width)`` matrix, so a
+micro-batch updates every sensor of a model profile with a handful of numpy
+operations, and they serialise to bytes for a Faust table without a codec.
+
+Processing is strictly causal and exact whatever the batching: a batch holding
+several readings of one sensor is processed in *rounds* (round j takes the j-th
+reading of every sensor), each reading's features are computed against the state
+left by the readings before it, and the state is then written once per sensor.
+Offline scoring of a CSV is the same code with one sensor and one reading per round.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+
+HOURS = 24
+# Per-metric feature blocks, in the order they appear in a feature row.
+FEATURE_BLOCKS = (
+    "value",  # the reading (a missing metric: its smoothed level)
+    "smooth",  # short EWMA of the level
+    "spread",  # short EWMA standard deviation, in the metric's unit
+    "z",  # (value - long mean) / long sigma
+    "z_tod",  # (value - hour-of-day mean) / its sigma once the hour is known, else z
+    "rate",  # change per second since the previous reading
+    "spread_rel",  # spread / long sigma: unit-free, comparable across sensors
+    "delta_z",  # change since the previous reading / long sigma
+    "base",  # the usual level the reading was compared against (for reasons)
+    "base_sd",  # its sigma
+)
+# Blocks that describe the baseline a reading was compared against; for reasons, not for models.
+REASON_BLOCKS = ("base", "base_sd")
+
+
+def alpha(halflife: float) -> float:
+    """EWMA weight of the newest observation for a half-life in observations."""
+    return float(1.0 - 0.5 ** (1.0 / max(halflife, 1e-9)))
+
+
+@dataclass(frozen=True)
+class StateConfig:
+    """How fast the rolling statistics move, in observations (not seconds) so batching never changes them."""
+
+    short_halflife: float = 3.0  # smoothing of level and spread: noise down, a few readings of delay
+    long_halflife: float = 600.0  # the "usual" level a reading is compared against
+    tod_max_count: int = 5000  # per hour-of-day bucket: cumulative mean until this many, then EWMA
+    tod_min_count: int = 30  # a bucket is trusted (for z_tod and reasons) after this many readings
+    warmup: int = 10  # z-scores are 0 until a metric has this many observations
+    rel_floor: float = 1e-3  # sigma floor relative to |mean|: a constant sensor does not give infinite z
+    abs_floor: float = 1e-6
+    z_clip: float = 50.0
+    tz_offset_h: int = 0  # hour-of-day buckets in local time: UTC + this offset
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Positions of each statistic inside a sensor's flat state vector for ``m`` metrics."""
+
+    m: int
+
+    # scalar slots
+    N = 0  # observations of the sensor
+    TS = 1  # last timestamp, ms
+    SCORE = 2  # smoothed ensemble score
+    FLAG = 3  # 1 while the sensor is in an anomalous episode (hysteresis)
+    SCORED = 4  # readings scored so far (0: the smoothed score starts afresh)
+    SCALARS = 5
+
+    @cached_property
+    def blocks(self) -> dict[str, slice]:
+        m, pos, out = self.m, self.SCALARS, {}
+        for name, size in (
+            ("count", m),
+            ("last", m),
+            ("ms", m),
+            ("vs", m),
+            ("ml", m),
+            ("vl", m),
+            ("tod_m", HOURS * m),
+            ("tod_v", HOURS * m),
+            ("tod_n", HOURS * m),
+        ):
+            out[name] = slice(pos, pos + size)
+            pos += size
+        return out
+
+    @property
+    def width(self) -> int:
+        return self.blocks["tod_n"].stop
+
+    def empty(self, sensors: int = 1) -> np.ndarray:
+        state = np.zeros((sensors, self.width))
+        state[:, self.blocks["last"]] = np.nan
+        return state
+
+
+def feature_names(metrics: tuple[str, ...] | list[str]) -> list[str]:
+    return [f"{block}:{m}" for block in FEATURE_BLOCKS for m in metrics]
+
+
+class RollingState:
+    """Vectorised update of many sensors' states; one instance per metric list and config."""
+
+    def __init__(self, metrics: tuple[str, ...] | list[str], config: StateConfig | None = None):
+        self.metrics = tuple(metrics)
+        self.config = config or StateConfig()
+        self.layout = Layout(len(self.metrics))
+        self.a_short = alpha(self.config.short_halflife)
+        self.a_long = alpha(self.config.long_halflife)
+
+    @property
+    def n_features(self) -> int:
+        return len(FEATURE_BLOCKS) * len(self.metrics)
+
+    def sigma(self, var: np.ndarray, mean: np.ndarray) -> np.ndarray:
+        c = self.config
+        return np.sqrt(np.maximum(var, 0.0) + (c.rel_floor * mean) ** 2 + c.abs_floor**2)
+
+    def hour_of_day(self, ts_ms: np.ndarray) -> np.ndarray:
+        return ((ts_ms // 3_600_000).astype(np.int64) + self.config.tz_offset_h) % HOURS
+
+    def step(self, state: np.ndarray, x: np.ndarray, ts_ms: np.ndarray) -> np.ndarray:
+        """Features of one reading per row of ``state`` (updated in place); ``x`` is ``(S, m)``, NaN = missing.
+
+        Every feature uses the state as it was before this reading, except the
+        smoothed level and spread, which include it (still causal).
+        """
+        c, lay, m = self.config, self.layout, self.layout.m
+        b = lay.blocks
+        s = state.shape[0]
+        rows = np.arange(s)
+        seen = ~np.isnan(x)
+        count = state[:, b["count"]].copy()
+        last = state[:, b["last"]]
+        ms, vs = state[:, b["ms"]], state[:, b["vs"]]
+        ml, vl = state[:, b["ml"]], state[:, b["vl"]]
+        first = seen & (count == 0)
+
+        # z against the long rolling state, before this reading updates it
+        sig_l = self.sigma(vl, ml)
+        z = np.where(seen & (count >= c.warmup), (x - ml) / sig_l, 0.0)
+
+        # time-of-day profile of the reading's hour
+        hour = self.hour_of_day(ts_ms)
+        hm = state[:, b["tod_m"]].reshape(s, HOURS, m)
+        hv = state[:, b["tod_v"]].reshape(s, HOURS, m)
+        hn = state[:, b["tod_n"]].reshape(s, HOURS, m)
+        tm, tv, tn = hm[rows, hour], hv[rows, hour], hn[rows, hour]
+        use_tod = seen & (tn >= c.tod_min_count)
+        sig_t = self.sigma(tv, tm)
+        z_tod = np.where(use_tod, (x - tm) / sig_t, z)
+        base = np.where(use_tod, tm, ml)
+        base_sd = np.where(use_tod, sig_t, sig_l)
+
+        dt_s = np.maximum((ts_ms - state[:, lay.TS]) / 1000.0, 1e-3)
+        rate = np.where(seen & ~np.isnan(last), (x - last) / dt_s[:, None], 0.0)
+
+        # EWMA updates (West's incremental variance); the first observation seeds the means
+        xf = np.where(seen, x, 0.0)
+        # weight max(alpha, 1/(count+1)): a plain running mean and variance until the EWMA has
+        # seen enough readings, so a young sensor's sigma is not too small to mean anything
+        young = 1.0 / (count + 1.0)
+        for mean, var, a0 in ((ms, vs, self.a_short), (ml, vl, self.a_long)):
+            a = np.maximum(a0, young)
+            d = xf - mean
+            new_mean = np.where(first, xf, mean + a * d)
+            new_var = np.where(first, 0.0, (1 - a) * (var + a * d * d))
+            mean[:] = np.where(seen, new_mean, mean)
+            var[:] = np.where(seen, new_var, var)
+        a_t = 1.0 / np.minimum(tn + 1.0, c.tod_max_count)
+        d = xf - tm
+        hm[rows, hour] = np.where(seen, np.where(tn == 0, xf, tm + a_t * d), tm)
+        hv[rows, hour] = np.where(seen, np.where(tn == 0, 0.0, (1 - a_t) * (tv + a_t * d * d)), tv)
+        hn[rows, hour] = tn + seen
+        state[:, b["tod_m"]] = hm.reshape(s, -1)
+        state[:, b["tod_v"]] = hv.reshape(s, -1)
+        state[:, b["tod_n"]] = hn.reshape(s, -1)
+        state[:, b["count"]] = count + seen
+        state[:, b["last"]] = np.where(seen, x, last)
+        state[:, lay.N] += 1
+        state[:, lay.TS] = ts_ms
+
+        value = np.where(seen, x, ms)  # a missing metric looks like its recent level, not like a zero
+        spread = np.sqrt(np.maximum(vs, 0.0))
+        zc = c.z_clip
+        spread_rel = np.where(count >= c.warmup, spread / sig_l, 1.0)
+        delta_z = np.where(count >= c.warmup, rate * dt_s[:, None] / sig_l, 0.0)
+        return np.hstack(
+            [
+                value,
+                ms.copy(),
+                spread,
+                np.clip(z, -zc, zc),
+                np.clip(z_tod, -zc, zc),
+                rate,
+                np.clip(spread_rel, 0, zc),
+                np.clip(delta_z, -zc, zc),
+                base,
+                base_sd,
+            ]
+        )
+
+    def run(self, state: np.ndarray, x: np.ndarray, ts_ms: np.ndarray, sensor_idx: np.ndarray) -> np.ndarray:
+        """Features for a batch of readings of many sensors, in order, updating ``state`` (``(S, width)``).
+
+        ``sensor_idx[i]`` is the row of ``state`` that reading ``i`` belongs to;
+        readings of one sensor must be in time order. Returns ``(n, n_features)``.
+        """
+        n = len(sensor_idx)
+        out = np.empty((n, self.n_features))
+        if n == 0:
+            return out
+        # occurrence number of each reading within its sensor -> rounds
+        order = np.argsort(sensor_idx, kind="stable")
+        sorted_idx = sensor_idx[order]
+        starts = np.r_[0, np.flatnonzero(np.diff(sorted_idx)) + 1]
+        occ_sorted = np.arange(n) - np.repeat(starts, np.diff(np.r_[starts, n]))
+        occurrence = np.empty(n, dtype=np.int64)
+        occurrence[order] = occ_sorted
+        if occurrence.max() == 0:
+            out[:] = self._step_rows(state, sensor_idx, x, ts_ms)
+            return out
+        for j in range(int(occurrence.max()) + 1):
+            pick = np.flatnonzero(occurrence == j)
+            out[pick] = self._step_rows(state, sensor_idx[pick], x[pick], ts_ms[pick])
+        return out
+
+    def _step_rows(self, state: np.ndarray, idx: np.ndarray, x: np.ndarray, ts: np.ndarray) -> np.ndarray:
+        sub = state[idx]
+        feats = self.step(sub, x, ts)
+        state[idx] = sub
+        return feats
