@@ -1,0 +1,82 @@
+"""Batched produce: a micro-batch's messages go out as one record batch per partition.
+
+``AIOKafkaProducer.send`` costs tens of microseconds of Python per message (a future,
+the accumulator, the partitioner); at 20,000 readings/s that alone is most of a core.
+An :class:`Outbox` collects ``(topic, partition, key, value)`` and sends one
+``BatchBuilder`` per topic-partition, then :meth:`flush` waits for the broker's acks,
+which is the moment the batch's inputs may be acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.partitioner import murmur2
+
+
+def kafka_partition(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default partitioner (murmur2, as the Java client) gives ``key``."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+class PartitionMap:
+    """sensor_id -> partition, memoised (murmur2 in pure Python is a few microseconds)."""
+
+    def __init__(self, partitions: int, max_size: int = 1_000_000) -> None:
+        if partitions < 1:
+            raise ValueError("partitions must be at least 1")
+        self.partitions = partitions
+        self.max_size = max_size
+        self._memo: dict[str, int] = {}
+
+    def __call__(self, sensor_id: str) -> int:
+        hit = self._memo.get(sensor_id)
+        if hit is None:
+            hit = kafka_partition(sensor_id.encode("utf-8"), self.partitions)
+            if len(self._memo) >= self.max_size:
+                self._memo.clear()
+            self._memo[sensor_id] = hit
+        return hit
+
+
+class Outbox:
+    """Collects messages per topic-partition and sends them as record batches."""
+
+    def __init__(self, producer: AIOKafkaProducer) -> None:
+        self.producer = producer
+        self._pending: dict[tuple[str, int], list[tuple[bytes | None, bytes, Sequence[tuple[str, bytes]]]]] = {}
+        self.count = 0
+
+    def add(
+        self, topic: str, partition: int, key: bytes | None, value: bytes, headers: Sequence[tuple[str, bytes]] = ()
+    ) -> None:
+        self._pending.setdefault((topic, partition), []).append((key, value, headers))
+        self.count += 1
+
+    async def flush(self) -> int:
+        """Send everything collected and wait until the broker has it; returns how many were sent."""
+        if not self._pending:
+            return 0
+        pending, self._pending = self._pending, {}
+        sent, self.count = self.count, 0
+        producer = self.producer
+        futures: list[asyncio.Future[Any]] = []
+        for (topic, partition), messages in pending.items():
+            batch = producer.create_batch()
+            for key, value, headers in messages:
+                if batch.append(key=key, value=value, timestamp=None, headers=list(headers)) is None:
+                    futures.append(await producer.send_batch(batch, topic, partition=partition))
+                    batch = producer.create_batch()
+                    if batch.append(key=key, value=value, timestamp=None, headers=list(headers)) is None:
+                        raise ValueError(f"message of {len(value)} bytes does not fit a record batch for {topic}")
+            if batch.record_count():
+                futures.append(await producer.send_batch(batch, topic, partition=partition))
+        await asyncio.gather(*futures)
+        return sent
+
+    def discard(self) -> None:
+        self._pending.clear()
+        self.count = 0

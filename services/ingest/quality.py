@@ -1,0 +1,62 @@
+"""The quality score of a reading: how much a downstream model should trust it, 0..1.
+
+Three parts, weighted in ``ranges.yaml``:
+
+* completeness: the share of the metrics this kind of asset normally sends that are present;
+* range: how far inside its usual (soft) range each value is, the worst metric counting —
+  a value drifting towards its physical limit is more likely a fault than a reading;
+* staleness: readings that arrive long after they were taken matter less for live scoring.
+
+The device's own quality (payload ``quality``) multiplies the result.
+"""
+
+from __future__ import annotations
+
+from services.ingest.rules import Rules
+
+
+def completeness(values: dict[str, float], expected: tuple[str, ...]) -> float:
+    if not expected:
+        return 1.0
+    return sum(1 for m in expected if m in values) / len(expected)
+
+
+def range_score(values: dict[str, float], rules: Rules) -> float:
+    worst = 1.0
+    specs = rules.metrics
+    for name, value in values.items():
+        spec = specs.get(name)
+        if spec is not None:
+            score = spec.range_score(value)
+            if score < worst:
+                worst = score
+    return worst
+
+
+def staleness(ts: int, received_ms: int, rules: Rules) -> float:
+    age = received_ms - ts
+    if age <= rules.stale_after_ms or rules.max_age_ms <= 0:
+        return 1.0
+    span = rules.max_age_ms - rules.stale_after_ms
+    if span <= 0:
+        return 0.0
+    return max(0.0, 1.0 - (age - rules.stale_after_ms) / span)
+
+
+def quality_score(
+    values: dict[str, float],
+    utility: str,
+    asset: str,
+    ts: int,
+    received_ms: int,
+    device_quality: float | None,
+    rules: Rules,
+) -> float:
+    score = (
+        rules.w_completeness * completeness(values, rules.expected_for(utility, asset))
+        + rules.w_range * range_score(values, rules)
+        + rules.w_staleness * staleness(ts, received_ms, rules)
+    )
+    if device_quality is not None:
+        score *= float(device_quality)
+    return round(min(1.0, max(0.0, score)), 4)

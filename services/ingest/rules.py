@@ -1,0 +1,210 @@
+"""The validation rules: metric ranges and units from ``ranges.yaml`` plus the ingest settings.
+
+:class:`Rules` is everything the pure validator needs, loaded once and shared by every
+path (Kafka agent, HTTP, MQTT, the ``check`` command). A malformed config file fails at
+start-up with the offending entry named, never at the first reading.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from services.ingest.settings import DEFAULT_RANGES_FILE, IngestSettings
+from services.ingest.units import CONVERSIONS, normalise_unit
+
+
+class ConfigError(ValueError):
+    """The ranges file is not usable; the message names the entry."""
+
+
+@dataclass(frozen=True, slots=True)
+class MetricSpec:
+    """A known metric: canonical unit, hard physical range, optional soft (usual) range."""
+
+    name: str
+    unit: str
+    lo: float
+    hi: float
+    soft_lo: float
+    soft_hi: float
+
+    def range_score(self, value: float) -> float:
+        """1 inside the soft range, falling linearly to 0 at the hard limit."""
+        if value < self.soft_lo:
+            span = self.soft_lo - self.lo
+            return 0.0 if span <= 0 else max(0.0, (value - self.lo) / span)
+        if value > self.soft_hi:
+            span = self.hi - self.soft_hi
+            return 0.0 if span <= 0 else max(0.0, (self.hi - value) / span)
+        return 1.0
+
+
+@dataclass(frozen=True)
+class Rules:
+    """Everything validation needs; build with :meth:`load`."""
+
+    metrics: Mapping[str, MetricSpec]
+    aliases: Mapping[str, str] = field(default_factory=dict)
+    expected: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    w_completeness: float = 0.4
+    w_range: float = 0.3
+    w_staleness: float = 0.3
+    max_future_ms: int = 300_000
+    max_age_ms: int = 7 * 24 * 3_600_000
+    stale_after_ms: int = 300_000
+    quality_threshold: float = 0.5
+    max_metrics: int = 64
+    lateness_ms: int = 3_600_000
+    dedup_memory: int = 64
+
+    @classmethod
+    def load(cls, settings: IngestSettings | None = None) -> Rules:
+        settings = settings or IngestSettings()
+        data = load_ranges_file(settings.ranges_file)
+        return cls.from_mapping(data, settings)
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any], settings: IngestSettings | None = None) -> Rules:
+        settings = settings or IngestSettings()
+        metrics = _parse_metrics(data.get("metrics") or {})
+        aliases = _parse_aliases(data.get("aliases") or {}, metrics)
+        expected = _parse_assets(data.get("assets") or {})
+        weights = data.get("quality_weights") or {}
+        if not isinstance(weights, Mapping):
+            raise ConfigError("quality_weights: expected a mapping")
+        w = {k: _number(weights.get(k, d), f"quality_weights.{k}") for k, d in _DEFAULT_WEIGHTS.items()}
+        if any(v < 0 for v in w.values()) or sum(w.values()) <= 0:
+            raise ConfigError(f"quality_weights: need non-negative weights with a positive sum, got {w}")
+        total = sum(w.values())
+        if settings.dedup_memory < 1:
+            raise ConfigError("FLOWWATCH_INGEST_DEDUP_MEMORY must be at least 1")
+        return cls(
+            metrics=metrics,
+            aliases=aliases,
+            expected=expected,
+            w_completeness=w["completeness"] / total,
+            w_range=w["range"] / total,
+            w_staleness=w["staleness"] / total,
+            max_future_ms=int(settings.max_future_s * 1000),
+            max_age_ms=int(settings.max_age_s * 1000),
+            stale_after_ms=int(settings.stale_after_s * 1000),
+            quality_threshold=settings.quality_threshold,
+            max_metrics=settings.max_metrics,
+            lateness_ms=int(settings.lateness_s * 1000),
+            dedup_memory=settings.dedup_memory,
+        )
+
+    def __post_init__(self) -> None:
+        # Memo tables for the hot path; bounded so arbitrary input cannot grow them forever.
+        object.__setattr__(self, "_names", {})
+        object.__setattr__(self, "_expected_memo", {})
+
+    def canonical_name(self, name: str) -> str:
+        """The metric name a device's spelling stands for (``"Temp"`` -> ``"temperature"``)."""
+        names: dict[str, str] = self._names  # type: ignore[attr-defined]
+        hit = names.get(name)
+        if hit is None:
+            folded = name.strip().lower()
+            hit = self.aliases.get(folded, folded)
+            if len(names) < _MEMO_LIMIT:
+                names[name] = hit
+        return hit
+
+    def expected_for(self, utility: str, asset: str) -> tuple[str, ...]:
+        memo: dict[tuple[str, str], tuple[str, ...]] = self._expected_memo  # type: ignore[attr-defined]
+        hit = memo.get((utility, asset))
+        if hit is None:
+            hit = self.expected.get(f"{utility}/{asset}") or self.expected.get(asset) or ()
+            if len(memo) < _MEMO_LIMIT:
+                memo[(utility, asset)] = hit
+        return hit
+
+
+_MEMO_LIMIT = 10_000
+_DEFAULT_WEIGHTS = {"completeness": 0.4, "range": 0.3, "staleness": 0.3}
+
+
+def load_ranges_file(path: Path | str | None) -> dict[str, Any]:
+    """The default ranges, overlaid with ``path`` when it is another file."""
+    with open(DEFAULT_RANGES_FILE) as fh:
+        base = yaml.safe_load(fh) or {}
+    if path is None or Path(path).resolve() == DEFAULT_RANGES_FILE.resolve():
+        return base
+    try:
+        with open(path) as fh:
+            override = yaml.safe_load(fh) or {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read ranges file {path}: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"ranges file {path} is not valid YAML: {exc}") from None
+    if not isinstance(override, Mapping):
+        raise ConfigError(f"ranges file {path}: expected a mapping at the top level")
+    merged = dict(base)
+    for section in ("metrics", "aliases", "assets"):
+        if section in override:
+            merged[section] = {**(base.get(section) or {}), **(override[section] or {})}
+    if "quality_weights" in override:
+        merged["quality_weights"] = override["quality_weights"]
+    return merged
+
+
+def _number(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+    return float(value)
+
+
+def _parse_metrics(raw: Any) -> dict[str, MetricSpec]:
+    if not isinstance(raw, Mapping):
+        raise ConfigError("metrics: expected a mapping of metric -> {unit, min, max}")
+    out: dict[str, MetricSpec] = {}
+    for name, spec in raw.items():
+        where = f"metrics.{name}"
+        if not isinstance(spec, Mapping):
+            raise ConfigError(f"{where}: expected {{unit, min, max}}")
+        unit = spec.get("unit")
+        if not isinstance(unit, str):
+            raise ConfigError(f"{where}.unit: expected a unit string")
+        if normalise_unit(unit) not in CONVERSIONS:
+            raise ConfigError(f"{where}.unit: no conversions known for canonical unit {unit!r}")
+        lo, hi = _number(spec.get("min"), f"{where}.min"), _number(spec.get("max"), f"{where}.max")
+        if lo >= hi:
+            raise ConfigError(f"{where}: min {lo} must be below max {hi}")
+        soft = spec.get("soft", [lo, hi])
+        if not isinstance(soft, (list, tuple)) or len(soft) != 2:
+            raise ConfigError(f"{where}.soft: expected [low, high]")
+        s_lo, s_hi = _number(soft[0], f"{where}.soft[0]"), _number(soft[1], f"{where}.soft[1]")
+        if not lo <= s_lo <= s_hi <= hi:
+            raise ConfigError(f"{where}.soft: [{s_lo}, {s_hi}] must lie within [{lo}, {hi}]")
+        key = str(name).strip().lower()
+        out[key] = MetricSpec(key, unit, lo, hi, s_lo, s_hi)
+    return out
+
+
+def _parse_aliases(raw: Any, metrics: Mapping[str, MetricSpec]) -> dict[str, str]:
+    if not isinstance(raw, Mapping):
+        raise ConfigError("aliases: expected a mapping of alias -> metric")
+    out: dict[str, str] = {}
+    for alias, target in raw.items():
+        target_key = str(target).strip().lower()
+        if target_key not in metrics:
+            raise ConfigError(f"aliases.{alias}: {target!r} is not a metric in `metrics`")
+        out[str(alias).strip().lower()] = target_key
+    return out
+
+
+def _parse_assets(raw: Any) -> dict[str, tuple[str, ...]]:
+    if not isinstance(raw, Mapping):
+        raise ConfigError("assets: expected a mapping of asset -> [metrics]")
+    out: dict[str, tuple[str, ...]] = {}
+    for asset, names in raw.items():
+        if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+            raise ConfigError(f"assets.{asset}: expected a list of metric names")
+        out[str(asset).strip().lower()] = tuple(n.strip().lower() for n in names)
+    return out

@@ -1,0 +1,135 @@
+"""Settings of the ingest service, read from ``FLOWWATCH_INGEST_*`` environment variables.
+
+The common settings (broker, Redis, topics, web port, ...) are ``shared.settings.Settings``;
+these are the knobs that only ingest has. ``python -m services.ingest settings`` prints
+the table for the README.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "FLOWWATCH_INGEST_"
+DEFAULT_RANGES_FILE = Path(__file__).with_name("ranges.yaml")
+
+
+def _doc(default: Any, doc: str, env: str | None = None) -> Any:
+    meta = {"doc": doc}
+    if env:
+        meta["env"] = env
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class IngestSettings:
+    """What ingest accepts, how it batches, and how it watches sensors."""
+
+    ranges_file: Path = _doc(
+        DEFAULT_RANGES_FILE,
+        "YAML file with the metrics (canonical unit, physical range), metric aliases and the metrics expected per asset.",
+    )
+    max_future_s: float = _doc(
+        300.0, "A reading stamped more than this many seconds after its arrival is quarantined (`future_ts`)."
+    )
+    max_age_s: float = _doc(
+        7 * 24 * 3600.0,
+        "A reading older than this (seconds) when it arrives is quarantined (`too_old`); 0 disables the check (replays).",
+    )
+    lateness_s: float = _doc(
+        3600.0,
+        "Out-of-order readings are accepted when at most this many seconds older than the newest reading of their "
+        "sensor; older ones are quarantined (`late`).",
+    )
+    dedup_memory: int = _doc(
+        64,
+        "Timestamps remembered per sensor to drop duplicates that arrive out of order (readings newer than the "
+        "sensor's newest are never duplicates). A repeat older than this memory but within the lateness is "
+        "quarantined as `late`.",
+    )
+    quality_threshold: float = _doc(
+        0.5, "Readings whose quality score (0..1) is below this are quarantined (`low_quality`)."
+    )
+    stale_after_s: float = _doc(
+        300.0, "Age on arrival (seconds) from which a reading's quality starts to drop for staleness."
+    )
+    max_metrics: int = _doc(64, "Most metrics one reading may carry.")
+    batch_size: int = _doc(2000, "Most readings processed in one micro-batch.")
+    batch_within_s: float = _doc(
+        0.02, "Longest wait (seconds) to fill a micro-batch; bounds the latency added at low rates."
+    )
+    silence_factor: float = _doc(
+        5.0, "A sensor is silent when quiet for longer than this many times its learned reporting interval."
+    )
+    silence_min_s: float = _doc(30.0, "A sensor is never declared silent after less than this many seconds of quiet.")
+    silence_check_s: float = _doc(5.0, "How often (seconds) the silence timer runs.")
+    cache_flush_s: float = _doc(
+        0.5, "How often (seconds) the latest reading and stats per sensor are written to Redis."
+    )
+    http_max_body_bytes: int = _doc(5 * 1024 * 1024, "Largest accepted HTTP body (bytes); larger requests get 413.")
+    http_max_items: int = _doc(10_000, "Most readings in one HTTP request; more gets 413.")
+    http_wait_s: float = _doc(
+        10.0,
+        "How long POST /v1/readings waits for the verdict (clean, quarantined, duplicate) of each reading before "
+        "answering; readings still in flight are reported as `pending` (they are in readings.raw, not lost).",
+    )
+    mqtt_enabled: bool = _doc(True, "Subscribe to MQTT (FLOWWATCH_MQTT_URL).")
+    mqtt_topic: str = _doc("flowwatch/readings/#", "MQTT topic filter to subscribe to.")
+    mqtt_qos: int = _doc(1, "MQTT subscription QoS.")
+    mqtt_client_id: str = _doc("", "MQTT client id; empty means `flowwatch-ingest-<host>-<pid>`.")
+    mqtt_backoff_max_s: float = _doc(30.0, "Longest wait between MQTT reconnect attempts (backoff doubles from 0.5 s).")
+    token: str = _doc(
+        "",
+        "Ingest token required on POST /v1/readings (`Authorization: Bearer <token>` or `X-Flowwatch-Token`). "
+        "Empty: no token required. Never logged.",
+        env="FLOWWATCH_INGEST_TOKEN",
+    )
+    token_file: str = _doc(
+        "",
+        "File holding the ingest token (wins over FLOWWATCH_INGEST_TOKEN); for mounted secrets.",
+        env="FLOWWATCH_INGEST_TOKEN_FILE",
+    )
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> IngestSettings:
+        env = dict(os.environ if env is None else env)
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            key = f.metadata.get("env", ENV_PREFIX + f.name.upper())
+            if key in env and env[key] != "":
+                values[f.name] = _coerce(f, env[key])
+        values.update(overrides)
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> IngestSettings:
+        return dataclasses.replace(self, **changes)
+
+    def resolved_token(self) -> str:
+        """The configured token ('' when none); the file wins over the variable."""
+        if self.token_file:
+            return Path(self.token_file).read_text().strip()
+        return self.token.strip()
+
+    def __repr__(self) -> str:
+        # The token must not reach a log line through a repr.
+        shown = {f.name: ("***" if f.name == "token" and self.token else getattr(self, f.name)) for f in fields(self)}
+        return f"IngestSettings({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
+
+
+def _coerce(f: dataclasses.Field, raw: str) -> Any:
+    default = f.default
+    try:
+        if isinstance(default, bool):
+            return raw.strip().lower() in {"1", "true", "yes", "on"}
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+        if isinstance(default, Path):
+            return Path(raw)
+    except ValueError as exc:
+        raise ValueError(f"{f.metadata.get('env', ENV_PREFIX + f.name.upper())}={raw!r}: {exc}") from None
+    return raw

@@ -1,0 +1,302 @@
+"""The one validation path every reading takes, whatever door it came in by.
+
+:func:`decode` turns wire bytes into a JSON value (or a reason), :func:`validate` turns a
+JSON value into a clean :class:`~shared.records.Reading` (timestamp in UTC epoch ms, values
+in canonical units, a quality score) or a list of reasons. Both are pure: no clock, no
+I/O, no state, so the Kafka agent, the HTTP endpoint, the MQTT bridge and the ``check``
+command agree by construction. Per-sensor checks (duplicates, lateness against the
+sensor's newest reading) need state and live in :mod:`services.ingest.sensors`.
+
+Reasons are ``"<code>: <detail>"``; the code (before the colon) is what metrics count,
+so label cardinality stays bounded whatever the input.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from services.ingest.quality import quality_score
+from services.ingest.rules import Rules
+from services.ingest.units import conversion
+from shared.records import UTILITIES, Reading
+
+#: Fields of the input contract; anything else goes to ``Reading.extra``.
+KNOWN_FIELDS = frozenset({"sensor_id", "ts", "site", "zone", "utility", "asset", "values", "units", "quality", "extra"})
+MAX_ID_LEN = 200
+MAX_METRIC_NAME_LEN = 64
+# Epoch values at or above this are milliseconds (1e11 s is the year 5138; 1e11 ms is 1973).
+_MS_THRESHOLD = 1e11
+_MAX_TS_MS = 10**14  # year 5138: anything later is not a timestamp
+
+#: Every reason code validation can give, for docs and metric pre-registration.
+REASON_CODES = (
+    "malformed_json",
+    "not_an_object",
+    "missing_field",
+    "invalid_field",
+    "invalid_utility",
+    "invalid_ts",
+    "future_ts",
+    "too_old",
+    "no_values",
+    "too_many_metrics",
+    "invalid_metric_name",
+    "duplicate_metric",
+    "not_a_number",
+    "non_finite",
+    "invalid_units",
+    "unknown_unit",
+    "out_of_range",
+    "invalid_quality",
+    "low_quality",
+    # stateful, from services.ingest.sensors
+    "late",
+)
+
+
+def reason_code(reason: str) -> str:
+    return reason.split(":", 1)[0]
+
+
+@dataclass(slots=True)
+class Validated:
+    """The outcome for one input: a clean reading, or the reasons it was refused."""
+
+    reading: Reading | None
+    reasons: list[str]
+    sensor_id: str | None = None
+    unknown_metrics: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.reading is not None
+
+
+def decode(raw: bytes | bytearray | memoryview | str) -> tuple[Any, str | None]:
+    """``(value, None)`` for valid JSON, else ``(None, reason)``.
+
+    Bare ``NaN``/``Infinity`` are not JSON (orjson refuses them) but devices built on
+    permissive encoders send them; such a payload decodes here so that it is refused as
+    ``non_finite`` naming the metric, which tells an operator more than ``malformed_json``.
+    """
+    try:
+        return orjson.loads(raw), None
+    except orjson.JSONDecodeError as exc:
+        first_error = str(exc)
+    try:
+        text = raw.decode("utf-8") if isinstance(raw, (bytes, bytearray, memoryview)) else raw
+        if "NaN" in text or "Infinity" in text:
+            return json.loads(text), None
+    except (ValueError, RecursionError):
+        pass
+    return None, f"malformed_json: {first_error}"
+
+
+def parse_ts(value: Any) -> int | None:
+    """UTC epoch milliseconds from ISO 8601 text or epoch seconds/milliseconds; None if unusable."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        ms = value if abs(value) >= _MS_THRESHOLD else value * 1000
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            return None
+        ms = round(value if abs(value) >= _MS_THRESHOLD else value * 1000.0)
+    elif isinstance(value, str):
+        text = value.strip()
+        # fromisoformat also takes bare digits as a compact date; those are not ISO 8601 timestamps here.
+        if len(text) < 10 or text.isdigit():
+            return None
+        try:
+            dt = datetime.fromisoformat(text)
+        except ValueError:
+            return None
+        if dt.tzinfo is None:
+            dt = dt.replace(tzinfo=UTC)
+        ms = round(dt.timestamp() * 1000)
+    else:
+        return None
+    if ms < 0 or ms >= _MAX_TS_MS:
+        return None
+    return int(ms)
+
+
+def _text_field(payload: dict[str, Any], name: str, reasons: list[str]) -> str:
+    value = payload.get(name)
+    if value is None:
+        reasons.append(f"missing_field: {name}")
+        return ""
+    if not isinstance(value, str) or not value.strip() or len(value) > MAX_ID_LEN:
+        reasons.append(f"invalid_field: {name} must be a non-empty string of at most {MAX_ID_LEN} characters")
+        return ""
+    return value
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def validate(payload: Any, received_ms: int, rules: Rules, source: str = "kafka") -> Validated:
+    """Check and normalise one decoded input. Never raises for any JSON value."""
+    if not isinstance(payload, dict):
+        return Validated(None, [f"not_an_object: got {type(payload).__name__}"])
+    reasons: list[str] = []
+    sensor_id = _text_field(payload, "sensor_id", reasons)
+    site = _text_field(payload, "site", reasons)
+    zone = _text_field(payload, "zone", reasons)
+    asset = _text_field(payload, "asset", reasons).strip().lower()
+
+    utility = payload.get("utility")
+    if utility is None:
+        reasons.append("missing_field: utility")
+    elif not isinstance(utility, str) or utility.strip().lower() not in UTILITIES:
+        reasons.append(f"invalid_utility: {_short(utility)} is not one of {', '.join(UTILITIES)}")
+    else:
+        utility = utility.strip().lower()
+
+    ts_raw = payload.get("ts")
+    ts = parse_ts(ts_raw) if ts_raw is not None else None
+    if ts_raw is None:
+        reasons.append("missing_field: ts")
+    elif ts is None:
+        reasons.append(f"invalid_ts: {_short(ts_raw)} is not ISO 8601 or epoch seconds/milliseconds")
+    else:
+        if ts > received_ms + rules.max_future_ms:
+            reasons.append(f"future_ts: {ts - received_ms} ms ahead of arrival (limit {rules.max_future_ms} ms)")
+        elif rules.max_age_ms and ts < received_ms - rules.max_age_ms:
+            reasons.append(f"too_old: {received_ms - ts} ms old on arrival (limit {rules.max_age_ms} ms)")
+
+    device_quality = payload.get("quality")
+    if device_quality is not None and (
+        isinstance(device_quality, bool)
+        or not isinstance(device_quality, (int, float))
+        or not 0.0 <= device_quality <= 1.0  # NaN fails this too
+    ):
+        reasons.append(f"invalid_quality: {_short(device_quality)} is not a number in [0, 1]")
+        device_quality = None
+
+    values, units, missing, unknown = _values(payload.get("values"), payload.get("units"), rules, reasons)
+
+    if reasons:
+        return Validated(None, reasons, sensor_id or None, unknown)
+
+    extra: dict[str, Any] = {}
+    for key, value in payload.items():
+        if key not in KNOWN_FIELDS:
+            extra[key] = value
+    if "extra" in payload:
+        given = payload["extra"]
+        if isinstance(given, dict):
+            extra.update(given)
+        else:
+            extra["extra"] = given
+    if missing:
+        extra["missing_metrics"] = missing
+    if device_quality is not None:
+        extra["device_quality"] = device_quality
+
+    assert ts is not None  # no reasons means ts parsed
+    quality = quality_score(values, utility, asset, ts, received_ms, device_quality, rules)
+    if quality < rules.quality_threshold:
+        return Validated(None, [f"low_quality: {quality:.3f} below {rules.quality_threshold}"], sensor_id, unknown)
+    reading = Reading(
+        sensor_id=sensor_id,
+        ts=ts,
+        site=site,
+        zone=zone,
+        utility=utility,
+        asset=asset,
+        values=values,
+        units=units,
+        quality=quality,
+        extra=extra,
+        received_ms=received_ms,
+        source=source,
+    )
+    return Validated(reading, [], sensor_id, unknown)
+
+
+def _values(
+    raw_values: Any, raw_units: Any, rules: Rules, reasons: list[str]
+) -> tuple[dict[str, float], dict[str, str], list[str], int]:
+    """Canonical values and units; appends reasons; returns (values, units, missing metrics, unknown count)."""
+    if raw_values is None:
+        reasons.append("missing_field: values")
+        return {}, {}, [], 0
+    if not isinstance(raw_values, dict):
+        reasons.append(f"invalid_field: values must be an object of metric -> number, got {type(raw_values).__name__}")
+        return {}, {}, [], 0
+    if raw_units is None:
+        raw_units = {}
+    elif not isinstance(raw_units, dict):
+        reasons.append(f"invalid_units: units must be an object of metric -> unit, got {type(raw_units).__name__}")
+        raw_units = {}
+    if len(raw_values) > rules.max_metrics:
+        reasons.append(f"too_many_metrics: {len(raw_values)} (limit {rules.max_metrics})")
+        return {}, {}, [], 0
+
+    values: dict[str, float] = {}
+    units: dict[str, str] = {}
+    missing: list[str] = []
+    unknown = 0
+    specs = rules.metrics
+    for raw_name, value in raw_values.items():
+        if not isinstance(raw_name, str) or len(raw_name) > MAX_METRIC_NAME_LEN or not raw_name.strip():
+            reasons.append(f"invalid_metric_name: {_short(raw_name)}")
+            continue
+        name = rules.canonical_name(raw_name)
+        if name in values or name in missing:
+            reasons.append(f"duplicate_metric: {raw_name!r} is {name} again")
+            continue
+        if value is None:
+            # A device that could not measure one metric: the rest of the reading is still good.
+            missing.append(name)
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            if isinstance(value, str) and value.strip().lower().lstrip("+-") in {"nan", "inf", "infinity"}:
+                reasons.append(f"non_finite: {raw_name}={_short(value)}")
+            else:
+                reasons.append(f"not_a_number: {raw_name}={_short(value)}")
+            continue
+        try:
+            number = float(value)
+        except OverflowError:
+            number = math.inf
+        if not math.isfinite(number):
+            reasons.append(f"non_finite: {raw_name}={number}")
+            continue
+        unit = raw_units.get(raw_name)
+        if unit is None and raw_name != name:
+            unit = raw_units.get(name)
+        if unit is not None and not isinstance(unit, str):
+            reasons.append(f"invalid_units: unit of {raw_name} must be a string, got {_short(unit)}")
+            continue
+        spec = specs.get(name)
+        if spec is None:
+            unknown += 1
+            values[name] = number
+            if unit:
+                units[name] = unit
+            continue
+        if unit is not None and unit != spec.unit:
+            conv = conversion(spec.unit, unit)
+            if conv is None:
+                reasons.append(f"unknown_unit: {_short(unit)} is not a unit of {name} (canonical {spec.unit})")
+                continue
+            number = number * conv[0] + conv[1]
+        if not spec.lo <= number <= spec.hi:
+            shown = f"{number:.6g} {spec.unit}"
+            reasons.append(f"out_of_range: {name}={shown} outside [{spec.lo:g}, {spec.hi:g}]")
+            continue
+        values[name] = number
+        units[name] = spec.unit
+    if not values and not reasons:
+        reasons.append("no_values: no metric with a number" + (f" (missing: {', '.join(missing)})" if missing else ""))
+    return values, units, missing, unknown
