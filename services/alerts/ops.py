@@ -64,7 +64,6 @@ async def resend_dlq(
     config = load_config(asettings.config_path)
     topic = settings.topic(ALERTS_DLQ.name)
     consumer = AIOKafkaConsumer(
-        topic,
         bootstrap_servers=settings.bootstrap_servers,
         group_id=f"{settings.topic_prefix}flowwatch-alerts-resend-dlq",
         enable_auto_commit=False,
@@ -74,6 +73,10 @@ async def resend_dlq(
     await consumer.start()
     await producer.start()
     sent = failed = 0
+    # Only what is on the DLQ now: failures put back during this run wait for the next one.
+    partitions = [TopicPartition(topic, p) for p in sorted(await producer.partitions_for(topic))]
+    consumer.assign(partitions)
+    end = await consumer.end_offsets(partitions)
 
     async def kafka_send(name: str, key: bytes, value: dict[str, Any]) -> None:
         await producer.send_and_wait(settings.topic(name), dumps(value), key=key)
@@ -82,10 +85,21 @@ async def resend_dlq(
         async with httpx.AsyncClient() as http:
             integrations = Integrations(config, http, kafka_send)
             last = time.monotonic()
-            while time.monotonic() - last < idle_s and (not max_messages or sent + failed < max_messages):
-                batch = await consumer.getmany(timeout_ms=500, max_records=100)
+
+            async def remaining() -> bool:
+                for tp in partitions:
+                    if await consumer.position(tp) < end[tp]:
+                        return True
+                return False
+
+            while await remaining() and time.monotonic() - last < idle_s * 5:
+                if max_messages and sent + failed >= max_messages:
+                    break
+                batch = await consumer.getmany(*partitions, timeout_ms=500, max_records=1)
                 for tp, records in batch.items():
                     for rec in records:
+                        if rec.offset >= end[tp]:
+                            continue
                         last = time.monotonic()
                         try:
                             entry = loads(rec.value)
@@ -117,8 +131,6 @@ async def resend_dlq(
                         await consumer.commit(
                             {TopicPartition(tp.topic, tp.partition): OffsetAndMetadata(rec.offset + 1, "")}
                         )
-                if dry_run and not batch:
-                    break
     finally:
         await consumer.stop()
         await producer.stop()
