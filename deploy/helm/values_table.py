@@ -3,6 +3,8 @@
     python deploy/helm/values_table.py            print the tables
     python deploy/helm/values_table.py --check docs/deploy.md
                                                   exit 1 if that file does not contain them
+    python deploy/helm/values_table.py --write docs/deploy.md
+                                                  replace the tables in that file
 
 A `# -- text` comment (continued by following `#` lines) documents the key right below it.
 Components share their keys, so those are documented once (on `ingest`) and listed as
@@ -106,11 +108,20 @@ def tables(values_path: Path = VALUES) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", type=Path, help="fail when this file does not contain the current tables")
+    parser.add_argument("--write", type=Path, help="replace the tables (between the markers) in this file")
     args = parser.parse_args(argv)
     current = tables()
+    if args.write:
+        text = args.write.read_text()
+        start, end = text.index(BEGIN), text.index(END) + len(END)
+        args.write.write_text(text[:start] + current + text[end:])
+        return 0
     if args.check:
         if current not in args.check.read_text():
-            print(f"{args.check}: the values table is stale; run python deploy/helm/values_table.py", file=sys.stderr)
+            print(
+                f"{args.check}: the values table is stale; run python deploy/helm/values_table.py --write {args.check}",
+                file=sys.stderr,
+            )
             return 1
         return 0
     print(current)

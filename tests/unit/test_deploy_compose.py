@@ -173,6 +173,17 @@ def test_service_command_env_ports_and_healthcheck(compose, name) -> None:
         assert mounts[str(settings.model_dir)] == "models"
 
 
+def test_ingest_mqtt_url_is_one_ingest_can_connect_to(compose) -> None:
+    from services.ingest.mqtt import parse_mqtt_url
+
+    url = Settings.from_env("ingest", env=env_of(compose["services"]["ingest"])).mqtt_url
+    parsed = parse_mqtt_url(url)
+    assert parsed["hostname"] == "mosquitto"
+    conf = (ROOT / "deploy/compose/mosquitto.conf").read_text()
+    listener = next(line.split() for line in conf.splitlines() if line.startswith("listener "))
+    assert int(listener[1]) == parsed["port"]
+
+
 def test_healthcheck_fails_unless_both_endpoints_answer(compose) -> None:
     """Run the healthcheck's code against a local server: 200/200 passes, a 503 on /ready fails."""
     from http.server import BaseHTTPRequestHandler, HTTPServer

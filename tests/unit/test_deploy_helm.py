@@ -424,10 +424,16 @@ def test_services_get_the_environment_their_settings_read(helm_bin, config) -> N
         svc = one(docs, "Service", w["metadata"]["name"])
         assert svc["spec"]["ports"][0]["port"] == settings.port and svc["spec"]["ports"][0]["targetPort"] == "http"
         assert svc["spec"]["selector"].items() <= w["spec"]["template"]["metadata"]["labels"].items()
-        # Any config file a setting points at is really mounted.
+        # Any file a setting points at is really mounted: config from its ConfigMap, secrets from the Secret.
+        secret_dir = mounts.get("/var/run/secrets/flowwatch")
+        secret_keys = set().union(*((d.get("data") or {}).keys() for d in find(docs, "Secret", spec_secret(spec))))
         for key, value in env.items():
             if key.endswith(("_PATH", "_FILE")) and value.startswith("/etc/flowwatch/"):
                 assert value in files, f"{name}: {key}={value} is not a mounted file ({sorted(files)})"
+            if key.endswith("_FILE") and value.startswith("/var/run/secrets/flowwatch/"):
+                assert secret_dir and value.rsplit("/", 1)[1] in secret_keys, (
+                    f"{name}: {key}={value} is not in the Secret"
+                )
 
 
 @pytest.mark.parametrize("config", CONFIGS)
@@ -444,27 +450,72 @@ def test_probes_hit_health_and_ready_on_the_service_port(helm_bin, config) -> No
         assert startup["periodSeconds"] * startup["failureThreshold"] >= 600
 
 
-def test_alerts_rules_and_routing_come_from_a_configmap_the_service_accepts(helm_bin, tmp_path) -> None:
-    """The default (the service's own file) and an override: both load with the pod's environment."""
+def spec_secret(spec: dict[str, Any]) -> str:
+    return next((v["secret"]["secretName"] for v in spec.get("volumes", []) if v["name"] == "secrets"), "")
+
+
+def load_ingest_ranges(path: Path, env: dict[str, str]) -> Any:
+    from services.ingest.rules import Rules
+    from services.ingest.settings import IngestSettings
+
+    return Rules.load(IngestSettings.from_env(env={**env, "FLOWWATCH_INGEST_RANGES_FILE": str(path)}))
+
+
+def load_alerts_config(path: Path, env: dict[str, str]) -> Any:
     from services.alerts.config import load_config
 
-    for config in CONFIGS:
-        docs = render(helm_bin, *CONFIGS[config])
-        w = workloads(docs)["alerts"]
-        spec = w["spec"]["template"]["spec"]
-        container = spec["containers"][0]
-        env = container_env(docs, container)
-        files = mounted_files(docs, spec, container)
-        path = env["FLOWWATCH_ALERTS_CONFIG_PATH"]
-        (tmp_path / config).write_text(files[path])
-        parsed = load_config(tmp_path / config, env=env)
-        assert parsed.receivers, config
-    # By default the chart ships the service's own file.
-    docs = render(helm_bin)
-    default_cm = next(d for d in find(docs, "ConfigMap") if d["metadata"]["name"].endswith("alerts-config"))
-    assert (
-        default_cm["data"]["alerts.yaml"].strip() == (ROOT / "services/alerts/config/alerts.yaml").read_text().strip()
+    return load_config(path, env=env)
+
+
+# The setting that points each service at a config file the chart mounts, and how the service loads it.
+CONFIG_FILES = {
+    ("ingest", "ranges.yaml"): ("FLOWWATCH_INGEST_RANGES_FILE", "services/ingest/ranges.yaml", load_ingest_ranges),
+    ("alerts", "alerts.yaml"): (
+        "FLOWWATCH_ALERTS_CONFIG_PATH",
+        "services/alerts/config/alerts.yaml",
+        load_alerts_config,
+    ),
+}
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+@pytest.mark.parametrize(("name", "file"), CONFIG_FILES)
+def test_config_files_are_mounted_pointed_at_and_accepted_by_the_service(
+    helm_bin, tmp_path, config, name, file
+) -> None:
+    """Rules, routing and ranges come from ConfigMaps; the service loads them with the pod's environment."""
+    setting, default_source, loader = CONFIG_FILES[(name, file)]
+    docs = render(helm_bin, *CONFIGS[config])
+    spec = workloads(docs)[name]["spec"]["template"]["spec"]
+    container = spec["containers"][0]
+    env = container_env(docs, container)
+    files = mounted_files(docs, spec, container)
+    assert env[setting] == f"/etc/flowwatch/{name}/{file}"
+    text = files[env[setting]]
+    (tmp_path / file).write_text(text)
+    assert loader(tmp_path / file, env)
+    if config == "defaults":
+        # The chart ships the service's own file (a symlink in files/<component>/): it cannot drift.
+        assert text.strip() == (ROOT / default_source).read_text().strip()
+    # Setting extraEnv (a list, so it replaces the default) does not lose the pointer.
+    docs = render(
+        helm_bin,
+        *CONFIGS[config],
+        "--set",
+        f"{name}.extraEnv[0].name=FLOWWATCH_LOG_LEVEL,{name}.extraEnv[0].value=DEBUG",
     )
+    assert (
+        container_env(docs, workloads(docs)[name]["spec"]["template"]["spec"]["containers"][0])[setting] == env[setting]
+    )
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_ingest_mqtt_url_is_one_ingest_can_connect_to(helm_bin, config) -> None:
+    from services.ingest.mqtt import parse_mqtt_url
+
+    docs = render(helm_bin, *CONFIGS[config])
+    env = container_env(docs, workloads(docs)["ingest"]["spec"]["template"]["spec"]["containers"][0])
+    assert parse_mqtt_url(Settings.from_env("ingest", env=env).mqtt_url)["hostname"]
 
 
 def test_secrets_reach_the_services_and_existing_secret_replaces_the_chart_one(helm_bin) -> None:

@@ -121,6 +121,16 @@ Call with (dict "root" $ "name" $name "c" $component).
 {{- toYaml $files }}
 {{- end }}
 
+{{/*
+The setting that points a service at each of its known config files (by file name).
+*/}}
+{{- define "flowwatch.configFileSettings" -}}
+ingest:
+  ranges.yaml: FLOWWATCH_INGEST_RANGES_FILE
+alerts:
+  alerts.yaml: FLOWWATCH_ALERTS_CONFIG_PATH
+{{- end }}
+
 {{/* Settings --------------------------------------------------------------------------------- */}}
 
 {{/*

@@ -75,6 +75,13 @@ spec:
         - name: FLOWWATCH_WEB_PORT
           value: {{ $c.port | quote }}
         {{- end }}
+        {{- $known := index (include "flowwatch.configFileSettings" . | fromYaml) $name | default dict }}
+        {{- range $file, $_ := $files }}
+        {{- with index $known $file }}
+        - name: {{ . }}
+          value: /etc/flowwatch/{{ $name }}/{{ $file }}
+        {{- end }}
+        {{- end }}
         {{- with $c.extraEnv }}
         {{- toYaml . | nindent 8 }}
         {{- end }}
