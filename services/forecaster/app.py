@@ -66,7 +66,11 @@ def create_app(settings: Settings | None = None, forecaster_settings: Forecaster
     risk_topic = faust_topic(app, RISK, settings)
     quarantine = faust_topic(app, READINGS_QUARANTINE, settings)
     models_topic = faust_topic(app, MODELS, settings)
-    zones = app.Table("zones", partitions=settings.partitions, key_serializer="raw", value_serializer="orjson")
+    zones = app.Table(
+        "zones",
+        partitions=settings.partitions,
+        schema=faust.Schema(key_type=bytes, key_serializer="raw", value_serializer="orjson"),
+    )
 
     holder = ModelHolder(fs, settings.model_dir)
     state.add_check("model", holder.check)
@@ -98,11 +102,16 @@ def create_app(settings: Settings | None = None, forecaster_settings: Forecaster
                     bad.append((ev.value, f"forecaster: undecodable ({type(exc).__name__}: {exc})", ev.key))
                     continue
                 items.append((data, ev.message.partition, ev.message.offset))
-            partials, unusable = fold(items, step_ms)
-            bad.extend((r, why, None) for r, why in unusable)
+            folded = fold(items, step_ms)
+            bad.extend((r, why, None) for r, why in folded.bad)
             EVENTS_IN.labels(SERVICE, READINGS_CLEAN.name).inc(len(events))
-            for zone, partial in partials.items():
+            for zone, partial in folded.partials.items():
                 await partials_topic.send(key=zone.encode(), value=dumps(partial))
+            if folded.watermarks:
+                # after the partials, on every partition: per partition it follows the partials it covers
+                mark = dumps({"wm": folded.watermarks})
+                for q in range(settings.partitions):
+                    await partials_topic.send(key=None, value=mark, partition=q)
             if bad:
                 await _quarantine(bad)
             BATCH_SIZE.labels(SERVICE, "fold").observe(len(events))
@@ -125,23 +134,39 @@ def create_app(settings: Settings | None = None, forecaster_settings: Forecaster
         EVENTS_OUT.labels(SERVICE, READINGS_QUARANTINE.name).inc(len(bad))
         log.warning("quarantined %d readings the forecaster cannot use: %s", len(bad), bad[0][1])
 
+    # partials partition -> source partition -> watermark; rebuilt from the next broadcasts after a restart
+    source_wm: dict[int, dict[str, int]] = {}
+
+    def _process(states: dict[str, ZoneState], partials: dict[int, list[dict[str, Any]]]) -> list[Any]:
+        out: list[Any] = []
+        for q, batch in partials.items():
+            out.extend(processor.process(states, batch, source_wm.get(q)))
+        return out
+
     @app.agent(partials_topic)
     async def score_zones(stream: Any) -> None:
         loop = asyncio.get_running_loop()
         async for events in stream.take_events(fs.batch_size, fs.batch_within_s):
             t0 = time.perf_counter()
             use_model()
-            partials: list[dict[str, Any]] = []
+            partials: dict[int, list[dict[str, Any]]] = {}
             last_event: dict[bytes, Any] = {}
             for ev in events:
+                q = ev.message.partition
                 try:
-                    partial = loads(ev.value)
-                    zone = partial["zone"]
+                    message = loads(ev.value)
+                    if "zone" not in message:
+                        marks = source_wm.setdefault(q, {})
+                        for p, ts in message["wm"].items():
+                            if ts > marks.get(p, -1):
+                                marks[p] = ts
+                        continue
+                    zone = message["zone"]
                 except Exception as exc:  # noqa: BLE001 - internal topic; count, log and go on
                     DECODE_ERRORS.labels(SERVICE, "zone-partials").inc()
                     log.error("undecodable zone partial skipped: %s", exc)
                     continue
-                partials.append(partial)
+                partials.setdefault(q, []).append(message)
                 last_event[zone.encode()] = ev
             states: dict[str, ZoneState] = {}
             for key, ev in last_event.items():
@@ -154,7 +179,7 @@ def create_app(settings: Settings | None = None, forecaster_settings: Forecaster
                         log.error("zone %s: unreadable state dropped (%s)", key.decode(), exc)
             dup0, late0 = processor.duplicates, processor.late
             t1 = time.perf_counter()
-            risks = await loop.run_in_executor(None, processor.process, states, partials)
+            risks = await loop.run_in_executor(None, _process, states, partials)
             INFERENCE_SECONDS.observe(time.perf_counter() - t1)
             DUPLICATES.inc(processor.duplicates - dup0)
             LATE_STEPS.inc(processor.late - late0)

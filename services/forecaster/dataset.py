@@ -52,16 +52,20 @@ class ZoneLabels:
         return (upcoming, False) if upcoming is not None else (0, False)
 
 
-def replay_batches(history: History, step_ms: int, batch: int = REPLAY_BATCH) -> Iterator[list[dict[str, Any]]]:
-    """Stage 1 over history: partials per batch of ``batch`` readings (one source partition)."""
+def replay_batches(
+    history: History, step_ms: int, batch: int = REPLAY_BATCH
+) -> Iterator[tuple[list[dict[str, Any]], dict[str, int]]]:
+    """Stage 1 over history: ``(partials, watermarks)`` per batch of ``batch`` readings (one source partition)."""
     buf: list[tuple[dict[str, Any], int, int]] = []
     for offset, reading in enumerate(history.readings()):
         buf.append((reading, 0, offset))
         if len(buf) >= batch:
-            yield list(fold(buf, step_ms)[0].values())
+            folded = fold(buf, step_ms)
+            yield list(folded.partials.values()), folded.watermarks
             buf = []
     if buf:
-        yield list(fold(buf, step_ms)[0].values())
+        folded = fold(buf, step_ms)
+        yield list(folded.partials.values()), folded.watermarks
 
 
 @dataclass
@@ -163,8 +167,11 @@ def replay(
     processor = ZoneProcessor(cfg, settings, models, on_step=recorder)
     states = {} if states is None else states
     risks: list[Risk] = []
-    for partials in replay_batches(history, cfg.step_ms):
-        risks.extend(processor.process(states, partials))
+    marks: dict[str, int] = {}
+    for partials, wm in replay_batches(history, cfg.step_ms):
+        for p, ts in wm.items():
+            marks[p] = max(ts, marks.get(p, -1))
+        risks.extend(processor.process(states, partials, marks))
     return recorder.rows, [r for r in risks if (r.ts - cfg.step_ms) >= first * cfg.step_ms], states
 
 

@@ -52,7 +52,8 @@ class FeatureConfig:
     step_s: int = 60
     horizon_steps: int = 15
     window_steps: int = 24
-    max_skew_steps: int = 5
+    max_skew_steps: int = 30
+    lateness_s: int = 15
     sensor_ttl_steps: int = 1440
     baseline_half_life_steps: float = 720.0
     profile_alpha: float = 0.02
@@ -95,6 +96,7 @@ class FeatureConfig:
             horizon_steps=s.horizon_steps,
             window_steps=s.window_steps,
             max_skew_steps=s.max_skew_steps,
+            lateness_s=s.lateness_s,
             sensor_ttl_steps=s.sensor_ttl_steps,
             baseline_half_life_steps=s.baseline_half_life_steps,
             profile_alpha=s.profile_alpha,

@@ -28,12 +28,33 @@ def volume_unit(rate_unit: str) -> tuple[str, float]:
     return RATE_UNITS.get(rate_unit, (f"{rate_unit}*h" if rate_unit else "unit*h", 1.0))
 
 
-def update_incident(
+def incident_transition(
+    incident: dict[str, Any] | None, probability: float, incident_type: str, step_start_ms: int, threshold: float
+) -> dict[str, Any] | None:
+    """A zone's incident state after one step (a new dict, or None).
+
+    An incident starts when the probability reaches ``threshold`` and ends when it
+    falls below half of it (hysteresis, so one noisy step does not split it in two).
+    """
+    if incident is None:
+        if probability < threshold:
+            return None
+        return {"since_ms": step_start_ms, "type": incident_type, "steps": 1}
+    if probability < threshold / 2.0:
+        return None
+    return {
+        "since_ms": incident["since_ms"],
+        "type": incident_type if probability >= threshold else incident["type"],
+        "steps": incident.get("steps", 0) + 1,
+    }
+
+
+def account_loss(
     incident: dict[str, Any] | None,
+    volume_before: float,
     *,
     probability: float,
     incident_type: str,
-    step_start_ms: int,
     step_s: int,
     metric: str | None,
     actual: float | None,
@@ -41,36 +62,24 @@ def update_incident(
     unit: str,
     tariff: float,
     currency: str,
-    threshold: float,
     horizon_s: int,
 ) -> tuple[dict[str, Any] | None, dict[str, Any]]:
-    """Advance a zone's incident accounting by one step; returns ``(new incident state, loss for the record)``.
+    """Add one step's lost volume to the incident; returns ``(incident, loss for the record)``.
 
-    An incident starts when the probability reaches ``threshold`` and ends when it
-    falls below half of it (hysteresis, so one noisy step does not split it).
     Volume counts only for classes whose loss is extra flow (leak, burst,
-    overconsumption) and only what runs above the forecast median.
+    overconsumption), only while an incident runs, and only what runs above the
+    forecast median. The expected loss over the horizon is probability x current
+    excess rate x horizon, so a rising risk already carries a price.
     """
     volume_u, per_hour = volume_unit(unit)
-    excess_rate = 0.0
-    if actual is not None and expected is not None:
-        excess_rate = max(0.0, actual - expected)
-    if incident is None and probability >= threshold:
-        incident = {"since_ms": step_start_ms, "type": incident_type, "volume": 0.0, "steps": 0}
-    elif incident is not None and probability < threshold / 2.0:
-        incident = None
+    counts = incident_type in VOLUME_LOSS_CLASSES
+    excess_rate = max(0.0, actual - expected) if actual is not None and expected is not None else 0.0
+    rate_h = excess_rate * per_hour if counts else 0.0
     if incident is not None:
-        counts = incident_type in VOLUME_LOSS_CLASSES
-        lost = excess_rate * per_hour * step_s / 3600.0 if counts else 0.0
-        incident = {
-            "since_ms": incident["since_ms"],
-            "type": incident_type if probability >= threshold else incident["type"],
-            "volume": incident["volume"] + lost,
-            "steps": incident["steps"] + 1,
-        }
-    rate_h = excess_rate * per_hour if incident_type in VOLUME_LOSS_CLASSES else 0.0
-    expected_volume = probability * rate_h * horizon_s / 3600.0
+        lost = rate_h * step_s / 3600.0
+        incident = {**incident, "volume": volume_before + lost}
     volume = incident["volume"] if incident else 0.0
+    expected_volume = probability * rate_h * horizon_s / 3600.0
     loss = {
         "metric": metric or "",
         "unit": volume_u,

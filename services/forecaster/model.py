@@ -82,6 +82,7 @@ class Predictor:
     temperature: float = 1.0
     version: str = "unversioned"
     feature_mean: np.ndarray | None = None
+    logit_bias: np.ndarray | None = None  # undoes the class weights of training (logit adjustment)
 
     def __post_init__(self) -> None:
         n_risk = len(self.config.risk_feature_names)
@@ -89,6 +90,8 @@ class Predictor:
         mean = self.feature_mean if self.feature_mean is not None else np.zeros(n_risk, dtype=np.float32)
         self._mean = tf.constant(mean.reshape(1, -1), dtype=tf.float32)
         self._temp = tf.constant(self.temperature, dtype=tf.float32)
+        bias = self.logit_bias if self.logit_bias is not None else np.zeros(len(RISK_CLASSES), dtype=np.float32)
+        self._bias = tf.constant(np.asarray(bias, dtype=np.float32).reshape(1, -1))
         self._risk_fn = tf.function(
             self._risk_impl, input_signature=[tf.TensorSpec([None, n_risk], tf.float32)], reduce_retracing=True
         )
@@ -100,7 +103,7 @@ class Predictor:
         with tf.GradientTape() as tape:
             tape.watch(x)
             logits = self.risk_model(x, training=False)
-            probs = tf.nn.softmax(logits / self._temp, axis=-1)
+            probs = tf.nn.softmax((logits + self._bias) / self._temp, axis=-1)
             incident = 1.0 - probs[:, 0]
         # gradient x (input - training mean): which features pushed the incident probability, and which way
         contrib = tape.gradient(incident, x) * (x - self._mean)
@@ -136,6 +139,7 @@ class Predictor:
             "quantiles": list(QUANTILES),
             "temperature": float(self.temperature),
             "feature_mean": [float(v) for v in mean],
+            "logit_bias": [float(v) for v in (self.logit_bias if self.logit_bias is not None else [])],
             "risk_features": self.config.risk_feature_names,
             "forecast_features": self.config.forecast_feature_names,
         }
@@ -155,9 +159,10 @@ class Predictor:
             config=config,
             temperature=float(metadata.get("temperature", 1.0)),
             version=version,
-            feature_mean=np.asarray(metadata.get("feature_mean"), dtype=np.float32)
+            feature_mean=np.asarray(metadata["feature_mean"], dtype=np.float32)
             if metadata.get("feature_mean")
             else None,
+            logit_bias=np.asarray(metadata["logit_bias"], dtype=np.float32) if metadata.get("logit_bias") else None,
         )
         predictor.warm_up()
         return predictor

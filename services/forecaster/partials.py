@@ -18,6 +18,12 @@ A partial is a plain dict (orjson on the wire)::
      "wm": {"0": 1711000000000},               # source partition -> max event ts
      "off": {"0": 1234}}                       # source partition -> max offset (dedup)
 
+After the partials, stage 1 sends a watermark message ``{"wm": {"0": ts}}`` to every
+partition of the partials topic: source partition 0 has nothing older than ``ts`` to
+come. Per partials partition it follows the partials it covers, so stage 2 can close a
+zone's step as soon as every source partition feeding the zone has passed it, even
+when a replay makes partitions run hours apart in event time.
+
 Metric names are qualified by utility (``water.flow``, ``gas.pressure``) so a gas
 pressure never averages with a water pressure.
 """
@@ -26,6 +32,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 Partial = dict[str, Any]
@@ -35,7 +42,17 @@ class BadReading(ValueError):
     """A reading on readings.clean that the forecaster cannot use, with the reason."""
 
 
-def fold(items: Iterable[tuple[Any, int, int]], step_ms: int) -> tuple[dict[str, Partial], list[tuple[Any, str]]]:
+@dataclass(slots=True)
+class Folded:
+    """One micro-batch, folded: partials per zone, unusable readings, and per source partition
+    the newest event time seen (the watermark stage 1 broadcasts after the partials)."""
+
+    partials: dict[str, Partial]
+    bad: list[tuple[Any, str]]
+    watermarks: dict[str, int]
+
+
+def fold(items: Iterable[tuple[Any, int, int]], step_ms: int) -> Folded:
     """Fold ``(reading dict, source partition, offset)`` items into one partial per zone.
 
     Raises nothing: unusable readings come back as ``(reading, reason)`` for the
@@ -43,6 +60,7 @@ def fold(items: Iterable[tuple[Any, int, int]], step_ms: int) -> tuple[dict[str,
     """
     out: dict[str, Partial] = {}
     bad: list[tuple[Any, str]] = []
+    marks: dict[str, int] = {}
     isfinite = math.isfinite
     for reading, partition, offset in items:
         try:
@@ -68,6 +86,8 @@ def fold(items: Iterable[tuple[Any, int, int]], step_ms: int) -> tuple[dict[str,
                 "off": {},
             }
         p = str(partition)
+        if ts > marks.get(p, -1):
+            marks[p] = ts
         if ts > part["wm"].get(p, -1):
             part["wm"][p] = ts
         if offset > part["off"].get(p, -1):
@@ -113,7 +133,7 @@ def fold(items: Iterable[tuple[Any, int, int]], step_ms: int) -> tuple[dict[str,
                     sacc[2] = x
                 if x > sacc[3]:
                     sacc[3] = x
-    return out, bad
+    return Folded(out, bad, marks)
 
 
 def merge_bucket(into: dict[str, Any], other: dict[str, Any]) -> None:

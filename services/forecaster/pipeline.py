@@ -1,10 +1,9 @@
 """Zone steps to risk records: the pure core shared by the Faust agent, offline evaluation and the benchmark.
 
 :class:`ZoneProcessor` takes merged partials for a set of zone states, closes the
-steps that are complete and runs both models on them in batches. Zones with
-several complete steps (a replay, a catch-up after downtime) are processed in
-rounds: round *k* closes every zone's *k*-th step, so each model call is one
-batch across zones and each zone still sees its steps in order.
+steps that are complete and runs both models on them, each once per micro-batch
+whatever the number of zones and steps (a replay or a catch-up after downtime
+closes many steps per zone in one batch).
 
 Offline evaluation replays history through this same class, so serving and
 evaluation produce the same numbers for the same inputs by construction.
@@ -19,7 +18,7 @@ import numpy as np
 
 from services.forecaster.classes import RISK_CLASSES
 from services.forecaster.features import FeatureConfig
-from services.forecaster.losses import update_incident
+from services.forecaster.losses import account_loss, incident_transition
 from services.forecaster.partials import Partial
 from services.forecaster.settings import ForecasterSettings
 from services.forecaster.zonestate import Step, ZoneState
@@ -79,60 +78,50 @@ class ZoneProcessor:
             self.late += state.late - late_before
         return touched
 
-    def process(self, states: dict[str, ZoneState], partials: Iterable[Partial]) -> list[Risk]:
+    def process(
+        self, states: dict[str, ZoneState], partials: Iterable[Partial], source_wm: dict[str, int] | None = None
+    ) -> list[Risk]:
+        """Merge partials, then close what ``source_wm`` (source partition -> watermark) says is complete."""
         touched = self.ingest(states, partials)
-        return self.close_ready(states, touched)
+        return self.close_ready(states, touched, source_wm)
 
-    def close_ready(self, states: dict[str, ZoneState], zones: Iterable[str]) -> list[Risk]:
-        queues = {z: states[z].closable(self.config.max_skew_steps) for z in zones}
-        queues = {z: q for z, q in queues.items() if q}
-        out: list[Risk] = []
-        k = 0
-        while queues:
-            batch = [(z, q[k]) for z, q in queues.items()]
-            out.extend(self._round(states, batch))
-            k += 1
-            queues = {z: q for z, q in queues.items() if len(q) > k}
-        return out
+    def close_ready(
+        self, states: dict[str, ZoneState], zones: Iterable[str], source_wm: dict[str, int] | None = None
+    ) -> list[Risk]:
+        """Close every complete step of ``zones``; one risk and one forecast model call for all of them.
 
-    def _round(self, states: dict[str, ZoneState], batch: list[tuple[str, int]]) -> list[Risk]:
+        Features never depend on model outputs, so all steps close first. The
+        forecast history of a step depends on whether the zone is in an incident
+        (then it is frozen, so the forecast keeps describing the zone without the
+        incident), which the risk call decides; each forecast depends only on its
+        history. Losses of step *b* need the forecast made at *b-1* and are added last.
+        """
         cfg = self.config
-        steps = [states[z].close_step(b, cfg) for z, b in batch]
+        steps: list[Step] = []
+        for zone in zones:
+            state = states[zone]
+            steps.extend(state.close_step(b, cfg) for b in state.closable(cfg, source_wm))
+        if not steps:
+            return []
         if self.models is not None:
             probs, contrib = self.models.risk(np.stack([s.features for s in steps]))
         else:
             probs = contrib = None
 
-        records: list[dict[str, Any]] = []
+        # incidents start/stop on the probability alone; while one runs the forecast history is frozen
+        threshold = self.settings.incident_threshold
+        incidents: list[dict[str, Any] | None] = []
         fc_rows: list[tuple[int, str, np.ndarray, float]] = []
         for i, step in enumerate(steps):
             state = states[step.zone]
-            rec: dict[str, Any] = {}
             if probs is not None:
                 p = probs[i]
-                probability = float(1.0 - p[0])
-                top = int(np.argmax(p))
-                rec = {"probability": probability, "type": RISK_CLASSES[top], "probs": p}
-                metric = cfg.key_metric(step.utility)
-                expected = step.expected.get(metric) if metric else None
-                tariff = self.tariffs.get(step.utility, 0.0)
-                state.incident, rec["loss"] = update_incident(
-                    state.incident,
-                    probability=probability,
-                    incident_type=RISK_CLASSES[top] if top else RISK_CLASSES[1 + int(np.argmax(p[1:]))],
-                    step_start_ms=step.ts - cfg.step_ms,
-                    step_s=cfg.step_s,
-                    metric=metric,
-                    actual=step.actual.get(metric) if metric else None,
-                    expected=expected[1] if expected else None,
-                    unit=step.units.get(metric, "") if metric else "",
-                    tariff=tariff,
-                    currency=self.settings.currency,
-                    threshold=self.settings.incident_threshold,
-                    horizon_s=cfg.horizon_steps * cfg.step_s,
+                kind = RISK_CLASSES[1 + int(np.argmax(p[1:]))]
+                state.incident = incident_transition(
+                    state.incident, 1.0 - float(p[0]), kind, step.ts - cfg.step_ms, threshold
                 )
-            # during an incident the history remembers the forecast, so the baseline stays leak-free
-            state.remember(step, cfg, counterfactual=state.incident is not None)
+            incidents.append(state.incident)
+            state.remember(step, cfg, frozen=state.incident is not None)
             inputs: dict[str, tuple[np.ndarray, float]] = {}
             for metric in step.actual:
                 got = state.forecast_input(metric, step.step, cfg)
@@ -141,24 +130,46 @@ class ZoneProcessor:
                     fc_rows.append((i, metric, got[0], got[1]))
             if self.on_step is not None:
                 self.on_step(step, inputs)
-            records.append(rec)
 
-        new_pending: dict[str, dict[str, list[float]]] = {step.zone: {} for step in steps}
+        forecasts: list[dict[str, list[float]]] = [{} for _ in steps]
         if fc_rows and self.models is not None:
             q = self.models.forecast(np.stack([r[2] for r in fc_rows]))
             for (i, metric, _x, scale), qs in zip(fc_rows, q, strict=True):
-                new_pending[steps[i].zone][metric] = [float((1.0 + v) * scale) for v in qs]
-        for step in steps:
-            states[step.zone].pending = new_pending[step.zone]
+                forecasts[i][metric] = [float((1.0 + v) * scale) for v in qs]
 
-        if self.models is None:
-            return []
-        return [
-            self._record(step, rec, contrib[i], new_pending[step.zone])
-            for i, (step, rec) in enumerate(zip(steps, records, strict=True))
-        ]
+        # each step compares with the forecast made at the zone's previous step (this batch or before)
+        out: list[Risk] = []
+        for i, step in enumerate(steps):
+            state = states[step.zone]
+            step.expected = state.pending
+            state.pending = forecasts[i]
+            if probs is None:
+                continue
+            p = probs[i]
+            metric = cfg.key_metric(step.utility)
+            expected = step.expected.get(metric) if metric else None
+            incident = incidents[i]
+            incident, loss = account_loss(
+                incident,
+                state.incident_volume(incident),
+                probability=1.0 - float(p[0]),
+                incident_type=incident["type"] if incident else RISK_CLASSES[1 + int(np.argmax(p[1:]))],
+                step_s=cfg.step_s,
+                metric=metric,
+                actual=step.actual.get(metric) if metric else None,
+                expected=expected[1] if expected else None,
+                unit=step.units.get(metric, "") if metric else "",
+                tariff=self.tariffs.get(step.utility, 0.0),
+                currency=self.settings.currency,
+                horizon_s=cfg.horizon_steps * cfg.step_s,
+            )
+            state.set_incident_volume(incident)
+            out.append(self._record(step, p, loss, contrib[i], forecasts[i]))
+        return out
 
-    def _record(self, step: Step, rec: dict[str, Any], contrib: np.ndarray, nxt: dict[str, list[float]]) -> Risk:
+    def _record(
+        self, step: Step, probs: np.ndarray, loss: dict[str, Any], contrib: np.ndarray, nxt: dict[str, list[float]]
+    ) -> Risk:
         cfg = self.config
         forecast: dict[str, dict[str, float]] = {}
         for metric in sorted(set(step.actual) | set(nxt)):
@@ -186,18 +197,17 @@ class ZoneProcessor:
             for j in order
             if contrib[j] != 0.0
         ]
-        probs = rec["probs"]
         return Risk(
             site=step.site,
             zone=step.zone,
             utility=step.utility,
             ts=step.ts,
             horizon_s=cfg.horizon_steps * cfg.step_s,
-            probability=round(rec["probability"], 6),
-            incident_type=rec["type"],
+            probability=round(float(1.0 - probs[0]), 6),
+            incident_type=RISK_CLASSES[int(np.argmax(probs))],
             class_probs={c: round(float(v), 6) for c, v in zip(RISK_CLASSES, probs, strict=True)},
             forecast=forecast,
-            loss=rec["loss"],
+            loss=loss,
             model_version=self.models.version if self.models else "",
             top_features=top,
         )

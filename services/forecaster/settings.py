@@ -38,10 +38,12 @@ class ForecasterSettings:
     horizon_steps: int = _doc(15, "Risk horizon in steps: probability of an incident now or within this many steps.")
     window_steps: int = _doc(24, "Steps of key-metric history each zone keeps for the forecast (bounded state).")
     max_skew_steps: int = _doc(
-        5,
-        "A zone's step closes when every source partition feeding it has passed the step's end, or when the "
-        "fastest one is this many steps ahead (a lagging or silent partition cannot hold a zone back longer).",
+        30,
+        "A zone's step closes when every source partition feeding it has passed the step's end (plus the lateness), "
+        "or at the latest when the zone's newest data is this many steps ahead (a partition whose sensors of the "
+        "zone all went silent cannot hold the zone back longer).",
     )
+    lateness_s: int = _doc(15, "Out-of-order allowance: a step closes this many seconds after its end has been passed.")
     sensor_ttl_steps: int = _doc(1440, "Per-sensor state of a sensor not heard from for this many steps is dropped.")
     baseline_half_life_steps: float = _doc(
         720.0, "Half-life (in steps) of the slow per-metric and per-sensor baselines features are measured against."

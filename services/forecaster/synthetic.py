@@ -86,9 +86,14 @@ def generate(
     step_s: int = 60,
     start_ms: int = 1_709_510_400_000,  # 2024-03-04T00:00Z
     incident_rate_per_day: float = 3.0,
+    planned: list[tuple[str, str, float, float]] = (),  # type: ignore[assignment]
     seed: int = 7,
 ) -> History:
-    """History of ``zones`` (kind -> how many zones) over ``days`` with incidents of every kind."""
+    """History of ``zones`` (kind -> how many zones) over ``days`` with incidents of every kind.
+
+    ``planned`` adds incidents at fixed times: ``(zone, type, start hour, duration hours)``
+    counted from ``start_ms``; random incidents keep clear of them.
+    """
     rng = np.random.default_rng(seed)
     zones = zones or {"water": 3, "energy": 1, "gas": 1}
     n = int(days * 86400 // step_s)
@@ -116,6 +121,22 @@ def generate(
             n_inc = rng.poisson(incident_rate_per_day * days)
             busy = np.zeros(n, dtype=bool)
             warm = int(6 * 3600 // step_s)
+            for j, (pzone, typ, start_h, dur_h) in enumerate(p for p in planned if p[0] == zone):
+                s0, dur = int(start_h * 3600 // step_s), int(dur_h * 3600 // step_s)
+                busy[s0 : s0 + dur] = True
+                affected = _inject(typ, series, sensors, s0, dur, rng)
+                labels.append(
+                    IncidentLabel(
+                        incident_id=f"{pzone}-planned{j}",
+                        type=typ,
+                        start_ms=int(t[s0]),
+                        end_ms=int(t[s0]) + dur * step_s * 1000,
+                        site=site,
+                        zone=zone,
+                        utility=spec["utility"],
+                        sensors=affected,
+                    )
+                )
             for k in range(n_inc):
                 typ = (
                     spec["incidents"][(k + z) % len(spec["incidents"])]

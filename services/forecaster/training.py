@@ -89,17 +89,21 @@ def train(
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
     stop = keras.callbacks.EarlyStopping(patience=6, restore_best_weights=True)
+    weights = _class_weights(y[tr], len(RISK_CLASSES))
     risk_model.fit(
         x[tr],
         y[tr],
         validation_data=(x[va], y[va]),
         epochs=epochs,
         batch_size=256,
-        class_weight=_class_weights(y[tr], len(RISK_CLASSES)),
+        class_weight=weights,
         callbacks=[stop],
         verbose=0,
     )
-    val_logits = np.asarray(risk_model(x[va], training=False))
+    # Class weights help rare classes learn but inflate their probabilities; subtracting log(weight)
+    # from the logits undoes that (logit adjustment), then a temperature fitted on validation calibrates.
+    logit_bias = -np.log(np.maximum(np.array([weights[i] for i in range(len(RISK_CLASSES))]), 1e-6)).astype(np.float32)
+    val_logits = np.asarray(risk_model(x[va], training=False)) + logit_bias
     temperature = fit_temperature(val_logits, y[va])
 
     fstep = a["fc_step"] * cfg.step_ms
@@ -117,7 +121,12 @@ def train(
         verbose=0,
     )
     predictor = Predictor(
-        risk_model, forecast_model, cfg, temperature=temperature, feature_mean=x[tr].mean(axis=0).astype(np.float32)
+        risk_model,
+        forecast_model,
+        cfg,
+        temperature=temperature,
+        feature_mean=x[tr].mean(axis=0).astype(np.float32),
+        logit_bias=logit_bias,
     )
     t_fit = time.monotonic() - t0 - t_replay
 
@@ -218,16 +227,23 @@ def evaluate_records(
     *,
     season_s: int = 86400,
     y_prior: np.ndarray | None = None,
+    score_from_ms: int = 0,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray] | None]:
-    """Metrics of served risk records against ground truth: exactly what serving produced."""
+    """Metrics of served risk records against ground truth: exactly what serving produced.
+
+    Records before ``score_from_ms`` are not scored; they only provide the history
+    the seasonal-naive baseline looks back on.
+    """
     y, probs = [], []
     series: dict[tuple[str, str], dict[int, dict[str, float]]] = {}
+    first_step = score_from_ms // cfg.step_ms
     for r in risks:
         start = r.ts - cfg.step_ms
         cls, _active = labels.label(r.zone, start, r.ts, cfg.horizon_steps * cfg.step_ms)
-        y.append(cls)
-        probs.append([r.class_probs.get(c, 0.0) for c in RISK_CLASSES])
         step = start // cfg.step_ms
+        if step >= first_step:
+            y.append(cls)
+            probs.append([r.class_probs.get(c, 0.0) for c in RISK_CLASSES])
         for metric, f in r.forecast.items():
             if "actual" in f:
                 series.setdefault((r.zone, metric), {})[step] = {**f, "incident": float(cls != 0)}
@@ -244,7 +260,7 @@ def evaluate_records(
     plot = None
     for (zone, metric), by_step in sorted(series.items()):
         for step, f in sorted(by_step.items()):
-            if "expected" not in f or step - 1 not in by_step:
+            if step < first_step or "expected" not in f or step - 1 not in by_step:
                 continue
             cols["actual"].append(f["actual"])
             cols["q10"].append(f["expected_q10"])
@@ -292,14 +308,21 @@ def evaluate(
             else history.start_ms + int(warmup_s * 1000)
         )
     t0 = time.monotonic()
-    _rows, risks, _states = replay(history, cfg, settings, predictor, season_s=season_s, record_from_ms=from_ms)
+    _rows, risks, _states = replay(
+        history, cfg, settings, predictor, season_s=season_s, record_from_ms=from_ms - season_s * 1000
+    )
     elapsed = time.monotonic() - t0
     labels = ZoneLabels(history.labels)
-    report, series = evaluate_records(risks, labels, cfg, season_s=season_s)
+    report, series = evaluate_records(risks, labels, cfg, season_s=season_s, score_from_ms=from_ms)
     report.update(
         kind="evaluate",
         model={"name": mv.name, "version": mv.version},
-        data={"from_ms": from_ms, "end_ms": history.end_ms, "records": len(risks), "readings": len(history.frame)},
+        data={
+            "from_ms": from_ms,
+            "end_ms": history.end_ms,
+            "records": report["risk"]["model"]["n"],
+            "readings": len(history.frame),
+        },
         seconds={"replay": round(elapsed, 2)},
     )
     report["plots"] = plots(report, series, out_dir)

@@ -1,16 +1,15 @@
 """Stage 2: one zone's rolling state, from merged partials to closed steps and their features.
 
 A :class:`ZoneState` is the value of the forecaster's table (keyed by zone). It is
-bounded by construction: at most ``max_skew_steps`` open steps, ``window_steps``
+bounded by construction: about ``max_skew_steps`` open steps, ``window_steps``
 of key-metric history, one baseline per (sensor, metric) with sensors forgotten
 after ``sensor_ttl_steps``, and a 24-slot hour-of-day profile per metric.
 
 Closing a step yields a :class:`Step`: its feature vector (measured against the
-baselines *before* the step updates them) and the key-metric actuals. Model
-outputs come back through :meth:`ZoneState.commit`, which decides what the
-forecast history remembers: during an incident it remembers the forecast, not
-the actual, so the expected value keeps describing the zone without the leak and
-the excess over it measures the loss.
+baselines *before* the step updates them) and the key-metric actuals. What the
+forecast history remembers is decided by the caller (:meth:`ZoneState.remember`):
+during an incident it is frozen, so the expected value keeps describing the zone
+without the leak, and the excess over it measures the loss.
 """
 
 from __future__ import annotations
@@ -69,9 +68,10 @@ class Step:
     step: int  # step index: ts // step_ms
     ts: int  # end of the step, epoch ms
     features: np.ndarray
-    actual: dict[str, float] = field(default_factory=dict)  # key metric -> step mean
+    actual: dict[str, float] = field(default_factory=dict)  # key metric -> zone total (sum of sensor means)
     units: dict[str, str] = field(default_factory=dict)
-    expected: dict[str, list[float]] = field(default_factory=dict)  # key metric -> [q10, q50, q90] made for this step
+    # key metric -> [q10, q50, q90] forecast for this step at the previous one (set by the processor)
+    expected: dict[str, list[float]] = field(default_factory=dict)
 
 
 class ZoneState:
@@ -92,6 +92,7 @@ class ZoneState:
         "step_ms",
         "units",
         "util",
+        "vol",
         "wm",
         "zone",
     )
@@ -118,7 +119,8 @@ class ZoneState:
             str, list[float]
         ] = {}  # key metric -> last window_steps step means (counterfactual in incidents)
         self.pending: dict[str, list[float]] = {}  # key metric -> forecast [q10, q50, q90] for the next step
-        self.incident: dict[str, Any] | None = None  # ongoing incident: since, class, volume, ...
+        self.incident: dict[str, Any] | None = None  # ongoing incident: since_ms, type, steps
+        self.vol: list[float] | None = None  # [incident since_ms, volume lost so far]
 
     # -- (de)serialisation: the table value is a plain dict (orjson) ------------------------------
 
@@ -143,6 +145,7 @@ class ZoneState:
             "hist": self.hist,
             "pending": self.pending,
             "incident": self.incident,
+            "vol": self.vol,
         }
 
     @classmethod
@@ -164,6 +167,7 @@ class ZoneState:
         s.hist = d.get("hist", {})
         s.pending = d.get("pending", {})
         s.incident = d.get("incident")
+        s.vol = d.get("vol")
         return s
 
     # -- input ----------------------------------------------------------------------------------
@@ -202,21 +206,26 @@ class ZoneState:
             merge_bucket(mine, bucket)
         return True
 
-    def closable(self, max_skew_steps: int) -> list[int]:
-        """Open steps every active source partition has passed (or that the fastest passed long ago)."""
+    def closable(self, cfg: FeatureConfig, source_wm: dict[str, int] | None = None) -> list[int]:
+        """Open steps that are complete: every source partition feeding the zone has passed their end.
+
+        A partition's progress is the newer of the zone's own data from it and the
+        partition's broadcast watermark (``source_wm``), so a sensor that went quiet
+        does not hold the zone while its partition moves on. A partition with no
+        data for the zone within ``max_skew_steps`` of the newest stops counting.
+        """
         if not self.open or not self.wm:
             return []
+        source_wm = source_wm or {}
         newest = max(self.wm.values())
-        skew_ms = max_skew_steps * self.step_ms
-        active = [ts for ts in self.wm.values() if ts >= newest - skew_ms]
-        # a step [s*step, (s+1)*step) is complete when every active partition has an event at/after its end
-        horizon = min(active)
-        limit = max(horizon, newest - skew_ms)
+        skew_ms = cfg.max_skew_steps * self.step_ms
+        progress = [max(ts, source_wm.get(p, -1)) for p, ts in self.wm.items() if ts >= newest - skew_ms]
+        limit = max(min(progress) - cfg.lateness_s * 1000, newest - skew_ms)
         return sorted(s for s in self.open if (s + 1) * self.step_ms <= limit)
 
     # -- closing a step: features against the baselines, then baseline updates ---------------------
 
-    def close_step(self, step: int, cfg: FeatureConfig, expected: dict[str, list[float]] | None = None) -> Step:
+    def close_step(self, step: int, cfg: FeatureConfig) -> Step:
         bucket = self.open.pop(step, None) or empty_bucket()
         gap = step - self.last_step if self.last_step >= 0 else 1
         self.closed = max(self.closed, step)
@@ -334,12 +343,19 @@ class ZoneState:
             for sensor in [s for s, st in self.sens.items() if step - st["_b"] > ttl]:
                 del self.sens[sensor]
 
+        # key metrics are rates that add up (flow, power): the zone's total is the sum over its sensors,
+        # a sensor that skipped this step counting with its last value (so one lost reading is not a dip)
         keyed = {}
         units = {}
         for utility in self.util:
             km = cfg.key_metric(utility)
             if km and km in actual:
-                keyed[km] = actual[km]
+                total = 0.0
+                for st in self.sens.values():
+                    last = st["_m"].get(km)
+                    if last is not None and step - st["_b"] <= cfg.window_steps:
+                        total += last
+                keyed[km] = total
                 if km in self.units:
                     units[km] = self.units[km]
         return Step(
@@ -351,7 +367,6 @@ class ZoneState:
             features=feats,
             actual=keyed,
             units=units,
-            expected=dict(self.pending) if expected is None else expected,
         )
 
     # -- forecast history ----------------------------------------------------------------------
@@ -380,10 +395,21 @@ class ZoneState:
             x[w + 4 + UTILITIES.index(utility)] = 1.0
         return x, scale
 
-    def remember(self, step: Step, cfg: FeatureConfig, counterfactual: bool) -> None:
-        """Append the step to the forecast history: its actuals, or during an incident what was expected."""
+    def remember(self, step: Step, cfg: FeatureConfig, frozen: bool) -> None:
+        """Append the step's actuals to the forecast history, unless an incident froze it."""
+        if frozen:
+            return
         for metric, value in step.actual.items():
-            expected = step.expected.get(metric)
-            v = expected[1] if counterfactual and expected else value
             hist = self.hist.get(metric, [])
-            self.hist[metric] = [*hist[-(cfg.window_steps - 1) :], float(v)]
+            self.hist[metric] = [*hist[-(cfg.window_steps - 1) :], float(value)]
+
+    # -- incident volume, carried from step to step (and batch to batch) ----------------------------
+
+    def incident_volume(self, incident: dict[str, Any] | None) -> float:
+        """Volume lost so far by ``incident`` before the current step (0 for a new incident)."""
+        if incident is None or self.vol is None or self.vol[0] != incident["since_ms"]:
+            return 0.0
+        return float(self.vol[1])
+
+    def set_incident_volume(self, incident: dict[str, Any] | None) -> None:
+        self.vol = None if incident is None else [incident["since_ms"], incident["volume"]]
