@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -119,6 +121,9 @@ class Dispatcher:
         self.worker_id = uuid.uuid4().hex
         self.in_flight: dict[str, asyncio.Task[None]] = {}
         self.semaphore = asyncio.Semaphore(concurrency)
+        # Crash-test failpoint: SIGKILL this process right after a delivery is marked done and
+        # before its result is reported (the window the done marker exists for). Tests only.
+        self.failpoint = os.environ.get("FLOWWATCH_ALERTS_FAILPOINT", "")
 
     def _key(self, kind: str, nid: str) -> str:
         return f"{self.key_prefix}{kind}:{nid}"
@@ -203,6 +208,8 @@ class Dispatcher:
             return
         # (3) remember the success before anything else can fail.
         await self._redis("set", self._key("notify-done", nid), "delivered", ex=self.settings.done_ttl_s)
+        if self.failpoint == "after_done":
+            os.kill(os.getpid(), signal.SIGKILL)
         DELIVERY_SECONDS.labels(receiver, integration).observe(max(0.0, time.time() - entry["created_at"]))
         await self._release(nid)
         await self.report(
