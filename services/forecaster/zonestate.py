@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import orjson
 
 from services.forecaster.features import METRIC_FEATURES, FeatureConfig
 from services.forecaster.partials import Partial, empty_bucket, merge_bucket
@@ -150,6 +151,8 @@ class ZoneState:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ZoneState:
+        """A state from a table value; a deep copy, so updating it never mutates the table's value in place."""
+        d = orjson.loads(orjson.dumps(d))
         s = cls(d["zone"], int(d["step_ms"]))
         s.site = d.get("site", "")
         s.util = dict(d.get("util", {}))
