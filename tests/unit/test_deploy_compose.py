@@ -33,7 +33,7 @@ from shared.topics import REGISTRY
 from tests.unit.test_deploy_settings import ROOT, WEB_SERVICES, check_service_env, config_env_refs, unknown_env
 
 COMPOSE = ROOT / "docker-compose.yml"
-FLOWWATCH_CONTAINERS = (*WEB_SERVICES, "topics", "simulator")
+FLOWWATCH_CONTAINERS = (*WEB_SERVICES, "topics", "simulator", "forecaster-model")
 
 
 def interpolate(value: Any, env: dict[str, str] | None = None) -> Any:
@@ -122,8 +122,9 @@ def test_compose_has_the_whole_stack(compose) -> None:
         "webhook",
     }
     assert services["kafka"]["image"].startswith("apache/kafka:")
-    assert services["simulator"]["profiles"] == ["demo"]
-    assert all("profiles" not in s for n, s in services.items() if n != "simulator")
+    demo = {"simulator", "forecaster-model"}
+    assert all(services[n]["profiles"] == ["demo"] for n in demo)
+    assert all("profiles" not in s for n, s in services.items() if n not in demo)
 
 
 def test_kafka_runs_kraft_without_auto_create(compose) -> None:
@@ -276,6 +277,29 @@ def test_simulator_cli_accepts_the_compose_arguments(compose) -> None:
     assert result.returncode == 0, result.stderr[-2000:]
     for flag in (a for a in command[4:] if a.startswith("--")):
         assert flag in result.stdout, f"services.simulator run has no {flag}"
+
+
+def test_demo_trains_a_forecaster_model_where_the_forecaster_loads_it(compose) -> None:
+    """The one-shot trains into the registry the forecaster serves from, and promotes the alias it serves."""
+    from services.forecaster.settings import ForecasterSettings
+
+    svc = compose["services"]["forecaster-model"]
+    command = svc["command"]
+    assert command[:4] == ["python", "-m", "services.forecaster", "train"]
+    env = env_of(svc)
+    assert not check_service_env("forecaster", env)
+    model_dir = command[command.index("--model-dir") + 1]
+    forecaster = compose["services"]["forecaster"]
+    assert f"models:{model_dir}" in svc["volumes"]
+    assert str(Settings.from_env("forecaster", env=env_of(forecaster)).model_dir) == model_dir
+    assert f"models:{model_dir}" in forecaster["volumes"]
+    assert command[command.index("--promote") + 1] == ForecasterSettings.from_env(env=env_of(forecaster)).model_alias
+    assert svc["depends_on"]["topics"]["condition"] == "service_completed_successfully"  # --publish needs the topic
+    help_text = subprocess.run(
+        [sys.executable, "-m", "services.forecaster", "train", "--help"], capture_output=True, text=True, cwd=ROOT
+    ).stdout
+    for flag in (a for a in command[4:] if a.startswith("--")):
+        assert flag in help_text, f"forecaster train has no {flag}"
 
 
 def alerts_config_refs(compose: dict[str, Any]) -> set[str]:
