@@ -850,3 +850,17 @@ def test_helm_script_builds_into_the_cache_dir(helm_bin) -> None:
         .rstrip("}")
     )
     assert version == pinned
+
+
+def test_helm_script_fails_loudly_when_it_cannot_build(tmp_path) -> None:
+    """A version the module proxy does not have: a non-zero exit that says why, and no binary."""
+    result = subprocess.run(
+        ["bash", str(ROOT / "scripts/helm.sh")],
+        env={**os.environ, "HELM_VERSION": "v3.999.0", "FLOWWATCH_CACHE": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode != 0
+    assert "could not build helm v3.999.0" in result.stderr
+    assert not (tmp_path / "bin/helm").exists() and result.stdout == ""

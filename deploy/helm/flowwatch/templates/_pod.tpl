@@ -137,7 +137,7 @@ spec:
           mountPath: {{ $root.Values.secrets.mountPath }}
           readOnly: true
         {{- end }}
-        {{- with include "flowwatch.kafkaTlsMount" $root }}{{ . | nindent 8 }}{{ end }}
+        {{- with include "flowwatch.kafkaTlsMount" $root }}{{ . | trim | nindent 8 }}{{ end }}
   volumes:
     - name: tmp
       emptyDir:
@@ -167,5 +167,5 @@ spec:
         secretName: {{ include "flowwatch.secretName" $root }}
         defaultMode: 0440
     {{- end }}
-    {{- with include "flowwatch.kafkaTlsVolume" $root }}{{ . | nindent 4 }}{{ end }}
+    {{- with include "flowwatch.kafkaTlsVolume" $root }}{{ . | trim | nindent 4 }}{{ end }}
 {{- end }}
