@@ -36,9 +36,10 @@ RUN groupadd --system --gid 10001 flowwatch \
  && chown 10001:10001 /data /models
 COPY --from=build /opt/venv /opt/venv
 COPY --from=build --chown=root:root /app /app
-# Libraries that like to write caches (matplotlib, keras) write under /tmp, the one writable
-# place besides the /data and /models volumes when the root filesystem is read-only.
+# Libraries that like to write caches (matplotlib, keras, anything under $HOME) write under /tmp,
+# the one writable place besides the /data and /models volumes when the root filesystem is read-only.
 ENV PATH=/opt/venv/bin:$PATH \
+    HOME=/tmp \
     PYTHONPATH=/app \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
