@@ -25,7 +25,7 @@ import numpy as np
 import orjson
 
 from services.detector.detectors import Detector, Scaler, ZScoreDetector, make_detector
-from services.detector.state import FEATURE_BLOCKS, Layout, RollingState, StateConfig, alpha
+from services.detector.state import FEATURE_BLOCKS, Layout, RollingState, StateConfig, alpha, occurrence
 
 MODEL_FILE = "model.joblib"
 META_FILE = "meta.json"
@@ -113,13 +113,23 @@ class AnomalyModel:
         return features[:, i * m : (i + 1) * m]
 
     # ------------------------------------------------------------------ fitting
-    def fit(self, x: np.ndarray, ts_ms: np.ndarray) -> AnomalyModel:
-        """Fit on normal rows of one stream (``x`` is ``(n, metrics)``, time-ordered)."""
+    def fit(self, x: np.ndarray, ts_ms: np.ndarray, sensor_idx: np.ndarray | None = None) -> AnomalyModel:
+        """Fit on normal rows (``x`` is ``(n, metrics)``); ``sensor_idx`` pools several sensors' streams.
+
+        Rows of one sensor must be in time order. The first readings of each sensor,
+        while its rolling state is still young, are not used for training.
+        """
         cfg = self.config
-        state = self.rolling.layout.empty(1)
-        feats = self.rolling.run(state, x, ts_ms.astype(np.float64), np.zeros(len(x), dtype=np.int64))
-        skip = min(max(cfg.state.warmup, int(3 * cfg.state.short_halflife)), len(x) // 5)
-        feats = feats[skip:]
+        idx = np.zeros(len(x), dtype=np.int64) if sensor_idx is None else np.asarray(sensor_idx, dtype=np.int64)
+        n_sensors = int(idx.max()) + 1 if len(idx) else 1
+        state = self.rolling.layout.empty(n_sensors)
+        feats = self.rolling.run(state, x, ts_ms.astype(np.float64), idx)
+        per_sensor = np.bincount(idx, minlength=n_sensors)
+        skip = min(max(cfg.state.warmup, int(3 * cfg.state.short_halflife)), int(per_sensor.min()) // 5)
+        keep = occurrence(idx) >= skip
+        # time order across sensors, so that the calibration folds are blocks of time
+        order = np.flatnonzero(keep)[np.argsort(ts_ms[keep], kind="stable")]
+        feats, idx = feats[order], idx[order]
         if len(feats) < cfg.min_train_rows:
             raise ValueError(f"need at least {cfg.min_train_rows + skip} training rows, got {len(x)}")
         learned = [d for d in cfg.detectors if d != "zscore"]
@@ -151,9 +161,9 @@ class AnomalyModel:
             z = ZScoreDetector(cfg.zscore_threshold)
             ratios.append(np.minimum(z.score(feats[:, self._z_cols]) / z.threshold, cfg.ratio_cap))
         raw = np.mean(ratios, axis=0)
-        smoothed = self._smooth_sequence(raw)
+        smoothed = self._smooth_sequences(raw, idx)
         self.threshold = float(max(np.quantile(smoothed, cfg.alarm_quantile) * cfg.margin, 1e-9))
-        self.initial_state = state
+        self.initial_state = state[:1] if sensor_idx is None else self.layout.empty(1)
         self.trained_rows = len(x)
         self.fitted_at = time.time()
         self.version = f"fit-{int(self.fitted_at)}"
@@ -164,12 +174,16 @@ class AnomalyModel:
             return make_detector(name, percentile=self.config.kmeans_percentile)
         return make_detector(name)
 
-    def _smooth_sequence(self, raw: np.ndarray) -> np.ndarray:
-        out, s, a = np.empty_like(raw), raw[0] if len(raw) else 0.0, self._a_score
-        for i, r in enumerate(raw):
-            s = s + a * (r - s)
-            out[i] = s
-        return out
+    def _smooth_sequences(self, raw: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        """The causal score smoothing applied to training scores, per sensor."""
+        state = np.zeros((int(idx.max()) + 1 if len(idx) else 1, self.layout.width))
+        keep = self.threshold
+        self.threshold = np.inf  # smoothing only; no flags wanted here
+        try:
+            smoothed, _ = self._persist(state, raw, idx)
+        finally:
+            self.threshold = keep
+        return smoothed
 
     # ------------------------------------------------------------------ scoring
     def features(self, state: np.ndarray, x: np.ndarray, ts_ms: np.ndarray, idx: np.ndarray) -> np.ndarray:
@@ -211,12 +225,7 @@ class AnomalyModel:
         lay, a = self.layout, self._a_score
         on, off = self.threshold, self.threshold * self.config.off_ratio
         smoothed, flags = np.empty(len(raw)), np.zeros(len(raw), dtype=bool)
-        # readings of one sensor in order; the common case (one per sensor) needs one pass
-        order = np.argsort(idx, kind="stable")
-        sorted_idx = idx[order]
-        starts = np.r_[0, np.flatnonzero(np.diff(sorted_idx)) + 1] if len(idx) else np.zeros(0, dtype=int)
-        occ = np.empty(len(idx), dtype=np.int64)
-        occ[order] = np.arange(len(idx)) - np.repeat(starts, np.diff(np.r_[starts, len(idx)]))
+        occ = occurrence(idx)
         for j in range(int(occ.max()) + 1 if len(idx) else 0):
             pick = np.flatnonzero(occ == j)
             rows = idx[pick]

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
+import orjson
 
 HOURS = 24
 # Per-metric feature blocks, in the order they appear in a feature row.
@@ -100,6 +101,52 @@ class Layout:
         state = np.zeros((sensors, self.width))
         state[:, self.blocks["last"]] = np.nan
         return state
+
+
+def occurrence(idx: np.ndarray) -> np.ndarray:
+    """For each position, how many earlier positions hold the same value: the reading's round."""
+    n = len(idx)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    order = np.argsort(idx, kind="stable")
+    sorted_idx = idx[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(sorted_idx)) + 1]
+    occ = np.empty(n, dtype=np.int64)
+    occ[order] = np.arange(n) - np.repeat(starts, np.diff(np.r_[starts, n]))
+    return occ
+
+
+def pack(metrics: tuple[str, ...], vector: np.ndarray) -> bytes:
+    """A sensor's state as table bytes: ``FW1``, header length, JSON metric names, float64 vector."""
+    header = orjson.dumps(list(metrics))
+    return b"FW1" + len(header).to_bytes(2, "little") + header + np.ascontiguousarray(vector, dtype="<f8").tobytes()
+
+
+def unpack(data: bytes) -> tuple[tuple[str, ...], np.ndarray]:
+    if data[:3] != b"FW1":
+        raise ValueError("not a detector state")
+    size = int.from_bytes(data[3:5], "little")
+    metrics = tuple(orjson.loads(data[5 : 5 + size]))
+    return metrics, np.frombuffer(data[5 + size :], dtype="<f8").copy()
+
+
+def remap(vector: np.ndarray, old: tuple[str, ...], new: tuple[str, ...]) -> np.ndarray:
+    """A state vector for metrics ``new`` from one kept for ``old``: shared metrics keep their statistics."""
+    if old == new:
+        return vector
+    lo, ln = Layout(len(old)), Layout(len(new))
+    out = ln.empty(1)[0]
+    out[: Layout.SCALARS] = vector[: Layout.SCALARS]
+    for name, sl_new in ln.blocks.items():
+        per_old = lo.blocks[name].stop - lo.blocks[name].start
+        rep = per_old // max(len(old), 1)  # 1 for per-metric blocks, 24 for hour-of-day blocks
+        block_old = vector[lo.blocks[name]].reshape(rep, len(old)) if old else np.zeros((rep, 0))
+        block_new = out[sl_new].reshape(rep, len(new))
+        for j, metric in enumerate(new):
+            if metric in old:
+                block_new[:, j] = block_old[:, old.index(metric)]
+        out[sl_new] = block_new.reshape(-1)
+    return out
 
 
 def feature_names(metrics: tuple[str, ...] | list[str]) -> list[str]:
@@ -218,18 +265,12 @@ class RollingState:
         out = np.empty((n, self.n_features))
         if n == 0:
             return out
-        # occurrence number of each reading within its sensor -> rounds
-        order = np.argsort(sensor_idx, kind="stable")
-        sorted_idx = sensor_idx[order]
-        starts = np.r_[0, np.flatnonzero(np.diff(sorted_idx)) + 1]
-        occ_sorted = np.arange(n) - np.repeat(starts, np.diff(np.r_[starts, n]))
-        occurrence = np.empty(n, dtype=np.int64)
-        occurrence[order] = occ_sorted
-        if occurrence.max() == 0:
+        occ = occurrence(sensor_idx)
+        if occ.max() == 0:  # the common streaming case: one reading per sensor
             out[:] = self._step_rows(state, sensor_idx, x, ts_ms)
             return out
-        for j in range(int(occurrence.max()) + 1):
-            pick = np.flatnonzero(occurrence == j)
+        for j in range(int(occ.max()) + 1):
+            pick = np.flatnonzero(occ == j)
             out[pick] = self._step_rows(state, sensor_idx[pick], x[pick], ts_ms[pick])
         return out
 

@@ -1,0 +1,84 @@
+"""Tumbling-window summaries per site, zone and utility: built per micro-batch, merged, closed by event time.
+
+The scoring agent turns each micro-batch into *partials* (one per zone and window)
+and sends them to an internal topic keyed by zone, so one agent instance owns a
+zone's windows whichever partitions its sensors live on. Partials merge by
+addition (count, sums, min, max), so the merge is order-free.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shared.records import Aggregate
+
+Partial = dict[str, Any]  # {"n": int, "anomalies": int, "ts": max ts, "m": {metric: [n, sum, min, max]}}
+
+
+def zone_key(site: str, zone: str, utility: str) -> str:
+    return f"{site}/{zone}/{utility}"
+
+
+def window_start(ts_ms: int, window_ms: int) -> int:
+    return ts_ms - ts_ms % window_ms
+
+
+def add_reading(p: Partial, values: dict[str, float], anomaly: bool, ts_ms: int) -> None:
+    p["n"] = p.get("n", 0) + 1
+    p["anomalies"] = p.get("anomalies", 0) + int(anomaly)
+    p["ts"] = max(p.get("ts", 0), ts_ms)
+    stats = p.setdefault("m", {})
+    for metric, v in values.items():
+        if v != v:  # NaN: nothing measured
+            continue
+        s = stats.get(metric)
+        if s is None:
+            stats[metric] = [1, v, v, v]
+        else:
+            s[0] += 1
+            s[1] += v
+            s[2] = min(s[2], v)
+            s[3] = max(s[3], v)
+
+
+def merge(a: Partial, b: Partial) -> Partial:
+    out: Partial = {
+        "n": a.get("n", 0) + b.get("n", 0),
+        "anomalies": a.get("anomalies", 0) + b.get("anomalies", 0),
+        "ts": max(a.get("ts", 0), b.get("ts", 0)),
+        "m": {k: list(v) for k, v in a.get("m", {}).items()},
+    }
+    for metric, s in b.get("m", {}).items():
+        t = out["m"].get(metric)
+        out["m"][metric] = list(s) if t is None else [t[0] + s[0], t[1] + s[1], min(t[2], s[2]), max(t[3], s[3])]
+    return out
+
+
+def apply(
+    windows: dict[str, Partial], partials: dict[str, Partial], watermark: int, window_ms: int, grace_ms: int
+) -> tuple[dict[str, Partial], list[tuple[int, Partial]]]:
+    """Merge new partials (by window start, as str) into open windows; close those the watermark passed."""
+    merged = dict(windows)
+    for ws, p in partials.items():
+        merged[ws] = merge(merged[ws], p) if ws in merged else p
+    closed = sorted((int(ws), p) for ws, p in merged.items() if int(ws) + window_ms + grace_ms <= watermark)
+    for ws, _ in closed:
+        del merged[str(ws)]
+    return merged, closed
+
+
+def to_record(key: str, ws: int, p: Partial, window_ms: int) -> Aggregate:
+    site, zone, utility = [*key.split("/", 2), "", ""][:3]
+    metrics = {
+        m: {"count": s[0], "mean": s[1] / s[0], "min": s[2], "max": s[3]} for m, s in sorted(p.get("m", {}).items())
+    }
+    return Aggregate(
+        window_start=ws,
+        window_end=ws + window_ms,
+        site=site,
+        zone=zone,
+        utility=utility,
+        count=p.get("n", 0),
+        anomaly_count=p.get("anomalies", 0),
+        metrics=metrics,
+    )

@@ -1,0 +1,16 @@
+"""Prometheus metrics of the detector (the common ones live in shared.metrics)."""
+
+from __future__ import annotations
+
+from shared.metrics import Counter, Gauge
+
+READINGS_SCORED = Counter("flowwatch_detector_readings_scored_total", "Readings scored", ["profile"])
+ANOMALIES = Counter("flowwatch_detector_anomalies_total", "Readings flagged anomalous", ["profile"])
+QUARANTINED = Counter(
+    "flowwatch_detector_quarantined_total", "Messages on readings.clean the detector could not read", ["reason"]
+)
+STATE_ERRORS = Counter("flowwatch_detector_state_errors_total", "Stored sensor states that could not be read")
+SEND_ERRORS = Counter("flowwatch_detector_send_errors_total", "Output messages the broker did not accept", ["topic"])
+MODEL_LOADS = Counter("flowwatch_detector_model_loads_total", "Model versions loaded (hot swaps included)")
+TRAINED_PROFILES = Gauge("flowwatch_detector_trained_profiles", "Profiles served by a trained model")
+AGGREGATES_EMITTED = Counter("flowwatch_detector_aggregates_total", "Aggregate windows closed and published")

@@ -1,0 +1,93 @@
+"""Settings of the detector service, read from ``FLOWWATCH_DETECTOR_*`` environment variables.
+
+The common settings (broker, Redis, topics, web port, model registry directory, ...)
+are ``shared.settings.Settings``; these are the knobs only the detector has.
+``python -m services.detector settings`` prints the table for the README.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "FLOWWATCH_DETECTOR_"
+DEFAULT_PROFILES_FILE = Path(__file__).with_name("profiles.yaml")
+
+
+def _doc(default: Any, doc: str, env: str | None = None) -> Any:
+    meta = {"doc": doc}
+    if env:
+        meta["env"] = env
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class DetectorSettings:
+    """How the detector batches, which models it uses, what it emits."""
+
+    batch_size: int = _doc(2000, "Most readings scored in one micro-batch.")
+    batch_wait_s: float = _doc(
+        0.1, "Longest wait (seconds) to fill a micro-batch; bounds the latency added at low rates."
+    )
+    profiles_file: Path = _doc(
+        DEFAULT_PROFILES_FILE,
+        "YAML file mapping readings to model profiles (by asset kind, utility, site or sensor id prefix) with "
+        "each profile's metrics and model settings.",
+    )
+    model_alias: str = _doc(
+        "production",
+        "Registry alias of the model version to serve; a `models` event promoting this alias hot-swaps it.",
+    )
+    model_prefix: str = _doc("detector-", "Registry name of a profile's model is this prefix + the profile name.")
+    model_poll_s: float = _doc(
+        30.0, "How often (seconds) each worker re-reads the registry aliases, besides reacting to `models` events."
+    )
+    zscore_threshold: float = _doc(
+        2.5, "Threshold of the statistical detector in sigmas (used alone while a profile has no trained model)."
+    )
+    aggregate_window_s: int = _doc(30, "Length of the tumbling aggregate windows (seconds) per site, zone and utility.")
+    aggregate_grace_s: int = _doc(
+        5, "A window is closed and emitted once readings this many seconds past its end have been seen."
+    )
+    emit_scores: bool = _doc(True, "Publish every reading's score on `scores` (anomalies are always published).")
+    reason_metrics: int = _doc(3, "Contributing metrics listed with each anomaly.")
+    compute_in_thread: bool = _doc(
+        True, "Run feature extraction and scoring in a worker thread so the event loop keeps heartbeating."
+    )
+    cache_enabled: bool = _doc(True, "Write the latest score per sensor and anomaly counts per zone to Redis.")
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> DetectorSettings:
+        env = dict(os.environ if env is None else env)
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            key = f.metadata.get("env", ENV_PREFIX + f.name.upper())
+            if key in env and env[key] != "":
+                values[f.name] = _coerce(f, env[key])
+        values.update(overrides)
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> DetectorSettings:
+        return dataclasses.replace(self, **changes)
+
+    def to_env(self) -> dict[str, str]:
+        return {f.metadata.get("env", ENV_PREFIX + f.name.upper()): str(getattr(self, f.name)) for f in fields(self)}
+
+
+def _coerce(f: dataclasses.Field, raw: str) -> Any:
+    default = f.default
+    try:
+        if isinstance(default, bool):
+            return raw.strip().lower() in {"1", "true", "yes", "on"}
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+        if isinstance(default, Path):
+            return Path(raw)
+    except ValueError as exc:
+        raise ValueError(f"{f.metadata.get('env', ENV_PREFIX + f.name.upper())}={raw!r}: {exc}") from None
+    return raw
