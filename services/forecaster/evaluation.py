@@ -21,45 +21,36 @@ EPS = 1e-12
 
 def classification_report(y: np.ndarray, probs: np.ndarray, *, bins: int = 10) -> dict[str, Any]:
     """Metrics of class probabilities ``probs`` (n, C) against true classes ``y`` (n,)."""
+    from sklearn import metrics as skm
+
     n, c = probs.shape
+    labels = list(range(c))
     pred = probs.argmax(axis=1)
-    per_class: dict[str, dict[str, float]] = {}
-    f1s = []
-    for k in range(c):
-        tp = int(np.sum((pred == k) & (y == k)))
-        fp = int(np.sum((pred == k) & (y != k)))
-        fn = int(np.sum((pred != k) & (y == k)))
-        support = int(np.sum(y == k))
-        precision = tp / (tp + fp) if tp + fp else 0.0
-        recall = tp / (tp + fn) if tp + fn else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        per_class[RISK_CLASSES[k]] = {
-            "precision": round(precision, 4),
-            "recall": round(recall, 4),
-            "f1": round(f1, 4),
-            "support": support,
+    precision, recall, f1, support = skm.precision_recall_fscore_support(y, pred, labels=labels, zero_division=0.0)
+    per_class = {
+        RISK_CLASSES[k]: {
+            "precision": round(float(precision[k]), 4),
+            "recall": round(float(recall[k]), 4),
+            "f1": round(float(f1[k]), 4),
+            "support": int(support[k]),
         }
-        if support:
-            f1s.append(f1)
+        for k in labels
+    }
+    present = support > 0
     onehot = np.eye(c)[y]
     incident_p = 1.0 - probs[:, 0]
-    incident_y = (y != 0).astype(np.float64)
-    cal = calibration(incident_p, incident_y, bins)
-    confusion = np.zeros((c, c), dtype=np.int64)
-    np.add.at(confusion, (y, pred), 1)
+    incident_y = (y != 0).astype(np.int64)
+    auc = float(skm.roc_auc_score(incident_y, incident_p)) if 0 < incident_y.sum() < n else float("nan")
     return {
         "n": int(n),
-        "accuracy": round(float(np.mean(pred == y)), 4),
-        "macro_f1": round(float(np.mean(f1s)) if f1s else 0.0, 4),
-        "log_loss": round(float(-np.mean(np.log(probs[np.arange(n), y] + EPS))), 4),
+        "accuracy": round(float(skm.accuracy_score(y, pred)), 4),
+        "macro_f1": round(float(f1[present].mean()) if present.any() else 0.0, 4),
+        "log_loss": round(float(skm.log_loss(y, np.clip(probs, EPS, 1.0), labels=labels)), 4),
         "brier": round(float(np.mean(np.sum((probs - onehot) ** 2, axis=1))), 4),
-        "incident": {
-            "auc": round(_auc(incident_p, incident_y), 4),
-            "ece": cal["ece"],
-        },
+        "incident": {"auc": round(auc, 4), "ece": calibration(incident_p, incident_y, bins)["ece"]},
         "per_class": per_class,
-        "calibration": cal,
-        "confusion": confusion.tolist(),
+        "calibration": calibration(incident_p, incident_y, bins),
+        "confusion": skm.confusion_matrix(y, pred, labels=labels).tolist(),
     }
 
 
@@ -70,7 +61,7 @@ def prior_probs(y_train: np.ndarray, n: int, n_classes: int = len(RISK_CLASSES))
 
 
 def calibration(p: np.ndarray, y: np.ndarray, bins: int = 10) -> dict[str, Any]:
-    """Reliability curve and expected calibration error of binary probabilities."""
+    """Reliability curve (equal-width bins) and expected calibration error of binary probabilities."""
     edges = np.linspace(0.0, 1.0, bins + 1)
     idx = np.clip(np.digitize(p, edges[1:-1]), 0, bins - 1)
     curve = []
@@ -83,16 +74,6 @@ def calibration(p: np.ndarray, y: np.ndarray, bins: int = 10) -> dict[str, Any]:
         ece += cnt / len(p) * abs(conf - acc)
         curve.append({"bin": b, "mean_p": round(conf, 4), "observed": round(acc, 4), "count": cnt})
     return {"ece": round(ece, 4), "curve": curve}
-
-
-def _auc(score: np.ndarray, y: np.ndarray) -> float:
-    pos, neg = score[y == 1], score[y == 0]
-    if len(pos) == 0 or len(neg) == 0:
-        return float("nan")
-    order = np.argsort(np.concatenate([pos, neg]), kind="mergesort")
-    ranks = np.empty(len(order))
-    ranks[order] = np.arange(1, len(order) + 1)
-    return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
 
 
 def forecast_report(

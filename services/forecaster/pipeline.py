@@ -124,7 +124,7 @@ class ZoneProcessor:
             state.remember(step, cfg, frozen=state.incident is not None)
             inputs: dict[str, tuple[np.ndarray, float]] = {}
             for metric in step.actual:
-                got = state.forecast_input(metric, step.step, cfg)
+                got = state.forecast_input(metric, step, cfg)
                 if got is not None:
                     inputs[metric] = got
                     fc_rows.append((i, metric, got[0], got[1]))

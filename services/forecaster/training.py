@@ -27,7 +27,10 @@ from shared.registry import ModelRegistry, ModelVersion
 log = logging.getLogger(__name__)
 
 
-def _split_points(history: History, warmup_s: float, fractions: tuple[float, float]) -> tuple[int, int, int]:
+def _split_points(
+    history: History, warmup_s: float, fractions: tuple[float, float], step_ms: int
+) -> tuple[int, int, int]:
+    """Warm-up end, train end and validation end (= test start), on step boundaries."""
     start, end = history.start_ms, history.end_ms
     first = start + int(warmup_s * 1000)
     span = end - first
@@ -35,7 +38,8 @@ def _split_points(history: History, warmup_s: float, fractions: tuple[float, flo
         raise ValueError(
             f"history of {(end - start) / 3.6e6:.1f} h is shorter than the warm-up of {warmup_s / 3600:.1f} h"
         )
-    return first, first + int(span * fractions[0]), first + int(span * (fractions[0] + fractions[1]))
+    points = (first, first + int(span * fractions[0]), first + int(span * (fractions[0] + fractions[1])))
+    return tuple(p // step_ms * step_ms for p in points)  # type: ignore[return-value]
 
 
 def _class_weights(y: np.ndarray, n_classes: int) -> dict[int, float]:
@@ -73,7 +77,7 @@ def train(
     set_seed(seed)
     vocab = metric_vocabulary(history)
     cfg = FeatureConfig.from_settings(settings, vocab)
-    first, train_end, val_end = _split_points(history, warmup_s, fractions)
+    first, train_end, val_end = _split_points(history, warmup_s, fractions, cfg.step_ms)
     rows, _risks, _states = replay(history, cfg, settings, None, season_s=season_s, record_from_ms=first)
     a = rows.arrays()
     step_start = a["risk_step"] * cfg.step_ms
@@ -249,6 +253,7 @@ def evaluate_records(
                 series.setdefault((r.zone, metric), {})[step] = {**f, "incident": float(cls != 0)}
     y_arr = np.asarray(y, dtype=np.int64)
     p_arr = np.asarray(probs, dtype=np.float64)
+    p_arr /= p_arr.sum(axis=1, keepdims=True)  # records carry probabilities rounded to 6 decimals
     prior_src = y_prior if y_prior is not None else y_arr
     risk = {
         "model": classification_report(y_arr, p_arr),

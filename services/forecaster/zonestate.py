@@ -27,6 +27,7 @@ from shared.records import UTILITIES
 
 Z_CLIP = 50.0
 HUBER_K = 3.0
+TOTAL = "#total"  # profile key suffix of a key metric's zone total
 _NF = len(METRIC_FEATURES)
 
 
@@ -71,6 +72,7 @@ class Step:
     features: np.ndarray
     actual: dict[str, float] = field(default_factory=dict)  # key metric -> zone total (sum of sensor means)
     units: dict[str, str] = field(default_factory=dict)
+    profile: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)  # usual total: next, now
     # key metric -> [q10, q50, q90] forecast for this step at the previous one (set by the processor)
     expected: dict[str, list[float]] = field(default_factory=dict)
 
@@ -350,6 +352,7 @@ class ZoneState:
         # a sensor that skipped this step counting with its last value (so one lost reading is not a dip)
         keyed = {}
         units = {}
+        profile: dict[str, tuple[float | None, float | None]] = {}
         for utility in self.util:
             km = cfg.key_metric(utility)
             if km and km in actual:
@@ -361,6 +364,16 @@ class ZoneState:
                 keyed[km] = total
                 if km in self.units:
                     units[km] = self.units[km]
+                # the usual zone total at this hour and the next: the forecast's seasonal inputs
+                slots = self.prof.get(km + TOTAL)
+                if slots is None:
+                    slots = self.prof[km + TOTAL] = [[0.0, 0.0, 0.0] for _ in range(24)]
+                if slots[hour][0] > 0:
+                    _ew_update(slots[hour], total, cfg.profile_alpha)
+                else:
+                    slots[hour] = [1.0, total, 0.0]
+                nxt = slots[hour_of(step + 1, cfg.step_s)]
+                profile[km] = (nxt[1] if nxt[0] > 0 else None, slots[hour][1])
         return Step(
             zone=self.zone,
             site=self.site,
@@ -370,12 +383,17 @@ class ZoneState:
             features=feats,
             actual=keyed,
             units=units,
+            profile=profile,
         )
 
     # -- forecast history ----------------------------------------------------------------------
 
-    def forecast_input(self, metric: str, step: int, cfg: FeatureConfig) -> tuple[np.ndarray, float] | None:
-        """Forecast features for the step after ``step`` and the scale they are expressed in."""
+    def forecast_input(self, metric: str, step: Step, cfg: FeatureConfig) -> tuple[np.ndarray, float] | None:
+        """Forecast features for the step after ``step`` and the scale they are expressed in.
+
+        Uses the history as it is now (the caller appends steps in order) and the
+        profile as it was when ``step`` closed (later steps of the batch may have moved it).
+        """
         hist = self.hist.get(metric)
         if not hist:
             return None
@@ -385,11 +403,10 @@ class ZoneState:
         # left-pad a short history with its oldest value, so the first steps still forecast
         padded = [hist[0]] * (w - len(hist)) + hist[-w:]
         x[:w] = [v / scale - 1.0 for v in padded]
-        prof = self.prof.get(metric)
-        nxt = step + 1
-        h_next, h_now = hour_of(nxt, cfg.step_s), hour_of(step, cfg.step_s)
-        x[w] = (prof[h_next][1] / scale - 1.0) if prof and prof[h_next][0] > 0 else x[w - 1]
-        x[w + 1] = (prof[h_now][1] / scale - 1.0) if prof and prof[h_now][0] > 0 else x[w - 1]
+        p_next, p_now = step.profile.get(metric, (None, None))
+        x[w] = p_next / scale - 1.0 if p_next is not None else x[w - 1]
+        x[w + 1] = p_now / scale - 1.0 if p_now is not None else x[w - 1]
+        nxt = step.step + 1
         angle = 2.0 * math.pi * (((nxt * cfg.step_s) % 86400) / 86400.0)
         x[w + 2] = math.sin(angle)
         x[w + 3] = math.cos(angle)
