@@ -595,7 +595,9 @@ def test_retrain_cronjobs_run_the_training_commands(helm_bin) -> None:
         assert models["persistentVolumeClaim"]["claimName"] == "fw-flowwatch-models"
         assert cj["spec"]["concurrencyPolicy"] == "Forbid"
         env = container_env(docs, c)
-        assert not check_service_env(name, env, extra_known=config_refs(docs), shared=shared_env_names(docs, c))
+        assert not check_service_env(
+            name, env, extra_known=config_refs(docs), shared=shared_env_names(docs, c), worker=False
+        )
         assert str(Settings.from_env(name, env=env).model_dir) == "/models"
     # The services load from the same claim the CronJobs write to.
     for name in ("detector", "forecaster"):

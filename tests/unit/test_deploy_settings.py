@@ -25,6 +25,11 @@ from shared.settings import ENV_PREFIX, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 WEB_SERVICES = ("ingest", "detector", "forecaster", "alerts")
+# Settings whose code defaults are right on a laptop and wrong in a container (127.0.0.1, relative
+# paths): every deployment file must set them.
+CONTAINER_REQUIRED = {"FLOWWATCH_BROKER_URL", "FLOWWATCH_REDIS_URL", "FLOWWATCH_DATA_DIR", "FLOWWATCH_MODEL_DIR"}
+WEB_REQUIRED = {"FLOWWATCH_WEB_HOST", "FLOWWATCH_WEB_PORT"}
+SERVICE_REQUIRED = {"ingest": {"FLOWWATCH_MQTT_URL"}}
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-[^}]*)?\}")
 
 
@@ -111,18 +116,31 @@ def unknown_env(names: Iterable[str], service: str | None, extra_known: Iterable
 
 
 def check_service_env(
-    service: str, env: dict[str, str], extra_known: Iterable[str] = (), shared: Iterable[str] = ()
+    service: str,
+    env: dict[str, str],
+    extra_known: Iterable[str] = (),
+    shared: Iterable[str] = (),
+    worker: bool = True,
 ) -> list[str]:
     """Problems with the environment a service container gets; empty when it is right.
 
     ``shared`` names come from sources every service reads (the chart's settings ConfigMap and
     Secret): they must be read by *some* service. All other names must be read by this one.
+    ``worker``: the service's web server runs (not a one-shot command such as `train`).
     """
     problems = []
     shared = set(shared)
     unknown = unknown_env(set(env) - shared, service, extra_known) | unknown_env(shared & set(env), None, extra_known)
     if unknown:
         problems.append(f"{service}: variables no settings dataclass reads: {sorted(unknown)}")
+    needed = (
+        CONTAINER_REQUIRED
+        | SERVICE_REQUIRED.get(service, set())
+        | (WEB_REQUIRED if worker and service in WEB_SERVICES else set())
+    )
+    missing = needed - {k for k, v in env.items() if v}
+    if missing:
+        problems.append(f"{service}: must be set in a container (the defaults are for a laptop): {sorted(missing)}")
     for c in classes_for(service):
         missing = c.required() - set(env)
         if missing:
@@ -165,13 +183,23 @@ def test_shared_variables_may_serve_another_service_but_own_ones_may_not() -> No
     other = next((n for c in settings_classes() if c.service == "alerts" for n in c.env_names()), None)
     if other is None:
         pytest.fail("services/alerts/settings.py has no settings dataclass")
-    assert check_service_env("detector", {other: "x"}, shared={other}) == []
+    assert not any(other in p for p in check_service_env("detector", {other: "x"}, shared={other}))
     assert any(other in p for p in check_service_env("detector", {other: "x"}))
 
 
 def test_check_service_env_reports_a_value_the_code_cannot_parse() -> None:
     problems = check_service_env("detector", {"FLOWWATCH_PARTITIONS": "four"})
     assert any("FLOWWATCH_PARTITIONS" in p for p in problems), problems
+
+
+def test_check_service_env_wants_the_container_settings_set() -> None:
+    env = {name: "x" for name in CONTAINER_REQUIRED | WEB_REQUIRED}
+    env["FLOWWATCH_WEB_PORT"] = "8082"
+    assert check_service_env("detector", env) == []
+    problems = check_service_env("ingest", env)
+    assert problems and "FLOWWATCH_MQTT_URL" in problems[0]
+    del env["FLOWWATCH_REDIS_URL"]
+    assert "FLOWWATCH_REDIS_URL" in check_service_env("detector", env)[0]
 
 
 def test_config_env_refs_reads_secret_names_and_substitutions() -> None:
