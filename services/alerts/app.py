@@ -28,7 +28,7 @@ from services.alerts.api import AlertsApi, mount
 from services.alerts.auth import TokenStore
 from services.alerts.config import Config, load_config
 from services.alerts.dispatcher import Dispatcher, Integrations
-from services.alerts.evaluate import INPUTS, decode_internal, evaluate_batch
+from services.alerts.evaluate import INPUTS, FloodGate, decode_internal, evaluate_batch
 from services.alerts.labels import shard_key
 from services.alerts.mirror import Mirror
 from services.alerts.processor import Processor
@@ -151,6 +151,8 @@ def create_app(
         ),
     )
 
+    gate = FloodGate()
+
     @app.agent(inputs)
     async def evaluate(stream: Any) -> None:
         async for batch in stream.take_events(asettings.batch_size, within=asettings.batch_within_s):
@@ -158,7 +160,7 @@ def create_app(
             items = [(by_topic[e.message.topic], e.value) for e in batch]
             for name in {n for n, _ in items}:
                 EVENTS_IN.labels("alerts", name).inc(sum(1 for n, _ in items if n == name))
-            result = evaluate_batch(config, items, asettings.quarantine_window_s)
+            result = evaluate_batch(config, items, asettings.quarantine_window_s, gate=gate)
             for obs in result.observations:
                 await events.send(
                     key=shard_key(obs.labels, config.shard_by), value=dumps({"type": "obs", "obs": obs.to_dict()})
@@ -172,6 +174,16 @@ def create_app(
             BATCH_SECONDS.labels("alerts", "evaluate").observe(time.perf_counter() - started)
 
     last_tick: dict[int, float] = {}
+    # Mirror writes are batched: one Redis round trip per tick instead of one per event.
+    pending_mirror: dict[str, dict[str, Any] | None] = {}
+
+    async def flush_mirror() -> None:
+        if not pending_mirror:
+            return
+        batch = dict(pending_mirror)
+        pending_mirror.clear()
+        await mirror.put_alerts({fp: a for fp, a in batch.items() if a is not None})
+        await mirror.remove_alerts([fp for fp, a in batch.items() if a is None])
 
     @app.agent(events)
     async def alert_state(stream: Any) -> None:
@@ -191,8 +203,11 @@ def create_app(
                 last_tick[partition] = now
             started = time.perf_counter()
             changes = processor.handle(value, partition, now)
-            await mirror.put_alerts(changes.alerts)
-            await mirror.remove_alerts(changes.removed)
+            pending_mirror.update(changes.alerts)
+            for fp in changes.removed:
+                pending_mirror[fp] = None
+            if len(pending_mirror) >= 1000:
+                await flush_mirror()
             for entry in changes.dispatch:
                 dispatcher.submit(entry)
             BATCH_SECONDS.labels("alerts", value["type"]).observe(time.perf_counter() - started)
@@ -210,6 +225,7 @@ def create_app(
 
     @app.timer(asettings.tick_interval_s)
     async def tick() -> None:
+        await flush_mirror()
         if not state.joined or app.rebalancing:
             return
         name = events.get_topic_name()

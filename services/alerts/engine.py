@@ -37,6 +37,9 @@ def apply_observation(alert: Alert | None, obs: Observation, now_ms: int, partit
         if alert is None or alert["status"] != "firing":
             return None
         return {**alert, "status": "resolved", "ends_at": now_ms, "updated_at": now_ms}
+    if obs.labels.get("flood") == "true":
+        total = obs.count + (alert["count"] if alert is not None and alert["status"] == "firing" else 0)
+        obs = Observation(**{**obs.to_dict(), "annotations": {**obs.annotations, "folded_hits": str(total)}})
     if alert is None or alert["status"] != "firing":
         return {
             "fingerprint": obs.fingerprint,
@@ -93,25 +96,32 @@ def rate_limit(
     if window["count"] < rl.max_alerts:
         return obs, {**window, "count": window["count"] + 1}
     window = {**window, "folded": window["folded"] + obs.count}
-    labels = {"alertname": f"{rule.name}Flood"}
+    return fold(rule, obs), window
+
+
+def fold(rule: Rule, obs: Observation) -> Observation:
+    """The rule's flood alert standing for ``obs``: same alertname (so it joins the rule's group), no sensor."""
+    rl = rule.rate_limit
+    if rl is None or obs.labels.get("flood") == "true":
+        return obs
+    labels = {"alertname": rule.name, "flood": "true"}
     labels.update({k: obs.labels[k] for k in rl.collapse_by if k in obs.labels})
     if "severity" in obs.labels:
         labels["severity"] = obs.labels["severity"]
     where = ", ".join(f"{k}={obs.labels[k]}" for k in rl.collapse_by if k in obs.labels) or "everywhere"
-    flood = Observation(
+    return Observation(
         fingerprint=fingerprint(labels),
         rule=obs.rule,
         labels=labels,
         annotations={
             "summary": f"{rule.name}: more than {rl.max_alerts} new alerts within {rl.per_s:g}s ({where})",
-            "description": f"{window['folded']} further {rule.name} hits were folded into this alert by the rate limit; "
-            "check the zone as a whole.",
+            "description": f"Further {rule.name} hits beyond the rate limit are folded into this alert "
+            "(folded_hits counts them); treat the area as one incident.",
         },
         ts=obs.ts,
         resolve_after_s=obs.resolve_after_s,
         count=obs.count,
     )
-    return flood, window
 
 
 def limit_key(rule: Rule, labels: Mapping[str, str]) -> str:

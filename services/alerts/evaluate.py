@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from services.alerts.config import Config
+from services.alerts.engine import fold, limit_key
 from services.alerts.metrics import RULE_ERRORS, RULE_HITS
-from services.alerts.rules import Observation, merge
+from services.alerts.rules import Observation, Rule, merge
 from shared.codec import loads
 from shared.metrics import DECODE_ERRORS
 from shared.records import Anomaly, QuarantinedReading, Record, Risk, SensorEvent
@@ -33,6 +34,37 @@ INPUTS: dict[str, tuple[str, type[Record]]] = {
 }
 
 
+class FloodGate:
+    """Stage-1 flood protection: beyond a rule's rate limit, new alerts are folded before they leave the batch.
+
+    In memory and per worker, so it is only a pre-filter: a worker that has seen more
+    than ``max_alerts`` distinct alerts for one rule and zone in the window knows the
+    whole system has too, and folds the rest into the rule's flood alert here instead
+    of sending each one to the state stage. The state stage's table-backed limit
+    stays the authority (after a restart this gate simply starts empty).
+    """
+
+    def __init__(self, max_keys: int = 100_000):
+        self.windows: dict[str, tuple[int, set[str]]] = {}
+        self.max_keys = max_keys
+
+    def admit(self, rule: Rule, obs: Observation, now_ms: int) -> Observation:
+        rl = rule.rate_limit
+        if rl is None or obs.resolve:
+            return obs
+        key = limit_key(rule, obs.labels)
+        start, seen = self.windows.get(key, (now_ms, set()))
+        if now_ms - start >= rl.per_s * 1000:
+            start, seen = now_ms, set()
+        if obs.fingerprint in seen or len(seen) < rl.max_alerts:
+            seen.add(obs.fingerprint)
+            if len(self.windows) >= self.max_keys and key not in self.windows:
+                self.windows.clear()  # bounded memory (pitfall 8); the state stage still limits
+            self.windows[key] = (start, seen)
+            return obs
+        return fold(rule, obs)
+
+
 @dataclass
 class BatchResult:
     observations: list[Observation] = field(default_factory=list)
@@ -41,7 +73,11 @@ class BatchResult:
 
 
 def evaluate_batch(
-    config: Config, items: Iterable[tuple[str, bytes]], window_s: float, now_s: float | None = None
+    config: Config,
+    items: Iterable[tuple[str, bytes]],
+    window_s: float,
+    now_s: float | None = None,
+    gate: FloodGate | None = None,
 ) -> BatchResult:
     """``items`` are ``(registry topic name, raw value)``; malformed values are counted, never raised."""
     now_s = time.time() if now_s is None else now_s
@@ -71,7 +107,7 @@ def evaluate_batch(
                 continue
             if obs is not None:
                 RULE_HITS.labels(rule.name).inc()
-                hits.append(obs)
+                hits.append(gate.admit(rule, obs, int(now_s * 1000)) if gate else obs)
     result.observations = merge(hits)
     return result
 

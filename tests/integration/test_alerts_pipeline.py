@@ -41,6 +41,7 @@ rules:
     labels: {{site: "{{site}}", zone: "{{zone}}", utility: "{{utility}}", sensor: "{{sensor_id}}", kind: anomaly, severity: "{{severity}}"}}
     annotations: {{summary: "Anomaly on {{sensor_id}}", description: "{{reason}}", runbook_url: "https://rb.example/{{utility}}"}}
     resolve_after: 4s
+    rate_limit: {{max_alerts: 20, per: 1m, collapse_by: [site, zone]}}
   - name: ZoneIncidentRisk
     source: risk
     when: ["probability >= 0.7"]
@@ -151,6 +152,7 @@ async def test_alerts_pipeline_end_to_end(settings, tmp_path, receiver):
 
             # --- inputs, as the detector and forecaster would produce them.
             t_sent = time.monotonic()
+            await produce(settings, "risk", [(b"leaky", risk("leaky", 0.92)), (b"mail", risk("mail", 0.8, "burst"))])
             await produce(
                 settings,
                 "anomalies",
@@ -158,9 +160,10 @@ async def test_alerts_pipeline_end_to_end(settings, tmp_path, receiver):
                 + [(b"g0", anomaly("g0", "grp"))]  # a duplicate: same alert
                 + [(b"l1", anomaly("l1", "leaky")), (b"q1", anomaly("q1", "silenced"))]
                 + [(b"f1", anomaly("f1", "flaky")), (b"d1", anomaly("d1", "dead")), (b"r1", anomaly("r1", "reject"))]
-                + [(b"bad", b"{not json")],
+                + [(b"bad", b"{not json")]
+                # flood: 10,000 anomalies from 10,000 sensors of one zone within seconds
+                + [(f"x{i}".encode(), anomaly(f"x{i}", "flood")) for i in range(10_000)],
             )
-            await produce(settings, "risk", [(b"leaky", risk("leaky", 0.92)), (b"mail", risk("mail", 0.8, "burst"))])
 
             # grouping: three sensors of one zone → one notification with three alerts, after group_wait.
             [first] = await until(lambda: groups_in(receiver.on("/hook"), "grp"), 30, "grp notification")
@@ -179,6 +182,13 @@ async def test_alerts_pipeline_end_to_end(settings, tmp_path, receiver):
                 "generatorURL",
                 "fingerprint",
             }
+
+            # flood protection: 10,000 anomalies in one zone → one notification (20 alerts + the flood alert).
+            [flood] = await until(lambda: groups_in(receiver.on("/hook"), "flood"), 30, "flood notification")
+            alerts = flood.json["alerts"]
+            assert len(alerts) == 21
+            [folded] = [a for a in alerts if a["labels"].get("flood") == "true"]
+            assert int(folded["annotations"]["folded_hits"]) >= 1  # the rest, folded into one alert (still counting)
 
             # HMAC: every signed request verifies with the receiver's secret; a tampered body does not.
             for hit in receiver.on("/hook"):
@@ -224,6 +234,29 @@ async def test_alerts_pipeline_end_to_end(settings, tmp_path, receiver):
             assert {r["labels"]["zone"] for r in records} >= {"grp", "leaky", "flaky", "mail", "dead", "reject"}
 
             # API: list with filters, one alert, suppressed states, ack, feedback.
+            # (anomalies resolve after 4 s of quiet here: keep the inhibited and silenced ones firing)
+            await produce(settings, "anomalies", [(b"l1", anomaly("l1", "leaky")), (b"q1", anomaly("q1", "silenced"))])
+
+            async def firing(zone):
+                r = await api.get(
+                    "/v1/alerts", params={"filter": f'zone="{zone}"', "status": "firing"}, headers=auth("viewer")
+                )
+                return r.json()["count"]
+
+            deadline = time.monotonic() + 20
+            while not (await firing("leaky") == 2 and await firing("silenced") == 1) and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
+
+            async def folded_hits():
+                r = await api.get(
+                    "/v1/alerts", params={"filter": ['zone="flood"', 'flood="true"']}, headers=auth("viewer")
+                )
+                return r.json()["alerts"][0]["count"]
+
+            deadline = time.monotonic() + 30
+            while await folded_hits() < 9_980 and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
+            assert await folded_hits() == 9_980  # every hit beyond the first 20 is counted, once
             r = await api.get("/v1/alerts", params={"filter": 'zone="grp"'}, headers=auth("viewer"))
             assert r.status_code == 200 and r.json()["count"] == 3
             silenced = (
@@ -271,6 +304,12 @@ async def test_alerts_pipeline_end_to_end(settings, tmp_path, receiver):
             assert len(resolved) == 1 and all(a["endsAt"] != "0001-01-01T00:00:00Z" for a in resolved[0].json["alerts"])
             await asyncio.sleep(3)
             assert len(groups_in(receiver.on("/hook"), "grp")) == 2  # firing once, resolved once: never repeated
+            # the flood zone: later notifications only tell resolutions, never a new firing alert.
+            flood_hits = groups_in(receiver.on("/hook"), "flood")
+            told = {a["fingerprint"] for a in flood_hits[0].json["alerts"]}
+            for later in flood_hits[1:]:
+                assert {a["fingerprint"] for a in later.json["alerts"] if a["status"] == "firing"} <= told
+            assert len(flood_hits) <= 3
 
             # resend-dlq: the dead receiver is fixed; the command drains the DLQ (reject still refuses → back on DLQ).
             receiver.behaviours["/dead"].always = None

@@ -301,11 +301,11 @@ def test_rate_limit_folds_a_flood_into_one_alert_and_one_notification(config):
         w.observe("anomaly", anomaly(f"s{i}", ts=i), T0 + i * 0.005)  # 10,000 sensors within a minute
     firing = [a for a in w.alerts.values() if a["status"] == "firing"]
     assert len(firing) == 4  # 3 allowed + 1 flood alert
-    flood = next(a for a in firing if a["labels"]["alertname"] == "SensorAnomalyFlood")
-    assert flood["count"] == 9_997 and flood["labels"]["zone"] == "z1"
-    sent = w.tick(T0 + 55)
-    assert len(sent) == 2  # the SensorAnomaly group and the flood group — not 10,000
-    assert sum(len(n["alerts"]) for n in sent) == 4
+    flood = next(a for a in firing if a["labels"].get("flood") == "true")
+    assert flood["count"] == 9_997 and flood["labels"]["zone"] == "z1" and "sensor" not in flood["labels"]
+    [sent] = w.tick(T0 + 55)  # one notification, not 10,000
+    assert len(sent["alerts"]) == 4
+    assert next(a for a in sent["alerts"] if a["labels"].get("flood"))["annotations"]["folded_hits"] == "9997"
 
 
 def test_mute_time_interval_holds_notifications(config):
@@ -345,3 +345,34 @@ def test_bad_matchers():
     for bad in ("zone", "1zone=x", 'zone=~"("', 5):
         with pytest.raises(MatcherError):
             parse_matcher(bad)
+
+
+def test_evaluate_batch_counts_bad_input_and_quarantine_windows(config):
+    from services.alerts.evaluate import evaluate_batch
+    from shared.codec import dumps
+
+    items = [("anomalies", dumps(anomaly("s1", ts=i))) for i in range(5)]
+    items += [("anomalies", b"{broken"), ("anomalies", dumps({"sensor_id": "no-other-fields"}))]
+    items += [("readings.quarantine", dumps({"payload": {}, "source": "mqtt", "reasons": ["x"], "received_ms": 1}))] * 3
+    items += [("risk", dumps(risk(0.95)))]
+    result = evaluate_batch(config, items, window_s=60, now_s=T0)
+    assert result.bad == 2
+    assert sorted(o.rule for o in result.observations) == ["SensorAnomaly", "ZoneIncidentRisk"]
+    assert next(o for o in result.observations if o.rule == "SensorAnomaly").count == 5
+    assert dict(result.quarantined) == {("mqtt", int(T0 // 60) * 60_000): 3}
+
+
+def test_flood_gate_folds_in_stage_one(config):
+    from services.alerts.evaluate import FloodGate, evaluate_batch
+    from shared.codec import dumps
+
+    gate = FloodGate()
+    items = [("anomalies", dumps(anomaly(f"s{i}"))) for i in range(10_000)]
+    result = evaluate_batch(config, items, window_s=60, now_s=T0, gate=gate)
+    assert len(result.observations) == 4  # 3 under the limit + 1 folded, for 10,000 hits
+    [flood] = [o for o in result.observations if o.labels.get("flood")]
+    assert flood.count == 9_997
+    again = evaluate_batch(config, items[:3], window_s=60, now_s=T0 + 1, gate=gate)
+    assert not any(o.labels.get("flood") for o in again.observations)  # the admitted ones stay admitted
+    later = evaluate_batch(config, items[5:6], window_s=60, now_s=T0 + 61, gate=gate)
+    assert not later.observations[0].labels.get("flood")  # a new window

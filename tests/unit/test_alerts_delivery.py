@@ -1,0 +1,226 @@
+"""Receivers without a network: webhook payload, HMAC, retry classification, backoff, email, outbox, auth."""
+
+from __future__ import annotations
+
+import copy
+import random
+
+import httpx
+import pytest
+
+from services.alerts import delivery
+from services.alerts.auth import AuthConfigError, TokenStore
+from services.alerts.config import EmailConfig, WebhookConfig, parse_config
+from services.alerts.delivery import DeliveryError, backoff_delay, email_message, send_webhook, with_retries
+from services.alerts.processor import Processor
+from services.alerts.settings import AlertsSettings
+from shared.codec import loads
+
+NOTIFICATION = {
+    "id": "n-1",
+    "version": "4",
+    "groupKey": 'root:{zone="z1"}',
+    "truncatedAlerts": 0,
+    "status": "firing",
+    "receiver": "hook",
+    "groupLabels": {"zone": "z1"},
+    "commonLabels": {"zone": "z1"},
+    "commonAnnotations": {},
+    "externalURL": "http://alerts.example",
+    "alerts": [
+        {
+            "status": "firing",
+            "labels": {"alertname": "A", "zone": "z1", "sensor": f"s{i}"},
+            "annotations": {"summary": f"<b>s{i}</b> & co", "runbook_url": "https://rb/x"},
+            "startsAt": "2026-01-01T00:00:00.000Z",
+            "endsAt": "0001-01-01T00:00:00Z",
+            "generatorURL": "",
+            "fingerprint": f"f{i}",
+        }
+        for i in range(3)
+    ],
+}
+
+
+def client(handler) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.MockTransport(handler))
+
+
+async def test_webhook_is_signed_and_keyed_and_truncated():
+    seen = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200)
+
+    cfg = WebhookConfig(url="http://r/hook", secret=b"k3y", max_alerts=2)
+    async with client(handler) as http:
+        assert await send_webhook(http, cfg, NOTIFICATION) == 200
+    [req] = seen
+    body = req.content
+    payload = loads(body)
+    assert payload["truncatedAlerts"] == 1 and len(payload["alerts"]) == 2 and "id" not in payload
+    assert req.headers["Idempotency-Key"] == "n-1"
+    ts = req.headers[delivery.TIMESTAMP_HEADER]
+    assert delivery.verify(b"k3y", ts, body, req.headers[delivery.SIGNATURE_HEADER])
+    assert not delivery.verify(b"other", ts, body, req.headers[delivery.SIGNATURE_HEADER])
+
+
+@pytest.mark.parametrize(
+    ("status", "retryable"),
+    [(500, True), (503, True), (429, True), (408, True), (400, False), (404, False), (401, False)],
+)
+async def test_http_status_classification(status, retryable):
+    async with client(lambda r: httpx.Response(status, text="why")) as http:
+        with pytest.raises(DeliveryError) as info:
+            await send_webhook(http, WebhookConfig(url="http://r/x"), NOTIFICATION)
+    assert info.value.retryable is retryable and f"HTTP {status}" in str(info.value)
+
+
+async def test_timeouts_and_connection_errors_are_retryable():
+    def boom(request):
+        raise httpx.ConnectTimeout("slow")
+
+    async with client(boom) as http:
+        with pytest.raises(DeliveryError, match="timeout") as info:
+            await send_webhook(http, WebhookConfig(url="http://r/x", timeout_s=0.5), NOTIFICATION)
+    assert info.value.retryable
+
+
+async def test_with_retries_backs_off_and_stops_on_permanent_errors():
+    sleeps: list[float] = []
+
+    async def sleep(s: float) -> None:
+        sleeps.append(s)
+
+    calls = []
+
+    async def flaky(n: int) -> None:
+        calls.append(n)
+        if n < 3:
+            raise DeliveryError("503", True)
+
+    assert await with_retries(flaky, max_attempts=5, base_s=1, cap_s=10, sleep=sleep) == 3
+    assert calls == [1, 2, 3] and len(sleeps) == 2 and sleeps[0] <= 1 and sleeps[1] <= 2
+
+    async def never(n: int) -> None:
+        raise DeliveryError("500", True)
+
+    with pytest.raises(DeliveryError) as info:
+        await with_retries(never, max_attempts=4, base_s=0.01, cap_s=0.01, sleep=sleep)
+    assert info.value.attempts == 4
+
+    async def refused(n: int) -> None:
+        raise DeliveryError("400", False)
+
+    with pytest.raises(DeliveryError) as info:
+        await with_retries(refused, max_attempts=4, base_s=0.01, cap_s=0.01, sleep=sleep)
+    assert info.value.attempts == 1
+
+
+def test_backoff_is_jittered_and_capped():
+    rng = random.Random(1)
+    delays = [backoff_delay(n, 0.5, 4.0, rng) for n in range(1, 10) for _ in range(50)]
+    assert max(delays) <= 4.0 and min(delays) >= 0
+    assert len({round(d, 6) for d in delays}) > 100  # jitter, not a fixed schedule
+
+
+def test_email_has_plain_text_and_escaped_html():
+    cfg = EmailConfig(to=("ops@x",), sender="fw@x", host="h", port=25)
+    msg = email_message(cfg, NOTIFICATION)
+    assert msg["Subject"] == "[flowwatch] [FIRING:3] zone=z1"
+    text = msg.get_body(("plain",)).get_content()
+    html = msg.get_body(("html",)).get_content()
+    assert "<b>s0</b> & co" in text and "runbook: https://rb/x" in text
+    assert "&lt;b&gt;s0&lt;/b&gt; &amp; co" in html and "<b>s0</b>" not in html
+    assert msg["X-Flowwatch-Notification-Id"] == "n-1"
+
+
+def test_email_smtp_errors_are_classified(monkeypatch):
+    import smtplib
+
+    class Refusing:
+        def __init__(self, *a, **k):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            return False
+
+        def ehlo(self):
+            pass
+
+        def starttls(self, context=None):
+            pass
+
+        def login(self, u, p):
+            raise smtplib.SMTPAuthenticationError(535, b"bad credentials")
+
+    monkeypatch.setattr(smtplib, "SMTP", Refusing)
+    cfg = EmailConfig(to=("a@x",), sender="b@x", host="h", port=587, username="u", password="p")
+    with pytest.raises(DeliveryError) as info:
+        delivery._send_email_sync(cfg, email_message(cfg, NOTIFICATION), None)
+    assert not info.value.retryable and "535" in str(info.value)
+
+
+def test_processor_writes_one_outbox_entry_per_integration_and_clears_on_result():
+    data = {
+        "rules": [
+            {
+                "name": "A",
+                "source": "anomaly",
+                "when": ["score >= threshold"],
+                "labels": {"site": "{site}", "zone": "{zone}", "sensor": "{sensor_id}"},
+                "resolve_after": "1h",
+            }
+        ],
+        "route": {"receiver": "r", "group_by": ["site", "zone"], "group_wait": "0s"},
+        "receivers": [
+            {
+                "name": "r",
+                "webhook_configs": [{"url": "http://x/1"}, {"url": "http://x/2", "send_resolved": False}],
+                "kafka_configs": [{"topic": "alerts"}],
+            }
+        ],
+    }
+    config = parse_config(copy.deepcopy(data), "t.yaml", {})
+    tables = {k: {} for k in ("alerts", "groups", "outbox", "limits", "counters", "silences")}
+    proc = Processor(config, AlertsSettings(), **tables)
+    record = {
+        "sensor_id": "s1", "ts": 1, "site": "a", "zone": "z", "utility": "w", "asset": "p", "score": 1.0,
+        "threshold": 0.5, "model_version": "1", "reason": "r",
+    }  # fmt: skip
+    obs = config.rules[0].evaluate(record)
+    changes = proc.handle({"type": "obs", "obs": obs.to_dict()}, partition=1, now_s=1000.0)
+    assert list(changes.alerts) == [obs.fingerprint] and tables["alerts"][obs.fingerprint]["partition"] == 1
+    assert proc.handle({"type": "tick"}, partition=0, now_s=1001.0).dispatch == []  # not this partition's
+    changes = proc.handle({"type": "tick"}, partition=1, now_s=1001.0)
+    assert sorted(e["integration"] for e in changes.dispatch) == ["kafka/0", "webhook/0", "webhook/1"]
+    assert len({e["notification"]["id"] for e in changes.dispatch}) == 3
+    for entry in changes.dispatch:
+        proc.handle({"type": "result", "id": entry["id"], "outcome": "delivered"}, partition=1, now_s=1002.0)
+    assert tables["outbox"] == {}
+    assert proc.handle({"type": "bogus"}, partition=1).dispatch == []
+
+
+def test_tokens_from_env_and_file(tmp_path):
+    f = tmp_path / "tokens"
+    f.write_text("# role token name\nadmin aaaaaaaaaaaaaaaaaaaa alice\n\nviewer bbbbbbbbbbbbbbbbbbbb\n")
+    store = TokenStore.load("T", str(f), env={"T": "operator:cccccccccccccccccccc:bob"})
+    assert store.authenticate("Bearer cccccccccccccccccccc").name == "bob"
+    alice = store.authenticate("Bearer aaaaaaaaaaaaaaaaaaaa")
+    assert alice.role == "admin" and alice.can("operator")
+    viewer = store.authenticate("Bearer bbbbbbbbbbbbbbbbbbbb")
+    assert viewer.can("viewer") and not viewer.can("operator")
+    assert store.authenticate("Bearer nope") is None and store.authenticate(None) is None
+    assert store.authenticate("aaaaaaaaaaaaaaaaaaaa") is None  # scheme required
+    assert "aaaa" not in repr(store)
+    for bad, msg in [
+        ("root:cccccccccccccccccccc", "unknown role"),
+        ("admin:short", "shorter than 16"),
+        ("x", "role:token"),
+    ]:
+        with pytest.raises(AuthConfigError, match=msg):
+            TokenStore.load("T", env={"T": bad})
