@@ -199,6 +199,23 @@ def test_every_manifest_validates_against_the_kubernetes_schemas(helm_bin, confi
     assert not errors, "\n".join(errors)
 
 
+@pytest.mark.parametrize("config", CONFIGS)
+def test_no_manifest_has_an_empty_key(helm_bin, config) -> None:
+    """`env:` with nothing under it is null: tolerated by the API, but a sign of a template gone wrong."""
+
+    def nulls(node: Any, path: str) -> list[str]:
+        if node is None:
+            return [path]
+        if isinstance(node, dict):
+            return [p for k, v in node.items() for p in nulls(v, f"{path}.{k}")]
+        if isinstance(node, list):
+            return [p for i, v in enumerate(node) for p in nulls(v, f"{path}[{i}]")]
+        return []
+
+    found = [p for d in render(helm_bin, *CONFIGS[config]) for p in nulls(d, f"{d['kind']}/{d['metadata']['name']}")]
+    assert not found, found
+
+
 def test_the_validator_rejects_a_broken_manifest(helm_bin) -> None:
     """Guard against a validation that passes everything: a misspelt field and a wrong type are caught."""
     sts = copy.deepcopy(workloads(render(helm_bin))["detector"])

@@ -68,23 +68,10 @@ spec:
         - secretRef:
             name: {{ include "flowwatch.secretName" $root }}
         {{- end }}
+      {{- with include "flowwatch.containerEnv" . | trim }}
       env:
-        {{- if $web }}
-        - name: FLOWWATCH_WEB_HOST
-          value: {{ $root.Values.settings.webHost | quote }}
-        - name: FLOWWATCH_WEB_PORT
-          value: {{ $c.port | quote }}
-        {{- end }}
-        {{- $known := index (include "flowwatch.configFileSettings" . | fromYaml) $name | default dict }}
-        {{- range $file, $_ := $files }}
-        {{- with index $known $file }}
-        - name: {{ . }}
-          value: /etc/flowwatch/{{ $name }}/{{ $file }}
-        {{- end }}
-        {{- end }}
-        {{- with $c.extraEnv }}
-        {{- toYaml . | nindent 8 }}
-        {{- end }}
+        {{- . | nindent 8 }}
+      {{- end }}
       {{- if $web }}
       {{- with $c.probes.startup }}
       {{- if .enabled }}
@@ -168,4 +155,28 @@ spec:
         defaultMode: 0440
     {{- end }}
     {{- with include "flowwatch.kafkaTlsVolume" $root }}{{ . | trim | nindent 4 }}{{ end }}
+{{- end }}
+
+{{/* The explicit env of a component's container (after envFrom, so these win). Same call as podTemplate. */}}
+{{- define "flowwatch.containerEnv" -}}
+{{- $root := .root }}
+{{- $name := .name }}
+{{- $c := .c }}
+{{- $files := include "flowwatch.configFiles" . | fromYaml }}
+{{- if gt (int $c.port) 0 }}
+- name: FLOWWATCH_WEB_HOST
+  value: {{ $root.Values.settings.webHost | quote }}
+- name: FLOWWATCH_WEB_PORT
+  value: {{ $c.port | quote }}
+{{- end }}
+{{- $known := index (include "flowwatch.configFileSettings" . | fromYaml) $name | default dict }}
+{{- range $file, $_ := $files }}
+{{- with index $known $file }}
+- name: {{ . }}
+  value: /etc/flowwatch/{{ $name }}/{{ $file }}
+{{- end }}
+{{- end }}
+{{- with $c.extraEnv }}
+{{ toYaml . }}
+{{- end }}
 {{- end }}
