@@ -1,0 +1,80 @@
+"""Settings of the simulator, from ``FLOWWATCH_SIMULATOR_*`` environment variables (CLI flags win).
+
+The broker, MQTT URL and topic prefix come from the shared :class:`shared.settings.Settings`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+PREFIX = "FLOWWATCH_SIMULATOR_"
+
+
+def _doc(default: Any, doc: str, env: str | None = None, secret: bool = False) -> Any:
+    meta: dict[str, Any] = {"doc": doc, "secret": secret}
+    if env:
+        meta["env"] = env
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class SimulatorSettings:
+    """Defaults of ``python -m services.simulator``; every one can also be given as a flag."""
+
+    seed: int = _doc(7, "Seed of everything random: the same seed gives the same readings, faults and incidents.")
+    network: str = _doc("", "Network description (YAML or JSON); empty means the default network.")
+    scale: int = _doc(1, "Copies of the default network's four sites (ignored with a network file).")
+    rate: float = _doc(0.0, "Target readings/s of `run`; 0 means the network's natural rate (~20/s by default).")
+    faults: str = _doc(
+        "realistic", "Field faults of `run`: a preset (clean, realistic, harsh, stress) or `noise=0.1,...`."
+    )
+    anomaly_fraction: float = _doc(0.05, "Fraction of readings that belong to an incident.")
+    incident_scale: float = _doc(
+        0.05, "Incident durations multiplier for `run` (0.05: a 10 h leak lasts 30 min, so a demo shows incidents)."
+    )
+    ingest_url: str = _doc("http://127.0.0.1:8081/v1/readings", "Ingest endpoint for `--sink http`.")
+    ingest_token: str = _doc(
+        "", "Bearer token for the ingest endpoint (never logged).", env="FLOWWATCH_INGEST_TOKEN", secret=True
+    )
+    http_batch: int = _doc(500, "Readings per HTTP request (NDJSON body).")
+    http_concurrency: int = _doc(4, "HTTP requests in flight at once.")
+    mqtt_topic: str = _doc("flowwatch/readings", "MQTT topic root; readings go to `<root>/<site>/<sensor_id>`.")
+    mqtt_qos: int = _doc(1, "MQTT QoS of published readings (0 or 1).")
+    kafka_linger_ms: int = _doc(20, "Producer linger: how long a batch waits to fill up.")
+    kafka_batch_bytes: int = _doc(1_048_576, "Maximum bytes of one producer batch per partition.")
+    tick_ms: int = _doc(100, "Pacing granularity of real-time runs: readings due within a tick go out together.")
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> SimulatorSettings:
+        env = dict(os.environ if env is None else env)
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            key = f.metadata.get("env", PREFIX + f.name.upper())
+            raw = env.get(key, "")
+            if raw == "":
+                continue
+            try:
+                values[f.name] = type(f.default)(raw)
+            except ValueError:
+                raise ValueError(f"{key}={raw!r}: expected {type(f.default).__name__}") from None
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> SimulatorSettings:
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def __repr__(self) -> str:  # secrets never reach a log line through repr
+        shown = {
+            f.name: ("***" if f.metadata.get("secret") and getattr(self, f.name) else getattr(self, f.name))
+            for f in fields(self)
+        }
+        return f"SimulatorSettings({shown})"
+
+
+if __name__ == "__main__":
+    from shared.settings import settings_table
+
+    print(settings_table(SimulatorSettings, PREFIX))

@@ -1,0 +1,389 @@
+"""Where the readings go: Kafka, the ingest HTTP endpoint, MQTT, a file, or stdout.
+
+Every sink counts what it was given (``sent``) and what the other side acknowledged
+(``delivered``): a broker ack, a 2xx response, an MQTT PUBACK (QoS 1), a write.
+``flush()`` waits for every outstanding acknowledgement, so after it the counts are
+final and a run's report says exactly what was delivered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlparse
+
+log = logging.getLogger("flowwatch.simulator")
+
+
+@dataclass
+class SinkStats:
+    sent: int = 0
+    delivered: int = 0
+    failed: int = 0
+    bytes: int = 0
+    #: Sink-specific detail (HTTP: what ingest answered).
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "sent": self.sent,
+            "delivered": self.delivered,
+            "failed": self.failed,
+            "bytes": self.bytes,
+            **self.detail,
+        }
+
+
+class Sink(Protocol):
+    name: str
+    target: str
+    stats: SinkStats
+
+    async def start(self) -> None: ...
+
+    async def send(self, sensors: list[int], payloads: list[bytes]) -> None: ...
+
+    async def flush(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+class SinkError(RuntimeError):
+    """The sink cannot go on (no such topic, wrong token...): the run stops with this message."""
+
+
+# ---- Kafka ----------------------------------------------------------------------------------------------------------
+
+
+class KafkaSink:
+    """Batched producer: one record batch per partition, key = sensor_id, partitioned like the Java client."""
+
+    name = "kafka"
+
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        topic: str,
+        sensor_ids: list[str],
+        linger_ms: int = 20,
+        batch_bytes: int = 1_048_576,
+        max_in_flight: int = 64,
+    ):
+        self.bootstrap_servers = bootstrap_servers
+        self.topic = self.target = topic
+        self.keys = [s.encode() for s in sensor_ids]
+        self.linger_ms = linger_ms
+        self.batch_bytes = batch_bytes
+        self.max_in_flight = max_in_flight
+        self.stats = SinkStats()
+        self.producer: Any = None
+        self._partition_of: list[int] = []
+        self._in_flight: deque[tuple[asyncio.Future, int]] = deque()
+
+    async def start(self) -> None:
+        from aiokafka import AIOKafkaProducer
+        from aiokafka.errors import KafkaError
+        from aiokafka.partitioner import murmur2
+
+        self.producer = AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap_servers,
+            client_id="flowwatch-simulator",
+            linger_ms=self.linger_ms,
+            max_batch_size=self.batch_bytes,
+            max_request_size=max(self.batch_bytes * 2, 1_048_576),
+            acks="all",
+            request_timeout_ms=30_000,
+        )
+        try:
+            await self.producer.start()
+            partitions = await asyncio.wait_for(self.producer.partitions_for(self.topic), 15)
+        except (KafkaError, OSError, TimeoutError) as exc:
+            await self.producer.stop()
+            raise SinkError(
+                f"cannot produce to {self.topic} on {self.bootstrap_servers}: {type(exc).__name__}: {exc}"
+                " (is the stack up, and were the topics created with `python -m shared.topics create`?)"
+            ) from None
+        parts = sorted(partitions)
+        # The Java client's default partitioner, computed once per sensor rather than once per message.
+        self._partition_of = [parts[(murmur2(k) & 0x7FFFFFFF) % len(parts)] for k in self.keys]
+
+    async def send(self, sensors: list[int], payloads: list[bytes]) -> None:
+        builders: dict[int, Any] = {}
+        counts: dict[int, int] = {}
+        for s, payload in zip(sensors, payloads, strict=True):
+            part = self._partition_of[s]
+            builder = builders.get(part)
+            if builder is None:
+                builder = builders[part] = self.producer.create_batch()
+                counts[part] = 0
+            if builder.append(key=self.keys[s], value=payload, timestamp=None) is None:
+                await self._submit(builder, part, counts[part])
+                builder = builders[part] = self.producer.create_batch()
+                counts[part] = 0
+                if builder.append(key=self.keys[s], value=payload, timestamp=None) is None:
+                    raise SinkError(f"a single reading of {len(payload)} bytes does not fit in a producer batch")
+            counts[part] += 1
+            self.stats.sent += 1
+            self.stats.bytes += len(payload)
+        for part, builder in builders.items():
+            if counts[part]:
+                await self._submit(builder, part, counts[part])
+
+    async def _submit(self, builder: Any, partition: int, count: int) -> None:
+        builder.close()
+        future = await self.producer.send_batch(builder, self.topic, partition=partition)
+        self._in_flight.append((future, count))
+        while len(self._in_flight) > self.max_in_flight:
+            await self._settle(*self._in_flight.popleft())
+
+    async def _settle(self, future: asyncio.Future, count: int) -> None:
+        try:
+            await future
+            self.stats.delivered += count
+        except Exception as exc:  # noqa: BLE001 - a failed batch is counted and reported, the run goes on
+            self.stats.failed += count
+            log.warning("kafka batch of %d readings failed: %s: %s", count, type(exc).__name__, exc)
+
+    async def produce_one(self, topic: str, key: bytes, value: bytes) -> None:
+        """A single record to another topic (labels), waited for."""
+        await (await self.producer.send(topic, value, key=key))
+
+    async def flush(self) -> None:
+        while self._in_flight:
+            await self._settle(*self._in_flight.popleft())
+
+    async def stop(self) -> None:
+        if self.producer is not None:
+            await self.flush()
+            await self.producer.stop()
+            self.producer = None
+
+
+# ---- HTTP -----------------------------------------------------------------------------------------------------------
+
+
+class HttpSink:
+    """NDJSON batches to ingest's ``POST /v1/readings``; retries transport errors and 5xx, splits on 413."""
+
+    name = "http"
+
+    def __init__(
+        self,
+        url: str,
+        token: str = "",
+        batch_size: int = 500,
+        concurrency: int = 4,
+        timeout_s: float = 30.0,
+        retries: int = 5,
+    ):
+        self.url = self.target = url
+        self.token = token
+        self.batch_size = max(1, batch_size)
+        self.concurrency = max(1, concurrency)
+        self.timeout_s = timeout_s
+        self.retries = retries
+        self.stats = SinkStats(detail={"accepted": 0, "quarantined": 0, "duplicates": 0, "rejected": 0, "status": {}})
+        self.client: Any = None
+        self._tasks: set[asyncio.Task] = set()
+        self._slots = asyncio.Semaphore(self.concurrency)
+        self._fatal: SinkError | None = None
+
+    async def start(self) -> None:
+        import httpx
+
+        headers = {"content-type": "application/x-ndjson", "user-agent": "flowwatch-simulator"}
+        if self.token:
+            headers["authorization"] = f"Bearer {self.token}"
+        self.client = httpx.AsyncClient(headers=headers, timeout=self.timeout_s)
+
+    async def send(self, sensors: list[int], payloads: list[bytes]) -> None:
+        if self._fatal:
+            raise self._fatal
+        for i in range(0, len(payloads), self.batch_size):
+            chunk = payloads[i : i + self.batch_size]
+            self.stats.sent += len(chunk)
+            await self._slots.acquire()
+            task = asyncio.create_task(self._post(chunk))
+            self._tasks.add(task)
+            task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        self._slots.release()
+
+    async def _post(self, chunk: list[bytes]) -> None:
+        import httpx
+
+        body = b"\n".join(chunk) + b"\n"
+        for attempt in range(self.retries + 1):
+            try:
+                response = await self.client.post(self.url, content=body)
+            except httpx.TransportError as exc:
+                why = f"{type(exc).__name__}: {exc}"
+            else:
+                status = response.status_code
+                codes = self.stats.detail["status"]
+                codes[str(status)] = codes.get(str(status), 0) + 1
+                if status < 300:
+                    self._count(response, len(chunk))
+                    self.stats.bytes += len(body)
+                    return
+                if status == 413 and len(chunk) > 1:
+                    half = len(chunk) // 2
+                    await self._post(chunk[:half])
+                    await self._post(chunk[half:])
+                    return
+                if status in (401, 403):
+                    self._fatal = SinkError(f"ingest refused the token ({status}): set FLOWWATCH_INGEST_TOKEN")
+                    self.stats.failed += len(chunk)
+                    return
+                if status < 500 and status != 429:
+                    # The server read the batch and refused it: retrying the same bytes gets the same answer.
+                    self.stats.detail["rejected"] += len(chunk)
+                    self.stats.failed += len(chunk)
+                    log.warning("ingest answered %d to a batch of %d: %s", status, len(chunk), response.text[:300])
+                    return
+                why = f"HTTP {status}"
+            if attempt < self.retries:
+                await asyncio.sleep(min(5.0, 0.2 * 2**attempt))
+        self.stats.failed += len(chunk)
+        log.warning("batch of %d readings failed after %d attempts: %s", len(chunk), self.retries + 1, why)
+
+    def _count(self, response: Any, n: int) -> None:
+        self.stats.delivered += n
+        try:
+            answer = response.json()
+        except ValueError:
+            return
+        if isinstance(answer, dict):
+            for key in ("accepted", "quarantined", "duplicates"):
+                if isinstance(answer.get(key), int):
+                    self.stats.detail[key] += answer[key]
+
+    async def flush(self) -> None:
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        if self._fatal:
+            raise self._fatal
+
+    async def stop(self) -> None:
+        if self.client is not None:
+            try:
+                await self.flush()
+            finally:
+                await self.client.aclose()
+                self.client = None
+
+
+# ---- MQTT -----------------------------------------------------------------------------------------------------------
+
+
+class MqttSink:
+    """One message per reading to ``<root>/<site>/<sensor_id>``."""
+
+    name = "mqtt"
+
+    def __init__(
+        self,
+        url: str,
+        sensor_ids: list[str],
+        sites: list[str],
+        root: str = "flowwatch/readings",
+        qos: int = 1,
+        chunk: int = 500,
+    ):
+        parsed = urlparse(url if "://" in url else f"mqtt://{url}")
+        self.host = parsed.hostname or "127.0.0.1"
+        self.port = parsed.port or 1883
+        self.username, self.password = parsed.username, parsed.password
+        self.target = f"mqtt://{self.host}:{self.port}/{root.rstrip('/')}/#"
+        self.topics = [f"{root.rstrip('/')}/{site}/{sid}" for sid, site in zip(sensor_ids, sites, strict=True)]
+        self.qos = qos
+        self.chunk = chunk
+        self.stats = SinkStats()
+        self.client: Any = None
+
+    async def start(self) -> None:
+        import aiomqtt
+
+        self.client = aiomqtt.Client(
+            self.host,
+            self.port,
+            username=self.username,
+            password=self.password,
+            identifier=f"flowwatch-simulator-{id(self):x}",
+            max_inflight_messages=1000,
+        )
+        try:
+            await self.client.__aenter__()
+        except aiomqtt.MqttError as exc:
+            raise SinkError(f"cannot connect to MQTT at {self.host}:{self.port}: {exc}") from None
+
+    async def send(self, sensors: list[int], payloads: list[bytes]) -> None:
+        for i in range(0, len(payloads), self.chunk):
+            pairs = list(zip(sensors[i : i + self.chunk], payloads[i : i + self.chunk], strict=True))
+            self.stats.sent += len(pairs)
+            results = await asyncio.gather(
+                *(self.client.publish(self.topics[s], p, qos=self.qos, timeout=30) for s, p in pairs),
+                return_exceptions=True,
+            )
+            for (_, p), r in zip(pairs, results, strict=True):
+                if isinstance(r, BaseException):
+                    self.stats.failed += 1
+                else:
+                    self.stats.delivered += 1
+                    self.stats.bytes += len(p)
+
+    async def flush(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        if self.client is not None:
+            await self.client.__aexit__(None, None, None)
+            self.client = None
+
+
+# ---- files ----------------------------------------------------------------------------------------------------------
+
+
+class FileSink:
+    """Raw payloads, one per line (NDJSON; corrupt payloads are written as they are), or to stdout."""
+
+    name = "file"
+
+    def __init__(self, path: str | Path | None):
+        self.path = Path(path) if path else None
+        self.target = str(self.path) if self.path else "stdout"
+        self.stats = SinkStats()
+        self._fh: Any = None
+
+    async def start(self) -> None:
+        if self.path is None:
+            self._fh = sys.stdout.buffer
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = self.path.open("wb")
+
+    async def send(self, sensors: list[int], payloads: list[bytes]) -> None:
+        if not payloads:
+            return
+        data = b"\n".join(payloads) + b"\n"
+        self._fh.write(data)
+        self.stats.sent += len(payloads)
+        self.stats.delivered += len(payloads)
+        self.stats.bytes += len(data)
+
+    async def flush(self) -> None:
+        self._fh.flush()
+
+    async def stop(self) -> None:
+        if self._fh is not None:
+            self._fh.flush()
+            if self.path is not None:
+                self._fh.close()
+            self._fh = None
