@@ -19,6 +19,7 @@ METRIC_FEATURES: tuple[str, ...] = (
     "present",  # the zone reported this metric in the step
     "z_base",  # step mean against the slow baseline
     "z_hour",  # step mean against the usual value at this hour of day
+    "rel_hour",  # relative deviation from the usual value at this hour (how big, not how unusual)
     "spread",  # within-step spread against the baseline's
     "range",  # max - min within the step, in baseline standard deviations
     "sensor_median_z",  # the typical sensor against its own baseline (zone-wide shift)
@@ -56,7 +57,7 @@ class FeatureConfig:
     lateness_s: int = 15
     sensor_ttl_steps: int = 1440
     baseline_half_life_steps: float = 720.0
-    profile_alpha: float = 0.02
+    profile_alpha: float = 0.3
     metrics: tuple[str, ...] = ()
     key_metrics: dict[str, str] = field(default_factory=dict)
 

@@ -48,7 +48,10 @@ class ForecasterSettings:
     baseline_half_life_steps: float = _doc(
         720.0, "Half-life (in steps) of the slow per-metric and per-sensor baselines features are measured against."
     )
-    profile_alpha: float = _doc(0.02, "Update weight of the hour-of-day profile per step (seasonal baseline).")
+    profile_alpha: float = _doc(
+        0.3,
+        "Weight of the newest day in the hour-of-day profile (the seasonal baseline features are measured against).",
+    )
     key_metrics: str = _doc(
         "water:flow,energy:power,gas:flow",
         "Metric forecast per utility (`utility:metric`, comma separated); also the metric losses are measured on.",

@@ -56,6 +56,73 @@ def _ew_update(stat: list[float], x: float, alpha: float) -> None:
     stat[2] = (1.0 - a) * (var + a * d * d)
 
 
+def new_profile() -> list[list[float]]:
+    """24 hour slots ``[days folded, hourly mean, residual variance, residual count]`` + the open hour's
+    accumulator ``[absolute hour, count, sum]`` (index 24)."""
+    return [[0.0, 0.0, 0.0, 0.0] for _ in range(24)] + [[-1.0, 0.0, 0.0]]
+
+
+def profile_expect(prof: list[list[float]], step: int, step_s: int) -> tuple[float, float] | None:
+    """Usual value at a step's time of day and the variance of values around it (None before a full day).
+
+    Slots hold hourly means of past days; between slot centres the expectation is
+    linear, so a morning ramp is followed, not mistaken for variance.
+    """
+    pos = ((step * step_s) % 86400) / 3600.0
+    h = int(pos)
+    a = prof[h]
+    if a[0] < 1 or a[3] < 5:
+        return None
+    frac = pos - h - 0.5
+    b = prof[(h + 1) % 24 if frac >= 0 else (h - 1) % 24]
+    mu = a[1] if b[0] < 1 else (1.0 - abs(frac)) * a[1] + abs(frac) * b[1]
+    return mu, a[2]
+
+
+def profile_update(prof: list[list[float]], step: int, step_s: int, x: float, day_alpha: float) -> None:
+    """Add a step's value: hourly means fold in once per hour (weight ``day_alpha`` for the newest day), the
+    variance around the expectation moves every step."""
+    abs_hour = (step * step_s) // 3600
+    acc = prof[24]
+    if acc[0] != abs_hour:
+        if acc[1] > 0:
+            slot = prof[int(acc[0]) % 24]
+            avg = acc[2] / acc[1]
+            if slot[0] < 1:
+                prof[int(acc[0]) % 24] = [1.0, avg, slot[2], slot[3]]
+            else:
+                a = max(day_alpha, 1.0 / (slot[0] + 1.0))
+                d = avg - slot[1]
+                if slot[3] >= 5:  # an incident that filled the hour moves the profile by a bounded step only
+                    lim = HUBER_K * (math.sqrt(max(slot[2], 0.0)) + 1e-3 * abs(slot[1]) + 1e-6)
+                    d = -lim if d < -lim else lim if d > lim else d
+                prof[int(acc[0]) % 24] = [slot[0] + 1.0, slot[1] + a * d, slot[2], slot[3]]
+        acc = prof[24] = [float(abs_hour), 0.0, 0.0]
+    acc[1] += 1.0
+    acc[2] += x
+    expect = profile_expect_raw(prof, step, step_s)
+    if expect is not None:
+        slot = prof[int(abs_hour % 24)]
+        resid = x - expect
+        if slot[3] >= 10 and abs(resid) > HUBER_K * (math.sqrt(max(slot[2], 0.0)) + 1e-3 * abs(expect) + 1e-6):
+            return  # an outlier (an incident, most likely) must not widen what counts as usual
+        a = max(day_alpha / 20.0, 1.0 / (slot[3] + 1.0))
+        slot[2] = (1.0 - a) * slot[2] + a * resid * resid
+        slot[3] += 1.0
+
+
+def profile_expect_raw(prof: list[list[float]], step: int, step_s: int) -> float | None:
+    """The expectation alone, as soon as a day was folded (the variance may still be warming up)."""
+    pos = ((step * step_s) % 86400) / 3600.0
+    h = int(pos)
+    a = prof[h]
+    if a[0] < 1:
+        return None
+    frac = pos - h - 0.5
+    b = prof[(h + 1) % 24 if frac >= 0 else (h - 1) % 24]
+    return a[1] if b[0] < 1 else (1.0 - abs(frac)) * a[1] + abs(frac) * b[1]
+
+
 def hour_of(step: int, step_s: int) -> int:
     return int((step * step_s) // 3600) % 24
 
@@ -235,7 +302,6 @@ class ZoneState:
         gap = step - self.last_step if self.last_step >= 0 else 1
         self.closed = max(self.closed, step)
         self.last_step = step
-        hour = hour_of(step, cfg.step_s)
         alpha = cfg.baseline_alpha
         index = cfg.metric_index
         feats = np.zeros(len(cfg.metrics) * _NF + 5 + len(UTILITIES), dtype=np.float32)
@@ -286,8 +352,8 @@ class ZoneState:
             base = self.base.get(metric)
             prof = self.prof.get(metric)
             if prof is None:
-                prof = self.prof[metric] = [[0.0, 0.0, 0.0] for _ in range(24)]
-            slot = prof[hour]
+                prof = self.prof[metric] = new_profile()
+            expect = profile_expect(prof, step, cfg.step_s)
             i = index.get(metric)
             if i is not None and base is not None:
                 std = sqrt(max(sumsq / n - mean * mean, 0.0))
@@ -295,21 +361,28 @@ class ZoneState:
                 o = i * _NF
                 feats[o] = 1.0
                 feats[o + 1] = slog((mean - base[1]) / sd)
-                z_hour = slog((mean - slot[1]) / _sd(slot) if slot[0] >= 3 else (mean - base[1]) / sd)
+                ref = expect[0] if expect is not None else base[1]
+                if expect is not None:
+                    psd = sqrt(expect[1] if expect[1] > 0.0 else 0.0) + 1e-3 * abs(expect[0]) + 1e-6
+                    z_hour = slog((mean - expect[0]) / psd)
+                else:
+                    z_hour = slog((mean - base[1]) / sd)
                 feats[o + 2] = z_hour
-                feats[o + 3] = log((std + 1e-6) / sd)
-                feats[o + 4] = slog((hi - lo) / sd)
+                rel = (mean - ref) / (abs(ref) + sd)
+                feats[o + 3] = -5.0 if rel < -5.0 else 5.0 if rel > 5.0 else rel
+                feats[o + 4] = log((std + 1e-6) / sd)
+                feats[o + 5] = slog((hi - lo) / sd)
                 agg = per_metric.get(metric)
                 if agg is not None:
                     zs = sorted(agg[0])
-                    feats[o + 5] = slog(zs[len(zs) // 2])
-                    feats[o + 6] = slog(max(zs[0], zs[-1], key=abs))
-                    feats[o + 7] = slog(agg[1])
-                    feats[o + 8] = agg[2] / agg[3]
+                    feats[o + 6] = slog(zs[len(zs) // 2])
+                    feats[o + 7] = slog(max(zs[0], zs[-1], key=abs))
+                    feats[o + 8] = slog(agg[1])
+                    feats[o + 9] = agg[2] / agg[3]
                 rec = self.recent.get(metric)
                 if rec:
-                    feats[o + 9] = z_hour - rec[-1]
-                    feats[o + 10] = z_hour - sum(rec) / len(rec)
+                    feats[o + 10] = z_hour - rec[-1]
+                    feats[o + 11] = z_hour - sum(rec) / len(rec)
                     self.recent[metric] = [*rec[-3:], z_hour]
                 else:
                     self.recent[metric] = [z_hour]
@@ -318,10 +391,7 @@ class ZoneState:
                 self.base[metric] = [1.0, mean, 0.0]
             else:
                 _ew_update(base, mean, alpha)
-            if slot[0] > 0:
-                _ew_update(slot, mean, cfg.profile_alpha)
-            else:
-                prof[hour] = [1.0, mean, 0.0]
+            profile_update(prof, step, cfg.step_s, mean, cfg.profile_alpha)
 
         z = len(cfg.metrics) * _NF
         n_read = float(bucket["n"])
@@ -367,13 +437,12 @@ class ZoneState:
                 # the usual zone total at this hour and the next: the forecast's seasonal inputs
                 slots = self.prof.get(km + TOTAL)
                 if slots is None:
-                    slots = self.prof[km + TOTAL] = [[0.0, 0.0, 0.0] for _ in range(24)]
-                if slots[hour][0] > 0:
-                    _ew_update(slots[hour], total, cfg.profile_alpha)
-                else:
-                    slots[hour] = [1.0, total, 0.0]
-                nxt = slots[hour_of(step + 1, cfg.step_s)]
-                profile[km] = (nxt[1] if nxt[0] > 0 else None, slots[hour][1])
+                    slots = self.prof[km + TOTAL] = new_profile()
+                profile_update(slots, step, cfg.step_s, total, cfg.profile_alpha)
+                profile[km] = (
+                    profile_expect_raw(slots, step + 1, cfg.step_s),
+                    profile_expect_raw(slots, step, cfg.step_s),
+                )
         return Step(
             zone=self.zone,
             site=self.site,

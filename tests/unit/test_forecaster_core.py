@@ -232,7 +232,7 @@ def test_state_stays_bounded() -> None:
     assert len(st.sens) <= cfg.sensor_ttl_steps + 2
     assert len(st.hist["water.flow"]) == cfg.window_steps
     assert len(st.open) <= 2
-    assert all(len(slots) == 24 for slots in st.prof.values())
+    assert all(len(slots) == 25 for slots in st.prof.values())  # 24 hour slots + the open hour
 
 
 # -- losses -----------------------------------------------------------------------------------------
