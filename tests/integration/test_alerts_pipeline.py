@@ -33,14 +33,14 @@ SECRET = "hmac-secret-for-tests-0123"
 
 CONFIG = """
 global:
-  resolve_timeout: 4s
+  resolve_timeout: 6s
 rules:
   - name: SensorAnomaly
     source: anomaly
     when: ["score >= threshold"]
     labels: {{site: "{{site}}", zone: "{{zone}}", utility: "{{utility}}", sensor: "{{sensor_id}}", kind: anomaly, severity: "{{severity}}"}}
     annotations: {{summary: "Anomaly on {{sensor_id}}", description: "{{reason}}", runbook_url: "https://rb.example/{{utility}}"}}
-    resolve_after: 4s
+    resolve_after: 6s
     rate_limit: {{max_alerts: 20, per: 1m, collapse_by: [site, zone]}}
   - name: ZoneIncidentRisk
     source: risk
@@ -52,7 +52,7 @@ rules:
 route:
   receiver: hook
   group_by: [site, zone, alertname]
-  group_wait: 1s
+  group_wait: 2s
   group_interval: 2s
   repeat_interval: 1h
   routes:
@@ -145,7 +145,14 @@ async def test_alerts_pipeline_end_to_end(settings, tmp_path, receiver):
             )
             assert r.status_code == 200, r.text
             silence_id = r.json()["silenceID"]
-            listed = (await api.get("/v1/silences", headers=auth("viewer"))).json()
+
+            async def silences():
+                return (await api.get("/v1/silences", headers=auth("viewer"))).json()
+
+            deadline = time.monotonic() + 30
+            while not await silences() and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
+            listed = await silences()
             assert [(s["id"], s["createdBy"], s["status"]["state"]) for s in listed] == [
                 (silence_id, "operator-user", "active")
             ]
@@ -167,7 +174,7 @@ async def test_alerts_pipeline_end_to_end(settings, tmp_path, receiver):
 
             # grouping: three sensors of one zone → one notification with three alerts, after group_wait.
             [first] = await until(lambda: groups_in(receiver.on("/hook"), "grp"), 30, "grp notification")
-            assert first.at - t_sent >= 1.0  # group_wait
+            assert first.at - t_sent >= 2.0  # group_wait
             body = first.json
             assert body["version"] == "4" and body["status"] == "firing" and body["receiver"] == "hook"
             assert sorted(a["labels"]["sensor"] for a in body["alerts"]) == ["g0", "g1", "g2"]
@@ -234,7 +241,7 @@ async def test_alerts_pipeline_end_to_end(settings, tmp_path, receiver):
             assert {r["labels"]["zone"] for r in records} >= {"grp", "leaky", "flaky", "mail", "dead", "reject"}
 
             # API: list with filters, one alert, suppressed states, ack, feedback.
-            # (anomalies resolve after 4 s of quiet here: keep the inhibited and silenced ones firing)
+            # (anomalies resolve after 6 s of quiet here: keep the inhibited and silenced ones firing)
             await produce(settings, "anomalies", [(b"l1", anomaly("l1", "leaky")), (b"q1", anomaly("q1", "silenced"))])
 
             async def firing(zone):
@@ -293,6 +300,9 @@ async def test_alerts_pipeline_end_to_end(settings, tmp_path, receiver):
             # expiring the silence: operator's own, admin may too; then gone from "active".
             r = await api.delete(f"/v1/silences/{silence_id}", headers=auth("operator"))
             assert r.status_code == 200 and r.json()["status"] == "expired"
+            deadline = time.monotonic() + 20
+            while (await silences())[0]["status"]["state"] != "expired" and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
             assert (await api.delete(f"/v1/silences/{silence_id}", headers=auth("admin"))).status_code == 409
 
             # resolve: the grp sensors stay quiet past resolve_after → one resolved notification, then silence.
