@@ -12,9 +12,10 @@ from typing import Any
 
 import faust
 
-from services.ingest.agent import Ingest
+from services.ingest.engine import Ingest
 from services.ingest.http import ReadingsEndpoint, install
 from services.ingest.mqtt import MqttBridge
+from services.ingest.pump import ReadingsPump
 from services.ingest.rules import Rules
 from services.ingest.settings import IngestSettings
 from shared.service import base_app
@@ -29,11 +30,12 @@ def create_app(settings: Settings | None = None, ingest_settings: IngestSettings
     rules = Rules.load(isettings)
     app, state = base_app(settings)
     ingest = Ingest(app, settings, isettings, rules)
+    pump = ingest.pump = ReadingsPump(ingest)
     app.flowwatch_ingest = ingest  # type: ignore[attr-defined]
 
-    @app.agent(ingest.raw_topic, name="ingest-readings")
-    async def readings(stream: Any) -> None:
-        await ingest.run_readings(stream)
+    @app.task
+    async def readings() -> None:
+        await pump.run()
 
     @app.agent(ingest.events_topic, name="ingest-sensor-events")
     async def sensor_events(stream: Any) -> None:
@@ -53,14 +55,12 @@ def create_app(settings: Settings | None = None, ingest_settings: IngestSettings
 
     @app.on_partitions_revoked.connect
     async def _revoked(sender: Any, revoked: Any, **_: Any) -> None:
-        ingest.on_rebalance()
-
-    @app.on_partitions_assigned.connect
-    async def _assigned(sender: Any, assigned: Any, **_: Any) -> None:
-        ingest.on_rebalance()
+        # Faust awaits this before handing partitions over: finish the batch, checkpoint, stop reading.
+        await pump.on_revoked()
 
     install(app, ReadingsEndpoint(ingest, isettings.resolved_token()))
     state.add_check("output", ingest.ready_check)
+    state.add_check("readings", lambda: pump.check(state.stall_seconds))
 
     if isettings.mqtt_enabled:
         bridge = MqttBridge(ingest, settings.mqtt_url)
@@ -73,6 +73,7 @@ def create_app(settings: Settings | None = None, ingest_settings: IngestSettings
 
     @app.on_before_shutdown.connect
     async def _shutdown(sender: Any, **_: Any) -> None:
+        await pump.on_revoked()
         await ingest.stop()
 
     return app

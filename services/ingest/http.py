@@ -28,7 +28,7 @@ from services.ingest.payloads import PayloadError, TooManyItems, split_items
 from services.ingest.pipeline import H_REQUEST, H_SOURCE
 
 if TYPE_CHECKING:
-    from services.ingest.agent import Ingest
+    from services.ingest.engine import Ingest
 
 log = logging.getLogger(__name__)
 

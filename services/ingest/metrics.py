@@ -24,9 +24,7 @@ DUPLICATES = Counter("flowwatch_ingest_duplicates_total", "Readings dropped as d
 FORWARDED = Counter(
     "flowwatch_ingest_forwarded_total", "Valid readings re-keyed by sensor_id into the partition that owns the sensor"
 )
-REDELIVERED = Counter(
-    "flowwatch_ingest_redelivered_total", "Messages skipped because they were finished before a restart"
-)
+CHECKPOINTS = Counter("flowwatch_ingest_checkpoints_total", "Checkpoints of sensor states and offsets written")
 UNKNOWN_METRICS = Counter(
     "flowwatch_ingest_unknown_metrics_total", "Values of metrics without a range (accepted as sent)"
 )

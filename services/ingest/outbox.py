@@ -56,26 +56,35 @@ class Outbox:
         self._pending.setdefault((topic, partition), []).append((key, value, headers))
         self.count += 1
 
-    async def flush(self) -> int:
-        """Send everything collected and wait until the broker has it; returns how many were sent."""
+    async def flush(self) -> dict[tuple[str, int], int]:
+        """Send everything collected and wait until the broker has it.
+
+        Returns the offset of the last message written per (topic, partition).
+        """
         if not self._pending:
-            return 0
+            return {}
         pending, self._pending = self._pending, {}
-        sent, self.count = self.count, 0
+        self.count = 0
         producer = self.producer
         futures: list[asyncio.Future[Any]] = []
+        counts: list[int] = []
         for (topic, partition), messages in pending.items():
             batch = producer.create_batch()
             for key, value, headers in messages:
                 if batch.append(key=key, value=value, timestamp=None, headers=list(headers)) is None:
+                    counts.append(batch.record_count())
                     futures.append(await producer.send_batch(batch, topic, partition=partition))
                     batch = producer.create_batch()
                     if batch.append(key=key, value=value, timestamp=None, headers=list(headers)) is None:
                         raise ValueError(f"message of {len(value)} bytes does not fit a record batch for {topic}")
             if batch.record_count():
+                counts.append(batch.record_count())
                 futures.append(await producer.send_batch(batch, topic, partition=partition))
-        await asyncio.gather(*futures)
-        return sent
+        last: dict[tuple[str, int], int] = {}
+        for meta, count in zip(await asyncio.gather(*futures), counts, strict=True):
+            key = (meta.topic, meta.partition)
+            last[key] = max(last.get(key, -1), meta.offset + count - 1)
+        return last
 
     def discard(self) -> None:
         self._pending.clear()

@@ -1,11 +1,11 @@
 """One micro-batch of readings.raw, from bytes to decisions — no Kafka, no Faust.
 
-The agent turns a batch of events into :class:`Inbound` items and calls
-:meth:`BatchProcessor.process`; the :class:`Outcome` says what to produce where,
+The pump turns a fetch of readings.raw into :class:`Inbound` items and the engine
+calls :meth:`BatchProcessor.process`; the :class:`Outcome` says what to produce where,
 which sensor states changed, and what each HTTP request waiting on a reading should
-hear. The agent then produces everything, waits for the broker's acks, and only then
-writes the tables (see ``services.ingest.agent``), so a crash can repeat work but
-never lose a reading.
+hear. The engine then produces everything, waits for the broker's acks, and only then
+counts the batch's offsets as finished for the next checkpoint (``services.ingest.engine``),
+so a crash can repeat work but never lose a reading.
 
 Co-partitioning: sensor state lives in the partition of its sensor_id (Kafka's
 murmur2 partitioner over the partition count of readings.clean). A valid reading
@@ -18,7 +18,7 @@ not need state — decoding, validation, quarantine — happens where it arrives
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,8 +49,7 @@ class Inbound:
     source: str = "kafka"
     request: bytes | None = None  # opaque id of the HTTP request item waiting for the verdict
     forwarded: bool = False
-    headers: list[tuple[str, bytes]] = field(default_factory=list)
-    event: Any = None  # the Faust event; the pipeline never looks inside
+    headers: Sequence[tuple[str, bytes]] = ()
 
 
 @dataclass(slots=True)
@@ -65,7 +64,6 @@ class Outcome:
     duplicates: int = 0
     reasons: Counter[str] = field(default_factory=Counter)  # reason code -> count
     unknown_metrics: int = 0
-    skipped: int = 0  # redelivered messages already finished before a restart
 
 
 def quarantine_payload(value: bytes | None, decoded: Any, ok: bool) -> Any:
@@ -109,19 +107,14 @@ class BatchProcessor:
             self.states[sensor_id] = state
         return state
 
-    def process(self, batch: list[Inbound], *, done_offsets: dict[int, int] | None = None) -> Outcome:
-        """Decide every message of a batch. ``done_offsets``: partition -> last offset already finished."""
+    def process(self, batch: list[Inbound]) -> Outcome:
+        """Decide every message of a batch."""
         out = Outcome()
         rules = self.rules
         lateness = rules.lateness_ms
         memory = rules.dedup_memory
         partition_of = self.partition_of
-        done = done_offsets or {}
         for msg in batch:
-            finished = done.get(msg.partition)
-            if finished is not None and msg.offset <= finished:
-                out.skipped += 1
-                continue
             decoded, error = decode(msg.value) if msg.value is not None else (None, "malformed_json: empty message")
             if error is None:
                 checked = validate(decoded, msg.received_ms, rules, msg.source)

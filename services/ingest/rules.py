@@ -105,8 +105,13 @@ class Rules:
         object.__setattr__(self, "_names", {})
         object.__setattr__(self, "_expected_memo", {})
 
+    @property
+    def valid_names(self) -> dict[str, str]:
+        """Memo of metric spellings already seen and valid -> canonical name (the hot path's first look)."""
+        return self._names  # type: ignore[attr-defined]
+
     def canonical_name(self, name: str) -> str:
-        """The metric name a device's spelling stands for (``"Temp"`` -> ``"temperature"``)."""
+        """The metric name a device's spelling stands for (``"Temp"`` -> ``"temperature"``); name must be valid."""
         names: dict[str, str] = self._names  # type: ignore[attr-defined]
         hit = names.get(name)
         if hit is None:

@@ -58,6 +58,11 @@ class IngestSettings:
     )
     max_metrics: int = _doc(64, "Most metrics one reading may carry.")
     batch_size: int = _doc(2000, "Most readings processed in one micro-batch.")
+    checkpoint_s: float = _doc(
+        1.0,
+        "How often (seconds) sensor states and read offsets are checkpointed to the tables. After a crash, readings "
+        "since the last checkpoint are processed (and written to readings.clean) again; none is lost.",
+    )
     batch_within_s: float = _doc(
         0.02, "Longest wait (seconds) to fill a micro-batch; bounds the latency added at low rates."
     )
@@ -67,7 +72,7 @@ class IngestSettings:
     silence_min_s: float = _doc(30.0, "A sensor is never declared silent after less than this many seconds of quiet.")
     silence_check_s: float = _doc(5.0, "How often (seconds) the silence timer runs.")
     cache_flush_s: float = _doc(
-        0.5, "How often (seconds) the latest reading and stats per sensor are written to Redis."
+        1.0, "How often (seconds) the latest reading and stats per sensor are written to Redis."
     )
     http_max_body_bytes: int = _doc(5 * 1024 * 1024, "Largest accepted HTTP body (bytes); larger requests get 413.")
     http_max_items: int = _doc(10_000, "Most readings in one HTTP request; more gets 413.")

@@ -17,6 +17,7 @@ import json
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from math import isfinite
 from typing import Any
 
 import orjson
@@ -247,29 +248,36 @@ def _values(
     missing: list[str] = []
     unknown = 0
     specs = rules.metrics
+    known_names = rules.valid_names
     for raw_name, value in raw_values.items():
-        if not isinstance(raw_name, str) or len(raw_name) > MAX_METRIC_NAME_LEN or not raw_name.strip():
-            reasons.append(f"invalid_metric_name: {_short(raw_name)}")
-            continue
-        name = rules.canonical_name(raw_name)
+        name = known_names.get(raw_name)
+        if name is None:
+            if not isinstance(raw_name, str) or len(raw_name) > MAX_METRIC_NAME_LEN or not raw_name.strip():
+                reasons.append(f"invalid_metric_name: {_short(raw_name)}")
+                continue
+            name = rules.canonical_name(raw_name)
         if name in values or name in missing:
             reasons.append(f"duplicate_metric: {raw_name!r} is {name} again")
             continue
-        if value is None:
+        kind = type(value)
+        if kind is float:
+            number = value
+        elif value is None:
             # A device that could not measure one metric: the rest of the reading is still good.
             missing.append(name)
             continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        elif kind is bool or not isinstance(value, (int, float)):
             if isinstance(value, str) and value.strip().lower().lstrip("+-") in {"nan", "inf", "infinity"}:
                 reasons.append(f"non_finite: {raw_name}={_short(value)}")
             else:
                 reasons.append(f"not_a_number: {raw_name}={_short(value)}")
             continue
-        try:
-            number = float(value)
-        except OverflowError:
-            number = math.inf
-        if not math.isfinite(number):
+        else:
+            try:
+                number = float(value)
+            except OverflowError:
+                number = math.inf
+        if not isfinite(number):
             reasons.append(f"non_finite: {raw_name}={number}")
             continue
         unit = raw_units.get(raw_name)

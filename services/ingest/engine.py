@@ -1,24 +1,26 @@
-"""The Faust side of ingest: the readings agent, its tables, the silence timer, the cache.
+"""The heart of ingest inside the Faust worker: batches, state, checkpoints, silence, cache.
 
-Per micro-batch (``take_events``) the readings agent
+Per fetch of readings.raw (handed over by :class:`~services.ingest.pump.ReadingsPump`):
 
-1. skips messages it had finished before a restart (``progress`` table: last finished
-   offset per partition of readings.raw, written once per partition per batch);
-2. decodes and validates every message (pure functions, :mod:`services.ingest.pipeline`)
-   and admits valid readings against their sensor's state (duplicates, lateness);
-3. produces clean readings, quarantined inputs and forwarded readings as one record batch
-   per topic-partition (:class:`~services.ingest.outbox.Outbox`) and waits for the acks;
-4. only then writes each changed sensor's state once (``sensors`` table) and the
-   partition's progress, in the partition context of the event that last touched them
-   (shared.streaming.event_context) — so recovery restores exactly what was produced;
-5. tells waiting HTTP requests their verdicts and queues the sensor's latest reading
-   for the Redis cache.
+1. decode and validate every message (pure functions, :mod:`services.ingest.pipeline`) and
+   admit valid readings against their sensor's state (duplicates, lateness);
+2. produce clean readings, quarantined inputs and forwarded readings as one record batch per
+   topic-partition (:class:`~services.ingest.outbox.Outbox`) and wait for the broker's acks;
+3. tell waiting HTTP requests their verdicts, queue each sensor's latest reading for Redis.
 
-A crash between 3 and 4 makes the worker redo the batch: readings.clean may then carry a
-reading twice (consumers are idempotent on sensor_id+ts), but nothing is ever lost. A crash
-after 4 is invisible. The silence timer publishes ``silent``/``back`` to sensor.events; a
-small agent on sensor.events records them in the ``silence`` table, so a restarted worker
-knows which of its sensors it already announced.
+Every ``FLOWWATCH_INGEST_CHECKPOINT_S`` (and before a rebalance or shutdown) the changed
+sensor states and, per partition, the offset of the last message whose outputs were
+acknowledged are written to the ``sensors`` and ``progress`` tables — once per key, in the
+partition the key belongs to (shared.streaming.event_context with a stand-in event: the pump
+is not a Faust stream). On restart the pump resumes each partition after its checkpointed
+offset with the checkpointed states, so replaying is deterministic: readings after the last
+checkpoint are produced again (readings.clean is at-least-once; consumers are idempotent on
+sensor_id+ts), and nothing is ever lost, because outputs are acknowledged before the offset
+that covers them is checkpointed.
+
+The silence timer publishes ``silent``/``back`` to sensor.events; a small Faust agent on
+sensor.events records them in the ``silence`` table, so a restarted worker knows which of
+its sensors it already announced.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Iterable
+from types import SimpleNamespace
 from typing import Any
 
 import faust
@@ -34,11 +37,13 @@ from aiokafka import AIOKafkaProducer
 
 from services.ingest import metrics as m
 from services.ingest.outbox import Outbox, PartitionMap
-from services.ingest.pipeline import H_FORWARDED, H_REQUEST, H_SOURCE, BatchProcessor, Inbound, Outcome
+from services.ingest.pipeline import H_FORWARDED, BatchProcessor, Inbound, Outcome
 from services.ingest.rules import Rules
 from services.ingest.sensors import SensorState, silence_transitions
 from services.ingest.settings import IngestSettings
+from services.ingest.tables import persisted, write_many
 from services.ingest.verdicts import VerdictBoard
+from services.ingest.wire import reading_bytes, reading_dict
 from shared.cache import Cache
 from shared.codec import dumps, loads
 from shared.metrics import BATCH_SECONDS, BATCH_SIZE, EVENTS_IN, EVENTS_OUT
@@ -56,33 +61,17 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _headers(raw: Any) -> dict[str, bytes]:
-    if not raw:
-        return {}
-    items = raw.items() if isinstance(raw, dict) else raw
-    out: dict[str, bytes] = {}
-    for k, v in items:
-        out[k.decode() if isinstance(k, bytes) else str(k)] = v if isinstance(v, bytes) else str(v).encode()
-    return out
+class PartitionEvent:
+    """Stands in for a Faust event of ``topic``/``partition`` so a table access goes to that partition.
 
+    Faust routes table reads and writes by ``current_event().message.partition`` (and checks
+    ``.topic`` against the changelog's partition count); that is all it reads.
+    """
 
-def to_inbound(event: Any) -> Inbound:
-    msg = event.message
-    headers = _headers(msg.headers)
-    ts = msg.timestamp
-    source = headers.get(H_SOURCE)
-    return Inbound(
-        value=msg.value,
-        key=msg.key,
-        partition=msg.partition,
-        offset=msg.offset,
-        received_ms=int(ts * 1000) if ts else now_ms(),
-        source=source.decode("utf-8", "replace") if source else "kafka",
-        request=headers.get(H_REQUEST),
-        forwarded=H_FORWARDED in headers,
-        headers=[(k, v) for k, v in headers.items()],
-        event=event,
-    )
+    __slots__ = ("__weakref__", "message")
+
+    def __init__(self, topic: str, partition: int) -> None:
+        self.message = SimpleNamespace(topic=topic, partition=partition)
 
 
 class Ingest:
@@ -93,7 +82,6 @@ class Ingest:
         self.settings = settings
         self.isettings = isettings
         self.rules = rules
-        self.raw_topic = faust_topic(app, READINGS_RAW, settings)
         self.events_topic = faust_topic(app, SENSOR_EVENTS, settings)
         self.raw_name = settings.topic(READINGS_RAW.name)
         self.clean_name = settings.topic(READINGS_CLEAN.name)
@@ -106,7 +94,9 @@ class Ingest:
             "partitions": READINGS_RAW.partitions_for(settings),
         }
         self.sensors = app.Table("sensors", help="Per-sensor state (SensorState) keyed by sensor_id", **table_opts)
-        self.progress = app.Table("progress", help="Last finished offset per partition of readings.raw", **table_opts)
+        self.progress = app.Table(
+            "progress", help="Last checkpointed offset per partition of readings.raw", **table_opts
+        )
         self.silence = app.Table("silence", help="Sensors announced silent, keyed by sensor_id", **table_opts)
         self.board = VerdictBoard()
         self.cache = Cache(settings.redis_url, ttl_s=settings.cache_ttl_s, service=SERVICE)
@@ -118,6 +108,10 @@ class Ingest:
         self.processor: BatchProcessor | None = None
         self._start_lock = asyncio.Lock()
         self.started_error: str = ""
+        # Changed since the last checkpoint: sensor states, and the last finished offset per partition.
+        self.dirty: dict[str, SensorState] = {}
+        self.finished: dict[int, int] = {}
+        self._events: dict[int, PartitionEvent] = {}
 
     # --- start-up -----------------------------------------------------------------------
 
@@ -162,65 +156,72 @@ class Ingest:
         if self.started_error:
             return False, self.started_error
         if self.processor is None:
-            return True, "output producer starts with the first batch"
+            return False, "output producer not started yet"
         return True, "producer up"
 
-    def local_partitions(self) -> set[int]:
-        """Partitions of readings.raw this worker owns now."""
+    def owned_partitions(self) -> set[int]:
+        """Partitions of readings.raw this worker owns: those of its active ``sensors`` table partitions."""
         try:
             actives = self.app.assignor.assigned_actives()
         except Exception:  # noqa: BLE001 - before the first assignment
             return set()
-        return {tp.partition for tp in actives if tp.topic == self.raw_name}
+        changelog = self.sensors.changelog_topic.get_topic_name()
+        return {tp.partition for tp in actives if tp.topic == changelog}
 
-    def on_rebalance(self) -> None:
-        # Another worker may have owned (and changed) these sensors meanwhile.
+    def local_partitions(self) -> set[int]:
+        """Partitions whose readings this worker is processing now (the pump's assignment)."""
+        pump = getattr(self, "pump", None)
+        return set(pump.assigned) if pump is not None and not pump.paused else set()
+
+    def forget(self) -> None:
+        """Drop in-memory state after a checkpoint, before partitions may change hands."""
         if self.processor is not None:
             self.processor.forget()
         self.silent.clear()
         self._silence_loaded = False
 
+    def _event(self, partition: int) -> PartitionEvent:
+        event = self._events.get(partition)
+        if event is None:
+            event = self._events[partition] = PartitionEvent(self.raw_name, partition)
+        return event
+
     def _load_state(self, sensor_id: str, msg: Inbound) -> SensorState | None:
-        with event_context(msg.event):
+        with event_context(self._event(msg.partition)):
             data = self.sensors.get(sensor_id.encode())
         return SensorState.from_dict(data) if data else None
 
-    # --- the readings agent -----------------------------------------------------------
-
-    async def run_readings(self, stream: Any) -> None:
-        async for events in stream.take_events(self.isettings.batch_size, self.isettings.batch_within_s):
-            await self.handle_batch(events)
-
-    def _done_offsets(self, batch: list[Inbound]) -> dict[int, int]:
-        firsts: dict[int, Inbound] = {}
-        for msg in batch:
-            firsts.setdefault(msg.partition, msg)
-        done: dict[int, int] = {}
-        for partition, msg in firsts.items():
-            with event_context(msg.event):
-                value = self.progress.get(b"%d" % partition)
+    def checkpointed_offsets(self, partitions: Iterable[int]) -> dict[int, int]:
+        out: dict[int, int] = {}
+        for p in partitions:
+            with event_context(self._event(p)):
+                value = self.progress.get(b"%d" % p)
             if value is not None:
-                done[partition] = int(value)
-        return done
+                out[p] = int(value)
+        return out
 
-    async def handle_batch(self, events: list[Any]) -> Outcome:
+    # --- one fetch of readings.raw ---------------------------------------------------------
+
+    async def handle_batch(self, batch: list[Inbound]) -> Outcome:
         await self.ensure_started()
-        assert self.processor is not None and self.producer is not None and self.partition_of is not None
+        assert self.processor is not None and self.partition_of is not None
         started = time.perf_counter()
-        batch = [to_inbound(e) for e in events]
-        sources: dict[str, int] = {}
-        for msg in batch:
-            sources[msg.source] = sources.get(msg.source, 0) + 1
         try:
-            outcome = self.processor.process(batch, done_offsets=self._done_offsets(batch))
+            outcome = self.processor.process(batch)
             await self._produce(outcome)
         except BaseException:
-            # The in-memory states already admitted this batch; the redelivery must not see them.
+            # The in-memory states already admitted this batch; the replay must not see them.
             self.processor.forget()
+            self.dirty.clear()
             raise
-        self._write_state(outcome, batch)
-        elapsed = time.perf_counter() - started
-        self._account(batch, outcome, sources, elapsed)
+        for sensor_id, (state, _) in outcome.states.items():
+            self.dirty[sensor_id] = state
+        for msg in batch:
+            self.finished[msg.partition] = msg.offset
+        pending = self.cache_pending
+        for _, reading in outcome.clean:
+            pending[reading.sensor_id] = reading
+        self._account(batch, outcome, time.perf_counter() - started)
         for item, status, reasons in outcome.verdicts:
             self.board.resolve(item, status, reasons)
         return outcome
@@ -229,7 +230,7 @@ class Ingest:
         assert self.producer is not None
         box = Outbox(self.producer)
         for partition, reading in outcome.clean:
-            box.add(self.clean_name, partition, reading.sensor_id.encode(), dumps(reading))
+            box.add(self.clean_name, partition, reading.sensor_id.encode(), reading_bytes(reading))
         for partition, record in outcome.quarantined:
             key = record.sensor_id.encode() if record.sensor_id else None
             box.add(self.quarantine_name, partition, key, dumps(record))
@@ -238,21 +239,39 @@ class Ingest:
             box.add(self.raw_name, partition, sensor_id.encode(), msg.value or b"", headers)
         await box.flush()
 
-    def _write_state(self, outcome: Outcome, batch: list[Inbound]) -> None:
-        for sensor_id, (state, msg) in outcome.states.items():
-            with event_context(msg.event):
-                self.sensors[sensor_id.encode()] = state.to_dict()
-        lasts: dict[int, Inbound] = {}
-        for msg in batch:
-            lasts[msg.partition] = msg
-        for partition, msg in lasts.items():
-            with event_context(msg.event):
-                self.progress[b"%d" % partition] = msg.offset
-        pending = self.cache_pending
-        for _, reading in outcome.clean:
-            pending[reading.sensor_id] = reading
+    async def checkpoint(self) -> int:
+        """Write changed sensor states and finished offsets, once per key, in their partitions."""
+        if not self.dirty and not self.finished:
+            return 0
+        assert self.partition_of is not None and self.producer is not None
+        dirty, self.dirty = self.dirty, {}
+        finished, self.finished = self.finished, {}
+        partition_of = self.partition_of
+        states: dict[int, dict[bytes, Any]] = {}
+        for sensor_id, state in dirty.items():
+            states.setdefault(partition_of(sensor_id), {})[sensor_id.encode()] = state.to_dict()
+        offsets = {p: {b"%d" % p: offset} for p, offset in finished.items()}
+        box = Outbox(self.producer)
+        try:
+            await write_many(self.sensors, box, states, self._event)
+            await write_many(self.progress, box, offsets, self._event)
+            last = await box.flush()
+        except BaseException:
+            # Not durable: keep them for the next checkpoint.
+            for sensor_id, state in dirty.items():
+                self.dirty.setdefault(sensor_id, state)
+            for p, offset in finished.items():
+                self.finished.setdefault(p, offset)
+            raise
+        persisted(self.sensors, last)
+        persisted(self.progress, last)
+        m.CHECKPOINTS.inc()
+        return len(dirty)
 
-    def _account(self, batch: list[Inbound], outcome: Outcome, sources: dict[str, int], elapsed: float) -> None:
+    def _account(self, batch: list[Inbound], outcome: Outcome, elapsed: float) -> None:
+        sources: dict[str, int] = {}
+        for msg in batch:
+            sources[msg.source] = sources.get(msg.source, 0) + 1
         for source, n in sources.items():
             m.INPUTS.labels(source).inc(n)
         EVENTS_IN.labels(SERVICE, self.raw_name).inc(len(batch))
@@ -277,8 +296,6 @@ class Ingest:
             m.DUPLICATES.inc(outcome.duplicates)
         if outcome.forward:
             m.FORWARDED.inc(len(outcome.forward))
-        if outcome.skipped:
-            m.REDELIVERED.inc(outcome.skipped)
         if outcome.unknown_metrics:
             m.UNKNOWN_METRICS.inc(outcome.unknown_metrics)
 
@@ -305,11 +322,14 @@ class Ingest:
         assert self.processor is not None and self.partition_of is not None
         cached = self.processor.states
         states: dict[str, SensorState] = {}
+        # The table holds every sensor as of the last checkpoint; the in-memory states are newer.
         for key, value in self.sensors.items():
             sensor_id = key.decode() if isinstance(key, bytes) else str(key)
-            if self.partition_of(sensor_id) not in local or not value:
-                continue
-            states[sensor_id] = cached.get(sensor_id) or SensorState.from_dict(value)
+            if value and self.partition_of(sensor_id) in local:
+                states[sensor_id] = cached.get(sensor_id) or SensorState.from_dict(value)
+        for sensor_id, state in cached.items():
+            if state.count and self.partition_of(sensor_id) in local:
+                states[sensor_id] = state
         return states
 
     async def check_silence(self) -> tuple[list[SensorState], list[SensorState]]:
@@ -376,7 +396,7 @@ class Ingest:
         for sensor_id, reading in pending.items():
             state = states.get(sensor_id)
             items[sensor_id] = {
-                "reading": reading,
+                "reading": reading_dict(reading),
                 "stats": state.stats() if state is not None else {},
                 "silent": sensor_id in self.silent,
             }

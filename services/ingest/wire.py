@@ -1,0 +1,38 @@
+"""Fast encoding of the records ingest writes (a literal dict is ~3x faster for orjson than a slotted dataclass).
+
+A unit test checks these match ``dataclasses.asdict`` of the records, so they cannot drift.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from shared.records import Reading
+
+
+def reading_dict(r: Reading) -> dict[str, Any]:
+    return {
+        "sensor_id": r.sensor_id,
+        "ts": r.ts,
+        "site": r.site,
+        "zone": r.zone,
+        "utility": r.utility,
+        "asset": r.asset,
+        "values": r.values,
+        "units": r.units,
+        "quality": r.quality,
+        "extra": r.extra,
+        "received_ms": r.received_ms,
+        "source": r.source,
+        "v": r.v,
+    }
+
+
+def reading_bytes(r: Reading) -> bytes:
+    try:
+        return orjson.dumps(reading_dict(r))
+    except TypeError:
+        # ``extra`` carries whatever the device sent; non-string keys cannot come from JSON, but be safe.
+        return orjson.dumps(reading_dict(r), option=orjson.OPT_NON_STR_KEYS)
