@@ -19,10 +19,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import statistics
 import sys
-import os
 import tempfile
 import threading
 import time
