@@ -120,7 +120,7 @@ ASSETS: dict[str, AssetKind] = {
         "water",
         ("pressure", "flow"),
         10,
-        {"p_static": (430, 620), "headloss": (40, 120), "flow_base": (40, 260)},
+        {"p_static": (430, 620), "headloss": (30, 90), "flow_base": (40, 260)},
         {"pressure": (0.004, 0.5), "flow": (0.02, 0.3)},
         _pipe,
     ),

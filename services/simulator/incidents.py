@@ -239,7 +239,7 @@ KINDS: dict[str, IncidentKind] = {
         "all",
         _leak,
         _pipes_with("flow"),
-        lambda rng: {"extra_flow": rng.uniform(0.12, 0.35), "pressure_drop": rng.uniform(0.04, 0.10)},
+        lambda rng: {"extra_flow": rng.uniform(0.18, 0.45), "pressure_drop": rng.uniform(0.05, 0.12)},
     ),
     "burst": IncidentKind(
         "burst",
