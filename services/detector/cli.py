@@ -66,7 +66,74 @@ def score(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"fit": fit, "score": score}
+def train(argv: list[str]) -> int:
+    from services.detector.profiles import ProfileError, ProfileSet
+    from services.detector.settings import DetectorSettings
+    from services.detector.training import fit_profile, profile_rows, read_history
+    from shared.registry import ModelRegistry, publish_event
+    from shared.settings import Settings
+
+    settings = Settings.from_env("detector")
+    ds = DetectorSettings.from_env()
+    parser = argparse.ArgumentParser(
+        prog="python -m services.detector train",
+        description="Train each profile's streaming model on a history of readings and register it.",
+    )
+    parser.add_argument(
+        "--data", type=Path, required=True, help="long frame (.parquet or .csv): sensor_id, ts, metrics"
+    )
+    parser.add_argument("--profile", action="append", help="profile(s) to train; default: every profile in the data")
+    parser.add_argument("--model-dir", type=Path, default=settings.model_dir, help="model registry directory")
+    parser.add_argument("--profiles-file", type=Path, default=ds.profiles_file)
+    parser.add_argument("--promote", metavar="ALIAS", help="point ALIAS (e.g. production) at the new versions")
+    parser.add_argument("--publish", action="store_true", help="announce promotions on the models topic")
+    args = parser.parse_args(argv)
+    try:
+        profiles = ProfileSet.load(args.profiles_file)
+        df = read_history(args.data)
+    except (ProfileError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    df["_profile"] = profile_rows(df, profiles)
+    wanted = args.profile or sorted(df["_profile"].unique())
+    registry = ModelRegistry(args.model_dir)
+    failed = 0
+    for name in wanted:
+        if name not in profiles.by_name:
+            print(f"error: no profile {name!r} in {args.profiles_file}", file=sys.stderr)
+            failed += 1
+            continue
+        try:
+            model = fit_profile(df[df["_profile"] == name], profiles.by_name[name], ds.zscore_threshold)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        with registry.create(f"{ds.model_prefix}{name}", model.meta()) as target:
+            model.save(target)
+        version = registry.last_created.version
+        line = f"{ds.model_prefix}{name} {version}: {model.trained_rows} readings, threshold {model.threshold:.3f}"
+        if args.promote:
+            event = registry.promote(f"{ds.model_prefix}{name}", version, args.promote)
+            line += f", {args.promote} -> {version}"
+            if args.publish:
+                import asyncio
+
+                asyncio.run(publish_event(settings, event))
+                line += " (published)"
+        print(line)
+    return 1 if failed else 0
+
+
+def settings_table(argv: list[str]) -> int:
+    from services.detector.settings import ENV_PREFIX, DetectorSettings
+    from shared.settings import settings_table as table
+
+    print(table(DetectorSettings, ENV_PREFIX))
+    return 0
+
+
+COMMANDS = {"fit": fit, "score": score, "train": train, "settings": settings_table}
 
 
 def main(argv: list[str]) -> int:

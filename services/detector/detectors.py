@@ -68,7 +68,7 @@ class ZScoreDetector(Detector):
 class IsolationForestDetector(Detector):
     name = "iforest"
 
-    def __init__(self, n_estimators: int = 100, max_samples: int | str = "auto", seed: int = 0):
+    def __init__(self, n_estimators: int = 64, max_samples: int | str = "auto", seed: int = 0):
         self.model = IsolationForest(n_estimators=n_estimators, max_samples=max_samples, random_state=seed)
 
     def fit(self, x: np.ndarray) -> IsolationForestDetector:

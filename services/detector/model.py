@@ -23,6 +23,7 @@ from typing import Any
 import joblib
 import numpy as np
 import orjson
+from threadpoolctl import threadpool_limits
 
 from services.detector.detectors import Detector, Scaler, ZScoreDetector, make_detector
 from services.detector.state import FEATURE_BLOCKS, Layout, RollingState, StateConfig, alpha, occurrence
@@ -53,6 +54,7 @@ class ModelConfig:
     score_halflife: float = 2.0  # causal smoothing of the ensemble score, in readings
     off_ratio: float = 0.9  # an episode ends when the smoothed score falls below off_ratio * threshold
     min_train_rows: int = 50
+    max_train_rows: int = 20_000  # pooled profiles: an even sample of the time-ordered rows beyond this
     state: StateConfig = field(default_factory=StateConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -114,6 +116,12 @@ class AnomalyModel:
 
     # ------------------------------------------------------------------ fitting
     def fit(self, x: np.ndarray, ts_ms: np.ndarray, sensor_idx: np.ndarray | None = None) -> AnomalyModel:
+        # One thread: the matrices are small, and OpenMP/BLAS thread pools on a busy 2-core
+        # machine cost far more in contention (K-Means 30x slower) than they win.
+        with threadpool_limits(1):
+            return self._fit(x, ts_ms, sensor_idx)
+
+    def _fit(self, x: np.ndarray, ts_ms: np.ndarray, sensor_idx: np.ndarray | None = None) -> AnomalyModel:
         """Fit on normal rows (``x`` is ``(n, metrics)``); ``sensor_idx`` pools several sensors' streams.
 
         Rows of one sensor must be in time order. The first readings of each sensor,
@@ -132,6 +140,9 @@ class AnomalyModel:
         feats, idx = feats[order], idx[order]
         if len(feats) < cfg.min_train_rows:
             raise ValueError(f"need at least {cfg.min_train_rows + skip} training rows, got {len(x)}")
+        if len(feats) > cfg.max_train_rows:
+            pick = np.linspace(0, len(feats) - 1, cfg.max_train_rows).astype(np.int64)
+            feats, idx = feats[pick], idx[pick]
         learned = [d for d in cfg.detectors if d != "zscore"]
         z_members = ["zscore"] if "zscore" in cfg.detectors else []
         self.scaler = Scaler().fit(feats[:, self._cols])
@@ -216,7 +227,8 @@ class AnomalyModel:
 
     def score(self, state: np.ndarray, feats: np.ndarray, idx: np.ndarray) -> Scored:
         """Ensemble score, causal smoothing and hysteresis for feature rows (updates ``state``)."""
-        members = self.member_scores(feats)
+        with threadpool_limits(1):
+            members = self.member_scores(feats)
         raw = np.mean(list(members.values()), axis=0) if members else np.zeros(len(feats))
         smoothed, flags = self._persist(state, raw, idx)
         return Scored(smoothed, raw, flags, members, self.contributions(feats), self.threshold)

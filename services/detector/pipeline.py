@@ -131,14 +131,19 @@ class Scorer:
             result.states[sid] = pack(metrics, state[row])
 
         threshold = float(scored.threshold)
-        top = self.reason_metrics
+        top = min(self.reason_metrics, len(metrics))
         tz = model.config.state.tz_offset_h
-        window = self.window_ms
+        contrib = scored.contributions
+        best = np.argsort(-contrib, axis=1)[:, :top] if len(metrics) else np.zeros((len(batch), 0), dtype=np.int64)
+        best_share = np.round(np.take_along_axis(contrib, best, axis=1), 3).tolist()
+        best = best.tolist()
+        score_list = np.round(scored.score, 4).tolist()
+        flag_list = scored.anomaly.tolist()
+        thr = round(threshold, 4)
+        version = model.version
         for i, r in enumerate(batch):
-            flagged = bool(scored.anomaly[i])
-            contrib = scored.contributions[i]
+            flagged = flag_list[i]
             if self.emit_scores or flagged:
-                best = np.argsort(-contrib)[:top]
                 result.scores.append(
                     Score(
                         sensor_id=r.sensor_id,
@@ -147,17 +152,17 @@ class Scorer:
                         zone=r.zone,
                         utility=r.utility,
                         asset=r.asset,
-                        score=round(float(scored.score[i]), 4),
-                        threshold=round(threshold, 4),
+                        score=score_list[i],
+                        threshold=thr,
                         is_anomaly=flagged,
                         model=model.name,
-                        model_version=model.version,
-                        contributions={metrics[j]: round(float(contrib[j]), 3) for j in best if contrib[j] > 0},
+                        model_version=version,
+                        contributions={metrics[j]: c for j, c in zip(best[i], best_share[i], strict=True) if c > 0},
                     )
                 )
             if flagged:
-                reason, tops = explain(metrics, feats[i], contrib, r.units, r.ts, tz, top)
-                ratio = scored.score[i] / threshold if threshold > 0 else 0.0
+                reason, tops = explain(metrics, feats[i], contrib[i], r.units, r.ts, tz, top)
+                ratio = score_list[i] / threshold if threshold > 0 else 0.0
                 result.anomalies.append(
                     Anomaly(
                         sensor_id=r.sensor_id,
@@ -166,16 +171,59 @@ class Scorer:
                         zone=r.zone,
                         utility=r.utility,
                         asset=r.asset,
-                        score=round(float(scored.score[i]), 4),
-                        threshold=round(threshold, 4),
-                        model_version=model.version,
+                        score=score_list[i],
+                        threshold=thr,
+                        model_version=version,
                         reason=reason,
                         top_metrics=tops,
                         values=dict(r.values),
                         severity="critical" if ratio >= 2.0 else "warning",
                     )
                 )
-            key = aggregates.zone_key(r.site, r.zone, r.utility)
-            ws = str(aggregates.window_start(r.ts, window))
-            partial = result.partials.setdefault(key, {}).setdefault(ws, {})
-            aggregates.add_reading(partial, r.values, flagged, r.ts)
+        self._aggregate(batch, metrics, x, scored.anomaly, ts, result)
+
+    def _aggregate(
+        self,
+        batch: list[Reading],
+        metrics: tuple[str, ...],
+        x: np.ndarray,
+        flags: np.ndarray,
+        ts: np.ndarray,
+        result: BatchResult,
+    ) -> None:
+        """Zone/window partials of a group: one reduction per statistic over all cells at once."""
+        window = self.window_ms
+        cells: dict[tuple[str, int], int] = {}
+        codes = np.fromiter(
+            (cells.setdefault((f"{r.site}/{r.zone}/{r.utility}", r.ts - r.ts % window), len(cells)) for r in batch),
+            dtype=np.int64,
+            count=len(batch),
+        )
+        order = np.argsort(codes, kind="stable")
+        sorted_codes = codes[order]
+        starts = np.r_[0, np.flatnonzero(np.diff(sorted_codes)) + 1]
+        sub = x[order]
+        seen = ~np.isnan(sub)
+        count = np.add.reduceat(seen, starts, axis=0)
+        sums = np.add.reduceat(np.where(seen, sub, 0.0), starts, axis=0)
+        mins = np.minimum.reduceat(np.where(seen, sub, np.inf), starts, axis=0)
+        maxs = np.maximum.reduceat(np.where(seen, sub, -np.inf), starts, axis=0)
+        n = np.diff(np.r_[starts, len(batch)])
+        flagged = np.add.reduceat(flags[order].astype(np.int64), starts)
+        last_ts = np.maximum.reduceat(ts[order], starts)
+        keys = list(cells)
+        for c, code in enumerate(sorted_codes[starts].tolist()):
+            key, ws = keys[code]
+            partial = {
+                "n": int(n[c]),
+                "anomalies": int(flagged[c]),
+                "ts": int(last_ts[c]),
+                "m": {
+                    m: [int(count[c, j]), float(sums[c, j]), float(mins[c, j]), float(maxs[c, j])]
+                    for j, m in enumerate(metrics)
+                    if count[c, j]
+                },
+            }
+            cell = result.partials.setdefault(key, {})
+            wkey = str(ws)
+            cell[wkey] = aggregates.merge(cell[wkey], partial) if wkey in cell else partial

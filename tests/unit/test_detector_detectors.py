@@ -1,0 +1,141 @@
+"""Each detector on its own, then the calibrated ensemble model (fit, score, persistence, save/load)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from services.detector.detectors import (
+    IsolationForestDetector,
+    KMeansDetector,
+    LOFDetector,
+    PCADetector,
+    Scaler,
+    ZScoreDetector,
+    make_detector,
+)
+from services.detector.model import AnomalyModel, ModelConfig
+
+
+def correlated(n: int, seed: int = 0) -> np.ndarray:
+    """Three features on a line plus small noise: a plane that PCA can learn."""
+    rng = np.random.default_rng(seed)
+    t = rng.normal(0, 1, n)
+    return np.column_stack([t, 2 * t, -t]) + rng.normal(0, 0.05, (n, 3))
+
+
+def test_zscore_detector_is_the_largest_absolute_z():
+    det = ZScoreDetector(threshold=2.5)
+    z = np.array([[0.1, -3.0, 1.0], [0.5, 0.2, -0.1]])
+    np.testing.assert_allclose(det.score(z), [3.0, 0.5])
+    assert det.threshold == 2.5
+
+
+@pytest.mark.parametrize("name", ["iforest", "kmeans", "lof", "pca"])
+def test_learned_detectors_score_outliers_above_normal_rows(name):
+    train, normal = correlated(600, 1), correlated(200, 2)
+    far = normal[:50] + np.array([4.0, -4.0, 4.0])  # off the plane and away from the data
+    det = make_detector(name).fit(train)
+    assert np.median(det.score(far)) > np.percentile(det.score(normal), 99)
+
+
+def test_kmeans_threshold_is_the_chosen_percentile_of_training_distances():
+    train = correlated(1000, 3)
+    det = KMeansDetector(clusters=5, percentile=95).fit(train)
+    assert np.mean(det.score(train) > det.threshold) == pytest.approx(0.05, abs=0.01)
+
+
+def test_pca_separates_t2_inside_the_plane_from_q_off_it():
+    det = PCADetector(variance=0.95).fit(correlated(800, 4))
+    along = np.array([[5.0, 10.0, -5.0]])  # far along the learned direction: T² large, Q small
+    across = np.array([[0.5, -0.5, 0.5]])  # close to the centre but off the plane: Q large
+    t2_a, q_a = det.statistics(along)
+    _t2_b, q_b = det.statistics(across)
+    assert t2_a[0] > det.t2_limit and q_a[0] < det.q_limit
+    assert q_b[0] > det.q_limit
+    assert det.score(along)[0] > 1 and det.score(across)[0] > 1
+
+
+def test_lof_and_iforest_are_novelty_scorers_fitted_on_normal_rows_only():
+    train = correlated(500, 5)
+    lof, forest = LOFDetector(neighbours=15).fit(train), IsolationForestDetector().fit(train)
+    inside = correlated(100, 6)
+    outside = inside + 3.0
+    assert lof.score(outside).mean() > lof.score(inside).mean() * 1.5
+    assert forest.score(outside).mean() > forest.score(inside).mean()
+
+
+def test_scaler_floors_constant_features():
+    x = np.column_stack([np.full(100, 5.0), np.arange(100.0)])
+    scaler = Scaler().fit(x)
+    assert np.all(np.isfinite(scaler.transform(x + 1.0)))
+    assert scaler.scale[0] == pytest.approx(0.05)  # 1 % of the level
+
+
+def test_unknown_detector_is_refused():
+    with pytest.raises(ValueError, match="unknown detector"):
+        make_detector("magic")
+
+
+def stream(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pump-like normal operation: flow, pressure and current move together around an operating point."""
+    rng = np.random.default_rng(seed)
+    drive = 1 + 0.01 * np.cumsum(rng.normal(0, 0.05, n)) / np.sqrt(np.arange(1, n + 1))
+    flow = 30 * drive + rng.normal(0, 0.3, n)
+    pressure = 2.0 * drive**2 + rng.normal(0, 0.02, n)
+    current = 1.5 * drive**3 + rng.normal(0, 0.03, n)
+    return np.column_stack([flow, pressure, current]), np.arange(n) * 1000
+
+
+def test_ensemble_model_calibrates_on_normal_data_and_flags_a_shift():
+    x, ts = stream(500, 7)
+    model = AnomalyModel(("flow", "pressure", "current"), ModelConfig()).fit(x, ts)
+    assert model.trained and model.threshold > 0
+    assert {d.name for d in model.detectors} == {"zscore", "pca", "kmeans", "lof", "iforest"}
+    assert all(d.threshold > 0 for d in model.detectors)
+
+    test, tts = stream(600, 8)
+    tts = tts + ts[-1] + 1000
+    test[300:450, 0] *= 0.8  # valve closing: flow down ...
+    test[300:450, 1] *= 1.1  # ... pressure up
+    state = model.initial_state.copy()
+    idx = np.zeros(len(test), dtype=np.int64)
+    scored = model.score(state, model.features(state, test, tts, idx), idx)
+    normal = np.r_[0:290, 470:600]
+    assert scored.anomaly[310:450].mean() > 0.9
+    assert scored.anomaly[normal].mean() < 0.1
+    # contributions name the metrics that moved
+    top = scored.contributions[320:440].mean(axis=0)
+    assert top[2] < max(top[0], top[1])
+
+
+def test_model_round_trips_through_its_directory(tmp_path):
+    x, ts = stream(400, 9)
+    model = AnomalyModel(("flow", "pressure", "current"), ModelConfig(detectors=("zscore", "pca", "kmeans"))).fit(x, ts)
+    model.save(tmp_path / "m")
+    loaded = AnomalyModel.load(tmp_path / "m")
+    test, tts = stream(100, 10)
+    outs = []
+    for m in (model, loaded):
+        state = m.initial_state.copy()
+        idx = np.zeros(len(test), dtype=np.int64)
+        outs.append(m.score(state, m.features(state, test, tts + 10**9, idx), idx).score)
+    np.testing.assert_array_equal(outs[0], outs[1])
+    assert (tmp_path / "m" / "meta.json").exists()
+    with pytest.raises(FileNotFoundError):
+        AnomalyModel.load(tmp_path / "nothing")
+
+
+def test_hysteresis_keeps_an_episode_open_until_the_score_falls_below_the_off_level():
+    model = AnomalyModel(("v",), ModelConfig(score_halflife=0.01, off_ratio=0.5))
+    model.threshold = 1.0
+    state = model.layout.empty(1)
+    raw = np.array([0.2, 1.2, 0.8, 0.6, 0.4, 0.9])
+    _smoothed, flags = model._persist(state, raw, np.zeros(len(raw), dtype=np.int64))
+    np.testing.assert_array_equal(flags, [False, True, True, True, False, False])
+
+
+def test_too_little_training_data_is_refused():
+    x, ts = stream(30, 11)
+    with pytest.raises(ValueError, match="training rows"):
+        AnomalyModel(("a", "b", "c")).fit(x, ts)
