@@ -17,7 +17,7 @@ export FLOWWATCH_REDIS_URL ?= redis://127.0.0.1:$(REDIS_PORT)/0
 export FLOWWATCH_MQTT_URL ?= mqtt://127.0.0.1:$(MQTT_PORT)
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help venv stack-up stack-down stack-status topics test test-unit test-integration lint bench demo clean
+.PHONY: help venv helm stack-up stack-down stack-status topics test test-unit test-integration lint bench demo clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -47,7 +47,10 @@ lint: venv ## ruff check and format check
 	@$(PY) -m ruff check .
 	@$(PY) -m ruff format --check .
 
-test: venv stack-up lint ## run every test (unit and integration) against the real local stack
+helm: ## build the helm CLI from its Go module into the download cache (once, ~3 min cold)
+	@bash scripts/helm.sh >/dev/null
+
+test: venv stack-up lint helm ## run every test (unit and integration) against the real local stack
 	@$(PY) -m pytest -p no:cacheprovider --durations=15
 
 test-unit: venv ## unit tests only (no stack needed)

@@ -138,7 +138,7 @@ async def publish_event(settings: Any, event: ModelEvent) -> None:
     from shared.codec import dumps
     from shared.topics import MODELS
 
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers)
+    producer = AIOKafkaProducer(**settings.kafka_client_options())
     await producer.start()
     try:
         await producer.send_and_wait(settings.topic(MODELS.name), dumps(event), key=event.name.encode())

@@ -118,6 +118,7 @@ def base_app(settings: Settings, *, app_id: str | None = None, **conf: Any) -> t
         "topic_allow_declare": True,
         "broker_max_poll_records": settings.max_poll_records,
         "table_standby_replicas": settings.standby_replicas,
+        "broker_credentials": settings.kafka_credentials(),
         # Against rebalance storms (pitfall 1): generous session, quick heartbeats.
         "broker_session_timeout": 60.0,
         "broker_heartbeat_interval": 3.0,

@@ -24,14 +24,14 @@ DEFAULT_PORTS = {
 }
 
 
-def _doc(default: Any, doc: str, env: str | None = None) -> Any:
-    """A dataclass field with its documentation attached as metadata."""
+def _doc(default: Any, doc: str, env: str | None = None, *, secret: bool = False) -> Any:
+    """A dataclass field with its documentation attached as metadata; ``secret`` keeps it out of repr."""
     meta = {"doc": doc}
     if env:
         meta["env"] = env
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata=meta)
-    return field(default=default, metadata=meta)
+        return field(default_factory=lambda: type(default)(default), metadata=meta, repr=not secret)
+    return field(default=default, metadata=meta, repr=not secret)
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,15 @@ class Settings:
     cache_ttl_s: int = _doc(3600, "TTL in seconds of entries in the Redis cache.")
     max_poll_records: int = _doc(500, "Kafka max records per poll; modest values avoid stream_wait_empty hangs.")
     standby_replicas: int = _doc(0, "Faust table standby replicas (set 1 in production for fast failover).")
+    kafka_security_protocol: str = _doc(
+        "PLAINTEXT", "Kafka security protocol: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL."
+    )
+    kafka_sasl_mechanism: str = _doc("PLAIN", "SASL mechanism: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.")
+    kafka_sasl_username: str = _doc("", "SASL user name.")
+    kafka_sasl_password: str = _doc("", "SASL password. A secret: set it from a Secret; never logged.", secret=True)
+    kafka_ssl_cafile: str = _doc("", "CA bundle that verifies the brokers (SSL, SASL_SSL); empty: the system CAs.")
+    kafka_ssl_certfile: str = _doc("", "Client certificate for mutual TLS.")
+    kafka_ssl_keyfile: str = _doc("", "Client private key for mutual TLS.")
 
     @property
     def port(self) -> int:
@@ -67,6 +76,37 @@ class Settings:
     def bootstrap_servers(self) -> str:
         """Broker list as aiokafka expects it (no scheme)."""
         return ",".join(part.split("://", 1)[-1] for part in self.broker_url.split(","))
+
+    def kafka_credentials(self) -> Any:
+        """Faust ``broker_credentials`` for the configured protocol; None for PLAINTEXT."""
+        import ssl
+
+        import faust
+
+        protocol = self.kafka_security_protocol.upper()
+        if protocol not in {"PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"}:
+            raise ValueError(f"FLOWWATCH_KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol!r}: unknown protocol")
+        if protocol == "PLAINTEXT":
+            return None
+        context = None
+        if protocol.endswith("SSL"):
+            context = ssl.create_default_context(cafile=self.kafka_ssl_cafile or None)
+            if self.kafka_ssl_certfile:
+                context.load_cert_chain(self.kafka_ssl_certfile, self.kafka_ssl_keyfile or None)
+        if protocol == "SSL":
+            return faust.SSLCredentials(context)
+        return faust.SASLCredentials(
+            username=self.kafka_sasl_username,
+            password=self.kafka_sasl_password,
+            mechanism=self.kafka_sasl_mechanism,
+            ssl_context=context,
+        )
+
+    def kafka_client_options(self) -> dict[str, Any]:
+        """aiokafka client keyword arguments (bootstrap servers plus TLS/SASL) for admin clients and tools."""
+        from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
+
+        return {"bootstrap_servers": self.bootstrap_servers, **credentials_to_aiokafka_auth(self.kafka_credentials())}
 
     def topic(self, name: str) -> str:
         """Full topic name with the configured prefix."""
@@ -78,13 +118,17 @@ class Settings:
 
     @classmethod
     def from_env(cls, service: str | None = None, env: dict[str, str] | None = None, **overrides: Any) -> Settings:
-        """Build settings from ``FLOWWATCH_*`` variables; ``overrides`` win over the environment."""
+        """Build settings from ``FLOWWATCH_*`` variables (or ``FLOWWATCH_*_FILE`` naming a file that holds
+        the value); ``overrides`` win over the environment."""
         env = dict(os.environ if env is None else env)
         values: dict[str, Any] = {}
         for f in fields(cls):
             key = f.metadata.get("env", ENV_PREFIX + f.name.upper())
             if key in env and env[key] != "":
                 values[f.name] = _coerce(f, env[key])
+            elif env.get(key + "_FILE"):
+                # Secrets mounted as files (Kubernetes Secrets, Docker secrets): FLOWWATCH_X_FILE=/path.
+                values[f.name] = _coerce(f, Path(env[key + "_FILE"]).read_text().strip())
         if service:
             values["service"] = service
         values.update(overrides)

@@ -150,7 +150,7 @@ async def create_all(settings: Settings, *, out: Any = sys.stdout) -> dict[str, 
     """Create every registered topic that does not exist; report the rest. Idempotent."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, client_id="flowwatch-topics")
+    admin = AIOKafkaAdminClient(**settings.kafka_client_options(), client_id="flowwatch-topics")
     await admin.start()
     result: dict[str, str] = {}
     try:

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 async def produce(settings: Settings, topic: str, messages: list[tuple[bytes | None, Any]]) -> None:
     """Send ``(key, value)`` pairs to a (prefixed) topic; values that are not bytes go through orjson."""
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, linger_ms=5)
+    producer = AIOKafkaProducer(**settings.kafka_client_options(), linger_ms=5)
     await producer.start()
     try:
         futures = [
@@ -40,7 +40,7 @@ async def consume(settings: Settings, topic: str, count: int, timeout: float = 6
     """Read ``count`` messages from the start of a topic, or all there are when ``timeout`` runs out."""
     consumer = AIOKafkaConsumer(
         settings.topic(topic),
-        bootstrap_servers=settings.bootstrap_servers,
+        **settings.kafka_client_options(),
         auto_offset_reset="earliest",
         enable_auto_commit=False,
         group_id=None,

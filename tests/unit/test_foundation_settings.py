@@ -42,3 +42,33 @@ def test_settings_table_documents_every_field() -> None:
     for name in ("FLOWWATCH_BROKER_URL", "FLOWWATCH_REDIS_URL", "FLOWWATCH_MQTT_URL", "FLOWWATCH_MODEL_DIR"):
         assert f"`{name}`" in table
     assert all(row.count("|") == 4 for row in table.splitlines())
+
+
+def test_secret_from_file_and_kept_out_of_repr(tmp_path) -> None:
+    secret = tmp_path / "sasl"
+    secret.write_text("s3cr3t\n")
+    s = Settings.from_env(
+        env={"FLOWWATCH_KAFKA_SASL_PASSWORD_FILE": str(secret), "FLOWWATCH_KAFKA_SASL_USERNAME": "fw"}
+    )
+    assert s.kafka_sasl_password == "s3cr3t"
+    assert "s3cr3t" not in repr(s)
+
+
+def test_kafka_security_settings_become_client_options() -> None:
+    plain = Settings.from_env(env={})
+    assert plain.kafka_credentials() is None
+    assert plain.kafka_client_options() == {"bootstrap_servers": "127.0.0.1:9092", "security_protocol": "PLAINTEXT"}
+    sasl = Settings.from_env(
+        env={
+            "FLOWWATCH_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+            "FLOWWATCH_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+            "FLOWWATCH_KAFKA_SASL_USERNAME": "fw",
+            "FLOWWATCH_KAFKA_SASL_PASSWORD": "pw",
+        }
+    )
+    opts = sasl.kafka_client_options()
+    assert opts["security_protocol"] == "SASL_PLAINTEXT"
+    assert opts["sasl_mechanism"] == "SCRAM-SHA-512"
+    assert opts["sasl_plain_username"] == "fw" and opts["sasl_plain_password"] == "pw"
+    with pytest.raises(ValueError, match="unknown protocol"):
+        Settings.from_env(env={"FLOWWATCH_KAFKA_SECURITY_PROTOCOL": "TLS"}).kafka_credentials()
