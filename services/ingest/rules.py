@@ -153,7 +153,10 @@ def load_ranges_file(path: Path | str | None) -> dict[str, Any]:
     merged = dict(base)
     for section in ("metrics", "aliases", "assets"):
         if section in override:
-            merged[section] = {**(base.get(section) or {}), **(override[section] or {})}
+            given = override[section] or {}
+            if not isinstance(given, Mapping):
+                raise ConfigError(f"ranges file {path}: `{section}` must be a mapping")
+            merged[section] = {**(base.get(section) or {}), **given}
     if "quality_weights" in override:
         merged["quality_weights"] = override["quality_weights"]
     return merged

@@ -1,0 +1,112 @@
+"""Ingest settings, the token check, body size limits, the CLI helpers."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+
+from services.ingest.__main__ import _normalise_loglevel
+from services.ingest.http import check_token, read_body
+from services.ingest.mqtt import parse_mqtt_url, redact
+from services.ingest.settings import IngestSettings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_settings_from_env_and_the_token_never_shows() -> None:
+    s = IngestSettings.from_env(
+        env={
+            "FLOWWATCH_INGEST_LATENESS_S": "120",
+            "FLOWWATCH_INGEST_MQTT_ENABLED": "no",
+            "FLOWWATCH_INGEST_TOKEN": "s3cret",
+        }
+    )
+    assert s.lateness_s == 120.0 and s.mqtt_enabled is False
+    assert s.resolved_token() == "s3cret"
+    assert "s3cret" not in repr(s)
+    with pytest.raises(ValueError, match="FLOWWATCH_INGEST_BATCH_SIZE"):
+        IngestSettings.from_env(env={"FLOWWATCH_INGEST_BATCH_SIZE": "many"})
+
+
+def test_token_file_wins(tmp_path: Path) -> None:
+    path = tmp_path / "token"
+    path.write_text("from-file\n")
+    s = IngestSettings.from_env(env={"FLOWWATCH_INGEST_TOKEN": "from-env", "FLOWWATCH_INGEST_TOKEN_FILE": str(path)})
+    assert s.resolved_token() == "from-file"
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({}, 401),
+        ({"Authorization": "Basic abc"}, 401),
+        ({"Authorization": "Bearer wrong"}, 403),
+        ({"Authorization": "Bearer right"}, None),
+        ({"authorization": "bearer right"}, None),
+        ({"X-Flowwatch-Token": "right"}, None),
+        ({"X-Flowwatch-Token": "rïght"}, 403),
+    ],
+)
+def test_check_token(headers, expected) -> None:
+    from multidict import CIMultiDict
+
+    assert check_token("right", CIMultiDict(headers)) == expected
+    assert check_token("", CIMultiDict(headers)) is None  # no token configured: open
+
+
+class _Body:
+    def __init__(self, data: bytes, declared: int | None) -> None:
+        self.content_length = declared
+        self.content = asyncio.StreamReader()
+        self.content.feed_data(data)
+        self.content.feed_eof()
+
+
+async def test_read_body_enforces_the_limit_declared_or_not() -> None:
+    assert await read_body(_Body(b"x" * 10, 10), 10) == b"x" * 10
+    assert await read_body(_Body(b"x" * 11, 11), 10) is None  # Content-Length says too big
+    assert await read_body(_Body(b"x" * 200_000, None), 100_000) is None  # chunked, too big
+
+
+def test_mqtt_url_parsing_and_redaction() -> None:
+    assert parse_mqtt_url("mqtt://u:p%40ss@broker:1884") == {
+        "hostname": "broker",
+        "port": 1884,
+        "username": "u",
+        "password": "p@ss",
+    }
+    assert "p%40ss" not in redact("mqtt://u:p%40ss@broker:1884")
+    with pytest.raises(ValueError):
+        parse_mqtt_url("https://broker")
+
+
+def test_loglevel_names_of_the_logging_module_are_accepted() -> None:
+    assert _normalise_loglevel(["x", "worker", "--loglevel", "warning"]) == ["x", "worker", "--loglevel", "warn"]
+    assert _normalise_loglevel(["x", "worker", "--loglevel=critical"]) == ["x", "worker", "--loglevel=crit"]
+
+
+def test_check_command_validates_offline(tmp_path: Path) -> None:
+    good = {
+        "sensor_id": "a",
+        "ts": "2030-01-01T00:00:00Z",
+        "site": "s",
+        "zone": "z",
+        "utility": "water",
+        "asset": "pipe",
+        "values": {"pressure": 400.0, "flow": 80.0},
+    }
+    path = tmp_path / "r.ndjson"
+    path.write_bytes(orjson.dumps(good) + b"\n" + b'{"sensor_id": "b"}\n')
+    env = {"PATH": "/usr/bin:/bin", "FLOWWATCH_INGEST_MAX_FUTURE_S": str(10 * 365 * 86400)}
+    run = subprocess.run(
+        [sys.executable, "-m", "services.ingest", "check", str(path)], cwd=ROOT, capture_output=True, text=True, env=env
+    )
+    assert run.returncode == 1, run.stderr
+    lines = [orjson.loads(line) for line in run.stdout.splitlines()]
+    assert [line["ok"] for line in lines] == [True, False]
+    assert orjson.loads(run.stderr.splitlines()[-1])["reasons"]["missing_field"] == 1

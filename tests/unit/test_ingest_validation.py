@@ -1,0 +1,278 @@
+"""The pure validation path: timestamps, units, ranges, finite numbers, quality, extra fields."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from services.ingest.rules import ConfigError, Rules
+from services.ingest.settings import IngestSettings
+from services.ingest.units import conversion, normalise_unit, to_canonical
+from services.ingest.validation import decode, parse_ts, reason_code, validate
+
+NOW = 1_709_510_400_000  # 2024-03-04T00:00:00Z
+RULES = Rules.load()
+
+
+def reading(**overrides):
+    base = {
+        "sensor_id": "north-dma1-pipe03",
+        "ts": NOW - 1000,
+        "site": "north",
+        "zone": "north-dma1",
+        "utility": "water",
+        "asset": "pipe",
+        "values": {"pressure": 431.2, "flow": 118.4},
+        "units": {"pressure": "kPa", "flow": "m3/h"},
+        "quality": 0.97,
+    }
+    base.update(overrides)
+    return base
+
+
+def codes(result) -> set[str]:
+    return {reason_code(r) for r in result.reasons}
+
+
+# --- units ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("canonical", "unit", "value", "expected"),
+    [
+        ("kPa", "psi", 100.0, 689.4757),
+        ("kPa", "bar", 4.5, 450.0),
+        ("kPa", "MPa", 1.2, 1200.0),
+        ("C", "°F", 212.0, 100.0),
+        ("C", "degF", 32.0, 0.0),
+        ("C", "K", 273.15, 0.0),
+        ("m3/h", "L/s", 10.0, 36.0),
+        ("m3/h", "l/min", 100.0, 6.0),
+        ("kWh", "Wh", 1500.0, 1.5),
+        ("kWh", "MWh", 2.0, 2000.0),
+        ("kW", "MW", 1.0, 1000.0),
+        ("kW", "mW", 1000.0, 0.001),
+        ("uS/cm", "µS/cm", 500.0, 500.0),
+        ("uS/cm", "mS/cm", 1.5, 1500.0),
+        ("m3/h", "m³/h", 7.0, 7.0),
+    ],
+)
+def test_units_convert_to_canonical(canonical, unit, value, expected) -> None:
+    assert to_canonical(value, canonical, unit) == pytest.approx(expected, rel=1e-6, abs=1e-9)
+
+
+def test_unknown_or_foreign_units_are_refused() -> None:
+    assert conversion("kPa", "furlong") is None
+    assert conversion("kPa", "L/s") is None  # a flow unit is not a pressure unit
+    assert conversion("kW", "MA") is None  # megaampere: case decides, and it is not a power unit
+    assert normalise_unit(" Deg C ") == "c"
+
+
+# --- timestamps --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (NOW, NOW),
+        (NOW / 1000, NOW),
+        (NOW // 1000, NOW),
+        ("2024-03-04T00:00:00Z", NOW),
+        ("2024-03-04T00:00:00.000Z", NOW),
+        ("2024-03-04T01:00:00+01:00", NOW),
+        ("2024-03-04T00:00:00", NOW),  # naive: taken as UTC
+    ],
+)
+def test_timestamps_normalise_to_utc_epoch_ms(raw, expected) -> None:
+    assert parse_ts(raw) == expected
+
+
+@pytest.mark.parametrize(
+    "raw", ["yesterday", "2024-13-45T00:00:00Z", "1709510400000", True, None, [], -5, math.nan, 1e20]
+)
+def test_unusable_timestamps(raw) -> None:
+    assert parse_ts(raw) is None
+
+
+# --- a valid reading ---------------------------------------------------------------------
+
+
+def test_valid_reading_is_normalised() -> None:
+    result = validate(
+        reading(
+            values={"pressure": 62.5, "Flow": 3.0, "temp": 50.0}, units={"pressure": "psi", "Flow": "L/s", "temp": "°F"}
+        ),
+        NOW,
+        RULES,
+        "http",
+    )
+    assert result.ok, result.reasons
+    r = result.reading
+    assert r.ts == NOW - 1000 and r.received_ms == NOW and r.source == "http"
+    assert r.values["pressure"] == pytest.approx(430.922, abs=1e-3)
+    assert r.values["flow"] == pytest.approx(10.8)
+    assert r.values["temperature"] == pytest.approx(10.0)
+    assert r.units == {"pressure": "kPa", "flow": "m3/h", "temperature": "C"}
+    assert 0.5 <= r.quality <= 1.0
+
+
+def test_unknown_fields_go_to_extra_and_unknown_metrics_are_kept_and_counted() -> None:
+    result = validate(
+        reading(firmware="2.1", extra={"gateway": "gw-7"}, values={"pressure": 400.0, "flow": 80.0, "battery": 3.7}),
+        NOW,
+        RULES,
+    )
+    assert result.ok
+    assert result.reading.extra["firmware"] == "2.1" and result.reading.extra["gateway"] == "gw-7"
+    assert result.reading.values["battery"] == 3.7
+    assert "battery" not in result.reading.units
+    assert result.unknown_metrics == 1
+
+
+def test_null_value_is_a_missing_metric_not_a_refusal() -> None:
+    result = validate(reading(values={"pressure": 400.0, "flow": None}), NOW, RULES)
+    assert result.ok
+    assert "flow" not in result.reading.values
+    assert result.reading.extra["missing_metrics"] == ["flow"]
+    complete = validate(reading(), NOW, RULES).reading.quality
+    assert result.reading.quality < complete  # completeness counts
+
+
+# --- refusals ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("change", "code"),
+    [
+        ({"ts": NOW + 3_600_000}, "future_ts"),
+        ({"ts": NOW - 8 * 24 * 3_600_000}, "too_old"),
+        ({"ts": "not a time"}, "invalid_ts"),
+        ({"utility": "steam"}, "invalid_utility"),
+        ({"site": ""}, "invalid_field"),
+        ({"sensor_id": 42}, "invalid_field"),
+        ({"values": {}}, "no_values"),
+        ({"values": [1, 2]}, "invalid_field"),
+        ({"values": {"pressure": "12.5"}}, "not_a_number"),
+        ({"values": {"pressure": True}}, "not_a_number"),
+        ({"values": {"pressure": "NaN"}}, "non_finite"),
+        ({"values": {"pressure": 25000.0}}, "out_of_range"),
+        ({"values": {"ph": 15.0}}, "out_of_range"),
+        ({"values": {"pressure": 3000.0}, "units": {"pressure": "psi"}}, "out_of_range"),  # 20,684 kPa
+        ({"values": {"pressure": 5.0}, "units": {"pressure": "furlong"}}, "unknown_unit"),
+        ({"values": {"pressure": 5.0}, "units": "kPa"}, "invalid_units"),
+        ({"values": {"temp": 5.0, "temperature": 6.0}}, "duplicate_metric"),
+        ({"values": {"pressure": None}}, "no_values"),
+        ({"quality": 1.5}, "invalid_quality"),
+        ({"quality": 0.1}, "low_quality"),
+    ],
+)
+def test_refusals_name_their_reason(change, code) -> None:
+    result = validate(reading(**change), NOW, RULES)
+    assert not result.ok
+    assert code in codes(result), result.reasons
+
+
+def test_every_problem_is_reported_not_just_the_first() -> None:
+    payload = reading(values={"pressure": "x", "flow": 1e9})
+    del payload["zone"]
+    result = validate(payload, NOW, RULES)
+    assert {"missing_field", "not_a_number", "out_of_range"} <= codes(result)
+    assert result.sensor_id == "north-dma1-pipe03"
+
+
+def test_non_objects_are_refused() -> None:
+    for value in (5, "text", [1], None, True):
+        assert codes(validate(value, NOW, RULES)) == {"not_an_object"}
+
+
+def test_bare_nan_and_infinity_are_non_finite_not_malformed() -> None:
+    raw = b'{"sensor_id":"a","ts":1709510399000,"site":"s","zone":"z","utility":"gas","asset":"x","values":{"pressure":NaN,"flow":-Infinity}}'
+    value, error = decode(raw)
+    assert error is None
+    result = validate(value, NOW, RULES)
+    assert codes(result) == {"non_finite"} and len(result.reasons) == 2
+
+
+def test_malformed_bytes_decode_to_a_reason() -> None:
+    for raw in (b"{bad", b"", b"\xff\xfe", b'{"a": NaN'):
+        value, error = decode(raw)
+        assert value is None and error.startswith("malformed_json")
+
+
+# --- quality -------------------------------------------------------------------------------
+
+
+def test_quality_falls_near_the_hard_limit_and_with_age_and_device_quality() -> None:
+    fresh = validate(reading(quality=None), NOW, RULES).reading.quality
+    assert fresh == 1.0
+    near_limit = validate(reading(quality=None, values={"pressure": 19_000.0, "flow": 80.0}), NOW, RULES)
+    assert near_limit.ok and near_limit.reading.quality < fresh
+    stale = validate(reading(quality=None, ts=NOW - 3 * 24 * 3_600_000), NOW, RULES).reading.quality
+    assert stale < fresh
+    assert validate(reading(quality=0.6), NOW, RULES).reading.quality == pytest.approx(0.6)
+
+
+def test_quality_threshold_is_configurable() -> None:
+    strict = Rules.load(IngestSettings(quality_threshold=0.99))
+    result = validate(reading(quality=None, values={"pressure": 400.0}), NOW, strict)  # flow missing
+    assert codes(result) == {"low_quality"}
+
+
+# --- the ranges file -----------------------------------------------------------------------
+
+
+def test_default_ranges_cover_the_canonical_metrics() -> None:
+    canonical = {
+        "pressure": "kPa",
+        "flow": "m3/h",
+        "level": "m",
+        "ph": "pH",
+        "turbidity": "NTU",
+        "chlorine": "mg/L",
+        "conductivity": "uS/cm",
+        "temperature": "C",
+        "energy": "kWh",
+        "power": "kW",
+        "voltage": "V",
+        "current": "A",
+        "density": "kg/m3",
+        "vibration": "mm/s",
+        "pressure_diff": "kPa",
+        "bearing_temperature": "C",
+    }
+    assert {name: spec.unit for name, spec in RULES.metrics.items()} == canonical
+
+
+def test_an_override_file_replaces_only_what_it_lists(tmp_path: Path) -> None:
+    path = tmp_path / "ranges.yaml"
+    path.write_text("metrics:\n  pressure: {unit: kPa, min: 0, max: 1000}\nassets:\n  pipe: [pressure]\n")
+    rules = Rules.load(IngestSettings(ranges_file=path))
+    assert rules.metrics["pressure"].hi == 1000 and rules.metrics["flow"].hi == 100000
+    assert not validate(reading(values={"pressure": 1200.0}), NOW, rules).ok
+    assert validate(reading(values={"pressure": 900.0}), NOW, rules).ok
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "metrics:\n  pressure: {unit: kPa, min: 10, max: 5}\n",
+        "metrics:\n  pressure: {unit: parsecs, min: 0, max: 5}\n",
+        "metrics:\n  pressure: {unit: kPa, min: 0, max: 5, soft: [1, 9]}\n",
+        "aliases:\n  zz: nothing\n",
+        "metrics: [1, 2]\n",
+        "metrics: {pressure: {unit: kPa, min: '0', max: 5}}\n",
+    ],
+)
+def test_a_bad_ranges_file_fails_at_load_naming_the_entry(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "ranges.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError):
+        Rules.load(IngestSettings(ranges_file=path))
+
+
+def test_iso_parse_matches_datetime() -> None:
+    dt = datetime(2025, 6, 1, 12, 30, 15, 250000, tzinfo=UTC)
+    assert parse_ts(dt.isoformat()) == int(dt.timestamp() * 1000)
