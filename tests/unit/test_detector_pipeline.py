@@ -1,0 +1,160 @@
+"""The micro-batch scorer, profiles, reasons and zone aggregates, without Kafka."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from services.detector import aggregates
+from services.detector.model import AnomalyModel
+from services.detector.pipeline import ModelStore, Scorer
+from services.detector.profiles import Profile, ProfileError, ProfileSet
+from services.detector.reasons import explain
+from services.detector.settings import DEFAULT_PROFILES_FILE
+from services.detector.state import FEATURE_BLOCKS, unpack
+from shared.records import Reading
+
+T0 = 1_700_000_000_000
+
+
+def reading(sid: str, i: int, pressure: float, flow: float = 100.0, zone: str = "z1") -> Reading:
+    return Reading(
+        sensor_id=sid,
+        ts=T0 + i * 5000,
+        site="north",
+        zone=zone,
+        utility="water",
+        asset="pipe",
+        values={"pressure": pressure, "flow": flow},
+        units={"pressure": "kPa", "flow": "m3/h"},
+    )
+
+
+def make_scorer(**kwargs) -> Scorer:
+    return Scorer(ModelStore(ProfileSet.load(DEFAULT_PROFILES_FILE)), **kwargs)
+
+
+def stream_of(sensors: int, n: int, jump_at: int | None = None) -> list[Reading]:
+    rng = np.random.default_rng(0)
+    out = []
+    for i in range(n):
+        for s in range(sensors):
+            p = 480 + rng.normal(0, 4)
+            if jump_at is not None and s == 0 and i >= jump_at:
+                p = 312.0
+            out.append(reading(f"s{s}", i, p, 100 + rng.normal(0, 1)))
+    return out
+
+
+def run(scorer: Scorer, readings: list[Reading], batch: int, states: dict | None = None):
+    states = {} if states is None else states
+    scores, anomalies, writes = [], [], 0
+    for start in range(0, len(readings), batch):
+        result = scorer.process(readings[start : start + batch], states.get)
+        writes += len(result.states)
+        states.update(result.states)
+        scores += result.scores
+        anomalies += result.anomalies
+    return scores, anomalies, states, writes
+
+
+def test_statistical_mode_flags_a_jump_with_a_readable_reason():
+    readings = stream_of(3, 200, jump_at=150)
+    scores, anomalies, _, _ = run(make_scorer(), readings, 60)
+    assert len(scores) == len(readings)
+    flagged = {(a.sensor_id, a.ts) for a in anomalies}
+    assert (("s0", T0 + 150 * 5000)) in flagged
+    assert all(sid == "s0" for sid, ts in flagged if ts >= T0 + 150 * 5000)
+    first = next(a for a in anomalies if a.sensor_id == "s0" and a.ts == T0 + 150 * 5000)
+    assert first.reason.startswith("pressure 312 kPa is ")
+    assert "below its recent 48" in first.reason
+    assert first.top_metrics[0]["metric"] == "pressure" and first.top_metrics[0]["unit"] == "kPa"
+    assert first.model_version == "statistical"
+    others = [a for a in anomalies if a.sensor_id != "s0"]
+    assert len(others) < 0.02 * len(readings)
+
+
+def test_batching_does_not_change_scores_and_state_is_written_once_per_sensor_per_batch():
+    readings = stream_of(4, 120, jump_at=80)
+    a, _, states_a, _ = run(make_scorer(), readings, len(readings))
+    b, _, states_b, _ = run(make_scorer(), readings, 7)
+    assert [(s.sensor_id, s.ts, s.score, s.is_anomaly) for s in a] == [
+        (s.sensor_id, s.ts, s.score, s.is_anomaly) for s in b
+    ]
+    assert states_a == states_b
+    one = make_scorer().process(readings[:400], {}.get)
+    assert sorted(one.states) == ["s0", "s1", "s2", "s3"]  # 100 readings each, one state each
+    assert one.last_index["s3"] == 399
+    metrics, vec = unpack(one.states["s0"])
+    assert metrics == ("pressure", "flow") and vec[0] == 100
+
+
+def test_a_trained_profile_model_is_used_and_named_in_scores():
+    store = ModelStore(ProfileSet([Profile("pipe", {"asset": "pipe"}, ("pressure", "flow"))]))
+    train = stream_of(3, 150)
+    x = np.array([[r.values["pressure"], r.values["flow"]] for r in train])
+    idx = np.array([int(r.sensor_id[1:]) for r in train])
+    model = AnomalyModel(("pressure", "flow"), store.profiles.by_name["pipe"].model_config(), name="pipe")
+    model.fit(x, np.array([r.ts for r in train]), idx)
+    model.version = "v3"
+    store.set_trained("pipe", model)
+    result = Scorer(store).process(stream_of(2, 5), {}.get)
+    assert {s.model_version for s in result.scores} == {"v3"}
+    assert {s.model for s in result.scores} == {"pipe"}
+
+
+def test_corrupt_stored_state_starts_the_sensor_afresh():
+    result = make_scorer().process([reading("s1", 0, 400.0)], {"s1": b"garbage"}.get)
+    assert result.bad_states == 1 and len(result.scores) == 1
+
+
+def test_zone_partials_count_and_summarise_per_window():
+    readings = [reading("a", i, 400.0 + i) for i in range(12)] + [reading("b", i, 10.0, zone="z2") for i in range(3)]
+    result = make_scorer(window_ms=30_000).process(readings, {}.get)
+    z1 = result.partials["north/z1/water"]
+    first = z1[str(T0 - T0 % 30_000)]
+    assert first["n"] + sum(p["n"] for k, p in z1.items() if k != str(T0 - T0 % 30_000)) == 12
+    assert first["m"]["pressure"][2] == 400.0  # min of the first window
+    assert result.partials["north/z2/water"]
+
+
+def test_aggregate_windows_merge_and_close_on_the_watermark():
+    w, grace = 30_000, 5_000
+    p1, p2 = {}, {}
+    aggregates.add_reading(p1, {"pressure": 10.0}, False, 1_000)
+    aggregates.add_reading(p2, {"pressure": 30.0, "flow": 2.0}, True, 2_000)
+    open_, closed = aggregates.apply({}, {"0": p1}, 2_000, w, grace)
+    assert closed == [] and "0" in open_
+    open_, closed = aggregates.apply(open_, {"0": p2}, 34_999, w, grace)
+    assert closed == []
+    open_, closed = aggregates.apply(open_, {}, 35_000, w, grace)
+    assert open_ == {} and len(closed) == 1
+    record = aggregates.to_record("north/z1/water", *closed[0], w)
+    assert (record.count, record.anomaly_count, record.zone) == (2, 1, "z1")
+    assert record.metrics["pressure"] == {"count": 2, "mean": 20.0, "min": 10.0, "max": 30.0}
+    assert record.metrics["flow"]["count"] == 1
+
+
+def test_reason_uses_the_time_of_day_baseline_when_the_hour_is_known():
+    m = 1
+    row = np.zeros(len(FEATURE_BLOCKS) * m)
+    for name, v in {"value": 312.0, "z": -1.0, "z_tod": -4.1, "base": 480.0, "base_sd": 41.0}.items():
+        row[FEATURE_BLOCKS.index(name)] = v
+    text, tops = explain(("pressure",), row, np.array([1.0]), {"pressure": "kPa"}, 3 * 3_600_000 + 60_000)
+    assert text == "pressure 312 kPa is 4.1σ below its usual 480 kPa for 03:00"  # noqa: RUF001
+    assert tops[0]["z"] == -4.1
+
+
+def test_profiles_match_in_order_and_reject_unknown_keys(tmp_path):
+    profiles = ProfileSet.load(DEFAULT_PROFILES_FILE)
+    assert profiles.for_reading(reading("x", 0, 1.0)).name == "pipe"
+    pump = Reading("p1", 0, "s", "z", "water", "pump", {"flow": 1.0})
+    assert profiles.for_reading(pump).name == "pump"
+    odd = Reading("weird-1", 0, "s", "z", "water", "windmill", {"rpm": 1.0})
+    assert profiles.for_reading(odd).name == "default"
+    custom = ProfileSet([Profile("special", {"sensor_prefix": "weird-"}), Profile("rest")])
+    assert custom.for_reading(odd).name == "special"
+    bad = tmp_path / "p.yaml"
+    bad.write_text("profiles:\n  - name: x\n    match: {colour: red}\n")
+    with pytest.raises(ProfileError, match="unknown keys"):
+        ProfileSet.load(bad)
