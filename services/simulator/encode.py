@@ -139,13 +139,14 @@ class Encoder:
 
 
 def corrupt(kind: str, d: dict[str, Any], rng: np.random.Generator) -> bytes:
-    """A broken payload of the given kind, made from a good reading ``d``. Never contains a newline."""
+    """A broken payload of the given kind, made from a good reading ``d``. Never contains CR or LF."""
     values = d.get("values") or {}
     metric = next(iter(values), None)
     if kind == "garbage":
         if rng.random() < 0.5:
             return _GARBAGE_TEXT[int(rng.integers(len(_GARBAGE_TEXT)))].replace(b"\r\n", b" ")
-        junk = rng.integers(0, 256, int(rng.integers(8, 120)), dtype=np.uint8).tobytes().replace(b"\n", b"\xfe")
+        junk = rng.integers(0, 256, int(rng.integers(8, 120)), dtype=np.uint8).tobytes()
+        junk = junk.replace(b"\n", b"\xfe").replace(b"\r", b"\xfd")  # one payload stays one line
         return b"\xff" + junk  # 0xff never occurs in UTF-8, so this can never parse as JSON
     if kind == "truncated":
         full = orjson.dumps(d)

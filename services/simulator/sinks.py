@@ -84,6 +84,8 @@ class KafkaSink:
         self.producer: Any = None
         self._partition_of: list[int] = []
         self._in_flight: deque[tuple[asyncio.Future, int]] = deque()
+        self._side: list[asyncio.Future] = []
+        self.side_failed = 0
 
     async def start(self) -> None:
         from aiokafka import AIOKafkaProducer
@@ -150,12 +152,19 @@ class KafkaSink:
             log.warning("kafka batch of %d readings failed: %s: %s", count, type(exc).__name__, exc)
 
     async def produce_one(self, topic: str, key: bytes, value: bytes) -> None:
-        """A single record to another topic (labels), waited for."""
-        await (await self.producer.send(topic, value, key=key))
+        """A single record to another topic (labels); acknowledged by :meth:`flush`, counted apart."""
+        self._side.append(await self.producer.send(topic, value, key=key))
 
     async def flush(self) -> None:
         while self._in_flight:
             await self._settle(*self._in_flight.popleft())
+        side, self._side = self._side, []
+        for future in side:
+            try:
+                await future
+            except Exception as exc:  # noqa: BLE001 - counted; a lost label must not stop the readings
+                self.side_failed += 1
+                log.warning("kafka record to a side topic failed: %s: %s", type(exc).__name__, exc)
 
     async def stop(self) -> None:
         if self.producer is not None:

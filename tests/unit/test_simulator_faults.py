@@ -95,7 +95,7 @@ def test_corrupt_payloads_are_invalid_and_the_rest_valid(stress) -> None:
     valid = np.array([_is_valid_reading(p) for p in payloads])
     assert not valid[corrupt].any(), "a corrupt payload parses as a good reading"
     assert valid[~corrupt & ~missing].all(), "a good reading does not parse"
-    assert not any(b"\n" in p for p in payloads), "payloads must be safe to send as NDJSON lines"
+    assert not any(b"\n" in p or b"\r" in p for p in payloads), "payloads must be safe to send as NDJSON lines"
     kinds = {str(batch.detail[i]) for i in np.flatnonzero(corrupt)}
     assert len(kinds) >= 8
 
