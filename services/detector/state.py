@@ -58,6 +58,7 @@ class StateConfig:
     rel_floor: float = 1e-3  # sigma floor relative to |mean|: a constant sensor does not give infinite z
     abs_floor: float = 1e-6
     z_clip: float = 50.0
+    clip_sigma: float = 3.0  # long and hour-of-day statistics learn from a reading at most this far out
     tz_offset_h: int = 0  # hour-of-day buckets in local time: UTC + this offset
 
 
@@ -215,15 +216,22 @@ class RollingState:
         # weight max(alpha, 1/(count+1)): a plain running mean and variance until the EWMA has
         # seen enough readings, so a young sensor's sigma is not too small to mean anything
         young = 1.0 / (count + 1.0)
-        for mean, var, a0 in ((ms, vs, self.a_short), (ml, vl, self.a_long)):
+        for mean, var, a0, clip in ((ms, vs, self.a_short, False), (ml, vl, self.a_long, True)):
             a = np.maximum(a0, young)
             d = xf - mean
+            if clip:
+                # Huber-style: a reading far out moves the "usual" level and spread as if it were
+                # clip_sigma away, so a long anomaly cannot teach the baseline that it is normal
+                # (a real level change is still followed, at clip_sigma * a per reading)
+                lim = np.where(count >= c.warmup, c.clip_sigma * sig_l, np.inf)
+                d = np.clip(d, -lim, lim)
             new_mean = np.where(first, xf, mean + a * d)
             new_var = np.where(first, 0.0, (1 - a) * (var + a * d * d))
             mean[:] = np.where(seen, new_mean, mean)
             var[:] = np.where(seen, new_var, var)
         a_t = 1.0 / np.minimum(tn + 1.0, c.tod_max_count)
-        d = xf - tm
+        lim = np.where(tn >= c.tod_min_count, c.clip_sigma * sig_t, np.inf)
+        d = np.clip(xf - tm, -lim, lim)
         hm[rows, hour] = np.where(seen, np.where(tn == 0, xf, tm + a_t * d), tm)
         hv[rows, hour] = np.where(seen, np.where(tn == 0, 0.0, (1 - a_t) * (tv + a_t * d * d)), tv)
         hn[rows, hour] = tn + seen
