@@ -27,6 +27,7 @@ from services.detector import aggregates
 from services.detector.metrics import (
     AGGREGATES_EMITTED,
     ANOMALIES,
+    LATE,
     MODEL_LOADS,
     QUARANTINED,
     READINGS_SCORED,
@@ -206,6 +207,8 @@ def create_app(settings: Settings | None = None, detector_settings: DetectorSett
                 result = scorer.process(readings, states.get)
             if result.bad_states:
                 STATE_ERRORS.inc(result.bad_states)
+            if result.late:
+                LATE.inc(result.late)
             # one table write per sensor per batch, in the partition of its last event
             for sid, blob in result.states.items():
                 with event_context(stream, kept[result.last_index[sid]]):

@@ -14,3 +14,7 @@ SEND_ERRORS = Counter("flowwatch_detector_send_errors_total", "Output messages t
 MODEL_LOADS = Counter("flowwatch_detector_model_loads_total", "Model versions loaded (hot swaps included)")
 TRAINED_PROFILES = Gauge("flowwatch_detector_trained_profiles", "Profiles served by a trained model")
 AGGREGATES_EMITTED = Counter("flowwatch_detector_aggregates_total", "Aggregate windows closed and published")
+LATE = Counter(
+    "flowwatch_detector_late_readings_total",
+    "Readings not newer than their sensor's newest (late, or replayed after a restart): scored, state unchanged",
+)

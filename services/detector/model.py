@@ -197,8 +197,11 @@ class AnomalyModel:
         return smoothed
 
     # ------------------------------------------------------------------ scoring
-    def features(self, state: np.ndarray, x: np.ndarray, ts_ms: np.ndarray, idx: np.ndarray) -> np.ndarray:
-        return self.rolling.run(state, x, ts_ms.astype(np.float64), idx)
+    def features(
+        self, state: np.ndarray, x: np.ndarray, ts_ms: np.ndarray, idx: np.ndarray, late: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Feature rows (updating ``state``); see :meth:`RollingState.run` for ``late``."""
+        return self.rolling.run(state, x, ts_ms.astype(np.float64), idx, late)
 
     def member_scores(self, feats: np.ndarray) -> dict[str, np.ndarray]:
         """Each detector's score divided by its threshold (1.0 = its calibrated limit)."""
@@ -225,15 +228,20 @@ class AnomalyModel:
         total = per_metric.sum(axis=1, keepdims=True)
         return np.where(total > 0, per_metric / np.where(total > 0, total, 1.0), 1.0 / m)
 
-    def score(self, state: np.ndarray, feats: np.ndarray, idx: np.ndarray) -> Scored:
-        """Ensemble score, causal smoothing and hysteresis for feature rows (updates ``state``)."""
+    def score(self, state: np.ndarray, feats: np.ndarray, idx: np.ndarray, late: np.ndarray | None = None) -> Scored:
+        """Ensemble score, causal smoothing and hysteresis for feature rows (updates ``state``).
+
+        A ``late`` reading is smoothed against its sensor's current score but leaves it as it was.
+        """
         with threadpool_limits(1):
             members = self.member_scores(feats)
         raw = np.mean(list(members.values()), axis=0) if members else np.zeros(len(feats))
-        smoothed, flags = self._persist(state, raw, idx)
+        smoothed, flags = self._persist(state, raw, idx, late)
         return Scored(smoothed, raw, flags, members, self.contributions(feats), self.threshold)
 
-    def _persist(self, state: np.ndarray, raw: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _persist(
+        self, state: np.ndarray, raw: np.ndarray, idx: np.ndarray, late: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         lay, a = self.layout, self._a_score
         on, off = self.threshold, self.threshold * self.config.off_ratio
         smoothed, flags = np.empty(len(raw)), np.zeros(len(raw), dtype=bool)
@@ -246,9 +254,10 @@ class AnomalyModel:
             s = np.where(fresh, raw[pick], prev + a * (raw[pick] - prev))
             was = state[rows, lay.FLAG] > 0
             flag = np.where(was, s >= off, s >= on)
-            state[rows, lay.SCORE] = s
-            state[rows, lay.FLAG] = flag
-            state[rows, lay.SCORED] += 1
+            keep = ~late[pick] if late is not None else slice(None)
+            state[rows[keep], lay.SCORE] = s[keep]
+            state[rows[keep], lay.FLAG] = flag[keep]
+            state[rows[keep], lay.SCORED] += 1
             smoothed[pick], flags[pick] = s, flag
         return smoothed, flags
 

@@ -32,6 +32,7 @@ class BatchResult:
     anomalies: list[Anomaly] = field(default_factory=list)
     partials: dict[str, dict[str, dict]] = field(default_factory=dict)  # zone key -> window start -> partial
     bad_states: int = 0
+    late: int = 0  # readings not newer than their sensor's newest: scored, state left alone
 
 
 class ModelStore:
@@ -125,8 +126,10 @@ class Scorer:
             len(batch), len(metrics)
         )
         ts = np.fromiter((r.ts for r in batch), dtype=np.float64, count=len(batch))
-        feats = model.features(state, x, ts, idx)
-        scored = model.score(state, feats, idx)
+        late = np.zeros(len(batch), dtype=bool)
+        feats = model.features(state, x, ts, idx, late)
+        scored = model.score(state, feats, idx, late)
+        result.late += int(late.sum())
         for sid, row in sensors.items():
             result.states[sid] = pack(metrics, state[row])
 

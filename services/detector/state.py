@@ -263,11 +263,23 @@ class RollingState:
             ]
         )
 
-    def run(self, state: np.ndarray, x: np.ndarray, ts_ms: np.ndarray, sensor_idx: np.ndarray) -> np.ndarray:
+    def run(
+        self,
+        state: np.ndarray,
+        x: np.ndarray,
+        ts_ms: np.ndarray,
+        sensor_idx: np.ndarray,
+        late: np.ndarray | None = None,
+    ) -> np.ndarray:
         """Features for a batch of readings of many sensors, in order, updating ``state`` (``(S, width)``).
 
         ``sensor_idx[i]`` is the row of ``state`` that reading ``i`` belongs to;
         readings of one sensor must be in time order. Returns ``(n, n_features)``.
+
+        With ``late`` (a boolean array to fill), a reading not newer than its
+        sensor's newest one is scored against the state but does not change it:
+        a replay after a restart (at-least-once) or a late reading cannot count
+        twice or move the baseline backwards.
         """
         n = len(sensor_idx)
         out = np.empty((n, self.n_features))
@@ -275,15 +287,23 @@ class RollingState:
             return out
         occ = occurrence(sensor_idx)
         if occ.max() == 0:  # the common streaming case: one reading per sensor
-            out[:] = self._step_rows(state, sensor_idx, x, ts_ms)
+            out[:] = self._step_rows(state, sensor_idx, x, ts_ms, late, slice(None))
             return out
         for j in range(int(occ.max()) + 1):
             pick = np.flatnonzero(occ == j)
-            out[pick] = self._step_rows(state, sensor_idx[pick], x[pick], ts_ms[pick])
+            out[pick] = self._step_rows(state, sensor_idx[pick], x[pick], ts_ms[pick], late, pick)
         return out
 
-    def _step_rows(self, state: np.ndarray, idx: np.ndarray, x: np.ndarray, ts: np.ndarray) -> np.ndarray:
+    def _step_rows(
+        self, state: np.ndarray, idx: np.ndarray, x: np.ndarray, ts: np.ndarray, late: np.ndarray | None, pick
+    ) -> np.ndarray:
         sub = state[idx]
+        if late is None:
+            feats = self.step(sub, x, ts)
+            state[idx] = sub
+            return feats
+        old = (sub[:, Layout.N] > 0) & (ts <= sub[:, Layout.TS])
+        late[pick] = old
         feats = self.step(sub, x, ts)
-        state[idx] = sub
+        state[idx[~old]] = sub[~old]
         return feats

@@ -158,3 +158,14 @@ def test_profiles_match_in_order_and_reject_unknown_keys(tmp_path):
     bad.write_text("profiles:\n  - name: x\n    match: {colour: red}\n")
     with pytest.raises(ProfileError, match="unknown keys"):
         ProfileSet.load(bad)
+
+
+def test_a_replayed_batch_is_scored_again_but_does_not_change_the_state():
+    readings = stream_of(3, 40)
+    scorer = make_scorer()
+    _, _, states, _ = run(scorer, readings, 30)
+    again = scorer.process(readings[-30:], states.get)  # at-least-once: the last batch comes back after a restart
+    assert again.late == 30 and len(again.scores) == 30
+    assert again.states == {sid: states[sid] for sid in again.states}
+    newer = scorer.process([reading("s0", 40, 480.0)], states.get)
+    assert newer.late == 0 and unpack(newer.states["s0"])[1][0] == 41
