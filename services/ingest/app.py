@@ -28,7 +28,11 @@ def create_app(settings: Settings | None = None, ingest_settings: IngestSettings
     settings = settings or Settings.from_env("ingest")
     isettings = ingest_settings or IngestSettings.from_env()
     rules = Rules.load(isettings)
-    app, state = base_app(settings)
+    app, state = base_app(
+        settings,
+        broker_session_timeout=isettings.session_timeout_s,
+        broker_heartbeat_interval=min(3.0, isettings.session_timeout_s / 4),
+    )
     ingest = Ingest(app, settings, isettings, rules)
     pump = ingest.pump = ReadingsPump(ingest)
     app.flowwatch_ingest = ingest  # type: ignore[attr-defined]

@@ -99,7 +99,9 @@ class Ingest:
         )
         self.silence = app.Table("silence", help="Sensors announced silent, keyed by sensor_id", **table_opts)
         self.board = VerdictBoard()
-        self.cache = Cache(settings.redis_url, ttl_s=settings.cache_ttl_s, service=SERVICE)
+        self.cache = Cache(
+            settings.redis_url, prefix=settings.topic_prefix, ttl_s=settings.cache_ttl_s, service=SERVICE
+        )
         self.cache_pending: dict[str, Any] = {}
         self.silent: set[str] = set()
         self._silence_loaded = False

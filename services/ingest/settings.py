@@ -58,6 +58,11 @@ class IngestSettings:
     )
     max_metrics: int = _doc(64, "Most metrics one reading may carry.")
     batch_size: int = _doc(2000, "Most readings processed in one micro-batch.")
+    session_timeout_s: float = _doc(
+        60.0,
+        "Kafka group session timeout: after a crash, how long the worker's partitions wait before they move to "
+        "another worker or to the restarted one. Lower fails over faster; higher rides out long pauses.",
+    )
     checkpoint_s: float = _doc(
         1.0,
         "How often (seconds) sensor states and read offsets are checkpointed to the tables. After a crash, readings "
