@@ -58,6 +58,9 @@ class Encoder:
                 units[m] = unit or CANONICAL_UNITS[m]
             self.metric_cols.append(cols)
             self.units.append(units if s.send_units else None)
+        # Pre-serialised pieces: '{"sensor_id":..,"asset":..,"ts":' and ',"units":{..}' per sensor.
+        self.prefix = [orjson.dumps(h)[:-1] + b',"ts":' for h in self.heads]
+        self.tails = [b',"units":' + orjson.dumps(u) if u is not None else b"" for u in self.units]
         self.ts_format = np.array([_TS_CODES[s.ts_format] for s in net.sensors], dtype=np.int8)
         self.tz_offset_min = np.array([round(net.site_by_id[s.site].tz_offset_h * 60) for s in net.sensors])
         self.quality = np.array([s.send_quality for s in net.sensors])
@@ -102,28 +105,29 @@ class Encoder:
         vals = self.device_values(batch).tolist()
         ts = self.timestamps(batch)
         sensors = batch.sensor.tolist()
-        send_q = self.quality[batch.sensor]
-        qual = self.qualities(batch).tolist() if send_q.any() else None
-        send_q_l = send_q.tolist()
+        send_q = self.quality[batch.sensor].tolist()
+        qual = self.qualities(batch).tolist() if any(send_q) else None
         special = ((batch.fault == FAULT_CODE["corrupt"]) | (batch.detail == DETAIL_CODE["null"])).tolist()
         out: list[bytes] = []
         dumps = orjson.dumps
+        prefix, tails, cols_of = self.prefix, self.tails, self.metric_cols
         for i, s in enumerate(sensors):
             row = vals[i]
-            d = {
-                **self.heads[s],
-                "ts": ts[i],
-                "values": {m: row[c] for m, c in self.metric_cols[s] if row[c] == row[c]},
-            }
-            units = self.units[s]
-            if units is not None:
-                d["units"] = units
-            if send_q_l[i]:
-                d["quality"] = qual[i]  # type: ignore[index]
+            values = {m: row[c] for m, c in cols_of[s] if row[c] == row[c]}
             if special[i]:
+                d = {**self.heads[s], "ts": ts[i], "values": values}
+                if self.units[s] is not None:
+                    d["units"] = self.units[s]
+                if send_q[i]:
+                    d["quality"] = qual[i]  # type: ignore[index]
                 out.append(self._special(batch, i, d, row))
-            else:
-                out.append(dumps(d))
+                continue
+            # The same bytes orjson.dumps(dict) gives, built from per-sensor pieces: most of a payload
+            # (ids, units) never changes, so only the timestamp, values and quality are serialised per row.
+            t = ts[i]
+            t_bytes = b"%d" % t if type(t) is int else dumps(t)
+            q = b',"quality":' + dumps(qual[i]) + b"}" if send_q[i] else b"}"  # type: ignore[index]
+            out.append(b"".join((prefix[s], t_bytes, b',"values":', dumps(values), tails[s], q)))
         return out
 
     def _special(self, batch: Batch, i: int, d: dict[str, Any], row: list[float]) -> bytes:

@@ -113,7 +113,8 @@ class _Group:
     """Sensors of one asset kind and one interval: generated together as a [time, sensor] array."""
 
     asset: str
-    interval_ms: int
+    interval_ms: float
+    steps: int  # ticks of each sensor in one block
     sensors: np.ndarray
     params: dict[str, np.ndarray]
     demand: ZoneDemand
@@ -136,24 +137,30 @@ class Engine:
         n = len(network)
         if n == 0:
             raise ValueError("the network has no sensors")
+        # Intervals are integer multiples of one unit, so a block (a multiple of their lcm) holds a whole
+        # number of every sensor's ticks. The unit may be fractional (a target rate rarely divides evenly);
+        # tick k of a sensor is at floor(k * interval + phase) ms, whichever block computes it.
         if step_ms is not None:
             mult = np.ones(n, dtype=np.int64)
-            unit = int(step_ms)
+            unit = float(step_ms)
         else:
             natural = np.array([max(1, round(s.interval_s * 1000)) for s in network.sensors], dtype=np.int64)
             base = reduce(math.gcd, natural.tolist())
             mult = natural // base
-            unit = max(1, round(base * config.interval_scale))
+            unit = base * config.interval_scale
+        if unit * mult.min() < 1.0:
+            raise ValueError(
+                f"a sensor would report more than once per millisecond ({unit * mult.min():.3f} ms): ask for a lower"
+                " rate or a bigger network (--scale)"
+            )
+        self.mult = mult
         self.interval_ms = mult * unit
-        lcm_ms = reduce(math.lcm, np.unique(mult).tolist()) * unit
-        rows_per_lcm = float((lcm_ms / self.interval_ms).sum())
-        self.block_ms = int(lcm_ms * max(1, round(config.block_rows / rows_per_lcm)))
+        lcm_mult = reduce(math.lcm, np.unique(mult).tolist())
+        rows_per_lcm = float((lcm_mult / mult).sum())
+        self.block_mult = lcm_mult * max(1, round(config.block_rows / rows_per_lcm))
+        self.block_ms = self.block_mult * unit
         idx = np.arange(n)
-        self.phase_ms = (
-            np.zeros(n, dtype=np.int64)
-            if config.aligned
-            else (uniform(self.seed, 0x9A5E, idx) * self.interval_ms).astype(np.int64)
-        )
+        self.phase_ms = np.zeros(n) if config.aligned else uniform(self.seed, 0x9A5E, idx) * self.interval_ms
         self.rate_per_s = float((1000.0 / self.interval_ms).sum())
 
         site_ids = {s.id: i for i, s in enumerate(network.sites)}
@@ -187,17 +194,16 @@ class Engine:
         self.groups: list[_Group] = []
         self._group_of = np.zeros(n, dtype=np.int64)
         self._col_of = np.zeros(n, dtype=np.int64)
-        keys = sorted({(s.asset, int(self.interval_ms[i])) for i, s in enumerate(network.sensors)})
-        for gi, (asset, interval) in enumerate(keys):
-            members = np.array(
-                [i for i, s in enumerate(network.sensors) if s.asset == asset and self.interval_ms[i] == interval]
-            )
+        keys = sorted({(s.asset, int(mult[i])) for i, s in enumerate(network.sensors)})
+        for gi, (asset, m) in enumerate(keys):
+            members = np.array([i for i, s in enumerate(network.sensors) if s.asset == asset and mult[i] == m])
             self._group_of[members] = gi
             self._col_of[members] = np.arange(len(members))
             self.groups.append(
                 _Group(
                     asset=asset,
-                    interval_ms=interval,
+                    interval_ms=m * unit,
+                    steps=self.block_mult // m,
                     sensors=members,
                     params={
                         k: np.array([network.sensors[i].params[k] for i in members]) for k in ASSETS[asset].param_ranges
@@ -229,11 +235,12 @@ class Engine:
                     out[:, j, METRIC_INDEX[metric]] = arr[:, 0]
         return out
 
-    def _signals(self, t0: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _signals(self, b: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         sensors, times, values = [], [], []
         for g in self.groups:
-            steps = self.block_ms // g.interval_ms
-            t = t0 + np.arange(steps, dtype=np.int64)[:, None] * g.interval_ms + g.phase_ms[None, :]
+            steps = g.steps
+            k = b * steps + np.arange(steps, dtype=np.int64)
+            t = np.floor(k[:, None] * g.interval_ms + g.phase_ms[None, :]).astype(np.int64)
             sig = ASSETS[g.asset].generate(t, g.demand, g.params, g.interval_ms)
             vals = np.full((t.size, M), np.nan)
             rel, ab = self.noise_rel[g.sensors], self.noise_abs[g.sensors]
@@ -295,10 +302,10 @@ class Engine:
 
     def block(self, b: int) -> Batch:
         """Block ``b`` (rows in time order): signals, noise, incidents and faults applied."""
-        t0 = b * self.block_ms
-        t1 = t0 + self.block_ms
+        t0 = math.floor(b * self.block_ms)
+        t1 = math.ceil((b + 1) * self.block_ms)
         rng = np.random.default_rng([self.seed & 0xFFFFFFFF, 0xB10C, b & 0xFFFFFFFF, (b >> 32) & 0xFFFFFFFF])
-        sensor, ts, values = self._signals(t0, rng)
+        sensor, ts, values = self._signals(b, rng)
         incident = self._apply_incidents(sensor, ts, values, t0, t1, rng)
         cfg = self.config.faults
         assigned = assign(
@@ -334,7 +341,7 @@ class Engine:
     def batches(self, start_ms: int, end_ms: int | None = None) -> Iterator[Batch]:
         """Readings with ``start_ms <= ts < end_ms`` (forever when ``end_ms`` is None) in delivery order."""
         pending = Batch.empty()
-        b = start_ms // self.block_ms
+        b = math.floor(start_ms / self.block_ms)
         while end_ms is None or b * self.block_ms < end_ms:
             block = self.block(b)
             keep = block.ts >= start_ms
@@ -352,8 +359,8 @@ class Engine:
 
     def count_between(self, start_ms: int, end_ms: int) -> int:
         """Readings generated for [start_ms, end_ms) before duplicates (for progress bars)."""
-        first = -((self.phase_ms - start_ms) // self.interval_ms)
-        last = -((self.phase_ms - end_ms) // self.interval_ms)
+        first = np.ceil((start_ms - self.phase_ms) / self.interval_ms)
+        last = np.ceil((end_ms - self.phase_ms) / self.interval_ms)
         return int(np.maximum(last - first, 0).sum())
 
 

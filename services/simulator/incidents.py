@@ -14,6 +14,7 @@ of the sensor taken when the incident was planned.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -365,8 +366,8 @@ class PlanConfig:
 
 def _ticks_in(start: int, end: int, interval: np.ndarray, phase: np.ndarray) -> np.ndarray:
     """Readings each sensor sends in [start, end): ticks t = k*interval + phase."""
-    first = -((phase - start) // interval)  # ceil((start - phase) / interval)
-    last = -((phase - end) // interval)
+    first = np.ceil((start - phase) / interval)
+    last = np.ceil((end - phase) / interval)
     return np.maximum(last - first, 0)
 
 
@@ -435,15 +436,16 @@ class Planner:
         if kind.name == "spike":
             # A spike is a few consecutive readings: align the window to the sensor's own ticks.
             s = sensors[0]
-            interval, phase = int(ctx.interval_ms[s]), int(ctx.phase_ms[s])
+            interval, phase = float(ctx.interval_ms[s]), float(ctx.phase_ms[s])
             n = int(rng.integers(int(kind.duration_s[0]), int(kind.duration_s[1]) + 1))
-            k_lo = -((phase - e0) // interval)
-            k_hi = (e1 - 1 - phase) // interval - n
+            k_lo = math.ceil((e0 - phase) / interval)
+            k_hi = math.floor((e1 - 1 - phase) / interval) - n
             if k_hi < k_lo:
                 return 0, 0
             k = int(rng.integers(k_lo, k_hi + 1))
-            start = k * interval + phase
-            return start, start + (n - 1) * interval + 1
+            # The same expression the engine uses for a tick's time, so the window holds exactly n readings.
+            start = int(np.floor(np.int64(k) * interval + phase))
+            return start, int(np.floor(np.int64(k + n - 1) * interval + phase)) + 1
         lo, hi = kind.duration_s
         dur = int(np.exp(rng.uniform(np.log(lo), np.log(hi))) * 1000 * self.config.incident_scale)
         span = e1 - e0 - dur

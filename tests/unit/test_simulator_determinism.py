@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from services.simulator import FaultConfig, Network, SimConfig, Simulator
+from services.simulator import Batch, FaultConfig, Network, SimConfig, Simulator
 
 START = "2024-03-04T00:00:00Z"
 
@@ -61,3 +61,26 @@ def test_delivery_order_and_range() -> None:
         assert np.all(np.diff(batch.deliver) >= 0)
         assert batch.ts.min() >= t0 and batch.ts.max() < t0 + 7_200_000
         assert np.all(batch.deliver >= batch.ts)
+
+
+@pytest.mark.parametrize("rate", [200, 1234, 20_000])
+def test_a_target_rate_is_met_and_cuts_still_agree(rate: float) -> None:
+    """``run --rate`` shortens every interval by one factor; fractional intervals still tile time exactly."""
+    net = Network.default(7)
+    sim = Simulator(net, SimConfig(faults=FaultConfig(), interval_scale=net.natural_rate() / rate), seed=7)
+    seconds = max(2, 40_000 // rate)
+    whole = Batch.concat(list(sim.batches(START, duration=seconds)))
+    assert abs(len(whole) / seconds - rate) < 0.01 * rate
+    half = seconds / 2
+    parts = Batch.concat(
+        [
+            *sim.batches(START, duration=half),
+            *sim.batches(pd.Timestamp(START) + pd.Timedelta(seconds=half), duration=half),
+        ]
+    )
+    assert sorted(zip(whole.sensor.tolist(), whole.ts.tolist(), strict=True)) == sorted(
+        zip(parts.sensor.tolist(), parts.ts.tolist(), strict=True)
+    )
+    assert len(set(zip(whole.sensor.tolist(), whole.ts.tolist(), strict=True))) == len(whole), (
+        "no sensor repeats a timestamp"
+    )
