@@ -252,6 +252,8 @@ class _LabelTopic:
         if self.sink is None:
             self.own = KafkaSink(self.settings.bootstrap_servers, self.topic, [], linger_ms=5)
             await self.own.start()
+        else:
+            await self.sink.require_topic(self.topic)
 
     async def __call__(self, label: Any) -> None:
         producer = self.sink or self.own
@@ -317,12 +319,13 @@ async def cmd_run(args: argparse.Namespace, sim_settings: SimulatorSettings) -> 
             "labels_topic": labels_topic,
         },
     )
-    await sink.start()
     topic = _LabelTopic(settings, sink) if labels_topic else None
-    label_file = LabelFile(args.labels) if args.labels else None
+    label_file: LabelFile | None = None
+    await sink.start()
     try:
         if topic is not None:
             await topic.start()
+        label_file = LabelFile(args.labels) if args.labels else None
         runner = Runner(
             engine,
             sink,
@@ -338,15 +341,15 @@ async def cmd_run(args: argparse.Namespace, sim_settings: SimulatorSettings) -> 
             label_file=label_file,
         )
         _install_signals(runner.stop)
-        try:
-            report = await runner.run()
-        finally:
-            await sink.stop()
+        report = await runner.run()
     finally:
-        if topic is not None:
-            await topic.stop()
-        if label_file is not None:
-            label_file.close()
+        try:
+            await sink.stop()
+        finally:
+            if topic is not None:
+                await topic.stop()
+            if label_file is not None:
+                label_file.close()
     out = report.to_dict(sink)
     if args.labels:
         out["labels_file"] = args.labels

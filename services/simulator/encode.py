@@ -96,8 +96,8 @@ class Encoder:
     def qualities(self, batch: Batch) -> np.ndarray:
         u = uniform(self.seed, 0x0A, batch.sensor, batch.ts)
         q = 0.9 + 0.1 * u
-        q = np.where(batch.fault == FAULT_CODE["noise"], 0.55 + 0.25 * u, q)
-        q = np.where(batch.fault == FAULT_CODE["missing"], 0.5 + 0.2 * u, q)
+        q = np.where(batch.fault == FAULT_CODE["noise"], 0.7 + 0.2 * u, q)
+        q = np.where(batch.fault == FAULT_CODE["missing"], 0.6 + 0.25 * u, q)
         return np.round(q, 3)
 
     def encode(self, batch: Batch) -> list[bytes]:

@@ -103,7 +103,14 @@ class KafkaSink:
         )
         try:
             await self.producer.start()
+            # The broker never auto-creates topics here: say so at once rather than retrying for a while.
+            await self.producer.client.force_metadata_update()
+            if self.topic not in self.producer.client.cluster.topics():
+                raise SinkError(f"topic {self.topic} does not exist: create it with `python -m shared.topics create`")
             partitions = await asyncio.wait_for(self.producer.partitions_for(self.topic), 15)
+        except SinkError:
+            await self.producer.stop()
+            raise
         except (KafkaError, OSError, TimeoutError) as exc:
             await self.producer.stop()
             raise SinkError(
@@ -150,6 +157,11 @@ class KafkaSink:
         except Exception as exc:  # noqa: BLE001 - a failed batch is counted and reported, the run goes on
             self.stats.failed += count
             log.warning("kafka batch of %d readings failed: %s: %s", count, type(exc).__name__, exc)
+
+    async def require_topic(self, topic: str) -> None:
+        await self.producer.client.force_metadata_update()
+        if topic not in self.producer.client.cluster.topics():
+            raise SinkError(f"topic {topic} does not exist: create it with `python -m shared.topics create`")
 
     async def produce_one(self, topic: str, key: bytes, value: bytes) -> None:
         """A single record to another topic (labels); acknowledged by :meth:`flush`, counted apart."""
