@@ -29,6 +29,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
@@ -72,6 +73,16 @@ class PartitionEvent:
 
     def __init__(self, topic: str, partition: int) -> None:
         self.message = SimpleNamespace(topic=topic, partition=partition)
+
+
+@dataclass(slots=True)
+class Submitted:
+    """A batch whose outputs are on their way to the broker."""
+
+    batch: list[Inbound]
+    outcome: Outcome
+    acked: asyncio.Future[Any]
+    started: float
 
 
 class Ingest:
@@ -204,32 +215,20 @@ class Ingest:
 
     # --- one fetch of readings.raw ---------------------------------------------------------
 
-    async def handle_batch(self, batch: list[Inbound]) -> Outcome:
+    async def submit(self, batch: list[Inbound]) -> Submitted:
+        """Decide a batch and start producing its outputs; :meth:`complete` waits for the acks.
+
+        The pump keeps a few batches in flight so the worker decodes the next fetch while the
+        broker acknowledges the last one. States are marked for the next checkpoint now; the
+        pump drains every batch in flight before a checkpoint, so only acknowledged work is
+        ever checkpointed.
+        """
         await self.ensure_started()
-        assert self.processor is not None and self.partition_of is not None
+        assert self.processor is not None and self.producer is not None
         started = time.perf_counter()
-        try:
-            outcome = self.processor.process(batch)
-            await self._produce(outcome)
-        except BaseException:
-            # The in-memory states already admitted this batch; the replay must not see them.
-            self.processor.forget()
-            self.dirty.clear()
-            raise
+        outcome = self.processor.process(batch)
         for sensor_id, (state, _) in outcome.states.items():
             self.dirty[sensor_id] = state
-        for msg in batch:
-            self.finished[msg.partition] = msg.offset
-        pending = self.cache_pending
-        for _, reading in outcome.clean:
-            pending[reading.sensor_id] = reading
-        self._account(batch, outcome, time.perf_counter() - started)
-        for item, status, reasons in outcome.verdicts:
-            self.board.resolve(item, status, reasons)
-        return outcome
-
-    async def _produce(self, outcome: Outcome) -> None:
-        assert self.producer is not None
         box = Outbox(self.producer)
         for partition, reading in outcome.clean:
             box.add(self.clean_name, partition, reading.sensor_id.encode(), reading_bytes(reading))
@@ -239,7 +238,33 @@ class Ingest:
         for partition, sensor_id, msg in outcome.forward:
             headers = [(k, v) for k, v in msg.headers if k != H_FORWARDED] + [(H_FORWARDED, b"1")]
             box.add(self.raw_name, partition, sensor_id.encode(), msg.value or b"", headers)
-        await box.flush()
+        return Submitted(batch, outcome, await box.send(), started)
+
+    async def complete(self, sub: Submitted) -> Outcome:
+        """Wait for a submitted batch's acks, then count it as finished (offsets, verdicts, metrics)."""
+        await sub.acked
+        batch, outcome = sub.batch, sub.outcome
+        finished = self.finished
+        for msg in batch:
+            finished[msg.partition] = msg.offset
+        pending = self.cache_pending
+        for _, reading in outcome.clean:
+            pending[reading.sensor_id] = reading
+        self._account(batch, outcome, time.perf_counter() - sub.started)
+        for item, status, reasons in outcome.verdicts:
+            self.board.resolve(item, status, reasons)
+        return outcome
+
+    async def handle_batch(self, batch: list[Inbound]) -> Outcome:
+        """Submit and complete one batch (no pipelining)."""
+        return await self.complete(await self.submit(batch))
+
+    def rewind(self) -> None:
+        """Forget everything since the last checkpoint; the pump then re-reads from there."""
+        self.forget()
+        self.dirty.clear()
+        self.finished.clear()
+        self.cache_pending.clear()
 
     async def checkpoint(self) -> int:
         """Write changed sensor states and finished offsets, once per key, in their partitions."""

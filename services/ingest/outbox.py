@@ -56,13 +56,16 @@ class Outbox:
         self._pending.setdefault((topic, partition), []).append((key, value, headers))
         self.count += 1
 
-    async def flush(self) -> dict[tuple[str, int], int]:
-        """Send everything collected and wait until the broker has it.
+    async def send(self) -> asyncio.Future[dict[tuple[str, int], int]]:
+        """Hand everything collected to the producer; the future resolves when the broker has it all.
 
-        Returns the offset of the last message written per (topic, partition).
+        Its result is the offset of the last message written per (topic, partition).
         """
+        loop = asyncio.get_running_loop()
         if not self._pending:
-            return {}
+            done: asyncio.Future[dict[tuple[str, int], int]] = loop.create_future()
+            done.set_result({})
+            return done
         pending, self._pending = self._pending, {}
         self.count = 0
         producer = self.producer
@@ -80,12 +83,20 @@ class Outbox:
             if batch.record_count():
                 counts.append(batch.record_count())
                 futures.append(await producer.send_batch(batch, topic, partition=partition))
-        last: dict[tuple[str, int], int] = {}
-        for meta, count in zip(await asyncio.gather(*futures), counts, strict=True):
-            key = (meta.topic, meta.partition)
-            last[key] = max(last.get(key, -1), meta.offset + count - 1)
-        return last
+        return asyncio.ensure_future(_last_offsets(futures, counts))
+
+    async def flush(self) -> dict[tuple[str, int], int]:
+        """Send everything collected and wait until the broker has it (see :meth:`send`)."""
+        return await (await self.send())
 
     def discard(self) -> None:
         self._pending.clear()
         self.count = 0
+
+
+async def _last_offsets(futures: list[asyncio.Future[Any]], counts: list[int]) -> dict[tuple[str, int], int]:
+    last: dict[tuple[str, int], int] = {}
+    for meta, count in zip(await asyncio.gather(*futures), counts, strict=True):
+        key = (meta.topic, meta.partition)
+        last[key] = max(last.get(key, -1), meta.offset + count - 1)
+    return last

@@ -19,15 +19,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
 
+from services.ingest import metrics as m
 from services.ingest.pipeline import H_FORWARDED, H_REQUEST, H_SOURCE, Inbound
 from shared.metrics import CONSUMER_LAG
 
 if TYPE_CHECKING:
-    from services.ingest.engine import Ingest
+    from services.ingest.engine import Ingest, Submitted
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +72,7 @@ class ReadingsPump:
         self.last_batch_at = time.monotonic()
         self.batches = 0
         self.lag = 0
+        self.inflight: deque[Submitted] = deque()
 
     def _app_settled(self) -> bool:
         app = self.ingest.app
@@ -107,10 +111,34 @@ class ReadingsPump:
         self.assigned = set(wanted)
         log.info("pump consuming %s partitions %s from %s", self.topic, sorted(wanted), offsets)
 
+    async def drain(self) -> None:
+        """Wait for every batch in flight; on a failed produce, rewind to the last checkpoint."""
+        try:
+            while self.inflight:
+                await self.ingest.complete(self.inflight[0])
+                self.inflight.popleft()
+                self.batches += 1
+                self.last_batch_at = time.monotonic()
+        except KafkaError as exc:
+            await self._rewind(exc)
+
+    async def _rewind(self, exc: BaseException) -> None:
+        # The outputs of some batch did not reach the broker: nothing after the last checkpoint
+        # counts. Drop the in-memory state and read again from the checkpointed offsets.
+        log.error("producing a batch failed; rewinding to the last checkpoint: %s", exc)
+        m.REWINDS.inc()
+        for sub in self.inflight:
+            sub.acked.cancel()
+        self.inflight.clear()
+        self.ingest.rewind()
+        if self.assigned:
+            await self._reassign(set(self.assigned))
+
     async def on_revoked(self) -> None:
         """Called (and awaited) by Faust before it takes partitions away: finish, checkpoint, stop."""
         self.paused = True
         async with self.lock:
+            await self.drain()
             await self.ingest.checkpoint()
             self.ingest.forget()
             if self.consumer is not None and self.assigned:
@@ -124,6 +152,7 @@ class ReadingsPump:
         batch_size = ingest.isettings.batch_size
         within_ms = max(1, int(ingest.isettings.batch_within_s * 1000))
         checkpoint_every = ingest.isettings.checkpoint_s
+        window = max(1, ingest.isettings.batches_in_flight)
         last_checkpoint = time.monotonic()
         try:
             while True:
@@ -134,6 +163,7 @@ class ReadingsPump:
                 wanted = ingest.owned_partitions()
                 if self.paused or wanted != self.assigned:
                     async with self.lock:
+                        await self.drain()
                         if self.assigned - wanted:
                             await ingest.checkpoint()
                             ingest.forget()
@@ -142,17 +172,33 @@ class ReadingsPump:
                 if not self.assigned:
                     await asyncio.sleep(0.2)
                     continue
-                fetched = await self.consumer.getmany(timeout_ms=within_ms, max_records=batch_size)
+                # With batches in flight, take what is already fetched rather than wait for more.
+                fetched = await self.consumer.getmany(
+                    timeout_ms=0 if self.inflight else within_ms, max_records=batch_size
+                )
                 async with self.lock:
                     if self.paused:
                         continue  # a revoke came in while fetching: these are re-read after reassignment
                     batch = [to_inbound(r) for records in fetched.values() for r in records]
                     if batch:
-                        await ingest.handle_batch(batch)
+                        try:
+                            self.inflight.append(await ingest.submit(batch))
+                        except KafkaError as exc:
+                            await self._rewind(exc)
+                            continue
+                    # Complete the oldest batches: those already acknowledged, and any beyond the window.
+                    while self.inflight and (self.inflight[0].acked.done() or len(self.inflight) > window or not batch):
+                        try:
+                            await ingest.complete(self.inflight[0])
+                        except KafkaError as exc:
+                            await self._rewind(exc)
+                            break
+                        self.inflight.popleft()
                         self.batches += 1
                         self.last_batch_at = time.monotonic()
                     now = time.monotonic()
                     if now - last_checkpoint >= checkpoint_every:
+                        await self.drain()
                         await ingest.checkpoint()
                         last_checkpoint = now
                         await self._report_lag()

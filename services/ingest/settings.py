@@ -68,6 +68,9 @@ class IngestSettings:
         "How often (seconds) sensor states and read offsets are checkpointed to the tables. After a crash, readings "
         "since the last checkpoint are processed (and written to readings.clean) again; none is lost.",
     )
+    batches_in_flight: int = _doc(
+        3, "Batches whose outputs may await the broker's acknowledgement while the next ones are decoded."
+    )
     batch_within_s: float = _doc(
         0.02, "Longest wait (seconds) to fill a micro-batch; bounds the latency added at low rates."
     )
