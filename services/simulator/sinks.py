@@ -208,7 +208,9 @@ class HttpSink:
         self.concurrency = max(1, concurrency)
         self.timeout_s = timeout_s
         self.retries = retries
-        self.stats = SinkStats(detail={"accepted": 0, "quarantined": 0, "duplicates": 0, "rejected": 0, "status": {}})
+        self.stats = SinkStats(
+            detail={"accepted": 0, "quarantined": 0, "duplicates": 0, "pending": 0, "rejected": 0, "status": {}}
+        )
         self.client: Any = None
         self._tasks: set[asyncio.Task] = set()
         self._slots = asyncio.Semaphore(self.concurrency)
@@ -282,7 +284,7 @@ class HttpSink:
         except ValueError:
             return
         if isinstance(answer, dict):
-            for key in ("accepted", "quarantined", "duplicates"):
+            for key in ("accepted", "quarantined", "duplicates", "pending"):
                 if isinstance(answer.get(key), int):
                     self.stats.detail[key] += answer[key]
 
