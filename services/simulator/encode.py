@@ -17,7 +17,7 @@ import orjson
 from services.simulator.engine import Batch, Engine
 from services.simulator.faults import DETAIL_CODE, DETAILS, FAULT_CODE
 from services.simulator.hashing import uniform
-from services.simulator.units import CANONICAL_UNITS, METRIC_INDEX, METRICS, conversion, decimals_for
+from services.simulator.units import CANONICAL_UNITS, METRIC_INDEX, METRICS, SENTINELS, conversion, decimals_for
 
 M = len(METRICS)
 _TS_MS, _TS_S, _TS_ISO, _TS_ISO_LOCAL = range(4)
@@ -158,7 +158,7 @@ def corrupt(kind: str, d: dict[str, Any], rng: np.random.Generator) -> bytes:
     if kind in ("nan", "infinity", "sentinel") and metric is not None:
         token = {"nan": "NaN", "infinity": "Infinity" if rng.random() < 0.5 else "-Infinity"}.get(kind)
         if token is None:
-            d["values"] = {**values, metric: -9999.0}
+            d["values"] = {**values, metric: SENTINELS[metric]}
             return orjson.dumps(d)
         d["values"] = {**values, metric: _NAN_MARK}
         return orjson.dumps(d).replace(orjson.dumps(_NAN_MARK), token.encode())

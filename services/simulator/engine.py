@@ -28,10 +28,12 @@ from services.simulator.hashing import uniform
 from services.simulator.incidents import DEFAULT_WEIGHTS, KINDS, Incident, PlanConfig, Planner
 from services.simulator.network import Network
 from services.simulator.profiles import HOUR_MS, PROFILE_INDEX, ZoneDemand
-from services.simulator.units import METRIC_INDEX, METRICS
+from services.simulator.units import METRIC_INDEX, METRICS, PLAUSIBLE
 
 M = len(METRICS)
 _SIGNED = np.array([m in SIGNED_METRICS for m in METRICS])
+_PLAUSIBLE_LO = np.array([PLAUSIBLE[m][0] for m in METRICS])
+_PLAUSIBLE_HI = np.array([PLAUSIBLE[m][1] for m in METRICS])
 
 
 @dataclass(frozen=True)
@@ -293,6 +295,7 @@ class Engine:
             )
             before = values[rows]
             after = KINDS[inc.type].effect(before.copy(), u, inc.typical[pos], inc, rng)
+            np.clip(after, _PLAUSIBLE_LO, _PLAUSIBLE_HI, out=after)
             after[np.isnan(before)] = np.nan
             values[rows] = after
             incident[rows] = idx

@@ -49,6 +49,33 @@ DECIMALS: dict[str, int] = {
     "bearing_temperature": 2,
 }
 
+#: Range a real measurement stays in (canonical units): incident effects are clipped to it, so an
+#: anomaly is unusual but possible (ingest passes it on to the detector) rather than impossible
+#: (ingest would quarantine it as out of range, and impossible values are the corrupt faults' job).
+PLAUSIBLE: dict[str, tuple[float, float]] = {
+    "pressure": (0.0, 9000.0),
+    "flow": (0.0, 19000.0),
+    "level": (0.0, 90.0),
+    "ph": (2.5, 11.5),
+    "turbidity": (0.0, 900.0),
+    "chlorine": (0.0, 9.0),
+    "conductivity": (0.0, 90000.0),
+    "temperature": (-35.0, 90.0),
+    "energy": (0.0, 1.0e9),
+    "power": (0.0, 9.0e5),
+    "voltage": (0.0, 450000.0),
+    "current": (0.0, 90000.0),
+    "density": (0.1, 1400.0),
+    "vibration": (0.0, 90.0),
+    "pressure_diff": (0.0, 900.0),
+    "bearing_temperature": (-35.0, 140.0),
+}
+#: A device's "no reading" code, chosen per metric so it is outside any physical range:
+#: -9999 where a metric cannot be that negative, the Modbus-style 9.9e37 where it can (flow, power...).
+SENTINELS: dict[str, float] = {
+    m: (9.9e37 if m in ("flow", "energy", "power", "current") else -9999.0) for m in PLAUSIBLE
+}
+
 #: Unit -> (scale, offset) such that device_value = canonical_value * scale + offset.
 DEVICE_UNITS: dict[str, tuple[float, float]] = {
     "psi": (0.14503773773, 0.0),  # from kPa

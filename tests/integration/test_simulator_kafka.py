@@ -112,7 +112,7 @@ def _valid(value: bytes) -> bool:
         return False
     d = orjson.loads(value)
     numbers = list(d["values"].values())
-    good_values = bool(numbers) and all(isinstance(v, int | float) and v > -9000 for v in numbers)
+    good_values = bool(numbers) and all(isinstance(v, int | float) and -9000 < v < 1e30 for v in numbers)
     return good_values and isinstance(d.get("sensor_id"), str) and _ts(d["ts"]) > 0
 
 

@@ -145,3 +145,15 @@ def test_gas_excursion_moves_pressure_either_way() -> None:
     rows = on["anomaly"].to_numpy()
     change = np.abs(on["pressure"].to_numpy()[rows] / off["pressure"].to_numpy()[rows] - 1)
     assert np.median(change) > 0.05
+
+
+@pytest.mark.parametrize("kind", ["spike", "drift", "contamination", "bearing_fault"])
+def test_incidents_stay_physically_possible(kind: str) -> None:
+    """An anomaly is unusual, not impossible: ingest must pass it on to the detector, not quarantine it."""
+    from services.simulator.units import PLAUSIBLE
+
+    on, _, _ = _pair(kind)
+    rows = on[on["anomaly"]]
+    for metric, (lo, hi) in PLAUSIBLE.items():
+        values = rows[metric].dropna()
+        assert ((values >= lo) & (values <= hi)).all(), metric
