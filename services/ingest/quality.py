@@ -15,10 +15,10 @@ from __future__ import annotations
 from services.ingest.rules import Rules
 
 
-def completeness(values: dict[str, float], expected: tuple[str, ...]) -> float:
+def completeness(values: dict[str, float], expected: frozenset[str]) -> float:
     if not expected:
         return 1.0
-    return sum(1 for m in expected if m in values) / len(expected)
+    return len(expected.intersection(values)) / len(expected)
 
 
 def range_score(values: dict[str, float], rules: Rules) -> float:

@@ -121,11 +121,12 @@ class Rules:
                 names[name] = hit
         return hit
 
-    def expected_for(self, utility: str, asset: str) -> tuple[str, ...]:
-        memo: dict[tuple[str, str], tuple[str, ...]] = self._expected_memo  # type: ignore[attr-defined]
+    def expected_for(self, utility: str, asset: str) -> frozenset[str]:
+        """The metrics a healthy device of this kind sends (empty: unknown kind, counts as complete)."""
+        memo: dict[tuple[str, str], frozenset[str]] = self._expected_memo  # type: ignore[attr-defined]
         hit = memo.get((utility, asset))
         if hit is None:
-            hit = self.expected.get(f"{utility}/{asset}") or self.expected.get(asset) or ()
+            hit = frozenset(self.expected.get(f"{utility}/{asset}") or self.expected.get(asset) or ())
             if len(memo) < _MEMO_LIMIT:
                 memo[(utility, asset)] = hit
         return hit
