@@ -110,6 +110,7 @@ def build_parser(defaults: SimulatorSettings | None = None) -> argparse.Argument
     p.add_argument("--topic", default=READINGS_RAW.name, help="kafka topic, before the prefix (default %(default)s)")
     p.add_argument("--url", default=d.ingest_url, help="http: ingest endpoint (default %(default)s)")
     p.add_argument("--batch-size", type=int, default=d.http_batch, help="http: readings per request")
+    p.add_argument("--http-format", choices=HttpSink.FORMATS, default=d.http_format, help="http: request body")
     p.add_argument("--qos", type=int, default=d.mqtt_qos, choices=[0, 1], help="mqtt QoS")
     p.add_argument("--out", default=None, help="file: NDJSON path of raw payloads")
     p.add_argument("--labels", default=None, help="also write labels to this file (.jsonl or .csv)")
@@ -139,6 +140,7 @@ def build_parser(defaults: SimulatorSettings | None = None) -> argparse.Argument
     p.add_argument("--topic", default=READINGS_RAW.name)
     p.add_argument("--url", default=d.ingest_url)
     p.add_argument("--batch-size", type=int, default=d.http_batch)
+    p.add_argument("--http-format", choices=HttpSink.FORMATS, default=d.http_format)
     p.add_argument("--qos", type=int, default=d.mqtt_qos, choices=[0, 1])
     p.add_argument("--out", default=None)
     p.add_argument("--report", default=None)
@@ -228,7 +230,11 @@ def _make_sink(
         )
     if args.sink == "http":
         return HttpSink(
-            args.url, sim_settings.ingest_token, batch_size=args.batch_size, concurrency=sim_settings.http_concurrency
+            args.url,
+            sim_settings.ingest_token,
+            batch_size=args.batch_size,
+            concurrency=sim_settings.http_concurrency,
+            fmt=args.http_format,
         )
     if args.sink == "mqtt":
         return MqttSink(settings.mqtt_url, ids, sites, root=sim_settings.mqtt_topic, qos=args.qos)

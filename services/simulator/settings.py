@@ -39,7 +39,8 @@ class SimulatorSettings:
     ingest_token: str = _doc(
         "", "Bearer token for the ingest endpoint (never logged).", env="FLOWWATCH_INGEST_TOKEN", secret=True
     )
-    http_batch: int = _doc(500, "Readings per HTTP request (NDJSON body).")
+    http_batch: int = _doc(500, "Readings per HTTP request.")
+    http_format: str = _doc("ndjson", "HTTP body: `ndjson` (one reading per line) or `json` (a JSON array).")
     http_concurrency: int = _doc(4, "HTTP requests in flight at once.")
     mqtt_topic: str = _doc("flowwatch/readings", "MQTT topic root; readings go to `<root>/<site>/<sensor_id>`.")
     mqtt_qos: int = _doc(1, "MQTT QoS of published readings (0 or 1).")

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlparse
 
+import orjson
+
 log = logging.getLogger("flowwatch.simulator")
 
 
@@ -189,9 +191,16 @@ class KafkaSink:
 
 
 class HttpSink:
-    """NDJSON batches to ingest's ``POST /v1/readings``; retries transport errors and 5xx, splits on 413."""
+    """Batches to ingest's ``POST /v1/readings``: NDJSON (default) or JSON arrays.
+
+    Retries transport errors, 429 and 5xx with backoff; halves a batch on 413; stops the run
+    on 401/403. A 400/422 is ingest's verdict on what it was sent (a body it cannot parse):
+    delivered, and counted as ``rejected``. In JSON-array mode a payload that is not JSON
+    cannot share an array with good ones, so it goes alone, the way a broken device posts it.
+    """
 
     name = "http"
+    FORMATS = ("ndjson", "json")
 
     def __init__(
         self,
@@ -201,13 +210,17 @@ class HttpSink:
         concurrency: int = 4,
         timeout_s: float = 30.0,
         retries: int = 5,
+        fmt: str = "ndjson",
     ):
+        if fmt not in self.FORMATS:
+            raise ValueError(f"HTTP body format must be one of {self.FORMATS}")
         self.url = self.target = url
         self.token = token
         self.batch_size = max(1, batch_size)
         self.concurrency = max(1, concurrency)
         self.timeout_s = timeout_s
         self.retries = retries
+        self.fmt = fmt
         self.stats = SinkStats(
             detail={"accepted": 0, "quarantined": 0, "duplicates": 0, "pending": 0, "rejected": 0, "status": {}}
         )
@@ -219,7 +232,7 @@ class HttpSink:
     async def start(self) -> None:
         import httpx
 
-        headers = {"content-type": "application/x-ndjson", "user-agent": "flowwatch-simulator"}
+        headers = {"user-agent": "flowwatch-simulator"}
         if self.token:
             headers["authorization"] = f"Bearer {self.token}"
         self.client = httpx.AsyncClient(headers=headers, timeout=self.timeout_s)
@@ -230,22 +243,39 @@ class HttpSink:
         for i in range(0, len(payloads), self.batch_size):
             chunk = payloads[i : i + self.batch_size]
             self.stats.sent += len(chunk)
-            await self._slots.acquire()
-            task = asyncio.create_task(self._post(chunk))
-            self._tasks.add(task)
-            task.add_done_callback(self._done)
+            if self.fmt == "json":
+                good, broken = [], []
+                for p in chunk:
+                    (good if _is_json(p) else broken).append(p)
+                bodies = [(good, True)] if good else []
+                bodies += [([p], False) for p in broken]
+            else:
+                bodies = [(chunk, False)]
+            for items, as_array in bodies:
+                await self._slots.acquire()
+                task = asyncio.create_task(self._post(items, as_array))
+                self._tasks.add(task)
+                task.add_done_callback(self._done)
 
     def _done(self, task: asyncio.Task) -> None:
         self._tasks.discard(task)
         self._slots.release()
 
-    async def _post(self, chunk: list[bytes]) -> None:
+    def _body(self, items: list[bytes], as_array: bool) -> tuple[bytes, str]:
+        if self.fmt == "ndjson":
+            return b"\n".join(items) + b"\n", "application/x-ndjson"
+        if as_array:
+            return b"[" + b",".join(items) + b"]", "application/json"
+        return items[0], "application/json"
+
+    async def _post(self, items: list[bytes], as_array: bool) -> None:
         import httpx
 
-        body = b"\n".join(chunk) + b"\n"
+        body, content_type = self._body(items, as_array)
+        why = ""
         for attempt in range(self.retries + 1):
             try:
-                response = await self.client.post(self.url, content=body)
+                response = await self.client.post(self.url, content=body, headers={"content-type": content_type})
             except httpx.TransportError as exc:
                 why = f"{type(exc).__name__}: {exc}"
             else:
@@ -253,29 +283,33 @@ class HttpSink:
                 codes = self.stats.detail["status"]
                 codes[str(status)] = codes.get(str(status), 0) + 1
                 if status < 300:
-                    self._count(response, len(chunk))
+                    self._count(response, len(items))
                     self.stats.bytes += len(body)
                     return
-                if status == 413 and len(chunk) > 1:
-                    half = len(chunk) // 2
-                    await self._post(chunk[:half])
-                    await self._post(chunk[half:])
+                if status == 413 and len(items) > 1:
+                    half = len(items) // 2
+                    await self._post(items[:half], as_array)
+                    await self._post(items[half:], as_array)
                     return
                 if status in (401, 403):
                     self._fatal = SinkError(f"ingest refused the token ({status}): set FLOWWATCH_INGEST_TOKEN")
-                    self.stats.failed += len(chunk)
+                    self.stats.failed += len(items)
+                    return
+                if status in (400, 422):
+                    # Ingest read the body and refused it: its verdict, and the same bytes get the same answer.
+                    self.stats.delivered += len(items)
+                    self.stats.bytes += len(body)
+                    self.stats.detail["rejected"] += len(items)
                     return
                 if status < 500 and status != 429:
-                    # The server read the batch and refused it: retrying the same bytes gets the same answer.
-                    self.stats.detail["rejected"] += len(chunk)
-                    self.stats.failed += len(chunk)
-                    log.warning("ingest answered %d to a batch of %d: %s", status, len(chunk), response.text[:300])
+                    self.stats.failed += len(items)
+                    log.warning("ingest answered %d to a batch of %d: %s", status, len(items), response.text[:300])
                     return
                 why = f"HTTP {status}"
             if attempt < self.retries:
                 await asyncio.sleep(min(5.0, 0.2 * 2**attempt))
-        self.stats.failed += len(chunk)
-        log.warning("batch of %d readings failed after %d attempts: %s", len(chunk), self.retries + 1, why)
+        self.stats.failed += len(items)
+        log.warning("batch of %d readings failed after %d attempts: %s", len(items), self.retries + 1, why)
 
     def _count(self, response: Any, n: int) -> None:
         self.stats.delivered += n
@@ -301,6 +335,14 @@ class HttpSink:
             finally:
                 await self.client.aclose()
                 self.client = None
+
+
+def _is_json(payload: bytes) -> bool:
+    try:
+        orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return False
+    return True
 
 
 # ---- MQTT -----------------------------------------------------------------------------------------------------------
