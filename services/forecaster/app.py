@@ -58,7 +58,9 @@ MODEL_POLL_S = 30.0
 def create_app(settings: Settings | None = None, forecaster_settings: ForecasterSettings | None = None) -> faust.App:
     settings = settings or Settings.from_env(SERVICE)
     fs = forecaster_settings or ForecasterSettings.from_env()
-    app, state = base_app(settings)
+    # Small per-partition fetches keep the readings partitions interleaved during a replay or catch-up, so no
+    # partition runs hours of event time ahead of another and zone steps close on complete data.
+    app, state = base_app(settings, consumer_max_fetch_size=fs.fetch_partition_bytes)
     raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
 
     readings = faust_topic(app, READINGS_CLEAN, settings)
@@ -74,7 +76,8 @@ def create_app(settings: Settings | None = None, forecaster_settings: Forecaster
 
     holder = ModelHolder(fs, settings.model_dir)
     state.add_check("model", holder.check)
-    processor = ZoneProcessor(FeatureConfig.from_settings(fs), fs, None)
+    source_partitions = READINGS_CLEAN.partitions_for(settings)
+    processor = ZoneProcessor(FeatureConfig.from_settings(fs), fs, None, source_partitions=source_partitions)
     cache = Cache(settings.redis_url, prefix=settings.topic_prefix, ttl_s=settings.cache_ttl_s, service=SERVICE)
     app.forecaster = {"holder": holder, "processor": processor, "cache": cache, "zones": zones}  # type: ignore[attr-defined]
     step_ms = fs.step_ms
@@ -87,10 +90,23 @@ def create_app(settings: Settings | None = None, forecaster_settings: Forecaster
             processor.feature_names = predictor.config.risk_feature_names
             processor.models = predictor
 
+    last_event_at: dict[int, float] = {}  # readings partition -> monotonic time of its last event here
+    last_wm: dict[str, int] = {}  # readings partition -> newest event time seen here
+    started = time.monotonic()
+
+    async def broadcast(marks: dict[str, int]) -> None:
+        """Watermarks go after the partials, to every partials partition (per partition they follow them)."""
+        mark = dumps({"wm": marks})
+        for q in range(settings.partitions):
+            await partials_topic.send(key=None, value=mark, partition=q)
+
     @app.agent(readings)
     async def fold_readings(stream: Any) -> None:
         async for events in stream.take_events(fs.batch_size, fs.batch_within_s):
             t0 = time.perf_counter()
+            now = time.monotonic()
+            for ev in events:
+                last_event_at[ev.message.partition] = now
             items: list[tuple[Any, int, int]] = []
             bad: list[tuple[Any, str, Any]] = []
             for ev in events:
@@ -108,10 +124,9 @@ def create_app(settings: Settings | None = None, forecaster_settings: Forecaster
             for zone, partial in folded.partials.items():
                 await partials_topic.send(key=zone.encode(), value=dumps(partial))
             if folded.watermarks:
-                # after the partials, on every partition: per partition it follows the partials it covers
-                mark = dumps({"wm": folded.watermarks})
-                for q in range(settings.partitions):
-                    await partials_topic.send(key=None, value=mark, partition=q)
+                for p, ts in folded.watermarks.items():
+                    last_wm[p] = max(ts, last_wm.get(p, -1))
+                await broadcast(folded.watermarks)
             if bad:
                 await _quarantine(bad)
             BATCH_SIZE.labels(SERVICE, "fold").observe(len(events))
@@ -214,6 +229,33 @@ def create_app(settings: Settings | None = None, forecaster_settings: Forecaster
                     continue
                 if event.name == fs.model_name and event.alias == fs.model_alias:
                     await holder.refresh(f"{event.action} event: {event.name} {event.alias} -> {event.version}")
+
+    # An idle readings partition (no sensor hashes to it) must not hold every zone back until the max-skew
+    # fallback. A partition idle for idle_partition_s with nothing waiting in it follows the event time of the
+    # partitions this worker does see; before any data there is nothing to follow, so nothing is assumed.
+    @app.timer(max(1.0, fs.idle_partition_s / 2))
+    async def idle_watermarks() -> None:
+        if not last_wm:
+            return
+        topic = settings.topic(READINGS_CLEAN.name)
+        now = time.monotonic()
+        consumer = app.consumer
+        marks = {}
+        for tp in consumer.assignment():
+            if tp.topic != topic or now - last_event_at.get(tp.partition, started) <= fs.idle_partition_s:
+                continue
+            try:
+                highwater = consumer.highwater(tp)
+            except Exception:  # noqa: BLE001 - unknown before the first fetch: not provably idle
+                continue
+            committed = consumer._committed_offset.get(tp)
+            if highwater is None or highwater - ((committed + 1) if committed is not None else 0) > 0:
+                continue
+            others = [ts for p, ts in last_wm.items() if p != str(tp.partition)]
+            if others:
+                marks[str(tp.partition)] = max(others)
+        if marks:
+            await broadcast(marks)
 
     @app.task
     async def load_model() -> None:

@@ -8,7 +8,7 @@ current settings say.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from services.forecaster.settings import ForecasterSettings
@@ -53,8 +53,6 @@ class FeatureConfig:
     step_s: int = 60
     horizon_steps: int = 15
     window_steps: int = 24
-    max_skew_steps: int = 30
-    lateness_s: int = 15
     sensor_ttl_steps: int = 1440
     baseline_half_life_steps: float = 720.0
     profile_alpha: float = 0.3
@@ -96,8 +94,6 @@ class FeatureConfig:
             step_s=s.step_s,
             horizon_steps=s.horizon_steps,
             window_steps=s.window_steps,
-            max_skew_steps=s.max_skew_steps,
-            lateness_s=s.lateness_s,
             sensor_ttl_steps=s.sensor_ttl_steps,
             baseline_half_life_steps=s.baseline_half_life_steps,
             profile_alpha=s.profile_alpha,
@@ -112,6 +108,7 @@ class FeatureConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FeatureConfig:
-        d = dict(d)
+        known = {f.name for f in fields(cls)}
+        d = {k: v for k, v in d.items() if k in known}  # a newer trainer may save more than we know
         d["metrics"] = tuple(d.get("metrics", ()))
         return cls(**d)

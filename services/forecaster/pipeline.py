@@ -48,8 +48,10 @@ class ZoneProcessor:
         settings: ForecasterSettings,
         models: Models | None = None,
         on_step: StepHook | None = None,
+        source_partitions: int = 1,
     ) -> None:
         self.config = config
+        self.source_partitions = source_partitions
         self.settings = settings
         self.models = models
         self.on_step = on_step
@@ -100,7 +102,13 @@ class ZoneProcessor:
         steps: list[Step] = []
         for zone in zones:
             state = states[zone]
-            steps.extend(state.close_step(b, cfg) for b in state.closable(cfg, source_wm))
+            closable = state.closable(
+                source_wm,
+                self.source_partitions,
+                lateness_ms=self.settings.lateness_s * 1000,
+                max_open_steps=self.settings.max_open_steps,
+            )
+            steps.extend(state.close_step(b, cfg) for b in closable)
         if not steps:
             return []
         if self.models is not None:

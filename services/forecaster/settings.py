@@ -37,13 +37,17 @@ class ForecasterSettings:
     step_s: int = _doc(60, "Length of one time step (feature bucket) in seconds of event time.")
     horizon_steps: int = _doc(15, "Risk horizon in steps: probability of an incident now or within this many steps.")
     window_steps: int = _doc(24, "Steps of key-metric history each zone keeps for the forecast (bounded state).")
-    max_skew_steps: int = _doc(
-        30,
-        "A zone's step closes when every source partition feeding it has passed the step's end (plus the lateness), "
-        "or at the latest when the zone's newest data is this many steps ahead (a partition whose sensors of the "
-        "zone all went silent cannot hold the zone back longer).",
+    max_open_steps: int = _doc(
+        240,
+        "A zone's step closes when every readings partition has passed its end (watermarks); if a partition never "
+        "says so, at most this many steps stay open before the oldest is closed anyway (bounded state).",
     )
     lateness_s: int = _doc(15, "Out-of-order allowance: a step closes this many seconds after its end has been passed.")
+    idle_partition_s: float = _doc(
+        10.0,
+        "A readings partition with nothing waiting that delivered nothing for this many (wall-clock) seconds stops "
+        "holding zones back: its watermark follows the other partitions of the same worker.",
+    )
     sensor_ttl_steps: int = _doc(1440, "Per-sensor state of a sensor not heard from for this many steps is dropped.")
     baseline_half_life_steps: float = _doc(
         720.0, "Half-life (in steps) of the slow per-metric and per-sensor baselines features are measured against."
@@ -63,6 +67,10 @@ class ForecasterSettings:
     currency: str = _doc("EUR", "Currency of the tariffs and of the costs in risk records.")
     incident_threshold: float = _doc(
         0.5, "Incident probability from which a zone counts as in incident for loss accounting."
+    )
+    fetch_partition_bytes: int = _doc(
+        65536,
+        "Max bytes fetched per partition per request: small fetches interleave partitions during replays.",
     )
     batch_size: int = _doc(2000, "Max readings per micro-batch (stage 1) and partials per batch (stage 2).")
     batch_within_s: float = _doc(0.2, "Max seconds to wait to fill a micro-batch.")

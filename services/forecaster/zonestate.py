@@ -1,7 +1,7 @@
 """Stage 2: one zone's rolling state, from merged partials to closed steps and their features.
 
 A :class:`ZoneState` is the value of the forecaster's table (keyed by zone). It is
-bounded by construction: about ``max_skew_steps`` open steps, ``window_steps``
+bounded by construction: at most ``max_open_steps`` open steps, ``window_steps``
 of key-metric history, one baseline per (sensor, metric) with sensors forgotten
 after ``sensor_ttl_steps``, and a 24-slot hour-of-day profile per metric.
 
@@ -278,22 +278,35 @@ class ZoneState:
             merge_bucket(mine, bucket)
         return True
 
-    def closable(self, cfg: FeatureConfig, source_wm: dict[str, int] | None = None) -> list[int]:
-        """Open steps that are complete: every source partition feeding the zone has passed their end.
+    def closable(
+        self,
+        source_wm: dict[str, int] | None = None,
+        partitions: int = 0,
+        *,
+        lateness_ms: int = 0,
+        max_open_steps: int = 240,
+    ) -> list[int]:
+        """Open steps that are complete: every source partition has passed their end (plus the lateness).
 
         A partition's progress is the newer of the zone's own data from it and the
-        partition's broadcast watermark (``source_wm``), so a sensor that went quiet
-        does not hold the zone while its partition moves on. A partition with no
-        data for the zone within ``max_skew_steps`` of the newest stops counting.
+        partition's broadcast watermark (``source_wm``), so a quiet sensor does not
+        hold the zone while its partition moves on. All ``partitions`` source
+        partitions (0..n-1) must have reported, so a replay in which one partition
+        runs hours ahead of another closes nothing on half the data. Beyond
+        ``max_open_steps`` open steps the oldest close anyway (bounded state).
         """
-        if not self.open or not self.wm:
+        if not self.open:
             return []
         source_wm = source_wm or {}
-        newest = max(self.wm.values())
-        skew_ms = cfg.max_skew_steps * self.step_ms
-        progress = [max(ts, source_wm.get(p, -1)) for p, ts in self.wm.items() if ts >= newest - skew_ms]
-        limit = max(min(progress) - cfg.lateness_s * 1000, newest - skew_ms)
-        return sorted(s for s in self.open if (s + 1) * self.step_ms <= limit)
+        names = set(self.wm) | set(source_wm) | {str(p) for p in range(partitions)}
+        progress = min(max(self.wm.get(p, -1), source_wm.get(p, -1)) for p in names) if names else -1
+        limit = progress - lateness_ms
+        ready = sorted(s for s in self.open if (s + 1) * self.step_ms <= limit)
+        excess = len(self.open) - len(ready) - max_open_steps
+        if excess > 0:
+            rest = sorted(s for s in self.open if (s + 1) * self.step_ms > limit)
+            ready = sorted(ready + rest[:excess])
+        return ready
 
     # -- closing a step: features against the baselines, then baseline updates ---------------------
 

@@ -34,7 +34,8 @@ def reading(sensor: str, ts: int, zone: str = "z1", utility: str = "water", **va
     }
 
 
-CFG = FeatureConfig(metrics=("water.flow", "water.pressure"), key_metrics={"water": "flow"}, lateness_s=0)
+CFG = FeatureConfig(metrics=("water.flow", "water.pressure"), key_metrics={"water": "flow"})
+NO_LATENESS = ForecasterSettings(lateness_s=0)
 
 
 # -- stage 1: fold --------------------------------------------------------------------------------
@@ -122,28 +123,29 @@ def test_step_closes_only_when_every_source_partition_passed_it() -> None:
     s0 = T0 // STEP_MS
     st.ingest(partial_of([(reading("a", T0 + 1000, flow=1.0), 0, 1), (reading("b", T0 + 2000, flow=1.0), 1, 1)]))
     st.ingest(partial_of([(reading("a", T0 + 61_000, flow=1.0), 0, 2)]))  # partition 0 is in the next step
-    assert st.closable(CFG) == []  # partition 1 has not passed step 0 yet
+    assert st.closable() == []  # partition 1 has not passed step 0 yet
     # partition 1's broadcast watermark says it moved on (its sensor of this zone was just quiet)
-    assert st.closable(CFG, {"1": T0 + 60_000}) == [s0]
+    assert st.closable({"1": T0 + 60_000}) == [s0]
     st.ingest(partial_of([(reading("b", T0 + 62_000, flow=1.0), 1, 2)]))
-    assert st.closable(CFG) == [s0]
+    assert st.closable() == [s0]
 
 
-def test_lateness_delays_closing_and_a_silent_partition_stops_holding_after_max_skew() -> None:
-    cfg = FeatureConfig(metrics=("water.flow",), key_metrics={"water": "flow"}, lateness_s=15, max_skew_steps=3)
+def test_lateness_delays_closing_and_open_steps_stay_bounded() -> None:
+    kw = {"lateness_ms": 15_000, "max_open_steps": 3}
     st = ZoneState("z1", STEP_MS)
     s0 = T0 // STEP_MS
     st.ingest(partial_of([(reading("a", T0, flow=1.0), 0, 1), (reading("b", T0, flow=1.0), 1, 1)]))
     st.ingest(partial_of([(reading("a", T0 + 80_000, flow=1.0), 0, 2)]))
-    assert st.closable(cfg, {"1": T0 + 70_000}) == []  # partition 1 only 10 s past the end: within the lateness
-    assert st.closable(cfg, {"1": T0 + 75_000}) == [s0]
-    # partition 1 goes silent for good; partition 0 runs on: after max_skew steps it no longer counts
-    st.ingest(partial_of([(reading("a", T0 + 4 * 60_000 + 1, flow=1.0), 0, 3)]))
-    assert s0 in st.closable(cfg)
+    assert st.closable({"1": T0 + 70_000}, **kw) == []  # partition 1 only 10 s past the end: within the lateness
+    assert st.closable({"1": T0 + 75_000}, **kw) == [s0]
+    # a partition that never reports (partitions=3): nothing closes until more than max_open_steps are open
+    st.ingest(partial_of([(reading("a", T0 + k * 60_000, flow=1.0), 0, 2 + k) for k in range(2, 5)]))
+    assert len(st.open) == 5
+    assert st.closable({"1": T0 + 10 * 60_000}, partitions=3, **kw) == [s0, s0 + 1]
 
 
 def test_late_partial_for_a_closed_step_is_counted_not_merged() -> None:
-    proc = ZoneProcessor(CFG, ForecasterSettings())
+    proc = ZoneProcessor(CFG, NO_LATENESS)
     states: dict[str, ZoneState] = {}
     proc.process(states, [partial_of([(reading("a", T0, flow=1.0), 0, 1)])])
     proc.process(states, [partial_of([(reading("a", T0 + 60_000, flow=1.0), 0, 2)])])
@@ -156,7 +158,7 @@ def test_late_partial_for_a_closed_step_is_counted_not_merged() -> None:
 def run_steps(values: list[dict[str, float]], sensors: int = 3, cfg: FeatureConfig = CFG) -> tuple[list, dict]:
     """Feed one reading per sensor per step (``values[k]`` are sensor 0's values; others get them too)."""
     proc_steps: list = []
-    proc = ZoneProcessor(cfg, ForecasterSettings(), on_step=lambda step, _inputs: proc_steps.append(step))
+    proc = ZoneProcessor(cfg, NO_LATENESS, on_step=lambda step, _inputs: proc_steps.append(step))
     states: dict[str, ZoneState] = {}
     for k, vals in enumerate([*values, values[-1]]):
         items = [(reading(f"s{j}", T0 + k * STEP_MS + j, **vals), 0, k * sensors + j) for j in range(sensors)]
@@ -187,7 +189,7 @@ def test_a_level_shift_shows_against_the_baseline_and_the_whole_zone_moves() -> 
 def test_a_stuck_sensor_repeats_exactly() -> None:
     rng = np.random.default_rng(4)
     steps: list = []
-    proc = ZoneProcessor(CFG, ForecasterSettings(), on_step=lambda s, _i: steps.append(s))
+    proc = ZoneProcessor(CFG, NO_LATENESS, on_step=lambda s, _i: steps.append(s))
     states: dict[str, ZoneState] = {}
     for k in range(60):
         items = []
@@ -209,7 +211,7 @@ def test_state_round_trip_gives_the_same_next_features() -> None:
     outs = []
     for st in (states, restored):
         got: list = []
-        proc = ZoneProcessor(CFG, ForecasterSettings(), on_step=lambda s, _i, got=got: got.append(s))
+        proc = ZoneProcessor(CFG, NO_LATENESS, on_step=lambda s, _i, got=got: got.append(s))
         proc.process(st, [partial_of(nxt), partial_of(later)], {"0": T0 + 53 * STEP_MS})
         outs.append(got)
     assert len(outs[0]) == len(outs[1]) >= 1
@@ -219,10 +221,8 @@ def test_state_round_trip_gives_the_same_next_features() -> None:
 
 
 def test_state_stays_bounded() -> None:
-    cfg = FeatureConfig(
-        metrics=("water.flow",), key_metrics={"water": "flow"}, window_steps=8, sensor_ttl_steps=5, lateness_s=0
-    )
-    proc = ZoneProcessor(cfg, ForecasterSettings())
+    cfg = FeatureConfig(metrics=("water.flow",), key_metrics={"water": "flow"}, window_steps=8, sensor_ttl_steps=5)
+    proc = ZoneProcessor(cfg, NO_LATENESS)
     states: dict[str, ZoneState] = {}
     for k in range(40):
         # a new sensor every step: old ones must be forgotten
