@@ -32,6 +32,8 @@ from services.simulator.units import METRIC_INDEX, METRICS, PLAUSIBLE
 
 M = len(METRICS)
 _SIGNED = np.array([m in SIGNED_METRICS for m in METRICS])
+#: How long incidents are remembered after their epoch ends: longer than any delivery delay.
+_KEEP_MS = 2 * 3_600_000
 _PLAUSIBLE_LO = np.array([PLAUSIBLE[m][0] for m in METRICS])
 _PLAUSIBLE_HI = np.array([PLAUSIBLE[m][1] for m in METRICS])
 
@@ -218,7 +220,7 @@ class Engine:
 
         self.plan_config = PlanConfig(config.anomaly_fraction, dict(config.incident_weights), config.incident_scale)
         self._planner = Planner(self, self.plan_config)
-        self.incidents: list[Incident] = []
+        self.incidents: list[Incident | None] = []
         self._epochs: dict[int, list[int]] = {}
 
     # ---- signals --------------------------------------------------------------------------------------------------
@@ -269,6 +271,16 @@ class Engine:
             self.incidents.extend(planned)
             self._epochs[e] = list(range(first, first + len(planned)))
         return self._epochs[e]
+
+    def _forget_before(self, t_ms: float) -> None:
+        """Drop incidents of epochs that ended before ``t_ms``: an endless run keeps bounded memory.
+
+        Their indices stay valid (the slots become None); nothing generated after ``t_ms`` refers to them.
+        """
+        epoch_ms = self.plan_config.epoch_ms
+        for e in [e for e in self._epochs if (e + 1) * epoch_ms < t_ms]:
+            for i in self._epochs.pop(e):
+                self.incidents[i] = None  # type: ignore[call-overload]
 
     def incidents_between(self, start_ms: int, end_ms: int) -> list[int]:
         """Indices of incidents overlapping [start_ms, end_ms), planning their epochs if needed."""
@@ -357,6 +369,8 @@ class Engine:
             pending = merged.take(np.flatnonzero(~ready))
             yield out.take(np.argsort(out.deliver, kind="stable"))
             b += 1
+            if end_ms is None:  # an endless run: keep memory bounded (a finite range keeps every label)
+                self._forget_before(b * self.block_ms - _KEEP_MS)
         if len(pending):
             yield pending.take(np.argsort(pending.deliver, kind="stable"))
 

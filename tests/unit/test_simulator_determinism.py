@@ -84,3 +84,25 @@ def test_a_target_rate_is_met_and_cuts_still_agree(rate: float) -> None:
     assert len(set(zip(whole.sensor.tolist(), whole.ts.tolist(), strict=True))) == len(whole), (
         "no sensor repeats a timestamp"
     )
+
+
+def test_an_endless_stream_forgets_old_incidents() -> None:
+    """A live run (no end) keeps memory bounded: incidents of long-gone epochs are dropped."""
+    small = Network.from_dict(
+        {
+            "sites": [
+                {"id": "a", "zones": [{"id": "a-z", "utility": "water", "sensors": [{"asset": "pipe", "count": 3}]}]}
+            ]
+        }
+    )
+    sim = Simulator(small, SimConfig(anomaly_fraction=0.2, incident_scale=0.05, block_rows=100), seed=7)
+    engine = sim.engine()
+    live = []
+    t0 = pd.Timestamp(START).value // 1_000_000
+    for batch in engine.batches(t0):
+        live.append(sum(x is not None for x in engine.incidents))
+        if batch.ts.max() > t0 + 24 * 3_600_000:
+            break
+    assert len(engine.incidents) > 100
+    assert max(live[len(live) // 2 :]) < len(engine.incidents) / 4
+    assert len(engine._epochs) <= 4
