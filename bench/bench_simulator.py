@@ -57,13 +57,14 @@ def bench_history(rounds: int) -> dict[str, Any]:
         Network.default(7), SimConfig(anomaly_fraction=0.05, faults=FaultConfig.preset("realistic")), seed=7
     )
     duration = _duration_for(sim, MILLION)
-    parquet_s, generate_s, rows, size = [], [], 0, 0
+    parquet_s, parquet_cpu, generate_s, rows, size = [], [], [], 0, 0
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(rounds):
             fresh = Simulator(sim.network, sim.config, seed=7 + r)
-            t = time.perf_counter()
+            t, cpu = time.perf_counter(), time.process_time()
             summary = fresh.write_history(Path(tmp) / f"h{r}.parquet", START, duration / 1000)
             parquet_s.append(time.perf_counter() - t)
+            parquet_cpu.append(time.process_time() - cpu)
             rows = summary["rows"]
             size = (Path(tmp) / f"h{r}.parquet").stat().st_size
             fresh = Simulator(sim.network, sim.config, seed=7 + r)
@@ -77,6 +78,7 @@ def bench_history(rounds: int) -> dict[str, Any]:
         "parquet_seconds_median": _median(parquet_s),
         "parquet_seconds": [round(x, 3) for x in parquet_s],
         "parquet_readings_per_s_median": round(rows / statistics.median(parquet_s)),
+        "parquet_cpu_seconds_median": _median(parquet_cpu),
         "parquet_mb": round(size / 1e6, 1),
         "generate_seconds_median": _median(generate_s),
         "generate_readings_per_s_median": round(n / statistics.median(generate_s)),
@@ -87,14 +89,16 @@ def bench_encode(rounds: int) -> dict[str, Any]:
     sim = Simulator(Network.default(7), SimConfig(faults=FaultConfig.preset("realistic")), seed=7)
     batch = Batch.concat(list(sim.batches(START, duration="3h")))
     encoder = Encoder(sim.engine())
-    rates = []
+    rates, cpu_rates = [], []
     for _ in range(rounds):
-        t = time.perf_counter()
+        t, cpu = time.perf_counter(), time.process_time()
         payloads = encoder.encode(batch)
         rates.append(len(payloads) / (time.perf_counter() - t))
+        cpu_rates.append(len(payloads) / (time.process_time() - cpu))
     return {
         "payloads": len(batch),
         "payloads_per_s_median": round(statistics.median(rates)),
+        "payloads_per_cpu_s_median": round(statistics.median(cpu_rates)),
         "rounds": [round(r) for r in rates],
     }
 
@@ -170,6 +174,8 @@ def main() -> int:
     results: dict[str, Any] = {
         "bench": "simulator",
         "host_cpus": os.cpu_count(),
+        # Other work on the machine slows every figure; the CPU-time figures are less sensitive to it.
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     print("==> history to Parquet", flush=True)
@@ -181,6 +187,7 @@ def main() -> int:
     print("==> into Kafka", flush=True)
     results["kafka"] = asyncio.run(bench_kafka(args.rounds, args.kafka_count, args.paced_rate, args.paced_seconds))
     print(orjson.dumps(results["kafka"]).decode(), flush=True)
+    results["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(orjson.dumps(results, option=orjson.OPT_INDENT_2).decode() + "\n")
