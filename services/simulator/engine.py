@@ -292,7 +292,9 @@ class Engine:
             )
         return out
 
-    def _apply_incidents(self, sensor, ts, values, t0, t1, rng) -> np.ndarray:
+    def _apply_incidents(
+        self, sensor: np.ndarray, ts: np.ndarray, values: np.ndarray, t0: int, t1: int, rng: np.random.Generator
+    ) -> np.ndarray:
         incident = np.full(len(ts), -1, dtype=np.int32)
         for idx in self.incidents_between(t0, t1):
             inc = self.incidents[idx]

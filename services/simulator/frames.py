@@ -11,6 +11,7 @@ from services.simulator.faults import DETAILS, FAULTS
 from services.simulator.units import METRICS
 
 ID_COLUMNS = ("sensor_id", "site", "zone", "utility", "asset")
+Names = str | list[str] | None
 
 
 class Vocab:
@@ -113,7 +114,7 @@ def arrow_schema() -> pa.Schema:
 # ---- wide frames ----------------------------------------------------------------------------------------------------
 
 
-def _select(frame: pd.DataFrame, zone, sensors, site) -> pd.DataFrame:
+def _select(frame: pd.DataFrame, zone: Names, sensors: Names, site: Names) -> pd.DataFrame:
     # Corrupt payloads never make it past ingest and a duplicate adds nothing: neither belongs in a training frame.
     mask = ~frame["fault"].isin(["corrupt", "duplicate"]).to_numpy()
     for col, want in (("zone", zone), ("sensor_id", sensors), ("site", site)):

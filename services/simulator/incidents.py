@@ -100,15 +100,17 @@ def _flow_loss(v: np.ndarray, u: np.ndarray, ref: np.ndarray, inc: Incident, ris
     return v
 
 
-def _leak(v, u, ref, inc, rng):
+def _leak(v: np.ndarray, u: np.ndarray, ref: np.ndarray, inc: Incident, rng: np.random.Generator) -> np.ndarray:
     return _flow_loss(v, u, ref, inc, rise=0.3)
 
 
-def _burst(v, u, ref, inc, rng):
+def _burst(v: np.ndarray, u: np.ndarray, ref: np.ndarray, inc: Incident, rng: np.random.Generator) -> np.ndarray:
     return _flow_loss(v, u, ref, inc, rise=0.01)
 
 
-def _contamination(v, u, ref, inc, rng):
+def _contamination(
+    v: np.ndarray, u: np.ndarray, ref: np.ndarray, inc: Incident, rng: np.random.Generator
+) -> np.ndarray:
     b = _bump(u, 0.15)
     v[:, _I["turbidity"]] *= 1 + inc.params["turbidity_factor"] * b
     v[:, _I["chlorine"]] *= 1 - inc.params["chlorine_loss"] * b
@@ -117,7 +119,7 @@ def _contamination(v, u, ref, inc, rng):
     return v
 
 
-def _cavitation(v, u, ref, inc, rng):
+def _cavitation(v: np.ndarray, u: np.ndarray, ref: np.ndarray, inc: Incident, rng: np.random.Generator) -> np.ndarray:
     b = _bump(u, 0.08)
     z = rng.standard_normal(len(u))
     v[:, _I["vibration"]] += inc.params["vibration_add"] * b * (1 + 0.4 * np.abs(z))
@@ -129,7 +131,7 @@ def _cavitation(v, u, ref, inc, rng):
     return v
 
 
-def _bearing(v, u, ref, inc, rng):
+def _bearing(v: np.ndarray, u: np.ndarray, ref: np.ndarray, inc: Incident, rng: np.random.Generator) -> np.ndarray:
     v[:, _I["vibration"]] *= 1 + inc.params["vibration_factor"] * u**2
     v[:, _I["bearing_temperature"]] += inc.params["temperature_rise"] * u**1.5
     v[:, _I["current"]] *= 1 + 0.05 * u
@@ -137,25 +139,27 @@ def _bearing(v, u, ref, inc, rng):
     return v
 
 
-def _stuck(v, u, ref, inc, rng):
+def _stuck(v: np.ndarray, u: np.ndarray, ref: np.ndarray, inc: Incident, rng: np.random.Generator) -> np.ndarray:
     stuck = inc.params["stuck_values"]  # [M]
     present = ~np.isnan(v)
     return np.where(present, stuck[None, :], v)
 
 
-def _drift(v, u, ref, inc, rng):
+def _drift(v: np.ndarray, u: np.ndarray, ref: np.ndarray, inc: Incident, rng: np.random.Generator) -> np.ndarray:
     m = _I[inc.params["metric"]]
     v[:, m] += inc.params["amount"] * np.abs(ref[:, m]) * u
     return v
 
 
-def _spike(v, u, ref, inc, rng):
+def _spike(v: np.ndarray, u: np.ndarray, ref: np.ndarray, inc: Incident, rng: np.random.Generator) -> np.ndarray:
     m = _I[inc.params["metric"]]
     v[:, m] += inc.params["amount"] * np.abs(ref[:, m])
     return v
 
 
-def _overconsumption(v, u, ref, inc, rng):
+def _overconsumption(
+    v: np.ndarray, u: np.ndarray, ref: np.ndarray, inc: Incident, rng: np.random.Generator
+) -> np.ndarray:
     r = _ramp(u, 0.05)
     extra = inc.params["extra"]
     for metric in ("power", "energy", "current"):
@@ -164,14 +168,16 @@ def _overconsumption(v, u, ref, inc, rng):
     return v
 
 
-def _gas_excursion(v, u, ref, inc, rng):
+def _gas_excursion(
+    v: np.ndarray, u: np.ndarray, ref: np.ndarray, inc: Incident, rng: np.random.Generator
+) -> np.ndarray:
     b = _bump(u, 0.12)
     v[:, _I["pressure"]] *= 1 + inc.params["direction"] * inc.params["amount"] * b
     v[:, _I["pressure_diff"]] *= 1 + inc.params["dp_factor"] * b
     return v
 
 
-def _tampering(v, u, ref, inc, rng):
+def _tampering(v: np.ndarray, u: np.ndarray, ref: np.ndarray, inc: Incident, rng: np.random.Generator) -> np.ndarray:
     # A bypass: the register under-reports energy and power while the current keeps flowing.
     k = inc.params["reported_fraction"]
     v[:, _I["energy"]] *= k
@@ -454,7 +460,18 @@ class Planner:
         start = e0 + int(rng.integers(0, span))
         return start, start + dur
 
-    def _incident(self, kind, suffix, epoch, zone_id, sensors, start, end, params, rng) -> Incident:
+    def _incident(
+        self,
+        kind: IncidentKind,
+        suffix: str,
+        epoch: int,
+        zone_id: str,
+        sensors: list[int],
+        start: int,
+        end: int,
+        params: dict[str, Any],
+        rng: np.random.Generator,
+    ) -> Incident:
         net, ctx = self.ctx.network, self.ctx
         zone = net.zone_by_id[zone_id]
         # Typical level: the noise-free mean over the day before the start, so a magnitude

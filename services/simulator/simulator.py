@@ -24,6 +24,8 @@ from services.simulator.timeutil import Moment, Span, parse_duration_ms, parse_t
 from shared.records import IncidentLabel
 
 FILE_FORMATS = ("parquet", "csv", "ndjson")
+#: One name or several (zones, sensors, sites); None means all.
+Names = str | list[str] | None
 
 
 class History(NamedTuple):
@@ -36,14 +38,23 @@ class History(NamedTuple):
     def step_ms(self) -> int | None:
         return self.frame.attrs.get("step_ms")
 
-    def wide(self, zone=None, sensors=None, site=None, metrics=None) -> pd.DataFrame:
+    def wide(
+        self, zone: Names = None, sensors: Names = None, site: Names = None, metrics: list[str] | None = None
+    ) -> pd.DataFrame:
         """Timestamp x ``<sensor_id>.<metric>`` (corrupt and duplicate messages left out)."""
         return wide(self.frame, zone=zone, sensors=sensors, site=site, metrics=metrics, step_ms=self.step_ms)
 
-    def wide_labels(self, zone=None, sensors=None, site=None) -> pd.DataFrame:
+    def wide_labels(self, zone: Names = None, sensors: Names = None, site: Names = None) -> pd.DataFrame:
         return wide_labels(self.frame, zone=zone, sensors=sensors, site=site, step_ms=self.step_ms)
 
-    def to_wide_csv(self, path: str | Path, zone=None, sensors=None, site=None, metrics=None) -> Path:
+    def to_wide_csv(
+        self,
+        path: str | Path,
+        zone: Names = None,
+        sensors: Names = None,
+        site: Names = None,
+        metrics: list[str] | None = None,
+    ) -> Path:
         """The detector's offline format (``timestamp`` + sensor columns) and ``<stem>.labels.csv`` beside it."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
