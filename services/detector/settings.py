@@ -54,6 +54,14 @@ class DetectorSettings:
     )
     emit_scores: bool = _doc(True, "Publish every reading's score on `scores` (anomalies are always published).")
     reason_metrics: int = _doc(3, "Contributing metrics listed with each anomaly.")
+    checkpoint_s: float = _doc(
+        1.0,
+        "How often (seconds) changed sensor states and consumed offsets are written to the tables (once per "
+        "sensor); after a crash at most this much is scored again, from the checkpointed state.",
+    )
+    batches_in_flight: int = _doc(
+        2, "Micro-batches whose outputs may await the broker's acknowledgement while the next one is scored."
+    )
     compute_in_thread: bool = _doc(
         True, "Run feature extraction and scoring in a worker thread so the event loop keeps heartbeating."
     )
