@@ -6,10 +6,12 @@ Two stages, both thin over pure code:
   events and quarantined readings → rule hits merged per fingerprint → the internal
   events topic, keyed by the shard labels (``global.shard_by``, default site/zone),
   so every alert, group and inhibition of a zone lives on one partition.
-* ``alert_state`` (internal events, one event at a time so every table write has
-  its event's partition — pitfall 10): alert lifecycle, groups, outbox. A timer
-  sends a ``tick`` to each partition this worker owns; timers therefore run *inside*
-  stream iteration and their table writes are changelogged and recovered.
+* ``alert_state`` (internal events, micro-batches split by partition): alert
+  lifecycle, groups, outbox. Events go through write-back overlays of the tables;
+  each changed key is then written once per batch inside an event context of its
+  partition (pitfall 10), so the changelog and the rocksdb partition are the right
+  ones and recovery restores them. A timer sends a ``tick`` to each partition this
+  worker owns: timers run *inside* stream iteration, so their writes are recovered too.
 
 Deliveries run beside the stream (:mod:`services.alerts.dispatcher`) so a slow
 receiver never stalls a partition.
@@ -17,8 +19,10 @@ receiver never stalls a partition.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import faust
@@ -31,6 +35,7 @@ from services.alerts.dispatcher import Dispatcher, Integrations
 from services.alerts.evaluate import INPUTS, FloodGate, decode_internal, evaluate_batch
 from services.alerts.labels import shard_key
 from services.alerts.mirror import Mirror
+from services.alerts.overlay import Overlay
 from services.alerts.processor import Processor
 from services.alerts.settings import AlertsSettings
 from shared.cache import Cache
@@ -41,6 +46,22 @@ from shared.settings import Settings
 from shared.topics import ALERTS_DLQ, FEEDBACK
 
 log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def event_context(stream: Any, event: Any) -> Iterator[None]:
+    """Make ``event`` the stream's current event while its partition's table writes happen.
+
+    Table writes (changelog partition and rocksdb partition store) take the partition
+    from the current event; inside ``take_events`` there is none, so the batch sets
+    the one of the partition being written (the detector does the same).
+    """
+    previous = stream.current_event
+    stream._set_current_event(event)
+    try:
+        yield
+    finally:
+        stream._set_current_event(previous)
 
 
 def create_app(
@@ -77,16 +98,13 @@ def create_app(
     # Every worker needs every silence; faust's advice for GlobalTable: one partition, recovery buffer 1.
     silences_t = app.GlobalTable("silences", partitions=1, recovery_buffer_size=1, schema=schema)
 
-    processor = Processor(
-        config,
-        asettings,
-        alerts=alerts_t,
-        groups=groups_t,
-        outbox=outbox_t,
-        limits=limits_t,
-        counters=counters_t,
-        silences=silences_t,
-    )
+    state_tables = {
+        "alerts": alerts_t,
+        "groups": groups_t,
+        "outbox": outbox_t,
+        "limits": limits_t,
+        "counters": counters_t,
+    }
     cache = Cache(settings.redis_url, prefix=settings.topic_prefix, ttl_s=settings.cache_ttl_s, service="alerts")
     mirror = Mirror(cache)
 
@@ -187,30 +205,43 @@ def create_app(
 
     @app.agent(events)
     async def alert_state(stream: Any) -> None:
-        async for event in stream.events():
-            try:
-                value = decode_internal(event.value)
-            except ValueError as exc:
-                DECODE_ERRORS.labels("alerts", "events").inc()
-                log.warning("undecodable internal event skipped: %s", exc)
-                continue
-            partition = event.message.partition
-            now = time.time()
-            if value["type"] == "tick":
-                # Ticks can queue up behind a backlog; one per interval is enough.
-                if now - last_tick.get(partition, 0.0) < asettings.tick_interval_s * 0.5:
-                    continue
-                last_tick[partition] = now
-            started = time.perf_counter()
-            changes = processor.handle(value, partition, now)
-            pending_mirror.update(changes.alerts)
-            for fp in changes.removed:
-                pending_mirror[fp] = None
+        async for batch in stream.take_events(asettings.batch_size, within=asettings.batch_within_s):
+            by_partition: dict[int, list[Any]] = {}
+            for event in batch:
+                by_partition.setdefault(event.message.partition, []).append(event)
+            for partition, evs in by_partition.items():
+                started = time.perf_counter()
+                overlays = {name: Overlay(t) for name, t in state_tables.items()}
+                proc = Processor(config, asettings, **overlays, silences=silences_t)
+                dispatch: dict[str, dict[str, Any]] = {}
+                for event in evs:
+                    try:
+                        value = decode_internal(event.value)
+                    except ValueError as exc:
+                        DECODE_ERRORS.labels("alerts", "events").inc()
+                        log.warning("undecodable internal event skipped: %s", exc)
+                        continue
+                    now = time.time()
+                    if value["type"] == "tick":
+                        # Ticks can queue up behind a backlog; one per interval is enough.
+                        if now - last_tick.get(partition, 0.0) < asettings.tick_interval_s * 0.5:
+                            continue
+                        last_tick[partition] = now
+                    changes = proc.handle(value, partition, now)
+                    pending_mirror.update(changes.alerts)
+                    pending_mirror.update(dict.fromkeys(changes.removed))
+                    dispatch.update((e["id"], e) for e in changes.dispatch)
+                # Each changed key is written once, in the context of an event of its partition (pitfall 10).
+                with event_context(stream, evs[-1]):
+                    for overlay in overlays.values():
+                        overlay.flush()
+                for entry in dispatch.values():
+                    if proc.outbox.get(entry["id"]) is not None:
+                        dispatcher.submit(entry)
+                BATCH_SIZE.labels("alerts", "state").observe(len(evs))
+                BATCH_SECONDS.labels("alerts", "state").observe(time.perf_counter() - started)
             if len(pending_mirror) >= 1000:
                 await flush_mirror()
-            for entry in changes.dispatch:
-                dispatcher.submit(entry)
-            BATCH_SECONDS.labels("alerts", value["type"]).observe(time.perf_counter() - started)
 
     @app.agent(silence_commands)
     async def silence_writer(stream: Any) -> None:
@@ -252,7 +283,6 @@ def create_app(
         await cache.close()
 
     app.flowwatch_close = _close  # type: ignore[attr-defined]
-    app.flowwatch_processor = processor  # type: ignore[attr-defined]
     app.flowwatch_dispatcher = dispatcher  # type: ignore[attr-defined]
     return app
 

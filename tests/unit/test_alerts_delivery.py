@@ -224,3 +224,28 @@ def test_tokens_from_env_and_file(tmp_path):
     ]:
         with pytest.raises(AuthConfigError, match=msg):
             TokenStore.load("T", env={"T": bad})
+
+
+def test_overlay_reads_its_writes_and_flushes_each_key_once():
+    from services.alerts.overlay import Overlay
+
+    class Counting(dict):
+        writes = 0
+
+        def __setitem__(self, k, v):
+            Counting.writes += 1
+            super().__setitem__(k, v)
+
+    table = Counting(a=1, b=2)
+    Counting.writes = 0
+    o = Overlay(table)
+    for i in range(100):
+        o["a"] = i
+    o["c"] = 3
+    del o["b"]
+    assert o["a"] == 99 and "b" not in o and o.get("b") is None and sorted(o) == ["a", "c"] and len(o) == 2
+    assert table == {"a": 1, "b": 2}  # nothing written yet
+    with pytest.raises(KeyError):
+        del o["zzz"]
+    assert o.flush() == 3
+    assert table == {"a": 99, "c": 3} and Counting.writes == 2
