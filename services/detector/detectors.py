@@ -106,12 +106,20 @@ class LOFDetector(Detector):
 
     name = "lof"
 
-    def __init__(self, neighbours: int = 20):
+    def __init__(self, neighbours: int = 10, max_samples: int = 1000):
         self.neighbours = neighbours
+        self.max_samples = max_samples
         self.model: LocalOutlierFactor | None = None
 
     def fit(self, x: np.ndarray) -> LOFDetector:
-        self.model = LocalOutlierFactor(n_neighbors=min(self.neighbours, len(x) - 1), novelty=True).fit(x)
+        # Every scored row searches its neighbours in the reference set: an even sample of
+        # 1,000 normal rows and 10 neighbours, searched brute force (one BLAS product), score
+        # a micro-batch several times faster than 20 neighbours in a tree over all rows.
+        if len(x) > self.max_samples:
+            x = x[np.linspace(0, len(x) - 1, self.max_samples).astype(np.int64)]
+        self.model = LocalOutlierFactor(
+            n_neighbors=min(self.neighbours, len(x) - 1), novelty=True, algorithm="brute"
+        ).fit(x)
         return self
 
     def score(self, x: np.ndarray) -> np.ndarray:

@@ -1,0 +1,364 @@
+"""Detector throughput, micro-batch latency and the speed-up of micro-batching, with the real broker and one worker.
+
+Everything on: trained ensemble models (z-score, PCA T²+Q, K-Means, LOF, IsolationForest)
+for the pipe and pump profiles, per-sensor rolling state in the Faust table (changelog
+included), scores for every reading, anomalies with reasons, zone aggregates and the
+Redis cache.
+
+Throughput: ``--readings`` clean readings (``--sensors`` sensors, mostly pipes and some
+pumps, keyed by sensor_id) are written to readings.clean *before* the worker starts (or
+between rounds); the worker drains the backlog. Readings/s = readings / (last - first
+``scores`` append time), so start-up and this script are not counted. ``--rounds``
+backlogs are drained by the same worker; the median is reported, with the worker's
+readings per CPU second (the machine is shared; CPU time is the steadier number).
+
+Micro-batch latency: the worker's own processing time per micro-batch (decode, features,
+ensemble, table writes, sends queued), p50 and p99 over every batch of the rounds
+(``/detector/stats``).
+
+Per-event: a second worker with ``FLOWWATCH_DETECTOR_BATCH_SIZE=1`` (one reading per
+batch: one feature step, one ensemble call, one table write each) drains
+``--per-event-readings`` readings in the same run; speed-up = batched / per-event.
+
+Writes bench/results/detector.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import orjson
+import pandas as pd
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.structs import TopicPartition
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from services.detector.profiles import ProfileSet  # noqa: E402
+from services.detector.settings import DEFAULT_PROFILES_FILE  # noqa: E402
+from services.detector.training import fit_profile  # noqa: E402
+from shared.registry import ModelRegistry  # noqa: E402
+from shared.settings import Settings  # noqa: E402
+from shared.topics import create_all  # noqa: E402
+from tests.helpers import ServiceProcess  # noqa: E402
+
+T0 = 1_717_200_000_000
+STEP_MS = 10_000
+
+
+def sensor_table(n: int, seed: int = 0) -> list[dict[str, Any]]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        pump = i % 10 == 0
+        out.append(
+            {
+                "sensor_id": f"{'pump' if pump else 'pipe'}-{i:05d}",
+                "zone": f"zone-{i % 40:02d}",
+                "asset": "pump" if pump else "pipe",
+                "base": {
+                    "flow": rng.uniform(40, 400),
+                    "pressure": rng.uniform(400, 700),
+                    "current": rng.uniform(20, 120),
+                    "power": rng.uniform(10, 90),
+                    "vibration": rng.uniform(1, 3),
+                    "bearing_temperature": rng.uniform(30, 60),
+                },
+            }
+        )
+    return out
+
+
+METRICS = {
+    "pipe": ("pressure", "flow"),
+    "pump": ("flow", "pressure", "current", "power", "vibration", "bearing_temperature"),
+}
+UNITS = {
+    "pressure": "kPa",
+    "flow": "m3/h",
+    "current": "A",
+    "power": "kW",
+    "vibration": "mm/s",
+    "bearing_temperature": "C",
+}
+
+
+def reading(sensor: dict[str, Any], k: int, rng: np.random.Generator) -> dict[str, Any]:
+    daily = 1 + 0.1 * np.sin(2 * np.pi * ((T0 + k * STEP_MS) % 86_400_000) / 86_400_000)
+    values = {
+        m: round(float(sensor["base"][m] * daily * (1 + rng.normal(0, 0.01))), 3) for m in METRICS[sensor["asset"]]
+    }
+    return {
+        "sensor_id": sensor["sensor_id"],
+        "ts": T0 + k * STEP_MS,
+        "site": "bench",
+        "zone": sensor["zone"],
+        "utility": "water",
+        "asset": sensor["asset"],
+        "values": values,
+        "units": {m: UNITS[m] for m in values},
+        "v": 1,
+    }
+
+
+def train_models(settings: Settings, sensors: list[dict[str, Any]]) -> dict[str, str]:
+    """Ensemble models for the pipe and pump profiles, registered and promoted before the worker starts."""
+    rng = np.random.default_rng(1)
+    rows = [
+        {"sensor_id": s["sensor_id"], "asset": s["asset"], "ts": r["ts"], **r["values"]}
+        for s in sensors[:200]
+        for k in range(60)
+        for r in [reading(s, k, rng)]
+    ]
+    frame = pd.DataFrame(rows)
+    profiles = ProfileSet.load(DEFAULT_PROFILES_FILE)
+    registry = ModelRegistry(settings.model_dir)
+    versions = {}
+    for name in ("pipe", "pump"):
+        model = fit_profile(frame[frame["asset"] == name], profiles.by_name[name])
+        with registry.create(f"detector-{name}", model.meta()) as target:
+            model.save(target)
+        version = registry.last_created.version
+        registry.promote(f"detector-{name}", version, "production")
+        versions[name] = version
+    return versions
+
+
+async def produce_backlog(settings: Settings, sensors: list[dict[str, Any]], rounds: range, seed: int) -> int:
+    rng = np.random.default_rng(seed)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, linger_ms=20, max_batch_size=512 * 1024)
+    await producer.start()
+    n = 0
+    try:
+        topic = settings.topic("readings.clean")
+        for k in rounds:
+            for s in sensors:
+                await producer.send(topic, orjson.dumps(reading(s, k, rng)), key=s["sensor_id"].encode())
+                n += 1
+        await producer.flush()
+    finally:
+        await producer.stop()
+    return n
+
+
+async def scores_span(settings: Settings, expected: int, timeout: float) -> tuple[int, int, int]:
+    """Wait until ``scores`` holds ``expected`` messages; (count, first append ms, last append ms)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, group_id=None, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        topic = settings.topic("scores")
+        parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or []]
+        if not parts:
+            await consumer._client.force_metadata_update()
+            parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or []]
+        deadline = time.monotonic() + timeout
+        while True:
+            ends = await consumer.end_offsets(parts)
+            total = sum(ends.values())
+            if total >= expected or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.25)
+        consumer.assign(parts)
+        first, last = [], []
+        for tp in parts:
+            if ends[tp] == 0:
+                continue
+            for offset, bucket in ((0, first), (ends[tp] - 1, last)):
+                consumer.seek(tp, offset)
+                got = await consumer.getmany(tp, timeout_ms=5000, max_records=1)
+                bucket.extend(r.timestamp for r in got.get(tp, []))
+        return total, min(first), max(last)
+    finally:
+        await consumer.stop()
+
+
+async def offsets(settings: Settings, topic: str) -> int:
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, group_id=None)
+    await consumer.start()
+    try:
+        await consumer._client.force_metadata_update()
+        parts = [TopicPartition(settings.topic(topic), p) for p in consumer.partitions_for_topic(settings.topic(topic))]
+        return sum((await consumer.end_offsets(parts)).values())
+    finally:
+        await consumer.stop()
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def drain_rounds(
+    settings: Settings, sensors: list, per_round: int, rounds: int, env: dict[str, str], timeout: float
+) -> dict[str, Any]:
+    """Run one worker; for each round write a backlog, wait until it is scored, measure."""
+    readings_per_sensor = max(1, per_round // len(sensors))
+    results, cpu = [], []
+    produced = 0
+    # the first backlog is waiting before the worker starts
+    produced += await produce_backlog(settings, sensors, range(readings_per_sensor), seed=10)
+    with ServiceProcess("detector", settings, env) as det:
+        pid = det.proc.pid
+        for r in range(rounds):
+            if r:
+                base = r * readings_per_sensor
+                c0 = cpu_seconds(pid)
+                produced += await produce_backlog(
+                    settings, sensors, range(base, base + readings_per_sensor), seed=10 + r
+                )
+            else:
+                c0 = cpu_seconds(pid)
+            total, first, last = await scores_span(settings, produced, timeout)
+            c1 = cpu_seconds(pid)
+            n = readings_per_sensor * len(sensors)
+            if total < produced:
+                raise RuntimeError(f"only {total} of {produced} readings scored within {timeout}s:\n{det.tail()}")
+            if r:  # rounds after the first: span of this round's scores only
+                _, first, last = await round_span(settings, produced - n)
+            results.append(n / max((last - first) / 1000.0, 1e-3))
+            cpu.append(n / max(c1 - c0, 1e-6))
+        stats = httpx.get(f"{det.url}/detector/stats", timeout=10).json()
+        ready = httpx.get(f"{det.url}/ready", timeout=10).json()
+    return {"throughput": results, "per_cpu_second": cpu, "stats": stats, "ready": ready, "produced": produced}
+
+
+async def round_span(settings: Settings, start_count: int) -> tuple[int, int, int]:
+    """First and last append time of the scores after the first ``start_count`` (per partition by time)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, group_id=None, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        topic = settings.topic("scores")
+        await consumer._client.force_metadata_update()
+        parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
+        consumer.assign(parts)
+        stamps: list[int] = []
+        for tp in parts:
+            await consumer.seek_to_beginning(tp)
+        ends = await consumer.end_offsets(parts)
+        remaining = sum(ends.values())
+        while remaining > 0:
+            got = await consumer.getmany(timeout_ms=2000, max_records=50_000)
+            if not got:
+                break
+            for records in got.values():
+                stamps.extend(r.timestamp for r in records)
+                remaining -= len(records)
+        stamps.sort()
+        later = stamps[start_count:]
+        return len(stamps), later[0], later[-1]
+    finally:
+        await consumer.stop()
+
+
+async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    base = Settings.from_env("detector")
+    tmp = Path(tempfile.mkdtemp(prefix="bench-detector-"))
+    sensors = sensor_table(args.sensors)
+    out: dict[str, Any] = {
+        "benchmark": "detector",
+        "what": "readings/s from readings.clean to scores (+anomalies, aggregates, state table, Redis), one worker",
+        "sensors": args.sensors,
+        "partitions": args.partitions,
+        "cpus": os.cpu_count(),
+        "target_per_s": 20_000,
+    }
+
+    batched = base.replace(
+        topic_prefix=f"bd{uuid.uuid4().hex[:8]}.",
+        data_dir=tmp / "batched",
+        model_dir=tmp / "models",
+        partitions=args.partitions,
+    )
+    await create_all(batched, out=open(os.devnull, "w"))
+    out["models"] = train_models(batched, sensors)
+    env = {"FLOWWATCH_DETECTOR_BATCH_SIZE": str(args.batch_size), "FLOWWATCH_LOG_LEVEL": "WARNING"}
+    run = await drain_rounds(batched, sensors, args.readings, args.rounds, env, args.timeout)
+    detail = run["ready"]["models"]["detail"]
+    if not all(f"{name}: {version}" in detail for name, version in out["models"].items()):
+        raise RuntimeError(f"the worker did not serve the trained models: {detail}")
+    out.update(
+        readings_per_round=args.readings,
+        rounds=args.rounds,
+        batch_size=args.batch_size,
+        throughput_per_s=[round(x) for x in run["throughput"]],
+        throughput_median_per_s=round(statistics.median(run["throughput"])),
+        readings_per_worker_cpu_second=[round(x) for x in run["per_cpu_second"]],
+        readings_per_worker_cpu_second_median=round(statistics.median(run["per_cpu_second"])),
+        batch_seconds_p50=run["stats"]["batch_seconds_p50"],
+        batch_seconds_p99=run["stats"]["batch_seconds_p99"],
+        batch_size_mean=run["stats"]["batch_size_mean"],
+        anomalies=run["stats"]["anomalies"],
+        models_detail=run["ready"]["models"]["detail"],
+    )
+
+    per_event = base.replace(
+        topic_prefix=f"be{uuid.uuid4().hex[:8]}.",
+        data_dir=tmp / "per-event",
+        model_dir=tmp / "models",
+        partitions=args.partitions,
+    )
+    await create_all(per_event, out=open(os.devnull, "w"))
+    env1 = {"FLOWWATCH_DETECTOR_BATCH_SIZE": "1", "FLOWWATCH_LOG_LEVEL": "WARNING"}
+    single = await drain_rounds(per_event, sensors, args.per_event_readings, 1, env1, args.timeout)
+    out.update(
+        per_event_readings=single["produced"],
+        per_event_throughput_per_s=round(single["throughput"][0]),
+        per_event_readings_per_worker_cpu_second=round(single["per_cpu_second"][0]),
+        per_event_batch_seconds_p50=single["stats"]["batch_seconds_p50"],
+        per_event_batch_seconds_p99=single["stats"]["batch_seconds_p99"],
+        speedup_over_per_event=round(statistics.median(run["throughput"]) / single["throughput"][0], 1),
+        speedup_over_per_event_cpu=round(statistics.median(run["per_cpu_second"]) / single["per_cpu_second"][0], 1),
+        machine_load_avg_1m_at_end=os.getloadavg()[0],
+    )
+    await cleanup(batched)
+    await cleanup(per_event)
+    return out
+
+
+async def cleanup(settings: Settings) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    await admin.start()
+    try:
+        names = [t for t in await admin.list_topics() if t.startswith(settings.topic_prefix)]
+        if names:
+            await admin.delete_topics(names)
+    except Exception:  # noqa: BLE001 - best effort; a prefix is never reused
+        pass
+    finally:
+        await admin.close()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sensors", type=int, default=2000)
+    parser.add_argument("--readings", type=int, default=200_000, help="readings per round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=2000)
+    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--per-event-readings", type=int, default=6000)
+    parser.add_argument("--timeout", type=float, default=600)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "detector.json")
+    args = parser.parse_args()
+    result = asyncio.run(main_async(args))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
+    print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
