@@ -151,9 +151,13 @@ class Ingest:
             except Exception:
                 await producer.stop()
                 raise
-            if len(set(counts.values())) != 1:
-                # Sensor state is co-partitioned with readings.clean through readings.raw's partitions.
-                self.started_error = f"partition counts differ, co-partitioning impossible: {counts}"
+            tables = READINGS_RAW.partitions_for(self.settings)
+            if len(set(counts.values())) != 1 or counts[self.raw_name] != tables:
+                # Sensor state is co-partitioned with readings.clean through readings.raw's partitions,
+                # and the tables were declared with FLOWWATCH_PARTITIONS partitions.
+                self.started_error = (
+                    f"partition counts must all equal FLOWWATCH_PARTITIONS={tables}; the topics have {counts}"
+                )
                 log.error("ingest cannot start: %s", self.started_error)
             self.producer = producer
             self.partition_of = PartitionMap(counts[self.clean_name])

@@ -148,6 +148,8 @@ class ReadingsPump:
     async def run(self) -> None:
         ingest = self.ingest
         await ingest.ensure_started()
+        if ingest.started_error:
+            return  # not ready, with the reason on /ready; reading would break co-partitioning
         self.consumer = await self._start_consumer()
         batch_size = ingest.isettings.batch_size
         within_ms = max(1, int(ingest.isettings.batch_within_s * 1000))

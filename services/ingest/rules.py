@@ -140,7 +140,7 @@ def load_ranges_file(path: Path | str | None) -> dict[str, Any]:
     """The default ranges, overlaid with ``path`` when it is another file."""
     with open(DEFAULT_RANGES_FILE) as fh:
         base = yaml.safe_load(fh) or {}
-    if path is None or Path(path).resolve() == DEFAULT_RANGES_FILE.resolve():
+    if not path or Path(path).resolve() == DEFAULT_RANGES_FILE.resolve():
         return base
     try:
         with open(path) as fh:

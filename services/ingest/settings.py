@@ -28,9 +28,10 @@ def _doc(default: Any, doc: str, env: str | None = None) -> Any:
 class IngestSettings:
     """What ingest accepts, how it batches, and how it watches sensors."""
 
-    ranges_file: Path = _doc(
-        DEFAULT_RANGES_FILE,
-        "YAML file with the metrics (canonical unit, physical range), metric aliases and the metrics expected per asset.",
+    ranges_file: str = _doc(
+        "",
+        "YAML file overriding metrics (canonical unit, physical range), metric aliases or expected metrics per "
+        "asset; empty: the built-in services/ingest/ranges.yaml only.",
     )
     max_future_s: float = _doc(
         300.0, "A reading stamped more than this many seconds after its arrival is quarantined (`future_ts`)."
@@ -46,9 +47,9 @@ class IngestSettings:
     )
     dedup_memory: int = _doc(
         64,
-        "Timestamps remembered per sensor to drop duplicates that arrive out of order (readings newer than the "
-        "sensor's newest are never duplicates). A repeat older than this memory but within the lateness is "
-        "quarantined as `late`.",
+        "Newest timestamps remembered per sensor to spot duplicates that arrive out of order (a reading newer than "
+        "the sensor's newest is never a duplicate). An out-of-order reading older than all of them but within the "
+        "lateness cannot be checked; it is accepted and counted as `unverified`.",
     )
     quality_threshold: float = _doc(
         0.5, "Readings whose quality score (0..1) is below this are quarantined (`low_quality`)."

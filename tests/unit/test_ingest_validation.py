@@ -249,7 +249,7 @@ def test_default_ranges_cover_the_canonical_metrics() -> None:
 def test_an_override_file_replaces_only_what_it_lists(tmp_path: Path) -> None:
     path = tmp_path / "ranges.yaml"
     path.write_text("metrics:\n  pressure: {unit: kPa, min: 0, max: 1000}\nassets:\n  pipe: [pressure]\n")
-    rules = Rules.load(IngestSettings(ranges_file=path))
+    rules = Rules.load(IngestSettings(ranges_file=str(path)))
     assert rules.metrics["pressure"].hi == 1000 and rules.metrics["flow"].hi == 100000
     assert not validate(reading(values={"pressure": 1200.0}), NOW, rules).ok
     assert validate(reading(values={"pressure": 900.0}), NOW, rules).ok
@@ -270,7 +270,7 @@ def test_a_bad_ranges_file_fails_at_load_naming_the_entry(tmp_path: Path, text: 
     path = tmp_path / "ranges.yaml"
     path.write_text(text)
     with pytest.raises(ConfigError):
-        Rules.load(IngestSettings(ranges_file=path))
+        Rules.load(IngestSettings(ranges_file=str(path)))
 
 
 def test_iso_parse_matches_datetime() -> None:
