@@ -62,7 +62,8 @@ def create_app(settings: Settings | None = None, ingest_settings: IngestSettings
         # Faust awaits this before handing partitions over: finish the batch, checkpoint, stop reading.
         await pump.on_revoked()
 
-    install(app, ReadingsEndpoint(ingest, isettings.resolved_token()))
+    endpoint = ReadingsEndpoint(ingest, isettings.resolved_token())
+    install(app, endpoint)
     state.add_check("output", ingest.ready_check)
     state.add_check("readings", lambda: pump.check(state.stall_seconds))
 
@@ -78,6 +79,7 @@ def create_app(settings: Settings | None = None, ingest_settings: IngestSettings
     @app.on_before_shutdown.connect
     async def _shutdown(sender: Any, **_: Any) -> None:
         await pump.on_revoked()
+        await endpoint.close()
         await ingest.stop()
 
     return app

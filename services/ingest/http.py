@@ -2,10 +2,12 @@
 
 The endpoint does not validate on its own: it writes each item to readings.raw, keyed by
 its sensor_id (so it lands in the partition whose owner holds the sensor's state), and
-waits for the agent's verdicts (:mod:`services.ingest.verdicts`). One validation path,
+waits for the pipeline's verdicts (:mod:`services.ingest.verdicts`). One validation path,
 and the answer is the truth: ``accepted``, ``quarantined`` (with reasons per item) and
-``duplicates``. Items whose partition another worker owns, or still undecided after
-``FLOWWATCH_INGEST_HTTP_WAIT_S``, are ``pending``: durably in readings.raw, not lost.
+``duplicates``. With several workers, items whose sensors another worker owns are sent
+to that worker's endpoint (Faust's router knows the owner of each table key) and its
+answer is merged in. Items still undecided after ``FLOWWATCH_INGEST_HTTP_WAIT_S``, or
+whose owner could not be reached, are ``pending``: durably in readings.raw, not lost.
 
 Status codes: 202 with the summary; 400 for a body that is not JSON, a JSON array or
 NDJSON; 401/403 for a missing/wrong token when one is configured; 413 above the size or
@@ -20,12 +22,14 @@ import itertools
 import logging
 from typing import TYPE_CHECKING, Any
 
+import httpx
 from aiokafka.errors import KafkaError
 
 from services.ingest import metrics as m
 from services.ingest.outbox import Outbox
 from services.ingest.payloads import PayloadError, TooManyItems, split_items
 from services.ingest.pipeline import H_REQUEST, H_SOURCE
+from services.ingest.verdicts import MAX_ERRORS_SHOWN
 
 if TYPE_CHECKING:
     from services.ingest.engine import Ingest
@@ -33,6 +37,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PATH = "/v1/readings"
+#: Set on a request one worker routes to the owner of its sensors; the owner never routes it again.
+H_ROUTED = "X-Flowwatch-Routed"
 
 
 def check_token(expected: str, headers: Any) -> int | None:
@@ -74,6 +80,7 @@ class ReadingsEndpoint:
         self.ingest = ingest
         self._token = token
         self._spread = itertools.count()
+        self._http: httpx.AsyncClient | None = None
 
     async def handle(self, view: Any, request: Any) -> Any:
         try:
@@ -113,47 +120,114 @@ class ReadingsEndpoint:
         local = sorted(ingest.local_partitions())
         if not local:
             return 503, {"error": "ingest is not ready (no partitions assigned yet)"}, {"Retry-After": "2"}
-        assert ingest.partition_of is not None and ingest.producer is not None
+        assert ingest.partition_of is not None
         local_set = set(local)
+        routed = request.headers.get(H_ROUTED) is not None
 
-        placed: list[tuple[int, int, bytes | None, bytes]] = []  # (index, partition, key, value)
-        remote = 0
+        mine: list[tuple[int, int, bytes | None, bytes]] = []  # (index, partition, key, value)
+        theirs: dict[str, list[tuple[int, int, bytes, bytes]]] = {}  # owner URL -> items
         for index, item in enumerate(items):
-            if item.sensor_id is not None:
-                partition = ingest.partition_of(item.sensor_id)
-                key: bytes | None = item.sensor_id.encode()
-            else:
+            if item.sensor_id is None:
                 # Nothing to key by (it will be quarantined): keep it where this worker decides it.
-                partition = local[next(self._spread) % len(local)]
-                key = None
-            placed.append((index, partition, key, item.value))
-            if partition not in local_set:
-                remote += 1
+                mine.append((index, local[next(self._spread) % len(local)], None, item.value))
+                continue
+            partition = ingest.partition_of(item.sensor_id)
+            key = item.sensor_id.encode()
+            owner = None if partition in local_set or routed else self._owner(key)
+            if owner is None:
+                mine.append((index, partition, key, item.value))
+            else:
+                theirs.setdefault(owner, []).append((index, partition, key, item.value))
 
+        results = await asyncio.gather(
+            self._judge_here(mine, local_set),
+            *(self._judge_there(url, group, request.headers) for url, group in theirs.items()),
+        )
+        if any(r is None for r in results):
+            return 503, {"error": "could not write to Kafka"}, {"Retry-After": "5"}
+        counts = {"accepted": 0, "quarantined": 0, "duplicates": 0, "pending": 0}
+        errors: list[dict[str, Any]] = []
+        for part in results:
+            assert part is not None
+            for k in counts:
+                counts[k] += int(part[k])
+            errors.extend(part["errors"])
+        errors.sort(key=lambda e: e["index"])
+        summary: dict[str, Any] = {**counts, "errors": errors[:MAX_ERRORS_SHOWN], "received": len(items)}
+        if counts["quarantined"] + counts["duplicates"] > len(summary["errors"]):
+            summary["errors_truncated"] = True
+        return 202, summary, None
+
+    def _owner(self, key: bytes) -> str | None:
+        """URL of the worker that owns this sensor, or None when it is this one (or unknown)."""
+        try:
+            url = str(self.ingest.app.router.key_store("sensors", key)).rstrip("/")
+        except Exception:  # noqa: BLE001 - assignment metadata not there yet: write it here, report pending
+            return None
+        own = str(self.ingest.app.conf.canonical_url).rstrip("/")
+        return None if url == own else url
+
+    async def _judge_here(
+        self, placed: list[tuple[int, int, bytes | None, bytes]], local: set[int]
+    ) -> dict[str, Any] | None:
+        """Write items to readings.raw and wait for this worker's verdicts on those it owns."""
+        ingest = self.ingest
+        assert ingest.producer is not None
         board = ingest.board
-        request_id, pending = board.open(len(items) - remote)
-        # Verdicts of items owned here come back to this worker; remote ones are reported pending.
+        waited = [p for p in placed if p[1] in local]
+        request_id, pending = board.open(len(waited))
         try:
             box = Outbox(ingest.producer)
             for index, partition, key, value in placed:
                 headers = [(H_SOURCE, b"http")]
-                if partition in local_set:
+                if partition in local:
                     headers.append((H_REQUEST, board.item_id(request_id, index)))
                 box.add(ingest.raw_name, partition, key, value, headers)
             try:
                 await box.flush()
-            except KafkaError as exc:
-                return 503, {"error": f"could not write to Kafka: {type(exc).__name__}"}, {"Retry-After": "5"}
+            except KafkaError:
+                return None
             try:
-                await asyncio.wait_for(pending.done.wait(), timeout=isettings.http_wait_s)
+                await asyncio.wait_for(pending.done.wait(), timeout=ingest.isettings.http_wait_s)
             except TimeoutError:
                 pass
             summary = pending.summary()
         finally:
             board.close(request_id)
-        summary["pending"] = int(summary["pending"]) + remote  # type: ignore[call-overload]
-        summary["received"] = len(items)
-        return 202, summary, None
+        # Items owned by a worker we could not route to are in readings.raw: pending, not lost.
+        summary["pending"] = int(summary["pending"]) + len(placed) - len(waited)  # type: ignore[call-overload]
+        return summary
+
+    async def _judge_there(
+        self, url: str, group: list[tuple[int, int, bytes, bytes]], headers: Any
+    ) -> dict[str, Any] | None:
+        """Ask the worker that owns these sensors; if it cannot be reached, write them here (pending)."""
+        body = b"[" + b",".join(value for _, _, _, value in group) + b"]"
+        forward = {H_ROUTED: "1", "Content-Type": "application/json"}
+        for name in ("Authorization", "X-Flowwatch-Token"):
+            if headers.get(name):
+                forward[name] = headers[name]
+        try:
+            client = self._client()
+            r = await client.post(url + PATH, content=body, headers=forward)
+            if r.status_code == 202:
+                answer = r.json()
+                for error in answer["errors"]:
+                    error["index"] = group[error["index"]][0]
+                return answer
+            log.warning("routing %d readings to %s got HTTP %d; writing them here", len(group), url, r.status_code)
+        except (httpx.HTTPError, ValueError, KeyError, IndexError) as exc:
+            log.warning("routing %d readings to %s failed (%s); writing them here", len(group), url, exc)
+        return await self._judge_here(list(group), set())
+
+    async def close(self) -> None:
+        if self._http is not None:
+            await self._http.aclose()
+
+    def _client(self) -> httpx.AsyncClient:
+        if self._http is None:
+            self._http = httpx.AsyncClient(timeout=self.ingest.isettings.http_wait_s + 5)
+        return self._http
 
 
 def install(app: Any, endpoint: ReadingsEndpoint) -> None:

@@ -88,6 +88,11 @@ async def test_two_workers_share_partitions_and_dedup_exactly(settings: Settings
             seen.extend((m["sensor_id"], m["ts"]) for m in map(orjson.loads, (r.value for r in records)))
         dups = sum(_metric(p, "flowwatch_ingest_duplicates_total") for p in (one, two))
         accepted = [_metric(p, 'flowwatch_ingest_accepted_total{utility="gas"}') for p in (one, two)]
+
+        # HTTP: whichever worker is asked answers for every sensor, routing to the owner as needed.
+        fresh = [orjson.loads(body(sid, start + 100_000)) for sid in sensors]
+        first = httpx.post(f"{one.url}/v1/readings", content=orjson.dumps(fresh), timeout=30).json()
+        again = httpx.post(f"{two.url}/v1/readings", content=orjson.dumps(fresh), timeout=30).json()
     finally:
         one.stop()
         two.stop()
@@ -96,3 +101,6 @@ async def test_two_workers_share_partitions_and_dedup_exactly(settings: Settings
     assert sorted(seen) == sorted(unique)  # each exactly once
     assert dups == len(unique)
     assert all(a > 0 for a in accepted), accepted  # both workers did part of the work
+    assert (first["accepted"], first["duplicates"], first["pending"]) == (len(sensors), 0, 0), first
+    assert (again["accepted"], again["duplicates"], again["pending"]) == (0, len(sensors), 0), again
+    assert sorted(e["index"] for e in again["errors"]) == list(range(len(sensors)))
