@@ -36,7 +36,7 @@ from services.alerts.evaluate import INPUTS, FloodGate, decode_internal, evaluat
 from services.alerts.labels import shard_key
 from services.alerts.mirror import Mirror
 from services.alerts.overlay import Overlay
-from services.alerts.processor import Processor
+from services.alerts.processor import Processor, Schedule
 from services.alerts.settings import AlertsSettings
 from shared.cache import Cache
 from shared.codec import dumps
@@ -95,6 +95,7 @@ def create_app(
     outbox_t = app.Table("outbox", **table_kw)
     limits_t = app.Table("limits", **table_kw)
     counters_t = app.Table("counters", **table_kw)
+    inhibitors_t = app.Table("inhibitors", **table_kw)
     # Every worker needs every silence; faust's advice for GlobalTable: one partition, recovery buffer 1.
     silences_t = app.GlobalTable("silences", partitions=1, recovery_buffer_size=1, schema=schema)
 
@@ -104,6 +105,7 @@ def create_app(
         "outbox": outbox_t,
         "limits": limits_t,
         "counters": counters_t,
+        "inhibitors": inhibitors_t,
     }
     cache = Cache(settings.redis_url, prefix=settings.topic_prefix, ttl_s=settings.cache_ttl_s, service="alerts")
     mirror = Mirror(cache)
@@ -192,6 +194,13 @@ def create_app(
             BATCH_SECONDS.labels("alerts", "evaluate").observe(time.perf_counter() - started)
 
     last_tick: dict[int, float] = {}
+    schedule = Schedule()
+
+    @app.on_partitions_assigned.connect
+    async def _forget_schedule(sender: Any, assigned: Any, **_: Any) -> None:
+        # Another worker may have changed these partitions' tables meanwhile: look again.
+        schedule.reset()
+
     # Mirror writes are batched: one Redis round trip per tick instead of one per event.
     pending_mirror: dict[str, dict[str, Any] | None] = {}
 
@@ -212,7 +221,7 @@ def create_app(
             for partition, evs in by_partition.items():
                 started = time.perf_counter()
                 overlays = {name: Overlay(t) for name, t in state_tables.items()}
-                proc = Processor(config, asettings, **overlays, silences=silences_t)
+                proc = Processor(config, asettings, **overlays, silences=silences_t, schedule=schedule)
                 dispatch: dict[str, dict[str, Any]] = {}
                 for event in evs:
                     try:

@@ -200,6 +200,11 @@ class Suppression:
         return False
 
 
+def is_inhibitor(config: Config, labels: Mapping[str, str]) -> bool:
+    """Whether an alert with these labels can inhibit others (matches a rule's source matchers)."""
+    return any(match_all(rule.source_matchers, labels) for rule in config.inhibit_rules)
+
+
 def muted(config: Config, route: Route, now_s: float) -> bool:
     intervals = config.time_intervals
     if any(intervals[n].contains(now_s) for n in route.mute_time_intervals):

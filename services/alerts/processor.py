@@ -30,6 +30,28 @@ Table = MutableMapping[str, Any]
 
 
 @dataclass
+class Schedule:
+    """When each partition next needs a look: an in-memory hint over the tables, reset on every rebalance.
+
+    A partition the schedule knows nothing about is simply scanned, so losing this
+    (restart, rebalance) costs one scan, never a missed timer.
+    """
+
+    next_flush: dict[int, float] = field(default_factory=dict)
+    next_sweep: dict[int, float] = field(default_factory=dict)
+    next_outbox: dict[int, float] = field(default_factory=dict)
+
+    def note_flush(self, partition: int, at: float) -> None:
+        if partition in self.next_flush:
+            self.next_flush[partition] = min(self.next_flush[partition], at)
+
+    def reset(self) -> None:
+        self.next_flush.clear()
+        self.next_sweep.clear()
+        self.next_outbox.clear()
+
+
+@dataclass
 class Changes:
     """What one event changed, for the Redis mirror and the dispatcher."""
 
@@ -49,12 +71,15 @@ class Processor:
         outbox: Table,
         limits: Table,
         counters: Table,
+        inhibitors: Table,
         silences: Any,
+        schedule: Schedule | None = None,
     ):
         self.config = config
         self.settings = settings
         self.alerts, self.groups, self.outbox = alerts, groups, outbox
-        self.limits, self.counters, self.silences = limits, counters, silences
+        self.limits, self.counters, self.inhibitors, self.silences = limits, counters, inhibitors, silences
+        self.schedule = schedule or Schedule()
 
     # ------------------------------------------------------------------------------------------ events
 
@@ -88,10 +113,7 @@ class Processor:
         new = engine.apply_observation(prev, obs, now_ms, partition)
         if new is None:
             return
-        self.alerts[obs.fingerprint] = new
-        changes.alerts[obs.fingerprint] = new
-        if prev is None or prev["status"] != new["status"]:
-            ALERT_TRANSITIONS.labels(obs.rule, new["status"]).inc()
+        self._store_alert(obs.fingerprint, prev, new, changes)
         if new["status"] == "firing" and (prev is None or prev["status"] != "firing"):
             for route, key, glabels in engine.routes_for(self.config, new["labels"]):
                 group = engine.add_to_group(
@@ -99,6 +121,19 @@ class Processor:
                 )
                 if group is not None:
                     self.groups[key] = group
+                    self.schedule.note_flush(partition, group["next_flush_at"])
+
+    def _store_alert(self, fp: str, prev: dict[str, Any] | None, new: dict[str, Any], changes: Changes) -> None:
+        """Write an alert, count its transition, and keep the small index of inhibition sources."""
+        self.alerts[fp] = new
+        changes.alerts[fp] = new
+        if prev is None or prev["status"] != new["status"]:
+            ALERT_TRANSITIONS.labels(new["rule"], new["status"]).inc()
+            if engine.is_inhibitor(self.config, new["labels"]):
+                if new["status"] == "firing":
+                    self.inhibitors[fp] = {"fingerprint": fp, "labels": new["labels"], "partition": new["partition"]}
+                elif self.inhibitors.get(fp) is not None:
+                    del self.inhibitors[fp]
 
     def on_qcount(self, value: dict[str, Any], partition: int, now_s: float, changes: Changes) -> None:
         window_s = self.settings.quarantine_window_s
@@ -128,8 +163,7 @@ class Processor:
         if alert is None:
             return
         new = engine.acknowledge(alert, value.get("by", ""), int(now_s * 1000), value.get("comment", ""))
-        self.alerts[value["fingerprint"]] = new
-        changes.alerts[value["fingerprint"]] = new
+        self._store_alert(value["fingerprint"], alert, new, changes)
 
     def on_result(self, value: dict[str, Any]) -> None:
         nid = value["id"]
@@ -140,49 +174,71 @@ class Processor:
     # ------------------------------------------------------------------------------------------ timers
 
     def on_tick(self, partition: int, now_s: float, changes: Changes) -> None:
+        """Run what is due on this partition; cheap when nothing is (the schedule says when to look)."""
         now_ms = int(now_s * 1000)
+        sched = self.schedule
+        if now_s >= sched.next_sweep.get(partition, 0.0):
+            self._sweep(partition, now_ms, changes)
+            sched.next_sweep[partition] = now_s + self.settings.sweep_interval_s
+        if now_s >= sched.next_outbox.get(partition, 0.0):
+            for entry in list(self.outbox.values()):
+                if entry is not None and entry.get("partition") == partition:
+                    changes.dispatch.append(entry)
+            sched.next_outbox[partition] = now_s + self.settings.outbox_scan_interval_s
+        if now_s >= sched.next_flush.get(partition, 0.0):
+            self._flush_groups(partition, now_s, changes)
+
+    def _sweep(self, partition: int, now_ms: int, changes: Changes) -> None:
+        """Full pass over this partition's alerts: quiet ones resolve, long-resolved ones are forgotten."""
         retention_ms = self.settings.resolved_retention_s * 1000
-        firing: list[dict[str, Any]] = []
-        mine: dict[str, dict[str, Any]] = {}
         for fp, alert in list(self.alerts.items()):
             if alert is None or alert.get("partition") != partition:
                 continue
-            resolved = engine.resolve_if_quiet(alert, now_ms)
-            if resolved is not None:
-                alert = resolved
-                self.alerts[fp] = alert
-                changes.alerts[fp] = alert
-                ALERT_TRANSITIONS.labels(alert["rule"], "resolved").inc()
-            elif alert["status"] == "resolved" and now_ms - alert["ends_at"] > retention_ms:
+            if alert["status"] == "resolved" and now_ms - alert["ends_at"] > retention_ms:
                 del self.alerts[fp]
                 changes.removed.append(fp)
-                continue
-            mine[fp] = alert
-            if alert["status"] == "firing":
-                firing.append(alert)
-        silences = [s for s in self.silences.values() if s]
-        suppression = engine.Suppression.build(self.config, silences, firing, now_ms)
-        for key, group in list(self.groups.items()):
-            if group is None or group.get("partition") != partition:
-                continue
-            flush = engine.flush_group(self.config, group, mine, suppression, now_s)
-            if flush is None:
-                continue
-            if flush.group is None:
-                del self.groups[key]
             else:
-                self.groups[key] = flush.group
-            if flush.notification is not None:
-                self._enqueue(flush.notification, partition, now_s)
-        for entry in list(self.outbox.values()):
-            if entry is not None and entry.get("partition") == partition:
-                changes.dispatch.append(entry)
-        # Quarantine counters of windows long closed are not needed any more.
+                self._resolve_if_quiet(fp, alert, now_ms, changes)
         horizon = now_ms - 2 * self.settings.quarantine_window_s * 1000
         for key in [k for k in self.counters.keys() if int(k.rsplit("|", 1)[1]) < horizon]:
             del self.counters[key]
 
-    def _enqueue(self, notification: dict[str, Any], partition: int, now_s: float) -> None:
+    def _resolve_if_quiet(self, fp: str, alert: dict[str, Any], now_ms: int, changes: Changes) -> dict[str, Any]:
+        resolved = engine.resolve_if_quiet(alert, now_ms)
+        if resolved is None:
+            return alert
+        self._store_alert(fp, alert, resolved, changes)
+        return resolved
+
+    def _flush_groups(self, partition: int, now_s: float, changes: Changes) -> None:
+        now_ms = int(now_s * 1000)
+        mine = [(k, g) for k, g in list(self.groups.items()) if g is not None and g.get("partition") == partition]
+        due = [(k, g) for k, g in mine if now_s >= g["next_flush_at"]]
+        upcoming = [g["next_flush_at"] for _, g in mine if now_s < g["next_flush_at"]]
+        if due:
+            # Members are resolve-checked when their group flushes: that is when a resolution is told anyway.
+            for _, group in due:
+                for fp in group["fingerprints"]:
+                    alert = self.alerts.get(fp)
+                    if alert is not None:
+                        self._resolve_if_quiet(fp, alert, now_ms, changes)
+            sources = [i for i in self.inhibitors.values() if i and i.get("partition") == partition]
+            silences = [x for x in self.silences.values() if x]
+            suppression = engine.Suppression.build(self.config, silences, sources, now_ms)
+            for key, group in due:
+                flush = engine.flush_group(self.config, group, self.alerts, suppression, now_s)
+                if flush is None:
+                    continue
+                if flush.group is None:
+                    del self.groups[key]
+                else:
+                    self.groups[key] = flush.group
+                    upcoming.append(flush.group["next_flush_at"])
+                if flush.notification is not None:
+                    self._enqueue(flush.notification, partition, now_s, changes)
+        self.schedule.next_flush[partition] = min(upcoming, default=float("inf"))
+
+    def _enqueue(self, notification: dict[str, Any], partition: int, now_s: float, changes: Changes) -> None:
         """One outbox entry per integration of the receiver: written before anything is sent."""
         receiver = self.config.receivers.get(notification["receiver"])
         if receiver is None:
@@ -195,7 +251,7 @@ class Processor:
                     continue
                 payload = {**notification, "alerts": firing}
             nid = f"{notification['id']}-{integration.replace('/', '')}"
-            self.outbox[nid] = {
+            self.outbox[nid] = entry = {
                 "id": nid,
                 "receiver": receiver.name,
                 "integration": integration,
@@ -203,3 +259,4 @@ class Processor:
                 "created_at": now_s,
                 "notification": {**payload, "id": nid},
             }
+            changes.dispatch.append(entry)

@@ -45,6 +45,14 @@ class AlertsSettings:
     resolved_retention_s: float = _doc(
         3600.0, "How long a resolved alert stays in the table and the API before it is forgotten."
     )
+    sweep_interval_s: float = _doc(
+        30.0,
+        "How often each partition's alerts are swept (quiet alerts resolved, long-resolved ones forgotten); "
+        "alerts in a group are also resolve-checked whenever their group flushes.",
+    )
+    outbox_scan_interval_s: float = _doc(
+        1.0, "How often undelivered outbox entries are looked at again (new ones are sent at once)."
+    )
     quarantine_window_s: float = _doc(60.0, "Window in which quarantined readings are counted for rate rules.")
     session_timeout_s: float = _doc(
         60.0,

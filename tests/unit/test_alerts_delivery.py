@@ -186,7 +186,7 @@ def test_processor_writes_one_outbox_entry_per_integration_and_clears_on_result(
         ],
     }
     config = parse_config(copy.deepcopy(data), "t.yaml", {})
-    tables = {k: {} for k in ("alerts", "groups", "outbox", "limits", "counters", "silences")}
+    tables = {k: {} for k in ("alerts", "groups", "outbox", "limits", "counters", "inhibitors", "silences")}
     proc = Processor(config, AlertsSettings(), **tables)
     record = {
         "sensor_id": "s1", "ts": 1, "site": "a", "zone": "z", "utility": "w", "asset": "p", "score": 1.0,
@@ -198,6 +198,8 @@ def test_processor_writes_one_outbox_entry_per_integration_and_clears_on_result(
     assert proc.handle({"type": "tick"}, partition=0, now_s=1001.0).dispatch == []  # not this partition's
     changes = proc.handle({"type": "tick"}, partition=1, now_s=1001.0)
     assert sorted(e["integration"] for e in changes.dispatch) == ["kafka/0", "webhook/0", "webhook/1"]
+    assert proc.handle({"type": "tick"}, partition=1, now_s=1001.1).dispatch == []  # outbox rescan waits 1 s
+    assert len(proc.handle({"type": "tick"}, partition=1, now_s=1002.2).dispatch) == 3  # still undelivered
     assert len({e["notification"]["id"] for e in changes.dispatch}) == 3
     for entry in changes.dispatch:
         proc.handle({"type": "result", "id": entry["id"], "outcome": "delivered"}, partition=1, now_s=1002.0)
@@ -249,3 +251,36 @@ def test_overlay_reads_its_writes_and_flushes_each_key_once():
         del o["zzz"]
     assert o.flush() == 3
     assert table == {"a": 99, "c": 3} and Counting.writes == 2
+
+
+def test_schedule_survives_batches_and_wakes_a_new_group():
+    """The app runs a fresh Processor over overlays per batch with one shared Schedule."""
+    from services.alerts.overlay import Overlay
+    from services.alerts.processor import Schedule
+
+    data = {
+        "rules": [{"name": "A", "source": "anomaly", "when": ["score >= threshold"], "labels": {"site": "{site}", "zone": "{zone}"}}],
+        "route": {"receiver": "r", "group_by": ["site", "zone"], "group_wait": "1s"},
+        "receivers": [{"name": "r", "kafka_configs": [{"topic": "alerts"}]}],
+    }  # fmt: skip
+    config = parse_config(data, "t.yaml", {})
+    tables = {k: {} for k in ("alerts", "groups", "outbox", "limits", "counters", "inhibitors")}
+    schedule = Schedule()
+
+    def batch(value, now):
+        overlays = {k: Overlay(v) for k, v in tables.items()}
+        changes = Processor(config, AlertsSettings(), **overlays, silences={}, schedule=schedule).handle(value, 0, now)
+        for o in overlays.values():
+            o.flush()
+        return changes
+
+    assert batch({"type": "tick"}, 1000.0).dispatch == [] and schedule.next_flush[0] == float("inf")
+    record = {"sensor_id": "s", "ts": 1, "site": "a", "zone": "z", "utility": "w", "asset": "p", "score": 1.0,
+              "threshold": 0.5, "model_version": "1", "reason": "r"}  # fmt: skip
+    batch({"type": "obs", "obs": config.rules[0].evaluate(record).to_dict()}, 1000.5)
+    assert schedule.next_flush[0] == 1001.5
+    assert batch({"type": "tick"}, 1001.0).dispatch == []
+    assert len(batch({"type": "tick"}, 1001.6).dispatch) == 1
+    schedule.reset()  # a rebalance: the next tick scans again and finds the group's next flush
+    batch({"type": "tick"}, 1001.7)
+    assert schedule.next_flush[0] == 1001.6 + 300
