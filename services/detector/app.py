@@ -148,6 +148,10 @@ def create_app(settings: Settings | None = None, detector_settings: DetectorSett
     async def follow_models() -> None:
         await watch_models(serving, settings, stop_watch, ds.model_poll_s)
 
+    @app.timer(interval=ds.cache_flush_s, name="detector-cache")
+    async def flush_cache() -> None:
+        await engine.flush_cache()
+
     @app.timer(interval=10.0)
     async def model_gauge() -> None:
         TRAINED_PROFILES.set(len(serving.serving))

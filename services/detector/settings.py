@@ -66,6 +66,7 @@ class DetectorSettings:
         True, "Run feature extraction and scoring in a worker thread so the event loop keeps heartbeating."
     )
     cache_enabled: bool = _doc(True, "Write the latest score per sensor and anomaly counts per zone to Redis.")
+    cache_flush_s: float = _doc(0.5, "How often (seconds) the latest scores and anomaly counts are written to Redis.")
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> DetectorSettings:
