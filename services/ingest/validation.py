@@ -130,6 +130,8 @@ def parse_ts(value: Any) -> int | None:
 
 def _text_field(payload: dict[str, Any], name: str, reasons: list[str]) -> str:
     value = payload.get(name)
+    if type(value) is str and 0 < len(value) <= MAX_ID_LEN and not value.isspace():
+        return value
     if value is None:
         reasons.append(f"missing_field: {name}")
         return ""
@@ -155,7 +157,9 @@ def validate(payload: Any, received_ms: int, rules: Rules, source: str = "kafka"
     asset = _text_field(payload, "asset", reasons).strip().lower()
 
     utility = payload.get("utility")
-    if utility is None:
+    if utility in UTILITIES:
+        pass
+    elif utility is None:
         reasons.append("missing_field: utility")
     elif not isinstance(utility, str) or utility.strip().lower() not in UTILITIES:
         reasons.append(f"invalid_utility: {_short(utility)} is not one of {', '.join(UTILITIES)}")
