@@ -355,19 +355,26 @@ class Ingest:
 
     # --- silence timer ---------------------------------------------------------------------
 
-    def _local_states(self, local: set[int]) -> dict[str, SensorState]:
+    def _load_local(self, local: set[int]) -> None:
+        """After a (re)assignment: which sensors were announced silent, and every known sensor's state.
+
+        Reading the whole table once warms the in-memory states, which then stay current
+        (the pipeline updates them), so the timer never decodes the table again.
+        """
         assert self.processor is not None and self.partition_of is not None
+        partition_of = self.partition_of
+        silent = set()
+        for key, value in self.silence.items():
+            sensor_id = key.decode() if isinstance(key, bytes) else str(key)
+            if value and value.get("silent") and partition_of(sensor_id) in local:
+                silent.add(sensor_id)
+        self.silent = silent
         cached = self.processor.states
-        states: dict[str, SensorState] = {}
-        # The table holds every sensor as of the last checkpoint; the in-memory states are newer.
         for key, value in self.sensors.items():
             sensor_id = key.decode() if isinstance(key, bytes) else str(key)
-            if value and self.partition_of(sensor_id) in local:
-                states[sensor_id] = cached.get(sensor_id) or SensorState.from_dict(value)
-        for sensor_id, state in cached.items():
-            if state.count and self.partition_of(sensor_id) in local:
-                states[sensor_id] = state
-        return states
+            if value and sensor_id not in cached and partition_of(sensor_id) in local:
+                cached[sensor_id] = SensorState.from_dict(value)
+        self._silence_loaded = True
 
     async def check_silence(self) -> tuple[list[SensorState], list[SensorState]]:
         """Publish ``silent``/``back`` for this worker's sensors; returns them (for tests)."""
@@ -379,14 +386,9 @@ class Ingest:
         if not local:
             return [], []
         if not self._silence_loaded:
-            self.silent = {
-                (k.decode() if isinstance(k, bytes) else str(k))
-                for k, v in self.silence.items()
-                if v and v.get("silent")
-            }
-            self.silent = {s for s in self.silent if self.partition_of(s) in local}
-            self._silence_loaded = True
-        states = self._local_states(local)
+            self._load_local(local)
+        assert self.processor is not None
+        states = {sid: st for sid, st in self.processor.states.items() if st.count}
         now = now_ms()
         factor = self.isettings.silence_factor
         min_ms = int(self.isettings.silence_min_s * 1000)
