@@ -110,3 +110,42 @@ def test_check_command_validates_offline(tmp_path: Path) -> None:
     lines = [orjson.loads(line) for line in run.stdout.splitlines()]
     assert [line["ok"] for line in lines] == [True, False]
     assert orjson.loads(run.stderr.splitlines()[-1])["reasons"]["missing_field"] == 1
+
+
+async def test_mqtt_reconnects_with_capped_jittered_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    import services.ingest.mqtt as mqtt_mod
+
+    attempts: list[float] = []
+    delays: list[float] = []
+
+    class Refused:
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            attempts.append(asyncio.get_running_loop().time())
+
+        async def __aenter__(self) -> Refused:
+            raise mqtt_mod.aiomqtt.MqttError("connection refused")
+
+        async def __aexit__(self, *exc: object) -> None:
+            return None
+
+    async def fake_sleep(delay: float) -> None:
+        delays.append(delay)
+        if len(delays) >= 8:
+            raise asyncio.CancelledError
+
+    class FakeIngest:
+        isettings = IngestSettings(mqtt_backoff_max_s=4.0)
+
+        async def ensure_started(self) -> None:
+            return None
+
+    monkeypatch.setattr(mqtt_mod.aiomqtt, "Client", Refused)
+    monkeypatch.setattr(mqtt_mod.asyncio, "sleep", fake_sleep)
+    bridge = mqtt_mod.MqttBridge(FakeIngest(), "mqtt://127.0.0.1:1")  # type: ignore[arg-type]
+    with pytest.raises(asyncio.CancelledError):
+        await bridge.run()
+    assert len(attempts) == 8 and bridge.failures == 8
+    bases = [0.5, 1.0, 2.0, 4.0, 4.0, 4.0, 4.0, 4.0]
+    assert all(0.8 * b <= d <= 1.2 * b for d, b in zip(delays, bases, strict=True)), delays
+    ok, detail = bridge.check()
+    assert ok and "connection refused" in detail  # MQTT down leaves ingest ready for HTTP and Kafka
