@@ -233,8 +233,7 @@ class Ingest:
         assert self.processor is not None and self.producer is not None
         started = time.perf_counter()
         outcome = self.processor.process(batch)
-        for sensor_id, (state, _) in outcome.states.items():
-            self.dirty[sensor_id] = state
+        self.dirty.update(outcome.states)
         box = Outbox(self.producer)
         for partition, reading in outcome.clean:
             box.add(self.clean_name, partition, reading.sensor_id.encode(), reading_bytes(reading))
@@ -260,10 +259,6 @@ class Ingest:
         for item, status, reasons in outcome.verdicts:
             self.board.resolve(item, status, reasons)
         return outcome
-
-    async def handle_batch(self, batch: list[Inbound]) -> Outcome:
-        """Submit and complete one batch (no pipelining)."""
-        return await self.complete(await self.submit(batch))
 
     def rewind(self) -> None:
         """Forget everything since the last checkpoint; the pump then re-reads from there."""
@@ -449,7 +444,3 @@ class Ingest:
             await self.cache.set_many("sensor", chunk)
             written += len(chunk)
         return written
-
-    def sensor_ids(self) -> Iterable[str]:
-        for key in self.sensors.keys():
-            yield key.decode() if isinstance(key, bytes) else str(key)

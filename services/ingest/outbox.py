@@ -89,10 +89,6 @@ class Outbox:
         """Send everything collected and wait until the broker has it (see :meth:`send`)."""
         return await (await self.send())
 
-    def discard(self) -> None:
-        self._pending.clear()
-        self.count = 0
-
 
 async def _last_offsets(futures: list[asyncio.Future[Any]], counts: list[int]) -> dict[tuple[str, int], int]:
     last: dict[tuple[str, int], int] = {}

@@ -59,7 +59,7 @@ class Outcome:
     clean: list[tuple[int, Reading]] = field(default_factory=list)  # (partition, reading)
     quarantined: list[tuple[int, QuarantinedReading]] = field(default_factory=list)
     forward: list[tuple[int, str, Inbound]] = field(default_factory=list)  # (partition, sensor_id, message)
-    states: dict[str, tuple[SensorState, Inbound]] = field(default_factory=dict)  # changed, with last event
+    states: dict[str, SensorState] = field(default_factory=dict)  # sensors whose state changed
     verdicts: list[tuple[bytes, str, list[str]]] = field(default_factory=list)  # (request item, status, reasons)
     duplicates: int = 0
     reasons: Counter[str] = field(default_factory=Counter)  # reason code -> count
@@ -134,7 +134,7 @@ class BatchProcessor:
                 continue
             state = self.state_for(sensor_id, msg)
             verdict = state.admit(reading, lateness, memory)
-            out.states[sensor_id] = (state, msg)
+            out.states[sensor_id] = state
             if verdict == ACCEPTED:
                 out.clean.append((target, reading))
                 if msg.request is not None:

@@ -1,4 +1,4 @@
-"""The readings pump: readings.raw -> :meth:`Ingest.handle_batch`, one fetch at a time.
+"""The readings pump: readings.raw -> :meth:`Ingest.submit` / :meth:`Ingest.complete`, one fetch at a time.
 
 Why not a Faust agent: measured on the 2-core reference machine, Faust's consumer path
 costs ~150 µs per message before an agent sees it (two ``wait_first`` task pairs, a queue,

@@ -173,7 +173,7 @@ def test_verdicts_for_waiting_requests() -> None:
 def test_state_survives_between_batches_and_reload_from_the_table() -> None:
     proc = processor()
     out = proc.process([raw(good("a", NOW))])
-    table = {"a": SensorState.from_dict(out.states["a"][0].to_dict())}
+    table = {"a": SensorState.from_dict(out.states["a"].to_dict())}
     fresh = BatchProcessor(RULES, partition_of=PM, load_state=lambda sid, msg: table.get(sid))
     assert fresh.process([raw(good("a", NOW))]).duplicates == 1
 
