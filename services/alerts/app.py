@@ -33,7 +33,7 @@ from services.alerts.auth import TokenStore
 from services.alerts.config import Config, load_config
 from services.alerts.dispatcher import Dispatcher, Integrations
 from services.alerts.evaluate import INPUTS, FloodGate, decode_internal, evaluate_batch
-from services.alerts.labels import shard_key
+from services.alerts.labels import shard_partition
 from services.alerts.mirror import Mirror
 from services.alerts.overlay import Overlay
 from services.alerts.processor import Processor, Schedule
@@ -46,6 +46,7 @@ from shared.settings import Settings
 from shared.topics import ALERTS_DLQ, FEEDBACK
 
 log = logging.getLogger(__name__)
+OBS_PER_MESSAGE = 500  # keeps an internal message well under Kafka's 1 MB default
 
 
 @contextlib.contextmanager
@@ -147,7 +148,7 @@ def create_app(
     )
 
     async def send_ack(alert: dict[str, Any], value: dict[str, Any]) -> None:
-        await send_event(value, key=shard_key(alert["labels"], config.shard_by))
+        await send_event(value, partition=alert["partition"])
 
     async def send_silence(sid: str, silence: dict[str, Any] | None) -> None:
         fut = await silence_commands.send(key=sid.encode(), value=dumps(silence))
@@ -181,14 +182,18 @@ def create_app(
             for name in {n for n, _ in items}:
                 EVENTS_IN.labels("alerts", name).inc(sum(1 for n, _ in items if n == name))
             result = evaluate_batch(config, items, asettings.quarantine_window_s, gate=gate)
+            # One message per destination partition per batch, not one per alert.
+            per_partition: dict[int, list[dict[str, Any]]] = {}
             for obs in result.observations:
-                await events.send(
-                    key=shard_key(obs.labels, config.shard_by), value=dumps({"type": "obs", "obs": obs.to_dict()})
-                )
+                p = shard_partition(obs.labels, config.shard_by, settings.partitions)
+                per_partition.setdefault(p, []).append(obs.to_dict())
+            for p, items in per_partition.items():
+                for i in range(0, len(items), OBS_PER_MESSAGE):
+                    await events.send(value=dumps({"type": "obs", "obs": items[i : i + OBS_PER_MESSAGE]}), partition=p)
             for (source, start), n in result.quarantined.items():
                 await events.send(
-                    key=shard_key({}, config.shard_by),
                     value=dumps({"type": "qcount", "source": source, "window_start": start, "n": n}),
+                    partition=shard_partition({}, config.shard_by, settings.partitions),
                 )
             BATCH_SIZE.labels("alerts", "evaluate").observe(len(batch))
             BATCH_SECONDS.labels("alerts", "evaluate").observe(time.perf_counter() - started)

@@ -30,3 +30,9 @@ def group_key(route_path: str, glabels: Mapping[str, str]) -> str:
 def shard_key(labels: Mapping[str, str], shard_by: Iterable[str]) -> bytes:
     """Kafka key that puts every alert of one shard (e.g. one site/zone) on one partition."""
     return "/".join(labels.get(k, "") for k in shard_by).encode()
+
+
+def shard_partition(labels: Mapping[str, str], shard_by: Iterable[str], partitions: int) -> int:
+    """The internal-topic partition of a shard; every event about the shard's alerts is sent there."""
+    digest = hashlib.blake2b(shard_key(labels, shard_by), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % partitions

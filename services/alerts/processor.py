@@ -3,7 +3,7 @@
 The Faust agent hands in its tables (dicts in unit tests) and the event's
 partition; every write is a reassignment of a whole value (pitfall 4). Events:
 
-* ``obs``       a rule hit (fire or resolve) for one fingerprint
+* ``obs``       rule hits (fire or resolve), many fingerprints of this partition per event
 * ``qcount``    quarantined readings counted by a worker in one window
 * ``tick``      run timers: quiet resolves, group flushes, outbox dispatch
 * ``ack``       an operator acknowledged an alert
@@ -88,7 +88,8 @@ class Processor:
         kind = value.get("type")
         changes = Changes()
         if kind == "obs":
-            self.on_observation(Observation.from_dict(value["obs"]), partition, now_s, changes)
+            for obs in value["obs"]:
+                self.on_observation(Observation.from_dict(obs), partition, now_s, changes)
         elif kind == "qcount":
             self.on_qcount(value, partition, now_s, changes)
         elif kind == "tick":

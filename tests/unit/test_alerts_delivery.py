@@ -193,7 +193,7 @@ def test_processor_writes_one_outbox_entry_per_integration_and_clears_on_result(
         "threshold": 0.5, "model_version": "1", "reason": "r",
     }  # fmt: skip
     obs = config.rules[0].evaluate(record)
-    changes = proc.handle({"type": "obs", "obs": obs.to_dict()}, partition=1, now_s=1000.0)
+    changes = proc.handle({"type": "obs", "obs": [obs.to_dict()]}, partition=1, now_s=1000.0)
     assert list(changes.alerts) == [obs.fingerprint] and tables["alerts"][obs.fingerprint]["partition"] == 1
     assert proc.handle({"type": "tick"}, partition=0, now_s=1001.0).dispatch == []  # not this partition's
     changes = proc.handle({"type": "tick"}, partition=1, now_s=1001.0)
@@ -277,7 +277,7 @@ def test_schedule_survives_batches_and_wakes_a_new_group():
     assert batch({"type": "tick"}, 1000.0).dispatch == [] and schedule.next_flush[0] == float("inf")
     record = {"sensor_id": "s", "ts": 1, "site": "a", "zone": "z", "utility": "w", "asset": "p", "score": 1.0,
               "threshold": 0.5, "model_version": "1", "reason": "r"}  # fmt: skip
-    batch({"type": "obs", "obs": config.rules[0].evaluate(record).to_dict()}, 1000.5)
+    batch({"type": "obs", "obs": [config.rules[0].evaluate(record).to_dict()]}, 1000.5)
     assert schedule.next_flush[0] == 1001.5
     assert batch({"type": "tick"}, 1001.0).dispatch == []
     assert len(batch({"type": "tick"}, 1001.6).dispatch) == 1
