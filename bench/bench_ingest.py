@@ -4,8 +4,13 @@ Throughput: ``--readings`` readings (realistic mix of utilities, assets, units a
 timestamp formats, keyed by sensor_id as the simulator and the HTTP/MQTT doors key them)
 are written to readings.raw *before* the worker starts; the worker then drains the
 backlog. Readings/s = readings / (last - first readings.clean append time), so start-up
-and the bench's own consumer are not counted. Repeated ``--rounds`` times (a fresh backlog
-each round, same worker); the median is reported.
+and the bench's own consumer are not counted. Repeated ``--rounds`` times (the worker is
+stopped, a fresh backlog written, the worker restarted on its state); the median is reported.
+
+The reference machine is shared (other services, tests and the broker run on the same two
+cores), so each round also reports the worker's own CPU time (from /proc) over the drain:
+``readings_per_worker_cpu_second`` is what one uncontended core would sustain if the broker
+kept up, and ``machine_load_avg_1m_at_end`` says how busy the machine was.
 
 Latency: readings are then produced at a steady ``--rate`` for ``--seconds``; the latency
 of each is its readings.clean append time minus its readings.raw append time (the reading's
@@ -30,6 +35,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
@@ -266,7 +272,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             latencies = [(t - received) / 1000 for t, received in got]
         finally:
             await producer.stop()
-        metrics_text = __import__("httpx").get(f"{proc.url}/metrics", timeout=5).text
+        metrics_text = httpx.get(f"{proc.url}/metrics", timeout=5).text
     finally:
         await consumer.stop()
         proc.stop()
