@@ -183,10 +183,10 @@ def create_app(
                 EVENTS_IN.labels("alerts", name).inc(sum(1 for n, _ in items if n == name))
             result = evaluate_batch(config, items, asettings.quarantine_window_s, gate=gate)
             # One message per destination partition per batch, not one per alert.
-            per_partition: dict[int, list[dict[str, Any]]] = {}
+            per_partition: dict[int, list[Any]] = {}
             for obs in result.observations:
                 p = shard_partition(obs.labels, config.shard_by, settings.partitions)
-                per_partition.setdefault(p, []).append(obs.to_dict())
+                per_partition.setdefault(p, []).append(obs)  # orjson writes dataclasses natively
             for p, items in per_partition.items():
                 for i in range(0, len(items), OBS_PER_MESSAGE):
                     await events.send(value=dumps({"type": "obs", "obs": items[i : i + OBS_PER_MESSAGE]}), partition=p)

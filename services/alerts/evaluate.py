@@ -7,6 +7,7 @@ observation per alert per batch), which is what keeps a flood cheap downstream.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections import Counter as Tally
@@ -65,6 +66,9 @@ class FloodGate:
         return fold(rule, obs)
 
 
+FIELD_NAMES = {cls: tuple(f.name for f in dataclasses.fields(cls)) for _, cls in INPUTS.values()}
+
+
 @dataclass
 class BatchResult:
     observations: list[Observation] = field(default_factory=list)
@@ -88,7 +92,8 @@ def evaluate_batch(
         source, cls = INPUTS[topic]
         try:
             data = loads(raw)
-            record = cls.from_dict(data).to_dict()
+            obj = cls.from_dict(data)  # validates required fields, fills defaults
+            record = {name: getattr(obj, name) for name in FIELD_NAMES[cls]}
         except (ValueError, TypeError) as exc:
             result.bad += 1
             DECODE_ERRORS.labels("alerts", topic).inc()

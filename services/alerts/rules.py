@@ -206,11 +206,21 @@ class Observation:
     count: int = 1
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        # Shallow and explicit: dataclasses.asdict deep-copies and was the hot spot of the state stage.
+        return {
+            "fingerprint": self.fingerprint,
+            "rule": self.rule,
+            "labels": self.labels,
+            "annotations": self.annotations,
+            "ts": self.ts,
+            "resolve": self.resolve,
+            "resolve_after_s": self.resolve_after_s,
+            "count": self.count,
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Observation:
-        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data})
+        return cls(**{k: v for k, v in data.items() if k in _OBS_FIELDS})
 
 
 def merge(observations: list[Observation]) -> list[Observation]:
@@ -230,3 +240,6 @@ def merge(observations: list[Observation]) -> list[Observation]:
         else:
             prev.count += obs.count
     return list(by_fp.values())
+
+
+_OBS_FIELDS = frozenset(f.name for f in dataclasses.fields(Observation))
