@@ -55,6 +55,7 @@ class EmailConfig:
     timeout_s: float = 10.0
     send_resolved: bool = True
     subject_prefix: str = "[flowwatch]"
+    ca_file: str = ""  # a private CA to trust for the SMTP server's certificate
 
 
 @dataclass(frozen=True)
@@ -188,6 +189,15 @@ def _positive(value: Any) -> float:
     if seconds <= 0:
         raise ValueError("must be greater than zero")
     return seconds
+
+
+def _readable(ctx: _Ctx, spec: dict[str, Any], name: str) -> str:
+    path = spec.get(name)
+    if not path:
+        return ""
+    if not Path(str(path)).is_file():
+        raise ctx.fail(name, f"{path} is not a readable file")
+    return str(path)
 
 
 def _secret(ctx: _Ctx, spec: dict[str, Any], base: str, env: dict[str, str]) -> str | None:
@@ -366,7 +376,7 @@ def _parse_receiver(file: str, i: int, spec: Any, env: dict[str, str]) -> Receiv
     for j, e in enumerate(spec.get("email_configs") or []):
         ectx = _Ctx(file, f"{ctx.where}: email_configs[{j}]")
         known = {"to", "from", "smarthost", "tls", "auth_username", "auth_password_env", "auth_password_file"}
-        ectx.only(e, known | {"timeout", "send_resolved", "subject_prefix"})
+        ectx.only(e, known | {"timeout", "send_resolved", "subject_prefix", "ca_file"})
         to = e.get("to")
         to_list = (to,) if isinstance(to, str) else ectx.get(e, "to", _str_list)
         smarthost = ectx.get(e, "smarthost", str)
@@ -392,6 +402,7 @@ def _parse_receiver(file: str, i: int, spec: Any, env: dict[str, str]) -> Receiv
                 timeout_s=ectx.get(e, "timeout", _positive, 10.0),
                 send_resolved=ectx.get(e, "send_resolved", _bool, True),
                 subject_prefix=ectx.get(e, "subject_prefix", str, "[flowwatch]"),
+                ca_file=_readable(ectx, e, "ca_file"),
             )
         )
     for j, k in enumerate(spec.get("kafka_configs") or []):

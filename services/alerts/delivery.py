@@ -141,7 +141,7 @@ def email_message(cfg: EmailConfig, notification: dict[str, Any]) -> EmailMessag
 
 
 def _send_email_sync(cfg: EmailConfig, msg: EmailMessage, tls_context: ssl.SSLContext | None) -> None:
-    ctx = tls_context or ssl.create_default_context()
+    ctx = tls_context or ssl.create_default_context(cafile=cfg.ca_file or None)
     try:
         if cfg.tls == "tls":
             smtp: smtplib.SMTP = smtplib.SMTP_SSL(cfg.host, cfg.port, timeout=cfg.timeout_s, context=ctx)
