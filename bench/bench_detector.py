@@ -345,11 +345,11 @@ async def cleanup(settings: Settings) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sensors", type=int, default=2000)
-    parser.add_argument("--readings", type=int, default=200_000, help="readings per round")
+    parser.add_argument("--readings", type=int, default=100_000, help="readings per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=2000)
     parser.add_argument("--partitions", type=int, default=4)
-    parser.add_argument("--per-event-readings", type=int, default=6000)
+    parser.add_argument("--per-event-readings", type=int, default=2000)
     parser.add_argument("--timeout", type=float, default=600)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "detector.json")
     args = parser.parse_args()

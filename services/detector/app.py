@@ -23,7 +23,7 @@ from services.detector.pipeline import ModelStore, Scorer
 from services.detector.profiles import ProfileSet
 from services.detector.serving import ModelServing, watch_models
 from services.detector.settings import DetectorSettings
-from services.detector.state import Layout, unpack
+from services.detector.state import Layout
 from shared.codec import dumps, loads
 from shared.metrics import DECODE_ERRORS, EVENTS_OUT
 from shared.registry import ModelRegistry
@@ -37,9 +37,9 @@ log = logging.getLogger("services.detector")
 SERVICE = "detector"
 
 
-def state_summary(sensor_id: str, raw: bytes) -> dict[str, Any]:
+def state_summary(sensor_id: str, held: tuple[tuple[str, ...], Any]) -> dict[str, Any]:
     """What the detector thinks is usual for one sensor, for people and tests."""
-    metrics, vec = unpack(raw)
+    metrics, vec = held
     lay = Layout(len(metrics))
     b = lay.blocks
     return {
@@ -67,7 +67,7 @@ def create_app(settings: Settings | None = None, detector_settings: DetectorSett
     profiles = ProfileSet.load(ds.profiles_file)
     store = ModelStore(profiles, ds.zscore_threshold)
     serving = ModelServing(store, ModelRegistry(settings.model_dir), ds.model_prefix, ds.model_alias)
-    scorer = Scorer(store, ds.aggregate_window_s * 1000, ds.reason_metrics, ds.emit_scores)
+    scorer = Scorer(store, ds.aggregate_window_s * 1000, ds.reason_metrics, ds.emit_scores, packed=False)
     engine = DetectorEngine(app, settings, ds, scorer)
     app.detector = engine  # type: ignore[attr-defined]
     window_ms, grace_ms = ds.aggregate_window_s * 1000, ds.aggregate_grace_s * 1000

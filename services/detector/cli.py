@@ -129,7 +129,8 @@ def settings_table(argv: list[str]) -> int:
     from services.detector.settings import ENV_PREFIX, DetectorSettings
     from shared.settings import settings_table as table
 
-    print(table(DetectorSettings, ENV_PREFIX))
+    root = str(Path(__file__).resolve().parents[2]) + "/"
+    print(table(DetectorSettings, ENV_PREFIX).replace(root, ""))
     return 0
 
 

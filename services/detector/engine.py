@@ -43,6 +43,7 @@ from services.detector import metrics as m
 from services.detector.outbox import Outbox, PartitionEvent, PartitionMap, persisted, write_many
 from services.detector.pipeline import BatchResult, Scorer
 from services.detector.settings import DetectorSettings
+from services.detector.state import pack, unpack
 from shared.cache import Cache
 from shared.codec import dumps, loads
 from shared.metrics import BATCH_SECONDS, BATCH_SIZE, CONSUMER_LAG, DECODE_ERRORS, EVENTS_IN, EVENTS_OUT
@@ -114,7 +115,8 @@ class DetectorEngine:
         )
         self.producer: AIOKafkaProducer | None = None
         self.partition_of: dict[str, PartitionMap] = {}
-        self.memory: dict[str, bytes] = {}  # latest state of every sensor seen since the assignment
+        # latest state (metrics, vector) of every sensor seen since the assignment; packed at checkpoints
+        self.memory: dict[str, tuple[tuple[str, ...], Any]] = {}
         self.dirty: dict[str, int] = {}  # sensor -> partition, changed since the last checkpoint
         self.finished: dict[int, int] = {}
         self._events: dict[int, PartitionEvent] = {}
@@ -186,13 +188,17 @@ class DetectorEngine:
                 out[p] = int(value)
         return out
 
-    def load_state(self, sensor_id: str, partition: int) -> bytes | None:
+    def load_state(self, sensor_id: str, partition: int) -> tuple[tuple[str, ...], Any] | None:
         hit = self.memory.get(sensor_id)
         if hit is None:
             with event_context(self._event(partition)):
-                hit = self.states.get(sensor_id.encode())
-            if hit is not None:
-                self.memory[sensor_id] = hit
+                raw = self.states.get(sensor_id.encode())
+            if raw is not None:
+                try:
+                    hit = self.memory[sensor_id] = unpack(raw)
+                except ValueError as exc:
+                    m.STATE_ERRORS.inc()
+                    log.warning("stored state of %s unreadable (%s); starting it afresh", sensor_id, exc)
         return hit
 
     def forget(self) -> None:
@@ -324,9 +330,9 @@ class DetectorEngine:
         finished, self.finished = self.finished, {}
         states: dict[int, dict[bytes, bytes]] = {}
         for sid, partition in dirty.items():
-            blob = self.memory.get(sid)
-            if blob is not None:
-                states.setdefault(partition, {})[sid.encode()] = blob
+            held = self.memory.get(sid)
+            if held is not None:
+                states.setdefault(partition, {})[sid.encode()] = pack(*held)
         progress = {p: {b"%d" % p: b"%d" % offset} for p, offset in finished.items()}
         box = Outbox(self.producer)
         try:

@@ -51,6 +51,9 @@ class ModelConfig:
     margin: float = 1.1
     cv_folds: int = 5
     ratio_cap: float = 20.0  # one detector alone cannot carry the average beyond this
+    # how member ratios combine: "mean" (calibrated average), "top2" (mean of the two most
+    # alarmed members: a specialist is not drowned by the others), "max"
+    fusion: str = "mean"
     score_halflife: float = 2.0  # causal smoothing of the ensemble score, in readings
     off_ratio: float = 0.9  # an episode ends when the smoothed score falls below off_ratio * threshold
     min_train_rows: int = 50
@@ -171,7 +174,7 @@ class AnomalyModel:
         if z_members:
             z = ZScoreDetector(cfg.zscore_threshold)
             ratios.append(np.minimum(z.score(feats[:, self._z_cols]) / z.threshold, cfg.ratio_cap))
-        raw = np.mean(ratios, axis=0)
+        raw = self.fuse(np.vstack(ratios))
         smoothed = self._smooth_sequences(raw, idx)
         self.threshold = float(max(np.quantile(smoothed, cfg.alarm_quantile) * cfg.margin, 1e-9))
         self.initial_state = state[:1] if sensor_idx is None else self.layout.empty(1)
@@ -179,6 +182,15 @@ class AnomalyModel:
         self.fitted_at = time.time()
         self.version = f"fit-{int(self.fitted_at)}"
         return self
+
+    def fuse(self, ratios: np.ndarray) -> np.ndarray:
+        """Combine member ratios (``(members, n)``) into one score per row."""
+        how = self.config.fusion
+        if how == "max" or len(ratios) == 1:
+            return ratios.max(axis=0)
+        if how == "top2":
+            return np.sort(ratios, axis=0)[-2:].mean(axis=0)
+        return ratios.mean(axis=0)
 
     def _new_detector(self, name: str) -> Detector:
         if name == "kmeans":
@@ -235,7 +247,7 @@ class AnomalyModel:
         """
         with threadpool_limits(1):
             members = self.member_scores(feats)
-        raw = np.mean(list(members.values()), axis=0) if members else np.zeros(len(feats))
+        raw = self.fuse(np.vstack(list(members.values()))) if members else np.zeros(len(feats))
         smoothed, flags = self._persist(state, raw, idx, late)
         return Scored(smoothed, raw, flags, members, self.contributions(feats), self.threshold)
 

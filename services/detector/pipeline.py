@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -26,7 +27,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class BatchResult:
-    states: dict[str, bytes] = field(default_factory=dict)  # sensor_id -> new packed state
+    states: dict[str, Any] = field(default_factory=dict)  # sensor_id -> new state (packed bytes or (metrics, vector))
     last_index: dict[str, int] = field(default_factory=dict)  # sensor_id -> its last reading in the batch
     scores: list[Score] = field(default_factory=list)
     anomalies: list[Anomaly] = field(default_factory=list)
@@ -78,13 +79,17 @@ class Scorer:
         window_ms: int = 30_000,
         reason_metrics: int = 3,
         emit_scores: bool = True,
+        packed: bool = True,
     ):
+        # packed=False: states come and go as (metrics, vector) and the caller packs them when it
+        # persists them (the engine keeps them unpacked in memory between checkpoints)
+        self.packed = packed
         self.store = store
         self.window_ms = window_ms
         self.reason_metrics = reason_metrics
         self.emit_scores = emit_scores
 
-    def process(self, readings: list[Reading], load_state: Callable[[str], bytes | None]) -> BatchResult:
+    def process(self, readings: list[Reading], load_state: Callable[[str], Any]) -> BatchResult:
         result = BatchResult()
         groups: dict[tuple[str, tuple[str, ...]], list[int]] = {}
         profiles: dict[str, Profile] = {}
@@ -102,7 +107,7 @@ class Scorer:
         profile: Profile,
         metrics: tuple[str, ...],
         batch: list[Reading],
-        load_state: Callable[[str], bytes | None],
+        load_state: Callable[[str], Any],
         result: BatchResult,
     ) -> None:
         model = self.store.model_for(profile, metrics)
@@ -117,7 +122,7 @@ class Scorer:
             if raw is None:
                 continue
             try:
-                old_metrics, vec = unpack(raw)
+                old_metrics, vec = raw if isinstance(raw, tuple) else unpack(raw)
                 state[row] = remap(vec, old_metrics, metrics)
             except (ValueError, IndexError) as exc:  # a corrupt state must not stop the stream: start afresh
                 result.bad_states += 1
@@ -131,7 +136,7 @@ class Scorer:
         scored = model.score(state, feats, idx, late)
         result.late += int(late.sum())
         for sid, row in sensors.items():
-            result.states[sid] = pack(metrics, state[row])
+            result.states[sid] = pack(metrics, state[row]) if self.packed else (metrics, state[row].copy())
 
         threshold = float(scored.threshold)
         top = min(self.reason_metrics, len(metrics))
