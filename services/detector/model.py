@@ -138,6 +138,15 @@ class AnomalyModel:
         per_sensor = np.bincount(idx, minlength=n_sensors)
         skip = min(max(cfg.state.warmup, int(3 * cfg.state.short_halflife)), int(per_sensor.min()) // 5)
         keep = occurrence(idx) >= skip
+        if "z_tod" in cfg.blocks:
+            # Until a sensor has a day behind it, its hour-of-day baseline is not there yet and
+            # z_tod is the plain z, which swings with the daily cycle: training on those rows would
+            # teach the model that large deviations are normal.
+            first = np.full(n_sensors, np.inf)
+            np.minimum.at(first, idx, ts_ms.astype(np.float64))
+            settled = ts_ms >= first[idx] + 86_400_000
+            if settled.sum() >= cfg.min_train_rows:
+                keep &= settled
         # time order across sensors, so that the calibration folds are blocks of time
         order = np.flatnonzero(keep)[np.argsort(ts_ms[keep], kind="stable")]
         feats, idx = feats[order], idx[order]

@@ -169,3 +169,39 @@ def test_a_replayed_batch_is_scored_again_but_does_not_change_the_state():
     assert again.states == {sid: states[sid] for sid in again.states}
     newer = scorer.process([reading("s0", 40, 480.0)], states.get)
     assert newer.late == 0 and unpack(newer.states["s0"])[1][0] == 41
+
+
+@pytest.mark.parametrize(
+    ("raw", "why"),
+    [
+        (b"{oops", "undecodable"),
+        (b"[1, 2]", "undecodable: expected a JSON object"),
+        (b'{"ts": 1, "site": "", "zone": "", "utility": "", "asset": "", "values": {}}', "undecodable: TypeError"),
+        (
+            b'{"sensor_id": "", "ts": 1, "site": "", "zone": "", "utility": "", "asset": "", "values": {}}',
+            "missing sensor_id",
+        ),
+        (
+            b'{"sensor_id": "a", "ts": "x", "site": "", "zone": "", "utility": "", "asset": "", "values": {}}',
+            "ts is not",
+        ),
+        (
+            b'{"sensor_id": "a", "ts": 1, "site": "", "zone": "", "utility": "", "asset": "", "values": {"p": "7"}}',
+            "map of numbers",
+        ),
+    ],
+)
+def test_messages_that_are_not_readings_are_refused_with_a_reason(raw, why):
+    from services.detector.engine import decode
+
+    reading_, reason = decode(raw)
+    assert reading_ is None and why in reason
+
+
+def test_a_clean_reading_decodes():
+    from services.detector.engine import decode
+
+    r, reason = decode(
+        b'{"sensor_id": "a", "ts": 5, "site": "s", "zone": "z", "utility": "water", "asset": "pipe", "values": {"p": 1.5}}'
+    )
+    assert reason == "" and r.sensor_id == "a" and r.values == {"p": 1.5}
