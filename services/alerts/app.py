@@ -200,6 +200,7 @@ def create_app(
 
     last_tick: dict[int, float] = {}
     schedule = Schedule()
+    pending_counts: dict[str, int] = {}
 
     @app.on_partitions_assigned.connect
     async def _forget_schedule(sender: Any, assigned: Any, **_: Any) -> None:
@@ -226,7 +227,9 @@ def create_app(
             for partition, evs in by_partition.items():
                 started = time.perf_counter()
                 overlays = {name: Overlay(t) for name, t in state_tables.items()}
-                proc = Processor(config, asettings, **overlays, silences=silences_t, schedule=schedule)
+                proc = Processor(
+                    config, asettings, **overlays, silences=silences_t, schedule=schedule, pending_counts=pending_counts
+                )
                 dispatch: dict[str, dict[str, Any]] = {}
                 for event in evs:
                     try:

@@ -74,12 +74,14 @@ class Processor:
         inhibitors: Table,
         silences: Any,
         schedule: Schedule | None = None,
+        pending_counts: dict[str, int] | None = None,
     ):
         self.config = config
         self.settings = settings
         self.alerts, self.groups, self.outbox = alerts, groups, outbox
         self.limits, self.counters, self.inhibitors, self.silences = limits, counters, inhibitors, silences
         self.schedule = schedule or Schedule()
+        self.pending_counts = {} if pending_counts is None else pending_counts
 
     # ------------------------------------------------------------------------------------------ events
 
@@ -114,6 +116,8 @@ class Processor:
         new = engine.apply_observation(prev, obs, now_ms, partition)
         if new is None:
             return
+        if self._coalesce(obs, prev, new, now_ms):
+            return
         self._store_alert(obs.fingerprint, prev, new, changes)
         if new["status"] == "firing" and (prev is None or prev["status"] != "firing"):
             for route, key, glabels in engine.routes_for(self.config, new["labels"]):
@@ -123,6 +127,24 @@ class Processor:
                 if group is not None:
                     self.groups[key] = group
                     self.schedule.note_flush(partition, group["next_flush_at"])
+
+    def _coalesce(self, obs: Observation, prev: dict[str, Any] | None, new: dict[str, Any], now_ms: int) -> bool:
+        """Skip re-writing an alert that only kept firing since it was written less than ``coalesce_s`` ago.
+
+        A noisy sensor then costs one changelog write per few seconds, not one per batch.
+        The observations in between are added to ``count`` at the next write (in memory
+        until then, so a crash can under-count them); ``last_seen`` is at most
+        ``coalesce_s`` (capped at a tenth of the quiet period) old, so nothing resolves early.
+        """
+        if prev is None or prev["status"] != "firing" or new["annotations"] != prev["annotations"]:
+            self.pending_counts.pop(obs.fingerprint, None)
+            return False
+        window_ms = min(self.settings.coalesce_s, prev["resolve_after_s"] / 10) * 1000
+        if now_ms - prev["updated_at"] < window_ms:
+            self.pending_counts[obs.fingerprint] = self.pending_counts.get(obs.fingerprint, 0) + obs.count
+            return True
+        new["count"] += self.pending_counts.pop(obs.fingerprint, 0)
+        return False
 
     def _store_alert(self, fp: str, prev: dict[str, Any] | None, new: dict[str, Any], changes: Changes) -> None:
         """Write an alert, count its transition, and keep the small index of inhibition sources."""

@@ -45,6 +45,11 @@ class AlertsSettings:
     resolved_retention_s: float = _doc(
         3600.0, "How long a resolved alert stays in the table and the API before it is forgotten."
     )
+    coalesce_s: float = _doc(
+        5.0,
+        "An alert that only keeps firing is re-written (last_seen, count) at most this often, capped at a tenth "
+        "of its quiet period; 0 writes it on every batch.",
+    )
     sweep_interval_s: float = _doc(
         30.0,
         "How often each partition's alerts are swept (quiet alerts resolved, long-resolved ones forgotten); "

@@ -284,3 +284,24 @@ def test_schedule_survives_batches_and_wakes_a_new_group():
     schedule.reset()  # a rebalance: the next tick scans again and finds the group's next flush
     batch({"type": "tick"}, 1001.7)
     assert schedule.next_flush[0] == 1001.6 + 300
+
+
+def test_a_noisy_alert_is_rewritten_at_most_every_coalesce_seconds():
+    data = {
+        "rules": [{"name": "A", "source": "anomaly", "when": ["score >= threshold"], "labels": {"site": "{site}", "zone": "{zone}"},
+                   "resolve_after": "10m"}],
+        "route": {"receiver": "r", "group_by": ["site", "zone"]},
+        "receivers": [{"name": "r", "kafka_configs": [{"topic": "alerts"}]}],
+    }  # fmt: skip
+    config = parse_config(data, "t.yaml", {})
+    tables = {k: {} for k in ("alerts", "groups", "outbox", "limits", "counters", "inhibitors", "silences")}
+    proc = Processor(config, AlertsSettings(coalesce_s=5.0), **tables)
+    record = {"sensor_id": "s", "ts": 1, "site": "a", "zone": "z", "utility": "w", "asset": "p", "score": 1.0,
+              "threshold": 0.5, "model_version": "1", "reason": "r"}  # fmt: skip
+    obs = config.rules[0].evaluate(record).to_dict()
+    writes = [
+        bool(proc.handle({"type": "obs", "obs": [obs]}, 0, now_s=1000.0 + t).alerts) for t in (0, 1, 2, 4, 5.5, 6)
+    ]
+    assert writes == [True, False, False, False, True, False]
+    [alert] = tables["alerts"].values()
+    assert alert["count"] == 5 and alert["last_seen"] == 1_005_500  # the skipped hits are counted at the next write
