@@ -58,7 +58,7 @@ class IngestSettings:
         300.0, "Age on arrival (seconds) from which a reading's quality starts to drop for staleness."
     )
     max_metrics: int = _doc(64, "Most metrics one reading may carry.")
-    batch_size: int = _doc(2000, "Most readings processed in one micro-batch.")
+    batch_size: int = _doc(5000, "Most readings processed in one micro-batch (one fetch of readings.raw).")
     session_timeout_s: float = _doc(
         60.0,
         "Kafka group session timeout: after a crash, how long the worker's partitions wait before they move to "
