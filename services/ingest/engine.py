@@ -267,10 +267,13 @@ class Ingest:
         self.finished.clear()
         self.cache_pending.clear()
 
-    async def checkpoint(self) -> int:
-        """Write changed sensor states and finished offsets, once per key, in their partitions."""
+    async def checkpoint(self) -> dict[int, int]:
+        """Write changed sensor states and finished offsets, once per key, in their partitions.
+
+        Returns the offsets checkpointed (partition -> last finished offset).
+        """
         if not self.dirty and not self.finished:
-            return 0
+            return {}
         assert self.partition_of is not None and self.producer is not None
         dirty, self.dirty = self.dirty, {}
         finished, self.finished = self.finished, {}
@@ -294,7 +297,7 @@ class Ingest:
         persisted(self.sensors, last)
         persisted(self.progress, last)
         m.CHECKPOINTS.inc()
-        return len(dirty)
+        return finished
 
     def _account(self, batch: list[Inbound], outcome: Outcome, elapsed: float) -> None:
         sources: dict[str, int] = {}

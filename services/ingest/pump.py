@@ -85,7 +85,9 @@ class ReadingsPump:
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.ingest.settings.bootstrap_servers,
             client_id=f"{self.ingest.settings.topic_prefix}flowwatch-ingest-pump",
-            group_id=None,
+            # Never joins this group (partitions are assigned by hand); checkpointed offsets are
+            # also committed under it, only so that standard lag tools see ingest's progress.
+            group_id=f"{self.ingest.app.conf.id}-readings",
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=isettings.batch_size,
@@ -201,11 +203,22 @@ class ReadingsPump:
                     now = time.monotonic()
                     if now - last_checkpoint >= checkpoint_every:
                         await self.drain()
-                        await ingest.checkpoint()
+                        done = await ingest.checkpoint()
                         last_checkpoint = now
-                        await self._report_lag()
+                        await self._publish_progress(done)
         finally:
             await self.consumer.stop()
+
+    async def _publish_progress(self, done: dict[int, int]) -> None:
+        """Consumer lag for /metrics, and the checkpointed offsets for external lag tools (best effort)."""
+        assert self.consumer is not None
+        offsets = {TopicPartition(self.topic, p): o + 1 for p, o in done.items() if p in self.assigned}
+        if offsets:
+            try:
+                await self.consumer.commit(offsets)
+            except KafkaError as exc:
+                log.debug("could not mirror offsets to the consumer group: %s", exc)
+        await self._report_lag()
 
     async def _report_lag(self) -> None:
         assert self.consumer is not None
