@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from sklearn.cluster import KMeans
 from sklearn.ensemble import IsolationForest
+from sklearn.ensemble._iforest import _average_path_length
 from sklearn.neighbors import LocalOutlierFactor
 
 
@@ -76,7 +77,31 @@ class IsolationForestDetector(Detector):
         return self
 
     def score(self, x: np.ndarray) -> np.ndarray:
-        return -self.model.score_samples(x)
+        """``-score_samples``: 2^(-mean path length / c(n)), higher is more anomalous.
+
+        Computed tree by tree in a plain loop: scikit-learn dispatches each tree through
+        joblib, which for a 2,000-row micro-batch costs more than the trees themselves.
+        Falls back to ``score_samples`` if the fitted forest lacks the arrays it needs.
+        """
+        forest = self.model
+        try:
+            path_lengths = forest._decision_path_lengths
+            avg_lengths = forest._average_path_length_per_tree
+            max_samples = forest._max_samples
+        except AttributeError:
+            return -forest.score_samples(x)
+        xs = np.ascontiguousarray(x, dtype=np.float32)
+        depths = np.zeros(len(xs))
+        all_features = forest._max_features == xs.shape[1]
+        for tree, features, dpl, apl in zip(
+            forest.estimators_, forest.estimators_features_, path_lengths, avg_lengths, strict=True
+        ):
+            leaves = tree.apply(xs if all_features else np.ascontiguousarray(xs[:, features]), check_input=False)
+            depths += dpl[leaves] + apl[leaves] - 1.0
+        denominator = len(forest.estimators_) * _average_path_length([max_samples])[0]
+        if denominator == 0:
+            return np.ones(len(xs))
+        return 2.0 ** (-depths / denominator)
 
 
 class KMeansDetector(Detector):

@@ -23,10 +23,26 @@ from typing import Any
 import joblib
 import numpy as np
 import orjson
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from services.detector.detectors import Detector, Scaler, ZScoreDetector, make_detector
 from services.detector.state import FEATURE_BLOCKS, Layout, RollingState, StateConfig, alpha, occurrence
+
+_POOLS: ThreadpoolController | None = None
+
+
+def single_threaded() -> Any:
+    """Limit BLAS/OpenMP pools to one thread for a block.
+
+    The matrices are small, and thread pools on a busy 2-core machine cost far more in
+    contention (K-Means 30x slower) than they win. The controller is built once: finding
+    the native libraries takes milliseconds, more than scoring a micro-batch.
+    """
+    global _POOLS
+    if _POOLS is None:
+        _POOLS = ThreadpoolController()
+    return _POOLS.limit(limits=1)
+
 
 MODEL_FILE = "model.joblib"
 META_FILE = "meta.json"
@@ -119,9 +135,7 @@ class AnomalyModel:
 
     # ------------------------------------------------------------------ fitting
     def fit(self, x: np.ndarray, ts_ms: np.ndarray, sensor_idx: np.ndarray | None = None) -> AnomalyModel:
-        # One thread: the matrices are small, and OpenMP/BLAS thread pools on a busy 2-core
-        # machine cost far more in contention (K-Means 30x slower) than they win.
-        with threadpool_limits(1):
+        with single_threaded():
             return self._fit(x, ts_ms, sensor_idx)
 
     def _fit(self, x: np.ndarray, ts_ms: np.ndarray, sensor_idx: np.ndarray | None = None) -> AnomalyModel:
@@ -254,7 +268,7 @@ class AnomalyModel:
 
         A ``late`` reading is smoothed against its sensor's current score but leaves it as it was.
         """
-        with threadpool_limits(1):
+        with single_threaded():
             members = self.member_scores(feats)
         raw = self.fuse(np.vstack(list(members.values()))) if members else np.zeros(len(feats))
         smoothed, flags = self._persist(state, raw, idx, late)

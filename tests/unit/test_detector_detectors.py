@@ -139,3 +139,9 @@ def test_too_little_training_data_is_refused():
     x, ts = stream(30, 11)
     with pytest.raises(ValueError, match="training rows"):
         AnomalyModel(("a", "b", "c")).fit(x, ts)
+
+
+def test_isolation_forest_fast_scoring_equals_scikit_learn():
+    det = IsolationForestDetector(seed=3).fit(correlated(700, 12))
+    rows = correlated(300, 13) * 1.7
+    np.testing.assert_allclose(det.score(rows), -det.model.score_samples(rows), rtol=0, atol=1e-12)
