@@ -248,6 +248,15 @@ def create_app(
                     pending_mirror.update(changes.alerts)
                     pending_mirror.update(dict.fromkeys(changes.removed))
                     dispatch.update((e["id"], e) for e in changes.dispatch)
+                # A group this batch made due (group_wait 0, or a timer that just expired) flushes now,
+                # not at the next tick.
+                now = time.time()
+                if now >= schedule.next_flush.get(partition, float("inf")):
+                    last_tick[partition] = now
+                    changes = proc.handle({"type": "tick"}, partition, now)
+                    pending_mirror.update(changes.alerts)
+                    pending_mirror.update(dict.fromkeys(changes.removed))
+                    dispatch.update((e["id"], e) for e in changes.dispatch)
                 # Each changed key is written once, in the context of an event of its partition (pitfall 10).
                 with event_context(stream, evs[-1]):
                     for overlay in overlays.values():
