@@ -5,8 +5,10 @@ Per fetch of readings.raw (handed over by :class:`~services.ingest.pump.Readings
 1. decode and validate every message (pure functions, :mod:`services.ingest.pipeline`) and
    admit valid readings against their sensor's state (duplicates, lateness);
 2. produce clean readings, quarantined inputs and forwarded readings as one record batch per
-   topic-partition (:class:`~services.ingest.outbox.Outbox`) and wait for the broker's acks;
-3. tell waiting HTTP requests their verdicts, queue each sensor's latest reading for Redis.
+   topic-partition (:class:`~services.ingest.outbox.Outbox`) — :meth:`Ingest.submit`;
+3. once the broker acknowledged them (a few batches may be in flight meanwhile), count the
+   batch as finished, tell waiting HTTP requests their verdicts and queue each sensor's
+   latest reading for Redis — :meth:`Ingest.complete`.
 
 Every ``FLOWWATCH_INGEST_CHECKPOINT_S`` (and before a rebalance or shutdown) the changed
 sensor states and, per partition, the offset of the last message whose outputs were
