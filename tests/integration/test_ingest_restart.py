@@ -102,3 +102,30 @@ async def test_kill_mid_stream_and_restart_loses_nothing(settings: Settings) -> 
     assert watcher.seen == expected
     # At-least-once: a replay after the kill may repeat readings, but only those since the last checkpoint.
     assert watcher.messages - total < total // 2
+
+
+async def test_a_clean_stop_checkpoints_so_the_restart_repeats_nothing(settings: Settings) -> None:
+    env = {"FLOWWATCH_INGEST_MQTT_ENABLED": "false", "FLOWWATCH_INGEST_CHECKPOINT_S": "30"}
+    start = int(time.time() * 1000) - 600_000
+    first = readings(start, 0, 20)
+    second = readings(start, 20, 40)
+    watcher = CleanWatcher(settings)
+    await watcher.consumer.start()
+    proc = ServiceProcess("ingest", settings, extra_env=env)
+    try:
+        proc.start()
+        await asyncio.to_thread(proc.wait_ready, 120)
+        await produce(settings, "readings.raw", first)
+        await watcher.until(len(first), timeout=60)
+        # Long checkpoint interval: only the shutdown checkpoint can cover these.
+        proc.stop()  # SIGTERM
+        proc.start()
+        await asyncio.to_thread(proc.wait_ready, 120)
+        await produce(settings, "readings.raw", second)
+        await watcher.until(len(first) + len(second), timeout=60)
+        await watcher.poll(2.0)
+    finally:
+        proc.stop()
+        await watcher.consumer.stop()
+    assert len(watcher.seen) == len(first) + len(second)
+    assert watcher.messages == len(first) + len(second), "a clean stop must not replay anything"
