@@ -63,7 +63,12 @@ def state_summary(sensor_id: str, held: tuple[tuple[str, ...], Any]) -> dict[str
 def create_app(settings: Settings | None = None, detector_settings: DetectorSettings | None = None) -> faust.App:
     settings = settings or Settings.from_env(SERVICE)
     ds = detector_settings or DetectorSettings.from_env()
-    app, health = base_app(settings)
+    app, health = base_app(
+        settings,
+        broker_session_timeout=ds.session_timeout_s,
+        broker_heartbeat_interval=min(3.0, ds.session_timeout_s / 4),
+        broker_rebalance_timeout=max(ds.session_timeout_s, 10.0),
+    )
     profiles = ProfileSet.load(ds.profiles_file)
     store = ModelStore(profiles, ds.zscore_threshold)
     serving = ModelServing(store, ModelRegistry(settings.model_dir), ds.model_prefix, ds.model_alias)

@@ -65,6 +65,11 @@ class DetectorSettings:
     compute_in_thread: bool = _doc(
         True, "Run feature extraction and scoring in a worker thread so the event loop keeps heartbeating."
     )
+    session_timeout_s: float = _doc(
+        60.0,
+        "Kafka consumer-group session timeout (seconds): how long a worker that died without leaving keeps its "
+        "partitions before the group hands them to another. Long avoids rebalance storms; short fails over fast.",
+    )
     cache_enabled: bool = _doc(True, "Write the latest score per sensor and anomaly counts per zone to Redis.")
     cache_flush_s: float = _doc(0.5, "How often (seconds) the latest scores and anomaly counts are written to Redis.")
 

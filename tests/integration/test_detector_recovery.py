@@ -45,13 +45,15 @@ async def test_rolling_state_survives_a_restart_on_a_fresh_disk(settings):
 async def test_a_killed_worker_replays_from_its_last_checkpoint_with_the_same_scores(settings):
     data, _ = readings(sensors=4, n=150, seed=4)
     first, rest = data[: 4 * 100], data[4 * 100 :]
-    det = ServiceProcess("detector", settings, {**FAST, "FLOWWATCH_DETECTOR_CHECKPOINT_S": "0.5"})
+    # a short session: the killed worker's partitions go to the new one in seconds, not a minute
+    env = {**FAST, "FLOWWATCH_DETECTOR_CHECKPOINT_S": "0.5", "FLOWWATCH_DETECTOR_SESSION_TIMEOUT_S": "8"}
+    det = ServiceProcess("detector", settings, env)
     with det:
         await produce(settings, "readings.clean", [(r.sensor_id.encode(), r) for r in first])
         assert len(await consume(settings, "scores", len(first), timeout=90)) == len(first)
         await produce(settings, "readings.clean", [(r.sensor_id.encode(), r) for r in rest[:100]])
         det.kill()  # SIGKILL: no checkpoint on the way out, maybe mid-batch
-    with ServiceProcess("detector", settings.replace(web_port=0), FAST) as again:
+    with ServiceProcess("detector", settings.replace(web_port=0), env) as again:
         await produce(settings, "readings.clean", [(r.sensor_id.encode(), r) for r in rest[100:]])
         scores = await consume(settings, "scores", len(data) + 1_000, timeout=10)
         final = httpx.get(f"{again.url}/detector/state/p0").json()
