@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+import httpx
 import orjson
 from aiokafka import AIOKafkaConsumer
 
@@ -13,6 +14,20 @@ from tests.helpers import ServiceProcess, produce
 
 SENSORS = 100
 PER_SENSOR = 120  # 12,000 readings in two halves
+
+
+def reading_bytes(sensor_id: str, ts: int) -> bytes:
+    return orjson.dumps(
+        {
+            "sensor_id": sensor_id,
+            "ts": ts,
+            "site": "north",
+            "zone": "z1",
+            "utility": "water",
+            "asset": "pipe",
+            "values": {"pressure": 410.0, "flow": 80.0},
+        }
+    )
 
 
 def readings(start_ms: int, first: int, last: int) -> list[tuple[bytes, bytes]]:
@@ -129,3 +144,57 @@ async def test_a_clean_stop_checkpoints_so_the_restart_repeats_nothing(settings:
         await watcher.consumer.stop()
     assert len(watcher.seen) == len(first) + len(second)
     assert watcher.messages == len(first) + len(second), "a clean stop must not replay anything"
+
+
+async def test_state_recovers_from_the_changelog_on_a_fresh_disk(settings: Settings) -> None:
+    """A worker rescheduled onto an empty disk rebuilds offsets and sensor state from the changelogs."""
+    env = {
+        "FLOWWATCH_INGEST_MQTT_ENABLED": "false",
+        "FLOWWATCH_INGEST_CHECKPOINT_S": "0.3",
+        "FLOWWATCH_INGEST_SESSION_TIMEOUT_S": "8",
+    }
+    start = int(time.time() * 1000) - 600_000
+    sensors = 20
+    old = [
+        (f"f-{s:02d}".encode(), reading_bytes(f"f-{s:02d}", start + i * 1000))
+        for i in range(100)
+        for s in range(sensors)
+    ]
+    repeats = [
+        (f"f-{s:02d}".encode(), reading_bytes(f"f-{s:02d}", start + i * 1000))
+        for i in range(95, 100)
+        for s in range(sensors)
+    ]
+    new = [
+        (f"f-{s:02d}".encode(), reading_bytes(f"f-{s:02d}", start + i * 1000))
+        for i in range(100, 105)
+        for s in range(sensors)
+    ]
+    watcher = CleanWatcher(settings)
+    await watcher.consumer.start()
+    first = ServiceProcess("ingest", settings, extra_env=env)
+    second = ServiceProcess("ingest", settings.replace(data_dir=settings.data_dir / "fresh-disk"), extra_env=env)
+    try:
+        first.start()
+        await asyncio.to_thread(first.wait_ready, 120)
+        await produce(settings, "readings.raw", old)
+        await watcher.until(len(old), timeout=60)
+        await asyncio.sleep(1.5)  # a few checkpoints
+        first.kill()
+
+        second.start()
+        await asyncio.to_thread(second.wait_ready, 120)
+        await produce(settings, "readings.raw", repeats + new)
+        await watcher.until(len(old) + len(new), timeout=60)
+        await watcher.poll(2.0)
+        duplicates = 0.0
+        for line in httpx.get(f"{second.url}/metrics", timeout=5).text.splitlines():
+            if line.startswith("flowwatch_ingest_duplicates_total "):
+                duplicates = float(line.split()[1])
+    finally:
+        first.stop()
+        second.stop()
+        await watcher.consumer.stop()
+    assert len(watcher.seen) == len(old) + len(new)
+    assert watcher.messages == len(old) + len(new), "offsets were not recovered: old readings were replayed"
+    assert duplicates == len(repeats), "sensor state was not recovered: repeats were not recognised"
