@@ -136,7 +136,8 @@ class Processor:
         until then, so a crash can under-count them); ``last_seen`` is at most
         ``coalesce_s`` (capped at a tenth of the quiet period) old, so nothing resolves early.
         """
-        if prev is None or prev["status"] != "firing" or new["annotations"] != prev["annotations"]:
+        changed = prev is None or prev["status"] != "firing" or new["status"] != "firing"
+        if changed or new["annotations"] != prev["annotations"]:
             self.pending_counts.pop(obs.fingerprint, None)
             return False
         window_ms = min(self.settings.coalesce_s, prev["resolve_after_s"] / 10) * 1000

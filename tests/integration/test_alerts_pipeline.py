@@ -49,6 +49,19 @@ rules:
     labels: {{site: "{{site}}", zone: "{{zone}}", utility: "{{utility}}", kind: "{{incident_type}}", severity: critical}}
     annotations: {{summary: "{{incident_type}} likely in {{zone}}"}}
     resolve_after: 30s
+  - name: SensorSilent
+    source: sensor_event
+    when: ["kind == silent"]
+    resolve_when: ["kind == back"]
+    labels: {{site: "{{site}}", zone: "{{zone}}", sensor: "{{sensor_id}}", kind: silent, severity: warning}}
+    annotations: {{summary: "{{sensor_id}} stopped reporting"}}
+    resolve_after: 1h
+  - name: QuarantineSpike
+    source: quarantine
+    when: ["count >= 5"]
+    labels: {{source: "{{source}}", kind: quarantine, severity: warning}}
+    annotations: {{summary: "{{count}} readings from {{source}} quarantined within {{window_s}}s"}}
+    resolve_after: 1h
 route:
   receiver: hook
   group_by: [site, zone, alertname]
@@ -160,6 +173,11 @@ async def test_alerts_pipeline_end_to_end(settings, tmp_path, receiver):
             # --- inputs, as the detector and forecaster would produce them.
             t_sent = time.monotonic()
             await produce(settings, "risk", [(b"leaky", risk("leaky", 0.92)), (b"mail", risk("mail", 0.8, "burst"))])
+            silent = {"sensor_id": "m1", "kind": "silent", "ts": int(time.time() * 1000), "site": "s1", "zone": "quiet-z",
+                      "utility": "water", "asset": "meter", "last_seen_ms": 1, "expected_interval_ms": 1000}  # fmt: skip
+            await produce(settings, "sensor.events", [(b"m1", silent)])
+            bad_reading = {"payload": {"x": 1}, "source": "mqtt", "reasons": ["missing sensor_id"], "received_ms": 1}
+            await produce(settings, "readings.quarantine", [(None, bad_reading)] * 12)
             await produce(
                 settings,
                 "anomalies",
@@ -196,6 +214,29 @@ async def test_alerts_pipeline_end_to_end(settings, tmp_path, receiver):
             assert len(alerts) == 21
             [folded] = [a for a in alerts if a["labels"].get("flood") == "true"]
             assert int(folded["annotations"]["folded_hits"]) >= 1  # the rest, folded into one alert (still counting)
+
+            # a silent sensor fires; its "back" event resolves it at once (no quiet period needed).
+            await until(lambda: groups_in(receiver.on("/hook"), "quiet-z"), 30, "silent-sensor notification")
+            await produce(
+                settings, "sensor.events", [(b"m1", {**silent, "kind": "back", "ts": int(time.time() * 1000)})]
+            )
+            back = await until(
+                lambda: [h for h in groups_in(receiver.on("/hook"), "quiet-z") if h.json["status"] == "resolved"],
+                30,
+                "sensor back",
+            )
+            assert back[0].json["alerts"][0]["labels"]["sensor"] == "m1"
+
+            # quarantine spike: 12 rejected readings within the window → one alert for that source.
+            [spike] = await until(
+                lambda: [
+                    h for h in receiver.on("/hook") if h.json["groupLabels"].get("alertname") == "QuarantineSpike"
+                ],
+                30,
+                "quarantine spike",
+            )
+            [alert] = spike.json["alerts"]
+            assert alert["labels"]["source"] == "mqtt" and "quarantined" in alert["annotations"]["summary"]
 
             # HMAC: every signed request verifies with the receiver's secret; a tampered body does not.
             for hit in receiver.on("/hook"):
@@ -237,8 +278,8 @@ async def test_alerts_pipeline_end_to_end(settings, tmp_path, receiver):
             assert "burst likely in mail" in parts["text/plain"] and "<table" in parts["text/html"]
 
             # the alerts topic gets every alert state (root route continues to "stream").
-            records = await consume(settings, "alerts", 8, timeout=20)
-            assert {r["labels"]["zone"] for r in records} >= {"grp", "leaky", "flaky", "mail", "dead", "reject"}
+            records = await consume(settings, "alerts", 40, timeout=8)
+            assert {r["labels"].get("zone") for r in records} >= {"grp", "leaky", "flaky", "mail", "dead", "reject"}
 
             # API: list with filters, one alert, suppressed states, ack, feedback.
             # (anomalies resolve after 6 s of quiet here: keep the inhibited and silenced ones firing)

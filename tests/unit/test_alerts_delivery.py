@@ -305,3 +305,6 @@ def test_a_noisy_alert_is_rewritten_at_most_every_coalesce_seconds():
     assert writes == [True, False, False, False, True, False]
     [alert] = tables["alerts"].values()
     assert alert["count"] == 5 and alert["last_seen"] == 1_005_500  # the skipped hits are counted at the next write
+    proc.handle({"type": "obs", "obs": [{**obs, "resolve": True}]}, 0, now_s=1006.5)
+    [alert] = tables["alerts"].values()
+    assert alert["status"] == "resolved"  # a state change is never coalesced away
