@@ -31,7 +31,7 @@ def _service_settings(service: str) -> Callable[[], str]:
             for obj in vars(module).values()
             if isinstance(obj, type) and obj.__module__ == module.__name__ and hasattr(obj, "__dataclass_fields__")
         )
-        prefix = getattr(module, "ENV_PREFIX", f"FLOWWATCH_{service.upper()}_")
+        prefix = getattr(module, "ENV_PREFIX", getattr(module, "PREFIX", f"FLOWWATCH_{service.upper()}_"))
         return settings_table(cls, prefix)
 
     return render
@@ -40,14 +40,17 @@ def _service_settings(service: str) -> Callable[[], str]:
 TABLES: dict[str, Callable[[], str]] = {
     "settings": lambda: settings_table(Settings),
     "topics": topics_table,
-    **{f"settings-{name}": _service_settings(name) for name in ("ingest", "detector", "forecaster", "alerts")},
+    **{
+        f"settings-{name}": _service_settings(name)
+        for name in ("ingest", "detector", "forecaster", "alerts", "simulator")
+    },
 }
 
 
 def render(text: str) -> str:
     for name, make in TABLES.items():
-        pattern = re.compile(rf"(<!-- {re.escape(name)}:begin -->\n).*?(\n<!-- {re.escape(name)}:end -->)", re.S)
-        text = pattern.sub(lambda m, make=make: m.group(1) + make() + m.group(2), text)
+        pattern = re.compile(rf"(<!-- {re.escape(name)}:begin -->\n)(?:.*?\n)?(<!-- {re.escape(name)}:end -->)", re.S)
+        text = pattern.sub(lambda m, make=make: m.group(1) + make() + "\n" + m.group(2), text)
     return text
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 ENV_PREFIX = "FLOWWATCH_"
+_PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 #: Default web port per service, so four services can run side by side on one host.
 DEFAULT_PORTS = {
@@ -164,7 +165,9 @@ def settings_table(cls: type = Settings, prefix: str = ENV_PREFIX) -> str:
     for f in fields(cls):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         key = f.metadata.get("env", prefix + f.name.upper())
-        rows.append(f"| `{key}` | `{default}` | {f.metadata.get('doc', '')} |")
+        # Defaults inside the checkout are shown relative to it, so the table is the same on every machine.
+        shown = str(default).replace(f"{_PROJECT_ROOT}/", "")
+        rows.append(f"| `{key}` | `{shown}` | {f.metadata.get('doc', '')} |")
     return "\n".join(rows)
 
 

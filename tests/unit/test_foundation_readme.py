@@ -17,5 +17,12 @@ def test_generated_tables_are_current() -> None:
     assert render(text) == text, "run `python -m scripts.readme_tables` to refresh README.md"
 
 
+def test_tables_are_filled_in() -> None:
+    text = README.read_text()
+    assert "| `FLOWWATCH_BROKER_URL` |" in text
+    assert "| `readings.clean` |" in text
+    assert "| `FLOWWATCH_DETECTOR_" in text and "| `FLOWWATCH_ALERTS_" in text
+
+
 def test_ci_runs_the_readme_test_command() -> None:
     assert "make test" in (ROOT / ".ci/run").read_text()
