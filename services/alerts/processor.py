@@ -111,7 +111,8 @@ class Processor:
         if rule is not None and rule.rate_limit and not obs.resolve and (prev is None or prev["status"] != "firing"):
             key = engine.limit_key(rule, obs.labels)
             obs, window = engine.rate_limit(rule, obs, self.limits.get(key), now_ms)
-            self.limits[key] = window
+            # partition and length let the sweep of this partition forget the window later (pitfall 8).
+            self.limits[key] = {**window, "partition": partition, "per_ms": int(rule.rate_limit.per_s * 1000)}
             prev = self.alerts.get(obs.fingerprint)
         new = engine.apply_observation(prev, obs, now_ms, partition)
         if new is None:
@@ -163,8 +164,8 @@ class Processor:
         window_s = self.settings.quarantine_window_s
         start = int(value["window_start"])
         key = f"{value['source']}|{start}"
-        count = int(self.counters.get(key) or 0) + int(value["n"])
-        self.counters[key] = count
+        count = int((self.counters.get(key) or {}).get("n", 0)) + int(value["n"])
+        self.counters[key] = {"n": count, "partition": partition, "window_start": start}
         record = {
             "source": value["source"],
             "count": count,
@@ -224,8 +225,13 @@ class Processor:
             else:
                 self._resolve_if_quiet(fp, alert, now_ms, changes)
         horizon = now_ms - 2 * self.settings.quarantine_window_s * 1000
-        for key in [k for k in self.counters.keys() if int(k.rsplit("|", 1)[1]) < horizon]:
-            del self.counters[key]
+        # Only this partition's keys: a delete is written in this partition's context.
+        for key, c in list(self.counters.items()):
+            if c and c.get("partition") == partition and c["window_start"] < horizon:
+                del self.counters[key]
+        for key, w in list(self.limits.items()):
+            if w and w.get("partition") == partition and now_ms - w["start"] > 2 * w.get("per_ms", 0):
+                del self.limits[key]
 
     def _resolve_if_quiet(self, fp: str, alert: dict[str, Any], now_ms: int, changes: Changes) -> dict[str, Any]:
         resolved = engine.resolve_if_quiet(alert, now_ms)

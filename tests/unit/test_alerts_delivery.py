@@ -308,3 +308,27 @@ def test_a_noisy_alert_is_rewritten_at_most_every_coalesce_seconds():
     proc.handle({"type": "obs", "obs": [{**obs, "resolve": True}]}, 0, now_s=1006.5)
     [alert] = tables["alerts"].values()
     assert alert["status"] == "resolved"  # a state change is never coalesced away
+
+
+def test_quarantine_counts_fire_and_the_sweep_forgets_old_windows_of_its_partition_only():
+    data = {
+        "rules": [{"name": "Q", "source": "quarantine", "when": ["count >= 5"], "labels": {"source": "{source}"}},
+                  {"name": "A", "source": "anomaly", "when": ["score >= threshold"], "labels": {"site": "{site}", "zone": "{zone}"},
+                   "rate_limit": {"max_alerts": 1, "per": "10s", "collapse_by": ["site", "zone"]}}],
+        "route": {"receiver": "r", "group_by": ["site", "zone"]},
+        "receivers": [{"name": "r", "kafka_configs": [{"topic": "alerts"}]}],
+    }  # fmt: skip
+    config = parse_config(data, "t.yaml", {})
+    tables = {k: {} for k in ("alerts", "groups", "outbox", "limits", "counters", "inhibitors", "silences")}
+    proc = Processor(config, AlertsSettings(quarantine_window_s=60), **tables)
+    q = {"type": "qcount", "source": "mqtt", "window_start": 960_000}
+    assert proc.handle({**q, "n": 3}, 0, now_s=1000.0).alerts == {}
+    [alert] = proc.handle({**q, "n": 2}, 0, now_s=1001.0).alerts.values()
+    assert alert["labels"] == {"alertname": "Q", "source": "mqtt"} and alert["status"] == "firing"
+    record = {"sensor_id": "s", "ts": 1, "site": "a", "zone": "z", "utility": "w", "asset": "p", "score": 1.0,
+              "threshold": 0.5, "model_version": "1", "reason": "r"}  # fmt: skip
+    proc.handle({"type": "obs", "obs": [config.rules[1].evaluate(record).to_dict()]}, 0, now_s=1001.0)
+    tables["counters"]["other|0"] = {"n": 1, "partition": 1, "window_start": 0}
+    assert len(tables["limits"]) == 1 and len(tables["counters"]) == 2
+    proc.handle({"type": "tick"}, 0, now_s=1200.0)
+    assert list(tables["counters"]) == ["other|0"] and tables["limits"] == {}  # partition 1's key is not ours
