@@ -8,8 +8,20 @@ from tests.helpers import ServiceProcess, listening_addresses
 SERVICES = ["ingest", "detector", "forecaster", "alerts"]
 
 
+def _give_forecaster_a_model(model_dir) -> None:
+    """The forecaster is ready only once a model is loaded: train a tiny one (about 10 s)."""
+    from services.forecaster import synthetic
+    from services.forecaster.settings import ForecasterSettings
+    from services.forecaster.training import train
+
+    history = synthetic.generate(days=1.5, zones={"water": 1, "energy": 1, "gas": 1}, incident_rate_per_day=4.0, seed=1)
+    train(history, ForecasterSettings(), model_dir, epochs=2, seed=1, promote="production")
+
+
 @pytest.mark.parametrize("service", SERVICES)
 async def test_service_boots_ready_and_binds_loopback_only(settings, service) -> None:
+    if service == "forecaster":
+        _give_forecaster_a_model(settings.model_dir)
     with ServiceProcess(service, settings) as proc:
         ready = httpx.get(f"{proc.url}/ready", timeout=5)
         assert ready.status_code == 200, ready.text
