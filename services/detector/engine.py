@@ -237,10 +237,23 @@ class DetectorEngine:
             readings.append(r)
             partitions[r.sensor_id] = rec.partition
         states = {sid: self.load_state(sid, p) for sid, p in partitions.items()}
-        if self.ds.compute_in_thread and readings:
-            result = await asyncio.to_thread(self.scorer.process, readings, states.get)
-        else:
-            result = self.scorer.process(readings, states.get)
+        try:
+            if self.ds.compute_in_thread and readings:
+                result = await asyncio.to_thread(self.scorer.process, readings, states.get)
+            else:
+                result = self.scorer.process(readings, states.get)
+        except Exception as exc:  # a batch that cannot be scored is quarantined, never lost
+            log.exception("scoring a batch of %d readings failed; quarantining it", len(readings))
+            why = f"scoring failed: {type(exc).__name__}: {exc}"
+            for r in readings:
+                key = r.sensor_id.encode()
+                q = QuarantinedReading(
+                    payload=r.to_dict(), source="detector", reasons=[why], received_ms=now, sensor_id=r.sensor_id
+                )
+                box.add(self.names["quarantine"], self.partition_of["quarantine"](key), key, dumps(q))
+            m.QUARANTINED.labels("scoring failed").inc(len(readings))
+            bad += len(readings)
+            readings, partitions, result = [], {}, BatchResult()
         for sid, blob in result.states.items():
             self.memory[sid] = blob
         pscores, panom, ppart = (

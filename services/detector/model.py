@@ -242,7 +242,10 @@ class AnomalyModel:
         """Each detector's score divided by its threshold (1.0 = its calibrated limit)."""
         cap = self.config.ratio_cap
         out: dict[str, np.ndarray] = {}
-        xs = self.scaler.transform(feats[:, self._cols]) if self.scaler is not None else None
+        xs = None
+        if self.scaler is not None:
+            # an absurd reading (1e300) must give a large score, not an exception inside scikit-learn
+            xs = np.clip(np.nan_to_num(self.scaler.transform(feats[:, self._cols]), nan=0.0), -1e6, 1e6)
         for det in self.detectors:
             if isinstance(det, ZScoreDetector):
                 s = det.score(feats[:, self._z_cols])

@@ -185,7 +185,8 @@ class RollingState:
         b = lay.blocks
         s = state.shape[0]
         rows = np.arange(s)
-        seen = ~np.isnan(x)
+        # a value no sensor can measure (inf, 1e300) counts as missing: it must not poison the state
+        seen = np.isfinite(x) & (np.abs(x) < 1e15)
         count = state[:, b["count"]].copy()
         last = state[:, b["last"]]
         ms, vs = state[:, b["ms"]], state[:, b["vs"]]
@@ -219,7 +220,10 @@ class RollingState:
         for mean, var, a0, clip in ((ms, vs, self.a_short, False), (ml, vl, self.a_long, True)):
             a = np.maximum(a0, young)
             d = xf - mean
-            if clip:
+            if not clip:  # the short statistics follow any change, up to z_clip sigmas per reading
+                lim = np.where(count >= c.warmup, c.z_clip * sig_l, np.inf)
+                d = np.clip(d, -lim, lim)
+            else:
                 # Huber-style: a reading far out moves the "usual" level and spread as if it were
                 # clip_sigma away, so a long anomaly cannot teach the baseline that it is normal
                 # (a real level change is still followed, at clip_sigma * a per reading)

@@ -205,3 +205,22 @@ def test_a_clean_reading_decodes():
         b'{"sensor_id": "a", "ts": 5, "site": "s", "zone": "z", "utility": "water", "asset": "pipe", "values": {"p": 1.5}}'
     )
     assert reason == "" and r.sensor_id == "a" and r.values == {"p": 1.5}
+
+
+def test_an_impossible_value_is_treated_as_missing_and_does_not_poison_the_state():
+    store = ModelStore(ProfileSet([Profile("pipe", {"asset": "pipe"}, ("pressure", "flow"))]))
+    train = stream_of(3, 150)
+    x = np.array([[r.values["pressure"], r.values["flow"]] for r in train])
+    model = AnomalyModel(("pressure", "flow"), store.profiles.by_name["pipe"].model_config(), name="pipe")
+    model.fit(x, np.array([r.ts for r in train]), np.array([int(r.sensor_id[1:]) for r in train]))
+    store.set_trained("pipe", model)
+    scorer = Scorer(store)
+    _, _, states, _ = run(scorer, train, 100)
+    with np.errstate(all="raise"):
+        absurd = scorer.process([reading("s0", 150, 1e300)], states.get)
+    states.update(absurd.states)
+    _, vec = unpack(absurd.states["s0"])
+    assert np.all(np.isfinite(vec))
+    assert vec[model.layout.blocks["count"]][0] == 150  # pressure not counted
+    after = scorer.process([reading("s0", 151, 481.0)], states.get)
+    assert not after.scores[0].is_anomaly
