@@ -40,12 +40,34 @@ class ServiceState:
     service: str
     stall_seconds: float = 120.0
     checks: dict[str, Check] = field(default_factory=dict)
+    liveness_checks: dict[str, Check] = field(default_factory=dict)
     joined: bool = False
     started_at: float = field(default_factory=time.monotonic)
 
     def add_check(self, name: str, check: Check) -> None:
         """Register a readiness check returning ``(ok, detail)``."""
         self.checks[name] = check
+
+    def add_liveness_check(self, name: str, check: Check) -> None:
+        """Register a liveness check: failing it fails /health, so an orchestrator restarts the process.
+
+        Only for states a restart can cure (a consumer that stopped taking messages), never for
+        "still starting": a worker recovering its tables must not be killed for being slow.
+        """
+        self.liveness_checks[name] = check
+
+    def liveness(self) -> tuple[bool, dict[str, Any]]:
+        stalled = self.stalled_partitions()
+        detail: dict[str, Any] = {"stalled": stalled}
+        ok = not stalled
+        for name, check in self.liveness_checks.items():
+            try:
+                passed, why = check()
+            except Exception as exc:  # noqa: BLE001 - a crashing check means "not alive", with its reason
+                passed, why = False, f"{type(exc).__name__}: {exc}"
+            detail[name] = {"ok": passed, "detail": why}
+            ok = ok and passed
+        return ok, detail
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         app = self.app
@@ -143,9 +165,9 @@ def base_app(settings: Settings, *, app_id: str | None = None, **conf: Any) -> t
 
     @app.page("/health")
     async def health(web: Any, request: Any) -> Any:
-        stalled = state.stalled_partitions()
-        body = {"status": "stalled" if stalled else "ok", "service": settings.service, "stalled": stalled}
-        return web.json(body, status=503 if stalled else 200)
+        alive, detail = state.liveness()
+        body = {"status": "ok" if alive else "stalled", "service": settings.service, **detail}
+        return web.json(body, status=200 if alive else 503)
 
     @app.page("/ready")
     async def ready(web: Any, request: Any) -> Any:
@@ -155,7 +177,7 @@ def base_app(settings: Settings, *, app_id: str | None = None, **conf: Any) -> t
     @app.page("/metrics")
     async def metrics(web: Any, request: Any) -> Any:
         state.readiness()
-        state.stalled_partitions()
+        state.liveness()
         return web.bytes(exposition(), content_type=CONTENT_TYPE_LATEST.split(";")[0])
 
     return app, state

@@ -66,6 +66,9 @@ def create_app(settings: Settings | None = None, ingest_settings: IngestSettings
     install(app, endpoint)
     state.add_check("output", ingest.ready_check)
     state.add_check("readings", lambda: pump.check(state.stall_seconds))
+    state.add_liveness_check(
+        "readings", lambda: (pump.stalled_for() <= state.stall_seconds, f"{pump.stalled_for():.0f}s without a batch")
+    )
 
     if isettings.mqtt_enabled:
         bridge = MqttBridge(ingest, settings.mqtt_url)
