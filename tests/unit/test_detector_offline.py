@@ -111,3 +111,57 @@ def test_bad_inputs_fail_with_a_reason(tmp_path, capsys):
         score_csv(other, tmp_path / "m", tmp_path / "o.csv")
     code = detector_cli.main(["x", "fit", "--data", str(tmp_path / "nope.csv"), "--model-dir", str(tmp_path / "m2")])
     assert code == 2 and "no such file" in capsys.readouterr().err
+
+
+def test_train_command_registers_and_promotes_one_model_per_profile(tmp_path, capsys):
+    from services.detector import cli as detector_cli
+    from services.detector.model import AnomalyModel
+    from services.simulator import Network, SimConfig, Simulator
+    from shared.registry import ModelRegistry
+
+    network = {
+        "sites": [
+            {
+                "id": "t",
+                "zones": [
+                    {"id": "t-plant", "utility": "water", "sensors": [{"asset": "pump", "count": 1}]},
+                    {"id": "t-dma1", "utility": "water", "sensors": [{"asset": "pipe", "count": 2}]},
+                ],
+            }
+        ]
+    }
+    sim = Simulator(Network.from_dict(network, seed=3), SimConfig(anomaly_fraction=0.05), seed=1)
+    sim.history("2024-03-04T00:00:00Z", "2d", step="300s").to_parquet(tmp_path / "history.parquet")
+    code = detector_cli.main(
+        [
+            "x",
+            "train",
+            "--data",
+            str(tmp_path / "history.parquet"),
+            "--model-dir",
+            str(tmp_path / "reg"),
+            "--promote",
+            "production",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0, out
+    registry = ModelRegistry(tmp_path / "reg")
+    for profile in ("pipe", "pump"):
+        assert registry.aliases(f"detector-{profile}") == {"production": "v1"}
+        model = AnomalyModel.load(registry.load(f"detector-{profile}", alias="production").path)
+        assert model.trained and model.name == profile
+    assert "detector-pipe v1" in out
+    bad = detector_cli.main(
+        [
+            "x",
+            "train",
+            "--data",
+            str(tmp_path / "history.parquet"),
+            "--model-dir",
+            str(tmp_path / "r2"),
+            "--profile",
+            "nope",
+        ]
+    )
+    assert bad == 1 and "no profile 'nope'" in capsys.readouterr().err
