@@ -31,6 +31,7 @@ FEATURE_BLOCKS = (
     "spread",  # short EWMA standard deviation, in the metric's unit
     "z",  # (value - long mean) / long sigma
     "z_tod",  # (value - hour-of-day mean) / its sigma once the hour is known, else z
+    "z_both",  # the smaller of z and z_tod (sign of z_tod): unusual for the hour *and* against the recent level
     "rate",  # change per second since the previous reading
     "spread_rel",  # spread / long sigma: unit-free, comparable across sensors
     "delta_z",  # change since the previous reading / long sigma
@@ -259,6 +260,7 @@ class RollingState:
                 spread,
                 np.clip(z, -zc, zc),
                 np.clip(z_tod, -zc, zc),
+                np.clip(np.where(np.abs(z) < np.abs(z_tod), np.abs(z), np.abs(z_tod)) * np.sign(z_tod), -zc, zc),
                 rate,
                 np.clip(spread_rel, 0, zc),
                 np.clip(delta_z, -zc, zc),

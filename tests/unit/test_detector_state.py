@@ -90,6 +90,9 @@ def test_time_of_day_profile_knows_the_usual_level_per_hour():
     f = rs.run(state, np.array([[300.0]]), np.array([float(night + 1000)]), np.zeros(1, dtype=np.int64))
     assert block(f, "z_tod", 1)[0, 0] < -10  # a day-time level at night is far from usual for 03:00 ...
     assert abs(block(f, "z", 1)[0, 0]) < 2  # ... while against the all-day mean it looks ordinary
+    # z_both: unusual only if unusual both ways, signed like z_tod
+    z, z_tod, z_both = block(f, "z", 1)[0, 0], block(f, "z_tod", 1)[0, 0], block(f, "z_both", 1)[0, 0]
+    assert z_both == pytest.approx(-min(abs(z), abs(z_tod)))
 
 
 def test_spread_and_rate_react_to_noise_and_jumps():
