@@ -299,10 +299,15 @@ class DetectorEngine:
         if result.bad_states:
             m.STATE_ERRORS.inc(result.bad_states)
         by_model: dict[str, int] = {}
+        flagged_by_model: dict[str, int] = {}
         for s in result.scores:
             by_model[s.model] = by_model.get(s.model, 0) + 1
+            if s.is_anomaly:
+                flagged_by_model[s.model] = flagged_by_model.get(s.model, 0) + 1
         for name, n in by_model.items():
             m.READINGS_SCORED.labels(name).inc(n)
+        for name, n in flagged_by_model.items():
+            m.ANOMALIES.labels(name).inc(n)
         if self.ds.cache_enabled and (result.scores or result.anomalies):
             latest = {
                 s.sensor_id: {
@@ -319,7 +324,6 @@ class DetectorEngine:
             for a in result.anomalies:
                 key = aggregates.zone_key(a.site, a.zone, a.utility)
                 flagged[key] = flagged.get(key, 0) + 1
-                m.ANOMALIES.labels(a.asset or "unknown").inc()
             # coalesced: a sensor scored many times between flushes costs one Redis write
             self.cache_latest.update(latest)
             for key, n in flagged.items():
