@@ -6,8 +6,9 @@ The at-least-once protocol, per notification id (``nid``):
    dispatcher *flushes the producer* before the first attempt, so the intent is
    in the changelog before anything leaves the process. A crash before that
    point loses nothing: the tick that made the entry is re-processed.
-2. A Redis lease (``SET NX PX``) guards the send: after a rebalance the new owner
-   of the partition sees the lease and waits, instead of sending concurrently.
+2. A Redis lease (``SET NX PX``, renewed while the sender lives) guards the send:
+   after a rebalance the new owner of the partition sees the lease and waits instead
+   of sending concurrently; a crashed sender's lease lapses after ``lease_s``.
 3. Before sending, the Redis *done* marker is checked; after a 2xx it is set
    (synchronously, before anything else). Then a ``result`` event goes to the
    entry's partition and the agent deletes the entry.
@@ -175,13 +176,19 @@ class Dispatcher:
             return  # another worker (or a dead one, until the lease expires) holds it; the next tick looks again
 
         async def attempt(n: int) -> None:
-            await self._redis("pexpire", self._key("notify-lease", nid), lease_ms)
             await self.integrations.send(receiver, integration, entry["notification"])
+
+        async def keep_lease() -> None:
+            # A live sender keeps its lease however long a request takes; a dead one's lapses after lease_s.
+            while True:
+                await asyncio.sleep(self.settings.lease_s / 3)
+                await self._redis("pexpire", self._key("notify-lease", nid), lease_ms)
 
         def failed(n: int, exc: DeliveryError) -> None:
             ATTEMPT_FAILURES.labels(receiver, integration, str(exc.retryable).lower()).inc()
             log.warning("delivery %s to %s/%s attempt %d failed: %s", nid, receiver, integration, n, exc)
 
+        renew = asyncio.ensure_future(keep_lease())
         try:
             attempts = await with_retries(
                 attempt,
@@ -206,6 +213,8 @@ class Dispatcher:
             await self._release(nid)
             await self.report(entry["partition"], {**labels, "type": "result", "outcome": "dlq", "error": str(exc)})
             return
+        finally:
+            renew.cancel()
         # (3) remember the success before anything else can fail.
         await self._redis("set", self._key("notify-done", nid), "delivered", ex=self.settings.done_ttl_s)
         if self.failpoint == "after_done":

@@ -143,6 +143,8 @@ class Processor:
             return False
         window_ms = min(self.settings.coalesce_s, prev["resolve_after_s"] / 10) * 1000
         if now_ms - prev["updated_at"] < window_ms:
+            if len(self.pending_counts) >= 200_000:  # bounded (pitfall 8): worst case, counts lag a little
+                self.pending_counts.clear()
             self.pending_counts[obs.fingerprint] = self.pending_counts.get(obs.fingerprint, 0) + obs.count
             return True
         new["count"] += self.pending_counts.pop(obs.fingerprint, 0)

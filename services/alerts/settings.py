@@ -38,8 +38,9 @@ class AlertsSettings:
     backoff_max_s: float = _doc(30.0, "Upper bound of one retry delay.")
     lease_s: float = _doc(
         60.0,
-        "A notification being delivered is leased in Redis for this long, so a new partition owner "
-        "does not send it concurrently after a rebalance; also the wait before a crashed delivery is retried.",
+        "Redis lease on a notification being delivered, renewed every lease_s/3 while its sender lives: after a "
+        "rebalance the new partition owner waits instead of sending concurrently; after a crash it retries once "
+        "the lease lapses.",
     )
     done_ttl_s: int = _doc(7 * 24 * 3600, "How long Redis remembers that a notification was delivered.")
     resolved_retention_s: float = _doc(

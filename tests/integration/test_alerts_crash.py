@@ -92,3 +92,34 @@ async def test_worker_killed_during_delivery_no_duplicate_no_loss(settings, tmp_
         for p in procs:
             p.stop()
         await receiver.stop()
+
+
+async def test_rebalance_during_delivery_sends_each_notification_once(settings, tmp_path):
+    """A second worker joins while the first is mid-delivery: partitions move, nothing is sent twice or lost."""
+    receiver = await WebhookReceiver().start()
+    # Every delivery takes 20 s: the second worker joins and takes partitions while they are in flight.
+    receiver.behaviours["/hook"] = Behaviour(hold_s=20)
+    config = tmp_path / "alerts.yaml"
+    text = CONFIG.format(hook=receiver.url("/hook"), slow=receiver.url("/slow"))
+    config.write_text(text.replace(f'url: "{receiver.url("/hook")}"', f'url: "{receiver.url("/hook")}", timeout: 40s'))
+    a = alerts_process(settings, config)
+    b = alerts_process(settings.replace(data_dir=tmp_path / "worker-b"), config)  # its own rocksdb
+    zones = [f"r{i}" for i in range(6)]
+    try:
+        a.start()
+        await asyncio.to_thread(a.wait_ready, 90)
+        await produce(settings, "anomalies", [(z.encode(), anomaly(f"{z}-s", z)) for z in zones])
+        await until(lambda: receiver.on("/hook"), 40, "first delivery in flight")
+        b.start()
+        await asyncio.to_thread(b.wait_ready, 90)
+        assert len(receiver.on("/hook")) == len(zones)  # all were in flight when b became ready
+        await until(
+            lambda: {h.json["groupLabels"]["zone"] for h in receiver.on("/hook")} >= set(zones), 60, "all zones"
+        )
+        await asyncio.sleep(6)  # leases, outbox rescans and group intervals on both workers
+        keys = [h.headers["Idempotency-Key"] for h in receiver.on("/hook")]
+        assert len(keys) == len(set(keys)) == len(zones), keys
+    finally:
+        a.stop()
+        b.stop()
+        await receiver.stop()

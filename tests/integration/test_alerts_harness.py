@@ -47,6 +47,7 @@ class Behaviour:
     fail_status: int = 503
     always: int | None = None
     hold_first_s: float = 0.0
+    hold_s: float = 0.0
     on_hit: Callable[[Hit], None] | None = None
     seen: int = 0
 
@@ -79,6 +80,8 @@ class WebhookReceiver:
             b.on_hit(hit)
         if b.seen == 1 and b.hold_first_s:
             await asyncio.sleep(b.hold_first_s)
+        elif b.hold_s:
+            await asyncio.sleep(b.hold_s)
         return web.Response(status=status, text="ok" if status < 300 else "nope")
 
     async def start(self) -> WebhookReceiver:
