@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shutil
 import statistics
 import sys
 import tempfile
@@ -212,6 +213,7 @@ async def main() -> dict:
         proc.stop()
         await receiver.runner.cleanup()
         await _delete_topics(settings)
+        shutil.rmtree(tmp, ignore_errors=True)
     return result
 
 
