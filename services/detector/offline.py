@@ -13,7 +13,6 @@ scored with the state left by the rows before it.
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -109,7 +108,3 @@ def score_csv(
     )
     out.to_csv(output, index=False)
     return out
-
-
-def with_overrides(config: ModelConfig, **changes: object) -> ModelConfig:
-    return replace(config, **changes)

@@ -38,8 +38,6 @@ FEATURE_BLOCKS = (
     "base",  # the usual level the reading was compared against (for reasons)
     "base_sd",  # its sigma
 )
-# Blocks that describe the baseline a reading was compared against; for reasons, not for models.
-REASON_BLOCKS = ("base", "base_sd")
 
 
 def alpha(halflife: float) -> float:
@@ -149,10 +147,6 @@ def remap(vector: np.ndarray, old: tuple[str, ...], new: tuple[str, ...]) -> np.
                 block_new[:, j] = block_old[:, old.index(metric)]
         out[sl_new] = block_new.reshape(-1)
     return out
-
-
-def feature_names(metrics: tuple[str, ...] | list[str]) -> list[str]:
-    return [f"{block}:{m}" for block in FEATURE_BLOCKS for m in metrics]
 
 
 class RollingState:
