@@ -27,7 +27,7 @@ DEFAULT_PORTS = {
 
 def _doc(default: Any, doc: str, env: str | None = None, *, secret: bool = False) -> Any:
     """A dataclass field with its documentation attached as metadata; ``secret`` keeps it out of repr."""
-    meta = {"doc": doc}
+    meta: dict[str, Any] = {"doc": doc, "secret": secret}
     if env:
         meta["env"] = env
     if isinstance(default, (list, dict)):
@@ -121,15 +121,7 @@ class Settings:
     def from_env(cls, service: str | None = None, env: dict[str, str] | None = None, **overrides: Any) -> Settings:
         """Build settings from ``FLOWWATCH_*`` variables (or ``FLOWWATCH_*_FILE`` naming a file that holds
         the value); ``overrides`` win over the environment."""
-        env = dict(os.environ if env is None else env)
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            key = f.metadata.get("env", ENV_PREFIX + f.name.upper())
-            if key in env and env[key] != "":
-                values[f.name] = _coerce(f, env[key])
-            elif env.get(key + "_FILE"):
-                # Secrets mounted as files (Kubernetes Secrets, Docker secrets): FLOWWATCH_X_FILE=/path.
-                values[f.name] = _coerce(f, Path(env[key + "_FILE"]).read_text().strip())
+        values = env_values(cls, ENV_PREFIX, env)
         if service:
             values["service"] = service
         values.update(overrides)
@@ -140,10 +132,35 @@ class Settings:
 
     def to_env(self) -> dict[str, str]:
         """The ``FLOWWATCH_*`` variables that reproduce these settings in a child process."""
-        return {f.metadata.get("env", ENV_PREFIX + f.name.upper()): str(getattr(self, f.name)) for f in fields(self)}
+        return env_of(self, ENV_PREFIX)
 
 
-def _coerce(f: dataclasses.Field, raw: str) -> Any:
+def env_values(cls: type, prefix: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Field values of a settings dataclass found in the environment, coerced to the fields' types.
+
+    A field is read from ``<prefix><FIELD>`` (or the name in its ``env`` metadata); when that is
+    unset, from the file named by ``<variable>_FILE`` (mounted secrets), unless the dataclass has
+    a field of its own for that variable. Every service's settings class uses this, so the rules
+    are the same everywhere.
+    """
+    env = dict(os.environ if env is None else env)
+    own = {f.metadata.get("env", prefix + f.name.upper()) for f in fields(cls)}
+    values: dict[str, Any] = {}
+    for f in fields(cls):
+        key = f.metadata.get("env", prefix + f.name.upper())
+        if env.get(key, "") != "":
+            values[f.name] = _coerce(f, env[key], key)
+        elif env.get(key + "_FILE") and key + "_FILE" not in own:
+            values[f.name] = _coerce(f, Path(env[key + "_FILE"]).read_text().strip(), key)
+    return values
+
+
+def env_of(obj: Any, prefix: str) -> dict[str, str]:
+    """The variables that reproduce a settings object in a child process."""
+    return {f.metadata.get("env", prefix + f.name.upper()): str(getattr(obj, f.name)) for f in fields(obj)}
+
+
+def _coerce(f: dataclasses.Field, raw: str, key: str) -> Any:
     default = f.default if f.default is not dataclasses.MISSING else None
     try:
         if isinstance(default, bool):
@@ -155,7 +172,7 @@ def _coerce(f: dataclasses.Field, raw: str) -> Any:
         if isinstance(default, Path):
             return Path(raw)
     except ValueError as exc:
-        raise ValueError(f"{ENV_PREFIX}{f.name.upper()}={raw!r}: {exc}") from None
+        raise ValueError(f"{key}={raw!r}: {exc}") from None
     return raw
 
 

@@ -6,12 +6,11 @@ these settings only name the environment variable or file that holds them.
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shared.settings import _coerce, _doc
+from shared.settings import _doc, env_of, env_values
 
 ENV_PREFIX = "FLOWWATCH_ALERTS_"
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "config" / "alerts.yaml"
@@ -67,14 +66,9 @@ class AlertsSettings:
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> AlertsSettings:
-        env = dict(os.environ if env is None else env)
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            key = ENV_PREFIX + f.name.upper()
-            if env.get(key, "") != "":
-                values[f.name] = _coerce(f, env[key])
+        values = env_values(cls, ENV_PREFIX, env)
         values.update(overrides)
         return cls(**values)
 
     def to_env(self) -> dict[str, str]:
-        return {ENV_PREFIX + f.name.upper(): str(getattr(self, f.name)) for f in fields(self)}
+        return env_of(self, ENV_PREFIX)

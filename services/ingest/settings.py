@@ -8,20 +8,14 @@ the table for the README.
 from __future__ import annotations
 
 import dataclasses
-import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from shared.settings import _doc, env_values
+
 ENV_PREFIX = "FLOWWATCH_INGEST_"
 DEFAULT_RANGES_FILE = Path(__file__).with_name("ranges.yaml")
-
-
-def _doc(default: Any, doc: str, env: str | None = None) -> Any:
-    meta = {"doc": doc}
-    if env:
-        meta["env"] = env
-    return field(default=default, metadata=meta)
 
 
 @dataclass(frozen=True)
@@ -109,12 +103,7 @@ class IngestSettings:
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> IngestSettings:
-        env = dict(os.environ if env is None else env)
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            key = f.metadata.get("env", ENV_PREFIX + f.name.upper())
-            if key in env and env[key] != "":
-                values[f.name] = _coerce(f, env[key])
+        values = env_values(cls, ENV_PREFIX, env)
         values.update(overrides)
         return cls(**values)
 
@@ -131,19 +120,3 @@ class IngestSettings:
         # The token must not reach a log line through a repr.
         shown = {f.name: ("***" if f.name == "token" and self.token else getattr(self, f.name)) for f in fields(self)}
         return f"IngestSettings({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
-
-
-def _coerce(f: dataclasses.Field, raw: str) -> Any:
-    default = f.default
-    try:
-        if isinstance(default, bool):
-            return raw.strip().lower() in {"1", "true", "yes", "on"}
-        if isinstance(default, int):
-            return int(raw)
-        if isinstance(default, float):
-            return float(raw)
-        if isinstance(default, Path):
-            return Path(raw)
-    except ValueError as exc:
-        raise ValueError(f"{f.metadata.get('env', ENV_PREFIX + f.name.upper())}={raw!r}: {exc}") from None
-    return raw

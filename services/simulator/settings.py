@@ -6,18 +6,12 @@ The broker, MQTT URL and topic prefix come from the shared :class:`shared.settin
 from __future__ import annotations
 
 import dataclasses
-import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
+from shared.settings import _doc, env_values
+
 PREFIX = "FLOWWATCH_SIMULATOR_"
-
-
-def _doc(default: Any, doc: str, env: str | None = None, secret: bool = False) -> Any:
-    meta: dict[str, Any] = {"doc": doc, "secret": secret}
-    if env:
-        meta["env"] = env
-    return field(default=default, metadata=meta)
 
 
 @dataclass(frozen=True)
@@ -50,17 +44,7 @@ class SimulatorSettings:
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> SimulatorSettings:
-        env = dict(os.environ if env is None else env)
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            key = f.metadata.get("env", PREFIX + f.name.upper())
-            raw = env.get(key, "")
-            if raw == "":
-                continue
-            try:
-                values[f.name] = type(f.default)(raw)
-            except ValueError:
-                raise ValueError(f"{key}={raw!r}: expected {type(f.default).__name__}") from None
+        values = env_values(cls, PREFIX, env)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
