@@ -33,6 +33,7 @@ from services.forecaster.metrics import (
     DUPLICATES,
     INFERENCE_SECONDS,
     LATE_STEPS,
+    REDELIVERED,
     STEPS_CLOSED,
     ZONE_PROBABILITY,
 )
@@ -58,9 +59,7 @@ MODEL_POLL_S = 30.0
 def create_app(settings: Settings | None = None, forecaster_settings: ForecasterSettings | None = None) -> faust.App:
     settings = settings or Settings.from_env(SERVICE)
     fs = forecaster_settings or ForecasterSettings.from_env()
-    # Small per-partition fetches keep the readings partitions interleaved during a replay or catch-up, so no
-    # partition runs hours of event time ahead of another and zone steps close on complete data.
-    app, state = base_app(settings, consumer_max_fetch_size=fs.fetch_partition_bytes)
+    app, state = base_app(settings)
     raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
 
     readings = faust_topic(app, READINGS_CLEAN, settings)
@@ -92,6 +91,7 @@ def create_app(settings: Settings | None = None, forecaster_settings: Forecaster
 
     last_event_at: dict[int, float] = {}  # readings partition -> monotonic time of its last event here
     last_wm: dict[str, int] = {}  # readings partition -> newest event time seen here
+    folded_upto: dict[int, int] = {}  # readings partition -> highest offset folded by this worker
     started = time.monotonic()
 
     async def broadcast(marks: dict[str, int]) -> None:
@@ -100,16 +100,29 @@ def create_app(settings: Settings | None = None, forecaster_settings: Forecaster
         for q in range(settings.partitions):
             await partials_topic.send(key=None, value=mark, partition=q)
 
+    @app.on_partitions_revoked.connect
+    async def _revoked(sender: Any, revoked: Any, **_: Any) -> None:
+        # another worker may fold these next; if they come back, start from what the consumer delivers
+        for tp in revoked:
+            folded_upto.pop(tp.partition, None)
+            last_wm.pop(str(tp.partition), None)
+
     @app.agent(readings)
     async def fold_readings(stream: Any) -> None:
         async for events in stream.take_events(fs.batch_size, fs.batch_within_s):
             t0 = time.perf_counter()
             now = time.monotonic()
+            redelivered = 0
             for ev in events:
                 last_event_at[ev.message.partition] = now
             items: list[tuple[Any, int, int]] = []
             bad: list[tuple[Any, str, Any]] = []
             for ev in events:
+                p, offset = ev.message.partition, ev.message.offset
+                if offset <= folded_upto.get(p, -1):
+                    redelivered += 1  # the consumer went back (pause/resume, retry): already folded here
+                    continue
+                folded_upto[p] = offset
                 try:
                     data = loads(ev.value)
                     if not isinstance(data, dict):
@@ -118,6 +131,8 @@ def create_app(settings: Settings | None = None, forecaster_settings: Forecaster
                     bad.append((ev.value, f"forecaster: undecodable ({type(exc).__name__}: {exc})", ev.key))
                     continue
                 items.append((data, ev.message.partition, ev.message.offset))
+            if redelivered:
+                REDELIVERED.inc(redelivered)
             folded = fold(items, step_ms)
             bad.extend((r, why, None) for r, why in folded.bad)
             EVENTS_IN.labels(SERVICE, READINGS_CLEAN.name).inc(len(events))
@@ -230,26 +245,34 @@ def create_app(settings: Settings | None = None, forecaster_settings: Forecaster
                 if event.name == fs.model_name and event.alias == fs.model_alias:
                     await holder.refresh(f"{event.action} event: {event.name} {event.alias} -> {event.version}")
 
-    # An idle readings partition (no sensor hashes to it) must not hold every zone back until the max-skew
-    # fallback. A partition idle for idle_partition_s with nothing waiting in it follows the event time of the
-    # partitions this worker does see; before any data there is nothing to follow, so nothing is assumed.
-    @app.timer(max(1.0, fs.idle_partition_s / 2))
-    async def idle_watermarks() -> None:
-        if not last_wm:
-            return
+    def readings_lag() -> dict[Any, int | None]:
+        """Messages waiting per assigned readings partition (None: not known yet)."""
         topic = settings.topic(READINGS_CLEAN.name)
-        now = time.monotonic()
         consumer = app.consumer
-        marks = {}
+        out: dict[Any, int | None] = {}
         for tp in consumer.assignment():
-            if tp.topic != topic or now - last_event_at.get(tp.partition, started) <= fs.idle_partition_s:
+            if tp.topic != topic:
                 continue
             try:
                 highwater = consumer.highwater(tp)
-            except Exception:  # noqa: BLE001 - unknown before the first fetch: not provably idle
-                continue
+            except Exception:  # noqa: BLE001 - unknown before the first fetch
+                highwater = None
             committed = consumer._committed_offset.get(tp)
-            if highwater is None or highwater - ((committed + 1) if committed is not None else 0) > 0:
+            out[tp] = None if highwater is None else highwater - ((committed + 1) if committed is not None else 0)
+        return out
+
+    # An idle readings partition (no sensor hashes to it) must not hold every zone back until max_open_steps.
+    # A partition idle for idle_partition_s with nothing waiting in it follows the event time of the partitions
+    # this worker does see; before any data there is nothing to follow, so nothing is assumed.
+    @app.timer(max(1.0, min(fs.idle_partition_s / 2, 5.0)))
+    async def idle_watermarks() -> None:
+        lags = readings_lag()
+        if not last_wm:
+            return
+        now = time.monotonic()
+        marks = {}
+        for tp, lag in lags.items():
+            if lag is None or lag > 0 or now - last_event_at.get(tp.partition, started) <= fs.idle_partition_s:
                 continue
             others = [ts for p, ts in last_wm.items() if p != str(tp.partition)]
             if others:

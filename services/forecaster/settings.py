@@ -68,10 +68,6 @@ class ForecasterSettings:
     incident_threshold: float = _doc(
         0.5, "Incident probability from which a zone counts as in incident for loss accounting."
     )
-    fetch_partition_bytes: int = _doc(
-        65536,
-        "Max bytes fetched per partition per request: small fetches interleave partitions during replays.",
-    )
     batch_size: int = _doc(2000, "Max readings per micro-batch (stage 1) and partials per batch (stage 2).")
     batch_within_s: float = _doc(0.2, "Max seconds to wait to fill a micro-batch.")
     model_name: str = _doc("forecaster", "Model name in the registry.")
