@@ -8,20 +8,14 @@ are ``shared.settings.Settings``; these are the knobs only the detector has.
 from __future__ import annotations
 
 import dataclasses
-import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from shared.settings import _doc, env_of, env_values
+
 ENV_PREFIX = "FLOWWATCH_DETECTOR_"
 DEFAULT_PROFILES_FILE = Path(__file__).with_name("profiles.yaml")
-
-
-def _doc(default: Any, doc: str, env: str | None = None) -> Any:
-    meta = {"doc": doc}
-    if env:
-        meta["env"] = env
-    return field(default=default, metadata=meta)
 
 
 @dataclass(frozen=True)
@@ -75,12 +69,7 @@ class DetectorSettings:
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> DetectorSettings:
-        env = dict(os.environ if env is None else env)
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            key = f.metadata.get("env", ENV_PREFIX + f.name.upper())
-            if key in env and env[key] != "":
-                values[f.name] = _coerce(f, env[key])
+        values = env_values(cls, ENV_PREFIX, env)
         values.update(overrides)
         return cls(**values)
 
@@ -88,20 +77,4 @@ class DetectorSettings:
         return dataclasses.replace(self, **changes)
 
     def to_env(self) -> dict[str, str]:
-        return {f.metadata.get("env", ENV_PREFIX + f.name.upper()): str(getattr(self, f.name)) for f in fields(self)}
-
-
-def _coerce(f: dataclasses.Field, raw: str) -> Any:
-    default = f.default
-    try:
-        if isinstance(default, bool):
-            return raw.strip().lower() in {"1", "true", "yes", "on"}
-        if isinstance(default, int):
-            return int(raw)
-        if isinstance(default, float):
-            return float(raw)
-        if isinstance(default, Path):
-            return Path(raw)
-    except ValueError as exc:
-        raise ValueError(f"{f.metadata.get('env', ENV_PREFIX + f.name.upper())}={raw!r}: {exc}") from None
-    return raw
+        return env_of(self, ENV_PREFIX)
