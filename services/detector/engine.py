@@ -40,10 +40,10 @@ from aiokafka.errors import KafkaError
 
 from services.detector import aggregates
 from services.detector import metrics as m
-from services.detector.outbox import Outbox, PartitionEvent, PartitionMap, persisted, write_many
 from services.detector.pipeline import BatchResult, Scorer
 from services.detector.settings import DetectorSettings
 from services.detector.state import pack, unpack
+from shared.batching import Outbox, PartitionEvent, PartitionMap, persisted, write_many
 from shared.cache import Cache
 from shared.codec import dumps, loads
 from shared.metrics import BATCH_SECONDS, BATCH_SIZE, CONSUMER_LAG, DECODE_ERRORS, EVENTS_IN, EVENTS_OUT

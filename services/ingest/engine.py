@@ -5,7 +5,7 @@ Per fetch of readings.raw (handed over by :class:`~services.ingest.pump.Readings
 1. decode and validate every message (pure functions, :mod:`services.ingest.pipeline`) and
    admit valid readings against their sensor's state (duplicates, lateness);
 2. produce clean readings, quarantined inputs and forwarded readings as one record batch per
-   topic-partition (:class:`~services.ingest.outbox.Outbox`) — :meth:`Ingest.submit`;
+   topic-partition (:class:`~shared.batching.Outbox`) — :meth:`Ingest.submit`;
 3. once the broker acknowledged them (a few batches may be in flight meanwhile), count the
    batch as finished, tell waiting HTTP requests their verdicts and queue each sensor's
    latest reading for Redis — :meth:`Ingest.complete`.
@@ -32,21 +32,20 @@ import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from types import SimpleNamespace
 from typing import Any
 
 import faust
+import orjson
 from aiokafka import AIOKafkaProducer
 
 from services.ingest import metrics as m
-from services.ingest.outbox import Outbox, PartitionMap
 from services.ingest.pipeline import H_FORWARDED, BatchProcessor, Inbound, Outcome
 from services.ingest.rules import Rules
 from services.ingest.sensors import SensorState, silence_transitions
 from services.ingest.settings import IngestSettings
-from services.ingest.tables import persisted, write_many
 from services.ingest.verdicts import VerdictBoard
 from services.ingest.wire import reading_bytes, reading_dict
+from shared.batching import Outbox, PartitionEvent, PartitionMap, persisted, write_many
 from shared.cache import Cache
 from shared.codec import dumps, loads
 from shared.metrics import BATCH_SECONDS, BATCH_SIZE, EVENTS_IN, EVENTS_OUT
@@ -64,19 +63,6 @@ CACHE_CHUNK = 250
 
 def now_ms() -> int:
     return int(time.time() * 1000)
-
-
-class PartitionEvent:
-    """Stands in for a Faust event of ``topic``/``partition`` so a table access goes to that partition.
-
-    Faust routes table reads and writes by ``current_event().message.partition`` (and checks
-    ``.topic`` against the changelog's partition count); that is all it reads.
-    """
-
-    __slots__ = ("__weakref__", "message")
-
-    def __init__(self, topic: str, partition: int) -> None:
-        self.message = SimpleNamespace(topic=topic, partition=partition)
 
 
 @dataclass(slots=True)
@@ -286,8 +272,8 @@ class Ingest:
         offsets = {p: {b"%d" % p: offset} for p, offset in finished.items()}
         box = Outbox(self.producer)
         try:
-            await write_many(self.sensors, box, states, self._event)
-            await write_many(self.progress, box, offsets, self._event)
+            write_many(self.sensors, box, states, self._event, orjson.dumps)
+            write_many(self.progress, box, offsets, self._event, orjson.dumps)
             last = await box.flush()
         except BaseException:
             # Not durable: keep them for the next checkpoint.

@@ -26,10 +26,10 @@ import httpx
 from aiokafka.errors import KafkaError
 
 from services.ingest import metrics as m
-from services.ingest.outbox import Outbox
 from services.ingest.payloads import PayloadError, TooManyItems, split_items
 from services.ingest.pipeline import H_REQUEST, H_SOURCE
 from services.ingest.verdicts import MAX_ERRORS_SHOWN
+from shared.batching import Outbox
 
 if TYPE_CHECKING:
     from services.ingest.engine import Ingest

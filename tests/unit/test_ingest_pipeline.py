@@ -7,13 +7,13 @@ import dataclasses
 import orjson
 import pytest
 
-from services.ingest.outbox import PartitionMap, kafka_partition
 from services.ingest.payloads import PayloadError, TooManyItems, split_items
 from services.ingest.pipeline import CLEAN, QUARANTINED, BatchProcessor, Inbound
 from services.ingest.rules import Rules
 from services.ingest.sensors import ACCEPTED, DUPLICATE, LATE, SensorState, silence_transitions
 from services.ingest.verdicts import VerdictBoard
 from services.ingest.wire import reading_bytes
+from shared.batching import PartitionMap, kafka_partition
 from shared.records import Reading
 
 NOW = 1_709_510_400_000

@@ -8,11 +8,11 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from services.ingest.outbox import PartitionMap
 from services.ingest.payloads import PayloadError, split_items
 from services.ingest.pipeline import BatchProcessor, Inbound
 from services.ingest.rules import Rules
 from services.ingest.validation import REASON_CODES, decode, reason_code, validate
+from shared.batching import PartitionMap
 
 NOW = 1_709_510_400_000
 RULES = Rules.load()

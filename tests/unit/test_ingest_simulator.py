@@ -11,11 +11,11 @@ from collections import Counter
 
 import pytest
 
-from services.ingest.outbox import PartitionMap
 from services.ingest.pipeline import BatchProcessor, Inbound
 from services.ingest.rules import Rules
 from services.ingest.settings import IngestSettings
 from services.simulator import FaultConfig, Network, SimConfig, Simulator
+from shared.batching import PartitionMap
 
 START = 1_709_510_400_000
 # Which reason a corrupt payload must be refused with, by the simulator's fault_detail.
