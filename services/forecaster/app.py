@@ -67,11 +67,9 @@ def create_app(settings: Settings | None = None, forecaster_settings: Forecaster
     risk_topic = faust_topic(app, RISK, settings)
     quarantine = faust_topic(app, READINGS_QUARANTINE, settings)
     models_topic = faust_topic(app, MODELS, settings)
-    zones = app.Table(
-        "zones",
-        partitions=settings.partitions,
-        schema=faust.Schema(key_type=bytes, key_serializer="raw", value_serializer="orjson"),
-    )
+    # bytes in and out: Faust then uses the raw serializer for both store and changelog, and the value
+    # encoding (orjson of ZoneState.to_dict) stays ours
+    zones = app.Table("zones", default=None, key_type=bytes, value_type=bytes, partitions=settings.partitions)
 
     holder = ModelHolder(fs, settings.model_dir)
     state.add_check("model", holder.check)
@@ -204,7 +202,7 @@ def create_app(settings: Settings | None = None, forecaster_settings: Forecaster
                     value = zones.get(key)
                 if value is not None:
                     try:
-                        states[key.decode()] = ZoneState.from_dict(value)
+                        states[key.decode()] = ZoneState.from_dict(loads(value))
                     except Exception as exc:  # noqa: BLE001 - a state we cannot read is rebuilt, not a crash
                         log.error("zone %s: unreadable state dropped (%s)", key.decode(), exc)
             dup0, late0 = processor.duplicates, processor.late
@@ -215,7 +213,7 @@ def create_app(settings: Settings | None = None, forecaster_settings: Forecaster
             LATE_STEPS.inc(processor.late - late0)
             write_once_per_key(
                 zones,
-                {k: states[k.decode()].to_dict() for k in last_event if k.decode() in states},
+                {k: dumps(states[k.decode()].to_dict()) for k in last_event if k.decode() in states},
                 last_event,
             )
             STEPS_CLOSED.inc(len(risks))
@@ -294,7 +292,7 @@ def create_app(settings: Settings | None = None, forecaster_settings: Forecaster
         value = zones.get(zone.encode())
         if value is None:
             return web.json({"error": f"zone {zone!r} is not known to this worker"}, status=404)
-        st = ZoneState.from_dict(value)
+        st = ZoneState.from_dict(loads(value))
         return web.json(
             {
                 "zone": st.zone,
