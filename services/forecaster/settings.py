@@ -6,11 +6,10 @@ timestamp, so a replay of last week's data gives the same risks as living throug
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
-from shared.settings import _coerce, _doc
+from shared.settings import _doc, env_of, env_values
 
 ENV_PREFIX = "FLOWWATCH_FORECASTER_"
 
@@ -90,12 +89,7 @@ class ForecasterSettings:
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> ForecasterSettings:
-        env = dict(os.environ if env is None else env)
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            key = ENV_PREFIX + f.name.upper()
-            if env.get(key, "") != "":
-                values[f.name] = _coerce(f, env[key])
+        values = env_values(cls, ENV_PREFIX, env)
         values.update(overrides)
         settings = cls(**values)
         settings.validate()
@@ -110,7 +104,7 @@ class ForecasterSettings:
         self.tariff_by_utility  # noqa: B018
 
     def to_env(self) -> dict[str, str]:
-        return {ENV_PREFIX + f.name.upper(): str(getattr(self, f.name)) for f in fields(self)}
+        return env_of(self, ENV_PREFIX)
 
 
 if __name__ == "__main__":
