@@ -144,8 +144,10 @@ def generate(
                     else rng.choice(spec["incidents"])
                 )
                 dur = int(rng.integers(30, 120) * 60 // step_s)
+                if n - dur <= warm:
+                    continue  # too short a history for an incident after the warm-up
                 for _ in range(20):
-                    s0 = int(rng.integers(warm, max(warm + 1, n - dur)))
+                    s0 = int(rng.integers(warm, n - dur))
                     if not busy[max(0, s0 - 30) : s0 + dur + 30].any():
                         break
                 else:
