@@ -17,6 +17,7 @@ from pathlib import Path
 
 import httpx
 
+from shared.registry import ModelRegistry, RegistryError
 from shared.settings import DEFAULT_PORTS, Settings
 from shared.topics import create_all
 
@@ -55,12 +56,25 @@ def wait_ready(name: str, port: int, proc: subprocess.Popen[bytes], timeout: flo
     return False
 
 
+def ensure_forecaster_model(settings: Settings, env: dict[str, str]) -> None:
+    """The forecaster is ready only with a model: train a first one on simulated history, once."""
+    try:
+        ModelRegistry(settings.model_dir).load("forecaster", alias="production")
+        return
+    except RegistryError:
+        pass
+    print("==> training a first forecaster model on 2 days of simulated history (once; about a minute)")
+    args = ["-m", "services.forecaster", "train", "--simulate", "2d", "--model-dir", str(settings.model_dir)]
+    subprocess.run([sys.executable, *args, "--promote", "production"], cwd=ROOT, env=env, check=True)
+
+
 def main() -> int:
     settings = Settings.from_env()
     data_dir = Path(os.environ.get("FLOWWATCH_DATA_DIR", ROOT / ".flowwatch"))
     env = {**os.environ, "FLOWWATCH_DATA_DIR": str(data_dir), "PYTHONPATH": str(ROOT)}
     print("==> creating topics")
     asyncio.run(create_all(settings))
+    ensure_forecaster_model(settings, env)
     procs: dict[str, subprocess.Popen[bytes]] = {}
     try:
         for name in SERVICES:
