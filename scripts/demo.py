@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -68,10 +69,23 @@ def ensure_forecaster_model(settings: Settings, env: dict[str, str]) -> None:
     subprocess.run([sys.executable, *args, "--promote", "production"], cwd=ROOT, env=env, check=True)
 
 
+def demo_alerts_token(env: dict[str, str]) -> Path:
+    """An admin token for the alerts API, kept in a 0600 file (never printed), unless one is configured."""
+    token_file = ROOT / ".stack" / "demo-alerts-token"
+    if not env.get("FLOWWATCH_ALERTS_TOKENS") and not env.get("FLOWWATCH_ALERTS_TOKENS_FILE"):
+        token_file.parent.mkdir(parents=True, exist_ok=True)
+        if not token_file.exists():
+            token_file.write_text(secrets.token_urlsafe(24))
+            token_file.chmod(0o600)
+        env["FLOWWATCH_ALERTS_TOKENS"] = f"admin:{token_file.read_text().strip()}:demo"
+    return token_file
+
+
 def main() -> int:
     settings = Settings.from_env()
     data_dir = Path(os.environ.get("FLOWWATCH_DATA_DIR", ROOT / ".flowwatch"))
     env = {**os.environ, "FLOWWATCH_DATA_DIR": str(data_dir), "PYTHONPATH": str(ROOT)}
+    token_file = demo_alerts_token(env)
     print("==> creating topics")
     asyncio.run(create_all(settings))
     ensure_forecaster_model(settings, env)
@@ -94,7 +108,8 @@ def main() -> int:
         print(
             "\nflowwatch is running. Try:\n"
             "  curl -s http://127.0.0.1:8081/metrics | grep flowwatch_\n"
-            "  curl -s http://127.0.0.1:8084/v1/alerts\n"
+            f'  curl -s -H "Authorization: Bearer $(cat {token_file})" http://127.0.0.1:8084/v1/alerts\n'
+            "  curl -s http://127.0.0.1:8082/detector/stats\n"
             "  redis-cli --scan --pattern 'flowwatch:*' | head\n"
             "Ctrl-C stops everything."
         )
