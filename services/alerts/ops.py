@@ -64,12 +64,12 @@ async def resend_dlq(
     config = load_config(asettings.config_path)
     topic = settings.topic(ALERTS_DLQ.name)
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers,
+        **settings.kafka_client_options(),
         group_id=f"{settings.topic_prefix}flowwatch-alerts-resend-dlq",
         enable_auto_commit=False,
         auto_offset_reset="earliest",
     )
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all")
+    producer = AIOKafkaProducer(**settings.kafka_client_options(), acks="all")
     await consumer.start()
     await producer.start()
     sent = failed = 0

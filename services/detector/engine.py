@@ -139,7 +139,7 @@ class DetectorEngine:
         if self.producer is not None:
             return
         producer = AIOKafkaProducer(
-            bootstrap_servers=self.settings.bootstrap_servers,
+            **self.settings.kafka_client_options(),
             client_id=f"{self.settings.topic_prefix}flowwatch-detector-out",
             acks="all",
             linger_ms=5,
@@ -371,7 +371,7 @@ class DetectorEngine:
 
     async def _start_consumer(self) -> AIOKafkaConsumer:
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.bootstrap_servers,
+            **self.settings.kafka_client_options(),
             client_id=f"{self.settings.topic_prefix}flowwatch-detector-pump",
             group_id=None,
             enable_auto_commit=False,

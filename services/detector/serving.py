@@ -98,9 +98,7 @@ async def watch_models(serving: ModelServing, settings: Any, stop: asyncio.Event
 
     topic = settings.topic(MODELS.name)
     while not stop.is_set():
-        consumer = AIOKafkaConsumer(
-            topic, bootstrap_servers=settings.bootstrap_servers, group_id=None, auto_offset_reset="latest"
-        )
+        consumer = AIOKafkaConsumer(topic, **settings.kafka_client_options(), group_id=None, auto_offset_reset="latest")
         try:
             await consumer.start()
             while not stop.is_set():

@@ -126,7 +126,7 @@ class Ingest:
             if self.processor is not None:
                 return
             producer = AIOKafkaProducer(
-                bootstrap_servers=self.settings.bootstrap_servers,
+                **self.settings.kafka_client_options(),
                 client_id=f"{self.settings.topic_prefix}flowwatch-ingest-out",
                 acks="all",
                 linger_ms=5,

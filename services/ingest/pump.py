@@ -84,7 +84,7 @@ class ReadingsPump:
     async def _start_consumer(self) -> AIOKafkaConsumer:
         isettings = self.ingest.isettings
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.ingest.settings.bootstrap_servers,
+            **self.ingest.settings.kafka_client_options(),
             client_id=f"{self.ingest.settings.topic_prefix}flowwatch-ingest-pump",
             # Never joins this group (partitions are assigned by hand); checkpointed offsets are
             # also committed under it, only so that standard lag tools see ingest's progress.
