@@ -100,7 +100,7 @@ def create_app(settings: Settings | None = None, detector_settings: DetectorSett
     MODEL_LOADS.inc(len(changed))
     TRAINED_PROFILES.set(len(serving.serving))
     health.add_check("models", serving.readiness)
-    health.add_check("readings", lambda: engine.check(health.stall_seconds))
+    engine.pump.install(health, "readings")
     statistical = [p for p in profiles.by_name if p not in serving.serving]
     if statistical:
         log.warning(
@@ -108,10 +108,6 @@ def create_app(settings: Settings | None = None, detector_settings: DetectorSett
             ", ".join(statistical),
             ds.zscore_threshold,
         )
-
-    @app.task
-    async def readings() -> None:
-        await engine.run()
 
     @app.agent(partials_topic, name="detector-aggregate")
     async def aggregate_zones(stream: Any) -> None:
@@ -161,15 +157,10 @@ def create_app(settings: Settings | None = None, detector_settings: DetectorSett
     async def model_gauge() -> None:
         TRAINED_PROFILES.set(len(serving.serving))
 
-    @app.on_partitions_revoked.connect
-    async def _revoked(sender: Any, revoked: Any, **_: Any) -> None:
-        # Faust awaits this before handing partitions over: finish the batch, checkpoint, stop reading.
-        await engine.on_revoked()
-
     @app.on_before_shutdown.connect
     async def _stop(sender: Any, **_: Any) -> None:
         stop_watch.set()
-        await engine.on_revoked()
+        await engine.pump.on_revoked()
         await engine.stop()
 
     @app.page("/detector/state/{sensor_id}")
@@ -202,7 +193,7 @@ def create_app(settings: Settings | None = None, detector_settings: DetectorSett
                 "batch_seconds_max": seconds[-1] if seconds else None,
                 "batch_size_mean": round(sum(sizes) / len(sizes), 1) if sizes else None,
                 "batch_size": ds.batch_size,
-                "lag": engine.lag,
+                "lag": engine.pump.lag,
             }
         )
 

@@ -1,25 +1,16 @@
-"""The detector inside the Faust worker: the readings pump, micro-batches, state checkpoints, outputs.
+"""The detector's work on each micro-batch of readings.clean: score, publish, checkpoint states.
 
-Why not a Faust agent on readings.clean: Faust's consumer path costs on the order of
-150 µs per message before an agent sees it (measured on the 2-core reference machine,
-see docs/detector.md), which caps a worker far below the 20,000 readings/s target
-whatever the agent does. The pump reads readings.clean with its own aiokafka consumer
-in ``getmany`` fetches (one Python call per fetch) and hands each fetch to
-:class:`~services.detector.pipeline.Scorer` as one micro-batch.
-
-What stays Faust's: the consumer group and the partition assignment, the tables and
-their recovery. The pump consumes exactly the readings.clean partitions whose
-``detector-sensor-state`` table partitions this worker owns (Faust co-partitions the
-group's topics by partition number), starts each at the offset recorded in the
-``detector-progress`` table, and on a rebalance finishes its batch, checkpoints and
-only resumes once Faust has recovered the tables.
+:class:`DetectorEngine` is the :class:`~shared.pump.PumpJob` of the detector's
+:class:`~shared.pump.Pump`, which reads readings.clean in ``getmany`` fetches outside Faust's
+per-message consumer path (why, and how it follows Faust's assignment and recovery: see
+:mod:`shared.pump`).
 
 Per micro-batch: decode, score (in a thread, so heartbeats keep flowing), then the
 scores, anomalies, zone partials and quarantined messages go out as one record batch
 per topic-partition; once the broker has acknowledged them the batch counts as done.
-Every ``checkpoint_s`` the states of the sensors that changed (once per sensor, however
-many readings it had) and the last done offset per partition are written to the tables
-together, so a restart resumes exactly there: readings after the checkpoint are scored
+At each checkpoint the states of the sensors that changed (once per sensor, however
+many readings it had) are written to ``detector-sensor-state`` together with the pump's
+offsets, so a restart resumes exactly there: readings after the checkpoint are scored
 again from the checkpointed state, which reproduces the same scores (at-least-once
 outputs, idempotent on sensor_id + ts).
 """
@@ -28,25 +19,23 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import gc
 import logging
 import time
-from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka import AIOKafkaProducer
 
 from services.detector import aggregates
 from services.detector import metrics as m
 from services.detector.pipeline import BatchResult, Scorer
 from services.detector.settings import DetectorSettings
 from services.detector.state import pack, unpack
-from shared.batching import Outbox, PartitionEvent, PartitionMap, persisted, write_many
+from shared.batching import Outbox, PartitionMap
 from shared.cache import Cache
 from shared.codec import dumps, loads
-from shared.metrics import BATCH_SECONDS, BATCH_SIZE, CONSUMER_LAG, DECODE_ERRORS, EVENTS_IN, EVENTS_OUT
+from shared.metrics import BATCH_SECONDS, BATCH_SIZE, DECODE_ERRORS, EVENTS_IN, EVENTS_OUT
+from shared.pump import Checkpoint, Pump, PumpConfig, Undo
 from shared.records import QuarantinedReading, Reading
 from shared.settings import Settings
 from shared.streaming import event_context
@@ -82,7 +71,6 @@ def decode(value: bytes | None) -> tuple[Reading | None, str]:
 class Submitted:
     """A micro-batch whose outputs are on their way to the broker."""
 
-    offsets: dict[int, int]  # partition -> last offset in the batch
     partitions: dict[str, int]  # sensor -> its readings.clean partition
     result: BatchResult
     readings: int
@@ -104,12 +92,26 @@ class DetectorEngine:
             "quarantine": settings.topic(READINGS_QUARANTINE.name),
             "partials": settings.topic(PARTIALS_TOPIC),
         }
-        opts: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "default": None}
-        opts["partitions"] = READINGS_CLEAN.partitions_for(settings)
-        self.states = app.Table("detector-sensor-state", help="Rolling state per sensor (packed vector)", **opts)
-        self.progress = app.Table(
-            "detector-progress", help="Last checkpointed offset per readings.clean partition", **opts
+        partitions = READINGS_CLEAN.partitions_for(settings)
+        self.states = app.Table(
+            "detector-sensor-state",
+            help="Rolling state per sensor (packed vector)",
+            key_type=bytes,
+            value_type=bytes,
+            default=None,
+            partitions=partitions,
         )
+        config = PumpConfig(
+            service=SERVICE,
+            topic=self.clean_name,
+            progress_table="detector-progress",
+            batch_size=ds.batch_size,
+            within_s=ds.batch_wait_s,
+            in_flight=ds.batches_in_flight,
+            checkpoint_s=ds.checkpoint_s,
+            mirror_group=f"{app.conf.id}-readings",
+        )
+        self.pump = Pump(app, settings, self, config, partitions)
         self.cache = Cache(
             settings.redis_url, prefix=settings.topic_prefix, ttl_s=settings.cache_ttl_s, service=SERVICE
         )
@@ -118,16 +120,6 @@ class DetectorEngine:
         # latest state (metrics, vector) of every sensor seen since the assignment; packed at checkpoints
         self.memory: dict[str, tuple[tuple[str, ...], Any]] = {}
         self.dirty: dict[str, int] = {}  # sensor -> partition, changed since the last checkpoint
-        self.finished: dict[int, int] = {}
-        self._events: dict[int, PartitionEvent] = {}
-        self.consumer: AIOKafkaConsumer | None = None
-        self.assigned: set[int] = set()
-        self.paused = True
-        self.lock = asyncio.Lock()
-        self.inflight: deque[Submitted] = deque()
-        self.last_batch_at = time.monotonic()
-        self.lag = 0
-        self.error = ""
         self.cache_latest: dict[str, dict[str, Any]] = {}
         self.cache_counts: dict[str, int] = {}
         self.recent: collections.deque[tuple[float, int]] = collections.deque(maxlen=20_000)
@@ -135,9 +127,10 @@ class DetectorEngine:
 
     # --- start-up and partitions ------------------------------------------------------------
 
-    async def ensure_started(self) -> None:
+    async def start(self) -> str:
+        """Start the output producer and learn the output topics' partition counts."""
         if self.producer is not None:
-            return
+            return ""
         producer = AIOKafkaProducer(
             **self.settings.kafka_client_options(),
             client_id=f"{self.settings.topic_prefix}flowwatch-detector-out",
@@ -150,48 +143,19 @@ class DetectorEngine:
         try:
             for kind, name in self.names.items():
                 self.partition_of[kind] = PartitionMap(len(await producer.partitions_for(name)))
-            clean = len(await producer.partitions_for(self.clean_name))
         except Exception:
             await producer.stop()
             raise
-        if clean != self.states.partitions:
-            self.error = f"{self.clean_name} has {clean} partitions, the state table {self.states.partitions}"
-            log.error("detector cannot co-partition its state: %s", self.error)
         self.producer = producer
-
-    def _event(self, partition: int) -> PartitionEvent:
-        event = self._events.get(partition)
-        if event is None:
-            event = self._events[partition] = PartitionEvent(self.clean_name, partition)
-        return event
+        return ""
 
     def owned_partitions(self) -> set[int]:
-        try:
-            actives = self.app.assignor.assigned_actives()
-        except Exception:  # noqa: BLE001 - before the first assignment
-            return set()
-        changelog = self.states.changelog_topic.get_topic_name()
-        return {tp.partition for tp in actives if tp.topic == changelog}
-
-    def _settled(self) -> bool:
-        app = self.app
-        recovery = getattr(app.tables, "_recovery", None)
-        recovered = recovery is None or recovery.completed.is_set()
-        return not app.rebalancing and not app.in_recovery and recovered
-
-    def checkpointed_offsets(self, partitions: set[int]) -> dict[int, int]:
-        out = {}
-        for p in partitions:
-            with event_context(self._event(p)):
-                value = self.progress.get(b"%d" % p)
-            if value is not None:
-                out[p] = int(value)
-        return out
+        return self.pump.owned_partitions()
 
     def load_state(self, sensor_id: str, partition: int) -> tuple[tuple[str, ...], Any] | None:
         hit = self.memory.get(sensor_id)
         if hit is None:
-            with event_context(self._event(partition)):
+            with event_context(self.pump.event(partition)):
                 raw = self.states.get(sensor_id.encode())
             if raw is not None:
                 try:
@@ -211,12 +175,10 @@ class DetectorEngine:
         started = time.perf_counter()
         readings: list[Reading] = []
         partitions: dict[str, int] = {}
-        offsets: dict[int, int] = {}
         box = Outbox(self.producer)
         bad = 0
         now = int(time.time() * 1000)
         for rec in records:
-            offsets[rec.partition] = rec.offset
             r, why = decode(rec.value)
             if r is None:
                 bad += 1
@@ -271,12 +233,11 @@ class DetectorEngine:
         for zone, partial in result.partials.items():
             key = zone.encode()
             box.add(partials_t, ppart(key), key, dumps(partial))
-        return Submitted(offsets, partitions, result, len(readings), bad, await box.send(), started)
+        return Submitted(partitions, result, len(readings), bad, await box.send(), started)
 
     async def complete(self, sub: Submitted) -> None:
         """Wait for a batch's acks; then its offsets and states count for the next checkpoint."""
         await sub.acked
-        self.finished.update(sub.offsets)
         self.dirty.update(sub.partitions)
         result = sub.result
         elapsed = time.perf_counter() - sub.started
@@ -338,187 +299,28 @@ class DetectorEngine:
         if counts:
             await self.cache.incr_many("zone_anomalies", counts)
 
-    async def checkpoint(self) -> int:
-        """Write changed sensor states and done offsets, once per key, in their partitions."""
-        if not self.dirty and not self.finished:
-            return 0
-        assert self.producer is not None
+    def stage(self, checkpoint: Checkpoint) -> Undo | None:
+        """The states of the sensors changed since the last checkpoint, once per sensor, in its partition."""
+        if not self.dirty:
+            return None
         dirty, self.dirty = self.dirty, {}
-        finished, self.finished = self.finished, {}
         states: dict[int, dict[bytes, bytes]] = {}
         for sid, partition in dirty.items():
             held = self.memory.get(sid)
             if held is not None:
                 states.setdefault(partition, {})[sid.encode()] = pack(*held)
-        progress = {p: {b"%d" % p: b"%d" % offset} for p, offset in finished.items()}
-        box = Outbox(self.producer)
-        try:
-            write_many(self.states, box, states, self._event)
-            write_many(self.progress, box, progress, self._event)
-            last = await (await box.send())
-        except BaseException:
+        checkpoint.write(self.states, states)
+        self.totals["checkpoints"] += 1
+
+        def undo() -> None:
             for sid, p in dirty.items():
                 self.dirty.setdefault(sid, p)
-            for p, offset in finished.items():
-                self.finished.setdefault(p, offset)
-            raise
-        persisted(self.states, last)
-        persisted(self.progress, last)
-        self.totals["checkpoints"] += 1
-        return len(dirty)
 
-    # --- the pump -------------------------------------------------------------------------------
+        return undo
 
-    async def _start_consumer(self) -> AIOKafkaConsumer:
-        consumer = AIOKafkaConsumer(
-            **self.settings.kafka_client_options(),
-            client_id=f"{self.settings.topic_prefix}flowwatch-detector-pump",
-            group_id=None,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            max_poll_records=self.ds.batch_size,
-            fetch_max_wait_ms=max(1, int(self.ds.batch_wait_s * 1000)),
-            max_partition_fetch_bytes=4 * 1024 * 1024,
-            fetch_max_bytes=32 * 1024 * 1024,
-        )
-        await consumer.start()
-        return consumer
-
-    async def _reassign(self, wanted: set[int]) -> None:
-        assert self.consumer is not None
-        tps = [TopicPartition(self.clean_name, p) for p in sorted(wanted)]
-        self.consumer.assign(tps)
-        offsets = self.checkpointed_offsets(wanted)
-        for tp in tps:
-            done = offsets.get(tp.partition)
-            if done is None:
-                await self.consumer.seek_to_beginning(tp)
-            else:
-                self.consumer.seek(tp, done + 1)
-        self.assigned = set(wanted)
-        log.info("detector consuming %s partitions %s from %s", self.clean_name, sorted(wanted), offsets)
-
-    async def drain(self) -> None:
-        while self.inflight:
-            await self.complete(self.inflight[0])
-            self.inflight.popleft()
-            self.last_batch_at = time.monotonic()
-
-    async def _rewind(self, exc: BaseException) -> None:
-        log.error("producing a batch failed; rewinding to the last checkpoint: %s", exc)
-        m.SEND_ERRORS.labels("batch").inc()
-        for sub in self.inflight:
-            sub.acked.cancel()
-        self.inflight.clear()
+    def rewind(self) -> None:
         self.dirty.clear()
-        self.finished.clear()
         self.forget()
-        if self.assigned:
-            await self._reassign(set(self.assigned))
-
-    async def on_revoked(self) -> None:
-        """Awaited by Faust before it takes partitions away: finish, checkpoint, stop reading."""
-        self.paused = True
-        async with self.lock:
-            try:
-                await self.drain()
-                await self.checkpoint()
-            except KafkaError as exc:
-                log.error("checkpoint before a rebalance failed; the next owner replays from the last one: %s", exc)
-            self.forget()
-            if self.consumer is not None and self.assigned:
-                self.consumer.assign([])
-            self.assigned = set()
-
-    async def run(self) -> None:
-        await self.ensure_started()
-        # Everything alive now (modules, models, tables) lives for the whole process: keep it out
-        # of the collector's way, and collect young objects less often; the hot path allocates a
-        # few objects per reading and frees them within the batch.
-        gc.freeze()
-        gc.set_threshold(50_000, 20, 50)
-        self.consumer = await self._start_consumer()
-        batch_size = self.ds.batch_size
-        within_ms = max(1, int(self.ds.batch_wait_s * 1000))
-        window = max(1, self.ds.batches_in_flight)
-        last_checkpoint = time.monotonic()
-        try:
-            while True:
-                if not self._settled():
-                    self.paused = True
-                    await asyncio.sleep(0.1)
-                    continue
-                wanted = self.owned_partitions()
-                if self.paused or wanted != self.assigned:
-                    async with self.lock:
-                        await self.drain()
-                        if self.assigned - wanted:
-                            await self.checkpoint()
-                            self.forget()
-                        await self._reassign(wanted)
-                        self.paused = False
-                if not self.assigned:
-                    await asyncio.sleep(0.2)
-                    continue
-                fetched = await self.consumer.getmany(
-                    timeout_ms=0 if self.inflight else within_ms, max_records=batch_size
-                )
-                async with self.lock:
-                    if self.paused:
-                        continue  # a revoke came in while fetching: re-read after the reassignment
-                    batch = [r for records in fetched.values() for r in records]
-                    if batch:
-                        try:
-                            self.inflight.append(await self.submit(batch))
-                        except KafkaError as exc:
-                            await self._rewind(exc)
-                            continue
-                    while self.inflight and (self.inflight[0].acked.done() or len(self.inflight) > window or not batch):
-                        try:
-                            await self.complete(self.inflight[0])
-                        except KafkaError as exc:
-                            await self._rewind(exc)
-                            break
-                        self.inflight.popleft()
-                        self.last_batch_at = time.monotonic()
-                    now = time.monotonic()
-                    if now - last_checkpoint >= self.ds.checkpoint_s:
-                        await self.drain()
-                        await self.checkpoint()
-                        last_checkpoint = now
-                        await self._report_lag()
-        finally:
-            await self.consumer.stop()
-
-    async def _report_lag(self) -> None:
-        assert self.consumer is not None
-        lag = 0
-        for p in self.assigned:
-            tp = TopicPartition(self.clean_name, p)
-            highwater = self.consumer.highwater(tp)
-            if highwater is not None:
-                lag += max(0, highwater - await self.consumer.position(tp))
-        self.lag = lag
-        CONSUMER_LAG.labels(SERVICE, self.clean_name).set(lag)
-
-    def check(self, stall_seconds: float) -> tuple[bool, str]:
-        if self.error:
-            return False, self.error
-        if self.producer is None:
-            return False, "starting: output producer not started yet"
-        stalled = self.stalled_for()
-        if stalled > stall_seconds:
-            return False, f"no batch for {stalled:.0f}s with {self.lag} readings waiting"
-        if self.paused:
-            if self.owned_partitions():
-                return False, "starting: waiting for table recovery before reading readings.clean"
-            return True, "no partitions assigned to this worker"
-        return True, f"partitions {sorted(self.assigned)}, lag {self.lag}"
-
-    def stalled_for(self) -> float:
-        if self.paused or not self.assigned or self.lag <= 0:
-            return 0.0
-        return time.monotonic() - self.last_batch_at
 
     async def stop(self) -> None:
         if self.producer is not None:

@@ -10,7 +10,6 @@ QUARANTINED = Counter(
     "flowwatch_detector_quarantined_total", "Messages on readings.clean the detector could not read", ["reason"]
 )
 STATE_ERRORS = Counter("flowwatch_detector_state_errors_total", "Stored sensor states that could not be read")
-SEND_ERRORS = Counter("flowwatch_detector_send_errors_total", "Output messages the broker did not accept", ["topic"])
 MODEL_LOADS = Counter("flowwatch_detector_model_loads_total", "Model versions loaded (hot swaps included)")
 TRAINED_PROFILES = Gauge("flowwatch_detector_trained_profiles", "Profiles served by a trained model")
 AGGREGATES_EMITTED = Counter("flowwatch_detector_aggregates_total", "Aggregate windows closed and published")

@@ -2,9 +2,10 @@
 
 Two stages, thin over pure code:
 
-* ``fold_readings`` (readings.clean, keyed by sensor; no state): each micro-batch is
-  folded into one partial per zone (:mod:`services.forecaster.partials`) and sent
-  to the internal ``<app id>-zone-partials`` topic keyed by zone — a map-side
+* stage 1 (readings.clean, keyed by sensor; no state): the readings pump
+  (:mod:`shared.pump`) hands each fetch to :class:`~services.forecaster.folding.ReadingsFolder`,
+  which folds it into one partial per zone (:mod:`services.forecaster.partials`) and sends
+  those to the internal ``<app id>-zone-partials`` topic keyed by zone — a map-side
   combine instead of repartitioning every reading.
 * ``score_zones`` (zone partials, keyed by zone): merges partials into the zone's
   state in the ``zones`` table, closes complete steps and runs both models in
@@ -28,16 +29,8 @@ from typing import Any
 import faust
 
 from services.forecaster.features import FeatureConfig
-from services.forecaster.metrics import (
-    BAD_READINGS,
-    DUPLICATES,
-    INFERENCE_SECONDS,
-    LATE_STEPS,
-    REDELIVERED,
-    STEPS_CLOSED,
-    ZONE_PROBABILITY,
-)
-from services.forecaster.partials import fold
+from services.forecaster.folding import ReadingsFolder
+from services.forecaster.metrics import DUPLICATES, INFERENCE_SECONDS, LATE_STEPS, STEPS_CLOSED, ZONE_PROBABILITY
 from services.forecaster.pipeline import ZoneProcessor
 from services.forecaster.runtime import ModelHolder
 from services.forecaster.settings import ForecasterSettings
@@ -45,11 +38,11 @@ from services.forecaster.zonestate import ZoneState
 from shared.cache import Cache
 from shared.codec import dumps, loads
 from shared.metrics import BATCH_SECONDS, BATCH_SIZE, DECODE_ERRORS, EVENTS_IN, EVENTS_OUT
-from shared.records import ModelEvent, QuarantinedReading
+from shared.records import ModelEvent
 from shared.service import base_app
 from shared.settings import Settings
 from shared.streaming import event_context, write_once_per_key
-from shared.topics import MODELS, READINGS_CLEAN, READINGS_QUARANTINE, RISK, faust_topic
+from shared.topics import MODELS, READINGS_CLEAN, RISK, faust_topic
 
 log = logging.getLogger(__name__)
 SERVICE = "forecaster"
@@ -62,10 +55,8 @@ def create_app(settings: Settings | None = None, forecaster_settings: Forecaster
     app, state = base_app(settings)
     raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
 
-    readings = faust_topic(app, READINGS_CLEAN, settings)
     partials_topic = app.topic(f"{app.conf.id}-zone-partials", internal=True, partitions=settings.partitions, **raw)
     risk_topic = faust_topic(app, RISK, settings)
-    quarantine = faust_topic(app, READINGS_QUARANTINE, settings)
     models_topic = faust_topic(app, MODELS, settings)
     # bytes in and out: Faust then uses the raw serializer for both store and changelog, and the value
     # encoding (orjson of ZoneState.to_dict) stays ours
@@ -77,7 +68,6 @@ def create_app(settings: Settings | None = None, forecaster_settings: Forecaster
     processor = ZoneProcessor(FeatureConfig.from_settings(fs), fs, None, source_partitions=source_partitions)
     cache = Cache(settings.redis_url, prefix=settings.topic_prefix, ttl_s=settings.cache_ttl_s, service=SERVICE)
     app.forecaster = {"holder": holder, "processor": processor, "cache": cache, "zones": zones}  # type: ignore[attr-defined]
-    step_ms = fs.step_ms
 
     def use_model() -> None:
         """Point the processor at the holder's current model (between batches only)."""
@@ -87,80 +77,10 @@ def create_app(settings: Settings | None = None, forecaster_settings: Forecaster
             processor.feature_names = predictor.config.risk_feature_names
             processor.models = predictor
 
-    last_event_at: dict[int, float] = {}  # readings partition -> monotonic time of its last event here
-    last_wm: dict[str, int] = {}  # readings partition -> newest event time seen here
-    folded_upto: dict[int, int] = {}  # readings partition -> highest offset folded by this worker
+    folder = ReadingsFolder(app, settings, fs, partials_topic.get_topic_name())
+    folder.pump.install(state, "readings")
+    app.forecaster["folder"] = folder  # type: ignore[attr-defined]
     started = time.monotonic()
-
-    async def broadcast(marks: dict[str, int]) -> None:
-        """Watermarks go after the partials, to every partials partition (per partition they follow them)."""
-        mark = dumps({"wm": marks})
-        for q in range(settings.partitions):
-            await partials_topic.send(key=None, value=mark, partition=q)
-
-    @app.on_partitions_revoked.connect
-    async def _revoked(sender: Any, revoked: Any, **_: Any) -> None:
-        # another worker may fold these next; if they come back, start from what the consumer delivers
-        for tp in revoked:
-            folded_upto.pop(tp.partition, None)
-            last_wm.pop(str(tp.partition), None)
-
-    @app.agent(readings)
-    async def fold_readings(stream: Any) -> None:
-        async for events in stream.take_events(fs.batch_size, fs.batch_within_s):
-            t0 = time.perf_counter()
-            now = time.monotonic()
-            redelivered = 0
-            for ev in events:
-                last_event_at[ev.message.partition] = now
-            items: list[tuple[Any, int, int]] = []
-            bad: list[tuple[Any, str, Any]] = []
-            for ev in events:
-                p, offset = ev.message.partition, ev.message.offset
-                if offset <= folded_upto.get(p, -1):
-                    redelivered += 1  # the consumer went back (pause/resume, retry): already folded here
-                    continue
-                folded_upto[p] = offset
-                try:
-                    data = loads(ev.value)
-                    if not isinstance(data, dict):
-                        raise TypeError(f"expected a JSON object, got {type(data).__name__}")
-                except Exception as exc:  # noqa: BLE001 - one bad message must not stop the batch
-                    bad.append((ev.value, f"forecaster: undecodable ({type(exc).__name__}: {exc})", ev.key))
-                    continue
-                items.append((data, ev.message.partition, ev.message.offset))
-            if redelivered:
-                REDELIVERED.inc(redelivered)
-            folded = fold(items, step_ms)
-            bad.extend((r, why, None) for r, why in folded.bad)
-            EVENTS_IN.labels(SERVICE, READINGS_CLEAN.name).inc(len(events))
-            for zone, partial in folded.partials.items():
-                await partials_topic.send(key=zone.encode(), value=dumps(partial))
-            if folded.watermarks:
-                for p, ts in folded.watermarks.items():
-                    last_wm[p] = max(ts, last_wm.get(p, -1))
-                await broadcast(folded.watermarks)
-            if bad:
-                await _quarantine(bad)
-            BATCH_SIZE.labels(SERVICE, "fold").observe(len(events))
-            BATCH_SECONDS.labels(SERVICE, "fold").observe(time.perf_counter() - t0)
-
-    async def _quarantine(bad: list[tuple[Any, str, Any]]) -> None:
-        DECODE_ERRORS.labels(SERVICE, READINGS_CLEAN.name).inc(len(bad))
-        BAD_READINGS.inc(len(bad))
-        now = int(time.time() * 1000)
-        for payload, reason, key in bad:
-            if isinstance(payload, (bytes, bytearray)):
-                payload = bytes(payload).decode("utf-8", errors="replace")
-            sensor = payload.get("sensor_id") if isinstance(payload, dict) else None
-            record = QuarantinedReading(
-                payload=payload, source="forecaster", reasons=[reason], received_ms=now, sensor_id=sensor
-            )
-            await quarantine.send(
-                key=key if isinstance(key, bytes) else (sensor or "").encode() or None, value=dumps(record)
-            )
-        EVENTS_OUT.labels(SERVICE, READINGS_QUARANTINE.name).inc(len(bad))
-        log.warning("quarantined %d readings the forecaster cannot use: %s", len(bad), bad[0][1])
 
     # partials partition -> source partition -> watermark; rebuilt from the next broadcasts after a restart
     source_wm: dict[int, dict[str, int]] = {}
@@ -243,40 +163,24 @@ def create_app(settings: Settings | None = None, forecaster_settings: Forecaster
                 if event.name == fs.model_name and event.alias == fs.model_alias:
                     await holder.refresh(f"{event.action} event: {event.name} {event.alias} -> {event.version}")
 
-    def readings_lag() -> dict[Any, int | None]:
-        """Messages waiting per assigned readings partition (None: not known yet)."""
-        topic = settings.topic(READINGS_CLEAN.name)
-        consumer = app.consumer
-        out: dict[Any, int | None] = {}
-        for tp in consumer.assignment():
-            if tp.topic != topic:
-                continue
-            try:
-                highwater = consumer.highwater(tp)
-            except Exception:  # noqa: BLE001 - unknown before the first fetch
-                highwater = None
-            committed = consumer._committed_offset.get(tp)
-            out[tp] = None if highwater is None else highwater - ((committed + 1) if committed is not None else 0)
-        return out
-
     # An idle readings partition (no sensor hashes to it) must not hold every zone back until max_open_steps.
     # A partition idle for idle_partition_s with nothing waiting in it follows the event time of the partitions
     # this worker does see; before any data there is nothing to follow, so nothing is assumed.
     @app.timer(max(1.0, min(fs.idle_partition_s / 2, 5.0)))
     async def idle_watermarks() -> None:
-        lags = readings_lag()
+        last_wm, pump = folder.last_wm, folder.pump
         if not last_wm:
             return
         now = time.monotonic()
         marks = {}
-        for tp, lag in lags.items():
-            if lag is None or lag > 0 or now - last_event_at.get(tp.partition, started) <= fs.idle_partition_s:
+        for p in pump.local_partitions():
+            lag = pump.lags.get(p)
+            if lag is None or lag > 0 or now - folder.last_event_at.get(p, started) <= fs.idle_partition_s:
                 continue
-            others = [ts for p, ts in last_wm.items() if p != str(tp.partition)]
+            others = [ts for q, ts in last_wm.items() if q != str(p)]
             if others:
-                marks[str(tp.partition)] = max(others)
-        if marks:
-            await broadcast(marks)
+                marks[str(p)] = max(others)
+        await folder.broadcast(marks)
 
     @app.task
     async def load_model() -> None:
@@ -307,6 +211,11 @@ def create_app(settings: Settings | None = None, forecaster_settings: Forecaster
                 "model": holder.check()[1],
             }
         )
+
+    @app.on_before_shutdown.connect
+    async def _stop(sender: Any, **_: Any) -> None:
+        await folder.pump.on_revoked()
+        await folder.stop()
 
     return app
 

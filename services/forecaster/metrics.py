@@ -26,7 +26,3 @@ MODEL_LOAD_ERRORS = Counter(
     "flowwatch_forecaster_model_load_errors_total", "Failed model loads (the previous model stays)"
 )
 ZONE_PROBABILITY = Gauge("flowwatch_forecaster_incident_probability", "Latest incident probability per zone", ["zone"])
-REDELIVERED = Counter(
-    "flowwatch_forecaster_redelivered_readings_total",
-    "Readings the consumer delivered again to the same worker (already folded; skipped)",
-)

@@ -69,6 +69,15 @@ class ForecasterSettings:
     )
     batch_size: int = _doc(2000, "Max readings per micro-batch (stage 1) and partials per batch (stage 2).")
     batch_within_s: float = _doc(0.2, "Max seconds to wait to fill a micro-batch.")
+    batches_in_flight: int = _doc(
+        2, "Stage-1 micro-batches whose partials may await the broker's acknowledgement while the next one is folded."
+    )
+    checkpoint_s: float = _doc(
+        2.0,
+        "How often (seconds) stage 1 checkpoints its readings.clean offsets. After a crash, readings since the last "
+        "checkpoint are folded again; a partial already applied is skipped, one that overlaps an applied one is "
+        "merged (its readings count twice in that zone step).",
+    )
     model_name: str = _doc("forecaster", "Model name in the registry.")
     model_alias: str = _doc(
         "production", "Registry alias to serve; when the alias does not exist yet, the newest version is served."
@@ -98,6 +107,8 @@ class ForecasterSettings:
     def validate(self) -> None:
         if self.step_s <= 0 or self.horizon_steps <= 0 or self.window_steps < 4:
             raise ValueError("step_s and horizon_steps must be positive and window_steps at least 4")
+        if self.batch_size < 1 or self.batches_in_flight < 1 or self.checkpoint_s <= 0:
+            raise ValueError("batch_size and batches_in_flight must be at least 1 and checkpoint_s positive")
         if not 0.0 < self.profile_alpha <= 1.0:
             raise ValueError("profile_alpha must be in (0, 1]")
         self.key_metric_by_utility  # noqa: B018 - raises on a malformed mapping

@@ -15,7 +15,6 @@ import faust
 from services.ingest.engine import Ingest
 from services.ingest.http import ReadingsEndpoint, install
 from services.ingest.mqtt import MqttBridge
-from services.ingest.pump import ReadingsPump
 from services.ingest.rules import Rules
 from services.ingest.settings import IngestSettings
 from shared.service import base_app
@@ -34,12 +33,8 @@ def create_app(settings: Settings | None = None, ingest_settings: IngestSettings
         broker_heartbeat_interval=min(3.0, isettings.session_timeout_s / 4),
     )
     ingest = Ingest(app, settings, isettings, rules)
-    pump = ingest.pump = ReadingsPump(ingest)
+    pump = ingest.pump
     app.flowwatch_ingest = ingest  # type: ignore[attr-defined]
-
-    @app.task
-    async def readings() -> None:
-        await pump.run()
 
     @app.agent(ingest.events_topic, name="ingest-sensor-events")
     async def sensor_events(stream: Any) -> None:
@@ -57,18 +52,10 @@ def create_app(settings: Settings | None = None, ingest_settings: IngestSettings
     async def cache() -> None:
         await ingest.flush_cache()
 
-    @app.on_partitions_revoked.connect
-    async def _revoked(sender: Any, revoked: Any, **_: Any) -> None:
-        # Faust awaits this before handing partitions over: finish the batch, checkpoint, stop reading.
-        await pump.on_revoked()
-
     endpoint = ReadingsEndpoint(ingest, isettings.resolved_token())
     install(app, endpoint)
     state.add_check("output", ingest.ready_check)
-    state.add_check("readings", lambda: pump.check(state.stall_seconds))
-    state.add_liveness_check(
-        "readings", lambda: (pump.stalled_for() <= state.stall_seconds, f"{pump.stalled_for():.0f}s without a batch")
-    )
+    pump.install(state, "readings")
 
     if isettings.mqtt_enabled:
         bridge = MqttBridge(ingest, settings.mqtt_url)

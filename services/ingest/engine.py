@@ -1,6 +1,8 @@
 """The heart of ingest inside the Faust worker: batches, state, checkpoints, silence, cache.
 
-Per fetch of readings.raw (handed over by :class:`~services.ingest.pump.ReadingsPump`):
+Per fetch of readings.raw (``Ingest`` is the :class:`~shared.pump.PumpJob` of ingest's
+:class:`~shared.pump.Pump`, which reads readings.raw outside Faust's per-message consumer
+path; why and how: :mod:`shared.pump`):
 
 1. decode and validate every message (pure functions, :mod:`services.ingest.pipeline`) and
    admit valid readings against their sensor's state (duplicates, lateness);
@@ -13,8 +15,7 @@ Per fetch of readings.raw (handed over by :class:`~services.ingest.pump.Readings
 Every ``FLOWWATCH_INGEST_CHECKPOINT_S`` (and before a rebalance or shutdown) the changed
 sensor states and, per partition, the offset of the last message whose outputs were
 acknowledged are written to the ``sensors`` and ``progress`` tables — once per key, in the
-partition the key belongs to (shared.streaming.event_context with a stand-in event: the pump
-is not a Faust stream). On restart the pump resumes each partition after its checkpointed
+partition the key belongs to (:class:`~shared.pump.Checkpoint`). On restart the pump resumes each partition after its checkpointed
 offset with the checkpointed states, so replaying is deterministic: readings after the last
 checkpoint are produced again (readings.clean is at-least-once; consumers are idempotent on
 sensor_id+ts), and nothing is ever lost, because outputs are acknowledged before the offset
@@ -30,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,16 +39,17 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from services.ingest import metrics as m
-from services.ingest.pipeline import H_FORWARDED, BatchProcessor, Inbound, Outcome
+from services.ingest.pipeline import H_FORWARDED, H_REQUEST, H_SOURCE, BatchProcessor, Inbound, Outcome
 from services.ingest.rules import Rules
 from services.ingest.sensors import SensorState, silence_transitions
 from services.ingest.settings import IngestSettings
 from services.ingest.verdicts import VerdictBoard
 from services.ingest.wire import reading_bytes, reading_dict
-from shared.batching import Outbox, PartitionEvent, PartitionMap, persisted, write_many
+from shared.batching import Outbox, PartitionMap
 from shared.cache import Cache
 from shared.codec import dumps, loads
 from shared.metrics import BATCH_SECONDS, BATCH_SIZE, EVENTS_IN, EVENTS_OUT
+from shared.pump import Checkpoint, Pump, PumpConfig, Undo
 from shared.records import SensorEvent
 from shared.settings import Settings
 from shared.streaming import event_context
@@ -63,6 +64,32 @@ CACHE_CHUNK = 250
 
 def now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def to_inbound(record: Any) -> Inbound:
+    """An aiokafka ConsumerRecord as the pipeline sees it."""
+    source = "kafka"
+    request = None
+    forwarded = False
+    headers = record.headers or ()
+    for name, value in headers:
+        if name == H_SOURCE:
+            source = value.decode("utf-8", "replace")
+        elif name == H_REQUEST:
+            request = value
+        elif name == H_FORWARDED:
+            forwarded = True
+    return Inbound(
+        value=record.value,
+        key=record.key,
+        partition=record.partition,
+        offset=record.offset,
+        received_ms=record.timestamp if record.timestamp and record.timestamp > 0 else now_ms(),
+        source=source,
+        request=request,
+        forwarded=forwarded,
+        headers=headers,
+    )
 
 
 @dataclass(slots=True)
@@ -95,9 +122,6 @@ class Ingest:
             "partitions": READINGS_RAW.partitions_for(settings),
         }
         self.sensors = app.Table("sensors", help="Per-sensor state (SensorState) keyed by sensor_id", **table_opts)
-        self.progress = app.Table(
-            "progress", help="Last checkpointed offset per partition of readings.raw", **table_opts
-        )
         self.silence = app.Table("silence", help="Sensors announced silent, keyed by sensor_id", **table_opts)
         self.board = VerdictBoard()
         self.cache = Cache(
@@ -111,10 +135,18 @@ class Ingest:
         self.processor: BatchProcessor | None = None
         self._start_lock = asyncio.Lock()
         self.started_error: str = ""
-        # Changed since the last checkpoint: sensor states, and the last finished offset per partition.
-        self.dirty: dict[str, SensorState] = {}
-        self.finished: dict[int, int] = {}
-        self._events: dict[int, PartitionEvent] = {}
+        self.dirty: dict[str, SensorState] = {}  # changed since the last checkpoint
+        config = PumpConfig(
+            service=SERVICE,
+            topic=self.raw_name,
+            progress_table="progress",
+            batch_size=isettings.batch_size,
+            within_s=isettings.batch_within_s,
+            in_flight=isettings.batches_in_flight,
+            checkpoint_s=isettings.checkpoint_s,
+            mirror_group=f"{app.conf.id}-readings",
+        )
+        self.pump = Pump(app, settings, self, config, READINGS_RAW.partitions_for(settings))
 
     # --- start-up -----------------------------------------------------------------------
 
@@ -154,6 +186,11 @@ class Ingest:
             self.processor = BatchProcessor(self.rules, partition_of=self.partition_of, load_state=self._load_state)
             log.info("ingest output producer started; %d partitions", counts[self.clean_name])
 
+    async def start(self) -> str:
+        """The pump's start: the producer, or why ingest cannot read readings.raw."""
+        await self.ensure_started()
+        return self.started_error
+
     async def stop(self) -> None:
         if self.producer is not None:
             await self.producer.stop()
@@ -166,19 +203,9 @@ class Ingest:
             return False, "output producer not started yet"
         return True, "producer up"
 
-    def owned_partitions(self) -> set[int]:
-        """Partitions of readings.raw this worker owns: those of its active ``sensors`` table partitions."""
-        try:
-            actives = self.app.assignor.assigned_actives()
-        except Exception:  # noqa: BLE001 - before the first assignment
-            return set()
-        changelog = self.sensors.changelog_topic.get_topic_name()
-        return {tp.partition for tp in actives if tp.topic == changelog}
-
     def local_partitions(self) -> set[int]:
         """Partitions whose readings this worker is processing now (the pump's assignment)."""
-        pump = getattr(self, "pump", None)
-        return set(pump.assigned) if pump is not None and not pump.paused else set()
+        return self.pump.local_partitions()
 
     def forget(self) -> None:
         """Drop in-memory state after a checkpoint, before partitions may change hands."""
@@ -187,29 +214,14 @@ class Ingest:
         self.silent.clear()
         self._silence_loaded = False
 
-    def _event(self, partition: int) -> PartitionEvent:
-        event = self._events.get(partition)
-        if event is None:
-            event = self._events[partition] = PartitionEvent(self.raw_name, partition)
-        return event
-
     def _load_state(self, sensor_id: str, msg: Inbound) -> SensorState | None:
-        with event_context(self._event(msg.partition)):
+        with event_context(self.pump.event(msg.partition)):
             data = self.sensors.get(sensor_id.encode())
         return SensorState.from_dict(data) if data else None
 
-    def checkpointed_offsets(self, partitions: Iterable[int]) -> dict[int, int]:
-        out: dict[int, int] = {}
-        for p in partitions:
-            with event_context(self._event(p)):
-                value = self.progress.get(b"%d" % p)
-            if value is not None:
-                out[p] = int(value)
-        return out
-
     # --- one fetch of readings.raw ---------------------------------------------------------
 
-    async def submit(self, batch: list[Inbound]) -> Submitted:
+    async def submit(self, records: list[Any]) -> Submitted:
         """Decide a batch and start producing its outputs; :meth:`complete` waits for the acks.
 
         The pump keeps a few batches in flight so the worker decodes the next fetch while the
@@ -220,6 +232,7 @@ class Ingest:
         await self.ensure_started()
         assert self.processor is not None and self.producer is not None
         started = time.perf_counter()
+        batch = [to_inbound(r) for r in records]
         outcome = self.processor.process(batch)
         self.dirty.update(outcome.states)
         box = Outbox(self.producer)
@@ -237,9 +250,6 @@ class Ingest:
         """Wait for a submitted batch's acks, then count it as finished (offsets, verdicts, metrics)."""
         await sub.acked
         batch, outcome = sub.batch, sub.outcome
-        finished = self.finished
-        for msg in batch:
-            finished[msg.partition] = msg.offset
         pending = self.cache_pending
         for _, reading in outcome.clean:
             pending[reading.sensor_id] = reading
@@ -252,40 +262,25 @@ class Ingest:
         """Forget everything since the last checkpoint; the pump then re-reads from there."""
         self.forget()
         self.dirty.clear()
-        self.finished.clear()
         self.cache_pending.clear()
 
-    async def checkpoint(self) -> dict[int, int]:
-        """Write changed sensor states and finished offsets, once per key, in their partitions.
-
-        Returns the offsets checkpointed (partition -> last finished offset).
-        """
-        if not self.dirty and not self.finished:
-            return {}
-        assert self.partition_of is not None and self.producer is not None
+    def stage(self, checkpoint: Checkpoint) -> Undo | None:
+        """The sensor states changed since the last checkpoint, once per sensor, in its partition."""
+        if not self.dirty:
+            return None
+        assert self.partition_of is not None
         dirty, self.dirty = self.dirty, {}
-        finished, self.finished = self.finished, {}
         partition_of = self.partition_of
         states: dict[int, dict[bytes, Any]] = {}
         for sensor_id, state in dirty.items():
             states.setdefault(partition_of(sensor_id), {})[sensor_id.encode()] = state.to_dict()
-        offsets = {p: {b"%d" % p: offset} for p, offset in finished.items()}
-        box = Outbox(self.producer)
-        try:
-            write_many(self.sensors, box, states, self._event, orjson.dumps)
-            write_many(self.progress, box, offsets, self._event, orjson.dumps)
-            last = await box.flush()
-        except BaseException:
-            # Not durable: keep them for the next checkpoint.
+        checkpoint.write(self.sensors, states, orjson.dumps)
+
+        def undo() -> None:
             for sensor_id, state in dirty.items():
                 self.dirty.setdefault(sensor_id, state)
-            for p, offset in finished.items():
-                self.finished.setdefault(p, offset)
-            raise
-        persisted(self.sensors, last)
-        persisted(self.progress, last)
-        m.CHECKPOINTS.inc()
-        return finished
+
+        return undo
 
     def _account(self, batch: list[Inbound], outcome: Outcome, elapsed: float) -> None:
         sources: dict[str, int] = {}

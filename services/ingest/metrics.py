@@ -24,10 +24,6 @@ DUPLICATES = Counter("flowwatch_ingest_duplicates_total", "Readings dropped as d
 FORWARDED = Counter(
     "flowwatch_ingest_forwarded_total", "Valid readings re-keyed by sensor_id into the partition that owns the sensor"
 )
-REWINDS = Counter(
-    "flowwatch_ingest_rewinds_total", "Times a failed produce made the worker re-read from its last checkpoint"
-)
-CHECKPOINTS = Counter("flowwatch_ingest_checkpoints_total", "Checkpoints of sensor states and offsets written")
 UNKNOWN_METRICS = Counter(
     "flowwatch_ingest_unknown_metrics_total", "Values of metrics without a range (accepted as sent)"
 )

@@ -1,0 +1,194 @@
+"""Stage 1 of the forecaster: readings.clean fetches folded into zone partials and watermarks.
+
+:class:`ReadingsFolder` is the :class:`~shared.pump.PumpJob` of the forecaster's
+:class:`~shared.pump.Pump`, which reads readings.clean in ``getmany`` fetches outside Faust's
+per-message consumer path (why and how: :mod:`shared.pump`). Each fetch is folded into one
+partial per zone (:func:`services.forecaster.partials.fold`); the partials, then one
+watermark message per partials partition, go out as one record batch per partition, so per
+partials partition the watermark follows the partials it covers. Unusable readings go to
+readings.quarantine with the reason.
+
+Stage 1 keeps no state of its own: its checkpoint is the pump's readings.clean offsets in
+the ``forecaster-progress`` table. After a crash the readings since the last checkpoint are
+folded again; stage 2 skips a partial it has already applied (offsets per source partition).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+
+from services.forecaster.metrics import BAD_READINGS
+from services.forecaster.partials import fold
+from services.forecaster.settings import ForecasterSettings
+from shared.batching import Outbox, PartitionMap
+from shared.codec import dumps, loads
+from shared.metrics import BATCH_SECONDS, BATCH_SIZE, DECODE_ERRORS, EVENTS_IN, EVENTS_OUT
+from shared.pump import Checkpoint, Pump, PumpConfig, Undo
+from shared.records import QuarantinedReading
+from shared.settings import Settings
+from shared.topics import READINGS_CLEAN, READINGS_QUARANTINE
+
+log = logging.getLogger(__name__)
+SERVICE = "forecaster"
+
+
+@dataclass(slots=True)
+class Folding:
+    """A folded fetch whose partials are on their way to the broker."""
+
+    readings: int
+    partials: int
+    bad: int
+    reason: str  # of the first unusable reading, for the log
+    acked: asyncio.Future[Any]
+    started: float
+
+
+class ReadingsFolder:
+    def __init__(self, app: Any, settings: Settings, fs: ForecasterSettings, partials_topic: str) -> None:
+        self.settings = settings
+        self.fs = fs
+        self.step_ms = fs.step_ms
+        self.readings_name = settings.topic(READINGS_CLEAN.name)
+        self.quarantine_name = settings.topic(READINGS_QUARANTINE.name)
+        self.partials_name = partials_topic
+        self.producer: AIOKafkaProducer | None = None
+        self.partials_of: PartitionMap | None = None
+        self.quarantine_of: PartitionMap | None = None
+        self.last_wm: dict[str, int] = {}  # readings partition -> newest event time seen here
+        self.last_event_at: dict[int, float] = {}  # readings partition -> monotonic time of its last reading
+        config = PumpConfig(
+            service=SERVICE,
+            topic=self.readings_name,
+            progress_table="forecaster-progress",
+            batch_size=fs.batch_size,
+            within_s=fs.batch_within_s,
+            in_flight=fs.batches_in_flight,
+            checkpoint_s=fs.checkpoint_s,
+            mirror_group=f"{app.conf.id}-readings",
+        )
+        self.pump = Pump(app, settings, self, config, READINGS_CLEAN.partitions_for(settings))
+
+    async def start(self) -> str:
+        if self.producer is not None:
+            return ""
+        producer = AIOKafkaProducer(
+            **self.settings.kafka_client_options(),
+            client_id=f"{self.settings.topic_prefix}flowwatch-forecaster-out",
+            acks="all",
+            linger_ms=5,
+            max_batch_size=1024 * 1024,
+            max_request_size=4 * 1024 * 1024,
+        )
+        await producer.start()
+        try:
+            self.partials_of = PartitionMap(len(await producer.partitions_for(self.partials_name)))
+            self.quarantine_of = PartitionMap(len(await producer.partitions_for(self.quarantine_name)))
+        except Exception:
+            await producer.stop()
+            raise
+        self.producer = producer
+        return ""
+
+    async def stop(self) -> None:
+        if self.producer is not None:
+            await self.producer.stop()
+
+    async def submit(self, records: list[Any]) -> Folding:
+        assert self.producer is not None and self.partials_of is not None and self.quarantine_of is not None
+        started = time.perf_counter()
+        now = time.monotonic()
+        box = Outbox(self.producer)
+        items: list[tuple[Any, int, int]] = []
+        bad: list[tuple[Any, str, bytes | None]] = []
+        seen: set[int] = set()
+        for rec in records:
+            seen.add(rec.partition)
+            try:
+                data = loads(rec.value or b"")
+                if not isinstance(data, dict):
+                    raise TypeError(f"expected a JSON object, got {type(data).__name__}")
+            except Exception as exc:  # noqa: BLE001 - one bad message must not stop the batch
+                bad.append((rec.value, f"forecaster: undecodable ({type(exc).__name__}: {exc})", rec.key))
+                continue
+            items.append((data, rec.partition, rec.offset))
+        for p in seen:
+            self.last_event_at[p] = now
+        folded = fold(items, self.step_ms)
+        bad.extend((reading, why, None) for reading, why in folded.bad)
+        partials_of = self.partials_of
+        for zone, partial in folded.partials.items():
+            key = zone.encode()
+            box.add(self.partials_name, partials_of(key), key, dumps(partial))
+        if folded.watermarks:
+            last_wm = self.last_wm
+            for p, ts in folded.watermarks.items():
+                if ts > last_wm.get(p, -1):
+                    last_wm[p] = ts
+            self._broadcast(box, folded.watermarks)
+        for payload, reason, key in bad:
+            self._quarantine(box, payload, reason, key)
+        return Folding(
+            len(records), len(folded.partials), len(bad), bad[0][1] if bad else "", await box.send(), started
+        )
+
+    def _broadcast(self, box: Outbox, marks: dict[str, int]) -> None:
+        """Watermarks to every partials partition, after the partials (per partition they follow them)."""
+        assert self.partials_of is not None
+        mark = dumps({"wm": marks})
+        for q in range(self.partials_of.partitions):
+            box.add(self.partials_name, q, None, mark)
+
+    def _quarantine(self, box: Outbox, payload: Any, reason: str, key: bytes | None) -> None:
+        assert self.quarantine_of is not None
+        if isinstance(payload, (bytes, bytearray)):
+            payload = bytes(payload).decode("utf-8", errors="replace")
+        sensor = payload.get("sensor_id") if isinstance(payload, dict) else None
+        if not isinstance(sensor, str):
+            sensor = None
+        record = QuarantinedReading(
+            payload=payload,
+            source="forecaster",
+            reasons=[reason],
+            received_ms=int(time.time() * 1000),
+            sensor_id=sensor,
+        )
+        key = key or (sensor.encode() if sensor else None)
+        partition = self.quarantine_of(key) if key else 0
+        box.add(self.quarantine_name, partition, key, dumps(record))
+
+    async def broadcast(self, marks: dict[str, int]) -> None:
+        """Send watermarks on their own (idle partitions); after any partials already sent."""
+        if self.producer is None or not marks:
+            return
+        box = Outbox(self.producer)
+        self._broadcast(box, marks)
+        await box.flush()
+
+    async def complete(self, batch: Folding) -> None:
+        await batch.acked
+        EVENTS_IN.labels(SERVICE, READINGS_CLEAN.name).inc(batch.readings)
+        EVENTS_OUT.labels(SERVICE, "zone-partials").inc(batch.partials)
+        BATCH_SIZE.labels(SERVICE, "fold").observe(batch.readings)
+        BATCH_SECONDS.labels(SERVICE, "fold").observe(time.perf_counter() - batch.started)
+        if batch.bad:
+            DECODE_ERRORS.labels(SERVICE, READINGS_CLEAN.name).inc(batch.bad)
+            BAD_READINGS.inc(batch.bad)
+            EVENTS_OUT.labels(SERVICE, READINGS_QUARANTINE.name).inc(batch.bad)
+            log.warning("quarantined %d readings the forecaster cannot use: %s", batch.bad, batch.reason)
+
+    def stage(self, checkpoint: Checkpoint) -> Undo | None:
+        return None  # nothing but the pump's offsets: stage 1 folds without state
+
+    def forget(self) -> None:
+        self.last_wm.clear()
+        self.last_event_at.clear()
+
+    def rewind(self) -> None:
+        self.forget()
