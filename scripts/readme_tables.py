@@ -1,7 +1,7 @@
-"""Regenerate the README's generated tables from the code (`python -m scripts.readme_tables`).
+"""Regenerate the generated tables of the README and docs/*.md from the code (`python -m scripts.readme_tables`).
 
 Each table sits between ``<!-- NAME:begin -->`` and ``<!-- NAME:end -->``;
-``--check`` exits 1 when the README is out of date (the unit tests run it).
+``--check`` exits 1 when a file is out of date (the unit tests run it).
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from pathlib import Path
 from shared.settings import Settings, settings_table
 from shared.topics import topics_table
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
 
 
 def _service_settings(service: str) -> Callable[[], str]:
@@ -54,15 +55,24 @@ def render(text: str) -> str:
     return text
 
 
+def documents() -> list[Path]:
+    return [README, *sorted((ROOT / "docs").glob("*.md"))]
+
+
 def main(argv: list[str]) -> int:
-    current = README.read_text()
-    fresh = render(current)
-    if "--check" in argv:
-        if fresh != current:
-            print("README.md tables are out of date: run `python -m scripts.readme_tables`", file=sys.stderr)
-            return 1
-        return 0
-    README.write_text(fresh)
+    stale = []
+    for path in documents():
+        current = path.read_text()
+        fresh = render(current)
+        if fresh == current:
+            continue
+        stale.append(path.relative_to(ROOT))
+        if "--check" not in argv:
+            path.write_text(fresh)
+    if stale and "--check" in argv:
+        names = ", ".join(str(p) for p in stale)
+        print(f"tables out of date in {names}: run `python -m scripts.readme_tables`", file=sys.stderr)
+        return 1
     return 0
 
 

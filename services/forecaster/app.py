@@ -77,7 +77,9 @@ def create_app(settings: Settings | None = None, forecaster_settings: Forecaster
             processor.feature_names = predictor.config.risk_feature_names
             processor.models = predictor
 
-    folder = ReadingsFolder(app, settings, fs, partials_topic.get_topic_name())
+    # A backlog waiting at start is read once the model load has been tried: with a model in the
+    # registry its steps get risk records instead of only warming up the zones' state.
+    folder = ReadingsFolder(app, settings, fs, partials_topic.get_topic_name(), holder.first_attempt.wait)
     folder.pump.install(state, "readings")
     app.forecaster["folder"] = folder  # type: ignore[attr-defined]
     started = time.monotonic()
@@ -126,9 +128,10 @@ def create_app(settings: Settings | None = None, forecaster_settings: Forecaster
                     except Exception as exc:  # noqa: BLE001 - a state we cannot read is rebuilt, not a crash
                         log.error("zone %s: unreadable state dropped (%s)", key.decode(), exc)
             dup0, late0 = processor.duplicates, processor.late
-            t1 = time.perf_counter()
+            model0 = processor.model_seconds
             risks = await loop.run_in_executor(None, _process, states, partials)
-            INFERENCE_SECONDS.observe(time.perf_counter() - t1)
+            if processor.model_seconds > model0:
+                INFERENCE_SECONDS.observe(processor.model_seconds - model0)
             DUPLICATES.inc(processor.duplicates - dup0)
             LATE_STEPS.inc(processor.late - late0)
             write_once_per_key(

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,8 +52,16 @@ class Folding:
 
 
 class ReadingsFolder:
-    def __init__(self, app: Any, settings: Settings, fs: ForecasterSettings, partials_topic: str) -> None:
+    def __init__(
+        self,
+        app: Any,
+        settings: Settings,
+        fs: ForecasterSettings,
+        partials_topic: str,
+        before_reading: Callable[[], Awaitable[Any]] | None = None,
+    ) -> None:
         self.settings = settings
+        self.before_reading = before_reading
         self.fs = fs
         self.step_ms = fs.step_ms
         self.readings_name = settings.topic(READINGS_CLEAN.name)
@@ -78,6 +87,8 @@ class ReadingsFolder:
     async def start(self) -> str:
         if self.producer is not None:
             return ""
+        if self.before_reading is not None:
+            await self.before_reading()
         producer = AIOKafkaProducer(
             **self.settings.kafka_client_options(),
             client_id=f"{self.settings.topic_prefix}flowwatch-forecaster-out",

@@ -19,7 +19,9 @@ BAD_READINGS = Counter(
     "Readings on readings.clean the forecaster could not use (quarantined)",
 )
 INFERENCE_SECONDS = Histogram(
-    "flowwatch_forecaster_inference_seconds", "Model time per micro-batch (both models)", buckets=LATENCY_BUCKETS
+    "flowwatch_forecaster_inference_seconds",
+    "Time in the two model calls per stage-2 micro-batch that closed steps",
+    buckets=LATENCY_BUCKETS,
 )
 MODEL_LOADED = Gauge("flowwatch_forecaster_model_loaded", "1 for the model version being served", ["version"])
 MODEL_LOAD_ERRORS = Counter(

@@ -11,6 +11,7 @@ evaluation produce the same numbers for the same inputs by construction.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
@@ -59,6 +60,7 @@ class ZoneProcessor:
         self.feature_names = config.risk_feature_names
         self.duplicates = 0
         self.late = 0
+        self.model_seconds = 0.0  # time inside the two model calls, summed (the worker observes it per batch)
 
     def new_state(self, zone: str) -> ZoneState:
         return ZoneState(zone, self.config.step_ms)
@@ -112,7 +114,9 @@ class ZoneProcessor:
         if not steps:
             return []
         if self.models is not None:
+            t0 = time.perf_counter()
             probs, contrib = self.models.risk(np.stack([s.features for s in steps]))
+            self.model_seconds += time.perf_counter() - t0
         else:
             probs = contrib = None
 
@@ -141,7 +145,9 @@ class ZoneProcessor:
 
         forecasts: list[dict[str, list[float]]] = [{} for _ in steps]
         if fc_rows and self.models is not None:
+            t0 = time.perf_counter()
             q = self.models.forecast(np.stack([r[2] for r in fc_rows]))
+            self.model_seconds += time.perf_counter() - t0
             for (i, metric, _x, scale), qs in zip(fc_rows, q, strict=True):
                 forecasts[i][metric] = [float((1.0 + v) * scale) for v in qs]
 

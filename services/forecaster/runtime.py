@@ -31,6 +31,8 @@ class ModelHolder:
         self.error = "model not loaded yet"
         self.loaded_at = 0.0
         self._lock = asyncio.Lock()
+        # set once the first load has been tried (loaded, failed, or no model to load)
+        self.first_attempt = asyncio.Event()
 
     @property
     def config(self) -> FeatureConfig | None:
@@ -67,6 +69,12 @@ class ModelHolder:
 
     async def refresh(self, reason: str = "poll") -> bool:
         """Load the wanted version if it is not the one served; True when a new model was swapped in."""
+        try:
+            return await self._refresh(reason)
+        finally:
+            self.first_attempt.set()
+
+    async def _refresh(self, reason: str) -> bool:
         async with self._lock:
             try:
                 version = self.wanted_version()

@@ -73,7 +73,7 @@ class ForecasterSettings:
         2, "Stage-1 micro-batches whose partials may await the broker's acknowledgement while the next one is folded."
     )
     checkpoint_s: float = _doc(
-        2.0,
+        1.0,
         "How often (seconds) stage 1 checkpoints its readings.clean offsets. After a crash, readings since the last "
         "checkpoint are folded again; a partial already applied is skipped, one that overlaps an applied one is "
         "merged (its readings count twice in that zone step).",

@@ -2,7 +2,9 @@
 
 from pathlib import Path
 
-from scripts.readme_tables import README, render
+import pytest
+
+from scripts.readme_tables import README, documents, render
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -12,9 +14,14 @@ def test_readme_starts_with_the_two_commands() -> None:
     assert "make demo" in head and "make test" in head
 
 
-def test_generated_tables_are_current() -> None:
-    text = README.read_text()
-    assert render(text) == text, "run `python -m scripts.readme_tables` to refresh README.md"
+@pytest.mark.parametrize("path", documents(), ids=lambda p: p.name)
+def test_generated_tables_are_current(path: Path) -> None:
+    text = path.read_text()
+    assert render(text) == text, f"run `python -m scripts.readme_tables` to refresh {path.name}"
+
+
+def test_the_service_docs_carry_generated_settings_tables() -> None:
+    assert "<!-- settings-forecaster:begin -->" in (ROOT / "docs/forecaster.md").read_text()
 
 
 def test_tables_are_filled_in() -> None:

@@ -1,0 +1,199 @@
+"""The shared readings pump's bookkeeping, and the forecaster's stage 1 on it, without a broker.
+
+What goes over the wire is captured by a stand-in producer (the pump's reading from Kafka,
+rebalances and restarts are tested on the real stack through ingest, the detector and the
+forecaster). Here: a failed checkpoint keeps the state and offsets for the next one, a failed
+produce rewinds to the last checkpoint, and stage 1 sends each partials partition its partials
+before the watermark that covers them, and quarantines what it cannot use with the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+from typing import Any
+
+import faust
+import orjson
+import pytest
+from aiokafka.errors import KafkaConnectionError
+
+from services.forecaster.folding import ReadingsFolder
+from services.forecaster.settings import ForecasterSettings
+from shared.batching import PartitionMap
+from shared.pump import REWINDS, Checkpoint, Pump, PumpConfig
+from shared.settings import Settings
+
+
+class Batch:
+    def __init__(self) -> None:
+        self.messages: list[tuple[bytes | None, bytes]] = []
+
+    def append(self, *, key: bytes | None, value: bytes, timestamp: Any, headers: Any) -> object:
+        self.messages.append((key, value))
+        return object()
+
+    def record_count(self) -> int:
+        return len(self.messages)
+
+
+class CapturingProducer:
+    """create_batch/send_batch as aiokafka's producer; batches land in ``sent`` (or fail on demand)."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, int, list[tuple[bytes | None, bytes]]]] = []
+        self.offsets: dict[tuple[str, int], int] = {}
+        self.fail_next = 0
+
+    def create_batch(self) -> Batch:
+        return Batch()
+
+    async def send_batch(self, batch: Batch, topic: str, *, partition: int) -> asyncio.Future[Any]:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if self.fail_next:
+            self.fail_next -= 1
+            future.set_exception(KafkaConnectionError("broker gone"))
+            return future
+        base = self.offsets.get((topic, partition), 0)
+        self.offsets[(topic, partition)] = base + batch.record_count()
+        self.sent.append((topic, partition, batch.messages))
+        future.set_result(SimpleNamespace(topic=topic, partition=partition, offset=base))
+        return future
+
+    def messages(self, topic: str) -> list[tuple[int, bytes | None, bytes]]:
+        return [(p, k, v) for t, p, batch in self.sent if t == topic for k, v in batch]
+
+
+class Job:
+    """A job with one state table: ``dirty`` rows are staged at the checkpoint."""
+
+    def __init__(self, app: faust.App) -> None:
+        self.producer: Any = CapturingProducer()
+        self.table = app.Table("job-state", key_type=bytes, value_type=bytes, default=None, partitions=2)
+        self.dirty: dict[bytes, tuple[int, bytes]] = {}
+        self.rewound = 0
+        self.forgotten = 0
+
+    def stage(self, checkpoint: Checkpoint) -> Any:
+        if not self.dirty:
+            return None
+        dirty, self.dirty = self.dirty, {}
+        rows: dict[int, dict[bytes, bytes]] = {}
+        for key, (partition, value) in dirty.items():
+            rows.setdefault(partition, {})[key] = value
+        checkpoint.write(self.table, rows)
+
+        def undo() -> None:
+            for key, held in dirty.items():
+                self.dirty.setdefault(key, held)
+
+        return undo
+
+    def forget(self) -> None:
+        self.forgotten += 1
+
+    def rewind(self) -> None:
+        self.rewound += 1
+        self.dirty.clear()
+
+
+@pytest.fixture
+def app() -> faust.App:
+    return faust.App("pump-test", store="memory://", autodiscover=False)
+
+
+def make_pump(app: faust.App, job: Any) -> Pump:
+    config = PumpConfig(service="pumptest", topic="readings", progress_table="pumptest-progress")
+    return Pump(app, Settings(), job, config, partitions=2)
+
+
+async def test_a_failed_checkpoint_keeps_state_and_offsets_for_the_next_one(app: faust.App) -> None:
+    job = Job(app)
+    pump = make_pump(app, job)
+    job.dirty = {b"s1": (0, b"state-1"), b"s2": (1, b"state-2")}
+    pump.finished = {0: 41, 1: 7}
+    job.producer.fail_next = 1  # one record batch of four fails; the others land, which changes nothing
+    with pytest.raises(KafkaConnectionError):
+        await pump.checkpoint()
+    assert job.dirty == {b"s1": (0, b"state-1"), b"s2": (1, b"state-2")}
+    assert pump.finished == {0: 41, 1: 7}
+    job.producer.sent.clear()
+
+    assert await pump.checkpoint() == {0: 41, 1: 7}
+    assert job.dirty == {} and pump.finished == {}
+    assert pump.checkpointed_offsets([0, 1]) == {0: 41, 1: 7}
+    state_log = job.producer.messages(job.table.changelog_topic.get_topic_name())
+    progress_log = job.producer.messages(pump.progress.changelog_topic.get_topic_name())
+    assert sorted(state_log) == [(0, b"s1", b"state-1"), (1, b"s2", b"state-2")]
+    assert sorted(progress_log) == [(0, b"0", b"41"), (1, b"1", b"7")]
+    assert await pump.checkpoint() == {}  # nothing new: nothing written
+    assert len(job.producer.sent) == 4
+
+
+async def test_a_failed_produce_rewinds_the_job_to_the_last_checkpoint(app: faust.App) -> None:
+    job = Job(app)
+    pump = make_pump(app, job)
+    completed: list[Any] = []
+
+    async def complete(batch: Any) -> None:
+        await batch.acked
+        completed.append(batch)
+
+    job.complete = complete  # type: ignore[attr-defined]
+    loop = asyncio.get_running_loop()
+    ok, failed = SimpleNamespace(acked=loop.create_future()), SimpleNamespace(acked=loop.create_future())
+    ok.acked.set_result(None)
+    failed.acked.set_exception(KafkaConnectionError("broker gone"))
+    pump.inflight.extend([({0: 10}, ok), ({0: 20, 1: 5}, failed)])
+    job.dirty = {b"s1": (0, b"changed after the checkpoint")}
+    before = REWINDS.labels("pumptest")._value.get()
+
+    assert await pump.drain() is False
+    assert completed == [ok]
+    assert job.rewound == 1 and job.dirty == {}
+    assert pump.finished == {} and not pump.inflight  # the first batch's offset is not checkpointed either
+    assert REWINDS.labels("pumptest")._value.get() == before + 1
+
+
+def reading(sensor: str, zone: str, ts: int) -> bytes:
+    return orjson.dumps(
+        {"sensor_id": sensor, "zone": zone, "site": "s1", "utility": "water", "ts": ts, "values": {"flow": 1.5}}
+    )
+
+
+async def test_stage_one_sends_partials_before_their_watermark_and_quarantines_the_unusable(app: faust.App) -> None:
+    fs = ForecasterSettings()
+    folder = ReadingsFolder(app, Settings(), fs, "partials")
+    producer = folder.producer = CapturingProducer()  # type: ignore[assignment]
+    folder.partials_of, folder.quarantine_of = PartitionMap(3), PartitionMap(2)
+    t = 1_700_000_000_000
+    records = [
+        SimpleNamespace(partition=0, offset=100, key=b"a", value=reading("a", "z1", t)),
+        SimpleNamespace(partition=1, offset=7, key=b"b", value=reading("b", "z2", t + 5_000)),
+        SimpleNamespace(partition=1, offset=8, key=b"c", value=b"{not json"),
+        SimpleNamespace(partition=0, offset=101, key=b"d", value=orjson.dumps({"sensor_id": "d", "ts": t})),
+        SimpleNamespace(partition=0, offset=102, key=b"a", value=reading("a", "z1", t + 60_000)),
+    ]
+    batch = await folder.submit(records)
+    await folder.complete(batch)
+    assert batch.readings == 5 and batch.partials == 2 and batch.bad == 2
+
+    per_partition: dict[int, list[dict[str, Any]]] = {}
+    for partition, _key, value in producer.messages("partials"):
+        per_partition.setdefault(partition, []).append(orjson.loads(value))
+    assert sorted(per_partition) == [0, 1, 2]  # every partials partition hears the watermark
+    zones = {}
+    for partition, messages in per_partition.items():
+        assert messages[-1] == {"wm": {"0": t + 60_000, "1": t + 5_000}}
+        assert all("zone" in m for m in messages[:-1])
+        zones.update({m["zone"]: (partition, m) for m in messages[:-1]})
+    assert set(zones) == {"z1", "z2"}
+    assert zones["z1"][0] == PartitionMap(3)("z1") and zones["z2"][0] == PartitionMap(3)("z2")
+    z1 = zones["z1"][1]
+    assert z1["off"] == {"0": 102} and sum(b["n"] for b in z1["b"].values()) == 2
+
+    quarantined = [orjson.loads(v) for _, _, v in producer.messages(folder.quarantine_name)]
+    reasons = sorted(q["reasons"][0].split(" (")[0] for q in quarantined)
+    assert reasons == ["forecaster: undecodable", "forecaster: unusable reading"]
+    assert {q["source"] for q in quarantined} == {"forecaster"}
+    assert folder.last_wm == {"0": t + 60_000, "1": t + 5_000}
