@@ -109,6 +109,23 @@ LABELS = TopicSpec(
     retention_ms=30 * DAY_MS,
 )
 
+# Internal topics: one service's two stages, never read by others; registered here so they are created
+# up front with the rest, and not by Faust on first use.
+DETECTOR_ZONE_PARTIALS = TopicSpec(
+    "detector.zone-partials",
+    "site/zone/utility",
+    None,
+    "Internal to the detector: per-zone window partials of each micro-batch, merged into aggregates.",
+    retention_ms=3 * DAY_MS,
+)
+FORECASTER_ZONE_PARTIALS = TopicSpec(
+    "forecaster.zone-partials",
+    "zone (watermarks: none)",
+    None,
+    "Internal to the forecaster: per-zone step partials and watermarks, stage 1 to stage 2.",
+    retention_ms=3 * DAY_MS,
+)
+
 REGISTRY: tuple[TopicSpec, ...] = (
     READINGS_RAW,
     READINGS_CLEAN,
@@ -123,6 +140,8 @@ REGISTRY: tuple[TopicSpec, ...] = (
     FEEDBACK,
     MODELS,
     LABELS,
+    DETECTOR_ZONE_PARTIALS,
+    FORECASTER_ZONE_PARTIALS,
 )
 
 BY_NAME = {spec.name: spec for spec in REGISTRY}

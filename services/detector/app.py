@@ -17,7 +17,7 @@ from typing import Any
 import faust
 
 from services.detector import aggregates
-from services.detector.engine import PARTIALS_TOPIC, DetectorEngine
+from services.detector.engine import DetectorEngine
 from services.detector.metrics import AGGREGATES_EMITTED, MODEL_LOADS, TRAINED_PROFILES
 from services.detector.pipeline import ModelStore, Scorer
 from services.detector.profiles import ProfileSet
@@ -30,7 +30,7 @@ from shared.registry import ModelRegistry
 from shared.service import base_app
 from shared.settings import Settings
 from shared.streaming import event_context
-from shared.topics import AGGREGATES
+from shared.topics import AGGREGATES, DETECTOR_ZONE_PARTIALS, faust_topic
 
 log = logging.getLogger("services.detector")
 
@@ -78,15 +78,7 @@ def create_app(settings: Settings | None = None, detector_settings: DetectorSett
     window_ms, grace_ms = ds.aggregate_window_s * 1000, ds.aggregate_grace_s * 1000
     aggregates_name = settings.topic(AGGREGATES.name)
 
-    partials_topic = app.topic(
-        settings.topic(PARTIALS_TOPIC),
-        key_type=bytes,
-        value_type=bytes,
-        key_serializer="raw",
-        value_serializer="raw",
-        partitions=settings.partitions,
-        internal=True,
-    )
+    partials_topic = faust_topic(app, DETECTOR_ZONE_PARTIALS, settings)
     zone_windows = app.Table(
         "detector-zone-windows",
         default=None,

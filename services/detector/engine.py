@@ -39,12 +39,11 @@ from shared.pump import Checkpoint, Pump, PumpConfig, Undo
 from shared.records import QuarantinedReading, Reading
 from shared.settings import Settings
 from shared.streaming import event_context
-from shared.topics import ANOMALIES, READINGS_CLEAN, READINGS_QUARANTINE, SCORES
+from shared.topics import ANOMALIES, DETECTOR_ZONE_PARTIALS, READINGS_CLEAN, READINGS_QUARANTINE, SCORES
 
 log = logging.getLogger(__name__)
 
 SERVICE = "detector"
-PARTIALS_TOPIC = "detector.zone-partials"
 
 
 def decode(value: bytes | None) -> tuple[Reading | None, str]:
@@ -90,7 +89,7 @@ class DetectorEngine:
             "scores": settings.topic(SCORES.name),
             "anomalies": settings.topic(ANOMALIES.name),
             "quarantine": settings.topic(READINGS_QUARANTINE.name),
-            "partials": settings.topic(PARTIALS_TOPIC),
+            "partials": settings.topic(DETECTOR_ZONE_PARTIALS.name),
         }
         partitions = READINGS_CLEAN.partitions_for(settings)
         self.states = app.Table(

@@ -5,7 +5,7 @@ Two stages, thin over pure code:
 * stage 1 (readings.clean, keyed by sensor; no state): the readings pump
   (:mod:`shared.pump`) hands each fetch to :class:`~services.forecaster.folding.ReadingsFolder`,
   which folds it into one partial per zone (:mod:`services.forecaster.partials`) and sends
-  those to the internal ``<app id>-zone-partials`` topic keyed by zone — a map-side
+  those to the internal ``forecaster.zone-partials`` topic keyed by zone — a map-side
   combine instead of repartitioning every reading.
 * ``score_zones`` (zone partials, keyed by zone): merges partials into the zone's
   state in the ``zones`` table, closes complete steps and runs both models in
@@ -42,7 +42,7 @@ from shared.records import ModelEvent
 from shared.service import base_app
 from shared.settings import Settings
 from shared.streaming import event_context, write_once_per_key
-from shared.topics import MODELS, READINGS_CLEAN, RISK, faust_topic
+from shared.topics import FORECASTER_ZONE_PARTIALS, MODELS, READINGS_CLEAN, RISK, faust_topic
 
 log = logging.getLogger(__name__)
 SERVICE = "forecaster"
@@ -53,9 +53,7 @@ def create_app(settings: Settings | None = None, forecaster_settings: Forecaster
     settings = settings or Settings.from_env(SERVICE)
     fs = forecaster_settings or ForecasterSettings.from_env()
     app, state = base_app(settings)
-    raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
-
-    partials_topic = app.topic(f"{app.conf.id}-zone-partials", internal=True, partitions=settings.partitions, **raw)
+    partials_topic = faust_topic(app, FORECASTER_ZONE_PARTIALS, settings)
     risk_topic = faust_topic(app, RISK, settings)
     models_topic = faust_topic(app, MODELS, settings)
     # bytes in and out: Faust then uses the raw serializer for both store and changelog, and the value
