@@ -14,6 +14,9 @@ Two measurements, written to bench/results/forecaster.json (medians of three rou
   ``fold_readings_per_s`` is stage 1 alone (its ``events_in`` counter between 10 % and 90 %
   of the readings); ``inference_p99_ms_at_most`` is the upper bound of the worker's own
   inference-time histogram bucket holding the 99th percentile. Three rounds, medians.
+* ``paced``: the same readings produced at 20,000/s into a running worker: whether it keeps
+  up (readings behind the producer, sampled once a second; seconds to catch up after the
+  last one) and the model time per stage-2 batch under steady load (histogram bounds).
 
 Model latency per batch is the time in the two ``tf.function`` calls of each stage-2
 batch (all zone steps closed by that batch), reported with the batch sizes.
@@ -46,6 +49,7 @@ from services.forecaster.zonestate import ZoneState  # noqa: E402
 from shared.codec import dumps, loads  # noqa: E402
 
 ZONES = {"water": 8, "energy": 2, "gas": 2}
+PACED_RATE = 20_000  # readings/s of the paced round: the target
 BATCH = 2000
 OUT = ROOT / "bench" / "results" / "forecaster.json"
 
@@ -121,8 +125,85 @@ def pipeline_round(predictor, wire: list[bytes]) -> dict:
     }
 
 
-async def worker_round(model_dir: Path, wire: list[tuple[bytes, bytes]], expected_risks: int) -> dict:
+def scrape(url: str) -> tuple[float, list[tuple[float, float]]]:
+    """The worker's readings.clean events_in counter, and its inference histogram (le, cumulative count)."""
     import httpx
+
+    consumed, buckets = 0.0, []
+    for line in httpx.get(f"{url}/metrics", timeout=5).text.splitlines():
+        if line.startswith('flowwatch_events_in_total{service="forecaster",topic="readings.clean"}'):
+            consumed = float(line.rsplit(" ", 1)[1])
+        elif line.startswith("flowwatch_forecaster_inference_seconds_bucket{"):
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            buckets.append((float(le), float(line.rsplit(" ", 1)[1])))
+    return consumed, buckets
+
+
+def bucket_quantile(buckets: list[tuple[float, float]], q: float) -> float | None:
+    """Upper bound (ms) of the histogram bucket holding quantile ``q``."""
+    total = buckets[-1][1] if buckets else 0.0
+    if not total:
+        return None
+    return next(le for le, count in buckets if count >= q * total) * 1000
+
+
+async def paced_round(model_dir: Path, wire: list[tuple[bytes, bytes]], rate: int) -> dict:
+    """Readings produced at ``rate``/s into a running worker: does it keep up, and model time per batch."""
+    from aiokafka import AIOKafkaProducer
+
+    from shared.settings import Settings
+    from shared.topics import create_all
+    from tests.conftest import _delete_prefixed
+    from tests.helpers import ServiceProcess
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-forecaster-"))
+    s = Settings.from_env().replace(
+        topic_prefix=f"b{uuid.uuid4().hex[:8]}.", data_dir=tmp / "data", model_dir=model_dir, partitions=4
+    )
+    await create_all(s, out=open(os.devnull, "w"))
+    proc = ServiceProcess("forecaster", s)
+    try:
+        proc.start()
+        proc.wait_ready(timeout=240)
+        producer = AIOKafkaProducer(bootstrap_servers=s.bootstrap_servers, linger_ms=5, max_batch_size=512 * 1024)
+        await producer.start()
+        topic = s.topic("readings.clean")
+        chunk = max(1, rate // 20)  # every 50 ms
+        behind: list[float] = []
+        t0 = time.perf_counter()
+        for i in range(0, len(wire), chunk):
+            for key, value in wire[i : i + chunk]:
+                await producer.send(topic, value, key=key)
+            due = t0 + (i + chunk) / rate
+            if (i // chunk) % 20 == 0:  # once a second: how far behind the producer the worker is
+                behind.append((i + chunk) - scrape(proc.url)[0])
+            await asyncio.sleep(max(0.0, due - time.perf_counter()))
+        await producer.flush()
+        t_produced = time.perf_counter() - t0
+        await producer.stop()
+        while scrape(proc.url)[0] < len(wire) and time.perf_counter() - t0 < t_produced + 120:
+            await asyncio.sleep(0.05)
+        t_consumed = time.perf_counter() - t0
+        _, buckets = scrape(proc.url)
+        return {
+            "rate_target_per_s": rate,
+            "readings": len(wire),
+            "produced_per_s": len(wire) / t_produced,
+            "consumed_per_s": len(wire) / t_consumed,
+            "caught_up_after_last_produce_s": t_consumed - t_produced,
+            "readings_behind_median": statistics.median(behind) if behind else None,
+            "readings_behind_max": max(behind) if behind else None,
+            "inference_batches": buckets[-1][1] if buckets else 0,
+            "inference_p50_ms_at_most": bucket_quantile(buckets, 0.5),
+            "inference_p99_ms_at_most": bucket_quantile(buckets, 0.99),
+        }
+    finally:
+        proc.stop()
+        await _delete_prefixed(s)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+async def worker_round(model_dir: Path, wire: list[tuple[bytes, bytes]], expected_risks: int) -> dict:
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
     from shared.settings import Settings
@@ -149,10 +230,7 @@ async def worker_round(model_dir: Path, wire: list[tuple[bytes, bytes]], expecte
         proc.wait_ready(timeout=240)
 
         def consumed() -> float:
-            for line in httpx.get(f"{proc.url}/metrics", timeout=5).text.splitlines():
-                if line.startswith('flowwatch_events_in_total{service="forecaster",topic="readings.clean"}'):
-                    return float(line.rsplit(" ", 1)[1])
-            return 0.0
+            return scrape(proc.url)[0]
 
         n = len(wire)
         samples: list[tuple[float, float]] = []
@@ -180,13 +258,7 @@ async def worker_round(model_dir: Path, wire: list[tuple[bytes, bytes]], expecte
             got += sum(len(v) for v in batch.values())
         await consumer.stop()
         t_done = time.perf_counter()
-        buckets: list[tuple[float, float]] = []
-        for line in httpx.get(f"{proc.url}/metrics", timeout=5).text.splitlines():
-            if line.startswith("flowwatch_forecaster_inference_seconds_bucket{"):
-                le = line.split('le="', 1)[1].split('"', 1)[0]
-                buckets.append((float(le), float(line.rsplit(" ", 1)[1])))
-        total = buckets[-1][1] if buckets else 0.0
-        p99 = next((le for le, count in buckets if count >= 0.99 * total), None) if total else None
+        _, buckets = scrape(proc.url)
         return {
             "readings": len(wire),
             "produce_seconds": t_produced,
@@ -194,8 +266,8 @@ async def worker_round(model_dir: Path, wire: list[tuple[bytes, bytes]], expecte
             "readings_per_s": n / max(1e-9, t_done - t_first),
             "fold_readings_per_s": (c90 - c10) / (t90 - t10),
             "drain_readings_per_s": n / max(1e-9, t_last - t_first),
-            "inference_batches": total,
-            "inference_p99_ms_at_most": None if p99 is None else p99 * 1000,
+            "inference_batches": buckets[-1][1] if buckets else 0,
+            "inference_p99_ms_at_most": bucket_quantile(buckets, 0.99),
             "risk_records": got,
             "risk_records_expected": expected_risks,
             "seconds_until_last_risk": t_done - t_first,
@@ -222,6 +294,7 @@ def main() -> int:
         pipe = {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
         worker: dict = {}
         worker_rounds: list[dict] = []
+        paced: dict = {}
         if "--no-worker" not in sys.argv:
             try:
                 keyed = [(r["sensor_id"].encode(), w) for r, w in zip(readings, wire, strict=True)]
@@ -229,6 +302,7 @@ def main() -> int:
                     asyncio.run(worker_round(model_dir, keyed, int(pipe["risk_records"] * 0.95))) for _ in range(3)
                 ]
                 worker = {k: statistics.median(r[k] for r in worker_rounds) for k in worker_rounds[0]}
+                paced = asyncio.run(paced_round(model_dir, keyed, PACED_RATE))
             except Exception as exc:  # noqa: BLE001 - report what failed instead of no numbers at all
                 worker = {"error": f"{type(exc).__name__}: {exc}"}
         result = {
@@ -244,11 +318,12 @@ def main() -> int:
             "pipeline_rounds": rounds,
             "worker": worker,
             "worker_rounds": worker_rounds,
+            "paced": paced,
             "target_readings_per_s": 20_000,
         }
         OUT.parent.mkdir(parents=True, exist_ok=True)
         OUT.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
-        print(orjson.dumps({"pipeline": pipe, "worker": worker}, option=orjson.OPT_INDENT_2).decode())
+        print(orjson.dumps({"pipeline": pipe, "worker": worker, "paced": paced}, option=orjson.OPT_INDENT_2).decode())
         return 0
     finally:
         shutil.rmtree(model_dir, ignore_errors=True)

@@ -13,6 +13,8 @@ through Faust's producer buffer per key); at 20,000 readings/s that alone fills 
   with the changelog records going through an :class:`Outbox`; :func:`persisted` then records
   the durable changelog offsets in the store as Faust's own ack callback does, so recovery after
   a restart starts where it should.
+* :func:`start_output_producer` starts the producer all of this goes through and learns the
+  partition counts of the topics it will write.
 * :class:`PartitionEvent` stands in for a Faust event in :func:`shared.streaming.event_context`
   when the code is not a Faust stream (a pump) but must read or write a table partition.
 """
@@ -31,6 +33,31 @@ from faust.types import TP
 from shared.streaming import event_context
 
 Headers = Sequence[tuple[str, bytes]]
+
+
+async def start_output_producer(
+    settings: Any, name: str, topics: Sequence[str]
+) -> tuple[AIOKafkaProducer, dict[str, PartitionMap]]:
+    """A started ``acks=all`` producer for record batches, and a :class:`PartitionMap` per topic.
+
+    ``settings`` is a :class:`shared.settings.Settings` (its Kafka TLS/SASL options apply);
+    ``name`` goes into the client id. A topic that does not exist stops the producer and raises.
+    """
+    producer = AIOKafkaProducer(
+        **settings.kafka_client_options(),
+        client_id=f"{settings.topic_prefix}flowwatch-{name}-out",
+        acks="all",
+        linger_ms=5,
+        max_batch_size=1024 * 1024,
+        max_request_size=4 * 1024 * 1024,
+    )
+    await producer.start()
+    try:
+        maps = {topic: PartitionMap(len(await producer.partitions_for(topic))) for topic in topics}
+    except BaseException:
+        await producer.stop()
+        raise
+    return producer, maps
 
 
 def kafka_partition(key: bytes, partitions: int) -> int:

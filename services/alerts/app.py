@@ -19,10 +19,8 @@ receiver never stalls a partition.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import faust
@@ -43,26 +41,11 @@ from shared.codec import dumps
 from shared.metrics import BATCH_SECONDS, BATCH_SIZE, DECODE_ERRORS, EVENTS_IN, EVENTS_OUT
 from shared.service import base_app
 from shared.settings import Settings
+from shared.streaming import event_context
 from shared.topics import ALERTS_DLQ, FEEDBACK
 
 log = logging.getLogger(__name__)
 OBS_PER_MESSAGE = 500  # keeps an internal message well under Kafka's 1 MB default
-
-
-@contextlib.contextmanager
-def event_context(stream: Any, event: Any) -> Iterator[None]:
-    """Make ``event`` the stream's current event while its partition's table writes happen.
-
-    Table writes (changelog partition and rocksdb partition store) take the partition
-    from the current event; inside ``take_events`` there is none, so the batch sets
-    the one of the partition being written (the detector does the same).
-    """
-    previous = stream.current_event
-    stream._set_current_event(event)
-    try:
-        yield
-    finally:
-        stream._set_current_event(previous)
 
 
 def create_app(
@@ -258,7 +241,7 @@ def create_app(
                     pending_mirror.update(dict.fromkeys(changes.removed))
                     dispatch.update((e["id"], e) for e in changes.dispatch)
                 # Each changed key is written once, in the context of an event of its partition (pitfall 10).
-                with event_context(stream, evs[-1]):
+                with event_context(evs[-1]):
                     for overlay in overlays.values():
                         overlay.flush()
                 for entry in dispatch.values():

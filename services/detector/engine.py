@@ -31,7 +31,7 @@ from services.detector import metrics as m
 from services.detector.pipeline import BatchResult, Scorer
 from services.detector.settings import DetectorSettings
 from services.detector.state import pack, unpack
-from shared.batching import Outbox, PartitionMap
+from shared.batching import Outbox, PartitionMap, start_output_producer
 from shared.cache import Cache
 from shared.codec import dumps, loads
 from shared.metrics import BATCH_SECONDS, BATCH_SIZE, DECODE_ERRORS, EVENTS_IN, EVENTS_OUT
@@ -130,21 +130,9 @@ class DetectorEngine:
         """Start the output producer and learn the output topics' partition counts."""
         if self.producer is not None:
             return ""
-        producer = AIOKafkaProducer(
-            **self.settings.kafka_client_options(),
-            client_id=f"{self.settings.topic_prefix}flowwatch-detector-out",
-            acks="all",
-            linger_ms=5,
-            max_batch_size=1024 * 1024,
-            max_request_size=4 * 1024 * 1024,
-        )
-        await producer.start()
-        try:
-            for kind, name in self.names.items():
-                self.partition_of[kind] = PartitionMap(len(await producer.partitions_for(name)))
-        except Exception:
-            await producer.stop()
-            raise
+        producer, maps = await start_output_producer(self.settings, SERVICE, list(self.names.values()))
+        for kind, name in self.names.items():
+            self.partition_of[kind] = maps[name]
         self.producer = producer
         return ""
 

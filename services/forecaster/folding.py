@@ -27,7 +27,7 @@ from aiokafka import AIOKafkaProducer
 from services.forecaster.metrics import BAD_READINGS
 from services.forecaster.partials import fold
 from services.forecaster.settings import ForecasterSettings
-from shared.batching import Outbox, PartitionMap
+from shared.batching import Outbox, PartitionMap, start_output_producer
 from shared.codec import dumps, loads
 from shared.metrics import BATCH_SECONDS, BATCH_SIZE, DECODE_ERRORS, EVENTS_IN, EVENTS_OUT
 from shared.pump import Checkpoint, Pump, PumpConfig, Undo
@@ -89,21 +89,8 @@ class ReadingsFolder:
             return ""
         if self.before_reading is not None:
             await self.before_reading()
-        producer = AIOKafkaProducer(
-            **self.settings.kafka_client_options(),
-            client_id=f"{self.settings.topic_prefix}flowwatch-forecaster-out",
-            acks="all",
-            linger_ms=5,
-            max_batch_size=1024 * 1024,
-            max_request_size=4 * 1024 * 1024,
-        )
-        await producer.start()
-        try:
-            self.partials_of = PartitionMap(len(await producer.partitions_for(self.partials_name)))
-            self.quarantine_of = PartitionMap(len(await producer.partitions_for(self.quarantine_name)))
-        except Exception:
-            await producer.stop()
-            raise
+        producer, maps = await start_output_producer(self.settings, SERVICE, [self.partials_name, self.quarantine_name])
+        self.partials_of, self.quarantine_of = maps[self.partials_name], maps[self.quarantine_name]
         self.producer = producer
         return ""
 

@@ -45,7 +45,7 @@ from services.ingest.sensors import SensorState, silence_transitions
 from services.ingest.settings import IngestSettings
 from services.ingest.verdicts import VerdictBoard
 from services.ingest.wire import reading_bytes, reading_dict
-from shared.batching import Outbox, PartitionMap
+from shared.batching import Outbox, PartitionMap, start_output_producer
 from shared.cache import Cache
 from shared.codec import dumps, loads
 from shared.metrics import BATCH_SECONDS, BATCH_SIZE, EVENTS_IN, EVENTS_OUT
@@ -157,22 +157,9 @@ class Ingest:
         async with self._start_lock:
             if self.processor is not None:
                 return
-            producer = AIOKafkaProducer(
-                **self.settings.kafka_client_options(),
-                client_id=f"{self.settings.topic_prefix}flowwatch-ingest-out",
-                acks="all",
-                linger_ms=5,
-                max_batch_size=1024 * 1024,
-                max_request_size=4 * 1024 * 1024,
-            )
-            await producer.start()
-            try:
-                counts = {}
-                for name in (self.raw_name, self.clean_name, self.quarantine_name, self.events_name):
-                    counts[name] = len(await producer.partitions_for(name))
-            except Exception:
-                await producer.stop()
-                raise
+            names = (self.raw_name, self.clean_name, self.quarantine_name, self.events_name)
+            producer, maps = await start_output_producer(self.settings, SERVICE, names)
+            counts = {name: maps[name].partitions for name in names}
             tables = READINGS_RAW.partitions_for(self.settings)
             if len(set(counts.values())) != 1 or counts[self.raw_name] != tables:
                 # Sensor state is co-partitioned with readings.clean through readings.raw's partitions,
