@@ -75,8 +75,8 @@ def create_app(settings: Settings | None = None, forecaster_settings: Forecaster
             processor.feature_names = predictor.config.risk_feature_names
             processor.models = predictor
 
-    # A backlog waiting at start is read once the model load has been tried: with a model in the
-    # registry its steps get risk records instead of only warming up the zones' state.
+    # A backlog waiting at start is read once the model load has been tried (as in stage 2): with a model
+    # in the registry its steps get risk records instead of only warming up the zones' state.
     folder = ReadingsFolder(app, settings, fs, partials_topic.get_topic_name(), holder.first_attempt.wait)
     folder.pump.install(state, "readings")
     app.forecaster["folder"] = folder  # type: ignore[attr-defined]
@@ -94,6 +94,9 @@ def create_app(settings: Settings | None = None, forecaster_settings: Forecaster
     @app.agent(partials_topic)
     async def score_zones(stream: Any) -> None:
         loop = asyncio.get_running_loop()
+        # Partials left by a previous worker close steps: with a model in the registry they must get risk
+        # records, so nothing is scored before the first model load has been tried.
+        await holder.first_attempt.wait()
         async for events in stream.take_events(fs.batch_size, fs.batch_within_s):
             t0 = time.perf_counter()
             use_model()
@@ -132,19 +135,23 @@ def create_app(settings: Settings | None = None, forecaster_settings: Forecaster
                 INFERENCE_SECONDS.observe(processor.model_seconds - model0)
             DUPLICATES.inc(processor.duplicates - dup0)
             LATE_STEPS.inc(processor.late - late0)
+            STEPS_CLOSED.inc(len(risks))
+            latest: dict[str, Any] = {}
+            delivered = []
+            for risk in risks:
+                body = risk.to_dict()
+                delivered.append(await risk_topic.send(key=risk.zone.encode(), value=dumps(body)))
+                latest[risk.zone] = body
+                ZONE_PROBABILITY.labels(risk.zone).set(risk.probability)
+            # The risk records are on the broker before the zone states that closed their steps: a crash in
+            # between repeats a risk record (consumers dedup on zone + ts) rather than losing it.
+            await asyncio.gather(*delivered)
             write_once_per_key(
                 zones,
                 {k: dumps(states[k.decode()].to_dict()) for k in last_event if k.decode() in states},
                 last_event,
             )
-            STEPS_CLOSED.inc(len(risks))
             if risks:
-                latest: dict[str, Any] = {}
-                for risk in risks:
-                    body = risk.to_dict()
-                    await risk_topic.send(key=risk.zone.encode(), value=dumps(body))
-                    latest[risk.zone] = body
-                    ZONE_PROBABILITY.labels(risk.zone).set(risk.probability)
                 EVENTS_OUT.labels(SERVICE, RISK.name).inc(len(risks))
                 await cache.set_many("risk", latest)
             EVENTS_IN.labels(SERVICE, "zone-partials").inc(len(events))
