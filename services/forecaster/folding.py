@@ -81,6 +81,9 @@ class ReadingsFolder:
             in_flight=fs.batches_in_flight,
             checkpoint_s=fs.checkpoint_s,
             mirror_group=f"{app.conf.id}-readings",
+            # Steps are a minute long: waiting up to batch_within_s for a full fetch costs nothing that matters
+            # and keeps the partials few at low rates (one per zone per fetch, not per reading).
+            fill_bytes=512 * 1024,
         )
         self.pump = Pump(app, settings, self, config, READINGS_CLEAN.partitions_for(settings))
 

@@ -68,7 +68,11 @@ class ForecasterSettings:
         0.5, "Incident probability from which a zone counts as in incident for loss accounting."
     )
     batch_size: int = _doc(2000, "Max readings per micro-batch (stage 1) and partials per batch (stage 2).")
-    batch_within_s: float = _doc(0.2, "Max seconds to wait to fill a micro-batch.")
+    batch_within_s: float = _doc(
+        0.2,
+        "Max seconds to wait to fill a micro-batch; at low rates stage 1 folds this much time per fetch, so the "
+        "partials stay one per zone per fetch rather than one per reading.",
+    )
     batches_in_flight: int = _doc(
         2, "Stage-1 micro-batches whose partials may await the broker's acknowledgement while the next one is folded."
     )
