@@ -1,5 +1,6 @@
-"""A forecaster killed mid-stream (SIGKILL) resumes stage 1 from its checkpoint: no zone step is lost, and the
-readings checkpointed before the kill are not read again."""
+"""The forecaster's stage 1 on the shared pump, on the real stack: a worker killed mid-stream (SIGKILL) resumes
+from its checkpoint (no zone step lost, the readings checkpointed before the kill not read again), and two workers
+split the readings between them and serve exactly what one would."""
 
 from __future__ import annotations
 
@@ -82,3 +83,50 @@ async def test_a_killed_forecaster_resumes_from_its_checkpoint_and_loses_no_step
     served = {(r["zone"], r["ts"]) for r in risks}
     missing = sorted(expected.keys() - served)
     assert not missing, f"{len(missing)} zone steps without a risk record, first {missing[:5]}"
+
+
+async def test_two_workers_split_the_readings_and_serve_what_one_would(settings: Settings, model_dir: Path) -> None:
+    s = settings.replace(model_dir=model_dir)  # 2 partitions: one readings and one partials partition each
+    history = synthetic.generate(days=0.5, zones=ZONES, incident_rate_per_day=4.0, seed=13)
+    msgs: list[tuple[bytes, Any]] = [(r["sensor_id"].encode(), r) for r in history.readings()]
+    workers = [
+        ServiceProcess("forecaster", s.replace(web_port=0, data_dir=s.data_dir / f"worker-{i}"), ENV).start()
+        for i in range(2)
+    ]
+    try:
+        for w in workers:
+            w.wait_ready(timeout=180)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # the group has settled: each worker reads one partition
+            details = [w.wait_ready(timeout=60)["readings"]["detail"] for w in workers]
+            if sorted(details) == ["partitions [0], lag 0", "partitions [1], lag 0"]:
+                break
+            await asyncio.sleep(0.5)
+        assert sorted(details) == ["partitions [0], lag 0", "partitions [1], lag 0"], details
+        # an hour of event time at a time, as devices deliver: a partition must not run hours ahead of the other
+        t0, sent = msgs[0][1]["ts"], 0
+        hours: dict[int, list[tuple[bytes, Any]]] = {}
+        for key, value in msgs:
+            hours.setdefault((value["ts"] - t0) // 3_600_000, []).append((key, value))
+        for _hour, chunk in sorted(hours.items()):
+            await produce(s, "readings.clean", chunk)
+            sent += len(chunk)
+            deadline = time.monotonic() + 60
+            while sum(consumed(w) for w in workers) < sent and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
+
+        expected = offline(history, max(r["ts"] for _, r in msgs) - 10 * 60_000, model_dir)
+        risks = await collect(
+            s, "risk", lambda rs: len({(r["zone"], r["ts"]) for r in rs} & expected.keys()) >= len(expected), 120
+        )
+        counts = [consumed(w) for w in workers]
+    finally:
+        for w in workers:
+            w.stop()
+    assert sum(counts) == len(msgs) and min(counts) > 0, counts  # each reading read once, by one of the two
+    served = {(r["zone"], r["ts"]): r for r in risks}
+    assert not expected.keys() - served.keys()
+    for key, want in expected.items():
+        got = served[key]
+        assert got["incident_type"] == want["incident_type"], key
+        assert got["probability"] == pytest.approx(want["probability"], abs=1e-4), key
