@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 from shared.codec import dumps, loads  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 from shared.topics import create_all  # noqa: E402
-from tests.helpers import ServiceProcess, free_port  # noqa: E402
+from tests.helpers import ServiceProcess, delete_topics, free_port  # noqa: E402
 
 CONFIG = """
 rules:
@@ -212,22 +212,9 @@ async def main() -> dict:
         await producer.stop()
         proc.stop()
         await receiver.runner.cleanup()
-        await _delete_topics(settings)
+        await delete_topics(settings)
         shutil.rmtree(tmp, ignore_errors=True)
     return result
-
-
-async def _delete_topics(settings: Settings) -> None:
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
-    await admin.start()
-    try:
-        names = [t for t in await admin.list_topics() if t.startswith(settings.topic_prefix)]
-        if names:
-            await admin.delete_topics(names)
-    finally:
-        await admin.close()
 
 
 async def run() -> dict:

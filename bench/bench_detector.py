@@ -52,7 +52,7 @@ from services.detector.training import fit_profile  # noqa: E402
 from shared.registry import ModelRegistry  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 from shared.topics import create_all  # noqa: E402
-from tests.helpers import ServiceProcess  # noqa: E402
+from tests.helpers import ServiceProcess, delete_topics  # noqa: E402
 
 T0 = 1_717_200_000_000
 STEP_MS = 10_000
@@ -322,24 +322,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         speedup_over_per_event_cpu=round(statistics.median(run["per_cpu_second"]) / single["per_cpu_second"][0], 1),
         machine_load_avg_1m_at_end=os.getloadavg()[0],
     )
-    await cleanup(batched)
-    await cleanup(per_event)
+    await delete_topics(batched)
+    await delete_topics(per_event)
     return out
-
-
-async def cleanup(settings: Settings) -> None:
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
-    await admin.start()
-    try:
-        names = [t for t in await admin.list_topics() if t.startswith(settings.topic_prefix)]
-        if names:
-            await admin.delete_topics(names)
-    except Exception:  # noqa: BLE001 - best effort; a prefix is never reused
-        pass
-    finally:
-        await admin.close()
 
 
 def main() -> int:

@@ -25,6 +25,7 @@ batch (all zone steps closed by that batch), reported with the batch sizes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import statistics
@@ -32,7 +33,9 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -102,7 +105,7 @@ def pipeline_round(predictor, wire: list[bytes]) -> dict:
             marks[p] = max(ts, marks.get(p, -1))
         # stage 2: partials in, zone states from the table encoding, process, states and risks out
         partials = [loads(b) for b in sent]
-        states = {z: ZoneState.from_dict(loads(table[z])) for z in (p["zone"] for p in partials) if z in table}
+        states = {z: ZoneState.from_bytes(table[z]) for z in (p["zone"] for p in partials) if z in table}
         n_calls = len(models.calls)
         out = processor.process(states, partials, dict(marks))
         calls = models.calls[n_calls:]
@@ -147,14 +150,13 @@ def bucket_quantile(buckets: list[tuple[float, float]], q: float) -> float | Non
     return next(le for le, count in buckets if count >= q * total) * 1000
 
 
-async def paced_round(model_dir: Path, wire: list[tuple[bytes, bytes]], rate: int) -> dict:
-    """Readings produced at ``rate``/s into a running worker: does it keep up, and model time per batch."""
-    from aiokafka import AIOKafkaProducer
-
+@contextlib.asynccontextmanager
+async def bench_worker(model_dir: Path) -> AsyncIterator[tuple[Any, Any]]:
+    """Settings with a fresh topic prefix and its topics, and a forecaster process for them (started by the
+    caller); everything is stopped and deleted afterwards."""
     from shared.settings import Settings
     from shared.topics import create_all
-    from tests.conftest import _delete_prefixed
-    from tests.helpers import ServiceProcess
+    from tests.helpers import ServiceProcess, delete_topics
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-forecaster-"))
     s = Settings.from_env().replace(
@@ -163,6 +165,18 @@ async def paced_round(model_dir: Path, wire: list[tuple[bytes, bytes]], rate: in
     await create_all(s, out=open(os.devnull, "w"))
     proc = ServiceProcess("forecaster", s)
     try:
+        yield s, proc
+    finally:
+        proc.stop()
+        await delete_topics(s)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+async def paced_round(model_dir: Path, wire: list[tuple[bytes, bytes]], rate: int) -> dict:
+    """Readings produced at ``rate``/s into a running worker: does it keep up, and model time per batch."""
+    from aiokafka import AIOKafkaProducer
+
+    async with bench_worker(model_dir) as (s, proc):
         proc.start()
         proc.wait_ready(timeout=240)
         producer = AIOKafkaProducer(bootstrap_servers=s.bootstrap_servers, linger_ms=5, max_batch_size=512 * 1024)
@@ -197,27 +211,12 @@ async def paced_round(model_dir: Path, wire: list[tuple[bytes, bytes]], rate: in
             "inference_p50_ms_at_most": bucket_quantile(buckets, 0.5),
             "inference_p99_ms_at_most": bucket_quantile(buckets, 0.99),
         }
-    finally:
-        proc.stop()
-        await _delete_prefixed(s)
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 async def worker_round(model_dir: Path, wire: list[tuple[bytes, bytes]], expected_risks: int) -> dict:
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-    from shared.settings import Settings
-    from shared.topics import create_all
-    from tests.conftest import _delete_prefixed
-    from tests.helpers import ServiceProcess
-
-    tmp = Path(tempfile.mkdtemp(prefix="bench-forecaster-"))
-    s = Settings.from_env().replace(
-        topic_prefix=f"b{uuid.uuid4().hex[:8]}.", data_dir=tmp / "data", model_dir=model_dir, partitions=4
-    )
-    await create_all(s, out=open(os.devnull, "w"))
-    proc = ServiceProcess("forecaster", s)
-    try:
+    async with bench_worker(model_dir) as (s, proc):
         producer = AIOKafkaProducer(bootstrap_servers=s.bootstrap_servers, linger_ms=20, max_batch_size=512 * 1024)
         await producer.start()
         t0 = time.perf_counter()
@@ -272,10 +271,6 @@ async def worker_round(model_dir: Path, wire: list[tuple[bytes, bytes]], expecte
             "risk_records_expected": expected_risks,
             "seconds_until_last_risk": t_done - t_first,
         }
-    finally:
-        proc.stop()
-        await _delete_prefixed(s)
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def main() -> int:

@@ -28,6 +28,9 @@ class Record:
         if names is None:
             names = frozenset(f.name for f in dataclasses.fields(cls))
             cls._field_names = names  # type: ignore[attr-defined]
+        if not isinstance(data, dict):
+            # valid JSON that is not an object (a list, a number, null) is a bad record, not a crash
+            raise TypeError(f"a {cls.__name__} must be a JSON object, got {type(data).__name__}")
         return cls(**{k: v for k, v in data.items() if k in names})
 
     def to_dict(self) -> dict[str, Any]:

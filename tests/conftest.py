@@ -17,6 +17,7 @@ import pytest
 
 from shared.settings import Settings
 from shared.topics import create_all
+from tests.helpers import delete_topics
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -56,19 +57,4 @@ async def settings(stack: Settings, tmp_path: Path) -> AsyncIterator[Settings]:
     )
     await create_all(s, out=open("/dev/null", "w"))
     yield s
-    await _delete_prefixed(s)
-
-
-async def _delete_prefixed(s: Settings) -> None:
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=s.bootstrap_servers)
-    await admin.start()
-    try:
-        names = [t for t in await admin.list_topics() if t.startswith(s.topic_prefix)]
-        if names:
-            await admin.delete_topics(names)
-    except Exception:  # noqa: BLE001 - cleanup is best effort; the next run uses a new prefix anyway
-        pass
-    finally:
-        await admin.close()
+    await delete_topics(s)

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,45 @@ async def consume(settings: Settings, topic: str, count: int, timeout: float = 6
     finally:
         await consumer.stop()
     return out
+
+
+async def collect(settings: Settings, topic: str, until: Callable[[list[Any]], bool], timeout: float = 30) -> list[Any]:
+    """Every message of a topic from the start (orjson-decoded), until ``until(messages)`` holds or time runs out."""
+    consumer = AIOKafkaConsumer(
+        settings.topic(topic),
+        **settings.kafka_client_options(),
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=None,
+    )
+    await consumer.start()
+    out: list[Any] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline and not until(out):
+            for records in (await consumer.getmany(timeout_ms=300, max_records=10_000)).values():
+                out.extend(loads(r.value) for r in records)
+    finally:
+        await consumer.stop()
+    return out
+
+
+async def delete_topics(settings: Settings) -> None:
+    """Delete every topic of the settings' (test- or bench-unique) prefix; best effort."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    if not settings.topic_prefix:
+        raise ValueError("refusing to delete topics without a prefix")
+    admin = AIOKafkaAdminClient(**settings.kafka_client_options())
+    await admin.start()
+    try:
+        names = [t for t in await admin.list_topics() if t.startswith(settings.topic_prefix)]
+        if names:
+            await admin.delete_topics(names)
+    except Exception:  # noqa: BLE001 - cleanup is best effort; the next run uses a new prefix anyway
+        pass
+    finally:
+        await admin.close()
 
 
 def free_port() -> int:

@@ -249,16 +249,11 @@ class DetectorEngine:
             m.LATE.inc(result.late)
         if result.bad_states:
             m.STATE_ERRORS.inc(result.bad_states)
-        by_model: dict[str, int] = {}
-        flagged_by_model: dict[str, int] = {}
-        for s in result.scores:
-            by_model[s.model] = by_model.get(s.model, 0) + 1
-            if s.is_anomaly:
-                flagged_by_model[s.model] = flagged_by_model.get(s.model, 0) + 1
-        for name, n in by_model.items():
+        for name, n in result.scored.items():
             m.READINGS_SCORED.labels(name).inc(n)
-        for name, n in flagged_by_model.items():
-            m.ANOMALIES.labels(name).inc(n)
+        for name, n in result.flagged.items():
+            if n:
+                m.ANOMALIES.labels(name).inc(n)
         if self.ds.cache_enabled and (result.scores or result.anomalies):
             latest = {
                 s.sensor_id: {

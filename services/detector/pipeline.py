@@ -28,8 +28,9 @@ log = logging.getLogger(__name__)
 @dataclass
 class BatchResult:
     states: dict[str, Any] = field(default_factory=dict)  # sensor_id -> new state (packed bytes or (metrics, vector))
-    last_index: dict[str, int] = field(default_factory=dict)  # sensor_id -> its last reading in the batch
-    scores: list[Score] = field(default_factory=list)
+    scores: list[Score] = field(default_factory=list)  # every reading's, or only flagged ones (emit_scores off)
+    scored: dict[str, int] = field(default_factory=dict)  # model name -> readings it scored
+    flagged: dict[str, int] = field(default_factory=dict)  # model name -> readings it flagged
     anomalies: list[Anomaly] = field(default_factory=list)
     partials: dict[str, dict[str, dict]] = field(default_factory=dict)  # zone key -> window start -> partial
     bad_states: int = 0
@@ -97,7 +98,6 @@ class Scorer:
             profile = self.store.profiles.for_reading(r)
             profiles[profile.name] = profile
             groups.setdefault((profile.name, self.store.metrics_for(profile, r)), []).append(i)
-            result.last_index[r.sensor_id] = i
         for (pname, metrics), rows in groups.items():
             self._score_group(profiles[pname], metrics, [readings[i] for i in rows], load_state, result)
         return result
@@ -135,6 +135,8 @@ class Scorer:
         feats = model.features(state, x, ts, idx, late)
         scored = model.score(state, feats, idx, late)
         result.late += int(late.sum())
+        result.scored[model.name] = result.scored.get(model.name, 0) + len(batch)
+        result.flagged[model.name] = result.flagged.get(model.name, 0) + int(scored.anomaly.sum())
         for sid, row in sensors.items():
             result.states[sid] = pack(metrics, state[row]) if self.packed else (metrics, state[row].copy())
 

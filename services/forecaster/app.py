@@ -46,7 +46,6 @@ from shared.topics import FORECASTER_ZONE_PARTIALS, MODELS, READINGS_CLEAN, RISK
 
 log = logging.getLogger(__name__)
 SERVICE = "forecaster"
-MODEL_POLL_S = 30.0
 
 
 def create_app(settings: Settings | None = None, forecaster_settings: ForecasterSettings | None = None) -> faust.App:
@@ -86,10 +85,12 @@ def create_app(settings: Settings | None = None, forecaster_settings: Forecaster
     source_wm: dict[int, dict[str, int]] = {}
 
     def _process(states: dict[str, ZoneState], partials: dict[int, list[dict[str, Any]]]) -> list[Any]:
-        out: list[Any] = []
+        # every zone closes against the watermarks of its own partials partition; one model call for them all
+        zone_wm: dict[str, dict[str, int] | None] = {}
         for q, batch in partials.items():
-            out.extend(processor.process(states, batch, source_wm.get(q)))
-        return out
+            marks = source_wm.get(q)
+            zone_wm.update(dict.fromkeys(processor.ingest(states, batch), marks))
+        return processor.close_ready(states, zone_wm, zone_wm=zone_wm)
 
     @app.agent(partials_topic)
     async def score_zones(stream: Any) -> None:
@@ -125,7 +126,7 @@ def create_app(settings: Settings | None = None, forecaster_settings: Forecaster
                     value = zones.get(key)
                 if value is not None:
                     try:
-                        states[key.decode()] = ZoneState.from_dict(loads(value))
+                        states[key.decode()] = ZoneState.from_bytes(value)
                     except Exception as exc:  # noqa: BLE001 - a state we cannot read is rebuilt, not a crash
                         log.error("zone %s: unreadable state dropped (%s)", key.decode(), exc)
             dup0, late0 = processor.duplicates, processor.late
@@ -195,7 +196,7 @@ def create_app(settings: Settings | None = None, forecaster_settings: Forecaster
         await holder.refresh("start")
 
     # Every worker polls the registry too: a models event reaches one consumer of the group only.
-    @app.timer(MODEL_POLL_S)
+    @app.timer(fs.model_poll_s)
     async def poll_model() -> None:
         await holder.refresh("registry poll")
 
@@ -204,7 +205,7 @@ def create_app(settings: Settings | None = None, forecaster_settings: Forecaster
         value = zones.get(zone.encode())
         if value is None:
             return web.json({"error": f"zone {zone!r} is not known to this worker"}, status=404)
-        st = ZoneState.from_dict(loads(value))
+        st = ZoneState.from_bytes(value)
         return web.json(
             {
                 "zone": st.zone,

@@ -12,7 +12,7 @@ evaluation produce the same numbers for the same inputs by construction.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 import numpy as np
@@ -90,7 +90,11 @@ class ZoneProcessor:
         return self.close_ready(states, touched, source_wm)
 
     def close_ready(
-        self, states: dict[str, ZoneState], zones: Iterable[str], source_wm: dict[str, int] | None = None
+        self,
+        states: dict[str, ZoneState],
+        zones: Iterable[str],
+        source_wm: dict[str, int] | None = None,
+        zone_wm: Mapping[str, dict[str, int] | None] | None = None,
     ) -> list[Risk]:
         """Close every complete step of ``zones``; one risk and one forecast model call for all of them.
 
@@ -99,13 +103,15 @@ class ZoneProcessor:
         (then it is frozen, so the forecast keeps describing the zone without the
         incident), which the risk call decides; each forecast depends only on its
         history. Losses of step *b* need the forecast made at *b-1* and are added last.
+        ``zone_wm`` gives a zone its own source watermarks (a worker holding several partials
+        partitions), instead of ``source_wm`` for all.
         """
         cfg = self.config
         steps: list[Step] = []
         for zone in zones:
             state = states[zone]
             closable = state.closable(
-                source_wm,
+                zone_wm.get(zone) if zone_wm is not None else source_wm,
                 self.source_partitions,
                 lateness_ms=self.settings.lateness_s * 1000,
                 max_open_steps=self.settings.max_open_steps,

@@ -86,6 +86,11 @@ class ForecasterSettings:
     model_alias: str = _doc(
         "production", "Registry alias to serve; when the alias does not exist yet, the newest version is served."
     )
+    model_poll_s: float = _doc(
+        30.0,
+        "How often (seconds) each worker re-reads the registry alias, besides reacting to `models` events "
+        "(an event reaches one worker of the group only).",
+    )
     top_features: int = _doc(3, "Contributing features listed in each risk record.")
 
     @property

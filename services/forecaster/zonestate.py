@@ -219,9 +219,13 @@ class ZoneState:
         }
 
     @classmethod
+    def from_bytes(cls, raw: bytes) -> ZoneState:
+        """A state from its table value (the bytes of ``to_dict``): freshly decoded, so it shares nothing."""
+        return cls.from_dict(orjson.loads(raw))
+
+    @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ZoneState:
-        """A state from a table value; a deep copy, so updating it never mutates the table's value in place."""
-        d = orjson.loads(orjson.dumps(d))
+        """A state that takes over ``d`` (freshly decoded, not shared: updating the state changes it)."""
         s = cls(d["zone"], int(d["step_ms"]))
         s.site = d.get("site", "")
         s.util = dict(d.get("util", {}))

@@ -79,6 +79,12 @@ class Validated:
         return self.reading is not None
 
 
+def _int_as_orjson(digits: str) -> int | float:
+    """An integer literal as orjson reads it: beyond 64 bits a float (orjson cannot write bigger ints)."""
+    value = int(digits)
+    return value if -(2**63) <= value < 2**64 else float(value)
+
+
 def decode(raw: bytes | bytearray | memoryview | str) -> tuple[Any, str | None]:
     """``(value, None)`` for valid JSON, else ``(None, reason)``.
 
@@ -93,7 +99,7 @@ def decode(raw: bytes | bytearray | memoryview | str) -> tuple[Any, str | None]:
     try:
         text = raw.decode("utf-8") if isinstance(raw, (bytes, bytearray, memoryview)) else raw
         if "NaN" in text or "Infinity" in text:
-            return json.loads(text), None
+            return json.loads(text, parse_int=_int_as_orjson), None
     except (ValueError, RecursionError):
         pass
     return None, f"malformed_json: {first_error}"

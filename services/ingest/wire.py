@@ -31,8 +31,5 @@ def reading_dict(r: Reading) -> dict[str, Any]:
 
 
 def reading_bytes(r: Reading) -> bytes:
-    try:
-        return orjson.dumps(reading_dict(r))
-    except TypeError:
-        # ``extra`` carries whatever the device sent; non-string keys cannot come from JSON, but be safe.
-        return orjson.dumps(reading_dict(r), option=orjson.OPT_NON_STR_KEYS)
+    # Everything in ``extra`` came out of a JSON decoder that gives orjson-writable values (validation.decode).
+    return orjson.dumps(reading_dict(r))

@@ -14,8 +14,8 @@ import pytest
 from services.forecaster import synthetic
 from services.forecaster.settings import ForecasterSettings
 from shared.settings import Settings
-from tests.helpers import ServiceProcess, produce
-from tests.integration.test_forecaster_stack import collect, consumed, offline
+from tests.helpers import ServiceProcess, collect, produce
+from tests.integration.test_forecaster_stack import consumed, offline
 
 ZONES = {"water": 2, "energy": 1}
 ENV = {

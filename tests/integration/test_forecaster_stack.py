@@ -10,14 +10,13 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import pytest_asyncio
-from aiokafka import AIOKafkaConsumer
 
 from services.forecaster import synthetic
 from services.forecaster.history import History
@@ -25,12 +24,10 @@ from services.forecaster.partials import fold
 from services.forecaster.pipeline import ZoneProcessor
 from services.forecaster.settings import ForecasterSettings
 from shared.cache import Cache
-from shared.codec import loads
 from shared.registry import ModelRegistry, publish_event
 from shared.settings import Settings
 from shared.topics import create_all
-from tests.conftest import _delete_prefixed
-from tests.helpers import ServiceProcess, consume, produce
+from tests.helpers import ServiceProcess, collect, consume, delete_topics, produce
 
 HOUR_MS = 3_600_000
 LEAK_ZONE = "water-z1"
@@ -69,13 +66,14 @@ async def env(stack: Settings, model_dir: Path, tmp_path_factory: pytest.TempPat
     )
     await create_all(s, out=open("/dev/null", "w"))
     yield s
-    await _delete_prefixed(s)
+    await delete_topics(s)
 
 
 @pytest.fixture(scope="module")
 def worker(env: Settings) -> Any:
     holder: dict[str, ServiceProcess] = {}
-    proc = ServiceProcess("forecaster", env)
+    # no registry poll during the tests: a promotion must reach the worker through its `models` event
+    proc = ServiceProcess("forecaster", env, {"FLOWWATCH_FORECASTER_MODEL_POLL_S": "3600"})
     proc.start()
     proc.wait_ready(timeout=180)
     holder["proc"] = proc
@@ -113,24 +111,6 @@ async def feed(settings: Settings, proc: ServiceProcess, msgs: list[tuple[bytes,
         deadline = time.monotonic() + 60
         while consumed(proc) < target and time.monotonic() < deadline:
             await asyncio.sleep(0.2)
-
-
-async def collect(settings: Settings, topic: str, done: Callable[[list[dict]], bool], timeout: float) -> list[dict]:
-    """Read a topic from the start until ``done(records)`` or the timeout."""
-    consumer = AIOKafkaConsumer(
-        settings.topic(topic), bootstrap_servers=settings.bootstrap_servers, auto_offset_reset="earliest"
-    )
-    await consumer.start()
-    out: list[dict] = []
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline and not done(out):
-            batch = await consumer.getmany(timeout_ms=500, max_records=10_000)
-            for records in batch.values():
-                out.extend(loads(r.value) for r in records)
-    finally:
-        await consumer.stop()
-    return out
 
 
 def offline(history: History, until_ms: int, model_dir: Path) -> dict[tuple[str, int], dict]:

@@ -17,15 +17,13 @@ import httpx
 import orjson
 import pytest
 import pytest_asyncio
-from aiokafka import AIOKafkaConsumer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from shared.cache import Cache
 from shared.settings import Settings
 from shared.topics import create_all
-from tests.conftest import _delete_prefixed
-from tests.helpers import ServiceProcess, produce
+from tests.helpers import ServiceProcess, collect, delete_topics, produce
 
 TOKEN = "test-" + uuid.uuid4().hex
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -57,7 +55,7 @@ async def ingest(stack: Settings, tmp_path_factory: pytest.TempPathFactory) -> A
         yield proc
     finally:
         proc.stop()
-        await _delete_prefixed(s)
+        await delete_topics(s)
 
 
 def _wait_mqtt(proc: ServiceProcess, timeout: float = 30) -> None:
@@ -86,29 +84,6 @@ def reading(sensor: str, ts: int, **changes: Any) -> dict[str, Any]:
     }
     body.update(changes)
     return body
-
-
-async def collect(settings: Settings, topic: str, until: Callable[[list[Any]], bool], timeout: float = 30) -> list[Any]:
-    """Every message of a topic from the start, until ``until(messages)`` holds or time runs out."""
-    consumer = AIOKafkaConsumer(
-        settings.topic(topic),
-        bootstrap_servers=settings.bootstrap_servers,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        group_id=None,
-    )
-    await consumer.start()
-    out: list[Any] = []
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            for records in (await consumer.getmany(timeout_ms=300)).values():
-                out.extend(orjson.loads(r.value) for r in records)
-            if until(out):
-                break
-    finally:
-        await consumer.stop()
-    return out
 
 
 def metric(proc: ServiceProcess, name: str) -> float:

@@ -353,10 +353,11 @@ def test_evaluate_batch_counts_bad_input_and_quarantine_windows(config):
 
     items = [("anomalies", dumps(anomaly("s1", ts=i))) for i in range(5)]
     items += [("anomalies", b"{broken"), ("anomalies", dumps({"sensor_id": "no-other-fields"}))]
+    items += [("anomalies", b"[1, 2]"), ("risk", b"null"), ("anomalies", b"42")]  # JSON, but not objects
     items += [("readings.quarantine", dumps({"payload": {}, "source": "mqtt", "reasons": ["x"], "received_ms": 1}))] * 3
     items += [("risk", dumps(risk(0.95)))]
     result = evaluate_batch(config, items, window_s=60, now_s=T0)
-    assert result.bad == 2
+    assert result.bad == 5
     assert sorted(o.rule for o in result.observations) == ["SensorAnomaly", "ZoneIncidentRisk"]
     assert next(o for o in result.observations if o.rule == "SensorAnomaly").count == 5
     assert dict(result.quarantined) == {("mqtt", int(T0 // 60) * 60_000): 3}

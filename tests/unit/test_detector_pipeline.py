@@ -84,7 +84,7 @@ def test_batching_does_not_change_scores_and_state_is_written_once_per_sensor_pe
     assert states_a == states_b
     one = make_scorer().process(readings[:400], {}.get)
     assert sorted(one.states) == ["s0", "s1", "s2", "s3"]  # 100 readings each, one state each
-    assert one.last_index["s3"] == 399
+    assert sum(one.scored.values()) == 400 and sum(one.flagged.values()) == len(one.anomalies)
     metrics, vec = unpack(one.states["s0"])
     assert metrics == ("pressure", "flow") and vec[0] == 100
 
@@ -224,3 +224,10 @@ def test_an_impossible_value_is_treated_as_missing_and_does_not_poison_the_state
     assert vec[model.layout.blocks["count"]][0] == 150  # pressure not counted
     after = scorer.process([reading("s0", 151, 481.0)], states.get)
     assert not after.scores[0].is_anomaly
+
+
+def test_readings_scored_are_counted_even_when_only_anomalies_are_published() -> None:
+    readings = stream_of(4, 120, jump_at=80)
+    quiet = make_scorer(emit_scores=False).process(readings, {}.get)
+    assert sum(quiet.scored.values()) == len(readings)
+    assert quiet.anomalies and len(quiet.scores) == sum(quiet.flagged.values()) == len(quiet.anomalies)

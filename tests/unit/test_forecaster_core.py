@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import orjson
 import pytest
 
 from services.forecaster.classes import CLASS_INDEX, LABEL_TO_CLASS, RISK_CLASSES, risk_class
@@ -205,7 +206,7 @@ def test_state_round_trip_gives_the_same_next_features() -> None:
     rng = np.random.default_rng(5)
     values = [{"flow": 100.0 + rng.normal(0, 2), "pressure": 400 + rng.normal(0, 1)} for _ in range(50)]
     _, states = run_steps(values)
-    restored = {z: ZoneState.from_dict(s.to_dict()) for z, s in states.items()}
+    restored = {z: ZoneState.from_bytes(orjson.dumps(s.to_dict())) for z, s in states.items()}
     nxt = [(reading(f"s{j}", T0 + 51 * STEP_MS + j, flow=120.0, pressure=395.0), 0, 10_000 + j) for j in range(3)]
     later = [(reading("s0", T0 + 53 * STEP_MS, flow=1.0), 0, 20_000)]
     outs = []

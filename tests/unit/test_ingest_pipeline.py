@@ -240,3 +240,19 @@ async def test_verdict_board_collects_and_ignores_other_workers() -> None:
         "pending": 0,
         "errors": [{"index": 1, "status": QUARANTINED, "reasons": ["out_of_range: ..."]}],
     }
+
+
+def test_a_permissive_payload_with_a_huge_integer_is_judged_and_encodable() -> None:
+    # NaN sends the payload through the permissive decoder; a 77-bit integer beside it must then not
+    # reach the encoders as a Python int (orjson cannot write it), or one message would stop the worker.
+    accepted = (
+        b'{"sensor_id":"h","ts":%d,"site":"s","zone":"z","utility":"water","asset":"pipe",'
+        b'"values":{"pressure":420.0},"note":NaN,"serial":100000000000000000000000}' % (NOW - 1000)
+    )
+    refused = b'{"v":NaN,"big":100000000000000000000000}'
+    out = processor().process([raw(accepted, partition=PM("h")), raw(refused)])
+    assert [r.sensor_id for _, r in out.clean] == ["h"]
+    assert orjson.loads(reading_bytes(out.clean[0][1]))["extra"]["serial"] == 1e23
+    assert len(out.quarantined) == 1
+    quarantined = orjson.loads(orjson.dumps(out.quarantined[0][1].to_dict()))
+    assert quarantined["payload"]["big"] == 1e23

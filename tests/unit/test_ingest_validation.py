@@ -12,6 +12,7 @@ from services.ingest.rules import ConfigError, Rules
 from services.ingest.settings import IngestSettings
 from services.ingest.units import conversion, normalise_unit, to_canonical
 from services.ingest.validation import decode, parse_ts, reason_code, validate
+from services.simulator.units import CANONICAL_UNITS
 
 NOW = 1_709_510_400_000  # 2024-03-04T00:00:00Z
 RULES = Rules.load()
@@ -224,26 +225,9 @@ def test_quality_threshold_is_configurable() -> None:
 # --- the ranges file -----------------------------------------------------------------------
 
 
-def test_default_ranges_cover_the_canonical_metrics() -> None:
-    canonical = {
-        "pressure": "kPa",
-        "flow": "m3/h",
-        "level": "m",
-        "ph": "pH",
-        "turbidity": "NTU",
-        "chlorine": "mg/L",
-        "conductivity": "uS/cm",
-        "temperature": "C",
-        "energy": "kWh",
-        "power": "kW",
-        "voltage": "V",
-        "current": "A",
-        "density": "kg/m3",
-        "vibration": "mm/s",
-        "pressure_diff": "kPa",
-        "bearing_temperature": "C",
-    }
-    assert {name: spec.unit for name, spec in RULES.metrics.items()} == canonical
+def test_default_ranges_cover_the_metrics_the_simulator_emits_in_their_canonical_units() -> None:
+    # The simulator's table is the metric vocabulary devices are modelled on; ingest's ranges must match it.
+    assert {name: spec.unit for name, spec in RULES.metrics.items()} == CANONICAL_UNITS
 
 
 def test_an_override_file_replaces_only_what_it_lists(tmp_path: Path) -> None:
