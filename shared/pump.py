@@ -44,6 +44,7 @@ from aiokafka.errors import KafkaError
 
 from shared.batching import Outbox, PartitionEvent, persisted, write_many
 from shared.metrics import CONSUMER_LAG, Counter
+from shared.service import tables_recovered
 from shared.settings import Settings
 from shared.streaming import event_context
 
@@ -135,6 +136,7 @@ class PumpConfig:
     # The broker holds a fetch until this many bytes are there or ``within_s`` passed: 1 hands over whatever
     # arrived (lowest latency); more makes fuller batches at low rates (fewer outputs per reading).
     fill_bytes: int = 1
+    copartitioned: tuple[str, ...] = ()  # other topics that must have the tables' partition count
 
 
 class Pump:
@@ -164,7 +166,6 @@ class Pump:
         self.lags: dict[int, int] = {}
         self.lag = 0
         self.last_batch_at = time.monotonic()
-        self.batches = 0
         self._events: dict[int, PartitionEvent] = {}
 
     # --- partitions and offsets ---------------------------------------------------------------
@@ -199,10 +200,7 @@ class Pump:
         return out
 
     def _settled(self) -> bool:
-        app = self.app
-        recovery = getattr(app.tables, "_recovery", None)
-        recovered = recovery is None or recovery.completed.is_set()
-        return not app.rebalancing and not app.in_recovery and recovered
+        return not self.app.rebalancing and tables_recovered(self.app)
 
     # --- start-up -----------------------------------------------------------------------------
 
@@ -210,10 +208,13 @@ class Pump:
         self.error = await self.job.start()
         producer = self.job.producer
         if not self.error and producer is not None:
-            found = len(await producer.partitions_for(self.topic))
-            if found != self.progress.partitions:
-                # The pump's partitions follow the tables' (co-partitioning): they must match.
-                self.error = f"{self.topic} has {found} partitions, the tables {self.progress.partitions}"
+            # The pump's partitions follow the tables' (co-partitioning), and so must those of the topics
+            # the job writes by the same key: a different count would put a key's state on another worker.
+            for topic in (self.topic, *self.config.copartitioned):
+                found = len(await producer.partitions_for(topic))
+                if found != self.progress.partitions:
+                    self.error = f"{topic} has {found} partitions, the tables {self.progress.partitions}"
+                    break
         if self.error:
             log.error("%s cannot read %s: %s", self.config.service, self.topic, self.error)
             return False
@@ -257,7 +258,6 @@ class Pump:
         await self.job.complete(batch)
         self.inflight.popleft()
         self.finished.update(offsets)
-        self.batches += 1
         BATCHES.labels(self.config.service).inc()
         self.last_batch_at = time.monotonic()
 

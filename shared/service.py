@@ -32,6 +32,12 @@ log = logging.getLogger(__name__)
 Check = Callable[[], "tuple[bool, str]"]
 
 
+def tables_recovered(app: faust.App) -> bool:
+    """The app's tables are recovered from their changelogs and no recovery is under way (true without tables)."""
+    recovery = getattr(app.tables, "_recovery", None)
+    return not app.tables or (recovery is not None and recovery.completed.is_set() and not app.in_recovery)
+
+
 @dataclass
 class ServiceState:
     """Health state of one running service; views and tests read it."""
@@ -71,8 +77,7 @@ class ServiceState:
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         app = self.app
-        recovery = getattr(app.tables, "_recovery", None)
-        tables_ok = not app.tables or (recovery is not None and recovery.completed.is_set() and not app.in_recovery)
+        tables_ok = tables_recovered(app)
         detail: dict[str, Any] = {
             "joined_group": self.joined,
             "rebalancing": bool(app.rebalancing),

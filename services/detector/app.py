@@ -29,7 +29,7 @@ from shared.metrics import DECODE_ERRORS, EVENTS_OUT
 from shared.registry import ModelRegistry
 from shared.service import base_app
 from shared.settings import Settings
-from shared.streaming import event_context
+from shared.streaming import event_context, write_once_per_key
 from shared.topics import AGGREGATES, DETECTOR_ZONE_PARTIALS, faust_topic
 
 log = logging.getLogger("services.detector")
@@ -121,14 +121,16 @@ def create_app(settings: Settings | None = None, detector_settings: DetectorSett
                     watermark = max(watermark, p.get("ts", 0))
                 last_event[ev.key] = ev
             out = []
+            updates: dict[bytes, bytes] = {}
             for key, partials in incoming.items():
-                stored = zone_windows.get(key)
+                with event_context(last_event[key]):  # the read goes to the zone's own partition, as the write
+                    stored = zone_windows.get(key)
                 windows = loads(stored) if stored else {}
                 open_windows, closed = aggregates.apply(windows, partials, watermark, window_ms, grace_ms)
-                with event_context(last_event[key]):
-                    zone_windows[key] = dumps(open_windows)
+                updates[key] = dumps(open_windows)
                 zone = key.decode()
                 out.extend((key, dumps(aggregates.to_record(zone, ws, p, window_ms))) for ws, p in closed)
+            write_once_per_key(zone_windows, updates, last_event)
             for key, value in out:
                 await app.producer.send(aggregates_name, key, value, None, None, None)
             if out:

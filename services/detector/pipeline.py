@@ -205,7 +205,10 @@ class Scorer:
         window = self.window_ms
         cells: dict[tuple[str, int], int] = {}
         codes = np.fromiter(
-            (cells.setdefault((f"{r.site}/{r.zone}/{r.utility}", r.ts - r.ts % window), len(cells)) for r in batch),
+            (
+                cells.setdefault((aggregates.zone_key(r.site, r.zone, r.utility), r.ts - r.ts % window), len(cells))
+                for r in batch
+            ),
             dtype=np.int64,
             count=len(batch),
         )

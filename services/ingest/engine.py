@@ -47,12 +47,12 @@ from services.ingest.verdicts import VerdictBoard
 from services.ingest.wire import reading_bytes, reading_dict
 from shared.batching import Outbox, PartitionMap, start_output_producer
 from shared.cache import Cache
-from shared.codec import dumps, loads
+from shared.codec import dumps
 from shared.metrics import BATCH_SECONDS, BATCH_SIZE, EVENTS_IN, EVENTS_OUT
 from shared.pump import Checkpoint, Pump, PumpConfig, Undo
 from shared.records import SensorEvent
 from shared.settings import Settings
-from shared.streaming import event_context
+from shared.streaming import decode_events, event_context, last_event_per_key, write_once_per_key
 from shared.topics import READINGS_CLEAN, READINGS_QUARANTINE, READINGS_RAW, SENSOR_EVENTS, faust_topic
 
 log = logging.getLogger(__name__)
@@ -134,7 +134,6 @@ class Ingest:
         self.partition_of: PartitionMap | None = None
         self.processor: BatchProcessor | None = None
         self._start_lock = asyncio.Lock()
-        self.started_error: str = ""
         self.dirty: dict[str, SensorState] = {}  # changed since the last checkpoint
         config = PumpConfig(
             service=SERVICE,
@@ -145,6 +144,8 @@ class Ingest:
             in_flight=isettings.batches_in_flight,
             checkpoint_s=isettings.checkpoint_s,
             mirror_group=f"{app.conf.id}-readings",
+            # sensor state follows readings.raw's partition into readings.clean, and silence into sensor.events
+            copartitioned=(self.clean_name, self.events_name),
         )
         self.pump = Pump(app, settings, self, config, READINGS_RAW.partitions_for(settings))
 
@@ -159,24 +160,15 @@ class Ingest:
                 return
             names = (self.raw_name, self.clean_name, self.quarantine_name, self.events_name)
             producer, maps = await start_output_producer(self.settings, SERVICE, names)
-            counts = {name: maps[name].partitions for name in names}
-            tables = READINGS_RAW.partitions_for(self.settings)
-            if len(set(counts.values())) != 1 or counts[self.raw_name] != tables:
-                # Sensor state is co-partitioned with readings.clean through readings.raw's partitions,
-                # and the tables were declared with FLOWWATCH_PARTITIONS partitions.
-                self.started_error = (
-                    f"partition counts must all equal FLOWWATCH_PARTITIONS={tables}; the topics have {counts}"
-                )
-                log.error("ingest cannot start: %s", self.started_error)
             self.producer = producer
-            self.partition_of = PartitionMap(counts[self.clean_name])
+            self.partition_of = maps[self.clean_name]
             self.processor = BatchProcessor(self.rules, partition_of=self.partition_of, load_state=self._load_state)
-            log.info("ingest output producer started; %d partitions", counts[self.clean_name])
+            log.info("ingest output producer started; %d partitions", self.partition_of.partitions)
 
     async def start(self) -> str:
-        """The pump's start: the producer, or why ingest cannot read readings.raw."""
+        """The pump's start: the output producer (the pump checks the partition counts)."""
         await self.ensure_started()
-        return self.started_error
+        return ""
 
     async def stop(self) -> None:
         if self.producer is not None:
@@ -184,8 +176,6 @@ class Ingest:
         await self.cache.close()
 
     def ready_check(self) -> tuple[bool, str]:
-        if self.started_error:
-            return False, self.started_error
         if self.processor is None:
             return False, "output producer not started yet"
         return True, "producer up"
@@ -308,18 +298,10 @@ class Ingest:
 
     async def run_events(self, stream: Any) -> None:
         async for events in stream.take_events(500, 0.5):
-            latest: dict[bytes, tuple[dict[str, Any], Any]] = {}
-            for event in events:
-                try:
-                    data = loads(event.message.value)
-                    key = data["sensor_id"].encode()
-                    kind = data["kind"]
-                except Exception:  # noqa: BLE001 - not ours or malformed: nothing to remember
-                    continue
-                latest[key] = ({"silent": kind == "silent", "ts": data.get("ts", 0)}, event)
-            for key, (value, event) in latest.items():
-                with event_context(event):
-                    self.silence[key] = value
+            records, good, _ = decode_events(events, SensorEvent, service=SERVICE, topic=self.events_name)
+            mine = [(r, e) for r, e in zip(records, good, strict=True) if isinstance(r.sensor_id, str)]
+            values = {r.sensor_id.encode(): {"silent": r.kind == "silent", "ts": r.ts} for r, _ in mine}
+            write_once_per_key(self.silence, values, last_event_per_key((r.sensor_id.encode(), e) for r, e in mine))
 
     # --- silence timer ---------------------------------------------------------------------
 

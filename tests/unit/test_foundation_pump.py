@@ -197,3 +197,26 @@ async def test_stage_one_sends_partials_before_their_watermark_and_quarantines_t
     assert reasons == ["forecaster: undecodable", "forecaster: unusable reading"]
     assert {q["source"] for q in quarantined} == {"forecaster"}
     assert folder.last_wm == {"0": t + 60_000, "1": t + 5_000}
+
+
+async def test_a_topic_that_is_not_copartitioned_with_the_tables_stops_the_pump_with_the_reason(
+    app: faust.App,
+) -> None:
+    job = Job(app)
+    counts = {"readings": 2, "readings.out": 3}
+
+    async def partitions_for(topic: str) -> set[int]:
+        return set(range(counts[topic]))
+
+    async def start() -> str:
+        return ""
+
+    job.producer.partitions_for = partitions_for
+    job.start = start  # type: ignore[attr-defined]
+    config = PumpConfig(
+        service="pumptest", topic="readings", progress_table="pumptest-progress", copartitioned=("readings.out",)
+    )
+    pump = Pump(app, Settings(), job, config, partitions=2)
+    await pump.run()  # returns at once: reading would put a key's state on another worker
+    assert pump.consumer is None
+    assert pump.check(120) == (False, "readings.out has 3 partitions, the tables 2")
