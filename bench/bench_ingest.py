@@ -26,6 +26,7 @@ import asyncio
 import json
 import os
 import random
+import shutil
 import statistics
 import sys
 import tempfile
@@ -44,7 +45,7 @@ sys.path.insert(0, str(ROOT))
 
 from shared.settings import Settings  # noqa: E402
 from shared.topics import create_all  # noqa: E402
-from tests.helpers import ServiceProcess  # noqa: E402
+from tests.helpers import ServiceProcess, delete_topics, produce  # noqa: E402
 
 ASSETS = [
     ("water", "pipe", {"pressure": (430, 620, "kPa"), "flow": (40, 260, "m3/h")}),
@@ -121,18 +122,6 @@ class Clock:
         ts = self.next_ms.get(sensor_id, self.start_ms)
         self.next_ms[sensor_id] = ts + 1000  # one reading per second per sensor, in device time
         return ts
-
-
-async def preload(settings: Settings, messages: list[tuple[bytes, bytes]]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, linger_ms=20, max_batch_size=1 << 20)
-    await producer.start()
-    try:
-        topic = settings.topic("readings.raw")
-        futures = [await producer.send(topic, value, key=key) for key, value in messages]
-        await producer.flush()
-        await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
 
 
 async def drain(consumer: AIOKafkaConsumer, count: int, timeout: float) -> list[tuple[int, int]]:
@@ -232,7 +221,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         for r in range(args.rounds):
             # A fresh backlog while the worker is down, so it drains it alone (restarting also replays recovery).
             proc.stop()
-            await preload(settings, backlog(args.readings))
+            await produce(settings, "readings.raw", backlog(args.readings))
             proc.start()
             sampler = CpuSampler(proc.proc.pid)
             sampler.start()
@@ -276,6 +265,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         await consumer.stop()
         proc.stop()
+        await delete_topics(settings)
+        shutil.rmtree(work, ignore_errors=True)
     return {
         "benchmark": "ingest",
         "what": "readings/s from readings.raw to readings.clean, one worker, real broker; latency raw->clean",

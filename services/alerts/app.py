@@ -19,6 +19,7 @@ receiver never stalls a partition.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -98,13 +99,14 @@ def create_app(
         fut = await events.send(key=key, value=dumps(value), partition=partition)
         await fut
 
-    async def kafka_send(topic: str, key: bytes, value: dict[str, Any]) -> None:
+    async def kafka_send(topic: str, records: list[tuple[bytes, dict[str, Any]]]) -> None:
         name = settings.topic(topic)
         if name not in outputs:
             outputs[name] = app.topic(name, internal=False, **raw)
-        fut = await outputs[name].send(key=key, value=dumps(value))
-        await fut
-        EVENTS_OUT.labels("alerts", topic).inc()
+        # all sent, then one wait for the acks: a notification of N alerts is one round trip, not N
+        futures = [await outputs[name].send(key=key, value=dumps(value)) for key, value in records]
+        await asyncio.gather(*futures)
+        EVENTS_OUT.labels("alerts", topic).inc(len(records))
 
     async def dead_letter(record: dict[str, Any]) -> None:
         fut = await dlq.send(key=record["receiver"].encode(), value=dumps(record))

@@ -42,7 +42,8 @@ from services.alerts.settings import AlertsSettings
 
 log = logging.getLogger(__name__)
 
-KafkaSend = Callable[[str, bytes, dict[str, Any]], Awaitable[None]]
+# (topic, [(key, record)]) -> acknowledged by the broker; all records of a notification at once
+KafkaSend = Callable[[str, list[tuple[bytes, dict[str, Any]]]], Awaitable[None]]
 
 
 def alert_records(notification: dict[str, Any]) -> list[dict[str, Any]]:
@@ -93,8 +94,7 @@ class Integrations:
             await send_email(cfg, notification)
         elif isinstance(cfg, KafkaConfig):
             try:
-                for rec in alert_records(notification):
-                    await self.kafka_send(cfg.topic, rec["fingerprint"].encode(), rec)
+                await self.kafka_send(cfg.topic, [(r["fingerprint"].encode(), r) for r in alert_records(notification)])
             except Exception as exc:  # noqa: BLE001 - any producer failure is a retryable delivery failure
                 raise DeliveryError(f"kafka {type(exc).__name__}: {exc}", True) from None
 

@@ -88,6 +88,10 @@ def evaluate_batch(
     window_ms = int(window_s * 1000)
     result = BatchResult()
     hits: list[Observation] = []
+    # counted per batch: a labelled metric update and a log line per record would cost more than the record
+    bad: dict[str, int] = {}
+    hit_counts: dict[str, int] = {}
+    why = ""
     for topic, raw in items:
         source, cls = INPUTS[topic]
         try:
@@ -96,8 +100,8 @@ def evaluate_batch(
             record = {name: getattr(obj, name) for name in FIELD_NAMES[cls]}
         except (ValueError, TypeError) as exc:
             result.bad += 1
-            DECODE_ERRORS.labels("alerts", topic).inc()
-            log.warning("undecodable %s record skipped (it stays in the topic): %s", topic, exc)
+            bad[topic] = bad.get(topic, 0) + 1
+            why = why or f"{topic}: {exc}"
             continue
         if source == "quarantine":
             start = int(now_s * 1000) // window_ms * window_ms
@@ -111,8 +115,14 @@ def evaluate_batch(
                 log.warning("rule %s could not render a %s record: %s", rule.name, topic, exc)
                 continue
             if obs is not None:
-                RULE_HITS.labels(rule.name).inc()
+                hit_counts[rule.name] = hit_counts.get(rule.name, 0) + 1
                 hits.append(gate.admit(rule, obs, int(now_s * 1000)) if gate else obs)
+    for topic, n in bad.items():
+        DECODE_ERRORS.labels("alerts", topic).inc(n)
+    if bad:
+        log.warning("skipped %d undecodable records (they stay in their topics); first: %s", sum(bad.values()), why)
+    for name, n in hit_counts.items():
+        RULE_HITS.labels(name).inc(n)
     result.observations = merge(hits)
     return result
 

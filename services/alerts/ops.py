@@ -78,8 +78,9 @@ async def resend_dlq(
     consumer.assign(partitions)
     end = await consumer.end_offsets(partitions)
 
-    async def kafka_send(name: str, key: bytes, value: dict[str, Any]) -> None:
-        await producer.send_and_wait(settings.topic(name), dumps(value), key=key)
+    async def kafka_send(name: str, records: list[tuple[bytes, dict[str, Any]]]) -> None:
+        futures = [await producer.send(settings.topic(name), dumps(value), key=key) for key, value in records]
+        await asyncio.gather(*futures)
 
     try:
         async with httpx.AsyncClient() as http:
