@@ -68,6 +68,13 @@ class Settings:
     kafka_ssl_cafile: str = _doc("", "CA bundle that verifies the brokers (SSL, SASL_SSL); empty: the system CAs.")
     kafka_ssl_certfile: str = _doc("", "Client certificate for mutual TLS.")
     kafka_ssl_keyfile: str = _doc("", "Client private key for mutual TLS.")
+    api_tokens: str = _doc(
+        "",
+        "API tokens every service's API accepts, `role:token[:name]` entries separated by commas (roles: viewer, "
+        "operator, admin). A secret: never logged.",
+        secret=True,
+    )
+    api_tokens_file: str = _doc("", "File with API tokens, one `role token [name]` per line (`#` comments).")
 
     @property
     def port(self) -> int:

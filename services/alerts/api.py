@@ -16,13 +16,13 @@ import faust
 from faust.web import Request, Response, View
 
 from services.alerts import engine
-from services.alerts.auth import Principal, TokenStore
 from services.alerts.config import Config
 from services.alerts.matchers import MatcherError, parse_matchers
 from services.alerts.metrics import API_REQUESTS
 from services.alerts.mirror import Mirror
 from services.alerts.silences import SilenceError, new_silence, rfc3339, status
 from services.alerts.silences import view as silence_view
+from shared.auth import Principal, TokenStore
 from shared.codec import loads
 
 VERDICTS = ("true_positive", "false_positive")

@@ -28,7 +28,6 @@ import faust
 import httpx
 
 from services.alerts.api import AlertsApi, mount
-from services.alerts.auth import TokenStore
 from services.alerts.config import Config, load_config
 from services.alerts.dispatcher import Dispatcher, Integrations
 from services.alerts.evaluate import INPUTS, FloodGate, decode_internal, evaluate_batch
@@ -37,6 +36,7 @@ from services.alerts.mirror import Mirror
 from services.alerts.overlay import Overlay
 from services.alerts.processor import Processor, Schedule
 from services.alerts.settings import AlertsSettings
+from shared.auth import TokenStore
 from shared.cache import Cache
 from shared.codec import dumps
 from shared.metrics import BATCH_SECONDS, BATCH_SIZE, DECODE_ERRORS, EVENTS_IN, EVENTS_OUT
@@ -58,6 +58,7 @@ def create_app(
     if asettings.external_url:
         config = Config(**{**config.__dict__, "external_url": asettings.external_url})
     tokens = TokenStore.load(asettings.tokens_env, asettings.tokens_file)
+    tokens.extend(TokenStore.from_settings(settings))
     app, state = base_app(
         settings,
         broker_session_timeout=asettings.session_timeout_s,

@@ -12,11 +12,11 @@ from typing import Any
 
 import httpx
 
-from services.alerts.auth import AuthConfigError, TokenStore
 from services.alerts.config import ConfigError, load_config
 from services.alerts.delivery import DeliveryError, with_retries
 from services.alerts.dispatcher import Integrations
 from services.alerts.settings import AlertsSettings
+from shared.auth import AuthConfigError, TokenStore
 from shared.codec import dumps, loads
 from shared.settings import Settings
 from shared.topics import ALERTS_DLQ
@@ -31,6 +31,7 @@ def check_config(argv: list[str]) -> int:
     try:
         config = load_config(path)
         tokens = TokenStore.load(asettings.tokens_env, asettings.tokens_file)
+        tokens.extend(TokenStore.from_settings(Settings.from_env("alerts")))
     except (ConfigError, AuthConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -9,11 +9,11 @@ import httpx
 import pytest
 
 from services.alerts import delivery
-from services.alerts.auth import AuthConfigError, TokenStore
 from services.alerts.config import EmailConfig, WebhookConfig, parse_config
 from services.alerts.delivery import DeliveryError, backoff_delay, email_message, send_webhook, with_retries
 from services.alerts.processor import Processor
 from services.alerts.settings import AlertsSettings
+from shared.auth import AuthConfigError, TokenStore
 from shared.codec import loads
 
 NOTIFICATION = {

@@ -1,4 +1,4 @@
-"""API tokens with roles: viewer < operator < admin.
+"""API tokens with roles: viewer < operator < admin, the same for every service's API.
 
 Tokens come from an environment variable (``role:token[:name]`` entries, comma
 separated) and/or a file (``role token [name]`` per line). Every request's token is
@@ -12,6 +12,7 @@ import hmac
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROLES = {"viewer": 1, "operator": 2, "admin": 3}
 
@@ -63,6 +64,22 @@ class TokenStore:
                     raise AuthConfigError(f"{file}:{n}: expected 'role token [name]'")
                 store.add(parts[0], parts[1], parts[2] if len(parts) == 3 else "", f"{file}:{n}")
         return store
+
+    @classmethod
+    def from_settings(cls, settings: Any, *extra_env_vars: str, env: dict[str, str] | None = None) -> TokenStore:
+        """The tokens of ``FLOWWATCH_API_TOKENS`` / ``FLOWWATCH_API_TOKENS_FILE``, plus any service-specific
+        variables (``role:token[:name]`` entries) named in ``extra_env_vars``."""
+        store = cls()
+        if settings.api_tokens:
+            store.extend(cls.load("FLOWWATCH_API_TOKENS", env={"FLOWWATCH_API_TOKENS": settings.api_tokens}))
+        if settings.api_tokens_file:
+            store.extend(cls.load("FLOWWATCH_API_TOKENS_FILE", settings.api_tokens_file, env={}))
+        for var in extra_env_vars:
+            store.extend(cls.load(var, env=env))
+        return store
+
+    def extend(self, other: TokenStore) -> None:
+        self.tokens.extend(other.tokens)
 
     def authenticate(self, header: str | None) -> Principal | None:
         if not header or not header.startswith("Bearer "):
