@@ -22,10 +22,11 @@ from services.alerts.metrics import API_REQUESTS
 from services.alerts.mirror import Mirror
 from services.alerts.silences import SilenceError, new_silence, rfc3339, status
 from services.alerts.silences import view as silence_view
-from shared.auth import Principal, TokenStore
+from shared.auth import NOT_CONFIGURED, AuthError, Principal, TokenStore, authorize
 from shared.codec import loads
 
 VERDICTS = ("true_positive", "false_positive")
+UNCONFIGURED = NOT_CONFIGURED + " (or FLOWWATCH_ALERTS_TOKENS / FLOWWATCH_ALERTS_TOKENS_FILE)"
 
 
 class ApiError(Exception):
@@ -57,14 +58,10 @@ class AlertsApi:
         self.send_feedback = send_feedback
 
     def authorize(self, request: Request, role: str) -> Principal:
-        if not self.tokens.tokens:
-            raise ApiError(401, "no API tokens are configured (set FLOWWATCH_ALERTS_TOKENS or a tokens file)")
-        principal = self.tokens.authenticate(request.headers.get("Authorization"))
-        if principal is None:
-            raise ApiError(401, "missing or invalid bearer token")
-        if not principal.can(role):
-            raise ApiError(403, f"role {principal.role!r} may not do this; needs {role!r} or above")
-        return principal
+        try:
+            return authorize(self.tokens, request.headers.get("Authorization"), role, UNCONFIGURED)
+        except AuthError as exc:
+            raise ApiError(exc.status, str(exc)) from None
 
     async def body(self, request: Request) -> Any:
         raw = await request.read()

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -57,13 +58,15 @@ def create_app(
     config = config or load_config(asettings.config_path)
     if asettings.external_url:
         config = Config(**{**config.__dict__, "external_url": asettings.external_url})
-    tokens = TokenStore.load(asettings.tokens_env, asettings.tokens_file)
-    tokens.extend(TokenStore.from_settings(settings))
     app, state = base_app(
         settings,
+        openapi=Path(__file__).with_name("openapi.yaml"),
         broker_session_timeout=asettings.session_timeout_s,
         broker_rebalance_timeout=max(asettings.session_timeout_s, 10.0),
     )
+    # The alerts API also takes the tokens of its own older variable, besides everyone's FLOWWATCH_API_TOKENS.
+    tokens = state.tokens
+    tokens.extend(TokenStore.load(asettings.tokens_env, asettings.tokens_file))
     raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
 
     by_topic = {settings.topic(name): name for name in INPUTS}
