@@ -113,7 +113,9 @@ class AuthError(Exception):
         return {"WWW-Authenticate": "Bearer"} if self.status == 401 else None
 
 
-def authorize(tokens: TokenStore, authorization: str | None, role: str, unconfigured: str = NOT_CONFIGURED) -> Principal:
+def authorize(
+    tokens: TokenStore, authorization: str | None, role: str, unconfigured: str = NOT_CONFIGURED
+) -> Principal:
     """The principal of an ``Authorization: Bearer`` header allowed ``role``, else :class:`AuthError`.
 
     With no token configured at all every request is refused: closed by default, never open.
