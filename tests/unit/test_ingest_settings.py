@@ -12,9 +12,9 @@ import pytest
 
 from services.ingest.__main__ import _normalise_loglevel
 from services.ingest.http import check_token, read_body
-from shared.auth import TokenStore
 from services.ingest.mqtt import parse_mqtt_url, redact
 from services.ingest.settings import IngestSettings
+from shared.auth import TokenStore
 
 ROOT = Path(__file__).resolve().parents[2]
 
