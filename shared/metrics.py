@@ -16,6 +16,9 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 
 EVENTS_IN = Counter("flowwatch_events_in_total", "Messages consumed", ["service", "topic"])
 EVENTS_OUT = Counter("flowwatch_events_out_total", "Messages produced", ["service", "topic"])
+DEAD_LETTERS = Counter(
+    "flowwatch_dead_letters_total", "Records set aside on the deadletter topic", ["service", "topic"]
+)
 DECODE_ERRORS = Counter("flowwatch_decode_errors_total", "Messages that could not be decoded", ["service", "topic"])
 BATCH_SECONDS = Histogram(
     "flowwatch_batch_seconds", "Time to process one micro-batch", ["service", "stage"], buckets=LATENCY_BUCKETS

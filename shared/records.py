@@ -69,6 +69,25 @@ class QuarantinedReading(Record):
     reasons: list[str]
     received_ms: int
     sensor_id: str | None = None
+    truncated: bool = False  # the payload is the input as text, cut to fit (shared.deadletter)
+    payload_bytes: int = 0  # size of the input as received
+    v: int = 1
+
+
+@dataclass(slots=True)
+class DeadLetter(Record):
+    """A record of an internal topic (silences, model events, partials) that could not be used, with why."""
+
+    service: str
+    topic: str
+    partition: int | None
+    offset: int | None
+    key: str | None
+    payload: Any
+    reasons: list[str]
+    received_ms: int
+    truncated: bool = False
+    payload_bytes: int = 0
     v: int = 1
 
 

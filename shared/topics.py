@@ -17,6 +17,7 @@ from shared.records import (
     Aggregate,
     Alert,
     Anomaly,
+    DeadLetter,
     Feedback,
     IncidentLabel,
     ModelEvent,
@@ -89,6 +90,14 @@ ALERTS_DLQ = TopicSpec(
     partitions=1,
     retention_ms=30 * DAY_MS,
 )
+DEADLETTER = TopicSpec(
+    "deadletter",
+    "origin key or none",
+    DeadLetter,
+    "Records of internal topics (silences, model events, partials) that could not be used, with the reason.",
+    partitions=1,
+    retention_ms=30 * DAY_MS,
+)
 FEEDBACK = TopicSpec(
     "feedback", "fingerprint", Feedback, "Operator verdicts for retraining.", partitions=1, retention_ms=365 * DAY_MS
 )
@@ -137,6 +146,7 @@ REGISTRY: tuple[TopicSpec, ...] = (
     RISK,
     ALERTS,
     ALERTS_DLQ,
+    DEADLETTER,
     FEEDBACK,
     MODELS,
     LABELS,
