@@ -118,9 +118,10 @@ class ServiceProcess:
         # Each process gets a free port so tests can run several services side by side.
         self.settings = settings.replace(service=service, web_port=settings.web_port or free_port())
         self.env = {**os.environ, **self.settings.to_env(), **(extra_env or {})}
-        # Every service a test or bench starts accepts AUTH, besides any tokens the caller configured.
+        # Every service a test or bench starts accepts AUTH, besides any tokens configured; a caller that
+        # names FLOWWATCH_API_TOKENS in extra_env gets exactly that (e.g. none, to see a closed service).
         tokens = self.env.get("FLOWWATCH_API_TOKENS", "")
-        if API_TOKEN not in tokens:
+        if "FLOWWATCH_API_TOKENS" not in (extra_env or {}) and API_TOKEN not in tokens:
             self.env["FLOWWATCH_API_TOKENS"] = ",".join(t for t in (tokens, f"admin:{API_TOKEN}:tests") if t)
         self.args = args or []
         self.proc: subprocess.Popen[bytes] | None = None
