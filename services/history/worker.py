@@ -542,11 +542,9 @@ class Sink:
             )
             offsets = {(r["topic"], r["partition"]): r["next_offset"] for r in rows}
         for tp in tps:
-            committed = offsets.get((tp.topic, tp.partition))
-            if committed is None:
-                await self.consumer.seek_to_beginning(tp)
-            else:
-                self.consumer.seek(tp, committed)
+            # Without a committed offset: from the start (offset 0, or the earliest kept once retention deleted it).
+            # Not seek_to_beginning: awaiting its offset lookup inside the rebalance callback never returns.
+            self.consumer.seek(tp, offsets.get((tp.topic, tp.partition), 0))
         self.assigned |= tps
         self.on_assigned()
         log.info("history sink: %d partitions assigned", len(self.assigned))
