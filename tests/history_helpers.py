@@ -13,7 +13,7 @@ import asyncpg
 
 from services.history.settings import HistorySettings
 
-ADMIN_URL = HistorySettings().database_url.rsplit("/", 1)[0] + "/postgres"
+ADMIN_URL = HistorySettings.from_env().database_url.rsplit("/", 1)[0] + "/postgres"
 
 
 @asynccontextmanager
