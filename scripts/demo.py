@@ -24,7 +24,7 @@ from shared.topics import create_all
 
 ROOT = Path(__file__).resolve().parent.parent
 LOGS = ROOT / ".stack" / "logs" / "demo"
-SERVICES = ["ingest", "detector", "forecaster", "alerts"]
+SERVICES = ["ingest", "detector", "forecaster", "alerts", "history"]
 # The simulator feeds the live pipeline at a modest rate a laptop can watch.
 SIMULATOR = [
     "-m",
@@ -81,11 +81,25 @@ def demo_alerts_token(env: dict[str, str]) -> Path:
     return token_file
 
 
+def demo_api_token(env: dict[str, str]) -> Path:
+    """An admin token every service's API accepts (history, ...), in a 0600 file (never printed), unless
+    FLOWWATCH_API_TOKENS or FLOWWATCH_API_TOKENS_FILE is configured."""
+    token_file = ROOT / ".stack" / "demo-token"
+    if not env.get("FLOWWATCH_API_TOKENS") and not env.get("FLOWWATCH_API_TOKENS_FILE"):
+        token_file.parent.mkdir(parents=True, exist_ok=True)
+        if not token_file.exists():
+            token_file.write_text(secrets.token_urlsafe(24))
+            token_file.chmod(0o600)
+        env["FLOWWATCH_API_TOKENS"] = f"admin:{token_file.read_text().strip()}:demo"
+    return token_file
+
+
 def main() -> int:
     settings = Settings.from_env()
     data_dir = Path(os.environ.get("FLOWWATCH_DATA_DIR", ROOT / ".flowwatch"))
     env = {**os.environ, "FLOWWATCH_DATA_DIR": str(data_dir), "PYTHONPATH": str(ROOT)}
     token_file = demo_alerts_token(env)
+    api_token_file = demo_api_token(env)
     print("==> creating topics")
     asyncio.run(create_all(settings))
     ensure_forecaster_model(settings, env)
@@ -110,6 +124,10 @@ def main() -> int:
             "  curl -s http://127.0.0.1:8081/metrics | grep flowwatch_\n"
             f'  curl -s -H "Authorization: Bearer $(cat {token_file})" http://127.0.0.1:8084/v1/alerts\n'
             "  curl -s http://127.0.0.1:8082/detector/stats\n"
+            f'  curl -s -H "Authorization: Bearer $(cat {api_token_file})" '
+            "'http://127.0.0.1:8085/v1/history/anomaly-rates?by=site,hour&since=1h'\n"
+            f'  curl -s -H "Authorization: Bearer $(cat {api_token_file})" '
+            "'http://127.0.0.1:8085/v1/history/export.csv?what=anomalies&since=1h'\n"
             "  redis-cli --scan --pattern 'flowwatch:*' | head\n"
             "Ctrl-C stops everything."
         )
