@@ -7,6 +7,7 @@ settings    print the history settings table (markdown)
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import sys
 import time
@@ -25,6 +26,11 @@ async def _migrate() -> list[int]:
 
 
 def migrate(argv: list[str]) -> int:
+    argparse.ArgumentParser(
+        prog="python -m services.history migrate",
+        description="Apply the history store's pending schema migrations (FLOWWATCH_HISTORY_DATABASE_URL); "
+        "changes nothing when the schema is up to date.",
+    ).parse_args(argv)
     try:
         applied = asyncio.run(_migrate())
     except (OSError, store.asyncpg.PostgresError) as exc:
