@@ -52,7 +52,9 @@ def test_second_stack_up_twice_then_down_leaves_nothing(tmp_path) -> None:
         status = _stack("status", env)
         assert status.returncode == 0
         states = {line.split()[0]: line.split()[1] for line in status.stdout.splitlines() if line.strip()}
-        assert states == {"kafka": "running", "redis": "running", "mosquitto": "running", "postgres": "running"}, status.stdout
+        assert states == {"kafka": "running", "redis": "running", "mosquitto": "running", "postgres": "running"}, (
+            status.stdout
+        )
         assert _processes_under(stack_dir), "the stack's processes should be visible while it runs"
     finally:
         down = _stack("down", env)
