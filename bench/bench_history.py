@@ -218,8 +218,8 @@ def queries(worker: ServiceProcess, t0: int, t1: int, repeat: int) -> dict[str, 
     client = httpx.Client(headers=headers, timeout=60)
     episodes = client.get(f"{base}/v1/history/episodes", params={"from": t0, "to": t1, "limit": 1}).json()["items"]
     episode_id = episodes[0]["id"] if episodes else 1
-    sensor = episodes[0]["sensor_id"] if episodes else "riverside-gas-gasstation01"
-    zone = episodes[0]["zone"] if episodes else "riverside-gas"
+    # A sensor and zone that measure flow (the metric asked for below).
+    sensor, zone = "riverside-gas-gasstation01", "riverside-gas"
     mid = t0 + (t1 - t0) // 2
     calls = {
         "anomaly-rates site,hour 30d": ("/v1/history/anomaly-rates", {"by": "site,hour", "from": t0, "to": t1}),

@@ -259,6 +259,51 @@ async def _save_frames(
     return ids
 
 
+# Links between frames and what they refer to: the UPDATE with ``{side}`` naming which side is new
+# (frame ids as $1::bigint[], or the other table's keys as $1::text[]); $2 is the gap. Two statements
+# rather than one with OR, so each can use its index instead of joining everything with everything.
+LINK_EPISODE_ALERT = (
+    "UPDATE episodes e SET alert_fingerprint = a.fingerprint FROM alert_log a "
+    "WHERE e.alert_fingerprint IS NULL AND {side} AND a.kind = 'state' AND a.status = 'firing' "
+    "AND a.labels->>'sensor' = e.sensor_id AND a.starts_at BETWEEN e.start_ts - $2 AND e.end_ts + $2",
+    "e.id",
+    "a.fingerprint",
+)
+LINK_INCIDENT_ALERT = (
+    "UPDATE incidents i SET alert_fingerprint = a.fingerprint FROM alert_log a "
+    "WHERE i.alert_fingerprint IS NULL AND {side} AND a.kind = 'state' AND a.status = 'firing' "
+    "AND a.labels->>'zone' = i.zone AND NOT (a.labels ? 'sensor') "
+    "AND a.starts_at BETWEEN i.start_ts - $2 AND i.end_ts + $2",
+    "i.id",
+    "a.fingerprint",
+)
+LINK_EPISODE_REPORT = (
+    "UPDATE episodes e SET report_id = r.id FROM reports r "
+    "WHERE e.report_id IS NULL AND {side} AND r.zone = e.zone AND (r.site = '' OR r.site = e.site) "
+    "AND r.ts BETWEEN e.start_ts - $2 AND e.end_ts + $2",
+    "e.id",
+    "r.id",
+)
+LINK_EPISODE_LABEL = (
+    "UPDATE episodes e SET label_id = l.incident_id FROM labels l "
+    "WHERE e.label_id IS NULL AND {side} "
+    "AND (l.sensors ? e.sensor_id OR (jsonb_array_length(l.sensors) = 0 AND l.zone = e.zone)) "
+    "AND e.start_ts <= l.end_ms + $2 AND e.end_ts >= l.start_ms - $2",
+    "e.id",
+    "l.incident_id",
+)
+
+
+async def _link(
+    conn: asyncpg.Connection, link: tuple[str, str, str], frame_ids: list[int], new_keys: list[str], gap: int
+) -> None:
+    sql, frame_key, other_key = link
+    if frame_ids:
+        await conn.execute(sql.format(side=f"{frame_key} = ANY($1::bigint[])"), frame_ids, gap)
+    if new_keys:
+        await conn.execute(sql.format(side=f"{other_key} = ANY($1::text[])"), new_keys, gap)
+
+
 async def write_batch(
     conn: asyncpg.Connection,
     batch: Batch,
@@ -370,28 +415,9 @@ async def write_batch(
     fresh_alerts = await insert_rows(conn, "alert_log", batch.alerts, "ON CONFLICT DO NOTHING", "fingerprint")
     counts["alert_log"] = len(fresh_alerts)
     new_fps = sorted({r["fingerprint"] for r in fresh_alerts})
-    if touched_episodes or new_fps:
-        # An alert and its episode may arrive in either order: link whichever side is new.
-        await conn.execute(
-            "UPDATE episodes e SET alert_fingerprint = a.fingerprint FROM alert_log a "
-            "WHERE e.alert_fingerprint IS NULL AND (e.id = ANY($1::bigint[]) OR a.fingerprint = ANY($2::text[])) "
-            "AND a.kind = 'state' AND a.status = 'firing' AND a.labels->>'sensor' = e.sensor_id "
-            "AND a.starts_at BETWEEN e.start_ts - $3 AND e.end_ts + $3 AND a.ts >= e.start_ts - $3 - 86400000",
-            touched_episodes,
-            new_fps,
-            gap,
-        )
-    if touched_incidents or new_fps:
-        await conn.execute(
-            "UPDATE incidents i SET alert_fingerprint = a.fingerprint FROM alert_log a "
-            "WHERE i.alert_fingerprint IS NULL AND (i.id = ANY($1::bigint[]) OR a.fingerprint = ANY($2::text[])) "
-            "AND a.kind = 'state' AND a.status = 'firing' AND a.labels->>'zone' = i.zone "
-            "AND NOT (a.labels ? 'sensor') "
-            "AND a.starts_at BETWEEN i.start_ts - $3 AND i.end_ts + $3 AND a.ts >= i.start_ts - $3 - 86400000",
-            touched_incidents,
-            new_fps,
-            int(hs.incident_gap_s * 1000),
-        )
+    # An alert and its episode (or incident) may arrive in either order: link from whichever side is new.
+    await _link(conn, LINK_EPISODE_ALERT, touched_episodes, new_fps, gap)
+    await _link(conn, LINK_INCIDENT_ALERT, touched_incidents, new_fps, int(hs.incident_gap_s * 1000))
 
     counts["sensor_events"] = len(
         await insert_rows(conn, "sensor_events", batch.sensor_events, "ON CONFLICT DO NOTHING", "1")
@@ -408,16 +434,7 @@ async def write_batch(
 
     fresh_reports = [r["id"] for r in await insert_rows(conn, "reports", batch.reports, "ON CONFLICT DO NOTHING", "id")]
     counts["reports"] = len(fresh_reports)
-    if fresh_reports or touched_episodes:
-        await conn.execute(
-            "UPDATE episodes e SET report_id = r.id FROM reports r "
-            "WHERE e.report_id IS NULL AND (e.id = ANY($1::bigint[]) OR r.id = ANY($2::text[])) "
-            "AND r.zone = e.zone AND (r.site = '' OR r.site = e.site) "
-            "AND r.ts BETWEEN e.start_ts - $3 AND e.end_ts + $3",
-            touched_episodes,
-            fresh_reports,
-            gap,
-        )
+    await _link(conn, LINK_EPISODE_REPORT, touched_episodes, fresh_reports, gap)
     fresh_labels = [
         r["incident_id"]
         for r in await insert_rows(
@@ -428,16 +445,7 @@ async def write_batch(
             "incident_id",
         )
     ]
-    if fresh_labels or touched_episodes:
-        await conn.execute(
-            "UPDATE episodes e SET label_id = l.incident_id FROM labels l "
-            "WHERE e.label_id IS NULL AND (e.id = ANY($1::bigint[]) OR l.incident_id = ANY($2::text[])) "
-            "AND (l.sensors ? e.sensor_id OR (jsonb_array_length(l.sensors) = 0 AND l.zone = e.zone)) "
-            "AND e.start_ts <= l.end_ms + $3 AND e.end_ts >= l.start_ms - $3",
-            touched_episodes,
-            fresh_labels,
-            gap,
-        )
+    await _link(conn, LINK_EPISODE_LABEL, touched_episodes, fresh_labels, gap)
     fresh_feedback = await insert_rows(
         conn, "feedback", batch.feedback, "ON CONFLICT DO NOTHING", "fingerprint, ts, author, verdict, labels"
     )

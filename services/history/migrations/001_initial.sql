@@ -98,6 +98,8 @@ CREATE TABLE alert_log (
     PRIMARY KEY (fingerprint, kind, status, ts)
 ) PARTITION BY RANGE (ts);
 CREATE INDEX alert_log_ts ON alert_log (ts);
+CREATE INDEX alert_log_sensor ON alert_log ((labels ->> 'sensor'), starts_at);
+CREATE INDEX alert_log_zone ON alert_log ((labels ->> 'zone'), starts_at);
 
 CREATE TABLE sensor_events (
     sensor_id text NOT NULL,
@@ -163,6 +165,7 @@ CREATE INDEX episodes_sensor ON episodes (sensor_id, end_ts);
 CREATE INDEX episodes_start ON episodes (start_ts);
 CREATE INDEX episodes_open ON episodes (end_ts) WHERE state = 'open';
 CREATE INDEX episodes_fingerprint ON episodes (alert_fingerprint);
+CREATE INDEX episodes_zone ON episodes (zone, start_ts);
 
 CREATE TABLE episode_comments (
     id bigserial PRIMARY KEY,
@@ -203,7 +206,7 @@ CREATE TABLE reports (
     text text NOT NULL,
     payload jsonb NOT NULL
 );
-CREATE INDEX reports_ts ON reports (ts);
+CREATE INDEX reports_zone ON reports (zone, ts);
 
 CREATE TABLE feedback (
     fingerprint text NOT NULL,
