@@ -22,8 +22,9 @@ DIMENSIONS = {
     "site": "site",
     "zone": "zone",
     "utility": "utility",
-    "hour": "extract(hour FROM to_timestamp(window_start / 1000.0) AT TIME ZONE 'UTC')::int",
-    "dow": "extract(isodow FROM to_timestamp(window_start / 1000.0) AT TIME ZONE 'UTC')::int",
+    # Integer arithmetic on epoch ms (UTC), several times cheaper than to_timestamp + extract per row.
+    "hour": "((window_start / 3600000) % 24)::int",
+    "dow": "(((window_start / 86400000) + 3) % 7 + 1)::int",  # ISO: 1 Monday .. 7 Sunday (1970-01-01 a Thursday)
 }
 SEVERITIES = ("info", "warning", "critical")
 STATES = ("open", "closed")

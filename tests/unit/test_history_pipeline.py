@@ -125,3 +125,17 @@ def _a(record: dict) -> dict:
 
 def test_new_episode_is_open() -> None:
     assert new_episode(_a(anomaly("a", 5, 0.7)))["state"] == "open"
+
+
+@pytest.mark.parametrize("ts", [0, 1_793_548_500_000, 1_700_000_000_000, 1_709_251_199_999])
+def test_hour_and_day_of_week_arithmetic_matches_the_calendar(ts: int) -> None:
+    import datetime as dt
+
+    from services.history.queries import DIMENSIONS
+
+    when = dt.datetime.fromtimestamp(ts / 1000, tz=dt.UTC)
+    as_python = {
+        name: eval(DIMENSIONS[name].split("::")[0].replace("/", "//").replace("window_start", str(ts)))
+        for name in ("hour", "dow")
+    }
+    assert as_python == {"hour": when.hour, "dow": when.isoweekday()}
