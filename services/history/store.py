@@ -49,6 +49,7 @@ TRIMMED = {
     "reports": ("ts", "true"),
     "feedback": ("ts", "true"),
     "labels": ("end_ms", "true"),
+    "aggregates_hourly": ("hour", "true"),
 }
 _PARTITION_NAME = re.compile(r"^(?P<table>[a-z_]+)_p(?P<day>\d{8})$")
 

@@ -382,6 +382,23 @@ async def write_batch(
         "1",
     )
     counts["aggregates"] = len(aggregates)
+    if batch.aggregates:
+        # The hours these windows fall in, summed again from the windows (a re-sent window replaces its
+        # predecessor, so adding it to the hour would count it twice).
+        hours = sorted({r[3] - r[3] % 3_600_000 for r in batch.aggregates})
+        zones = sorted({r[1] for r in batch.aggregates})
+        await conn.execute(
+            "INSERT INTO aggregates_hourly (site, zone, utility, hour, count, anomaly_count) "
+            "SELECT site, zone, utility, window_start - window_start % 3600000, sum(count), sum(anomaly_count) "
+            "FROM aggregates WHERE zone = ANY($1::text[]) AND window_start >= $2 AND window_start < $3 "
+            "AND window_start - window_start % 3600000 = ANY($4::bigint[]) GROUP BY 1, 2, 3, 4 "
+            "ON CONFLICT (site, zone, utility, hour) DO UPDATE SET count = excluded.count, "
+            "anomaly_count = excluded.anomaly_count",
+            zones,
+            hours[0],
+            hours[-1] + 3_600_000,
+            hours,
+        )
 
     fresh_risk = await insert_rows(
         conn, "risk", batch.risk, "ON CONFLICT DO NOTHING", "site, zone, utility, ts, probability, incident_type, loss"
