@@ -304,6 +304,21 @@ async def _link(
         await conn.execute(sql.format(side=f"{other_key} = ANY($1::text[])"), new_keys, gap)
 
 
+async def close_stale(conn: asyncpg.Connection, hs: HistorySettings, watermark: int) -> None:
+    """Close episodes and incidents the stream (its clock: ``watermark``) has left more than a gap behind."""
+    now = int(time.time() * 1000)
+    await conn.execute(
+        "UPDATE episodes SET state = 'closed', updated_at = $2 WHERE state = 'open' AND end_ts < $1",
+        watermark - int(hs.episode_gap_s * 1000),
+        now,
+    )
+    await conn.execute(
+        "UPDATE incidents SET state = 'closed', updated_at = $2 WHERE state = 'open' AND end_ts < $1",
+        watermark - int(hs.incident_gap_s * 1000),
+        now,
+    )
+
+
 async def write_batch(
     conn: asyncpg.Connection,
     batch: Batch,
@@ -484,17 +499,7 @@ async def write_batch(
     if batch.rejects:
         await insert_rows(conn, "rejected", batch.rejects, 'ON CONFLICT (topic, partition, "offset") DO NOTHING')
     if watermark:
-        now = int(time.time() * 1000)
-        await conn.execute(
-            "UPDATE episodes SET state = 'closed', updated_at = $2 WHERE state = 'open' AND end_ts < $1",
-            watermark - gap,
-            now,
-        )
-        await conn.execute(
-            "UPDATE incidents SET state = 'closed', updated_at = $2 WHERE state = 'open' AND end_ts < $1",
-            watermark - int(hs.incident_gap_s * 1000),
-            now,
-        )
+        await close_stale(conn, hs, watermark)
     if batch.offsets:
         topics, parts, offsets = zip(*((prefix + t, p, o) for (t, p), o in batch.offsets.items()), strict=True)
         await conn.execute(
@@ -645,7 +650,7 @@ class Sink:
         # and collect young objects less often (a batch allocates a few objects per message and frees them).
         gc.freeze()
         gc.set_threshold(50_000, 20, 50)
-        last_retention = time.monotonic()
+        last_retention = last_idle_close = time.monotonic()
         within_ms = max(1, int(self.hs.batch_within_s * 1000))
         while True:
             fetched = await self.consumer.getmany(
@@ -666,6 +671,11 @@ class Sink:
                     self.watermark = max(self.watermark, batch.newest_ts)
                     self.pending = asyncio.ensure_future(self._commit(batch, self.watermark))
             self.error = ""
+            if not fetched and self.pending is None and time.monotonic() - last_idle_close >= 10.0:
+                # A quiet network sends nothing that would move the stream's clock: close by the wall clock
+                # then (a late anomaly within the gap reopens its episode).
+                last_idle_close = time.monotonic()
+                await close_stale(self.conn, self.hs, int(time.time() * 1000))
             if self.pending is None and time.monotonic() - last_retention >= self.hs.retention_check_s:
                 last_retention = time.monotonic()
                 done = await store.apply_retention(self.conn, self.hs, int(time.time() * 1000))

@@ -67,7 +67,9 @@ def _post(worker: ServiceProcess, path: str, body: dict, token: str = OPERATOR) 
 
 
 async def test_history_keeps_everything_once_and_serves_it(settings, db) -> None:
-    t0 = (int(time.time() * 1000) - 3 * 3600 * 1000) // MIN * MIN
+    # An hour ahead: an idle sink closes episodes by the wall clock too, and must not close the last one here.
+    t0 = (int(time.time() * 1000) + 3600 * 1000) // MIN * MIN
+    span = {"from": str(t0 - 3600 * 1000), "to": str(t0 + 24 * 3600 * 1000)}
     worker = _worker(settings, db).start()
     try:
         worker.wait_ready()
@@ -224,7 +226,7 @@ async def test_history_keeps_everything_once_and_serves_it(settings, db) -> None
         assert _post(worker, f"/v1/history/episodes/{episodes[0]['id']}/ack", {}, token=VIEWER).status_code == 403
         assert _get(worker, "/openapi.json").json()["paths"]["/v1/history/series"]
 
-        rates = _get(worker, "/v1/history/anomaly-rates", by="site,hour", since="1d").json()["rows"]
+        rates = _get(worker, "/v1/history/anomaly-rates", by="site,hour", **span).json()["rows"]
         assert sum(r["anomalies"] for r in rates) == 3 and sum(r["readings"] for r in rates) == 120
         bad = _get(worker, "/v1/history/anomaly-rates", by="planet")
         assert bad.status_code == 400 and bad.json()["parameter"] == "by"
@@ -252,7 +254,7 @@ async def test_history_keeps_everything_once_and_serves_it(settings, db) -> None
         ).json()
         assert zone["band"][0]["q50"] == 2.0 and zone["points"][0]["count"] == 60
 
-        listed = _get(worker, "/v1/history/episodes", severity="critical").json()["items"]
+        listed = _get(worker, "/v1/history/episodes", severity="critical", **span).json()["items"]
         assert [e["id"] for e in listed] == [episodes[1]["id"]]
         one = _get(worker, f"/v1/history/episodes/{episodes[0]['id']}").json()
         assert len(one["anomalies"]) == 3
@@ -268,12 +270,12 @@ async def test_history_keeps_everything_once_and_serves_it(settings, db) -> None
         assert _post(worker, f"/v1/history/episodes/{eid}/verdict", {"verdict": "maybe"}).status_code == 400
         detail = _get(worker, f"/v1/history/episodes/{eid}").json()
         assert [c["text"] for c in detail["comments"]] == ["valve 7"]
-        log = _get(worker, "/v1/history/alerts", fingerprint="fp1", since="1d").json()["items"]
+        log = _get(worker, "/v1/history/alerts", fingerprint="fp1", **span).json()["items"]
         assert {e["kind"] for e in log} == {"state", "ack", "comment", "assign", "verdict"}
         # the verdict also went to `feedback`, and came back into the store from there
         await wait_for(lambda: _count(db, "SELECT count(*) FROM feedback WHERE fingerprint = 'fp1'"), what="feedback")
 
-        losses = _get(worker, "/v1/history/zones/z1/losses", since="1d").json()["days"]
+        losses = _get(worker, "/v1/history/zones/z1/losses", **span).json()["days"]
         assert sum(d["volume"] for d in losses) == pytest.approx(10.0) and sum(
             d["cost"] for d in losses
         ) == pytest.approx(5.0)
@@ -282,11 +284,11 @@ async def test_history_keeps_everything_once_and_serves_it(settings, db) -> None
         ]
         assert len(frames) == 2 and frames[0]["zones"][0]["status"] == "at_risk"
 
-        export = _get(worker, "/v1/history/export.csv", what="anomalies", since="1d")
+        export = _get(worker, "/v1/history/export.csv", what="anomalies", **span)
         assert export.headers["content-type"].startswith("text/csv")
         rows = list(csv.DictReader(io.StringIO(export.text)))
         assert len(rows) == 5 and rows[0]["sensor_id"] == "a"
-        empty = _get(worker, "/v1/history/export.csv", what="reports", zone="nowhere", since="1d")
+        empty = _get(worker, "/v1/history/export.csv", what="reports", zone="nowhere", **span)
         assert empty.text.splitlines()[0].startswith("id,ts,site")
         assert _get(worker, "/v1/history/export.csv", what="nothing").json()["parameter"] == "what"
 
