@@ -12,12 +12,14 @@ export PYTHONPATH := $(CURDIR)
 export KAFKA_PORT ?= 9092
 export REDIS_PORT ?= 6379
 export MQTT_PORT ?= 1883
+export PG_PORT ?= 5432
 export FLOWWATCH_BROKER_URL ?= kafka://127.0.0.1:$(KAFKA_PORT)
 export FLOWWATCH_REDIS_URL ?= redis://127.0.0.1:$(REDIS_PORT)/0
 export FLOWWATCH_MQTT_URL ?= mqtt://127.0.0.1:$(MQTT_PORT)
+export FLOWWATCH_HISTORY_DATABASE_URL ?= postgresql://postgres@127.0.0.1:$(PG_PORT)/flowwatch
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help venv helm stack-up stack-down stack-status topics test test-unit test-integration lint bench demo clean
+.PHONY: help venv helm stack-up stack-down stack-status topics migrate test test-unit test-integration lint bench demo clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -31,7 +33,7 @@ $(VENV_STAMP): requirements.lock pyproject.toml
 	@$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.lock
 	@rm -f $(VENV)/.installed-* && touch $@
 
-stack-up: ## start Kafka (KRaft), Redis and Mosquitto on 127.0.0.1 (idempotent)
+stack-up: ## start Kafka (KRaft), Redis, Mosquitto and PostgreSQL on 127.0.0.1 (idempotent)
 	@bash scripts/stack.sh up
 
 stack-down: ## stop the local stack; leaves no process behind
@@ -42,6 +44,9 @@ stack-status: ## show what of the local stack is running
 
 topics: venv stack-up ## create every registered topic (idempotent)
 	@$(PY) -m shared.topics create
+
+migrate: venv stack-up ## apply the history store's schema migrations (idempotent)
+	@$(PY) -m services.history migrate
 
 lint: venv ## ruff check and format check
 	@$(PY) -m ruff check .
@@ -59,12 +64,12 @@ test-unit: venv ## unit tests only (no stack needed)
 test-integration: venv stack-up ## integration tests only
 	@$(PY) -m pytest -p no:cacheprovider -m integration
 
-bench: venv stack-up ## run the benchmarks; results as JSON in bench/results/
+bench: venv stack-up migrate ## run the benchmarks; results as JSON in bench/results/
 	@mkdir -p bench/results
 	@set -e; for b in bench/bench_*.py; do echo "==> $$b"; $(PY) $$b; done
 	@echo "results: $$(ls bench/results/*.json)"
 
-demo: venv stack-up ## run the whole system on the local stack; Ctrl-C stops it
+demo: venv stack-up migrate ## run the whole system on the local stack; Ctrl-C stops it
 	@$(PY) -m scripts.demo
 
 clean: stack-down ## stop the stack and remove local state (keeps the download cache)

@@ -24,7 +24,7 @@ from shared.topics import create_all
 
 ROOT = Path(__file__).resolve().parent.parent
 LOGS = ROOT / ".stack" / "logs" / "demo"
-SERVICES = ["ingest", "detector", "forecaster", "alerts"]
+SERVICES = ["ingest", "detector", "forecaster", "alerts", "history"]
 # The simulator feeds the live pipeline at a modest rate a laptop can watch.
 SIMULATOR = [
     "-m",
@@ -120,6 +120,8 @@ def main() -> int:
             "  curl -s http://127.0.0.1:8081/metrics | grep flowwatch_\n"
             f"  curl -s {auth} http://127.0.0.1:8084/v1/alerts\n"
             f"  curl -s {auth} http://127.0.0.1:8082/detector/stats\n"
+            f"  curl -s {auth} 'http://127.0.0.1:8085/v1/history/anomaly-rates?by=site,hour&since=1h'\n"
+            f"  curl -s {auth} 'http://127.0.0.1:8085/v1/history/export.csv?what=anomalies&since=1h'\n"
             "  curl -s http://127.0.0.1:8082/openapi.json   # each service describes its API\n"
             "  redis-cli --scan --pattern 'flowwatch:*' | head\n"
             "Ctrl-C stops everything."

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# flowwatch local stack: Apache Kafka (single-node KRaft), Redis, Mosquitto (MQTT).
+# flowwatch local stack: Apache Kafka (single-node KRaft), Redis, Mosquitto (MQTT), PostgreSQL 15.
 #
 # Usage:
 #   bash scripts/stack.sh up       # install/download what is missing, start all three, wait until ready
@@ -11,7 +11,7 @@
 # stack does nothing. Everything listens on 127.0.0.1 only.
 #
 # Environment (defaults in brackets):
-#   KAFKA_PORT [9092]  KAFKA_CONTROLLER_PORT [9093]  REDIS_PORT [6379]  MQTT_PORT [1883]
+#   KAFKA_PORT [9092]  KAFKA_CONTROLLER_PORT [9093]  REDIS_PORT [6379]  MQTT_PORT [1883]  PG_PORT [5432]
 #   KAFKA_VERSION [4.3.1]  KAFKA_HEAP_OPTS [-Xms256m -Xmx512m]
 #   FLOWWATCH_CACHE [$HOME/.cache/flowwatch]   downloads (Maven repo + Kafka jars), reused across runs
 #   FLOWWATCH_STACK_DIR [<project>/.stack]     data, logs, pid files, generated configs (git-ignored)
@@ -25,7 +25,7 @@
 #   .stack/conf/server.properties  .stack/conf/log4j2.properties  .stack/conf/mosquitto.conf
 #
 # `status` output, one line per component, space-separated, fixed order kafka, redis, mosquitto:
-#   <component> <state> pid=<pid|-> port=<port>
+#   <component> <state> pid=<pid|-> port=<port>      (then postgres)
 #   state is one of: running | starting (process up, not answering yet) | stopped |
 #                    port-busy (port held by a process that is not this stack's)
 #
@@ -52,6 +52,7 @@ KAFKA_PORT="${KAFKA_PORT:-9092}"
 KAFKA_CONTROLLER_PORT="${KAFKA_CONTROLLER_PORT:-9093}"
 REDIS_PORT="${REDIS_PORT:-6379}"
 MQTT_PORT="${MQTT_PORT:-1883}"
+PG_PORT="${PG_PORT:-5432}"
 KAFKA_VERSION="${KAFKA_VERSION:-4.3.1}"
 KAFKA_HEAP_OPTS="${KAFKA_HEAP_OPTS:--Xms256m -Xmx512m}"
 UP_TIMEOUT="${FLOWWATCH_STACK_TIMEOUT:-60}"
@@ -70,7 +71,7 @@ KAFKA_DATA="$DATA_DIR/kafka"
 MOSQ_CONF="$CONF_DIR/mosquitto.conf"
 REDIS_DATA="$DATA_DIR/redis"
 
-COMPONENTS=(kafka redis mosquitto)
+COMPONENTS=(kafka redis mosquitto postgres)
 
 # ---------------------------------------------------------------------------------------------
 # helpers
@@ -117,6 +118,7 @@ port_var_of() {
     kafka) echo KAFKA_PORT ;;
     redis) echo REDIS_PORT ;;
     mosquitto) echo MQTT_PORT ;;
+    postgres) echo PG_PORT ;;
   esac
 }
 
@@ -125,6 +127,7 @@ port_of() {
     kafka) echo "$KAFKA_PORT" ;;
     redis) echo "$REDIS_PORT" ;;
     mosquitto) echo "$MQTT_PORT" ;;
+    postgres) echo "$PG_PORT" ;;
   esac
 }
 
@@ -141,6 +144,7 @@ is_ours() {
   case "$comp" in
     kafka) [[ "$cmd" == *kafka.Kafka*"$KAFKA_PROPS"* ]] ;;
     mosquitto) [[ "$cmd" == *mosquitto*"$MOSQ_CONF"* ]] ;;
+    postgres) [[ "$cmd" == *postgres*"-D $PG_DATA"* ]] ;;
     redis)
       # redis rewrites its argv to "redis-server 127.0.0.1:PORT"; it chdirs to its --dir.
       cwd="$(readlink "/proc/$pid/cwd" 2>/dev/null || true)"
@@ -253,6 +257,7 @@ component_ready() {
     kafka) kafka_ready ;;
     redis) redis_ready ;;
     mosquitto) mosquitto_ready ;;
+    postgres) pg_ready ;;
   esac
 }
 
@@ -297,6 +302,8 @@ apt_install() {
   local before_redis before_mosq
   before_redis=" $(pids_by_comm redis-server | tr '\n' ' ') "
   before_mosq=" $(pids_by_comm mosquitto | tr '\n' ' ') "
+  local before_pg
+  before_pg=" $(pids_by_comm postgres | tr '\n' ' ') "
   export DEBIAN_FRONTEND=noninteractive
   if ! as_root apt-get install -y -q --no-install-recommends "${pkgs[@]}" >"$LOG_DIR/apt.log" 2>&1; then
     log "apt-get install failed; running apt-get update and retrying"
@@ -310,9 +317,10 @@ apt_install() {
   fi
   # If a package's postinst started a system service anyway, stop it: it would hold our ports.
   local pid svc
-  for svc in redis-server mosquitto; do
+  for svc in redis-server mosquitto postgres; do
     local before="$before_redis"
     [[ "$svc" == mosquitto ]] && before="$before_mosq"
+    [[ "$svc" == postgres ]] && before="$before_pg"
     for pid in $(pids_by_comm "$svc"); do
       [[ "$before" == *" $pid "* ]] && continue
       log "package install started a system $svc (pid $pid); stopping it"
@@ -327,11 +335,13 @@ ensure_debian_tools() {
   command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
   [[ -n "$(mosquitto_bin)" ]] || need+=(mosquitto)
   java_ok || need+=(openjdk-17-jre-headless)
+  [[ -n "$(pg_bindir)" ]] || need+=(postgresql)
   if [[ ! -f "$KAFKA_HOME/.complete" ]] && ! command -v mvn >/dev/null 2>&1; then need+=(maven); fi
   if [[ ${#need[@]} -gt 0 ]]; then apt_install "${need[@]}"; fi
   java_ok || die "Java 17+ is required for Kafka $KAFKA_VERSION; 'java -version' says: $(java -version 2>&1 | head -n 1)"
   command -v redis-server >/dev/null 2>&1 || die "redis-server not found after installing it"
   [[ -n "$(mosquitto_bin)" ]] || die "mosquitto not found after installing it"
+  [[ -n "$(pg_bindir)" ]] || die "PostgreSQL server binaries (initdb, postgres) not found after installing postgresql"
 }
 
 java_bin() {
@@ -570,6 +580,90 @@ start_mosquitto() {
 }
 
 # ---------------------------------------------------------------------------------------------
+# postgres (PostgreSQL 15 from Debian's packages; the history store)
+#
+# Data in .stack/data/postgres (initdb on the first `up`), log .stack/logs/postgres.log, pid file
+# .stack/pids/postgres.pid. Listens on $BIND_HOST:$PG_PORT only, no Unix socket. Authentication is
+# `trust` for local connections as on Redis here: a development stack on the loopback address. A
+# database `flowwatch` is created on the first `up`. PostgreSQL refuses to run as root: when root,
+# the server runs as the `postgres` system user (created by the package), which owns the data dir.
+
+PG_DATA="$DATA_DIR/postgres"
+
+pg_bindir() {
+  local d
+  for d in /usr/lib/postgresql/15/bin /usr/lib/postgresql/*/bin; do
+    if [[ -x "$d/initdb" && -x "$d/postgres" ]]; then
+      echo "$d"
+      return 0
+    fi
+  done
+}
+
+# prefix that runs the server as the cluster's owner (empty when not root)
+# (setpriv execs in place, so the pid we record is the server's own)
+pg_runner() { if [[ "$(id -u)" -eq 0 ]]; then echo "setpriv --reuid=postgres --regid=postgres --init-groups"; fi; }
+
+# run a PostgreSQL binary as the user that owns the cluster
+pg_as_owner() {
+  if [[ "$(id -u)" -eq 0 ]]; then
+    runuser -u postgres -- "$@"
+  else
+    "$@"
+  fi
+}
+
+pg_ready() {
+  local bin
+  bin="$(pg_bindir)"
+  [[ -n "$bin" ]] && "$bin/pg_isready" -q -h "$BIND_HOST" -p "$PG_PORT" -t 2 >/dev/null 2>&1
+}
+
+start_postgres() {
+  local bin
+  bin="$(pg_bindir)"
+  check_port_free postgres
+  mkdir -p "$PG_DATA"
+  : >>"$LOG_DIR/postgres.log"
+  if [[ "$(id -u)" -eq 0 ]]; then
+    id postgres >/dev/null 2>&1 || fail_component postgres "running as root and there is no 'postgres' user to run the server as"
+    if ! runuser -u postgres -- test -x "$PG_DATA"; then
+      FAIL_HINT="make every directory above $PG_DATA searchable by others (chmod o+x), or set FLOWWATCH_STACK_DIR elsewhere."
+      fail_component postgres "the 'postgres' user cannot reach $PG_DATA (PostgreSQL refuses to run as root)"
+    fi
+    chown postgres: "$PG_DATA" "$LOG_DIR/postgres.log"
+  fi
+  chmod 700 "$PG_DATA"
+  if [[ ! -f "$PG_DATA/PG_VERSION" ]]; then
+    log "postgres: initialising a cluster in $PG_DATA"
+    if ! pg_as_owner "$bin/initdb" -D "$PG_DATA" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 \
+        >>"$LOG_DIR/postgres.log" 2>&1; then
+      fail_component postgres "initdb failed" "$LOG_DIR/postgres.log"
+    fi
+  fi
+  log "postgres: starting on $BIND_HOST:$PG_PORT"
+  (close_extra_fds && cd "$PG_DATA" && exec setsid $(pg_runner) "$bin/postgres" -D "$PG_DATA" \
+    -c listen_addresses="$BIND_HOST" -c port="$PG_PORT" -c unix_socket_directories= \
+    -c fsync=off -c synchronous_commit=off \
+    -c full_page_writes=off -c max_connections=200 -c shared_buffers=128MB) \
+    </dev/null >>"$LOG_DIR/postgres.log" 2>&1 &
+  local server=$! deadline=$((SECONDS + UP_TIMEOUT))
+  echo "$server" >"$(pidfile_of postgres)"
+  until pg_ready && [[ -n "$(live_pid postgres)" ]]; do
+    if [[ ! -d "/proc/$server" ]]; then
+      rm -f "$(pidfile_of postgres)"
+      fail_component postgres "the server exited during startup" "$LOG_DIR/postgres.log"
+    fi
+    ((SECONDS < deadline)) || fail_component postgres "not accepting connections on $BIND_HOST:$PG_PORT within ${UP_TIMEOUT}s" "$LOG_DIR/postgres.log"
+    sleep 0.2
+  done
+  "$bin/psql" -q -h "$BIND_HOST" -p "$PG_PORT" -U postgres -d postgres -tAc \
+    "SELECT 1 FROM pg_database WHERE datname = 'flowwatch'" | grep -q 1 ||
+    "$bin/psql" -q -h "$BIND_HOST" -p "$PG_PORT" -U postgres -d postgres -c "CREATE DATABASE flowwatch" >/dev/null ||
+    fail_component postgres "could not create the database 'flowwatch'" "$LOG_DIR/postgres.log"
+}
+
+# ---------------------------------------------------------------------------------------------
 # stop
 
 # stop_component NAME : SIGTERM the pid-file process and any straggler of this stack, wait,
@@ -579,7 +673,10 @@ stop_component() {
   pids="$( { live_pid "$comp"; stack_pids "$comp"; } | sort -u | tr '\n' ' ')"
   if [[ -n "${pids// /}" ]]; then
     log "$comp: stopping (pid ${pids% })"
-    for pid in $pids; do kill -TERM "$pid" 2>/dev/null || true; done
+    # PostgreSQL's SIGTERM waits for every client to leave; SIGINT is its fast shutdown.
+    local sig=TERM
+    [[ "$comp" == postgres ]] && sig=INT
+    for pid in $pids; do kill -"$sig" "$pid" 2>/dev/null || true; done
     deadline=$((SECONDS + STOP_TIMEOUT))
     while ((SECONDS < deadline)); do
       local alive=0
@@ -680,6 +777,13 @@ cmd_up() {
     STARTED+=(mosquitto)
     start_mosquitto
   fi
+  if [[ -n "$(live_pid postgres)" ]]; then
+    pg_ready || fail_component postgres "process $(live_pid postgres) is running but does not accept connections" "$LOG_DIR/postgres.log"
+    log "postgres: already running (pid $(live_pid postgres))"
+  else
+    STARTED+=(postgres)
+    start_postgres
+  fi
   wait_kafka
   if ((kafka_started)); then log "kafka: ready"; fi
   STARTED=()
@@ -690,7 +794,7 @@ cmd_up() {
 cmd_down() {
   local comp rc=0 port
   lock_stack
-  for comp in mosquitto redis kafka; do
+  for comp in postgres mosquitto redis kafka; do
     stop_component "$comp" || { log "$comp: a process survived SIGKILL: $(stack_pids "$comp" | tr '\n' ' ')"; rc=1; }
   done
   # verify: no process of this stack remains and none of our ports is still held by one
@@ -700,12 +804,12 @@ cmd_down() {
       rc=1
     fi
   done
-  for port in "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT" "$REDIS_PORT" "$MQTT_PORT"; do
+  for port in "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT" "$REDIS_PORT" "$MQTT_PORT" "$PG_PORT"; do
     if port_listening "$port"; then
       log "warning: port $port is still in use (not by this stack): $(port_owner "$port")"
     fi
   done
-  if ((rc == 0)); then log "down: kafka, redis, mosquitto stopped"; fi
+  if ((rc == 0)); then log "down: kafka, redis, mosquitto, postgres stopped"; fi
   return "$rc"
 }
 

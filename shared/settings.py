@@ -22,6 +22,7 @@ DEFAULT_PORTS = {
     "detector": 8082,
     "forecaster": 8083,
     "alerts": 8084,
+    "history": 8085,
 }
 
 
@@ -39,7 +40,9 @@ def _doc(default: Any, doc: str, env: str | None = None, *, secret: bool = False
 class Settings:
     """Runtime settings of one flowwatch service. Read with :meth:`from_env`."""
 
-    service: str = _doc("ingest", "Which service these settings are for (ingest, detector, forecaster, alerts).")
+    service: str = _doc(
+        "ingest", "Which service these settings are for (ingest, detector, forecaster, alerts, history)."
+    )
     broker_url: str = _doc("kafka://127.0.0.1:9092", "Kafka bootstrap servers, comma separated, `kafka://host:port`.")
     redis_url: str = _doc("redis://127.0.0.1:6379/0", "Redis URL for the shared read cache.")
     mqtt_url: str = _doc("mqtt://127.0.0.1:1883", "MQTT broker URL (ingest subscribes here).")
@@ -50,7 +53,8 @@ class Settings:
     replication_factor: int = _doc(1, "Replication factor for topics created by `python -m shared.topics create`.")
     web_host: str = _doc("127.0.0.1", "Address the service's web server binds to. Never 0.0.0.0 unless you mean it.")
     web_port: int = _doc(
-        0, "Web server port; 0 means the service default (ingest 8081, detector 8082, forecaster 8083, alerts 8084)."
+        0,
+        "Web server port; 0 means the service default (ingest 8081, detector 8082, forecaster 8083, alerts 8084, history 8085).",
     )
     data_dir: Path = _doc(Path(".flowwatch"), "Directory for Faust table stores (rocksdb) and other local state.")
     model_dir: Path = _doc(Path(".flowwatch/models"), "Model registry directory.")

@@ -117,6 +117,13 @@ LABELS = TopicSpec(
     partitions=1,
     retention_ms=30 * DAY_MS,
 )
+REPORTS = TopicSpec(
+    "reports",
+    "zone (or none)",
+    None,
+    "Public leak reports (from the console); the history service keeps them.",
+    retention_ms=30 * DAY_MS,
+)
 
 # Internal topics: one service's two stages, never read by others; registered here so they are created
 # up front with the rest, and not by Faust on first use.
@@ -150,6 +157,7 @@ REGISTRY: tuple[TopicSpec, ...] = (
     FEEDBACK,
     MODELS,
     LABELS,
+    REPORTS,
     DETECTOR_ZONE_PARTIALS,
     FORECASTER_ZONE_PARTIALS,
 )

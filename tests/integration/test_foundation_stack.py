@@ -14,7 +14,7 @@ def _stack(cmd: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 
 
 def _processes_under(directory: Path) -> list[str]:
-    """Command lines of live processes that mention the stack directory (Kafka, Redis, Mosquitto)."""
+    """Command lines of live processes that mention the stack directory (Kafka, Redis, Mosquitto, PostgreSQL)."""
     found = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
@@ -30,6 +30,11 @@ def _processes_under(directory: Path) -> list[str]:
 
 def test_second_stack_up_twice_then_down_leaves_nothing(tmp_path) -> None:
     stack_dir = tmp_path / "stack"
+    # PostgreSQL runs as the `postgres` user when the tests run as root: it must reach its data dir.
+    for parent in (tmp_path, *tmp_path.parents):
+        if str(parent) == "/tmp" or parent == parent.parent:
+            break
+        parent.chmod(parent.stat().st_mode | 0o011)
     env = {
         **os.environ,
         "FLOWWATCH_STACK_DIR": str(stack_dir),
@@ -37,6 +42,7 @@ def test_second_stack_up_twice_then_down_leaves_nothing(tmp_path) -> None:
         "KAFKA_CONTROLLER_PORT": str(free_port()),
         "REDIS_PORT": str(free_port()),
         "MQTT_PORT": str(free_port()),
+        "PG_PORT": str(free_port()),
     }
     try:
         first = _stack("up", env)
@@ -46,7 +52,9 @@ def test_second_stack_up_twice_then_down_leaves_nothing(tmp_path) -> None:
         status = _stack("status", env)
         assert status.returncode == 0
         states = {line.split()[0]: line.split()[1] for line in status.stdout.splitlines() if line.strip()}
-        assert states == {"kafka": "running", "redis": "running", "mosquitto": "running"}, status.stdout
+        assert states == {"kafka": "running", "redis": "running", "mosquitto": "running", "postgres": "running"}, (
+            status.stdout
+        )
         assert _processes_under(stack_dir), "the stack's processes should be visible while it runs"
     finally:
         down = _stack("down", env)

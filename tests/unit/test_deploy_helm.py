@@ -30,8 +30,8 @@ from tests.unit.test_deploy_settings import ROOT, WEB_SERVICES, check_service_en
 
 CHART = ROOT / "deploy/helm/flowwatch"
 ALL_ON = CHART / "ci/all-on-values.yaml"
-COMPONENTS = ("ingest", "detector", "forecaster", "alerts", "simulator")
-CONSUMERS = WEB_SERVICES
+COMPONENTS = ("ingest", "detector", "forecaster", "alerts", "history", "simulator")
+CONSUMERS = (*WEB_SERVICES, "history")
 RELEASE, NAMESPACE = "fw", "flowwatch"
 # Oldest supported (Chart.yaml kubeVersion) and newest schema set kubernetes-validate ships.
 KUBE_VERSIONS = ("1.29.0", kv_utils.latest_version())
@@ -699,6 +699,7 @@ def test_retrain_cronjobs_run_the_training_commands(helm_bin) -> None:
         ("services.detector", ["fit", "--help"]),
         ("services.forecaster", ["train", "--help"]),
         ("services.simulator", ["run", "--help"]),
+        ("services.history", ["migrate", "--help"]),
     ],
 )
 def test_the_cli_commands_the_chart_runs_exist(module, args) -> None:
@@ -755,7 +756,29 @@ def test_topic_job_is_a_pre_install_and_pre_upgrade_hook_with_the_shared_setting
         check=True,
     ).stdout
     assert listed.splitlines()[0].startswith("prod.")
-    assert not find(render(helm_bin, "--set", "topics.create.enabled=false"), "Job")
+    without = find(render(helm_bin, "--set", "topics.create.enabled=false"), "Job")
+    assert not [j for j in without if j["metadata"]["name"] == "fw-flowwatch-topics"]
+
+
+def test_history_migrate_job_is_a_hook_after_the_topics_and_the_workers_leave_it_to_it(helm_bin) -> None:
+    docs = render(helm_bin, *CONFIGS["all-on"])
+    job = one(docs, "Job", "fw-flowwatch-history-migrate")
+    ann = job["metadata"]["annotations"]
+    assert set(ann["helm.sh/hook"].split(",")) == {"pre-install", "pre-upgrade"}
+    topics = one(docs, "Job", "fw-flowwatch-topics")["metadata"]["annotations"]
+    assert int(ann["helm.sh/hook-weight"]) > int(topics["helm.sh/hook-weight"])
+    c = job["spec"]["template"]["spec"]["containers"][0]
+    assert c["command"] == ["python", "-m", "services.history", "migrate"]
+    hook_secret = one(docs, "Secret", c["envFrom"][0]["secretRef"]["name"])
+    assert "FLOWWATCH_HISTORY_DATABASE_URL" in hook_secret["data"]
+    assert int(hook_secret["metadata"]["annotations"]["helm.sh/hook-weight"]) < int(ann["helm.sh/hook-weight"])
+    worker = workloads(docs)["history"]["spec"]["template"]["spec"]["containers"][0]
+    assert {"name": "FLOWWATCH_HISTORY_MIGRATE_ON_START", "value": "false"} in worker["env"]
+    # Without the Job the workers migrate at start.
+    off = render(helm_bin, "--set", "historyStore.migrate.enabled=false")
+    assert not [j for j in find(off, "Job") if j["metadata"]["name"].endswith("history-migrate")]
+    env = workloads(off)["history"]["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert all(e["name"] != "FLOWWATCH_HISTORY_MIGRATE_ON_START" for e in env)
 
 
 @pytest.mark.parametrize("config", CONFIGS)

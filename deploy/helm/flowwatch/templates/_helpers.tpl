@@ -27,12 +27,12 @@ StatefulSet (its pods get a controller-revision-hash label of name + 11 characte
 
 {{/* The components, in pipeline order. */}}
 {{- define "flowwatch.components" -}}
-ingest detector forecaster alerts simulator
+ingest detector forecaster alerts history simulator
 {{- end }}
 
 {{/* Components that consume Kafka topics in a consumer group: their replicas are capped by partitions. */}}
 {{- define "flowwatch.consumers" -}}
-ingest detector forecaster alerts
+ingest detector forecaster alerts history
 {{- end }}
 
 {{/* "<fullname>-<component>"; call with (dict "root" $ "name" $name). */}}

@@ -194,6 +194,11 @@ spec:
   value: /etc/flowwatch/{{ $name }}/{{ $file }}
 {{- end }}
 {{- end }}
+{{- if and (eq $name "history") $root.Values.historyStore.migrate.enabled }}
+# The hook Job migrates the schema before the pods roll; workers only check its version.
+- name: FLOWWATCH_HISTORY_MIGRATE_ON_START
+  value: "false"
+{{- end }}
 {{- with $c.extraEnv }}
 {{ toYaml . }}
 {{- end }}

@@ -1,0 +1,492 @@
+"""The history API on the Faust web server: viewer tokens read, operator tokens annotate.
+
+Views turn their query into SQL through :mod:`services.history.queries` (the CSV export
+uses the same builders), run it on a connection pool, and answer JSON; a bad parameter is a
+400 naming it, a missing token 401, a weak one 403.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import asyncpg
+import faust
+import orjson
+from aiohttp import web as aioweb
+from faust.web import Request, Response, View
+
+from services.history import queries
+from services.history.metrics import API_REQUESTS
+from services.history.queries import Params, QueryError
+from services.history.settings import HistorySettings
+from shared.auth import AuthError, Principal, TokenStore, authorize
+
+JSON_COLUMNS = {"top_metrics", "reasons", "labels", "annotations", "metrics", "values"}
+EXPORTS = ("anomalies", "episodes", "alerts", "series", "reports", "quarantine")
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def _row(record: asyncpg.Record) -> dict[str, Any]:
+    out = dict(record)
+    for key in JSON_COLUMNS & out.keys():
+        if isinstance(out[key], str):
+            out[key] = orjson.loads(out[key])
+    return out
+
+
+class HistoryApi:
+    """The views' dependencies; app.py wires it and opens the pool at start."""
+
+    def __init__(
+        self, hs: HistorySettings, tokens: TokenStore, send_feedback: Callable[[dict[str, Any]], Awaitable[None]]
+    ):
+        self.hs = hs
+        self.tokens = tokens
+        self.send_feedback = send_feedback
+        self.pool: asyncpg.Pool | None = None
+
+    async def open(self) -> None:
+        from services.history.store import pool
+
+        self.pool = await pool(self.hs)
+
+    async def close(self) -> None:
+        if self.pool is not None:
+            await self.pool.close()
+
+    def authorize(self, request: Request, role: str) -> Principal:
+        try:
+            return authorize(self.tokens, request.headers.get("Authorization"), role)
+        except AuthError as exc:
+            raise ApiError(exc.status, str(exc)) from None
+
+    def params(self, request: Request) -> Params:
+        return Params(request.query, self.hs)
+
+    async def fetch(self, sql: str, args: list[Any]) -> list[dict[str, Any]]:
+        if self.pool is None:
+            raise ApiError(503, "the history store is not connected yet")
+        return [_row(r) for r in await self.pool.fetch(sql, *args)]
+
+    async def body(self, request: Request) -> dict[str, Any]:
+        raw = await request.read()
+        try:
+            data = orjson.loads(raw) if raw else {}
+        except orjson.JSONDecodeError as exc:
+            raise ApiError(400, f"body is not valid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise ApiError(400, "body must be a JSON object")
+        return data
+
+    # --- reads ----------------------------------------------------------------------------------
+
+    async def anomaly_rates(self, request: Request) -> Any:
+        self.authorize(request, "viewer")
+        return {"rows": await self.fetch(*queries.anomaly_rates(self.params(request)))}
+
+    async def series(self, request: Request) -> Any:
+        self.authorize(request, "viewer")
+        p = self.params(request)
+        out: dict[str, Any] = {"points": await self.fetch(*queries.series(p))}
+        band = queries.band(p)
+        if band is not None:
+            out["band"] = await self.fetch(*band)
+        return out
+
+    async def episodes(self, request: Request) -> Any:
+        self.authorize(request, "viewer")
+        p = self.params(request)
+        limit, offset = p.page()
+        items = await self.fetch(*queries.episodes(p))
+        return {
+            "items": items,
+            "limit": limit,
+            "offset": offset,
+            "next_offset": offset + limit if len(items) == limit else None,
+        }
+
+    async def episode(self, request: Request, episode_id: str) -> Any:
+        self.authorize(request, "viewer")
+        ep = await self._episode(episode_id)
+        ep["comments"] = await self.fetch(
+            "SELECT id, ts, author, text FROM episode_comments WHERE episode_id = $1 ORDER BY ts, id", [ep["id"]]
+        )
+        ep["anomalies"] = await self.fetch(
+            'SELECT ts, score, threshold, severity, reason, top_metrics, "values" FROM anomalies '
+            "WHERE sensor_id = $1 AND ts >= $2 AND ts <= $3 ORDER BY ts LIMIT 1000",
+            [ep["sensor_id"], ep["start_ts"], ep["end_ts"]],
+        )
+        ep["log"] = await self.fetch(
+            "SELECT fingerprint, ts, kind, status, author, note FROM alert_log "
+            "WHERE episode_id = $1 OR (fingerprint = $2 AND ts >= $3) ORDER BY ts LIMIT 1000",
+            [ep["id"], ep["alert_fingerprint"] or "", ep["start_ts"] - 86_400_000],
+        )
+        return ep
+
+    async def _episode(self, episode_id: str) -> dict[str, Any]:
+        if not episode_id.isdigit():
+            raise ApiError(400, "parameter 'id': must be an integer")
+        rows = await self.fetch(f"SELECT {queries.EPISODE_COLUMNS} FROM episodes WHERE id = $1", [int(episode_id)])
+        if not rows:
+            raise ApiError(404, f"no episode {episode_id}")
+        return rows[0]
+
+    async def alerts(self, request: Request) -> Any:
+        self.authorize(request, "viewer")
+        p = self.params(request)
+        limit, offset = p.page()
+        items = await self.fetch(*queries.alerts(p))
+        return {
+            "items": items,
+            "limit": limit,
+            "offset": offset,
+            "next_offset": offset + limit if len(items) == limit else None,
+        }
+
+    async def losses(self, request: Request, zone: str) -> Any:
+        self.authorize(request, "viewer")
+        return {"zone": zone, "days": await self.fetch(*queries.losses(self.params(request), zone))}
+
+    async def playback(self, request: Request) -> Any:
+        self.authorize(request, "viewer")
+        parts, start, to, step = queries.playback(self.params(request))
+        risk, aggs, eps = [await self.fetch(sql, args) for sql, args in parts]
+        frames: dict[int, dict[tuple[str, str], dict[str, Any]]] = {t: {} for t in range(start, to, step)}
+
+        def zone(ts: int, site: str, name: str) -> dict[str, Any]:
+            return frames.setdefault(ts, {}).setdefault(
+                (site, name),
+                {"site": site, "zone": name, "status": "unknown", "probability": None, "open_episodes": 0},
+            )
+
+        for r in aggs:
+            z = zone(r["ts"], r["site"], r["zone"])
+            z.update(utility=r["utility"], readings=r["count"], anomalies=r["anomaly_count"], values=r["metrics"])
+            z["status"] = "anomalous" if r["anomaly_count"] else "normal"
+        for r in risk:
+            z = zone(r["ts"], r["site"], r["zone"])
+            z.update(probability=r["probability"], incident_type=r["incident_type"])
+            if r["probability"] >= self.hs.incident_threshold and r["incident_type"] != "normal":
+                z["status"] = "at_risk"
+        for r in eps:
+            z = zone(r["ts"], r["site"], r["zone"])
+            z["open_episodes"] = r["open_episodes"]
+            if z["status"] in ("unknown", "normal"):
+                z["status"] = "anomalous"
+        return {
+            "from": start,
+            "to": to,
+            "step": step,
+            "frames": [{"ts": ts, "zones": list(zones.values())} for ts, zones in sorted(frames.items())],
+        }
+
+    # --- annotations ----------------------------------------------------------------------------
+
+    async def _annotate(
+        self, episode_id: str, kind: str, who: Principal, note: str, sql: str, *args: Any
+    ) -> dict[str, Any]:
+        ep = await self._episode(episode_id)
+        now = int(time.time() * 1000)
+        assert self.pool is not None
+        async with self.pool.acquire() as conn, conn.transaction():
+            if sql:
+                await conn.execute(sql, ep["id"], now, who.name, *args)
+            await conn.execute(
+                "INSERT INTO alert_log (fingerprint, ts, kind, status, author, note, episode_id) "
+                "VALUES ($1, $2, $3, '', $4, $5, $6) ON CONFLICT DO NOTHING",
+                ep["alert_fingerprint"] or f"episode-{ep['id']}",
+                now,
+                kind,
+                who.name,
+                note,
+                ep["id"],
+            )
+        return await self._episode(episode_id)
+
+    async def ack(self, request: Request, episode_id: str) -> Any:
+        who = self.authorize(request, "operator")
+        note = str((await self.body(request)).get("note", ""))[:2000]
+        return await self._annotate(
+            episode_id,
+            "ack",
+            who,
+            note,
+            "UPDATE episodes SET ack_at = $2, ack_by = $3, ack_note = $4, updated_at = $2 WHERE id = $1",
+            note,
+        )
+
+    async def comment(self, request: Request, episode_id: str) -> Any:
+        who = self.authorize(request, "operator")
+        text = str((await self.body(request)).get("text", "")).strip()[:5000]
+        if not text:
+            raise ApiError(400, "parameter 'text': a comment needs text")
+        return await self._annotate(
+            episode_id,
+            "comment",
+            who,
+            text,
+            "INSERT INTO episode_comments (episode_id, ts, author, text) VALUES ($1, $2, $3, $4)",
+            text,
+        )
+
+    async def assign(self, request: Request, episode_id: str) -> Any:
+        who = self.authorize(request, "operator")
+        assignee = str((await self.body(request)).get("assignee", "")).strip()[:200]
+        return await self._annotate(
+            episode_id,
+            "assign",
+            who,
+            assignee,
+            "UPDATE episodes SET assignee = nullif($4::text, ''), updated_at = $2 WHERE id = $1 AND $3::text IS NOT NULL",
+            assignee,
+        )
+
+    async def verdict(self, request: Request, episode_id: str) -> Any:
+        who = self.authorize(request, "operator")
+        body = await self.body(request)
+        verdict = str(body.get("verdict", ""))
+        if verdict not in ("true_positive", "false_positive"):
+            raise ApiError(400, "parameter 'verdict': must be true_positive or false_positive")
+        comment = str(body.get("comment", ""))[:2000]
+        ep = await self._annotate(
+            episode_id,
+            "verdict",
+            who,
+            f"{verdict} {comment}".strip(),
+            "UPDATE episodes SET verdict = $4, verdict_by = $3, verdict_at = $2, updated_at = $2 WHERE id = $1",
+            verdict,
+        )
+        labels = {k: str(ep[k]) for k in ("site", "zone", "utility", "sensor_id")}
+        labels["episode_id"] = str(ep["id"])
+        await self.send_feedback(
+            {
+                "fingerprint": ep["alert_fingerprint"] or f"episode-{ep['id']}",
+                "verdict": verdict,
+                "ts": ep["verdict_at"],
+                "author": who.name,
+                "comment": comment,
+                "labels": labels,
+                "v": 1,
+            }
+        )
+        return ep
+
+    # --- export ---------------------------------------------------------------------------------
+
+    async def export(self, request: Request) -> Any:
+        self.authorize(request, "viewer")
+        p = self.params(request)
+        what = p.get("what")
+        builders = {
+            "anomalies": queries.anomalies,
+            "episodes": lambda p: queries.episodes(p, paged=False),
+            "alerts": lambda p: queries.alerts(p, paged=False),
+            "series": queries.series,
+            "reports": queries.reports,
+            "quarantine": queries.quarantine,
+        }
+        if what not in builders:
+            raise QueryError("what", f"export one of {', '.join(EXPORTS)}")
+        sql, args = builders[what](p)
+        if self.pool is None:
+            raise ApiError(503, "the history store is not connected yet")
+        response = aioweb.StreamResponse(
+            status=200,
+            headers={
+                "Content-Type": "text/csv; charset=utf-8",
+                "Content-Disposition": f'attachment; filename="{what}.csv"',
+            },
+        )
+        async with self.pool.acquire() as conn, conn.transaction():
+            cursor = conn.cursor(f"{sql} LIMIT {int(self.hs.max_csv_rows)}", *args, prefetch=2000)
+            await response.prepare(request._request if hasattr(request, "_request") else request)
+            buf = io.StringIO()
+            writer = csv.writer(buf)
+            header_done = False
+            async for record in cursor:
+                if not header_done:
+                    writer.writerow(record.keys())
+                    header_done = True
+                writer.writerow(_cell(v) for v in record.values())
+                if buf.tell() > 64 * 1024:
+                    await response.write(buf.getvalue().encode())
+                    buf.seek(0)
+                    buf.truncate()
+            if not header_done:
+                writer.writerow(_export_header(sql))
+            await response.write(buf.getvalue().encode())
+        await response.write_eof()
+        return response
+
+    async def openapi(self, request: Request) -> Any:
+        self.authorize(request, "viewer")
+        return OPENAPI
+
+
+def _cell(value: Any) -> Any:
+    if isinstance(value, (dict, list)):
+        return orjson.dumps(value).decode()
+    return "" if value is None else value
+
+
+def _export_header(sql: str) -> list[str]:
+    """Column names of an empty result, read from the SELECT list (an export always has its header)."""
+    select = sql.split(" FROM ", 1)[0].removeprefix("SELECT ")
+    names, depth, current = [], 0, ""
+    for ch in select:
+        depth += ch == "("
+        depth -= ch == ")"
+        if ch == "," and depth == 0:
+            names.append(current)
+            current = ""
+        else:
+            current += ch
+    names.append(current)
+    return [n.strip().split(" AS ")[-1].split(" ")[-1] for n in names]
+
+
+_P = {
+    "from": "start: epoch ms or ISO 8601 (default: a range back from `to`)",
+    "to": "end: epoch ms or ISO 8601 (default now)",
+    "since": "instead of `from`: a duration back from `to` (30m, 1h, 7d)",
+    "site": "filter by site",
+    "zone": "filter by zone",
+    "utility": "filter by utility",
+    "limit": "page size (1..max_page_size, default 100)",
+    "offset": "rows to skip",
+}
+
+
+def _op(summary: str, params: list[str], method: str = "get", extra: dict[str, str] | None = None) -> dict[str, Any]:
+    described = {**_P, **(extra or {})}
+    return {
+        method: {
+            "summary": summary,
+            "security": [{"bearer": []}],
+            "parameters": [
+                {
+                    "name": n,
+                    "in": "path" if n in ("id", "zone_path") else "query",
+                    "schema": {"type": "string"},
+                    "description": described.get(n, n),
+                }
+                for n in params
+            ],
+            "responses": {
+                "200": {"description": "OK"},
+                "400": {"description": "bad parameter (named)"},
+                "401": {"description": "no token"},
+                "403": {"description": "role too low"},
+            },
+        }
+    }
+
+
+OPENAPI: dict[str, Any] = {
+    "openapi": "3.0.3",
+    "info": {"title": "flowwatch history API", "version": "1"},
+    "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+    "paths": {
+        "/v1/history/anomaly-rates": _op(
+            "Anomaly rate grouped by site, zone, utility, hour, dow",
+            ["by", "from", "to", "since", "site", "zone", "utility"],
+            extra={"by": "comma separated: site, zone, utility, hour, dow"},
+        ),
+        "/v1/history/series": _op(
+            "Rollups of a sensor's (or zone's) metric at any step; a zone gets the forecast band",
+            ["sensor", "zone", "metric", "from", "to", "since", "step"],
+            extra={"step": "1m or more (5m default)"},
+        ),
+        "/v1/history/episodes": _op(
+            "Episodes (event frames), newest first",
+            [
+                "site",
+                "zone",
+                "utility",
+                "sensor",
+                "severity",
+                "state",
+                "verdict",
+                "from",
+                "to",
+                "since",
+                "limit",
+                "offset",
+            ],
+        ),
+        "/v1/history/episodes/{id}": _op("One episode with its anomalies, comments and log", ["id"]),
+        "/v1/history/episodes/{id}/ack": _op("Acknowledge (operator); body {note}", ["id"], "post"),
+        "/v1/history/episodes/{id}/comments": _op("Comment (operator); body {text}", ["id"], "post"),
+        "/v1/history/episodes/{id}/assign": _op("Assign (operator); body {assignee}", ["id"], "post"),
+        "/v1/history/episodes/{id}/verdict": _op(
+            "Verdict (operator); body {verdict, comment}; also sent on `feedback`", ["id"], "post"
+        ),
+        "/v1/history/alerts": _op(
+            "Alert log: state changes, acks, comments",
+            ["fingerprint", "kind", "status", "site", "zone", "utility", "from", "to", "since", "limit", "offset"],
+        ),
+        "/v1/history/zones/{zone}/losses": _op(
+            "Estimated volume lost and cost by day", ["zone_path", "site", "from", "to", "since"]
+        ),
+        "/v1/history/playback": _op(
+            "Network state frames per step for a time slider", ["from", "to", "since", "step", "site"]
+        ),
+        "/v1/history/export.csv": _op(
+            "CSV of the filtered query (streamed)",
+            ["what", "from", "to", "since", "site", "zone", "utility", "sensor", "metric", "step"],
+            extra={"what": ", ".join(EXPORTS)},
+        ),
+    },
+}
+
+
+def mount(app: faust.App, api: HistoryApi) -> None:
+    """Register the views on the Faust web server."""
+
+    def handler(endpoint: str, fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Response]]:
+        async def run(self: View, request: Request, **kw: Any) -> Any:
+            try:
+                result = await fn(request, **kw)
+                code = 200
+            except ApiError as exc:
+                result, code = {"error": str(exc)}, exc.status
+            except QueryError as exc:
+                result, code = {"error": str(exc), "parameter": exc.param}, 400
+            API_REQUESTS.labels(endpoint, str(code)).inc()
+            if isinstance(result, aioweb.StreamResponse):
+                return result
+            return self.bytes(orjson.dumps(result), content_type="application/json", status=code)
+
+        return run
+
+    def page(path: str, endpoint: str, **methods: Callable[..., Awaitable[Any]]) -> None:
+        app.page(path)(
+            type(
+                f"History{endpoint.title().replace('-', '')}",
+                (View,),
+                {m: handler(endpoint, f) for m, f in methods.items()},
+            )
+        )
+
+    page("/openapi.json", "openapi", get=api.openapi)
+    page("/v1/history/anomaly-rates", "anomaly-rates", get=api.anomaly_rates)
+    page("/v1/history/series", "series", get=api.series)
+    page("/v1/history/episodes", "episodes", get=api.episodes)
+    page("/v1/history/episodes/{episode_id}", "episode", get=api.episode)
+    page("/v1/history/episodes/{episode_id}/ack", "ack", post=api.ack)
+    page("/v1/history/episodes/{episode_id}/comments", "comments", post=api.comment)
+    page("/v1/history/episodes/{episode_id}/assign", "assign", post=api.assign)
+    page("/v1/history/episodes/{episode_id}/verdict", "verdict", post=api.verdict)
+    page("/v1/history/alerts", "alerts", get=api.alerts)
+    page("/v1/history/zones/{zone}/losses", "losses", get=api.losses)
+    page("/v1/history/playback", "playback", get=api.playback)
+    page("/v1/history/export.csv", "export", get=api.export)
