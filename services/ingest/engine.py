@@ -39,12 +39,21 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from services.ingest import metrics as m
-from services.ingest.pipeline import H_FORWARDED, H_REQUEST, H_SOURCE, BatchProcessor, Inbound, Outcome
+from services.ingest.pipeline import (
+    H_FORWARDED,
+    H_REQUEST,
+    H_SOURCE,
+    SOURCES,
+    BatchProcessor,
+    Inbound,
+    NewSensorLimit,
+    Outcome,
+)
 from services.ingest.rules import Rules
 from services.ingest.sensors import SensorState, silence_transitions
 from services.ingest.settings import IngestSettings
 from services.ingest.verdicts import VerdictBoard
-from services.ingest.wire import reading_bytes, reading_dict
+from services.ingest.wire import reading_dict
 from shared.batching import Outbox, PartitionMap, start_output_producer
 from shared.cache import Cache
 from shared.codec import dumps
@@ -66,6 +75,9 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+_SOURCE_VALUES = frozenset(s.encode() for s in SOURCES)
+
+
 def to_inbound(record: Any) -> Inbound:
     """An aiokafka ConsumerRecord as the pipeline sees it."""
     source = "kafka"
@@ -74,7 +86,9 @@ def to_inbound(record: Any) -> Inbound:
     headers = record.headers or ()
     for name, value in headers:
         if name == H_SOURCE:
-            source = value.decode("utf-8", "replace")
+            # A label and a field downstream: only the known doors, whatever a producer put in the header.
+            if value in _SOURCE_VALUES:
+                source = value.decode()
         elif name == H_REQUEST:
             request = value
         elif name == H_FORWARDED:
@@ -162,7 +176,12 @@ class Ingest:
             producer, maps = await start_output_producer(self.settings, SERVICE, names)
             self.producer = producer
             self.partition_of = maps[self.clean_name]
-            self.processor = BatchProcessor(self.rules, partition_of=self.partition_of, load_state=self._load_state)
+            self.processor = BatchProcessor(
+                self.rules,
+                partition_of=self.partition_of,
+                load_state=self._load_state,
+                new_sensors=NewSensorLimit(self.isettings.new_sensors_per_min, time.monotonic),
+            )
             log.info("ingest output producer started; %d partitions", self.partition_of.partitions)
 
     async def start(self) -> str:
@@ -213,11 +232,10 @@ class Ingest:
         outcome = self.processor.process(batch)
         self.dirty.update(outcome.states)
         box = Outbox(self.producer)
-        for partition, reading in outcome.clean:
-            box.add(self.clean_name, partition, reading.sensor_id.encode(), reading_bytes(reading))
-        for partition, record in outcome.quarantined:
-            key = record.sensor_id.encode() if record.sensor_id else None
-            box.add(self.quarantine_name, partition, key, dumps(record))
+        for partition, reading, encoded in outcome.clean:
+            box.add(self.clean_name, partition, reading.sensor_id.encode(), encoded)
+        for q in outcome.quarantined:
+            box.add(self.quarantine_name, q.partition, q.key, q.value)
         for partition, sensor_id, msg in outcome.forward:
             headers = [(k, v) for k, v in msg.headers if k != H_FORWARDED] + [(H_FORWARDED, b"1")]
             box.add(self.raw_name, partition, sensor_id.encode(), msg.value or b"", headers)
@@ -228,7 +246,7 @@ class Ingest:
         await sub.acked
         batch, outcome = sub.batch, sub.outcome
         pending = self.cache_pending
-        for _, reading in outcome.clean:
+        for _, reading, _ in outcome.clean:
             pending[reading.sensor_id] = reading
         self._account(batch, outcome, time.perf_counter() - sub.started)
         for item, status, reasons in outcome.verdicts:
@@ -270,14 +288,14 @@ class Ingest:
         BATCH_SECONDS.labels(SERVICE, "readings").observe(elapsed)
         if outcome.clean:
             utilities: dict[str, int] = {}
-            for _, reading in outcome.clean:
+            for _, reading, _ in outcome.clean:
                 utilities[reading.utility] = utilities.get(reading.utility, 0) + 1
             # An even sample of at most LATENCY_SAMPLE readings per batch: the distribution, at a
             # fraction of the cost of observing every one (a locked histogram update each).
             now = time.time() * 1000
             observe = m.LATENCY.observe
             step = max(1, len(outcome.clean) // LATENCY_SAMPLE)
-            for _, reading in outcome.clean[::step]:
+            for _, reading, _ in outcome.clean[::step]:
                 observe(max(0.0, (now - reading.received_ms) / 1000.0))
             for utility, n in utilities.items():
                 m.ACCEPTED.labels(utility).inc(n)
