@@ -57,6 +57,7 @@ from services.ingest.wire import reading_dict
 from shared.batching import Outbox, PartitionMap, start_output_producer
 from shared.cache import Cache
 from shared.codec import dumps
+from shared.deadletter import quarantine, target_partition
 from shared.metrics import BATCH_SECONDS, BATCH_SIZE, EVENTS_IN, EVENTS_OUT
 from shared.pump import Checkpoint, Pump, PumpConfig, Undo
 from shared.records import SensorEvent
@@ -214,6 +215,24 @@ class Ingest:
         with event_context(self.pump.event(msg.partition)):
             data = self.sensors.get(sensor_id.encode())
         return SensorState.from_dict(data) if data else None
+
+    def refuse(self, box: Outbox, source: str, value: bytes, key: bytes | None, partition: int) -> list[str] | None:
+        """A door's item too large to carry through readings.raw goes straight to quarantine (its text cut to fit).
+
+        Returns the reasons when the item was refused, None when it may go on to readings.raw.
+        """
+        limit = self.isettings.max_line_bytes
+        if len(value) <= limit:
+            return None
+        reasons = [f"too_large: {len(value)} bytes (limit {limit})"]
+        assert self.partition_of is not None
+        target = target_partition(key, self.partition_of, self.partition_of.partitions, partition)
+        box.add(self.quarantine_name, target, key, quarantine(value, reasons, source))
+        m.QUARANTINED.inc()
+        m.QUARANTINE_REASONS.labels("too_large").inc()
+        m.INPUTS.labels(source).inc()
+        EVENTS_OUT.labels(SERVICE, self.quarantine_name).inc()
+        return reasons
 
     # --- one fetch of readings.raw ---------------------------------------------------------
 

@@ -62,9 +62,7 @@ class IngestSettings:
         "Deepest nesting of arrays/objects in one reading (the reading object is level 1); deeper ones are "
         "quarantined (`too_deep`). At most 250: orjson reads 1024 levels but writes only 254.",
     )
-    max_field_chars: int = _doc(
-        200, "Longest sensor_id, site, zone or asset (characters); longer is `invalid_field`."
-    )
+    max_field_chars: int = _doc(200, "Longest sensor_id, site, zone or asset (characters); longer is `invalid_field`.")
     max_extra_bytes: int = _doc(
         16 * 1024,
         "Largest `extra` of a clean reading (the unknown fields and the `extra` object, as JSON bytes); larger is "
