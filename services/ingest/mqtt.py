@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from services.ingest import metrics as m
 from services.ingest.payloads import PayloadError, split_items
@@ -43,8 +45,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Messages read but not yet acknowledged (bounds memory when QoS 0 has no broker-side window).
+#: Messages read but not yet acknowledged: the MQTT 5 receive maximum the broker must respect
+#: (its own default for 3.1.1 clients, 20, would pace ingest at 20 messages per Kafka round trip).
+#: aiomqtt's own queue stays unbounded: it would discard what does not fit, and a discarded
+#: message is never acknowledged, so it would hold a place in this window until a reconnect.
 MAX_UNACKED = 1000
+#: How long the broker keeps the session (subscription, unacknowledged messages) of a disconnected ingest.
+SESSION_EXPIRY_S = 7 * 24 * 3600
 
 
 def parse_mqtt_url(url: str, isettings: IngestSettings | None = None) -> dict[str, Any]:
@@ -87,6 +94,15 @@ def client_id(isettings: IngestSettings, topic_prefix: str) -> str:
     return f"{topic_prefix}flowwatch-ingest"
 
 
+def connect_properties(persistent: bool) -> Properties:
+    """MQTT 5 CONNECT properties: how many unacknowledged messages we take, how long the session lives."""
+    props = Properties(PacketTypes.CONNECT)
+    props.ReceiveMaximum = MAX_UNACKED
+    if persistent:
+        props.SessionExpiryInterval = SESSION_EXPIRY_S
+    return props
+
+
 class MqttBridge:
     def __init__(self, ingest: Ingest, url: str) -> None:
         self.ingest = ingest
@@ -115,7 +131,9 @@ class MqttBridge:
                 client = aiomqtt.Client(
                     **kwargs,
                     identifier=identifier,
-                    clean_session=not isettings.mqtt_persistent,
+                    protocol=aiomqtt.ProtocolVersion.V5,
+                    clean_start=not isettings.mqtt_persistent,
+                    properties=connect_properties(isettings.mqtt_persistent),
                     keepalive=30,
                     timeout=10,
                 )

@@ -154,7 +154,7 @@ def _decode_lenient(raw: bytes | bytearray | memoryview | str, first_error: str)
             value = json.loads(text, parse_int=_int_as_orjson)
         else:
             return None, f"malformed_json: {first_error}"
-    except (ValueError, RecursionError):
+    except (ValueError, RecursionError, OverflowError):  # an integer beyond a float overflows
         return None, f"malformed_json: {first_error}"
     try:
         # The standard library lets through what orjson would refuse to write again.

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-import types
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import orjson

@@ -206,6 +206,8 @@ def test_malformed_bytes_decode_to_a_reason() -> None:
     assert decode(b'"\\ud800"')[1].startswith("lone_surrogate")
     # the permissive decoder (NaN) must not let a lone surrogate through either
     assert decode(b'{"a":"\\udc00","b":NaN}')[1].startswith("lone_surrogate")
+    # an integer beyond any float beside NaN (found by the fuzz suite: OverflowError, not ValueError)
+    assert decode(b'{"a":NaN,"b":1' + b"0" * 400 + b"}")[1].startswith("malformed_json")
 
 
 def test_decode_limits_size_and_depth_and_leaves_only_encodable_values() -> None:
