@@ -375,8 +375,9 @@ class Ingest:
         if not self._silence_loaded:
             self._load_local(local)
         assert self.processor is not None
-        states = {sid: st for sid, st in self.processor.states.items() if st.count}
         now = now_ms()
+        self.evict_stale(now)
+        states = {sid: st for sid, st in self.processor.states.items() if st.count}
         factor = self.isettings.silence_factor
         min_ms = int(self.isettings.silence_min_s * 1000)
         went, back = silence_transitions(states, self.silent, now, factor, min_ms)
@@ -409,6 +410,32 @@ class Ingest:
         m.SENSORS.set(len(states))
         m.SILENT.set(len(self.silent))
         return went, back
+
+    def evict_stale(self, now: int) -> int:
+        """Forget sensors not heard from for ``sensor_ttl_s``: table rows (tombstones in the changelogs) and memory.
+
+        Sensor ids are chosen by whoever sends readings; without this the tables would only grow.
+        A sensor changed since the last checkpoint is kept (its new state is on its way to the table).
+        """
+        ttl_ms = int(self.isettings.sensor_ttl_s * 1000)
+        if ttl_ms <= 0 or self.processor is None or self.partition_of is None:
+            return 0
+        cutoff = now - ttl_ms
+        states = self.processor.states
+        stale = [s for s, st in states.items() if 0 < st.last_seen_ms < cutoff and s not in self.dirty]
+        for sensor_id in stale:
+            key = sensor_id.encode()
+            with event_context(self.pump.event(self.partition_of(sensor_id))):
+                for table in (self.sensors, self.silence):
+                    if table.get(key) is not None:
+                        del table[key]
+            del states[sensor_id]
+            self.silent.discard(sensor_id)
+            self.cache_pending.pop(sensor_id, None)
+        if stale:
+            m.EVICTED.inc(len(stale))
+            log.info("forgot %d sensors not heard from for %.0f s", len(stale), ttl_ms / 1000)
+        return len(stale)
 
     # --- Redis cache ----------------------------------------------------------------------
 

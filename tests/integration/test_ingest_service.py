@@ -28,6 +28,7 @@ from tests.helpers import ServiceProcess, collect, delete_topics, produce
 TOKEN = "test-" + uuid.uuid4().hex
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 MAX_BODY = 64 * 1024
+SENSOR_TTL_S = 10
 
 
 @pytest_asyncio.fixture(scope="module")
@@ -46,6 +47,7 @@ async def ingest(stack: Settings, tmp_path_factory: pytest.TempPathFactory) -> A
         "FLOWWATCH_INGEST_CHECKPOINT_S": "0.5",
         "FLOWWATCH_INGEST_CACHE_FLUSH_S": "0.3",
         "FLOWWATCH_INGEST_HTTP_MAX_BODY_BYTES": str(MAX_BODY),
+        "FLOWWATCH_INGEST_SENSOR_TTL_S": str(SENSOR_TTL_S),
     }
     proc = ServiceProcess("ingest", s, extra_env=env)
     proc.start()
@@ -294,3 +296,21 @@ async def test_sensor_goes_silent_comes_back_and_is_cached(ingest: ServiceProces
     await produce(s, "readings.raw", [(sensor.encode(), reading(sensor, now_ms()))])
     events = await collect(s, "sensor.events", lambda ms: kinds(ms) == ["silent", "back"], timeout=20)
     assert kinds(events) == ["silent", "back"]
+
+
+async def test_a_sensor_not_heard_from_for_its_ttl_is_forgotten(ingest: ServiceProcess) -> None:
+    sensor = f"ttl-{uuid.uuid4().hex[:8]}"
+    body = orjson.dumps(reading(sensor, now_ms() - 1000))
+    async with httpx.AsyncClient(base_url=ingest.url, headers=AUTH, timeout=15) as client:
+        assert (await client.post("/v1/readings", content=body)).json()["accepted"] == 1
+        assert (await client.post("/v1/readings", content=body)).json()["duplicates"] == 1
+        evicted = metric(ingest, "flowwatch_ingest_sensors_evicted_total")
+        # A duplicate does not refresh the sensor: it stays a duplicate until the sensor is forgotten,
+        # then the same reading is new again (its state was deleted, not just hidden).
+        deadline = time.monotonic() + SENSOR_TTL_S + 30
+        answer = (await client.post("/v1/readings", content=body)).json()
+        while answer["duplicates"] == 1 and time.monotonic() < deadline:
+            await asyncio.sleep(1.0)
+            answer = (await client.post("/v1/readings", content=body)).json()
+        assert answer["accepted"] == 1, answer
+        assert metric(ingest, "flowwatch_ingest_sensors_evicted_total") > evicted
