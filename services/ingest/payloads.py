@@ -92,16 +92,14 @@ def split_items(body: bytes, max_items: int, max_field_chars: int = 200) -> list
     """The items of a body; raises :class:`PayloadError` when it is not JSON/array/NDJSON."""
     if not body.strip():
         raise PayloadError("empty body: send a JSON object, a JSON array of objects, or NDJSON")
-    value, error = decode(body)
+    try:
+        value, error, strict = orjson.loads(body), None, True
+    except orjson.JSONDecodeError:
+        (value, error), strict = decode(body), False  # NaN/Infinity, or the reason it is not JSON
     if error is None:
         if isinstance(value, list):
             if len(value) > max_items:
                 raise TooManyItems(len(value), max_items)
-            try:
-                orjson.loads(body)
-                strict = True
-            except orjson.JSONDecodeError:
-                strict = False
             encoded = _encode_items(value, strict, body)
             return [Item(e, _sensor_id(v, max_field_chars)) for e, v in zip(encoded, value, strict=True)]
         # One reading (or one JSON value that is not a reading: still an item, quarantined with its reason).
