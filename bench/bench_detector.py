@@ -52,7 +52,7 @@ from services.detector.training import fit_profile  # noqa: E402
 from shared.registry import ModelRegistry  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 from shared.topics import create_all  # noqa: E402
-from tests.helpers import ServiceProcess, delete_topics  # noqa: E402
+from tests.helpers import AUTH, ServiceProcess, delete_topics  # noqa: E402
 
 T0 = 1_717_200_000_000
 STEP_MS = 10_000
@@ -229,7 +229,7 @@ async def drain_rounds(
                 _, first, last = await round_span(settings, produced - n)
             results.append(n / max((last - first) / 1000.0, 1e-3))
             cpu.append(n / max(c1 - c0, 1e-6))
-        stats = httpx.get(f"{det.url}/detector/stats", timeout=10).json()
+        stats = httpx.get(f"{det.url}/detector/stats", headers=AUTH, timeout=10).json()
         ready = httpx.get(f"{det.url}/ready", timeout=10).json()
     return {"throughput": results, "per_cpu_second": cpu, "stats": stats, "ready": ready, "produced": produced}
 

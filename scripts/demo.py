@@ -69,15 +69,23 @@ def ensure_forecaster_model(settings: Settings, env: dict[str, str]) -> None:
     subprocess.run([sys.executable, *args, "--promote", "production"], cwd=ROOT, env=env, check=True)
 
 
-def demo_alerts_token(env: dict[str, str]) -> Path:
-    """An admin token for the alerts API, kept in a 0600 file (never printed), unless one is configured."""
-    token_file = ROOT / ".stack" / "demo-alerts-token"
-    if not env.get("FLOWWATCH_ALERTS_TOKENS") and not env.get("FLOWWATCH_ALERTS_TOKENS_FILE"):
-        token_file.parent.mkdir(parents=True, exist_ok=True)
-        if not token_file.exists():
-            token_file.write_text(secrets.token_urlsafe(24))
-            token_file.chmod(0o600)
-        env["FLOWWATCH_ALERTS_TOKENS"] = f"admin:{token_file.read_text().strip()}:demo"
+def demo_token(env: dict[str, str]) -> Path:
+    """One admin token every service's API accepts (FLOWWATCH_API_TOKENS), kept in a 0600 file, never printed.
+
+    Ingest, the detector, the forecaster and the alerts API are closed without a token; the demo
+    opens them to whoever can read ``.stack/demo-token``. Tokens configured by the caller are kept.
+    """
+    token_file = ROOT / ".stack" / "demo-token"
+    token_file.parent.mkdir(parents=True, exist_ok=True)
+    if not token_file.exists():
+        # Created 0600 from the start: the token is never readable by others, not even for a moment.
+        fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(32))
+    token_file.chmod(0o600)
+    demo = f"admin:{token_file.read_text().strip()}:demo"
+    env["FLOWWATCH_API_TOKENS"] = ",".join(t for t in (env.get("FLOWWATCH_API_TOKENS", ""), demo) if t)
+    (ROOT / ".stack" / "demo-alerts-token").unlink(missing_ok=True)  # the old per-service token, replaced
     return token_file
 
 
@@ -85,7 +93,7 @@ def main() -> int:
     settings = Settings.from_env()
     data_dir = Path(os.environ.get("FLOWWATCH_DATA_DIR", ROOT / ".flowwatch"))
     env = {**os.environ, "FLOWWATCH_DATA_DIR": str(data_dir), "PYTHONPATH": str(ROOT)}
-    token_file = demo_alerts_token(env)
+    token_file = demo_token(env)
     print("==> creating topics")
     asyncio.run(create_all(settings))
     ensure_forecaster_model(settings, env)
@@ -105,11 +113,14 @@ def main() -> int:
         if (ROOT / "services" / "simulator" / "__main__.py").exists():
             procs["simulator"] = start("simulator", SIMULATOR, env)
             print(f"==> simulator  feeding readings.raw (log: {LOGS / 'simulator'}.log)")
+        auth = f'-H "Authorization: Bearer $(cat {token_file})"'
         print(
-            "\nflowwatch is running. Try:\n"
+            f"\nflowwatch is running. The admin token every API accepts is in {token_file} (mode 0600).\n"
+            "Try:\n"
             "  curl -s http://127.0.0.1:8081/metrics | grep flowwatch_\n"
-            f'  curl -s -H "Authorization: Bearer $(cat {token_file})" http://127.0.0.1:8084/v1/alerts\n'
-            "  curl -s http://127.0.0.1:8082/detector/stats\n"
+            f"  curl -s {auth} http://127.0.0.1:8084/v1/alerts\n"
+            f"  curl -s {auth} http://127.0.0.1:8082/detector/stats\n"
+            "  curl -s http://127.0.0.1:8082/openapi.json   # each service describes its API\n"
             "  redis-cli --scan --pattern 'flowwatch:*' | head\n"
             "Ctrl-C stops everything."
         )

@@ -8,8 +8,10 @@ which prefix was right. Tokens never reach a log line.
 
 from __future__ import annotations
 
+import functools
 import hmac
 import os
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,9 +86,68 @@ class TokenStore:
     def authenticate(self, header: str | None) -> Principal | None:
         if not header or not header.startswith("Bearer "):
             return None
-        given = header[len("Bearer ") :].strip().encode()
+        given = header[len("Bearer ") :].strip().encode(errors="surrogatepass")
         found = None
         for token, principal in self.tokens:
             if hmac.compare_digest(token, given) and found is None:
                 found = principal
         return found
+
+
+#: What to tell a client when the service has no token at all: closed by default, and how to open it.
+NOT_CONFIGURED = (
+    "no API tokens are configured, so this endpoint is closed: set FLOWWATCH_API_TOKENS "
+    "(role:token[:name], comma separated) or FLOWWATCH_API_TOKENS_FILE"
+)
+
+
+class AuthError(Exception):
+    """A refused request: 401 (no or unknown token) or 403 (a token whose role is too low)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+    @property
+    def headers(self) -> dict[str, str] | None:
+        return {"WWW-Authenticate": "Bearer"} if self.status == 401 else None
+
+
+def authorize(
+    tokens: TokenStore, authorization: str | None, role: str, unconfigured: str = NOT_CONFIGURED
+) -> Principal:
+    """The principal of an ``Authorization: Bearer`` header allowed ``role``, else :class:`AuthError`.
+
+    With no token configured at all every request is refused: closed by default, never open.
+    """
+    if not tokens.tokens:
+        raise AuthError(401, unconfigured)
+    principal = tokens.authenticate(authorization)
+    if principal is None:
+        raise AuthError(401, "missing or invalid bearer token (Authorization: Bearer <token>)")
+    if not principal.can(role):
+        raise AuthError(403, f"role {principal.role!r} may not do this; needs {role!r} or above")
+    return principal
+
+
+ViewFn = Callable[..., Awaitable[Any]]
+
+
+def require_role(tokens: TokenStore, role: str) -> Callable[[ViewFn], ViewFn]:
+    """Decorate a Faust function view ``async def view(web, request, **kw)`` to answer 401/403 without a
+    token of ``role`` or above (the same JSON ``{"error": ...}`` shape as every API refusal)."""
+    if role not in ROLES:
+        raise AuthConfigError(f"unknown role {role!r}")
+
+    def decorate(fn: ViewFn) -> ViewFn:
+        @functools.wraps(fn)
+        async def guarded(web: Any, request: Any, **kw: Any) -> Any:
+            try:
+                authorize(tokens, request.headers.get("Authorization"), role)
+            except AuthError as exc:
+                return web.json({"error": str(exc)}, status=exc.status, headers=exc.headers)
+            return await fn(web, request, **kw)
+
+        return guarded
+
+    return decorate

@@ -3,7 +3,10 @@
 Each service's ``create_app(settings)`` starts from :func:`base_app`, which applies
 the conventions from the design (broker and consumer tuning against rebalance
 storms, rocksdb tables under the data dir, web server on the configured host,
-at-least-once processing) and mounts ``/health``, ``/ready`` and ``/metrics``.
+at-least-once processing) and mounts ``/health``, ``/ready`` and ``/metrics`` (open, for probes and scrapers) and
+``/openapi.json`` (the service's API description). Faust's own ``/table``, ``/router``,
+``/graph`` and statistics views are off: they serve table contents and cluster topology
+to anyone. Every other view requires a token: :meth:`ServiceState.api_page`.
 
 Readiness means: joined the consumer group, not rebalancing, tables recovered,
 and every service-specific check (model loaded, ...) passing. Liveness means the
@@ -18,13 +21,16 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import faust
 
 from shared import codec as _codec  # noqa: F401 - registers the orjson codec with Faust
+from shared.auth import TokenStore, require_role
 from shared.logs import logging_config, setup_logging
 from shared.metrics import CONSUMER_LAG, CONTENT_TYPE_LATEST, READY, exposition
+from shared.openapi import document
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -49,6 +55,16 @@ class ServiceState:
     liveness_checks: dict[str, Check] = field(default_factory=dict)
     joined: bool = False
     started_at: float = field(default_factory=time.monotonic)
+    tokens: TokenStore = field(default_factory=TokenStore)
+
+    def api_page(self, path: str, role: str = "viewer") -> Callable[[Any], Any]:
+        """``@app.page(path)`` for a function view that needs a token of ``role`` or above (viewer < operator
+        < admin); the one way every service guards its API views."""
+
+        def decorate(fn: Any) -> Any:
+            return self.app.page(path)(require_role(self.tokens, role)(fn))
+
+        return decorate
 
     def add_check(self, name: str, check: Check) -> None:
         """Register a readiness check returning ``(ok, detail)``."""
@@ -125,8 +141,10 @@ class ServiceState:
         return stalled
 
 
-def base_app(settings: Settings, *, app_id: str | None = None, **conf: Any) -> tuple[faust.App, ServiceState]:
-    """A configured Faust app with /health, /ready and /metrics mounted."""
+def base_app(
+    settings: Settings, *, app_id: str | None = None, openapi: Path | None = None, **conf: Any
+) -> tuple[faust.App, ServiceState]:
+    """A configured Faust app with /health, /ready, /metrics and (given its file) /openapi.json mounted."""
     setup_logging(settings.service, settings.log_level)
     settings.table_dir.mkdir(parents=True, exist_ok=True)
     options: dict[str, Any] = {
@@ -138,6 +156,12 @@ def base_app(settings: Settings, *, app_id: str | None = None, **conf: Any) -> t
         "web_bind": settings.web_host,
         "web_port": settings.port,
         "web_enabled": True,
+        # Faust's built-in views would serve table contents and cluster topology without a token (pitfall 10).
+        # app.router (the Python API ingest uses to find a key's owner) works without them.
+        "web_tables_enabled": False,
+        "web_router_enabled": False,
+        "web_graph_enabled": False,
+        "web_stats_enabled": False,
         "processing_guarantee": "at_least_once",
         "topic_replication_factor": settings.replication_factor,
         "topic_partitions": settings.partitions,
@@ -160,7 +184,7 @@ def base_app(settings: Settings, *, app_id: str | None = None, **conf: Any) -> t
     }
     options.update(conf)
     app = faust.App(app_id or f"{settings.topic_prefix}flowwatch-{settings.service}", **options)
-    state = ServiceState(app=app, service=settings.service)
+    state = ServiceState(app=app, service=settings.service, tokens=TokenStore.from_settings(settings))
     app.flowwatch_state = state  # type: ignore[attr-defined]
     app.flowwatch_settings = settings  # type: ignore[attr-defined]
 
@@ -184,6 +208,13 @@ def base_app(settings: Settings, *, app_id: str | None = None, **conf: Any) -> t
         state.readiness()
         state.liveness()
         return web.bytes(exposition(), content_type=CONTENT_TYPE_LATEST.split(";")[0])
+
+    if openapi is not None:
+        spec = document(openapi)
+
+        @app.page("/openapi.json")
+        async def openapi_view(web: Any, request: Any) -> Any:
+            return web.json(spec)
 
     return app, state
 

@@ -17,7 +17,7 @@ import pytest
 
 from shared.settings import Settings
 from shared.topics import create_all
-from tests.helpers import delete_topics
+from tests.helpers import API_TOKEN, delete_topics
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -50,6 +50,7 @@ async def settings(stack: Settings, tmp_path: Path) -> AsyncIterator[Settings]:
     """Settings with a unique topic prefix, its topics created, and state under tmp_path."""
     prefix = f"t{uuid.uuid4().hex[:10]}."
     s = stack.replace(
+        api_tokens=f"admin:{API_TOKEN}:tests",
         topic_prefix=prefix,
         data_dir=tmp_path / "data",
         model_dir=tmp_path / "models",

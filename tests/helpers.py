@@ -20,6 +20,10 @@ from shared.codec import dumps, loads
 from shared.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
+#: The admin API token every service started by a test accepts (the ``settings`` fixture sets it).
+API_TOKEN = "tests-admin-token-" + os.urandom(8).hex()
+#: Headers carrying it: every endpoint but /health, /ready, /metrics and /openapi.json needs a token.
+AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
 
 
 async def produce(settings: Settings, topic: str, messages: list[tuple[bytes | None, Any]]) -> None:
@@ -114,6 +118,11 @@ class ServiceProcess:
         # Each process gets a free port so tests can run several services side by side.
         self.settings = settings.replace(service=service, web_port=settings.web_port or free_port())
         self.env = {**os.environ, **self.settings.to_env(), **(extra_env or {})}
+        # Every service a test or bench starts accepts AUTH, besides any tokens configured; a caller that
+        # names FLOWWATCH_API_TOKENS in extra_env gets exactly that (e.g. none, to see a closed service).
+        tokens = self.env.get("FLOWWATCH_API_TOKENS", "")
+        if "FLOWWATCH_API_TOKENS" not in (extra_env or {}) and API_TOKEN not in tokens:
+            self.env["FLOWWATCH_API_TOKENS"] = ",".join(t for t in (tokens, f"admin:{API_TOKEN}:tests") if t)
         self.args = args or []
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = Path(self.settings.data_dir) / f"{service}.log"

@@ -8,6 +8,7 @@ of truth. Every refusal is a 4xx with a JSON ``{"error": ...}`` saying why.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -19,19 +20,25 @@ from services.alerts import engine
 from services.alerts.config import Config
 from services.alerts.matchers import MatcherError, parse_matchers
 from services.alerts.metrics import API_REQUESTS
-from services.alerts.mirror import Mirror
-from services.alerts.silences import SilenceError, new_silence, rfc3339, status
+from services.alerts.mirror import Mirror, Unavailable
+from services.alerts.silences import Limits, SilenceError, new_silence, rfc3339, status, updated_silence
 from services.alerts.silences import view as silence_view
-from shared.auth import Principal, TokenStore
+from shared.auth import NOT_CONFIGURED, AuthError, Principal, TokenStore, authorize
 from shared.codec import loads
 
+log = logging.getLogger(__name__)
 VERDICTS = ("true_positive", "false_positive")
+UNCONFIGURED = NOT_CONFIGURED + " (or FLOWWATCH_ALERTS_TOKENS / FLOWWATCH_ALERTS_TOKENS_FILE)"
+
+
+MAX_BODY = 64 * 1024
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status = status
+        self.headers = headers
 
 
 class AlertsApi:
@@ -47,7 +54,11 @@ class AlertsApi:
         send_ack: Callable[[dict[str, Any], dict[str, Any]], Awaitable[None]],
         send_silence: Callable[[str, dict[str, Any] | None], Awaitable[None]],
         send_feedback: Callable[[dict[str, Any]], Awaitable[None]],
+        limits: Limits = Limits(),
+        max_silences: int = 1000,
     ):
+        self.limits = limits
+        self.max_silences = max_silences
         self.config = config
         self.tokens = tokens
         self.mirror = mirror
@@ -57,17 +68,17 @@ class AlertsApi:
         self.send_feedback = send_feedback
 
     def authorize(self, request: Request, role: str) -> Principal:
-        if not self.tokens.tokens:
-            raise ApiError(401, "no API tokens are configured (set FLOWWATCH_ALERTS_TOKENS or a tokens file)")
-        principal = self.tokens.authenticate(request.headers.get("Authorization"))
-        if principal is None:
-            raise ApiError(401, "missing or invalid bearer token")
-        if not principal.can(role):
-            raise ApiError(403, f"role {principal.role!r} may not do this; needs {role!r} or above")
-        return principal
+        try:
+            return authorize(self.tokens, request.headers.get("Authorization"), role, UNCONFIGURED)
+        except AuthError as exc:
+            raise ApiError(exc.status, str(exc), exc.headers) from None
 
     async def body(self, request: Request) -> Any:
-        raw = await request.read()
+        if (request.content_length or 0) > MAX_BODY:
+            raise ApiError(413, f"body larger than {MAX_BODY} bytes")
+        raw = await request.content.read(MAX_BODY + 1)
+        if len(raw) > MAX_BODY:
+            raise ApiError(413, f"body larger than {MAX_BODY} bytes")
         if not raw:
             raise ApiError(400, "request body is empty; send a JSON object")
         try:
@@ -134,7 +145,7 @@ class AlertsApi:
         self.authorize(request, "viewer")
         alert = await self.mirror.alert(fingerprint)
         if alert is None:
-            raise ApiError(404, f"no alert with fingerprint {fingerprint!r}")
+            raise ApiError(404, f"no alert with fingerprint {fingerprint[:64]!r}")
         [view] = await self._with_status([alert])
         return view
 
@@ -145,10 +156,10 @@ class AlertsApi:
             raise ApiError(400, "body must be a JSON object")
         alert = await self.mirror.alert(fingerprint)
         if alert is None:
-            raise ApiError(404, f"no alert with fingerprint {fingerprint!r}")
+            raise ApiError(404, f"no alert with fingerprint {fingerprint[:64]!r}")
         if alert["status"] != "firing":
             raise ApiError(409, "alert is resolved; nothing to acknowledge")
-        comment = str(body.get("comment", ""))[:1000]
+        comment = _text(body, "comment", 1000)
         await self.send_ack(alert, {"type": "ack", "fingerprint": fingerprint, "by": who.name, "comment": comment})
         # Read-your-write: wait briefly for the agent to apply it.
         for _ in range(50):
@@ -170,15 +181,36 @@ class AlertsApi:
         return sorted(out, key=lambda s: s["endsAt"], reverse=True)
 
     async def create_silence(self, request: Request) -> dict[str, Any]:
+        """A new silence: the server assigns its id, its author is the token's identity."""
         who = self.authorize(request, "operator")
         now_ms = int(time.time() * 1000)
         try:
-            silence = new_silence(await self.body(request), now_ms, author_default=who.name)
+            silence = new_silence(await self.body(request), now_ms, who.name, self.limits)
         except SilenceError as exc:
             raise ApiError(400, str(exc)) from None
-        existing = self.silences.get(silence["id"])
-        if existing is not None and not who.can("admin") and existing["created_by"] != who.name:
-            raise ApiError(403, "only its author or an admin may update a silence")
+        live = sum(1 for s in self._silences() if status(s, now_ms) != "expired")
+        if live >= self.max_silences:
+            raise ApiError(409, f"{live} silences are pending or active (limit {self.max_silences}); expire some first")
+        return await self._store(silence, now_ms)
+
+    async def update_silence(self, request: Request, silence_id: str) -> dict[str, Any]:
+        """Change a silence's matchers, times or comment; its id and author stay (author or admin only)."""
+        who = self.authorize(request, "operator")
+        existing = self.silences.get(silence_id) if silence_id.isascii() else None
+        if existing is None:
+            raise ApiError(404, f"no silence {silence_id[:64]!r}")
+        if existing["created_by"] != who.name and not who.can("admin"):
+            raise ApiError(403, "only its author or an admin may change a silence")
+        now_ms = int(time.time() * 1000)
+        if status(existing, now_ms) == "expired":
+            raise ApiError(409, "silence has expired; create a new one")
+        try:
+            silence = updated_silence(existing, await self.body(request), now_ms, who.name, self.limits)
+        except SilenceError as exc:
+            raise ApiError(400, str(exc)) from None
+        return await self._store(silence, now_ms)
+
+    async def _store(self, silence: dict[str, Any], now_ms: int) -> dict[str, Any]:
         await self.send_silence(silence["id"], silence)
         applied = await self._wait(lambda: (self.silences.get(silence["id"]) or {}).get("updated_at") == now_ms)
         return {"silenceID": silence["id"], "applied": applied}
@@ -188,9 +220,9 @@ class AlertsApi:
         sid = request.query.get("id") or request.match_info.get("silence_id")
         if not sid:
             raise ApiError(400, "give the silence id: DELETE /v1/silences/{id} or ?id=")
-        silence = self.silences.get(sid)
+        silence = self.silences.get(sid) if sid.isascii() else None
         if silence is None:
-            raise ApiError(404, f"no silence {sid!r}")
+            raise ApiError(404, f"no silence {sid[:64]!r}")
         if silence["created_by"] != who.name and not who.can("admin"):
             raise ApiError(403, "only its author or an admin may expire a silence")
         now_ms = int(time.time() * 1000)
@@ -224,13 +256,13 @@ class AlertsApi:
             raise ApiError(400, f"verdict: must be one of {', '.join(VERDICTS)}")
         alert = await self.mirror.alert(fp)
         if alert is None:
-            raise ApiError(404, f"no alert with fingerprint {fp!r}")
+            raise ApiError(404, f"no alert with fingerprint {fp[:64]!r}")
         record = {
             "fingerprint": fp,
             "verdict": verdict,
             "ts": int(time.time() * 1000),
             "author": who.name,
-            "comment": str(body.get("comment", ""))[:2000],
+            "comment": _text(body, "comment", 2000),
             "labels": alert["labels"],
             "v": 1,
         }
@@ -238,18 +270,34 @@ class AlertsApi:
         return {"status": "recorded", **record}
 
 
+def _text(body: dict[str, Any], field: str, limit: int) -> str:
+    """An optional string field of a request body, at most ``limit`` characters; anything else is a 400."""
+    value = body.get(field, "")
+    if not isinstance(value, str):
+        raise ApiError(400, f"{field}: must be a string")
+    if len(value) > limit:
+        raise ApiError(400, f"{field}: at most {limit} characters")
+    return value
+
+
 def mount(app: faust.App, api: AlertsApi) -> None:
     """Register the views on the Faust web server."""
 
     def handler(endpoint: str, fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Response]]:
         async def run(self: View, request: Request, **kw: Any) -> Response:
+            headers = None
             try:
                 result = await fn(request, **kw)
                 code = 200
             except ApiError as exc:
-                result, code = {"error": str(exc)}, exc.status
+                result, code, headers = {"error": str(exc)}, exc.status, exc.headers
+            except Unavailable as exc:
+                result, code, headers = {"error": str(exc)}, 503, {"Retry-After": "5"}
+            except Exception:
+                log.exception("%s %s failed", request.method, request.path)
+                result, code = {"error": "internal error; see the alerts log"}, 500
             API_REQUESTS.labels(endpoint, str(code)).inc()
-            return self.json(result, status=code)
+            return self.json(result, status=code, headers=headers)
 
         return run
 
@@ -271,7 +319,10 @@ def mount(app: faust.App, api: AlertsApi) -> None:
         type(
             "SilenceOne",
             (View,),
-            {"delete": handler("silences", lambda request, silence_id: api.delete_silence(request))},
+            {
+                "put": handler("silences", api.update_silence),
+                "delete": handler("silences", lambda request, silence_id: api.delete_silence(request)),
+            },
         )
     )
     app.page("/v1/feedback")(type("Feedback", (View,), {"post": handler("feedback", api.feedback)}))

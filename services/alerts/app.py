@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -36,14 +37,16 @@ from services.alerts.mirror import Mirror
 from services.alerts.overlay import Overlay
 from services.alerts.processor import Processor, Schedule
 from services.alerts.settings import AlertsSettings
+from services.alerts.silences import Limits, collectable, stored
+from shared import deadletter
 from shared.auth import TokenStore
 from shared.cache import Cache
-from shared.codec import dumps
-from shared.metrics import BATCH_SECONDS, BATCH_SIZE, DECODE_ERRORS, EVENTS_IN, EVENTS_OUT
+from shared.codec import dumps, loads
+from shared.metrics import BATCH_SECONDS, BATCH_SIZE, DEAD_LETTERS, DECODE_ERRORS, EVENTS_IN, EVENTS_OUT
 from shared.service import base_app
 from shared.settings import Settings
 from shared.streaming import event_context
-from shared.topics import ALERTS_DLQ, FEEDBACK
+from shared.topics import ALERTS_DLQ, DEADLETTER, FEEDBACK
 
 log = logging.getLogger(__name__)
 OBS_PER_MESSAGE = 500  # keeps an internal message well under Kafka's 1 MB default
@@ -57,13 +60,15 @@ def create_app(
     config = config or load_config(asettings.config_path)
     if asettings.external_url:
         config = Config(**{**config.__dict__, "external_url": asettings.external_url})
-    tokens = TokenStore.load(asettings.tokens_env, asettings.tokens_file)
-    tokens.extend(TokenStore.from_settings(settings))
     app, state = base_app(
         settings,
+        openapi=Path(__file__).with_name("openapi.yaml"),
         broker_session_timeout=asettings.session_timeout_s,
         broker_rebalance_timeout=max(asettings.session_timeout_s, 10.0),
     )
+    # The alerts API also takes the tokens of its own older variable, besides everyone's FLOWWATCH_API_TOKENS.
+    tokens = state.tokens
+    tokens.extend(TokenStore.load(asettings.tokens_env, asettings.tokens_file))
     raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
 
     by_topic = {settings.topic(name): name for name in INPUTS}
@@ -71,6 +76,7 @@ def create_app(
     events = app.topic(f"{app.conf.id}-events", internal=True, partitions=settings.partitions, **raw)
     silence_commands = app.topic(f"{app.conf.id}-silence-commands", internal=True, partitions=1, **raw)
     dlq = app.topic(settings.topic(ALERTS_DLQ.name), internal=False, **raw)
+    deadletters = app.topic(settings.topic(DEADLETTER.name), internal=False, **raw)
     feedback = app.topic(settings.topic(FEEDBACK.name), internal=False, **raw)
     outputs: dict[str, Any] = {}
 
@@ -155,6 +161,8 @@ def create_app(
             send_ack=send_ack,
             send_silence=send_silence,
             send_feedback=send_feedback,
+            limits=Limits.of(asettings),
+            max_silences=asettings.silence_max_count,
         ),
     )
 
@@ -255,16 +263,42 @@ def create_app(
             if len(pending_mirror) >= 1000:
                 await flush_mirror()
 
+    async def set_aside(event: Any, reason: str) -> None:
+        """A silence command that is not a well-formed silence: dead-lettered with why, never stored."""
+        msg = event.message
+        value = deadletter.dead_letter(
+            event.value, [reason], "alerts", msg.topic, key=event.key, partition=msg.partition, offset=msg.offset
+        )
+        fut = await deadletters.send(key=event.key, value=value)
+        await fut
+        DEAD_LETTERS.labels("alerts", "silence-commands").inc()
+        log.warning("silence command at offset %s dead-lettered: %s", msg.offset, reason)
+
     @app.agent(silence_commands)
     async def silence_writer(stream: Any) -> None:
         async for event in stream.events():
-            silence = _loads_obj(event.value)
-            if silence is None or "id" not in silence:
-                DECODE_ERRORS.labels("alerts", "silence-commands").inc()
+            key = event.key.decode(errors="replace") if isinstance(event.key, bytes) else None
+            try:
+                value = loads(event.value)
+                if value is None and key:  # garbage collection: forget an expired silence
+                    silences_t.pop(key, None)
+                    await cache.delete("silence", key)
+                    continue
+                silence = stored(value, key)
+            except (ValueError, TypeError, RecursionError) as exc:  # SilenceError is a ValueError
+                await set_aside(event, f"silence: {exc}")
                 continue
             silences_t[silence["id"]] = silence
             ttl = max(60, (silence["ends_at"] - int(time.time() * 1000)) // 1000 + 86400)
             await cache.set("silence", silence["id"], silence, ttl_s=ttl)
+
+    @app.timer(asettings.silence_gc_interval_s)
+    async def collect_silences() -> None:
+        gone = collectable(
+            list(silences_t.values()), int(time.time() * 1000), int(asettings.silence_retention_s * 1000)
+        )
+        for sid in gone:
+            await send_silence(sid, None)
 
     @app.timer(asettings.tick_interval_s)
     async def tick() -> None:
@@ -285,8 +319,14 @@ def create_app(
     state.add_check(
         "config", lambda: (True, f"{config.path}: {len(config.rules)} rules, {len(config.receivers)} receivers")
     )
+    # Without Redis the API cannot answer (503) and delivery idempotency is degraded: not ready, and why.
     state.add_check(
-        "redis", lambda: (True, "reachable" if redis_ok["ok"] else "unreachable: API reads and idempotency degraded")
+        "redis",
+        lambda: (
+            (True, "reachable")
+            if redis_ok["ok"]
+            else (False, "Redis unreachable: the API answers 503 and delivery dedup is degraded")
+        ),
     )
 
     async def _close() -> None:
@@ -297,16 +337,6 @@ def create_app(
     app.flowwatch_close = _close  # type: ignore[attr-defined]
     app.flowwatch_dispatcher = dispatcher  # type: ignore[attr-defined]
     return app
-
-
-def _loads_obj(raw: bytes) -> dict[str, Any] | None:
-    from shared.codec import loads
-
-    try:
-        value = loads(raw)
-    except ValueError:
-        return None
-    return value if isinstance(value, dict) else None
 
 
 app = create_app()

@@ -3,6 +3,8 @@
 A failed attempt raises :class:`DeliveryError` saying whether another attempt can
 help: 5xx, 429, timeouts and connection errors can; any other 4xx (and SMTP 5xx)
 cannot, so they go to the DLQ at once instead of hammering a receiver that said no.
+Any other exception of an attempt is a retryable :class:`DeliveryError` too (see
+:func:`with_retries`): after the last attempt it ends in the DLQ, never retried forever.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import hashlib
 import hmac
 import html
 import random
+import re
 import smtplib
 import ssl
 import time
@@ -82,6 +85,15 @@ async def send_webhook(client: httpx.AsyncClient, cfg: WebhookConfig, notificati
 
 # ----------------------------------------------------------------------------------------------- email
 
+#: Control characters (C0, DEL, C1) and Unicode line/paragraph separators: never allowed in a header value,
+#: where a CR or LF from a label would start a new header (header injection) or fail the whole message.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+
+
+def header_value(text: str, limit: int = 900) -> str:
+    """``text`` fit for one email header: control characters become one space, length bounded."""
+    return _CONTROL.sub(" ", text).strip()[:limit]
+
 
 def email_message(cfg: EmailConfig, notification: dict[str, Any]) -> EmailMessage:
     alerts = notification["alerts"]
@@ -129,12 +141,12 @@ def email_message(cfg: EmailConfig, notification: dict[str, Any]) -> EmailMessag
         + "</table></body></html>"
     )
     msg = EmailMessage()
-    msg["Subject"] = subject
-    msg["From"] = cfg.sender
-    msg["To"] = ", ".join(cfg.to)
+    msg["Subject"] = header_value(subject)
+    msg["From"] = header_value(cfg.sender)
+    msg["To"] = header_value(", ".join(cfg.to), 4000)
     msg["Date"] = formatdate(localtime=False)
-    msg["Message-ID"] = make_msgid(idstring=notification["id"], domain="flowwatch")
-    msg["X-Flowwatch-Notification-Id"] = notification["id"]
+    msg["Message-ID"] = make_msgid(idstring=header_value(notification["id"], 200), domain="flowwatch")
+    msg["X-Flowwatch-Notification-Id"] = header_value(notification["id"], 200)
     msg.set_content("\n".join(text))
     msg.add_alternative(body_html, subtype="html")
     return msg
@@ -192,7 +204,12 @@ async def with_retries(
     while True:
         attempt += 1
         try:
-            await attempt_fn(attempt)
+            try:
+                await attempt_fn(attempt)
+            except (DeliveryError, asyncio.CancelledError):
+                raise
+            except Exception as exc:
+                raise DeliveryError(f"unexpected {type(exc).__name__}: {exc}", True) from exc
             return attempt
         except DeliveryError as exc:
             if on_failure:

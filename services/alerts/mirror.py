@@ -10,9 +10,21 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
 from shared.cache import Cache
+from shared.codec import loads
 
 ALERT_TTL_S = 8 * 24 * 3600
+DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+class Unavailable(Exception):
+    """Redis cannot be reached: the API must say so (503), not answer as if there were no alerts."""
+
+    def __init__(self, op: str, exc: Exception) -> None:
+        super().__init__(f"the alert store (Redis) is unreachable ({op}: {type(exc).__name__}); retry shortly")
 
 
 class Mirror:
@@ -42,16 +54,28 @@ class Mirror:
         except Exception as exc:  # noqa: BLE001
             self.cache._failed("delete", exc)
 
+    def _down(self, op: str, exc: Exception) -> Unavailable:
+        self.cache._failed(op, exc)
+        return Unavailable(op, exc)
+
     async def alert(self, fp: str) -> dict[str, Any] | None:
-        return await self.cache.get("alert", fp)
+        """The alert with this fingerprint, None when there is none; :class:`Unavailable` when Redis is down."""
+        if not fp.isascii():  # fingerprints are hex; anything else (even a lone surrogate) is simply unknown
+            return None
+        try:
+            raw = await self.cache.client.get(self.cache.key("alert", fp))
+        except DOWN as exc:
+            raise self._down("get", exc) from None
+        return None if raw is None else loads(raw)
 
     async def all_alerts(self) -> list[dict[str, Any]]:
+        """Every mirrored alert; :class:`Unavailable` when Redis is down (never an empty list instead)."""
         try:
             fps = [f.decode() if isinstance(f, bytes) else f for f in await self.cache.client.zrange(self.index, 0, -1)]
-        except Exception as exc:  # noqa: BLE001
-            self.cache._failed("zrange", exc)
-            return []
-        found = await self.cache.get_many("alert", fps)
+            raws = await self.cache.client.mget([self.cache.key("alert", fp) for fp in fps]) if fps else []
+        except DOWN as exc:
+            raise self._down("read", exc) from None
+        found = {fp: loads(r) for fp, r in zip(fps, raws, strict=True) if r is not None}
         missing = [fp for fp in fps if fp not in found]
         if missing:  # expired entries: keep the index tidy
             try:

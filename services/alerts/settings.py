@@ -59,6 +59,18 @@ class AlertsSettings:
         1.0, "How often undelivered outbox entries are looked at again (new ones are sent at once)."
     )
     quarantine_window_s: float = _doc(60.0, "Window in which quarantined readings are counted for rate rules.")
+    silence_max_count: int = _doc(
+        1000, "Most silences not yet expired at one time; creating one more is refused (409)."
+    )
+    silence_max_matchers: int = _doc(32, "Most matchers in one silence.")
+    silence_max_comment: int = _doc(2000, "Longest silence comment, in characters.")
+    silence_max_duration_s: float = _doc(
+        366 * 24 * 3600.0, "Longest a silence may last (endsAt - startsAt), in seconds."
+    )
+    silence_retention_s: float = _doc(
+        5 * 24 * 3600.0, "How long an expired silence stays listed before it is garbage-collected, in seconds."
+    )
+    silence_gc_interval_s: float = _doc(60.0, "How often expired silences past their retention are looked for.")
     session_timeout_s: float = _doc(
         60.0,
         "Kafka consumer session timeout: how long a crashed worker keeps its partitions before another takes over.",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -35,6 +36,7 @@ from shared.topics import AGGREGATES, DETECTOR_ZONE_PARTIALS, faust_topic
 log = logging.getLogger("services.detector")
 
 SERVICE = "detector"
+OPENAPI = Path(__file__).with_name("openapi.yaml")
 
 
 def state_summary(sensor_id: str, held: tuple[tuple[str, ...], Any]) -> dict[str, Any]:
@@ -65,6 +67,7 @@ def create_app(settings: Settings | None = None, detector_settings: DetectorSett
     ds = detector_settings or DetectorSettings.from_env()
     app, health = base_app(
         settings,
+        openapi=OPENAPI,
         broker_session_timeout=ds.session_timeout_s,
         broker_heartbeat_interval=min(3.0, ds.session_timeout_s / 4),
         broker_rebalance_timeout=max(ds.session_timeout_s, 10.0),
@@ -157,7 +160,7 @@ def create_app(settings: Settings | None = None, detector_settings: DetectorSett
         await engine.pump.on_revoked()
         await engine.stop()
 
-    @app.page("/detector/state/{sensor_id}")
+    @health.api_page("/detector/state/{sensor_id}", "viewer")
     async def sensor_view(web: Any, request: Any, sensor_id: str) -> Any:
         raw = engine.memory.get(sensor_id)
         if raw is None:
@@ -169,7 +172,7 @@ def create_app(settings: Settings | None = None, detector_settings: DetectorSett
             return web.json({"sensor_id": sensor_id, "error": "no state for this sensor on this worker"}, status=404)
         return web.json(state_summary(sensor_id, raw))
 
-    @app.page("/detector/stats")
+    @health.api_page("/detector/stats", "viewer")
     async def stats_view(web: Any, request: Any) -> Any:
         """Totals and the processing time of recent micro-batches (p50/p99)."""
         seconds = sorted(t for t, _ in engine.recent)
@@ -191,7 +194,7 @@ def create_app(settings: Settings | None = None, detector_settings: DetectorSett
             }
         )
 
-    @app.page("/detector/models")
+    @health.api_page("/detector/models", "viewer")
     async def models_view(web: Any, request: Any) -> Any:
         _, detail = serving.readiness()
         return web.json({"serving": serving.serving, "errors": serving.errors, "detail": detail})

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -46,12 +47,13 @@ from shared.topics import FORECASTER_ZONE_PARTIALS, MODELS, READINGS_CLEAN, RISK
 
 log = logging.getLogger(__name__)
 SERVICE = "forecaster"
+OPENAPI = Path(__file__).with_name("openapi.yaml")
 
 
 def create_app(settings: Settings | None = None, forecaster_settings: ForecasterSettings | None = None) -> faust.App:
     settings = settings or Settings.from_env(SERVICE)
     fs = forecaster_settings or ForecasterSettings.from_env()
-    app, state = base_app(settings)
+    app, state = base_app(settings, openapi=OPENAPI)
     partials_topic = faust_topic(app, FORECASTER_ZONE_PARTIALS, settings)
     risk_topic = faust_topic(app, RISK, settings)
     models_topic = faust_topic(app, MODELS, settings)
@@ -200,7 +202,7 @@ def create_app(settings: Settings | None = None, forecaster_settings: Forecaster
     async def poll_model() -> None:
         await holder.refresh("registry poll")
 
-    @app.page("/zones/{zone}")
+    @state.api_page("/zones/{zone}", "viewer")
     async def zone_view(web: Any, request: Any, zone: str) -> Any:
         value = zones.get(zone.encode())
         if value is None:

@@ -8,6 +8,7 @@ server, the MQTT subscription, the silence timer and the Redis cache writer.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -29,6 +30,7 @@ def create_app(settings: Settings | None = None, ingest_settings: IngestSettings
     rules = Rules.load(isettings)
     app, state = base_app(
         settings,
+        openapi=Path(__file__).with_name("openapi.yaml"),
         broker_session_timeout=isettings.session_timeout_s,
         broker_heartbeat_interval=min(3.0, isettings.session_timeout_s / 4),
     )

@@ -10,11 +10,12 @@ answer is merged in. Items still undecided after ``FLOWWATCH_INGEST_HTTP_WAIT_S`
 whose owner could not be reached, are ``pending``: durably in readings.raw, not lost.
 
 Status codes: 202 with the summary; 400 for a body that is not JSON, a JSON array or
-NDJSON; 401/403 for a missing/wrong token when one is configured; 413 above the size or
-item limit; 429 (with ``Retry-After``) beyond ``FLOWWATCH_INGEST_HTTP_MAX_CONCURRENT``
-requests at once; 503 while the worker has no partitions yet or Kafka refuses the write.
-An item larger than ``FLOWWATCH_INGEST_MAX_LINE_BYTES`` is quarantined (``too_large``) by
-the endpoint itself: it would not fit readings.raw.
+NDJSON; 401/403 for a missing/wrong token (with no token configured at all the endpoint is
+closed: 401 saying what to set); 413 above the size or item limit; 429 (with
+``Retry-After``) beyond ``FLOWWATCH_INGEST_HTTP_MAX_CONCURRENT`` requests at once; 503 while
+the worker has no partitions yet or Kafka refuses the write. An item larger than
+``FLOWWATCH_INGEST_MAX_LINE_BYTES`` is quarantined (``too_large``) by the endpoint itself:
+it would not fit readings.raw.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from services.ingest import metrics as m
 from services.ingest.payloads import PayloadError, TooManyItems, split_items
 from services.ingest.pipeline import H_REQUEST, H_SOURCE, QUARANTINED
 from services.ingest.verdicts import MAX_ERRORS_SHOWN
+from shared.auth import AuthError, TokenStore, authorize
 from shared.batching import Outbox
 
 if TYPE_CHECKING:
@@ -44,18 +46,34 @@ PATH = "/v1/readings"
 H_ROUTED = "X-Flowwatch-Routed"
 
 
-def check_token(expected: str, headers: Any) -> int | None:
-    """None when authorised, else the status (401 missing, 403 wrong). Constant-time comparison."""
-    if not expected:
-        return None
+UNCONFIGURED = (
+    "no ingest token is configured, so POST /v1/readings is closed: set FLOWWATCH_INGEST_TOKEN (or "
+    "FLOWWATCH_INGEST_TOKEN_FILE) for devices, or FLOWWATCH_API_TOKENS with an operator token"
+)
+
+
+def check_token(device_token: str, tokens: TokenStore, headers: Any) -> AuthError | None:
+    """None when authorised, else why not: the device token or an API token of role operator or above.
+
+    Closed by default: with neither configured every request is refused (401). A missing token is a
+    401, a token that is not known a 403, a viewer's token a 403. Comparisons are constant-time.
+    """
+    if not device_token and not tokens.tokens:
+        return AuthError(401, UNCONFIGURED)
     given = headers.get("X-Flowwatch-Token")
     if given is None:
         auth = headers.get("Authorization", "")
         if auth[:7].lower() == "bearer ":
             given = auth[7:].strip()
     if not given:
-        return 401
-    return None if hmac.compare_digest(given.encode(), expected.encode()) else 403
+        return AuthError(401, "missing ingest token (Authorization: Bearer <token> or X-Flowwatch-Token)")
+    if device_token and hmac.compare_digest(given.encode(errors="surrogatepass"), device_token.encode()):
+        return None
+    try:
+        authorize(tokens, f"Bearer {given}", "operator")
+    except AuthError as exc:
+        return AuthError(403, "wrong ingest token") if exc.status == 401 else exc
+    return None
 
 
 async def read_body(request: Any, limit: int) -> bytes | None:
@@ -106,15 +124,9 @@ class ReadingsEndpoint:
 
     async def _handle(self, request: Any) -> tuple[int, dict[str, Any], dict[str, str] | None]:
         isettings = self.ingest.isettings
-        denied = check_token(self._token, request.headers)
-        if denied == 401:
-            return (
-                401,
-                {"error": "missing ingest token (Authorization: Bearer <token>)"},
-                {"WWW-Authenticate": "Bearer"},
-            )
-        if denied == 403:
-            return 403, {"error": "wrong ingest token"}, None
+        denied = check_token(self._token, self.ingest.app.flowwatch_state.tokens, request.headers)
+        if denied is not None:
+            return denied.status, {"error": str(denied)}, denied.headers
         body = await read_body(request, isettings.http_max_body_bytes)
         if body is None:
             return 413, {"error": f"body larger than {isettings.http_max_body_bytes} bytes"}, None

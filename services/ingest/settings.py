@@ -133,8 +133,9 @@ class IngestSettings:
     mqtt_backoff_max_s: float = _doc(30.0, "Longest wait between MQTT reconnect attempts (backoff doubles from 0.5 s).")
     token: str = _doc(
         "",
-        "Ingest token required on POST /v1/readings (`Authorization: Bearer <token>` or `X-Flowwatch-Token`). "
-        "Empty: no token required. Never logged.",
+        "Device token accepted on POST /v1/readings (`Authorization: Bearer <token>` or `X-Flowwatch-Token`), "
+        "besides API tokens of role operator or above. With neither configured the endpoint refuses every request "
+        "(closed by default). Never logged.",
         env="FLOWWATCH_INGEST_TOKEN",
     )
     token_file: str = _doc(

@@ -129,3 +129,73 @@ async def test_unreachable_server_is_retryable():
     with pytest.raises(DeliveryError) as info:
         await send_email(cfg, NOTIFICATION)
     assert info.value.retryable
+
+
+async def test_dispatcher_strips_header_injection_and_dead_letters_what_cannot_be_sent(settings):
+    """Through the real dispatcher, real Redis and a real SMTP sink: a CR/LF in a label reaches the sink as one
+    header with the text in it (no Bcc, no extra recipient); a notification the mailer cannot even build
+    (an unexpected KeyError) is tried ``max_attempts`` times and lands in the DLQ once, never retried forever."""
+    import asyncio
+    import copy
+    import types
+    import uuid
+
+    import httpx
+
+    from services.alerts.config import Receiver
+    from services.alerts.dispatcher import Dispatcher, Integrations
+    from services.alerts.settings import AlertsSettings
+    from shared.cache import Cache
+
+    sink = Sink()
+    port = free_port()
+    controller = Controller(sink, hostname="127.0.0.1", port=port)
+    controller.start()
+    cache = Cache(settings.redis_url, prefix=settings.topic_prefix)
+    http = httpx.AsyncClient()
+    dead: list[dict] = []
+    results: list[dict] = []
+
+    async def nothing() -> None:
+        return None
+
+    async def report(partition: int, value: dict) -> None:
+        results.append(value)
+
+    async def dead_letter(record: dict) -> None:
+        dead.append(record)
+
+    try:
+        cfg = EmailConfig(to=("oncall@example.test",), sender="fw@example.test", host="127.0.0.1", port=port,
+                          tls="none", timeout_s=5)  # fmt: skip
+        config = types.SimpleNamespace(receivers={"mail": Receiver("mail", (), (cfg,), ())})
+        asettings = AlertsSettings(max_attempts=3, backoff_base_s=0.01, backoff_max_s=0.02)
+        dispatcher = Dispatcher(
+            asettings, Integrations(config, http, None), cache.client, cache.key("", uuid.uuid4().hex),
+            flush=nothing, report=report, dead_letter=dead_letter,
+        )  # fmt: skip
+        evil = copy.deepcopy(NOTIFICATION)
+        evil["id"] = "n-evil"
+        evil["groupLabels"] = {"zone": "z1\r\nBcc: thief@evil.test"}
+        broken = copy.deepcopy(NOTIFICATION)
+        broken["id"] = "n-broken"
+        del broken["alerts"][0]["annotations"]
+        for nid, notification in (("n-evil", evil), ("n-broken", broken)):
+            dispatcher.submit({"id": nid, "receiver": "mail", "integration": "email/0", "partition": 0,
+                               "created_at": 0.0, "notification": notification})  # fmt: skip
+        for _ in range(200):
+            if len(results) == 2:
+                break
+            await asyncio.sleep(0.05)
+        assert sorted(r["outcome"] for r in results) == ["delivered", "dlq"], results
+        [(rcpts, msg)] = sink.messages
+        assert rcpts == ["oncall@example.test"] and msg["Bcc"] is None
+        assert msg["Subject"] == "[flowwatch] [FIRING:1] zone=z1 Bcc: thief@evil.test"
+        [letter] = dead
+        assert letter["id"] == "n-broken" and letter["attempts"] == 3 and "unexpected KeyError" in letter["error"]
+        await asyncio.sleep(0.3)
+        assert len(dead) == 1 and len(sink.messages) == 1 and not dispatcher.in_flight  # nothing keeps retrying
+    finally:
+        controller.stop()
+        await http.aclose()
+        await cache.close()

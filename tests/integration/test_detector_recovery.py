@@ -9,7 +9,7 @@ import httpx
 from services.detector.pipeline import ModelStore, Scorer
 from services.detector.profiles import ProfileSet
 from services.detector.settings import DEFAULT_PROFILES_FILE
-from tests.helpers import ServiceProcess, consume, produce
+from tests.helpers import AUTH, ServiceProcess, consume, produce
 from tests.integration.test_detector_stream import FAST, readings
 
 
@@ -20,19 +20,19 @@ async def test_rolling_state_survives_a_restart_on_a_fresh_disk(settings):
     with det:
         await produce(settings, "readings.clean", [(r.sensor_id.encode(), r) for r in first])
         assert len(await consume(settings, "scores", len(first), timeout=90)) == len(first)
-        before = {f"p{s}": httpx.get(f"{det.url}/detector/state/p{s}").json() for s in range(4)}
+        before = {f"p{s}": httpx.get(f"{det.url}/detector/state/p{s}", headers=AUTH).json() for s in range(4)}
     assert all(b["readings"] == 100 for b in before.values()), before
 
     # a new machine: no local rocksdb, only the changelog topic on the broker
     assert (settings.data_dir / "detector" / "tables").is_dir()
     shutil.rmtree(settings.data_dir / "detector", ignore_errors=True)
     with ServiceProcess("detector", settings.replace(web_port=0), FAST) as again:
-        after = {f"p{s}": httpx.get(f"{again.url}/detector/state/p{s}").json() for s in range(4)}
+        after = {f"p{s}": httpx.get(f"{again.url}/detector/state/p{s}", headers=AUTH).json() for s in range(4)}
         assert after == before
 
         await produce(settings, "readings.clean", [(r.sensor_id.encode(), r) for r in rest])
         scores = await consume(settings, "scores", len(data), timeout=90)
-        final = httpx.get(f"{again.url}/detector/state/p0").json()
+        final = httpx.get(f"{again.url}/detector/state/p0", headers=AUTH).json()
     assert final["readings"] == 120
 
     # the scores after the restart are exactly those of an uninterrupted run
@@ -56,7 +56,7 @@ async def test_a_killed_worker_replays_from_its_last_checkpoint_with_the_same_sc
     with ServiceProcess("detector", settings.replace(web_port=0), env) as again:
         await produce(settings, "readings.clean", [(r.sensor_id.encode(), r) for r in rest[100:]])
         scores = await consume(settings, "scores", len(data) + 1_000, timeout=10)
-        final = httpx.get(f"{again.url}/detector/state/p0").json()
+        final = httpx.get(f"{again.url}/detector/state/p0", headers=AUTH).json()
     assert final["readings"] == 150  # every reading counted once, replays included
     reference = Scorer(ModelStore(ProfileSet.load(DEFAULT_PROFILES_FILE))).process(data, {}.get).scores
     expected = {(s.sensor_id, s.ts): s.score for s in reference}

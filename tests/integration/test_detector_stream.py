@@ -16,7 +16,7 @@ from services.detector.training import fit_profile
 from shared.cache import Cache
 from shared.records import Reading
 from shared.registry import ModelRegistry, publish_event
-from tests.helpers import ServiceProcess, consume, produce
+from tests.helpers import AUTH, ServiceProcess, consume, produce
 
 T0 = 1_700_000_000_000
 INCIDENT = (150, 200)  # readings of the leak on the incident sensors
@@ -119,9 +119,9 @@ async def test_a_promoted_model_is_hot_swapped_without_restart(settings):
         await publish_event(settings, registry.promote("detector-pipe", version, "production"))
 
         async def swapped():
-            return httpx.get(f"{det.url}/detector/models").json()["serving"].get("pipe") == version
+            return httpx.get(f"{det.url}/detector/models", headers=AUTH).json()["serving"].get("pipe") == version
 
-        assert await wait_for(swapped, 30), httpx.get(f"{det.url}/detector/models").json()
+        assert await wait_for(swapped, 30), httpx.get(f"{det.url}/detector/models", headers=AUTH).json()
         await produce(settings, "readings.clean", [(r.sensor_id.encode(), r) for r in data[:60]])
         scores = await consume(settings, "scores", 60, timeout=60)
         assert {s["model_version"] for s in scores} == {version}

@@ -27,7 +27,7 @@ from shared.cache import Cache
 from shared.registry import ModelRegistry, publish_event
 from shared.settings import Settings
 from shared.topics import create_all
-from tests.helpers import ServiceProcess, collect, consume, delete_topics, produce
+from tests.helpers import AUTH, ServiceProcess, collect, consume, delete_topics, produce
 
 HOUR_MS = 3_600_000
 LEAK_ZONE = "water-z1"
@@ -231,14 +231,14 @@ async def test_zone_state_is_recovered_on_an_empty_disk_and_serving_goes_on(
     env: Settings, worker: Any, scenario: History, model_dir: Path
 ) -> None:
     old = worker["proc"]
-    before = httpx.get(f"{old.url}/zones/{LEAK_ZONE}", timeout=5).json()
+    before = httpx.get(f"{old.url}/zones/{LEAK_ZONE}", headers=AUTH, timeout=5).json()
     assert before["last_step_ts"] and before["incident"] is not None  # the leak is under way
     old.stop()
     fresh = ServiceProcess("forecaster", env.replace(data_dir=env.data_dir.parent / "data-after-restart"))
     worker["proc"] = fresh
     fresh.start()
     fresh.wait_ready(timeout=180)
-    after = httpx.get(f"{fresh.url}/zones/{LEAK_ZONE}", timeout=5).json()
+    after = httpx.get(f"{fresh.url}/zones/{LEAK_ZONE}", headers=AUTH, timeout=5).json()
     for key in ("last_step_ts", "incident", "forecast_next", "sensors"):
         assert after[key] == before[key], key
 

@@ -16,7 +16,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer
 
 from shared.settings import Settings
-from tests.helpers import ServiceProcess, produce
+from tests.helpers import AUTH, ServiceProcess, produce
 
 
 def _metric(proc: ServiceProcess, name: str) -> float:
@@ -91,8 +91,8 @@ async def test_two_workers_share_partitions_and_dedup_exactly(settings: Settings
 
         # HTTP: whichever worker is asked answers for every sensor, routing to the owner as needed.
         fresh = [orjson.loads(body(sid, start + 100_000)) for sid in sensors]
-        first = httpx.post(f"{one.url}/v1/readings", content=orjson.dumps(fresh), timeout=30).json()
-        again = httpx.post(f"{two.url}/v1/readings", content=orjson.dumps(fresh), timeout=30).json()
+        first = httpx.post(f"{one.url}/v1/readings", content=orjson.dumps(fresh), headers=AUTH, timeout=30).json()
+        again = httpx.post(f"{two.url}/v1/readings", content=orjson.dumps(fresh), headers=AUTH, timeout=30).json()
     finally:
         one.stop()
         two.stop()

@@ -332,3 +332,32 @@ def test_quarantine_counts_fire_and_the_sweep_forgets_old_windows_of_its_partiti
     assert len(tables["limits"]) == 1 and len(tables["counters"]) == 2
     proc.handle({"type": "tick"}, 0, now_s=1200.0)
     assert list(tables["counters"]) == ["other|0"] and tables["limits"] == {}  # partition 1's key is not ours
+
+
+def test_email_header_values_carry_no_control_characters():
+    """A label with CR/LF (or any control character) cannot add a header or break the message."""
+    evil = copy.deepcopy(NOTIFICATION)
+    evil["groupLabels"] = {"zone": "z1\r\nBcc: thief@evil.test\x00\x1b[2J\u2028x"}
+    evil["id"] = "n-1\r\nX-Injected: yes"
+    cfg = EmailConfig(to=("ops@x",), sender="fw@x\n", host="h", port=25)
+    msg = email_message(cfg, evil)
+    head = msg.as_bytes().split(b"\n\n", 1)[0]
+    assert b"\nBcc:" not in head and b"\nX-Injected:" not in head and b"\r" not in head
+    for name in ("Subject", "From", "X-Flowwatch-Notification-Id", "Message-ID"):
+        assert not any(ord(c) < 32 or 0x7F <= ord(c) <= 0x9F or c in "\u2028\u2029" for c in msg[name]), name
+    assert msg["Subject"] == "[flowwatch] [FIRING:3] zone=z1 Bcc: thief@evil.test [2J x"
+
+
+async def test_an_unexpected_error_is_retried_then_given_up_never_forever():
+    sleeps: list[float] = []
+
+    async def sleep(s: float) -> None:
+        sleeps.append(s)
+
+    async def broken(n: int) -> None:
+        raise KeyError("annotations")
+
+    with pytest.raises(DeliveryError) as info:
+        await with_retries(broken, max_attempts=3, base_s=0.01, cap_s=0.01, sleep=sleep)
+    assert info.value.attempts == 3 and info.value.retryable and "unexpected KeyError" in str(info.value)
+    assert len(sleeps) == 2

@@ -254,8 +254,9 @@ def test_inhibition_zone_leak_silences_its_sensors_only(config):
 def test_silence_hides_matching_alerts_until_it_expires(config):
     w = World(config)
     sil = new_silence(
-        {"matchers": ['sensor="s1"'], "endsAt": int((T0 + 100) * 1000), "createdBy": "ann", "comment": "maintenance"},
+        {"matchers": ['sensor="s1"'], "endsAt": int((T0 + 100) * 1000), "comment": "maintenance"},
         int(T0 * 1000),
+        "ann",
     )
     w.silences = [sil]
     w.observe("anomaly", anomaly("s1"), T0)
@@ -270,8 +271,8 @@ def test_silence_hides_matching_alerts_until_it_expires(config):
 
 def test_silence_validation():
     now = int(T0 * 1000)
-    ok = {"matchers": ['zone="z1"'], "endsAt": now + 1000, "createdBy": "ann", "comment": "why"}
-    assert new_silence(ok, now)["starts_at"] == now
+    ok = {"matchers": ['zone="z1"'], "endsAt": now + 1000, "comment": "why"}
+    assert new_silence(ok, now, "ann")["starts_at"] == now
     for bad, msg in [
         ({**ok, "matchers": []}, "at least one matcher"),
         ({**ok, "matchers": ['zone=~".*"']}, "would silence every alert"),
@@ -281,7 +282,7 @@ def test_silence_validation():
         ({**ok, "matchers": ["=zone"]}, "matchers"),
     ]:
         with pytest.raises(SilenceError, match=msg):
-            new_silence(bad, now)
+            new_silence(bad, now, "ann")
 
 
 def test_ack_stops_repeats_but_not_changes(config):

@@ -47,16 +47,42 @@ def interpolate(value: Any, env: dict[str, str] | None = None) -> Any:
         return value
 
     def sub(m: re.Match[str]) -> str:
-        name, default = m.group(1), m.group(3)
+        name, kind, default = m.group(1), m.group(2) or "", m.group(3)
+        if kind.endswith("?") and not env.get(name):
+            raise MissingVariable(f"{name}: {default}")
         return env.get(name) or (default if default is not None else "")
 
-    text = re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:?-([^}]*))?\}", sub, value.replace("$$", "\0"))
+    text = re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}", sub, value.replace("$$", "\0"))
     return text.replace("\0", "$")
+
+
+class MissingVariable(ValueError):
+    """``${VAR:?message}`` with VAR unset: compose refuses to start and prints the message."""
+
+
+#: What a user exports before `docker compose up` (the compose file header says so).
+HOST_ENV = {"FLOWWATCH_INGEST_TOKEN": "laptop-ingest-token-0123456789"}
 
 
 @pytest.fixture(scope="module")
 def compose() -> dict[str, Any]:
-    return interpolate(yaml.safe_load(COMPOSE.read_text()))
+    return interpolate(yaml.safe_load(COMPOSE.read_text()), HOST_ENV)
+
+
+def test_ingest_never_runs_without_a_token(compose) -> None:
+    with pytest.raises(MissingVariable, match="FLOWWATCH_INGEST_TOKEN") as info:
+        interpolate(yaml.safe_load(COMPOSE.read_text()))
+    assert "POST /v1/readings" in str(info.value)
+    assert env_of(compose["services"]["ingest"])["FLOWWATCH_INGEST_TOKEN"] == HOST_ENV["FLOWWATCH_INGEST_TOKEN"]
+    # The device token is ingest's alone.
+    others = [n for n, svc in compose["services"].items() if n != "ingest"]
+    assert not [n for n in others if "FLOWWATCH_INGEST_TOKEN" in env_of(compose["services"][n])]
+
+
+def test_serving_containers_mount_the_models_read_only(compose) -> None:
+    for name in ("detector", "forecaster"):
+        assert "models:/models:ro" in compose["services"][name]["volumes"], name
+    assert "models:/models" in compose["services"]["forecaster-model"]["volumes"]
 
 
 def env_of(svc: dict[str, Any]) -> dict[str, str]:
@@ -292,7 +318,7 @@ def test_demo_trains_a_forecaster_model_where_the_forecaster_loads_it(compose) -
     forecaster = compose["services"]["forecaster"]
     assert f"models:{model_dir}" in svc["volumes"]
     assert str(Settings.from_env("forecaster", env=env_of(forecaster)).model_dir) == model_dir
-    assert f"models:{model_dir}" in forecaster["volumes"]
+    assert f"models:{model_dir}:ro" in forecaster["volumes"]
     assert command[command.index("--promote") + 1] == ForecasterSettings.from_env(env=env_of(forecaster)).model_alias
     assert svc["depends_on"]["topics"]["condition"] == "service_completed_successfully"  # --publish needs the topic
     help_text = subprocess.run(

@@ -443,7 +443,9 @@ def test_services_get_the_environment_their_settings_read(helm_bin, config) -> N
         assert svc["spec"]["selector"].items() <= w["spec"]["template"]["metadata"]["labels"].items()
         # Any file a setting points at is really mounted: config from its ConfigMap, secrets from the Secret.
         secret_dir = mounts.get("/var/run/secrets/flowwatch")
-        secret_keys = set().union(*((d.get("data") or {}).keys() for d in find(docs, "Secret", spec_secret(spec))))
+        secret_keys = set().union(
+            *((d.get("data") or {}).keys() for n in spec_secrets(spec) for d in find(docs, "Secret", n))
+        )
         for key, value in env.items():
             if key.endswith(("_PATH", "_FILE")) and value.startswith("/etc/flowwatch/"):
                 assert value in files, f"{name}: {key}={value} is not a mounted file ({sorted(files)})"
@@ -470,8 +472,10 @@ def test_probes_hit_health_and_ready_on_the_service_port(helm_bin, config) -> No
         assert startup["periodSeconds"] * startup["failureThreshold"] >= 600
 
 
-def spec_secret(spec: dict[str, Any]) -> str:
-    return next((v["secret"]["secretName"] for v in spec.get("volumes", []) if v["name"] == "secrets"), "")
+def spec_secrets(spec: dict[str, Any]) -> list[str]:
+    """Names of the Secrets projected into a pod's secrets volume (shared first, then its own)."""
+    vol = next((v for v in spec.get("volumes", []) if v["name"] == "secrets"), None)
+    return [src["secret"]["name"] for src in vol["projected"]["sources"]] if vol else []
 
 
 def load_ingest_ranges(path: Path, env: dict[str, str]) -> Any:
@@ -540,13 +544,14 @@ def test_ingest_mqtt_url_is_one_ingest_can_connect_to(helm_bin, config) -> None:
 
 def test_secrets_reach_the_services_and_existing_secret_replaces_the_chart_one(helm_bin) -> None:
     docs = render(helm_bin, *CONFIGS["all-on"])
+    values = yaml.safe_load(ALL_ON.read_text())["secrets"]
     secret = one(docs, "Secret", "fw-flowwatch")
     c = workloads(docs)["alerts"]["spec"]["template"]["spec"]["containers"][0]
     env = container_env(docs, c)
     assert env["FLOWWATCH_ALERTS_TOKENS"] == "admin:admin-token:ops,viewer:viewer-token"
     # The Secret comes after the ConfigMap: a Redis URL with a password wins over redis.url.
     assert env["FLOWWATCH_REDIS_URL"] == "rediss://:redis-password@redis.example.com:6380/0"
-    assert set(secret["data"]) == set(yaml.safe_load(ALL_ON.read_text())["secrets"]["env"])
+    assert set(secret["data"]) == set(values["env"])
     # No secret value is anywhere but in Secrets.
     for doc in docs:
         if doc["kind"] != "Secret":
@@ -562,6 +567,68 @@ def test_secrets_reach_the_services_and_existing_secret_replaces_the_chart_one(h
         refs = [s["secretRef"]["name"] for c in spec["containers"] for s in c.get("envFrom", []) if "secretRef" in s]
         assert refs == ["my-flowwatch-secrets"], where
     assert "secrets.env is set but" in render_error(helm_bin, "--set", "secrets.create=false,secrets.env.FLOWWATCH_X=1")
+
+
+def test_each_component_gets_only_its_own_secrets(helm_bin) -> None:
+    docs = render(helm_bin, *CONFIGS["all-on"])
+    values = yaml.safe_load(ALL_ON.read_text())["secrets"]
+    own = {name: set(values["components"].get(name, {})) for name in COMPONENTS}
+    every = set().union(*own.values())
+    for name, w in workloads(docs).items():
+        spec = w["spec"]["template"]["spec"]
+        refs = [src["secretRef"]["name"] for src in spec["containers"][0]["envFrom"] if "secretRef" in src]
+        env = set().union(*((d.get("data") or {}).keys() for n in refs for d in find(docs, "Secret", n)))
+        assert own[name] <= env, name
+        assert not (every - own[name]) & env, f"{name} gets another component's secrets"
+        assert set(values["env"]) <= env, name
+        mounted = set().union(
+            *((d.get("data") or {}).keys() for n in spec_secrets(spec) for d in find(docs, "Secret", n))
+        )
+        assert mounted == own[name] | set(values["env"]), name
+    for name in ("ingest", "alerts"):
+        assert set(one(docs, "Secret", f"fw-flowwatch-{name}")["data"]) == own[name]
+
+
+def test_ingest_never_runs_without_a_token(helm_bin) -> None:
+    # Nothing given: a token is generated into ingest's own Secret, which only ingest gets.
+    docs = render(helm_bin)
+    token = base64.b64decode(one(docs, "Secret", "fw-flowwatch-ingest")["data"]["FLOWWATCH_INGEST_TOKEN"]).decode()
+    assert len(token) == 48 and token.isalnum()
+    env = container_env(docs, workloads(docs)["ingest"]["spec"]["template"]["spec"]["containers"][0])
+    assert env["FLOWWATCH_INGEST_TOKEN"] == token
+    assert "FLOWWATCH_INGEST_TOKEN" not in container_env(
+        docs, workloads(docs)["detector"]["spec"]["template"]["spec"]["containers"][0]
+    )
+    # A given token is used, not replaced.
+    docs = render(helm_bin, "--set", "secrets.components.ingest.FLOWWATCH_INGEST_TOKEN=given-token-0123456789")
+    data = one(docs, "Secret", "fw-flowwatch-ingest")["data"]
+    assert base64.b64decode(data["FLOWWATCH_INGEST_TOKEN"]).decode() == "given-token-0123456789"
+    # No way to give ingest a token: the chart refuses to render, saying what to set.
+    for args in ("secrets.create=false", "secrets.generateIngestToken=false"):
+        assert "ingest would run without a token" in render_error(helm_bin, "--set", args)
+    assert find(
+        render(helm_bin, "--set", "secrets.generateIngestToken=false,secrets.env.FLOWWATCH_API_TOKENS=x"), "Secret"
+    )
+    assert render(helm_bin, "--set", "ingest.enabled=false,secrets.create=false")
+
+
+def test_serving_pods_mount_the_models_read_only_and_retraining_writes(helm_bin) -> None:
+    docs = render(helm_bin, *CONFIGS["all-on"])
+    for name in ("detector", "forecaster"):
+        container = workloads(docs)[name]["spec"]["template"]["spec"]["containers"][0]
+        mount = next(m for m in container["volumeMounts"] if m["name"] == "models")
+        assert mount["mountPath"] == "/models" and mount["readOnly"] is True, name
+    for cj in find(docs, "CronJob"):
+        container = cj["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+        mount = next(m for m in container["volumeMounts"] if m["name"] == "models")
+        assert not mount.get("readOnly"), component_of(cj)
+
+
+def test_network_policies_are_on_by_default(helm_bin) -> None:
+    docs = render(helm_bin)
+    enabled = {name for name, w in workloads(docs).items()}
+    assert {component_of(p) for p in find(docs, "NetworkPolicy")} == enabled
+    assert not find(render(helm_bin, "--set", "networkPolicy.enabled=false"), "NetworkPolicy")
 
 
 @pytest.mark.parametrize("config", CONFIGS)

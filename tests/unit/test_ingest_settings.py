@@ -16,6 +16,7 @@ from services.ingest.__main__ import _normalise_loglevel
 from services.ingest.http import check_token, read_body
 from services.ingest.mqtt import client_id, parse_mqtt_url, redact
 from services.ingest.settings import IngestSettings
+from shared.auth import TokenStore
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -42,6 +43,10 @@ def test_token_file_wins(tmp_path: Path) -> None:
     assert s.resolved_token() == "from-file"
 
 
+VIEWER, OPERATOR, ADMIN = "viewer-token-0123456789", "operator-token-0123456789", "admin-token-0123456789"
+API_TOKENS = TokenStore.load("T", env={"T": f"viewer:{VIEWER},operator:{OPERATOR},admin:{ADMIN}"})
+
+
 @pytest.mark.parametrize(
     ("headers", "expected"),
     [
@@ -52,13 +57,35 @@ def test_token_file_wins(tmp_path: Path) -> None:
         ({"authorization": "bearer right"}, None),
         ({"X-Flowwatch-Token": "right"}, None),
         ({"X-Flowwatch-Token": "rïght"}, 403),
+        ({"X-Flowwatch-Token": "r\udcffght"}, 403),
+        ({"Authorization": f"Bearer {OPERATOR}"}, None),
+        ({"X-Flowwatch-Token": ADMIN}, None),
+        ({"Authorization": f"Bearer {VIEWER}"}, 403),
     ],
 )
 def test_check_token(headers, expected) -> None:
+    """The device token, or an API token of role operator or above."""
     from multidict import CIMultiDict
 
-    assert check_token("right", CIMultiDict(headers)) == expected
-    assert check_token("", CIMultiDict(headers)) is None  # no token configured: open
+    denied = check_token("right", API_TOKENS, CIMultiDict(headers))
+    assert (denied.status if denied else None) == expected
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer right"}, {"X-Flowwatch-Token": "anything"}])
+def test_check_token_is_closed_when_no_token_is_configured(headers) -> None:
+    from multidict import CIMultiDict
+
+    denied = check_token("", TokenStore(), CIMultiDict(headers))
+    assert denied is not None and denied.status == 401
+    assert "FLOWWATCH_INGEST_TOKEN" in str(denied) and "FLOWWATCH_API_TOKENS" in str(denied)
+
+
+def test_check_token_with_api_tokens_only() -> None:
+    from multidict import CIMultiDict
+
+    assert check_token("", API_TOKENS, CIMultiDict({"Authorization": f"Bearer {OPERATOR}"})) is None
+    denied = check_token("", API_TOKENS, CIMultiDict({"Authorization": "Bearer right"}))
+    assert denied is not None and denied.status == 403
 
 
 class _Body:

@@ -101,6 +101,24 @@ app.kubernetes.io/component: {{ .name }}
 {{- if or .Values.secrets.existingSecret .Values.secrets.create }}true{{ end }}
 {{- end }}
 
+{{/*
+The secret settings of one component only, as YAML (name: value); empty when it has none. Ingest's
+device token is generated when not given (and no existingSecret), and read back from the cluster on
+upgrades so it stays the same. Call with (dict "root" $ "name" $name).
+*/}}
+{{- define "flowwatch.componentSecretData" -}}
+{{- $root := .root }}
+{{- $data := deepCopy (index ($root.Values.secrets.components | default dict) .name | default dict) }}
+{{- if and $root.Values.secrets.create (not $root.Values.secrets.existingSecret) }}
+{{- if and (eq .name "ingest") $root.Values.secrets.generateIngestToken (not (hasKey $data "FLOWWATCH_INGEST_TOKEN")) }}
+{{- $found := lookup "v1" "Secret" $root.Release.Namespace (include "flowwatch.componentName" .) }}
+{{- $old := dig "data" "FLOWWATCH_INGEST_TOKEN" "" ($found | default dict) }}
+{{- $_ := set $data "FLOWWATCH_INGEST_TOKEN" (ternary (b64dec $old) (randAlphaNum 48) (ne $old "")) }}
+{{- end }}
+{{- end }}
+{{- if $data }}{{ toYaml $data }}{{ end }}
+{{- end }}
+
 {{- define "flowwatch.modelClaimName" -}}
 {{- default (printf "%s-models" (include "flowwatch.fullname" .)) .Values.models.persistence.existingClaim }}
 {{- end }}
@@ -236,6 +254,17 @@ seccompProfile:
 {{- end }}
 {{- if and .Values.secrets.existingSecret .Values.secrets.env }}
 {{- fail "secrets.env and secrets.existingSecret are both set: put the values in your existing Secret instead." }}
+{{- end }}
+{{- if and (not .Values.secrets.create) .Values.secrets.components }}
+{{- fail "secrets.components is set but secrets.create is false: the values would be ignored." }}
+{{- end }}
+{{- if .Values.ingest.enabled }}
+{{- $own := index (.Values.secrets.components | default dict) "ingest" | default dict }}
+{{- $given := or (hasKey $own "FLOWWATCH_INGEST_TOKEN") (hasKey .Values.secrets.env "FLOWWATCH_API_TOKENS") }}
+{{- $generated := and .Values.secrets.create .Values.secrets.generateIngestToken }}
+{{- if not (or $given $generated .Values.secrets.existingSecret) }}
+{{- fail "ingest would run without a token and refuse every reading: set secrets.components.ingest.FLOWWATCH_INGEST_TOKEN, put FLOWWATCH_API_TOKENS in secrets.env, keep secrets.generateIngestToken=true (with secrets.create), or name a secrets.existingSecret that holds one." }}
+{{- end }}
 {{- end }}
 {{- if and (hasPrefix "SASL_" .Values.kafka.securityProtocol) (not .Values.kafka.sasl.username) }}
 {{- fail (printf "kafka.securityProtocol=%s needs kafka.sasl.username (and FLOWWATCH_KAFKA_SASL_PASSWORD in the Secret)." .Values.kafka.securityProtocol) }}

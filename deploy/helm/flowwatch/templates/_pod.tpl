@@ -7,6 +7,8 @@ The pod template of one component. Call with (dict "root" $ "name" $name "c" $co
 {{- $c := .c }}
 {{- $web := gt (int $c.port) 0 }}
 {{- $files := include "flowwatch.configFiles" . | fromYaml -}}
+{{- $own := include "flowwatch.componentSecretData" (dict "root" $root "name" $name) | fromYaml -}}
+{{- $shared := include "flowwatch.hasSecret" $root -}}
 metadata:
   labels:
     {{- include "flowwatch.componentLabels" . | nindent 4 }}
@@ -16,7 +18,8 @@ metadata:
   annotations:
     # Roll the pods when their settings change.
     checksum/settings: {{ include (print $root.Template.BasePath "/configmap.yaml") $root | sha256sum }}
-    checksum/secret: {{ include (print $root.Template.BasePath "/secret.yaml") $root | sha256sum }}
+    # From the values, not the rendered Secrets: a generated ingest token must not roll the pods on every render.
+    checksum/secret: {{ toJson $root.Values.secrets | sha256sum }}
     {{- with $c.podAnnotations }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
@@ -63,10 +66,15 @@ spec:
       envFrom:
         - configMapRef:
             name: {{ include "flowwatch.fullname" $root }}-settings
-        {{- if include "flowwatch.hasSecret" $root }}
+        {{- if $shared }}
         # After the ConfigMap: a key in both (e.g. a Redis URL with a password) takes the Secret's value.
         - secretRef:
             name: {{ include "flowwatch.secretName" $root }}
+        {{- end }}
+        {{- if $own }}
+        # This component's own secrets, which no other pod gets.
+        - secretRef:
+            name: {{ include "flowwatch.componentName" (dict "root" $root "name" $name) }}
         {{- end }}
       {{- with include "flowwatch.containerEnv" . | trim }}
       env:
@@ -111,15 +119,17 @@ spec:
         - name: data
           mountPath: /data
         {{- if has $name $root.Values.models.mountTo }}
+        # Serving pods only read models (pickled files are code): only the retrain CronJobs write.
         - name: models
           mountPath: /models
+          readOnly: true
         {{- end }}
         {{- if $files }}
         - name: config
           mountPath: /etc/flowwatch/{{ $name }}
           readOnly: true
         {{- end }}
-        {{- if include "flowwatch.hasSecret" $root }}
+        {{- if or $shared $own }}
         - name: secrets
           mountPath: {{ $root.Values.secrets.mountPath }}
           readOnly: true
@@ -148,11 +158,19 @@ spec:
       configMap:
         name: {{ include "flowwatch.componentName" (dict "root" $root "name" $name) }}-config
     {{- end }}
-    {{- if include "flowwatch.hasSecret" $root }}
+    {{- if or $shared $own }}
     - name: secrets
-      secret:
-        secretName: {{ include "flowwatch.secretName" $root }}
+      projected:
         defaultMode: 0440
+        sources:
+          {{- if $shared }}
+          - secret:
+              name: {{ include "flowwatch.secretName" $root }}
+          {{- end }}
+          {{- if $own }}
+          - secret:
+              name: {{ include "flowwatch.componentName" (dict "root" $root "name" $name) }}
+          {{- end }}
     {{- end }}
     {{- with include "flowwatch.kafkaTlsVolume" $root }}{{ . | trim | nindent 4 }}{{ end }}
 {{- end }}
