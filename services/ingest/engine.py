@@ -39,15 +39,25 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from services.ingest import metrics as m
-from services.ingest.pipeline import H_FORWARDED, H_REQUEST, H_SOURCE, BatchProcessor, Inbound, Outcome
+from services.ingest.pipeline import (
+    H_FORWARDED,
+    H_REQUEST,
+    H_SOURCE,
+    SOURCES,
+    BatchProcessor,
+    Inbound,
+    NewSensorLimit,
+    Outcome,
+)
 from services.ingest.rules import Rules
 from services.ingest.sensors import SensorState, silence_transitions
 from services.ingest.settings import IngestSettings
 from services.ingest.verdicts import VerdictBoard
-from services.ingest.wire import reading_bytes, reading_dict
+from services.ingest.wire import reading_dict
 from shared.batching import Outbox, PartitionMap, start_output_producer
 from shared.cache import Cache
 from shared.codec import dumps
+from shared.deadletter import quarantine, target_partition
 from shared.metrics import BATCH_SECONDS, BATCH_SIZE, EVENTS_IN, EVENTS_OUT
 from shared.pump import Checkpoint, Pump, PumpConfig, Undo
 from shared.records import SensorEvent
@@ -66,6 +76,9 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+_SOURCE_VALUES = frozenset(s.encode() for s in SOURCES)
+
+
 def to_inbound(record: Any) -> Inbound:
     """An aiokafka ConsumerRecord as the pipeline sees it."""
     source = "kafka"
@@ -74,7 +87,9 @@ def to_inbound(record: Any) -> Inbound:
     headers = record.headers or ()
     for name, value in headers:
         if name == H_SOURCE:
-            source = value.decode("utf-8", "replace")
+            # A label and a field downstream: only the known doors, whatever a producer put in the header.
+            if value in _SOURCE_VALUES:
+                source = value.decode()
         elif name == H_REQUEST:
             request = value
         elif name == H_FORWARDED:
@@ -162,7 +177,12 @@ class Ingest:
             producer, maps = await start_output_producer(self.settings, SERVICE, names)
             self.producer = producer
             self.partition_of = maps[self.clean_name]
-            self.processor = BatchProcessor(self.rules, partition_of=self.partition_of, load_state=self._load_state)
+            self.processor = BatchProcessor(
+                self.rules,
+                partition_of=self.partition_of,
+                load_state=self._load_state,
+                new_sensors=NewSensorLimit(self.isettings.new_sensors_per_min, time.monotonic),
+            )
             log.info("ingest output producer started; %d partitions", self.partition_of.partitions)
 
     async def start(self) -> str:
@@ -196,6 +216,24 @@ class Ingest:
             data = self.sensors.get(sensor_id.encode())
         return SensorState.from_dict(data) if data else None
 
+    def refuse(self, box: Outbox, source: str, value: bytes, key: bytes | None, partition: int) -> list[str] | None:
+        """A door's item too large to carry through readings.raw goes straight to quarantine (its text cut to fit).
+
+        Returns the reasons when the item was refused, None when it may go on to readings.raw.
+        """
+        limit = self.isettings.max_line_bytes
+        if len(value) <= limit:
+            return None
+        reasons = [f"too_large: {len(value)} bytes (limit {limit})"]
+        assert self.partition_of is not None
+        target = target_partition(key, self.partition_of, self.partition_of.partitions, partition)
+        box.add(self.quarantine_name, target, key, quarantine(value, reasons, source))
+        m.QUARANTINED.inc()
+        m.QUARANTINE_REASONS.labels("too_large").inc()
+        m.INPUTS.labels(source).inc()
+        EVENTS_OUT.labels(SERVICE, self.quarantine_name).inc()
+        return reasons
+
     # --- one fetch of readings.raw ---------------------------------------------------------
 
     async def submit(self, records: list[Any]) -> Submitted:
@@ -213,11 +251,10 @@ class Ingest:
         outcome = self.processor.process(batch)
         self.dirty.update(outcome.states)
         box = Outbox(self.producer)
-        for partition, reading in outcome.clean:
-            box.add(self.clean_name, partition, reading.sensor_id.encode(), reading_bytes(reading))
-        for partition, record in outcome.quarantined:
-            key = record.sensor_id.encode() if record.sensor_id else None
-            box.add(self.quarantine_name, partition, key, dumps(record))
+        for partition, reading, encoded in outcome.clean:
+            box.add(self.clean_name, partition, reading.sensor_id.encode(), encoded)
+        for q in outcome.quarantined:
+            box.add(self.quarantine_name, q.partition, q.key, q.value)
         for partition, sensor_id, msg in outcome.forward:
             headers = [(k, v) for k, v in msg.headers if k != H_FORWARDED] + [(H_FORWARDED, b"1")]
             box.add(self.raw_name, partition, sensor_id.encode(), msg.value or b"", headers)
@@ -228,7 +265,7 @@ class Ingest:
         await sub.acked
         batch, outcome = sub.batch, sub.outcome
         pending = self.cache_pending
-        for _, reading in outcome.clean:
+        for _, reading, _ in outcome.clean:
             pending[reading.sensor_id] = reading
         self._account(batch, outcome, time.perf_counter() - sub.started)
         for item, status, reasons in outcome.verdicts:
@@ -270,14 +307,14 @@ class Ingest:
         BATCH_SECONDS.labels(SERVICE, "readings").observe(elapsed)
         if outcome.clean:
             utilities: dict[str, int] = {}
-            for _, reading in outcome.clean:
+            for _, reading, _ in outcome.clean:
                 utilities[reading.utility] = utilities.get(reading.utility, 0) + 1
             # An even sample of at most LATENCY_SAMPLE readings per batch: the distribution, at a
             # fraction of the cost of observing every one (a locked histogram update each).
             now = time.time() * 1000
             observe = m.LATENCY.observe
             step = max(1, len(outcome.clean) // LATENCY_SAMPLE)
-            for _, reading in outcome.clean[::step]:
+            for _, reading, _ in outcome.clean[::step]:
                 observe(max(0.0, (now - reading.received_ms) / 1000.0))
             for utility, n in utilities.items():
                 m.ACCEPTED.labels(utility).inc(n)
@@ -338,8 +375,9 @@ class Ingest:
         if not self._silence_loaded:
             self._load_local(local)
         assert self.processor is not None
-        states = {sid: st for sid, st in self.processor.states.items() if st.count}
         now = now_ms()
+        self.evict_stale(now)
+        states = {sid: st for sid, st in self.processor.states.items() if st.count}
         factor = self.isettings.silence_factor
         min_ms = int(self.isettings.silence_min_s * 1000)
         went, back = silence_transitions(states, self.silent, now, factor, min_ms)
@@ -372,6 +410,32 @@ class Ingest:
         m.SENSORS.set(len(states))
         m.SILENT.set(len(self.silent))
         return went, back
+
+    def evict_stale(self, now: int) -> int:
+        """Forget sensors not heard from for ``sensor_ttl_s``: table rows (tombstones in the changelogs) and memory.
+
+        Sensor ids are chosen by whoever sends readings; without this the tables would only grow.
+        A sensor changed since the last checkpoint is kept (its new state is on its way to the table).
+        """
+        ttl_ms = int(self.isettings.sensor_ttl_s * 1000)
+        if ttl_ms <= 0 or self.processor is None or self.partition_of is None:
+            return 0
+        cutoff = now - ttl_ms
+        states = self.processor.states
+        stale = [s for s, st in states.items() if 0 < st.last_seen_ms < cutoff and s not in self.dirty]
+        for sensor_id in stale:
+            key = sensor_id.encode()
+            with event_context(self.pump.event(self.partition_of(sensor_id))):
+                for table in (self.sensors, self.silence):
+                    if table.get(key) is not None:
+                        del table[key]
+            del states[sensor_id]
+            self.silent.discard(sensor_id)
+            self.cache_pending.pop(sensor_id, None)
+        if stale:
+            m.EVICTED.inc(len(stale))
+            log.info("forgot %d sensors not heard from for %.0f s", len(stale), ttl_ms / 1000)
+        return len(stale)
 
     # --- Redis cache ----------------------------------------------------------------------
 

@@ -11,8 +11,11 @@ whose owner could not be reached, are ``pending``: durably in readings.raw, not 
 
 Status codes: 202 with the summary; 400 for a body that is not JSON, a JSON array or
 NDJSON; 401/403 for a missing/wrong token (with no token configured at all the endpoint is
-closed: 401 saying what to set); 413 above the size or item limit; 503 while the worker has
-no partitions yet or Kafka refuses the write.
+closed: 401 saying what to set); 413 above the size or item limit; 429 (with
+``Retry-After``) beyond ``FLOWWATCH_INGEST_HTTP_MAX_CONCURRENT`` requests at once; 503 while
+the worker has no partitions yet or Kafka refuses the write. An item larger than
+``FLOWWATCH_INGEST_MAX_LINE_BYTES`` is quarantined (``too_large``) by the endpoint itself:
+it would not fit readings.raw.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from aiokafka.errors import KafkaError
 
 from services.ingest import metrics as m
 from services.ingest.payloads import PayloadError, TooManyItems, split_items
-from services.ingest.pipeline import H_REQUEST, H_SOURCE
+from services.ingest.pipeline import H_REQUEST, H_SOURCE, QUARANTINED
 from services.ingest.verdicts import MAX_ERRORS_SHOWN
 from shared.auth import AuthError, TokenStore, authorize
 from shared.batching import Outbox
@@ -99,13 +102,23 @@ class ReadingsEndpoint:
         self._token = token
         self._spread = itertools.count()
         self._http: httpx.AsyncClient | None = None
+        self.active = 0
 
     async def handle(self, view: Any, request: Any) -> Any:
+        limit = self.ingest.isettings.http_max_concurrent
+        if self.active >= limit:
+            # Bounds the memory held by bodies and waiting requests; a client retries after a second.
+            status, body, headers = 429, {"error": f"more than {limit} requests at once; retry"}, {"Retry-After": "1"}
+            m.HTTP_REQUESTS.labels(str(status)).inc()
+            return view.json(body, status=status, headers=headers)
+        self.active += 1
         try:
             status, body, headers = await self._handle(request)
         except Exception:  # a bug must not turn into a bare 500 without a word
             log.exception("POST %s failed", PATH)
             status, body, headers = 500, {"error": "internal error; see the ingest log"}, None
+        finally:
+            self.active -= 1
         m.HTTP_REQUESTS.labels(str(status)).inc()
         return view.json(body, status=status, headers=headers)
 
@@ -118,7 +131,7 @@ class ReadingsEndpoint:
         if body is None:
             return 413, {"error": f"body larger than {isettings.http_max_body_bytes} bytes"}, None
         try:
-            items = split_items(body, isettings.http_max_items)
+            items = split_items(body, isettings.http_max_items, isettings.max_field_chars)
         except TooManyItems as exc:
             return 413, {"error": str(exc)}, None
         except PayloadError as exc:
@@ -186,11 +199,17 @@ class ReadingsEndpoint:
         ingest = self.ingest
         assert ingest.producer is not None
         board = ingest.board
-        waited = [p for p in placed if p[1] in local]
+        limit = ingest.isettings.max_line_bytes
+        waited = [p for p in placed if p[1] in local or len(p[3]) > limit]
         request_id, pending = board.open(len(waited))
         try:
             box = Outbox(ingest.producer)
+            refused: list[tuple[int, list[str]]] = []
             for index, partition, key, value in placed:
+                reasons = ingest.refuse(box, "http", value, key, partition)
+                if reasons is not None:
+                    refused.append((index, reasons))
+                    continue
                 headers = [(H_SOURCE, b"http")]
                 if partition in local:
                     headers.append((H_REQUEST, board.item_id(request_id, index)))
@@ -199,6 +218,8 @@ class ReadingsEndpoint:
                 await box.flush()
             except KafkaError:
                 return None
+            for index, reasons in refused:
+                board.record(request_id, index, QUARANTINED, reasons)
             try:
                 await asyncio.wait_for(pending.done.wait(), timeout=ingest.isettings.http_wait_s)
             except TimeoutError:

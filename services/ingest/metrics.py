@@ -38,4 +38,8 @@ LATENCY = Histogram(
     buckets=LATENCY_BUCKETS,
 )
 SENSORS = Gauge("flowwatch_ingest_sensors", "Sensors with state in this worker's partitions (last silence check)")
+EVICTED = Counter(
+    "flowwatch_ingest_sensors_evicted_total",
+    "Sensors forgotten after FLOWWATCH_INGEST_SENSOR_TTL_S without a reading (state deleted)",
+)
 SILENT = Gauge("flowwatch_ingest_silent_sensors", "Sensors currently announced silent by this worker")

@@ -9,12 +9,16 @@ keeps what the device actually said — plus the sensor_id to key it by.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from services.ingest.validation import decode
+
+# A JSON string (escapes included) or one structural character: enough to find the items of an array.
+_TOKENS = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{},]')
 
 
 class PayloadError(ValueError):
@@ -27,50 +31,79 @@ class Item:
     sensor_id: str | None
 
 
-def _sensor_id(obj: Any) -> str | None:
+def _sensor_id(obj: Any, max_chars: int = 200) -> str | None:
+    """The sensor id to key an item by: only one that can be a Kafka key (valid UTF-8, not too long)."""
     if isinstance(obj, dict):
         sid = obj.get("sensor_id")
-        if isinstance(sid, str) and sid:
+        if isinstance(sid, str) and sid and len(sid) <= max_chars and (sid.isascii() or _utf8(sid)):
             return sid
     return None
 
 
-def _encode(obj: Any) -> bytes:
+def _utf8(text: str) -> bool:
     try:
-        return orjson.dumps(obj)
-    except TypeError:
-        pass
-    # Only the permissive decoder's NaN/Infinity floats get here; orjson would write them as
-    # null and turn a refused value into a missing one, so keep them as the device sent them.
-    return json.dumps(obj, allow_nan=True, separators=(",", ":")).encode()
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
-def _has_non_finite(obj: Any) -> bool:
-    if isinstance(obj, float):
-        return obj != obj or obj in (float("inf"), float("-inf"))
-    if isinstance(obj, dict):
-        return any(_has_non_finite(v) for v in obj.values())
-    if isinstance(obj, list):
-        return any(_has_non_finite(v) for v in obj)
-    return False
+def array_items(body: bytes) -> list[bytes]:
+    """The items of a JSON array body as sent, found without parsing them (the body is known to be valid JSON).
+
+    Used when an item cannot be written again (nested deeper than orjson writes, or NaN beside
+    something else the standard library cannot write): the device's own bytes then go to
+    readings.raw, where the pipeline gives the precise reason.
+    """
+    start = body.index(b"[") + 1
+    items: list[bytes] = []
+    depth = 0
+    for match in _TOKENS.finditer(body, start):
+        token = match.group()
+        if token[0] == 0x22:  # a string: skipped whole
+            continue
+        if token in (b"[", b"{"):
+            depth += 1
+        elif depth == 0:  # "," or the closing "]" of the body
+            item = body[start : match.start()].strip()
+            if item:
+                items.append(item)
+            start = match.end()
+            if token == b"]":
+                break
+        elif token in (b"]", b"}"):
+            depth -= 1
+    return items
 
 
-def _encode_item(obj: Any) -> bytes:
-    return json.dumps(obj, allow_nan=True, separators=(",", ":")).encode() if _has_non_finite(obj) else _encode(obj)
+def _encode_items(values: list[Any], strict: bool, body: bytes) -> list[bytes]:
+    """Each item's JSON, compact; the items as sent when one of them cannot be written again."""
+    try:
+        if strict:
+            return [orjson.dumps(v) for v in values]
+        # Only the permissive decoder's NaN/Infinity get here; orjson would write them as null and turn
+        # a refused value into a missing one, so keep them as the device sent them.
+        return [json.dumps(v, allow_nan=True, separators=(",", ":")).encode() for v in values]
+    except (TypeError, ValueError, RecursionError):
+        return array_items(body)
 
 
-def split_items(body: bytes, max_items: int) -> list[Item]:
+def split_items(body: bytes, max_items: int, max_field_chars: int = 200) -> list[Item]:
     """The items of a body; raises :class:`PayloadError` when it is not JSON/array/NDJSON."""
     if not body.strip():
         raise PayloadError("empty body: send a JSON object, a JSON array of objects, or NDJSON")
-    value, error = decode(body)
+    try:
+        value, error, strict = orjson.loads(body), None, True
+    except orjson.JSONDecodeError:
+        (value, error), strict = decode(body), False  # NaN/Infinity, or the reason it is not JSON
     if error is None:
         if isinstance(value, list):
             if len(value) > max_items:
                 raise TooManyItems(len(value), max_items)
-            return [Item(_encode_item(v), _sensor_id(v)) for v in value]
+            encoded = _encode_items(value, strict, body)
+            return [Item(e, _sensor_id(v, max_field_chars)) for e, v in zip(encoded, value, strict=True)]
         # One reading (or one JSON value that is not a reading: still an item, quarantined with its reason).
-        return [Item(body.strip(), _sensor_id(value))]
+        return [Item(body.strip(), _sensor_id(value, max_field_chars))]
     lines = [line.strip() for line in body.split(b"\n")]
     lines = [line for line in lines if line]
     if len(lines) < 2:
@@ -84,7 +117,7 @@ def split_items(body: bytes, max_items: int) -> list[Item]:
         if line_error is None:
             parsed += 1
         # A broken line is still an item: it goes to quarantine as malformed_json with its text.
-        items.append(Item(line, _sensor_id(obj) if line_error is None else None))
+        items.append(Item(line, _sensor_id(obj, max_field_chars) if line_error is None else None))
     if parsed == 0:
         raise PayloadError(f"body is neither JSON nor NDJSON: no line parses ({error.split(': ', 1)[-1]})")
     return items

@@ -17,6 +17,7 @@ not need state — decoding, validation, quarantine — happens where it arrives
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -25,11 +26,18 @@ from typing import Any
 from services.ingest.rules import Rules
 from services.ingest.sensors import ACCEPTED, DUPLICATE, SensorState
 from services.ingest.validation import decode, reason_code, validate
-from shared.records import QuarantinedReading, Reading
+from services.ingest.wire import reading_bytes
+from shared.deadletter import quarantine, target_partition
+from shared.records import Reading
+
+log = logging.getLogger(__name__)
 
 CLEAN = "clean"
 QUARANTINED = "quarantined"
 FORWARDED = "forwarded"
+
+#: The doors, the only values ``source`` (and its metric label) can take.
+SOURCES = ("http", "mqtt", "kafka")
 
 # Header names on readings.raw (set by the HTTP and MQTT doors, and by forwarding).
 H_SOURCE = "fw-source"
@@ -56,8 +64,8 @@ class Inbound:
 class Outcome:
     """What one batch decided."""
 
-    clean: list[tuple[int, Reading]] = field(default_factory=list)  # (partition, reading)
-    quarantined: list[tuple[int, QuarantinedReading]] = field(default_factory=list)
+    clean: list[tuple[int, Reading, bytes]] = field(default_factory=list)  # (partition, reading, its JSON)
+    quarantined: list[Quarantined] = field(default_factory=list)
     forward: list[tuple[int, str, Inbound]] = field(default_factory=list)  # (partition, sensor_id, message)
     states: dict[str, SensorState] = field(default_factory=dict)  # sensors whose state changed
     verdicts: list[tuple[bytes, str, list[str]]] = field(default_factory=list)  # (request item, status, reasons)
@@ -66,13 +74,39 @@ class Outcome:
     unknown_metrics: int = 0
 
 
-def quarantine_payload(value: bytes | None, decoded: Any, ok: bool) -> Any:
-    """The input as received: its JSON when it was JSON, else its text (bytes shown as escapes)."""
-    if ok and decoded is not None:
-        return decoded
-    if value is None:
-        return None
-    return value.decode("utf-8", "backslashreplace")
+@dataclass(slots=True)
+class Quarantined:
+    """A readings.quarantine record ready to send (built by :func:`shared.deadletter.quarantine`)."""
+
+    partition: int
+    key: bytes | None
+    value: bytes
+
+
+class NewSensorLimit:
+    """At most ``per_min`` sensor ids never seen before per door and minute (a sliding window of one minute).
+
+    Sensor state is kept per sensor id, and ids are chosen by whoever sends: without a cap one
+    client could grow the tables and memory without bound.
+    """
+
+    def __init__(self, per_min: int, clock: Callable[[], float]) -> None:
+        self.per_min = per_min
+        self.clock = clock
+        self._windows: dict[str, tuple[float, int]] = {}
+
+    def allow(self, source: str) -> bool:
+        if self.per_min <= 0:
+            return True
+        now = self.clock()
+        start, used = self._windows.get(source, (now, 0))
+        if now - start >= 60.0:
+            start, used = now, 0
+        if used >= self.per_min:
+            self._windows[source] = (start, used)
+            return False
+        self._windows[source] = (start, used + 1)
+        return True
 
 
 class BatchProcessor:
@@ -85,11 +119,14 @@ class BatchProcessor:
         partition_of: Callable[[str], int],
         load_state: Callable[[str, Inbound], SensorState | None],
         max_cached: int = 500_000,
+        new_sensors: NewSensorLimit | None = None,
     ) -> None:
         self.rules = rules
         self.partition_of = partition_of
+        self.partitions = getattr(partition_of, "partitions", 1)
         self.load_state = load_state
         self.max_cached = max_cached
+        self.new_sensors = new_sensors
         # Decoded states of sensors this worker owns; cleared on every rebalance, since
         # a partition may have been owned (and its sensors changed) by another worker meanwhile.
         self.states: dict[str, SensorState] = {}
@@ -97,74 +134,106 @@ class BatchProcessor:
     def forget(self) -> None:
         self.states.clear()
 
-    def state_for(self, sensor_id: str, msg: Inbound) -> SensorState:
-        """The sensor's state; ``msg`` (in the sensor's partition) locates it in the table on a miss."""
+    def state_for(self, sensor_id: str, msg: Inbound) -> SensorState | None:
+        """The sensor's state; ``msg`` (in the sensor's partition) locates it in the table on a miss.
+
+        None when the sensor is new and its door has introduced too many new sensors this minute.
+        """
         state = self.states.get(sensor_id)
         if state is None:
-            state = self.load_state(sensor_id, msg) or SensorState(sensor_id)
+            state = self.load_state(sensor_id, msg)
+            if state is None:
+                if self.new_sensors is not None and not self.new_sensors.allow(msg.source):
+                    return None
+                state = SensorState(sensor_id)
             if len(self.states) >= self.max_cached:
                 self.states.clear()
             self.states[sensor_id] = state
         return state
 
     def process(self, batch: list[Inbound]) -> Outcome:
-        """Decide every message of a batch."""
+        """Decide every message of a batch; a failure of one message quarantines that message only."""
         out = Outcome()
-        rules = self.rules
-        lateness = rules.lateness_ms
-        memory = rules.dedup_memory
-        partition_of = self.partition_of
         for msg in batch:
-            decoded, error = decode(msg.value) if msg.value is not None else (None, "malformed_json: empty message")
-            if error is None:
-                checked = validate(decoded, msg.received_ms, rules, msg.source)
-                reasons = checked.reasons
-                out.unknown_metrics += checked.unknown_metrics
-            else:
-                checked = None
-                reasons = [error]
-            reading = checked.reading if checked is not None else None
-            if reading is None:
-                self._quarantine(out, msg, decoded, error is None, reasons, checked.sensor_id if checked else None)
-                continue
-            sensor_id = reading.sensor_id
-            target = partition_of(sensor_id)
-            if target != msg.partition and not msg.forwarded:
-                out.forward.append((target, sensor_id, msg))
-                continue
-            state = self.state_for(sensor_id, msg)
-            verdict = state.admit(reading, lateness, memory)
-            out.states[sensor_id] = state
-            if verdict == ACCEPTED:
-                out.clean.append((target, reading))
-                if msg.request is not None:
-                    out.verdicts.append((msg.request, CLEAN, []))
-            elif verdict == DUPLICATE:
-                out.duplicates += 1
-                if msg.request is not None:
-                    out.verdicts.append(
-                        (msg.request, DUPLICATE, [f"duplicate: {sensor_id} already sent ts {reading.ts}"])
-                    )
-            else:
-                why = (
-                    f"late: ts {reading.ts} is {state.newest_ts - reading.ts} ms older than the newest reading of "
-                    f"{sensor_id} (lateness {lateness} ms)"
-                )
-                self._quarantine(out, msg, decoded, True, [why], sensor_id)
+            try:
+                self._decide(out, msg)
+            except Exception as exc:
+                log.exception("ingest could not decide one message (partition %d offset %d)", msg.partition, msg.offset)
+                self._quarantine(out, msg, None, False, [f"internal_error: {type(exc).__name__}"], None)
         return out
+
+    def _decide(self, out: Outcome, msg: Inbound) -> None:
+        rules = self.rules
+        if msg.value is None:
+            decoded, error = None, "malformed_json: empty message"
+        else:
+            decoded, error = decode(msg.value, rules.max_line_bytes, rules.max_json_depth)
+        if error is None:
+            checked = validate(decoded, msg.received_ms, rules, msg.source)
+            reasons = checked.reasons
+            out.unknown_metrics += checked.unknown_metrics
+        else:
+            checked = None
+            reasons = [error]
+        reading = checked.reading if checked is not None else None
+        if reading is None:
+            self._quarantine(out, msg, decoded, error is None, reasons, checked.sensor_id if checked else None)
+            return
+        sensor_id = reading.sensor_id
+        target = self.partition_of(sensor_id)
+        if target != msg.partition and not msg.forwarded:
+            out.forward.append((target, sensor_id, msg))
+            return
+        # Encoded before admitting: a reading that cannot be written must not change its sensor's state.
+        encoded = reading_bytes(reading)
+        state = self.state_for(sensor_id, msg)
+        if state is None:
+            why = f"too_many_new_sensors: {msg.source} introduced more than {self.new_sensors.per_min} new sensors this minute"  # type: ignore[union-attr]
+            self._quarantine(out, msg, decoded, True, [why], sensor_id)
+            return
+        verdict = state.admit(reading, rules.lateness_ms, rules.dedup_memory)
+        out.states[sensor_id] = state
+        if verdict == ACCEPTED:
+            out.clean.append((target, reading, encoded))
+            if msg.request is not None:
+                out.verdicts.append((msg.request, CLEAN, []))
+        elif verdict == DUPLICATE:
+            out.duplicates += 1
+            if msg.request is not None:
+                out.verdicts.append((msg.request, DUPLICATE, [f"duplicate: {sensor_id} already sent ts {reading.ts}"]))
+        else:
+            why = (
+                f"late: ts {reading.ts} is {state.newest_ts - reading.ts} ms older than the newest reading of "
+                f"{sensor_id} (lateness {rules.lateness_ms} ms)"
+            )
+            self._quarantine(out, msg, decoded, True, [why], sensor_id)
 
     def _quarantine(
         self, out: Outcome, msg: Inbound, decoded: Any, decoded_ok: bool, reasons: list[str], sensor_id: str | None
     ) -> None:
-        record = QuarantinedReading(
-            payload=quarantine_payload(msg.value, decoded, decoded_ok),
-            source=msg.source,
-            reasons=reasons,
+        key = _key(sensor_id)
+        value = quarantine(
+            msg.value,
+            reasons,
+            msg.source,
+            decoded=decoded,
+            decoded_ok=decoded_ok,
+            sensor_id=sensor_id if key is not None else None,
             received_ms=msg.received_ms,
-            sensor_id=sensor_id,
         )
-        out.quarantined.append((self.partition_of(sensor_id) if sensor_id else msg.partition, record))
+        partition = target_partition(key, self.partition_of, self.partitions, msg.partition)
+        out.quarantined.append(Quarantined(partition, key, value))
         for code in {reason_code(r) for r in reasons}:
             out.reasons[code] += 1
         if msg.request is not None:
             out.verdicts.append((msg.request, QUARANTINED, reasons))
+
+
+def _key(sensor_id: str | None) -> bytes | None:
+    """The key of a quarantine record: the sensor id when there is one that can be a key."""
+    if not sensor_id:
+        return None
+    try:
+        return sensor_id.encode()
+    except UnicodeEncodeError:
+        return None

@@ -18,6 +18,9 @@ import yaml
 from services.ingest.settings import DEFAULT_RANGES_FILE, IngestSettings
 from services.ingest.units import CONVERSIONS, normalise_unit
 
+#: Deepest nesting allowed at all (orjson reads 1024 levels but writes only 254).
+MAX_JSON_DEPTH = 250
+
 
 class ConfigError(ValueError):
     """The ranges file is not usable; the message names the entry."""
@@ -60,6 +63,10 @@ class Rules:
     stale_after_ms: int = 300_000
     quality_threshold: float = 0.5
     max_metrics: int = 64
+    max_line_bytes: int = 64 * 1024
+    max_json_depth: int = 32
+    max_field_chars: int = 200
+    max_extra_bytes: int = 16 * 1024
     lateness_ms: int = 3_600_000
     dedup_memory: int = 64
 
@@ -84,6 +91,9 @@ class Rules:
         total = sum(w.values())
         if settings.dedup_memory < 1:
             raise ConfigError("FLOWWATCH_INGEST_DEDUP_MEMORY must be at least 1")
+        if not 2 <= settings.max_json_depth <= MAX_JSON_DEPTH:
+            # orjson writes 254 levels at most; a clean reading nests its input one level deeper.
+            raise ConfigError(f"FLOWWATCH_INGEST_MAX_JSON_DEPTH must be within 2..{MAX_JSON_DEPTH}")
         return cls(
             metrics=metrics,
             aliases=aliases,
@@ -96,6 +106,10 @@ class Rules:
             stale_after_ms=int(settings.stale_after_s * 1000),
             quality_threshold=settings.quality_threshold,
             max_metrics=settings.max_metrics,
+            max_line_bytes=settings.max_line_bytes,
+            max_json_depth=settings.max_json_depth,
+            max_field_chars=settings.max_field_chars,
+            max_extra_bytes=settings.max_extra_bytes,
             lateness_ms=int(settings.lateness_s * 1000),
             dedup_memory=settings.dedup_memory,
         )

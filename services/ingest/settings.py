@@ -51,7 +51,33 @@ class IngestSettings:
     stale_after_s: float = _doc(
         300.0, "Age on arrival (seconds) from which a reading's quality starts to drop for staleness."
     )
-    max_metrics: int = _doc(64, "Most metrics one reading may carry.")
+    max_metrics: int = _doc(64, "Most metrics one reading may carry; more is quarantined (`too_many_metrics`).")
+    max_line_bytes: int = _doc(
+        64 * 1024,
+        "Largest single reading as received (one Kafka message, one array item, one NDJSON line, bytes); larger "
+        "ones are quarantined (`too_large`) with their text cut to fit.",
+    )
+    max_json_depth: int = _doc(
+        32,
+        "Deepest nesting of arrays/objects in one reading (the reading object is level 1); deeper ones are "
+        "quarantined (`too_deep`). At most 250: orjson reads 1024 levels but writes only 254.",
+    )
+    max_field_chars: int = _doc(200, "Longest sensor_id, site, zone or asset (characters); longer is `invalid_field`.")
+    max_extra_bytes: int = _doc(
+        16 * 1024,
+        "Largest `extra` of a clean reading (the unknown fields and the `extra` object, as JSON bytes); larger is "
+        "quarantined (`extra_too_large`).",
+    )
+    sensor_ttl_s: float = _doc(
+        7 * 24 * 3600.0,
+        "A sensor not heard from for this long (seconds) is forgotten: its state is deleted from the `sensors` and "
+        "`silence` tables and from memory (it starts afresh if it reports again). 0 keeps sensors forever.",
+    )
+    new_sensors_per_min: int = _doc(
+        20_000,
+        "Most sensor ids never seen before that one door (http, mqtt or kafka) may introduce per minute and worker; "
+        "readings of further new sensors are quarantined (`too_many_new_sensors`). 0: no limit.",
+    )
     batch_size: int = _doc(5000, "Most readings processed in one micro-batch (one fetch of readings.raw).")
     session_timeout_s: float = _doc(
         60.0,
@@ -79,6 +105,9 @@ class IngestSettings:
     )
     http_max_body_bytes: int = _doc(5 * 1024 * 1024, "Largest accepted HTTP body (bytes); larger requests get 413.")
     http_max_items: int = _doc(10_000, "Most readings in one HTTP request; more gets 413.")
+    http_max_concurrent: int = _doc(
+        16, "Most POST /v1/readings requests handled at once per worker; more get 429 with Retry-After."
+    )
     http_wait_s: float = _doc(
         10.0,
         "How long POST /v1/readings waits for the verdict (clean, quarantined, duplicate) of each reading before "
@@ -87,7 +116,20 @@ class IngestSettings:
     mqtt_enabled: bool = _doc(True, "Subscribe to MQTT (FLOWWATCH_MQTT_URL).")
     mqtt_topic: str = _doc("flowwatch/readings/#", "MQTT topic filter to subscribe to.")
     mqtt_qos: int = _doc(1, "MQTT subscription QoS.")
-    mqtt_client_id: str = _doc("", "MQTT client id; empty means `flowwatch-ingest-<host>-<pid>`.")
+    mqtt_client_id: str = _doc(
+        "",
+        "MQTT client id; empty: `<topic prefix>flowwatch-ingest`, the same after every restart so the broker's "
+        "persistent session finds it again. Two workers must not share an id (the broker drops the older "
+        "connection): give each its own (e.g. the pod name) and subscribe to a shared subscription (`$share/...`).",
+    )
+    mqtt_persistent: bool = _doc(
+        True,
+        "Ask the broker for a persistent session (clean_session false): the subscription and the unacknowledged "
+        "QoS 1 messages, including those published while ingest is down, wait for the client id to come back.",
+    )
+    mqtt_ca_file: str = _doc("", "CA bundle to verify the broker with `mqtts://` (empty: the system's CAs).")
+    mqtt_cert_file: str = _doc("", "Client certificate for `mqtts://` (PEM), when the broker asks for one.")
+    mqtt_key_file: str = _doc("", "Private key of the client certificate (PEM).")
     mqtt_backoff_max_s: float = _doc(30.0, "Longest wait between MQTT reconnect attempts (backoff doubles from 0.5 s).")
     token: str = _doc(
         "",

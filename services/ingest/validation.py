@@ -29,7 +29,6 @@ from shared.records import UTILITIES, Reading
 
 #: Fields of the input contract; anything else goes to ``Reading.extra``.
 KNOWN_FIELDS = frozenset({"sensor_id", "ts", "site", "zone", "utility", "asset", "values", "units", "quality", "extra"})
-MAX_ID_LEN = 200
 MAX_METRIC_NAME_LEN = 64
 # Epoch values at or above this are milliseconds (1e11 s is the year 5138; 1e11 ms is 1973).
 _MS_THRESHOLD = 1e11
@@ -37,7 +36,11 @@ _MAX_TS_MS = 10**14  # year 5138: anything later is not a timestamp
 
 #: Every reason code validation can give, for docs and metric pre-registration.
 REASON_CODES = (
+    "too_large",
     "malformed_json",
+    "invalid_utf8",
+    "lone_surrogate",
+    "too_deep",
     "not_an_object",
     "missing_field",
     "invalid_field",
@@ -56,13 +59,20 @@ REASON_CODES = (
     "out_of_range",
     "invalid_quality",
     "low_quality",
-    # stateful, from services.ingest.sensors
+    "extra_too_large",
+    # stateful, from services.ingest.sensors and the pipeline
     "late",
+    "too_many_new_sensors",
+    # a bug met by one record: that record is quarantined, the batch goes on
+    "internal_error",
 )
+_KNOWN_CODES = frozenset(REASON_CODES)
 
 
 def reason_code(reason: str) -> str:
-    return reason.split(":", 1)[0]
+    """The code of a reason, always one of :data:`REASON_CODES` (metric labels never come from free text)."""
+    code = reason.split(":", 1)[0]
+    return code if code in _KNOWN_CODES else "internal_error"
 
 
 @dataclass(slots=True)
@@ -85,24 +95,77 @@ def _int_as_orjson(digits: str) -> int | float:
     return value if -(2**63) <= value < 2**64 else float(value)
 
 
-def decode(raw: bytes | bytearray | memoryview | str) -> tuple[Any, str | None]:
-    """``(value, None)`` for valid JSON, else ``(None, reason)``.
+def deeper_than(value: Any, limit: int) -> bool:
+    """True when ``value`` nests arrays/objects more than ``limit`` levels (iterative: no recursion limit)."""
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
+    return False
 
-    Bare ``NaN``/``Infinity`` are not JSON (orjson refuses them) but devices built on
-    permissive encoders send them; such a payload decodes here so that it is refused as
+
+def _nesting_bound(raw: bytes | bytearray | memoryview | str) -> int:
+    """An upper bound of the nesting depth: the number of opening brackets (C-speed, no parse)."""
+    if isinstance(raw, str):
+        return raw.count("[") + raw.count("{")
+    data = bytes(raw) if isinstance(raw, memoryview) else raw
+    return data.count(b"[") + data.count(b"{")
+
+
+def decode(
+    raw: bytes | bytearray | memoryview | str, max_bytes: int | None = None, max_depth: int | None = None
+) -> tuple[Any, str | None]:
+    """``(value, None)`` for valid JSON within the limits, else ``(None, reason)``.
+
+    Whatever this returns can be written again by orjson: nesting is checked against
+    ``max_depth`` (orjson reads 1024 levels but writes only 254) and text holds no lone
+    surrogate. Bare ``NaN``/``Infinity`` are not JSON (orjson refuses them) but devices built
+    on permissive encoders send them; such a payload decodes here so that it is refused as
     ``non_finite`` naming the metric, which tells an operator more than ``malformed_json``.
     """
+    if max_bytes is not None and len(raw) > max_bytes:
+        return None, f"too_large: {len(raw)} bytes (limit {max_bytes})"
     try:
-        return orjson.loads(raw), None
+        value = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        first_error = str(exc)
+        value, error = _decode_lenient(raw, str(exc))
+        if error is not None:
+            return None, error
+    else:
+        if max_depth is None:
+            return value, None
+    if max_depth is not None and _nesting_bound(raw) > max_depth and deeper_than(value, max_depth):
+        return None, f"too_deep: arrays/objects nested more than {max_depth} levels"
+    return value, None
+
+
+def _decode_lenient(raw: bytes | bytearray | memoryview | str, first_error: str) -> tuple[Any, str | None]:
+    """What orjson refused: NaN/Infinity read by the standard library, or the reason it is not JSON."""
+    if "not valid UTF-8" in first_error:
+        return None, f"invalid_utf8: {first_error}"
+    if "surrogate" in first_error:
+        return None, f"lone_surrogate: {first_error}"
     try:
-        text = raw.decode("utf-8") if isinstance(raw, (bytes, bytearray, memoryview)) else raw
+        text = bytes(raw).decode("utf-8") if isinstance(raw, (bytes, bytearray, memoryview)) else raw
         if "NaN" in text or "Infinity" in text:
-            return json.loads(text, parse_int=_int_as_orjson), None
-    except (ValueError, RecursionError):
-        pass
-    return None, f"malformed_json: {first_error}"
+            value = json.loads(text, parse_int=_int_as_orjson)
+        else:
+            return None, f"malformed_json: {first_error}"
+    except (ValueError, RecursionError, OverflowError):  # an integer beyond a float overflows
+        return None, f"malformed_json: {first_error}"
+    try:
+        # The standard library lets through what orjson would refuse to write again.
+        orjson.dumps(value)
+    except TypeError as exc:
+        if "surrogate" in str(exc):
+            return None, "lone_surrogate: a string holds a lone surrogate (\\ud800-\\udfff), which is not Unicode"
+        if "Recursion" not in str(exc):
+            return None, f"malformed_json: {exc}"
+        # too deep for orjson: the caller's depth check names it
+    return value, None
 
 
 def parse_ts(value: Any) -> int | None:
@@ -134,21 +197,29 @@ def parse_ts(value: Any) -> int | None:
     return int(ms)
 
 
-def _text_field(payload: dict[str, Any], name: str, reasons: list[str]) -> str:
+def _text_field(payload: dict[str, Any], name: str, reasons: list[str], limit: int) -> str:
     value = payload.get(name)
-    if type(value) is str and 0 < len(value) <= MAX_ID_LEN and not value.isspace():
+    if type(value) is str and 0 < len(value) <= limit and not value.isspace():
         return value
     if value is None:
         reasons.append(f"missing_field: {name}")
         return ""
-    if not isinstance(value, str) or not value.strip() or len(value) > MAX_ID_LEN:
-        reasons.append(f"invalid_field: {name} must be a non-empty string of at most {MAX_ID_LEN} characters")
+    if not isinstance(value, str) or not value.strip() or len(value) > limit:
+        reasons.append(f"invalid_field: {name} must be a non-empty string of at most {limit} characters")
         return ""
     return value
 
 
 def _short(value: Any) -> str:
-    text = repr(value)
+    """A bounded description of a value for a reason: never the repr of a container (deep ones overflow)."""
+    if isinstance(value, (dict, list)):
+        return f"<{type(value).__name__} of {len(value)}>"
+    if isinstance(value, str):
+        text = repr(value[:40])
+    elif isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**40:
+        text = f"<integer of {len(str(abs(value)))} digits>" if abs(value) < 10**4000 else "<huge integer>"
+    else:
+        text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
 
 
@@ -157,10 +228,11 @@ def validate(payload: Any, received_ms: int, rules: Rules, source: str = "kafka"
     if not isinstance(payload, dict):
         return Validated(None, [f"not_an_object: got {type(payload).__name__}"])
     reasons: list[str] = []
-    sensor_id = _text_field(payload, "sensor_id", reasons)
-    site = _text_field(payload, "site", reasons)
-    zone = _text_field(payload, "zone", reasons)
-    asset = _text_field(payload, "asset", reasons).strip().lower()
+    limit = rules.max_field_chars
+    sensor_id = _text_field(payload, "sensor_id", reasons, limit)
+    site = _text_field(payload, "site", reasons, limit)
+    zone = _text_field(payload, "zone", reasons, limit)
+    asset = _text_field(payload, "asset", reasons, limit).strip().lower()
 
     utility = payload.get("utility")
     if utility in UTILITIES:
@@ -208,6 +280,11 @@ def validate(payload: Any, received_ms: int, rules: Rules, source: str = "kafka"
             extra.update(given)
         else:
             extra["extra"] = given
+    if extra:
+        size = len(orjson.dumps(extra))
+        if size > rules.max_extra_bytes:
+            why = f"extra_too_large: the extra fields take {size} bytes of JSON (limit {rules.max_extra_bytes})"
+            return Validated(None, [why], sensor_id, unknown)
     if missing:
         extra["missing_metrics"] = missing
     if device_quality is not None:

@@ -28,6 +28,7 @@ from tests.helpers import ServiceProcess, collect, delete_topics, produce
 TOKEN = "test-" + uuid.uuid4().hex
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 MAX_BODY = 64 * 1024
+SENSOR_TTL_S = 10
 
 
 @pytest_asyncio.fixture(scope="module")
@@ -46,6 +47,8 @@ async def ingest(stack: Settings, tmp_path_factory: pytest.TempPathFactory) -> A
         "FLOWWATCH_INGEST_CHECKPOINT_S": "0.5",
         "FLOWWATCH_INGEST_CACHE_FLUSH_S": "0.3",
         "FLOWWATCH_INGEST_HTTP_MAX_BODY_BYTES": str(MAX_BODY),
+        "FLOWWATCH_INGEST_SENSOR_TTL_S": str(SENSOR_TTL_S),
+        "FLOWWATCH_INGEST_HTTP_MAX_CONCURRENT": "2",
     }
     proc = ServiceProcess("ingest", s, extra_env=env)
     proc.start()
@@ -294,3 +297,53 @@ async def test_sensor_goes_silent_comes_back_and_is_cached(ingest: ServiceProces
     await produce(s, "readings.raw", [(sensor.encode(), reading(sensor, now_ms()))])
     events = await collect(s, "sensor.events", lambda ms: kinds(ms) == ["silent", "back"], timeout=20)
     assert kinds(events) == ["silent", "back"]
+
+
+async def test_a_sensor_not_heard_from_for_its_ttl_is_forgotten(ingest: ServiceProcess) -> None:
+    sensor = f"ttl-{uuid.uuid4().hex[:8]}"
+    body = orjson.dumps(reading(sensor, now_ms() - 1000))
+    async with httpx.AsyncClient(base_url=ingest.url, headers=AUTH, timeout=15) as client:
+        assert (await client.post("/v1/readings", content=body)).json()["accepted"] == 1
+        assert (await client.post("/v1/readings", content=body)).json()["duplicates"] == 1
+        evicted = metric(ingest, "flowwatch_ingest_sensors_evicted_total")
+        # A duplicate does not refresh the sensor: it stays a duplicate until the sensor is forgotten,
+        # then the same reading is new again (its state was deleted, not just hidden).
+        deadline = time.monotonic() + SENSOR_TTL_S + 30
+        answer = (await client.post("/v1/readings", content=body)).json()
+        while answer["duplicates"] == 1 and time.monotonic() < deadline:
+            await asyncio.sleep(1.0)
+            answer = (await client.post("/v1/readings", content=body)).json()
+        assert answer["accepted"] == 1, answer
+        assert metric(ingest, "flowwatch_ingest_sensors_evicted_total") > evicted
+
+
+async def test_requests_beyond_the_concurrency_limit_get_429(ingest: ServiceProcess) -> None:
+    t = now_ms() - 1000
+    tag = uuid.uuid4().hex[:8]
+    host, port = ingest.url.rsplit("/", 1)[1].split(":")
+    held: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes]] = []
+    for i in range(2):  # two requests whose bodies have not arrived yet: both handlers are waiting for them
+        body = orjson.dumps([reading(f"slow-{tag}-{i}", t)])
+        reader, writer = await asyncio.open_connection(host, int(port))
+        head = (
+            f"POST /v1/readings HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {TOKEN}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        )
+        writer.write(head.encode() + body[:1])
+        await writer.drain()
+        held.append((reader, writer, body))
+    async with httpx.AsyncClient(base_url=ingest.url, headers=AUTH, timeout=30) as client:
+        deadline = time.monotonic() + 20
+        r = await client.post("/v1/readings", content=orjson.dumps(reading(f"fast-{tag}", t)))
+        while r.status_code != 429 and time.monotonic() < deadline:  # until both held requests are in
+            await asyncio.sleep(0.2)
+            r = await client.post("/v1/readings", content=orjson.dumps(reading(f"fast-{tag}", t + 1)))
+        assert r.status_code == 429 and r.headers["Retry-After"] == "1"
+        for reader, writer, body in held:
+            writer.write(body[1:])
+            await writer.drain()
+            answer = await reader.read()
+            writer.close()
+            assert answer.startswith(b"HTTP/1.1 202") and b'"accepted":1' in answer, answer
+        r = await client.post("/v1/readings", content=orjson.dumps(reading(f"fast-{tag}", t + 2)))
+        assert r.status_code == 202

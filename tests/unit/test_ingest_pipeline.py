@@ -8,7 +8,7 @@ import orjson
 import pytest
 
 from services.ingest.payloads import PayloadError, TooManyItems, split_items
-from services.ingest.pipeline import CLEAN, QUARANTINED, BatchProcessor, Inbound
+from services.ingest.pipeline import CLEAN, QUARANTINED, BatchProcessor, Inbound, Quarantined
 from services.ingest.rules import Rules
 from services.ingest.sensors import ACCEPTED, DUPLICATE, LATE, SensorState, silence_transitions
 from services.ingest.verdicts import VerdictBoard
@@ -110,6 +110,10 @@ def good(sensor: str, ts: int, **changes) -> dict:
     return d
 
 
+def quarantined_record(q: Quarantined) -> dict:
+    return orjson.loads(q.value)
+
+
 def processor() -> BatchProcessor:
     return BatchProcessor(RULES, partition_of=PM, load_state=lambda sid, msg: None)
 
@@ -129,14 +133,16 @@ def test_a_mixed_batch_is_split_exactly() -> None:
         raw(good("e", NOW, values={"pressure": "high"})),
     ]
     out = processor().process(batch)
-    assert [r.sensor_id for _, r in out.clean] == ["a", "a", "b"]
+    assert [r.sensor_id for _, r, _ in out.clean] == ["a", "a", "b"]
     assert out.duplicates == 1
     assert len(out.quarantined) == 5
     assert len(out.clean) + len(out.quarantined) + out.duplicates + len(out.forward) == len(batch)
     assert set(out.reasons) == {"late", "malformed_json", "out_of_range", "non_finite", "not_a_number"}
-    truncated = next(q for _, q in out.quarantined if q.reasons[0].startswith("malformed_json"))
-    assert truncated.payload == '{"sensor_id": "c", "ts": '  # as received, as text
-    assert all(p == PM(r.sensor_id) for p, r in out.clean)  # co-partitioned with the sensor
+    truncated = next(
+        q for q in map(quarantined_record, out.quarantined) if q["reasons"][0].startswith("malformed_json")
+    )
+    assert truncated["payload"] == '{"sensor_id": "c", "ts": '  # as received, as text
+    assert all(p == PM(r.sensor_id) for p, r, _ in out.clean)  # co-partitioned with the sensor
     assert set(out.states) == {"a", "b"}
 
 
@@ -251,8 +257,8 @@ def test_a_permissive_payload_with_a_huge_integer_is_judged_and_encodable() -> N
     )
     refused = b'{"v":NaN,"big":100000000000000000000000}'
     out = processor().process([raw(accepted, partition=PM("h")), raw(refused)])
-    assert [r.sensor_id for _, r in out.clean] == ["h"]
-    assert orjson.loads(reading_bytes(out.clean[0][1]))["extra"]["serial"] == 1e23
+    assert [r.sensor_id for _, r, _ in out.clean] == ["h"]
+    assert orjson.loads(out.clean[0][2])["extra"]["serial"] == 1e23
     assert len(out.quarantined) == 1
-    quarantined = orjson.loads(orjson.dumps(out.quarantined[0][1].to_dict()))
+    quarantined = quarantined_record(out.quarantined[0])
     assert quarantined["payload"]["big"] == 1e23

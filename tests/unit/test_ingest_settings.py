@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import orjson
@@ -12,7 +14,7 @@ import pytest
 
 from services.ingest.__main__ import _normalise_loglevel
 from services.ingest.http import check_token, read_body
-from services.ingest.mqtt import parse_mqtt_url, redact
+from services.ingest.mqtt import client_id, parse_mqtt_url, redact
 from services.ingest.settings import IngestSettings
 from shared.auth import TokenStore
 
@@ -110,6 +112,18 @@ def test_mqtt_url_parsing_and_redaction() -> None:
     assert "p%40ss" not in redact("mqtt://u:p%40ss@broker:1884")
     with pytest.raises(ValueError):
         parse_mqtt_url("https://broker")
+    tls = parse_mqtt_url("mqtts://broker")
+    assert tls["port"] == 8883 and tls["tls_context"].verify_mode == ssl.CERT_REQUIRED
+    assert redact("mqtts://u:p@broker") == "mqtts://***@broker:8883"
+
+
+def test_mqtt_client_id_is_stable_across_restarts_and_persistent_by_default() -> None:
+    default = IngestSettings()
+    assert default.mqtt_persistent
+    assert client_id(default, "t1.") == client_id(default, "t1.") == "t1.flowwatch-ingest"
+    assert client_id(default.replace(mqtt_client_id="pod-3"), "t1.") == "pod-3"
+    clean = default.replace(mqtt_persistent=False)
+    assert client_id(clean, "t1.") != client_id(clean, "t1.")
 
 
 def test_loglevel_names_of_the_logging_module_are_accepted() -> None:
@@ -148,6 +162,7 @@ async def test_mqtt_reconnects_with_capped_jittered_backoff(monkeypatch: pytest.
     class Refused:
         def __init__(self, *args: object, **kwargs: object) -> None:
             attempts.append(asyncio.get_running_loop().time())
+            self._client = types.SimpleNamespace(manual_ack_set=lambda on: None)
 
         async def __aenter__(self) -> Refused:
             raise mqtt_mod.aiomqtt.MqttError("connection refused")
@@ -162,6 +177,7 @@ async def test_mqtt_reconnects_with_capped_jittered_backoff(monkeypatch: pytest.
 
     class FakeIngest:
         isettings = IngestSettings(mqtt_backoff_max_s=4.0)
+        settings = types.SimpleNamespace(topic_prefix="t.")
 
         async def ensure_started(self) -> None:
             return None

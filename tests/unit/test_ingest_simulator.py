@@ -20,7 +20,7 @@ from shared.batching import PartitionMap
 START = 1_709_510_400_000
 # Which reason a corrupt payload must be refused with, by the simulator's fault_detail.
 EXPECTED_REASON = {
-    "garbage": {"malformed_json"},
+    "garbage": {"malformed_json", "invalid_utf8"},
     "truncated": {"malformed_json"},
     "nan": {"non_finite"},
     "infinity": {"non_finite"},
@@ -52,7 +52,7 @@ def split():
         out = proc.process(batch[i : i + 1000])
         for item, status, reasons in out.verdicts:
             decided[int(item)] = (status, reasons, None)
-        for _, reading in out.clean:
+        for _, reading, _ in out.clean:
             clean_by_offset[(reading.sensor_id, reading.ts)] = reading
     return frame, decided, clean_by_offset
 

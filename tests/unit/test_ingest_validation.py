@@ -6,6 +6,7 @@ import math
 from datetime import UTC, datetime
 from pathlib import Path
 
+import orjson
 import pytest
 
 from services.ingest.rules import ConfigError, Rules
@@ -198,9 +199,41 @@ def test_bare_nan_and_infinity_are_non_finite_not_malformed() -> None:
 
 
 def test_malformed_bytes_decode_to_a_reason() -> None:
-    for raw in (b"{bad", b"", b"\xff\xfe", b'{"a": NaN'):
+    for raw in (b"{bad", b"", b'{"a": NaN', b"\xef\xbb\xbf{}", b'{"a":1}\x00'):
         value, error = decode(raw)
-        assert value is None and error.startswith("malformed_json")
+        assert value is None and error.startswith("malformed_json"), (raw, error)
+    assert decode(b'{"a":"\xff\xfe"}')[1].startswith("invalid_utf8")
+    assert decode(b'"\\ud800"')[1].startswith("lone_surrogate")
+    # the permissive decoder (NaN) must not let a lone surrogate through either
+    assert decode(b'{"a":"\\udc00","b":NaN}')[1].startswith("lone_surrogate")
+    # an integer beyond any float beside NaN (found by the fuzz suite: OverflowError, not ValueError)
+    assert decode(b'{"a":NaN,"b":1' + b"0" * 400 + b"}")[1].startswith("malformed_json")
+
+
+def test_decode_limits_size_and_depth_and_leaves_only_encodable_values() -> None:
+    deep = b"[" * 300 + b"]" * 300
+    assert decode(deep, max_depth=32)[1].startswith("too_deep")
+    assert decode(b'{"v":NaN,"x":' + deep + b"}", max_depth=32)[1].startswith("too_deep")
+    assert decode(b"[" * 32 + b"]" * 32, max_depth=32)[1] is None
+    # brackets inside strings do not count as nesting
+    value, error = decode(orjson.dumps({"a": "[" * 100}), max_depth=2)
+    assert error is None and value == {"a": "[" * 100}
+    assert decode(b'"' + b"x" * 100 + b'"', max_bytes=50)[1] == "too_large: 102 bytes (limit 50)"
+
+
+def test_reasons_about_deep_or_huge_values_stay_short() -> None:
+    nested: list = []
+    for _ in range(900):
+        nested = [nested]
+    result = validate(reading(utility=nested, ts=nested, quality=nested, values={"pressure": nested}), NOW, RULES)
+    assert not result.ok and all(len(r) < 200 for r in result.reasons)
+
+
+def test_a_large_extra_is_refused() -> None:
+    small = validate(reading(note="x" * 100), NOW, RULES)
+    assert small.ok and small.reading.extra["note"] == "x" * 100
+    big = validate(reading(note="x" * (RULES.max_extra_bytes + 1)), NOW, RULES)
+    assert [reason_code(r) for r in big.reasons] == ["extra_too_large"]
 
 
 # --- quality -------------------------------------------------------------------------------
