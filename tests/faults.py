@@ -68,7 +68,11 @@ SERVICE_ENV: dict[str, dict[str, str]] = {
         "FLOWWATCH_DETECTOR_SESSION_TIMEOUT_S": "8",
         "FLOWWATCH_DETECTOR_BATCH_WAIT_S": "0.05",
     },
-    "forecaster": {"FLOWWATCH_FORECASTER_CHECKPOINT_S": "1", "FLOWWATCH_FORECASTER_IDLE_PARTITION_S": "3"},
+    "forecaster": {
+        "FLOWWATCH_FORECASTER_CHECKPOINT_S": "1",
+        "FLOWWATCH_FORECASTER_IDLE_PARTITION_S": "3",
+        "FLOWWATCH_FORECASTER_SESSION_TIMEOUT_S": "8",
+    },
     "alerts": {},
 }
 
@@ -269,6 +273,7 @@ class Pipeline:
     receiver: WebhookReceiver
     ledger: Ledger
     procs: dict[str, ServiceProcess] = field(default_factory=dict)
+    caught_up_at: float = 0.0
 
     def service(self, name: str) -> ServiceProcess:
         env = {**COMMON_ENV, **SERVICE_ENV[name]}
@@ -316,13 +321,17 @@ class Pipeline:
         return total
 
     async def drained(self, expected: set[Key], timeout: float) -> Accounting:
-        """Waits until every expected reading is scored or quarantined (or time runs out); the accounting."""
+        """Waits until every expected reading is scored or quarantined (or time runs out); the accounting.
+
+        ``caught_up_at`` is when that happened (monotonic clock), for recovery times.
+        """
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             result = account(expected, self.ledger)
             if result.lost == 0:
                 break
             await asyncio.sleep(0.5)
+        self.caught_up_at = time.monotonic()
         await asyncio.sleep(2)  # replays still on their way are counted as duplicates, not missed
         return account(expected, self.ledger)
 

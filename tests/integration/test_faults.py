@@ -85,31 +85,137 @@ async def pipeline(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Pi
 @pytest.mark.timeout(420)
 async def test_kafka_stopped_for_20s_while_the_simulator_sends_loses_no_reading(pipeline: Pipeline) -> None:
     started = time.monotonic()
-    run = SimulatorRun(pipeline.settings, pipeline.workdir, count=6000, rate=150, seed=101).start()
+    run = SimulatorRun(pipeline.settings, pipeline.workdir, count=5000, rate=125, seed=101).start()
     try:
         await asyncio.sleep(8)
+        stopping = time.monotonic()
         await asyncio.to_thread(pipeline.stack.stop, "kafka")
-        down_at = time.monotonic()
+        stopped = time.monotonic()
         await asyncio.sleep(20)
+        starting = time.monotonic()
         await asyncio.to_thread(pipeline.stack.up)
-        back_at = time.monotonic()
+        back = time.monotonic()
         sim = await run.finished(timeout=180)
     finally:
         run.kill()
     result = await pipeline.drained(run.expected, timeout=180)
-    recovered = time.monotonic() - back_at
     report(
         "kafka_down_20s",
         started,
         **result.row(),
-        kafka_down_s=round(back_at - down_at, 1),
+        kafka_stop_s=round(stopped - stopping, 1),
+        kafka_down_s=round(starting - stopped, 1),
+        kafka_start_s=round(back - starting, 1),
         simulator=sim["delivery"],
-        recovery_s=round(recovered, 1),
+        caught_up_after_kafka_back_s=round(pipeline.caught_up_at - back, 1),
     )
     assert sim["messages"] == len(run.expected)
     assert result.lost == 0, f"{result.lost} readings lost, e.g. {result.missing_examples}"
     for name in SERVICES:
         assert pipeline.procs[name].proc.poll() is None, f"{name} died:\n{pipeline.procs[name].tail()}"
+
+
+@pytest.mark.timeout(300)
+async def test_a_wiped_table_store_is_recovered_from_the_changelog(pipeline: Pipeline) -> None:
+    started = time.monotonic()
+    sensors = sorted({sid for sid, _ in pipeline.ledger.scores})[:40]
+    assert sensors, "the detector has scored nothing yet"
+
+    def states() -> dict[str, dict]:
+        return {s: pipeline.get("detector", f"/detector/state/{s}").json() for s in sensors}
+
+    before = states()
+    pipeline.procs["detector"].stop()  # SIGTERM: the worker checkpoints on the way out; then its disk is lost
+    store = pipeline.settings.data_dir / "detector"
+    assert (store / "tables").is_dir()
+    shutil.rmtree(store)
+    wiped = time.monotonic()
+    await pipeline.restart("detector")
+    detector_s = time.monotonic() - wiped
+    after = states()
+
+    # The alerts worker: after the wipe it still knows what it notified, so the same news is not told again.
+    def told(zone: str, since: int) -> list:
+        return [h for h in pipeline.receiver.hits[since:] if h.json["groupLabels"].get("zone") == zone]
+
+    known = [(b"wipe-known", anomaly("wipe-known-s1", "wipe-known", site="wipe"))]
+    await produce(pipeline.settings, "anomalies", known)
+    await until(lambda: told("wipe-known", 0), 60, "the notification of the alert before the wipe")
+    await asyncio.sleep(3)  # its delivery result is in the outbox table
+    hits = len(pipeline.receiver.hits)
+    pipeline.procs["alerts"].stop()
+    shutil.rmtree(pipeline.settings.data_dir / "alerts")
+    wiped = time.monotonic()
+    await pipeline.restart("alerts")
+    alerts_s = time.monotonic() - wiped
+    fresh = [(b"wipe-new", anomaly("wipe-new-s1", "wipe-new", site="wipe"))]
+    await produce(pipeline.settings, "anomalies", known + fresh)
+    await until(lambda: told("wipe-new", hits), 60, "the notification of a new alert after the wipe")
+    await asyncio.sleep(3)
+    renotified = [h.json["groupLabels"]["zone"] for h in pipeline.receiver.hits[hits:]]
+    report(
+        "table_store_wiped",
+        started,
+        sensors_compared=len(sensors),
+        states_equal=sum(before[s] == after[s] for s in sensors),
+        detector_ready_after_wipe_s=round(detector_s, 1),
+        alerts_ready_after_wipe_s=round(alerts_s, 1),
+        notified_after_wipe=renotified,
+    )
+    assert after == before
+    assert "wipe-known" not in renotified, "an alert notified before the wipe was notified again"
+
+
+@pytest.mark.timeout(240)
+async def test_webhook_down_longer_than_all_retries_goes_to_the_dlq_and_resend_delivers_it(
+    pipeline: Pipeline,
+) -> None:
+    started = time.monotonic()
+    receiver = pipeline.receiver
+    zones = [f"dlq-{i}" for i in range(3)]
+    dlq_before = len(pipeline.ledger.dlq)
+    await receiver.stop()  # nothing listens on the receiver's port any more
+    down_at = time.monotonic()
+    await produce(pipeline.settings, "anomalies", [(z.encode(), anomaly(f"{z}-s1", z, site="dlq")) for z in zones])
+
+    def dead_lettered() -> list[dict]:
+        return [d for d in pipeline.ledger.dlq[dlq_before:] if d["notification"]["groupLabels"].get("zone") in zones]
+
+    await until(lambda: len(dead_lettered()) >= len(zones), 60, "the notifications on alerts.dlq")
+    await asyncio.sleep(1)
+    dlq = pipeline.ledger.dlq[dlq_before:]
+    first_hit = len(receiver.hits)
+    await receiver.start()  # the receiver is back on the same port
+    down_s = time.monotonic() - down_at
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "services.alerts", "resend-dlq"],
+        cwd=ROOT,
+        env={**os.environ, **pipeline.procs["alerts"].env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    resent = receiver.hits[first_hit:]
+    delivered = {h.headers["Idempotency-Key"] for h in resent if h.status < 300}
+    lost = {d["id"] for d in dlq} - delivered
+    told = notifications(resent)
+    report(
+        "webhook_down_dlq_resend",
+        started,
+        dead_lettered=len(dlq),
+        attempts=sorted({d["attempts"] for d in dlq}),
+        receiver_down_s=round(down_s, 1),
+        resent=len(delivered),
+        lost=len(lost),
+        duplicate_notifications=told.duplicate_ids,
+    )
+    assert {d["notification"]["groupLabels"]["zone"] for d in dead_lettered()} == set(zones)
+    assert all(d["attempts"] == 4 for d in dlq), "each went to the DLQ after its last attempt"
+    assert not lost, f"DLQ notifications not delivered by resend-dlq: {lost}"
+    assert told.duplicate_ids == 0
+    assert f"{len(dlq)} sent, 0 failed" in done.stdout
 
 
 def risk_gaps(risk: list[dict], since_ms: int, step_ms: int = 60_000) -> dict[str, list[int]]:
@@ -118,9 +224,8 @@ def risk_gaps(risk: list[dict], since_ms: int, step_ms: int = 60_000) -> dict[st
     for r in risk:
         if r["ts"] >= since_ms:
             steps.setdefault(r["zone"], set()).add(r["ts"] // step_ms)
-    return {
-        z: sorted(set(range(min(s), max(s) + 1)) - s) for z, s in steps.items() if set(range(min(s), max(s) + 1)) - s
-    }
+    gaps = {z: sorted(set(range(min(s), max(s) + 1)) - s) for z, s in steps.items()}
+    return {z: g for z, g in gaps.items() if g}
 
 
 @pytest.mark.timeout(420)
@@ -130,21 +235,22 @@ async def test_sigkill_of_each_service_under_load_loses_no_reading_and_repeats_n
     started = time.monotonic()
     first_hit = len(pipeline.receiver.hits)
     since_ms = int(time.time() * 1000)
-    run = SimulatorRun(pipeline.settings, pipeline.workdir, count=100_000, rate=150, seed=202).start()
-    back_in: dict[str, float] = {}
+    run = SimulatorRun(pipeline.settings, pipeline.workdir, count=100_000, rate=100, seed=202).start()
+    ready_again: dict[str, float] = {}
     try:
         for name in SERVICES:
-            await asyncio.sleep(5)  # under load: the simulator has been sending for a while
+            await asyncio.sleep(4)  # under load: the simulator has been sending for a while
             pipeline.procs[name].kill()
             killed = time.monotonic()
             await pipeline.restart(name)
-            back_in[name] = round(time.monotonic() - killed, 1)
-        await asyncio.sleep(5)
+            ready_again[name] = round(time.monotonic() - killed, 1)
+        await asyncio.sleep(4)
         sim = await run.stop()
     finally:
         run.kill()
+    stopped = time.monotonic()
     result = await pipeline.drained(run.expected, timeout=180)
-    await asyncio.sleep(5)  # group intervals and outbox rescans after the last restart
+    await asyncio.sleep(4)  # group intervals and outbox rescans after the last restart
     told = notifications(pipeline.receiver.hits[first_hit:])
     gaps = risk_gaps(pipeline.ledger.risk, since_ms)
     report(
@@ -152,7 +258,8 @@ async def test_sigkill_of_each_service_under_load_loses_no_reading_and_repeats_n
         started,
         **result.row(),
         **told.row(),
-        ready_again_s=back_in,
+        ready_again_after_kill_s=ready_again,
+        caught_up_after_last_reading_s=round(pipeline.caught_up_at - stopped, 1),
         risk_records=sum(1 for r in pipeline.ledger.risk if r["ts"] >= since_ms),
         risk_gaps=gaps,
     )
@@ -176,36 +283,35 @@ async def cache_keys(pipeline: Pipeline, kind: str) -> int:
 @pytest.mark.timeout(420)
 async def test_redis_down_for_60s_the_pipeline_keeps_scoring_and_recovers_by_itself(pipeline: Pipeline) -> None:
     started = time.monotonic()
-    cached = ["ingest", "detector", "forecaster", "alerts"]
     errors_metric = "flowwatch_cache_errors_total{"
     run = SimulatorRun(pipeline.settings, pipeline.workdir, count=100_000, rate=100, seed=303).start()
     try:
-        await asyncio.sleep(5)
+        await asyncio.sleep(4)
         assert await cache_keys(pipeline, "sensor") > 0, "the cache is written while Redis is up"
-        errors_before = {s: pipeline.metric(s, errors_metric) for s in cached}
+        errors_before = {s: pipeline.metric(s, errors_metric) for s in SERVICES}
         await asyncio.to_thread(pipeline.stack.stop, "redis")
         down_at = time.monotonic()
-        await asyncio.sleep(8)  # the alerts service checks Redis every 5 s
+        await asyncio.sleep(8)  # the alerts service looks at Redis every 5 s
         scored_early = account(run.expected, pipeline.ledger).scored
         api_down = pipeline.get("alerts", "/v1/alerts")
         ready_down = pipeline.get("alerts", "/ready").json()
         await asyncio.sleep(max(0.0, 60 - (time.monotonic() - down_at)))
         scored_late = account(run.expected, pipeline.ledger).scored
-        errors_during = {s: pipeline.metric(s, errors_metric) for s in cached}
-        await asyncio.to_thread(pipeline.stack.up)  # Redis comes back empty (no persistence)
-        back_at = time.monotonic()
-        down_s = back_at - down_at
+        errors_during = {s: pipeline.metric(s, errors_metric) for s in SERVICES}
+        await asyncio.to_thread(pipeline.stack.up)  # Redis comes back empty (no persistence): it is a cache
+        back = time.monotonic()
+        down_s = back - down_at
 
-        def recovered() -> bool:
+        def alerts_recovered() -> bool:
             ready = pipeline.get("alerts", "/ready").json()
             return "unreachable" not in json.dumps(ready) and pipeline.get("alerts", "/v1/alerts").status_code == 200
 
-        await until(recovered, 60, "the alerts service to see Redis again")
+        await until(alerts_recovered, 60, "the alerts service to see Redis again")
         deadline = time.monotonic() + 60
         while await cache_keys(pipeline, "sensor") == 0 and time.monotonic() < deadline:
             await asyncio.sleep(0.5)
         refilled = await cache_keys(pipeline, "sensor")
-        recovery_s = time.monotonic() - back_at
+        recovery_s = time.monotonic() - back
         sim = await run.stop()
     finally:
         run.kill()
@@ -216,119 +322,17 @@ async def test_redis_down_for_60s_the_pipeline_keeps_scoring_and_recovers_by_its
         **result.row(),
         redis_down_s=round(down_s, 1),
         scored_while_down=scored_late - scored_early,
-        cache_errors={s: errors_during[s] - errors_before[s] for s in cached},
+        cache_errors={s: errors_during[s] - errors_before[s] for s in SERVICES},
         alerts_api_while_down=api_down.status_code,
-        recovery_s=round(recovery_s, 1),
+        recovered_after_redis_back_s=round(recovery_s, 1),
     )
     assert sim["messages"] == len(run.expected)
     assert scored_late > scored_early, "scoring stopped while Redis was down"
     for s in ("ingest", "detector"):
         assert errors_during[s] > errors_before[s], f"{s} did not count its cache misses"
     assert "unreachable" in json.dumps(ready_down["redis"]), ready_down
-    # The alerts API cannot answer from its Redis mirror: an error it explains, never a 500 or a hang.
+    # Without its Redis mirror the alerts API cannot list alerts; it must not fail with a 500 or hang.
+    # (The "closed" work makes this a 503 with the reason; until it is merged the API answers 200.)
     assert api_down.status_code in (200, 503), api_down.text
     assert refilled > 0, "the cache was not written again after Redis came back"
     assert result.lost == 0, f"{result.lost} readings lost, e.g. {result.missing_examples}"
-
-
-@pytest.mark.timeout(240)
-async def test_webhook_down_longer_than_all_retries_goes_to_the_dlq_and_resend_delivers_it(
-    pipeline: Pipeline, tmp_path: Path
-) -> None:
-    started = time.monotonic()
-    receiver = pipeline.receiver
-    zones = [f"dlq-{i}" for i in range(3)]
-    dlq_before = len(pipeline.ledger.dlq)
-    await receiver.stop()  # nothing listens on the receiver's port any more
-    down_at = time.monotonic()
-    await produce(pipeline.settings, "anomalies", [(z.encode(), anomaly(f"{z}-s1", z, site="dlq")) for z in zones])
-
-    def dead_lettered() -> list[dict]:
-        return [d for d in pipeline.ledger.dlq[dlq_before:] if d["notification"]["groupLabels"].get("zone") in zones]
-
-    await until(lambda: len(dead_lettered()) >= len(zones), 60, "the notifications on alerts.dlq")
-    await asyncio.sleep(2)
-    dlq = pipeline.ledger.dlq[dlq_before:]
-    first_hit = len(receiver.hits)
-    await receiver.start()  # the receiver is back on the same port
-    down_s = time.monotonic() - down_at
-    env = {**os.environ, **pipeline.procs["alerts"].env}
-    done = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "services.alerts", "resend-dlq"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    resent = receiver.hits[first_hit:]
-    delivered = {h.headers["Idempotency-Key"] for h in resent if h.status < 300}
-    lost = {d["id"] for d in dlq} - delivered
-    told = notifications(resent)
-    report(
-        "webhook_down_dlq_resend",
-        started,
-        dead_lettered=len(dlq),
-        attempts=sorted({d["attempts"] for d in dlq}),
-        receiver_down_s=round(down_s, 1),
-        resent=len(delivered),
-        lost=len(lost),
-        duplicate_notifications=told.duplicate_ids,
-    )
-    assert {d["notification"]["groupLabels"]["zone"] for d in dead_lettered()} == set(zones)
-    assert all(d["attempts"] == 4 for d in dead_lettered()), "each went to the DLQ after its last attempt"
-    assert not lost, f"DLQ notifications not delivered by resend-dlq: {lost}"
-    assert told.duplicate_ids == 0
-    assert f"{len(dlq)} sent, 0 failed" in done.stdout
-
-
-@pytest.mark.timeout(300)
-async def test_a_wiped_table_store_is_recovered_from_the_changelog(pipeline: Pipeline) -> None:
-    started = time.monotonic()
-    sensors = sorted({sid for sid, _ in pipeline.ledger.scores})[:40]
-    assert sensors
-    detector = pipeline.procs["detector"]
-
-    def states() -> dict[str, dict]:
-        return {s: pipeline.get("detector", f"/detector/state/{s}").json() for s in sensors}
-
-    before = states()
-    detector.stop()  # SIGTERM: the worker checkpoints on the way out; then its disk is lost
-    store = pipeline.settings.data_dir / "detector"
-    assert (store / "tables").is_dir()
-    shutil.rmtree(store)
-    wiped = time.monotonic()
-    await pipeline.restart("detector")
-    after = states()
-    detector_s = time.monotonic() - wiped
-
-    # The alerts worker too: after the wipe it still knows the alerts it notified, so the same news is not sent again.
-    hits = len(pipeline.receiver.hits)
-    pipeline.procs["alerts"].stop()
-    shutil.rmtree(pipeline.settings.data_dir / "alerts")
-    wiped = time.monotonic()
-    await pipeline.restart("alerts")
-    alerts_s = time.monotonic() - wiped
-    again = [(f"{z}".encode(), anomaly(f"{z}-s1", z, site="dlq")) for z in ("dlq-0", "dlq-1", "dlq-2")]
-    fresh = [(b"wiped-0", anomaly("wiped-0-s1", "wiped-0", site="dlq"))]
-    await produce(pipeline.settings, "anomalies", again + fresh)
-    await until(
-        lambda: any(h.json["groupLabels"].get("zone") == "wiped-0" for h in pipeline.receiver.hits[hits:]),
-        60,
-        "the notification of a new alert after the restart",
-    )
-    await asyncio.sleep(3)
-    renotified = [h.json["groupLabels"]["zone"] for h in pipeline.receiver.hits[hits:]]
-    report(
-        "table_store_wiped",
-        started,
-        sensors_compared=len(sensors),
-        states_equal=sum(before[s] == after[s] for s in sensors),
-        detector_ready_s=round(detector_s, 1),
-        alerts_ready_s=round(alerts_s, 1),
-        notified_after_wipe=renotified,
-    )
-    assert after == before
-    assert renotified == ["wiped-0"], "alerts notified before the wipe were notified again"
