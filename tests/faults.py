@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import subprocess
 import sys
@@ -95,6 +96,7 @@ class Ledger:
         self.risk: list[dict[str, Any]] = []
         self.dlq: list[dict[str, Any]] = []
         self._task: asyncio.Task[None] | None = None
+        self._level = logging.NOTSET
         self._handlers: dict[str, Callable[[Any], None]] = {
             settings.topic("scores"): self._score,
             settings.topic("readings.quarantine"): self._quarantine,
@@ -115,6 +117,9 @@ class Ledger:
             self.quarantined[key] += 1
 
     async def start(self) -> None:
+        # The suite takes the broker away on purpose: the client's reconnect errors are expected noise.
+        self._level = logging.getLogger("aiokafka").level
+        logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
         consumer = AIOKafkaConsumer(
             *self._handlers,
             **self.settings.kafka_client_options(),
@@ -141,6 +146,7 @@ class Ledger:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        logging.getLogger("aiokafka").setLevel(self._level)
 
 
 @dataclass

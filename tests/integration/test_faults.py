@@ -110,6 +110,7 @@ async def test_kafka_stopped_for_20s_while_the_simulator_sends_loses_no_reading(
         caught_up_after_kafka_back_s=round(pipeline.caught_up_at - back, 1),
     )
     assert sim["messages"] == len(run.expected)
+    assert sim["delivery"]["delivered"] == sim["delivery"]["sent"] == len(run.expected), sim["delivery"]
     assert result.lost == 0, f"{result.lost} readings lost, e.g. {result.missing_examples}"
     for name in SERVICES:
         assert pipeline.procs[name].proc.poll() is None, f"{name} died:\n{pipeline.procs[name].tail()}"
