@@ -82,7 +82,7 @@ async def pipeline(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Pi
         await asyncio.to_thread(stack.down)
 
 
-@pytest.mark.timeout(420)
+@pytest.mark.timeout(720)  # includes the module's set-up: the stack, a model, four services (about 3 minutes)
 async def test_kafka_stopped_for_20s_while_the_simulator_sends_loses_no_reading(pipeline: Pipeline) -> None:
     started = time.monotonic()
     run = SimulatorRun(pipeline.settings, pipeline.workdir, count=5000, rate=125, seed=101).start()
