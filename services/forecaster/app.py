@@ -53,7 +53,13 @@ OPENAPI = Path(__file__).with_name("openapi.yaml")
 def create_app(settings: Settings | None = None, forecaster_settings: ForecasterSettings | None = None) -> faust.App:
     settings = settings or Settings.from_env(SERVICE)
     fs = forecaster_settings or ForecasterSettings.from_env()
-    app, state = base_app(settings, openapi=OPENAPI)
+    app, state = base_app(
+        settings,
+        openapi=OPENAPI,
+        broker_session_timeout=fs.session_timeout_s,
+        broker_heartbeat_interval=min(3.0, fs.session_timeout_s / 4),
+        broker_rebalance_timeout=max(fs.session_timeout_s, 10.0),
+    )
     partials_topic = faust_topic(app, FORECASTER_ZONE_PARTIALS, settings)
     risk_topic = faust_topic(app, RISK, settings)
     models_topic = faust_topic(app, MODELS, settings)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 
 from services.forecaster.metrics import BAD_READINGS
 from services.forecaster.partials import fold
@@ -170,7 +171,12 @@ class ReadingsFolder:
             return
         box = Outbox(self.producer)
         self._broadcast(box, marks)
-        await box.flush()
+        try:
+            await box.flush()
+        except KafkaError as exc:
+            # The broker is away (a restart, a leader election): the idle-partition timer sends these
+            # watermarks again on its next tick. Raised out of the timer it would stop the worker.
+            log.warning("idle-partition watermarks not sent (again at the next tick): %s", exc)
 
     async def complete(self, batch: Folding) -> None:
         await batch.acked

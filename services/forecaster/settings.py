@@ -82,6 +82,11 @@ class ForecasterSettings:
         "checkpoint are folded again; a partial already applied is skipped, one that overlaps an applied one is "
         "merged (its readings count twice in that zone step).",
     )
+    session_timeout_s: float = _doc(
+        60.0,
+        "Kafka consumer-group session timeout (seconds): how long a worker that died without leaving keeps its "
+        "partitions before the group hands them to another. Long avoids rebalance storms; short fails over fast.",
+    )
     model_name: str = _doc("forecaster", "Model name in the registry.")
     model_alias: str = _doc(
         "production", "Registry alias to serve; when the alias does not exist yet, the newest version is served."
@@ -116,8 +121,10 @@ class ForecasterSettings:
     def validate(self) -> None:
         if self.step_s <= 0 or self.horizon_steps <= 0 or self.window_steps < 4:
             raise ValueError("step_s and horizon_steps must be positive and window_steps at least 4")
-        if self.batch_size < 1 or self.batches_in_flight < 1 or self.checkpoint_s <= 0:
-            raise ValueError("batch_size and batches_in_flight must be at least 1 and checkpoint_s positive")
+        if self.batch_size < 1 or self.batches_in_flight < 1 or self.checkpoint_s <= 0 or self.session_timeout_s <= 0:
+            raise ValueError(
+                "batch_size and batches_in_flight must be at least 1, checkpoint_s and session_timeout_s positive"
+            )
         if not 0.0 < self.profile_alpha <= 1.0:
             raise ValueError("profile_alpha must be in (0, 1]")
         self.key_metric_by_utility  # noqa: B018 - raises on a malformed mapping

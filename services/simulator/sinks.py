@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,6 +76,7 @@ class KafkaSink:
         linger_ms: int = 20,
         batch_bytes: int = 1_048_576,
         max_in_flight: int = 64,
+        retry_for_s: float = 300.0,
     ):
         self.bootstrap_servers = bootstrap_servers
         self.topic = self.target = topic
@@ -82,10 +84,12 @@ class KafkaSink:
         self.linger_ms = linger_ms
         self.batch_bytes = batch_bytes
         self.max_in_flight = max_in_flight
+        # How long a batch is offered to a broker that is away before it counts as failed.
+        self.retry_for_s = retry_for_s
         self.stats = SinkStats()
         self.producer: Any = None
         self._partition_of: list[int] = []
-        self._in_flight: deque[tuple[asyncio.Future, int]] = deque()
+        self._in_flight: deque[tuple[asyncio.Future, int, list[tuple[bytes, bytes]]]] = deque()
         self._side: list[asyncio.Future] = []
         self.side_failed = 0
 
@@ -124,41 +128,87 @@ class KafkaSink:
         self._partition_of = [parts[(murmur2(k) & 0x7FFFFFFF) % len(parts)] for k in self.keys]
 
     async def send(self, sensors: list[int], payloads: list[bytes]) -> None:
-        builders: dict[int, Any] = {}
-        counts: dict[int, int] = {}
+        per_partition: dict[int, list[tuple[bytes, bytes]]] = {}
         for s, payload in zip(sensors, payloads, strict=True):
-            part = self._partition_of[s]
-            builder = builders.get(part)
-            if builder is None:
-                builder = builders[part] = self.producer.create_batch()
-                counts[part] = 0
-            if builder.append(key=self.keys[s], value=payload, timestamp=None) is None:
-                await self._submit(builder, part, counts[part])
-                builder = builders[part] = self.producer.create_batch()
-                counts[part] = 0
-                if builder.append(key=self.keys[s], value=payload, timestamp=None) is None:
-                    raise SinkError(f"a single reading of {len(payload)} bytes does not fit in a producer batch")
-            counts[part] += 1
+            per_partition.setdefault(self._partition_of[s], []).append((self.keys[s], payload))
             self.stats.sent += 1
             self.stats.bytes += len(payload)
-        for part, builder in builders.items():
-            if counts[part]:
-                await self._submit(builder, part, counts[part])
+        for part, records in per_partition.items():
+            await self._submit(part, records)
 
-    async def _submit(self, builder: Any, partition: int, count: int) -> None:
+    async def _submit(self, partition: int, records: list[tuple[bytes, bytes]]) -> None:
+        """Sends ``records`` in as many producer batches as they need; each batch is tracked until acknowledged."""
+        builder, chunk = self.producer.create_batch(), []
+        for key, value in records:
+            if builder.append(key=key, value=value, timestamp=None) is None:
+                if not chunk:
+                    raise SinkError(f"a single reading of {len(value)} bytes does not fit in a producer batch")
+                await self._send_batch(builder, partition, chunk)
+                builder, chunk = self.producer.create_batch(), []
+                builder.append(key=key, value=value, timestamp=None)
+            chunk.append((key, value))
+        if chunk:
+            await self._send_batch(builder, partition, chunk)
+
+    async def _send_batch(self, builder: Any, partition: int, chunk: list[tuple[bytes, bytes]]) -> None:
         builder.close()
-        future = await self.producer.send_batch(builder, self.topic, partition=partition)
-        self._in_flight.append((future, count))
+        future = await self._until_accepted(builder, partition, chunk)
+        self._in_flight.append((future, partition, chunk))
         while len(self._in_flight) > self.max_in_flight:
             await self._settle(*self._in_flight.popleft())
 
-    async def _settle(self, future: asyncio.Future, count: int) -> None:
-        try:
-            await future
-            self.stats.delivered += count
-        except Exception as exc:  # noqa: BLE001 - a failed batch is counted and reported, the run goes on
-            self.stats.failed += count
-            log.warning("kafka batch of %d readings failed: %s: %s", count, type(exc).__name__, exc)
+    async def _until_accepted(self, builder: Any, partition: int, chunk: list[tuple[bytes, bytes]]) -> asyncio.Future:
+        """The producer's future for the batch; while the broker is away the producer's queue is full: wait."""
+        from aiokafka.errors import KafkaError
+
+        delay, deadline = 0.5, time.monotonic() + self.retry_for_s
+        while True:
+            try:
+                return await self.producer.send_batch(builder, self.topic, partition=partition)
+            except KafkaError as exc:
+                if time.monotonic() > deadline:
+                    raise SinkError(f"kafka has not taken a batch for {self.retry_for_s:.0f}s: {exc}") from None
+                log.warning("kafka did not take a batch of %d readings (%s); trying again", len(chunk), exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+            builder = self._rebuild(chunk)
+
+    def _rebuild(self, chunk: list[tuple[bytes, bytes]]) -> Any:
+        builder = self.producer.create_batch()
+        for key, value in chunk:
+            builder.append(key=key, value=value, timestamp=None)
+        builder.close()
+        return builder
+
+    async def _settle(self, future: asyncio.Future, partition: int, chunk: list[tuple[bytes, bytes]]) -> None:
+        """Waits for a batch's acknowledgement; a batch the broker did not take (it was away) is sent again.
+
+        Kafka being down for a while must not lose readings the simulator was asked to send: the
+        report's ``delivered`` counts acknowledged readings, and a resent batch may be written twice
+        (at-least-once; ingest counts the repeats as duplicates).
+        """
+        from aiokafka.errors import KafkaError
+
+        delay, deadline = 0.5, time.monotonic() + self.retry_for_s
+        while True:
+            try:
+                await future
+                self.stats.delivered += len(chunk)
+                return
+            except KafkaError as exc:
+                if time.monotonic() > deadline:
+                    self.stats.failed += len(chunk)
+                    log.warning("kafka batch of %d readings failed for %.0fs: %s", len(chunk), self.retry_for_s, exc)
+                    return
+                self.stats.detail["resent_batches"] = self.stats.detail.get("resent_batches", 0) + 1
+                log.warning("kafka batch of %d readings failed (%s); sending it again", len(chunk), exc)
+            except Exception as exc:  # noqa: BLE001 - anything else is counted and reported, the run goes on
+                self.stats.failed += len(chunk)
+                log.warning("kafka batch of %d readings failed: %s: %s", len(chunk), type(exc).__name__, exc)
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+            future = await self._until_accepted(self._rebuild(chunk), partition, chunk)
 
     async def require_topic(self, topic: str) -> None:
         await self.producer.client.force_metadata_update()
