@@ -973,3 +973,15 @@ def test_helm_script_fails_loudly_when_it_cannot_build(tmp_path) -> None:
     assert result.returncode != 0
     assert "could not build helm v3.999.0" in result.stderr
     assert not (tmp_path / "bin/helm").exists() and result.stdout == ""
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_each_ingest_pod_has_its_own_mqtt_client_id_and_no_env_name_twice(helm_bin, config) -> None:
+    docs = render(helm_bin, *CONFIGS[config])
+    for where, spec in pod_specs(docs):
+        for container in spec["containers"]:
+            names = [e["name"] for e in container.get("env", [])]
+            assert len(names) == len(set(names)), f"{where}: an env variable is set twice: {names}"
+    [ingest] = workloads(docs)["ingest"]["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e for e in ingest["env"]}
+    assert env["FLOWWATCH_INGEST_MQTT_CLIENT_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"

@@ -194,6 +194,14 @@ spec:
   value: /etc/flowwatch/{{ $name }}/{{ $file }}
 {{- end }}
 {{- end }}
+{{- if eq $name "ingest" }}
+# Each ingest pod has its own MQTT session (a persistent one, acknowledged after the Kafka write): two
+# workers with one client id would take the broker connection from each other.
+- name: FLOWWATCH_INGEST_MQTT_CLIENT_ID
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
+{{- end }}
 {{- if and (eq $name "history") $root.Values.historyStore.migrate.enabled }}
 # The hook Job migrates the schema before the pods roll; workers only check its version.
 - name: FLOWWATCH_HISTORY_MIGRATE_ON_START
