@@ -134,7 +134,13 @@ def settings_table(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"fit": fit, "score": score, "train": train, "settings": settings_table}
+def evaluate_real(argv: list[str]) -> int:
+    from services.detector.evaluation.real import main as run
+
+    return run(argv)
+
+
+COMMANDS = {"fit": fit, "score": score, "train": train, "evaluate-real": evaluate_real, "settings": settings_table}
 
 
 def main(argv: list[str]) -> int:
