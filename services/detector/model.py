@@ -25,7 +25,15 @@ import numpy as np
 import orjson
 from threadpoolctl import ThreadpoolController
 
-from services.detector.detectors import Detector, Scaler, ZScoreDetector, make_detector
+from services.detector.detectors import (
+    BlockMaxDetector,
+    Detector,
+    Scaler,
+    ZScoreDetector,
+    make_detector,
+    oof_scale,
+)
+from services.detector.state import ewma_rows
 from services.detector.state import FEATURE_BLOCKS, Layout, RollingState, StateConfig, alpha, occurrence
 
 _POOLS: ThreadpoolController | None = None
@@ -46,7 +54,11 @@ def single_threaded() -> Any:
 
 MODEL_FILE = "model.joblib"
 META_FILE = "meta.json"
-ALL_DETECTORS = ("zscore", "pca", "kmeans", "lof", "iforest")
+ALL_DETECTORS = ("zscore", "pca", "kmeans", "lof", "iforest", "flatline", "shift")
+#: Rule members: each flags on its own once its ratio reaches 1 (not averaged with the others).
+#: flatline: a value stuck longer than it ever rests in normal operation; shift: a sustained level
+#: shift against a baseline that follows slow drift (one stream's own units: offline models only).
+RULE_DETECTORS = ("flatline", "shift")
 
 
 @dataclass(frozen=True)
@@ -110,6 +122,11 @@ class AnomalyModel:
         self.scaler: Scaler | None = None
         self.detectors: list[Detector] = [ZScoreDetector(self.config.zscore_threshold)]
         self.threshold = 1.0
+        self.rules: list[BlockMaxDetector] = (
+            [BlockMaxDetector("flatline", FEATURE_BLOCKS.index("flat"), len(self.metrics), 1.0)]
+            if "flatline" in self.config.detectors
+            else []
+        )
         self.initial_state = self.rolling.layout.empty(1)
         self.version = "statistical"
         self.trained_rows = 0
@@ -169,7 +186,8 @@ class AnomalyModel:
         if len(feats) > cfg.max_train_rows:
             pick = np.linspace(0, len(feats) - 1, cfg.max_train_rows).astype(np.int64)
             feats, idx = feats[pick], idx[pick]
-        learned = [d for d in cfg.detectors if d != "zscore"]
+        rules = self._fit_rules(x[order] if sensor_idx is None else None, len(feats))
+        learned = [d for d in cfg.detectors if d != "zscore" and d not in RULE_DETECTORS]
         z_members = ["zscore"] if "zscore" in cfg.detectors else []
         self.scaler = Scaler().fit(feats[:, self._cols])
         xs = self.scaler.transform(feats[:, self._cols])
@@ -197,14 +215,41 @@ class AnomalyModel:
         if z_members:
             z = ZScoreDetector(cfg.zscore_threshold)
             ratios.append(np.minimum(z.score(feats[:, self._z_cols]) / z.threshold, cfg.ratio_cap))
-        raw = self.fuse(np.vstack(ratios))
+        raw = self.fuse(np.vstack(ratios)) if ratios else np.zeros(len(feats))
         smoothed = self._smooth_sequences(raw, idx)
+        self.rules = rules
         self.threshold = float(max(np.quantile(smoothed, cfg.alarm_quantile) * cfg.margin, 1e-9))
         self.initial_state = state[:1] if sensor_idx is None else self.layout.empty(1)
         self.trained_rows = len(x)
         self.fitted_at = time.time()
         self.version = f"fit-{int(self.fitted_at)}"
         return self
+
+    def _fit_rules(self, x: np.ndarray | None, rows: int) -> list[BlockMaxDetector]:
+        """The rule members this config asks for; ``shift`` learns its per-metric unit from the training levels.
+
+        The unit of a metric is its training spread times the largest deviation a held-out
+        block of training time showed against the other blocks (99th percentile), so a metric
+        that drifts in normal operation (a warming motor) needs a larger shift to count.
+        """
+        cfg = self.config
+        rules = []
+        if "flatline" in cfg.detectors:
+            rules.append(BlockMaxDetector("flatline", FEATURE_BLOCKS.index("flat"), len(self.metrics), 1.0))
+        if "shift" in cfg.detectors and x is not None and rows >= 2 * cfg.cv_folds:
+            levels = ewma_rows(x, alpha(cfg.state.shift_smooth_halflife))
+            # a drift in normal operation leaves the following baseline behind by its slope times
+            # the baseline's lag: the unit must hold that too, or a warming motor stays flagged
+            lag = np.abs(levels - ewma_rows(levels, alpha(cfg.state.shift_halflife)))
+            burn = min(len(lag) // 2, int(cfg.state.shift_halflife))
+            self.rolling.shift_scale = np.maximum(
+                oof_scale(levels, cfg.cv_folds, cfg.calib_quantile),
+                np.quantile(lag[burn:], cfg.calib_quantile, axis=0),
+            )
+            rules.append(
+                BlockMaxDetector("shift", FEATURE_BLOCKS.index("shift"), len(self.metrics), cfg.state.shift_freeze)
+            )
+        return rules
 
     def fuse(self, ratios: np.ndarray) -> np.ndarray:
         """Combine member ratios (``(members, n)``) into one score per row."""
@@ -254,6 +299,11 @@ class AnomalyModel:
             out[det.name] = np.minimum(np.nan_to_num(s / det.threshold, nan=cap, posinf=cap), cap)
         return out
 
+    def rule_scores(self, feats: np.ndarray) -> dict[str, np.ndarray]:
+        """Each rule member's score / its threshold: 1.0 flags on its own."""
+        cap = self.config.ratio_cap
+        return {r.name: np.minimum(np.nan_to_num(r.score(feats) / r.threshold), cap) for r in getattr(self, "rules", [])}
+
     def contributions(self, feats: np.ndarray) -> np.ndarray:
         """Share of each metric in the row's deviation (rows sum to 1)."""
         m = len(self.metrics)
@@ -274,6 +324,11 @@ class AnomalyModel:
         with single_threaded():
             members = self.member_scores(feats)
         raw = self.fuse(np.vstack(list(members.values()))) if members else np.zeros(len(feats))
+        rules = self.rule_scores(feats)
+        if rules:
+            # a rule at its limit weighs as much as the ensemble at its threshold
+            raw = np.maximum(raw, np.vstack(list(rules.values())).max(axis=0) * self.threshold)
+            members.update(rules)
         smoothed, flags = self._persist(state, raw, idx, late)
         return Scored(smoothed, raw, flags, members, self.contributions(feats), self.threshold)
 

@@ -37,6 +37,8 @@ FEATURE_BLOCKS = (
     "delta_z",  # change since the previous reading / long sigma
     "base",  # the usual level the reading was compared against (for reasons)
     "base_sd",  # its sigma
+    "flat",  # readings the value has not moved / the longest still run seen in normal operation (x margin)
+    "shift",  # smoothed level against a slow, drift-following baseline, in calibrated units (0 until fitted)
 )
 
 
@@ -59,6 +61,16 @@ class StateConfig:
     z_clip: float = 50.0
     clip_sigma: float = 3.0  # long and hour-of-day statistics learn from a reading at most this far out
     tz_offset_h: int = 0  # hour-of-day buckets in local time: UTC + this offset
+    # flatline: a value that repeats longer than flat_margin x its longest still run in normal
+    # operation (at least flat_min_run readings) is stuck; judged after flat_warmup observations
+    flat_min_run: int = 8
+    flat_margin: float = 3.0
+    flat_warmup: int = 60
+    # level shift: the baseline follows the smoothed level with this half-life (readings) and
+    # stops following while the level is shift_freeze calibrated units away from it
+    shift_smooth_halflife: float = 8.0  # the level compared: smoother than the short EWMA
+    shift_halflife: float = 120.0
+    shift_freeze: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -88,6 +100,11 @@ class Layout:
             ("tod_m", HOURS * m),
             ("tod_v", HOURS * m),
             ("tod_n", HOURS * m),
+            # appended later: a state stored before these existed is padded (see remap)
+            ("run", m),  # readings the value has repeated
+            ("runmax", m),  # longest still run seen while not judged stuck
+            ("sl", m),  # level-shift smoothed level (NaN: not seeded)
+            ("sb", m),  # level-shift baseline (NaN: not seeded)
         ):
             out[name] = slice(pos, pos + size)
             pos += size
@@ -95,12 +112,35 @@ class Layout:
 
     @property
     def width(self) -> int:
-        return self.blocks["tod_n"].stop
+        return self.blocks["sb"].stop
 
     def empty(self, sensors: int = 1) -> np.ndarray:
         state = np.zeros((sensors, self.width))
         state[:, self.blocks["last"]] = np.nan
+        state[:, self.blocks["sl"]] = np.nan
+        state[:, self.blocks["sb"]] = np.nan
         return state
+
+    def upgrade(self, vector: np.ndarray) -> np.ndarray:
+        """A vector stored by an older layout (fewer trailing blocks) brought to this width."""
+        if len(vector) == self.width:
+            return vector
+        if len(vector) > self.width:
+            raise ValueError(f"state of {len(vector)} values is wider than the layout's {self.width}")
+        out = self.empty(1)[0]
+        out[: len(vector)] = vector
+        return out
+
+
+def ewma_rows(x: np.ndarray, a: float) -> np.ndarray:
+    """EWMA down the rows of ``x`` seeded with the first value, a missing value holding the level (as ``step``)."""
+    out = np.empty_like(x, dtype=np.float64)
+    level = np.full(x.shape[1], np.nan)
+    for i, row in enumerate(x):
+        ok = np.isfinite(row)
+        level = np.where(ok & np.isnan(level), row, np.where(ok, level + a * (row - level), level))
+        out[i] = level
+    return np.nan_to_num(out)
 
 
 def occurrence(idx: np.ndarray) -> np.ndarray:
@@ -132,9 +172,10 @@ def unpack(data: bytes) -> tuple[tuple[str, ...], np.ndarray]:
 
 def remap(vector: np.ndarray, old: tuple[str, ...], new: tuple[str, ...]) -> np.ndarray:
     """A state vector for metrics ``new`` from one kept for ``old``: shared metrics keep their statistics."""
+    lo, ln = Layout(len(old)), Layout(len(new))
+    vector = lo.upgrade(vector)
     if old == new:
         return vector
-    lo, ln = Layout(len(old)), Layout(len(new))
     out = ln.empty(1)[0]
     out[: Layout.SCALARS] = vector[: Layout.SCALARS]
     for name, sl_new in ln.blocks.items():
@@ -158,6 +199,10 @@ class RollingState:
         self.layout = Layout(len(self.metrics))
         self.a_short = alpha(self.config.short_halflife)
         self.a_long = alpha(self.config.long_halflife)
+        self.a_shift = alpha(self.config.shift_halflife)
+        self.a_shift_level = alpha(self.config.shift_smooth_halflife)
+        # per metric unit of the level-shift feature, set by a fitted model (None: feature off)
+        self.shift_scale: np.ndarray | None = None
 
     @property
     def n_features(self) -> int:
@@ -237,6 +282,8 @@ class RollingState:
         state[:, b["tod_m"]] = hm.reshape(s, -1)
         state[:, b["tod_v"]] = hv.reshape(s, -1)
         state[:, b["tod_n"]] = hn.reshape(s, -1)
+        flat = self._flatline(state, x, seen, last, count)
+        shift = self._shift(state, x, seen)
         state[:, b["count"]] = count + seen
         state[:, b["last"]] = np.where(seen, x, last)
         state[:, lay.N] += 1
@@ -260,8 +307,51 @@ class RollingState:
                 np.clip(delta_z, -zc, zc),
                 base,
                 base_sd,
+                flat,
+                shift,
             ]
         )
+
+    def _flatline(
+        self, state: np.ndarray, x: np.ndarray, seen: np.ndarray, last: np.ndarray, count: np.ndarray
+    ) -> np.ndarray:
+        """Still run of each metric over its limit (updates the run counters in ``state``).
+
+        The limit is learnt per sensor: a flow that rests at 0 for hours while its pump is off
+        has long still runs in normal operation and is not stuck when it does so again.
+        """
+        c, b = self.config, self.layout.blocks
+        run, runmax = state[:, b["run"]], state[:, b["runmax"]]
+        still = seen & (np.abs(x - last) <= 1e-12 * np.maximum(1.0, np.abs(last)))
+        new_run = np.where(still, run + 1, np.where(seen, 0.0, run))
+        limit = np.maximum(c.flat_min_run, c.flat_margin * runmax)
+        judged = count >= c.flat_warmup
+        # a run learns the limit only while it is not already judged stuck
+        runmax[:] = np.where(seen & ~(judged & (new_run > limit)), np.maximum(runmax, new_run), runmax)
+        run[:] = new_run
+        return np.where(judged, new_run / limit, 0.0)
+
+    def shift_levels(self, state: np.ndarray) -> np.ndarray:
+        """The smoothed levels the level-shift feature compares (what its unit is calibrated on)."""
+        return state[:, self.layout.blocks["sl"]]
+
+    def _shift(self, state: np.ndarray, x: np.ndarray, seen: np.ndarray) -> np.ndarray:
+        """Smoothed level against the slow baseline, in calibrated units; the baseline freezes beyond shift_freeze."""
+        b = self.layout.blocks
+        sl, sb = state[:, b["sl"]], state[:, b["sb"]]
+        fresh = seen & np.isnan(sl)
+        sl[:] = np.where(fresh, x, np.where(seen, sl + self.a_shift_level * (x - sl), sl))
+        level = sl
+        sb[:] = np.where(seen & np.isnan(sb), level, sb)
+        if self.shift_scale is None:
+            out = np.zeros_like(level)
+            moving = np.ones_like(seen)
+        else:
+            out = np.clip((level - sb) / self.shift_scale, -self.config.z_clip, self.config.z_clip)
+            moving = seen & (np.abs(out) < self.config.shift_freeze)
+        # frozen while the level is far from it: a long anomaly does not become the baseline
+        sb[:] = np.where(seen, sb + np.where(moving, self.a_shift, 0.0) * (level - sb), sb)
+        return out
 
     def run(
         self,
