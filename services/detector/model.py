@@ -313,6 +313,10 @@ class AnomalyModel:
         else:
             per_metric = feats[:, self._z_cols] ** 2
         per_metric = np.nan_to_num(per_metric)
+        if getattr(self, "rules", None) and any(r.name == "flatline" for r in self.rules):
+            # a stuck metric explains the flag, however ordinary its value
+            flat = self.block(feats, "flat")
+            per_metric = per_metric + np.where(flat >= 1, flat * (per_metric.sum(axis=1, keepdims=True) + 1.0), 0.0)
         total = per_metric.sum(axis=1, keepdims=True)
         return np.where(total > 0, per_metric / np.where(total > 0, total, 1.0), 1.0 / m)
 

@@ -62,7 +62,7 @@ class StateConfig:
     clip_sigma: float = 3.0  # long and hour-of-day statistics learn from a reading at most this far out
     tz_offset_h: int = 0  # hour-of-day buckets in local time: UTC + this offset
     # flatline: a value that repeats longer than flat_margin x its longest still run in normal
-    # operation (at least flat_min_run readings) is stuck; judged after flat_warmup observations
+    # operation (at least flat_min_run readings) is stuck; judged once it has moved flat_warmup times
     flat_min_run: int = 8
     flat_margin: float = 3.0
     flat_warmup: int = 60
@@ -103,6 +103,7 @@ class Layout:
             # appended later: a state stored before these existed is padded (see remap)
             ("run", m),  # readings the value has repeated
             ("runmax", m),  # longest still run seen while not judged stuck
+            ("moves", m),  # readings that changed the value
             ("sl", m),  # level-shift smoothed level (NaN: not seeded)
             ("sb", m),  # level-shift baseline (NaN: not seeded)
         ):
@@ -282,7 +283,7 @@ class RollingState:
         state[:, b["tod_m"]] = hm.reshape(s, -1)
         state[:, b["tod_v"]] = hv.reshape(s, -1)
         state[:, b["tod_n"]] = hn.reshape(s, -1)
-        flat = self._flatline(state, x, seen, last, count)
+        flat = self._flatline(state, x, seen, last)
         shift = self._shift(state, x, seen)
         state[:, b["count"]] = count + seen
         state[:, b["last"]] = np.where(seen, x, last)
@@ -312,24 +313,27 @@ class RollingState:
             ]
         )
 
-    def _flatline(
-        self, state: np.ndarray, x: np.ndarray, seen: np.ndarray, last: np.ndarray, count: np.ndarray
-    ) -> np.ndarray:
+    def _flatline(self, state: np.ndarray, x: np.ndarray, seen: np.ndarray, last: np.ndarray) -> np.ndarray:
         """Still run of each metric over its limit (updates the run counters in ``state``).
 
-        The limit is learnt per sensor: a flow that rests at 0 for hours while its pump is off
-        has long still runs in normal operation and is not stuck when it does so again.
+        A metric is judged once it has moved flat_warmup times (one that never moves, a
+        status that is always on, is never "stuck"). Its limit is learnt from its own still
+        runs: a flow that rests at 0 for hours while its pump is off has long runs in normal
+        operation and is not stuck when it does so again. A run judged stuck teaches nothing.
         """
         c, b = self.config, self.layout.blocks
-        run, runmax = state[:, b["run"]], state[:, b["runmax"]]
+        run, runmax, moves = state[:, b["run"]], state[:, b["runmax"]], state[:, b["moves"]]
         still = seen & (np.abs(x - last) <= 1e-12 * np.maximum(1.0, np.abs(last)))
-        new_run = np.where(still, run + 1, np.where(seen, 0.0, run))
+        moved = seen & ~still & ~np.isnan(last)
+        judged = moves >= c.flat_warmup
         limit = np.maximum(c.flat_min_run, c.flat_margin * runmax)
-        judged = count >= c.flat_warmup
-        # a run learns the limit only while it is not already judged stuck
-        runmax[:] = np.where(seen & ~(judged & (new_run > limit)), np.maximum(runmax, new_run), runmax)
+        ended = moved & (run <= limit)  # a run that ended without being judged stuck
+        new_run = np.where(still, run + 1, np.where(seen, 0.0, run))
+        learn = ended | (still & ~judged)
+        runmax[:] = np.where(learn, np.maximum(runmax, np.where(still, new_run, run)), runmax)
+        moves[:] = moves + moved
         run[:] = new_run
-        return np.where(judged, new_run / limit, 0.0)
+        return np.where(judged, new_run / np.maximum(c.flat_min_run, c.flat_margin * runmax), 0.0)
 
     def shift_levels(self, state: np.ndarray) -> np.ndarray:
         """The smoothed levels the level-shift feature compares (what its unit is calibrated on)."""
