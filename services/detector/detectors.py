@@ -201,6 +201,38 @@ class PCADetector(Detector):
         return np.maximum(t2 / self.t2_limit, q / self.q_limit)
 
 
+class ReconstructionDetector(Detector):
+    """Squared reconstruction error (PCA's Q) of the raw values of one stream's channels.
+
+    Relationships between channels: in a water network a tank level, the pumps filling it
+    and the pressures around it move together; a reading that breaks the pattern leaves the
+    plane of normal operation even when each channel is within its own range. The values are
+    scaled with a floor of ``rel_floor`` of each channel's level so that a channel at a
+    fixed set point (or recorded at a coarser resolution later) does not explode, and the
+    plane keeps ``variance`` of the scaled variance: fine structure, for the residual to mean
+    something. Reads the ``value`` block of full feature rows (``block``, ``metrics``).
+    """
+
+    name = "recon"
+    raw_features = True
+
+    def __init__(self, block: int = 0, metrics: int = 0, variance: float = 0.995, rel_floor: float = 0.02):
+        self.cols = np.arange(block * metrics, (block + 1) * metrics)
+        self.scaler = Scaler(rel_floor=rel_floor, abs_floor=1e-3)
+        self.pca = PCADetector(variance=variance)
+
+    def fit(self, feats: np.ndarray) -> ReconstructionDetector:
+        x = feats[:, self.cols]
+        self.scaler.center = x.mean(axis=0)
+        self.scaler.scale = np.maximum(x.std(axis=0), np.maximum(self.scaler.rel_floor * np.abs(x.mean(axis=0)), 1e-3))
+        self.pca.fit(self.scaler.transform(x))
+        return self
+
+    def score(self, feats: np.ndarray) -> np.ndarray:
+        r = self.pca.residuals(np.nan_to_num(self.scaler.transform(feats[:, self.cols])))
+        return (r * r).sum(axis=1)
+
+
 class BlockMaxDetector(Detector):
     """Largest absolute value of one per-metric feature block, against a fixed limit.
 
@@ -244,6 +276,7 @@ def make_detector(name: str, **params: object) -> Detector:
         "kmeans": KMeansDetector,
         "lof": LOFDetector,
         "pca": PCADetector,
+        "recon": ReconstructionDetector,
     }
     if name not in kinds:
         raise ValueError(f"unknown detector {name!r}; known: {', '.join(kinds)}")

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from services.detector.model import AnomalyModel, ModelConfig
+from services.detector.model import OFFLINE_DETECTORS, AnomalyModel, ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def fit_csv(
         raise DataError(f"{data}: no numeric sensor columns besides {time_column!r}")
     if np.any(np.diff(ts) < 0):
         raise DataError(f"{data}: rows are not in time order")
-    config = config or ModelConfig()
+    config = config or ModelConfig(detectors=OFFLINE_DETECTORS)
     model = AnomalyModel(usable, config, name=Path(model_dir).name or "offline")
     try:
         model.fit(values[usable].to_numpy(), ts)

@@ -204,6 +204,7 @@ class RollingState:
         self.a_shift_level = alpha(self.config.shift_smooth_halflife)
         # per metric unit of the level-shift feature, set by a fitted model (None: feature off)
         self.shift_scale: np.ndarray | None = None
+        self.track_shift = True  # False: the shift block stays 0 and its state untouched (streaming: no cost)
 
     @property
     def n_features(self) -> int:
@@ -284,7 +285,7 @@ class RollingState:
         state[:, b["tod_v"]] = hv.reshape(s, -1)
         state[:, b["tod_n"]] = hn.reshape(s, -1)
         flat = self._flatline(state, x, seen, last)
-        shift = self._shift(state, x, seen)
+        shift = self._shift(state, x, seen) if getattr(self, "track_shift", True) else np.zeros_like(x)
         state[:, b["count"]] = count + seen
         state[:, b["last"]] = np.where(seen, x, last)
         state[:, lay.N] += 1
@@ -347,7 +348,7 @@ class RollingState:
         sl[:] = np.where(fresh, x, np.where(seen, sl + self.a_shift_level * (x - sl), sl))
         level = sl
         sb[:] = np.where(seen & np.isnan(sb), level, sb)
-        if self.shift_scale is None:
+        if getattr(self, "shift_scale", None) is None:
             out = np.zeros_like(level)
             moving = np.ones_like(seen)
         else:

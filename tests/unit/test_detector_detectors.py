@@ -201,3 +201,20 @@ def test_offline_model_holds_a_level_shift_that_the_rolling_baseline_would_learn
     hit = truth[n_train:]
     assert flags[hit].mean() > 0.9  # held for the whole closure
     assert flags[~hit].mean() < 0.05  # the warming motor is not an anomaly
+
+
+def test_reconstruction_detector_flags_a_broken_relationship_within_each_range():
+    rng = np.random.default_rng(4)
+    n = 2000
+    level = rng.uniform(1, 5, n)  # a tank level
+    inflow = 20 * level + rng.normal(0, 0.5, n)  # the pump flow that goes with it
+    setpoint = np.full(n, 2.98)  # a channel at a fixed set point: its floor keeps it sane
+    train = np.column_stack([level, inflow, setpoint])
+    test = train[:200].copy()
+    test[100:, 1] = 20 * (6 - test[100:, 0])  # the flow no longer matches the level, yet stays in its range
+    test[:100, 2] = 2.99  # recorded at a coarser resolution later: not an anomaly
+    det = make_detector("recon", block=0, metrics=3).fit(train)
+    s = det.score(test)
+    assert np.quantile(s[100:], 0.1) > 20 * np.quantile(det.score(train), 0.99)
+    # 0.01 on a channel whose floor is 2 % of 2.98: (0.01 / 0.0596)^2 = 0.03, not (0.01 / 1e-3)^2
+    assert s[:100].max() < 0.05
