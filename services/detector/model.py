@@ -33,8 +33,7 @@ from services.detector.detectors import (
     make_detector,
     oof_scale,
 )
-from services.detector.state import ewma_rows
-from services.detector.state import FEATURE_BLOCKS, Layout, RollingState, StateConfig, alpha, occurrence
+from services.detector.state import FEATURE_BLOCKS, Layout, RollingState, StateConfig, alpha, ewma_rows, occurrence
 
 _POOLS: ThreadpoolController | None = None
 
@@ -320,7 +319,9 @@ class AnomalyModel:
     def rule_scores(self, feats: np.ndarray) -> dict[str, np.ndarray]:
         """Each rule member's score / its threshold: 1.0 flags on its own."""
         cap = self.config.ratio_cap
-        return {r.name: np.minimum(np.nan_to_num(r.score(feats) / r.threshold), cap) for r in getattr(self, "rules", [])}
+        return {
+            r.name: np.minimum(np.nan_to_num(r.score(feats) / r.threshold), cap) for r in getattr(self, "rules", [])
+        }
 
     def contributions(self, feats: np.ndarray) -> np.ndarray:
         """Share of each metric in the row's deviation (rows sum to 1)."""

@@ -104,8 +104,8 @@ class Layout:
             ("run", m),  # readings the value has repeated
             ("runmax", m),  # longest still run seen while not judged stuck
             ("moves", m),  # readings that changed the value
-            ("sl", m),  # level-shift smoothed level (NaN: not seeded)
-            ("sb", m),  # level-shift baseline (NaN: not seeded)
+            ("sl", m),  # level-shift smoothed level (seeded by a metric's first observation)
+            ("sb", m),  # level-shift baseline (likewise)
         ):
             out[name] = slice(pos, pos + size)
             pos += size
@@ -118,8 +118,6 @@ class Layout:
     def empty(self, sensors: int = 1) -> np.ndarray:
         state = np.zeros((sensors, self.width))
         state[:, self.blocks["last"]] = np.nan
-        state[:, self.blocks["sl"]] = np.nan
-        state[:, self.blocks["sb"]] = np.nan
         return state
 
     def upgrade(self, vector: np.ndarray) -> np.ndarray:
@@ -285,7 +283,7 @@ class RollingState:
         state[:, b["tod_v"]] = hv.reshape(s, -1)
         state[:, b["tod_n"]] = hn.reshape(s, -1)
         flat = self._flatline(state, x, seen, last)
-        shift = self._shift(state, x, seen) if getattr(self, "track_shift", True) else np.zeros_like(x)
+        shift = self._shift(state, x, seen, first) if getattr(self, "track_shift", True) else np.zeros_like(x)
         state[:, b["count"]] = count + seen
         state[:, b["last"]] = np.where(seen, x, last)
         state[:, lay.N] += 1
@@ -340,14 +338,13 @@ class RollingState:
         """The smoothed levels the level-shift feature compares (what its unit is calibrated on)."""
         return state[:, self.layout.blocks["sl"]]
 
-    def _shift(self, state: np.ndarray, x: np.ndarray, seen: np.ndarray) -> np.ndarray:
+    def _shift(self, state: np.ndarray, x: np.ndarray, seen: np.ndarray, first: np.ndarray) -> np.ndarray:
         """Smoothed level against the slow baseline, in calibrated units; the baseline freezes beyond shift_freeze."""
         b = self.layout.blocks
         sl, sb = state[:, b["sl"]], state[:, b["sb"]]
-        fresh = seen & np.isnan(sl)
-        sl[:] = np.where(fresh, x, np.where(seen, sl + self.a_shift_level * (x - sl), sl))
+        sl[:] = np.where(first, x, np.where(seen, sl + self.a_shift_level * (x - sl), sl))
         level = sl
-        sb[:] = np.where(seen & np.isnan(sb), level, sb)
+        sb[:] = np.where(first, level, sb)
         if getattr(self, "shift_scale", None) is None:
             out = np.zeros_like(level)
             moving = np.ones_like(seen)

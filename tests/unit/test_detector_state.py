@@ -167,4 +167,4 @@ def test_old_states_without_the_new_blocks_are_padded():
     up = remap(old, ("a", "b"), ("a", "b"))
     assert len(up) == lay.width
     assert list(up[lay.blocks["ml"]]) == [1.0, 2.0]
-    assert np.all(np.isnan(up[lay.blocks["sb"]])) and np.all(up[lay.blocks["run"]] == 0)
+    assert np.all(up[lay.blocks["sb"]] == 0) and np.all(up[lay.blocks["run"]] == 0)

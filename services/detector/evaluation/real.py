@@ -12,7 +12,7 @@ scored the same way and reported apart: every flag there is a false alarm.
 
 BATADAL (Taormina et al. 2018, "The Battle of the Attack Detection Algorithms"): fitted
 on ``dataset03.csv`` (a normal year), scored on ``dataset04.csv`` (labelled attacks).
-S = γ·S_TTD + (1-γ)·S_CLF with γ = 0.5; S_TTD = 1 - mean over attacks of TTD/ΔT (TTD the
+S = g·S_TTD + (1-g)·S_CLF with g = 0.5; S_TTD = 1 - mean over attacks of TTD/ΔT (TTD the
 hours from an attack's start to its first flag, ΔT its duration, TTD = ΔT if never flagged);
 S_CLF = (TPR + TNR) / 2.
 """
@@ -125,7 +125,9 @@ def skab(root: Path, workdir: Path, config: ModelConfig | None = None) -> dict:
         pred = _fit_score(train, test, workdir, SKAB_TIME, config)
         name = str(path.relative_to(root))
         if "anomaly" not in full.columns:
-            unlabelled.append({"file": name, "rows": len(pred), "flagged": int(pred.sum()), "far": round(float(pred.mean()), 4)})
+            unlabelled.append(
+                {"file": name, "rows": len(pred), "flagged": int(pred.sum()), "far": round(float(pred.mean()), 4)}
+            )
             continue
         truth = full["anomaly"].to_numpy()[SKAB_TRAIN_ROWS:].astype(bool)
         c = confusion(truth, pred)
