@@ -18,7 +18,7 @@ Offline scoring of a CSV is the same code with one sensor and one reading per ro
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 
 import numpy as np
 import orjson
@@ -169,12 +169,20 @@ def unpack(data: bytes) -> tuple[tuple[str, ...], np.ndarray]:
     return metrics, np.frombuffer(data[5 + size :], dtype="<f8").copy()
 
 
+@lru_cache(maxsize=256)
+def layout_for(m: int) -> Layout:
+    """The layout for ``m`` metrics, built once (remap runs per sensor and batch)."""
+    return Layout(m)
+
+
 def remap(vector: np.ndarray, old: tuple[str, ...], new: tuple[str, ...]) -> np.ndarray:
     """A state vector for metrics ``new`` from one kept for ``old``: shared metrics keep their statistics."""
-    lo, ln = Layout(len(old)), Layout(len(new))
-    vector = lo.upgrade(vector)
+    lo = layout_for(len(old))
+    if len(vector) != lo.width:
+        vector = lo.upgrade(vector)
     if old == new:
         return vector
+    ln = layout_for(len(new))
     out = ln.empty(1)[0]
     out[: Layout.SCALARS] = vector[: Layout.SCALARS]
     for name, sl_new in ln.blocks.items():
@@ -322,8 +330,8 @@ class RollingState:
         """
         c, b = self.config, self.layout.blocks
         run, runmax, moves = state[:, b["run"]], state[:, b["runmax"]], state[:, b["moves"]]
-        still = seen & (np.abs(x - last) <= 1e-12 * np.maximum(1.0, np.abs(last)))
-        moved = seen & ~still & ~np.isnan(last)
+        still = seen & (x == last)  # a stuck sensor repeats its value exactly
+        moved = seen & ~still & (last == last)  # last is NaN before the first value
         judged = moves >= c.flat_warmup
         limit = np.maximum(c.flat_min_run, c.flat_margin * runmax)
         ended = moved & (run <= limit)  # a run that ended without being judged stuck
