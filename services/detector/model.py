@@ -231,7 +231,8 @@ class AnomalyModel:
         raw = self.fuse(np.vstack(ratios)) if ratios else np.zeros(len(feats))
         smoothed = self._smooth_sequences(raw, idx)
         self.rules = rules
-        self.threshold = float(max(np.quantile(smoothed, cfg.alarm_quantile) * cfg.margin, 1e-9))
+        # only rule members: they flag at their own limit, so the ensemble threshold is 1
+        self.threshold = float(max(np.quantile(smoothed, cfg.alarm_quantile) * cfg.margin, 1e-9)) if ratios else 1.0
         self.initial_state = state[:1] if sensor_idx is None else self.layout.empty(1)
         self.trained_rows = len(x)
         self.fitted_at = time.time()

@@ -28,6 +28,13 @@ LABEL_COLUMNS = frozenset({"anomaly", "changepoint", "label", "labels", "is_anom
 DAYFIRST_FORMATS = ("%d/%m/%y %H", "%d/%m/%Y %H", "%d/%m/%y %H:%M", "%d/%m/%Y %H:%M", "%d/%m/%Y %H:%M:%S")
 
 
+def offline_config(overrides: dict | None = None) -> ModelConfig:
+    """The model config of an offline (one CSV) model: ModelConfig with OFFLINE_DETECTORS unless overridden."""
+    data = dict(overrides or {})
+    data.setdefault("detectors", list(OFFLINE_DETECTORS))
+    return ModelConfig.from_dict(data)
+
+
 class DataError(ValueError):
     """The input file cannot be used; the message says why."""
 
@@ -87,7 +94,7 @@ def fit_csv(
         raise DataError(f"{data}: no numeric sensor columns besides {time_column!r}")
     if np.any(np.diff(ts) < 0):
         raise DataError(f"{data}: rows are not in time order")
-    config = config or ModelConfig(detectors=OFFLINE_DETECTORS)
+    config = config or offline_config()
     model = AnomalyModel(usable, config, name=Path(model_dir).name or "offline")
     try:
         model.fit(values[usable].to_numpy(), ts)

@@ -31,7 +31,7 @@ import pandas as pd
 
 from services.detector.evaluation.evaluate import confusion
 from services.detector.model import ModelConfig
-from services.detector.offline import DataError, fit_csv, score_csv
+from services.detector.offline import DataError, fit_csv, offline_config, score_csv
 
 SKAB_TRAIN_ROWS = 400
 SKAB_TIME = "datetime"
@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.skab is None and args.batadal is None:
         parser.error("give --skab and/or --batadal")
-    config = ModelConfig.from_dict(orjson.loads(args.config.read_bytes())) if args.config else None
+    config = offline_config(orjson.loads(args.config.read_bytes())) if args.config else None
     try:
         result = evaluate(args.skab, args.batadal, config)
     except (DataError, OSError) as exc:
