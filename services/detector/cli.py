@@ -13,14 +13,14 @@ from pathlib import Path
 import orjson
 
 from services.detector.model import ModelConfig
-from services.detector.offline import DataError, fit_csv, score_csv
+from services.detector.offline import DataError, fit_csv, offline_config, score_csv
 
 
 def _config(path: Path | None) -> ModelConfig:
     if path is None:
-        return ModelConfig()
+        return offline_config()
     try:
-        return ModelConfig.from_dict(orjson.loads(path.read_bytes()))
+        return offline_config(orjson.loads(path.read_bytes()))
     except (OSError, orjson.JSONDecodeError, TypeError) as exc:
         raise DataError(f"{path}: not a usable model config: {exc}") from None
 
@@ -134,7 +134,13 @@ def settings_table(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"fit": fit, "score": score, "train": train, "settings": settings_table}
+def evaluate_real(argv: list[str]) -> int:
+    from services.detector.evaluation.real import main as run
+
+    return run(argv)
+
+
+COMMANDS = {"fit": fit, "score": score, "train": train, "evaluate-real": evaluate_real, "settings": settings_table}
 
 
 def main(argv: list[str]) -> int:

@@ -201,6 +201,74 @@ class PCADetector(Detector):
         return np.maximum(t2 / self.t2_limit, q / self.q_limit)
 
 
+class ReconstructionDetector(Detector):
+    """Squared reconstruction error (PCA's Q) of the raw values of one stream's channels.
+
+    Relationships between channels: in a water network a tank level, the pumps filling it
+    and the pressures around it move together; a reading that breaks the pattern leaves the
+    plane of normal operation even when each channel is within its own range. The values are
+    scaled with a floor of ``rel_floor`` of each channel's level so that a channel at a
+    fixed set point (or recorded at a coarser resolution later) does not explode, and the
+    plane keeps ``variance`` of the scaled variance: fine structure, for the residual to mean
+    something. Reads the ``value`` block of full feature rows (``block``, ``metrics``).
+    """
+
+    name = "recon"
+    raw_features = True
+
+    def __init__(self, block: int = 0, metrics: int = 0, variance: float = 0.995, rel_floor: float = 0.02):
+        self.cols = np.arange(block * metrics, (block + 1) * metrics)
+        self.scaler = Scaler(rel_floor=rel_floor, abs_floor=1e-3)
+        self.pca = PCADetector(variance=variance)
+
+    def fit(self, feats: np.ndarray) -> ReconstructionDetector:
+        x = feats[:, self.cols]
+        self.scaler.center = x.mean(axis=0)
+        self.scaler.scale = np.maximum(x.std(axis=0), np.maximum(self.scaler.rel_floor * np.abs(x.mean(axis=0)), 1e-3))
+        self.pca.fit(self.scaler.transform(x))
+        return self
+
+    def score(self, feats: np.ndarray) -> np.ndarray:
+        r = self.pca.residuals(np.nan_to_num(self.scaler.transform(feats[:, self.cols])))
+        return (r * r).sum(axis=1)
+
+
+class BlockMaxDetector(Detector):
+    """Largest absolute value of one per-metric feature block, against a fixed limit.
+
+    Serves the rule members (flatline, level shift), whose features are already in
+    calibrated units: the flatline block is a still run over its learnt limit, the shift
+    block a level change over its learnt unit.
+    """
+
+    needs_fit = False
+
+    def __init__(self, name: str, block: int, metrics: int, threshold: float):
+        self.name = name
+        self.cols = np.arange(block * metrics, (block + 1) * metrics)
+        self.threshold = threshold
+
+    def score(self, feats: np.ndarray) -> np.ndarray:
+        return np.abs(feats[:, self.cols]).max(axis=1) if len(self.cols) else np.zeros(len(feats))
+
+
+def oof_scale(levels: np.ndarray, folds: int = 5, quantile: float = 0.99) -> np.ndarray:
+    """Per column: spread times the largest held-out deviation across contiguous blocks of normal time.
+
+    Each block is compared with the mean and spread of the others; the ``quantile`` of
+    those out-of-fold |z| says how far normal operation wanders between blocks, so a
+    column that drifts gets a unit large enough to hold its drift.
+    """
+    sd = np.maximum(levels.std(axis=0), 1e-9 + 1e-6 * np.abs(levels.mean(axis=0)))
+    blocks = np.array_split(np.arange(len(levels)), max(2, folds))
+    oof = np.zeros_like(levels)
+    for hold in blocks:
+        rest = np.setdiff1d(np.arange(len(levels)), hold)
+        mu, s = levels[rest].mean(axis=0), np.maximum(levels[rest].std(axis=0), 1e-9)
+        oof[hold] = np.abs((levels[hold] - mu) / s)
+    return sd * np.maximum(np.quantile(oof, quantile, axis=0), 1.0)
+
+
 def make_detector(name: str, **params: object) -> Detector:
     kinds: dict[str, type[Detector]] = {
         "zscore": ZScoreDetector,
@@ -208,6 +276,7 @@ def make_detector(name: str, **params: object) -> Detector:
         "kmeans": KMeansDetector,
         "lof": LOFDetector,
         "pca": PCADetector,
+        "recon": ReconstructionDetector,
     }
     if name not in kinds:
         raise ValueError(f"unknown detector {name!r}; known: {', '.join(kinds)}")

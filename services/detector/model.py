@@ -25,8 +25,15 @@ import numpy as np
 import orjson
 from threadpoolctl import ThreadpoolController
 
-from services.detector.detectors import Detector, Scaler, ZScoreDetector, make_detector
-from services.detector.state import FEATURE_BLOCKS, Layout, RollingState, StateConfig, alpha, occurrence
+from services.detector.detectors import (
+    BlockMaxDetector,
+    Detector,
+    Scaler,
+    ZScoreDetector,
+    make_detector,
+    oof_scale,
+)
+from services.detector.state import FEATURE_BLOCKS, Layout, RollingState, StateConfig, alpha, ewma_rows, occurrence
 
 _POOLS: ThreadpoolController | None = None
 
@@ -46,7 +53,14 @@ def single_threaded() -> Any:
 
 MODEL_FILE = "model.joblib"
 META_FILE = "meta.json"
-ALL_DETECTORS = ("zscore", "pca", "kmeans", "lof", "iforest")
+ALL_DETECTORS = ("zscore", "pca", "kmeans", "lof", "iforest", "flatline")
+#: What an offline model (one CSV, one stream) runs unless a config says otherwise: see docs/detector.md
+#: "Accuracy on real recordings" for how it was chosen.
+OFFLINE_DETECTORS = ("recon", "flatline", "shift")
+#: Rule members: each flags on its own once its ratio reaches 1 (not averaged with the others).
+#: flatline: a value stuck longer than it ever rests in normal operation; shift: a sustained level
+#: shift against a baseline that follows slow drift (one stream's own units: offline models only).
+RULE_DETECTORS = ("flatline", "shift")
 
 
 @dataclass(frozen=True)
@@ -73,6 +87,9 @@ class ModelConfig:
     score_halflife: float = 2.0  # causal smoothing of the ensemble score, in readings
     off_ratio: float = 0.9  # an episode ends when the smoothed score falls below off_ratio * threshold
     min_train_rows: int = 50
+    # the reconstruction member needs this many training rows per metric: a few hundred rows of
+    # a test rig do not hold its slow drifts, and a plane fitted on them flags the drift itself
+    recon_rows_per_metric: int = 100
     max_train_rows: int = 20_000  # pooled profiles: an even sample of the time-ordered rows beyond this
     state: StateConfig = field(default_factory=StateConfig)
 
@@ -107,9 +124,15 @@ class AnomalyModel:
         self.config = config or ModelConfig()
         self.name = name
         self.rolling = RollingState(self.metrics, self.config.state)
+        self.rolling.track_shift = "shift" in self.config.detectors
         self.scaler: Scaler | None = None
         self.detectors: list[Detector] = [ZScoreDetector(self.config.zscore_threshold)]
         self.threshold = 1.0
+        self.rules: list[BlockMaxDetector] = (
+            [BlockMaxDetector("flatline", FEATURE_BLOCKS.index("flat"), len(self.metrics), 1.0)]
+            if "flatline" in self.config.detectors
+            else []
+        )
         self.initial_state = self.rolling.layout.empty(1)
         self.version = "statistical"
         self.trained_rows = 0
@@ -169,7 +192,10 @@ class AnomalyModel:
         if len(feats) > cfg.max_train_rows:
             pick = np.linspace(0, len(feats) - 1, cfg.max_train_rows).astype(np.int64)
             feats, idx = feats[pick], idx[pick]
-        learned = [d for d in cfg.detectors if d != "zscore"]
+        rules = self._fit_rules(x[order] if sensor_idx is None else None, len(feats))
+        learned = [d for d in cfg.detectors if d != "zscore" and d not in RULE_DETECTORS]
+        if len(feats) < cfg.recon_rows_per_metric * len(self.metrics):
+            learned = [d for d in learned if d != "recon"]
         z_members = ["zscore"] if "zscore" in cfg.detectors else []
         self.scaler = Scaler().fit(feats[:, self._cols])
         xs = self.scaler.transform(feats[:, self._cols])
@@ -182,11 +208,16 @@ class AnomalyModel:
             scaler = Scaler().fit(feats[keep][:, self._cols])
             xk, xh = scaler.transform(feats[keep][:, self._cols]), scaler.transform(feats[hold][:, self._cols])
             for name in learned:
-                oof[name][hold] = self._new_detector(name).fit(xk).score(xh)
+                det = self._new_detector(name)
+                if getattr(det, "raw_features", False):
+                    oof[name][hold] = det.fit(feats[keep]).score(feats[hold])
+                else:
+                    oof[name][hold] = det.fit(xk).score(xh)
 
         self.detectors = [ZScoreDetector(cfg.zscore_threshold)] if z_members else []
         for name in learned:
-            det = self._new_detector(name).fit(xs)
+            det = self._new_detector(name)
+            det = det.fit(feats) if getattr(det, "raw_features", False) else det.fit(xs)
             if name != "kmeans":  # K-Means keeps its percentile threshold, as specified
                 det.threshold = float(max(np.quantile(oof[name], cfg.calib_quantile), 1e-9))
             else:
@@ -197,14 +228,42 @@ class AnomalyModel:
         if z_members:
             z = ZScoreDetector(cfg.zscore_threshold)
             ratios.append(np.minimum(z.score(feats[:, self._z_cols]) / z.threshold, cfg.ratio_cap))
-        raw = self.fuse(np.vstack(ratios))
+        raw = self.fuse(np.vstack(ratios)) if ratios else np.zeros(len(feats))
         smoothed = self._smooth_sequences(raw, idx)
-        self.threshold = float(max(np.quantile(smoothed, cfg.alarm_quantile) * cfg.margin, 1e-9))
+        self.rules = rules
+        # only rule members: they flag at their own limit, so the ensemble threshold is 1
+        self.threshold = float(max(np.quantile(smoothed, cfg.alarm_quantile) * cfg.margin, 1e-9)) if ratios else 1.0
         self.initial_state = state[:1] if sensor_idx is None else self.layout.empty(1)
         self.trained_rows = len(x)
         self.fitted_at = time.time()
         self.version = f"fit-{int(self.fitted_at)}"
         return self
+
+    def _fit_rules(self, x: np.ndarray | None, rows: int) -> list[BlockMaxDetector]:
+        """The rule members this config asks for; ``shift`` learns its per-metric unit from the training levels.
+
+        The unit of a metric is its training spread times the largest deviation a held-out
+        block of training time showed against the other blocks (99th percentile), so a metric
+        that drifts in normal operation (a warming motor) needs a larger shift to count.
+        """
+        cfg = self.config
+        rules = []
+        if "flatline" in cfg.detectors:
+            rules.append(BlockMaxDetector("flatline", FEATURE_BLOCKS.index("flat"), len(self.metrics), 1.0))
+        if "shift" in cfg.detectors and x is not None and rows >= 2 * cfg.cv_folds:
+            levels = ewma_rows(x, alpha(cfg.state.shift_smooth_halflife))
+            # a drift in normal operation leaves the following baseline behind by its slope times
+            # the baseline's lag: the unit must hold that too, or a warming motor stays flagged
+            lag = np.abs(levels - ewma_rows(levels, alpha(cfg.state.shift_halflife)))
+            burn = min(len(lag) // 2, int(cfg.state.shift_halflife))
+            self.rolling.shift_scale = np.maximum(
+                oof_scale(levels, cfg.cv_folds, cfg.calib_quantile),
+                np.quantile(lag[burn:], cfg.calib_quantile, axis=0),
+            )
+            rules.append(
+                BlockMaxDetector("shift", FEATURE_BLOCKS.index("shift"), len(self.metrics), cfg.state.shift_freeze)
+            )
+        return rules
 
     def fuse(self, ratios: np.ndarray) -> np.ndarray:
         """Combine member ratios (``(members, n)``) into one score per row."""
@@ -218,6 +277,8 @@ class AnomalyModel:
     def _new_detector(self, name: str) -> Detector:
         if name == "kmeans":
             return make_detector(name, percentile=self.config.kmeans_percentile)
+        if name == "recon":
+            return make_detector(name, block=FEATURE_BLOCKS.index("value"), metrics=len(self.metrics))
         return make_detector(name)
 
     def _smooth_sequences(self, raw: np.ndarray, idx: np.ndarray) -> np.ndarray:
@@ -249,10 +310,19 @@ class AnomalyModel:
         for det in self.detectors:
             if isinstance(det, ZScoreDetector):
                 s = det.score(feats[:, self._z_cols])
+            elif getattr(det, "raw_features", False):
+                s = det.score(feats)
             else:
                 s = det.score(xs)
             out[det.name] = np.minimum(np.nan_to_num(s / det.threshold, nan=cap, posinf=cap), cap)
         return out
+
+    def rule_scores(self, feats: np.ndarray) -> dict[str, np.ndarray]:
+        """Each rule member's score / its threshold: 1.0 flags on its own."""
+        cap = self.config.ratio_cap
+        return {
+            r.name: np.minimum(np.nan_to_num(r.score(feats) / r.threshold), cap) for r in getattr(self, "rules", [])
+        }
 
     def contributions(self, feats: np.ndarray) -> np.ndarray:
         """Share of each metric in the row's deviation (rows sum to 1)."""
@@ -263,6 +333,10 @@ class AnomalyModel:
         else:
             per_metric = feats[:, self._z_cols] ** 2
         per_metric = np.nan_to_num(per_metric)
+        if getattr(self, "rules", None) and any(r.name == "flatline" for r in self.rules):
+            # a stuck metric explains the flag, however ordinary its value
+            flat = self.block(feats, "flat")
+            per_metric = per_metric + np.where(flat >= 1, flat * (per_metric.sum(axis=1, keepdims=True) + 1.0), 0.0)
         total = per_metric.sum(axis=1, keepdims=True)
         return np.where(total > 0, per_metric / np.where(total > 0, total, 1.0), 1.0 / m)
 
@@ -274,6 +348,11 @@ class AnomalyModel:
         with single_threaded():
             members = self.member_scores(feats)
         raw = self.fuse(np.vstack(list(members.values()))) if members else np.zeros(len(feats))
+        rules = self.rule_scores(feats)
+        if rules:
+            # a rule at its limit weighs as much as the ensemble at its threshold
+            raw = np.maximum(raw, np.vstack(list(rules.values())).max(axis=0) * self.threshold)
+            members.update(rules)
         smoothed, flags = self._persist(state, raw, idx, late)
         return Scored(smoothed, raw, flags, members, self.contributions(feats), self.threshold)
 

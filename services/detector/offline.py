@@ -18,12 +18,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from services.detector.model import AnomalyModel, ModelConfig
+from services.detector.model import OFFLINE_DETECTORS, AnomalyModel, ModelConfig
 
 log = logging.getLogger(__name__)
 
 #: Columns that hold ground truth in labelled benchmark files, never sensor values.
-LABEL_COLUMNS = frozenset({"anomaly", "changepoint", "label", "labels", "is_anomaly"})
+LABEL_COLUMNS = frozenset({"anomaly", "changepoint", "label", "labels", "is_anomaly", "att_flag"})
+#: Day-first formats of SCADA exports (BATADAL's ``dd/mm/yy HH``), tried when a time column is not ISO 8601.
+DAYFIRST_FORMATS = ("%d/%m/%y %H", "%d/%m/%Y %H", "%d/%m/%y %H:%M", "%d/%m/%Y %H:%M", "%d/%m/%Y %H:%M:%S")
+
+
+def offline_config(overrides: dict | None = None) -> ModelConfig:
+    """The model config of an offline (one CSV) model: ModelConfig with OFFLINE_DETECTORS unless overridden."""
+    data = dict(overrides or {})
+    data.setdefault("detectors", list(OFFLINE_DETECTORS))
+    return ModelConfig.from_dict(data)
 
 
 class DataError(ValueError):
@@ -34,6 +43,15 @@ def _separator(path: Path) -> str:
     with open(path, encoding="utf-8", errors="replace") as fh:
         header = fh.readline()
     return ";" if header.count(";") > header.count(",") else ","
+
+
+def _parse_times(raw: pd.Series) -> pd.Series:
+    parsed = pd.to_datetime(raw.str.strip(), utc=True, errors="coerce", format="ISO8601")
+    for fmt in DAYFIRST_FORMATS:
+        if not parsed.isna().any():
+            break
+        parsed = pd.to_datetime(raw.str.strip(), utc=True, errors="coerce", format=fmt)
+    return parsed
 
 
 def read_stream(path: Path | str, time_column: str = "timestamp") -> tuple[pd.DataFrame, np.ndarray, pd.Series]:
@@ -49,11 +67,11 @@ def read_stream(path: Path | str, time_column: str = "timestamp") -> tuple[pd.Da
     if time_column not in df.columns:
         raise DataError(f"{path}: no time column {time_column!r} (columns: {', '.join(df.columns)}); use --time-column")
     raw_time = df[time_column]
-    parsed = pd.to_datetime(raw_time, utc=True, errors="coerce", format="ISO8601")
+    parsed = _parse_times(raw_time)
     if parsed.isna().any():
         bad = int(parsed.isna().sum())
         first = raw_time[parsed.isna()].iloc[0]
-        raise DataError(f"{path}: {bad} rows have a time that is not ISO 8601, first {first!r}")
+        raise DataError(f"{path}: {bad} rows have a time that is not ISO 8601 (nor dd/mm/yy HH), first {first!r}")
     epoch = pd.Timestamp(0, tz="UTC")
     ts = ((parsed - epoch) // pd.Timedelta(milliseconds=1)).to_numpy(dtype=np.int64)
     sensors = [c for c in df.columns if c != time_column and c.lower() not in LABEL_COLUMNS]
@@ -76,7 +94,7 @@ def fit_csv(
         raise DataError(f"{data}: no numeric sensor columns besides {time_column!r}")
     if np.any(np.diff(ts) < 0):
         raise DataError(f"{data}: rows are not in time order")
-    config = config or ModelConfig()
+    config = config or offline_config()
     model = AnomalyModel(usable, config, name=Path(model_dir).name or "offline")
     try:
         model.fit(values[usable].to_numpy(), ts)

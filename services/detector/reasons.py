@@ -40,6 +40,7 @@ def explain(
     m = len(metrics)
     value, z, z_tod = _block(row, m, "value"), _block(row, m, "z"), _block(row, m, "z_tod")
     base, spread_rel, delta_z = _block(row, m, "base"), _block(row, m, "spread_rel"), _block(row, m, "delta_z")
+    flat = _block(row, m, "flat")
     hour = (int(ts_ms // 3_600_000) + tz_offset_h) % 24
     order = np.argsort(-contributions)[:top]
     sentences: list[str] = []
@@ -51,7 +52,9 @@ def explain(
         u = f" {unit}" if unit else ""
         zt, tod = float(z_tod[j]), bool(z_tod[j] != z[j])
         usual = f"its usual {fmt(base[j])}{u} for {hour:02d}:00" if tod else f"its recent {fmt(base[j])}{u}"
-        if abs(zt) >= 2:
+        if flat[j] >= 1:
+            text = f"{name} has stayed at {fmt(value[j])}{u} {flat[j]:.1f}{TIMES} longer than it ever rests (stuck sensor?)"
+        elif abs(zt) >= 2:
             text = f"{name} {fmt(value[j])}{u} is {abs(zt):.1f}{SIGMA} {'above' if zt > 0 else 'below'} {usual}"
         elif spread_rel[j] >= 2:
             text = f"{name} fluctuates {spread_rel[j]:.1f}{TIMES} more than usual around {fmt(value[j])}{u}"

@@ -18,7 +18,7 @@ Offline scoring of a CSV is the same code with one sensor and one reading per ro
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 
 import numpy as np
 import orjson
@@ -37,6 +37,8 @@ FEATURE_BLOCKS = (
     "delta_z",  # change since the previous reading / long sigma
     "base",  # the usual level the reading was compared against (for reasons)
     "base_sd",  # its sigma
+    "flat",  # readings the value has not moved / the longest still run seen in normal operation (x margin)
+    "shift",  # smoothed level against a slow, drift-following baseline, in calibrated units (0 until fitted)
 )
 
 
@@ -59,6 +61,16 @@ class StateConfig:
     z_clip: float = 50.0
     clip_sigma: float = 3.0  # long and hour-of-day statistics learn from a reading at most this far out
     tz_offset_h: int = 0  # hour-of-day buckets in local time: UTC + this offset
+    # flatline: a value that repeats longer than flat_margin x its longest still run in normal
+    # operation (at least flat_min_run readings) is stuck; judged once it has moved flat_warmup times
+    flat_min_run: int = 8
+    flat_margin: float = 3.0
+    flat_warmup: int = 60
+    # level shift: the baseline follows the smoothed level with this half-life (readings) and
+    # stops following while the level is shift_freeze calibrated units away from it
+    shift_smooth_halflife: float = 8.0  # the level compared: smoother than the short EWMA
+    shift_halflife: float = 120.0
+    shift_freeze: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -88,6 +100,12 @@ class Layout:
             ("tod_m", HOURS * m),
             ("tod_v", HOURS * m),
             ("tod_n", HOURS * m),
+            # appended later: a state stored before these existed is padded (see remap)
+            ("run", m),  # readings the value has repeated
+            ("runmax", m),  # longest still run seen while not judged stuck
+            ("moves", m),  # readings that changed the value
+            ("sl", m),  # level-shift smoothed level (seeded by a metric's first observation)
+            ("sb", m),  # level-shift baseline (likewise)
         ):
             out[name] = slice(pos, pos + size)
             pos += size
@@ -95,12 +113,33 @@ class Layout:
 
     @property
     def width(self) -> int:
-        return self.blocks["tod_n"].stop
+        return self.blocks["sb"].stop
 
     def empty(self, sensors: int = 1) -> np.ndarray:
         state = np.zeros((sensors, self.width))
         state[:, self.blocks["last"]] = np.nan
         return state
+
+    def upgrade(self, vector: np.ndarray) -> np.ndarray:
+        """A vector stored by an older layout (fewer trailing blocks) brought to this width."""
+        if len(vector) == self.width:
+            return vector
+        if len(vector) > self.width:
+            raise ValueError(f"state of {len(vector)} values is wider than the layout's {self.width}")
+        out = self.empty(1)[0]
+        out[: len(vector)] = vector
+        return out
+
+
+def ewma_rows(x: np.ndarray, a: float) -> np.ndarray:
+    """EWMA down the rows of ``x`` seeded with the first value, a missing value holding the level (as ``step``)."""
+    out = np.empty_like(x, dtype=np.float64)
+    level = np.full(x.shape[1], np.nan)
+    for i, row in enumerate(x):
+        ok = np.isfinite(row)
+        level = np.where(ok & np.isnan(level), row, np.where(ok, level + a * (row - level), level))
+        out[i] = level
+    return np.nan_to_num(out)
 
 
 def occurrence(idx: np.ndarray) -> np.ndarray:
@@ -130,11 +169,20 @@ def unpack(data: bytes) -> tuple[tuple[str, ...], np.ndarray]:
     return metrics, np.frombuffer(data[5 + size :], dtype="<f8").copy()
 
 
+@lru_cache(maxsize=256)
+def layout_for(m: int) -> Layout:
+    """The layout for ``m`` metrics, built once (remap runs per sensor and batch)."""
+    return Layout(m)
+
+
 def remap(vector: np.ndarray, old: tuple[str, ...], new: tuple[str, ...]) -> np.ndarray:
     """A state vector for metrics ``new`` from one kept for ``old``: shared metrics keep their statistics."""
+    lo = layout_for(len(old))
+    if len(vector) != lo.width:
+        vector = lo.upgrade(vector)
     if old == new:
         return vector
-    lo, ln = Layout(len(old)), Layout(len(new))
+    ln = layout_for(len(new))
     out = ln.empty(1)[0]
     out[: Layout.SCALARS] = vector[: Layout.SCALARS]
     for name, sl_new in ln.blocks.items():
@@ -158,6 +206,11 @@ class RollingState:
         self.layout = Layout(len(self.metrics))
         self.a_short = alpha(self.config.short_halflife)
         self.a_long = alpha(self.config.long_halflife)
+        self.a_shift = alpha(self.config.shift_halflife)
+        self.a_shift_level = alpha(self.config.shift_smooth_halflife)
+        # per metric unit of the level-shift feature, set by a fitted model (None: feature off)
+        self.shift_scale: np.ndarray | None = None
+        self.track_shift = True  # False: the shift block stays 0 and its state untouched (streaming: no cost)
 
     @property
     def n_features(self) -> int:
@@ -237,6 +290,8 @@ class RollingState:
         state[:, b["tod_m"]] = hm.reshape(s, -1)
         state[:, b["tod_v"]] = hv.reshape(s, -1)
         state[:, b["tod_n"]] = hn.reshape(s, -1)
+        flat = self._flatline(state, x, seen, last)
+        shift = self._shift(state, x, seen, first) if getattr(self, "track_shift", True) else np.zeros_like(x)
         state[:, b["count"]] = count + seen
         state[:, b["last"]] = np.where(seen, x, last)
         state[:, lay.N] += 1
@@ -260,8 +315,53 @@ class RollingState:
                 np.clip(delta_z, -zc, zc),
                 base,
                 base_sd,
+                flat,
+                shift,
             ]
         )
+
+    def _flatline(self, state: np.ndarray, x: np.ndarray, seen: np.ndarray, last: np.ndarray) -> np.ndarray:
+        """Still run of each metric over its limit (updates the run counters in ``state``).
+
+        A metric is judged once it has moved flat_warmup times (one that never moves, a
+        status that is always on, is never "stuck"). Its limit is learnt from its own still
+        runs: a flow that rests at 0 for hours while its pump is off has long runs in normal
+        operation and is not stuck when it does so again. A run judged stuck teaches nothing.
+        """
+        c, b = self.config, self.layout.blocks
+        run, runmax, moves = state[:, b["run"]], state[:, b["runmax"]], state[:, b["moves"]]
+        still = seen & (x == last)  # a stuck sensor repeats its value exactly
+        moved = seen & ~still & (last == last)  # last is NaN before the first value
+        judged = moves >= c.flat_warmup
+        limit = np.maximum(c.flat_min_run, c.flat_margin * runmax)
+        ended = moved & (run <= limit)  # a run that ended without being judged stuck
+        new_run = np.where(still, run + 1, np.where(seen, 0.0, run))
+        learn = ended | (still & ~judged)
+        runmax[:] = np.where(learn, np.maximum(runmax, np.where(still, new_run, run)), runmax)
+        moves[:] = moves + moved
+        run[:] = new_run
+        return np.where(judged, new_run / np.maximum(c.flat_min_run, c.flat_margin * runmax), 0.0)
+
+    def shift_levels(self, state: np.ndarray) -> np.ndarray:
+        """The smoothed levels the level-shift feature compares (what its unit is calibrated on)."""
+        return state[:, self.layout.blocks["sl"]]
+
+    def _shift(self, state: np.ndarray, x: np.ndarray, seen: np.ndarray, first: np.ndarray) -> np.ndarray:
+        """Smoothed level against the slow baseline, in calibrated units; the baseline freezes beyond shift_freeze."""
+        b = self.layout.blocks
+        sl, sb = state[:, b["sl"]], state[:, b["sb"]]
+        sl[:] = np.where(first, x, np.where(seen, sl + self.a_shift_level * (x - sl), sl))
+        level = sl
+        sb[:] = np.where(first, level, sb)
+        if getattr(self, "shift_scale", None) is None:
+            out = np.zeros_like(level)
+            moving = np.ones_like(seen)
+        else:
+            out = np.clip((level - sb) / self.shift_scale, -self.config.z_clip, self.config.z_clip)
+            moving = seen & (np.abs(out) < self.config.shift_freeze)
+        # frozen while the level is far from it: a long anomaly does not become the baseline
+        sb[:] = np.where(seen, sb + np.where(moving, self.a_shift, 0.0) * (level - sb), sb)
+        return out
 
     def run(
         self,

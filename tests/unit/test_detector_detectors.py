@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from services.detector.detectors import (
+    BlockMaxDetector,
     IsolationForestDetector,
     KMeansDetector,
     LOFDetector,
@@ -13,6 +14,7 @@ from services.detector.detectors import (
     Scaler,
     ZScoreDetector,
     make_detector,
+    oof_scale,
 )
 from services.detector.model import AnomalyModel, ModelConfig
 
@@ -145,3 +147,74 @@ def test_isolation_forest_fast_scoring_equals_scikit_learn():
     det = IsolationForestDetector(seed=3).fit(correlated(700, 12))
     rows = correlated(300, 13) * 1.7
     np.testing.assert_allclose(det.score(rows), -det.model.score_samples(rows), rtol=0, atol=1e-12)
+
+
+def test_oof_scale_gives_a_drifting_column_a_larger_unit():
+    rng = np.random.default_rng(3)
+    n = 400
+    steady = rng.normal(0, 1, n)
+    drifting = rng.normal(0, 1, n) + np.linspace(0, 6, n)
+    scale = oof_scale(np.column_stack([steady, drifting]), folds=5, quantile=0.99)
+    assert scale[1] > 2 * scale[0]
+    assert 1.0 < scale[0] < 5.0  # about the spread times the held-out deviation of noise
+
+
+def test_block_max_detector_reads_one_block():
+    det = BlockMaxDetector("flatline", block=1, metrics=2, threshold=1.0)
+    feats = np.array([[9.0, 9.0, 0.5, -2.0, 9.0, 9.0]])
+    np.testing.assert_allclose(det.score(feats), [2.0])
+
+
+def test_statistical_model_flags_a_stuck_sensor_and_says_so():
+    from services.detector.reasons import explain
+
+    model = AnomalyModel(("pressure",))
+    rng = np.random.default_rng(1)
+    x = (480 + rng.normal(0, 4, 400))[:, None]
+    x[300:] = x[299]  # stuck at its last value: perfectly ordinary level, no deviation at all
+    state = model.layout.empty(1)
+    idx = np.zeros(len(x), dtype=np.int64)
+    feats = model.features(state, x, 1_700_000_000_000 + np.arange(len(x)) * 60_000.0, idx)
+    scored = model.score(state, feats, idx)
+    assert not scored.anomaly[:300].any()
+    assert scored.anomaly[320:].all()
+    reason, _ = explain(model.metrics, feats[350], scored.contributions[350], {"pressure": "kPa"}, 0)
+    assert reason.startswith("pressure has stayed at ") and "stuck" in reason
+
+
+def test_offline_model_holds_a_level_shift_that_the_rolling_baseline_would_learn():
+    rng = np.random.default_rng(2)
+    n_train, n_test = 400, 900
+    n = n_train + n_test
+    t = np.arange(n)
+    flow = 32 + rng.normal(0, 0.4, n)
+    temp = 70 + 0.004 * t + rng.normal(0, 0.3, n)  # warms slowly all along: normal drift
+    flow[700:1100] -= 3.0  # a valve closes for 400 readings
+    x = np.column_stack([flow, temp])
+    ts = 1_700_000_000_000 + t * 1000
+    truth = np.zeros(n, dtype=bool)
+    truth[700:1100] = True
+    model = AnomalyModel(("flow", "temp"), ModelConfig(detectors=("flatline", "shift"))).fit(x[:n_train], ts[:n_train])
+    state = model.initial_state.copy()
+    idx = np.zeros(n_test, dtype=np.int64)
+    flags = model.score(state, model.features(state, x[n_train:], ts[n_train:], idx), idx).anomaly
+    hit = truth[n_train:]
+    assert flags[hit].mean() > 0.9  # held for the whole closure
+    assert flags[~hit].mean() < 0.05  # the warming motor is not an anomaly
+
+
+def test_reconstruction_detector_flags_a_broken_relationship_within_each_range():
+    rng = np.random.default_rng(4)
+    n = 2000
+    level = rng.uniform(1, 5, n)  # a tank level
+    inflow = 20 * level + rng.normal(0, 0.5, n)  # the pump flow that goes with it
+    setpoint = np.full(n, 2.98)  # a channel at a fixed set point: its floor keeps it sane
+    train = np.column_stack([level, inflow, setpoint])
+    test = train[:200].copy()
+    test[100:, 1] = 20 * (6 - test[100:, 0])  # the flow no longer matches the level, yet stays in its range
+    test[:100, 2] = 2.99  # recorded at a coarser resolution later: not an anomaly
+    det = make_detector("recon", block=0, metrics=3).fit(train)
+    s = det.score(test)
+    assert np.quantile(s[100:], 0.1) > 20 * np.quantile(det.score(train), 0.99)
+    # 0.01 on a channel whose floor is 2 % of 2.98: (0.01 / 0.0596)^2 = 0.03, not (0.01 / 1e-3)^2
+    assert s[:100].max() < 0.05

@@ -8,6 +8,7 @@ import pytest
 from services.detector.state import FEATURE_BLOCKS, Layout, RollingState, StateConfig, occurrence, pack, remap, unpack
 
 HOUR = 3_600_000
+T0 = 1_700_000_000_000.0
 
 
 def block(feats: np.ndarray, name: str, m: int) -> np.ndarray:
@@ -128,3 +129,42 @@ def test_pack_unpack_and_remap():
 
 def test_occurrence_counts_earlier_readings_of_the_same_sensor():
     np.testing.assert_array_equal(occurrence(np.array([3, 1, 3, 3, 1, 0])), [0, 0, 1, 2, 1, 0])
+
+
+def test_flatline_feature_grows_only_when_a_moving_value_stops_moving():
+    rs = RollingState(("p", "status"), StateConfig(flat_min_run=8, flat_margin=3.0, flat_warmup=60))
+    state = rs.layout.empty(1)
+    rng = np.random.default_rng(0)
+    n = 300
+    x = np.column_stack([50 + rng.normal(0, 1, n), np.ones(n)])  # status never moves: never "stuck"
+    x[200:260, 0] = x[199, 0]  # the pressure sensor freezes
+    feats = rs.run(state, x, T0 + np.arange(n) * 1000.0, np.zeros(n, dtype=np.int64))
+    flat = block(feats, "flat", 2)
+    assert flat[:200, 0].max() < 1.0  # a noisy value never rests long
+    assert flat[215:260, 0].min() >= 1.0  # 8 still readings and more: stuck
+    assert flat[260:, 0].max() < 1.0  # moving again
+    assert flat[:, 1].max() < 1.0  # a value that always rests is not stuck when it rests
+
+
+def test_shift_feature_is_off_until_a_unit_is_calibrated_then_freezes_its_baseline():
+    rs = RollingState(("flow",), StateConfig(shift_smooth_halflife=2.0, shift_halflife=20.0, shift_freeze=2.0))
+    state = rs.layout.empty(1)
+    n = 200
+    x = np.full((n, 1), 32.0)
+    ts, idx = T0 + np.arange(n) * 1000.0, np.zeros(n, dtype=np.int64)
+    assert np.all(block(rs.run(state, x, ts, idx), "shift", 1) == 0)
+    rs.shift_scale = np.array([0.5])
+    y = np.full((n, 1), 27.0)  # the valve closes: flow drops by 10 units and stays down
+    shift = block(rs.run(state, y, ts + n * 1000.0, idx), "shift", 1)[:, 0]
+    assert shift[-1] == pytest.approx(-10.0, rel=0.01)  # the baseline did not follow the anomaly
+    assert np.all(shift[10:] <= -2.0)
+
+
+def test_old_states_without_the_new_blocks_are_padded():
+    lay = Layout(2)
+    old = lay.empty(1)[0][: lay.blocks["run"].start]
+    old[lay.blocks["ml"]] = [1.0, 2.0]
+    up = remap(old, ("a", "b"), ("a", "b"))
+    assert len(up) == lay.width
+    assert list(up[lay.blocks["ml"]]) == [1.0, 2.0]
+    assert np.all(up[lay.blocks["sb"]] == 0) and np.all(up[lay.blocks["run"]] == 0)
