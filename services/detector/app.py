@@ -147,6 +147,10 @@ def create_app(settings: Settings | None = None, detector_settings: DetectorSett
     async def flush_cache() -> None:
         await engine.flush_cache()
 
+    @app.timer(interval=ds.state_sweep_s, name="detector-state-sweep")
+    async def sweep_states() -> None:
+        await engine.sweep()
+
     @app.timer(interval=10.0)
     async def model_gauge() -> None:
         TRAINED_PROFILES.set(len(serving.serving))
