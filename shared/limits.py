@@ -54,7 +54,7 @@ class LabelSet:
     def admit(self, value: str) -> bool:
         if value in self.seen:
             return True
-        if len(self.seen) >= self.limit or not LABEL_SAFE.match(value):
+        if len(self.seen) >= self.limit or not LABEL_SAFE.fullmatch(value):
             return False
         self.seen.add(value)
         return True
