@@ -91,6 +91,11 @@ class ForecasterSettings:
         "How often (seconds) each worker re-reads the registry alias, besides reacting to `models` events "
         "(an event reaches one worker of the group only).",
     )
+    metric_zones: int = _doc(
+        1000,
+        "Most zones given their own series of `flowwatch_forecaster_incident_probability` (zone ids that are plain "
+        "names only); zones beyond it are served but not exported per zone.",
+    )
     top_features: int = _doc(3, "Contributing features listed in each risk record.")
 
     @property
