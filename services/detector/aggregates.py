@@ -9,11 +9,15 @@ addition (count, sums, min, max), so the merge is order-free.
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 from shared.records import Aggregate
 
 Partial = dict[str, Any]  # {"n": int, "anomalies": int, "ts": max ts, "m": {metric: [n, sum, min, max]}}
+
+
+WINDOW_START = re.compile(r"-?[0-9]{1,18}")
 
 
 def _number(x: Any) -> bool:
@@ -31,7 +35,7 @@ def problem(partials: Any, key: Any) -> str:
     if not isinstance(partials, dict):
         return f"expected a map of windows, got {type(partials).__name__}"
     for ws, p in partials.items():
-        if not ws.lstrip("-").isdigit() or len(ws) > 19:
+        if not WINDOW_START.fullmatch(ws):
             return f"window start {ws[:40]!r} is not an integer"
         if not isinstance(p, dict):
             return "a window is not a map"

@@ -31,6 +31,7 @@ pressure never averages with a water pressure.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -178,6 +179,9 @@ def empty_bucket() -> dict[str, Any]:
     return {"n": 0, "m": {}, "s": {}}
 
 
+DIGITS = re.compile(r"[0-9]{1,18}")
+
+
 def _finite(x: Any) -> bool:
     return type(x) in (int, float) and math.isfinite(x)
 
@@ -194,7 +198,7 @@ def problem(message: Any, max_id_chars: int = 200) -> str:
     """
     if not isinstance(message, dict):
         return f"expected an object, got {type(message).__name__}"
-    if not _int_map(message.get("wm", {})) or not all(k.isdigit() for k in message.get("wm", {})):
+    if not _int_map(message.get("wm", {})) or not all(DIGITS.fullmatch(k) for k in message.get("wm", {})):
         return "wm must map source partitions to integer event times"
     if "zone" not in message:
         return "" if "wm" in message else "neither a partial nor a watermark"
@@ -203,7 +207,7 @@ def problem(message: Any, max_id_chars: int = 200) -> str:
         return "zone must be non-empty text"
     if type(site) is not str or len(site) > max_id_chars:
         return "site must be text"
-    if not _int_map(message.get("off", {})) or not all(k.isdigit() for k in message.get("off", {})):
+    if not _int_map(message.get("off", {})) or not all(DIGITS.fullmatch(k) for k in message.get("off", {})):
         return "off must map source partitions to integer offsets"
     if not _int_map(message.get("u", {})):
         return "u must map utilities to counts"
@@ -214,7 +218,7 @@ def problem(message: Any, max_id_chars: int = 200) -> str:
     if not isinstance(buckets, dict):
         return "b must map steps to statistics"
     for step, bucket in buckets.items():
-        if not step.isdigit() or len(step) > 15:
+        if not DIGITS.fullmatch(step) or len(step) > 15:
             return f"step {step[:40]!r} is not a non-negative integer"
         if not isinstance(bucket, dict) or type(bucket.get("n")) is not int:
             return "a step's statistics need an integer n"

@@ -64,17 +64,17 @@ def test_a_version_records_the_sha256_of_its_files_and_loads_only_if_they_match(
     assert reg.load("detector-pump", "v1").metadata["sha256"] == mv.metadata["sha256"]
 
     (mv.path / "model.joblib").write_bytes(b"import os; os.system('evil')")
-    with pytest.raises(RegistryError, match="differ from the sha256 recorded at save time: model.joblib"):
+    with pytest.raises(RegistryError, match=r"differ from the sha256 recorded at save time: model\.joblib"):
         reg.load("detector-pump", "v1")
     with pytest.raises(RegistryError):
         reg.promote("detector-pump", "v1")
     (mv.path / "model.joblib").write_bytes(b"weights")
     (mv.path / "planted.pkl").write_bytes(b"x")
-    with pytest.raises(RegistryError, match="planted.pkl"):
+    with pytest.raises(RegistryError, match=r"planted\.pkl"):
         reg.load("detector-pump", "v1")
     (mv.path / "planted.pkl").unlink()
     (mv.path / "sub" / "extra.bin").unlink()
-    with pytest.raises(RegistryError, match="sub/extra.bin"):
+    with pytest.raises(RegistryError, match=r"sub/extra\.bin"):
         reg.load("detector-pump", "v1")
     assert [m.version for m in reg.list("detector-pump")] == ["v1"]  # listing reads metadata only
 
@@ -86,7 +86,7 @@ def test_a_version_without_digests_is_refused_until_sealed(tmp_path) -> None:
     meta = orjson.loads((mv.path / "meta.json").read_bytes())
     del meta["sha256"]
     (mv.path / "meta.json").write_bytes(orjson.dumps(meta))
-    with pytest.raises(RegistryError, match="no sha256 digests.*seal detector-pump v1"):
+    with pytest.raises(RegistryError, match=r"no sha256 digests.*seal detector-pump v1"):
         reg.load("detector-pump", "v1")
     reg.seal("detector-pump", "v1")
     assert reg.load("detector-pump", "v1").metadata["sha256"] == mv.metadata["sha256"]
