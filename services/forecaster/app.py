@@ -30,15 +30,23 @@ import faust
 
 from services.forecaster.features import FeatureConfig
 from services.forecaster.folding import ReadingsFolder
-from services.forecaster.metrics import DUPLICATES, INFERENCE_SECONDS, LATE_STEPS, STEPS_CLOSED, ZONE_PROBABILITY
+from services.forecaster.metrics import (
+    DUPLICATES,
+    INFERENCE_SECONDS,
+    LATE_STEPS,
+    STEPS_CLOSED,
+    ZONE_PROBABILITY,
+    ZONES_EXPIRED,
+)
 from services.forecaster.partials import problem as partial_problem
 from services.forecaster.pipeline import ZoneProcessor
+from services.forecaster.retention import sweep_zones
 from services.forecaster.runtime import ModelHolder
 from services.forecaster.settings import ForecasterSettings
 from services.forecaster.zonestate import ZoneState
 from shared.cache import Cache
 from shared.codec import dumps, loads
-from shared.limits import LabelSet
+from shared.limits import LabelSet, NewIdBudget
 from shared.metrics import BATCH_SECONDS, BATCH_SIZE, DECODE_ERRORS, EVENTS_IN, EVENTS_OUT
 from shared.records import ModelEvent
 from shared.registry import check_event
@@ -84,6 +92,7 @@ def create_app(settings: Settings | None = None, forecaster_settings: Forecaster
     app.forecaster["folder"] = folder  # type: ignore[attr-defined]
     started = time.monotonic()
     zone_labels = LabelSet(fs.metric_zones)
+    new_zones = NewIdBudget(fs.new_zones_per_minute)
 
     # partials partition -> source partition -> watermark; rebuilt from the next broadcasts after a restart
     source_wm: dict[int, dict[str, int]] = {}
@@ -107,6 +116,7 @@ def create_app(settings: Settings | None = None, forecaster_settings: Forecaster
             use_model()
             partials: dict[int, list[dict[str, Any]]] = {}
             last_event: dict[bytes, Any] = {}
+            known: set[bytes] = set()
             for ev in events:
                 q = ev.message.partition
                 try:
@@ -125,8 +135,16 @@ def create_app(settings: Settings | None = None, forecaster_settings: Forecaster
                             marks[p] = ts
                     continue
                 zone = message["zone"]
+                key = zone.encode()
+                if key not in last_event and key not in known and fs.new_zones_per_minute > 0:
+                    with event_context(ev):
+                        is_new = zones.get(key) is None
+                    if is_new and not new_zones.allow(message.get("site", "")):
+                        await dead_letter_event(app, settings, SERVICE, ev, [new_zones.reason(message.get("site", ""))])
+                        continue
+                    known.add(key)
                 partials.setdefault(q, []).append(message)
-                last_event[zone.encode()] = ev
+                last_event[key] = ev
             states: dict[str, ZoneState] = {}
             for key, ev in last_event.items():
                 with event_context(ev):
@@ -201,6 +219,15 @@ def create_app(settings: Settings | None = None, forecaster_settings: Forecaster
             if others:
                 marks[str(p)] = max(others)
         await folder.broadcast(marks)
+
+    @app.timer(fs.zone_sweep_s)
+    async def expire_zones() -> None:
+        if fs.zone_ttl_s > 0:
+            cutoff = int(time.time() * 1000) - fs.zone_ttl_s * 1000
+            gone = sweep_zones(zones, partials_topic.get_topic_name(), settings.partitions, cutoff)
+            if gone:
+                ZONES_EXPIRED.inc(len(gone))
+                log.info("deleted %d zones silent for more than %ds", len(gone), fs.zone_ttl_s)
 
     @app.task
     async def load_model() -> None:
