@@ -173,7 +173,8 @@ class Suspect:
     first: int
     last: int
     alone: bool = False  # process one message at a time (the batch already failed twice, or killed a worker)
-    at: int | None = None  # the message being processed alone when its guard was written
+    at: int | None = None  # the message being processed alone (written in its guard)
+    died_at: int | None = None  # read back from a guard after a restart: the message a worker died on, alone
 
     def encode(self) -> bytes:
         return orjson.dumps({"first": self.first, "last": self.last, "at": self.at})
@@ -182,7 +183,8 @@ class Suspect:
     def decode(cls, raw: bytes) -> Suspect | None:
         try:
             data = orjson.loads(raw)
-            return cls(int(data["first"]), int(data["last"]), True, None if data["at"] is None else int(data["at"]))
+            at = None if data["at"] is None else int(data["at"])
+            return cls(int(data["first"]), int(data["last"]), alone=True, died_at=at)
         except (ValueError, TypeError, KeyError):
             return None
 
@@ -482,7 +484,7 @@ class Pump:
         """One message, under its own guard; retried once, then set aside. False after a rewind."""
         p = record.partition
         try:
-            if suspect.at == record.offset:
+            if suspect.died_at == record.offset:
                 await self._set_aside(record, ["the worker died while processing this message alone"])
                 self.finished[p] = record.offset
                 return True

@@ -155,7 +155,7 @@ async def test_after_a_hard_crash_the_guarded_range_goes_alone_and_its_killer_is
 
     restart()
     await pump._reassign({0})
-    assert pump.suspects[0].at == 3
+    assert pump.suspects[0].died_at == 3
     assert await pump._process(batch[1:]) is True  # the checkpoint was after offset 2
     assert job.submitted[-1] == [4]  # offset 3 is not processed again
     assert sorted(job.done) == [0, 1, 2, 4]
@@ -181,3 +181,17 @@ async def test_other_topics_dead_letter_with_origin(app: faust.App) -> None:
     (letter,) = [orjson.loads(v) for _, _, v in job.producer.messages("deadletter")]
     assert letter["topic"] == "zone-partials" and (letter["partition"], letter["offset"]) == (1, 7)
     assert letter["key"] == "s0" and letter["payload"] == "poison"
+
+
+async def test_a_broker_failure_while_isolating_never_sets_a_good_message_aside(app: faust.App) -> None:
+    job = PoisonJob(app)
+    pump = make(app, job)
+    batch = messages([b"a", b"poison", b"c"])
+    assert await pump._process(batch) is False
+    pump.suspects[0].alone = True  # straight to one message at a time
+    job.producer.fail_next = 1  # the guard (and checkpoint) before the first message does not reach the broker
+    assert await pump._process(batch) is False  # rewound; read again
+    assert await pump._process(batch) is True
+    assert sorted(job.done) == [0, 2]
+    aside = [orjson.loads(v) for _, _, v in job.producer.messages(pump.aside_topic)]
+    assert [a["payload"] for a in aside] == ["poison"]
