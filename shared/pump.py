@@ -530,12 +530,24 @@ class Pump:
             self.aside_partitions = PartitionMap(len(await producer.partitions_for(self.aside_topic)))
         service = self.config.service
         key = record.key or None
+        try:  # kept as the JSON it was when it is JSON (shared.deadletter falls back to text when needed)
+            decoded, decoded_ok = orjson.loads(record.value or b""), True
+        except orjson.JSONDecodeError:
+            decoded, decoded_ok = None, False
         if self.aside_is_reading:
             sensor = key.decode("utf-8", "replace") if key else None
-            value = quarantine(record.value, reasons, service, sensor_id=sensor)
+            value = quarantine(record.value, reasons, service, sensor_id=sensor, decoded=decoded, decoded_ok=decoded_ok)
         else:
             value = dead_letter(
-                record.value, reasons, service, self.topic, key=key, partition=record.partition, offset=record.offset
+                record.value,
+                reasons,
+                service,
+                self.topic,
+                key=key,
+                partition=record.partition,
+                offset=record.offset,
+                decoded=decoded,
+                decoded_ok=decoded_ok,
             )
             DEAD_LETTERS.labels(service, self.topic).inc()
         parts = self.aside_partitions

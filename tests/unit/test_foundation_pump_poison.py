@@ -102,7 +102,7 @@ async def test_a_message_that_raises_is_quarantined_and_the_rest_of_its_batch_is
     aside = [orjson.loads(v) for _, _, v in job.producer.messages(pump.aside_topic)]
     assert pump.aside_topic == "readings.quarantine"
     assert len(aside) == 1
-    assert aside[0]["payload"] == "poison" and aside[0]["source"] == "pumptest"
+    assert aside[0]["payload"] == "poison" and aside[0]["source"] == "pumptest"  # not JSON: kept as text
     assert aside[0]["reasons"] == ["processing failed twice: ValueError: cannot score this"]
     assert aside[0]["sensor_id"] == "s2"
     assert JOB_FAILURES.labels("pumptest")._value.get() == failures + 4
