@@ -446,8 +446,10 @@ class Pump:
     async def _isolate(self, partition: int, records: list[Any]) -> bool:
         """The suspect range of one partition: once more as a batch, then message by message."""
         suspect = self.suspects[partition]
-        # Everything before the range is made durable first, so a failure rolls back only what follows.
-        if not await self._durable():
+        # Everything before the range is made durable first, so a failure rolls back only what follows; with
+        # the range's guard, so a hard crash in the retry below is known after the restart.
+        guard = Suspect(suspect.first, suspect.last)
+        if not await self._durable({partition: guard} if self.settings.pump_crash_guard else None):
             return False
         if not suspect.alone:
             try:
