@@ -80,8 +80,8 @@ readings_inputs = st.one_of(mutated_readings(), json_garbage, raw_bytes)
 
 
 def generate(strategy: st.SearchStrategy[Any], n: int, at: int = 20261204) -> list[Any]:
-    """``n`` distinct examples of ``strategy``, the same on every run (hypothesis, seeded, generation only)."""
-    out: dict[Any, None] = {}
+    """``n`` examples of ``strategy``, the same on every run (hypothesis, seeded, generation only)."""
+    out: list[Any] = []
     round_ = 0
     while len(out) < n:
 
@@ -95,11 +95,11 @@ def generate(strategy: st.SearchStrategy[Any], n: int, at: int = 20261204) -> li
         @seed(at + round_)
         @given(strategy)
         def draw(example: Any) -> None:
-            out.setdefault(example)
+            out.append(example)
 
         draw()
         round_ += 1
-    return list(out)[:n]
+    return out[:n]
 
 
 def nested(depth: int) -> str:
