@@ -26,6 +26,16 @@ What stays Faust's, and how the pump follows it:
   fails the job is rewound to the last checkpoint and the pump reads again from there
   (outputs are at-least-once; their consumers are idempotent). A failed checkpoint is kept
   for the next one. Neither stops the pump.
+* Poison. A batch whose processing raises is retried once, after ``pump_retry_backoff_s``,
+  from the last checkpoint; if it fails again its messages are processed one at a time, each
+  retried once, and a message that fails twice is set aside — quarantined (readings topics,
+  :func:`shared.deadletter.quarantine`) or dead-lettered (other topics,
+  :func:`shared.deadletter.dead_letter`) with the error — and the rest goes on. A hard crash
+  (segfault, OOM kill) raises nothing, so with ``pump_crash_guard`` every batch's offsets are
+  written to the progress table before it is processed (a *guard*); a restart that finds a
+  guard beyond the checkpoint processes that range one message at a time, each under its own
+  guard, and sets aside the message whose guard it finds after the next restart. A message
+  is thus replayed into a crash at most once more.
 """
 
 from __future__ import annotations
@@ -39,14 +49,17 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from shared.batching import Outbox, PartitionEvent, persisted, write_many
-from shared.metrics import CONSUMER_LAG, Counter
+from shared.batching import Outbox, PartitionEvent, PartitionMap, persisted, write_many
+from shared.deadletter import dead_letter, quarantine, target_partition
+from shared.metrics import CONSUMER_LAG, DEAD_LETTERS, Counter
 from shared.service import tables_recovered
 from shared.settings import Settings
 from shared.streaming import event_context
+from shared.topics import DEADLETTER, READINGS_CLEAN, READINGS_QUARANTINE, READINGS_RAW
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +73,17 @@ CHECKPOINT_ERRORS = Counter(
     "flowwatch_pump_checkpoint_errors_total", "Checkpoints that failed (retried at the next one)", ["service"]
 )
 BATCHES = Counter("flowwatch_pump_batches_total", "Fetched batches finished (outputs acknowledged)", ["service"])
+JOB_FAILURES = Counter(
+    "flowwatch_pump_job_failures_total",
+    "Batches or single messages whose processing raised (retried, then isolated)",
+    ["service"],
+)
+SET_ASIDE = Counter(
+    "flowwatch_pump_set_aside_total",
+    "Messages a pump quarantined or dead-lettered because processing them failed twice or killed the worker",
+    ["service"],
+)
+GUARD_KEY = b"guard:%d"
 
 Undo = Callable[[], None]
 
@@ -137,6 +161,41 @@ class PumpConfig:
     # arrived (lowest latency); more makes fuller batches at low rates (fewer outputs per reading).
     fill_bytes: int = 1
     copartitioned: tuple[str, ...] = ()  # other topics that must have the tables' partition count
+    # Where a message whose processing fails twice goes: None picks readings.quarantine for the readings
+    # topics and the deadletter topic for any other.
+    set_aside_topic: str | None = None
+
+
+@dataclass(slots=True)
+class Suspect:
+    """Offsets of one partition whose batch raised, or was being processed when a worker died."""
+
+    first: int
+    last: int
+    alone: bool = False  # process one message at a time (the batch already failed twice, or killed a worker)
+    at: int | None = None  # the message being processed alone (written in its guard)
+    died_at: int | None = None  # read back from a guard after a restart: the message a worker died on, alone
+
+    def encode(self) -> bytes:
+        return orjson.dumps({"first": self.first, "last": self.last, "at": self.at})
+
+    @classmethod
+    def decode(cls, raw: bytes) -> Suspect | None:
+        try:
+            data = orjson.loads(raw)
+            at = None if data["at"] is None else int(data["at"])
+            return cls(int(data["first"]), int(data["last"]), alone=True, died_at=at)
+        except (ValueError, TypeError, KeyError):
+            return None
+
+
+def offset_ranges(records: list[Any]) -> dict[int, tuple[int, int]]:
+    """partition -> (first, last) offset of ``records``."""
+    ranges: dict[int, tuple[int, int]] = {}
+    for r in records:
+        first, last = ranges.get(r.partition, (r.offset, r.offset))
+        ranges[r.partition] = (min(first, r.offset), max(last, r.offset))
+    return ranges
 
 
 class Pump:
@@ -167,6 +226,13 @@ class Pump:
         self.lag = 0
         self.last_batch_at = time.monotonic()
         self._events: dict[int, PartitionEvent] = {}
+        self.suspects: dict[int, Suspect] = {}
+        readings = {settings.topic(READINGS_RAW.name), settings.topic(READINGS_CLEAN.name)}
+        self.aside_is_reading = config.set_aside_topic is None and config.topic in readings
+        self.aside_topic = config.set_aside_topic or settings.topic(
+            (READINGS_QUARANTINE if self.aside_is_reading else DEADLETTER).name
+        )
+        self.aside_partitions: PartitionMap | None = None
 
     # --- partitions and offsets ---------------------------------------------------------------
 
@@ -249,13 +315,42 @@ class Pump:
             else:
                 self.consumer.seek(tp, done + 1)
         self.assigned = set(wanted)
+        # A guard beyond the checkpoint: the worker died (or the batch raised) while processing that range.
+        suspects = {p: s for p, s in self.suspects.items() if p in wanted}
+        for p in wanted:
+            if p not in suspects:
+                guard = self.guard_of(p)
+                if guard is not None and guard.last > offsets.get(p, -1):
+                    log.warning(
+                        "%s: %s partition %d offsets %d..%d were being processed when a worker stopped; "
+                        "processing them one at a time",
+                        self.config.service,
+                        self.topic,
+                        p,
+                        guard.first,
+                        guard.last,
+                    )
+                    suspects[p] = guard
+        self.suspects = suspects
         log.info("%s consuming %s partitions %s from %s", self.config.service, self.topic, sorted(wanted), offsets)
+
+    def guard_of(self, partition: int) -> Suspect | None:
+        with event_context(self.event(partition)):
+            raw = self.progress.get(GUARD_KEY % partition)
+        return Suspect.decode(raw) if raw else None
 
     # --- batches ------------------------------------------------------------------------------
 
     async def _complete_oldest(self) -> None:
         offsets, batch = self.inflight[0]
-        await self.job.complete(batch)
+        try:
+            await self.job.complete(batch)
+        except KafkaError:
+            raise
+        except Exception:
+            # The outputs are on the broker: the batch is done; only its accounting failed.
+            JOB_FAILURES.labels(self.config.service).inc()
+            log.exception("%s: accounting for a finished batch failed", self.config.service)
         self.inflight.popleft()
         self.finished.update(offsets)
         BATCHES.labels(self.config.service).inc()
@@ -271,10 +366,10 @@ class Pump:
             return False
         return True
 
-    async def _rewind(self, exc: BaseException) -> None:
-        # The outputs of some batch did not reach the broker: nothing after the last checkpoint
-        # counts. Drop the in-memory state and read again from the checkpointed offsets.
-        log.error("%s: producing a batch failed; rewinding to the last checkpoint: %s", self.config.service, exc)
+    async def _rewind(self, exc: BaseException, what: str = "producing a batch failed") -> None:
+        # The outputs of some batch did not reach the broker (or it raised): nothing after the last
+        # checkpoint counts. Drop the in-memory state and read again from the checkpointed offsets.
+        log.error("%s: %s; rewinding to the last checkpoint: %s", self.config.service, what, exc)
         REWINDS.labels(self.config.service).inc()
         for _, batch in self.inflight:
             batch.acked.cancel()
@@ -284,8 +379,187 @@ class Pump:
         if self.assigned:
             await self._reassign(set(self.assigned))
 
-    async def checkpoint(self) -> dict[int, int]:
-        """Write the job's changed state and the finished offsets, durable together.
+    # --- poison: failed batches, isolated messages, guards against hard crashes ------------------
+
+    async def _process(self, records: list[Any]) -> bool:
+        """Submit a fetch; ranges under suspicion go one step more carefully. False after a rewind."""
+        if not self.suspects:
+            return await self._submit(records)
+        suspects = self.suspects
+        before, after = [], []
+        careful: dict[int, list[Any]] = {}
+        for r in records:
+            s = suspects.get(r.partition)
+            if s is None or r.offset < s.first:
+                before.append(r)
+            elif r.offset <= s.last:
+                careful.setdefault(r.partition, []).append(r)
+            else:
+                after.append(r)
+        if before and not await self._submit(before):
+            return False
+        for p, recs in careful.items():
+            if not await self._isolate(p, recs):
+                return False
+        return not after or await self._submit(after)
+
+    async def _submit(self, records: list[Any]) -> bool:
+        offsets = {p: last for p, (_, last) in offset_ranges(records).items()}
+        try:
+            if self.settings.pump_crash_guard:
+                await self._guard({p: Suspect(first, last) for p, (first, last) in offset_ranges(records).items()})
+            self.inflight.append((offsets, await self.job.submit(records)))
+        except KafkaError as exc:
+            await self._rewind(exc)
+            return False
+        except Exception as exc:  # noqa: BLE001 - any job error: retry, then isolate; never stop the pump
+            JOB_FAILURES.labels(self.config.service).inc()
+            for p, (first, last) in offset_ranges(records).items():
+                self.suspects[p] = Suspect(first, last)
+            # The job may have changed its in-memory state half way: start again from the checkpoint.
+            what = f"a batch of {len(records)} messages raised (retried once, then one message at a time)"
+            await self._rewind(exc, what)
+            await asyncio.sleep(self.settings.pump_retry_backoff_s)
+            return False
+        return True
+
+    async def _guard(self, guards: Mapping[int, Suspect]) -> None:
+        """Durably record what is about to be processed (read back after a hard crash)."""
+        producer = self.job.producer
+        assert producer is not None
+        cp = Checkpoint(producer, self.event)
+        cp.write(self.progress, {p: {GUARD_KEY % p: g.encode()} for p, g in guards.items()})
+        await cp.commit()
+
+    async def _durable(self, guards: Mapping[int, Suspect] | None = None) -> bool:
+        """Finish what is in flight and checkpoint (with ``guards``); False after a rewind."""
+        if not await self.drain():
+            return False
+        try:
+            await self.checkpoint(guards)
+        except KafkaError as exc:
+            CHECKPOINT_ERRORS.labels(self.config.service).inc()
+            await self._rewind(exc, "a checkpoint before isolating messages failed")
+            return False
+        return True
+
+    async def _isolate(self, partition: int, records: list[Any]) -> bool:
+        """The suspect range of one partition: once more as a batch, then message by message."""
+        suspect = self.suspects[partition]
+        # Everything before the range is made durable first, so a failure rolls back only what follows; with
+        # the range's guard, so a hard crash in the retry below is known after the restart.
+        guard = Suspect(suspect.first, suspect.last)
+        if not await self._durable({partition: guard} if self.settings.pump_crash_guard else None):
+            return False
+        if not suspect.alone:
+            try:
+                self.inflight.append(({partition: records[-1].offset}, await self.job.submit(records)))
+                if not await self.drain():
+                    return False
+            except KafkaError as exc:
+                await self._rewind(exc)
+                return False
+            except Exception as exc:  # noqa: BLE001 - any job error: isolate its messages, never stop
+                JOB_FAILURES.labels(self.config.service).inc()
+                log.error(
+                    "%s: a batch failed twice (%s: %s); processing its %d messages one at a time",
+                    self.config.service,
+                    type(exc).__name__,
+                    exc,
+                    len(records),
+                )
+                self.inflight.clear()
+                self.job.rewind()
+                suspect.alone = True
+                await asyncio.sleep(self.settings.pump_retry_backoff_s)
+        if suspect.alone:
+            for r in records:
+                if not await self._alone(suspect, r):
+                    return False
+            if not await self._durable():
+                return False
+        if records[-1].offset >= suspect.last:
+            self.suspects.pop(partition, None)
+        return True
+
+    async def _alone(self, suspect: Suspect, record: Any) -> bool:
+        """One message, under its own guard; retried once, then set aside. False after a rewind."""
+        p = record.partition
+        try:
+            if suspect.died_at == record.offset:
+                await self._set_aside(record, ["the worker died while processing this message alone"])
+                self.finished[p] = record.offset
+                return True
+            suspect.at = record.offset
+            error: Exception | None = None
+            for attempt in range(2):
+                if not await self._durable({p: suspect} if self.settings.pump_crash_guard else None):
+                    return False
+                try:
+                    self.inflight.append(({p: record.offset}, await self.job.submit([record])))
+                except KafkaError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - any job error: retry once, then set the message aside
+                    JOB_FAILURES.labels(self.config.service).inc()
+                    error = exc
+                    self.job.rewind()
+                    if attempt == 0:
+                        await asyncio.sleep(self.settings.pump_retry_backoff_s)
+                    continue
+                return await self.drain()
+            assert error is not None
+            log.error(
+                "%s: %s partition %d offset %d failed twice; setting it aside: %s: %s",
+                self.config.service,
+                self.topic,
+                p,
+                record.offset,
+                type(error).__name__,
+                error,
+            )
+            await self._set_aside(record, [f"processing failed twice: {type(error).__name__}: {error}"])
+            self.finished[p] = record.offset
+            return True
+        except KafkaError as exc:
+            await self._rewind(exc)
+            return False
+
+    async def _set_aside(self, record: Any, reasons: list[str]) -> None:
+        """Quarantine (readings) or dead-letter (other topics) one message, with why; waits for the broker."""
+        producer = self.job.producer
+        assert producer is not None
+        if self.aside_partitions is None:
+            self.aside_partitions = PartitionMap(len(await producer.partitions_for(self.aside_topic)))
+        service = self.config.service
+        key = record.key or None
+        try:  # kept as the JSON it was when it is JSON (shared.deadletter falls back to text when needed)
+            decoded, decoded_ok = orjson.loads(record.value or b""), True
+        except orjson.JSONDecodeError:
+            decoded, decoded_ok = None, False
+        if self.aside_is_reading:
+            sensor = key.decode("utf-8", "replace") if key else None
+            value = quarantine(record.value, reasons, service, sensor_id=sensor, decoded=decoded, decoded_ok=decoded_ok)
+        else:
+            value = dead_letter(
+                record.value,
+                reasons,
+                service,
+                self.topic,
+                key=key,
+                partition=record.partition,
+                offset=record.offset,
+                decoded=decoded,
+                decoded_ok=decoded_ok,
+            )
+            DEAD_LETTERS.labels(service, self.topic).inc()
+        parts = self.aside_partitions
+        box = Outbox(producer)
+        box.add(self.aside_topic, target_partition(key, parts, parts.partitions, record.partition), key, value)
+        await box.flush()
+        SET_ASIDE.labels(service).inc()
+
+    async def checkpoint(self, guards: Mapping[int, Suspect] | None = None) -> dict[int, int]:
+        """Write the job's changed state and the finished offsets (and ``guards``), durable together.
 
         Call with no batch in flight (after :meth:`drain`). Returns the offsets checkpointed.
         """
@@ -295,10 +569,13 @@ class Pump:
         finished, self.finished = self.finished, {}
         cp = Checkpoint(producer, self.event)
         undo = self.job.stage(cp)
-        if not cp.box.count and not finished:
+        if not cp.box.count and not finished and not guards:
             return {}
+        rows: dict[int, dict[bytes, bytes]] = {p: {b"%d" % p: b"%d" % offset} for p, offset in finished.items()}
+        for p, guard in (guards or {}).items():
+            rows.setdefault(p, {})[GUARD_KEY % p] = guard.encode()
         try:
-            cp.write(self.progress, {p: {b"%d" % p: b"%d" % offset} for p, offset in finished.items()})
+            cp.write(self.progress, rows)
             await cp.commit()
         except BaseException:
             # Not durable: keep both for the next checkpoint.
@@ -368,13 +645,8 @@ class Pump:
                     if self.paused:
                         continue  # a revoke came in while fetching: these are read again after reassignment
                     records = [r for batch in fetched.values() for r in batch]
-                    if records:
-                        offsets = {tp.partition: batch[-1].offset for tp, batch in fetched.items() if batch}
-                        try:
-                            self.inflight.append((offsets, await self.job.submit(records)))
-                        except KafkaError as exc:
-                            await self._rewind(exc)
-                            continue
+                    if records and not await self._process(records):
+                        continue
                     # Finish the oldest batches: those acknowledged, those beyond the window, all when idle.
                     try:
                         while self.inflight and (

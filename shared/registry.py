@@ -7,7 +7,11 @@ Layout::
     <root>/<name>/aliases.json   {"production": "v2", ...}
 
 A version is written into a temporary directory and renamed into place, so a
-reader never sees half a model. Promotion moves an alias (atomically, by
+reader never sees half a model. Its ``meta.json`` records the sha256 of every file at save
+time, and :meth:`ModelRegistry.load` checks them before anyone loads the files (pickled models
+are code): a file changed, added or missing after the save, or a version without digests, is
+refused with the reason, and services keep serving the model they have. Names, versions and
+aliases are plain names (:data:`NAME_PATTERN`): never a path. Promotion moves an alias (atomically, by
 rename) and publishes a :class:`~shared.records.ModelEvent` on the ``models``
 topic so running services hot-reload. ``python -m shared.registry list|promote``.
 """
@@ -16,7 +20,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -32,6 +38,9 @@ from shared.records import ModelEvent
 
 META = "meta.json"
 ALIASES = "aliases.json"
+#: Model names, versions and aliases: a plain name, never a path (no separators, no "..").
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+DIGESTS = "sha256"  # meta.json key: {relative file path: hex digest}
 
 
 @dataclass(frozen=True)
@@ -44,6 +53,41 @@ class ModelVersion:
 
 class RegistryError(LookupError):
     pass
+
+
+def check_name(what: str, value: Any) -> str:
+    """``value`` when it is a plain name (:data:`NAME_PATTERN`, no ``..``); RegistryError otherwise."""
+    if not isinstance(value, str) or not NAME_PATTERN.fullmatch(value) or ".." in value:
+        shown = repr(value)[:80] if isinstance(value, str) else type(value).__name__
+        raise RegistryError(f"{what} {shown} is not a plain name (letters, digits, '.', '_', '-'; at most 64)")
+    return value
+
+
+def digests(directory: Path) -> dict[str, str]:
+    """sha256 of every file under ``directory`` but meta.json, by path relative to it."""
+    out = {}
+    for path in sorted(p for p in directory.rglob("*") if p.is_file() and p.name != META):
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        out[path.relative_to(directory).as_posix()] = h.hexdigest()
+    return out
+
+
+def verify(mv: ModelVersion) -> None:
+    """Refuse a version whose files are not exactly those whose digests were recorded when it was saved."""
+    recorded = mv.metadata.get(DIGESTS)
+    where = f"model {mv.name} {mv.version}"
+    if not isinstance(recorded, dict) or not recorded:
+        raise RegistryError(
+            f"{where} has no sha256 digests in its {META}; refusing to load it "
+            f"(if you trust its files: python -m shared.registry seal {mv.name} {mv.version})"
+        )
+    found = digests(mv.path)
+    if found != recorded:
+        changed = sorted(k for k in set(found) | set(recorded) if found.get(k) != recorded.get(k))
+        raise RegistryError(f"{where}: files differ from the sha256 recorded at save time: {', '.join(changed)[:300]}")
 
 
 def _write_json_atomic(path: Path, data: Any) -> None:
@@ -67,12 +111,14 @@ class ModelRegistry:
     @contextlib.contextmanager
     def create(self, name: str, metadata: dict[str, Any] | None = None) -> Iterator[Path]:
         """Write a new version: yields a directory to fill; published on clean exit only."""
+        check_name("model name", name)
         base = self.root / name
         base.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=base, prefix=".new-"))
         try:
             yield tmp
             meta = dict(metadata or {})
+            meta[DIGESTS] = digests(tmp)
             for _ in range(100):  # another writer may take the same number; try the next
                 versions = self._versions(name)
                 version = f"v{int(versions[-1][1:]) + 1 if versions else 1}"
@@ -97,13 +143,17 @@ class ModelRegistry:
         return self.last_created
 
     def aliases(self, name: str) -> dict[str, str]:
-        path = self.root / name / ALIASES
+        path = self.root / check_name("model name", name) / ALIASES
         return orjson.loads(path.read_bytes()) if path.exists() else {}
 
-    def load(self, name: str, version: str | None = None, alias: str | None = None) -> ModelVersion:
-        """A version by number, by alias, or (neither given) the newest."""
+    def load(
+        self, name: str, version: str | None = None, alias: str | None = None, *, verified: bool = True
+    ) -> ModelVersion:
+        """A version by number, by alias, or (neither given) the newest; its files checked unless ``verified``
+        is False (listing, promoting: nothing is loaded)."""
+        check_name("model name", name)
         if alias is not None:
-            version = self.aliases(name).get(alias)
+            version = self.aliases(name).get(check_name("alias", alias))
             if version is None:
                 raise RegistryError(f"model {name!r} has no version with alias {alias!r}")
         if version is None:
@@ -111,24 +161,46 @@ class ModelRegistry:
             if not versions:
                 raise RegistryError(f"model {name!r} has no versions in {self.root}")
             version = versions[-1]
-        path = self.root / name / version
+        path = self.root / name / check_name("version", version)
         if not (path / META).exists():
             raise RegistryError(f"model {name!r} version {version!r} not found in {self.root}")
-        return ModelVersion(name, version, path, orjson.loads((path / META).read_bytes()))
+        mv = ModelVersion(name, version, path, orjson.loads((path / META).read_bytes()))
+        if verified:
+            verify(mv)
+        return mv
+
+    def seal(self, name: str, version: str) -> ModelVersion:
+        """Record the sha256 of a version's files as they are now (for versions saved before digests existed)."""
+        mv = self.load(name, version, verified=False)
+        meta = {**mv.metadata, DIGESTS: digests(mv.path)}
+        _write_json_atomic(mv.path / META, meta)
+        return ModelVersion(name, version, mv.path, meta)
 
     def list(self, name: str | None = None) -> list[ModelVersion]:
         names = (
             [name] if name else sorted(p.name for p in self.root.iterdir() if p.is_dir()) if self.root.exists() else []
         )
-        return [self.load(n, v) for n in names for v in self._versions(n)]
+        return [self.load(n, v, verified=False) for n in names for v in self._versions(n)]
 
     def promote(self, name: str, version: str, alias: str = "production") -> ModelEvent:
         """Point ``alias`` at ``version``; returns the event to publish on ``models``."""
-        self.load(name, version)  # raises if missing
+        self.load(name, version)  # raises if missing or its files do not match their digests
         aliases = self.aliases(name)
-        aliases[alias] = version
+        aliases[check_name("alias", alias)] = version
         _write_json_atomic(self.root / name / ALIASES, aliases)
         return ModelEvent(name=name, version=version, alias=alias, action="promoted", ts=int(time.time() * 1000))
+
+
+def check_event(event: ModelEvent) -> str:
+    """Why a ``models`` event cannot be used ('' when it can): every field of the expected type, plain names."""
+    for what in ("name", "version", "alias", "action"):
+        try:
+            check_name(what, getattr(event, what))
+        except RegistryError as exc:
+            return str(exc)
+    if type(event.ts) is not int:
+        return f"ts is {type(event.ts).__name__}, not an integer"
+    return ""
 
 
 async def publish_event(settings: Any, event: ModelEvent) -> None:
@@ -164,6 +236,9 @@ def _main(argv: list[str] | None = None) -> int:
     pr.add_argument("version")
     pr.add_argument("--alias", default="production")
     pr.add_argument("--no-publish", action="store_true", help="only move the alias; do not send the models event")
+    se = sub.add_parser("seal", help="record the sha256 of a version's files as they are now (trusting them)")
+    se.add_argument("name")
+    se.add_argument("version")
     args = parser.parse_args(argv)
     reg = ModelRegistry(args.model_dir)
     try:
@@ -173,6 +248,10 @@ def _main(argv: list[str] | None = None) -> int:
                 print(
                     f"{mv.name:24s} {mv.version:6s} {time.strftime('%Y-%m-%d %H:%M', time.gmtime(mv.metadata.get('created', 0)))} {','.join(tags)}"
                 )
+            return 0
+        if args.command == "seal":
+            mv = reg.seal(args.name, args.version)
+            print(f"{mv.name} {mv.version}: sha256 recorded for {len(mv.metadata[DIGESTS])} files")
             return 0
         event = reg.promote(args.name, args.version, args.alias)
         print(f"{args.name} {args.alias} -> {args.version}")

@@ -72,6 +72,17 @@ class Settings:
     kafka_ssl_cafile: str = _doc("", "CA bundle that verifies the brokers (SSL, SASL_SSL); empty: the system CAs.")
     kafka_ssl_certfile: str = _doc("", "Client certificate for mutual TLS.")
     kafka_ssl_keyfile: str = _doc("", "Client private key for mutual TLS.")
+    pump_crash_guard: bool = _doc(
+        True,
+        "Before each batch of a readings pump, record its offsets in the progress table (one broker round trip), "
+        "so a message that kills the worker outright (segfault, OOM kill) is processed alone after the restart and "
+        "set aside if it kills it again, instead of being replayed into the same crash forever.",
+    )
+    pump_retry_backoff_s: float = _doc(
+        1.0,
+        "Pause (seconds) before a readings pump retries a batch or a message whose processing raised; a message "
+        "that fails twice alone is quarantined (readings) or dead-lettered (other topics) with the error.",
+    )
     api_tokens: str = _doc(
         "",
         "API tokens every service's API accepts, `role:token[:name]` entries separated by commas (roles: viewer, "

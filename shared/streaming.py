@@ -27,8 +27,10 @@ from faust.streams import _current_event
 from faust.types import EventT
 
 from shared.codec import loads
-from shared.metrics import DECODE_ERRORS, EVENTS_IN
+from shared.deadletter import dead_letter, target_partition
+from shared.metrics import DEAD_LETTERS, DECODE_ERRORS, EVENTS_IN
 from shared.records import Record
+from shared.topics import DEADLETTER
 
 log = logging.getLogger(__name__)
 R = TypeVar("R", bound=Record)
@@ -82,3 +84,43 @@ def write_once_per_key(table: Any, updates: dict[Any, Any], events: dict[Any, Ev
     for key, value in updates.items():
         with event_context(events[key]):
             table[key] = value
+
+
+async def send_dead_letter(
+    app: Any,
+    settings: Any,
+    service: str,
+    *,
+    topic: str,
+    partition: int | None,
+    offset: int | None,
+    key: Any,
+    raw: Any,
+    reasons: list[str],
+) -> None:
+    """Put a record of an internal topic that cannot be used on ``deadletter`` (Faust's producer), with why."""
+    from shared.batching import PartitionMap  # shared.batching imports this module
+
+    key_bytes = key if isinstance(key, bytes) and key else None
+    value = dead_letter(raw, reasons, service, topic, key=key_bytes, partition=partition, offset=offset)
+    count = DEADLETTER.partitions_for(settings)
+    target = target_partition(key_bytes, PartitionMap(count), count, partition)
+    await app.producer.send(settings.topic(DEADLETTER.name), key_bytes, value, target, None, None)
+    DEAD_LETTERS.labels(service, topic).inc()
+    log.warning("%s: a record of %s went to the dead letters: %s", service, topic, "; ".join(reasons)[:300])
+
+
+async def dead_letter_event(app: Any, settings: Any, service: str, event: EventT, reasons: list[str]) -> None:
+    """:func:`send_dead_letter` for a Faust event."""
+    msg = event.message
+    await send_dead_letter(
+        app,
+        settings,
+        service,
+        topic=msg.topic,
+        partition=msg.partition,
+        offset=msg.offset,
+        key=event.key,
+        raw=event.value if isinstance(event.value, (bytes, bytearray, str)) else None,
+        reasons=reasons,
+    )

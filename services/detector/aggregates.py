@@ -8,11 +8,45 @@ addition (count, sums, min, max), so the merge is order-free.
 
 from __future__ import annotations
 
+import math
+import re
 from typing import Any
 
 from shared.records import Aggregate
 
 Partial = dict[str, Any]  # {"n": int, "anomalies": int, "ts": max ts, "m": {metric: [n, sum, min, max]}}
+
+
+WINDOW_START = re.compile(r"-?[0-9]{1,18}")
+
+
+def _number(x: Any) -> bool:
+    return type(x) in (int, float) and math.isfinite(x)
+
+
+def problem(partials: Any, key: Any) -> str:
+    """Why a message of the zone-partials topic cannot be merged ('' when it can): the shape :func:`merge` reads."""
+    if not isinstance(key, bytes) or not key or len(key) > 1024:
+        return "no zone key"
+    try:
+        key.decode("utf-8")
+    except UnicodeDecodeError:
+        return "the zone key is not UTF-8"
+    if not isinstance(partials, dict):
+        return f"expected a map of windows, got {type(partials).__name__}"
+    for ws, p in partials.items():
+        if not WINDOW_START.fullmatch(ws):
+            return f"window start {ws[:40]!r} is not an integer"
+        if not isinstance(p, dict):
+            return "a window is not a map"
+        if not all(type(p.get(k, 0)) is int for k in ("n", "anomalies", "ts")):
+            return "n, anomalies and ts must be integers"
+        stats = p.get("m", {})
+        if not isinstance(stats, dict) or not all(
+            type(s) is list and len(s) == 4 and all(_number(x) for x in s) and s[0] > 0 for s in stats.values()
+        ):
+            return "m must map metrics to [count, sum, min, max]"
+    return ""
 
 
 def zone_key(site: str, zone: str, utility: str) -> str:

@@ -30,7 +30,7 @@ from shared.metrics import DECODE_ERRORS, EVENTS_OUT
 from shared.registry import ModelRegistry
 from shared.service import base_app
 from shared.settings import Settings
-from shared.streaming import event_context, write_once_per_key
+from shared.streaming import dead_letter_event, event_context, write_once_per_key
 from shared.topics import AGGREGATES, DETECTOR_ZONE_PARTIALS, faust_topic
 
 log = logging.getLogger("services.detector")
@@ -112,11 +112,13 @@ def create_app(settings: Settings | None = None, detector_settings: DetectorSett
             watermark = 0
             for ev in events:
                 try:
-                    partials = loads(ev.value)
-                    if not isinstance(partials, dict):
-                        raise TypeError("not a map of windows")
-                except (ValueError, TypeError):
+                    partials = loads(ev.value or b"")
+                    why = aggregates.problem(partials, ev.key)
+                except (ValueError, TypeError) as exc:
+                    why = f"undecodable: {type(exc).__name__}: {exc}"
+                if why:
                     DECODE_ERRORS.labels(SERVICE, partials_topic.get_topic_name()).inc()
+                    await dead_letter_event(app, settings, SERVICE, ev, [f"zone partial: {why}"])
                     continue
                 have = incoming.setdefault(ev.key, {})
                 for ws, p in partials.items():
@@ -144,11 +146,15 @@ def create_app(settings: Settings | None = None, detector_settings: DetectorSett
 
     @app.task
     async def follow_models() -> None:
-        await watch_models(serving, settings, stop_watch, ds.model_poll_s)
+        await watch_models(serving, settings, stop_watch, ds.model_poll_s, app)
 
     @app.timer(interval=ds.cache_flush_s, name="detector-cache")
     async def flush_cache() -> None:
         await engine.flush_cache()
+
+    @app.timer(interval=ds.state_sweep_s, name="detector-state-sweep")
+    async def sweep_states() -> None:
+        await engine.sweep()
 
     @app.timer(interval=10.0)
     async def model_gauge() -> None:

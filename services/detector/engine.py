@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -30,13 +31,15 @@ from services.detector import aggregates
 from services.detector import metrics as m
 from services.detector.pipeline import BatchResult, Scorer
 from services.detector.settings import DetectorSettings
-from services.detector.state import pack, unpack
+from services.detector.state import Layout, pack, unpack
 from shared.batching import Outbox, PartitionMap, start_output_producer
 from shared.cache import Cache
 from shared.codec import dumps, loads
+from shared.deadletter import quarantine, target_partition
+from shared.limits import NewIdBudget
 from shared.metrics import BATCH_SECONDS, BATCH_SIZE, DECODE_ERRORS, EVENTS_IN, EVENTS_OUT
 from shared.pump import Checkpoint, Pump, PumpConfig, Undo
-from shared.records import QuarantinedReading, Reading
+from shared.records import Reading
 from shared.settings import Settings
 from shared.streaming import event_context
 from shared.topics import ANOMALIES, DETECTOR_ZONE_PARTIALS, READINGS_CLEAN, READINGS_QUARANTINE, SCORES
@@ -46,7 +49,7 @@ log = logging.getLogger(__name__)
 SERVICE = "detector"
 
 
-def decode(value: bytes | None) -> tuple[Reading | None, str]:
+def decode(value: bytes | None, max_id_chars: int = 200) -> tuple[Reading | None, str]:
     """A reading from its wire bytes, or the reason it is not one."""
     try:
         data = loads(value or b"")
@@ -55,14 +58,19 @@ def decode(value: bytes | None) -> tuple[Reading | None, str]:
         r = Reading.from_dict(data)
     except (ValueError, TypeError) as exc:
         return None, f"undecodable: {type(exc).__name__}: {exc}"
-    if not isinstance(r.sensor_id, str) or not r.sensor_id:
+    if type(r.sensor_id) is not str or not r.sensor_id:
         return None, "invalid: missing sensor_id"
-    if not isinstance(r.ts, int) or isinstance(r.ts, bool):
+    if type(r.ts) is not int:
         return None, "invalid: ts is not an integer (epoch ms)"
-    if not isinstance(r.values, dict) or not all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) for v in r.values.values()
+    for name in ("sensor_id", "site", "zone", "utility", "asset", "source"):
+        v = getattr(r, name)
+        if type(v) is not str or len(v) > max_id_chars:
+            return None, f"invalid: {name} must be text of at most {max_id_chars} characters"
+    values = r.values
+    if type(values) is not dict or not all(
+        type(k) is str and type(v) in (int, float) and math.isfinite(v) for k, v in values.items()
     ):
-        return None, "invalid: values must be a map of numbers"
+        return None, "invalid: values must be a map of numbers (finite, by metric name)"
     return r, ""
 
 
@@ -125,6 +133,7 @@ class DetectorEngine:
         self.cache_latest: dict[str, dict[str, Any]] = {}
         self.cache_counts: dict[str, int] = {}
         self.recent: collections.deque[tuple[float, int]] = collections.deque(maxlen=20_000)
+        self.new_sensors = NewIdBudget(ds.new_sensors_per_minute)
         self.totals = {"batches": 0, "readings": 0, "anomalies": 0, "late": 0, "quarantined": 0, "checkpoints": 0}
 
     # --- start-up and partitions ------------------------------------------------------------
@@ -167,45 +176,27 @@ class DetectorEngine:
         partitions: dict[str, int] = {}
         box = Outbox(self.producer)
         bad = 0
-        now = int(time.time() * 1000)
+        max_id = self.ds.max_id_chars
         for rec in records:
-            r, why = decode(rec.value)
+            r, why = decode(rec.value, max_id)
             if r is None:
                 bad += 1
-                key = rec.key.decode("utf-8", "replace") if rec.key else None
-                payload = (rec.value or b"").decode("utf-8", "replace")
-                q = QuarantinedReading(
-                    payload=payload, source="detector", reasons=[why], received_ms=now, sensor_id=key
-                )
-                qkey = rec.key or None
-                part = (
-                    self.partition_of["quarantine"](qkey)
-                    if qkey
-                    else rec.partition % self.partition_of["quarantine"].partitions
-                )
-                box.add(self.names["quarantine"], part, qkey, dumps(q))
-                m.QUARANTINED.labels(why.split(":")[0]).inc()
+                self._quarantine(box, rec.value, why, rec.key or None, rec.partition)
                 continue
             readings.append(r)
             partitions[r.sensor_id] = rec.partition
         states = {sid: self.load_state(sid, p) for sid, p in partitions.items()}
-        try:
-            if self.ds.compute_in_thread and readings:
-                result = await asyncio.to_thread(self.scorer.process, readings, states.get)
-            else:
-                result = self.scorer.process(readings, states.get)
-        except Exception as exc:  # a batch that cannot be scored is quarantined, never lost
-            log.exception("scoring a batch of %d readings failed; quarantining it", len(readings))
-            why = f"scoring failed: {type(exc).__name__}: {exc}"
-            for r in readings:
-                key = r.sensor_id.encode()
-                q = QuarantinedReading(
-                    payload=r.to_dict(), source="detector", reasons=[why], received_ms=now, sensor_id=r.sensor_id
-                )
-                box.add(self.names["quarantine"], self.partition_of["quarantine"](key), key, dumps(q))
-            m.QUARANTINED.labels("scoring failed").inc(len(readings))
-            bad += len(readings)
-            readings, partitions, result = [], {}, BatchResult()
+        if self.ds.new_sensors_per_minute > 0 and None in states.values():
+            readings, refused = self._within_budget(readings, states)
+            for r in refused:
+                bad += 1
+                self._quarantine(box, None, self.new_sensors.reason(r.source), r.sensor_id.encode(), None, r)
+                partitions.pop(r.sensor_id, None)
+        # A scoring error raises out of here: the pump retries the batch, then isolates the reading that fails.
+        if self.ds.compute_in_thread and readings:
+            result = await asyncio.to_thread(self.scorer.process, readings, states.get)
+        else:
+            result = self.scorer.process(readings, states.get)
         for sid, blob in result.states.items():
             self.memory[sid] = blob
         pscores, panom, ppart = (
@@ -224,6 +215,37 @@ class DetectorEngine:
             key = zone.encode()
             box.add(partials_t, ppart(key), key, dumps(partial))
         return Submitted(partitions, result, len(readings), bad, await box.send(), started)
+
+    def _within_budget(self, readings: list[Reading], states: dict[str, Any]) -> tuple[list[Reading], list[Reading]]:
+        """Readings of sensors that may be created now, and those of new sensors beyond their source's budget."""
+        refused: set[str] = set()
+        allowed: set[str] = set()
+        for r in readings:
+            sid = r.sensor_id
+            if states.get(sid) is None and sid not in allowed and sid not in refused:
+                (allowed if self.new_sensors.allow(r.source) else refused).add(sid)
+        if not refused:
+            return readings, []
+        return [r for r in readings if r.sensor_id not in refused], [r for r in readings if r.sensor_id in refused]
+
+    def _quarantine(
+        self,
+        box: Outbox,
+        raw: bytes | None,
+        why: str,
+        key: bytes | None,
+        source_partition: int | None,
+        reading: Reading | None = None,
+    ) -> None:
+        """One quarantine record (shared.deadletter: bounded, always encodable, one partition rule)."""
+        pmap = self.partition_of["quarantine"]
+        sensor = key.decode("utf-8", "replace") if key else None
+        if reading is not None:
+            value = quarantine(None, [why], SERVICE, decoded=reading.to_dict(), decoded_ok=True, sensor_id=sensor)
+        else:
+            value = quarantine(raw, [why], SERVICE, sensor_id=sensor)
+        box.add(self.names["quarantine"], target_partition(key, pmap, pmap.partitions, source_partition), key, value)
+        m.QUARANTINED.labels(why.split(":")[0]).inc()
 
     async def complete(self, sub: Submitted) -> None:
         """Wait for a batch's acks; then its offsets and states count for the next checkpoint."""
@@ -296,12 +318,54 @@ class DetectorEngine:
                 states.setdefault(partition, {})[sid.encode()] = pack(*held)
         checkpoint.write(self.states, states)
         self.totals["checkpoints"] += 1
+        if len(self.memory) > self.ds.memory_sensors:
+            # Nothing is in flight at a checkpoint: every state but those staged now is durable in the table
+            # already (kept, as the undo below needs them should this checkpoint fail).
+            self.memory = {sid: self.memory[sid] for sid in dirty if sid in self.memory}
+            m.STATES_EVICTED.labels("memory").inc()
 
         def undo() -> None:
             for sid, p in dirty.items():
                 self.dirty.setdefault(sid, p)
 
         return undo
+
+    async def sweep(self, now_ms: int | None = None, limit: int = 10_000) -> int:
+        """Delete the states of sensors silent for longer than ``state_ttl_s`` (event time); returns how many.
+
+        Runs between batches (under the pump's lock) and skips sensors held in memory, so a deletion never
+        races a checkpoint of the same sensor; Faust's producer is flushed before the lock is released.
+        """
+        ttl_ms = self.ds.state_ttl_s * 1000
+        if ttl_ms <= 0:
+            return 0
+        cutoff = (now_ms if now_ms is not None else int(time.time() * 1000)) - ttl_ms
+        pmap = PartitionMap(self.states.partitions)
+        async with self.pump.lock:
+            local = self.pump.local_partitions()
+            stale: list[tuple[int, bytes]] = []
+            for key, raw in list(self.states.data.items()):
+                p = pmap(key)
+                if p not in local or key.decode("utf-8", "replace") in self.memory:
+                    continue
+                try:
+                    metrics, vec = unpack(raw)
+                    last_ts = int(vec[Layout(len(metrics)).TS])
+                except (ValueError, IndexError):
+                    last_ts = -1  # unreadable: as good as gone
+                if last_ts < cutoff:
+                    stale.append((p, key))
+                    if len(stale) >= limit:
+                        break
+            for p, key in stale:
+                with event_context(self.pump.event(p)):
+                    del self.states[key]
+            if stale:
+                await self.app.producer.flush()
+        if stale:
+            m.STATES_EVICTED.labels("expired").inc(len(stale))
+            log.info("deleted the state of %d sensors silent for more than %ds", len(stale), self.ds.state_ttl_s)
+        return len(stale)
 
     def rewind(self) -> None:
         self.dirty.clear()

@@ -17,3 +17,8 @@ LATE = Counter(
     "flowwatch_detector_late_readings_total",
     "Readings not newer than their sensor's newest (late, or replayed after a restart): scored, state unchanged",
 )
+STATES_EVICTED = Counter(
+    "flowwatch_detector_states_evicted_total",
+    "Sensor states dropped: from memory (already checkpointed) or deleted from the table (expired)",
+    ["where"],
+)

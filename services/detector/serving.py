@@ -17,7 +17,8 @@ from services.detector.model import AnomalyModel
 from services.detector.pipeline import ModelStore
 from shared.codec import loads
 from shared.records import ModelEvent
-from shared.registry import ModelRegistry, RegistryError
+from shared.registry import ModelRegistry, RegistryError, check_event
+from shared.streaming import send_dead_letter
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +90,14 @@ class ModelServing:
         return True, "; ".join(parts)
 
 
-async def watch_models(serving: ModelServing, settings: Any, stop: asyncio.Event, poll_s: float = 30.0) -> None:
-    """Follow the ``models`` topic with a group-less consumer; re-read the registry every ``poll_s``."""
+async def watch_models(
+    serving: ModelServing, settings: Any, stop: asyncio.Event, poll_s: float = 30.0, app: Any = None
+) -> None:
+    """Follow the ``models`` topic with a group-less consumer; re-read the registry every ``poll_s``.
+
+    An event that is not a usable ``ModelEvent`` (wrong types, a version that is not a plain name) goes to
+    the dead letters with the reason (through ``app``'s producer) and is never acted on.
+    """
     from aiokafka import AIOKafkaConsumer
     from aiokafka.errors import KafkaError
 
@@ -106,9 +113,23 @@ async def watch_models(serving: ModelServing, settings: Any, stop: asyncio.Event
                 for records in batch.values():
                     for rec in records:
                         try:
-                            event = ModelEvent.from_dict(loads(rec.value))
+                            event = ModelEvent.from_dict(loads(rec.value or b""))
+                            why = check_event(event)
                         except (ValueError, TypeError) as exc:
-                            log.warning("unreadable models event skipped: %s", exc)
+                            why = f"undecodable: {type(exc).__name__}: {exc}"
+                        if why:
+                            if app is not None:
+                                await send_dead_letter(
+                                    app,
+                                    settings,
+                                    "detector",
+                                    topic=rec.topic,
+                                    partition=rec.partition,
+                                    offset=rec.offset,
+                                    key=rec.key,
+                                    raw=rec.value,
+                                    reasons=[f"models event: {why}"],
+                                )
                             continue
                         await asyncio.to_thread(serving.on_event, event)
                 if time.time() - serving.last_check >= poll_s:

@@ -67,6 +67,26 @@ class DetectorSettings:
     cache_enabled: bool = _doc(True, "Write the latest score per sensor and anomaly counts per zone to Redis.")
     cache_flush_s: float = _doc(0.5, "How often (seconds) the latest scores and anomaly counts are written to Redis.")
 
+    max_id_chars: int = _doc(
+        200, "Longest sensor, site, zone or source id accepted (characters); longer readings are quarantined."
+    )
+    new_sensors_per_minute: int = _doc(
+        10_000,
+        "Most sensors never seen before that one source (the reading's `source`) may introduce a minute; readings "
+        "of further new sensors are quarantined with the reason. 0: no limit.",
+    )
+    memory_sensors: int = _doc(
+        200_000,
+        "Sensor states kept in memory; beyond it, those already checkpointed are dropped at the next checkpoint "
+        "(read again from the table when their sensor returns).",
+    )
+    state_ttl_s: int = _doc(
+        7 * 24 * 3600,
+        "A sensor whose newest reading is older than this (seconds, event time against the clock) has its state "
+        "deleted from `detector-sensor-state`; it starts afresh if it returns. 0: keep forever.",
+    )
+    state_sweep_s: float = _doc(600.0, "How often (seconds) the state table is swept for expired sensors.")
+
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> DetectorSettings:
         values = env_values(cls, ENV_PREFIX, env)

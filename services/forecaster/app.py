@@ -31,18 +31,29 @@ import faust
 
 from services.forecaster.features import FeatureConfig
 from services.forecaster.folding import ReadingsFolder
-from services.forecaster.metrics import DUPLICATES, INFERENCE_SECONDS, LATE_STEPS, STEPS_CLOSED, ZONE_PROBABILITY
+from services.forecaster.metrics import (
+    DUPLICATES,
+    INFERENCE_SECONDS,
+    LATE_STEPS,
+    STEPS_CLOSED,
+    ZONE_PROBABILITY,
+    ZONES_EXPIRED,
+)
+from services.forecaster.partials import problem as partial_problem
 from services.forecaster.pipeline import ZoneProcessor
+from services.forecaster.retention import sweep_zones
 from services.forecaster.runtime import ModelHolder
 from services.forecaster.settings import ForecasterSettings
 from services.forecaster.zonestate import ZoneState
 from shared.cache import Cache
 from shared.codec import dumps, loads
+from shared.limits import LabelSet, NewIdBudget
 from shared.metrics import BATCH_SECONDS, BATCH_SIZE, DECODE_ERRORS, EVENTS_IN, EVENTS_OUT
 from shared.records import ModelEvent
+from shared.registry import check_event
 from shared.service import base_app
 from shared.settings import Settings
-from shared.streaming import event_context, write_once_per_key
+from shared.streaming import dead_letter_event, event_context, write_once_per_key
 from shared.topics import FORECASTER_ZONE_PARTIALS, MODELS, READINGS_CLEAN, RISK, faust_topic
 
 log = logging.getLogger(__name__)
@@ -88,6 +99,8 @@ def create_app(settings: Settings | None = None, forecaster_settings: Forecaster
     folder.pump.install(state, "readings")
     app.forecaster["folder"] = folder  # type: ignore[attr-defined]
     started = time.monotonic()
+    zone_labels = LabelSet(fs.metric_zones)
+    new_zones = NewIdBudget(fs.new_zones_per_minute)
 
     # partials partition -> source partition -> watermark; rebuilt from the next broadcasts after a restart
     source_wm: dict[int, dict[str, int]] = {}
@@ -111,23 +124,35 @@ def create_app(settings: Settings | None = None, forecaster_settings: Forecaster
             use_model()
             partials: dict[int, list[dict[str, Any]]] = {}
             last_event: dict[bytes, Any] = {}
+            known: set[bytes] = set()
             for ev in events:
                 q = ev.message.partition
                 try:
-                    message = loads(ev.value)
-                    if "zone" not in message:
-                        marks = source_wm.setdefault(q, {})
-                        for p, ts in message["wm"].items():
-                            if ts > marks.get(p, -1):
-                                marks[p] = ts
-                        continue
-                    zone = message["zone"]
-                except Exception as exc:  # noqa: BLE001 - internal topic; count, log and go on
+                    message = loads(ev.value or b"")
+                    why = partial_problem(message)
+                except (ValueError, TypeError) as exc:
+                    why = f"undecodable: {type(exc).__name__}: {exc}"
+                if why:  # never merged into a zone's state: dead-lettered with the reason
                     DECODE_ERRORS.labels(SERVICE, "zone-partials").inc()
-                    log.error("undecodable zone partial skipped: %s", exc)
+                    await dead_letter_event(app, settings, SERVICE, ev, [f"zone partial: {why}"])
                     continue
+                if "zone" not in message:
+                    marks = source_wm.setdefault(q, {})
+                    for p, ts in message["wm"].items():
+                        if ts > marks.get(p, -1):
+                            marks[p] = ts
+                    continue
+                zone = message["zone"]
+                key = zone.encode()
+                if key not in last_event and key not in known and fs.new_zones_per_minute > 0:
+                    with event_context(ev):
+                        is_new = zones.get(key) is None
+                    if is_new and not new_zones.allow(message.get("site", "")):
+                        await dead_letter_event(app, settings, SERVICE, ev, [new_zones.reason(message.get("site", ""))])
+                        continue
+                    known.add(key)
                 partials.setdefault(q, []).append(message)
-                last_event[zone.encode()] = ev
+                last_event[key] = ev
             states: dict[str, ZoneState] = {}
             for key, ev in last_event.items():
                 with event_context(ev):
@@ -151,7 +176,8 @@ def create_app(settings: Settings | None = None, forecaster_settings: Forecaster
                 body = risk.to_dict()
                 delivered.append(await risk_topic.send(key=risk.zone.encode(), value=dumps(body)))
                 latest[risk.zone] = body
-                ZONE_PROBABILITY.labels(risk.zone).set(risk.probability)
+                if zone_labels.admit(risk.zone):  # label values from ids: plain ones, and a bounded number
+                    ZONE_PROBABILITY.labels(risk.zone).set(risk.probability)
             # The risk records are on the broker before the zone states that closed their steps: a crash in
             # between repeats a risk record (consumers dedup on zone + ts) rather than losing it.
             await asyncio.gather(*delivered)
@@ -172,10 +198,13 @@ def create_app(settings: Settings | None = None, forecaster_settings: Forecaster
         async for events in stream.take_events(100, 1.0):
             for ev in events:
                 try:
-                    event = ModelEvent.from_dict(loads(ev.value))
-                except Exception as exc:  # noqa: BLE001
+                    event = ModelEvent.from_dict(loads(ev.value or b""))
+                    why = check_event(event)
+                except (ValueError, TypeError) as exc:
+                    why = f"undecodable: {type(exc).__name__}: {exc}"
+                if why:
                     DECODE_ERRORS.labels(SERVICE, MODELS.name).inc()
-                    log.warning("undecodable models event skipped: %s", exc)
+                    await dead_letter_event(app, settings, SERVICE, ev, [f"models event: {why}"])
                     continue
                 if event.name == fs.model_name and event.alias == fs.model_alias:
                     await holder.refresh(f"{event.action} event: {event.name} {event.alias} -> {event.version}")
@@ -198,6 +227,15 @@ def create_app(settings: Settings | None = None, forecaster_settings: Forecaster
             if others:
                 marks[str(p)] = max(others)
         await folder.broadcast(marks)
+
+    @app.timer(fs.zone_sweep_s)
+    async def expire_zones() -> None:
+        if fs.zone_ttl_s > 0:
+            cutoff = int(time.time() * 1000) - fs.zone_ttl_s * 1000
+            gone = sweep_zones(zones, partials_topic.get_topic_name(), settings.partitions, cutoff)
+            if gone:
+                ZONES_EXPIRED.inc(len(gone))
+                log.info("deleted %d zones silent for more than %ds", len(gone), fs.zone_ttl_s)
 
     @app.task
     async def load_model() -> None:

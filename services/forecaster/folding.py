@@ -30,9 +30,9 @@ from services.forecaster.partials import fold
 from services.forecaster.settings import ForecasterSettings
 from shared.batching import Outbox, PartitionMap, start_output_producer
 from shared.codec import dumps, loads
+from shared.deadletter import quarantine, target_partition
 from shared.metrics import BATCH_SECONDS, BATCH_SIZE, DECODE_ERRORS, EVENTS_IN, EVENTS_OUT
 from shared.pump import Checkpoint, Pump, PumpConfig, Undo
-from shared.records import QuarantinedReading
 from shared.settings import Settings
 from shared.topics import READINGS_CLEAN, READINGS_QUARANTINE
 
@@ -108,7 +108,7 @@ class ReadingsFolder:
         now = time.monotonic()
         box = Outbox(self.producer)
         items: list[tuple[Any, int, int]] = []
-        bad: list[tuple[Any, str, bytes | None]] = []
+        bad: list[tuple[Any, str, bytes | None, int]] = []
         seen: set[int] = set()
         for rec in records:
             seen.add(rec.partition)
@@ -117,13 +117,15 @@ class ReadingsFolder:
                 if not isinstance(data, dict):
                     raise TypeError(f"expected a JSON object, got {type(data).__name__}")
             except Exception as exc:  # noqa: BLE001 - one bad message must not stop the batch
-                bad.append((rec.value, f"forecaster: undecodable ({type(exc).__name__}: {exc})", rec.key))
+                bad.append(
+                    (rec.value, f"forecaster: undecodable ({type(exc).__name__}: {exc})", rec.key, rec.partition)
+                )
                 continue
             items.append((data, rec.partition, rec.offset))
         for p in seen:
             self.last_event_at[p] = now
         folded = fold(items, self.step_ms)
-        bad.extend((reading, why, None) for reading, why in folded.bad)
+        bad.extend((reading, why, None, 0) for reading, why in folded.bad)
         partials_of = self.partials_of
         for zone, partial in folded.partials.items():
             key = zone.encode()
@@ -134,8 +136,8 @@ class ReadingsFolder:
                 if ts > last_wm.get(p, -1):
                     last_wm[p] = ts
             self._broadcast(box, folded.watermarks)
-        for payload, reason, key in bad:
-            self._quarantine(box, payload, reason, key)
+        for payload, reason, key, partition in bad:
+            self._quarantine(box, payload, reason, key, partition)
         return Folding(
             len(records), len(folded.partials), len(bad), bad[0][1] if bad else "", await box.send(), started
         )
@@ -147,23 +149,19 @@ class ReadingsFolder:
         for q in range(self.partials_of.partitions):
             box.add(self.partials_name, q, None, mark)
 
-    def _quarantine(self, box: Outbox, payload: Any, reason: str, key: bytes | None) -> None:
+    def _quarantine(self, box: Outbox, payload: Any, reason: str, key: bytes | None, partition: int) -> None:
+        """One quarantine record (shared.deadletter: bounded, always encodable, one partition rule)."""
         assert self.quarantine_of is not None
-        if isinstance(payload, (bytes, bytearray)):
-            payload = bytes(payload).decode("utf-8", errors="replace")
         sensor = payload.get("sensor_id") if isinstance(payload, dict) else None
-        if not isinstance(sensor, str):
+        if type(sensor) is not str:
             sensor = None
-        record = QuarantinedReading(
-            payload=payload,
-            source="forecaster",
-            reasons=[reason],
-            received_ms=int(time.time() * 1000),
-            sensor_id=sensor,
-        )
         key = key or (sensor.encode() if sensor else None)
-        partition = self.quarantine_of(key) if key else 0
-        box.add(self.quarantine_name, partition, key, dumps(record))
+        if isinstance(payload, (bytes, bytearray)) or payload is None:
+            value = quarantine(payload, [reason], SERVICE, sensor_id=sensor)
+        else:
+            value = quarantine(None, [reason], SERVICE, decoded=payload, decoded_ok=True, sensor_id=sensor)
+        pmap = self.quarantine_of
+        box.add(self.quarantine_name, target_partition(key, pmap, pmap.partitions, partition), key, value)
 
     async def broadcast(self, marks: dict[str, int]) -> None:
         """Send watermarks on their own (idle partitions); after any partials already sent."""

@@ -28,3 +28,4 @@ MODEL_LOAD_ERRORS = Counter(
     "flowwatch_forecaster_model_load_errors_total", "Failed model loads (the previous model stays)"
 )
 ZONE_PROBABILITY = Gauge("flowwatch_forecaster_incident_probability", "Latest incident probability per zone", ["zone"])
+ZONES_EXPIRED = Counter("flowwatch_forecaster_zones_expired_total", "Zone states deleted after zone_ttl_s of silence")

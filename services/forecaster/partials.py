@@ -31,11 +31,13 @@ pressure never averages with a water pressure.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 Partial = dict[str, Any]
+MAX_TS = 1 << 53  # event times beyond this are not epoch milliseconds (and lose precision as floats)
 
 
 class BadReading(ValueError):
@@ -65,12 +67,18 @@ def fold(items: Iterable[tuple[Any, int, int]], step_ms: int) -> Folded:
     for reading, partition, offset in items:
         try:
             zone = reading["zone"]
-            ts = int(reading["ts"])
+            ts = reading["ts"]
             values = reading["values"]
             utility = reading["utility"]
             sensor = reading["sensor_id"]
             if not zone or not isinstance(zone, str) or not isinstance(values, dict):
                 raise BadReading("no zone or no values")
+            if type(ts) is not int or not 0 <= ts < MAX_TS:
+                raise BadReading("ts is not epoch milliseconds")
+            if type(utility) is not str or type(sensor) is not str or type(reading.get("site", "")) is not str:
+                raise BadReading("utility, sensor_id and site must be text")
+            if not isinstance(reading.get("units") or {}, dict):
+                raise BadReading("units must be a map")
         except (KeyError, TypeError, ValueError) as exc:
             bad.append((reading, f"forecaster: unusable reading ({type(exc).__name__}: {exc})"))
             continue
@@ -169,3 +177,60 @@ def merge_bucket(into: dict[str, Any], other: dict[str, Any]) -> None:
 
 def empty_bucket() -> dict[str, Any]:
     return {"n": 0, "m": {}, "s": {}}
+
+
+DIGITS = re.compile(r"[0-9]{1,18}")
+
+
+def _finite(x: Any) -> bool:
+    return type(x) in (int, float) and math.isfinite(x)
+
+
+def _int_map(m: Any) -> bool:
+    return isinstance(m, dict) and all(type(v) is int for v in m.values())
+
+
+def problem(message: Any, max_id_chars: int = 200) -> str:
+    """Why a message of forecaster.zone-partials cannot be applied ('' when it can).
+
+    Either a watermark ``{"wm": {partition: ts}}`` or a partial of the shape in the module doc;
+    a zone state only ever merges what passes.
+    """
+    if not isinstance(message, dict):
+        return f"expected an object, got {type(message).__name__}"
+    if not _int_map(message.get("wm", {})) or not all(DIGITS.fullmatch(k) for k in message.get("wm", {})):
+        return "wm must map source partitions to integer event times"
+    if "zone" not in message:
+        return "" if "wm" in message else "neither a partial nor a watermark"
+    zone, site = message["zone"], message.get("site", "")
+    if type(zone) is not str or not zone or len(zone) > max_id_chars:
+        return "zone must be non-empty text"
+    if type(site) is not str or len(site) > max_id_chars:
+        return "site must be text"
+    if not _int_map(message.get("off", {})) or not all(DIGITS.fullmatch(k) for k in message.get("off", {})):
+        return "off must map source partitions to integer offsets"
+    if not _int_map(message.get("u", {})):
+        return "u must map utilities to counts"
+    units = message.get("units", {})
+    if not isinstance(units, dict) or not all(type(v) is str for v in units.values()):
+        return "units must map metrics to text"
+    buckets = message.get("b", {})
+    if not isinstance(buckets, dict):
+        return "b must map steps to statistics"
+    for step, bucket in buckets.items():
+        if not DIGITS.fullmatch(step) or len(step) > 15:
+            return f"step {step[:40]!r} is not a non-negative integer"
+        if not isinstance(bucket, dict) or type(bucket.get("n")) is not int:
+            return "a step's statistics need an integer n"
+        m, sens = bucket.get("m", {}), bucket.get("s", {})
+        if not isinstance(m, dict) or not all(
+            type(a) is list and len(a) == 5 and all(_finite(x) for x in a) and a[0] > 0 for a in m.values()
+        ):
+            return "m must map metrics to [n, sum, sumsq, min, max]"
+        if not isinstance(sens, dict) or not all(
+            isinstance(per, dict)
+            and all(type(a) is list and len(a) == 4 and all(_finite(x) for x in a) and a[0] > 0 for a in per.values())
+            for per in sens.values()
+        ):
+            return "s must map sensors to metrics to [n, sum, min, max]"
+    return ""

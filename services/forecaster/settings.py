@@ -96,6 +96,22 @@ class ForecasterSettings:
         "How often (seconds) each worker re-reads the registry alias, besides reacting to `models` events "
         "(an event reaches one worker of the group only).",
     )
+    metric_zones: int = _doc(
+        1000,
+        "Most zones given their own series of `flowwatch_forecaster_incident_probability` (zone ids that are plain "
+        "names only); zones beyond it are served but not exported per zone.",
+    )
+    new_zones_per_minute: int = _doc(
+        1000,
+        "Most zones never seen before that one site may introduce a minute (stage 2); partials of further new "
+        "zones are dead-lettered with the reason. 0: no limit.",
+    )
+    zone_ttl_s: int = _doc(
+        30 * 24 * 3600,
+        "A zone whose newest reading is older than this (seconds, event time against the clock) is deleted from "
+        "the `zones` table; it starts afresh if it returns. 0: keep forever.",
+    )
+    zone_sweep_s: float = _doc(600.0, "How often (seconds) the `zones` table is swept for expired zones.")
     top_features: int = _doc(3, "Contributing features listed in each risk record.")
 
     @property

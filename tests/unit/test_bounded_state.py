@@ -1,0 +1,165 @@
+"""Attacker-chosen ids cannot grow state without bound; internal records are checked before they are used.
+
+The detector engine runs here on Faust's memory store with a capturing producer (what goes to
+the broker is inspected, as in tests/unit/test_foundation_pump.py); the budgets, label sets and
+partial checks are pure.
+"""
+
+from __future__ import annotations
+
+import faust
+import orjson
+import pytest
+
+from services.detector import aggregates
+from services.detector.engine import DetectorEngine
+from services.detector.pipeline import ModelStore, Scorer
+from services.detector.profiles import ProfileSet
+from services.detector.settings import DEFAULT_PROFILES_FILE, DetectorSettings
+from services.detector.state import Layout, pack
+from services.forecaster import partials as fpartials
+from services.forecaster.retention import sweep_zones
+from services.forecaster.zonestate import ZoneState
+from shared.batching import PartitionMap
+from shared.codec import dumps
+from shared.limits import LabelSet, NewIdBudget
+from shared.settings import Settings
+from tests import fuzz
+from tests.unit.test_foundation_pump import CapturingProducer
+from tests.unit.test_foundation_pump_poison import messages
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_source_creates_at_most_its_budget_of_new_ids_a_minute() -> None:
+    clock = Clock()
+    budget = NewIdBudget(3, max_sources=2, clock=clock)
+    assert [budget.allow("mqtt") for _ in range(4)] == [True, True, True, False]
+    assert budget.allow("http")  # another source has its own budget
+    assert [budget.allow(f"made-up-{i}") for i in range(4)] == [True, True, True, False]  # beyond 2: one shared
+    assert len(budget.windows) == 3
+    clock.now = 60.0
+    assert budget.allow("mqtt")
+    assert budget.reason("mqtt").startswith("limited: ")
+    assert all(NewIdBudget(0).allow("x") for _ in range(10))
+
+
+def test_metric_labels_take_plain_ids_only_and_a_bounded_number() -> None:
+    labels = LabelSet(2)
+    assert labels.admit("zone-1") and labels.admit("zone-1") and labels.admit("z.2")
+    assert not labels.admit("zone-3")  # full
+    assert not LabelSet(10).admit('z"}\nfake_metric 1')
+    assert not LabelSet(10).admit("z" * 65)
+
+
+@pytest.fixture
+def engine() -> DetectorEngine:
+    app = faust.App("bounded-test", store="memory://", autodiscover=False)
+    settings = Settings(partitions=2)
+    ds = DetectorSettings(new_sensors_per_minute=3, memory_sensors=2, compute_in_thread=False, cache_enabled=False)
+    scorer = Scorer(ModelStore(ProfileSet.load(DEFAULT_PROFILES_FILE)), packed=False)
+    eng = DetectorEngine(app, settings, ds, scorer)
+    eng.producer = CapturingProducer()  # type: ignore[assignment]
+    eng.partition_of = {kind: PartitionMap(2) for kind in eng.names}
+    eng.pump.assigned, eng.pump.paused = {0, 1}, False
+    return eng
+
+
+async def test_readings_of_new_sensors_beyond_the_budget_are_quarantined_with_the_reason(
+    engine: DetectorEngine,
+) -> None:
+    values = [orjson.dumps(fuzz.reading(f"new-{i}", fuzz.T0 + j)) for j in range(2) for i in range(5)]
+    sub = await engine.submit(messages(values))
+    await engine.complete(sub)
+    assert sub.readings == 6 and sub.quarantined == 4  # 3 new sensors (2 readings each); 2 refused
+    quarantine = [orjson.loads(v) for _, _, v in engine.producer.messages(engine.names["quarantine"])]  # type: ignore[union-attr]
+    assert sorted({q["sensor_id"] for q in quarantine}) == ["new-3", "new-4"]
+    assert {q["reasons"][0] for q in quarantine} == {
+        "limited: too many new ids from source 'kafka': more than 3 a minute"
+    }
+    assert quarantine[0]["payload"]["sensor_id"] in {"new-3", "new-4"}  # the reading, for a person to look at
+    again = await engine.submit(messages([orjson.dumps(fuzz.reading("new-0", fuzz.T0 + 5))]))
+    assert again.readings == 1  # a known sensor is never limited
+
+
+async def test_memory_keeps_at_most_its_bound_after_a_checkpoint(engine: DetectorEngine) -> None:
+    from shared.pump import Checkpoint
+
+    values = [orjson.dumps(fuzz.reading(f"m-{i}", fuzz.T0)) for i in range(3)]
+
+    async def checkpoint() -> None:
+        cp = Checkpoint(engine.producer, engine.pump.event)  # type: ignore[arg-type]
+        engine.stage(cp)
+        await cp.commit()
+
+    await engine.complete(await engine.submit(messages(values)))
+    await checkpoint()
+    assert len(engine.memory) == 3  # all three were staged: kept until the checkpoint is durable
+    await engine.complete(await engine.submit(messages([orjson.dumps(fuzz.reading("m-0", fuzz.T0 + 1))])))
+    await checkpoint()
+    assert list(engine.memory) == ["m-0"]  # all staged states are in the checkpoint; the others are in the table
+    assert engine.load_state("m-1", PartitionMap(2)("m-1")) is not None  # read back from the table
+
+
+async def test_states_of_sensors_silent_beyond_the_ttl_are_deleted_from_the_table(engine: DetectorEngine) -> None:
+    lay = Layout(2)
+    for sid, ts in (("old", fuzz.T0), ("fresh", fuzz.T0 + 10 * 86_400_000)):
+        vec = lay.empty(1)[0]
+        vec[lay.TS] = ts
+        engine.states.data[sid.encode()] = pack(("flow", "pressure"), vec)
+
+    class Producer:  # Faust's producer: the tombstone of a deleted key goes through send_soon
+        def __init__(self) -> None:
+            self.sent: list[object] = []
+            self.flushed = 0
+
+        def send_soon(self, fut: object) -> None:
+            self.sent.append(fut)
+
+        async def flush(self) -> None:
+            self.flushed += 1
+
+    engine.app.producer = producer = Producer()  # type: ignore[misc]
+    now = fuzz.T0 + 10 * 86_400_000
+    assert await engine.sweep(now_ms=now) == 1
+    assert list(engine.states.data.keys()) == [b"fresh"]
+    assert len(producer.sent) == 1 and producer.flushed == 1  # one tombstone, on the broker before the next batch
+
+
+def zone(name: str, newest: int) -> bytes:
+    st = ZoneState(name, 60_000)
+    st.wm = {"0": newest}
+    return dumps(st.to_dict())
+
+
+def test_silent_zones_expire_from_the_zones_table() -> None:
+    app = faust.App("zones-test", store="memory://", autodiscover=False)
+    zones = app.Table("zones", default=None, key_type=bytes, value_type=bytes, partitions=2)
+    from shared.batching import PartitionEvent
+    from shared.streaming import event_context
+
+    for name, newest in (("old", 1_000), ("live", 9_000)):
+        with event_context(PartitionEvent("partials", PartitionMap(2)(name))):
+            zones[name.encode()] = zone(name, newest)
+    zones.data[b"broken"] = b"not a state"
+    assert sorted(sweep_zones(zones, "partials", 2, cutoff_ms=5_000)) == ["broken", "old"]
+    assert list(zones.data.keys()) == [b"live"]
+
+
+def test_zone_partials_are_checked_before_they_are_merged() -> None:
+    good = fuzz.forecaster_partial()
+    assert fpartials.problem(good) == ""
+    assert fpartials.problem({"wm": {"0": 5}}) == ""
+    for field, value in fuzz.FORECASTER_BREAKS:
+        assert fpartials.problem({**good, field: value}) != "", (field, value)
+    assert fpartials.problem({"wm": {"²": 1}}) != ""
+    assert aggregates.problem({"0": {"n": 1, "anomalies": 0, "ts": 5, "m": {"flow": [1, 2.0, 2.0, 2.0]}}}, b"z") == ""
+    for bad in fuzz.DETECTOR_BREAKS:
+        assert aggregates.problem(bad, b"z") != "", bad
+    assert aggregates.problem({}, b"\xff") != "" and aggregates.problem({}, None) != ""

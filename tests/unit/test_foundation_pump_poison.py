@@ -1,0 +1,197 @@
+"""The pump sets a poison message aside and goes on; a restart never replays it into the same crash.
+
+The job here raises on one message (a Python exception), or "dies" on it (a BaseException that
+nothing in the pump catches, as a segfault or an OOM kill would end the process mid-batch). The
+pump's reading from Kafka is tested on the real stack (tests/integration/test_pump_poison.py);
+here the broker is a capturing stand-in and the consumer only records where it is told to seek.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+from typing import Any
+
+import faust
+import orjson
+import pytest
+
+from shared.batching import PartitionMap
+from shared.pump import GUARD_KEY, JOB_FAILURES, Pump, PumpConfig, Suspect
+from shared.settings import Settings
+from tests.unit.test_foundation_pump import Job
+
+
+class WorkerDied(BaseException):
+    """Stands in for a hard crash: escapes every ``except Exception``."""
+
+
+class PoisonJob(Job):
+    """Processes messages; raises on ``b"poison"``, dies on ``b"kill"``."""
+
+    def __init__(self, app: faust.App) -> None:
+        super().__init__(app)
+        self.done: list[int] = []  # offsets whose batch completed
+        self.submitted: list[list[int]] = []
+
+    async def submit(self, records: list[Any]) -> Any:
+        self.submitted.append([r.offset for r in records])
+        if any(r.value == b"kill" for r in records):
+            raise WorkerDied()
+        if any(r.value == b"poison" for r in records):
+            raise ValueError("cannot score this")
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        fut.set_result(None)
+        return SimpleNamespace(acked=fut, offsets=[r.offset for r in records])
+
+    async def complete(self, batch: Any) -> None:
+        await batch.acked
+        self.done.extend(batch.offsets)
+
+
+class Consumer:
+    def __init__(self) -> None:
+        self.position: dict[int, int | None] = {}
+
+    def assign(self, tps: list[Any]) -> None:
+        pass
+
+    def seek(self, tp: Any, offset: int) -> None:
+        self.position[tp.partition] = offset
+
+    async def seek_to_beginning(self, tp: Any) -> None:
+        self.position[tp.partition] = None
+
+
+def messages(values: list[bytes], partition: int = 0, start: int = 0) -> list[Any]:
+    return [
+        SimpleNamespace(partition=partition, offset=start + i, key=b"s%d" % i, value=v) for i, v in enumerate(values)
+    ]
+
+
+def make(app: faust.App, job: Any, guard: bool = True) -> Pump:
+    settings = Settings(pump_retry_backoff_s=0.0, pump_crash_guard=guard)
+    config = PumpConfig(service="pumptest", topic=settings.topic("readings.clean"), progress_table="poison-progress")
+    pump = Pump(app, settings, job, config, partitions=2)
+    pump.consumer = Consumer()  # type: ignore[assignment]
+    pump.assigned = {0}
+    pump.aside_partitions = PartitionMap(2)
+    return pump
+
+
+@pytest.fixture
+def app() -> faust.App:
+    return faust.App("pump-poison-test", store="memory://", autodiscover=False)
+
+
+async def test_a_message_that_raises_is_quarantined_and_the_rest_of_its_batch_is_processed(app: faust.App) -> None:
+    job = PoisonJob(app)
+    pump = make(app, job)
+    batch = messages([b"a", b"b", b"poison", b"d"])
+    failures = JOB_FAILURES.labels("pumptest")._value.get()
+
+    assert await pump._process(batch) is False  # raised: rewound to the checkpoint, read again
+    assert pump.consumer.position == {0: None}  # type: ignore[union-attr]
+    assert pump.suspects == {0: Suspect(0, 3)}
+    assert await pump._process(batch) is True  # once more as a batch, then one by one
+
+    assert sorted(job.done) == [0, 1, 3]
+    assert job.submitted == [[0, 1, 2, 3], [0, 1, 2, 3], [0], [1], [2], [2], [3]]
+    assert pump.suspects == {}
+    assert pump.checkpointed_offsets([0]) == {0: 3}
+    aside = [orjson.loads(v) for _, _, v in job.producer.messages(pump.aside_topic)]
+    assert pump.aside_topic == "readings.quarantine"
+    assert len(aside) == 1
+    assert aside[0]["payload"] == "poison" and aside[0]["source"] == "pumptest"  # not JSON: kept as text
+    assert aside[0]["reasons"] == ["processing failed twice: ValueError: cannot score this"]
+    assert aside[0]["sensor_id"] == "s2"
+    assert JOB_FAILURES.labels("pumptest")._value.get() == failures + 4
+
+
+async def test_a_batch_that_fails_once_is_retried_whole(app: faust.App) -> None:
+    job = PoisonJob(app)
+    pump = make(app, job)
+    flaky = iter([True])
+    submit = job.submit
+
+    async def once(records: list[Any]) -> Any:
+        if next(flaky, False):
+            raise OSError("transient")
+        return await submit(records)
+
+    job.submit = once  # type: ignore[method-assign]
+    batch = messages([b"a", b"b"])
+    assert await pump._process(batch) is False
+    assert await pump._process(batch) is True
+    assert job.submitted == [[0, 1]] and sorted(job.done) == [0, 1]
+    assert job.producer.messages(pump.aside_topic) == []
+
+
+async def test_after_a_hard_crash_the_guarded_range_goes_alone_and_its_killer_is_set_aside(app: faust.App) -> None:
+    job = PoisonJob(app)
+    pump = make(app, job)
+    ok = messages([b"a", b"b"])
+    assert await pump._process(ok) and await pump.drain()
+    await pump.checkpoint()
+    batch = messages([b"c", b"kill", b"e"], start=2)
+
+    with pytest.raises(WorkerDied):  # the process dies mid-batch: nothing of it is checkpointed
+        await pump._process(batch)
+    guard = Suspect.decode(app.tables["poison-progress"].data[GUARD_KEY % 0])
+    assert guard == Suspect(2, 4, alone=True)
+
+    def restart() -> None:
+        pump.inflight.clear()
+        pump.finished.clear()
+        pump.suspects = {}
+        job.rewind()
+
+    restart()
+    await pump._reassign({0})
+    assert pump.suspects == {0: Suspect(2, 4, alone=True)}  # read back from the progress table
+    with pytest.raises(WorkerDied):  # alone, under its own guard: it kills the worker once more
+        await pump._process(batch)
+    assert job.submitted[-2:] == [[2], [3]]
+
+    restart()
+    await pump._reassign({0})
+    assert pump.suspects[0].died_at == 3
+    assert await pump._process(batch[1:]) is True  # the checkpoint was after offset 2
+    assert job.submitted[-1] == [4]  # offset 3 is not processed again
+    assert sorted(job.done) == [0, 1, 2, 4]
+    aside = [orjson.loads(v) for _, _, v in job.producer.messages(pump.aside_topic)]
+    assert [a["payload"] for a in aside] == ["kill"]
+    assert aside[0]["reasons"] == ["the worker died while processing this message alone"]
+    assert pump.checkpointed_offsets([0]) == {0: 4} and pump.suspects == {}
+
+    restart()
+    await pump._reassign({0})
+    assert pump.suspects == {}  # the guard is behind the checkpoint: nothing suspect any more
+
+
+async def test_other_topics_dead_letter_with_origin(app: faust.App) -> None:
+    job = PoisonJob(app)
+    settings = Settings(pump_retry_backoff_s=0.0)
+    config = PumpConfig(service="pumptest", topic="zone-partials", progress_table="poison-progress")
+    pump = Pump(app, settings, job, config, partitions=2)
+    pump.consumer, pump.assigned, pump.aside_partitions = Consumer(), {1}, PartitionMap(1)  # type: ignore[assignment]
+    batch = messages([b"poison"], partition=1, start=7)
+    assert await pump._process(batch) is False
+    assert await pump._process(batch) is True
+    (letter,) = [orjson.loads(v) for _, _, v in job.producer.messages("deadletter")]
+    assert letter["topic"] == "zone-partials" and (letter["partition"], letter["offset"]) == (1, 7)
+    assert letter["key"] == "s0" and letter["payload"] == "poison"
+
+
+async def test_a_broker_failure_while_isolating_never_sets_a_good_message_aside(app: faust.App) -> None:
+    job = PoisonJob(app)
+    pump = make(app, job)
+    batch = messages([b"a", b"poison", b"c"])
+    assert await pump._process(batch) is False
+    pump.suspects[0].alone = True  # straight to one message at a time
+    job.producer.fail_next = 1  # the guard (and checkpoint) before the first message does not reach the broker
+    assert await pump._process(batch) is False  # rewound; read again
+    assert await pump._process(batch) is True
+    assert sorted(job.done) == [0, 2]
+    aside = [orjson.loads(v) for _, _, v in job.producer.messages(pump.aside_topic)]
+    assert [a["payload"] for a in aside] == ["poison"]
