@@ -21,6 +21,15 @@ from tests.helpers import ROOT, free_port
 STACK_SH = ROOT / "scripts" / "stack.sh"
 
 
+def reachable_by_postgres(path: Path) -> None:
+    """Let the ``postgres`` user (the server runs as it when the tests run as root) reach a dir under /tmp."""
+    for parent in (path.parent, *path.parent.parents):
+        if str(parent) == "/tmp" or parent == parent.parent:
+            break
+        if parent.exists():
+            parent.chmod(parent.stat().st_mode | 0o011)
+
+
 @dataclass
 class StackInstance:
     root: Path
@@ -30,8 +39,12 @@ class StackInstance:
             "KAFKA_CONTROLLER_PORT": free_port(),
             "REDIS_PORT": free_port(),
             "MQTT_PORT": free_port(),
+            "PG_PORT": free_port(),
         }
     )
+
+    def __post_init__(self) -> None:
+        reachable_by_postgres(self.root)
 
     @property
     def env(self) -> dict[str, str]:

@@ -191,7 +191,7 @@ async def test_alerts_pipeline_end_to_end(settings, tmp_path, receiver):
             )
 
             # grouping: three sensors of one zone → one notification with three alerts, after group_wait.
-            [first] = await until(lambda: groups_in(receiver.on("/hook"), "grp"), 30, "grp notification")
+            [first] = await until(lambda: groups_in(receiver.on("/hook"), "grp"), 90, "grp notification")
             assert first.at - t_sent >= 2.0  # group_wait
             body = first.json
             assert body["version"] == "4" and body["status"] == "firing" and body["receiver"] == "hook"
@@ -250,9 +250,11 @@ async def test_alerts_pipeline_end_to_end(settings, tmp_path, receiver):
 
             # a receiver failing twice with 503, then succeeding: delivered once, on the third attempt.
             await until(lambda: [h for h in receiver.on("/flaky") if h.status == 200], 30, "flaky success")
-            flaky = receiver.on("/flaky")
+            # Only the first notification counts here: on a slow machine a later one of the group (its resolution,
+            # say) may already have reached the receiver, under an Idempotency-Key of its own.
+            first = receiver.on("/flaky")[0].headers["Idempotency-Key"]
+            flaky = [h for h in receiver.on("/flaky") if h.headers["Idempotency-Key"] == first]
             assert [h.status for h in flaky] == [503, 503, 200]
-            assert len({h.headers["Idempotency-Key"] for h in flaky}) == 1
             assert all(SIGNATURE_HEADER not in h.headers for h in flaky)  # an unsigned receiver gets no signature
 
             # the DLQ: 500 forever → after max_attempts (4); 400 → at once, no retry.

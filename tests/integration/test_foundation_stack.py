@@ -5,6 +5,7 @@ import subprocess
 from pathlib import Path
 
 from tests.helpers import ROOT, free_port
+from tests.stack_instance import reachable_by_postgres
 
 
 def _stack(cmd: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -30,11 +31,7 @@ def _processes_under(directory: Path) -> list[str]:
 
 def test_second_stack_up_twice_then_down_leaves_nothing(tmp_path) -> None:
     stack_dir = tmp_path / "stack"
-    # PostgreSQL runs as the `postgres` user when the tests run as root: it must reach its data dir.
-    for parent in (tmp_path, *tmp_path.parents):
-        if str(parent) == "/tmp" or parent == parent.parent:
-            break
-        parent.chmod(parent.stat().st_mode | 0o011)
+    reachable_by_postgres(stack_dir)
     env = {
         **os.environ,
         "FLOWWATCH_STACK_DIR": str(stack_dir),
