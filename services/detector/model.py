@@ -283,7 +283,10 @@ class AnomalyModel:
             return make_detector(name, percentile=self.config.kmeans_percentile)
         if name == "recon":
             return make_detector(
-                name, block=FEATURE_BLOCKS.index("value"), metrics=len(self.metrics), variance=self.config.recon_variance
+                name,
+                block=FEATURE_BLOCKS.index("value"),
+                metrics=len(self.metrics),
+                variance=self.config.recon_variance,
             )
         return make_detector(name)
 
