@@ -264,6 +264,12 @@ class AnomalyModel:
                 oof_scale(levels, cfg.cv_folds, cfg.calib_quantile),
                 np.quantile(lag[burn:], cfg.calib_quantile, axis=0),
             )
+            if cfg.state.shift_trend_r2 > 0:
+                t = np.arange(len(levels), dtype=np.float64) - (len(levels) - 1) / 2
+                dev = levels - levels.mean(axis=0)
+                slope = (t @ dev) / max(float(t @ t), 1.0)
+                r2 = (slope**2 * float(t @ t)) / np.maximum((dev * dev).sum(axis=0), 1e-12)
+                self.rolling.shift_drift = np.where(r2 >= cfg.state.shift_trend_r2, slope, 0.0)
             rules.append(
                 BlockMaxDetector("shift", FEATURE_BLOCKS.index("shift"), len(self.metrics), cfg.state.shift_freeze)
             )
