@@ -71,6 +71,9 @@ class StateConfig:
     shift_smooth_halflife: float = 8.0  # the level compared: smoother than the short EWMA
     shift_halflife: float = 120.0
     shift_freeze: float = 2.0
+    # a metric whose training level follows a straight line this closely (R²) keeps drifting at that
+    # slope while its baseline is frozen (a warming motor); 0 disables
+    shift_trend_r2: float = 0.8
 
 
 @dataclass(frozen=True)
@@ -210,6 +213,8 @@ class RollingState:
         self.a_shift_level = alpha(self.config.shift_smooth_halflife)
         # per metric unit of the level-shift feature, set by a fitted model (None: feature off)
         self.shift_scale: np.ndarray | None = None
+        # per metric drift per reading that a frozen baseline still follows (None: none)
+        self.shift_drift: np.ndarray | None = None
         self.track_shift = True  # False: the shift block stays 0 and its state untouched (streaming: no cost)
 
     @property
@@ -360,7 +365,10 @@ class RollingState:
             out = np.clip((level - sb) / self.shift_scale, -self.config.z_clip, self.config.z_clip)
             moving = seen & (np.abs(out) < self.config.shift_freeze)
         # frozen while the level is far from it: a long anomaly does not become the baseline
-        sb[:] = np.where(seen, sb + np.where(moving, self.a_shift, 0.0) * (level - sb), sb)
+        drift = getattr(self, "shift_drift", None)
+        frozen_step = 0.0 if drift is None else drift
+        step = np.where(moving, self.a_shift * (level - sb), frozen_step)
+        sb[:] = np.where(seen, sb + step, sb)
         return out
 
     def run(

@@ -17,6 +17,7 @@ from services.detector.detectors import (
     oof_scale,
 )
 from services.detector.model import AnomalyModel, ModelConfig
+from services.detector.state import StateConfig
 
 
 def correlated(n: int, seed: int = 0) -> np.ndarray:
@@ -218,3 +219,27 @@ def test_reconstruction_detector_flags_a_broken_relationship_within_each_range()
     assert np.quantile(s[100:], 0.1) > 20 * np.quantile(det.score(train), 0.99)
     # 0.01 on a channel whose floor is 2 % of 2.98: (0.01 / 0.0596)^2 = 0.03, not (0.01 / 1e-3)^2
     assert s[:100].max() < 0.05
+
+
+@pytest.mark.parametrize("trend_r2", [0.0, 0.8])
+def test_a_frozen_shift_baseline_keeps_following_the_training_drift(trend_r2):
+    rng = np.random.default_rng(5)
+    n_train, n_test = 400, 1200
+    n = n_train + n_test
+    t = np.arange(n)
+    flow = 32 + rng.normal(0, 0.4, n)
+    temp = 70 + 0.01 * t + rng.normal(0, 0.1, n)  # a motor warming all along: normal drift
+    temp[500:1200] += 20.0  # a long overheat freezes the temperature's baseline
+    x = np.column_stack([flow, temp])
+    ts = 1_700_000_000_000 + t * 1000
+    config = ModelConfig(detectors=("flatline", "shift"), state=StateConfig(shift_trend_r2=trend_r2))
+    model = AnomalyModel(("flow", "temp"), config).fit(x[:n_train], ts[:n_train])
+    state = model.initial_state.copy()
+    idx = np.zeros(n_test, dtype=np.int64)
+    flags = model.score(state, model.features(state, x[n_train:], ts[n_train:], idx), idx).anomaly
+    assert flags[110:160].mean() > 0.9  # the overheat is flagged either way
+    after = flags[900:].mean()  # long after it, the motor is only warming as it always did
+    if trend_r2:
+        assert after < 0.05
+    else:
+        assert after > 0.5  # the baseline stayed where the overheat froze it (why the trend exists)
