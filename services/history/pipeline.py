@@ -60,6 +60,20 @@ class Batch:
         return [(s, m, minute, *v) for (s, m, minute), v in self.rollups.items()]
 
 
+def last_per_key(rows: list[tuple[Any, ...]], width: int) -> list[tuple[Any, ...]]:
+    """The last row of each key (its first ``width`` columns), in the order the keys first came.
+
+    One upsert may not touch a row twice (PostgreSQL: "ON CONFLICT DO UPDATE command cannot affect
+    row a second time"), yet one batch can hold a record and its update: the detector re-sends a
+    window a late reading changed, the simulator extends a label. The later one wins, as it would
+    one batch later.
+    """
+    latest: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+    for row in rows:
+        latest[row[:width]] = row
+    return list(latest.values())
+
+
 def _text(value: Any, limit: int = 2000) -> str:
     return value[:limit] if isinstance(value, str) else ("" if value is None else str(value)[:limit])
 
