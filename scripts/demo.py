@@ -93,6 +93,10 @@ def demo_token(env: dict[str, str]) -> Path:
 
 
 def main() -> int:
+    # Ctrl-C (and SIGTERM) stop the demo even when it was started with SIGINT ignored, as a shell
+    # script's background job is: otherwise the services stop on the signal and the demo reports them dead.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     settings = Settings.from_env()
     data_dir = Path(os.environ.get("FLOWWATCH_DATA_DIR", ROOT / ".flowwatch"))
     env = {**os.environ, "FLOWWATCH_DATA_DIR": str(data_dir), "PYTHONPATH": str(ROOT)}

@@ -111,3 +111,35 @@ async def test_a_record_and_its_update_in_one_batch_are_written_and_the_update_w
     assert hours == [(hour, 12, 3)]
     assert labels == [(hour + 120_000, '["a", "b"]')]
     assert done == {"aggregates": 2, "labels": 2}
+
+
+async def test_nul_characters_are_written_not_retried_forever() -> None:
+    """PostgreSQL text and jsonb cannot hold NUL; a record carrying one (the simulator's corrupt
+    messages do) is kept with U+FFFD in its place instead of failing its whole batch forever."""
+    hs = HistorySettings()
+    now = int(time.time() * 1000)
+    nul = "bad\x00value"
+    records = [
+        ("readings.quarantine", {"payload": nul, "source": "mqtt", "reasons": [f"json: {nul}"], "received_ms": now}),
+        ("labels", {"incident_id": "inc\x00", "type": "leak", "start_ms": now, "end_ms": now, "sensors": [nul]}),
+        ("readings.clean", {"sensor_id": nul, "ts": now, "values": {"flow": 1.0}}),
+        ("readings.clean", {"sensor_id": "s1", "ts": now, "values": {"flow": 1.0, nul: 2.0}}),
+    ]
+    messages = [Message(topic, 0, 0, orjson.dumps(value)) for topic, value in records]
+    batch = Decoder().decode(messages)
+    async with scratch_database() as url:
+        conn = await asyncpg.connect(url)
+        try:
+            await store.migrate(conn)
+            async with conn.transaction():
+                await write_batch(conn, batch, hs, store.Partitions(hs.partition_days), "", now)
+            samples = [tuple(r) for r in await conn.fetch("SELECT payload, reasons::text FROM quarantine_samples")]
+            labels = [tuple(r) for r in await conn.fetch("SELECT incident_id, sensors::text FROM labels")]
+            rollups = [tuple(r) for r in await conn.fetch("SELECT sensor_id, metric FROM rollups")]
+            rejected = [r["reason"] for r in await conn.fetch("SELECT reason FROM rejected")]
+        finally:
+            await conn.close()
+    assert samples == [("bad\ufffdvalue", '["json: bad\ufffdvalue"]')]
+    assert labels == [("inc\ufffd", '["bad\ufffdvalue"]')]
+    assert rollups == [("s1", "flow")]  # the metric named with a NUL is left out
+    assert rejected == ["ValueError: sensor_id holds a NUL character"]
