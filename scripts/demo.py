@@ -23,7 +23,9 @@ from shared.settings import DEFAULT_PORTS, Settings
 from shared.topics import create_all
 
 ROOT = Path(__file__).resolve().parent.parent
-LOGS = ROOT / ".stack" / "logs" / "demo"
+# The stack's directory (scripts/stack.sh's FLOWWATCH_STACK_DIR): the token and logs live beside the stack's own.
+STACK_DIR = Path(os.environ.get("FLOWWATCH_STACK_DIR") or ROOT / ".stack")
+LOGS = STACK_DIR / "logs" / "demo"
 SERVICES = ["ingest", "detector", "forecaster", "alerts", "history"]
 # The simulator feeds the live pipeline at a modest rate a laptop can watch.
 SIMULATOR = [
@@ -73,9 +75,10 @@ def demo_token(env: dict[str, str]) -> Path:
     """One admin token every service's API accepts (FLOWWATCH_API_TOKENS), kept in a 0600 file, never printed.
 
     Ingest, the detector, the forecaster and the alerts API are closed without a token; the demo
-    opens them to whoever can read ``.stack/demo-token``. Tokens configured by the caller are kept.
+    opens them to whoever can read ``demo-token`` in the stack's directory (``.stack/`` unless
+    FLOWWATCH_STACK_DIR says otherwise). Tokens configured by the caller are kept.
     """
-    token_file = ROOT / ".stack" / "demo-token"
+    token_file = STACK_DIR / "demo-token"
     token_file.parent.mkdir(parents=True, exist_ok=True)
     if not token_file.exists():
         # Created 0600 from the start: the token is never readable by others, not even for a moment.
@@ -85,11 +88,15 @@ def demo_token(env: dict[str, str]) -> Path:
     token_file.chmod(0o600)
     demo = f"admin:{token_file.read_text().strip()}:demo"
     env["FLOWWATCH_API_TOKENS"] = ",".join(t for t in (env.get("FLOWWATCH_API_TOKENS", ""), demo) if t)
-    (ROOT / ".stack" / "demo-alerts-token").unlink(missing_ok=True)  # the old per-service token, replaced
+    (STACK_DIR / "demo-alerts-token").unlink(missing_ok=True)  # the old per-service token, replaced
     return token_file
 
 
 def main() -> int:
+    # Ctrl-C (and SIGTERM) stop the demo even when it was started with SIGINT ignored, as a shell
+    # script's background job is: otherwise the services stop on the signal and the demo reports them dead.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     settings = Settings.from_env()
     data_dir = Path(os.environ.get("FLOWWATCH_DATA_DIR", ROOT / ".flowwatch"))
     env = {**os.environ, "FLOWWATCH_DATA_DIR": str(data_dir), "PYTHONPATH": str(ROOT)}

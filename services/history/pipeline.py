@@ -60,8 +60,33 @@ class Batch:
         return [(s, m, minute, *v) for (s, m, minute), v in self.rollups.items()]
 
 
+def last_per_key(rows: list[tuple[Any, ...]], width: int) -> list[tuple[Any, ...]]:
+    """The last row of each key (its first ``width`` columns), in the order the keys first came.
+
+    One upsert may not touch a row twice (PostgreSQL: "ON CONFLICT DO UPDATE command cannot affect
+    row a second time"), yet one batch can hold a record and its update: the detector re-sends a
+    window a late reading changed, the simulator extends a label. The later one wins, as it would
+    one batch later.
+    """
+    latest: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+    for row in rows:
+        latest[row[:width]] = row
+    return list(latest.values())
+
+
+def _clean(text: str) -> str:
+    """PostgreSQL text cannot hold NUL: it becomes U+FFFD (else the batch would fail and be retried forever)."""
+    return text.replace("\x00", "\ufffd") if "\x00" in text else text
+
+
 def _text(value: Any, limit: int = 2000) -> str:
-    return value[:limit] if isinstance(value, str) else ("" if value is None else str(value)[:limit])
+    return _clean(value[:limit] if isinstance(value, str) else ("" if value is None else str(value)[:limit]))
+
+
+def _json(value: Any) -> str:
+    """JSON for a jsonb column. jsonb refuses the escape of NUL (``\\u0000``): it becomes U+FFFD, as in :func:`_text`."""
+    out = orjson.dumps(value).decode()
+    return out.replace("\\u0000", "\\ufffd") if "\\u0000" in out else out
 
 
 def _int(value: Any) -> int:
@@ -81,7 +106,7 @@ def _num(value: Any) -> float:
 
 def reason_code(reason: str) -> str:
     """The code of a quarantine reason (`range: flow 9e9 above 1e6` -> `range`)."""
-    return reason.split(":", 1)[0].strip()[:64] or "unknown"
+    return _clean(reason.split(":", 1)[0].strip()[:64]) or "unknown"
 
 
 class Decoder:
@@ -145,7 +170,7 @@ class Decoder:
 
     @staticmethod
     def _reject(batch: Batch, topic: str, partition: int, rec: Any, exc: BaseException) -> None:
-        payload = (rec.value or b"")[:4096].decode("utf-8", "replace")
+        payload = _clean((rec.value or b"")[:4096].decode("utf-8", "replace"))
         batch.rejects.append((topic, partition, rec.offset, f"{type(exc).__name__}: {exc}"[:500], payload))
 
     # --- per topic --------------------------------------------------------------------------
@@ -166,6 +191,8 @@ class Decoder:
                 values = r["values"]
                 if type(sensor) is not str or type(ts) is not int or type(values) is not dict:
                     raise ValueError("sensor_id must be a string, ts an integer and values an object")
+                if "\x00" in sensor:
+                    raise ValueError("sensor_id holds a NUL character")
             except Exception as exc:  # noqa: BLE001 - a bad message is a reject with its reason, never a crash
                 self._reject(batch, topic, partition, rec, exc)
                 continue
@@ -191,6 +218,8 @@ class Decoder:
                 key = (sensor, metric, minute)
                 row = rollups.get(key)
                 if row is None:
+                    if "\x00" in metric:  # PostgreSQL text cannot hold it; checked once per new key
+                        continue
                     if place is None:
                         place = (_text(r.get("site")), _text(r.get("zone")), _text(r.get("utility")))
                     rollups[key] = [*place, 1, value, value, value]
@@ -220,8 +249,8 @@ class Decoder:
                 _text(a.get("severity") or "warning"),
                 _text(a.get("reason")),
                 _text(a.get("model_version")),
-                orjson.dumps(a.get("top_metrics") or []).decode(),
-                orjson.dumps(a.get("values") or {}).decode(),
+                _json(a.get("top_metrics") or []),
+                _json(a.get("values") or {}),
             )
         )
 
@@ -235,7 +264,7 @@ class Decoder:
                 _int(g["window_end"]),
                 _int(g["count"]),
                 _int(g.get("anomaly_count", 0)),
-                orjson.dumps(g.get("metrics") or {}).decode(),
+                _json(g.get("metrics") or {}),
             )
         )
 
@@ -251,9 +280,9 @@ class Decoder:
                 _int(r.get("horizon_s", 0)),
                 _num(r["probability"]),
                 _text(r.get("incident_type") or "normal"),
-                orjson.dumps(r.get("class_probs") or {}).decode(),
-                orjson.dumps(r.get("forecast") or {}).decode(),
-                orjson.dumps(r.get("loss") or {}).decode(),
+                _json(r.get("class_probs") or {}),
+                _json(r.get("forecast") or {}),
+                _json(r.get("loss") or {}),
                 _text(r.get("model_version")),
             )
         )
@@ -273,8 +302,8 @@ class Decoder:
                 _text(a.get("generator")),
                 _text((a.get("annotations") or {}).get("summary", "")),
                 None,
-                orjson.dumps(labels).decode(),
-                orjson.dumps(a.get("annotations") or {}).decode(),
+                _json(labels),
+                _json(a.get("annotations") or {}),
                 _int(a.get("starts_at", 0)),
                 _int(a.get("ends_at", 0)),
             )
@@ -308,7 +337,7 @@ class Decoder:
             self.sample_minute = minute
             self.sampled = {k: v for k, v in self.sampled.items() if k[0] >= minute - 10 * MINUTE_MS}
         payload = q.get("payload")
-        text = payload if isinstance(payload, str) else orjson.dumps(payload).decode()
+        text = _clean(payload) if isinstance(payload, str) else _json(payload)
         for code in codes:
             key = (minute, source, code)
             batch.quarantine_counts[key] = batch.quarantine_counts.get(key, 0) + 1
@@ -323,7 +352,7 @@ class Decoder:
                         code,
                         received,
                         _text(q.get("sensor_id")),
-                        orjson.dumps([str(r) for r in reasons]).decode(),
+                        _json([str(r) for r in reasons]),
                         kept,
                         hashlib.md5(kept.encode()).hexdigest(),
                     )
@@ -344,7 +373,7 @@ class Decoder:
                 _text(r.get("utility")),
                 _text(r.get("kind") or r.get("type") or "leak"),
                 _text(r.get("text") or r.get("description")),
-                raw.decode(),
+                _json(r),
             )
         )
 
@@ -359,7 +388,7 @@ class Decoder:
                 _text(f.get("author")),
                 verdict,
                 _text(f.get("comment")),
-                orjson.dumps(f.get("labels") or {}).decode(),
+                _json(f.get("labels") or {}),
             )
         )
 
@@ -376,7 +405,7 @@ class Decoder:
                 _text(lb.get("site")),
                 _text(lb.get("zone")),
                 _text(lb.get("utility")),
-                orjson.dumps([str(s) for s in sensors]).decode(),
+                _json([str(s) for s in sensors]),
             )
         )
 
@@ -481,8 +510,8 @@ def fold_incidents(
                 "peak_probability": r["probability"],
                 "loss_volume": 0.0,
                 "loss_cost": 0.0,
-                "loss_unit": str(loss.get("unit", "")),
-                "currency": str(loss.get("currency", "")),
+                "loss_unit": _text(loss.get("unit", "")),
+                "currency": _text(loss.get("currency", "")),
             }
             frames.append(target)
         target["start_ts"] = min(target["start_ts"], ts)

@@ -28,7 +28,7 @@ from aiokafka.errors import KafkaError
 
 from services.history import store
 from services.history.metrics import BATCH_SECONDS, MESSAGES, REJECTED, ROWS
-from services.history.pipeline import Batch, Decoder, fold_episodes, fold_incidents
+from services.history.pipeline import Batch, Decoder, fold_episodes, fold_incidents, last_per_key
 from services.history.settings import HistorySettings
 from shared.settings import Settings
 
@@ -391,7 +391,7 @@ async def write_batch(
     aggregates = await insert_rows(
         conn,
         "aggregates",
-        batch.aggregates,
+        last_per_key(batch.aggregates, 4),  # (site, zone, utility, window_start)
         "ON CONFLICT (site, zone, utility, window_start) DO UPDATE SET window_end = excluded.window_end, "
         "count = excluded.count, anomaly_count = excluded.anomaly_count, metrics = excluded.metrics",
         "1",
@@ -472,7 +472,7 @@ async def write_batch(
         for r in await insert_rows(
             conn,
             "labels",
-            batch.labels,
+            last_per_key(batch.labels, 1),  # incident_id
             "ON CONFLICT (incident_id) DO UPDATE SET end_ms = excluded.end_ms, sensors = excluded.sensors",
             "incident_id",
         )

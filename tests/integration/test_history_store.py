@@ -7,9 +7,12 @@ import sys
 import time
 
 import asyncpg
+import orjson
 
 from services.history import store
+from services.history.pipeline import Decoder, Message
 from services.history.settings import HistorySettings
+from services.history.worker import write_batch
 from tests.helpers import ROOT
 from tests.history_helpers import scratch_database
 
@@ -71,3 +74,72 @@ async def test_retention_drops_partitions_older_than_the_setting() -> None:
             await conn.close()
     assert done == {"anomalies": 1}
     assert reloaded.known == {("anomalies", now - 2 * day), ("anomalies", now), ("rollups", now - 10 * day)}
+
+
+async def test_a_record_and_its_update_in_one_batch_are_written_and_the_update_wins() -> None:
+    """The detector re-sends a window a late reading changed, the simulator extends a label: when
+    both fall in one batch, the batch is written (not retried forever) and the later record counts."""
+    hs = HistorySettings()
+    hour = int(time.time() * 1000) // 3_600_000 * 3_600_000
+    window = {"window_start": hour, "window_end": hour + 300_000, "site": "s1", "zone": "z1", "utility": "water"}
+    label = {"incident_id": "inc-1", "type": "leak", "site": "s1", "zone": "z1", "utility": "water", "sensors": ["a"]}
+    records = [
+        ("aggregates", {**window, "count": 10, "anomaly_count": 1}),
+        ("labels", {**label, "start_ms": hour, "end_ms": hour + 60_000}),
+        ("aggregates", {**window, "count": 12, "anomaly_count": 3}),
+        ("labels", {**label, "start_ms": hour, "end_ms": hour + 120_000, "sensors": ["a", "b"]}),
+    ]
+    offsets: dict[str, int] = {}
+    messages = []
+    for topic, value in records:
+        offsets[topic] = offsets.get(topic, -1) + 1
+        messages.append(Message(topic, 0, offsets[topic], orjson.dumps(value)))
+    batch = Decoder().decode(messages)
+    async with scratch_database() as url:
+        conn = await asyncpg.connect(url)
+        try:
+            await store.migrate(conn)
+            async with conn.transaction():
+                await write_batch(conn, batch, hs, store.Partitions(hs.partition_days), "", hour)
+            windows = [tuple(r) for r in await conn.fetch("SELECT count, anomaly_count FROM aggregates")]
+            hours = [tuple(r) for r in await conn.fetch("SELECT hour, count, anomaly_count FROM aggregates_hourly")]
+            labels = [tuple(r) for r in await conn.fetch("SELECT end_ms, sensors::text FROM labels")]
+            done = dict(tuple(r) for r in await conn.fetch("SELECT topic, next_offset FROM sink_offsets"))
+        finally:
+            await conn.close()
+    assert windows == [(12, 3)]
+    assert hours == [(hour, 12, 3)]
+    assert labels == [(hour + 120_000, '["a", "b"]')]
+    assert done == {"aggregates": 2, "labels": 2}
+
+
+async def test_nul_characters_are_written_not_retried_forever() -> None:
+    """PostgreSQL text and jsonb cannot hold NUL; a record carrying one (the simulator's corrupt
+    messages do) is kept with U+FFFD in its place instead of failing its whole batch forever."""
+    hs = HistorySettings()
+    now = int(time.time() * 1000)
+    nul = "bad\x00value"
+    records = [
+        ("readings.quarantine", {"payload": nul, "source": "mqtt", "reasons": [f"json: {nul}"], "received_ms": now}),
+        ("labels", {"incident_id": "inc\x00", "type": "leak", "start_ms": now, "end_ms": now, "sensors": [nul]}),
+        ("readings.clean", {"sensor_id": nul, "ts": now, "values": {"flow": 1.0}}),
+        ("readings.clean", {"sensor_id": "s1", "ts": now, "values": {"flow": 1.0, nul: 2.0}}),
+    ]
+    messages = [Message(topic, 0, 0, orjson.dumps(value)) for topic, value in records]
+    batch = Decoder().decode(messages)
+    async with scratch_database() as url:
+        conn = await asyncpg.connect(url)
+        try:
+            await store.migrate(conn)
+            async with conn.transaction():
+                await write_batch(conn, batch, hs, store.Partitions(hs.partition_days), "", now)
+            samples = [tuple(r) for r in await conn.fetch("SELECT payload, reasons::text FROM quarantine_samples")]
+            labels = [tuple(r) for r in await conn.fetch("SELECT incident_id, sensors::text FROM labels")]
+            rollups = [tuple(r) for r in await conn.fetch("SELECT sensor_id, metric FROM rollups")]
+            rejected = [r["reason"] for r in await conn.fetch("SELECT reason FROM rejected")]
+        finally:
+            await conn.close()
+    assert samples == [("bad\ufffdvalue", '["json: bad\ufffdvalue"]')]
+    assert labels == [("inc\ufffd", '["bad\ufffdvalue"]')]
+    assert rollups == [("s1", "flow")]  # the metric named with a NUL is left out
+    assert rejected == ["ValueError: sensor_id holds a NUL character"]

@@ -33,7 +33,9 @@ from shared.topics import REGISTRY
 from tests.unit.test_deploy_settings import ROOT, WEB_SERVICES, check_service_env, config_env_refs, unknown_env
 
 COMPOSE = ROOT / "docker-compose.yml"
-FLOWWATCH_CONTAINERS = (*WEB_SERVICES, "topics", "simulator", "forecaster-model")
+#: Every service with an API in compose: the Faust workers with tables, and history (PostgreSQL, no tables).
+COMPOSE_SERVICES = (*WEB_SERVICES, "history")
+FLOWWATCH_CONTAINERS = (*COMPOSE_SERVICES, "topics", "history-migrate", "simulator", "forecaster-model")
 
 
 def interpolate(value: Any, env: dict[str, str] | None = None) -> Any:
@@ -142,7 +144,9 @@ def test_compose_has_the_whole_stack(compose) -> None:
         "redis",
         "mosquitto",
         "topics",
-        *WEB_SERVICES,
+        *COMPOSE_SERVICES,
+        "postgres",
+        "history-migrate",
         "simulator",
         "smtp",
         "webhook",
@@ -167,7 +171,7 @@ def test_kafka_runs_kraft_without_auto_create(compose) -> None:
     assert set(advertised) <= set(protocol_map)
 
 
-@pytest.mark.parametrize("name", WEB_SERVICES)
+@pytest.mark.parametrize("name", COMPOSE_SERVICES)
 def test_service_command_env_ports_and_healthcheck(compose, name) -> None:
     svc = compose["services"][name]
     assert svc["command"] == ["python", "-m", f"services.{name}", "worker"]
@@ -246,10 +250,48 @@ def test_dependencies_wait_for_what_they_need(compose) -> None:
             if cond["condition"] == "service_healthy":
                 assert "healthcheck" in services[dep], f"{name} waits for {dep} to be healthy but it has no healthcheck"
     assert services["topics"]["depends_on"]["kafka"]["condition"] == "service_healthy"
-    for name in (*WEB_SERVICES, "simulator"):
+    for name in (*COMPOSE_SERVICES, "simulator"):
         assert services[name]["depends_on"]["topics"]["condition"] == "service_completed_successfully"
     assert services["ingest"]["depends_on"]["mosquitto"]["condition"] == "service_healthy"
     assert services["topics"]["restart"] == "no"
+
+
+def test_history_migrates_first_and_alone_holds_the_database_url(compose) -> None:
+    """PostgreSQL 15 healthy, then the migrate one-shot, then history; the URL reaches the database compose runs."""
+    from urllib.parse import urlsplit
+
+    from services.history.settings import HistorySettings
+
+    services = compose["services"]
+    postgres = services["postgres"]
+    assert re.fullmatch(r"postgres:15(\.\d+)*(-alpine)?", postgres["image"]), postgres["image"]
+    assert "pg_isready" in " ".join(postgres["healthcheck"]["test"])
+    migrate, history = services["history-migrate"], services["history"]
+    assert migrate["command"] == ["python", "-m", "services.history", "migrate"]
+    assert migrate["restart"] == "no"
+    assert migrate["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert history["depends_on"]["history-migrate"]["condition"] == "service_completed_successfully"
+    assert not check_service_env("history", env_of(migrate), worker=False)
+    help_text = subprocess.run(
+        [sys.executable, "-m", "services.history", "migrate", "--help"], capture_output=True, text=True, cwd=ROOT
+    )
+    assert help_text.returncode == 0, help_text.stderr[-2000:]
+
+    # The migrations ran before the worker started: it must not race the one-shot.
+    assert HistorySettings.from_env(env=env_of(history)).migrate_on_start is False
+    pg = env_of(postgres)
+    for env in (env_of(history), env_of(migrate)):
+        url = urlsplit(HistorySettings.from_env(env=env).database_url)
+        assert (url.hostname, url.port or 5432) == ("postgres", 5432)
+        assert (url.username, url.password, url.path) == (
+            pg["POSTGRES_USER"],
+            pg["POSTGRES_PASSWORD"],
+            "/" + pg["POSTGRES_DB"],
+        )
+    # The URL holds the password: no other container gets it.
+    holders = {n for n, svc in services.items() if "FLOWWATCH_HISTORY_DATABASE_URL" in env_of(svc)}
+    assert holders == {"history", "history-migrate"}
+    assert "postgres-data:/var/lib/postgresql/data" in postgres["volumes"]
 
 
 def test_every_port_is_published_on_loopback_only(compose) -> None:
