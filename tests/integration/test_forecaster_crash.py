@@ -17,6 +17,10 @@ from shared.settings import Settings
 from tests.helpers import ServiceProcess, collect, produce
 from tests.integration.test_forecaster_stack import consumed, offline
 
+# Killing and restarting a forecaster waits out Kafka session timeouts and reloads TensorFlow: minutes on a busy
+# machine. This bounds a hang; it asserts nothing about speed.
+pytestmark = pytest.mark.timeout(600)
+
 ZONES = {"water": 2, "energy": 1}
 ENV = {
     "FLOWWATCH_FORECASTER_CHECKPOINT_S": "2",
