@@ -38,7 +38,8 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-async def wait_consumed(proc: ServiceProcess, at_least: float, timeout: float = 60) -> float:
+async def wait_consumed(proc: ServiceProcess, at_least: float, timeout: float = 180) -> float:
+    # A bound on a hang, not a speed check: a loaded machine may take minutes to assign and fill the partitions.
     deadline = time.monotonic() + timeout
     seen = consumed(proc)
     while seen < at_least and time.monotonic() < deadline:
