@@ -101,6 +101,19 @@ class PartitionEvent:
         self.message = SimpleNamespace(topic=topic, partition=partition)
 
 
+#: Largest key + value one record may have: under the broker's default ``max.message.bytes`` (1,048,588) with room
+#: for the record and batch headers. A larger record would be refused by the broker on every attempt.
+MAX_RECORD_BYTES = 1_000_000
+
+
+class RecordTooLarge(ValueError):
+    """A record the broker would refuse whatever the retry: an error of the record, not of the broker.
+
+    Deliberately not a ``KafkaError``: the pump treats those as broker trouble (rewind, try again) and this one as
+    a failure of the job on its input (retry once, then isolate the message and set it aside).
+    """
+
+
 class Outbox:
     """Messages collected per topic-partition, sent as record batches."""
 
@@ -110,6 +123,9 @@ class Outbox:
         self.count = 0
 
     def add(self, topic: str, partition: int, key: bytes | None, value: bytes, headers: Headers = ()) -> None:
+        size = len(value) + (len(key) if key else 0)
+        if size > MAX_RECORD_BYTES:
+            raise RecordTooLarge(f"a record of {size} bytes for {topic} is over the {MAX_RECORD_BYTES}-byte limit")
         self._pending.setdefault((topic, partition), []).append((key, value, headers))
         self.count += 1
 

@@ -195,3 +195,18 @@ async def test_a_broker_failure_while_isolating_never_sets_a_good_message_aside(
     assert sorted(job.done) == [0, 2]
     aside = [orjson.loads(v) for _, _, v in job.producer.messages(pump.aside_topic)]
     assert [a["payload"] for a in aside] == ["poison"]
+
+
+def test_a_record_the_broker_would_always_refuse_is_a_job_error_not_broker_trouble() -> None:
+    # The pump rewinds and retries on KafkaError (a broker that is away); a record over max.message.bytes would
+    # be refused on every attempt, so the Outbox raises an error of the job instead: retried, isolated, set aside.
+    from aiokafka.errors import KafkaError
+
+    from shared.batching import MAX_RECORD_BYTES, Outbox, RecordTooLarge
+
+    box = Outbox(producer=None)  # type: ignore[arg-type]
+    box.add("t", 0, b"k", b"x" * (MAX_RECORD_BYTES - 1))
+    with pytest.raises(RecordTooLarge) as refused:
+        box.add("t", 0, b"k", b"x" * MAX_RECORD_BYTES)
+    assert not isinstance(refused.value, KafkaError)
+    assert box.count == 1
