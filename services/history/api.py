@@ -329,10 +329,6 @@ class HistoryApi:
         await response.write_eof()
         return response
 
-    async def openapi(self, request: Request) -> Any:
-        self.authorize(request, "viewer")
-        return OPENAPI
-
 
 def _cell(value: Any) -> Any:
     if isinstance(value, (dict, list)):
@@ -354,101 +350,6 @@ def _export_header(sql: str) -> list[str]:
             current += ch
     names.append(current)
     return [n.strip().split(" AS ")[-1].split(" ")[-1] for n in names]
-
-
-_P = {
-    "from": "start: epoch ms or ISO 8601 (default: a range back from `to`)",
-    "to": "end: epoch ms or ISO 8601 (default now)",
-    "since": "instead of `from`: a duration back from `to` (30m, 1h, 7d)",
-    "site": "filter by site",
-    "zone": "filter by zone",
-    "utility": "filter by utility",
-    "limit": "page size (1..max_page_size, default 100)",
-    "offset": "rows to skip",
-}
-
-
-def _op(summary: str, params: list[str], method: str = "get", extra: dict[str, str] | None = None) -> dict[str, Any]:
-    described = {**_P, **(extra or {})}
-    return {
-        method: {
-            "summary": summary,
-            "security": [{"bearer": []}],
-            "parameters": [
-                {
-                    "name": n,
-                    "in": "path" if n in ("id", "zone_path") else "query",
-                    "schema": {"type": "string"},
-                    "description": described.get(n, n),
-                }
-                for n in params
-            ],
-            "responses": {
-                "200": {"description": "OK"},
-                "400": {"description": "bad parameter (named)"},
-                "401": {"description": "no token"},
-                "403": {"description": "role too low"},
-            },
-        }
-    }
-
-
-OPENAPI: dict[str, Any] = {
-    "openapi": "3.0.3",
-    "info": {"title": "flowwatch history API", "version": "1"},
-    "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
-    "paths": {
-        "/v1/history/anomaly-rates": _op(
-            "Anomaly rate grouped by site, zone, utility, hour, dow",
-            ["by", "from", "to", "since", "site", "zone", "utility"],
-            extra={"by": "comma separated: site, zone, utility, hour, dow"},
-        ),
-        "/v1/history/series": _op(
-            "Rollups of a sensor's (or zone's) metric at any step; a zone gets the forecast band",
-            ["sensor", "zone", "metric", "from", "to", "since", "step"],
-            extra={"step": "1m or more (5m default)"},
-        ),
-        "/v1/history/episodes": _op(
-            "Episodes (event frames), newest first",
-            [
-                "site",
-                "zone",
-                "utility",
-                "sensor",
-                "severity",
-                "state",
-                "verdict",
-                "from",
-                "to",
-                "since",
-                "limit",
-                "offset",
-            ],
-        ),
-        "/v1/history/episodes/{id}": _op("One episode with its anomalies, comments and log", ["id"]),
-        "/v1/history/episodes/{id}/ack": _op("Acknowledge (operator); body {note}", ["id"], "post"),
-        "/v1/history/episodes/{id}/comments": _op("Comment (operator); body {text}", ["id"], "post"),
-        "/v1/history/episodes/{id}/assign": _op("Assign (operator); body {assignee}", ["id"], "post"),
-        "/v1/history/episodes/{id}/verdict": _op(
-            "Verdict (operator); body {verdict, comment}; also sent on `feedback`", ["id"], "post"
-        ),
-        "/v1/history/alerts": _op(
-            "Alert log: state changes, acks, comments",
-            ["fingerprint", "kind", "status", "site", "zone", "utility", "from", "to", "since", "limit", "offset"],
-        ),
-        "/v1/history/zones/{zone}/losses": _op(
-            "Estimated volume lost and cost by day", ["zone_path", "site", "from", "to", "since"]
-        ),
-        "/v1/history/playback": _op(
-            "Network state frames per step for a time slider", ["from", "to", "since", "step", "site"]
-        ),
-        "/v1/history/export.csv": _op(
-            "CSV of the filtered query (streamed)",
-            ["what", "from", "to", "since", "site", "zone", "utility", "sensor", "metric", "step"],
-            extra={"what": ", ".join(EXPORTS)},
-        ),
-    },
-}
 
 
 def mount(app: faust.App, api: HistoryApi) -> None:
@@ -479,7 +380,6 @@ def mount(app: faust.App, api: HistoryApi) -> None:
             )
         )
 
-    page("/openapi.json", "openapi", get=api.openapi)
     page("/v1/history/anomaly-rates", "anomaly-rates", get=api.anomaly_rates)
     page("/v1/history/series", "series", get=api.series)
     page("/v1/history/episodes", "episodes", get=api.episodes)

@@ -6,6 +6,7 @@ and serves the history API on the Faust web server.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -23,7 +24,7 @@ from shared.topics import FEEDBACK, faust_topic
 def create_app(settings: Settings | None = None, history_settings: HistorySettings | None = None) -> faust.App:
     settings = settings or Settings.from_env("history")
     hs = history_settings or HistorySettings.from_env()
-    app, state = base_app(settings)
+    app, state = base_app(settings, openapi=Path(__file__).with_name("openapi.yaml"))
     sink = Sink(settings, hs)
     feedback = faust_topic(app, FEEDBACK, settings)
 

@@ -12,7 +12,7 @@ from shared.auth import AuthError, TokenStore, authorize, require_role
 from shared.openapi import document
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVICES = ("ingest", "detector", "forecaster", "alerts")
+SERVICES = ("ingest", "detector", "forecaster", "alerts", "history")
 VIEWER, OPERATOR, ADMIN = "viewer-token-0123456789", "operator-token-0123456789", "admin-token-0123456789"
 TOKENS = TokenStore.load("T", env={"T": f"viewer:{VIEWER}:vic,operator:{OPERATOR}:olga,admin:{ADMIN}:ada"})
 
