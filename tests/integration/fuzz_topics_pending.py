@@ -1,9 +1,10 @@
-# NOT COLLECTED (the file name does not match test_*.py), on purpose, until the defect it found is fixed:
-# a reading with 20,000 metrics written straight to readings.clean makes the forecaster's stage 1 produce a
-# record larger than the broker's max.message.bytes; the pump treats MessageSizeTooLargeError (not retriable)
-# like a broker outage and rewinds and retries forever (962 rewinds in 5 minutes in the run of 2026-12-04).
-# Fix: non-retriable produce errors must go the job-failure way (isolate, then set the message aside), and
-# stage 1 must bound what one reading can add to a partial. Then rename this file back to test_fuzz_topics.py.
+# NOT COLLECTED (the file name does not match test_*.py) until its accounting holds. It found that a reading with
+# 20,000 metrics written straight to readings.clean made the forecaster's stage 1 produce a record over the broker's
+# max.message.bytes, which the pump rewound and retried forever; fixed (shared.batching.RecordTooLarge is an error
+# of the job: the message is isolated and set aside). Run on the fix (2026-12-04): the suite finishes in 1 min 45 s,
+# but the forecaster's count is off: readings folded + quarantined = 10,394 against 10,347 sent (47 more; 47 is
+# the number of killers, so some are counted twice or set aside and also folded). Find why, then rename this file
+# back to test_fuzz_topics.py so make test runs it.
 """Fuzz: hostile inputs on the detector's and forecaster's input topics, against real workers on the real Kafka.
 
 One detector and one forecaster worker read the same readings.clean: 10,000 generated hostile
