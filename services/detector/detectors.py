@@ -233,6 +233,78 @@ class ReconstructionDetector(Detector):
         return (r * r).sum(axis=1)
 
 
+class EnvelopeDetector(Detector):
+    """How far a reading's channels leave the envelope normal operation kept them in, per actuator state.
+
+    A year of SCADA history shows every channel's range; the control logic narrows it further:
+    a tank level never exceeded 4.5 m while its pump ran (the pump stops before), so a level of
+    4.8 m with the pump still on is an attack or a failed controller even though 4.8 m is an
+    ordinary level with the pump off. Per channel the envelope is its training [min, max];
+    for every two-state channel (a pump or valve status, each state held in at least
+    ``min_share`` of the rows) each channel also gets its [min, max] per state. The score is the
+    largest excess beyond the envelopes that apply, in units of the channel's training range
+    (floored at ``rel_floor`` of its level, so a channel held at a set point, or recorded at a
+    coarser resolution later, cannot explode); the threshold is ``margin`` of that range.
+    Reads the ``value`` block of full feature rows (``block``, ``metrics``).
+    """
+
+    name = "envelope"
+    raw_features = True
+
+    def __init__(
+        self, block: int = 0, metrics: int = 0, margin: float = 0.15, min_share: float = 0.05, rel_floor: float = 0.02
+    ):
+        self.cols = np.arange(block * metrics, (block + 1) * metrics)
+        self.threshold = margin
+        self.min_share = min_share
+        self.rel_floor = rel_floor
+        self.lo = self.hi = np.zeros(0)
+        self.unit = np.ones(0)
+        self.states = np.zeros(0, dtype=np.int64)  # the two-state channels
+        self.state_values = np.zeros((0, 2))
+        self.state_lo = self.state_hi = np.zeros((0, 2, 0))
+
+    def fit(self, x: np.ndarray) -> EnvelopeDetector:
+        """Fit on raw values ``(n, metrics)`` of normal operation (NaN: missing)."""
+        self.lo, self.hi = np.nanmin(x, axis=0), np.nanmax(x, axis=0)
+        level = np.abs(np.nanmean(x, axis=0))
+        self.unit = np.maximum(self.hi - self.lo, np.maximum(self.rel_floor * level, 1e-3))
+        states, values, los, his = [], [], [], []
+        for j in range(x.shape[1]):
+            seen = x[np.isfinite(x[:, j]), j]
+            distinct, counts = np.unique(seen, return_counts=True)
+            if len(distinct) != 2 or counts.min() < self.min_share * len(x):
+                continue
+            per_state = [x[x[:, j] == v] for v in distinct]
+            states.append(j)
+            values.append(distinct)
+            los.append([np.nanmin(p, axis=0) for p in per_state])
+            his.append([np.nanmax(p, axis=0) for p in per_state])
+        m = x.shape[1]
+        self.states = np.asarray(states, dtype=np.int64)
+        self.state_values = np.asarray(values, dtype=np.float64).reshape(-1, 2)
+        self.state_lo = np.asarray(los, dtype=np.float64).reshape(-1, 2, m)
+        self.state_hi = np.asarray(his, dtype=np.float64).reshape(-1, 2, m)
+        return self
+
+    def excess(self, x: np.ndarray) -> np.ndarray:
+        """Per reading and channel, the excess beyond every envelope that applies, in range units."""
+        out = np.maximum(self.lo - x, x - self.hi)
+        for k, j in enumerate(self.states):
+            for s in (0, 1):
+                here = x[:, j] == self.state_values[k, s]
+                if here.any():
+                    sub = x[here]
+                    beyond = np.maximum(self.state_lo[k, s] - sub, sub - self.state_hi[k, s])
+                    out[here] = np.maximum(out[here], beyond)
+        return np.nan_to_num(np.maximum(out, 0.0) / self.unit)
+
+    def score(self, feats: np.ndarray) -> np.ndarray:
+        if not len(self.cols):
+            return np.zeros(len(feats))
+        return self.excess(feats[:, self.cols]).max(axis=1)
+
+
 class BlockMaxDetector(Detector):
     """Largest absolute value of one per-metric feature block, against a fixed limit.
 
@@ -277,6 +349,7 @@ def make_detector(name: str, **params: object) -> Detector:
         "lof": LOFDetector,
         "pca": PCADetector,
         "recon": ReconstructionDetector,
+        "envelope": EnvelopeDetector,
     }
     if name not in kinds:
         raise ValueError(f"unknown detector {name!r}; known: {', '.join(kinds)}")

@@ -28,6 +28,7 @@ from threadpoolctl import ThreadpoolController
 from services.detector.detectors import (
     BlockMaxDetector,
     Detector,
+    EnvelopeDetector,
     Scaler,
     ZScoreDetector,
     make_detector,
@@ -56,11 +57,13 @@ META_FILE = "meta.json"
 ALL_DETECTORS = ("zscore", "pca", "kmeans", "lof", "iforest", "flatline")
 #: What an offline model (one CSV, one stream) runs unless a config says otherwise: see docs/detector.md
 #: "Accuracy on real recordings" for how it was chosen.
-OFFLINE_DETECTORS = ("recon", "flatline", "shift")
+OFFLINE_DETECTORS = ("recon", "envelope", "flatline", "shift")
 #: Rule members: each flags on its own once its ratio reaches 1 (not averaged with the others).
 #: flatline: a value stuck longer than it ever rests in normal operation; shift: a sustained level
-#: shift against a baseline that follows slow drift (one stream's own units: offline models only).
-RULE_DETECTORS = ("flatline", "shift")
+#: shift against a baseline that follows slow drift (one stream's own units: offline models only);
+#: envelope: a channel beyond its training range, or beyond its range for a pump's current state
+#: (offline, like recon only with enough rows to have seen normal operation).
+RULE_DETECTORS = ("flatline", "shift", "envelope")
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,8 @@ class ModelConfig:
     # broken relationship between channels shows in the residual (BATADAL: 0.995 -> 0.999 raised both
     # F1 and S; 0.998-0.9995 all did)
     recon_variance: float = 0.999
+    # envelope: a channel this share of its training range beyond its (per actuator state) range flags
+    envelope_margin: float = 0.15
     max_train_rows: int = 20_000  # pooled profiles: an even sample of the time-ordered rows beyond this
     state: StateConfig = field(default_factory=StateConfig)
 
@@ -132,7 +137,7 @@ class AnomalyModel:
         self.scaler: Scaler | None = None
         self.detectors: list[Detector] = [ZScoreDetector(self.config.zscore_threshold)]
         self.threshold = 1.0
-        self.rules: list[BlockMaxDetector] = (
+        self.rules: list[Detector] = (
             [BlockMaxDetector("flatline", FEATURE_BLOCKS.index("flat"), len(self.metrics), 1.0)]
             if "flatline" in self.config.detectors
             else []
@@ -197,6 +202,13 @@ class AnomalyModel:
             pick = np.linspace(0, len(feats) - 1, cfg.max_train_rows).astype(np.int64)
             feats, idx = feats[pick], idx[pick]
         rules = self._fit_rules(x[order] if sensor_idx is None else None, len(feats))
+        if (
+            "envelope" in cfg.detectors
+            and sensor_idx is None
+            and len(feats) >= cfg.recon_rows_per_metric * len(self.metrics)
+        ):
+            envelope = EnvelopeDetector(FEATURE_BLOCKS.index("value"), len(self.metrics), cfg.envelope_margin)
+            rules.append(envelope.fit(x[order]))
         learned = [d for d in cfg.detectors if d != "zscore" and d not in RULE_DETECTORS]
         if len(feats) < cfg.recon_rows_per_metric * len(self.metrics):
             learned = [d for d in learned if d != "recon"]
@@ -243,7 +255,7 @@ class AnomalyModel:
         self.version = f"fit-{int(self.fitted_at)}"
         return self
 
-    def _fit_rules(self, x: np.ndarray | None, rows: int) -> list[BlockMaxDetector]:
+    def _fit_rules(self, x: np.ndarray | None, rows: int) -> list[Detector]:
         """The rule members this config asks for; ``shift`` learns its per-metric unit from the training levels.
 
         The unit of a metric is its training spread times the largest deviation a held-out
@@ -251,7 +263,7 @@ class AnomalyModel:
         that drifts in normal operation (a warming motor) needs a larger shift to count.
         """
         cfg = self.config
-        rules = []
+        rules: list[Detector] = []
         if "flatline" in cfg.detectors:
             rules.append(BlockMaxDetector("flatline", FEATURE_BLOCKS.index("flat"), len(self.metrics), 1.0))
         if "shift" in cfg.detectors and x is not None and rows >= 2 * cfg.cv_folds:

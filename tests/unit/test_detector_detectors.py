@@ -243,3 +243,43 @@ def test_a_frozen_shift_baseline_keeps_following_the_training_drift(trend_r2):
         assert after < 0.05
     else:
         assert after > 0.5  # the baseline stayed where the overheat froze it (why the trend exists)
+
+
+def test_envelope_detector_flags_a_level_its_pump_never_ran_at():
+    rng = np.random.default_rng(6)
+    n = 3000
+    pump = (rng.uniform(size=n) < 0.6).astype(float)
+    # the controller stops the pump before the tank passes 4.5 m; resting, the tank is between 3 and 6 m
+    level = np.where(pump > 0, rng.uniform(1.0, 4.5, n), rng.uniform(3.0, 6.0, n))
+    pressure = np.full(n, 2.98) + rng.normal(0, 0.002, n)  # a set point, recorded finer in training
+    train = np.column_stack([level, pump, pressure])
+    det = make_detector("envelope", block=0, metrics=3, margin=0.15).fit(train)
+    assert list(det.states) == [1]  # the pump status is the two-state channel
+    assert det.score(train).max() == 0.0  # training stays inside its own envelopes
+    test = np.array(
+        [
+            [5.5, 0.0, 2.98],  # high, pump off: ordinary
+            [5.5, 1.0, 2.98],  # the same level with the pump still on: the controller failed
+            [3.0, 1.0, 2.99],  # a coarser recording of the set point is not an excursion
+            [7.0, 0.0, 2.98],  # beyond any level seen
+        ]
+    )
+    ratio = det.score(test) / det.threshold
+    assert ratio[0] < 1.0 and ratio[2] < 1.0
+    assert ratio[1] > 1.0 and ratio[3] > 1.0
+
+
+def test_envelope_rule_runs_offline_only_with_enough_training_rows():
+    rng = np.random.default_rng(7)
+    x = rng.normal(0, 1, (300, 3))
+    ts = 1_700_000_000_000 + np.arange(300) * 1000
+    config = ModelConfig(detectors=("envelope", "flatline"), recon_rows_per_metric=50)
+    few = AnomalyModel(("a", "b", "c"), ModelConfig(detectors=("envelope", "flatline"))).fit(x, ts)
+    assert [r.name for r in few.rules] == ["flatline"]  # 300 rows do not show 3 channels' normal range
+    enough = AnomalyModel(("a", "b", "c"), config).fit(x, ts)
+    assert sorted(r.name for r in enough.rules) == ["envelope", "flatline"]
+    state = enough.initial_state.copy()
+    test = np.array([[0.0, 0.0, 0.0], [0.0, 9.0, 0.0]] * 5)
+    idx = np.zeros(len(test), dtype=np.int64)
+    scored = enough.score(state, enough.features(state, test, ts[:10] + 400_000, idx), idx)
+    assert scored.members["envelope"][1] > 1.0 and scored.members["envelope"][0] == 0.0

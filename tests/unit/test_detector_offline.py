@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from services.detector.evaluation import rig
-from services.detector.evaluation.evaluate import confusion, metrics
+from services.detector.evaluation.evaluate import confusion, evaluate, metrics
 from services.detector.offline import DataError, fit_csv, read_stream, score_csv
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -55,14 +55,24 @@ def test_cli_fit_and_score_follow_the_contract(recording, detectors):
     if detectors:
         assert m["f1"] > 0.7 and m["far"] < 0.15, m
     else:
-        # The offline default (flatline + level shift, chosen on real SKAB recordings) finds every
-        # incident here but keeps flagging this rig's thermocouple, which warms faster in the test
-        # than in any training block: a known weakness (docs/detector.md), held to its current size.
-        assert m["recall"] > 0.95 and m["far"] < 0.65, m
+        # The offline default finds every incident here; its false alarms on this recording (a
+        # thermocouple warming faster in the test than in any training block) are the shift rule's
+        # known weakness (docs/detector.md). Its accuracy is held by the next test, on held-out rigs.
+        assert m["recall"] > 0.95, m
     # higher score means more anomalous
     assert (
         result.loc[rec.test["anomaly"] == 1, "score"].median() > result.loc[rec.test["anomaly"] == 0, "score"].median()
     )
+
+
+def test_offline_default_finds_rig_incidents_without_crying_wolf(tmp_path):
+    # the first six of the held-out rig seeds of docs/detector.md, each fitted and scored through
+    # fit_csv / score_csv as the CLI does: pooled F1 0.891 at 4.5 % false alarms when this was written
+    recordings = [rig.generate(seed) for seed in range(200, 206)]
+    result = evaluate(recordings, tmp_path, with_baselines=False)
+    pooled = result["pooled"]["detector"]
+    assert pooled["f1"] > 0.85 and pooled["far"] < 0.08, pooled
+    assert min(r["f1"] for r in result["recordings"]) > 0.75, result["recordings"]
 
 
 def test_scoring_is_causal_a_prefix_scores_the_same(recording, tmp_path):
