@@ -99,6 +99,9 @@ class ModelConfig:
     recon_variance: float = 0.999
     # envelope: a channel this share of its training range beyond its (per actuator state) range flags
     envelope_margin: float = 0.15
+    # rule members whose ratio lifts the smoothed score at once instead of through the smoothing
+    # (BATADAL: the envelope's S 0.951 -> 0.958, F1 0.822 -> 0.831)
+    immediate_rules: tuple[str, ...] = ("envelope",)
     max_train_rows: int = 20_000  # pooled profiles: an even sample of the time-ordered rows beyond this
     state: StateConfig = field(default_factory=StateConfig)
 
@@ -376,16 +379,27 @@ class AnomalyModel:
             members = self.member_scores(feats)
         raw = self.fuse(np.vstack(list(members.values()))) if members else np.zeros(len(feats))
         rules = self.rule_scores(feats)
+        floor = None
         if rules:
             # a rule at its limit weighs as much as the ensemble at its threshold
             raw = np.maximum(raw, np.vstack(list(rules.values())).max(axis=0) * self.threshold)
             members.update(rules)
-        smoothed, flags = self._persist(state, raw, idx, late)
+            now = [rules[r] for r in self.config.immediate_rules if r in rules]
+            if now:
+                # a hard limit crossed (a range never seen) flags at once; the score then eases out as usual
+                floor = np.vstack(now).max(axis=0) * self.threshold
+        smoothed, flags = self._persist(state, raw, idx, late, floor)
         return Scored(smoothed, raw, flags, members, self.contributions(feats), self.threshold)
 
     def _persist(
-        self, state: np.ndarray, raw: np.ndarray, idx: np.ndarray, late: np.ndarray | None = None
+        self,
+        state: np.ndarray,
+        raw: np.ndarray,
+        idx: np.ndarray,
+        late: np.ndarray | None = None,
+        floor: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
+        """Causal smoothing and hysteresis; ``floor`` lifts the smoothed score at once (then it decays)."""
         lay, a = self.layout, self._a_score
         on, off = self.threshold, self.threshold * self.config.off_ratio
         smoothed, flags = np.empty(len(raw)), np.zeros(len(raw), dtype=bool)
@@ -396,6 +410,8 @@ class AnomalyModel:
             prev = state[rows, lay.SCORE]
             fresh = state[rows, lay.SCORED] == 0
             s = np.where(fresh, raw[pick], prev + a * (raw[pick] - prev))
+            if floor is not None:
+                s = np.maximum(s, floor[pick])
             was = state[rows, lay.FLAG] > 0
             flag = np.where(was, s >= off, s >= on)
             keep = ~late[pick] if late is not None else slice(None)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -283,3 +285,8 @@ def test_envelope_rule_runs_offline_only_with_enough_training_rows():
     idx = np.zeros(len(test), dtype=np.int64)
     scored = enough.score(state, enough.features(state, test, ts[:10] + 400_000, idx), idx)
     assert scored.members["envelope"][1] > 1.0 and scored.members["envelope"][0] == 0.0
+    assert scored.anomaly[1]  # a range never seen flags at once, not after the score's smoothing
+    slow = AnomalyModel(("a", "b", "c"), replace(config, immediate_rules=())).fit(x, ts)
+    state = slow.initial_state.copy()
+    smoothed = slow.score(state, slow.features(state, test, ts[:10] + 400_000, idx), idx)
+    assert smoothed.score[1] < scored.score[1]
