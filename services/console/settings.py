@@ -26,6 +26,9 @@ class ConsoleSettings:
         secret=True,
     )
     pool_size: int = _doc(4, "PostgreSQL connections kept for the API.")
+    migrate_on_start: bool = _doc(
+        True, "Apply the history store's pending migrations (they hold the console's tables) at start."
+    )
     history_url: str = _doc("http://127.0.0.1:8085", "Base URL of the history API.")
     alerts_url: str = _doc("http://127.0.0.1:8084", "Base URL of the alerts API.")
     service_token: str = _doc(
