@@ -174,6 +174,7 @@ ENDPOINTS: list[tuple[str, str, str, dict[str, Any] | None]] = [
     ("POST", "/api/silences", "operator", {"matchers": [], "duration": "2h"}),
     ("DELETE", "/api/silences/nope", "operator", None),
     ("GET", "/api/history/anomaly-rates?by=site", "viewer", None),
+    ("GET", "/api/history/alerts?since=1h", "viewer", None),
     ("GET", "/api/history/episodes", "viewer", None),
     ("GET", "/api/history/episodes/1", "viewer", None),
     ("GET", "/api/history/playback?since=1h&step=5m", "viewer", None),
@@ -406,6 +407,12 @@ async def test_a_public_report_reaches_operators_alerts_and_feedback(cstack: Sta
     assert (
         operator.request("POST", f"/api/alerts/{fp}/assign", json={"assignee": "crew 7"}).json()["assignee"] == "crew 7"
     )
+    logged = users["viewer"].request("GET", f"/api/history/alerts?since=1h&fingerprint={fp}").json()["items"]
+    assert {(e["kind"], e["author"], e["note"]) for e in logged} >= {
+        ("ack", "otto", "crew on the way"),
+        ("comment", "otto", "valve closed"),
+        ("assign", "otto", "crew 7"),
+    }  # the operator's actions are in the history store's alert log
     csv_text = operator.request("GET", "/api/alerts/export.csv?site=lakeside").text
     assert csv_text.splitlines()[0].startswith("fingerprint,alertname") and fp in csv_text and "crew 7" in csv_text
 
