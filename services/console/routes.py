@@ -85,11 +85,11 @@ def mount(app: faust.App, api: ConsoleApi, dist: Path) -> None:
     page("/api/public/reports", "public-reports", post=api.submit_report)
 
     async def unknown_api(request: Any, **kw: Any) -> Any:
-        return aioweb.json_response({"error": f"no API endpoint {request.path[:200]}"}, status=404)
+        return aioweb.json_response({"error": f"no endpoint {request.method} {request.path[:200]}"}, status=404)
 
     async def front_end(self: View, request: Request, **kw: Any) -> Any:
         path = request.path
-        if path.startswith("/api/") or path == "/api":
+        if path.startswith("/api/") or path == "/api" or request.method != "GET":
             return await unknown_api(request)
         index = dist / "index.html"
         if not index.is_file():
