@@ -264,7 +264,8 @@ class ConsoleApi:
 
     def _series_params(self, request: Any, metrics: tuple[str, ...], **where: str) -> dict[str, str]:
         q = {k: v for k, v in request.query.items() if k in ("since", "from", "to", "step")}
-        q.setdefault("since", "6h") if "from" not in q else None
+        if "from" not in q:
+            q.setdefault("since", "6h")
         metric = request.query.get("metric") or (metrics[0] if metrics else "")
         return {**q, "metric": metric, **where}
 

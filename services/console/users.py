@@ -7,6 +7,7 @@ password, a role change or disabling a user ends its sessions.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 import secrets
@@ -111,7 +112,7 @@ class Users:
 
     async def add(self, name: Any, password: Any, role: Any) -> dict[str, Any]:
         name, role = check_name(name), check_role(role)
-        password_hash = hash_password(password)
+        password_hash = await asyncio.to_thread(hash_password, password)
         now = now_ms()
         row = await self.db.fetchrow(
             "INSERT INTO console_users (name, role, password_hash, created_at, updated_at) VALUES ($1, $2, $3, $4, $4) "
@@ -139,7 +140,7 @@ class Users:
             args.append(disabled)
             sets.append(f"disabled = ${len(args)}")
         if password is not None:
-            args.append(hash_password(password))
+            args.append(await asyncio.to_thread(hash_password, password))
             sets.append(f"password_hash = ${len(args)}")
         if not sets:
             raise UserError("body", "give role, disabled or password")
@@ -156,17 +157,20 @@ class Users:
     async def authenticate(self, name: Any, password: Any) -> dict[str, Any] | None:
         """The user when the password is right and the user enabled, else None (in about the same time)."""
         if not isinstance(name, str) or not isinstance(password, str) or len(password) > MAX_PASSWORD:
-            verify_password(None, "")
+            await asyncio.to_thread(verify_password, None, "")
             return None
         row = await self.db.fetchrow(
             f"SELECT {USER_COLUMNS}, password_hash FROM console_users WHERE name = $1", name[:200]
         )
-        ok = verify_password(row["password_hash"] if row else None, password)
+        # argon2 takes tens of milliseconds and 64 MiB on purpose: off the event loop, which serves live clients
+        ok = await asyncio.to_thread(verify_password, row["password_hash"] if row else None, password)
         if not ok or row is None or row["disabled"]:
             return None
         if HASHER.check_needs_rehash(row["password_hash"]):
             await self.db.execute(
-                "UPDATE console_users SET password_hash = $2 WHERE name = $1", name, HASHER.hash(password)
+                "UPDATE console_users SET password_hash = $2 WHERE name = $1",
+                name,
+                await asyncio.to_thread(HASHER.hash, password),
             )
         return _user(row)
 
