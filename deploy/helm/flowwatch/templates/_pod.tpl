@@ -207,6 +207,27 @@ spec:
 - name: FLOWWATCH_HISTORY_MIGRATE_ON_START
   value: "false"
 {{- end }}
+{{- if eq $name "console" }}
+# The console finds the other services by their Service names (before extraEnv, which may override them).
+- name: FLOWWATCH_CONSOLE_HISTORY_URL
+  value: {{ printf "http://%s:%v" (include "flowwatch.componentName" (dict "root" $root "name" "history")) $root.Values.history.port | quote }}
+- name: FLOWWATCH_CONSOLE_ALERTS_URL
+  value: {{ printf "http://%s:%v" (include "flowwatch.componentName" (dict "root" $root "name" "alerts")) $root.Values.alerts.port | quote }}
+{{- $targets := list }}
+{{- range $other := splitList " " (include "flowwatch.components" $root) }}
+{{- $oc := index $root.Values $other }}
+{{- if and $oc.enabled (gt (int $oc.port) 0) (ne $other "console") }}
+{{- $targets = append $targets (printf "%s=http://%s:%v" $other (include "flowwatch.componentName" (dict "root" $root "name" $other)) $oc.port) }}
+{{- end }}
+{{- end }}
+- name: FLOWWATCH_CONSOLE_METRICS_TARGETS
+  value: {{ join "," $targets | quote }}
+{{- end }}
+{{- if and (eq $name "console") $root.Values.historyStore.migrate.enabled }}
+# The console's tables are in the history schema: the same hook Job migrates them.
+- name: FLOWWATCH_CONSOLE_MIGRATE_ON_START
+  value: "false"
+{{- end }}
 {{- with $c.extraEnv }}
 {{ toYaml . }}
 {{- end }}
