@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # The stack's directory (scripts/stack.sh's FLOWWATCH_STACK_DIR): the token and logs live beside the stack's own.
 STACK_DIR = Path(os.environ.get("FLOWWATCH_STACK_DIR") or ROOT / ".stack")
 LOGS = STACK_DIR / "logs" / "demo"
-SERVICES = ["ingest", "detector", "forecaster", "alerts", "history"]
+SERVICES = ["ingest", "detector", "forecaster", "alerts", "history", "console"]
 # The simulator feeds the live pipeline at a modest rate a laptop can watch.
 SIMULATOR = [
     "-m",
@@ -92,6 +92,34 @@ def demo_token(env: dict[str, str]) -> Path:
     return token_file
 
 
+def console_access(env: dict[str, str]) -> Path:
+    """The console's delegate token (so acks and verdicts carry the operator's name) and an admin user.
+
+    The admin's password is kept in ``demo-admin-password`` (0600) beside ``demo-token``, created once;
+    the user is (re)set to it on every start, through the CLI's environment variable, never argv.
+    """
+    console_token = secrets.token_urlsafe(32)
+    env["FLOWWATCH_API_TOKENS"] = ",".join(
+        t for t in (env.get("FLOWWATCH_API_TOKENS", ""), f"admin:{console_token}:console") if t
+    )
+    env["FLOWWATCH_API_DELEGATES"] = ",".join(d for d in (env.get("FLOWWATCH_API_DELEGATES", ""), "console") if d)
+    env["FLOWWATCH_CONSOLE_SERVICE_TOKEN"] = console_token
+    password_file = STACK_DIR / "demo-admin-password"
+    if not password_file.exists():
+        fd = os.open(password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(18))
+    password_file.chmod(0o600)
+    user_env = {**env, "FLOWWATCH_CONSOLE_PASSWORD": password_file.read_text().strip()}
+    cli = [sys.executable, "-m", "services.console", "users"]
+    added = subprocess.run([*cli, "add", "admin", "--role", "admin"], cwd=ROOT, env=user_env, capture_output=True)
+    if added.returncode != 0:
+        subprocess.run([*cli, "passwd", "admin"], cwd=ROOT, env=user_env, check=True, capture_output=True)
+        subprocess.run([*cli, "enable", "admin"], cwd=ROOT, env=user_env, check=True, capture_output=True)
+        subprocess.run([*cli, "role", "admin", "admin"], cwd=ROOT, env=user_env, check=True, capture_output=True)
+    return password_file
+
+
 def main() -> int:
     # Ctrl-C (and SIGTERM) stop the demo even when it was started with SIGINT ignored, as a shell
     # script's background job is: otherwise the services stop on the signal and the demo reports them dead.
@@ -101,6 +129,7 @@ def main() -> int:
     data_dir = Path(os.environ.get("FLOWWATCH_DATA_DIR", ROOT / ".flowwatch"))
     env = {**os.environ, "FLOWWATCH_DATA_DIR": str(data_dir), "PYTHONPATH": str(ROOT)}
     token_file = demo_token(env)
+    password_file = console_access(env)
     print("==> creating topics")
     asyncio.run(create_all(settings))
     ensure_forecaster_model(settings, env)
@@ -123,6 +152,8 @@ def main() -> int:
         auth = f'-H "Authorization: Bearer $(cat {token_file})"'
         print(
             f"\nflowwatch is running. The admin token every API accepts is in {token_file} (mode 0600).\n"
+            f"The console: http://127.0.0.1:{DEFAULT_PORTS['console']}/  (user admin, password in {password_file}, "
+            f"mode 0600); the public page: http://127.0.0.1:{DEFAULT_PORTS['console']}/public\n"
             "Try:\n"
             "  curl -s http://127.0.0.1:8081/metrics | grep flowwatch_\n"
             f"  curl -s {auth} http://127.0.0.1:8084/v1/alerts\n"

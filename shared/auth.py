@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 ROLES = {"viewer": 1, "operator": 2, "admin": 3}
+#: The header in which a delegate token (the console's) names the user it acts for.
+USER_HEADER = "X-Flowwatch-User"
 
 
 class AuthConfigError(ValueError):
@@ -35,6 +37,8 @@ class Principal:
 @dataclass
 class TokenStore:
     tokens: list[tuple[bytes, Principal]] = field(default_factory=list, repr=False)
+    #: names of tokens allowed to act for the user named in :data:`USER_HEADER` (with their own role at most)
+    delegates: set[str] = field(default_factory=set)
 
     def add(self, role: str, token: str, name: str, where: str) -> None:
         if role not in ROLES:
@@ -78,10 +82,12 @@ class TokenStore:
             store.extend(cls.load("FLOWWATCH_API_TOKENS_FILE", settings.api_tokens_file, env={}))
         for var in extra_env_vars:
             store.extend(cls.load(var, env=env))
+        store.delegates = {n.strip() for n in getattr(settings, "api_delegates", "").split(",") if n.strip()}
         return store
 
     def extend(self, other: TokenStore) -> None:
         self.tokens.extend(other.tokens)
+        self.delegates |= other.delegates
 
     def authenticate(self, header: str | None) -> Principal | None:
         if not header or not header.startswith("Bearer "):
@@ -114,11 +120,18 @@ class AuthError(Exception):
 
 
 def authorize(
-    tokens: TokenStore, authorization: str | None, role: str, unconfigured: str = NOT_CONFIGURED
+    tokens: TokenStore,
+    authorization: str | None,
+    role: str,
+    unconfigured: str = NOT_CONFIGURED,
+    acting_for: str | None = None,
 ) -> Principal:
     """The principal of an ``Authorization: Bearer`` header allowed ``role``, else :class:`AuthError`.
 
-    With no token configured at all every request is refused: closed by default, never open.
+    With no token configured at all every request is refused: closed by default, never open. A delegate
+    token (``FLOWWATCH_API_DELEGATES``) that names a user in ``acting_for`` (the ``X-Flowwatch-User``
+    header) acts as that user, with the token's role: the console checked the user's own role already.
+    Any other token's ``acting_for`` is ignored, so the header cannot be used to impersonate anyone.
     """
     if not tokens.tokens:
         raise AuthError(401, unconfigured)
@@ -127,6 +140,9 @@ def authorize(
         raise AuthError(401, "missing or invalid bearer token (Authorization: Bearer <token>)")
     if not principal.can(role):
         raise AuthError(403, f"role {principal.role!r} may not do this; needs {role!r} or above")
+    user = (acting_for or "").strip()
+    if user and principal.name in tokens.delegates and len(user) <= 200 and user.isprintable():
+        return Principal(principal.role, user)
     return principal
 
 
@@ -143,7 +159,9 @@ def require_role(tokens: TokenStore, role: str) -> Callable[[ViewFn], ViewFn]:
         @functools.wraps(fn)
         async def guarded(web: Any, request: Any, **kw: Any) -> Any:
             try:
-                authorize(tokens, request.headers.get("Authorization"), role)
+                authorize(
+                    tokens, request.headers.get("Authorization"), role, acting_for=request.headers.get(USER_HEADER)
+                )
             except AuthError as exc:
                 return web.json({"error": str(exc)}, status=exc.status, headers=exc.headers)
             return await fn(web, request, **kw)

@@ -23,6 +23,7 @@ DEFAULT_PORTS = {
     "forecaster": 8083,
     "alerts": 8084,
     "history": 8085,
+    "console": 8080,
 }
 
 
@@ -41,7 +42,7 @@ class Settings:
     """Runtime settings of one flowwatch service. Read with :meth:`from_env`."""
 
     service: str = _doc(
-        "ingest", "Which service these settings are for (ingest, detector, forecaster, alerts, history)."
+        "ingest", "Which service these settings are for (ingest, detector, forecaster, alerts, history, console)."
     )
     broker_url: str = _doc("kafka://127.0.0.1:9092", "Kafka bootstrap servers, comma separated, `kafka://host:port`.")
     redis_url: str = _doc("redis://127.0.0.1:6379/0", "Redis URL for the shared read cache.")
@@ -54,7 +55,7 @@ class Settings:
     web_host: str = _doc("127.0.0.1", "Address the service's web server binds to. Never 0.0.0.0 unless you mean it.")
     web_port: int = _doc(
         0,
-        "Web server port; 0 means the service default (ingest 8081, detector 8082, forecaster 8083, alerts 8084, history 8085).",
+        "Web server port; 0 means the service default (ingest 8081, detector 8082, forecaster 8083, alerts 8084, history 8085, console 8080).",
     )
     data_dir: Path = _doc(Path(".flowwatch"), "Directory for Faust table stores (rocksdb) and other local state.")
     model_dir: Path = _doc(Path(".flowwatch/models"), "Model registry directory.")
@@ -90,6 +91,11 @@ class Settings:
         secret=True,
     )
     api_tokens_file: str = _doc("", "File with API tokens, one `role token [name]` per line (`#` comments).")
+    api_delegates: str = _doc(
+        "",
+        "Names of API tokens (comma separated) that may act for a user named in the `X-Flowwatch-User` header: the "
+        "console's token, so that acks, silences and verdicts are recorded as the operator who made them.",
+    )
 
     @property
     def port(self) -> int:

@@ -23,7 +23,7 @@ from services.alerts.metrics import API_REQUESTS
 from services.alerts.mirror import Mirror, Unavailable
 from services.alerts.silences import Limits, SilenceError, new_silence, rfc3339, status, updated_silence
 from services.alerts.silences import view as silence_view
-from shared.auth import NOT_CONFIGURED, AuthError, Principal, TokenStore, authorize
+from shared.auth import NOT_CONFIGURED, USER_HEADER, AuthError, Principal, TokenStore, authorize
 from shared.codec import loads
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,13 @@ class AlertsApi:
 
     def authorize(self, request: Request, role: str) -> Principal:
         try:
-            return authorize(self.tokens, request.headers.get("Authorization"), role, UNCONFIGURED)
+            return authorize(
+                self.tokens,
+                request.headers.get("Authorization"),
+                role,
+                UNCONFIGURED,
+                acting_for=request.headers.get(USER_HEADER),
+            )
         except AuthError as exc:
             raise ApiError(exc.status, str(exc), exc.headers) from None
 

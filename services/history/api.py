@@ -24,7 +24,7 @@ from services.history import queries
 from services.history.metrics import API_REQUESTS
 from services.history.queries import Params, QueryError
 from services.history.settings import HistorySettings
-from shared.auth import AuthError, Principal, TokenStore, authorize
+from shared.auth import USER_HEADER, AuthError, Principal, TokenStore, authorize
 
 JSON_COLUMNS = {"top_metrics", "reasons", "labels", "annotations", "metrics", "values"}
 EXPORTS = ("anomalies", "episodes", "alerts", "series", "reports", "quarantine")
@@ -66,7 +66,9 @@ class HistoryApi:
 
     def authorize(self, request: Request, role: str) -> Principal:
         try:
-            return authorize(self.tokens, request.headers.get("Authorization"), role)
+            return authorize(
+                self.tokens, request.headers.get("Authorization"), role, acting_for=request.headers.get(USER_HEADER)
+            )
         except AuthError as exc:
             raise ApiError(exc.status, str(exc)) from None
 

@@ -30,7 +30,7 @@ from tests.unit.test_deploy_settings import ROOT, WEB_SERVICES, check_service_en
 
 CHART = ROOT / "deploy/helm/flowwatch"
 ALL_ON = CHART / "ci/all-on-values.yaml"
-COMPONENTS = ("ingest", "detector", "forecaster", "alerts", "history", "simulator")
+COMPONENTS = ("ingest", "detector", "forecaster", "alerts", "history", "console", "simulator")
 CONSUMERS = (*WEB_SERVICES, "history")
 RELEASE, NAMESPACE = "fw", "flowwatch"
 # Oldest supported (Chart.yaml kubeVersion) and newest schema set kubernetes-validate ships.
@@ -837,7 +837,7 @@ def test_service_monitor_scrapes_each_service_once(helm_bin) -> None:
     assert sm["metadata"]["labels"]["release"] == "prometheus"
     selector = sm["spec"]["selector"]["matchLabels"]
     selected = [s for s in find(docs, "Service") if selector.items() <= s["metadata"]["labels"].items()]
-    assert sorted(component_of(s) for s in selected) == sorted(CONSUMERS)
+    assert sorted(component_of(s) for s in selected) == sorted((*CONSUMERS, "console"))
     for s in selected:
         assert s["spec"].get("clusterIP") != "None"
         assert [p["name"] for p in s["spec"]["ports"]] == [e["port"] for e in sm["spec"]["endpoints"]]

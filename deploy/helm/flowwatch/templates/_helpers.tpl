@@ -27,7 +27,7 @@ StatefulSet (its pods get a controller-revision-hash label of name + 11 characte
 
 {{/* The components, in pipeline order. */}}
 {{- define "flowwatch.components" -}}
-ingest detector forecaster alerts history simulator
+ingest detector forecaster alerts history console simulator
 {{- end }}
 
 {{/* Components that consume Kafka topics in a consumer group: their replicas are capped by partitions. */}}

@@ -207,6 +207,11 @@ spec:
 - name: FLOWWATCH_HISTORY_MIGRATE_ON_START
   value: "false"
 {{- end }}
+{{- if and (eq $name "console") $root.Values.historyStore.migrate.enabled }}
+# The console's tables are in the history schema: the same hook Job migrates them.
+- name: FLOWWATCH_CONSOLE_MIGRATE_ON_START
+  value: "false"
+{{- end }}
 {{- with $c.extraEnv }}
 {{ toYaml . }}
 {{- end }}

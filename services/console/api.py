@@ -1,0 +1,707 @@
+"""The console's JSON API under /api/ on the Faust web server: auth, the operators' views, the public side.
+
+Each handler checks its caller first (:func:`services.console.auth.caller`), then answers from Redis, the
+history database, or the history and alerts APIs (called with the console's delegate token on behalf of
+the session's user). A refusal is a 4xx ``{"error": ...}`` naming the reason or the field.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import asyncpg
+import orjson
+from aiohttp import web as aioweb
+
+from services.alerts.durations import parse_duration
+from services.console import public, report
+from services.console.auth import COOKIE, ApiError, Caller, caller
+from services.console.live import Hub, frame
+from services.console.metrics import LOGINS, REPORTS
+from services.console.network import Topology
+from services.console.pipeline_health import PipelineHealth
+from services.console.ratelimit import RateLimit
+from services.console.settings import ConsoleSettings
+from services.console.status import Status
+from services.console.upstream import Upstream, UpstreamError
+from services.console.users import UserError, Users
+from services.history.queries import Params, QueryError
+from services.history.settings import HistorySettings
+from shared.auth import TokenStore
+from shared.cache import Cache
+
+log = logging.getLogger(__name__)
+MAX_BODY = 64 * 1024
+HOUR_MS = 3_600_000
+ALERT_CSV = (
+    "fingerprint alertname severity status site zone startsAt endsAt ack_by ack_at ack_note assignee verdict summary"
+)
+ALERT_CSV_COLUMNS = tuple(ALERT_CSV.split())
+
+
+def reply(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> aioweb.Response:
+    return aioweb.Response(body=orjson.dumps(body), status=status, content_type="application/json", headers=headers)
+
+
+def csv_reply(text: str, filename: str) -> aioweb.Response:
+    return aioweb.Response(
+        text=text,
+        content_type="text/csv",
+        charset="utf-8",
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )
+
+
+def rfc3339(ms: int | None) -> str | None:
+    if not ms:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms / 1000)) + f".{ms % 1000:03d}Z"
+
+
+class ConsoleApi:
+    """The views' dependencies; app.py wires them and opens the pool and clients at start."""
+
+    def __init__(
+        self,
+        cs: ConsoleSettings,
+        tokens: TokenStore,
+        topology: Topology,
+        cache: Cache,
+        history: Upstream,
+        alerts: Upstream,
+        hub: Hub,
+        health: PipelineHealth,
+        send_report: Callable[[dict[str, Any]], Awaitable[None]],
+        send_feedback: Callable[[dict[str, Any]], Awaitable[None]],
+        infra: Callable[[], Awaitable[dict[str, str]]],
+    ):
+        self.cs = cs
+        self.tokens = tokens
+        self.topology = topology
+        self.network = topology.describe()
+        self.cache = cache
+        self.history = history
+        self.alerts = alerts
+        self.hub = hub
+        self.health = health
+        self.send_report = send_report
+        self.send_feedback = send_feedback
+        self.infra = infra
+        self.hs = HistorySettings()
+        self.pool: asyncpg.Pool | None = None
+        self.users: Users | None = None
+        self.status: Status | None = None
+        self.login_by_ip = RateLimit(cs.login_attempts, cs.login_window_s)
+        self.login_by_name = RateLimit(cs.login_attempts, cs.login_window_s)
+        self.reports_by_ip = RateLimit(cs.report_limit, cs.report_window_s)
+
+    async def open(self, migrate: bool = True) -> None:
+        """Connect to the database (retrying until it answers) and apply pending migrations if asked."""
+        from services.history import store
+
+        while True:
+            try:
+                pool = await asyncpg.create_pool(
+                    self.cs.database_url, min_size=1, max_size=max(1, self.cs.pool_size), command_timeout=30
+                )
+                if migrate:
+                    async with pool.acquire() as conn:
+                        await store.migrate(conn)
+                break
+            except (OSError, asyncpg.PostgresError) as exc:
+                log.warning("console database not reachable (retrying in 5 s): %s", type(exc).__name__)
+                await asyncio.sleep(5)
+        self.pool = pool
+        self.users = Users(self.pool, self.cs.session_ttl_s)
+        self.status = Status(self.topology, self.cache, self.pool)
+
+    async def close(self) -> None:
+        if self.pool is not None:
+            await self.pool.close()
+
+    # --- plumbing -------------------------------------------------------------------------------
+
+    def _ready(self) -> tuple[Users, Status, asyncpg.Pool]:
+        if self.users is None or self.status is None or self.pool is None:
+            raise ApiError(503, "the console is still connecting to its database", {"Retry-After": "5"})
+        return self.users, self.status, self.pool
+
+    async def who(self, request: Any, role: str) -> Caller:
+        users, _, _ = self._ready()
+        return await caller(request, role, self.tokens, users)
+
+    async def body(self, request: Any) -> dict[str, Any]:
+        raw = await request.content.read(MAX_BODY + 1)
+        if len(raw) > MAX_BODY:
+            raise ApiError(413, f"body larger than {MAX_BODY} bytes")
+        try:
+            data = orjson.loads(raw) if raw else {}
+        except orjson.JSONDecodeError:
+            raise ApiError(400, "body: not valid JSON") from None
+        if not isinstance(data, dict):
+            raise ApiError(400, "body: must be a JSON object")
+        return data
+
+    def client_address(self, request: Any) -> str:
+        if self.cs.trust_forwarded_for:
+            forwarded = request.headers.get("X-Forwarded-For", "")
+            if forwarded:
+                return forwarded.split(",")[0].strip()[:64]
+        return request.remote or "unknown"
+
+    def params(self, request: Any) -> Params:
+        return Params(request.query, self.hs)
+
+    # --- auth -----------------------------------------------------------------------------------
+
+    async def login(self, request: Any) -> Any:
+        users, _, _ = self._ready()
+        body = await self.body(request)
+        name, password = body.get("username"), body.get("password")
+        if not isinstance(name, str) or not name or not isinstance(password, str) or not password:
+            raise ApiError(400, "username and password: both are required (text)")
+        ip, key = self.client_address(request), name[:200]
+        wait = max(self.login_by_ip.retry_after(ip), self.login_by_name.retry_after(key))
+        if wait:
+            LOGINS.labels("limited").inc()
+            raise ApiError(429, "too many failed logins; try again later", {"Retry-After": str(math.ceil(wait))})
+        user = await users.authenticate(name, password)
+        if user is None:
+            self.login_by_ip.hit(ip)
+            self.login_by_name.hit(key)
+            LOGINS.labels("refused").inc()
+            raise ApiError(401, "wrong username or password")
+        self.login_by_name.reset(key)
+        session_id, csrf = await users.open_session(user["name"])
+        LOGINS.labels("ok").inc()
+        response = reply({"user": {"name": user["name"], "role": user["role"]}, "csrf": csrf})
+        response.set_cookie(
+            COOKIE, session_id, httponly=True, samesite="Strict", secure=self.cs.secure_cookies, path="/"
+        )
+        return response
+
+    async def logout(self, request: Any) -> Any:
+        who = await self.who(request, "viewer")
+        if who.session_id:
+            users, _, _ = self._ready()
+            await users.close_session(who.session_id)
+        response = aioweb.Response(status=204)
+        response.del_cookie(COOKIE, path="/")
+        return response
+
+    async def me(self, request: Any) -> Any:
+        who = await self.who(request, "viewer")
+        return {"user": {"name": who.name, "role": who.role}, "csrf": who.csrf}
+
+    # --- network and status ---------------------------------------------------------------------
+
+    async def get_network(self, request: Any) -> Any:
+        await self.who(request, "viewer")
+        return self.network
+
+    async def overview(self, request: Any) -> Any:
+        await self.who(request, "viewer")
+        _, status, _ = self._ready()
+        now = int(time.time() * 1000)
+        zones, anomalies, loss, alerts, rate = await asyncio.gather(
+            status.zone_states(),
+            status.anomalies_since(now - HOUR_MS),
+            status.loss_today(),
+            self._alerts({"status": "firing"}, ""),
+            self._readings_per_s(),
+        )
+        firing = {"critical": 0, "warning": 0, "info": 0}
+        for a in alerts:
+            sev = a["severity"] if a["severity"] in firing else "info"
+            firing[sev] += 1
+        kpis = {
+            "readings_per_s": rate,
+            "anomalies_last_hour": anomalies,
+            "firing": firing,
+            "zones_at_risk": sum(1 for z in zones if z["status"] == "at_risk"),
+            "loss_today": loss,
+        }
+        return {"kpis": kpis, "zones": zones}
+
+    async def _readings_per_s(self) -> float:
+        services, _ = await self.health.view()
+        for s in services:
+            if s["name"] == "ingest":
+                return float(s.get("throughput_per_s") or 0.0)
+        return 0.0
+
+    async def zone(self, request: Any, zone: str) -> Any:
+        await self.who(request, "viewer")
+        _, status, _ = self._ready()
+        found = await status.zone(zone)
+        if found is None:
+            raise ApiError(404, f"no zone {zone[:64]!r}")
+        return found
+
+    def _known_zone(self, zone: str) -> Any:
+        z = self.topology.zone(zone)
+        if z is None:
+            raise ApiError(404, f"no zone {zone[:64]!r}")
+        return z
+
+    def _known_sensor(self, sensor: str) -> Any:
+        s = self.topology.sensor(sensor)
+        if s is None:
+            raise ApiError(404, f"no sensor {sensor[:64]!r}")
+        return s
+
+    def _series_params(self, request: Any, metrics: tuple[str, ...], **where: str) -> dict[str, str]:
+        q = {k: v for k, v in request.query.items() if k in ("since", "from", "to", "step")}
+        q.setdefault("since", "6h") if "from" not in q else None
+        metric = request.query.get("metric") or (metrics[0] if metrics else "")
+        return {**q, "metric": metric, **where}
+
+    async def zone_series(self, request: Any, zone: str) -> Any:
+        who = await self.who(request, "viewer")
+        z = self._known_zone(zone)
+        metrics = tuple(dict.fromkeys(m for s in self.topology.sensors_of(z.id) for m in s.metrics))
+        params = self._series_params(request, metrics, zone=zone)
+        return await self.history.json("GET", "/v1/history/series", params=params, user=who.name)
+
+    async def zone_risk(self, request: Any, zone: str) -> Any:
+        await self.who(request, "viewer")
+        self._known_zone(zone)
+        _, status, _ = self._ready()
+        q = dict(request.query)
+        if not q.get("from"):
+            q.setdefault("since", "6h")
+        start, to = Params(q, self.hs).span()
+        return {"points": await status.risk_points(zone, start, to)}
+
+    async def zone_losses(self, request: Any, zone: str) -> Any:
+        who = await self.who(request, "viewer")
+        self._known_zone(zone)
+        params = {k: v for k, v in request.query.items() if k in ("since", "from", "to")}
+        return await self.history.json("GET", f"/v1/history/zones/{zone}/losses", params=params, user=who.name)
+
+    async def sensor(self, request: Any, id: str) -> Any:
+        who = await self.who(request, "viewer")
+        _, status, _ = self._ready()
+        found = await status.sensor(id)
+        if found is None:
+            raise ApiError(404, f"no sensor {id[:64]!r}")
+        episodes = await self.history.json(
+            "GET", "/v1/history/episodes", params={"sensor": id, "since": "7d", "limit": "50"}, user=who.name
+        )
+        found["episodes"] = episodes.get("items", [])
+        return found
+
+    async def sensor_series(self, request: Any, id: str) -> Any:
+        who = await self.who(request, "viewer")
+        s = self._known_sensor(id)
+        params = self._series_params(request, tuple(s.metrics), sensor=id)
+        return await self.history.json("GET", "/v1/history/series", params=params, user=who.name)
+
+    # --- alerts ---------------------------------------------------------------------------------
+
+    async def _alerts(self, filters: dict[str, str], user: str) -> list[dict[str, Any]]:
+        """The alerts API's list in the console's shape, with the console's comments and assignees and the
+        latest verdict from the history store."""
+        _, _, pool = self._ready()
+        status = filters.get("status") or ""
+        if status and status not in ("firing", "resolved"):
+            raise ApiError(400, "status: use firing or resolved")
+        params: list[tuple[str, str]] = [("status", status)] if status else []
+        for label in ("severity", "site", "zone"):
+            value = filters.get(label)
+            if value:
+                params.append(("filter", f"{label}={orjson.dumps(value).decode()}"))
+        answer = await self.alerts.json("GET", "/v1/alerts", params=params, user=user)
+        raw = answer.get("alerts", [])
+        fps = [a["fingerprint"] for a in raw]
+        notes = await pool.fetch(
+            "SELECT fingerprint, ts, kind, author, text FROM console_alert_notes WHERE fingerprint = ANY($1) "
+            "ORDER BY ts",
+            fps,
+        )
+        verdicts = await pool.fetch(
+            "SELECT DISTINCT ON (fingerprint) fingerprint, verdict FROM feedback WHERE fingerprint = ANY($1) "
+            "ORDER BY fingerprint, ts DESC",
+            fps,
+        )
+        comments: dict[str, list[dict[str, Any]]] = {}
+        assignee: dict[str, str | None] = {}
+        for n in notes:
+            if n["kind"] == "comment":
+                comments.setdefault(n["fingerprint"], []).append(
+                    {"by": n["author"], "at": rfc3339(n["ts"]), "text": n["text"]}
+                )
+            else:
+                assignee[n["fingerprint"]] = n["text"] or None
+        verdict = {v["fingerprint"]: v["verdict"] for v in verdicts}
+        out = []
+        for a in raw:
+            fp, labels = a["fingerprint"], a.get("labels", {})
+            ack = a.get("ack")
+            out.append(
+                {
+                    "fingerprint": fp,
+                    "alertname": labels.get("alertname", ""),
+                    "severity": labels.get("severity", "info"),
+                    "status": a["status"],
+                    "labels": labels,
+                    "annotations": a.get("annotations", {}),
+                    "startsAt": a.get("startsAt"),
+                    "endsAt": a.get("endsAt"),
+                    "ack": {"by": ack["by"], "at": ack["at"], "note": ack.get("comment", "")} if ack else None,
+                    "assignee": assignee.get(fp),
+                    "comments": comments.get(fp, []),
+                    "verdict": verdict.get(fp),
+                }
+            )
+        return out
+
+    async def list_alerts(self, request: Any) -> Any:
+        who = await self.who(request, "viewer")
+        return {"items": await self._alerts(dict(request.query), who.name)}
+
+    async def export_alerts(self, request: Any) -> Any:
+        who = await self.who(request, "viewer")
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow(ALERT_CSV_COLUMNS)
+        for a in await self._alerts(dict(request.query), who.name):
+            ack = a["ack"] or {}
+            labels = a["labels"]
+            row = {
+                **a,
+                "site": labels.get("site"),
+                "zone": labels.get("zone"),
+                "ack_by": ack.get("by"),
+                "ack_at": ack.get("at"),
+                "ack_note": ack.get("note"),
+                "summary": a["annotations"].get("summary"),
+            }
+            writer.writerow(["" if row.get(c) is None else row[c] for c in ALERT_CSV_COLUMNS])
+        return csv_reply(buf.getvalue(), "alerts.csv")
+
+    async def _one_alert(self, fp: str, user: str) -> dict[str, Any]:
+        for a in await self._alerts({}, user):
+            if a["fingerprint"] == fp:
+                return a
+        raise ApiError(404, f"no alert with fingerprint {fp[:64]!r}")
+
+    async def ack(self, request: Any, fp: str) -> Any:
+        who = await self.who(request, "operator")
+        note = _text(await self.body(request), "note", 1000)
+        await self.alerts.json("POST", f"/v1/alerts/{fp}/ack", json={"comment": note}, user=who.name)
+        return await self._one_alert(fp, who.name)
+
+    async def _note(self, fp: str, kind: str, who: Caller, text: str) -> Any:
+        _, _, pool = self._ready()
+        await self._one_alert(fp, who.name)  # 404 for an unknown alert
+        await pool.execute(
+            "INSERT INTO console_alert_notes (fingerprint, ts, kind, author, text) VALUES ($1, $2, $3, $4, $5) "
+            "ON CONFLICT DO NOTHING",
+            fp,
+            int(time.time() * 1000),
+            kind,
+            who.name,
+            text,
+        )
+        return await self._one_alert(fp, who.name)
+
+    async def comment(self, request: Any, fp: str) -> Any:
+        who = await self.who(request, "operator")
+        text = _text(await self.body(request), "text", 5000).strip()
+        if not text:
+            raise ApiError(400, "text: a comment needs text")
+        return await self._note(fp, "comment", who, text)
+
+    async def assign(self, request: Any, fp: str) -> Any:
+        who = await self.who(request, "operator")
+        body = await self.body(request)
+        if "assignee" not in body:
+            raise ApiError(400, "assignee: is required (empty text unassigns)")
+        return await self._note(fp, "assign", who, _text(body, "assignee", 200).strip())
+
+    async def verdict(self, request: Any, fp: str) -> Any:
+        who = await self.who(request, "operator")
+        body = await self.body(request)
+        verdict = body.get("verdict")
+        if verdict not in ("true_positive", "false_positive"):
+            raise ApiError(400, "verdict: must be true_positive or false_positive")
+        payload = {"fingerprint": fp, "verdict": verdict, "comment": _text(body, "comment", 2000)}
+        await self.alerts.json("POST", "/v1/feedback", json=payload, user=who.name)
+        alert = await self._one_alert(fp, who.name)
+        alert["verdict"] = verdict  # on the feedback topic now; the history store has it a moment later
+        return alert
+
+    # --- silences -------------------------------------------------------------------------------
+
+    async def list_silences(self, request: Any) -> Any:
+        who = await self.who(request, "viewer")
+        params = {"state": request.query["state"]} if request.query.get("state") else None
+        return {"items": await self.alerts.json("GET", "/v1/silences", params=params, user=who.name)}
+
+    async def create_silence(self, request: Any) -> Any:
+        who = await self.who(request, "operator")
+        body = await self.body(request)
+        try:
+            seconds = parse_duration(body.get("duration"))
+        except ValueError as exc:
+            raise ApiError(400, f"duration: {exc}") from None
+        if seconds <= 0:
+            raise ApiError(400, "duration: must be positive")
+        now = int(time.time() * 1000)
+        matchers = body.get("matchers")
+        if not isinstance(matchers, list) or not matchers:
+            raise ApiError(400, "matchers: at least one {name, value, isRegex}")
+        payload = {
+            "matchers": matchers,
+            "startsAt": now,
+            "endsAt": now + int(seconds * 1000),
+            "comment": _text(body, "comment", 1000) or f"silenced in the console by {who.name}",
+        }
+        return await self.alerts.json("POST", "/v1/silences", json=payload, user=who.name)
+
+    async def delete_silence(self, request: Any, id: str) -> Any:
+        who = await self.who(request, "operator")
+        return await self.alerts.json("DELETE", f"/v1/silences/{id}", user=who.name)
+
+    # --- history (proxied) ----------------------------------------------------------------------
+
+    async def _proxy(self, request: Any, path: str) -> Any:
+        who = await self.who(request, "viewer")
+        r = await self.history.call("GET", path, params=list(request.query.items()), user=who.name)
+        if r.status_code >= 500 or r.status_code in (401, 403):
+            raise UpstreamError(502, f"the history API answered {r.status_code}")
+        return aioweb.Response(
+            body=r.content,
+            status=r.status_code,
+            content_type=r.headers.get("content-type", "application/json").split(";")[0],
+            headers={k: v for k, v in r.headers.items() if k.lower() == "content-disposition"},
+        )
+
+    async def anomaly_rates(self, request: Any) -> Any:
+        return await self._proxy(request, "/v1/history/anomaly-rates")
+
+    async def episodes(self, request: Any) -> Any:
+        return await self._proxy(request, "/v1/history/episodes")
+
+    async def episode(self, request: Any, id: str) -> Any:
+        return await self._proxy(request, f"/v1/history/episodes/{id}")
+
+    async def playback(self, request: Any) -> Any:
+        return await self._proxy(request, "/v1/history/playback")
+
+    async def history_export(self, request: Any) -> Any:
+        return await self._proxy(request, "/v1/history/export.csv")
+
+    # --- planners' report and pipeline health ---------------------------------------------------
+
+    async def _report(self, request: Any) -> dict[str, Any]:
+        await self.who(request, "viewer")
+        _, _, pool = self._ready()
+        start, to = self.params(request).span(30 * 24 * HOUR_MS)
+        return await report.build(pool, start, to)
+
+    async def planners_report(self, request: Any) -> Any:
+        return await self._report(request)
+
+    async def planners_report_csv(self, request: Any) -> Any:
+        return csv_reply(report.to_csv(await self._report(request)), "report.csv")
+
+    async def pipeline(self, request: Any) -> Any:
+        await self.who(request, "viewer")
+        (services, reasons), infra = await asyncio.gather(self.health.view(), self.infra())
+        return {"services": services, "quarantine_reasons": reasons, "infra": infra}
+
+    # --- public leak reports --------------------------------------------------------------------
+
+    async def list_reports(self, request: Any) -> Any:
+        await self.who(request, "operator")
+        _, _, pool = self._ready()
+        wanted = request.query.get("status", "")
+        if wanted not in ("", "new", "confirmed", "rejected"):
+            raise ApiError(400, "status: use new, confirmed or rejected")
+        rows = await pool.fetch(
+            "SELECT r.id, r.ts, r.site, r.text, r.payload, t.status, t.author, t.ts AS triage_ts, t.note "
+            "FROM reports r LEFT JOIN console_report_triage t ON t.report_id = r.id "
+            "WHERE ($1 = '' OR coalesce(t.status, 'new') = $1) ORDER BY r.ts DESC LIMIT 500",
+            wanted,
+        )
+        return {"items": [_report_view(r) for r in rows]}
+
+    async def triage(self, request: Any, id: str) -> Any:
+        who = await self.who(request, "operator")
+        _, _, pool = self._ready()
+        body = await self.body(request)
+        status = body.get("status")
+        if status not in ("confirmed", "rejected"):
+            raise ApiError(400, "status: confirmed or rejected")
+        note = _text(body, "note", 2000)
+        row = await pool.fetchrow("SELECT id, ts, site, text, payload FROM reports WHERE id = $1", id)
+        if row is None:
+            raise ApiError(404, f"no report {id[:64]!r}")
+        now = int(time.time() * 1000)
+        await pool.execute(
+            "INSERT INTO console_report_triage (report_id, status, author, note, ts) VALUES ($1, $2, $3, $4, $5) "
+            "ON CONFLICT (report_id) DO UPDATE SET status = $2, author = $3, note = $4, ts = $5",
+            id,
+            status,
+            who.name,
+            note,
+            now,
+        )
+        if status == "confirmed":
+            await self.send_feedback(
+                {
+                    "fingerprint": f"report-{id}",
+                    "verdict": "true_positive",
+                    "ts": now,
+                    "author": who.name,
+                    "comment": note,
+                    "labels": {"alertname": "PublicLeakReport", "site": row["site"], "report_id": id},
+                    "v": 1,
+                }
+            )
+        fresh = await pool.fetchrow(
+            "SELECT r.id, r.ts, r.site, r.text, r.payload, t.status, t.author, t.ts AS triage_ts, t.note "
+            "FROM reports r LEFT JOIN console_report_triage t ON t.report_id = r.id WHERE r.id = $1",
+            id,
+        )
+        return _report_view(fresh)
+
+    async def localities(self, request: Any) -> Any:
+        _, status, pool = self._ready()
+        zones = await status.zone_states()
+        net = self.topology.network
+        watched = [s for s in net.sensors if public.WATCHED_METRICS & set(s.metrics)]
+        scores = await self.cache.get_many("score", [s.id for s in watched])
+        anomalous = {s.site for s in watched if (scores.get(s.id) or {}).get("is_anomaly")}
+        open_sites = {r["site"] for r in await pool.fetch("SELECT DISTINCT site FROM incidents WHERE state = 'open'")}
+        return {"localities": public.localities(self.topology.site_ids(), zones, anomalous, open_sites)}
+
+    async def submit_report(self, request: Any) -> Any:
+        ip = self.client_address(request)
+        wait = self.reports_by_ip.retry_after(ip)
+        if wait:
+            REPORTS.labels("limited").inc()
+            raise ApiError(429, "too many reports from here; try again later", {"Retry-After": str(math.ceil(wait))})
+        try:
+            record = public.report_record(await self.body(request), self.topology.site_ids())
+        except public.ReportError as exc:
+            REPORTS.labels("invalid").inc()
+            raise ApiError(400, str(exc)) from None
+        self.reports_by_ip.hit(ip)
+        await self.send_report(record)
+        REPORTS.labels("accepted").inc()
+        message = "Thank you. Your report has been passed on to the operators on duty."
+        return reply({"id": record["id"], "message": message}, status=202)
+
+    # --- users ----------------------------------------------------------------------------------
+
+    async def list_users(self, request: Any) -> Any:
+        await self.who(request, "admin")
+        users, _, _ = self._ready()
+        return {"items": await users.list()}
+
+    async def add_user(self, request: Any) -> Any:
+        await self.who(request, "admin")
+        users, _, _ = self._ready()
+        body = await self.body(request)
+        return reply(await users.add(body.get("username"), body.get("password"), body.get("role")), status=201)
+
+    async def update_user(self, request: Any, name: str) -> Any:
+        await self.who(request, "admin")
+        users, _, _ = self._ready()
+        body = await self.body(request)
+        return await users.update(
+            name, role=body.get("role"), disabled=body.get("disabled"), password=body.get("password")
+        )
+
+    # --- live -----------------------------------------------------------------------------------
+
+    async def live(self, request: Any) -> Any:
+        await self.who(request, "viewer")
+        from services.console.live import EVENTS
+
+        known = set(EVENTS.values())
+        wanted = {e.strip() for e in request.query.get("events", "").split(",") if e.strip()} or known
+        if wanted - known:
+            raise ApiError(400, f"events: one or more of {', '.join(sorted(known))}")
+        client = self.hub.join(wanted)
+        if client is None:
+            raise ApiError(503, "too many live clients on this replica; try again", {"Retry-After": "10"})
+        response = aioweb.StreamResponse(
+            status=200,
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+        try:
+            await response.prepare(request)
+            await response.write(frame("hello", orjson.dumps({"events": sorted(wanted)})))
+            reported = 0
+            while True:
+                try:
+                    await asyncio.wait_for(client.ready.wait(), self.cs.live_heartbeat_s)
+                except TimeoutError:
+                    await response.write(b": heartbeat\n\n")
+                    continue
+                chunks = [frame(event, data) for event, data in client.take()]
+                if client.dropped != reported:
+                    chunks.append(frame("dropped", orjson.dumps({"dropped": client.dropped})))
+                    reported = client.dropped
+                await response.write(b"".join(chunks))
+        except (ConnectionResetError, asyncio.CancelledError, RuntimeError):
+            pass
+        finally:
+            self.hub.leave(client)
+        return response
+
+
+def _text(body: dict[str, Any], field: str, limit: int) -> str:
+    value = body.get(field, "")
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise ApiError(400, f"{field}: must be text")
+    if len(value) > limit:
+        raise ApiError(400, f"{field}: at most {limit} characters")
+    return value
+
+
+def _report_view(r: Any) -> dict[str, Any]:
+    payload = r["payload"]
+    if isinstance(payload, str):
+        payload = orjson.loads(payload)
+    return {
+        "id": r["id"],
+        "ts": r["ts"],
+        "locality": payload.get("locality") or r["site"],
+        "remark": r["text"],
+        "name": payload.get("name", ""),
+        "contact": payload.get("contact", ""),
+        "status": r["status"] or "new",
+        "triage": {"by": r["author"], "at": r["triage_ts"], "note": r["note"]} if r["status"] else None,
+    }
+
+
+def errors(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """``fn``'s result as a response; a refusal as its status with ``{"error": ...}``."""
+
+    async def run(request: Any, **kw: Any) -> tuple[Any, int, dict[str, str] | None]:
+        try:
+            return await fn(request, **kw), 200, None
+        except ApiError as exc:
+            return {"error": str(exc)}, exc.status, exc.headers
+        except UpstreamError as exc:
+            return {"error": str(exc)}, exc.status, None
+        except UserError as exc:
+            return {"error": str(exc)}, exc.status, None
+        except QueryError as exc:
+            return {"error": str(exc), "parameter": exc.param}, 400, None
+
+    return run
