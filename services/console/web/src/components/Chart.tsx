@@ -27,6 +27,8 @@ export function Chart({ data, series, bands, height = 220, yLabel, ariaLabel, yR
       axes: [{ stroke: "currentColor" }, { stroke: "currentColor", label: yLabel ?? "", size: 56 }],
       scales: { x: { time: true }, ...(yRange ? { y: { range: yRange } } : {}) },
       legend: { live: false },
+      // The console speaks UTC everywhere; the browser's own zone would contradict the tables.
+      tzDate: (ts: number) => uPlot.tzDate(new Date(ts * 1000), "Etc/UTC"),
       cursor: { drag: { x: true, y: false } },
     };
     if (bands) opts.bands = bands;
