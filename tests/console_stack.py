@@ -5,16 +5,20 @@ Playwright (never a downloaded browser)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+import uuid
+from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from shared.settings import Settings
-from tests.helpers import API_TOKEN, ROOT, ServiceProcess, free_port
+from shared.topics import create_all
+from tests.helpers import API_TOKEN, ROOT, ServiceProcess, delete_topics, free_port
+from tests.history_helpers import scratch_database
 
 #: A quick ZoneIncidentRisk like the shipped rule (critical when p >= 0.7), routed only to the alerts topic.
 ALERTS_CONFIG = """
@@ -147,3 +151,41 @@ class ConsoleStack:
 
     def logs(self) -> str:
         return "\n".join(f"--- {p.service} ---\n{p.tail(30)}" for p in self.processes)
+
+
+def run_sync(coro: Coroutine[Any, Any, Any]) -> Any:
+    """Run a coroutine from synchronous code (Playwright's sync API cannot share a running event loop)."""
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(coro)
+    finally:
+        loop.close()
+
+
+@contextmanager
+def running_console(base: Settings, data_dir: Path, users: dict[str, tuple[str, str]]) -> Iterator[ConsoleStack]:
+    """A ConsoleStack on a fresh topic prefix and scratch database, with ``users`` ({name: (role, password)})
+    added; everything removed afterwards."""
+    settings = base.replace(
+        api_tokens=f"admin:{API_TOKEN}:tests",
+        topic_prefix=f"t{uuid.uuid4().hex[:10]}.",
+        data_dir=data_dir,
+        partitions=1,
+    )
+    loop = asyncio.new_event_loop()
+    db_cm = scratch_database()
+    try:
+        loop.run_until_complete(create_all(settings, out=open(os.devnull, "w")))
+        db = loop.run_until_complete(db_cm.__aenter__())
+        cs = ConsoleStack(settings, db)
+        try:
+            cs.start()
+            for name, (role, password) in users.items():
+                cs.add_user(name, role, password)
+            yield cs
+        finally:
+            cs.stop()
+            loop.run_until_complete(db_cm.__aexit__(None, None, None))
+    finally:
+        loop.run_until_complete(delete_topics(settings))
+        loop.close()

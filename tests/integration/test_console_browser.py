@@ -6,7 +6,6 @@ operators' list. Every screen is photographed at a desktop and a phone size unde
 
 from __future__ import annotations
 
-import asyncio
 import math
 import re
 import time
@@ -20,10 +19,9 @@ from playwright.sync_api import Page, expect, sync_playwright
 
 from shared.cache import Cache
 from shared.settings import Settings
-from shared.topics import create_all
-from tests.console_stack import ConsoleStack, chromium
-from tests.helpers import API_TOKEN, ROOT, delete_topics, produce
-from tests.history_helpers import ADMIN_URL, reading
+from tests.console_stack import ConsoleStack, chromium, run_sync, running_console
+from tests.helpers import ROOT, produce
+from tests.history_helpers import reading
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -34,32 +32,6 @@ DESKTOP = {"width": 1280, "height": 860}
 PHONE = {"width": 390, "height": 844}
 SITE, ZONE, SENSOR = "riverside", "riverside-dma1", "riverside-dma1-pipe01"
 WAIT_MS = 60_000  # a bound on waits for the pipeline (risk → alerts → topic → console → browser), not a timing
-
-
-def _run(coro: Any) -> Any:
-    return asyncio.new_event_loop().run_until_complete(coro)
-
-
-async def _scratch_db() -> str:
-    import asyncpg
-
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(ADMIN_URL)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    return ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-
-
-async def _drop_db(url: str) -> None:
-    import asyncpg
-
-    admin = await asyncpg.connect(ADMIN_URL)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
-    finally:
-        await admin.close()
 
 
 async def _seed(settings: Settings) -> None:
@@ -74,7 +46,10 @@ async def _seed(settings: Settings) -> None:
             reading(
                 SENSOR,
                 now - (180 - k) * 60_000,
-                {"flow": 40.0 + 10 * math.sin(k / 15) + (35.0 if 150 <= k < 170 else 0.0), "pressure": 3.1 - 0.004 * (k % 30)},
+                {
+                    "flow": 40.0 + 10 * math.sin(k / 15) + (35.0 if 150 <= k < 170 else 0.0),
+                    "pressure": 3.1 - 0.004 * (k % 30),
+                },
                 zone=ZONE,
                 site=SITE,
             ),
@@ -136,7 +111,14 @@ async def _seed(settings: Settings) -> None:
                     "probability": p,
                     "incident_type": "leak" if p > 0.5 else "normal",
                     "forecast": {"flow": {"q10": 35.0, "q50": 45.0, "q90": 55.0, "expected": 45.0, "actual": 44.0}},
-                    "loss": {"volume": 12.5, "cost": 30.0, "unit": "m3", "currency": "EUR", "ongoing": p > 0.5, "since_ms": now - 30 * 60_000},
+                    "loss": {
+                        "volume": 12.5,
+                        "cost": 30.0,
+                        "unit": "m3",
+                        "currency": "EUR",
+                        "ongoing": p > 0.5,
+                        "since_ms": now - 30 * 60_000,
+                    },
                     "model_version": "test-1",
                 },
             )
@@ -150,8 +132,20 @@ async def _seed(settings: Settings) -> None:
         await cache.set_many(
             "risk",
             {
-                "riverside-dma3": {"site": SITE, "zone": "riverside-dma3", "probability": 0.82, "incident_type": "burst", "ts": now},
-                "hillcrest-dma2": {"site": "hillcrest", "zone": "hillcrest-dma2", "probability": 0.1, "incident_type": "normal", "ts": now},
+                "riverside-dma3": {
+                    "site": SITE,
+                    "zone": "riverside-dma3",
+                    "probability": 0.82,
+                    "incident_type": "burst",
+                    "ts": now,
+                },
+                "hillcrest-dma2": {
+                    "site": "hillcrest",
+                    "zone": "hillcrest-dma2",
+                    "probability": 0.1,
+                    "incident_type": "normal",
+                    "ts": now,
+                },
             },
         )
         await cache.set_many(
@@ -165,25 +159,10 @@ async def _seed(settings: Settings) -> None:
 @pytest.fixture(scope="module")
 def console(stack: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleStack]:
     """history + alerts + console on their own topic prefix and scratch database, with three users."""
-    settings = stack.replace(
-        api_tokens=f"admin:{API_TOKEN}:tests",
-        topic_prefix=f"t{uuid.uuid4().hex[:10]}.",
-        data_dir=tmp_path_factory.mktemp("console") / "data",
-        partitions=1,
-    )
-    _run(create_all(settings, out=open("/dev/null", "w")))
-    db = _run(_scratch_db())
-    cs = ConsoleStack(settings, db)
-    try:
-        cs.start()
-        for name, role in ROLES.items():
-            cs.add_user(name, role, PASSWORDS[name])
-        _run(_seed(settings))
+    users = {name: (role, PASSWORDS[name]) for name, role in ROLES.items()}
+    with running_console(stack, tmp_path_factory.mktemp("console") / "data", users) as cs:
+        run_sync(_seed(cs.settings))
         yield cs
-    finally:
-        cs.stop()
-        _run(delete_topics(settings))
-        _run(_drop_db(db))
 
 
 @pytest.fixture(scope="module")
@@ -244,7 +223,7 @@ def test_an_operator_sees_an_incident_live_acknowledges_it_and_finds_it_in_histo
     # Anything kept in the page's memory survives only if the page is never reloaded.
     page.evaluate("window.__sameDocument = 'yes'")
     zone = "riverside-dma4"
-    _run(produce(console.settings, "risk", [(zone.encode(), _risk(zone, 0.95))]))
+    run_sync(produce(console.settings, "risk", [(zone.encode(), _risk(zone, 0.95))]))
 
     popup = page.get_by_test_id("alert-popup").filter(has_text=zone)
     expect(popup).to_be_visible()
@@ -271,7 +250,7 @@ def test_an_operator_sees_an_incident_live_acknowledges_it_and_finds_it_in_histo
 
 def test_a_viewer_cannot_acknowledge(console, new_page) -> None:
     zone = "riverside-dma5"
-    _run(produce(console.settings, "risk", [(zone.encode(), _risk(zone, 0.9))]))
+    run_sync(produce(console.settings, "risk", [(zone.encode(), _risk(zone, 0.9))]))
     page = new_page()
     login(page, "vera")
     page.goto("/alerts")

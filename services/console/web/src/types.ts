@@ -271,3 +271,13 @@ export interface ConsoleUser {
   created_at?: number;
   last_login_at?: number | null;
 }
+
+export interface AlertLogEntry {
+  fingerprint: string;
+  ts: number | string;
+  kind: string;
+  status?: string | null;
+  author?: string | null;
+  note?: string | null;
+  labels?: Record<string, string> | null;
+}

@@ -31,7 +31,7 @@ export function Heatmap({ data }: { data: RateRow[] }) {
   const height = top + g.rows.length * ch;
   return (
     <div className="scroll-x">
-      <svg className="heatmap" viewBox={`0 0 ${width} ${height}`} style={{ minWidth: 480 }} role="img" aria-label="anomaly rate by site and hour of day (UTC)">
+      <svg className="heatmap" viewBox={`0 0 ${width} ${height}`} style={{ minWidth: 480, maxWidth: width * 1.4 }} role="img" aria-label="anomaly rate by site and hour of day (UTC)">
         {g.cols.map((h) => (
           <text key={h} x={left + h * cw + cw / 2} y={12} textAnchor="middle" className="axis">
             {h % 3 === 0 ? String(h).padStart(2, "0") : ""}

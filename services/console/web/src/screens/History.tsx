@@ -9,7 +9,7 @@ import { Schematic, type ZoneLook } from "../components/Schematic";
 import { PeriodPicker } from "../components/PeriodPicker";
 import { Empty, Loading, Section, SeverityBadge } from "../components/ui";
 import { Link, useLocation } from "../router";
-import type { Episode, Network, Playback, RateRow } from "../types";
+import type { AlertLogEntry, Episode, Network, Playback, RateRow } from "../types";
 
 export function History() {
   const { search } = useLocation();
@@ -31,6 +31,7 @@ export function History() {
         {episodes.data ? <Timeline episodes={episodes.data.items} /> : null}
         {episodes.data ? <EpisodeTable episodes={episodes.data.items} /> : null}
       </Section>
+      <AlertLog since={since} site={site} version={live.alertVersion} />
       <PlaybackPanel site={site} />
       <Section title="Exports">
         <ul className="exports">
@@ -189,6 +190,53 @@ function PlaybackPanel({ site }: { site: string }) {
         </>
       ) : data.data ? (
         <Empty>No recorded state in this period.</Empty>
+      ) : null}
+    </Section>
+  );
+}
+
+const KIND_WORDS: Record<string, string> = {
+  state: "state",
+  ack: "acknowledged",
+  comment: "comment",
+  assign: "assigned",
+  verdict: "verdict",
+};
+
+/** What happened to alerts: state changes and what people did (acknowledgements, comments, verdicts). */
+function AlertLog({ since, site, version }: { since: string; site: string; version: number }) {
+  const log = useApi<{ items: AlertLogEntry[] }>(`/api/history/alerts${query({ since, site, limit: 100 })}`, version);
+  return (
+    <Section title="Alert log">
+      <Loading error={log.error} loading={log.loading && !log.data} />
+      {log.data && log.data.items.length === 0 ? <Empty>Nothing happened to alerts in this period.</Empty> : null}
+      {log.data && log.data.items.length ? (
+        <div className="scroll-x">
+          <table className="table" data-testid="alert-log">
+            <thead>
+              <tr>
+                <th>when (UTC)</th>
+                <th>what</th>
+                <th>alert</th>
+                <th>who</th>
+                <th>note</th>
+              </tr>
+            </thead>
+            <tbody>
+              {log.data.items.map((e, i) => (
+                <tr key={`${e.fingerprint}-${String(e.ts)}-${e.kind}-${i}`} data-fingerprint={e.fingerprint}>
+                  <td>{formatTime(e.ts)}</td>
+                  <td>{e.kind === "state" ? (e.status ?? "state") : (KIND_WORDS[e.kind] ?? e.kind)}</td>
+                  <td className="small">
+                    {e.labels?.alertname ?? ""} {[e.labels?.site, e.labels?.zone, e.labels?.sensor].filter(Boolean).join(" / ") || e.fingerprint.slice(0, 10)}
+                  </td>
+                  <td>{e.author ?? "—"}</td>
+                  <td>{e.note ?? ""}</td>
+                </tr>
+              ))}
+            </tbody>
+          </table>
+        </div>
       ) : null}
     </Section>
   );
