@@ -43,7 +43,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "topics": topics_table,
     **{
         f"settings-{name}": _service_settings(name)
-        for name in ("ingest", "detector", "forecaster", "alerts", "history", "simulator")
+        for name in ("ingest", "detector", "forecaster", "alerts", "history", "console", "simulator")
     },
 }
 

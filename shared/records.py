@@ -221,6 +221,27 @@ class Feedback(Record):
 
 
 @dataclass(slots=True)
+class LeakReport(Record):
+    """A suspected leak reported by the public (reports), from the console's public page.
+
+    A locality is a site; ``zone`` is empty when the reporter cannot know it. The reporter's name and
+    contact travel in the record for the operators (history keeps it) but are not fields here, so no
+    rule can put them in an alert.
+    """
+
+    id: str
+    ts: int
+    site: str
+    text: str
+    zone: str = ""
+    utility: str = "water"
+    kind: str = "leak"
+    locality: str = ""
+    source: str = "public"
+    v: int = 1
+
+
+@dataclass(slots=True)
 class IncidentLabel(Record):
     """Ground truth of an injected incident (labels), written by the simulator."""
 

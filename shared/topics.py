@@ -20,6 +20,7 @@ from shared.records import (
     DeadLetter,
     Feedback,
     IncidentLabel,
+    LeakReport,
     ModelEvent,
     QuarantinedReading,
     Reading,
@@ -120,7 +121,7 @@ LABELS = TopicSpec(
 REPORTS = TopicSpec(
     "reports",
     "zone (or none)",
-    None,
+    LeakReport,
     "Public leak reports (from the console); the history service keeps them.",
     retention_ms=30 * DAY_MS,
 )

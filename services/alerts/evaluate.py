@@ -21,8 +21,8 @@ from services.alerts.metrics import RULE_ERRORS, RULE_HITS
 from services.alerts.rules import Observation, Rule, merge
 from shared.codec import loads
 from shared.metrics import DECODE_ERRORS
-from shared.records import Anomaly, QuarantinedReading, Record, Risk, SensorEvent
-from shared.topics import ANOMALIES, READINGS_QUARANTINE, RISK, SENSOR_EVENTS
+from shared.records import Anomaly, LeakReport, QuarantinedReading, Record, Risk, SensorEvent
+from shared.topics import ANOMALIES, READINGS_QUARANTINE, REPORTS, RISK, SENSOR_EVENTS
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,7 @@ INPUTS: dict[str, tuple[str, type[Record]]] = {
     RISK.name: ("risk", Risk),
     SENSOR_EVENTS.name: ("sensor_event", SensorEvent),
     READINGS_QUARANTINE.name: ("quarantine", QuarantinedReading),
+    REPORTS.name: ("report", LeakReport),
 }
 
 

@@ -34,6 +34,7 @@ from services.console.upstream import Upstream, UpstreamError
 from services.console.users import UserError, Users
 from services.history.queries import Params, QueryError
 from services.history.settings import HistorySettings
+from services.history.store import Partitions
 from shared.auth import TokenStore
 from shared.cache import Cache
 
@@ -94,7 +95,9 @@ class ConsoleApi:
         self.send_report = send_report
         self.send_feedback = send_feedback
         self.infra = infra
-        self.hs = HistorySettings()
+        # History's own settings (FLOWWATCH_HISTORY_*): query bounds, and the partitions of the alert log
+        self.hs = HistorySettings.from_env()
+        self.partitions = Partitions(self.hs.partition_days)
         self.pool: asyncpg.Pool | None = None
         self.users: Users | None = None
         self.status: Status | None = None
@@ -322,8 +325,8 @@ class ConsoleApi:
         raw = answer.get("alerts", [])
         fps = [a["fingerprint"] for a in raw]
         notes = await pool.fetch(
-            "SELECT fingerprint, ts, kind, author, text FROM console_alert_notes WHERE fingerprint = ANY($1) "
-            "ORDER BY ts",
+            "SELECT fingerprint, ts, kind, author, note FROM alert_log WHERE fingerprint = ANY($1) "
+            "AND kind IN ('comment', 'assign') ORDER BY ts",
             fps,
         )
         verdicts = await pool.fetch(
@@ -336,10 +339,10 @@ class ConsoleApi:
         for n in notes:
             if n["kind"] == "comment":
                 comments.setdefault(n["fingerprint"], []).append(
-                    {"by": n["author"], "at": rfc3339(n["ts"]), "text": n["text"]}
+                    {"by": n["author"], "at": rfc3339(n["ts"]), "text": n["note"]}
                 )
             else:
-                assignee[n["fingerprint"]] = n["text"] or None
+                assignee[n["fingerprint"]] = n["note"] or None
         verdict = {v["fingerprint"]: v["verdict"] for v in verdicts}
         out = []
         for a in raw:
@@ -397,20 +400,28 @@ class ConsoleApi:
         who = await self.who(request, "operator")
         note = _text(await self.body(request), "note", 1000)
         await self.alerts.json("POST", f"/v1/alerts/{fp}/ack", json={"comment": note}, user=who.name)
+        await self._log(fp, "ack", who, note)
         return await self._one_alert(fp, who.name)
 
-    async def _note(self, fp: str, kind: str, who: Caller, text: str) -> Any:
+    async def _log(self, fp: str, kind: str, who: Caller, note: str) -> None:
+        """One line of the history store's alert log (what the history API's alert log and exports show)."""
         _, _, pool = self._ready()
+        now = int(time.time() * 1000)
+        async with pool.acquire() as conn:
+            await self.partitions.ensure(conn, "alert_log", [now])
+            await conn.execute(
+                "INSERT INTO alert_log (fingerprint, ts, kind, status, author, note) VALUES ($1, $2, $3, '', $4, $5) "
+                "ON CONFLICT DO NOTHING",
+                fp,
+                now,
+                kind,
+                who.name,
+                note,
+            )
+
+    async def _note(self, fp: str, kind: str, who: Caller, text: str) -> Any:
         await self._one_alert(fp, who.name)  # 404 for an unknown alert
-        await pool.execute(
-            "INSERT INTO console_alert_notes (fingerprint, ts, kind, author, text) VALUES ($1, $2, $3, $4, $5) "
-            "ON CONFLICT DO NOTHING",
-            fp,
-            int(time.time() * 1000),
-            kind,
-            who.name,
-            text,
-        )
+        await self._log(fp, kind, who, text)
         return await self._one_alert(fp, who.name)
 
     async def comment(self, request: Any, fp: str) -> Any:
@@ -435,6 +446,7 @@ class ConsoleApi:
             raise ApiError(400, "verdict: must be true_positive or false_positive")
         payload = {"fingerprint": fp, "verdict": verdict, "comment": _text(body, "comment", 2000)}
         await self.alerts.json("POST", "/v1/feedback", json=payload, user=who.name)
+        await self._log(fp, "verdict", who, f"{verdict} {payload['comment']}".strip())
         alert = await self._one_alert(fp, who.name)
         alert["verdict"] = verdict  # on the feedback topic now; the history store has it a moment later
         return alert
@@ -487,6 +499,9 @@ class ConsoleApi:
 
     async def anomaly_rates(self, request: Any) -> Any:
         return await self._proxy(request, "/v1/history/anomaly-rates")
+
+    async def history_alerts(self, request: Any) -> Any:
+        return await self._proxy(request, "/v1/history/alerts")
 
     async def episodes(self, request: Any) -> Any:
         return await self._proxy(request, "/v1/history/episodes")

@@ -68,6 +68,7 @@ def mount(app: faust.App, api: ConsoleApi, dist: Path) -> None:
     page("/api/silences", "silences", get=api.list_silences, post=api.create_silence)
     page("/api/silences/{id}", "silence", delete=api.delete_silence)
     page("/api/history/anomaly-rates", "anomaly-rates", get=api.anomaly_rates)
+    page("/api/history/alerts", "history-alerts", get=api.history_alerts)
     page("/api/history/episodes", "episodes", get=api.episodes)
     page("/api/history/episodes/{id}", "episode", get=api.episode)
     page("/api/history/playback", "playback", get=api.playback)

@@ -50,7 +50,6 @@ TRIMMED = {
     "feedback": ("ts", "true"),
     "labels": ("end_ms", "true"),
     "aggregates_hourly": ("hour", "true"),
-    "console_alert_notes": ("ts", "true"),
     "console_report_triage": ("ts", "true"),
 }
 _PARTITION_NAME = re.compile(r"^(?P<table>[a-z_]+)_p(?P<day>\d{8})$")

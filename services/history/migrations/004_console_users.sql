@@ -1,4 +1,4 @@
--- flowwatch history, schema version 4: the console's users, sessions, alert notes and the triage of public reports.
+-- flowwatch history, schema version 4: the console's users, sessions and the triage of public reports.
 -- They live in the history database and are created by its migrations (one mechanism, one Helm Job, one
 -- `make migrate`); only the console reads and writes them (docs/console.md).
 
@@ -30,14 +30,4 @@ CREATE TABLE console_report_triage (
     author text NOT NULL,
     note text NOT NULL DEFAULT '',
     ts bigint NOT NULL
-);
-
--- Comments and assignments of alerts made in the console (acks live in the alerts service, verdicts in feedback).
-CREATE TABLE console_alert_notes (
-    fingerprint text NOT NULL,
-    ts bigint NOT NULL,
-    kind text NOT NULL CHECK (kind IN ('comment', 'assign')),
-    author text NOT NULL,
-    text text NOT NULL,
-    PRIMARY KEY (fingerprint, ts, kind, author)
 );
