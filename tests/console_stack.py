@@ -11,6 +11,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -154,12 +155,10 @@ class ConsoleStack:
 
 
 def run_sync(coro: Coroutine[Any, Any, Any]) -> Any:
-    """Run a coroutine from synchronous code (Playwright's sync API cannot share a running event loop)."""
-    loop = asyncio.new_event_loop()
-    try:
-        return loop.run_until_complete(coro)
-    finally:
-        loop.close()
+    """Run a coroutine from synchronous code. In a thread of its own: Playwright's sync API keeps an event
+    loop running in the test's thread, and a second one cannot run there."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
 
 
 @contextmanager

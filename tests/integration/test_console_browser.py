@@ -32,6 +32,7 @@ DESKTOP = {"width": 1280, "height": 860}
 PHONE = {"width": 390, "height": 844}
 SITE, ZONE, SENSOR = "riverside", "riverside-dma1", "riverside-dma1-pipe01"
 WAIT_MS = 60_000  # a bound on waits for the pipeline (risk → alerts → topic → console → browser), not a timing
+expect.set_options(timeout=WAIT_MS)
 
 
 async def _seed(settings: Settings) -> None:
@@ -234,8 +235,9 @@ def test_an_operator_sees_an_incident_live_acknowledges_it_and_finds_it_in_histo
     shot(page, "alerts-live-popup-desktop")
 
     card.get_by_role("button", name="Acknowledge").click()
-    card.get_by_label("Note").fill("crew sent to the valve chamber")
-    card.get_by_role("button", name="Acknowledge").click()
+    form = card.get_by_role("form", name="ack")
+    form.get_by_label("Note").fill("crew sent to the valve chamber")
+    form.get_by_role("button", name="Acknowledge").click()
     ack = card.get_by_test_id("ack-info")
     expect(ack).to_contain_text("otto")
     expect(ack).to_contain_text("crew sent to the valve chamber")

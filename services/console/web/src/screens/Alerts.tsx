@@ -1,6 +1,6 @@
 import { useEffect, useState, type FormEvent } from "react";
 import { api, ApiError, query } from "../api";
-import { useApi, useLive, useSession } from "../hooks";
+import { useApi, useInterval, useLive, useSession } from "../hooks";
 import { formatAgo, formatTime, humanize, toMs } from "../lib/format";
 import { severityColour, severityRank } from "../lib/status";
 import { alertOrder } from "../lib/stats";
@@ -21,6 +21,8 @@ export function Alerts() {
   const list = useApi<{ items: AlertItem[] }>(`/api/alerts${query(filters)}`, live.alertVersion);
   const silences = useApi<{ items?: Silence[] } | Silence[]>("/api/silences", live.alertVersion);
   const focus = search.get("fp");
+  // The live feed says when something changed; the poll catches what the alerts API mirrors a moment later.
+  useInterval(list.reload, 10_000);
 
   // What the list shows as firing is known: only genuinely new ones pop up after this.
   useEffect(() => {
