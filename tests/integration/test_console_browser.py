@@ -160,6 +160,8 @@ async def _seed(settings: Settings) -> None:
 @pytest.fixture(scope="module")
 def console(stack: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleStack]:
     """history + alerts + console on their own topic prefix and scratch database, with three users."""
+    if not (ROOT / "services/console/web/dist/index.html").exists():
+        pytest.fail("the console's front end is not built: run make console-web (make test does)", pytrace=False)
     users = {name: (role, PASSWORDS[name]) for name, role in ROLES.items()}
     with running_console(stack, tmp_path_factory.mktemp("console") / "data", users) as cs:
         run_sync(_seed(cs.settings))
