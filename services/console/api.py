@@ -15,6 +15,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import quote
 
 import asyncpg
 import orjson
@@ -150,6 +151,7 @@ class ConsoleApi:
             raise ApiError(400, "body: not valid JSON") from None
         if not isinstance(data, dict):
             raise ApiError(400, "body: must be a JSON object")
+        storable(data, "body")
         return data
 
     def client_address(self, request: Any) -> str:
@@ -287,7 +289,9 @@ class ConsoleApi:
         who = await self.who(request, "viewer")
         self._known_zone(zone)
         params = {k: v for k, v in request.query.items() if k in ("since", "from", "to")}
-        return await self.history.json("GET", f"/v1/history/zones/{zone}/losses", params=params, user=who.name)
+        return await self.history.json(
+            "GET", f"/v1/history/zones/{quote(zone, safe='')}/losses", params=params, user=who.name
+        )
 
     async def sensor(self, request: Any, id: str) -> Any:
         who = await self.who(request, "viewer")
@@ -399,7 +403,7 @@ class ConsoleApi:
     async def ack(self, request: Any, fp: str) -> Any:
         who = await self.who(request, "operator")
         note = _text(await self.body(request), "note", 1000)
-        await self.alerts.json("POST", f"/v1/alerts/{fp}/ack", json={"comment": note}, user=who.name)
+        await self.alerts.json("POST", f"/v1/alerts/{quote(fp, safe='')}/ack", json={"comment": note}, user=who.name)
         await self._log(fp, "ack", who, note)
         return await self._one_alert(fp, who.name)
 
@@ -481,7 +485,7 @@ class ConsoleApi:
 
     async def delete_silence(self, request: Any, id: str) -> Any:
         who = await self.who(request, "operator")
-        return await self.alerts.json("DELETE", f"/v1/silences/{id}", user=who.name)
+        return await self.alerts.json("DELETE", f"/v1/silences/{quote(id, safe='')}", user=who.name)
 
     # --- history (proxied) ----------------------------------------------------------------------
 
@@ -507,7 +511,7 @@ class ConsoleApi:
         return await self._proxy(request, "/v1/history/episodes")
 
     async def episode(self, request: Any, id: str) -> Any:
-        return await self._proxy(request, f"/v1/history/episodes/{id}")
+        return await self._proxy(request, f"/v1/history/episodes/{quote(id, safe='')}")
 
     async def playback(self, request: Any) -> Any:
         return await self._proxy(request, "/v1/history/playback")
@@ -677,6 +681,20 @@ class ConsoleApi:
         return response
 
 
+def storable(value: Any, where: str) -> None:
+    """400 for text PostgreSQL cannot hold (NUL) or no encoder can write (unpaired surrogates), naming the field."""
+    if isinstance(value, str):
+        if "\x00" in value or any("\ud800" <= c <= "\udfff" for c in value):
+            raise ApiError(400, f"{where}: contains NUL or unpaired surrogate characters")
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            storable(k, where)
+            storable(v, f"{k}" if where == "body" else f"{where}.{k}")
+    elif isinstance(value, list):
+        for v in value:
+            storable(v, where)
+
+
 def _text(body: dict[str, Any], field: str, limit: int) -> str:
     value = body.get(field, "")
     if value is None:
@@ -709,6 +727,8 @@ def errors(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
 
     async def run(request: Any, **kw: Any) -> tuple[Any, int, dict[str, str] | None]:
         try:
+            for name, value in (*kw.items(), *request.query.items()):
+                storable(value, name)
             return await fn(request, **kw), 200, None
         except ApiError as exc:
             return {"error": str(exc)}, exc.status, exc.headers

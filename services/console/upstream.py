@@ -47,6 +47,8 @@ class Upstream:
         headers = {USER_HEADER: user} if user else {}
         try:
             return await self.client.request(method, path, params=params, json=json, headers=headers)
+        except httpx.InvalidURL:
+            raise UpstreamError(400, "a path or query value cannot be passed on (control characters)") from None
         except httpx.HTTPError as exc:
             raise UpstreamError(502, f"the {self.name} API did not answer: {type(exc).__name__}") from None
 

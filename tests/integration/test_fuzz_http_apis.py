@@ -183,3 +183,45 @@ async def test_ingest_with_no_token_configured_refuses_every_reading(settings) -
             assert r.status_code == 401, r.text
             assert "FLOWWATCH_INGEST_TOKEN" in r.json()["error"] and "FLOWWATCH_API_TOKENS" in r.json()["error"]
         assert httpx.get(f"{proc.url}/ready", timeout=10).status_code == 200  # probes stay open
+
+
+async def test_console_api_survives_schemathesis(settings) -> None:
+    """The console against its document, with the history and alerts APIs it calls running (an upstream that
+    does not answer is a documented 502, not what this test is about). The live feed is endless: not fuzzed."""
+    from tests.history_helpers import scratch_database
+
+    async with scratch_database() as db:
+        history = ServiceProcess("history", settings, extra_env={"FLOWWATCH_HISTORY_DATABASE_URL": db}).start()
+        alerts = ServiceProcess("alerts", settings, extra_env=ENV["alerts"]).start()
+        console = None
+        try:
+            await asyncio.to_thread(history.wait_ready, 180)
+            env = {
+                "FLOWWATCH_CONSOLE_DATABASE_URL": db,
+                "FLOWWATCH_CONSOLE_HISTORY_URL": history.url,
+                "FLOWWATCH_CONSOLE_ALERTS_URL": alerts.url,
+                "FLOWWATCH_CONSOLE_METRICS_TARGETS": f"history={history.url},alerts={alerts.url}",
+            }
+            console = ServiceProcess("console", settings, extra_env=env).start()
+            await asyncio.to_thread(console.wait_ready, 180)
+            await asyncio.to_thread(alerts.wait_ready, 180)
+            assert httpx.get(f"{console.url}/api/alerts", timeout=10).status_code == 401
+            for path in FAUST_VIEWS:
+                assert httpx.get(f"{console.url}{path}", timeout=10).status_code in (404, 503), path
+            document = httpx.get(f"{console.url}/openapi.json", timeout=10).json()
+            del document["paths"]["/api/live"]
+            tally = Tally()
+            await asyncio.to_thread(fuzz, console.url, document, tally)
+            print(
+                f"\nschemathesis console: {tally.total} examples over {len(tally.examples)} operation/mode pairs; "
+                f"statuses {dict(sorted(tally.statuses.items()))}; 5xx {tally.server_errors}; "
+                f"check failures {len(tally.failures)}"
+            )
+            assert tally.server_errors == 0, tally.failures[:10]
+            assert not tally.failures, "\n".join(tally.failures[:10])
+            assert tally.total >= EXAMPLES_PER_API
+            assert console.proc is not None and console.proc.poll() is None, console.tail()
+        finally:
+            for proc in (console, alerts, history):
+                if proc is not None:
+                    proc.stop()
