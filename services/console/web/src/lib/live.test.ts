@@ -36,15 +36,21 @@ describe("live reducer", () => {
     expect(s.alertVersion).toBe(2);
   });
 
-  it("does not pop up warnings, resolved alerts or alerts already known firing", () => {
+  it("does not pop up warnings, resolved alerts or alerts that started before the console was opened", () => {
     const s = run([
-      { type: "known", fingerprints: ["old"] },
+      ev("hello", {}),
       ev("alert", alertRecord("w", "firing", "warning")),
       ev("alert", alertRecord("r", "resolved", "critical")),
-      ev("alert", alertRecord("old", "firing", "critical")),
+      ev("alert", alertRecord("old", "firing", "critical", { starts_at: NOW - 2 * 3_600_000 })),
     ]);
     expect(s.popups).toEqual([]);
     expect(s.alertVersion).toBe(3);
+    expect(s.since).toBe(NOW);
+  });
+
+  it("reads the start time of the list shape (RFC 3339) too", () => {
+    const a = toLiveAlert({ fingerprint: "x", startsAt: "2026-12-04T10:00:00Z", labels: {}, annotations: {} }, NOW);
+    expect(a?.startsAt).toBe(Date.UTC(2026, 11, 4, 10));
   });
 
   it("removes the popup when the alert resolves, and pops up again when it fires anew", () => {

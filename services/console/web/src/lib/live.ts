@@ -1,5 +1,7 @@
 // The live feed (SSE /api/live) as a pure reducer: events in, what the screens show out. Kept free
-// of EventSource so it is tested alone; useLive() in live-hook.ts wires it to the browser.
+// of EventSource so it is tested alone; useLiveFeed() in hooks.ts wires it to the browser.
+
+import { toMs } from "./format";
 
 export interface LiveAlert {
   fingerprint: string;
@@ -10,6 +12,7 @@ export interface LiveAlert {
   site: string;
   zone: string;
   at: number;
+  startsAt: number | null;
 }
 
 export interface LiveZone {
@@ -30,6 +33,8 @@ export interface LiveAnomaly {
 
 export interface LiveState {
   connected: boolean;
+  /** When the feed first answered: alerts that started firing before are not news (a re-notification is not). */
+  since: number | null;
   /** Incremented on every alert event: screens that list alerts refetch when it changes. */
   alertVersion: number;
   /** Firing critical alerts not yet dismissed, newest first. */
@@ -46,15 +51,17 @@ export type LiveAction =
   | { type: "open" }
   | { type: "closed" }
   | { type: "event"; event: string; data: unknown; now: number }
-  | { type: "dismiss"; fingerprint: string }
-  | { type: "known"; fingerprints: string[] };
+  | { type: "dismiss"; fingerprint: string };
 
 export const MAX_POPUPS = 5;
 export const MAX_ANOMALIES = 50;
+/** Clock skew allowed between the alerts service and this browser when judging "started after we opened". */
+export const SKEW_MS = 60_000;
 const MAX_FIRING = 5000;
 
 export const initialLive: LiveState = {
   connected: false,
+  since: null,
   alertVersion: 0,
   popups: [],
   firing: {},
@@ -92,6 +99,7 @@ export function toLiveAlert(data: unknown, now: number): LiveAlert | null {
     site: str(labels.site),
     zone: str(labels.zone),
     at: num(data.updated_at) ?? num(data.starts_at) ?? now,
+    startsAt: num(data.starts_at) ?? (typeof data.startsAt === "string" ? toMs(data.startsAt) : null),
   };
 }
 
@@ -103,20 +111,16 @@ export function liveReducer(state: LiveState, action: LiveAction): LiveState {
       return state.connected ? { ...state, connected: false } : state;
     case "dismiss":
       return { ...state, popups: state.popups.filter((p) => p.fingerprint !== action.fingerprint) };
-    case "known": {
-      const firing = { ...state.firing };
-      for (const fp of action.fingerprints) firing[fp] = true;
-      return { ...state, firing };
-    }
     case "event":
       return onEvent(state, action.event, action.data, action.now);
   }
 }
 
 function onEvent(state: LiveState, event: string, data: unknown, now: number): LiveState {
-  if (event === "hello") return { ...state, connected: true };
+  const since = state.since ?? now;
+  if (event === "hello") return { ...state, connected: true, since };
   const counts = { ...state.counts, [event]: (state.counts[event] ?? 0) + 1 };
-  const base = { ...state, counts, lastEventAt: now, connected: true };
+  const base = { ...state, counts, lastEventAt: now, connected: true, since };
   switch (event) {
     case "alert":
       return onAlert(base, data, now);
@@ -146,8 +150,9 @@ function onAlert(state: LiveState, data: unknown, now: number): LiveState {
   let firing: Record<string, true> = { ...state.firing, [alert.fingerprint]: true };
   const keys = Object.keys(firing);
   if (keys.length > MAX_FIRING) firing = Object.fromEntries(keys.slice(-MAX_FIRING).map((k) => [k, true as const]));
+  const news = alert.startsAt === null || alert.startsAt >= (state.since ?? now) - SKEW_MS;
   const popups =
-    alert.severity === "critical" ? [alert, ...state.popups].slice(0, MAX_POPUPS) : state.popups;
+    alert.severity === "critical" && news ? [alert, ...state.popups].slice(0, MAX_POPUPS) : state.popups;
   return { ...state, alertVersion, firing, popups };
 }
 

@@ -1,4 +1,4 @@
-import { useEffect, useState, type FormEvent } from "react";
+import { useState, type FormEvent } from "react";
 import { api, ApiError, query } from "../api";
 import { useApi, useInterval, useLive, useSession } from "../hooks";
 import { formatAgo, formatTime, humanize, toMs } from "../lib/format";
@@ -12,7 +12,7 @@ import type { AlertItem, Silence } from "../types";
 type Mode = "ack" | "comment" | "assign" | "verdict" | "silence";
 
 export function Alerts() {
-  const { live, dispatch } = useLive();
+  const { live } = useLive();
   const { search } = useLocation();
   const [status, setStatus] = useState(search.get("status") ?? "firing");
   const [severity, setSeverity] = useState("");
@@ -23,12 +23,6 @@ export function Alerts() {
   const focus = search.get("fp");
   // The live feed says when something changed; the poll catches what the alerts API mirrors a moment later.
   useInterval(list.reload, 10_000);
-
-  // What the list shows as firing is known: only genuinely new ones pop up after this.
-  useEffect(() => {
-    const firing = (list.data?.items ?? []).filter((a) => a.status === "firing").map((a) => a.fingerprint);
-    if (firing.length) dispatch({ type: "known", fingerprints: firing });
-  }, [list.data, dispatch]);
 
   const items = alertOrder(list.data?.items ?? [], severityRank, toMs);
   const silenceList = Array.isArray(silences.data) ? silences.data : (silences.data?.items ?? []);
