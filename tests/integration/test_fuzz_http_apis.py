@@ -1,8 +1,8 @@
 """Every HTTP API against its own OpenAPI document, on a real running worker: schemathesis fuzzing.
 
-For each service (ingest, detector, forecaster, alerts) the test starts a worker on the real stack,
-reads the document the worker serves at ``/openapi.json`` (no token needed) and runs schemathesis
-on every operation: valid requests from the schemas (positive) and invalid ones (negative), with
+For each service (ingest, detector, forecaster, alerts; the console with history and alerts behind it)
+the test starts a worker on the real stack, reads the document the worker serves at ``/openapi.json``
+(no token needed) and runs schemathesis on every operation: valid requests from the schemas (positive) and invalid ones (negative), with
 an admin token, a fixed number of examples and a fixed seed (hypothesis ``derandomize``). Every
 response must be no 5xx, a status and content type the document declares, and a body matching
 its schema. Before that, the service is checked closed: Faust's own ``/table``, ``/router``,
