@@ -9,20 +9,13 @@ in a shift) and ``--runs`` times more in one context (warm: the built assets cac
 schematic with every zone coloured by its status. An init script watches the DOM (MutationObserver) and
 stamps ``performance.now()`` — milliseconds since the navigation started — when both are there, so the
 measurement is taken in the page, without the driver's polling. First contentful paint (the browser's own
-``paint`` entry) is reported beside it.
-
-Live fan-out (``--sse-clients``, default 50): that many SSE clients hold ``/api/live?events=anomaly`` open while
-``--sse-events`` anomaly records are produced at ``--sse-rate`` per second, each stamped with its send time; every
-client measures send → receive per event. The same is done with one client first, so the p99 with 50 clients is
-read against the p99 with one on the same machine and moment. Delivered/expected and the console's dropped count
-say whether anyone fell behind. (This is the console's own fan-out latency; the pipeline's reading → score p99
-with and without the clients is not measured here.) Writes bench/results/console.json.
+``paint`` entry) is reported beside it. (The live feed with 50 SSE clients is bench/bench_console_live.py.)
+Writes bench/results/console.json.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import gzip
 import json
 import os
@@ -36,13 +29,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import httpx  # noqa: E402
-import orjson  # noqa: E402
 from playwright.sync_api import sync_playwright  # noqa: E402
 
 from shared.settings import Settings  # noqa: E402
-from tests.console_stack import ConsoleStack, chromium, run_sync, running_console  # noqa: E402
-from tests.helpers import API_TOKEN, produce  # noqa: E402
+from tests.console_stack import chromium, running_console  # noqa: E402
 
 USER, PASSWORD = "bench-viewer", "bench-viewer-password-0123"
 
@@ -87,88 +77,6 @@ def _open_overview(page: Any, base: str) -> dict[str, float]:
     )
 
 
-async def _sse_client(url: str, ready: asyncio.Event, counts: list[int], latencies: list[float], tag: str) -> None:
-    """Read anomaly events until cancelled; latency = receive time - the record's send stamp (same clock)."""
-    headers = {"Authorization": f"Bearer {API_TOKEN}", "Accept": "text/event-stream"}
-    async with httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=None)) as client:
-        async with client.stream("GET", f"{url}/api/live", params={"events": "anomaly"}, headers=headers) as r:
-            event = ""
-            async for line in r.aiter_lines():
-                if line.startswith("event: "):
-                    event = line[7:]
-                    if event == "hello":
-                        counts[0] += 1
-                        if counts[0] >= counts[1]:
-                            ready.set()
-                elif line.startswith("data: ") and event == "anomaly":
-                    data = orjson.loads(line[6:])
-                    if data.get("sensor_id") == tag:
-                        latencies.append(time.time() * 1000 - data["sent_ms"])
-                elif line.startswith("data: ") and event == "dropped":
-                    counts[2] += int(orjson.loads(line[6:]).get("dropped", 0))
-
-
-async def _fan_out(cs: ConsoleStack, clients: int, events: int, rate: float) -> dict[str, Any]:
-    tag = f"bench-sse-{clients}-{time.time_ns()}"
-    ready = asyncio.Event()
-    counts = [0, clients, 0]  # hellos, wanted, dropped
-    latencies: list[float] = []
-    tasks = [asyncio.create_task(_sse_client(cs.url, ready, counts, latencies, tag)) for _ in range(clients)]
-    try:
-        await asyncio.wait_for(ready.wait(), 60)
-        await asyncio.sleep(1.0)  # the consumer is at the topics' end once clients are served; a margin
-        batch = max(1, int(rate / 10))
-        sent = 0
-        start = time.monotonic()
-        while sent < events:
-            n = min(batch, events - sent)
-            now_ms = time.time() * 1000
-            records = [
-                (
-                    tag.encode(),
-                    {
-                        "sensor_id": tag,
-                        "ts": int(now_ms),
-                        "sent_ms": now_ms,
-                        "site": "bench",
-                        "zone": "bench",
-                        "utility": "water",
-                        "asset": "pipe",
-                        "score": 0.9,
-                        "threshold": 0.5,
-                        "model_version": "bench",
-                        "reason": "bench",
-                    },
-                )
-                for _ in range(n)
-            ]
-            await produce(cs.settings, "anomalies", records)
-            sent += n
-            await asyncio.sleep(max(0.0, start + sent / rate - time.monotonic()))
-        deadline = time.monotonic() + 30
-        while len(latencies) < events * clients and time.monotonic() < deadline:
-            await asyncio.sleep(0.2)
-    finally:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-    out: dict[str, Any] = {
-        "clients": clients,
-        "events": events,
-        "rate_per_s": rate,
-        "delivered": len(latencies),
-        "expected": events * clients,
-        "dropped": counts[2],
-    }
-    if latencies:
-        out.update(
-            p50_ms=round(statistics.median(latencies), 1),
-            p99_ms=round(_percentile(latencies, 0.99), 1),
-            max_ms=round(max(latencies), 1),
-        )
-    return out
-
-
 def _bundle() -> dict[str, Any]:
     assets = ROOT / "services/console/web/dist/assets"
     files = list(assets.glob("*.js")) + list(assets.glob("*.css"))
@@ -180,9 +88,6 @@ def _bundle() -> dict[str, Any]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=15, help="page loads per mode (cold, warm)")
-    parser.add_argument("--sse-clients", type=int, default=50, help="concurrent live clients (0: skip)")
-    parser.add_argument("--sse-events", type=int, default=1000, help="anomaly records sent during the fan-out")
-    parser.add_argument("--sse-rate", type=float, default=100.0, help="anomaly records per second")
     args = parser.parse_args()
     if not (ROOT / "services/console/web/dist/index.html").exists():
         print("the front end is not built: run make console-web", file=sys.stderr)
@@ -210,10 +115,6 @@ def main() -> int:
                 _open_overview(page, cs.url)  # fills the HTTP cache
                 warm = [_open_overview(page, cs.url) for _ in range(args.runs)]
                 ctx.close()
-            fan_out = []
-            if args.sse_clients > 0:
-                for clients in (1, args.sse_clients):
-                    fan_out.append(run_sync(_fan_out(cs, clients, args.sse_events, args.sse_rate)))
     result = {
         "bench": "console",
         "what": "overview: navigation start → KPIs and the schematic with every zone coloured (in-page stamp)",
@@ -224,7 +125,6 @@ def main() -> int:
         "warm_meaningful": _summary([w["meaningful"] for w in warm]),
         "warm_first_contentful_paint": _summary([w["fcp"] for w in warm if w["fcp"] is not None]),
         "bundle": _bundle(),
-        "live_fan_out": fan_out,
         "machine_load_avg_1m": round(os.getloadavg()[0], 2),
         "cpus": os.cpu_count(),
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
