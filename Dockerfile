@@ -4,6 +4,13 @@
 # Build:  docker build -t flowwatch:dev .
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
+# ---- web: the console's front end (npm ci, type check, build); only its dist/ goes on --------
+# (all of services/ is copied: .dockerignore allows top-level folders only; node_modules and dist stay out)
+FROM node:20-bookworm-slim AS web
+WORKDIR /src
+COPY services/ /src/services/
+RUN cd /src/services/console/web && npm ci --no-audit --no-fund && npm run build
+
 # ---- build: resolve the runtime dependencies into a venv -----------------------------------
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
@@ -19,6 +26,7 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
  && pip install --constraint requirements.lock --requirement requirements.runtime.txt
 COPY shared/ /app/shared/
 COPY services/ /app/services/
+COPY --from=web /src/services/console/web/dist /app/services/console/web/dist
 # Bytecode compiled at build time: the root filesystem is read-only at run time.
 RUN python -m compileall -q /app
 
