@@ -27,10 +27,14 @@ from datetime import tzinfo
 from pathlib import Path
 from typing import Any
 
+import orjson
 import yaml
 
 from services.ingest import timeformats
+from services.ingest.payloads import Item, key_of
+from services.ingest.rules import ConfigError, Rules
 from services.ingest.settings import DEFAULT_MAPPINGS_FILE
+from services.ingest.validation import decode
 from shared.records import UTILITIES
 
 #: Most readings one message may become (a bound on what one input can cost).
@@ -45,7 +49,7 @@ _FILTERS = {"lower": str.lower, "upper": str.upper, "slug": lambda s: _SLUG.sub(
 _KAFKA_TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
 
 
-class MappingConfigError(ValueError):
+class MappingConfigError(ConfigError):
     """A mappings file that cannot be used; the message names the mapping and the key."""
 
 
@@ -134,7 +138,9 @@ class Context:
     def ref(self, ref: Ref, where: str) -> Any:
         if ref.segment is not None:
             if self.topic is None:
-                raise MappingError(self.mapping, where, f"{{{ref.text}}} needs an MQTT topic, and this message has none")
+                raise MappingError(
+                    self.mapping, where, f"{{{ref.text}}} needs an MQTT topic, and this message has none"
+                )
             try:
                 return self.topic[ref.segment]
             except IndexError:
@@ -280,6 +286,40 @@ class PayloadMapping:
         yield from grouped.values()
 
 
+def expand(mapping: PayloadMapping, raw: bytes, rules: Rules, topic: str | None = None) -> tuple[list[Item], list[str]]:
+    """The readings (native JSON, keyed by sensor_id) one message becomes, or the reasons it cannot.
+
+    The message is decoded within the same limits as a native reading (``too_large``,
+    ``too_deep``, ``malformed_json``, ...), so a mapped door is no wider than the native one.
+    """
+    message, error = decode(raw, rules.max_line_bytes, rules.max_json_depth)
+    if error is not None:
+        return [], [error]
+    try:
+        readings = mapping.apply(message, topic)
+    except MappingError as exc:
+        return [], [str(exc)]
+    limit = rules.max_field_chars
+    # Everything in a mapped reading came out of decode (orjson-writable) or is text or a number made here.
+    return [Item(orjson.dumps(r), key_of(r, limit)) for r in readings], []
+
+
+def table(known: Mapping[str, PayloadMapping]) -> str:
+    """The mappings as a markdown table (``python -m services.ingest mappings``, the README and docs/ingest.md)."""
+    lines = [
+        "| mapping | time (field, format, zone) | MQTT topic filters | Kafka source topics | readings per message | what |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for mp in known.values():
+        per = str(len(mp.readings)) if mp.channels is None else "one per asset (channels)"
+        mqtt = ", ".join(f"`{f}`" for f in mp.mqtt) or "-"
+        kafka = ", ".join(f"`{t}`" for t in mp.kafka) or "-"
+        lines.append(
+            f"| `{mp.name}` | `{'.'.join(mp.ts_field)}`, `{mp.ts_format}`, {mp.tz} | {mqtt} | {kafka} | {per} | {mp.description} |"
+        )
+    return "\n".join(lines)
+
+
 # --- loading and validation --------------------------------------------------------------
 
 
@@ -421,7 +461,9 @@ def _parse_channels(raw: Any, defaults: Mapping[str, Any], where: str) -> Channe
     units = raw.get("units") or {}
     if not isinstance(units, Mapping) or not all(isinstance(u, str) for u in units.values()):
         raise MappingConfigError(f"{where}.units: expected metric -> unit")
-    return ChannelSpec(pattern, lookups, _identity(reading_raw, f"{where}.reading"), {str(k): v for k, v in units.items()})
+    return ChannelSpec(
+        pattern, lookups, _identity(reading_raw, f"{where}.reading"), {str(k): v for k, v in units.items()}
+    )
 
 
 def _path(raw: Any, where: str) -> tuple[str, ...]:
@@ -445,7 +487,9 @@ def _names(raw: Any, where: str) -> list[str]:
 
 def _mqtt_filter(text: str, where: str) -> str:
     levels = text.split("/")
-    bad = any(("#" in lv and (lv != "#" or i != len(levels) - 1)) or ("+" in lv and lv != "+") for i, lv in enumerate(levels))
+    bad = any(
+        ("#" in lv and (lv != "#" or i != len(levels) - 1)) or ("+" in lv and lv != "+") for i, lv in enumerate(levels)
+    )
     if bad or len(text.encode()) > 65535:
         raise MappingConfigError(f"{where}: {text!r} is not an MQTT topic filter (+ a whole level, # the last)")
     return text

@@ -43,6 +43,7 @@ SOURCES = ("http", "mqtt", "kafka")
 H_SOURCE = "fw-source"
 H_REQUEST = "fw-request"
 H_FORWARDED = "fw-forwarded"
+H_MAPPING = "fw-mapping"  # the payload mapping a door read the message with (provenance only)
 
 
 @dataclass(slots=True)
@@ -190,7 +191,9 @@ class BatchProcessor:
             self._quarantine(out, msg, decoded, True, [why], sensor_id)
             return
         counters = rules.counters
-        resets = state.counter_resets_in(reading, counters) if counters and not counters.isdisjoint(reading.values) else ()
+        resets = (
+            state.counter_resets_in(reading, counters) if counters and not counters.isdisjoint(reading.values) else ()
+        )
         if resets:
             # A counter going down is a reset or a new meter, not a measurement: flagged for consumers.
             reading.extra["counter_resets"] = resets

@@ -38,6 +38,7 @@ _MAX_TS_MS = 10**14  # year 5138: anything later is not a timestamp
 REASON_CODES = (
     "too_large",
     "malformed_json",
+    "malformed_csv",
     "invalid_utf8",
     "lone_surrogate",
     "too_deep",
