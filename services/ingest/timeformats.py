@@ -33,7 +33,10 @@ def zone(spec: str) -> tzinfo:
     match = _OFFSET.match(text)
     if match:
         sign = -1 if match.group(1) == "-" else 1
-        return timezone(sign * timedelta(hours=int(match.group(2)), minutes=int(match.group(3))))
+        try:
+            return timezone(sign * timedelta(hours=int(match.group(2)), minutes=int(match.group(3))))
+        except ValueError:
+            raise ValueError(f"time zone offset {spec!r} is not within ±24 hours") from None
     try:
         return ZoneInfo(text)
     except (ZoneInfoNotFoundError, ValueError) as exc:
@@ -47,9 +50,10 @@ def check_format(fmt: str) -> None:
     if "%" not in fmt:
         raise ValueError(f"format {fmt!r} is not one of {', '.join(NAMED_FORMATS)} nor a strptime pattern with %")
     try:
-        datetime.now().strftime(fmt)
+        datetime.strptime("", fmt)
     except ValueError as exc:
-        raise ValueError(f"format {fmt!r} is not a valid strptime pattern: {exc}") from exc
+        if "directive" in str(exc) or "stray %" in str(exc):
+            raise ValueError(f"format {fmt!r} is not a valid strptime pattern: {exc}") from None
 
 
 def to_epoch_ms(value: Any, fmt: str, tz: tzinfo) -> int:
