@@ -82,7 +82,7 @@ def _mapped(mapping: mappings.PayloadMapping, item: Item, index: int, rules: Rul
     """The items one message becomes (as the doors make them), each marked with the message's index."""
     if item.reasons:
         return [Item(item.value, None, item.reasons, index)]
-    readings, reasons = mappings.expand(mapping, item.value, rules, topic)
+    readings, reasons, _ = mappings.expand(mapping, item.value, rules, topic)
     if reasons:
         return [Item(item.value, None, reasons, index)]
     for reading in readings:

@@ -240,12 +240,20 @@ class Ingest:
         return reasons
 
     def quarantine_at_door(
-        self, box: Outbox, source: str, value: bytes, key: bytes | None, partition: int, reasons: list[str]
+        self,
+        box: Outbox,
+        source: str,
+        value: bytes,
+        key: bytes | None,
+        partition: int,
+        reasons: list[str],
+        decoded: Any = None,
     ) -> None:
         """An input a door decided itself (too large, or a mapped message that makes no reading), counted."""
         assert self.partition_of is not None
         target = target_partition(key, self.partition_of, self.partition_of.partitions, partition)
-        box.add(self.quarantine_name, target, key, quarantine(value, reasons, source))
+        record = quarantine(value, reasons, source, decoded=decoded, decoded_ok=decoded is not None)
+        box.add(self.quarantine_name, target, key, record)
         m.QUARANTINED.inc()
         for code in {reason_code(r) for r in reasons}:
             m.QUARANTINE_REASONS.labels(code).inc()
@@ -265,12 +273,12 @@ class Ingest:
                 out.append(Item(msg.value, None, msg.reasons, index))
                 continue
             try:
-                readings, reasons = expand(mapping, msg.value, rules, topic)
+                readings, reasons, decoded = expand(mapping, msg.value, rules, topic)
             except Exception as exc:  # a bug met by one message: that message is quarantined, the rest go on
                 log.exception("mapping %s could not read one message", mapping.name)
-                readings, reasons = [], [f"internal_error: {type(exc).__name__}"]
+                readings, reasons, decoded = [], [f"internal_error: {type(exc).__name__}"], None
             if reasons:
-                out.append(Item(msg.value, None, reasons, index))
+                out.append(Item(msg.value, None, reasons, index, decoded))
                 continue
             for item in readings:
                 item.message = index
@@ -293,7 +301,7 @@ class Ingest:
             else:
                 key, partition = None, (spread + n) % partitions
             if item.reasons:
-                self.quarantine_at_door(box, source, item.value, key, partition, item.reasons)
+                self.quarantine_at_door(box, source, item.value, key, partition, item.reasons, item.decoded)
             elif self.refuse(box, source, item.value, key, partition) is None:
                 box.add(self.raw_name, partition, key, item.value, headers)
 

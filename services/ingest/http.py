@@ -30,7 +30,7 @@ import httpx
 from aiokafka.errors import KafkaError
 
 from services.ingest import metrics as m
-from services.ingest.payloads import PayloadError, TooManyItems, csv_items, split_items
+from services.ingest.payloads import Item, PayloadError, TooManyItems, csv_items, split_items
 from services.ingest.pipeline import H_MAPPING, H_REQUEST, H_SOURCE, QUARANTINED
 from services.ingest.verdicts import MAX_ERRORS_SHOWN
 from shared.auth import AuthError, TokenStore, authorize
@@ -169,10 +169,10 @@ class ReadingsEndpoint:
 
         mine: list[tuple[int, int, bytes | None, bytes]] = []  # (index, partition, key, value)
         theirs: dict[str, list[tuple[int, int, bytes, bytes]]] = {}  # owner URL -> items
-        preset: dict[int, list[str]] = {}
+        preset: dict[int, Item] = {}
         for index, item in enumerate(items):
             if item.reasons:
-                preset[index] = item.reasons
+                preset[index] = item
             if item.sensor_id is None:
                 # Nothing to key by (it will be quarantined): keep it where this worker decides it.
                 mine.append((index, local[next(self._spread) % len(local)], None, item.value))
@@ -223,7 +223,7 @@ class ReadingsEndpoint:
         self,
         placed: list[tuple[int, int, bytes | None, bytes]],
         local: set[int],
-        preset: dict[int, list[str]] | None = None,
+        preset: dict[int, Item] | None = None,
         mapping: str | None = None,
     ) -> dict[str, Any] | None:
         """Write items to readings.raw and wait for this worker's verdicts on those it owns.
@@ -241,9 +241,10 @@ class ReadingsEndpoint:
             box = Outbox(ingest.producer)
             refused: list[tuple[int, list[str]]] = []
             for index, partition, key, value in placed:
-                reasons = preset.get(index)
-                if reasons is not None:
-                    ingest.quarantine_at_door(box, "http", value, key, partition, reasons)
+                decided = preset.get(index)
+                if decided is not None:
+                    reasons = decided.reasons
+                    ingest.quarantine_at_door(box, "http", value, key, partition, decided.reasons, decided.decoded)
                 else:
                     reasons = ingest.refuse(box, "http", value, key, partition)
                 if reasons is not None:

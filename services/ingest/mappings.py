@@ -286,22 +286,25 @@ class PayloadMapping:
         yield from grouped.values()
 
 
-def expand(mapping: PayloadMapping, raw: bytes, rules: Rules, topic: str | None = None) -> tuple[list[Item], list[str]]:
-    """The readings (native JSON, keyed by sensor_id) one message becomes, or the reasons it cannot.
+def expand(
+    mapping: PayloadMapping, raw: bytes, rules: Rules, topic: str | None = None
+) -> tuple[list[Item], list[str], Any]:
+    """``(readings, [], message)``: the readings (native JSON, keyed by sensor_id) one message becomes, or
+    ``([], reasons, message)`` when it cannot; ``message`` is the decoded message (None when not decoded).
 
     The message is decoded within the same limits as a native reading (``too_large``,
     ``too_deep``, ``malformed_json``, ...), so a mapped door is no wider than the native one.
     """
     message, error = decode(raw, rules.max_line_bytes, rules.max_json_depth)
     if error is not None:
-        return [], [error]
+        return [], [error], None
     try:
         readings = mapping.apply(message, topic)
     except MappingError as exc:
-        return [], [str(exc)]
+        return [], [str(exc)], message
     limit = rules.max_field_chars
     # Everything in a mapped reading came out of decode (orjson-writable) or is text or a number made here.
-    return [Item(orjson.dumps(r), key_of(r, limit)) for r in readings], []
+    return [Item(orjson.dumps(r), key_of(r, limit)) for r in readings], [], message
 
 
 def table(known: Mapping[str, PayloadMapping]) -> str:

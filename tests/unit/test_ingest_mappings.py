@@ -46,7 +46,7 @@ def ms(*args: int, tz=UTC) -> int:
 
 def mapped(name: str, message, topic: str | None = None, rules: Rules = RULES):
     """The validated readings (or reasons) a message becomes through a shipped mapping."""
-    items, reasons = expand(SHIPPED[name], orjson.dumps(message), rules, topic)
+    items, reasons, _ = expand(SHIPPED[name], orjson.dumps(message), rules, topic)
     if reasons:
         return reasons
     return [validate(orjson.loads(i.value), NOW, rules, "http") for i in items]
@@ -242,8 +242,8 @@ def test_ids_from_topic_segments_and_fields() -> None:
     ],
 )
 def test_mapping_errors_name_the_mapping_and_the_field(message, topic, reason: str) -> None:
-    items, reasons = expand(one(TOPIC_MAPPING), orjson.dumps(message), RULES, topic)
-    assert items == [] and len(reasons) == 1 and reasons[0].startswith(reason)
+    items, reasons, decoded = expand(one(TOPIC_MAPPING), orjson.dumps(message), RULES, topic)
+    assert decoded == message and items == [] and len(reasons) == 1 and reasons[0].startswith(reason)
     assert reason_code(reasons[0]) == "mapping_error"
 
 
@@ -270,7 +270,7 @@ def test_values_from_must_be_an_object_and_quality_a_number() -> None:
 def test_numbers_as_text_are_read_and_other_text_is_refused_by_validation() -> None:
     mp = one({"ts": {"field": "t", "format": "epoch_ms"}, "defaults": {"site": "s", "zone": "z", "utility": "gas",
               "asset": "a"}, "readings": [{"sensor_id": "s", "values_from": "v"}]})  # fmt: skip
-    items, _ = expand(mp, orjson.dumps({"t": NOW - 10, "v": {"pressure_kpa": "nan", "flow_m3h": "12"}}), RULES)
+    items, _, _ = expand(mp, orjson.dumps({"t": NOW - 10, "v": {"pressure_kpa": "nan", "flow_m3h": "12"}}), RULES)
     result = validate(orjson.loads(items[0].value), NOW, RULES)
     assert [reason_code(r) for r in result.reasons] == ["non_finite"]
 
@@ -346,7 +346,7 @@ def test_config_errors_name_the_mapping_and_the_key(spec, where: str) -> None:
 
 
 def test_bad_names_and_routes_claimed_twice_are_refused() -> None:
-    with pytest.raises(MappingConfigError, match="mappings.Bad Name:"):
+    with pytest.raises(MappingConfigError, match=r"mappings\.Bad Name:"):
         from_mapping({"Bad Name": GOOD})
     with pytest.raises(MappingConfigError, match=r"mappings.b.kafka: 'x' is already routed to mapping a"):
         from_mapping({"a": {**GOOD, "kafka": ["x"]}, "b": {**GOOD, "kafka": ["x"]}})
