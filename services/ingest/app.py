@@ -19,7 +19,7 @@ from services.ingest.http import ReadingsEndpoint, install
 from services.ingest.mqtt import MqttBridge
 from services.ingest.rules import Rules
 from services.ingest.settings import IngestSettings
-from services.ingest.sources import source_topics
+from services.ingest.sources import MappedSources
 from shared.service import base_app
 from shared.settings import Settings
 
@@ -56,8 +56,13 @@ def create_app(settings: Settings | None = None, ingest_settings: IngestSettings
     async def cache() -> None:
         await ingest.flush_cache()
 
-    for source in source_topics(ingest):
-        app.agent(source.topic, name=f"ingest-source-{source.name}")(source.run)
+    sources = MappedSources(ingest)
+    if sources.routes:
+        state.add_check("sources", sources.check)
+
+        @app.task
+        async def mapped_sources() -> None:
+            await sources.run()
 
     endpoint = ReadingsEndpoint(ingest, isettings.resolved_token())
     install(app, endpoint)

@@ -132,6 +132,7 @@ async def test_the_gas_station_message_through_every_door(ingest: ServiceProcess
     wanted = {"gas-sumqayit": "http", "gas-baku": "mqtt", "gas-ganja": "kafka"}
     got = await collect(s, "readings.clean", lambda ms: wanted.keys() <= {m["sensor_id"] for m in ms}, timeout=60)
     by_sensor = {m["sensor_id"]: m for m in got}
+    assert wanted.keys() <= by_sensor.keys(), ingest.tail(60)
     assert {k: by_sensor[k]["source"] for k in wanted} == wanted
     clean = by_sensor["gas-sumqayit"]
     assert (clean["site"], clean["zone"], clean["utility"], clean["asset"]) == (
