@@ -78,10 +78,7 @@ class Ref:
 @dataclass(frozen=True, slots=True)
 class Template:
     parts: tuple[str | Ref, ...]
-
-    @property
-    def literal(self) -> str | None:
-        return self.parts[0] if len(self.parts) == 1 and isinstance(self.parts[0], str) else None
+    literal: str | None = None  # the text, when the template has no placeholder (set by parse_template)
 
 
 def parse_ref(text: str, where: str) -> Ref:
@@ -113,7 +110,8 @@ def parse_template(raw: Any, where: str) -> Template:
         parts.append(text[pos:])
     if any(isinstance(p, str) and ("{" in p or "}" in p) for p in parts):
         raise MappingConfigError(f"{where}: unbalanced braces in {text!r}")
-    return Template(tuple(parts) or ("",))
+    parts = parts or [""]
+    return Template(tuple(parts), parts[0] if len(parts) == 1 and isinstance(parts[0], str) else None)
 
 
 def lookup(obj: Any, path: tuple[str, ...]) -> Any:
@@ -171,7 +169,7 @@ class Context:
 
 def number(value: Any) -> Any:
     """Numbers sent as text (CSV cells, some gateways) read as numbers; anything else unchanged."""
-    if isinstance(value, str):
+    if type(value) is str:
         text = value.strip()
         if not text:
             return None  # an empty cell is a missing value
@@ -189,11 +187,11 @@ def number(value: Any) -> Any:
 @dataclass(frozen=True, slots=True)
 class ReadingSpec:
     identity: dict[str, Template]
-    values: dict[str, tuple[str, ...]]  # metric name as sent -> field path
-    values_from: tuple[str, ...] | None  # an object whose every member is a metric
+    values: dict[str, Ref]  # metric name as sent -> field path
+    values_from: Ref | None  # an object whose every member is a metric
     exclude: frozenset[str]
     units: dict[str, Template]
-    quality: tuple[str, ...] | None
+    quality: Ref | None
     quality_scale: float
 
 
@@ -245,21 +243,24 @@ class PayloadMapping:
         reading["ts"] = ts
         values: dict[str, Any] = {}
         if spec.values_from is not None:
-            where = ".".join(spec.values_from)
-            source = ctx.ref(Ref(where, path=spec.values_from), "values_from")
+            source = ctx.ref(spec.values_from, "values_from")
             if not isinstance(source, dict):
+                where = spec.values_from.text
                 raise MappingError(self.name, where, f"expected an object of metrics, got {type(source).__name__}")
-            values.update((k, number(v)) for k, v in source.items() if k not in spec.exclude)
-        for metric, path in spec.values.items():
-            values[metric] = number(ctx.ref(Ref(".".join(path), path=path), f"values.{metric}"))
+            exclude = spec.exclude
+            for k, v in source.items():
+                if k not in exclude:
+                    values[k] = v if type(v) is not str else number(v)
+        for metric, ref in spec.values.items():
+            values[metric] = number(ctx.ref(ref, f"values.{metric}"))
         reading["values"] = values
         if spec.units:
             reading["units"] = {metric: ctx.render(t, f"units.{metric}") for metric, t in spec.units.items()}
         if spec.quality is not None:
-            where = ".".join(spec.quality)
-            quality = number(ctx.ref(Ref(where, path=spec.quality), "quality"))
+            quality = number(ctx.ref(spec.quality, "quality"))
             if isinstance(quality, bool) or not isinstance(quality, (int, float)):
-                raise MappingError(self.name, where, f"quality must be a number, got {type(quality).__name__}")
+                why = f"quality must be a number, got {type(quality).__name__}"
+                raise MappingError(self.name, spec.quality.text, why)
             reading["quality"] = quality / spec.quality_scale
         return reading
 
@@ -398,7 +399,7 @@ def _parse(name: str, spec: Any) -> PayloadMapping:
         description=str(spec.get("description", "")),
         mqtt=tuple(_mqtt_filter(f, f"{where}.mqtt") for f in _names(spec.get("mqtt"), f"{where}.mqtt")),
         kafka=tuple(_kafka_topic(t, f"{where}.kafka") for t in _names(spec.get("kafka"), f"{where}.kafka")),
-        ts_field=parse_ref(ts["field"], f"{where}.ts.field").path,
+        ts_field=_field(ts["field"], f"{where}.ts.field").path,
         ts_format=fmt,
         tz=tz,
         readings=readings,
@@ -414,8 +415,8 @@ def _parse_reading(raw: Any, where: str) -> ReadingSpec:
     values_raw = raw.get("values") or {}
     if not isinstance(values_raw, Mapping):
         raise MappingConfigError(f"{where}.values: expected a mapping of metric -> field path")
-    values = {str(k): _path(v, f"{where}.values.{k}") for k, v in values_raw.items()}
-    values_from = _path(raw["values_from"], f"{where}.values_from") if "values_from" in raw else None
+    values = {str(k): _field(v, f"{where}.values.{k}") for k, v in values_raw.items()}
+    values_from = _field(raw["values_from"], f"{where}.values_from") if "values_from" in raw else None
     if not values and values_from is None:
         raise MappingConfigError(f"{where}: needs `values` (metric -> field) or `values_from` (an object of metrics)")
     exclude = raw.get("exclude") or []
@@ -428,7 +429,7 @@ def _parse_reading(raw: Any, where: str) -> ReadingSpec:
     scale = raw.get("quality_scale", 1)
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
         raise MappingConfigError(f"{where}.quality_scale: expected a positive number")
-    quality = _path(raw["quality"], f"{where}.quality") if "quality" in raw else None
+    quality = _field(raw["quality"], f"{where}.quality") if "quality" in raw else None
     return ReadingSpec(identity, values, values_from, frozenset(exclude), units, quality, float(scale))
 
 
@@ -469,13 +470,13 @@ def _parse_channels(raw: Any, defaults: Mapping[str, Any], where: str) -> Channe
     )
 
 
-def _path(raw: Any, where: str) -> tuple[str, ...]:
+def _field(raw: Any, where: str) -> Ref:
     if not isinstance(raw, str):
         raise MappingConfigError(f"{where}: expected a field path (a.b.c)")
     ref = parse_ref(raw, where)
     if ref.segment is not None or ref.transform:
         raise MappingConfigError(f"{where}: expected a field path (a.b.c), got {raw!r}")
-    return ref.path
+    return ref
 
 
 def _names(raw: Any, where: str) -> list[str]:
