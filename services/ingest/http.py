@@ -42,6 +42,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PATH = "/v1/readings"
+#: Mapped requests with more messages than this are mapped in a worker thread.
+THREAD_ABOVE = 200
 #: Set on a request one worker routes to the owner of its sensors; the owner never routes it again.
 H_ROUTED = "X-Flowwatch-Routed"
 
@@ -152,7 +154,12 @@ class ReadingsEndpoint:
             return 400, {"error": str(exc)}, None
         messages = len(items)
         if mapping is not None:
-            items = ingest.map_items(mapping, items)
+            if len(items) > THREAD_ABOVE:
+                # A big body's mapping is CPU work of up to a second or two: off the event loop, which the
+                # readings pump, the MQTT bridge and every other request share.
+                items = await asyncio.to_thread(ingest.map_items, mapping, items)
+            else:
+                items = ingest.map_items(mapping, items)
             if len(items) > isettings.http_max_items:
                 return 413, {"error": str(TooManyItems(len(items), isettings.http_max_items))}, None
 
