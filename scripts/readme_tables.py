@@ -38,9 +38,17 @@ def _service_settings(service: str) -> Callable[[], str]:
     return render
 
 
+def _ingest_mappings() -> str:
+    """The payload mappings shipped with ingest (services/ingest/mappings.yaml)."""
+    from services.ingest import mappings
+
+    return mappings.table(mappings.load())
+
+
 TABLES: dict[str, Callable[[], str]] = {
     "settings": lambda: settings_table(Settings),
     "topics": topics_table,
+    "mappings-ingest": lambda: _ingest_mappings(),
     **{
         f"settings-{name}": _service_settings(name)
         for name in ("ingest", "detector", "forecaster", "alerts", "history", "console", "simulator")

@@ -13,11 +13,13 @@ from typing import Any
 
 import faust
 
+from services.ingest import mappings
 from services.ingest.engine import Ingest
 from services.ingest.http import ReadingsEndpoint, install
 from services.ingest.mqtt import MqttBridge
 from services.ingest.rules import Rules
 from services.ingest.settings import IngestSettings
+from services.ingest.sources import MappedSources
 from shared.service import base_app
 from shared.settings import Settings
 
@@ -34,7 +36,7 @@ def create_app(settings: Settings | None = None, ingest_settings: IngestSettings
         broker_session_timeout=isettings.session_timeout_s,
         broker_heartbeat_interval=min(3.0, isettings.session_timeout_s / 4),
     )
-    ingest = Ingest(app, settings, isettings, rules)
+    ingest = Ingest(app, settings, isettings, rules, mappings.load(isettings.mappings_file))
     pump = ingest.pump
     app.flowwatch_ingest = ingest  # type: ignore[attr-defined]
 
@@ -53,6 +55,14 @@ def create_app(settings: Settings | None = None, ingest_settings: IngestSettings
     @app.timer(isettings.cache_flush_s, name="ingest-cache")
     async def cache() -> None:
         await ingest.flush_cache()
+
+    sources = MappedSources(ingest)
+    if sources.routes:
+        state.add_check("sources", sources.check)
+
+        @app.task
+        async def mapped_sources() -> None:
+            await sources.run()
 
     endpoint = ReadingsEndpoint(ingest, isettings.resolved_token())
     install(app, endpoint)

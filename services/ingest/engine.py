@@ -39,6 +39,8 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from services.ingest import metrics as m
+from services.ingest.mappings import PayloadMapping, expand
+from services.ingest.payloads import Item
 from services.ingest.pipeline import (
     H_FORWARDED,
     H_REQUEST,
@@ -52,6 +54,7 @@ from services.ingest.pipeline import (
 from services.ingest.rules import Rules
 from services.ingest.sensors import SensorState, silence_transitions
 from services.ingest.settings import IngestSettings
+from services.ingest.validation import reason_code
 from services.ingest.verdicts import VerdictBoard
 from services.ingest.wire import reading_dict
 from shared.batching import Outbox, PartitionMap, start_output_producer
@@ -120,11 +123,19 @@ class Submitted:
 class Ingest:
     """Everything of ingest that lives inside the Faust worker."""
 
-    def __init__(self, app: faust.App, settings: Settings, isettings: IngestSettings, rules: Rules) -> None:
+    def __init__(
+        self,
+        app: faust.App,
+        settings: Settings,
+        isettings: IngestSettings,
+        rules: Rules,
+        mappings: dict[str, PayloadMapping] | None = None,
+    ) -> None:
         self.app = app
         self.settings = settings
         self.isettings = isettings
         self.rules = rules
+        self.mappings = mappings or {}
         self.events_topic = faust_topic(app, SENSOR_EVENTS, settings)
         self.raw_name = settings.topic(READINGS_RAW.name)
         self.clean_name = settings.topic(READINGS_CLEAN.name)
@@ -225,14 +236,74 @@ class Ingest:
         if len(value) <= limit:
             return None
         reasons = [f"too_large: {len(value)} bytes (limit {limit})"]
+        self.quarantine_at_door(box, source, value, key, partition, reasons)
+        return reasons
+
+    def quarantine_at_door(
+        self,
+        box: Outbox,
+        source: str,
+        value: bytes,
+        key: bytes | None,
+        partition: int,
+        reasons: list[str],
+        decoded: Any = None,
+    ) -> None:
+        """An input a door decided itself (too large, or a mapped message that makes no reading), counted."""
         assert self.partition_of is not None
         target = target_partition(key, self.partition_of, self.partition_of.partitions, partition)
-        box.add(self.quarantine_name, target, key, quarantine(value, reasons, source))
+        record = quarantine(value, reasons, source, decoded=decoded, decoded_ok=decoded is not None)
+        box.add(self.quarantine_name, target, key, record)
         m.QUARANTINED.inc()
-        m.QUARANTINE_REASONS.labels("too_large").inc()
+        for code in {reason_code(r) for r in reasons}:
+            m.QUARANTINE_REASONS.labels(code).inc()
         m.INPUTS.labels(source).inc()
         EVENTS_OUT.labels(SERVICE, self.quarantine_name).inc()
-        return reasons
+
+    def map_items(self, mapping: PayloadMapping, messages: list[Item], topic: str | None = None) -> list[Item]:
+        """The readings the messages become with ``mapping``; a message that makes none is one item with reasons.
+
+        Each item's ``message`` is the index of the message it came from.
+        """
+        out: list[Item] = []
+        rules = self.rules
+        made = 0
+        for index, msg in enumerate(messages):
+            if msg.reasons:
+                out.append(Item(msg.value, None, msg.reasons, index))
+                continue
+            try:
+                readings, reasons, decoded = expand(mapping, msg.value, rules, topic)
+            except Exception as exc:  # a bug met by one message: that message is quarantined, the rest go on
+                log.exception("mapping %s could not read one message", mapping.name)
+                readings, reasons, decoded = [], [f"internal_error: {type(exc).__name__}"], None
+            if reasons:
+                out.append(Item(msg.value, None, reasons, index, decoded))
+                continue
+            for item in readings:
+                item.message = index
+            made += len(readings)
+            out.extend(readings)
+        m.MAPPED_MESSAGES.labels(mapping.name).inc(len(messages))
+        m.MAPPED_READINGS.labels(mapping.name).inc(made)
+        return out
+
+    def write_items(
+        self, box: Outbox, source: str, items: list[Item], headers: list[tuple[str, bytes]], spread: int = 0
+    ) -> None:
+        """Put a door's items on readings.raw keyed by sensor_id (or quarantine those decided at the door)."""
+        assert self.partition_of is not None
+        partitions = self.partition_of.partitions
+        for n, item in enumerate(items):
+            if item.sensor_id is not None:
+                key: bytes | None = item.sensor_id.encode()
+                partition = self.partition_of(item.sensor_id)
+            else:
+                key, partition = None, (spread + n) % partitions
+            if item.reasons:
+                self.quarantine_at_door(box, source, item.value, key, partition, item.reasons, item.decoded)
+            elif self.refuse(box, source, item.value, key, partition) is None:
+                box.add(self.raw_name, partition, key, item.value, headers)
 
     # --- one fetch of readings.raw ---------------------------------------------------------
 

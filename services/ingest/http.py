@@ -30,8 +30,8 @@ import httpx
 from aiokafka.errors import KafkaError
 
 from services.ingest import metrics as m
-from services.ingest.payloads import PayloadError, TooManyItems, split_items
-from services.ingest.pipeline import H_REQUEST, H_SOURCE, QUARANTINED
+from services.ingest.payloads import Item, PayloadError, TooManyItems, csv_items, split_items
+from services.ingest.pipeline import H_MAPPING, H_REQUEST, H_SOURCE, QUARANTINED
 from services.ingest.verdicts import MAX_ERRORS_SHOWN
 from shared.auth import AuthError, TokenStore, authorize
 from shared.batching import Outbox
@@ -42,6 +42,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PATH = "/v1/readings"
+#: Mapped requests with more messages than this are mapped in a worker thread.
+THREAD_ABOVE = 200
 #: Set on a request one worker routes to the owner of its sensors; the owner never routes it again.
 H_ROUTED = "X-Flowwatch-Routed"
 
@@ -130,14 +132,37 @@ class ReadingsEndpoint:
         body = await read_body(request, isettings.http_max_body_bytes)
         if body is None:
             return 413, {"error": f"body larger than {isettings.http_max_body_bytes} bytes"}, None
+        ingest = self.ingest
+        mapping = None
+        name = request.query.get("mapping")
+        if name is not None:
+            mapping = ingest.mappings.get(name)
+            if mapping is None:
+                known = ", ".join(sorted(ingest.mappings)) or "none"
+                return 400, {"error": f"unknown mapping {name[:64]!r} (known: {known})"}, None
+        csv = request.headers.get("Content-Type", "").split(";")[0].strip().lower() == "text/csv"
+        if csv and mapping is None:
+            return 400, {"error": "a text/csv body needs ?mapping=NAME (which columns are what)"}, None
         try:
-            items = split_items(body, isettings.http_max_items, isettings.max_field_chars)
+            if csv:
+                items = csv_items(body, isettings.http_max_items)
+            else:
+                items = split_items(body, isettings.http_max_items, isettings.max_field_chars)
         except TooManyItems as exc:
             return 413, {"error": str(exc)}, None
         except PayloadError as exc:
             return 400, {"error": str(exc)}, None
+        messages = len(items)
+        if mapping is not None:
+            if len(items) > THREAD_ABOVE:
+                # A big body's mapping is CPU work of up to a second or two: off the event loop, which the
+                # readings pump, the MQTT bridge and every other request share.
+                items = await asyncio.to_thread(ingest.map_items, mapping, items)
+            else:
+                items = ingest.map_items(mapping, items)
+            if len(items) > isettings.http_max_items:
+                return 413, {"error": str(TooManyItems(len(items), isettings.http_max_items))}, None
 
-        ingest = self.ingest
         try:
             await ingest.ensure_started()
         except (KafkaError, OSError) as exc:
@@ -151,7 +176,10 @@ class ReadingsEndpoint:
 
         mine: list[tuple[int, int, bytes | None, bytes]] = []  # (index, partition, key, value)
         theirs: dict[str, list[tuple[int, int, bytes, bytes]]] = {}  # owner URL -> items
+        preset: dict[int, Item] = {}
         for index, item in enumerate(items):
+            if item.reasons:
+                preset[index] = item
             if item.sensor_id is None:
                 # Nothing to key by (it will be quarantined): keep it where this worker decides it.
                 mine.append((index, local[next(self._spread) % len(local)], None, item.value))
@@ -165,7 +193,7 @@ class ReadingsEndpoint:
                 theirs.setdefault(owner, []).append((index, partition, key, item.value))
 
         results = await asyncio.gather(
-            self._judge_here(mine, local_set),
+            self._judge_here(mine, local_set, preset, mapping.name if mapping is not None else None),
             *(self._judge_there(url, group, request.headers) for url, group in theirs.items()),
         )
         if any(r is None for r in results):
@@ -179,6 +207,12 @@ class ReadingsEndpoint:
             errors.extend(part["errors"])
         errors.sort(key=lambda e: e["index"])
         summary: dict[str, Any] = {**counts, "errors": errors[:MAX_ERRORS_SHOWN], "received": len(items)}
+        if mapping is not None:
+            # A mapped message may make many readings: each error also names the message it came from.
+            summary["mapping"] = mapping.name
+            summary["messages"] = messages
+            for error in summary["errors"]:
+                error["message"] = items[error["index"]].message
         if counts["quarantined"] + counts["duplicates"] > len(summary["errors"]):
             summary["errors_truncated"] = True
         return 202, summary, None
@@ -193,24 +227,39 @@ class ReadingsEndpoint:
         return None if url == own else url
 
     async def _judge_here(
-        self, placed: list[tuple[int, int, bytes | None, bytes]], local: set[int]
+        self,
+        placed: list[tuple[int, int, bytes | None, bytes]],
+        local: set[int],
+        preset: dict[int, Item] | None = None,
+        mapping: str | None = None,
     ) -> dict[str, Any] | None:
-        """Write items to readings.raw and wait for this worker's verdicts on those it owns."""
+        """Write items to readings.raw and wait for this worker's verdicts on those it owns.
+
+        ``preset``: items the door already decided (mapped messages that make no reading), by index.
+        """
         ingest = self.ingest
         assert ingest.producer is not None
         board = ingest.board
         limit = ingest.isettings.max_line_bytes
-        waited = [p for p in placed if p[1] in local or len(p[3]) > limit]
+        preset = preset or {}
+        waited = [p for p in placed if p[1] in local or len(p[3]) > limit or p[0] in preset]
         request_id, pending = board.open(len(waited))
         try:
             box = Outbox(ingest.producer)
             refused: list[tuple[int, list[str]]] = []
             for index, partition, key, value in placed:
-                reasons = ingest.refuse(box, "http", value, key, partition)
+                decided = preset.get(index)
+                if decided is not None:
+                    reasons = decided.reasons
+                    ingest.quarantine_at_door(box, "http", value, key, partition, decided.reasons, decided.decoded)
+                else:
+                    reasons = ingest.refuse(box, "http", value, key, partition)
                 if reasons is not None:
                     refused.append((index, reasons))
                     continue
                 headers = [(H_SOURCE, b"http")]
+                if mapping is not None:
+                    headers.append((H_MAPPING, mapping.encode()))
                 if partition in local:
                     headers.append((H_REQUEST, board.item_id(request_id, index)))
                 box.add(ingest.raw_name, partition, key, value, headers)

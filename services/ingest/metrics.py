@@ -27,6 +27,12 @@ FORWARDED = Counter(
 UNKNOWN_METRICS = Counter(
     "flowwatch_ingest_unknown_metrics_total", "Values of metrics without a range (accepted as sent)"
 )
+MAPPED_MESSAGES = Counter(
+    "flowwatch_ingest_mapped_messages_total", "Messages read through a payload mapping, by mapping", ["mapping"]
+)
+MAPPED_READINGS = Counter(
+    "flowwatch_ingest_mapped_readings_total", "Readings made by a payload mapping, by mapping", ["mapping"]
+)
 SENSOR_EVENTS = Counter("flowwatch_ingest_sensor_events_total", "Sensor silent/back events published", ["kind"])
 HTTP_REQUESTS = Counter("flowwatch_ingest_http_requests_total", "POST /v1/readings requests by status", ["status"])
 MQTT_MESSAGES = Counter("flowwatch_ingest_mqtt_messages_total", "MQTT messages received")

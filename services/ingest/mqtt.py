@@ -31,12 +31,14 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 import aiomqtt
+from paho.mqtt.client import topic_matches_sub
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from services.ingest import metrics as m
-from services.ingest.payloads import PayloadError, split_items
-from services.ingest.pipeline import H_SOURCE
+from services.ingest.mappings import PayloadMapping
+from services.ingest.payloads import Item, PayloadError, split_items
+from services.ingest.pipeline import H_MAPPING, H_SOURCE
 from shared.batching import Outbox
 
 if TYPE_CHECKING:
@@ -113,6 +115,9 @@ class MqttBridge:
         self.failures = 0
         self.last_error = ""
         self._spread = 0
+        #: (topic filter, mapping) in the mappings file's order; a message on none of them is native.
+        self.filters = [(f, mp) for mp in ingest.mappings.values() for f in mp.mqtt]
+        self._routes: dict[str, PayloadMapping | None] = {}
 
     def check(self) -> tuple[bool, str]:
         # MQTT down does not make ingest unready: Kafka and HTTP inputs still work.
@@ -141,6 +146,8 @@ class MqttBridge:
                 client._client.manual_ack_set(True)
                 async with client:
                     await client.subscribe(isettings.mqtt_topic, qos=isettings.mqtt_qos)
+                    for topic_filter, _ in self.filters:
+                        await client.subscribe(topic_filter, qos=isettings.mqtt_qos)
                     self.connected = True
                     m.MQTT_CONNECTED.set(1)
                     backoff = 0.5
@@ -196,26 +203,32 @@ class MqttBridge:
         elif not isinstance(payload, (bytes, bytearray)):
             payload = str(payload).encode()
         payload = bytes(payload)
-        items: list[tuple[bytes, str | None]]
+        items: list[Item]
         if len(payload) > isettings.http_max_body_bytes:
-            items = [(payload, None)]  # quarantined whole as too_large below
+            items = [Item(payload, None)]  # quarantined whole as too_large
         else:
             try:
-                split = split_items(payload, isettings.http_max_items, isettings.max_field_chars)
-                items = [(i.value, i.sensor_id) for i in split]
+                items = split_items(payload, isettings.http_max_items, isettings.max_field_chars)
             except PayloadError:
-                items = [(payload, None)]
+                items = [Item(payload, None)]
         headers = [(H_SOURCE, b"mqtt"), ("fw-mqtt-topic", topic.encode("utf-8", "replace")[:256])]
-        partitions = ingest.partition_of.partitions
+        mapping = self.mapping_for(topic)
+        if mapping is not None:
+            items = ingest.map_items(mapping, items, topic)
+            headers.append((H_MAPPING, mapping.name.encode()))
         box = Outbox(ingest.producer)
-        for value, sensor_id in items:
-            if sensor_id is not None:
-                key: bytes | None = sensor_id.encode()
-                partition = ingest.partition_of(sensor_id)
-            else:
-                key = None
-                self._spread += 1
-                partition = self._spread % partitions
-            if ingest.refuse(box, "mqtt", value, key, partition) is None:
-                box.add(ingest.raw_name, partition, key, value, headers)
+        ingest.write_items(box, "mqtt", items, headers, self._spread)
+        self._spread += len(items)
         return await box.send()
+
+    def mapping_for(self, topic: str) -> PayloadMapping | None:
+        """The mapping whose topic filter matches (the first in the mappings file), None for native readings."""
+        if not self.filters:
+            return None
+        hit = self._routes.get(topic, False)
+        if hit is False:
+            hit = next((mp for f, mp in self.filters if topic_matches_sub(f, topic)), None)
+            if len(self._routes) >= 10_000:  # topics are chosen by publishers: a bounded memo
+                self._routes.clear()
+            self._routes[topic] = hit
+        return hit  # type: ignore[return-value]

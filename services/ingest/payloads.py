@@ -8,6 +8,8 @@ keeps what the device actually said — plus the sensor_id to key it by.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import re
 from dataclasses import dataclass
@@ -29,9 +31,12 @@ class PayloadError(ValueError):
 class Item:
     value: bytes
     sensor_id: str | None
+    reasons: list[str] | None = None  # decided at the door (a mapped message that makes no reading)
+    message: int = 0  # index of the message it came from (a mapped message may make many items)
+    decoded: Any = None  # the message as decoded, kept in the quarantine record of an item decided at the door
 
 
-def _sensor_id(obj: Any, max_chars: int = 200) -> str | None:
+def key_of(obj: Any, max_chars: int = 200) -> str | None:
     """The sensor id to key an item by: only one that can be a Kafka key (valid UTF-8, not too long)."""
     if isinstance(obj, dict):
         sid = obj.get("sensor_id")
@@ -101,9 +106,9 @@ def split_items(body: bytes, max_items: int, max_field_chars: int = 200) -> list
             if len(value) > max_items:
                 raise TooManyItems(len(value), max_items)
             encoded = _encode_items(value, strict, body)
-            return [Item(e, _sensor_id(v, max_field_chars)) for e, v in zip(encoded, value, strict=True)]
+            return [Item(e, key_of(v, max_field_chars)) for e, v in zip(encoded, value, strict=True)]
         # One reading (or one JSON value that is not a reading: still an item, quarantined with its reason).
-        return [Item(body.strip(), _sensor_id(value, max_field_chars))]
+        return [Item(body.strip(), key_of(value, max_field_chars))]
     lines = [line.strip() for line in body.split(b"\n")]
     lines = [line for line in lines if line]
     if len(lines) < 2:
@@ -117,7 +122,7 @@ def split_items(body: bytes, max_items: int, max_field_chars: int = 200) -> list
         if line_error is None:
             parsed += 1
         # A broken line is still an item: it goes to quarantine as malformed_json with its text.
-        items.append(Item(line, _sensor_id(obj, max_field_chars) if line_error is None else None))
+        items.append(Item(line, key_of(obj, max_field_chars) if line_error is None else None))
     if parsed == 0:
         raise PayloadError(f"body is neither JSON nor NDJSON: no line parses ({error.split(': ', 1)[-1]})")
     return items
@@ -128,3 +133,37 @@ class TooManyItems(PayloadError):
         super().__init__(f"{count} readings in one request; the limit is {limit}")
         self.count = count
         self.limit = limit
+
+
+def csv_items(body: bytes, max_items: int) -> list[Item]:
+    """The rows of a CSV body (a header line, then one row per line) as JSON objects of text cells.
+
+    For mappings only: a row is a message like any other, so it meets the same decode limits and
+    the mapping reads numbers from its cells. Raises :class:`PayloadError` when it is not CSV.
+    """
+    try:
+        text = body.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise PayloadError(f"CSV body is not UTF-8: {exc}") from None
+    try:
+        reader = csv.reader(io.StringIO(text, newline=""))
+        header = next(reader, None)
+        if not header or not any(h.strip() for h in header):
+            raise PayloadError("CSV body has no header line")
+        header = [h.strip() for h in header]
+        items: list[Item] = []
+        for row in reader:
+            if not row or not any(cell.strip() for cell in row):
+                continue
+            if len(items) >= max_items:
+                raise TooManyItems(len(items) + 1 + sum(1 for _ in reader), max_items)
+            if len(row) != len(header):
+                reason = f"malformed_csv: row {reader.line_num} has {len(row)} cells, the header {len(header)}"
+                items.append(Item(",".join(row).encode(), None, [reason]))
+                continue
+            items.append(Item(orjson.dumps(dict(zip(header, row, strict=True))), None))
+    except csv.Error as exc:
+        raise PayloadError(f"body is not CSV: {exc}") from None
+    if not items:
+        raise PayloadError("CSV body has a header but no rows")
+    return items

@@ -43,6 +43,7 @@ SOURCES = ("http", "mqtt", "kafka")
 H_SOURCE = "fw-source"
 H_REQUEST = "fw-request"
 H_FORWARDED = "fw-forwarded"
+H_MAPPING = "fw-mapping"  # the payload mapping a door read the message with (provenance only)
 
 
 @dataclass(slots=True)
@@ -184,16 +185,27 @@ class BatchProcessor:
         if target != msg.partition and not msg.forwarded:
             out.forward.append((target, sensor_id, msg))
             return
-        # Encoded before admitting: a reading that cannot be written must not change its sensor's state.
-        encoded = reading_bytes(reading)
         state = self.state_for(sensor_id, msg)
         if state is None:
             why = f"too_many_new_sensors: {msg.source} introduced more than {self.new_sensors.per_min} new sensors this minute"  # type: ignore[union-attr]
             self._quarantine(out, msg, decoded, True, [why], sensor_id)
             return
+        counters = rules.counters
+        resets = (
+            state.counter_resets_in(reading, counters) if counters and not counters.isdisjoint(reading.values) else ()
+        )
+        if resets:
+            # A counter going down is a reset or a new meter, not a measurement: flagged for consumers.
+            reading.extra["counter_resets"] = resets
+        # Encoded before admitting: a reading that cannot be written must not change its sensor's state.
+        encoded = reading_bytes(reading)
         verdict = state.admit(reading, rules.lateness_ms, rules.dedup_memory)
         out.states[sensor_id] = state
         if verdict == ACCEPTED:
+            if resets:
+                state.counter_resets += len(resets)
+            if checked.unknown_metrics:  # type: ignore[union-attr]
+                state.unknown_metrics += 1
             out.clean.append((target, reading, encoded))
             if msg.request is not None:
                 out.verdicts.append((msg.request, CLEAN, []))

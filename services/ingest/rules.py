@@ -15,7 +15,8 @@ from typing import Any
 
 import yaml
 
-from services.ingest.settings import DEFAULT_RANGES_FILE, IngestSettings
+from services.ingest import metric_names
+from services.ingest.settings import DEFAULT_RANGES_FILE, UNKNOWN_METRIC_POLICIES, IngestSettings
 from services.ingest.units import CONVERSIONS, normalise_unit
 
 #: Deepest nesting allowed at all (orjson reads 1024 levels but writes only 254).
@@ -36,6 +37,7 @@ class MetricSpec:
     hi: float
     soft_lo: float
     soft_hi: float
+    counter_of: tuple[str, ...] = ()  # a cumulative counter integrating these metrics
 
     def range_score(self, value: float) -> float:
         """1 inside the soft range, falling linearly to 0 at the hard limit."""
@@ -69,6 +71,10 @@ class Rules:
     max_extra_bytes: int = 16 * 1024
     lateness_ms: int = 3_600_000
     dedup_memory: int = 64
+    strict_unknown: bool = False  # unknown metrics quarantined (`unknown_metric`) instead of accepted and flagged
+    #: Derived from ``metrics`` (set in __post_init__): the cumulative counters, and metric -> its counter.
+    counters: frozenset[str] = field(init=False, default=frozenset())
+    counter_twin: Mapping[str, str] = field(init=False, default_factory=dict)
 
     @classmethod
     def load(cls, settings: IngestSettings | None = None) -> Rules:
@@ -91,6 +97,11 @@ class Rules:
         total = sum(w.values())
         if settings.dedup_memory < 1:
             raise ConfigError("FLOWWATCH_INGEST_DEDUP_MEMORY must be at least 1")
+        if settings.unknown_metrics not in UNKNOWN_METRIC_POLICIES:
+            raise ConfigError(
+                f"FLOWWATCH_INGEST_UNKNOWN_METRICS must be one of {', '.join(UNKNOWN_METRIC_POLICIES)}, "
+                f"got {settings.unknown_metrics!r}"
+            )
         if not 2 <= settings.max_json_depth <= MAX_JSON_DEPTH:
             # orjson writes 254 levels at most; a clean reading nests its input one level deeper.
             raise ConfigError(f"FLOWWATCH_INGEST_MAX_JSON_DEPTH must be within 2..{MAX_JSON_DEPTH}")
@@ -112,27 +123,51 @@ class Rules:
             max_extra_bytes=settings.max_extra_bytes,
             lateness_ms=int(settings.lateness_s * 1000),
             dedup_memory=settings.dedup_memory,
+            strict_unknown=settings.unknown_metrics == "strict",
         )
 
     def __post_init__(self) -> None:
         # Memo tables for the hot path; bounded so arbitrary input cannot grow them forever.
         object.__setattr__(self, "_names", {})
         object.__setattr__(self, "_expected_memo", {})
+        object.__setattr__(self, "_named_units", {})
+        twins = {of: spec.name for spec in self.metrics.values() for of in spec.counter_of}
+        object.__setattr__(self, "counter_twin", twins)
+        object.__setattr__(self, "counters", frozenset(s.name for s in self.metrics.values() if s.counter_of))
+        object.__setattr__(self, "_units_of", {name: spec.unit for name, spec in self.metrics.items()})
 
     @property
     def valid_names(self) -> dict[str, str]:
         """Memo of metric spellings already seen and valid -> canonical name (the hot path's first look)."""
         return self._names  # type: ignore[attr-defined]
 
+    @property
+    def named_units(self) -> dict[str, str]:
+        """Memo of unit-suffixed spellings -> the unit their name gives (``"pressure_psi"`` -> ``"psi"``)."""
+        return self._named_units  # type: ignore[attr-defined]
+
     def canonical_name(self, name: str) -> str:
-        """The metric name a device's spelling stands for (``"Temp"`` -> ``"temperature"``); name must be valid."""
+        """The metric name a device's spelling stands for (``"Temp"`` -> ``"temperature"``,
+        ``"pressure_psi"`` -> ``"pressure"`` with its unit in :attr:`named_units`); name must be valid."""
         names: dict[str, str] = self._names  # type: ignore[attr-defined]
         hit = names.get(name)
         if hit is None:
             folded = name.strip().lower()
             hit = self.aliases.get(folded, folded)
+            unit = None
+            if hit not in self.metrics:
+                units_of: dict[str, str] = self._units_of  # type: ignore[attr-defined]
+                parsed = metric_names.parse(name.strip(), units_of, self.aliases, self.counter_twin)
+                if parsed is not None:
+                    hit, unit = parsed
             if len(names) < _MEMO_LIMIT:
                 names[name] = hit
+                if unit is not None:
+                    self.named_units[name] = unit
+            elif unit is not None:
+                # Memo full: the unit must still reach this reading (read back from the name each time).
+                self.named_units.pop(next(iter(self.named_units)), None)
+                self.named_units[name] = unit
         return hit
 
     def expected_for(self, utility: str, asset: str) -> frozenset[str]:
@@ -205,8 +240,15 @@ def _parse_metrics(raw: Any) -> dict[str, MetricSpec]:
         s_lo, s_hi = _number(soft[0], f"{where}.soft[0]"), _number(soft[1], f"{where}.soft[1]")
         if not lo <= s_lo <= s_hi <= hi:
             raise ConfigError(f"{where}.soft: [{s_lo}, {s_hi}] must lie within [{lo}, {hi}]")
+        counter_of = spec.get("counter_of", [])
+        if not isinstance(counter_of, (list, tuple)) or not all(isinstance(n, str) for n in counter_of):
+            raise ConfigError(f"{where}.counter_of: expected a list of metric names")
         key = str(name).strip().lower()
-        out[key] = MetricSpec(key, unit, lo, hi, s_lo, s_hi)
+        out[key] = MetricSpec(key, unit, lo, hi, s_lo, s_hi, tuple(n.strip().lower() for n in counter_of))
+    for spec in out.values():
+        for of in spec.counter_of:
+            if of not in out:
+                raise ConfigError(f"metrics.{spec.name}.counter_of: {of!r} is not a metric in `metrics`")
     return out
 
 

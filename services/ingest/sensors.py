@@ -50,6 +50,8 @@ class SensorState:
     duplicates: int = 0
     late: int = 0
     unverified: int = 0
+    unknown_metrics: int = 0  # accepted readings flagged with metrics the ranges do not know
+    counter_resets: int = 0  # cumulative counters seen going down (a reset or a replaced meter)
     last_values: dict[str, float] = field(default_factory=dict)
     last_quality: float | None = None
     #: Accepted timestamps, ascending, newest last; at most ``dedup_memory`` of them.
@@ -102,6 +104,13 @@ class SensorState:
         self._accepted(reading, latest=False)
         return ACCEPTED
 
+    def counter_resets_in(self, reading: Reading, counters: frozenset[str]) -> list[str]:
+        """The cumulative counters of ``reading`` (the next one of this sensor) that went below their last value."""
+        if self.count == 0 or reading.ts <= self.newest_ts:
+            return []
+        last = self.last_values
+        return [c for c in counters.intersection(reading.values) if c in last and reading.values[c] < last[c]]
+
     def _identify(self, reading: Reading) -> None:
         self.site, self.zone, self.utility, self.asset = reading.site, reading.zone, reading.utility, reading.asset
 
@@ -140,6 +149,8 @@ class SensorState:
             "duplicates": self.duplicates,
             "late": self.late,
             "unverified": self.unverified,
+            "unknown_metrics": self.unknown_metrics,
+            "counter_resets": self.counter_resets,
             "last_values": self.last_values,
             "last_quality": self.last_quality,
             # Offsets back from the newest keep the changelog record small.
@@ -163,6 +174,8 @@ class SensorState:
             duplicates=int(data.get("duplicates", 0)),
             late=int(data.get("late", 0)),
             unverified=int(data.get("unverified", 0)),
+            unknown_metrics=int(data.get("unknown_metrics", 0)),
+            counter_resets=int(data.get("counter_resets", 0)),
             last_values=dict(data.get("last_values") or {}),
             last_quality=data.get("last_quality"),
             recent=sorted(newest - int(b) for b in data.get("recent_back") or ()),
@@ -179,6 +192,8 @@ class SensorState:
             "duplicates": self.duplicates,
             "late": self.late,
             "unverified": self.unverified,
+            "unknown_metrics": self.unknown_metrics,
+            "counter_resets": self.counter_resets,
         }
 
 

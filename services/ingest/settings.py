@@ -16,6 +16,8 @@ from shared.settings import _doc, env_values
 
 ENV_PREFIX = "FLOWWATCH_INGEST_"
 DEFAULT_RANGES_FILE = Path(__file__).with_name("ranges.yaml")
+DEFAULT_MAPPINGS_FILE = Path(__file__).with_name("mappings.yaml")
+UNKNOWN_METRIC_POLICIES = ("accept", "strict")
 
 
 @dataclass(frozen=True)
@@ -26,6 +28,17 @@ class IngestSettings:
         "",
         "YAML file overriding metrics (canonical unit, physical range), metric aliases or expected metrics per "
         "asset; empty: the built-in services/ingest/ranges.yaml only.",
+    )
+    unknown_metrics: str = _doc(
+        "accept",
+        "Metrics without an entry in the ranges (nor a unit-suffixed name that resolves to one): `accept` keeps "
+        "them as sent, flagged in `extra.unknown_metrics` and counted per sensor; `strict` quarantines the reading "
+        "(`unknown_metric`).",
+    )
+    mappings_file: str = _doc(
+        "",
+        "YAML file of named payload mappings (other devices' formats) added to, or replacing by name, the built-in "
+        "services/ingest/mappings.yaml; empty: the built-in ones only.",
     )
     max_future_s: float = _doc(
         300.0, "A reading stamped more than this many seconds after its arrival is quarantined (`future_ts`)."

@@ -38,6 +38,7 @@ _MAX_TS_MS = 10**14  # year 5138: anything later is not a timestamp
 REASON_CODES = (
     "too_large",
     "malformed_json",
+    "malformed_csv",
     "invalid_utf8",
     "lone_surrogate",
     "too_deep",
@@ -56,6 +57,8 @@ REASON_CODES = (
     "non_finite",
     "invalid_units",
     "unknown_unit",
+    "unknown_metric",
+    "mapping_error",
     "out_of_range",
     "invalid_quality",
     "low_quality",
@@ -268,7 +271,7 @@ def validate(payload: Any, received_ms: int, rules: Rules, source: str = "kafka"
     values, units, missing, unknown = _values(payload.get("values"), payload.get("units"), rules, reasons)
 
     if reasons:
-        return Validated(None, reasons, sensor_id or None, unknown)
+        return Validated(None, reasons, sensor_id or None, len(unknown))
 
     extra: dict[str, Any] = {}
     for key, value in payload.items():
@@ -284,16 +287,19 @@ def validate(payload: Any, received_ms: int, rules: Rules, source: str = "kafka"
         size = len(orjson.dumps(extra))
         if size > rules.max_extra_bytes:
             why = f"extra_too_large: the extra fields take {size} bytes of JSON (limit {rules.max_extra_bytes})"
-            return Validated(None, [why], sensor_id, unknown)
+            return Validated(None, [why], sensor_id, len(unknown))
     if missing:
         extra["missing_metrics"] = missing
     if device_quality is not None:
         extra["device_quality"] = device_quality
+    if unknown:
+        extra["unknown_metrics"] = unknown
 
     assert ts is not None  # no reasons means ts parsed
     quality = quality_score(values, utility, asset, ts, received_ms, device_quality, rules)
     if quality < rules.quality_threshold:
-        return Validated(None, [f"low_quality: {quality:.3f} below {rules.quality_threshold}"], sensor_id, unknown)
+        why = f"low_quality: {quality:.3f} below {rules.quality_threshold}"
+        return Validated(None, [why], sensor_id, len(unknown))
     reading = Reading(
         sensor_id=sensor_id,
         ts=ts,
@@ -308,19 +314,19 @@ def validate(payload: Any, received_ms: int, rules: Rules, source: str = "kafka"
         received_ms=received_ms,
         source=source,
     )
-    return Validated(reading, [], sensor_id, unknown)
+    return Validated(reading, [], sensor_id, len(unknown))
 
 
 def _values(
     raw_values: Any, raw_units: Any, rules: Rules, reasons: list[str]
-) -> tuple[dict[str, float], dict[str, str], list[str], int]:
-    """Canonical values and units; appends reasons; returns (values, units, missing metrics, unknown count)."""
+) -> tuple[dict[str, float], dict[str, str], list[str], list[str]]:
+    """Canonical values and units; appends reasons; returns (values, units, missing metrics, unknown metrics)."""
     if raw_values is None:
         reasons.append("missing_field: values")
-        return {}, {}, [], 0
+        return {}, {}, [], []
     if not isinstance(raw_values, dict):
         reasons.append(f"invalid_field: values must be an object of metric -> number, got {type(raw_values).__name__}")
-        return {}, {}, [], 0
+        return {}, {}, [], []
     if raw_units is None:
         raw_units = {}
     elif not isinstance(raw_units, dict):
@@ -328,12 +334,12 @@ def _values(
         raw_units = {}
     if len(raw_values) > rules.max_metrics:
         reasons.append(f"too_many_metrics: {len(raw_values)} (limit {rules.max_metrics})")
-        return {}, {}, [], 0
+        return {}, {}, [], []
 
     values: dict[str, float] = {}
     units: dict[str, str] = {}
     missing: list[str] = []
-    unknown = 0
+    unknown: list[str] = []
     specs = rules.metrics
     known_names = rules.valid_names
     for raw_name, value in raw_values.items():
@@ -370,12 +376,19 @@ def _values(
         unit = raw_units.get(raw_name)
         if unit is None and raw_name != name:
             unit = raw_units.get(name)
+            if unit is None:
+                unit = rules.named_units.get(raw_name)
         if unit is not None and not isinstance(unit, str):
             reasons.append(f"invalid_units: unit of {raw_name} must be a string, got {_short(unit)}")
             continue
         spec = specs.get(name)
         if spec is None:
-            unknown += 1
+            if rules.strict_unknown:
+                reasons.append(
+                    f"unknown_metric: {_short(raw_name)} is not a metric of the ranges file (unknown metrics are strict)"
+                )
+                continue
+            unknown.append(name)
             values[name] = number
             if unit:
                 units[name] = unit

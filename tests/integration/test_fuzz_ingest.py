@@ -8,6 +8,8 @@ fixed seed (``derandomize``), so every run sends the same inputs. They go in bat
 arrays and NDJSON per HTTP request and MQTT message, thousands per Kafka fetch), so the
 suite takes a couple of minutes.
 
+A mapped door (HTTP ``?mapping=gas-station``) gets the killers and ~3,000 gas-station-shaped messages.
+
 Asserted per door: the worker is alive and ready afterwards (no crash, no pump stopped),
 no HTTP 5xx, and exact accounting from the topics: accepted (readings.clean) + quarantined
 (readings.quarantine) + duplicates = inputs sent, counted by each record's ``source``.
@@ -531,3 +533,91 @@ async def test_fuzz_readings_raw(ingest: ServiceProcess, report: dict[str, Any])
         "seconds": round(time.monotonic() - started, 1),
     }
     print("fuzz readings.raw", report["kafka"], {k: v for k, v in outputs.reasons.items() if k.startswith("kafka:")})
+
+
+# --- a mapped door: the same limits, every message accounted for --------------------------------
+
+GAS_NAMES = ["pressure_kpa", "pressure_diff_kpa", "temperature_c", "hourly_flow_m3", "total_flow_m3",
+             "density_kg_m3", "pressure_psi", "odour_index", "", "flow_m3"]  # fmt: skip
+
+
+def _gas(ts: Any, location: Any, sensors: Any, drop: str | None) -> bytes:
+    message = {"timestamp": ts, "location": location, "sensors": sensors}
+    if drop is not None:
+        message.pop(drop)
+    return json.dumps(message, allow_nan=True).encode()
+
+
+baku_times = st.integers(-600, 0).map(
+    lambda s: time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(NOW_MS / 1000 + 4 * 3600 + s))  # Baku local time
+)
+valid_gas = st.builds(
+    lambda ts, location, p, t: _gas(ts, location, {"pressure_kpa": p, "temperature_c": t}, None),
+    baku_times,
+    st.sampled_from(["Sumqayit", "Baku", "Ganja", "Quba"]),
+    st.floats(0, 10_000),
+    st.floats(-40, 100),
+)
+gas_messages = st.builds(
+    _gas,
+    baku_times | json_values,
+    st.sampled_from(["Sumqayit", "Baku", "Ganja"]) | json_values,
+    st.dictionaries(st.sampled_from(GAS_NAMES), metric_values, max_size=7) | json_values,
+    st.none() | st.sampled_from(["timestamp", "location", "sensors"]),
+)
+
+
+async def test_fuzz_http_mapping(ingest: ServiceProcess, report: dict[str, Any]) -> None:
+    """HTTP ?mapping=gas-station: killers and gas-station-shaped messages, 500 per NDJSON body."""
+    started = time.monotonic()
+    drawn: list[bytes] = []
+
+    @settings(max_examples=30, derandomize=True, database=None, phases=[Phase.generate], deadline=None,
+              suppress_health_check=list(HealthCheck))  # fmt: skip
+    @given(st.lists(valid_gas | gas_messages | gas_messages | items, min_size=50, max_size=50))
+    def draw(batch: list[bytes]) -> None:
+        drawn.extend(batch)
+
+    draw()
+    rng = random.Random(16)
+    inputs = killers("http") + drawn + [mutate(rng.choice(drawn), rng) for _ in range(1500)]
+    singles = [(item, None) for item in killers("http")]
+    rest = inputs[len(singles) :]
+    bodies = singles + [(ndjson(rest[i : i + 500]), None) for i in range(0, len(rest), 500)]
+    mapped_before = metric(ingest, "flowwatch_ingest_mapped_messages_total")
+    sent = accepted = quarantined = duplicates = messages = 0
+    async with httpx.AsyncClient(base_url=ingest.url, headers=AUTH, timeout=60) as client:
+        for body, _ in bodies:
+            r = await client.post("/v1/readings", content=body, params={"mapping": "gas-station"})
+            assert r.status_code < 500, (r.status_code, r.text[:500])
+            if r.status_code != 202:
+                assert r.status_code in (400, 413) and r.json()["error"]
+                continue
+            answer = r.json()
+            assert answer["pending"] == 0 and answer["mapping"] == "gas-station", answer
+            assert answer["accepted"] + answer["quarantined"] + answer["duplicates"] == answer["received"]
+            assert all(0 <= e["message"] < answer["messages"] for e in answer["errors"])
+            sent += answer["received"]
+            accepted += answer["accepted"]
+            quarantined += answer["quarantined"]
+            duplicates += answer["duplicates"]
+            messages += answer["messages"]
+    assert messages >= 2500 and accepted > 0 and quarantined > 0
+    assert metric(ingest, "flowwatch_ingest_mapped_messages_total") - mapped_before == messages
+    # the plain HTTP fuzz of this module (when it ran) wrote to the same topics with source http
+    before = report.get("http", {})
+    outputs = Outputs(ingest.settings)
+    await outputs.consumer.start()
+    try:
+        expected = sent + before.get("sent", 0)
+        total = await outputs.settle("http", expected, lambda: duplicates + before.get("duplicates", 0))
+    finally:
+        await outputs.consumer.stop()
+    assert_alive(ingest)
+    assert outputs.clean["http"] == accepted + before.get("accepted", 0)
+    assert outputs.quarantined["http"] == quarantined + before.get("quarantined", 0)
+    assert total == expected
+    assert outputs.largest < 1024 * 1024
+    report["http-mapping"] = {"messages": messages, "sent": sent, "accepted": accepted, "quarantined": quarantined,
+                              "duplicates": duplicates, "seconds": round(time.monotonic() - started, 1)}  # fmt: skip
+    print("fuzz http ?mapping=gas-station", report["http-mapping"])

@@ -178,6 +178,7 @@ async def test_mqtt_reconnects_with_capped_jittered_backoff(monkeypatch: pytest.
     class FakeIngest:
         isettings = IngestSettings(mqtt_backoff_max_s=4.0)
         settings = types.SimpleNamespace(topic_prefix="t.")
+        mappings: dict[str, object] = {}
 
         async def ensure_started(self) -> None:
             return None

@@ -1,0 +1,511 @@
+"""Named payload mappings: other systems' message formats turned into flowwatch readings.
+
+A mapping (``mappings.yaml`` beside ``ranges.yaml``; more or replacements with
+``FLOWWATCH_INGEST_MAPPINGS_FILE``) says where a message keeps its time and in which format
+and zone, how sensor_id / site / zone / utility / asset are built from its fields and from
+the MQTT topic's segments, and which fields are metrics — so one message can become many
+readings. The doors apply it before readings.raw (HTTP ``?mapping=NAME``, MQTT by topic
+filter, Kafka by source topic); the readings it makes then take the one validation path
+like any native reading. Anything a mapping cannot read is a ``mapping_error`` naming the
+mapping and the field.
+
+Templates are text with ``{placeholders}``: a field path (``location``, ``sensors.pressure``),
+an MQTT topic segment (``topic[2]``, ``topic[-1]``), or a channel group (scada-wide); an
+optional filter ``|lower``, ``|upper`` or ``|slug`` (lower case, runs of other characters
+than letters and digits as one ``-``). Text without braces is a literal.
+
+:func:`load` validates every mapping at start; errors name the mapping and the key.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import tzinfo
+from pathlib import Path
+from typing import Any
+
+import orjson
+import yaml
+
+from services.ingest import timeformats
+from services.ingest.payloads import Item, key_of
+from services.ingest.rules import ConfigError, Rules
+from services.ingest.settings import DEFAULT_MAPPINGS_FILE
+from services.ingest.validation import decode
+from shared.records import UTILITIES
+
+#: Most readings one message may become (a bound on what one input can cost).
+MAX_READINGS_PER_MESSAGE = 10_000
+IDENTITY_FIELDS = ("sensor_id", "site", "zone", "utility", "asset")
+_READING_KEYS = frozenset({*IDENTITY_FIELDS, "values", "values_from", "exclude", "units", "quality", "quality_scale"})
+_MAPPING_KEYS = frozenset({"description", "mqtt", "kafka", "ts", "defaults", "readings", "channels"})
+_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+_TOPIC = re.compile(r"^topic\[(-?\d+)\]$")
+_SLUG = re.compile(r"[^a-z0-9]+")
+_FILTERS = {"lower": str.lower, "upper": str.upper, "slug": lambda s: _SLUG.sub("-", s.lower()).strip("-")}
+_KAFKA_TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
+
+
+class MappingConfigError(ConfigError):
+    """A mappings file that cannot be used; the message names the mapping and the key."""
+
+
+class MappingError(ValueError):
+    """A message the mapping cannot read; ``str()`` is the quarantine reason."""
+
+    def __init__(self, mapping: str, where: str, detail: str) -> None:
+        super().__init__(f"mapping_error: {mapping}: {where}: {detail}")
+        self.mapping = mapping
+        self.where = where
+
+
+# --- templates and paths ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Ref:
+    """One placeholder: a field path, a topic segment, or a channel group; with an optional filter."""
+
+    text: str
+    path: tuple[str, ...] = ()
+    segment: int | None = None
+    transform: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Template:
+    parts: tuple[str | Ref, ...]
+    literal: str | None = None  # the text, when the template has no placeholder (set by parse_template)
+
+
+def parse_ref(text: str, where: str) -> Ref:
+    body, _, transform = text.partition("|")
+    body, transform = body.strip(), transform.strip()
+    if transform and transform not in _FILTERS:
+        raise MappingConfigError(f"{where}: unknown filter |{transform} (use {', '.join(_FILTERS)})")
+    match = _TOPIC.match(body)
+    if match:
+        return Ref(text, segment=int(match.group(1)), transform=transform)
+    path = tuple(body.split("."))
+    if not body or not all(path):
+        raise MappingConfigError(f"{where}: {text!r} is not a field path (a.b.c) nor topic[N]")
+    return Ref(text, path=path, transform=transform)
+
+
+def parse_template(raw: Any, where: str) -> Template:
+    if isinstance(raw, bool) or not isinstance(raw, (str, int, float)):
+        raise MappingConfigError(f"{where}: expected text (a template), got {type(raw).__name__}")
+    text = str(raw)
+    parts: list[str | Ref] = []
+    pos = 0
+    for match in _PLACEHOLDER.finditer(text):
+        if match.start() > pos:
+            parts.append(text[pos : match.start()])
+        parts.append(parse_ref(match.group(1), where))
+        pos = match.end()
+    if pos < len(text):
+        parts.append(text[pos:])
+    if any(isinstance(p, str) and ("{" in p or "}" in p) for p in parts):
+        raise MappingConfigError(f"{where}: unbalanced braces in {text!r}")
+    parts = parts or [""]
+    return Template(tuple(parts), parts[0] if len(parts) == 1 and isinstance(parts[0], str) else None)
+
+
+def lookup(obj: Any, path: tuple[str, ...]) -> Any:
+    """The value at ``path`` in nested objects; KeyError naming the first missing step."""
+    node = obj
+    for i, key in enumerate(path):
+        if not isinstance(node, dict) or key not in node:
+            raise KeyError(".".join(path[: i + 1]))
+        node = node[key]
+    return node
+
+
+@dataclass(slots=True)
+class Context:
+    """What templates read: the message, the MQTT topic's segments, channel groups."""
+
+    mapping: str
+    message: dict[str, Any]
+    topic: list[str] | None = None
+    groups: dict[str, str] = field(default_factory=dict)
+
+    def ref(self, ref: Ref, where: str) -> Any:
+        if ref.segment is not None:
+            if self.topic is None:
+                raise MappingError(
+                    self.mapping, where, f"{{{ref.text}}} needs an MQTT topic, and this message has none"
+                )
+            try:
+                return self.topic[ref.segment]
+            except IndexError:
+                raise MappingError(self.mapping, where, f"the topic has no segment {ref.segment}") from None
+        if len(ref.path) == 1 and ref.path[0] in self.groups:
+            return self.groups[ref.path[0]]
+        try:
+            return lookup(self.message, ref.path)
+        except KeyError as exc:
+            raise MappingError(self.mapping, where, f"missing field {exc.args[0]}") from None
+
+    def render(self, template: Template, where: str) -> str:
+        literal = template.literal
+        if literal is not None:
+            return literal
+        out: list[str] = []
+        for part in template.parts:
+            if isinstance(part, str):
+                out.append(part)
+                continue
+            value = self.ref(part, where)
+            if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+                raise MappingError(self.mapping, where, f"{{{part.text}}} is {type(value).__name__}, not text")
+            text = str(value)
+            out.append(_FILTERS[part.transform](text) if part.transform else text)
+        return "".join(out)
+
+
+def number(value: Any) -> Any:
+    """Numbers sent as text (CSV cells, some gateways) read as numbers; anything else unchanged."""
+    if type(value) is str:
+        text = value.strip()
+        if not text:
+            return None  # an empty cell is a missing value
+        try:
+            parsed = float(text)
+        except ValueError:
+            return value  # validation names it (not_a_number)
+        return parsed if math.isfinite(parsed) else value
+    return value
+
+
+# --- the mapping ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ReadingSpec:
+    identity: dict[str, Template]
+    values: dict[str, Ref]  # metric name as sent -> field path
+    values_from: Ref | None  # an object whose every member is a metric
+    exclude: frozenset[str]
+    units: dict[str, Template]
+    quality: Ref | None
+    quality_scale: float
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelSpec:
+    """Wide rows: columns matching ``pattern`` are channels, grouped into one reading per sensor_id."""
+
+    pattern: re.Pattern[str]
+    lookups: dict[str, dict[str, str]]  # group -> {value as matched -> value used}
+    reading: dict[str, Template]
+    units: dict[str, str]  # metric -> the unit its channels are in
+
+
+@dataclass(frozen=True, slots=True)
+class PayloadMapping:
+    name: str
+    description: str
+    mqtt: tuple[str, ...]
+    kafka: tuple[str, ...]
+    ts_field: tuple[str, ...]
+    ts_format: str
+    tz: tzinfo
+    readings: tuple[ReadingSpec, ...]
+    channels: ChannelSpec | None
+
+    def apply(self, message: Any, topic: str | None = None) -> list[dict[str, Any]]:
+        """The native readings of one decoded message; :class:`MappingError` when it cannot be read."""
+        if not isinstance(message, dict):
+            raise MappingError(self.name, "message", f"expected a JSON object, got {type(message).__name__}")
+        ctx = Context(self.name, message, topic.split("/") if topic is not None else None)
+        where = ".".join(self.ts_field)
+        try:
+            raw_ts = lookup(message, self.ts_field)
+        except KeyError as exc:
+            raise MappingError(self.name, where, f"missing field {exc.args[0]}") from None
+        try:
+            ts = timeformats.to_epoch_ms(raw_ts, self.ts_format, self.tz)
+        except (timeformats.TimeFormatError, OverflowError, ValueError) as exc:
+            raise MappingError(self.name, where, str(exc)) from None
+        out = [self._reading(spec, ctx, ts) for spec in self.readings]
+        if self.channels is not None:
+            out.extend(self._channels(self.channels, ctx, ts))
+        if len(out) > MAX_READINGS_PER_MESSAGE:
+            raise MappingError(self.name, "message", f"{len(out)} readings (limit {MAX_READINGS_PER_MESSAGE})")
+        return out
+
+    def _reading(self, spec: ReadingSpec, ctx: Context, ts: int) -> dict[str, Any]:
+        reading: dict[str, Any] = {name: ctx.render(t, name) for name, t in spec.identity.items()}
+        reading["ts"] = ts
+        values: dict[str, Any] = {}
+        if spec.values_from is not None:
+            source = ctx.ref(spec.values_from, "values_from")
+            if not isinstance(source, dict):
+                where = spec.values_from.text
+                raise MappingError(self.name, where, f"expected an object of metrics, got {type(source).__name__}")
+            exclude = spec.exclude
+            for k, v in source.items():
+                if k not in exclude:
+                    values[k] = v if type(v) is not str else number(v)
+        for metric, ref in spec.values.items():
+            values[metric] = number(ctx.ref(ref, f"values.{metric}"))
+        reading["values"] = values
+        if spec.units:
+            reading["units"] = {metric: ctx.render(t, f"units.{metric}") for metric, t in spec.units.items()}
+        if spec.quality is not None:
+            quality = number(ctx.ref(spec.quality, "quality"))
+            if isinstance(quality, bool) or not isinstance(quality, (int, float)):
+                why = f"quality must be a number, got {type(quality).__name__}"
+                raise MappingError(self.name, spec.quality.text, why)
+            reading["quality"] = quality / spec.quality_scale
+        return reading
+
+    def _channels(self, spec: ChannelSpec, ctx: Context, ts: int) -> Iterator[dict[str, Any]]:
+        grouped: dict[str, dict[str, Any]] = {}
+        for column, cell in ctx.message.items():
+            match = spec.pattern.match(column) if isinstance(column, str) else None
+            if match is None:
+                continue
+            groups = {k: v for k, v in match.groupdict().items() if v is not None}
+            for group, table in spec.lookups.items():
+                if group in groups:
+                    groups[group] = table.get(groups[group], groups[group])
+            ctx.groups = groups
+            reading = {name: ctx.render(t, f"channels.{column}.{name}") for name, t in spec.reading.items()}
+            current = grouped.get(reading["sensor_id"])
+            if current is None:
+                current = grouped[reading["sensor_id"]] = {**reading, "ts": ts, "values": {}, "units": {}}
+            metric = groups["metric"]
+            current["values"][metric] = number(cell)
+            if metric in spec.units:
+                current["units"][metric] = spec.units[metric]
+        ctx.groups = {}
+        yield from grouped.values()
+
+
+def expand(
+    mapping: PayloadMapping, raw: bytes, rules: Rules, topic: str | None = None
+) -> tuple[list[Item], list[str], Any]:
+    """``(readings, [], message)``: the readings (native JSON, keyed by sensor_id) one message becomes, or
+    ``([], reasons, message)`` when it cannot; ``message`` is the decoded message (None when not decoded).
+
+    The message is decoded within the same limits as a native reading (``too_large``,
+    ``too_deep``, ``malformed_json``, ...), so a mapped door is no wider than the native one.
+    """
+    message, error = decode(raw, rules.max_line_bytes, rules.max_json_depth)
+    if error is not None:
+        return [], [error], None
+    try:
+        readings = mapping.apply(message, topic)
+    except MappingError as exc:
+        return [], [str(exc)], message
+    limit = rules.max_field_chars
+    # Everything in a mapped reading came out of decode (orjson-writable) or is text or a number made here.
+    return [Item(orjson.dumps(r), key_of(r, limit)) for r in readings], [], message
+
+
+def table(known: Mapping[str, PayloadMapping]) -> str:
+    """The mappings as a markdown table (``python -m services.ingest mappings``, the README and docs/ingest.md)."""
+    lines = [
+        "| mapping | time (field, format, zone) | MQTT topic filters | Kafka source topics | readings per message | what |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for mp in known.values():
+        per = str(len(mp.readings)) if mp.channels is None else "one per asset (channels)"
+        mqtt = ", ".join(f"`{f}`" for f in mp.mqtt) or "-"
+        kafka = ", ".join(f"`{t}`" for t in mp.kafka) or "-"
+        lines.append(
+            f"| `{mp.name}` | `{'.'.join(mp.ts_field)}`, `{mp.ts_format}`, {mp.tz} | {mqtt} | {kafka} | {per} | {mp.description} |"
+        )
+    return "\n".join(lines)
+
+
+# --- loading and validation --------------------------------------------------------------
+
+
+def load(path: Path | str | None = None) -> dict[str, PayloadMapping]:
+    """The built-in mappings, plus (or replaced by name by) those of ``path``; validated."""
+    raw = _read(DEFAULT_MAPPINGS_FILE)
+    if path and Path(path).resolve() != DEFAULT_MAPPINGS_FILE.resolve():
+        raw.update(_read(Path(path)))
+    return from_mapping(raw)
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        with open(path) as fh:
+            data = yaml.safe_load(fh) or {}
+    except OSError as exc:
+        raise MappingConfigError(f"cannot read mappings file {path}: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise MappingConfigError(f"mappings file {path} is not valid YAML: {exc}") from None
+    if not isinstance(data, Mapping) or not isinstance(data.get("mappings") or {}, Mapping):
+        raise MappingConfigError(f"mappings file {path}: expected `mappings:` with a mapping of name -> mapping")
+    return dict(data.get("mappings") or {})
+
+
+def from_mapping(raw: Mapping[str, Any]) -> dict[str, PayloadMapping]:
+    out = {str(name): _parse(str(name), spec) for name, spec in raw.items()}
+    seen: dict[str, str] = {}
+    for m in out.values():
+        for door, names in (("mqtt", m.mqtt), ("kafka", m.kafka)):
+            for n in names:
+                other = seen.setdefault(f"{door}:{n}", m.name)
+                if other != m.name:
+                    raise MappingConfigError(f"mappings.{m.name}.{door}: {n!r} is already routed to mapping {other}")
+    return out
+
+
+def _parse(name: str, spec: Any) -> PayloadMapping:
+    where = f"mappings.{name}"
+    if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,63}", name):
+        raise MappingConfigError(f"{where}: a mapping name is lower-case letters, digits, - and _ (at most 64)")
+    if not isinstance(spec, Mapping):
+        raise MappingConfigError(f"{where}: expected a mapping with ts and readings or channels")
+    _no_unknown_keys(spec, _MAPPING_KEYS, where)
+    ts = spec.get("ts")
+    if not isinstance(ts, Mapping) or not isinstance(ts.get("field"), str):
+        raise MappingConfigError(f"{where}.ts: expected {{field: <path>, format: <format>, tz: <zone>}}")
+    _no_unknown_keys(ts, frozenset({"field", "format", "tz"}), f"{where}.ts")
+    fmt = str(ts.get("format", "iso"))
+    try:
+        timeformats.check_format(fmt)
+    except ValueError as exc:
+        raise MappingConfigError(f"{where}.ts.format: {exc}") from None
+    try:
+        tz = timeformats.zone(str(ts.get("tz", "UTC")))
+    except ValueError as exc:
+        raise MappingConfigError(f"{where}.ts.tz: {exc}") from None
+    defaults = spec.get("defaults") or {}
+    if not isinstance(defaults, Mapping):
+        raise MappingConfigError(f"{where}.defaults: expected a mapping of field -> template")
+    _no_unknown_keys(defaults, frozenset(IDENTITY_FIELDS), f"{where}.defaults")
+    readings_raw = spec.get("readings") or []
+    if not isinstance(readings_raw, list):
+        raise MappingConfigError(f"{where}.readings: expected a list of readings")
+    readings = tuple(
+        _parse_reading({**defaults, **r} if isinstance(r, Mapping) else r, f"{where}.readings[{i}]")
+        for i, r in enumerate(readings_raw)
+    )
+    channels = _parse_channels(spec["channels"], defaults, f"{where}.channels") if "channels" in spec else None
+    if not readings and channels is None:
+        raise MappingConfigError(f"{where}: needs `readings` (a list) or `channels`")
+    return PayloadMapping(
+        name=name,
+        description=str(spec.get("description", "")),
+        mqtt=tuple(_mqtt_filter(f, f"{where}.mqtt") for f in _names(spec.get("mqtt"), f"{where}.mqtt")),
+        kafka=tuple(_kafka_topic(t, f"{where}.kafka") for t in _names(spec.get("kafka"), f"{where}.kafka")),
+        ts_field=_field(ts["field"], f"{where}.ts.field").path,
+        ts_format=fmt,
+        tz=tz,
+        readings=readings,
+        channels=channels,
+    )
+
+
+def _parse_reading(raw: Any, where: str) -> ReadingSpec:
+    if not isinstance(raw, Mapping):
+        raise MappingConfigError(f"{where}: expected a mapping")
+    _no_unknown_keys(raw, _READING_KEYS, where)
+    identity = _identity(raw, where)
+    values_raw = raw.get("values") or {}
+    if not isinstance(values_raw, Mapping):
+        raise MappingConfigError(f"{where}.values: expected a mapping of metric -> field path")
+    values = {str(k): _field(v, f"{where}.values.{k}") for k, v in values_raw.items()}
+    values_from = _field(raw["values_from"], f"{where}.values_from") if "values_from" in raw else None
+    if not values and values_from is None:
+        raise MappingConfigError(f"{where}: needs `values` (metric -> field) or `values_from` (an object of metrics)")
+    exclude = raw.get("exclude") or []
+    if not isinstance(exclude, list) or not all(isinstance(e, str) for e in exclude):
+        raise MappingConfigError(f"{where}.exclude: expected a list of member names")
+    units_raw = raw.get("units") or {}
+    if not isinstance(units_raw, Mapping):
+        raise MappingConfigError(f"{where}.units: expected a mapping of metric -> unit template")
+    units = {str(k): parse_template(v, f"{where}.units.{k}") for k, v in units_raw.items()}
+    scale = raw.get("quality_scale", 1)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
+        raise MappingConfigError(f"{where}.quality_scale: expected a positive number")
+    quality = _field(raw["quality"], f"{where}.quality") if "quality" in raw else None
+    return ReadingSpec(identity, values, values_from, frozenset(exclude), units, quality, float(scale))
+
+
+def _identity(raw: Mapping[str, Any], where: str) -> dict[str, Template]:
+    identity = {f: parse_template(raw[f], f"{where}.{f}") for f in IDENTITY_FIELDS if f in raw}
+    if "sensor_id" not in identity:
+        raise MappingConfigError(f"{where}.sensor_id: required (a template)")
+    utility = identity.get("utility")
+    if utility is not None and utility.literal is not None and utility.literal not in UTILITIES:
+        raise MappingConfigError(f"{where}.utility: {utility.literal!r} is not one of {', '.join(UTILITIES)}")
+    return identity
+
+
+def _parse_channels(raw: Any, defaults: Mapping[str, Any], where: str) -> ChannelSpec:
+    if not isinstance(raw, Mapping):
+        raise MappingConfigError(f"{where}: expected {{pattern, lookups, reading}}")
+    _no_unknown_keys(raw, frozenset({"pattern", "lookups", "reading", "units"}), where)
+    try:
+        pattern = re.compile(str(raw.get("pattern", "")))
+    except re.error as exc:
+        raise MappingConfigError(f"{where}.pattern: not a regular expression: {exc}") from None
+    if "metric" not in pattern.groupindex:
+        raise MappingConfigError(f"{where}.pattern: needs a named group (?P<metric>...)")
+    lookups_raw = raw.get("lookups") or {}
+    if not isinstance(lookups_raw, Mapping) or not all(isinstance(t, Mapping) for t in lookups_raw.values()):
+        raise MappingConfigError(f"{where}.lookups: expected group -> {{matched -> value}}")
+    for group in lookups_raw:
+        if group not in pattern.groupindex:
+            raise MappingConfigError(f"{where}.lookups.{group}: not a named group of the pattern")
+    lookups = {str(g): {str(k): str(v) for k, v in t.items()} for g, t in lookups_raw.items()}
+    reading_raw = {**defaults, **(raw.get("reading") or {})}
+    _no_unknown_keys(reading_raw, frozenset(IDENTITY_FIELDS), f"{where}.reading")
+    units = raw.get("units") or {}
+    if not isinstance(units, Mapping) or not all(isinstance(u, str) for u in units.values()):
+        raise MappingConfigError(f"{where}.units: expected metric -> unit")
+    return ChannelSpec(
+        pattern, lookups, _identity(reading_raw, f"{where}.reading"), {str(k): v for k, v in units.items()}
+    )
+
+
+def _field(raw: Any, where: str) -> Ref:
+    if not isinstance(raw, str):
+        raise MappingConfigError(f"{where}: expected a field path (a.b.c)")
+    ref = parse_ref(raw, where)
+    if ref.segment is not None or ref.transform:
+        raise MappingConfigError(f"{where}: expected a field path (a.b.c), got {raw!r}")
+    return ref
+
+
+def _names(raw: Any, where: str) -> list[str]:
+    if raw is None:
+        return []
+    if isinstance(raw, str):
+        raw = [raw]
+    if not isinstance(raw, list) or not all(isinstance(n, str) and n for n in raw):
+        raise MappingConfigError(f"{where}: expected a list of names")
+    return raw
+
+
+def _mqtt_filter(text: str, where: str) -> str:
+    levels = text.split("/")
+    bad = any(
+        ("#" in lv and (lv != "#" or i != len(levels) - 1)) or ("+" in lv and lv != "+") for i, lv in enumerate(levels)
+    )
+    if bad or len(text.encode()) > 65535:
+        raise MappingConfigError(f"{where}: {text!r} is not an MQTT topic filter (+ a whole level, # the last)")
+    return text
+
+
+def _kafka_topic(text: str, where: str) -> str:
+    if not _KAFKA_TOPIC.match(text) or text in (".", ".."):
+        raise MappingConfigError(f"{where}: {text!r} is not a Kafka topic name")
+    return text
+
+
+def _no_unknown_keys(raw: Mapping[str, Any], allowed: frozenset[str], where: str) -> None:
+    for key in raw:
+        if key not in allowed:
+            raise MappingConfigError(f"{where}.{key}: unknown key (expected one of {', '.join(sorted(allowed))})")
