@@ -73,7 +73,14 @@ FIELD_NAMES = {cls: tuple(f.name for f in dataclasses.fields(cls)) for _, cls in
 class BatchResult:
     observations: list[Observation] = field(default_factory=list)
     quarantined: Tally = field(default_factory=Tally)  # (source, window_start_ms) -> count
-    bad: int = 0
+    # Records that are not records of their topic, by their index in the batch, with why: dead-lettered by
+    # the caller (shared.deadletter), never evaluated.
+    rejected: list[tuple[int, str]] = field(default_factory=list)
+    evaluated: Tally = field(default_factory=Tally)  # topic -> records decoded and evaluated
+
+    @property
+    def bad(self) -> int:
+        return len(self.rejected)
 
 
 def evaluate_batch(
@@ -83,7 +90,7 @@ def evaluate_batch(
     now_s: float | None = None,
     gate: FloodGate | None = None,
 ) -> BatchResult:
-    """``items`` are ``(registry topic name, raw value)``; malformed values are counted, never raised."""
+    """``items`` are ``(registry topic name, raw value)``; malformed values come back in ``rejected``, never raised."""
     now_s = time.time() if now_s is None else now_s
     window_ms = int(window_s * 1000)
     result = BatchResult()
@@ -91,18 +98,17 @@ def evaluate_batch(
     # counted per batch: a labelled metric update and a log line per record would cost more than the record
     bad: dict[str, int] = {}
     hit_counts: dict[str, int] = {}
-    why = ""
-    for topic, raw in items:
+    for i, (topic, raw) in enumerate(items):
         source, cls = INPUTS[topic]
         try:
             data = loads(raw)
             obj = cls.from_dict(data)  # validates required fields, fills defaults
             record = {name: getattr(obj, name) for name in FIELD_NAMES[cls]}
         except (ValueError, TypeError) as exc:
-            result.bad += 1
             bad[topic] = bad.get(topic, 0) + 1
-            why = why or f"{topic}: {exc}"
+            result.rejected.append((i, f"alerts: not a {cls.__name__} record ({type(exc).__name__}: {exc})"))
             continue
+        result.evaluated[topic] += 1
         if source == "quarantine":
             start = int(now_s * 1000) // window_ms * window_ms
             result.quarantined[(str(record.get("source") or "unknown"), start)] += 1
@@ -110,7 +116,7 @@ def evaluate_batch(
         for rule in config.rules_for(source):
             try:
                 obs = rule.evaluate(record)
-            except (KeyError, ValueError, IndexError, TypeError, AttributeError) as exc:
+            except Exception as exc:  # noqa: BLE001 - a record one rule cannot render must not stop the batch
                 RULE_ERRORS.labels(rule.name).inc()
                 log.warning("rule %s could not render a %s record: %s", rule.name, topic, exc)
                 continue
@@ -119,8 +125,6 @@ def evaluate_batch(
                 hits.append(gate.admit(rule, obs, int(now_s * 1000)) if gate else obs)
     for topic, n in bad.items():
         DECODE_ERRORS.labels("alerts", topic).inc(n)
-    if bad:
-        log.warning("skipped %d undecodable records (they stay in their topics); first: %s", sum(bad.values()), why)
     for name, n in hit_counts.items():
         RULE_HITS.labels(name).inc(n)
     result.observations = merge(hits)
