@@ -50,7 +50,7 @@ def uncovered_partitions(
 ) -> dict[str, str]:
     """Topics of a consumer group whose partitions no member was assigned, with what is missing.
 
-    ``expected`` is topic -> partition count (None: the topic is not in the group's metadata yet);
+    ``expected`` is topic -> partition count (None or 0: the topic is not in the group's metadata);
     ``distribution`` the active partitions of each member, topic -> partitions, as every member
     learns them with its assignment.
     """
@@ -60,8 +60,8 @@ def uncovered_partitions(
             covered.setdefault(topic, set()).update(partitions)
     missing: dict[str, str] = {}
     for topic, count in sorted(expected.items()):
-        if count is None:
-            missing[topic] = "not in the group's metadata yet"
+        if not count:
+            missing[topic] = "not in the group's metadata yet (no such topic?)"
             continue
         lacking = sorted(set(range(count)) - covered.get(topic, set()))
         if lacking:
@@ -235,6 +235,10 @@ def base_app(
         "broker_heartbeat_interval": 3.0,
         "broker_rebalance_timeout": 60.0,
         "consumer_auto_offset_reset": "earliest",
+        # A topic that appears after the worker joined (a new changelog on a fresh broker, an input created
+        # late) is seen at the next metadata refresh, which rejoins the group so it gets assigned: every
+        # 30 s rather than Kafka's 5 min, so a worker left without its partitions heals itself quickly.
+        "consumer_metadata_max_age_ms": 30_000,
         "producer_linger_ms": 5,
         "producer_max_batch_size": 256 * 1024,
         "web_in_thread": False,
