@@ -52,6 +52,8 @@ class Batch:
     rejects: list[tuple[str, int, int, str, str]] = field(default_factory=list)
     offsets: dict[tuple[str, int], int] = field(default_factory=dict)  # (topic, partition) -> next offset
     counts: dict[str, int] = field(default_factory=dict)  # messages per topic
+    # Messages per topic that made rows (or counted in them); with the rejects and the duplicates, all of them.
+    accepted: dict[str, int] = field(default_factory=dict)
     duplicates: int = 0
     readings: int = 0
     newest_ts: int = 0  # newest event time seen (the stream's clock for closing episodes)
@@ -89,10 +91,15 @@ def _json(value: Any) -> str:
     return out.replace("\\u0000", "\\ufffd") if "\\u0000" in out else out
 
 
-def _int(value: Any) -> int:
+def _int(value: Any, bits: int = 64) -> int:
+    """A whole number for a ``bigint`` (or, ``bits=32``, an ``integer``) column; beyond its range it is a
+    reject here, not an error of the database that would fail the whole batch again and again."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"not a number: {value!r}")
-    return int(value)
+    out = int(value)  # OverflowError (infinity) and ValueError (NaN) are rejects too
+    if not -(1 << (bits - 1)) <= out < 1 << (bits - 1):
+        raise ValueError(f"out of range for a {bits}-bit integer: {value!r}")
+    return out
 
 
 def _num(value: Any) -> float:
@@ -166,6 +173,8 @@ class Decoder:
                     handler(data, batch)
                 except Exception as exc:  # noqa: BLE001 - a bad message is a reject with its reason, never a crash
                     self._reject(batch, topic, partition, rec, exc)
+                    continue
+                batch.accepted[topic] = batch.accepted.get(topic, 0) + 1
         return batch
 
     @staticmethod
@@ -231,6 +240,7 @@ class Decoder:
                         row[5] = value
                     row[6] += value
         batch.readings += count
+        batch.accepted[topic] = batch.accepted.get(topic, 0) + count
         batch.newest_ts = newest
 
     def _anomaly(self, a: dict[str, Any], batch: Batch) -> None:
@@ -262,8 +272,8 @@ class Decoder:
                 _text(g.get("utility")),
                 _int(g["window_start"]),
                 _int(g["window_end"]),
-                _int(g["count"]),
-                _int(g.get("anomaly_count", 0)),
+                _int(g["count"], 32),
+                _int(g.get("anomaly_count", 0), 32),
                 _json(g.get("metrics") or {}),
             )
         )
@@ -277,7 +287,7 @@ class Decoder:
                 _text(r["zone"]),
                 _text(r.get("utility")),
                 ts,
-                _int(r.get("horizon_s", 0)),
+                _int(r.get("horizon_s", 0), 32),
                 _num(r["probability"]),
                 _text(r.get("incident_type") or "normal"),
                 _json(r.get("class_probs") or {}),

@@ -27,7 +27,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
 from services.history import store
-from services.history.metrics import BATCH_SECONDS, MESSAGES, REJECTED, ROWS
+from services.history.metrics import ACCEPTED, BATCH_SECONDS, DUPLICATES, MESSAGES, REJECTED, ROWS
 from services.history.pipeline import Batch, Decoder, fold_episodes, fold_incidents, last_per_key
 from services.history.settings import HistorySettings
 from shared.settings import Settings
@@ -703,6 +703,9 @@ class Sink:
             ROWS.labels(table).inc(n)
         for topic, *_ in batch.rejects:
             REJECTED.labels(topic).inc()
+        for topic, n in batch.accepted.items():
+            ACCEPTED.labels(topic).inc(n)
+        DUPLICATES.inc(batch.duplicates)
         BATCH_SECONDS.observe(time.perf_counter() - started)
         self.written += messages
         self.last_batch_at = time.monotonic()
