@@ -102,6 +102,19 @@ def _int(value: Any, bits: int = 64) -> int:
     return out
 
 
+#: Latest event time kept (the end of year 9999, as the alerts' silences): beyond it a time has no calendar day,
+#: and the day partition it would go to cannot be named, so the whole batch would fail again and again.
+MAX_MS = 253_402_300_799_999
+
+
+def _ms(value: Any) -> int:
+    """An event time in epoch milliseconds, 1970 to the end of year 9999 (else a reject)."""
+    out = _int(value)
+    if not 0 <= out <= MAX_MS:
+        raise ValueError(f"not a time between 1970 and the year 9999 in epoch milliseconds: {value!r}")
+    return out
+
+
 def _num(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"not a number: {value!r}")
@@ -200,6 +213,8 @@ class Decoder:
                 values = r["values"]
                 if type(sensor) is not str or type(ts) is not int or type(values) is not dict:
                     raise ValueError("sensor_id must be a string, ts an integer and values an object")
+                if not 0 <= ts <= MAX_MS:
+                    raise ValueError(f"ts {ts} is not a time between 1970 and the year 9999 in epoch milliseconds")
                 if "\x00" in sensor:
                     raise ValueError("sensor_id holds a NUL character")
             except Exception as exc:  # noqa: BLE001 - a bad message is a reject with its reason, never a crash
@@ -244,7 +259,7 @@ class Decoder:
         batch.newest_ts = newest
 
     def _anomaly(self, a: dict[str, Any], batch: Batch) -> None:
-        ts = _int(a["ts"])
+        ts = _ms(a["ts"])
         batch.newest_ts = max(batch.newest_ts, ts)
         batch.anomalies.append(
             (
@@ -270,8 +285,8 @@ class Decoder:
                 _text(g.get("site")),
                 _text(g.get("zone")),
                 _text(g.get("utility")),
-                _int(g["window_start"]),
-                _int(g["window_end"]),
+                _ms(g["window_start"]),
+                _ms(g["window_end"]),
                 _int(g["count"], 32),
                 _int(g.get("anomaly_count", 0), 32),
                 _json(g.get("metrics") or {}),
@@ -279,7 +294,7 @@ class Decoder:
         )
 
     def _risk(self, r: dict[str, Any], batch: Batch) -> None:
-        ts = _int(r["ts"])
+        ts = _ms(r["ts"])
         batch.newest_ts = max(batch.newest_ts, ts)
         batch.risk.append(
             (
@@ -302,7 +317,7 @@ class Decoder:
         if not isinstance(labels, dict):
             raise ValueError("labels must be an object")
         status = _text(a["status"])
-        ts = _int(a.get("updated_at") or (a.get("ends_at") if status == "resolved" else 0) or a.get("starts_at"))
+        ts = _ms(a.get("updated_at") or (a.get("ends_at") if status == "resolved" else 0) or a.get("starts_at"))
         batch.alerts.append(
             (
                 _text(a["fingerprint"]),
@@ -314,8 +329,8 @@ class Decoder:
                 None,
                 _json(labels),
                 _json(a.get("annotations") or {}),
-                _int(a.get("starts_at", 0)),
-                _int(a.get("ends_at", 0)),
+                _ms(a.get("starts_at", 0)),
+                _ms(a.get("ends_at", 0)),
             )
         )
 
@@ -323,19 +338,19 @@ class Decoder:
         batch.sensor_events.append(
             (
                 _text(e["sensor_id"]),
-                _int(e["ts"]),
+                _ms(e["ts"]),
                 _text(e["kind"]),
                 _text(e.get("site")),
                 _text(e.get("zone")),
                 _text(e.get("utility")),
                 _text(e.get("asset")),
-                _int(e.get("last_seen_ms", 0)),
+                _ms(e.get("last_seen_ms", 0)),
                 _int(e.get("expected_interval_ms", 0)),
             )
         )
 
     def _quarantined(self, q: dict[str, Any], batch: Batch) -> None:
-        received = _int(q["received_ms"])
+        received = _ms(q["received_ms"])
         minute = received - received % MINUTE_MS
         source = _text(q.get("source") or "unknown", 64)
         reasons = q.get("reasons") or ["unknown"]
@@ -373,7 +388,7 @@ class Decoder:
         rid = r.get("id") or r.get("report_id")
         if not rid:
             rid = hashlib.sha1(raw).hexdigest()[:20]
-        ts = _int(r.get("ts") or r.get("received_ms"))
+        ts = _ms(r.get("ts") or r.get("received_ms"))
         batch.reports.append(
             (
                 _text(rid, 200),
@@ -394,7 +409,7 @@ class Decoder:
         batch.feedback.append(
             (
                 _text(f["fingerprint"]),
-                _int(f["ts"]),
+                _ms(f["ts"]),
                 _text(f.get("author")),
                 verdict,
                 _text(f.get("comment")),
@@ -410,8 +425,8 @@ class Decoder:
             (
                 _text(lb["incident_id"], 200),
                 _text(lb["type"]),
-                _int(lb["start_ms"]),
-                _int(lb["end_ms"]),
+                _ms(lb["start_ms"]),
+                _ms(lb["end_ms"]),
                 _text(lb.get("site")),
                 _text(lb.get("zone")),
                 _text(lb.get("utility")),
