@@ -20,6 +20,7 @@ from services.alerts.engine import fold, limit_key
 from services.alerts.metrics import RULE_ERRORS, RULE_HITS
 from services.alerts.rules import Observation, Rule, merge
 from shared.codec import loads
+from shared.deadletter import encodable
 from shared.metrics import DECODE_ERRORS
 from shared.records import Anomaly, QuarantinedReading, Record, Risk, SensorEvent
 from shared.topics import ANOMALIES, READINGS_QUARANTINE, RISK, SENSOR_EVENTS
@@ -108,11 +109,12 @@ def evaluate_batch(
             bad[topic] = bad.get(topic, 0) + 1
             result.rejected.append((i, f"alerts: not a {cls.__name__} record ({type(exc).__name__}: {exc})"))
             continue
-        result.evaluated[topic] += 1
         if source == "quarantine":
+            result.evaluated[topic] += 1
             start = int(now_s * 1000) // window_ms * window_ms
             result.quarantined[(str(record.get("source") or "unknown"), start)] += 1
             continue
+        found: list[tuple[Rule, Observation]] = []
         for rule in config.rules_for(source):
             try:
                 obs = rule.evaluate(record)
@@ -121,8 +123,18 @@ def evaluate_batch(
                 log.warning("rule %s could not render a %s record: %s", rule.name, topic, exc)
                 continue
             if obs is not None:
-                hit_counts[rule.name] = hit_counts.get(rule.name, 0) + 1
-                hits.append(gate.admit(rule, obs, int(now_s * 1000)) if gate else obs)
+                found.append((rule, obs))
+        # What a hit carries goes on to the internal events topic: one that cannot be encoded (an integer beyond
+        # 64 bits made from the record's fields) would stop the stage on every retry, so its record is set aside.
+        unencodable = next((rule for rule, obs in found if not encodable(obs)), None)
+        if unencodable is not None:
+            bad[topic] = bad.get(topic, 0) + 1
+            result.rejected.append((i, f"alerts: rule {unencodable.name} made an alert that cannot be encoded"))
+            continue
+        result.evaluated[topic] += 1
+        for rule, obs in found:
+            hit_counts[rule.name] = hit_counts.get(rule.name, 0) + 1
+            hits.append(gate.admit(rule, obs, int(now_s * 1000)) if gate else obs)
     for topic, n in bad.items():
         DECODE_ERRORS.labels("alerts", topic).inc(n)
     for name, n in hit_counts.items():
