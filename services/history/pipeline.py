@@ -115,6 +115,16 @@ def _ms(value: Any) -> int:
     return out
 
 
+def _of(value: Any, kind: type, what: str) -> Any:
+    """A JSON object (``kind=dict``) or array (``list``) the store reads again later (episodes, incidents,
+    verdicts); empty when absent. Any other type would fail the write of the whole batch, again and again."""
+    if not value:
+        return kind()
+    if not isinstance(value, kind):
+        raise ValueError(f"{what} must be {'an object' if kind is dict else 'an array'}, got {type(value).__name__}")
+    return value
+
+
 def _num(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"not a number: {value!r}")
@@ -274,8 +284,8 @@ class Decoder:
                 _text(a.get("severity") or "warning"),
                 _text(a.get("reason")),
                 _text(a.get("model_version")),
-                _json(a.get("top_metrics") or []),
-                _json(a.get("values") or {}),
+                _json(_of(a.get("top_metrics"), list, "top_metrics")),
+                _json(_of(a.get("values"), dict, "values")),
             )
         )
 
@@ -305,9 +315,9 @@ class Decoder:
                 _int(r.get("horizon_s", 0), 32),
                 _num(r["probability"]),
                 _text(r.get("incident_type") or "normal"),
-                _json(r.get("class_probs") or {}),
-                _json(r.get("forecast") or {}),
-                _json(r.get("loss") or {}),
+                _json(_of(r.get("class_probs"), dict, "class_probs")),
+                _json(_of(r.get("forecast"), dict, "forecast")),
+                _json(_of(r.get("loss"), dict, "loss")),
                 _text(r.get("model_version")),
             )
         )
@@ -328,7 +338,7 @@ class Decoder:
                 _text((a.get("annotations") or {}).get("summary", "")),
                 None,
                 _json(labels),
-                _json(a.get("annotations") or {}),
+                _json(_of(a.get("annotations"), dict, "annotations")),
                 _ms(a.get("starts_at", 0)),
                 _ms(a.get("ends_at", 0)),
             )
@@ -413,7 +423,7 @@ class Decoder:
                 _text(f.get("author")),
                 verdict,
                 _text(f.get("comment")),
-                _json(f.get("labels") or {}),
+                _json(_of(f.get("labels"), dict, "labels")),
             )
         )
 
