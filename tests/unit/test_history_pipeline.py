@@ -49,6 +49,19 @@ def test_values_the_database_would_refuse_are_rejects_not_a_failed_batch() -> No
     assert [r[0] for r in batch.rejects] == ["anomalies"] * 3 + ["risk"] * 2 + ["readings.clean"]
     assert "year 9999" in batch.rejects[0][3] and "32-bit" in batch.rejects[3][3]
     assert len(batch.risk) == 1 and batch.accepted == {"risk": 1, "readings.clean": 1}
+    # JSON the store reads again when it writes (incidents' loss, a verdict's episode, an episode's top metrics).
+    feedback = {"fingerprint": "f", "ts": 5, "verdict": "true_positive"}
+    batch = Decoder().decode(
+        _msgs("risk", [risk | {"loss": 7}, risk | {"loss": {"volume": 1.0}}])
+        + _msgs("feedback", [feedback | {"labels": 3}, feedback | {"labels": {"episode_id": "1"}}])
+        + _msgs("anomalies", [anomaly("a", 5, 1.0) | {"top_metrics": 5}])
+    )
+    assert [(r[0], r[3]) for r in batch.rejects] == [
+        ("risk", "ValueError: loss must be an object, got int"),
+        ("feedback", "ValueError: labels must be an object, got int"),
+        ("anomalies", "ValueError: top_metrics must be an array, got int"),
+    ]
+    assert batch.accepted == {"risk": 1, "feedback": 1}
 
 
 def test_quarantine_counts_everything_and_samples_a_few() -> None:
