@@ -31,7 +31,7 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from shared.codec import loads
 from shared.settings import Settings
@@ -172,8 +172,8 @@ def inputs(topic: str, at: int) -> list[bytes]:
 
 async def read_all(settings: Settings, topic: str, timeout: float = 120) -> list[Any]:
     """Every message of a topic up to its end now (decoded), however long reading takes on a busy machine."""
+    name = settings.topic(topic)
     consumer = AIOKafkaConsumer(
-        settings.topic(topic),
         **settings.kafka_client_options(),
         auto_offset_reset="earliest",
         enable_auto_commit=False,
@@ -183,10 +183,17 @@ async def read_all(settings: Settings, topic: str, timeout: float = 120) -> list
     await consumer.start()
     out: list[Any] = []
     try:
-        parts = consumer.assignment()
-        ends = await consumer.end_offsets(list(parts))
+        # aiokafka has no public "partitions of a topic I do not subscribe to" that waits for the metadata
+        parts = [TopicPartition(name, p) for p in sorted(await consumer._client._wait_on_metadata(name))]
+        assert parts, f"no topic {name}"
+        consumer.assign(parts)
+        await consumer.seek_to_beginning(*parts)
+        ends = await consumer.end_offsets(parts)
         deadline = time.monotonic() + timeout
-        while any(await consumer.position(tp) < end for tp, end in ends.items()):
+        while True:
+            positions = [await consumer.position(tp) for tp in parts]
+            if all(pos >= ends[tp] for pos, tp in zip(positions, parts, strict=True)):
+                break
             assert time.monotonic() < deadline, f"{topic} not read to its end in {timeout}s"
             for records in (await consumer.getmany(timeout_ms=500, max_records=10_000)).values():
                 out.extend(loads(r.value) for r in records)
