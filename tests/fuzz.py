@@ -11,6 +11,7 @@ empty messages.
 from __future__ import annotations
 
 import json
+import random
 from typing import Any
 
 from hypothesis import HealthCheck, Phase, given, seed
@@ -349,10 +350,17 @@ def hostile_values() -> list[str]:
     ]
 
 
+def incompressible_text(n: int) -> str:
+    """``n`` CJK characters drawn at random (seeded): 3 bytes each in UTF-8 that no compression shrinks."""
+    rng = random.Random(7)
+    return "".join(chr(rng.randrange(0x4E00, 0x9FFF)) for _ in range(n))
+
+
 def big_hostile_values() -> list[str]:
     """Field values too big to send ten thousand times: each goes once into every field."""
     return [
-        json.dumps("€" * 2000, ensure_ascii=False),  # 6 KB of UTF-8 in 2,000 characters: beyond a btree index row
+        json.dumps("€" * 2000, ensure_ascii=False),  # 6 KB of UTF-8 in 2,000 characters (compressible)
+        json.dumps(incompressible_text(2000), ensure_ascii=False),  # 6 KB no index row can hold (2,704 bytes)
         json.dumps("x" * 10_000),
         json.dumps("\x01\x1f" * 5_000),  # 60 KB once escaped
         nested(1100),

@@ -513,6 +513,22 @@ async def write_batch(
     return counts
 
 
+def connection_error(exc: BaseException) -> bool:
+    """An error of the way to PostgreSQL (retried after a reset), not of what was written (isolated)."""
+    return isinstance(
+        exc,
+        (
+            OSError,
+            asyncio.TimeoutError,
+            asyncpg.PostgresConnectionError,
+            asyncpg.InterfaceError,
+            asyncpg.exceptions.OperatorInterventionError,
+            asyncpg.exceptions.InsufficientResourcesError,
+            KafkaError,
+        ),
+    )
+
+
 class _Listener(ConsumerRebalanceListener):
     def __init__(self, sink: Sink) -> None:
         self.sink = sink
@@ -669,7 +685,7 @@ class Sink:
                     await pending
                 if batch is not None:
                     self.watermark = max(self.watermark, batch.newest_ts)
-                    self.pending = asyncio.ensure_future(self._commit(batch, self.watermark))
+                    self.pending = asyncio.ensure_future(self._commit_or_isolate(batch, groups, self.watermark))
             self.error = ""
             if not fetched and self.pending is None and time.monotonic() - last_idle_close >= 10.0:
                 # A quiet network sends nothing that would move the stream's clock: close by the wall clock
@@ -683,6 +699,46 @@ class Sink:
                     log.info("history retention: %s", done)
                     self.partitions = store.Partitions(self.hs.partition_days)
                     await self.partitions.load(self.conn)
+
+    async def _commit_or_isolate(self, batch: Batch, groups: list[tuple[str, int, list[Any]]], watermark: int) -> None:
+        """Commit a batch; when the database (or the write) refuses it, its messages one at a time.
+
+        A refused batch would be read again after the reset and refused again, forever: the sink would stop. So
+        when the error is not the connection's, each message of the batch is decoded and committed alone, and a
+        message refused alone is a reject (in ``rejected``, with the error) — the batch goes on without it.
+        """
+        try:
+            await self._commit(batch, watermark)
+        except Exception as exc:  # sorted below: the connection's errors go up, the data's are isolated
+            if connection_error(exc):
+                raise
+            log.error(
+                "history sink: a batch of %d messages was refused (%s: %s); writing them one at a time",
+                sum(len(records) for _, _, records in groups),
+                type(exc).__name__,
+                exc,
+            )
+            await self._isolate(groups, watermark)
+
+    async def _isolate(self, groups: list[tuple[str, int, list[Any]]], watermark: int) -> None:
+        # The decoder remembered the batch's readings (dedup): forget, or each would now look like its own duplicate.
+        self.decoder.forget()
+        for topic, partition, records in groups:
+            for rec in records:
+                alone = self.decoder.decode_groups([(topic, partition, [rec])])
+                try:
+                    await self._commit(alone, watermark)
+                except Exception as exc:  # as in _commit_or_isolate
+                    if connection_error(exc):
+                        raise
+                    reject = Batch()
+                    Decoder._reject(reject, topic, partition, rec, exc)
+                    reject.offsets[(topic, partition)] = rec.offset + 1
+                    reject.counts[topic] = 1
+                    log.error(
+                        "history sink: %s[%d] offset %d refused alone; rejected: %s", topic, partition, rec.offset, exc
+                    )
+                    await self._commit(reject, watermark)
 
     async def _commit(self, batch: Batch, watermark: int) -> None:
         """One batch and the offsets after it, in one transaction."""
