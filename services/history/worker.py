@@ -6,6 +6,9 @@ with its own aiokafka consumer (one ``getmany`` per micro-batch over all topics,
 assigning partitions to workers) and writes each batch, *and the offsets that follow it*, in
 one PostgreSQL transaction. A worker killed at any moment resumes from the offsets of its last
 committed transaction: nothing is lost and nothing is written twice, whatever the replay.
+A message the decoder cannot read is a reject (the ``rejected`` table, with why); a batch PostgreSQL
+refuses (a value no index row can hold, ...) is written again one message at a time, and the message
+refused alone becomes a reject: one record never stops the sink.
 Upstream services are at-least-once, so records also carry natural keys (a duplicate
 anomaly, alert change or sensor event is ignored) and readings are deduplicated per sensor
 before they are folded into rollups.
