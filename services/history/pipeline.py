@@ -158,6 +158,13 @@ class Decoder:
         self.seen.clear()
         self.sampled.clear()
 
+    def snapshot(self) -> tuple[dict[str, set[int]], dict[tuple[int, str, str], int], int]:
+        """What decoding changes, to :meth:`restore` when the rows decoded were not written after all."""
+        return {k: set(v) for k, v in self.seen.items()}, dict(self.sampled), self.sample_minute
+
+    def restore(self, state: tuple[dict[str, set[int]], dict[tuple[int, str, str], int], int]) -> None:
+        self.seen, self.sampled, self.sample_minute = state
+
     def decode(self, messages: list[Message]) -> Batch:
         """One batch of messages (any topics, in offset order per partition) -> rows."""
         groups: dict[tuple[str, int], list[Message]] = {}

@@ -7,7 +7,7 @@ assigning partitions to workers) and writes each batch, *and the offsets that fo
 one PostgreSQL transaction. A worker killed at any moment resumes from the offsets of its last
 committed transaction: nothing is lost and nothing is written twice, whatever the replay.
 A message the decoder cannot read is a reject (the ``rejected`` table, with why); a batch PostgreSQL
-refuses (a value no index row can hold, ...) is written again one message at a time, and the message
+refuses (a value no index row can hold, ...) is written again in halves, down to single messages, and a message
 refused alone becomes a reject: one record never stops the sink.
 Upstream services are at-least-once, so records also carry natural keys (a duplicate
 anomaly, alert change or sensor event is ignored) and readings are deduplicated per sensor
@@ -707,8 +707,9 @@ class Sink:
         """Commit a batch; when the database (or the write) refuses it, its messages one at a time.
 
         A refused batch would be read again after the reset and refused again, forever: the sink would stop. So
-        when the error is not the connection's, each message of the batch is decoded and committed alone, and a
-        message refused alone is a reject (in ``rejected``, with the error) — the batch goes on without it.
+        when the error is not the connection's, the batch is written again in halves, down to single messages
+        (:meth:`_bisect`), and a message refused alone is a reject (in ``rejected``, with the error): the batch
+        goes on without it.
         """
         try:
             await self._commit(batch, watermark)
@@ -716,7 +717,7 @@ class Sink:
             if connection_error(exc):
                 raise
             log.error(
-                "history sink: a batch of %d messages was refused (%s: %s); writing them one at a time",
+                "history sink: a batch of %d messages was refused (%s: %s); writing it again in halves",
                 sum(len(records) for _, _, records in groups),
                 type(exc).__name__,
                 exc,
@@ -726,22 +727,39 @@ class Sink:
     async def _isolate(self, groups: list[tuple[str, int, list[Any]]], watermark: int) -> None:
         # The decoder remembered the batch's readings (dedup): forget, or each would now look like its own duplicate.
         self.decoder.forget()
-        for topic, partition, records in groups:
-            for rec in records:
-                alone = self.decoder.decode_groups([(topic, partition, [rec])])
-                try:
-                    await self._commit(alone, watermark)
-                except Exception as exc:  # as in _commit_or_isolate
-                    if connection_error(exc):
-                        raise
-                    reject = Batch()
-                    Decoder._reject(reject, topic, partition, rec, exc)
-                    reject.offsets[(topic, partition)] = rec.offset + 1
-                    reject.counts[topic] = 1
-                    log.error(
-                        "history sink: %s[%d] offset %d refused alone; rejected: %s", topic, partition, rec.offset, exc
-                    )
-                    await self._commit(reject, watermark)
+        await self._bisect(
+            [(topic, partition, rec) for topic, partition, records in groups for rec in records], watermark
+        )
+
+    async def _bisect(self, items: list[tuple[str, int, Any]], watermark: int) -> None:
+        """Commit ``items`` (in order); refused, each half alone, down to single messages, which become rejects.
+
+        A batch of n messages with k the database refuses takes about k * log2(n) commits, not n.
+        """
+        state = self.decoder.snapshot()
+        groups: dict[tuple[str, int], list[Any]] = {}
+        for topic, partition, rec in items:
+            groups.setdefault((topic, partition), []).append(rec)
+        part = self.decoder.decode_groups([(t, p, recs) for (t, p), recs in groups.items()])
+        try:
+            await self._commit(part, watermark)
+            return
+        except Exception as exc:  # as in _commit_or_isolate
+            if connection_error(exc):
+                raise
+            self.decoder.restore(state)
+            if len(items) > 1:
+                half = len(items) // 2
+                await self._bisect(items[:half], watermark)
+                await self._bisect(items[half:], watermark)
+                return
+            topic, partition, rec = items[0]
+            reject = Batch()
+            Decoder._reject(reject, topic, partition, rec, exc)
+            reject.offsets[(topic, partition)] = rec.offset + 1
+            reject.counts[topic] = 1
+            log.error("history sink: %s[%d] offset %d refused alone; rejected: %s", topic, partition, rec.offset, exc)
+            await self._commit(reject, watermark)
 
     async def _commit(self, batch: Batch, watermark: int) -> None:
         """One batch and the offsets after it, in one transaction."""
