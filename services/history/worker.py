@@ -546,6 +546,7 @@ class _Listener(ConsumerRebalanceListener):
                 except Exception as exc:  # noqa: BLE001 - not committed: the next owner reads it again
                     log.warning("history sink: the batch in flight at a rebalance failed: %s", exc)
             self.sink.assigned -= set(revoked)
+            self.sink.generation += 1
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         await self.sink.seek_committed(set(assigned))
@@ -571,6 +572,7 @@ class Sink:
         self.last_batch_at = time.monotonic()
         self.written = 0
         self.pending: asyncio.Future[None] | None = None
+        self.generation = 0  # rebalances seen: a fetch made across one is dropped (read again after the seek)
         self.on_assigned: Callable[[], None] = lambda: None
 
     async def _connect(self) -> asyncpg.Connection:
@@ -603,6 +605,7 @@ class Sink:
             # Not seek_to_beginning: awaiting its offset lookup inside the rebalance callback never returns.
             self.consumer.seek(tp, offsets.get((tp.topic, tp.partition), 0))
         self.assigned |= tps
+        self.generation += 1
         self.on_assigned()
         log.info("history sink: %d partitions assigned", len(self.assigned))
 
@@ -672,10 +675,16 @@ class Sink:
         last_retention = last_idle_close = time.monotonic()
         within_ms = max(1, int(self.hs.batch_within_s * 1000))
         while True:
+            generation = self.generation
             fetched = await self.consumer.getmany(
                 timeout_ms=0 if self.pending else within_ms, max_records=self.hs.batch_size
             )
             async with self.lock:
+                if generation != self.generation:
+                    # A rebalance came in during the fetch: the partitions were sought back to the offsets
+                    # committed with the data, so these records are read again; written now too, they would
+                    # count twice (rollups are sums).
+                    fetched = {}
                 # Only partitions still ours: a revocation during the fetch has waited for the commit in flight.
                 groups = [
                     (self.topics[tp.topic], tp.partition, records)
