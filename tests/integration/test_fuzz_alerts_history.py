@@ -16,7 +16,8 @@ input is accounted for, exactly, per topic:
   deadletter topic (origin, offset and reason; each offset once) = sent; for readings.quarantine the
   evaluated ones are also counted from the topics (the ``qcount`` events they became);
 - history: records stored (``flowwatch_history_accepted_total``) + rows of its ``rejected`` table (each
-  offset once, with the reason) + duplicate readings = sent, and the offsets it committed with its data
+  offset once, with the reason) + duplicate readings = sent (on the alerts topic, ours and the notifications
+  the alerts worker wrote there from the hostile inputs), and the offsets it committed with its data
   (``sink_offsets``) are the end of every topic; ids no index row can hold, which PostgreSQL refuses, are
   among the rejects (their batches were written one message at a time instead of retried forever).
 """
