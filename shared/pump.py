@@ -27,7 +27,8 @@ What stays Faust's, and how the pump follows it:
   (outputs are at-least-once; their consumers are idempotent). A failed checkpoint is kept
   for the next one. Neither stops the pump.
 * Poison. A batch whose processing raises is retried once, after ``pump_retry_backoff_s``,
-  from the last checkpoint; if it fails again its messages are processed one at a time, each
+  from the last checkpoint (a job that declares itself ``stateless`` has nothing to undo: only
+  that batch is read again, so the outputs of the batches before it are not written twice); if it fails again its messages are processed one at a time, each
   retried once, and a message that fails twice is set aside — quarantined (readings topics,
   :func:`shared.deadletter.quarantine`) or dead-lettered (other topics,
   :func:`shared.deadletter.dead_letter`) with the error — and the rest goes on. A hard crash
@@ -123,6 +124,16 @@ class PumpJob(Protocol):
 
     def rewind(self) -> None:
         """Drop everything since the last checkpoint; the pump then reads again from there."""
+
+
+def keeps_state(job: PumpJob) -> bool:
+    """Whether a batch changes the job's state for the next ones (``stateless = True`` on the job says it does not).
+
+    A job whose batch raised may have changed its state half way, so the pump must rewind it to the last
+    checkpoint, and the batches since then are done again (their outputs written twice). A stateless job has
+    nothing to undo: only the failed batch is read again, and the outputs of the ones before it stand.
+    """
+    return not getattr(job, "stateless", False)
 
 
 class Checkpoint:
@@ -414,11 +425,20 @@ class Pump:
             return False
         except Exception as exc:  # noqa: BLE001 - any job error: retry, then isolate; never stop the pump
             JOB_FAILURES.labels(self.config.service).inc()
-            for p, (first, last) in offset_ranges(records).items():
+            ranges = offset_ranges(records)
+            for p, (first, last) in ranges.items():
                 self.suspects[p] = Suspect(first, last)
-            # The job may have changed its in-memory state half way: start again from the checkpoint.
             what = f"a batch of {len(records)} messages raised (retried once, then one message at a time)"
-            await self._rewind(exc, what)
+            if keeps_state(self.job):
+                # The job may have changed its in-memory state half way: start again from the checkpoint.
+                await self._rewind(exc, what)
+            else:
+                # Nothing to undo: the batches before this one stand (rewinding would write their outputs
+                # again, a duplicate of each for every poison message); read just this one again.
+                log.error("%s: %s: %s: %s", self.config.service, what, type(exc).__name__, exc)
+                assert self.consumer is not None
+                for p, (first, _) in ranges.items():
+                    self.consumer.seek(TopicPartition(self.topic, p), first)
             await asyncio.sleep(self.settings.pump_retry_backoff_s)
             return False
         return True

@@ -8,7 +8,8 @@ at-least-once processing) and mounts ``/health``, ``/ready`` and ``/metrics`` (o
 ``/graph`` and statistics views are off: they serve table contents and cluster topology
 to anyone. Every other view requires a token: :meth:`ServiceState.api_page`.
 
-Readiness means: joined the consumer group, not rebalancing, tables recovered,
+Readiness means: joined the consumer group, with an assignment that covers every partition of
+the group's topics and tables (see :func:`group_assignment`), not rebalancing, tables recovered,
 and every service-specific check (model loaded, ...) passing. Liveness means the
 process answers *and* the consumer is not stalled: a partition with messages
 waiting whose stream has not taken an event for ``stall_seconds`` fails /health,
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,58 @@ def tables_recovered(app: faust.App) -> bool:
     """The app's tables are recovered from their changelogs and no recovery is under way (true without tables)."""
     recovery = getattr(app.tables, "_recovery", None)
     return not app.tables or (recovery is not None and recovery.completed.is_set() and not app.in_recovery)
+
+
+def uncovered_partitions(
+    expected: Mapping[str, int | None], distribution: Iterable[Mapping[str, Iterable[int]]]
+) -> dict[str, str]:
+    """Topics of a consumer group whose partitions no member was assigned, with what is missing.
+
+    ``expected`` is topic -> partition count (None or 0: the topic is not in the group's metadata);
+    ``distribution`` the active partitions of each member, topic -> partitions, as every member
+    learns them with its assignment.
+    """
+    covered: dict[str, set[int]] = {}
+    for member in distribution:
+        for topic, partitions in member.items():
+            covered.setdefault(topic, set()).update(partitions)
+    missing: dict[str, str] = {}
+    for topic, count in sorted(expected.items()):
+        if not count:
+            missing[topic] = "not in the group's metadata yet (no such topic?)"
+            continue
+        lacking = sorted(set(range(count)) - covered.get(topic, set()))
+        if lacking:
+            missing[topic] = f"partitions {lacking} assigned to no worker"
+    return missing
+
+
+def group_assignment(app: faust.App) -> tuple[bool, str]:
+    """Whether the group's assignment covers every partition of the app's topics and tables.
+
+    Workers that joined before their own new topics were in the broker's metadata get an assignment
+    without them ("Ignoring missing topic"): a lone worker is then assigned nothing and reads nothing,
+    while everything else looks healthy. Every member learns the whole distribution with its assignment,
+    so any worker can tell.
+    """
+    assignor = app.assignor
+    changelogs = {t.changelog_topic.get_topic_name(): t.partitions for t in app.tables.values()}
+    expected: dict[str, int | None] = dict(changelogs)
+    subscribed = getattr(app.topics, "_topic_name_index", {})  # the conductor's subscription, by topic name
+    # Faust's leader-election topic is assigned outside the distribution every member learns: not work to cover.
+    elsewhere = set(getattr(app.consumer, "randomly_assigned_topics", ()))
+    for topic in subscribed:
+        if topic not in expected and topic not in elsewhere:
+            expected[topic] = app.consumer.topic_partitions(topic)
+    if not expected:
+        return True, "no topics"
+    members = [*assignor.changelog_distribution.values(), *assignor.external_topic_distribution.values()]
+    missing = uncovered_partitions(expected, members)
+    if missing:
+        why = "; ".join(f"{topic}: {what}" for topic, what in missing.items())
+        return False, f"the group's assignment is incomplete (rejoining fixes it): {why}"
+    mine = len(assignor.assigned_actives())
+    return True, f"{len(expected)} topics covered; {mine} partitions active here"
 
 
 @dataclass
@@ -100,6 +153,15 @@ class ServiceState:
             "tables_recovered": bool(tables_ok),
         }
         ok = self.joined and not app.rebalancing and bool(tables_ok)
+        if not self.joined:
+            detail["assignment"] = {"ok": False, "detail": "no assignment yet: not a member of the group"}
+        elif not app.rebalancing:
+            try:
+                covered, why = group_assignment(app)
+            except Exception as exc:  # noqa: BLE001 - unknown is not ready, with the reason
+                covered, why = False, f"{type(exc).__name__}: {exc}"
+            detail["assignment"] = {"ok": covered, "detail": why}
+            ok = ok and covered
         for name, check in self.checks.items():
             try:
                 passed, why = check()
@@ -175,6 +237,10 @@ def base_app(
         "broker_heartbeat_interval": 3.0,
         "broker_rebalance_timeout": 60.0,
         "consumer_auto_offset_reset": "earliest",
+        # A topic that appears after the worker joined (a new changelog on a fresh broker, an input created
+        # late) is seen at the next metadata refresh, which rejoins the group so it gets assigned: every
+        # 30 s rather than Kafka's 5 min, so a worker left without its partitions heals itself quickly.
+        "consumer_metadata_max_age_ms": 30_000,
         "producer_linger_ms": 5,
         "producer_max_batch_size": 256 * 1024,
         "web_in_thread": False,

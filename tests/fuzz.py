@@ -11,6 +11,7 @@ empty messages.
 from __future__ import annotations
 
 import json
+import random
 from typing import Any
 
 from hypothesis import HealthCheck, Phase, given, seed
@@ -294,3 +295,121 @@ detector_partials_inputs = st.one_of(
     values.filter(lambda v: not isinstance(v, dict) or any(not str(k).lstrip("-").isdigit() for k in v)).map(encode),
     raw_bytes,
 )
+
+
+# --- records of any topic: templates, hostile versions of them, and cheap deterministic mutations ----------
+
+
+@st.composite
+def mutated_records(draw: st.DrawFn, template: dict[str, Any]) -> bytes:
+    """``template`` with some fields replaced by hostile values, removed, or added."""
+    r = dict(template)
+    fields = [*template, "extra"]
+    for name in draw(st.lists(st.sampled_from(fields), min_size=1, max_size=4, unique=True)):
+        if draw(st.booleans()) and name in r:
+            del r[name]
+        else:
+            r[name] = draw(values)
+    return encode(r)
+
+
+def records_inputs(template: dict[str, Any]) -> st.SearchStrategy[bytes]:
+    """Anything that may arrive on a topic of ``template``'s records: hostile versions of it, JSON garbage, bytes."""
+    return st.one_of(mutated_records(template), mutated_records(template), json_garbage, raw_bytes)
+
+
+def hostile_values() -> list[str]:
+    """Field values (as raw JSON text) that stopped or could stop a consumer or a database write."""
+    return [
+        "null",
+        "true",
+        "1.5",
+        "-1",
+        "0",
+        str(2**31),
+        str(2**63),
+        str(-(2**63) - 1),
+        str(2**64),
+        "1e308",
+        "-1e308",
+        "1e400",
+        "NaN",
+        "Infinity",
+        '""',
+        '"\\u0000"',
+        '"a\\u0000b"',
+        '"\\ud800"',
+        '"\\udfff"',
+        '"\\u00e9"',
+        "[]",
+        "{}",
+        '{"a": {"b": [1, {"c": null}]}}',
+        nested(300),
+        '"2026-01-01T00:00:00Z"',
+        '["firing"]',
+    ]
+
+
+def incompressible_text(n: int) -> str:
+    """``n`` CJK characters drawn at random (seeded): 3 bytes each in UTF-8 that no compression shrinks."""
+    rng = random.Random(7)
+    return "".join(chr(rng.randrange(0x4E00, 0x9FFF)) for _ in range(n))
+
+
+def big_hostile_values() -> list[str]:
+    """Field values too big to send ten thousand times: each goes once into every field."""
+    return [
+        json.dumps("€" * 2000, ensure_ascii=False),  # 6 KB of UTF-8 in 2,000 characters (compressible)
+        json.dumps(incompressible_text(2000), ensure_ascii=False),  # 6 KB no index row can hold (2,704 bytes)
+        json.dumps("x" * 10_000),
+        json.dumps("\x01\x1f" * 5_000),  # 60 KB once escaped
+        nested(1100),
+    ]
+
+
+FRAGMENTS = [
+    b"\x00",
+    b"\xff",
+    b"\xc3",
+    b"\\ud800",
+    b"NaN",
+    b"-Infinity",
+    b"[" * 300,
+    b'"',
+    b"}",
+    b"\n",
+    b"\xef\xbb\xbf",
+]
+
+
+def mutations(template: dict[str, Any], seeds: list[bytes], n: int, rng: Any) -> list[bytes]:
+    """``n`` deterministic mutations: a template field set to a hostile value (raw JSON), or a seed cut,
+    bit-flipped or spliced with a fragment that broke parsers; one in twenty is the template as it is."""
+    raw_values = hostile_values()
+    fields = [*template, "extra"]
+    seeds = [s for s in seeds if len(s) <= 2048] or [encode(template)]  # the big killers are sent as they are
+    out: list[bytes] = []
+    for _ in range(n):
+        kind = rng.randrange(20)
+        if kind == 0:
+            out.append(encode(template))
+        elif kind < 10:
+            chosen = rng.sample(fields, rng.randint(1, 2))
+            body = {k: v for k, v in template.items()}
+            for name in chosen:
+                body[name] = f"@@{name}@@"
+            raw = encode(body)
+            for name in chosen:
+                raw = raw.replace(f'"@@{name}@@"'.encode(), rng.choice(raw_values).encode())
+            out.append(raw)
+        else:
+            seed_ = rng.choice(seeds)
+            at = rng.randrange(len(seed_) + 1)
+            if kind < 13:
+                out.append(seed_[:at])
+            elif kind < 16 and seed_:
+                at = min(at, len(seed_) - 1)
+                out.append(seed_[:at] + bytes([seed_[at] ^ (1 << rng.randrange(8))]) + seed_[at + 1 :])
+            else:
+                out.append(seed_[:at] + rng.choice(FRAGMENTS) + seed_[at:])
+    return out

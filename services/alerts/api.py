@@ -18,10 +18,18 @@ from faust.web import Request, Response, View
 
 from services.alerts import engine
 from services.alerts.config import Config
-from services.alerts.matchers import MatcherError, parse_matchers
+from services.alerts.matchers import Matcher, MatcherError, parse_matchers
 from services.alerts.metrics import API_REQUESTS
 from services.alerts.mirror import Mirror, Unavailable
-from services.alerts.silences import Limits, SilenceError, new_silence, rfc3339, status, updated_silence
+from services.alerts.silences import (
+    Limits,
+    SilenceError,
+    new_silence,
+    regex_matchers,
+    rfc3339,
+    status,
+    updated_silence,
+)
 from services.alerts.silences import view as silence_view
 from shared.auth import NOT_CONFIGURED, USER_HEADER, AuthError, Principal, TokenStore, authorize
 from shared.codec import loads
@@ -59,6 +67,7 @@ class AlertsApi:
     ):
         self.limits = limits
         self.max_silences = max_silences
+        self._matching = asyncio.Semaphore(1)
         self.config = config
         self.tokens = tokens
         self.mirror = mirror
@@ -97,10 +106,23 @@ class AlertsApi:
     def _silences(self) -> list[dict[str, Any]]:
         return [s for s in self.silences.values() if s]
 
-    async def _with_status(self, alerts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    async def _with_status(
+        self, alerts: list[dict[str, Any]], matchers: tuple[Matcher, ...] = ()
+    ) -> list[dict[str, Any]]:
+        """The alerts the filter matches, with their status; the matching runs in a worker thread, one call at a
+        time: thousands of alerts against hundreds of silences must not hold the event loop (the worker's
+        heartbeats, its stream, every other request)."""
+        silences = self._silences()  # the table is read here, on the loop
+        async with self._matching:
+            return await asyncio.to_thread(self._views, alerts, matchers, silences)
+
+    def _views(
+        self, alerts: list[dict[str, Any]], matchers: tuple[Matcher, ...], silences: list[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
         now_ms = int(time.time() * 1000)
+        alerts = [a for a in alerts if all(m.matches(a["labels"]) for m in matchers)]
         firing = [a for a in alerts if a["status"] == "firing"]
-        sup = engine.Suppression.build(self.config, self._silences(), firing, now_ms)
+        sup = engine.Suppression.build(self.config, silences, firing, now_ms)
         out = []
         for a in alerts:
             silenced = sup.silenced_by(a["labels"]) if a["status"] == "firing" else []
@@ -134,10 +156,10 @@ class AlertsApi:
         wanted_status = q.get("status")
         if wanted_status not in (None, "firing", "resolved"):
             raise ApiError(400, "status: use firing or resolved")
-        alerts = [a for a in await self.mirror.all_alerts() if all(m.matches(a["labels"]) for m in matchers)]
+        alerts = await self.mirror.all_alerts()
         if wanted_status:
             alerts = [a for a in alerts if a["status"] == wanted_status]
-        views = await self._with_status(alerts)
+        views = await self._with_status(alerts, matchers)
         for flag, key in (("silenced", "silencedBy"), ("inhibited", "inhibited")):
             if flag in q:
                 want = q[flag].lower() in ("1", "true", "yes")
@@ -197,7 +219,19 @@ class AlertsApi:
         live = sum(1 for s in self._silences() if status(s, now_ms) != "expired")
         if live >= self.max_silences:
             raise ApiError(409, f"{live} silences are pending or active (limit {self.max_silences}); expire some first")
+        self._regex_budget(silence, now_ms)
         return await self._store(silence, now_ms)
+
+    def _regex_budget(self, silence: dict[str, Any], now_ms: int) -> None:
+        """Refuse a silence that would take the live silences' regular expressions over their budget."""
+        others = [s for s in self._silences() if s["id"] != silence["id"]]
+        total = regex_matchers([*others, silence], now_ms)
+        if total > self.limits.max_regex_total:
+            raise ApiError(
+                409,
+                f"the silences not yet expired would hold {total} regular-expression matchers (limit "
+                f"{self.limits.max_regex_total}): every alert is matched against each; use = matchers or expire some",
+            )
 
     async def update_silence(self, request: Request, silence_id: str) -> dict[str, Any]:
         """Change a silence's matchers, times or comment; its id and author stay (author or admin only)."""
@@ -214,6 +248,7 @@ class AlertsApi:
             silence = updated_silence(existing, await self.body(request), now_ms, who.name, self.limits)
         except SilenceError as exc:
             raise ApiError(400, str(exc)) from None
+        self._regex_budget(silence, now_ms)
         return await self._store(silence, now_ms)
 
     async def _store(self, silence: dict[str, Any], now_ms: int) -> dict[str, Any]:

@@ -33,6 +33,7 @@ from services.alerts.config import Config, load_config
 from services.alerts.dispatcher import Dispatcher, Integrations
 from services.alerts.evaluate import INPUTS, FloodGate, decode_internal, evaluate_batch
 from services.alerts.labels import shard_partition
+from services.alerts.metrics import EVALUATED
 from services.alerts.mirror import Mirror
 from services.alerts.overlay import Overlay
 from services.alerts.processor import Processor, Schedule
@@ -168,6 +169,24 @@ def create_app(
 
     gate = FloodGate()
 
+    async def dead_letter_inputs(batch: list[Any], rejected: list[tuple[int, str]]) -> None:
+        """Input records that are not records of their topic: dead-lettered with why (all acknowledged first)."""
+        futures = []
+        for i, reason in rejected:
+            event = batch[i]
+            msg = event.message
+            value = deadletter.dead_letter(
+                event.value, [reason], "alerts", msg.topic, key=event.key, partition=msg.partition, offset=msg.offset
+            )
+            futures.append(await deadletters.send(key=event.key, value=value))
+            DEAD_LETTERS.labels("alerts", by_topic[msg.topic]).inc()
+        await asyncio.gather(*futures)
+        log.warning(
+            "dead-lettered %d input records that are not records of their topic; first: %s",
+            len(rejected),
+            rejected[0][1],
+        )
+
     @app.agent(inputs)
     async def evaluate(stream: Any) -> None:
         async for batch in stream.take_events(asettings.batch_size, within=asettings.batch_within_s):
@@ -176,6 +195,10 @@ def create_app(
             for name in {n for n, _ in items}:
                 EVENTS_IN.labels("alerts", name).inc(sum(1 for n, _ in items if n == name))
             result = evaluate_batch(config, items, asettings.quarantine_window_s, gate=gate)
+            if result.rejected:
+                await dead_letter_inputs(batch, result.rejected)
+            for name, n in result.evaluated.items():
+                EVALUATED.labels(name).inc(n)
             # One message per destination partition per batch, not one per alert.
             per_partition: dict[int, list[Any]] = {}
             for obs in result.observations:

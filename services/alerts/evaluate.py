@@ -20,6 +20,7 @@ from services.alerts.engine import fold, limit_key
 from services.alerts.metrics import RULE_ERRORS, RULE_HITS
 from services.alerts.rules import Observation, Rule, merge
 from shared.codec import loads
+from shared.deadletter import encodable
 from shared.metrics import DECODE_ERRORS
 from shared.records import Anomaly, LeakReport, QuarantinedReading, Record, Risk, SensorEvent
 from shared.topics import ANOMALIES, READINGS_QUARANTINE, REPORTS, RISK, SENSOR_EVENTS
@@ -74,7 +75,14 @@ FIELD_NAMES = {cls: tuple(f.name for f in dataclasses.fields(cls)) for _, cls in
 class BatchResult:
     observations: list[Observation] = field(default_factory=list)
     quarantined: Tally = field(default_factory=Tally)  # (source, window_start_ms) -> count
-    bad: int = 0
+    # Records that are not records of their topic, by their index in the batch, with why: dead-lettered by
+    # the caller (shared.deadletter), never evaluated.
+    rejected: list[tuple[int, str]] = field(default_factory=list)
+    evaluated: Tally = field(default_factory=Tally)  # topic -> records decoded and evaluated
+
+    @property
+    def bad(self) -> int:
+        return len(self.rejected)
 
 
 def evaluate_batch(
@@ -84,7 +92,7 @@ def evaluate_batch(
     now_s: float | None = None,
     gate: FloodGate | None = None,
 ) -> BatchResult:
-    """``items`` are ``(registry topic name, raw value)``; malformed values are counted, never raised."""
+    """``items`` are ``(registry topic name, raw value)``; malformed values come back in ``rejected``, never raised."""
     now_s = time.time() if now_s is None else now_s
     window_ms = int(window_s * 1000)
     result = BatchResult()
@@ -92,36 +100,44 @@ def evaluate_batch(
     # counted per batch: a labelled metric update and a log line per record would cost more than the record
     bad: dict[str, int] = {}
     hit_counts: dict[str, int] = {}
-    why = ""
-    for topic, raw in items:
+    for i, (topic, raw) in enumerate(items):
         source, cls = INPUTS[topic]
         try:
             data = loads(raw)
             obj = cls.from_dict(data)  # validates required fields, fills defaults
             record = {name: getattr(obj, name) for name in FIELD_NAMES[cls]}
         except (ValueError, TypeError) as exc:
-            result.bad += 1
             bad[topic] = bad.get(topic, 0) + 1
-            why = why or f"{topic}: {exc}"
+            result.rejected.append((i, f"alerts: not a {cls.__name__} record ({type(exc).__name__}: {exc})"))
             continue
         if source == "quarantine":
+            result.evaluated[topic] += 1
             start = int(now_s * 1000) // window_ms * window_ms
             result.quarantined[(str(record.get("source") or "unknown"), start)] += 1
             continue
+        found: list[tuple[Rule, Observation]] = []
         for rule in config.rules_for(source):
             try:
                 obs = rule.evaluate(record)
-            except (KeyError, ValueError, IndexError, TypeError, AttributeError) as exc:
+            except Exception as exc:  # noqa: BLE001 - a record one rule cannot render must not stop the batch
                 RULE_ERRORS.labels(rule.name).inc()
                 log.warning("rule %s could not render a %s record: %s", rule.name, topic, exc)
                 continue
             if obs is not None:
-                hit_counts[rule.name] = hit_counts.get(rule.name, 0) + 1
-                hits.append(gate.admit(rule, obs, int(now_s * 1000)) if gate else obs)
+                found.append((rule, obs))
+        # What a hit carries goes on to the internal events topic: one that cannot be encoded (an integer beyond
+        # 64 bits made from the record's fields) would stop the stage on every retry, so its record is set aside.
+        unencodable = next((rule for rule, obs in found if not encodable(obs)), None)
+        if unencodable is not None:
+            bad[topic] = bad.get(topic, 0) + 1
+            result.rejected.append((i, f"alerts: rule {unencodable.name} made an alert that cannot be encoded"))
+            continue
+        result.evaluated[topic] += 1
+        for rule, obs in found:
+            hit_counts[rule.name] = hit_counts.get(rule.name, 0) + 1
+            hits.append(gate.admit(rule, obs, int(now_s * 1000)) if gate else obs)
     for topic, n in bad.items():
         DECODE_ERRORS.labels("alerts", topic).inc(n)
-    if bad:
-        log.warning("skipped %d undecodable records (they stay in their topics); first: %s", sum(bad.values()), why)
     for name, n in hit_counts.items():
         RULE_HITS.labels(name).inc(n)
     result.observations = merge(hits)

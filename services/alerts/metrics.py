@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from shared.metrics import LATENCY_BUCKETS, Counter, Histogram
 
+EVALUATED = Counter(
+    "flowwatch_alerts_records_evaluated_total",
+    "Input records decoded and evaluated against the rules (the others are dead-lettered)",
+    ["topic"],
+)
 RULE_HITS = Counter("flowwatch_alerts_rule_hits_total", "Input records that matched a rule", ["rule"])
 RULE_ERRORS = Counter(
     "flowwatch_alerts_rule_errors_total", "Records a rule matched but could not render (missing field)", ["rule"]

@@ -63,6 +63,11 @@ class AlertsSettings:
         1000, "Most silences not yet expired at one time; creating one more is refused (409)."
     )
     silence_max_matchers: int = _doc(32, "Most matchers in one silence.")
+    silence_max_regex_matchers: int = _doc(
+        256,
+        "Most regular-expression matchers in all silences not yet expired, together (every alert may be matched "
+        "against each; one match costs tens of microseconds); beyond it a new or changed silence is refused (409).",
+    )
     silence_max_comment: int = _doc(2000, "Longest silence comment, in characters.")
     silence_max_duration_s: float = _doc(
         366 * 24 * 3600.0, "Longest a silence may last (endsAt - startsAt), in seconds."

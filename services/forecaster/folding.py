@@ -53,6 +53,10 @@ class Folding:
 
 
 class ReadingsFolder:
+    # Stage 1 keeps nothing between fetches that its outputs depend on: a fetch that raised is read again
+    # alone, without the pump rewinding (and repeating) the fetches before it.
+    stateless = True
+
     def __init__(
         self,
         app: Any,

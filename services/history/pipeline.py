@@ -52,6 +52,8 @@ class Batch:
     rejects: list[tuple[str, int, int, str, str]] = field(default_factory=list)
     offsets: dict[tuple[str, int], int] = field(default_factory=dict)  # (topic, partition) -> next offset
     counts: dict[str, int] = field(default_factory=dict)  # messages per topic
+    # Messages per topic that made rows (or counted in them); with the rejects and the duplicates, all of them.
+    accepted: dict[str, int] = field(default_factory=dict)
     duplicates: int = 0
     readings: int = 0
     newest_ts: int = 0  # newest event time seen (the stream's clock for closing episodes)
@@ -89,10 +91,38 @@ def _json(value: Any) -> str:
     return out.replace("\\u0000", "\\ufffd") if "\\u0000" in out else out
 
 
-def _int(value: Any) -> int:
+def _int(value: Any, bits: int = 64) -> int:
+    """A whole number for a ``bigint`` (or, ``bits=32``, an ``integer``) column; beyond its range it is a
+    reject here, not an error of the database that would fail the whole batch again and again."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"not a number: {value!r}")
-    return int(value)
+    out = int(value)  # OverflowError (infinity) and ValueError (NaN) are rejects too
+    if not -(1 << (bits - 1)) <= out < 1 << (bits - 1):
+        raise ValueError(f"out of range for a {bits}-bit integer: {value!r}")
+    return out
+
+
+#: Latest event time kept (the end of year 9999, as the alerts' silences): beyond it a time has no calendar day,
+#: and the day partition it would go to cannot be named, so the whole batch would fail again and again.
+MAX_MS = 253_402_300_799_999
+
+
+def _ms(value: Any) -> int:
+    """An event time in epoch milliseconds, 1970 to the end of year 9999 (else a reject)."""
+    out = _int(value)
+    if not 0 <= out <= MAX_MS:
+        raise ValueError(f"not a time between 1970 and the year 9999 in epoch milliseconds: {value!r}")
+    return out
+
+
+def _of(value: Any, kind: type, what: str) -> Any:
+    """A JSON object (``kind=dict``) or array (``list``) the store reads again later (episodes, incidents,
+    verdicts); empty when absent. Any other type would fail the write of the whole batch, again and again."""
+    if not value:
+        return kind()
+    if not isinstance(value, kind):
+        raise ValueError(f"{what} must be {'an object' if kind is dict else 'an array'}, got {type(value).__name__}")
+    return value
 
 
 def _num(value: Any) -> float:
@@ -127,6 +157,13 @@ class Decoder:
     def forget(self) -> None:
         self.seen.clear()
         self.sampled.clear()
+
+    def snapshot(self) -> tuple[dict[str, set[int]], dict[tuple[int, str, str], int], int]:
+        """What decoding changes, to :meth:`restore` when the rows decoded were not written after all."""
+        return {k: set(v) for k, v in self.seen.items()}, dict(self.sampled), self.sample_minute
+
+    def restore(self, state: tuple[dict[str, set[int]], dict[tuple[int, str, str], int], int]) -> None:
+        self.seen, self.sampled, self.sample_minute = state
 
     def decode(self, messages: list[Message]) -> Batch:
         """One batch of messages (any topics, in offset order per partition) -> rows."""
@@ -166,6 +203,8 @@ class Decoder:
                     handler(data, batch)
                 except Exception as exc:  # noqa: BLE001 - a bad message is a reject with its reason, never a crash
                     self._reject(batch, topic, partition, rec, exc)
+                    continue
+                batch.accepted[topic] = batch.accepted.get(topic, 0) + 1
         return batch
 
     @staticmethod
@@ -191,6 +230,8 @@ class Decoder:
                 values = r["values"]
                 if type(sensor) is not str or type(ts) is not int or type(values) is not dict:
                     raise ValueError("sensor_id must be a string, ts an integer and values an object")
+                if not 0 <= ts <= MAX_MS:
+                    raise ValueError(f"ts {ts} is not a time between 1970 and the year 9999 in epoch milliseconds")
                 if "\x00" in sensor:
                     raise ValueError("sensor_id holds a NUL character")
             except Exception as exc:  # noqa: BLE001 - a bad message is a reject with its reason, never a crash
@@ -231,10 +272,11 @@ class Decoder:
                         row[5] = value
                     row[6] += value
         batch.readings += count
+        batch.accepted[topic] = batch.accepted.get(topic, 0) + count
         batch.newest_ts = newest
 
     def _anomaly(self, a: dict[str, Any], batch: Batch) -> None:
-        ts = _int(a["ts"])
+        ts = _ms(a["ts"])
         batch.newest_ts = max(batch.newest_ts, ts)
         batch.anomalies.append(
             (
@@ -249,8 +291,8 @@ class Decoder:
                 _text(a.get("severity") or "warning"),
                 _text(a.get("reason")),
                 _text(a.get("model_version")),
-                _json(a.get("top_metrics") or []),
-                _json(a.get("values") or {}),
+                _json(_of(a.get("top_metrics"), list, "top_metrics")),
+                _json(_of(a.get("values"), dict, "values")),
             )
         )
 
@@ -260,16 +302,16 @@ class Decoder:
                 _text(g.get("site")),
                 _text(g.get("zone")),
                 _text(g.get("utility")),
-                _int(g["window_start"]),
-                _int(g["window_end"]),
-                _int(g["count"]),
-                _int(g.get("anomaly_count", 0)),
+                _ms(g["window_start"]),
+                _ms(g["window_end"]),
+                _int(g["count"], 32),
+                _int(g.get("anomaly_count", 0), 32),
                 _json(g.get("metrics") or {}),
             )
         )
 
     def _risk(self, r: dict[str, Any], batch: Batch) -> None:
-        ts = _int(r["ts"])
+        ts = _ms(r["ts"])
         batch.newest_ts = max(batch.newest_ts, ts)
         batch.risk.append(
             (
@@ -277,12 +319,12 @@ class Decoder:
                 _text(r["zone"]),
                 _text(r.get("utility")),
                 ts,
-                _int(r.get("horizon_s", 0)),
+                _int(r.get("horizon_s", 0), 32),
                 _num(r["probability"]),
                 _text(r.get("incident_type") or "normal"),
-                _json(r.get("class_probs") or {}),
-                _json(r.get("forecast") or {}),
-                _json(r.get("loss") or {}),
+                _json(_of(r.get("class_probs"), dict, "class_probs")),
+                _json(_of(r.get("forecast"), dict, "forecast")),
+                _json(_of(r.get("loss"), dict, "loss")),
                 _text(r.get("model_version")),
             )
         )
@@ -292,7 +334,7 @@ class Decoder:
         if not isinstance(labels, dict):
             raise ValueError("labels must be an object")
         status = _text(a["status"])
-        ts = _int(a.get("updated_at") or (a.get("ends_at") if status == "resolved" else 0) or a.get("starts_at"))
+        ts = _ms(a.get("updated_at") or (a.get("ends_at") if status == "resolved" else 0) or a.get("starts_at"))
         batch.alerts.append(
             (
                 _text(a["fingerprint"]),
@@ -303,9 +345,9 @@ class Decoder:
                 _text((a.get("annotations") or {}).get("summary", "")),
                 None,
                 _json(labels),
-                _json(a.get("annotations") or {}),
-                _int(a.get("starts_at", 0)),
-                _int(a.get("ends_at", 0)),
+                _json(_of(a.get("annotations"), dict, "annotations")),
+                _ms(a.get("starts_at", 0)),
+                _ms(a.get("ends_at", 0)),
             )
         )
 
@@ -313,19 +355,19 @@ class Decoder:
         batch.sensor_events.append(
             (
                 _text(e["sensor_id"]),
-                _int(e["ts"]),
+                _ms(e["ts"]),
                 _text(e["kind"]),
                 _text(e.get("site")),
                 _text(e.get("zone")),
                 _text(e.get("utility")),
                 _text(e.get("asset")),
-                _int(e.get("last_seen_ms", 0)),
+                _ms(e.get("last_seen_ms", 0)),
                 _int(e.get("expected_interval_ms", 0)),
             )
         )
 
     def _quarantined(self, q: dict[str, Any], batch: Batch) -> None:
-        received = _int(q["received_ms"])
+        received = _ms(q["received_ms"])
         minute = received - received % MINUTE_MS
         source = _text(q.get("source") or "unknown", 64)
         reasons = q.get("reasons") or ["unknown"]
@@ -363,7 +405,7 @@ class Decoder:
         rid = r.get("id") or r.get("report_id")
         if not rid:
             rid = hashlib.sha1(raw).hexdigest()[:20]
-        ts = _int(r.get("ts") or r.get("received_ms"))
+        ts = _ms(r.get("ts") or r.get("received_ms"))
         batch.reports.append(
             (
                 _text(rid, 200),
@@ -384,11 +426,11 @@ class Decoder:
         batch.feedback.append(
             (
                 _text(f["fingerprint"]),
-                _int(f["ts"]),
+                _ms(f["ts"]),
                 _text(f.get("author")),
                 verdict,
                 _text(f.get("comment")),
-                _json(f.get("labels") or {}),
+                _json(_of(f.get("labels"), dict, "labels")),
             )
         )
 
@@ -400,8 +442,8 @@ class Decoder:
             (
                 _text(lb["incident_id"], 200),
                 _text(lb["type"]),
-                _int(lb["start_ms"]),
-                _int(lb["end_ms"]),
+                _ms(lb["start_ms"]),
+                _ms(lb["end_ms"]),
                 _text(lb.get("site")),
                 _text(lb.get("zone")),
                 _text(lb.get("utility")),

@@ -6,6 +6,9 @@ with its own aiokafka consumer (one ``getmany`` per micro-batch over all topics,
 assigning partitions to workers) and writes each batch, *and the offsets that follow it*, in
 one PostgreSQL transaction. A worker killed at any moment resumes from the offsets of its last
 committed transaction: nothing is lost and nothing is written twice, whatever the replay.
+A message the decoder cannot read is a reject (the ``rejected`` table, with why); a batch PostgreSQL
+refuses (a value no index row can hold, ...) is written again in halves, down to single messages, and a message
+refused alone becomes a reject: one record never stops the sink.
 Upstream services are at-least-once, so records also carry natural keys (a duplicate
 anomaly, alert change or sensor event is ignored) and readings are deduplicated per sensor
 before they are folded into rollups.
@@ -27,7 +30,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
 from services.history import store
-from services.history.metrics import BATCH_SECONDS, MESSAGES, REJECTED, ROWS
+from services.history.metrics import ACCEPTED, BATCH_SECONDS, DUPLICATES, MESSAGES, REJECTED, ROWS
 from services.history.pipeline import Batch, Decoder, fold_episodes, fold_incidents, last_per_key
 from services.history.settings import HistorySettings
 from shared.settings import Settings
@@ -513,6 +516,22 @@ async def write_batch(
     return counts
 
 
+def connection_error(exc: BaseException) -> bool:
+    """An error of the way to PostgreSQL (retried after a reset), not of what was written (isolated)."""
+    return isinstance(
+        exc,
+        (
+            OSError,
+            asyncio.TimeoutError,
+            asyncpg.PostgresConnectionError,
+            asyncpg.InterfaceError,
+            asyncpg.exceptions.OperatorInterventionError,
+            asyncpg.exceptions.InsufficientResourcesError,
+            KafkaError,
+        ),
+    )
+
+
 class _Listener(ConsumerRebalanceListener):
     def __init__(self, sink: Sink) -> None:
         self.sink = sink
@@ -527,6 +546,7 @@ class _Listener(ConsumerRebalanceListener):
                 except Exception as exc:  # noqa: BLE001 - not committed: the next owner reads it again
                     log.warning("history sink: the batch in flight at a rebalance failed: %s", exc)
             self.sink.assigned -= set(revoked)
+            self.sink.generation += 1
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         await self.sink.seek_committed(set(assigned))
@@ -552,6 +572,7 @@ class Sink:
         self.last_batch_at = time.monotonic()
         self.written = 0
         self.pending: asyncio.Future[None] | None = None
+        self.generation = 0  # rebalances seen: a fetch made across one is dropped (read again after the seek)
         self.on_assigned: Callable[[], None] = lambda: None
 
     async def _connect(self) -> asyncpg.Connection:
@@ -584,6 +605,7 @@ class Sink:
             # Not seek_to_beginning: awaiting its offset lookup inside the rebalance callback never returns.
             self.consumer.seek(tp, offsets.get((tp.topic, tp.partition), 0))
         self.assigned |= tps
+        self.generation += 1
         self.on_assigned()
         log.info("history sink: %d partitions assigned", len(self.assigned))
 
@@ -653,10 +675,16 @@ class Sink:
         last_retention = last_idle_close = time.monotonic()
         within_ms = max(1, int(self.hs.batch_within_s * 1000))
         while True:
+            generation = self.generation
             fetched = await self.consumer.getmany(
                 timeout_ms=0 if self.pending else within_ms, max_records=self.hs.batch_size
             )
             async with self.lock:
+                if generation != self.generation:
+                    # A rebalance came in during the fetch: the partitions were sought back to the offsets
+                    # committed with the data, so these records are read again; written now too, they would
+                    # count twice (rollups are sums).
+                    fetched = {}
                 # Only partitions still ours: a revocation during the fetch has waited for the commit in flight.
                 groups = [
                     (self.topics[tp.topic], tp.partition, records)
@@ -669,7 +697,7 @@ class Sink:
                     await pending
                 if batch is not None:
                     self.watermark = max(self.watermark, batch.newest_ts)
-                    self.pending = asyncio.ensure_future(self._commit(batch, self.watermark))
+                    self.pending = asyncio.ensure_future(self._commit_or_isolate(batch, groups, self.watermark))
             self.error = ""
             if not fetched and self.pending is None and time.monotonic() - last_idle_close >= 10.0:
                 # A quiet network sends nothing that would move the stream's clock: close by the wall clock
@@ -683,6 +711,64 @@ class Sink:
                     log.info("history retention: %s", done)
                     self.partitions = store.Partitions(self.hs.partition_days)
                     await self.partitions.load(self.conn)
+
+    async def _commit_or_isolate(self, batch: Batch, groups: list[tuple[str, int, list[Any]]], watermark: int) -> None:
+        """Commit a batch; when the database (or the write) refuses it, its messages one at a time.
+
+        A refused batch would be read again after the reset and refused again, forever: the sink would stop. So
+        when the error is not the connection's, the batch is written again in halves, down to single messages
+        (:meth:`_bisect`), and a message refused alone is a reject (in ``rejected``, with the error): the batch
+        goes on without it.
+        """
+        try:
+            await self._commit(batch, watermark)
+        except Exception as exc:  # sorted below: the connection's errors go up, the data's are isolated
+            if connection_error(exc):
+                raise
+            log.error(
+                "history sink: a batch of %d messages was refused (%s: %s); writing it again in halves",
+                sum(len(records) for _, _, records in groups),
+                type(exc).__name__,
+                exc,
+            )
+            await self._isolate(groups, watermark)
+
+    async def _isolate(self, groups: list[tuple[str, int, list[Any]]], watermark: int) -> None:
+        # The decoder remembered the batch's readings (dedup): forget, or each would now look like its own duplicate.
+        self.decoder.forget()
+        await self._bisect(
+            [(topic, partition, rec) for topic, partition, records in groups for rec in records], watermark
+        )
+
+    async def _bisect(self, items: list[tuple[str, int, Any]], watermark: int) -> None:
+        """Commit ``items`` (in order); refused, each half alone, down to single messages, which become rejects.
+
+        A batch of n messages with k the database refuses takes about k * log2(n) commits, not n.
+        """
+        state = self.decoder.snapshot()
+        groups: dict[tuple[str, int], list[Any]] = {}
+        for topic, partition, rec in items:
+            groups.setdefault((topic, partition), []).append(rec)
+        part = self.decoder.decode_groups([(t, p, recs) for (t, p), recs in groups.items()])
+        try:
+            await self._commit(part, watermark)
+            return
+        except Exception as exc:  # as in _commit_or_isolate
+            if connection_error(exc):
+                raise
+            self.decoder.restore(state)
+            if len(items) > 1:
+                half = len(items) // 2
+                await self._bisect(items[:half], watermark)
+                await self._bisect(items[half:], watermark)
+                return
+            topic, partition, rec = items[0]
+            reject = Batch()
+            Decoder._reject(reject, topic, partition, rec, exc)
+            reject.offsets[(topic, partition)] = rec.offset + 1
+            reject.counts[topic] = 1
+            log.error("history sink: %s[%d] offset %d refused alone; rejected: %s", topic, partition, rec.offset, exc)
+            await self._commit(reject, watermark)
 
     async def _commit(self, batch: Batch, watermark: int) -> None:
         """One batch and the offsets after it, in one transaction."""
@@ -703,6 +789,9 @@ class Sink:
             ROWS.labels(table).inc(n)
         for topic, *_ in batch.rejects:
             REJECTED.labels(topic).inc()
+        for topic, n in batch.accepted.items():
+            ACCEPTED.labels(topic).inc(n)
+        DUPLICATES.inc(batch.duplicates)
         BATCH_SECONDS.observe(time.perf_counter() - started)
         self.written += messages
         self.last_batch_at = time.monotonic()

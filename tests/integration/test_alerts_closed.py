@@ -60,6 +60,7 @@ async def test_silences_and_redis_down_on_a_real_worker(settings, tmp_path) -> N
         config,
         FLOWWATCH_REDIS_URL=f"redis://127.0.0.1:{redis_port}/0",
         FLOWWATCH_ALERTS_SILENCE_MAX_COUNT="3",
+        FLOWWATCH_ALERTS_SILENCE_MAX_REGEX_MATCHERS="2",
         FLOWWATCH_ALERTS_SILENCE_RETENTION_S="1",
         FLOWWATCH_ALERTS_SILENCE_GC_INTERVAL_S="1",
     )
@@ -100,6 +101,11 @@ async def test_silences_and_redis_down_on_a_real_worker(settings, tmp_path) -> N
         assert r.status_code == 200  # RE2: a pattern that hangs backtracking engines is harmless here
         r = await api.get("/v1/alerts", params={"filter": 'zone=~"(a)\\1"'}, headers=auth("viewer"))
         assert r.status_code == 400 and "RE2" in r.json()["error"]
+
+        # --- a budget on the regular expressions of all live silences together (each alert meets every one).
+        regexes = {**body, "matchers": ['zone=~"z.*"', 'site=~"s.*"', 'sensor=~".+"']}
+        r = await api.post("/v1/silences", json=regexes, headers=auth("operator"))
+        assert r.status_code == 409 and "3 regular-expression matchers (limit 2)" in r.json()["error"], r.text
 
         # --- a limit on how many silences may be pending or active.
         for _ in range(2):

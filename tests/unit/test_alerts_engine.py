@@ -348,7 +348,7 @@ def test_bad_matchers():
             parse_matcher(bad)
 
 
-def test_evaluate_batch_counts_bad_input_and_quarantine_windows(config):
+def test_evaluate_batch_rejects_bad_input_with_reasons_and_counts_quarantine_windows(config):
     from services.alerts.evaluate import evaluate_batch
     from shared.codec import dumps
 
@@ -358,7 +358,10 @@ def test_evaluate_batch_counts_bad_input_and_quarantine_windows(config):
     items += [("readings.quarantine", dumps({"payload": {}, "source": "mqtt", "reasons": ["x"], "received_ms": 1}))] * 3
     items += [("risk", dumps(risk(0.95)))]
     result = evaluate_batch(config, items, window_s=60, now_s=T0)
-    assert result.bad == 5
+    assert [i for i, _ in result.rejected] == [5, 6, 7, 8, 9]  # where they were, for the dead letters
+    assert "Anomaly" in result.rejected[0][1] and "JSONDecodeError" in result.rejected[0][1]
+    assert "must be a JSON object" in result.rejected[2][1]
+    assert dict(result.evaluated) == {"anomalies": 5, "readings.quarantine": 3, "risk": 1}
     assert sorted(o.rule for o in result.observations) == ["SensorAnomaly", "ZoneIncidentRisk"]
     assert next(o for o in result.observations if o.rule == "SensorAnomaly").count == 5
     assert dict(result.quarantined) == {("mqtt", int(T0 // 60) * 60_000): 3}
@@ -378,3 +381,16 @@ def test_flood_gate_folds_in_stage_one(config):
     assert not any(o.labels.get("flood") for o in again.observations)  # the admitted ones stay admitted
     later = evaluate_batch(config, items[5:6], window_s=60, now_s=T0 + 61, gate=gate)
     assert not later.observations[0].labels.get("flood")  # a new window
+
+
+def test_a_record_whose_alert_cannot_be_encoded_is_rejected_not_sent(config):
+    from services.alerts.evaluate import evaluate_batch
+    from shared.codec import dumps
+
+    # A float time far beyond 64-bit milliseconds becomes an integer orjson cannot write: sending the hit would
+    # raise out of the stage on every retry (found by the topic fuzzer), so the record is set aside instead.
+    items = [("anomalies", dumps(anomaly("s1", ts=1e308))), ("anomalies", dumps(anomaly("s2", ts=5)))]
+    result = evaluate_batch(config, items, window_s=60, now_s=T0)
+    assert result.rejected == [(0, "alerts: rule SensorAnomaly made an alert that cannot be encoded")]
+    assert dict(result.evaluated) == {"anomalies": 1}
+    assert [o.labels["sensor"] for o in result.observations] == ["s2"]

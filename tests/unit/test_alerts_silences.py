@@ -130,3 +130,29 @@ def test_a_silence_built_now_is_active() -> None:
     now = int(time.time() * 1000)
     s = new_silence({**BODY, "endsAt": now + 60_000}, now, "a")
     assert view(s, now)["status"]["state"] == "active"
+
+
+def test_regex_work_is_bounded_memoised_compiled_once_and_cheapest_first() -> None:
+    from services.alerts.matchers import MEMO_SIZE, Matcher
+    from services.alerts.silences import matchers_of, regex_matchers
+
+    m = Matcher("zone", "=~", "z[0-9]+")
+    # More distinct label values than a matcher remembers: the verdicts stay right after the memo starts again.
+    for i in range(MEMO_SIZE + 10):
+        assert m.matches({"zone": f"z{i}"}) and not m.matches({"zone": f"y{i}"})
+    assert len(m._memo) <= MEMO_SIZE  # type: ignore[attr-defined]
+    silence = {
+        "id": "s1",
+        "matchers": [
+            {"name": "zone", "value": "z.*", "isRegex": True},
+            {"name": "site", "value": "s1", "isRegex": False},
+            {"name": "sensor", "value": "a|b", "isRegex": True, "isEqual": False},
+        ],
+        "starts_at": 0,
+        "ends_at": 2_000,
+    }
+    compiled = matchers_of(silence)
+    assert compiled is matchers_of(dict(silence))  # compiled once, not per batch or request
+    assert [x.op for x in compiled] == ["=", "=~", "!~"]  # equality first: a miss there costs no regex
+    assert regex_matchers([silence, {**silence, "id": "s2"}], now_ms=1_000) == 4
+    assert regex_matchers([silence], now_ms=3_000) == 0  # expired silences cost nothing

@@ -35,3 +35,19 @@ def test_readiness_needs_the_group_and_every_check(tmp_path) -> None:
     state.add_check("model", broken)
     ready, detail = state.readiness()
     assert ready is False and "RuntimeError: boom" in detail["model"]["detail"]
+
+
+def test_an_assignment_that_leaves_partitions_to_no_worker_is_incomplete() -> None:
+    from shared.service import uncovered_partitions
+
+    # Two workers between them read both partitions of each topic: complete, whoever reads what.
+    both = [{"in": [0], "app-t-changelog": [1]}, {"in": [1], "app-t-changelog": [0]}]
+    assert uncovered_partitions({"in": 2, "app-t-changelog": 2}, both) == {}
+    # A lone worker that joined before its topics were in the metadata: assigned nothing.
+    assert uncovered_partitions({"in": 2, "app-t-changelog": 2}, [{}]) == {
+        "app-t-changelog": "partitions [0, 1] assigned to no worker",
+        "in": "partitions [0, 1] assigned to no worker",
+    }
+    assert uncovered_partitions({"in": 3}, [{"in": [0, 2]}]) == {"in": "partitions [1] assigned to no worker"}
+    missing = "not in the group's metadata yet (no such topic?)"
+    assert uncovered_partitions({"new": None, "gone": 0}, [{}]) == {"new": missing, "gone": missing}

@@ -38,6 +38,32 @@ def test_bad_messages_are_rejected_with_their_reason() -> None:
     assert "KeyError" in batch.rejects[2][3]
 
 
+def test_values_the_database_would_refuse_are_rejects_not_a_failed_batch() -> None:
+    # A time beyond the year 9999 has no day partition; 2**31 does not fit an integer column, 2**63 a bigint.
+    risk = {"zone": "z1", "ts": 5_000, "probability": 0.5}
+    batch = Decoder().decode(
+        _msgs("anomalies", [anomaly("a", 2**62, 1.0), anomaly("a", -1, 1.0), anomaly("a", 5, 1.0) | {"ts": 2**63}])
+        + _msgs("risk", [risk | {"horizon_s": 2**31}, risk | {"ts": 1e300}, risk])
+        + _msgs("readings.clean", [reading("a", 2**60, {"flow": 1.0}), reading("a", 60_000, {"flow": 1.0})])
+    )
+    assert [r[0] for r in batch.rejects] == ["anomalies"] * 3 + ["risk"] * 2 + ["readings.clean"]
+    assert "year 9999" in batch.rejects[0][3] and "32-bit" in batch.rejects[3][3]
+    assert len(batch.risk) == 1 and batch.accepted == {"risk": 1, "readings.clean": 1}
+    # JSON the store reads again when it writes (incidents' loss, a verdict's episode, an episode's top metrics).
+    feedback = {"fingerprint": "f", "ts": 5, "verdict": "true_positive"}
+    batch = Decoder().decode(
+        _msgs("risk", [risk | {"loss": 7}, risk | {"loss": {"volume": 1.0}}])
+        + _msgs("feedback", [feedback | {"labels": 3}, feedback | {"labels": {"episode_id": "1"}}])
+        + _msgs("anomalies", [anomaly("a", 5, 1.0) | {"top_metrics": 5}])
+    )
+    assert [(r[0], r[3]) for r in batch.rejects] == [
+        ("risk", "ValueError: loss must be an object, got int"),
+        ("feedback", "ValueError: labels must be an object, got int"),
+        ("anomalies", "ValueError: top_metrics must be an array, got int"),
+    ]
+    assert batch.accepted == {"risk": 1, "feedback": 1}
+
+
 def test_quarantine_counts_everything_and_samples_a_few() -> None:
     d = Decoder(samples_per_minute=2)
     q = [
