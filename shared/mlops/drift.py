@@ -30,7 +30,7 @@ def reference(values: np.ndarray, bins: int = BINS) -> dict[str, Any] | None:
         return None
     edges = np.unique(np.quantile(v, np.linspace(0, 1, bins + 1)[1:-1]))
     counts = np.bincount(np.searchsorted(edges, v, side="right"), minlength=len(edges) + 1)
-    return {"edges": edges.tolist(), "shares": (counts / len(v)).tolist(), "rows": int(len(v))}
+    return {"edges": edges.tolist(), "shares": (counts / len(v)).tolist(), "rows": len(v)}
 
 
 def psi(ref: dict[str, Any], values: np.ndarray) -> float | None:

@@ -254,7 +254,7 @@ def main(trainer_factory: Any, settings: Any, argv: list[str], prog: str) -> int
         report = retrain(trainer_factory(), settings, args)
     except (TooLittleData, ValueError) as exc:
         report, status = {"decision": "failed", "reasons": [str(exc)]}, 2
-    except Exception as exc:  # noqa: BLE001 - the report and the exit status say it failed, with why
+    except Exception as exc:
         log.exception("retrain failed")
         report, status = {"decision": "failed", "reasons": [f"{type(exc).__name__}: {exc}"]}, 1
     if args.report:
