@@ -153,6 +153,11 @@ def score_rows(model: AnomalyModel, part: pd.DataFrame) -> tuple[pd.DataFrame, n
 
 def profile_metrics(model: AnomalyModel, part: pd.DataFrame, truth: Truth, split_ms: int) -> dict[str, float | None]:
     df, flags = score_rows(model, part)
+    return flag_metrics(df, flags, truth, split_ms)
+
+
+def flag_metrics(df: pd.DataFrame, flags: np.ndarray, truth: Truth, split_ms: int) -> dict[str, float | None]:
+    """The metrics of ``flags`` on the rows of ``df`` (each sensor's rows in time order) from ``split_ms`` on."""
     y = truth.anomalous(df)
     ts = df["ts"].to_numpy(dtype=np.int64)
     sensors = df["sensor_id"].astype(str).to_numpy()
