@@ -61,8 +61,11 @@ class Trainer(Protocol):
     def evaluate(self, models: dict[str, Any], frame: pd.DataFrame, truth: Truth, split_ms: int) -> Metrics:
         """Metrics per profile on the rows from ``split_ms`` on (earlier rows only warm state up)."""
 
-    def drift_columns(self, frame: pd.DataFrame) -> dict[str, dict[str, np.ndarray]]:
-        """The inputs whose drift is tracked, per profile: ``{profile: {column: values}}``."""
+    def drift_columns(
+        self, models: dict[str, Any], frame: pd.DataFrame, since_ms: int, truth: Truth
+    ) -> dict[str, dict[str, np.ndarray]]:
+        """What drift is tracked on, per profile (``{profile: {column: values}}``), of the rows from ``since_ms``
+        on outside known incidents, as ``models`` see them (earlier rows may warm state up)."""
 
     def registry_name(self, profile: str) -> str: ...
 
@@ -127,6 +130,14 @@ def production_reference(registry: ModelRegistry, names: dict[str, str], version
     return out
 
 
+def skip_reason(drift: dict[str, Any]) -> str | None:
+    """Why ``--if-drifted`` need not retrain (None: retrain). Only a measured absence of drift skips: without
+    a reference to compare with (no production model, or one without a card) the retrain goes ahead."""
+    if drift.get("level") in ("stable", "moderate"):
+        return f"no drift: largest PSI {drift['max_psi']:.3f} is under {drift['threshold']}"
+    return None
+
+
 def retrain(trainer: Trainer, settings: Any, args: argparse.Namespace) -> dict[str, Any]:
     """The whole flow; returns the report (its ``decision``: promoted, rejected, skipped)."""
     t0 = time.monotonic()
@@ -145,7 +156,8 @@ def retrain(trainer: Trainer, settings: Any, args: argparse.Namespace) -> dict[s
             f"{len(frame)} readings between {window.describe()['since']} and {window.describe()['until']} "
             f"(at least {args.min_rows} needed): widen --since, or lower --min-rows"
         )
-    split = window.split_ms(int(frame["ts"].min()), int(frame["ts"].max()))
+    first_ms = int(frame["ts"].min())
+    split = window.split_ms(first_ms, int(frame["ts"].max()))
     train = frame[frame["ts"] < split]
     holdout = frame[frame["ts"] >= split]
     say(
@@ -181,13 +193,13 @@ def retrain(trainer: Trainer, settings: Any, args: argparse.Namespace) -> dict[s
         },
         "gate": gate.to_dict(),
     }
-    recent = trainer.drift_columns(holdout)
-    report["drift"] = driftmod.compare(production_reference(registry, names, prod_versions), recent)
+    references = production_reference(registry, names, prod_versions)
+    recent = trainer.drift_columns({p: m for p, m in production.items() if p in references}, frame, split, truth)
+    report["drift"] = driftmod.compare(references, recent)
     say(f"drift against production's training data: {report['drift']['level']} (max PSI {report['drift']['max_psi']})")
-    if args.if_drifted and prod_versions and report["drift"]["level"] != "drift":
-        report.update(
-            decision="skipped", reasons=[f"no drift: max PSI {report['drift']['max_psi']} < {driftmod.DRIFT}"]
-        )
+    why_not = skip_reason(report["drift"]) if args.if_drifted else None
+    if why_not:
+        report.update(decision="skipped", reasons=[why_not])
         return report
 
     t1 = time.monotonic()
@@ -204,7 +216,8 @@ def retrain(trainer: Trainer, settings: Any, args: argparse.Namespace) -> dict[s
         reasons=decision.reasons,
         improvements=decision.improvements,
         metrics={"candidate": cand_metrics, "production": prod_metrics},
-        reference=driftmod.references(trainer.drift_columns(train)),
+        # the reference leaves out the first quarter of training, while the sensors' baselines were still young
+        reference=driftmod.references(trainer.drift_columns(candidate, train, (3 * first_ms + split) // 4, truth)),
     )
     say(f"gate: {decision.name}: {'; '.join(decision.reasons)[:500]}")
     report["seconds"] = {"read": round(t_read, 2), "fit": round(t_fit, 2), "evaluate": round(t_eval, 2)}

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from shared.mlops import drift
+from shared.mlops.flow import skip_reason
 from shared.mlops.frame import readings_frame
 from shared.mlops.truth import VERDICT_LOOKBACK_MS, assemble
 from shared.mlops.window import Window
@@ -114,3 +115,15 @@ def test_psi_is_small_on_the_same_distribution_and_large_after_a_shift() -> None
     refs = drift.references({"pump": {"flow": rng.normal(0, 1, 500), "rare": np.ones(3)}})
     out = drift.compare(refs, {"pump": {"flow": rng.normal(3, 1, 500), "rare": np.ones(500)}})
     assert out["drifted"] == ["pump.flow"] and out["level"] == "drift" and "rare" not in out["psi"]["pump"]
+
+
+def test_if_drifted_skips_only_when_drift_was_measured_and_is_absent() -> None:
+    stable = drift.compare(
+        drift.references({"pump": {"score": np.linspace(0, 1, 500)}}), {"pump": {"score": np.linspace(0, 1, 300)}}
+    )
+    assert "no drift" in skip_reason(stable)
+    shifted = drift.compare(
+        drift.references({"pump": {"score": np.linspace(0, 1, 500)}}), {"pump": {"score": np.linspace(2, 3, 300)}}
+    )
+    assert skip_reason(shifted) is None
+    assert skip_reason(drift.compare({}, {"pump": {"score": np.ones(300)}})) is None  # nothing to compare with

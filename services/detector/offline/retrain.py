@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from services.detector.model import AnomalyModel
+from services.detector.model import AnomalyModel, Scored
 from services.detector.profiles import Profile, ProfileSet
 from services.detector.settings import DetectorSettings
 from services.detector.training import fit_profile, profile_rows
@@ -123,11 +123,22 @@ class DetectorTrainer:
             out[name] = profile_metrics(model, part, truth, split_ms)
         return out
 
-    def drift_columns(self, frame: pd.DataFrame) -> dict[str, dict[str, np.ndarray]]:
+    def drift_columns(
+        self, models: dict[str, Any], frame: pd.DataFrame, since_ms: int, truth: Truth
+    ) -> dict[str, dict[str, np.ndarray]]:
+        """Each profile's ensemble score (in thresholds) on the rows from ``since_ms`` on that no ground truth
+        marks anomalous (earlier rows warm the state). The score is what the model decides on: unit-free,
+        so neither a meter's growing total nor one sensor's level moves it; a network behaving differently
+        does. (Per-metric z-scores were tried: over a window shorter than a day they drift with the daily
+        cycle itself, PSI 2-6 on the simulator's own unchanged network.)"""
         out = {}
         for name, part in self._by_profile(frame).items():
-            metrics = self.profiles.by_name[name].metrics or [c for c in part.columns if c not in _ID]
-            out[name] = {m: part[m].to_numpy(dtype=np.float64) for m in metrics if m in part.columns}
+            if name not in models:
+                continue
+            model = models[name] or self._statistical(self.profiles.by_name[name], part)
+            df, scored, _ = score_rows(model, part)
+            keep = (df["ts"].to_numpy() >= since_ms) & ~truth.anomalous(df)
+            out[name] = {"score": scored.raw[keep] / scored.threshold}
         return out
 
     def save(self, model: AnomalyModel, directory: Path) -> dict[str, Any]:
@@ -138,8 +149,8 @@ class DetectorTrainer:
 _ID = frozenset({"sensor_id", "ts", "site", "zone", "utility", "asset", "anomaly"})
 
 
-def score_rows(model: AnomalyModel, part: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
-    """Flags of every row, each sensor's rows in time order from an empty state: ``(rows sorted, flags)``."""
+def score_rows(model: AnomalyModel, part: pd.DataFrame) -> tuple[pd.DataFrame, Scored, np.ndarray]:
+    """Every row scored, each sensor's rows in time order from an empty state: ``(rows sorted, scores, features)``."""
     df = part.sort_values(["sensor_id", "ts"], kind="stable")
     x = np.full((len(df), len(model.metrics)), np.nan)
     for j, m in enumerate(model.metrics):
@@ -148,12 +159,12 @@ def score_rows(model: AnomalyModel, part: pd.DataFrame) -> tuple[pd.DataFrame, n
     idx = pd.factorize(df["sensor_id"])[0].astype(np.int64)
     state = model.layout.empty(int(idx.max()) + 1 if len(idx) else 1)
     feats = model.features(state, x, df["ts"].to_numpy(dtype=np.int64), idx)
-    return df, np.asarray(model.score(state, feats, idx).anomaly, dtype=bool)
+    return df, model.score(state, feats, idx), feats
 
 
 def profile_metrics(model: AnomalyModel, part: pd.DataFrame, truth: Truth, split_ms: int) -> dict[str, float | None]:
-    df, flags = score_rows(model, part)
-    return flag_metrics(df, flags, truth, split_ms)
+    df, scored, _ = score_rows(model, part)
+    return flag_metrics(df, np.asarray(scored.anomaly, dtype=bool), truth, split_ms)
 
 
 def flag_metrics(df: pd.DataFrame, flags: np.ndarray, truth: Truth, split_ms: int) -> dict[str, float | None]:

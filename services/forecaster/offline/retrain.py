@@ -145,7 +145,12 @@ class ForecasterTrainer:
             }
         }
 
-    def drift_columns(self, frame: pd.DataFrame) -> dict[str, dict[str, np.ndarray]]:
+    def drift_columns(
+        self, models: dict[str, Any], frame: pd.DataFrame, since_ms: int, truth: Truth
+    ) -> dict[str, dict[str, np.ndarray]]:
+        """The readings' metrics per utility from ``since_ms`` on, outside known incidents (raw levels: a
+        window shorter than a day shows its daily cycle as drift; see docs/mlops.md)."""
+        frame = frame[(frame["ts"] >= since_ms) & ~truth.anomalous(frame)]
         metrics = [c for c in frame.columns if c not in NON_METRIC and pd.api.types.is_numeric_dtype(frame[c])]
         return {
             str(utility): {m: part[m].to_numpy(dtype=np.float64) for m in metrics if part[m].notna().any()}
