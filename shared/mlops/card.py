@@ -86,3 +86,33 @@ def plot_drift(report: dict[str, Any], directory: Path) -> list[str]:
     fig.savefig(directory / "drift.png", dpi=80)
     plt.close(fig)
     return ["drift.png"]
+
+
+def versions_summary(registry: Any, name: str, profile: str | None = None, last: int = 5) -> dict[str, Any]:
+    """The newest ``last`` versions of a model with what their cards say (decision, reasons, this profile's
+    metrics, drift), and its aliases: what an API shows about a model's lifecycle."""
+    aliases = registry.aliases(name)
+    out = []
+    for mv in registry.list(name)[-last:]:
+        entry: dict[str, Any] = {
+            "version": mv.version,
+            "created": mv.metadata.get("created"),
+            "aliases": sorted(a for a, v in aliases.items() if v == mv.version),
+        }
+        try:
+            card = orjson.loads((mv.path / CARD).read_bytes())
+        except (OSError, orjson.JSONDecodeError):
+            card = None
+        if isinstance(card, dict):
+            metrics = card.get("metrics") or {}
+            key = profile if profile is not None else next(iter(metrics.get("candidate") or {}), None)
+            drift = card.get("drift") or {}
+            entry.update(
+                decision=card.get("decision"),
+                reasons=card.get("reasons", []),
+                window={k: (card.get("data") or {}).get(k) for k in ("since", "until", "holdout_from", "rows")},
+                metrics={w: (metrics.get(w) or {}).get(key) for w in ("candidate", "production")},
+                drift={"level": drift.get("level"), "max_psi": drift.get("max_psi")},
+            )
+        out.append(entry)
+    return {"aliases": aliases, "versions": out[::-1]}

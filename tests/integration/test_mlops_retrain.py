@@ -154,6 +154,12 @@ async def test_retrain_promotes_a_better_candidate_and_rejects_a_worse_one(setti
         while serving() != promoted and time.monotonic() < deadline:
             await asyncio.sleep(0.5)
         assert serving() == promoted, det.tail()
+        # the versions and their model cards, through the detector's API
+        pump = httpx.get(f"{det.url}/detector/models", headers=AUTH, timeout=30).json()["lifecycle"]["pump"]
+        assert pump["aliases"] == {"production": "v1"}
+        newest = pump["versions"][0]
+        assert (newest["version"], newest["aliases"], newest["decision"]) == ("v1", ["production"], "promoted")
+        assert newest["metrics"]["candidate"] == report["metrics"]["candidate"]["pump"]
 
     # a candidate that has seen 20 minutes: judged on the same (last 20 minutes) window, it is worse
     code, report, out = await asyncio.to_thread(
