@@ -208,7 +208,8 @@ def retrain(trainer: Trainer, settings: Any, args: argparse.Namespace) -> dict[s
     say(f"fitted {len(candidate)} candidate models in {t_fit:.1f}s; evaluating on the held-out window")
     t2 = time.monotonic()
     cand_metrics = trainer.evaluate(candidate, frame, truth, split)
-    prod_metrics = trainer.evaluate(production, frame, truth, split) if production else None
+    judged = {p: production[p] for p in candidate if p in production}  # what the candidate would replace
+    prod_metrics = trainer.evaluate(judged, frame, truth, split) if judged else None
     t_eval = time.monotonic() - t2
     decision: Decision = decide(cand_metrics, prod_metrics, gate)
     report.update(
