@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from services.simulator.timeutil import iso_ms, parse_duration_ms, parse_time_ms
+from shared.timeutil import iso_ms, parse_duration_ms, parse_time_ms
 
 
 @dataclass(frozen=True)
