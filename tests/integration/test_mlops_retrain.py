@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from services.simulator.simulator import Simulator
 from shared.mlops.card import CARD
 from shared.registry import ModelRegistry
 from shared.settings import Settings
+from shared.timeutil import parse_time_ms
 from shared.topics import ALERTS, FEEDBACK, MODELS
 from tests.helpers import AUTH, ServiceProcess, consume
 from tests.mlops_helpers import produce_history, produce_timed
@@ -30,6 +32,10 @@ ROOT = Path(__file__).resolve().parents[2]
 HOURS = 4
 MIN = 60_000
 SITES = ("oldtown", "riverside")  # half the simulated network: 8 incidents, 33,000 readings
+# The simulated world depends on its absolute times: the same start every run, moved by whole days to end
+# before now (Kafka keeps readings.clean 3 days), and an explicit --until, so every run judges the same data.
+BASE = "2026-12-04T18:10:00Z"
+DAY = 86_400_000
 
 
 def retrain(settings: Settings, tmp: Path, name: str, *args: str) -> tuple[int, dict[str, Any], str]:
@@ -107,17 +113,27 @@ async def verdicts(settings: Settings, history: History, now: int) -> None:
 
 @pytest.mark.timeout(900)  # three retrains on a loaded 2-core machine; about 2 minutes when it is quiet
 async def test_retrain_promotes_a_better_candidate_and_rejects_a_worse_one(settings: Settings, tmp_path: Path) -> None:
-    now = int(time.time() * 1000) // MIN * MIN
-    sim = Simulator(seed=3).history(now - HOURS * 3_600_000, f"{HOURS}h", step="60s")
-    frame = sim.frame[sim.frame["site"].isin(SITES)].reset_index(drop=True)
-    history = History(frame, [lab for lab in sim.labels if lab.site in SITES])
+    sim = Simulator(seed=3).history(BASE, f"{HOURS}h", step="60s")
+    end = parse_time_ms(BASE) + HOURS * 3_600_000
+    shift = (int(time.time() * 1000) - end) // DAY * DAY
+    now = end + shift  # the end of the data, at most a day ago
+    frame = sim.frame[sim.frame["site"].isin(SITES)].assign(ts=lambda f: f["ts"] + shift).reset_index(drop=True)
+    labels = [
+        replace(lab, start_ms=lab.start_ms + shift, end_ms=lab.end_ms + shift)
+        for lab in sim.labels
+        if lab.site in SITES
+    ]
+    history = History(frame, labels)
+    until = str(now)
     sent = await produce_history(settings, history)
     await verdicts(settings, history, now)
     registry = ModelRegistry(settings.model_dir)
 
     with ServiceProcess("detector", settings, {"FLOWWATCH_DETECTOR_MODEL_POLL_S": "3600"}) as det:
         det.wait_ready(180)
-        code, report, out = await asyncio.to_thread(retrain, settings, tmp_path, "first", "--since", f"{HOURS + 1}h")
+        code, report, out = await asyncio.to_thread(
+            retrain, settings, tmp_path, "first", "--since", f"{HOURS + 1}h", "--until", until
+        )
         assert code == 0, out
         assert report["decision"] == "promoted", out
         assert report["production"] and set(report["production"].values()) == {"statistical"}
@@ -163,7 +179,18 @@ async def test_retrain_promotes_a_better_candidate_and_rejects_a_worse_one(setti
 
     # a candidate that has seen 20 minutes: judged on the same (last 20 minutes) window, it is worse
     code, report, out = await asyncio.to_thread(
-        retrain, settings, tmp_path, "second", "--since", "40m", "--holdout", "0.5", "--min-rows", "500"
+        retrain,
+        settings,
+        tmp_path,
+        "second",
+        "--since",
+        "40m",
+        "--until",
+        until,
+        "--holdout",
+        "0.5",
+        "--min-rows",
+        "500",
     )
     assert code == 0, out
     assert report["decision"] == "rejected", out
