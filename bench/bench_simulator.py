@@ -30,8 +30,8 @@ from services.simulator.encode import Encoder  # noqa: E402
 from services.simulator.engine import Batch  # noqa: E402
 from services.simulator.runner import Runner, RunOptions  # noqa: E402
 from services.simulator.sinks import KafkaSink  # noqa: E402
-from services.simulator.timeutil import now_ms, parse_time_ms  # noqa: E402
 from shared.settings import Settings  # noqa: E402
+from shared.timeutil import now_ms, parse_time_ms  # noqa: E402
 from shared.topics import READINGS_RAW, create_all  # noqa: E402
 
 START = "2024-03-04T00:00:00Z"

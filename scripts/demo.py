@@ -2,7 +2,11 @@
 
 Creates the topics, starts every service as a child process (logs under
 .stack/logs/demo/), starts the simulator when it is installed, prints where to
-look, and on Ctrl-C (or any child dying) stops everything it started.
+look, and on Ctrl-C (or any child dying) stops everything it started. While it
+runs, the detector is retrained from the stream on a schedule (docs/mlops.md):
+first after FLOWWATCH_DEMO_RETRAIN_FIRST_S (900), then every
+FLOWWATCH_DEMO_RETRAIN_EVERY_S (1800; 0 turns it off), on the last
+FLOWWATCH_DEMO_RETRAIN_SINCE (20m); reports in .stack/logs/demo/retrain-*.json.
 """
 
 from __future__ import annotations
@@ -37,6 +41,37 @@ SIMULATOR = [
     "--rate",
     os.environ.get("FLOWWATCH_DEMO_RATE", "200"),
 ]
+
+
+RETRAIN_FIRST_S = float(os.environ.get("FLOWWATCH_DEMO_RETRAIN_FIRST_S", "900"))
+RETRAIN_EVERY_S = float(os.environ.get("FLOWWATCH_DEMO_RETRAIN_EVERY_S", "1800"))
+RETRAIN_SINCE = os.environ.get("FLOWWATCH_DEMO_RETRAIN_SINCE", "20m")
+
+
+class RetrainSchedule:
+    """The detector's ``retrain`` as a child process on a schedule; its exit never stops the demo (it says why)."""
+
+    def __init__(self, env: dict[str, str], first_s: float, every_s: float) -> None:
+        self.env = env
+        self.every_s = every_s
+        self.next_at = time.monotonic() + first_s if every_s > 0 else float("inf")
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.report: Path | None = None
+
+    def tick(self) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            print(f"==> retrain finished ({self.proc.returncode}): {self.report}")
+            self.proc = None
+        if self.proc is None and time.monotonic() >= self.next_at:
+            self.next_at = time.monotonic() + self.every_s
+            self.report = LOGS / f"retrain-{time.strftime('%Y%m%dT%H%M%S')}.json"
+            args = ["-m", "services.detector", "retrain", "--since", RETRAIN_SINCE, "--report", str(self.report)]
+            self.proc = start("retrain", args, self.env)
+            print(f"==> retraining the detector on the last {RETRAIN_SINCE} (log: {LOGS / 'retrain'}.log)")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
 
 
 def start(name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -134,6 +169,7 @@ def main() -> int:
     asyncio.run(create_all(settings))
     ensure_forecaster_model(settings, env)
     procs: dict[str, subprocess.Popen[bytes]] = {}
+    retrains = RetrainSchedule(env, RETRAIN_FIRST_S, RETRAIN_EVERY_S)
     try:
         for name in SERVICES:
             procs[name] = start(name, ["-m", f"services.{name}", "worker", "--loglevel", "warn"], env)
@@ -162,6 +198,8 @@ def main() -> int:
             f"  curl -s {auth} 'http://127.0.0.1:8085/v1/history/export.csv?what=anomalies&since=1h'\n"
             "  curl -s http://127.0.0.1:8082/openapi.json   # each service describes its API\n"
             "  redis-cli --scan --pattern 'flowwatch:*' | head\n"
+            f"The detector retrains from the stream {RETRAIN_FIRST_S / 60:.0f} min from now, then every "
+            f"{RETRAIN_EVERY_S / 60:.0f} min (reports: {LOGS}/retrain-*.json; docs/mlops.md).\n"
             "Ctrl-C stops everything."
         )
         while True:
@@ -169,11 +207,13 @@ def main() -> int:
                 if proc.poll() is not None:
                     print(f"==> {name} exited with {proc.returncode}; stopping the demo (see {LOGS / name}.log)")
                     return 1
+            retrains.tick()
             time.sleep(1)
     except KeyboardInterrupt:
         print("\n==> stopping")
         return 0
     finally:
+        retrains.stop()
         for proc in procs.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)

@@ -13,7 +13,9 @@ are code): a file changed, added or missing after the save, or a version without
 refused with the reason, and services keep serving the model they have. Names, versions and
 aliases are plain names (:data:`NAME_PATTERN`): never a path. Promotion moves an alias (atomically, by
 rename) and publishes a :class:`~shared.records.ModelEvent` on the ``models``
-topic so running services hot-reload. ``python -m shared.registry list|promote``.
+topic so running services hot-reload; each alias keeps the versions it was promoted to
+(``promotions.json``), and a rollback moves it back to the one before.
+``python -m shared.registry list|promote|rollback|seal``.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from shared.records import ModelEvent
 
 META = "meta.json"
 ALIASES = "aliases.json"
+PROMOTIONS = "promotions.json"  # {alias: [versions it pointed at, oldest first]}: what rollback returns to
 #: Model names, versions and aliases: a plain name, never a path (no separators, no "..").
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 DIGESTS = "sha256"  # meta.json key: {relative file path: hex digest}
@@ -186,9 +189,37 @@ class ModelRegistry:
         """Point ``alias`` at ``version``; returns the event to publish on ``models``."""
         self.load(name, version)  # raises if missing or its files do not match their digests
         aliases = self.aliases(name)
-        aliases[check_name("alias", alias)] = version
+        previous = aliases.get(check_name("alias", alias))
+        stack = self.promotions(name).get(alias) or ([previous] if previous else [])
+        if not stack or stack[-1] != version:
+            self._write_promotions(name, alias, [*stack, version])
+        aliases[alias] = version
         _write_json_atomic(self.root / name / ALIASES, aliases)
         return ModelEvent(name=name, version=version, alias=alias, action="promoted", ts=int(time.time() * 1000))
+
+    def promotions(self, name: str) -> dict[str, list[str]]:
+        path = self.root / check_name("model name", name) / PROMOTIONS
+        return orjson.loads(path.read_bytes()) if path.exists() else {}
+
+    def _write_promotions(self, name: str, alias: str, stack: list[str]) -> None:
+        data = self.promotions(name)
+        data[alias] = stack[-100:]  # bounded: rollbacks go back a hundred promotions at most
+        _write_json_atomic(self.root / name / PROMOTIONS, data)
+
+    def rollback(self, name: str, alias: str = "production") -> ModelEvent:
+        """Point ``alias`` back at the version it had before its latest promotion; returns the event to publish."""
+        current = self.aliases(name).get(check_name("alias", alias))
+        stack = list(self.promotions(name).get(alias, []))
+        while stack and stack[-1] == current:
+            stack.pop()
+        if current is None or not stack:
+            raise RegistryError(f"model {name!r}: alias {alias!r} has no earlier version to roll back to")
+        self.load(name, stack[-1])  # the version returned to must still be intact
+        self._write_promotions(name, alias, stack)
+        aliases = self.aliases(name)
+        aliases[alias] = stack[-1]
+        _write_json_atomic(self.root / name / ALIASES, aliases)
+        return ModelEvent(name=name, version=stack[-1], alias=alias, action="rolled_back", ts=int(time.time() * 1000))
 
 
 def check_event(event: ModelEvent) -> str:
@@ -236,6 +267,10 @@ def _main(argv: list[str] | None = None) -> int:
     pr.add_argument("version")
     pr.add_argument("--alias", default="production")
     pr.add_argument("--no-publish", action="store_true", help="only move the alias; do not send the models event")
+    rb = sub.add_parser("rollback", help="move an alias back to the version it had before its latest promotion")
+    rb.add_argument("name")
+    rb.add_argument("--alias", default="production")
+    rb.add_argument("--no-publish", action="store_true", help="only move the alias; do not send the models event")
     se = sub.add_parser("seal", help="record the sha256 of a version's files as they are now (trusting them)")
     se.add_argument("name")
     se.add_argument("version")
@@ -253,8 +288,11 @@ def _main(argv: list[str] | None = None) -> int:
             mv = reg.seal(args.name, args.version)
             print(f"{mv.name} {mv.version}: sha256 recorded for {len(mv.metadata[DIGESTS])} files")
             return 0
-        event = reg.promote(args.name, args.version, args.alias)
-        print(f"{args.name} {args.alias} -> {args.version}")
+        if args.command == "rollback":
+            event = reg.rollback(args.name, args.alias)
+        else:
+            event = reg.promote(args.name, args.version, args.alias)
+        print(f"{args.name} {args.alias} -> {event.version}")
         if not args.no_publish:
             asyncio.run(publish_event(settings, event))
         return 0

@@ -203,7 +203,10 @@ def create_app(settings: Settings | None = None, detector_settings: DetectorSett
     @health.api_page("/detector/models", "viewer")
     async def models_view(web: Any, request: Any) -> Any:
         _, detail = serving.readiness()
-        return web.json({"serving": serving.serving, "errors": serving.errors, "detail": detail})
+        lifecycle = await asyncio.to_thread(serving.lifecycle)
+        return web.json(
+            {"serving": serving.serving, "errors": serving.errors, "detail": detail, "lifecycle": lifecycle}
+        )
 
     return app
 

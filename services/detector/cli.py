@@ -134,13 +134,28 @@ def settings_table(argv: list[str]) -> int:
     return 0
 
 
+def retrain(argv: list[str]) -> int:
+    from services.detector.offline.retrain import DetectorTrainer
+    from shared.mlops.flow import main as run
+    from shared.settings import Settings
+
+    return run(DetectorTrainer, Settings.from_env("detector"), argv, "python -m services.detector retrain")
+
+
 def evaluate_real(argv: list[str]) -> int:
     from services.detector.evaluation.real import main as run
 
     return run(argv)
 
 
-COMMANDS = {"fit": fit, "score": score, "train": train, "evaluate-real": evaluate_real, "settings": settings_table}
+COMMANDS = {
+    "fit": fit,
+    "score": score,
+    "train": train,
+    "retrain": retrain,
+    "evaluate-real": evaluate_real,
+    "settings": settings_table,
+}
 
 
 def main(argv: list[str]) -> int:

@@ -79,6 +79,18 @@ class ModelServing:
             return False
         return self.load(profile, event.version)
 
+    def lifecycle(self) -> dict[str, Any]:
+        """Per profile: its newest registered versions with their model cards' decisions, metrics and drift."""
+        from shared.mlops.card import versions_summary
+
+        out = {}
+        for profile in self.store.profiles.by_name:
+            try:
+                out[profile] = versions_summary(self.registry, self.registry_name(profile), profile)
+            except (RegistryError, OSError, ValueError) as exc:
+                out[profile] = {"error": str(exc)}
+        return out
+
     def readiness(self) -> tuple[bool, str]:
         """Always ready: without a trained model a profile runs the statistical detector, and says so."""
         statistical = [p for p in self.store.profiles.by_name if p not in self.serving]

@@ -129,4 +129,11 @@ def evaluate_cmd(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS: dict[str, Callable[[list[str]], int]] = {"train": train_cmd, "evaluate": evaluate_cmd}
+def retrain_cmd(argv: list[str]) -> int:
+    from services.forecaster.offline.retrain import ForecasterTrainer
+    from shared.mlops.flow import main as run
+
+    return run(ForecasterTrainer, Settings.from_env("forecaster"), argv, "python -m services.forecaster retrain")
+
+
+COMMANDS: dict[str, Callable[[list[str]], int]] = {"train": train_cmd, "evaluate": evaluate_cmd, "retrain": retrain_cmd}

@@ -62,6 +62,58 @@ def train(
     report_dir: Path | None = None,
 ) -> tuple[ModelVersion, dict[str, Any]]:
     """Train, evaluate on the held-out tail, save to the registry; returns the version and its report."""
+    t0 = time.monotonic()
+    predictor, report = fit(
+        history, settings, warmup_s=warmup_s, fractions=fractions, epochs=epochs, seed=seed, season_s=season_s
+    )
+    registry = ModelRegistry(model_dir)
+    meta: dict[str, Any] = {}
+    with registry.create(settings.model_name, meta) as tmp:
+        meta.update(model_metadata(predictor, report, tmp))
+    version = registry.last_created
+    report["model"] = {"name": version.name, "version": version.version, "path": str(version.path)}
+    if promote:
+        registry.promote(version.name, version.version, promote)
+        report["model"]["alias"] = promote
+    if report_dir is not None:
+        write_report(report, report_dir / "train-report.json")
+    log.info("trained %s %s in %.1fs", version.name, version.version, time.monotonic() - t0)
+    return version, report
+
+
+def model_metadata(predictor: Any, report: dict[str, Any], directory: Path) -> dict[str, Any]:
+    """Save the predictor's files into ``directory``; returns the registry metadata of the version."""
+    risk_rep, fc_rep = report["risk"], report["forecast"]
+    meta = dict(predictor.save(directory))
+    meta.update(
+        kind="forecaster",
+        metrics={
+            "accuracy": risk_rep["model"]["accuracy"],
+            "macro_f1": risk_rep["model"]["macro_f1"],
+            "accuracy_class_prior": risk_rep["class_prior"]["accuracy"],
+            "incident_auc": risk_rep["model"]["incident"]["auc"],
+            "forecast_mae": fc_rep["clean"]["mae"],
+            "forecast_mae_last_value": fc_rep["clean"]["mae_last_value"],
+            "forecast_mae_seasonal_naive": fc_rep["clean"]["mae_seasonal_naive"],
+            "interval_coverage_80": fc_rep["clean"]["interval_coverage_80"],
+        },
+        data=report["data"],
+    )
+    return meta
+
+
+def fit(
+    history: History,
+    settings: ForecasterSettings,
+    *,
+    warmup_s: float = 6 * 3600,
+    fractions: tuple[float, float] = (0.6, 0.15),
+    epochs: int = 40,
+    seed: int = 7,
+    season_s: int = 86400,
+) -> tuple[Any, dict[str, Any]]:
+    """Fit both models (time splits: train, validation, test) and measure them on the test tail: ``(predictor,
+    report)``. Nothing is registered."""
     import keras
 
     from services.forecaster.model import (
@@ -174,33 +226,7 @@ def train(
         "temperature": temperature,
         "seconds": {"replay": round(t_replay, 2), "fit": round(t_fit, 2)},
     }
-    registry = ModelRegistry(model_dir)
-    meta: dict[str, Any] = {}
-    with registry.create(settings.model_name, meta) as tmp:
-        meta.update(predictor.save(tmp))
-        meta.update(
-            kind="forecaster",
-            metrics={
-                "accuracy": risk_rep["model"]["accuracy"],
-                "macro_f1": risk_rep["model"]["macro_f1"],
-                "accuracy_class_prior": risk_rep["class_prior"]["accuracy"],
-                "incident_auc": risk_rep["model"]["incident"]["auc"],
-                "forecast_mae": fc_rep["clean"]["mae"],
-                "forecast_mae_last_value": fc_rep["clean"]["mae_last_value"],
-                "forecast_mae_seasonal_naive": fc_rep["clean"]["mae_seasonal_naive"],
-                "interval_coverage_80": fc_rep["clean"]["interval_coverage_80"],
-            },
-            data=report["data"],
-        )
-    version = registry.last_created
-    report["model"] = {"name": version.name, "version": version.version, "path": str(version.path)}
-    if promote:
-        registry.promote(version.name, version.version, promote)
-        report["model"]["alias"] = promote
-    if report_dir is not None:
-        write_report(report, report_dir / "train-report.json")
-    log.info("trained %s %s in %.1fs", version.name, version.version, time.monotonic() - t0)
-    return version, report
+    return predictor, report
 
 
 def write_report(report: dict[str, Any], path: Path) -> None:
@@ -335,4 +361,4 @@ def evaluate(
     return report
 
 
-__all__ = ["evaluate", "evaluate_records", "load_predictor", "train"]
+__all__ = ["evaluate", "evaluate_records", "fit", "load_predictor", "model_metadata", "train"]

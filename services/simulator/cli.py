@@ -32,9 +32,9 @@ from services.simulator.network import Network, NetworkError
 from services.simulator.settings import SimulatorSettings
 from services.simulator.simulator import Simulator
 from services.simulator.sinks import FileSink, HttpSink, KafkaSink, MqttSink, Sink, SinkError
-from services.simulator.timeutil import iso_ms, now_ms, parse_duration_ms, parse_time_ms
 from shared.logs import setup_logging
 from shared.settings import Settings
+from shared.timeutil import iso_ms, now_ms, parse_duration_ms, parse_time_ms
 from shared.topics import LABELS, READINGS_RAW
 
 log = logging.getLogger("flowwatch.simulator")

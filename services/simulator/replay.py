@@ -29,8 +29,8 @@ import pandas as pd
 import yaml
 
 from services.simulator.sinks import Sink
-from services.simulator.timeutil import now_ms
 from services.simulator.units import METRICS
+from shared.timeutil import now_ms
 
 #: Column-name fragments that identify a canonical metric, most specific first.
 _HINTS: tuple[tuple[str, str], ...] = (

@@ -25,8 +25,8 @@ from services.simulator.engine import Batch, Engine
 from services.simulator.faults import DETAILS, FAULTS
 from services.simulator.labels import LabelFile
 from services.simulator.sinks import Sink
-from services.simulator.timeutil import iso_ms
 from shared.records import IncidentLabel
+from shared.timeutil import iso_ms
 
 log = logging.getLogger("flowwatch.simulator")
 

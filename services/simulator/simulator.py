@@ -20,8 +20,8 @@ from services.simulator.engine import Batch, Engine, SimConfig
 from services.simulator.frames import Vocab, arrow_schema, iso_index, to_arrow, to_frame, wide, wide_labels
 from services.simulator.labels import labels_path_for, write_labels
 from services.simulator.network import Network
-from services.simulator.timeutil import Moment, Span, parse_duration_ms, parse_time_ms
 from shared.records import IncidentLabel
+from shared.timeutil import Moment, Span, parse_duration_ms, parse_time_ms
 
 FILE_FORMATS = ("parquet", "csv", "ndjson")
 #: One name or several (zones, sensors, sites); None means all.

@@ -666,15 +666,15 @@ def test_retrain_cronjobs_run_the_training_commands(helm_bin) -> None:
     docs = render(helm_bin, *CONFIGS["all-on"])
     cronjobs = {component_of(c): c for c in find(docs, "CronJob")}
     assert set(cronjobs) == {"detector", "forecaster"}
-    expected = {"detector": "fit", "forecaster": "train"}
     for name, cj in cronjobs.items():
         spec = cj["spec"]["jobTemplate"]["spec"]["template"]["spec"]
         c = spec["containers"][0]
         assert c["command"] == ["python", "-m", f"services.{name}"]
-        assert c["args"][0] == expected[name]
+        # retrain from the stream (a window of readings.clean), not from a file nothing writes
+        assert c["args"][0] == "retrain" and "--data" not in c["args"]
+        assert "--since" in c["args"]
         assert c["args"][c["args"].index("--model-dir") + 1] == "/models"
-        if "--promote" in c["args"]:
-            assert "--publish" in c["args"], "promoted without telling the workers"
+        assert "--no-publish" not in c["args"], "a promotion the workers never hear of"
         models = next(v for v in spec["volumes"] if v["name"] == "models")
         assert models["persistentVolumeClaim"]["claimName"] == "fw-flowwatch-models"
         assert cj["spec"]["concurrencyPolicy"] == "Forbid"
@@ -697,7 +697,9 @@ def test_retrain_cronjobs_run_the_training_commands(helm_bin) -> None:
     ("module", "args"),
     [
         ("services.detector", ["fit", "--help"]),
+        ("services.detector", ["retrain", "--help"]),
         ("services.forecaster", ["train", "--help"]),
+        ("services.forecaster", ["retrain", "--help"]),
         ("services.simulator", ["run", "--help"]),
         ("services.history", ["migrate", "--help"]),
     ],
@@ -720,6 +722,8 @@ def test_the_cli_commands_the_chart_runs_exist(module, args) -> None:
     assert result.returncode == 0, f"python -m {module} {' '.join(args)}:\n{result.stderr[-3000:]}"
     if args[0] in ("fit", "train"):
         assert "--data" in result.stdout and "--model-dir" in result.stdout
+    if args[0] == "retrain":
+        assert "--since" in result.stdout and "--report" in result.stdout
 
 
 # --- hooks, tests, monitoring, network -----------------------------------------------------------

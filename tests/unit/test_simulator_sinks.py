@@ -13,7 +13,7 @@ from services.simulator import FaultConfig, Network, SimConfig, Simulator
 from services.simulator.cli import main
 from services.simulator.runner import Runner, RunOptions
 from services.simulator.sinks import HttpSink, SinkError
-from services.simulator.timeutil import parse_time_ms
+from shared.timeutil import parse_time_ms
 
 START = "2024-03-04T00:00:00Z"
 

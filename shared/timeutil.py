@@ -1,4 +1,4 @@
-"""Parsing of the times and durations the simulator's API and CLI accept."""
+"""Parsing of the times and durations the CLIs and APIs accept (the simulator's start and duration, retrain's window)."""
 
 from __future__ import annotations
 
