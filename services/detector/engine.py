@@ -117,9 +117,9 @@ class DetectorEngine:
             in_flight=ds.batches_in_flight,
             checkpoint_s=ds.checkpoint_s,
             mirror_group=f"{app.conf.id}-readings",
-            # Each micro-batch pays the models' fixed costs once: at low rates, wait up to batch_wait_s for a
-            # fuller fetch rather than score a handful of readings at a time.
-            fill_bytes=512 * 1024,
+            # A batch is whatever arrived while the previous one was scored: at 5,000 readings/s waiting for
+            # 512 KiB cost every reading up to batch_wait_s (reading -> score p50 128 ms, docs/performance.md).
+            fill_bytes=ds.batch_fill_bytes,
         )
         self.pump = Pump(app, settings, self, config, partitions)
         self.cache = Cache(

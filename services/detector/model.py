@@ -25,6 +25,7 @@ import numpy as np
 import orjson
 from threadpoolctl import ThreadpoolController
 
+from services.detector import kernels
 from services.detector.detectors import (
     BlockMaxDetector,
     Detector,
@@ -374,6 +375,31 @@ class AnomalyModel:
     def _persist(
         self, state: np.ndarray, raw: np.ndarray, idx: np.ndarray, late: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
+        """Smoothed scores and flags per reading, in order (the compiled twin of :meth:`_persist_reference`)."""
+        n = len(raw)
+        smoothed, flags = np.empty(n), np.zeros(n, dtype=bool)
+        if n == 0:
+            return smoothed, flags
+        if state.dtype != np.float64 or not state.flags.c_contiguous:
+            raise ValueError("state must be a C-contiguous float64 matrix (it is updated in place)")
+        kernels.persist_run(
+            state,
+            np.ascontiguousarray(raw, dtype=np.float64),
+            np.ascontiguousarray(idx, dtype=np.int64),
+            late if late is not None else flags,
+            late is not None,
+            float(self._a_score),
+            float(self.threshold),
+            float(self.threshold * self.config.off_ratio),
+            smoothed,
+            flags,
+        )
+        return smoothed, flags
+
+    def _persist_reference(
+        self, state: np.ndarray, raw: np.ndarray, idx: np.ndarray, late: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`_persist` in numpy rounds: the reference the kernel is tested against."""
         lay, a = self.layout, self._a_score
         on, off = self.threshold, self.threshold * self.config.off_ratio
         smoothed, flags = np.empty(len(raw)), np.zeros(len(raw), dtype=bool)

@@ -24,7 +24,14 @@ class DetectorSettings:
 
     batch_size: int = _doc(2000, "Most readings scored in one micro-batch.")
     batch_wait_s: float = _doc(
-        0.1, "Longest wait (seconds) to fill a micro-batch; bounds the latency added at low rates."
+        0.1,
+        "Longest a fetch waits (seconds) when nothing has arrived (with `batch_fill_bytes` > 1: for a fuller batch).",
+    )
+    batch_fill_bytes: int = _doc(
+        1,
+        "Bytes the broker gathers before answering a fetch (or `batch_wait_s` passes). 1: a batch holds whatever "
+        "has arrived, so a reading waits only when there is nothing to read; larger makes fuller batches at low "
+        "rates at the cost of up to `batch_wait_s` of latency per reading.",
     )
     profiles_file: Path = _doc(
         DEFAULT_PROFILES_FILE,
