@@ -27,7 +27,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
-from services.detector import aggregates
+from services.detector import aggregates, kernels
 from services.detector import metrics as m
 from services.detector.pipeline import BatchResult, Scorer
 from services.detector.settings import DetectorSettings
@@ -142,6 +142,8 @@ class DetectorEngine:
         """Start the output producer and learn the output topics' partition counts."""
         if self.producer is not None:
             return ""
+        # Before the first batch, and before /ready: compiling the kernels takes seconds on a cold cache.
+        await asyncio.to_thread(kernels.warm_up)
         producer, maps = await start_output_producer(self.settings, SERVICE, list(self.names.values()))
         for kind, name in self.names.items():
             self.partition_of[kind] = maps[name]

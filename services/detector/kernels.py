@@ -284,3 +284,14 @@ def persist_run(
             row[2] = s
             row[3] = 1.0 if flag else 0.0
             row[4] += 1.0
+
+
+def warm_up() -> None:
+    """Compile (or load from the cache) both kernels now, so the first batch does not pay for it."""
+    from services.detector.model import AnomalyModel
+
+    model = AnomalyModel(["a"])
+    state = model.layout.empty(1)
+    idx = np.zeros(2, dtype=np.int64)
+    feats = model.features(state, np.array([[1.0], [2.0]]), np.array([0.0, 1000.0]), idx, np.zeros(2, dtype=bool))
+    model._persist(state, feats[:, 0], idx, np.zeros(2, dtype=bool))
