@@ -175,9 +175,7 @@ def base_app(
         "broker_heartbeat_interval": 3.0,
         "broker_rebalance_timeout": 60.0,
         "consumer_auto_offset_reset": "earliest",
-        # No linger: aiokafka keeps one request in flight per broker, so whatever is produced meanwhile goes out
-        # as one batch anyway; a linger only delays a lone message (5 ms per hop, bench/bench_latency_e2e.py).
-        "producer_linger_ms": 0,
+        "producer_linger_ms": 5,
         "producer_max_batch_size": 256 * 1024,
         "web_in_thread": False,
         "key_serializer": "raw",

@@ -38,7 +38,6 @@ from services.alerts.overlay import Overlay
 from services.alerts.processor import Processor, Schedule
 from services.alerts.settings import AlertsSettings
 from services.alerts.silences import Limits, collectable, stored
-from services.alerts.wakeups import Wakeups
 from shared import deadletter
 from shared.auth import TokenStore
 from shared.cache import Cache
@@ -46,7 +45,7 @@ from shared.codec import dumps, loads
 from shared.metrics import BATCH_SECONDS, BATCH_SIZE, DEAD_LETTERS, DECODE_ERRORS, EVENTS_IN, EVENTS_OUT
 from shared.service import base_app
 from shared.settings import Settings
-from shared.streaming import event_context, take_ready
+from shared.streaming import event_context
 from shared.topics import ALERTS_DLQ, DEADLETTER, FEEDBACK
 
 log = logging.getLogger(__name__)
@@ -171,7 +170,7 @@ def create_app(
 
     @app.agent(inputs)
     async def evaluate(stream: Any) -> None:
-        async for batch in take_ready(stream, asettings.batch_size, asettings.batch_within_s):
+        async for batch in stream.take_events(asettings.batch_size, within=asettings.batch_within_s):
             started = time.perf_counter()
             items = [(by_topic[e.message.topic], e.value) for e in batch]
             for name in {n for n, _ in items}:
@@ -197,16 +196,10 @@ def create_app(
     schedule = Schedule()
     pending_counts: dict[str, int] = {}
 
-    async def send_tick(partition: int) -> None:
-        await events.send(key=None, value=dumps({"type": "tick", "ts": time.time()}), partition=partition)
-
-    wakeups = Wakeups(send_tick)
-
     @app.on_partitions_assigned.connect
     async def _forget_schedule(sender: Any, assigned: Any, **_: Any) -> None:
         # Another worker may have changed these partitions' tables meanwhile: look again.
         schedule.reset()
-        wakeups.reset()
 
     # Mirror writes are batched: one Redis round trip per tick instead of one per event.
     pending_mirror: dict[str, dict[str, Any] | None] = {}
@@ -221,7 +214,7 @@ def create_app(
 
     @app.agent(events)
     async def alert_state(stream: Any) -> None:
-        async for batch in take_ready(stream, asettings.batch_size, asettings.batch_within_s):
+        async for batch in stream.take_events(asettings.batch_size, within=asettings.batch_within_s):
             by_partition: dict[int, list[Any]] = {}
             for event in batch:
                 by_partition.setdefault(event.message.partition, []).append(event)
@@ -249,11 +242,10 @@ def create_app(
                     pending_mirror.update(changes.alerts)
                     pending_mirror.update(dict.fromkeys(changes.removed))
                     dispatch.update((e["id"], e) for e in changes.dispatch)
-                # A group this batch made due (group_wait 0, or a timer that just expired) flushes now, not at
-                # the next tick; so does a partition the schedule does not know yet (after a start or a
-                # rebalance), which is scanned as a tick would.
+                # A group this batch made due (group_wait 0, or a timer that just expired) flushes now,
+                # not at the next tick.
                 now = time.time()
-                if now >= schedule.next_flush.get(partition, 0.0):
+                if now >= schedule.next_flush.get(partition, float("inf")):
                     last_tick[partition] = now
                     changes = proc.handle({"type": "tick"}, partition, now)
                     pending_mirror.update(changes.alerts)
@@ -266,8 +258,6 @@ def create_app(
                 for entry in dispatch.values():
                     if proc.outbox.get(entry["id"]) is not None:
                         dispatcher.submit(entry)
-                # The next group timer of this partition fires on time, not at the first tick after it.
-                wakeups.at(partition, schedule.next_flush.get(partition, float("inf")))
                 BATCH_SIZE.labels("alerts", "state").observe(len(evs))
                 BATCH_SECONDS.labels("alerts", "state").observe(time.perf_counter() - started)
             if len(pending_mirror) >= 1000:
@@ -318,7 +308,7 @@ def create_app(
         name = events.get_topic_name()
         for tp in app.assignor.assigned_actives():
             if tp.topic == name:
-                await send_tick(tp.partition)
+                await events.send(key=None, value=dumps({"type": "tick", "ts": time.time()}), partition=tp.partition)
 
     redis_ok = {"ok": True}
 

@@ -117,8 +117,8 @@ class DetectorEngine:
             in_flight=ds.batches_in_flight,
             checkpoint_s=ds.checkpoint_s,
             mirror_group=f"{app.conf.id}-readings",
-            # A batch is whatever arrived while the previous one was scored: at 5,000 readings/s waiting for
-            # 512 KiB cost every reading up to batch_wait_s (reading -> score p50 128 ms, docs/performance.md).
+            # Each micro-batch pays the models' fixed costs once: at low rates, wait up to batch_wait_s for a
+            # fuller fetch rather than score a handful of readings at a time (docs/performance.md measures both).
             fill_bytes=ds.batch_fill_bytes,
         )
         self.pump = Pump(app, settings, self, config, partitions)
