@@ -47,7 +47,7 @@ async def start_output_producer(
         **settings.kafka_client_options(),
         client_id=f"{settings.topic_prefix}flowwatch-{name}-out",
         acks="all",
-        linger_ms=5,
+        linger_ms=0,  # batches are sent closed (no linger either way); a lone send() goes at once too
         max_batch_size=1024 * 1024,
         max_request_size=4 * 1024 * 1024,
     )
@@ -143,18 +143,28 @@ class Outbox:
             for key, value, headers in messages:
                 if batch.append(key=key, value=value, timestamp=None, headers=list(headers)) is None:
                     counts.append(batch.record_count())
-                    futures.append(await producer.send_batch(batch, topic, partition=partition))
+                    futures.append(await _send_closed(producer, batch, topic, partition))
                     batch = producer.create_batch()
                     if batch.append(key=key, value=value, timestamp=None, headers=list(headers)) is None:
                         raise ValueError(f"a message of {len(value)} bytes does not fit a record batch for {topic}")
             if batch.record_count():
                 counts.append(batch.record_count())
-                futures.append(await producer.send_batch(batch, topic, partition=partition))
+                futures.append(await _send_closed(producer, batch, topic, partition))
         return asyncio.ensure_future(_last_offsets(futures, counts))
 
     async def flush(self) -> dict[tuple[str, int], int]:
         """Send everything collected and wait until the broker has it (see :meth:`send`)."""
         return await (await self.send())
+
+
+async def _send_closed(producer: AIOKafkaProducer, batch: Any, topic: str, partition: int) -> asyncio.Future[Any]:
+    """Hand a finished record batch to the producer, to be sent at once.
+
+    aiokafka holds an *open* batch for the producer's ``linger_ms`` in case more messages come (5 ms per hop
+    here, measured in bench/bench_latency_e2e.py); ours is complete, and closing it says so.
+    """
+    batch.close()
+    return await producer.send_batch(batch, topic, partition=partition)
 
 
 async def _last_offsets(futures: list[asyncio.Future[Any]], counts: list[int]) -> dict[tuple[str, int], int]:

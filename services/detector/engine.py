@@ -27,7 +27,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
-from services.detector import aggregates
+from services.detector import aggregates, kernels
 from services.detector import metrics as m
 from services.detector.pipeline import BatchResult, Scorer
 from services.detector.settings import DetectorSettings
@@ -118,8 +118,8 @@ class DetectorEngine:
             checkpoint_s=ds.checkpoint_s,
             mirror_group=f"{app.conf.id}-readings",
             # Each micro-batch pays the models' fixed costs once: at low rates, wait up to batch_wait_s for a
-            # fuller fetch rather than score a handful of readings at a time.
-            fill_bytes=512 * 1024,
+            # fuller fetch rather than score a handful of readings at a time (docs/performance.md measures both).
+            fill_bytes=ds.batch_fill_bytes,
         )
         self.pump = Pump(app, settings, self, config, partitions)
         self.cache = Cache(
@@ -142,6 +142,8 @@ class DetectorEngine:
         """Start the output producer and learn the output topics' partition counts."""
         if self.producer is not None:
             return ""
+        # Before the first batch, and before /ready: compiling the kernels takes seconds on a cold cache.
+        await asyncio.to_thread(kernels.warm_up)
         producer, maps = await start_output_producer(self.settings, SERVICE, list(self.names.values()))
         for kind, name in self.names.items():
             self.partition_of[kind] = maps[name]

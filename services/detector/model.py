@@ -25,6 +25,7 @@ import numpy as np
 import orjson
 from threadpoolctl import ThreadpoolController
 
+from services.detector import kernels
 from services.detector.detectors import (
     BlockMaxDetector,
     Detector,
@@ -399,7 +400,41 @@ class AnomalyModel:
         late: np.ndarray | None = None,
         floor: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Causal smoothing and hysteresis; ``floor`` lifts the smoothed score at once (then it decays)."""
+        """Smoothed scores and flags per reading, in order (the compiled twin of :meth:`_persist_reference`).
+
+        ``floor`` lifts the smoothed score at once (then it decays as usual).
+        """
+        n = len(raw)
+        smoothed, flags = np.empty(n), np.zeros(n, dtype=bool)
+        if n == 0:
+            return smoothed, flags
+        if state.dtype != np.float64 or not state.flags.c_contiguous:
+            raise ValueError("state must be a C-contiguous float64 matrix (it is updated in place)")
+        kernels.persist_run(
+            state,
+            np.ascontiguousarray(raw, dtype=np.float64),
+            np.ascontiguousarray(idx, dtype=np.int64),
+            late if late is not None else flags,
+            late is not None,
+            np.ascontiguousarray(floor, dtype=np.float64) if floor is not None else raw,
+            floor is not None,
+            float(self._a_score),
+            float(self.threshold),
+            float(self.threshold * self.config.off_ratio),
+            smoothed,
+            flags,
+        )
+        return smoothed, flags
+
+    def _persist_reference(
+        self,
+        state: np.ndarray,
+        raw: np.ndarray,
+        idx: np.ndarray,
+        late: np.ndarray | None = None,
+        floor: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`_persist` in numpy rounds: the reference the kernel is tested against."""
         lay, a = self.layout, self._a_score
         on, off = self.threshold, self.threshold * self.config.off_ratio
         smoothed, flags = np.empty(len(raw)), np.zeros(len(raw), dtype=bool)

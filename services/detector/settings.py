@@ -24,7 +24,14 @@ class DetectorSettings:
 
     batch_size: int = _doc(2000, "Most readings scored in one micro-batch.")
     batch_wait_s: float = _doc(
-        0.1, "Longest wait (seconds) to fill a micro-batch; bounds the latency added at low rates."
+        0.1,
+        "Longest a fetch waits (seconds) for `batch_fill_bytes` to arrive; bounds the latency added at low rates.",
+    )
+    batch_fill_bytes: int = _doc(
+        512 * 1024,
+        "Bytes the broker gathers before answering a fetch (or `batch_wait_s` passes): fuller batches at low rates, "
+        "each paying the models' fixed cost once, for up to `batch_wait_s` of latency per reading. 1 hands over "
+        "whatever has arrived (measured slower on 2 shared cores at 500 readings/s: docs/performance.md).",
     )
     profiles_file: Path = _doc(
         DEFAULT_PROFILES_FILE,

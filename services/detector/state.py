@@ -23,7 +23,10 @@ from functools import cached_property, lru_cache
 import numpy as np
 import orjson
 
-HOURS = 24
+from services.detector import kernels
+
+HOURS = kernels.HOURS
+_EMPTY = np.zeros(0)
 # Per-metric feature blocks, in the order they appear in a feature row.
 FEATURE_BLOCKS = (
     "value",  # the reading (a missing metric: its smoothed level)
@@ -388,6 +391,69 @@ class RollingState:
         sensor's newest one is scored against the state but does not change it:
         a replay after a restart (at-least-once) or a late reading cannot count
         twice or move the baseline backwards.
+
+        The compiled kernel (:mod:`services.detector.kernels`) walks the readings once, in order;
+        :meth:`run_reference` is the numpy code it reproduces exactly.
+        """
+        n = len(sensor_idx)
+        out = np.empty((n, self.n_features))
+        if n == 0:
+            return out
+        if state.dtype != np.float64 or not state.flags.c_contiguous:
+            raise ValueError("state must be a C-contiguous float64 matrix (it is updated in place)")
+        scale, drift = getattr(self, "shift_scale", None), getattr(self, "shift_drift", None)
+        flags = late if late is not None else np.zeros(n, dtype=bool)
+        kernels.rolling_run(
+            state,
+            np.ascontiguousarray(x, dtype=np.float64).reshape(n, self.layout.m),
+            np.ascontiguousarray(ts_ms, dtype=np.float64),
+            np.ascontiguousarray(sensor_idx, dtype=np.int64),
+            flags,
+            late is not None,
+            self._offsets,
+            self._params,
+            _EMPTY
+            if scale is None
+            else np.ascontiguousarray(np.broadcast_to(scale, (self.layout.m,)), dtype=np.float64),
+            scale is not None,
+            _EMPTY
+            if drift is None
+            else np.ascontiguousarray(np.broadcast_to(drift, (self.layout.m,)), dtype=np.float64),
+            drift is not None,
+            bool(getattr(self, "track_shift", True)),
+            out,
+        )
+        return out
+
+    @cached_property
+    def _offsets(self) -> np.ndarray:
+        blocks = self.layout.blocks
+        return np.array([blocks[name].start for name in kernels.BLOCK_ORDER], dtype=np.int64)
+
+    @cached_property
+    def _params(self) -> np.ndarray:
+        c = self.config
+        values = {
+            **{name: getattr(c, name) for name in kernels.PARAM_ORDER if hasattr(c, name)},
+            "a_short": self.a_short,
+            "a_long": self.a_long,
+            "a_shift": self.a_shift,
+            "a_shift_level": self.a_shift_level,
+        }
+        return np.array([float(values[name]) for name in kernels.PARAM_ORDER], dtype=np.float64)
+
+    def run_reference(
+        self,
+        state: np.ndarray,
+        x: np.ndarray,
+        ts_ms: np.ndarray,
+        sensor_idx: np.ndarray,
+        late: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """:meth:`run` in numpy: readings in rounds (round j: the j-th reading of every sensor).
+
+        The reference the compiled kernel is tested against; a batch with many readings of one sensor
+        costs one round of ~40 small numpy calls per reading.
         """
         n = len(sensor_idx)
         out = np.empty((n, self.n_features))

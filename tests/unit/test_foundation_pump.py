@@ -28,6 +28,10 @@ from shared.settings import Settings
 class Batch:
     def __init__(self) -> None:
         self.messages: list[tuple[bytes | None, bytes]] = []
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
 
     def append(self, *, key: bytes | None, value: bytes, timestamp: Any, headers: Any) -> object:
         self.messages.append((key, value))
@@ -49,6 +53,8 @@ class CapturingProducer:
         return Batch()
 
     async def send_batch(self, batch: Batch, topic: str, *, partition: int) -> asyncio.Future[Any]:
+        # A finished batch is handed over closed: aiokafka would otherwise hold it for linger_ms.
+        assert batch.closed, "an open batch lingers in aiokafka's accumulator"
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         if self.fail_next:
             self.fail_next -= 1
