@@ -7,6 +7,7 @@ Examples::
     python -m services.simulator history --duration 2d --step 1s --zone riverside-plant --format wide-csv --out train.csv
     python -m services.simulator run --sink kafka --rate 200           # the demo: live network into readings.raw
     python -m services.simulator run --sink http --rate 1000 --duration 10m
+    python -m services.simulator run --sink mqtt --format gas-station --rate 20   # through ingest's gas-station mapping
     python -m services.simulator run --sink kafka --speed max --count 1000000 --faults clean
     python -m services.simulator replay --data pump.csv --sink kafka --speed 10
 """
@@ -26,6 +27,7 @@ import orjson
 
 from services.simulator.engine import SimConfig
 from services.simulator.faults import PRESETS, FaultConfig
+from services.simulator.formats import FORMATS, FormatEncoder, http_url, kafka_topic, mqtt_root
 from services.simulator.incidents import DEFAULT_WEIGHTS, INCIDENT_TYPES
 from services.simulator.labels import LabelFile, labels_path_for
 from services.simulator.network import Network, NetworkError
@@ -112,6 +114,13 @@ def build_parser(defaults: SimulatorSettings | None = None) -> argparse.Argument
     p.add_argument("--batch-size", type=int, default=d.http_batch, help="http: readings per request")
     p.add_argument("--http-format", choices=HttpSink.FORMATS, default=d.http_format, help="http: request body")
     p.add_argument("--qos", type=int, default=d.mqtt_qos, choices=[0, 1], help="mqtt QoS")
+    p.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="native",
+        help="device format: native, or the one a payload mapping of ingest reads (then kafka goes to"
+        " <format>.raw, mqtt under the mapping's topic, http with ?mapping=<format>; default %(default)s)",
+    )
     p.add_argument("--out", default=None, help="file: NDJSON path of raw payloads")
     p.add_argument("--labels", default=None, help="also write labels to this file (.jsonl or .csv)")
     p.add_argument(
@@ -220,24 +229,26 @@ def cmd_history(args: argparse.Namespace) -> int:
 def _make_sink(
     args: argparse.Namespace, settings: Settings, sim_settings: SimulatorSettings, ids: list[str], sites: list[str]
 ) -> Sink:
+    fmt = getattr(args, "format", "native")  # replay has no --format
     if args.sink == "kafka":
+        topic = kafka_topic(fmt, args.topic) if args.topic == READINGS_RAW.name else args.topic
         return KafkaSink(
             settings.bootstrap_servers,
-            settings.topic(args.topic),
+            settings.topic(topic),
             ids,
             linger_ms=sim_settings.kafka_linger_ms,
             batch_bytes=sim_settings.kafka_batch_bytes,
         )
     if args.sink == "http":
         return HttpSink(
-            args.url,
+            http_url(fmt, args.url),
             sim_settings.ingest_token,
             batch_size=args.batch_size,
             concurrency=sim_settings.http_concurrency,
             fmt=args.http_format,
         )
     if args.sink == "mqtt":
-        return MqttSink(settings.mqtt_url, ids, sites, root=sim_settings.mqtt_topic, qos=args.qos)
+        return MqttSink(settings.mqtt_url, ids, sites, root=mqtt_root(fmt, sim_settings.mqtt_topic), qos=args.qos)
     if args.sink == "file":
         if not args.out:
             raise ValueError("--sink file needs --out PATH")
@@ -345,6 +356,7 @@ async def cmd_run(args: argparse.Namespace, sim_settings: SimulatorSettings) -> 
             ),
             label_publishers=[topic] if topic else [],
             label_file=label_file,
+            encoder=None if args.format == "native" else FormatEncoder(engine, args.format),
         )
         _install_signals(runner.stop)
         report = await runner.run()

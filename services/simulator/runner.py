@@ -23,6 +23,7 @@ import orjson
 from services.simulator.encode import Encoder
 from services.simulator.engine import Batch, Engine
 from services.simulator.faults import DETAILS, FAULTS
+from services.simulator.formats import FormatEncoder
 from services.simulator.labels import LabelFile
 from services.simulator.sinks import Sink
 from shared.records import IncidentLabel
@@ -98,11 +99,13 @@ class Runner:
         options: RunOptions,
         label_publishers: list[LabelPublisher] | None = None,
         label_file: LabelFile | None = None,
+        encoder: FormatEncoder | None = None,
     ):
         self.engine = engine
         self.sink = sink
         self.options = options
-        self.encoder = Encoder(engine)
+        self.encoder: Encoder | FormatEncoder = encoder or Encoder(engine)
+        self.format = encoder
         self.label_publishers = label_publishers or []
         self.label_file = label_file
         self.report = RunReport(sink.name, sink.target, engine.seed, options.start_ms)
@@ -190,6 +193,10 @@ class Runner:
             pass
 
     async def _send(self, part: Batch) -> None:
+        if self.format is not None:
+            part = self.format.carried(part)  # a device format carries only the sensors it describes
+            if not len(part):
+                return
         await self._labels(part)
         payloads = self.encoder.encode(part)
         await self.sink.send(part.sensor.tolist(), payloads)
