@@ -41,6 +41,21 @@ SIMULATOR = [
     "--rate",
     os.environ.get("FLOWWATCH_DEMO_RATE", "200"),
 ]
+# Part of the traffic comes the way another system sends it: one site's sensors as a gas station's JSON
+# over MQTT, which ingest reads through its `gas-station` payload mapping (they arrive as `gas-<sensor>`).
+MAPPED_SIMULATOR = [
+    "-m",
+    "services.simulator",
+    "run",
+    "--sink",
+    "mqtt",
+    "--format",
+    "gas-station",
+    "--site",
+    "oldtown",
+    "--rate",
+    "40",
+]
 
 
 RETRAIN_FIRST_S = float(os.environ.get("FLOWWATCH_DEMO_RETRAIN_FIRST_S", "900"))
@@ -185,6 +200,11 @@ def main() -> int:
         if (ROOT / "services" / "simulator" / "__main__.py").exists():
             procs["simulator"] = start("simulator", SIMULATOR, env)
             print(f"==> simulator  feeding readings.raw (log: {LOGS / 'simulator'}.log)")
+            procs["simulator-gas-station"] = start("simulator-gas-station", MAPPED_SIMULATOR, env)
+            print(
+                "==> simulator  also oldtown's sensors as gas-station JSON over MQTT, through ingest's mapping"
+                f" (log: {LOGS / 'simulator-gas-station'}.log)"
+            )
         auth = f'-H "Authorization: Bearer $(cat {token_file})"'
         print(
             f"\nflowwatch is running. The admin token every API accepts is in {token_file} (mode 0600).\n"

@@ -121,6 +121,12 @@ def build_parser(defaults: SimulatorSettings | None = None) -> argparse.Argument
         help="device format: native, or the one a payload mapping of ingest reads (then kafka goes to"
         " <format>.raw, mqtt under the mapping's topic, http with ?mapping=<format>; default %(default)s)",
     )
+    p.add_argument(
+        "--site",
+        action="append",
+        default=None,
+        help="send only this site's sensors (repeatable; --rate still counts all)",
+    )
     p.add_argument("--out", default=None, help="file: NDJSON path of raw payloads")
     p.add_argument("--labels", default=None, help="also write labels to this file (.jsonl or .csv)")
     p.add_argument(
@@ -321,6 +327,9 @@ async def cmd_run(args: argparse.Namespace, sim_settings: SimulatorSettings) -> 
     else:
         start_ms = now_ms()
     sink = _make_sink(args, settings, sim_settings, [s.id for s in net.sensors], [s.site for s in net.sensors])
+    unknown = set(args.site or ()) - {s.site for s in net.sensors}
+    if unknown:
+        raise ValueError(f"no such site: {', '.join(sorted(unknown))}")
     labels_topic = args.labels_topic if args.labels_topic is not None else args.sink == "kafka"
     log.info(
         "simulator starting",
@@ -334,6 +343,8 @@ async def cmd_run(args: argparse.Namespace, sim_settings: SimulatorSettings) -> 
             "seed": args.seed,
             "faults": FaultConfig.parse(args.faults).to_dict(),
             "labels_topic": labels_topic,
+            "format": args.format,
+            "sites": args.site or "all",
         },
     )
     topic = _LabelTopic(settings, sink) if labels_topic else None
@@ -353,6 +364,7 @@ async def cmd_run(args: argparse.Namespace, sim_settings: SimulatorSettings) -> 
                 max_messages=args.count,
                 tick_ms=sim_settings.tick_ms,
                 progress=args.progress,
+                sites=tuple(args.site or ()),
             ),
             label_publishers=[topic] if topic else [],
             label_file=label_file,

@@ -47,6 +47,8 @@ class RunOptions:
     chunk: int = 5000
     progress: bool = False
     status_every_s: float = 10.0
+    #: Send only these sites' sensors (all when empty).
+    sites: tuple[str, ...] = ()
 
 
 @dataclass
@@ -105,7 +107,11 @@ class Runner:
         self.sink = sink
         self.options = options
         self.encoder: Encoder | FormatEncoder = encoder or Encoder(engine)
-        self.format = encoder
+        # Rows of the sensors this run sends: of the chosen sites, and that the device format can describe.
+        keep = np.ones(len(engine.network), dtype=bool) if encoder is None else encoder.fits.copy()
+        if options.sites:
+            keep &= np.array([s.site in options.sites for s in engine.network.sensors])
+        self.keep = None if keep.all() else keep
         self.label_publishers = label_publishers or []
         self.label_file = label_file
         self.report = RunReport(sink.name, sink.target, engine.seed, options.start_ms)
@@ -193,8 +199,8 @@ class Runner:
             pass
 
     async def _send(self, part: Batch) -> None:
-        if self.format is not None:
-            part = self.format.carried(part)  # a device format carries only the sensors it describes
+        if self.keep is not None:
+            part = part.take(np.flatnonzero(self.keep[part.sensor]))
             if not len(part):
                 return
         await self._labels(part)
