@@ -17,6 +17,7 @@ from services.ingest.rules import Rules
 from services.ingest.settings import IngestSettings
 from services.ingest.validation import validate
 from services.simulator import FaultConfig, Network, SimConfig, Simulator
+from services.simulator.cli import main
 from services.simulator.encode import Encoder
 from services.simulator.engine import Batch
 from services.simulator.faults import FAULT_CODE
@@ -113,3 +114,29 @@ def test_corrupt_rows_in_a_format_are_refused_by_its_mapping(fmt: str) -> None:
     for payload, broken in zip(encoder.encode(part), corrupt.tolist(), strict=True):
         items, reasons, _ = expand(SHIPPED[fmt], payload, RULES, None)
         assert bool(reasons) == broken and (broken or items)
+
+
+def test_run_sends_only_the_sensors_a_format_and_the_sites_describe(tmp_path) -> None:
+    out = tmp_path / "meters.ndjson"
+    args = [
+        "run",
+        "--sink",
+        "file",
+        "--out",
+        str(out),
+        "--speed",
+        "max",
+        "--count",
+        "300",
+        "--faults",
+        "clean",
+        "--seed",
+        "7",
+    ]
+    assert main([*args, "--format", "water-meter", "--site", "lakeside", "--start", "2024-03-04T00:00:00Z"]) == 0
+    net = Network.default(7)
+    wanted = {s.id for s in net.sensors if s.site == "lakeside" and "flow" in s.metrics}
+    messages = [orjson.loads(line) for line in out.read_bytes().splitlines()]
+    assert len(messages) == 300 and {m["sensor_id"] for m in messages} <= wanted
+    assert len({m["sensor_id"] for m in messages}) > 1
+    assert main([*args, "--site", "atlantis"]) == 1
