@@ -264,3 +264,34 @@ async def test_unknown_metrics_are_flagged_and_counted_per_sensor(ingest: Servic
         assert cached["reading"]["extra"]["unknown_metrics"] == ["odour_index"]
     finally:
         await cache.close()
+
+
+async def test_the_simulators_gas_station_format_over_mqtt(ingest: ServiceProcess) -> None:
+    """What `make demo`'s second simulator does: a site's sensors as gas-station JSON over MQTT, all accepted."""
+    from services.simulator import FaultConfig, Network, SimConfig, Simulator
+    from services.simulator.formats import FormatEncoder
+    from services.simulator.runner import Runner, RunOptions
+    from services.simulator.sinks import MqttSink
+
+    s = ingest.settings
+    net = Network.default(7)
+    engine = Simulator(net, SimConfig(faults=FaultConfig()), seed=7).engine()
+    root = f"flowwatch-test/{s.topic_prefix}gas-station"
+    sink = MqttSink(s.mqtt_url, [x.id for x in net.sensors], [x.site for x in net.sensors], root=root)
+    options = RunOptions(start_ms=int(time.time() * 1000) - 3_600_000, speed=None, max_messages=80, sites=("oldtown",))
+    await sink.start()
+    try:
+        report = await Runner(engine, sink, options, encoder=FormatEncoder(engine, "gas-station")).run()
+    finally:
+        await sink.stop()
+    sent = report.messages
+    assert sent >= 80 and sink.stats.failed == 0
+
+    def mine(ms: list[Any]) -> list[Any]:
+        return [m for m in ms if m["sensor_id"].startswith("gas-oldtown-")]
+
+    got = mine(await collect(s, "readings.clean", lambda ms: len(mine(ms)) >= sent, timeout=90))
+    assert len(got) == sent, ingest.tail(40)
+    assert {m["source"] for m in got} == {"mqtt"} and {m["site"] for m in got} == {"gas-pipeline"}
+    oldtown = {f"gas-{x.id}" for x in net.sensors if x.site == "oldtown"}
+    assert {m["sensor_id"] for m in got} <= oldtown
