@@ -573,6 +573,7 @@ class Sink:
         self.written = 0
         self.pending: asyncio.Future[None] | None = None
         self.generation = 0  # rebalances seen: a fetch made across one is dropped (read again after the seek)
+        self.sought: dict[TopicPartition, int] = {}  # where each partition was sought at its last assignment
         self.on_assigned: Callable[[], None] = lambda: None
 
     async def _connect(self) -> asyncpg.Connection:
@@ -603,7 +604,8 @@ class Sink:
         for tp in tps:
             # Without a committed offset: from the start (offset 0, or the earliest kept once retention deleted it).
             # Not seek_to_beginning: awaiting its offset lookup inside the rebalance callback never returns.
-            self.consumer.seek(tp, offsets.get((tp.topic, tp.partition), 0))
+            self.sought[tp] = offsets.get((tp.topic, tp.partition), 0)
+            self.consumer.seek(tp, self.sought[tp])
         self.assigned |= tps
         self.generation += 1
         self.on_assigned()
@@ -681,9 +683,13 @@ class Sink:
             )
             async with self.lock:
                 if generation != self.generation:
-                    # A rebalance came in during the fetch: the partitions were sought back to the offsets
-                    # committed with the data, so these records are read again; written now too, they would
-                    # count twice (rollups are sums).
+                    # A rebalance came in during the fetch: its records may be from before the seek to the
+                    # committed offsets (written now and read again, they would count twice: rollups are sums) or
+                    # from after it (the consumer's position is past them). Either way: drop them and seek back to
+                    # the committed offset, so they are read once, next.
+                    for tp, records in fetched.items():
+                        if tp in self.assigned and records:
+                            self.consumer.seek(tp, self.sought.get(tp, records[0].offset))
                     fetched = {}
                 # Only partitions still ours: a revocation during the fetch has waited for the commit in flight.
                 groups = [
