@@ -50,7 +50,7 @@ def uncovered_partitions(
 ) -> dict[str, str]:
     """Topics of a consumer group whose partitions no member was assigned, with what is missing.
 
-    ``expected`` is topic -> partition count (None or 0: the topic is not in the group's metadata);
+    ``expected`` is topic -> partition count (None or 0: the topic is not in the worker's metadata);
     ``distribution`` the active partitions of each member, topic -> partitions, as every member
     learns them with its assignment.
     """
@@ -61,12 +61,27 @@ def uncovered_partitions(
     missing: dict[str, str] = {}
     for topic, count in sorted(expected.items()):
         if not count:
-            missing[topic] = "not in the group's metadata yet (no such topic?)"
+            missing[topic] = "not in this worker's metadata yet (no such topic?)"
             continue
         lacking = sorted(set(range(count)) - covered.get(topic, set()))
         if lacking:
             missing[topic] = f"partitions {lacking} assigned to no worker"
     return missing
+
+
+def _partition_count(app: faust.App, topic: str) -> int | None:
+    """Partitions of ``topic`` in this worker's view of the cluster (None: the broker has not told it of the topic).
+
+    Not ``app.consumer.topic_partitions``: that reads the coordinator's snapshot of the group's topics, which only
+    the group's leader fills (it computes the assignment) — a follower would never be ready.
+    """
+    # Faust runs the aiokafka consumer in a thread object of its consumer: app.consumer._thread._consumer.
+    thread = getattr(app.consumer, "_thread", None)
+    client = getattr(getattr(thread, "_consumer", None), "_client", None)
+    if client is None:
+        return None
+    partitions = client.cluster.partitions_for_topic(topic)
+    return len(partitions) if partitions else None
 
 
 def group_assignment(app: faust.App) -> tuple[bool, str]:
@@ -85,7 +100,7 @@ def group_assignment(app: faust.App) -> tuple[bool, str]:
     elsewhere = set(getattr(app.consumer, "randomly_assigned_topics", ()))
     for topic in subscribed:
         if topic not in expected and topic not in elsewhere:
-            expected[topic] = app.consumer.topic_partitions(topic)
+            expected[topic] = _partition_count(app, topic)
     if not expected:
         return True, "no topics"
     members = [*assignor.changelog_distribution.values(), *assignor.external_topic_distribution.values()]

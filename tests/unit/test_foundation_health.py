@@ -49,5 +49,5 @@ def test_an_assignment_that_leaves_partitions_to_no_worker_is_incomplete() -> No
         "in": "partitions [0, 1] assigned to no worker",
     }
     assert uncovered_partitions({"in": 3}, [{"in": [0, 2]}]) == {"in": "partitions [1] assigned to no worker"}
-    missing = "not in the group's metadata yet (no such topic?)"
+    missing = "not in this worker's metadata yet (no such topic?)"
     assert uncovered_partitions({"new": None, "gone": 0}, [{}]) == {"new": missing, "gone": missing}
