@@ -91,7 +91,12 @@ class MappedSources:
                         continue
                     fetched = await consumer.getmany(timeout_ms=1000, max_records=self.ingest.isettings.batch_size)
                     if fetched:
-                        await self.handle({tp.topic: [r.value for r in records] for tp, records in fetched.items()})
+                        # One list per topic across its partitions (a dict keyed by topic from the partitions kept
+                        # only the last partition's records of a fetch, and committed them all: they were lost).
+                        batch: dict[str, list[Any]] = {}
+                        for tp, records in fetched.items():
+                            batch.setdefault(tp.topic, []).extend(r.value for r in records)
+                        await self.handle(batch)
                         await consumer.commit({tp: records[-1].offset + 1 for tp, records in fetched.items()})
             except asyncio.CancelledError:
                 raise
