@@ -87,6 +87,17 @@ def _sign(v: float) -> float:
     return v  # 0.0, -0.0 or NaN, as np.sign
 
 
+@njit(cache=True, inline="always")
+def _ewma(m: float, v: float, x: float, a: float, lim: float, seen: bool, first: bool) -> tuple[float, float]:
+    """One clipped EWMA step of a mean and variance (unchanged when the value is missing)."""
+    d = _clip(x - m, -lim, lim)
+    if not seen:
+        return m, v
+    if first:
+        return x, 0.0
+    return m + a * d, (1 - a) * (v + a * d * d)
+
+
 @njit(cache=True)
 def _step(
     row: np.ndarray,
@@ -141,23 +152,9 @@ def _step(
         xf = xv if seen else 0.0
         young = 1.0 / (cnt + 1.0)
         # short EWMA: follows any change, up to z_clip sigmas per reading
-        a = _max(a_short, young)
-        lim = zc * sig_l if warm else inf
-        d = _clip(xf - ms, -lim, lim)
-        if seen:
-            if first:
-                ms, vs = xf, 0.0
-            else:
-                ms, vs = ms + a * d, (1 - a) * (vs + a * d * d)
+        ms, vs = _ewma(ms, vs, xf, _max(a_short, young), zc * sig_l if warm else inf, seen, first)
         # long EWMA, Huber-clipped at clip_sigma
-        a = _max(a_long, young)
-        lim = clip_sigma * sig_l if warm else inf
-        d = _clip(xf - ml, -lim, lim)
-        if seen:
-            if first:
-                ml, vl = xf, 0.0
-            else:
-                ml, vl = ml + a * d, (1 - a) * (vl + a * d * d)
+        ml, vl = _ewma(ml, vl, xf, _max(a_long, young), clip_sigma * sig_l if warm else inf, seen, first)
         row[o_ms + j], row[o_vs + j], row[o_ml + j], row[o_vl + j] = ms, vs, ml, vl
         # hour-of-day profile
         a_t = 1.0 / _min(tn + 1.0, tod_max)
