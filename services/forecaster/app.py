@@ -44,6 +44,7 @@ from services.forecaster.pipeline import ZoneProcessor
 from services.forecaster.retention import sweep_zones
 from services.forecaster.runtime import ModelHolder
 from services.forecaster.settings import ForecasterSettings
+from services.forecaster.waiting import WaitingZones
 from services.forecaster.zonestate import ZoneState
 from shared.cache import Cache
 from shared.codec import dumps, loads
@@ -105,9 +106,14 @@ def create_app(settings: Settings | None = None, forecaster_settings: Forecaster
     # partials partition -> source partition -> watermark; rebuilt from the next broadcasts after a restart
     source_wm: dict[int, dict[str, int]] = {}
 
-    def _process(states: dict[str, ZoneState], partials: dict[int, list[dict[str, Any]]]) -> list[Any]:
+    # partials partition -> zones with open steps, looked at again when that partition's watermarks move
+    waiting = WaitingZones(settings.partitions, source_partitions, fs.lateness_s * 1000)
+
+    def _process(
+        states: dict[str, ZoneState], partials: dict[int, list[dict[str, Any]]], recheck: dict[str, int]
+    ) -> list[Any]:
         # every zone closes against the watermarks of its own partials partition; one model call for them all
-        zone_wm: dict[str, dict[str, int] | None] = {}
+        zone_wm: dict[str, dict[str, int] | None] = {z: source_wm.get(q) for z, q in recheck.items() if z in states}
         for q, batch in partials.items():
             marks = source_wm.get(q)
             zone_wm.update(dict.fromkeys(processor.ingest(states, batch), marks))
@@ -125,6 +131,9 @@ def create_app(settings: Settings | None = None, forecaster_settings: Forecaster
             partials: dict[int, list[dict[str, Any]]] = {}
             last_event: dict[bytes, Any] = {}
             known: set[bytes] = set()
+            moved: dict[int, Any] = {}  # partials partition whose watermarks moved -> an event of it
+            if not waiting.seeded:  # zones restored from the changelog may hold open steps
+                waiting.seed(list(zones.data.keys()))
             for ev in events:
                 q = ev.message.partition
                 try:
@@ -141,6 +150,7 @@ def create_app(settings: Settings | None = None, forecaster_settings: Forecaster
                     for p, ts in message["wm"].items():
                         if ts > marks.get(p, -1):
                             marks[p] = ts
+                            moved[q] = ev
                     continue
                 zone = message["zone"]
                 key = zone.encode()
@@ -153,6 +163,12 @@ def create_app(settings: Settings | None = None, forecaster_settings: Forecaster
                     known.add(key)
                 partials.setdefault(q, []).append(message)
                 last_event[key] = ev
+            recheck: dict[str, int] = {}
+            for q, ev in moved.items():
+                for key in waiting.due(q, source_wm.get(q, {})):
+                    if key not in last_event:
+                        last_event[key] = ev
+                        recheck[key.decode()] = q
             states: dict[str, ZoneState] = {}
             for key, ev in last_event.items():
                 with event_context(ev):
@@ -164,7 +180,9 @@ def create_app(settings: Settings | None = None, forecaster_settings: Forecaster
                         log.error("zone %s: unreadable state dropped (%s)", key.decode(), exc)
             dup0, late0 = processor.duplicates, processor.late
             model0 = processor.model_seconds
-            risks = await loop.run_in_executor(None, _process, states, partials)
+            risks = await loop.run_in_executor(None, _process, states, partials, recheck)
+            for key, ev in last_event.items():
+                waiting.update(ev.message.partition, key, states.get(key.decode()))
             if processor.model_seconds > model0:
                 INFERENCE_SECONDS.observe(processor.model_seconds - model0)
             DUPLICATES.inc(processor.duplicates - dup0)

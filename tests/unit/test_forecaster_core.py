@@ -15,6 +15,7 @@ from services.forecaster.losses import account_loss, incident_transition, volume
 from services.forecaster.partials import fold, merge_bucket
 from services.forecaster.pipeline import ZoneProcessor
 from services.forecaster.settings import ForecasterSettings, parse_mapping
+from services.forecaster.waiting import WaitingZones
 from services.forecaster.zonestate import ZoneState
 from shared.records import IncidentLabel
 
@@ -154,6 +155,40 @@ def test_late_partial_for_a_closed_step_is_counted_not_merged() -> None:
     proc.process(states, [partial_of([(reading("a", T0 + 5_000, flow=99.0), 0, 3)])])
     assert proc.late == 1
     assert T0 // STEP_MS not in states["z1"].open
+
+
+def test_a_watermark_after_a_zones_last_partial_closes_its_steps() -> None:
+    # The zone's sensors are all in readings partition 1; partition 0 catches up only after the zone's last
+    # partial (a restart folds one partition before the other): that watermark alone must close its steps.
+    proc = ZoneProcessor(CFG, NO_LATENESS, source_partitions=2)
+    waiting = WaitingZones(partitions=2, source_partitions=2, lateness_ms=0)
+    key, q = b"z1", WaitingZones(2, 2, 0).partition_of(b"z1")
+    states: dict[str, ZoneState] = {}
+    marks = {"0": T0 + 30_000, "1": T0 + 30_000}
+    proc.ingest(states, [partial_of([(reading("a", T0 + k * 60_000, flow=1.0), 1, k) for k in range(5)])])
+    proc.close_ready(states, ["z1"], marks)
+    assert len(states["z1"].open) == 5  # partition 0 has not passed the first step
+    waiting.update(q, key, states["z1"])
+    assert waiting.due(q, marks) == []
+    marks = {"0": T0 + 3 * 60_000, "1": T0 + 5 * 60_000}  # partition 0's broadcast moves on; no partial comes
+    assert waiting.due(q, marks) == [key]
+    proc.close_ready(states, ["z1"], marks)
+    assert states["z1"].closed == T0 // STEP_MS + 2 and min(states["z1"].open) == T0 // STEP_MS + 3
+    waiting.update(q, key, states["z1"])
+    assert waiting.due(q, marks) == []  # its next open step ends after partition 0's watermark
+    assert waiting.due(1 - q, {"0": 2**62, "1": 2**62}) == []  # another partition's zones only
+    proc.close_ready(states, ["z1"], {"0": 2**62, "1": 2**62})
+    waiting.update(q, key, states["z1"])
+    assert waiting.due(q, {"0": 2**62, "1": 2**62}) == []  # nothing open: not waiting any more
+
+
+def test_zones_restored_at_a_restart_are_looked_at_on_their_partitions_next_watermark() -> None:
+    waiting = WaitingZones(partitions=2, source_partitions=2, lateness_ms=0)
+    keys = [b"z1", b"z2", b"z3", b"z4"]
+    waiting.seed(keys)
+    due = [k for q in (0, 1) for k in waiting.due(q, {"0": 0, "1": 0})]
+    assert sorted(due) == keys and waiting.seeded
+    assert waiting.due(0, {"0": 0}) == []  # a source partition that never reported holds every zone
 
 
 def run_steps(values: list[dict[str, float]], sensors: int = 3, cfg: FeatureConfig = CFG) -> tuple[list, dict]:
