@@ -22,8 +22,8 @@ from services.alerts.rules import Observation, Rule, merge
 from shared.codec import loads
 from shared.deadletter import encodable
 from shared.metrics import DECODE_ERRORS
-from shared.records import Anomaly, LeakReport, QuarantinedReading, Record, Risk, SensorEvent
-from shared.topics import ANOMALIES, READINGS_QUARANTINE, REPORTS, RISK, SENSOR_EVENTS
+from shared.records import Anomaly, DriftEvent, LeakReport, QuarantinedReading, Record, Risk, SensorEvent
+from shared.topics import ANOMALIES, DRIFT, READINGS_QUARANTINE, REPORTS, RISK, SENSOR_EVENTS
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,7 @@ INPUTS: dict[str, tuple[str, type[Record]]] = {
     SENSOR_EVENTS.name: ("sensor_event", SensorEvent),
     READINGS_QUARANTINE.name: ("quarantine", QuarantinedReading),
     REPORTS.name: ("report", LeakReport),
+    DRIFT.name: ("drift", DriftEvent),
 }
 
 

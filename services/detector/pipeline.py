@@ -20,6 +20,7 @@ from services.detector.model import AnomalyModel
 from services.detector.profiles import Profile, ProfileSet
 from services.detector.reasons import explain
 from services.detector.state import pack, remap, unpack
+from shared.mlops.monitor import DriftMonitor
 from shared.records import Anomaly, Reading, Score
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,7 @@ class Scorer:
         reason_metrics: int = 3,
         emit_scores: bool = True,
         packed: bool = True,
+        monitor: DriftMonitor | None = None,
     ):
         # packed=False: states come and go as (metrics, vector) and the caller packs them when it
         # persists them (the engine keeps them unpacked in memory between checkpoints)
@@ -89,6 +91,7 @@ class Scorer:
         self.window_ms = window_ms
         self.reason_metrics = reason_metrics
         self.emit_scores = emit_scores
+        self.monitor = monitor  # drift: each group's inputs and score, histogrammed (shared.mlops.monitor)
 
     def process(self, readings: list[Reading], load_state: Callable[[str], Any]) -> BatchResult:
         result = BatchResult()
@@ -139,6 +142,11 @@ class Scorer:
         result.flagged[model.name] = result.flagged.get(model.name, 0) + int(scored.anomaly.sum())
         for sid, row in sensors.items():
             result.states[sid] = pack(metrics, state[row]) if self.packed else (metrics, state[row].copy())
+        if self.monitor is not None:
+            # the score as retrain's reference holds it: the reading's own ensemble score in thresholds
+            columns = {m: x[:, j] for j, m in enumerate(metrics)}
+            columns["score"] = scored.raw / scored.threshold if scored.threshold > 0 else scored.raw
+            self.monitor.observe(profile.name, ts, columns)
 
         threshold = float(scored.threshold)
         top = min(self.reason_metrics, len(metrics))
