@@ -26,7 +26,8 @@ from shared.mlops.drift import DRIFT, MODERATE
 from shared.mlops.monitor import group_level
 from shared.settings import Settings
 from shared.timeutil import parse_time_ms
-from shared.topics import ALERTS, DRIFT as DRIFT_TOPIC, READINGS_CLEAN
+from shared.topics import ALERTS, READINGS_CLEAN
+from shared.topics import DRIFT as DRIFT_TOPIC
 from tests.helpers import AUTH, ServiceProcess, collect, consume, produce
 
 BASE = "2026-11-30T00:00:00Z"  # a Monday
