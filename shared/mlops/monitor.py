@@ -52,6 +52,8 @@ DRIFTED = Gauge("flowwatch_model_drifted", "1 while a group (profile or zone) is
 DRIFT_EVENTS = Counter("flowwatch_model_drift_events_total", "Drift transitions published", ["service", "status"])
 
 
+NO_CARD = "none (only a model card gives this column a reference)"
+TOO_FEW = f"none (fewer than {driftmod.MIN_ROWS} values in the warm-up)"
 #: share of a group's columns that must have moved for the group to count as drifted (see group_level)
 QUORUM = 0.5
 
@@ -152,7 +154,11 @@ class DriftMonitor:
         if col is None:
             refs, source = self.cards.get(group, ({}, ""))
             ref = refs.get(name)
-            col = g.columns[name] = _Column(ref, source if ref else "")
+            if ref:
+                col = _Column(ref, source)
+            else:
+                col = _Column(None, NO_CARD if name in self.no_warmup else "")
+            g.columns[name] = col
         return col
 
     # -- the hot path ---------------------------------------------------------------------------------------------
@@ -169,19 +175,22 @@ class DriftMonitor:
             lo, hi = int(ts.min()), int(ts.max())
             g.first_ts = lo if g.first_ts is None else min(g.first_ts, lo)
             g.last_ts = max(g.last_ts, hi)
-            warming = g.last_ts - g.first_ts < self.reference_ms
+            reference_end = g.first_ts + self.reference_ms
             bucket = ts // self.bucket_ms
             for name, values in columns.items():
                 col = self._column(g, group, name)
                 v = np.asarray(values, dtype=np.float64)
                 ok = np.isfinite(v)
                 if col.ref is None:
-                    if name in self.no_warmup:
+                    if col.source:  # no reference to be had: not from a card, not from a warm-up
                         continue
-                    self._keep(col, v[ok])
-                    if not warming:
-                        self._finish_warmup(col)
-                    continue
+                    self._keep(col, v[ok & (ts < reference_end)])
+                    if g.last_ts < reference_end:
+                        continue
+                    self._finish_warmup(col)  # too few values over the whole period: no reference, ever
+                    if col.ref is None:
+                        continue
+                    ok &= ts >= reference_end  # the rest of the batch is already judged against it
                 self._count(col, v[ok], bucket[ok])
             self._expire(g)
 
@@ -217,10 +226,9 @@ class DriftMonitor:
 
     def _finish_warmup(self, col: _Column) -> None:
         values = np.concatenate(col.sample) if col.sample else np.zeros(0)
-        ref = driftmod.reference(values)
-        if ref is not None:
-            col.ref, col.source = ref, "warm-up"
-            col.sample, col.kept = [], 0
+        col.ref = driftmod.reference(values)
+        col.source = "warm-up" if col.ref is not None else TOO_FEW
+        col.sample, col.kept = [], 0
 
     def _expire(self, g: _Group) -> None:
         oldest = (g.last_ts - self.window_ms) // self.bucket_ms
