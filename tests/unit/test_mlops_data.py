@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from shared.mlops import drift
-from shared.mlops.flow import skip_reason
+from shared.mlops.flow import drifted_in_workers, skip_reason
 from shared.mlops.frame import readings_frame
 from shared.mlops.truth import VERDICT_LOOKBACK_MS, assemble
 from shared.mlops.window import Window
@@ -127,3 +127,19 @@ def test_if_drifted_skips_only_when_drift_was_measured_and_is_absent() -> None:
     )
     assert skip_reason(shifted) is None
     assert skip_reason(drift.compare({}, {"pump": {"score": np.ones(300)}})) is None  # nothing to compare with
+
+
+def test_if_drifted_retrains_when_a_worker_last_said_drifted() -> None:
+    stable = drift.compare(
+        drift.references({"pump": {"score": np.linspace(0, 1, 500)}}), {"pump": {"score": np.linspace(0, 1, 300)}}
+    )
+    events = [
+        {"service": "detector", "group": "pump", "kind": "psi", "status": "drifted"},
+        {"service": "detector", "group": "pipe", "kind": "psi", "status": "drifted"},
+        {"service": "forecaster", "group": "z1", "kind": "adwin", "status": "drifted"},
+        {"service": "detector", "group": "pump", "kind": "psi", "status": "stable"},  # came back since
+    ]
+    assert drifted_in_workers(events, "detector") == ["pipe (psi)"]
+    assert drifted_in_workers(events, "forecaster") == ["z1 (adwin)"]
+    assert skip_reason(stable, drifted_in_workers(events, "detector")) is None
+    assert "no drift" in skip_reason(stable, drifted_in_workers(events[:1] + events[3:], "detector"))

@@ -8,7 +8,8 @@ the state the rows before them left. Per profile, on the held-out rows:
 * ``precision``, ``recall``, ``f1``: flagged readings against readings inside a known incident (labels,
   true-positive verdicts, confirmed reports) — only when the window holds incidents of that profile;
 * ``false_alarms_per_sensor_day``: flag episodes that start outside every incident, per sensor-day;
-* ``incidents_detected``: share of the incidents on the profile's sensors flagged at least once;
+* ``incidents_detected``: share of the incidents on the profile's sensors flagged at least once
+  (``incidents_caught``: how many);
   ``detection_delay_s``: median time from an incident's start to its first flag;
 * ``verdict_agreement``: share of operators' verdicts the model agrees with (flags what they confirmed,
   stays quiet where they called a false alarm).
@@ -45,6 +46,8 @@ GATE = GateConfig(
         Rule("recall", margin=0.05, support="incidents", min_support=MIN_SUPPORT),
         Rule("false_alarms_per_sensor_day", higher_is_better=False, floor=50.0, margin=0.5, margin_rel=0.10),
         Rule("incidents_detected", margin=0.0, support="incidents", min_support=MIN_SUPPORT),
+        # however few the incidents, a candidate may not catch fewer of them than production on the same rows
+        Rule("incidents_caught", margin=0.0),
         Rule("verdict_agreement", margin=0.05, support="verdicts", min_support=MIN_SUPPORT),
     ),
     min_gain=0.0,
@@ -218,6 +221,7 @@ def flag_metrics(df: pd.DataFrame, flags: np.ndarray, truth: Truth, split_ms: in
         "f1": r(f1),
         "false_alarms_per_sensor_day": r(onsets.sum() / sensor_days),
         "incidents_detected": r(detected / relevant) if relevant else None,
+        "incidents_caught": detected if relevant else None,
         "detection_delay_s": r(float(np.median(delays))) if delays else None,
         "verdict_agreement": r(agree / verdicts) if verdicts else None,
         "rows": int(held.sum()),
