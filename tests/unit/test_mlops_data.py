@@ -10,7 +10,7 @@ import pytest
 from shared.mlops import drift
 from shared.mlops.flow import drifted_in_workers, skip_reason
 from shared.mlops.frame import readings_frame
-from shared.mlops.truth import VERDICT_LOOKBACK_MS, assemble
+from shared.mlops.truth import REPORT_LOOKBACK_MS, VERDICT_LOOKBACK_MS, assemble
 from shared.mlops.window import Window
 
 NOW = 1_800_000_000_000
@@ -102,6 +102,38 @@ def test_truth_from_labels_verdicts_joined_with_their_alerts_and_confirmed_repor
     # a labelled incident covers its sensors only; a report covers its zone before the report
     assert truth.anomalous(frame).tolist() == [True, False, False, True, True, False]
     assert len(truth.within(0, 1000).incidents) == 1
+
+
+def test_a_public_report_confirmed_in_the_console_is_truth_for_its_zone_or_its_whole_site() -> None:
+    reports = [
+        {"id": "r1", "ts": 5 * H, "site": "oldtown", "zone": "", "text": "water in the street"},
+        {"id": "r2", "ts": 6 * H, "site": "oldtown", "zone": "z2", "text": "", "confirmed": True},
+    ]
+    triage = [  # what the console sends on feedback when an operator confirms a report
+        {
+            "fingerprint": f"report-{rid}",
+            "verdict": "true_positive",
+            "ts": 7 * H,
+            "labels": {"alertname": "PublicLeakReport", "site": "oldtown", "report_id": rid},
+        }
+        for rid in ("r1", "r2", "r-unknown")
+    ]
+    truth = assemble(feedback=triage, reports=reports)
+    assert truth.counts == {"labels": 0, "verdicts": 0, "reports": 2}  # r2 confirmed twice counts once
+    assert truth.rejected == {"labels": 0, "verdicts": 0, "reports": 1}  # a report not on the topic
+    by_id = {i.ident: i for i in truth.incidents}
+    assert (by_id["r1"].zone, by_id["r1"].site, by_id["r1"].end_ms) == ("", "oldtown", 5 * H)
+    assert by_id["r1"].start_ms == 5 * H - REPORT_LOOKBACK_MS and by_id["r2"].zone == "z2"
+    frame = pd.DataFrame(
+        {
+            "sensor_id": ["a", "b", "c", "d"],
+            "site": ["oldtown", "oldtown", "riverside", "oldtown"],
+            "zone": ["z1", "z2", "z9", "z1"],
+            "ts": [5 * H - 60_000, 5 * H - 60_000, 5 * H - 60_000, 5 * H + 60_000],
+        }
+    )
+    # a site-wide report covers every zone of its site before the report, no other site, nothing after
+    assert truth.anomalous(frame).tolist() == [True, True, False, False]
 
 
 def test_psi_is_small_on_the_same_distribution_and_large_after_a_shift() -> None:

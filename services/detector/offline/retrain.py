@@ -176,6 +176,7 @@ def flag_metrics(df: pd.DataFrame, flags: np.ndarray, truth: Truth, split_ms: in
     ts = df["ts"].to_numpy(dtype=np.int64)
     sensors = df["sensor_id"].astype(str).to_numpy()
     zones = df["zone"].astype(str).to_numpy()
+    sites = df["site"].astype(str).to_numpy() if "site" in df else None
     held = ts >= split_ms
     f, t = flags[held], y[held]
     tp, fp, fn = int((f & t).sum()), int((f & ~t).sum()), int((~f & t).sum())
@@ -197,8 +198,7 @@ def flag_metrics(df: pd.DataFrame, flags: np.ndarray, truth: Truth, split_ms: in
     for inc in truth.incidents:
         if inc.end_ms <= split_ms:
             continue
-        rows = held & (ts >= inc.start_ms) & (ts < inc.end_ms)
-        rows &= np.isin(sensors, inc.sensors) if inc.sensors else zones == inc.zone
+        rows = held & (ts >= inc.start_ms) & (ts < inc.end_ms) & inc.where(sensors, zones, sites)
         if not rows.any():
             continue
         relevant += 1
@@ -208,8 +208,7 @@ def flag_metrics(df: pd.DataFrame, flags: np.ndarray, truth: Truth, split_ms: in
             delays.append((int(ts[hit].min()) - max(inc.start_ms, split_ms)) / 1000)
     agree, verdicts = 0, 0
     for iv, real in truth.verdicts:
-        rows = held & (ts >= iv.start_ms) & (ts < iv.end_ms)
-        rows &= np.isin(sensors, iv.sensors) if iv.sensors else zones == iv.zone
+        rows = held & (ts >= iv.start_ms) & (ts < iv.end_ms) & iv.where(sensors, zones, sites)
         if not rows.any():
             continue
         verdicts += 1

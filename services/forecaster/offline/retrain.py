@@ -64,7 +64,7 @@ def labels_of(truth: Truth) -> list[IncidentLabel]:
             sensors=list(i.sensors),
         )
         for i in truth.incidents
-        if (i.kind or "leak") in LABEL_TO_CLASS
+        if (i.kind or "leak") in LABEL_TO_CLASS and i.zone  # a site-wide report names no zone to label
     ]
 
 
