@@ -19,6 +19,7 @@ from faust.web import Request, View
 
 from services.console.api import ConsoleApi, errors
 from services.console.metrics import API_REQUESTS
+from services.console.models import ModelsView
 
 log = logging.getLogger(__name__)
 NOT_BUILT = "front end not built: run make console-web"
@@ -76,6 +77,7 @@ def mount(app: faust.App, api: ConsoleApi, dist: Path) -> None:
     page("/api/report", "report", get=api.planners_report)
     page("/api/report.csv", "report-csv", get=api.planners_report_csv)
     page("/api/pipeline", "pipeline", get=api.pipeline)
+    page("/api/models", "models", get=ModelsView(api).get)
     page("/api/reports", "reports", get=api.list_reports)
     page("/api/reports/{id}/triage", "triage", post=api.triage)
     page("/api/users", "users", get=api.list_users, post=api.add_user)
