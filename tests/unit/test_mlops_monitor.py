@@ -200,3 +200,30 @@ def test_the_simulators_regime_shift_multiplies_demand_from_its_time_on() -> Non
     assert np.allclose(b[1:, :, flow], 2.0 * a[1:, :, flow], equal_nan=True)
     with pytest.raises(ValueError):
         SimConfig(regime_factor=0).validate()
+
+
+def test_a_served_versions_card_gives_its_profile_the_training_reference(tmp_path) -> None:
+    from services.detector.model import AnomalyModel
+    from services.detector.pipeline import ModelStore
+    from services.detector.profiles import ProfileSet
+    from services.detector.serving import ModelServing
+    from services.detector.settings import DEFAULT_PROFILES_FILE
+    from shared.mlops.card import CARD, write_json
+    from shared.registry import ModelRegistry
+
+    profiles = ProfileSet.load(DEFAULT_PROFILES_FILE)
+    registry = ModelRegistry(tmp_path)
+    ref = driftmod.reference(RNG.normal(0.0, 1.0, 2000))
+    with registry.create("detector-pump") as d:
+        AnomalyModel(("flow", "pressure"), profiles.by_name["pump"].model_config(2.5), name="pump").save(d)
+        write_json({"decision": "promoted", "reference": {"pump": {"score": ref}}}, d / CARD)
+    registry.promote("detector-pump", "v1")
+    m = monitor()
+    serving = ModelServing(ModelStore(profiles), registry, monitor=m)
+    m.observe("pump", np.array([1]), {"flow": np.array([1.0])})  # what the statistical model saw
+    assert serving.model_of("pump") == ("detector-pump", "statistical")
+    assert serving.refresh() == ["pump=v1"]
+    assert serving.model_of("pump") == ("detector-pump", "v1") and "pump" not in m.groups  # started afresh
+    feed(m, 0, 4, 3.0, columns=("score", "flow"))
+    [t] = m.evaluate()
+    assert t.status == "drifted" and t.references == {"score": "detector-pump v1"}  # flow still warming up
