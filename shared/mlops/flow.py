@@ -3,7 +3,8 @@
 The service supplies a :class:`Trainer` (its ``offline/retrain.py``); everything else is here so that
 both services take the same flags and write the same report:
 
-1. read ``readings.clean`` by time (``--since``, ``--until``) and the ground truth (``labels``,
+1. read ``readings.clean`` by time (``--since``, ``--until``; or, ``--source history``, the history store's
+   minute rollups: :mod:`shared.mlops.rollups`) and the ground truth (``labels``,
    ``feedback`` with the ``alerts`` they judge, confirmed ``reports``) from Kafka;
 2. split by time: the most recent ``--holdout`` share of the window is never trained on;
 3. ``--if-drifted``: stop here (decision ``skipped``) unless the held-out window drifted from production's
@@ -25,6 +26,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -69,6 +71,10 @@ class Trainer(Protocol):
 
     def registry_name(self, profile: str) -> str: ...
 
+    def history_frame(self, since_ms: int, until_ms: int) -> pd.DataFrame:
+        """``--source history``: the window's readings from the history store (raises ValueError, with why,
+        when the service cannot train on them)."""
+
     def save(self, model: Any, directory: Path) -> dict[str, Any]:
         """Write the model's files into ``directory``; returns metadata for the registry."""
 
@@ -90,14 +96,21 @@ def add_arguments(parser: argparse.ArgumentParser, settings: Any) -> None:
     parser.add_argument(
         "--if-drifted", action="store_true", help="retrain only when the recent data drifted (PSI) from production's"
     )
+    parser.add_argument(
+        "--source",
+        choices=("kafka", "history"),
+        default="kafka",
+        help="readings from readings.clean on Kafka, or the history store's minute rollups (forecaster only)",
+    )
     parser.add_argument("--min-rows", type=int, default=1000, help="fewer readings in the window is an error")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=sys.stderr.isatty())
 
 
 def load_window(
-    settings: Any, window: Window, progress: bool
+    settings: Any, window: Window, progress: bool, history: Callable[[int, int], pd.DataFrame] | None = None
 ) -> tuple[pd.DataFrame, Truth, dict[str, int], list[dict[str, Any]]]:
-    """The readings of the window, the ground truth that may concern them and the drift events, from Kafka."""
+    """The readings of the window (from Kafka, or ``history``), the ground truth that may concern them and the
+    drift events (from Kafka)."""
     spans = {
         READINGS_CLEAN.name: (window.since_ms, window.until_ms),
         LABELS.name: (None, None),  # an incident may have started before the window
@@ -106,8 +119,13 @@ def load_window(
         REPORTS.name: (window.since_ms, window.until_ms + REPORT_LOOKBACK_MS),
         DRIFT.name: (None, None),  # the workers' latest verdicts, however old
     }
+    if history is not None:
+        del spans[READINGS_CLEAN.name]
     got = read_topics(settings, spans, progress)
-    frame, unusable = readings_frame(got[READINGS_CLEAN.name][0])
+    if history is not None:
+        frame, unusable = history(window.since_ms, window.until_ms), 0
+    else:
+        frame, unusable = readings_frame(got[READINGS_CLEAN.name][0])
     frame = frame[(frame["ts"] >= window.since_ms) & (frame["ts"] < window.until_ms)].reset_index(drop=True)
     truth = assemble(got[LABELS.name][0], got[FEEDBACK.name][0], got[ALERTS.name][0], got[REPORTS.name][0]).within(
         window.since_ms, window.until_ms
@@ -162,10 +180,10 @@ def retrain(trainer: Trainer, settings: Any, args: argparse.Namespace) -> dict[s
     if args.gate:
         gate = GateConfig.from_dict(orjson.loads(args.gate.read_bytes()), trainer.gate)
     window = Window.parse(args.since, args.until, args.holdout)
-    say(
-        f"reading {settings.topic(READINGS_CLEAN.name)} from {window.describe()['since']} to {window.describe()['until']}"
-    )
-    frame, truth, undecodable, drift_events = load_window(settings, window, args.progress)
+    where = "the history store's rollups" if args.source == "history" else settings.topic(READINGS_CLEAN.name)
+    say(f"reading {where} from {window.describe()['since']} to {window.describe()['until']}")
+    history = trainer.history_frame if args.source == "history" else None
+    frame, truth, undecodable, drift_events = load_window(settings, window, args.progress, history)
     t_read = time.monotonic() - t0
     if len(frame) < args.min_rows:
         raise TooLittleData(
@@ -198,6 +216,7 @@ def retrain(trainer: Trainer, settings: Any, args: argparse.Namespace) -> dict[s
             "zones": int(frame["zone"].nunique()),
             "first_ms": int(frame["ts"].min()),
             "last_ms": int(frame["ts"].max()),
+            "source": args.source,
             "label_sources": truth.sources,
             "truth": {
                 "records": truth.counts,

@@ -26,6 +26,8 @@ def test_window_parses_durations_and_times_and_splits_the_data_it_holds() -> Non
     assert w.until_ms - w.since_ms == 24 * H
     with pytest.raises(ValueError, match="not before"):
         Window.parse("2026-12-03T00:00:00Z", "2026-12-02T00:00:00Z")
+    # a bare number is epoch ms for --since as for --until (not seconds back)
+    assert Window.parse(str(NOW - H), str(NOW)).since_ms == NOW - H
     with pytest.raises(ValueError):
         Window.parse("soon", None)
     with pytest.raises(ValueError, match="between 0 and 1"):

@@ -144,6 +144,13 @@ class DetectorTrainer:
             out[name] = {"score": scored.raw[keep] / scored.threshold}
         return out
 
+    def history_frame(self, since_ms: int, until_ms: int) -> pd.DataFrame:
+        raise ValueError(
+            "the detector does not train on the history store: its rollups are minute means without the sensor's "
+            "asset (profiles are chosen by asset kind), and a model fitted on means would be judged on raw readings "
+            "whose noise it never saw; use --source kafka (the default)"
+        )
+
     def save(self, model: AnomalyModel, directory: Path) -> dict[str, Any]:
         model.save(directory)
         return model.meta()

@@ -157,5 +157,23 @@ class ForecasterTrainer:
             for utility, part in frame.groupby("utility")
         }
 
+    def history_frame(self, since_ms: int, until_ms: int) -> pd.DataFrame:
+        """The history store's minute rollups of the window (``FLOWWATCH_HISTORY_DATABASE_URL`` and its TLS
+        settings): the forecaster works on step means of the zones, which minute means feed as well."""
+        import asyncio
+
+        from services.history.settings import HistorySettings
+        from services.history.store import connect
+        from shared.mlops.rollups import read_rollups
+
+        async def read() -> pd.DataFrame:
+            conn = await connect(HistorySettings.from_env(), timeout=30)
+            try:
+                return await read_rollups(conn, since_ms, until_ms)
+            finally:
+                await conn.close()
+
+        return asyncio.run(read())
+
     def save(self, predictor: Any, directory: Path) -> dict[str, Any]:
         return {**predictor.save(directory), "kind": "forecaster"}
