@@ -42,10 +42,15 @@ def relative_error(actual: float, expected: float) -> float:
 class ForecastDrift:
     def __init__(self, fs: ForecasterSettings, labels: LabelSet | None = None) -> None:
         self.window_s = fs.drift_window_s
-        self.monitor = DriftMonitor(
-            SERVICE, fs.drift_window_s * 1000, fs.drift_reference_s * 1000, fs.drift_bucket_s * 1000, no_warmup=()
-        )
         self.labels = labels or LabelSet(fs.metric_zones)
+        self.monitor = DriftMonitor(
+            SERVICE,
+            fs.drift_window_s * 1000,
+            fs.drift_reference_s * 1000,
+            fs.drift_bucket_s * 1000,
+            no_warmup=(),
+            labels=self.labels,
+        )
         self.adwins: dict[str, Adwin] = {}
         self.status: dict[str, str] = {}
         self.version = ""

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from shared.codec import dumps
+from shared.limits import LabelSet
 from shared.metrics import EVENTS_OUT, Counter, Gauge
 from shared.mlops import drift as driftmod
 from shared.mlops.drift import DRIFT, MODERATE
@@ -114,6 +115,7 @@ class DriftMonitor:
         publish_gauges: bool = True,
         quorum: float = QUORUM,
         no_warmup: tuple[str, ...] = ("score",),
+        labels: LabelSet | None = None,
     ) -> None:
         if bucket_ms <= 0 or window_ms < bucket_ms:
             raise ValueError("the drift window must hold at least one bucket")
@@ -125,6 +127,7 @@ class DriftMonitor:
         self.max_groups = max_groups
         self.publish_gauges = publish_gauges
         self.quorum = quorum
+        self.labels = labels  # group ids that may become metric label values (zones come from the data)
         self.no_warmup = frozenset(no_warmup)
         self.groups: dict[str, _Group] = {}
         self.cards: dict[str, tuple[dict[str, Any], str]] = {}  # group -> (column -> reference, source)
@@ -258,7 +261,8 @@ class DriftMonitor:
                     psi[cname] = driftmod.psi_counts(col.ref, counts)
                 g.psi, g.rows = psi, rows
                 known = [v for v in psi.values() if v is not None]
-                if self.publish_gauges:
+                gauges = self.publish_gauges and (self.labels is None or self.labels.admit(name))
+                if gauges:
                     for cname, v in psi.items():
                         DRIFT_PSI.labels(self.service, name, cname).set(float("nan") if v is None else v)
                 if not known:
@@ -275,7 +279,7 @@ class DriftMonitor:
                     g.status = turned
                     refs = {c: col.source for c, col in g.columns.items() if col.ref is not None}
                     out.append(Transition(name, turned, round(worst, 4), psi, refs, rows, g.last_ts))
-                if self.publish_gauges:
+                if gauges:
                     DRIFTED.labels(self.service, name, "psi").set(1.0 if g.status == "drifted" else 0.0)
         return out
 
