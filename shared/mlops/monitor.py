@@ -90,12 +90,12 @@ class _Column:
     stride: int = 1
     skip: int = 0  # values to pass over before the next kept one (the stride's phase)
     counting_from: int | None = None  # event time of the first value counted against the reference
+    since: int | None = None  # event time the column was first seen: its warm-up starts there
 
 
 @dataclass
 class _Group:
     columns: dict[str, _Column] = field(default_factory=dict)
-    first_ts: int | None = None
     last_ts: int = 0
     status: str = "unknown"
     psi: dict[str, float | None] = field(default_factory=dict)
@@ -176,9 +176,7 @@ class DriftMonitor:
             if g is None:
                 return
             lo, hi = int(ts.min()), int(ts.max())
-            g.first_ts = lo if g.first_ts is None else min(g.first_ts, lo)
             g.last_ts = max(g.last_ts, hi)
-            reference_end = g.first_ts + self.reference_ms
             bucket = ts // self.bucket_ms
             for name, values in columns.items():
                 col = self._column(g, group, name)
@@ -187,6 +185,9 @@ class DriftMonitor:
                 if col.ref is None:
                     if col.source:  # no reference to be had: not from a card, not from a warm-up
                         continue
+                    if col.since is None:
+                        col.since = lo
+                    reference_end = col.since + self.reference_ms
                     self._keep(col, v[ok & (ts < reference_end)])
                     if g.last_ts < reference_end:
                         continue
@@ -205,12 +206,13 @@ class DriftMonitor:
             col.counting_from = int(bucket.min()) * self.bucket_ms
         nbins = len(col.ref["shares"])
         bins = np.searchsorted(np.asarray(col.ref["edges"], dtype=np.float64), v, side="right")
-        b0 = int(bucket.min())
-        flat = np.bincount((bucket - b0) * nbins + bins, minlength=(int(bucket.max()) - b0 + 1) * nbins)
-        for k, counts in enumerate(flat.reshape(-1, nbins)):
-            if counts.any():
-                have = col.buckets.get(b0 + k)
-                col.buckets[b0 + k] = counts if have is None else have + counts
+        # the buckets present, not the range between them: a backfilled reading years old costs one bucket
+        # (expired at once), not an array the width of the years
+        present, which = np.unique(bucket, return_inverse=True)
+        flat = np.bincount(which * nbins + bins, minlength=len(present) * nbins)
+        for b, counts in zip(present.tolist(), flat.reshape(-1, nbins), strict=True):
+            have = col.buckets.get(b)
+            col.buckets[b] = counts if have is None else have + counts
 
     def _keep(self, col: _Column, v: np.ndarray) -> None:
         """A uniform subsample in time of at most ``sample_cap`` values: every ``stride``-th value, the stride

@@ -116,6 +116,17 @@ def test_the_warm_up_sample_is_bounded_and_spans_the_whole_period() -> None:
     assert np.all(np.diff(kept) > 0)  # every stride-th value, in order
 
 
+def test_a_column_seen_later_warms_up_from_its_own_start_and_old_readings_cost_one_bucket() -> None:
+    m = monitor()
+    feed(m, 0, 8, 0.0, columns=("a",))
+    feed(m, 8, 16, 0.0, columns=("a", "late"))  # a metric that first reports at 8 h: its day starts there
+    m.observe("pump", np.array([5_000, 16 * H]), {"a": np.array([1.0, 1.0]), "late": np.array([1.0, 1.0])})
+    m.evaluate()
+    snap = m.snapshot()["pump"]
+    assert snap["references"] == {"a": "warm-up", "late": "warm-up"} and snap["status"] == "stable"
+    assert all(b >= 12 for col in m.groups["pump"].columns.values() for b in col.buckets)  # the old one expired
+
+
 def test_groups_are_bounded() -> None:
     m = monitor(max_groups=2)
     for g in ("a", "b", "c"):
