@@ -1,6 +1,7 @@
 """The console's JSON API under /api/ on the Faust web server: auth, the operators' views, the public side.
 
-Each handler checks its caller first (:func:`services.console.auth.caller`), then answers from Redis, the
+Each handler declares the role it needs (:func:`services.console.auth.needs`; the routes guard it with the
+service's shared :class:`shared.auth.Guard`: a bearer token or a session cookie), then answers from Redis, the
 history database, or the history and alerts APIs (called with the console's delegate token on behalf of
 the session's user). A refusal is a 4xx ``{"error": ...}`` naming the reason or the field.
 """
@@ -23,7 +24,7 @@ from aiohttp import web as aioweb
 
 from services.alerts.durations import parse_duration
 from services.console import public, report
-from services.console.auth import COOKIE, ApiError, Caller, caller
+from services.console.auth import COOKIE, ApiError, needs
 from services.console.live import Hub, frame
 from services.console.metrics import LOGINS, REPORTS
 from services.console.network import Topology
@@ -36,7 +37,7 @@ from services.console.users import UserError, Users
 from services.history.queries import Params, QueryError
 from services.history.settings import HistorySettings
 from services.history.store import Partitions
-from shared.auth import TokenStore
+from shared.auth import Principal, principal_of
 from shared.cache import Cache
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,6 @@ class ConsoleApi:
     def __init__(
         self,
         cs: ConsoleSettings,
-        tokens: TokenStore,
         topology: Topology,
         cache: Cache,
         history: Upstream,
@@ -85,7 +85,6 @@ class ConsoleApi:
         infra: Callable[[], Awaitable[dict[str, str]]],
     ):
         self.cs = cs
-        self.tokens = tokens
         self.topology = topology
         self.network = topology.describe()
         self.cache = cache
@@ -137,9 +136,13 @@ class ConsoleApi:
             raise ApiError(503, "the console is still connecting to its database", {"Retry-After": "5"})
         return self.users, self.status, self.pool
 
-    async def who(self, request: Any, role: str) -> Caller:
-        users, _, _ = self._ready()
-        return await caller(request, role, self.tokens, users)
+    async def who(self, request: Any, role: str = "viewer") -> Principal:
+        """The caller the route's guard admitted (:func:`services.console.auth.needs` declares a handler's
+        role), held to ``role`` too."""
+        who = principal_of(request)
+        if not who.can(role):
+            raise ApiError(403, f"role {who.role!r} may not do this; needs {role!r} or above")
+        return who
 
     async def body(self, request: Any) -> dict[str, Any]:
         raw = await request.content.read(MAX_BODY + 1)
@@ -166,6 +169,7 @@ class ConsoleApi:
 
     # --- auth -----------------------------------------------------------------------------------
 
+    @needs("public")
     async def login(self, request: Any) -> Any:
         users, _, _ = self._ready()
         body = await self.body(request)
@@ -192,8 +196,9 @@ class ConsoleApi:
         )
         return response
 
+    @needs("viewer")
     async def logout(self, request: Any) -> Any:
-        who = await self.who(request, "viewer")
+        who = principal_of(request)
         if who.session_id:
             users, _, _ = self._ready()
             await users.close_session(who.session_id)
@@ -201,18 +206,19 @@ class ConsoleApi:
         response.del_cookie(COOKIE, path="/")
         return response
 
+    @needs("viewer")
     async def me(self, request: Any) -> Any:
-        who = await self.who(request, "viewer")
+        who = principal_of(request)
         return {"user": {"name": who.name, "role": who.role}, "csrf": who.csrf}
 
     # --- network and status ---------------------------------------------------------------------
 
+    @needs("viewer")
     async def get_network(self, request: Any) -> Any:
-        await self.who(request, "viewer")
         return self.network
 
+    @needs("viewer")
     async def overview(self, request: Any) -> Any:
-        await self.who(request, "viewer")
         _, status, _ = self._ready()
         now = int(time.time() * 1000)
         zones, anomalies, loss, alerts, rate = await asyncio.gather(
@@ -242,8 +248,8 @@ class ConsoleApi:
                 return float(s.get("throughput_per_s") or 0.0)
         return 0.0
 
+    @needs("viewer")
     async def zone(self, request: Any, zone: str) -> Any:
-        await self.who(request, "viewer")
         _, status, _ = self._ready()
         found = await status.zone(zone)
         if found is None:
@@ -269,15 +275,16 @@ class ConsoleApi:
         metric = request.query.get("metric") or (metrics[0] if metrics else "")
         return {**q, "metric": metric, **where}
 
+    @needs("viewer")
     async def zone_series(self, request: Any, zone: str) -> Any:
-        who = await self.who(request, "viewer")
+        who = principal_of(request)
         z = self._known_zone(zone)
         metrics = tuple(dict.fromkeys(m for s in self.topology.sensors_of(z.id) for m in s.metrics))
         params = self._series_params(request, metrics, zone=zone)
         return await self.history.json("GET", "/v1/history/series", params=params, user=who.name)
 
+    @needs("viewer")
     async def zone_risk(self, request: Any, zone: str) -> Any:
-        await self.who(request, "viewer")
         self._known_zone(zone)
         _, status, _ = self._ready()
         q = dict(request.query)
@@ -286,16 +293,18 @@ class ConsoleApi:
         start, to = Params(q, self.hs).span()
         return {"points": await status.risk_points(zone, start, to)}
 
+    @needs("viewer")
     async def zone_losses(self, request: Any, zone: str) -> Any:
-        who = await self.who(request, "viewer")
+        who = principal_of(request)
         self._known_zone(zone)
         params = {k: v for k, v in request.query.items() if k in ("since", "from", "to")}
         return await self.history.json(
             "GET", f"/v1/history/zones/{quote(zone, safe='')}/losses", params=params, user=who.name
         )
 
+    @needs("viewer")
     async def sensor(self, request: Any, id: str) -> Any:
-        who = await self.who(request, "viewer")
+        who = principal_of(request)
         _, status, _ = self._ready()
         found = await status.sensor(id)
         if found is None:
@@ -306,8 +315,9 @@ class ConsoleApi:
         found["episodes"] = episodes.get("items", [])
         return found
 
+    @needs("viewer")
     async def sensor_series(self, request: Any, id: str) -> Any:
-        who = await self.who(request, "viewer")
+        who = principal_of(request)
         s = self._known_sensor(id)
         params = self._series_params(request, tuple(s.metrics), sensor=id)
         return await self.history.json("GET", "/v1/history/series", params=params, user=who.name)
@@ -371,12 +381,14 @@ class ConsoleApi:
             )
         return out
 
+    @needs("viewer")
     async def list_alerts(self, request: Any) -> Any:
-        who = await self.who(request, "viewer")
+        who = principal_of(request)
         return {"items": await self._alerts(dict(request.query), who.name)}
 
+    @needs("viewer")
     async def export_alerts(self, request: Any) -> Any:
-        who = await self.who(request, "viewer")
+        who = principal_of(request)
         buf = io.StringIO()
         writer = csv.writer(buf)
         writer.writerow(ALERT_CSV_COLUMNS)
@@ -401,14 +413,15 @@ class ConsoleApi:
                 return a
         raise ApiError(404, f"no alert with fingerprint {fp[:64]!r}")
 
+    @needs("operator")
     async def ack(self, request: Any, fp: str) -> Any:
-        who = await self.who(request, "operator")
+        who = principal_of(request)
         note = _text(await self.body(request), "note", 1000)
         await self.alerts.json("POST", f"/v1/alerts/{quote(fp, safe='')}/ack", json={"comment": note}, user=who.name)
         await self._log(fp, "ack", who, note)
         return await self._one_alert(fp, who.name)
 
-    async def _log(self, fp: str, kind: str, who: Caller, note: str) -> None:
+    async def _log(self, fp: str, kind: str, who: Principal, note: str) -> None:
         """One line of the history store's alert log (what the history API's alert log and exports show)."""
         _, _, pool = self._ready()
         now = int(time.time() * 1000)
@@ -424,27 +437,30 @@ class ConsoleApi:
                 note,
             )
 
-    async def _note(self, fp: str, kind: str, who: Caller, text: str) -> Any:
+    async def _note(self, fp: str, kind: str, who: Principal, text: str) -> Any:
         await self._one_alert(fp, who.name)  # 404 for an unknown alert
         await self._log(fp, kind, who, text)
         return await self._one_alert(fp, who.name)
 
+    @needs("operator")
     async def comment(self, request: Any, fp: str) -> Any:
-        who = await self.who(request, "operator")
+        who = principal_of(request)
         text = _text(await self.body(request), "text", 5000).strip()
         if not text:
             raise ApiError(400, "text: a comment needs text")
         return await self._note(fp, "comment", who, text)
 
+    @needs("operator")
     async def assign(self, request: Any, fp: str) -> Any:
-        who = await self.who(request, "operator")
+        who = principal_of(request)
         body = await self.body(request)
         if "assignee" not in body:
             raise ApiError(400, "assignee: is required (empty text unassigns)")
         return await self._note(fp, "assign", who, _text(body, "assignee", 200).strip())
 
+    @needs("operator")
     async def verdict(self, request: Any, fp: str) -> Any:
-        who = await self.who(request, "operator")
+        who = principal_of(request)
         body = await self.body(request)
         verdict = body.get("verdict")
         if verdict not in ("true_positive", "false_positive"):
@@ -458,13 +474,15 @@ class ConsoleApi:
 
     # --- silences -------------------------------------------------------------------------------
 
+    @needs("viewer")
     async def list_silences(self, request: Any) -> Any:
-        who = await self.who(request, "viewer")
+        who = principal_of(request)
         params = {"state": request.query["state"]} if request.query.get("state") else None
         return {"items": await self.alerts.json("GET", "/v1/silences", params=params, user=who.name)}
 
+    @needs("operator")
     async def create_silence(self, request: Any) -> Any:
-        who = await self.who(request, "operator")
+        who = principal_of(request)
         body = await self.body(request)
         try:
             seconds = parse_duration(body.get("duration"))
@@ -484,14 +502,15 @@ class ConsoleApi:
         }
         return await self.alerts.json("POST", "/v1/silences", json=payload, user=who.name)
 
+    @needs("operator")
     async def delete_silence(self, request: Any, id: str) -> Any:
-        who = await self.who(request, "operator")
+        who = principal_of(request)
         return await self.alerts.json("DELETE", f"/v1/silences/{quote(id, safe='')}", user=who.name)
 
     # --- history (proxied) ----------------------------------------------------------------------
 
     async def _proxy(self, request: Any, path: str) -> Any:
-        who = await self.who(request, "viewer")
+        who = principal_of(request)
         r = await self.history.call("GET", path, params=list(request.query.items()), user=who.name)
         if r.status_code >= 500 or r.status_code in (401, 403):
             raise UpstreamError(502, f"the history API answered {r.status_code}")
@@ -502,47 +521,54 @@ class ConsoleApi:
             headers={k: v for k, v in r.headers.items() if k.lower() == "content-disposition"},
         )
 
+    @needs("viewer")
     async def anomaly_rates(self, request: Any) -> Any:
         return await self._proxy(request, "/v1/history/anomaly-rates")
 
+    @needs("viewer")
     async def history_alerts(self, request: Any) -> Any:
         return await self._proxy(request, "/v1/history/alerts")
 
+    @needs("viewer")
     async def episodes(self, request: Any) -> Any:
         return await self._proxy(request, "/v1/history/episodes")
 
+    @needs("viewer")
     async def episode(self, request: Any, id: str) -> Any:
         return await self._proxy(request, f"/v1/history/episodes/{quote(id, safe='')}")
 
+    @needs("viewer")
     async def playback(self, request: Any) -> Any:
         return await self._proxy(request, "/v1/history/playback")
 
+    @needs("viewer")
     async def history_export(self, request: Any) -> Any:
         return await self._proxy(request, "/v1/history/export.csv")
 
     # --- planners' report and pipeline health ---------------------------------------------------
 
     async def _report(self, request: Any) -> dict[str, Any]:
-        await self.who(request, "viewer")
         _, _, pool = self._ready()
         start, to = self.params(request).span(30 * 24 * HOUR_MS)
         return await report.build(pool, start, to)
 
+    @needs("viewer")
     async def planners_report(self, request: Any) -> Any:
         return await self._report(request)
 
+    @needs("viewer")
     async def planners_report_csv(self, request: Any) -> Any:
         return csv_reply(report.to_csv(await self._report(request)), "report.csv")
 
+    @needs("viewer")
     async def pipeline(self, request: Any) -> Any:
-        await self.who(request, "viewer")
         (services, reasons), infra = await asyncio.gather(self.health.view(), self.infra())
         return {"services": services, "quarantine_reasons": reasons, "infra": infra}
 
     # --- public leak reports --------------------------------------------------------------------
 
+    @needs("operator")
     async def list_reports(self, request: Any) -> Any:
-        await self.who(request, "operator")
         _, _, pool = self._ready()
         wanted = request.query.get("status", "")
         if wanted not in ("", "new", "confirmed", "rejected"):
@@ -555,8 +581,9 @@ class ConsoleApi:
         )
         return {"items": [_report_view(r) for r in rows]}
 
+    @needs("operator")
     async def triage(self, request: Any, id: str) -> Any:
-        who = await self.who(request, "operator")
+        who = principal_of(request)
         _, _, pool = self._ready()
         body = await self.body(request)
         status = body.get("status")
@@ -595,6 +622,7 @@ class ConsoleApi:
         )
         return _report_view(fresh)
 
+    @needs("public")
     async def localities(self, request: Any) -> Any:
         _, status, pool = self._ready()
         zones = await status.zone_states()
@@ -605,6 +633,7 @@ class ConsoleApi:
         open_sites = {r["site"] for r in await pool.fetch("SELECT DISTINCT site FROM incidents WHERE state = 'open'")}
         return {"localities": public.localities(self.topology.site_ids(), zones, anomalous, open_sites)}
 
+    @needs("public")
     async def submit_report(self, request: Any) -> Any:
         ip = self.client_address(request)
         wait = self.reports_by_ip.retry_after(ip)
@@ -624,19 +653,19 @@ class ConsoleApi:
 
     # --- users ----------------------------------------------------------------------------------
 
+    @needs("admin")
     async def list_users(self, request: Any) -> Any:
-        await self.who(request, "admin")
         users, _, _ = self._ready()
         return {"items": await users.list()}
 
+    @needs("admin")
     async def add_user(self, request: Any) -> Any:
-        await self.who(request, "admin")
         users, _, _ = self._ready()
         body = await self.body(request)
         return reply(await users.add(body.get("username"), body.get("password"), body.get("role")), status=201)
 
+    @needs("admin")
     async def update_user(self, request: Any, name: str) -> Any:
-        await self.who(request, "admin")
         users, _, _ = self._ready()
         body = await self.body(request)
         return await users.update(
@@ -645,8 +674,8 @@ class ConsoleApi:
 
     # --- live -----------------------------------------------------------------------------------
 
+    @needs("viewer")
     async def live(self, request: Any) -> Any:
-        await self.who(request, "viewer")
         from services.console.live import EVENTS
 
         known = set(EVENTS.values())

@@ -14,6 +14,7 @@ from typing import Any
 import faust
 
 from services.console.api import ConsoleApi
+from services.console.auth import MISSING, session_source
 from services.console.infra import Infra
 from services.console.live import Feed, Hub
 from services.console.network import Topology
@@ -48,7 +49,6 @@ def create_app(settings: Settings | None = None, console_settings: ConsoleSettin
 
     api = ConsoleApi(
         cs,
-        state.tokens,
         Topology.load(cs.network_file),
         cache,
         Upstream("history", cs.history_url, token, cs.upstream_timeout_s),
@@ -60,7 +60,8 @@ def create_app(settings: Settings | None = None, console_settings: ConsoleSettin
         infra.status,
     )
     infra.pool = lambda: api.pool
-    mount(app, api, Path(cs.web_dist) if cs.web_dist else Path(__file__).with_name("web") / "dist")
+    state.add_principal_source(session_source(lambda: api.users), missing=MISSING)
+    mount(app, state, api, Path(cs.web_dist) if cs.web_dist else Path(__file__).with_name("web") / "dist")
     # No consumer group: "joined" means the live feed reads from the topics' ends.
     state.add_check("live_feed", feed.check)
     state.add_check("database", lambda: (api.pool is not None, "connected" if api.pool else "connecting"))
