@@ -23,7 +23,7 @@ import orjson
 from aiohttp import web as aioweb
 
 from services.alerts.durations import parse_duration
-from services.console import public, report
+from services.console import public
 from services.console.auth import COOKIE, ApiError, needs
 from services.console.live import Hub, frame
 from services.console.metrics import LOGINS, REPORTS
@@ -34,7 +34,8 @@ from services.console.settings import ConsoleSettings
 from services.console.status import Status
 from services.console.upstream import Upstream, UpstreamError
 from services.console.users import UserError, Users
-from services.history.queries import Params, QueryError
+from services.history import report
+from services.history.queries import QueryError
 from services.history.settings import HistorySettings
 from services.history.store import Partitions
 from shared.auth import Principal, principal_of
@@ -42,7 +43,6 @@ from shared.cache import Cache
 
 log = logging.getLogger(__name__)
 MAX_BODY = 64 * 1024
-HOUR_MS = 3_600_000
 ALERT_CSV = (
     "fingerprint alertname severity status site zone startsAt endsAt ack_by ack_at ack_note assignee verdict summary"
 )
@@ -95,7 +95,7 @@ class ConsoleApi:
         self.send_report = send_report
         self.send_feedback = send_feedback
         self.infra = infra
-        # History's own settings (FLOWWATCH_HISTORY_*): query bounds, and the partitions of the alert log
+        # History's own settings (FLOWWATCH_HISTORY_*): the partitions of the alert log it still writes to
         self.hs = HistorySettings.from_env()
         self.partitions = Partitions(self.hs.partition_days)
         self.pool: asyncpg.Pool | None = None
@@ -123,7 +123,7 @@ class ConsoleApi:
                 await asyncio.sleep(5)
         self.pool = pool
         self.users = Users(self.pool, self.cs.session_ttl_s)
-        self.status = Status(self.topology, self.cache, self.pool)
+        self.status = Status(self.topology, self.cache)
 
     async def close(self) -> None:
         if self.pool is not None:
@@ -163,9 +163,6 @@ class ConsoleApi:
             if forwarded:
                 return forwarded.split(",")[0].strip()[:64]
         return request.remote or "unknown"
-
-    def params(self, request: Any) -> Params:
-        return Params(request.query, self.hs)
 
     # --- auth -----------------------------------------------------------------------------------
 
@@ -220,11 +217,12 @@ class ConsoleApi:
     @needs("viewer")
     async def overview(self, request: Any) -> Any:
         _, status, _ = self._ready()
-        now = int(time.time() * 1000)
-        zones, anomalies, loss, alerts, rate = await asyncio.gather(
+        who = principal_of(request)
+        day = int(time.time() // 86400 * 86400 * 1000)  # today (UTC)
+        zones, last_hour, today, alerts, rate = await asyncio.gather(
             status.zone_states(),
-            status.anomalies_since(now - HOUR_MS),
-            status.loss_today(),
+            self.history.json("GET", "/v1/history/summary", params={"since": "1h"}, user=who.name),
+            self.history.json("GET", "/v1/history/summary", params={"from": str(day)}, user=who.name),
             self._alerts({"status": "firing"}, ""),
             self._readings_per_s(),
         )
@@ -234,10 +232,10 @@ class ConsoleApi:
             firing[sev] += 1
         kpis = {
             "readings_per_s": rate,
-            "anomalies_last_hour": anomalies,
+            "anomalies_last_hour": last_hour["anomalies"],
             "firing": firing,
             "zones_at_risk": sum(1 for z in zones if z["status"] == "at_risk"),
-            "loss_today": loss,
+            "loss_today": today["loss"],
         }
         return {"kpis": kpis, "zones": zones}
 
@@ -285,13 +283,11 @@ class ConsoleApi:
 
     @needs("viewer")
     async def zone_risk(self, request: Any, zone: str) -> Any:
+        who = principal_of(request)
         self._known_zone(zone)
-        _, status, _ = self._ready()
-        q = dict(request.query)
-        if not q.get("from"):
-            q.setdefault("since", "6h")
-        start, to = Params(q, self.hs).span()
-        return {"points": await status.risk_points(zone, start, to)}
+        params = {k: v for k, v in request.query.items() if k in ("since", "from", "to")}
+        answer = await self.history.json("GET", "/v1/history/risk", params={**params, "zone": zone}, user=who.name)
+        return {"points": answer["points"]}
 
     @needs("viewer")
     async def zone_losses(self, request: Any, zone: str) -> Any:
@@ -309,9 +305,13 @@ class ConsoleApi:
         found = await status.sensor(id)
         if found is None:
             raise ApiError(404, f"no sensor {id[:64]!r}")
-        episodes = await self.history.json(
-            "GET", "/v1/history/episodes", params={"sensor": id, "since": "7d", "limit": "50"}, user=who.name
+        profile, episodes = await asyncio.gather(
+            self.history.json("GET", f"/v1/history/sensors/{quote(id, safe='')}/profile", user=who.name),
+            self.history.json(
+                "GET", "/v1/history/episodes", params={"sensor": id, "since": "7d", "limit": "50"}, user=who.name
+            ),
         )
+        found["reasons"], found["usual"] = profile["reasons"], profile["usual"]
         found["episodes"] = episodes.get("items", [])
         return found
 
@@ -548,9 +548,8 @@ class ConsoleApi:
     # --- planners' report and pipeline health ---------------------------------------------------
 
     async def _report(self, request: Any) -> dict[str, Any]:
-        _, _, pool = self._ready()
-        start, to = self.params(request).span(30 * 24 * HOUR_MS)
-        return await report.build(pool, start, to)
+        params = {k: v for k, v in request.query.items() if k in ("since", "from", "to")}
+        return await self.history.json("GET", "/v1/history/report", params=params, user=principal_of(request).name)
 
     @needs("viewer")
     async def planners_report(self, request: Any) -> Any:
@@ -624,13 +623,16 @@ class ConsoleApi:
 
     @needs("public")
     async def localities(self, request: Any) -> Any:
-        _, status, pool = self._ready()
-        zones = await status.zone_states()
+        _, status, _ = self._ready()
         net = self.topology.network
         watched = [s for s in net.sensors if public.WATCHED_METRICS & set(s.metrics)]
-        scores = await self.cache.get_many("score", [s.id for s in watched])
+        zones, scores, summary = await asyncio.gather(
+            status.zone_states(),
+            self.cache.get_many("score", [s.id for s in watched]),
+            self.history.json("GET", "/v1/history/summary"),
+        )
         anomalous = {s.site for s in watched if (scores.get(s.id) or {}).get("is_anomaly")}
-        open_sites = {r["site"] for r in await pool.fetch("SELECT DISTINCT site FROM incidents WHERE state = 'open'")}
+        open_sites = set(summary["open_incident_sites"])
         return {"localities": public.localities(self.topology.site_ids(), zones, anomalous, open_sites)}
 
     @needs("public")
@@ -699,7 +701,7 @@ class ConsoleApi:
                 except TimeoutError:
                     await response.write(b": heartbeat\n\n")
                     continue
-                chunks = [frame(event, data) for event, data in client.take()]
+                chunks = [framed for _, framed in client.take()]
                 if client.dropped != reported:
                     chunks.append(frame("dropped", orjson.dumps({"dropped": client.dropped})))
                     reported = client.dropped

@@ -20,7 +20,7 @@ import orjson
 from aiohttp import web as aioweb
 from faust.web import Request, Response, View
 
-from services.history import queries
+from services.history import queries, report
 from services.history.metrics import API_REQUESTS
 from services.history.queries import Params, QueryError
 from services.history.settings import HistorySettings
@@ -75,10 +75,13 @@ class HistoryApi:
     def params(self, request: Request) -> Params:
         return Params(request.query, self.hs)
 
-    async def fetch(self, sql: str, args: list[Any]) -> list[dict[str, Any]]:
+    def _pool(self) -> asyncpg.Pool:
         if self.pool is None:
             raise ApiError(503, "the history store is not connected yet")
-        return [_row(r) for r in await self.pool.fetch(sql, *args)]
+        return self.pool
+
+    async def fetch(self, sql: str, args: list[Any]) -> list[dict[str, Any]]:
+        return [_row(r) for r in await self._pool().fetch(sql, *args)]
 
     async def body(self, request: Request) -> dict[str, Any]:
         raw = await request.read()
@@ -192,6 +195,46 @@ class HistoryApi:
             "step": step,
             "frames": [{"ts": ts, "zones": list(zones.values())} for ts, zones in sorted(frames.items())],
         }
+
+    async def risk(self, request: Request) -> Any:
+        self.authorize(request, "viewer")
+        return {"points": await self.fetch(*queries.risk(self.params(request)))}
+
+    async def summary(self, request: Request) -> Any:
+        self.authorize(request, "viewer")
+        p = self.params(request)
+        start, to = p.span(3_600_000)
+        anomalies, incidents, open_sites = await asyncio.gather(*(self.fetch(s, a) for s, a in queries.summary(p)))
+        loss = incidents[0]
+        return {
+            "from": start,
+            "to": to,
+            "anomalies": anomalies[0]["n"],
+            "incidents": loss["incidents"],
+            "loss": {
+                "volume": loss["volume"],
+                "cost": loss["cost"],
+                "unit": loss["unit"] or "m3",
+                "currency": loss["currency"] or "",
+            },
+            "open_incident_sites": [r["site"] for r in open_sites],
+        }
+
+    async def sensor_profile(self, request: Request, sensor_id: str) -> Any:
+        self.authorize(request, "viewer")
+        reasons, usual = await asyncio.gather(
+            *(self.fetch(s, a) for s, a in queries.sensor_profile(self.params(request), sensor_id))
+        )
+        return {
+            "sensor_id": sensor_id,
+            "reasons": [r["reason"] for r in reasons],
+            "usual": {r["metric"]: {"mean": r["mean"], "std": r["std"]} for r in usual},
+        }
+
+    async def report(self, request: Request) -> Any:
+        self.authorize(request, "viewer")
+        start, to = self.params(request).span(30 * queries.DAY_MS)
+        return await report.build(self._pool(), start, to)
 
     # --- annotations ----------------------------------------------------------------------------
 
@@ -393,4 +436,8 @@ def mount(app: faust.App, api: HistoryApi) -> None:
     page("/v1/history/alerts", "alerts", get=api.alerts)
     page("/v1/history/zones/{zone}/losses", "losses", get=api.losses)
     page("/v1/history/playback", "playback", get=api.playback)
+    page("/v1/history/risk", "risk", get=api.risk)
+    page("/v1/history/summary", "summary", get=api.summary)
+    page("/v1/history/sensors/{sensor_id}/profile", "sensor-profile", get=api.sensor_profile)
+    page("/v1/history/report", "report", get=api.report)
     page("/v1/history/export.csv", "export", get=api.export)

@@ -279,6 +279,21 @@ async def test_history_keeps_everything_once_and_serves_it(settings, db) -> None
         assert sum(d["volume"] for d in losses) == pytest.approx(10.0) and sum(
             d["cost"] for d in losses
         ) == pytest.approx(5.0)
+        # what the console reads through this API rather than from the tables
+        risk = _get(worker, "/v1/history/risk", zone="z1", **span).json()["points"]
+        assert [(r["ts"], r["probability"], r["incident_type"]) for r in risk] == [
+            (t0 + k * MIN, 0.8, "leak") for k in range(5)
+        ]
+        assert _get(worker, "/v1/history/risk", **span).json()["parameter"] == "zone"
+        summary = _get(worker, "/v1/history/summary", **span).json()
+        assert summary["anomalies"] == 5 and summary["incidents"] == 1 and summary["open_incident_sites"] == ["s1"]
+        assert summary["loss"]["unit"] == "m3" and summary["loss"]["currency"] == "EUR"
+        profile = _get(worker, "/v1/history/sensors/a/profile", **span).json()
+        assert profile["usual"]["flow"]["mean"] == pytest.approx(29.5) and profile["usual"]["pressure"]["std"] == 0
+        assert profile["reasons"] and _get(worker, "/v1/history/sensors/zz/profile", **span).json()["usual"] == {}
+        ranked = _get(worker, "/v1/history/report", **span).json()["zones"]
+        assert [(z["site"], z["zone"], z["incidents"], z["risk_max"]) for z in ranked] == [("s1", "z1", 1, 0.8)]
+        assert _get(worker, "/v1/history/report", token=None, **span).status_code == 401
         frames = _get(worker, "/v1/history/playback", **{"from": str(t0), "to": str(t0 + 10 * MIN)}, step="5m").json()[
             "frames"
         ]
