@@ -1,9 +1,9 @@
 """The console's JSON API under /api/ on the Faust web server: auth, the operators' views, the public side.
 
 Each handler declares the role it needs (:func:`services.console.auth.needs`; the routes guard it with the
-service's shared :class:`shared.auth.Guard`: a bearer token or a session cookie), then answers from Redis, the
-history database, or the history and alerts APIs (called with the console's delegate token on behalf of
-the session's user). A refusal is a 4xx ``{"error": ...}`` naming the reason or the field.
+service's shared :class:`shared.auth.Guard`: a bearer token or a session cookie), then answers from Redis (the
+services' read cache) or the history and alerts APIs (called with the console's delegate token on behalf of
+the session's user); its own database holds only its users and sessions. A refusal is a 4xx ``{"error": ...}`` naming the reason or the field.
 """
 
 from __future__ import annotations
@@ -35,9 +35,6 @@ from services.console.status import Status
 from services.console.upstream import Upstream, UpstreamError
 from services.console.users import UserError, Users
 from services.history import report
-from services.history.queries import QueryError
-from services.history.settings import HistorySettings
-from services.history.store import Partitions
 from shared.auth import Principal, principal_of
 from shared.cache import Cache
 
@@ -81,7 +78,6 @@ class ConsoleApi:
         hub: Hub,
         health: PipelineHealth,
         send_report: Callable[[dict[str, Any]], Awaitable[None]],
-        send_feedback: Callable[[dict[str, Any]], Awaitable[None]],
         infra: Callable[[], Awaitable[dict[str, str]]],
     ):
         self.cs = cs
@@ -93,11 +89,7 @@ class ConsoleApi:
         self.hub = hub
         self.health = health
         self.send_report = send_report
-        self.send_feedback = send_feedback
         self.infra = infra
-        # History's own settings (FLOWWATCH_HISTORY_*): the partitions of the alert log it still writes to
-        self.hs = HistorySettings.from_env()
-        self.partitions = Partitions(self.hs.partition_days)
         self.pool: asyncpg.Pool | None = None
         self.users: Users | None = None
         self.status: Status | None = None
@@ -327,7 +319,6 @@ class ConsoleApi:
     async def _alerts(self, filters: dict[str, str], user: str) -> list[dict[str, Any]]:
         """The alerts API's list in the console's shape, with the console's comments and assignees and the
         latest verdict from the history store."""
-        _, _, pool = self._ready()
         status = filters.get("status") or ""
         if status and status not in ("firing", "resolved"):
             raise ApiError(400, "status: use firing or resolved")
@@ -339,26 +330,12 @@ class ConsoleApi:
         answer = await self.alerts.json("GET", "/v1/alerts", params=params, user=user)
         raw = answer.get("alerts", [])
         fps = [a["fingerprint"] for a in raw]
-        notes = await pool.fetch(
-            "SELECT fingerprint, ts, kind, author, note FROM alert_log WHERE fingerprint = ANY($1) "
-            "AND kind IN ('comment', 'assign') ORDER BY ts",
-            fps,
-        )
-        verdicts = await pool.fetch(
-            "SELECT DISTINCT ON (fingerprint) fingerprint, verdict FROM feedback WHERE fingerprint = ANY($1) "
-            "ORDER BY fingerprint, ts DESC",
-            fps,
-        )
-        comments: dict[str, list[dict[str, Any]]] = {}
-        assignee: dict[str, str | None] = {}
-        for n in notes:
-            if n["kind"] == "comment":
-                comments.setdefault(n["fingerprint"], []).append(
-                    {"by": n["author"], "at": rfc3339(n["ts"]), "text": n["note"]}
-                )
-            else:
-                assignee[n["fingerprint"]] = n["note"] or None
-        verdict = {v["fingerprint"]: v["verdict"] for v in verdicts}
+        notes: dict[str, Any] = {}
+        if fps:
+            found = await self.history.json(
+                "GET", "/v1/history/alerts/annotations", params={"fingerprints": ",".join(fps)}, user=user
+            )
+            notes = {n["fingerprint"]: n for n in found["items"]}
         out = []
         for a in raw:
             fp, labels = a["fingerprint"], a.get("labels", {})
@@ -374,9 +351,12 @@ class ConsoleApi:
                     "startsAt": a.get("startsAt"),
                     "endsAt": a.get("endsAt"),
                     "ack": {"by": ack["by"], "at": ack["at"], "note": ack.get("comment", "")} if ack else None,
-                    "assignee": assignee.get(fp),
-                    "comments": comments.get(fp, []),
-                    "verdict": verdict.get(fp),
+                    "assignee": notes.get(fp, {}).get("assignee"),
+                    "comments": [
+                        {"by": c["by"], "at": rfc3339(c["at"]), "text": c["text"]}
+                        for c in notes.get(fp, {}).get("comments", [])
+                    ],
+                    "verdict": notes.get(fp, {}).get("verdict"),
                 }
             )
         return out
@@ -422,20 +402,13 @@ class ConsoleApi:
         return await self._one_alert(fp, who.name)
 
     async def _log(self, fp: str, kind: str, who: Principal, note: str) -> None:
-        """One line of the history store's alert log (what the history API's alert log and exports show)."""
-        _, _, pool = self._ready()
-        now = int(time.time() * 1000)
-        async with pool.acquire() as conn:
-            await self.partitions.ensure(conn, "alert_log", [now])
-            await conn.execute(
-                "INSERT INTO alert_log (fingerprint, ts, kind, status, author, note) VALUES ($1, $2, $3, '', $4, $5) "
-                "ON CONFLICT DO NOTHING",
-                fp,
-                now,
-                kind,
-                who.name,
-                note,
-            )
+        """One line of history's alert log (what the history API's alert log and exports show), as the user."""
+        await self.history.json(
+            "POST",
+            f"/v1/history/alerts/{quote(fp, safe='')}/notes",
+            json={"kind": kind, "note": note},
+            user=who.name,
+        )
 
     async def _note(self, fp: str, kind: str, who: Principal, text: str) -> Any:
         await self._one_alert(fp, who.name)  # 404 for an unknown alert
@@ -568,58 +541,24 @@ class ConsoleApi:
 
     @needs("operator")
     async def list_reports(self, request: Any) -> Any:
-        _, _, pool = self._ready()
         wanted = request.query.get("status", "")
         if wanted not in ("", "new", "confirmed", "rejected"):
             raise ApiError(400, "status: use new, confirmed or rejected")
-        rows = await pool.fetch(
-            "SELECT r.id, r.ts, r.site, r.text, r.payload, t.status, t.author, t.ts AS triage_ts, t.note "
-            "FROM reports r LEFT JOIN console_report_triage t ON t.report_id = r.id "
-            "WHERE ($1 = '' OR coalesce(t.status, 'new') = $1) ORDER BY r.ts DESC LIMIT 500",
-            wanted,
-        )
-        return {"items": [_report_view(r) for r in rows]}
+        params = {"status": wanted, "limit": "500"} if wanted else {"limit": "500"}
+        found = await self.history.json("GET", "/v1/history/reports", params=params, user=principal_of(request).name)
+        return {"items": [_report_view(r) for r in found["items"]]}
 
     @needs("operator")
     async def triage(self, request: Any, id: str) -> Any:
-        who = principal_of(request)
-        _, _, pool = self._ready()
         body = await self.body(request)
-        status = body.get("status")
-        if status not in ("confirmed", "rejected"):
+        if body.get("status") not in ("confirmed", "rejected"):
             raise ApiError(400, "status: confirmed or rejected")
-        note = _text(body, "note", 2000)
-        row = await pool.fetchrow("SELECT id, ts, site, text, payload FROM reports WHERE id = $1", id)
-        if row is None:
-            raise ApiError(404, f"no report {id[:64]!r}")
-        now = int(time.time() * 1000)
-        await pool.execute(
-            "INSERT INTO console_report_triage (report_id, status, author, note, ts) VALUES ($1, $2, $3, $4, $5) "
-            "ON CONFLICT (report_id) DO UPDATE SET status = $2, author = $3, note = $4, ts = $5",
-            id,
-            status,
-            who.name,
-            note,
-            now,
+        payload = {"status": body["status"], "note": _text(body, "note", 2000)}
+        # History keeps the triage and puts a confirmation on `feedback` (a verdict for retraining).
+        found = await self.history.json(
+            "POST", f"/v1/history/reports/{quote(id, safe='')}/triage", json=payload, user=principal_of(request).name
         )
-        if status == "confirmed":
-            await self.send_feedback(
-                {
-                    "fingerprint": f"report-{id}",
-                    "verdict": "true_positive",
-                    "ts": now,
-                    "author": who.name,
-                    "comment": note,
-                    "labels": {"alertname": "PublicLeakReport", "site": row["site"], "report_id": id},
-                    "v": 1,
-                }
-            )
-        fresh = await pool.fetchrow(
-            "SELECT r.id, r.ts, r.site, r.text, r.payload, t.status, t.author, t.ts AS triage_ts, t.note "
-            "FROM reports r LEFT JOIN console_report_triage t ON t.report_id = r.id WHERE r.id = $1",
-            id,
-        )
-        return _report_view(fresh)
+        return _report_view(found)
 
     @needs("public")
     async def localities(self, request: Any) -> Any:
@@ -738,10 +677,8 @@ def _text(body: dict[str, Any], field: str, limit: int) -> str:
     return value
 
 
-def _report_view(r: Any) -> dict[str, Any]:
-    payload = r["payload"]
-    if isinstance(payload, str):
-        payload = orjson.loads(payload)
+def _report_view(r: dict[str, Any]) -> dict[str, Any]:
+    payload = r.get("payload") or {}
     return {
         "id": r["id"],
         "ts": r["ts"],
@@ -750,7 +687,7 @@ def _report_view(r: Any) -> dict[str, Any]:
         "name": payload.get("name", ""),
         "contact": payload.get("contact", ""),
         "status": r["status"] or "new",
-        "triage": {"by": r["author"], "at": r["triage_ts"], "note": r["note"]} if r["status"] else None,
+        "triage": {"by": r["triage_by"], "at": r["triage_at"], "note": r["triage_note"]} if r["status"] else None,
     }
 
 
@@ -768,7 +705,5 @@ def errors(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
             return {"error": str(exc)}, exc.status, None
         except UserError as exc:
             return {"error": str(exc)}, exc.status, None
-        except QueryError as exc:
-            return {"error": str(exc), "parameter": exc.param}, 400, None
 
     return run

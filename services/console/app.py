@@ -26,7 +26,7 @@ from shared.cache import Cache
 from shared.codec import dumps
 from shared.service import base_app
 from shared.settings import Settings
-from shared.topics import FEEDBACK, REPORTS, faust_topic
+from shared.topics import REPORTS, faust_topic
 
 
 def create_app(settings: Settings | None = None, console_settings: ConsoleSettings | None = None) -> faust.App:
@@ -38,14 +38,11 @@ def create_app(settings: Settings | None = None, console_settings: ConsoleSettin
     hub = Hub(cs.live_queue, cs.live_max_clients)
     feed = Feed(settings, hub)
     health = PipelineHealth(cs.targets())
-    reports, feedback = faust_topic(app, REPORTS, settings), faust_topic(app, FEEDBACK, settings)
+    reports = faust_topic(app, REPORTS, settings)
     infra = Infra(settings, cache, feed)
 
     async def send_report(record: dict[str, Any]) -> None:
         await (await reports.send(value=dumps(record)))
-
-    async def send_feedback(record: dict[str, Any]) -> None:
-        await (await feedback.send(key=record["fingerprint"].encode(), value=dumps(record)))
 
     api = ConsoleApi(
         cs,
@@ -56,7 +53,6 @@ def create_app(settings: Settings | None = None, console_settings: ConsoleSettin
         hub,
         health,
         send_report,
-        send_feedback,
         infra.status,
     )
     infra.pool = lambda: api.pool
