@@ -79,7 +79,7 @@ async def stop_clients(proc: asyncio.subprocess.Process) -> dict[str, Any]:
 
 
 def window_stats(arrivals: dict[str, list[tuple[int, float]]], lo: float, hi: float) -> dict[str, Any]:
-    return {stage: summary([lat for ts, lat in got if lo <= ts < hi]) for stage, got in arrivals.items()}
+    return {stage: summary([lat for ts, lat in arrivals[stage] if lo <= ts < hi]) for stage in ("clean", "scores")}
 
 
 def median_of(windows: list[dict[str, Any]], stage: str, q: str) -> float | None:
@@ -104,7 +104,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     clients: asyncio.subprocess.Process | None = None
     gen: asyncio.subprocess.Process | None = None
     stop = asyncio.Event()
-    arrivals: dict[str, list[tuple[int, float]]] = {"clean": [], "scores": []}
+    arrivals: dict[str, list[tuple[int, float]]] = {"clean": [], "scores": [], "anomalies": []}
     windows: list[dict[str, Any]] = []
     try:
         async with scratch_database() as db:
@@ -164,6 +164,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                     cpu_pids = pids | ({"sse_clients": clients.pid} if clients else {})
                     cpu = {n: round((cpu_seconds(cpu_pids[n]) - c) / elapsed, 3) for n, c in cpu0.items()}
                     window: dict[str, Any] = {"pair": pair + 1, "side": label, "from_ms": int(lo), "to_ms": int(hi)}
+                    window["seconds_with_clients"] = round(args.settle + elapsed, 1) if clients else 0
                     window.update(cpu_share=cpu, load_avg_1m=round(load, 2))
                     if clients:
                         window["clients"] = await stop_clients(clients)
@@ -256,12 +257,14 @@ def cli() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--clients", type=int, default=50)
     p.add_argument("--rate", type=float, default=500.0, help="readings/s written to readings.raw")
-    p.add_argument("--sensors", type=int, default=200)
-    p.add_argument("--spikes-per-s", type=float, default=4.0)
-    p.add_argument("--pairs", type=int, default=4, help="pairs of windows (quiet, live); at least 3")
+    # Each sensor spikes once (an anomaly, an alert: the live feed), after 20 readings: 1000 sensors at 3 spikes/s
+    # keep anomalies and alerts flowing from 40 s to about 370 s, through the whole run.
+    p.add_argument("--sensors", type=int, default=1000)
+    p.add_argument("--spikes-per-s", type=float, default=3.0)
+    p.add_argument("--pairs", type=int, default=5, help="pairs of windows (quiet, live); at least 3")
     p.add_argument("--window", type=float, default=20.0, help="measured seconds per window")
     p.add_argument("--settle", type=float, default=8.0, help="seconds before each window is measured")
-    p.add_argument("--warmup", type=float, default=20.0, help="seconds of load before the first window")
+    p.add_argument("--warmup", type=float, default=40.0, help="seconds of load before the first window")
     args = p.parse_args()
     if args.pairs < 3:
         p.error("--pairs: at least 3 (the result is a median over windows)")
