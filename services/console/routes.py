@@ -18,30 +18,38 @@ from aiohttp import web as aioweb
 from faust.web import Request, View
 
 from services.console.api import ConsoleApi, errors
+from services.console.auth import role_of
 from services.console.metrics import API_REQUESTS
 from services.console.models import ModelsView
+from shared.service import ServiceState
 
 log = logging.getLogger(__name__)
 NOT_BUILT = "front end not built: run make console-web"
 
 
-def mount(app: faust.App, api: ConsoleApi, dist: Path) -> None:
+def mount(app: faust.App, state: ServiceState, api: ConsoleApi, dist: Path) -> None:
     def handler(endpoint: str, fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-        guarded = errors(fn)
+        answer = errors(fn)
 
-        async def run(self: View, request: Request, **kw: Any) -> Any:
+        async def respond(self: View, request: Request, **kw: Any) -> Any:
             try:
-                result, code, headers = await guarded(request, **kw)
+                result, code, headers = await answer(request, **kw)
             except Exception:
                 log.exception("%s %s failed", request.method, request.path)
                 result, code, headers = {"error": "internal error; see the console log"}, 500, None
             if isinstance(result, aioweb.StreamResponse):
-                API_REQUESTS.labels(endpoint, str(result.status)).inc()
                 return result
-            API_REQUESTS.labels(endpoint, str(code)).inc()
             return aioweb.Response(
                 body=orjson.dumps(result), status=code, content_type="application/json", headers=headers
             )
+
+        # The service's shared guard (bearer token or session) admits the caller before the handler runs.
+        guarded = state.guarded(role_of(fn), respond)
+
+        async def run(self: View, request: Request, **kw: Any) -> Any:
+            response = await guarded(self, request, **kw)
+            API_REQUESTS.labels(endpoint, str(response.status)).inc()
+            return response
 
         return run
 
