@@ -98,6 +98,9 @@ def _int_as_orjson(digits: str) -> int | float:
     return value if -(2**63) <= value < 2**64 else float(value)
 
 
+_NO_UNITS: dict[str, Any] = {}
+
+
 def deeper_than(value: Any, limit: int) -> bool:
     """True when ``value`` nests arrays/objects more than ``limit`` levels (iterative: no recursion limit)."""
     stack = [(value, 1)]
@@ -268,7 +271,7 @@ def validate(payload: Any, received_ms: int, rules: Rules, source: str = "kafka"
         reasons.append(f"invalid_quality: {_short(device_quality)} is not a number in [0, 1]")
         device_quality = None
 
-    values, units, missing, unknown = _values(payload.get("values"), payload.get("units"), rules, reasons)
+    values, units, missing, unknown, in_range = _values(payload.get("values"), payload.get("units"), rules, reasons)
 
     if reasons:
         return Validated(None, reasons, sensor_id or None, len(unknown))
@@ -296,7 +299,7 @@ def validate(payload: Any, received_ms: int, rules: Rules, source: str = "kafka"
         extra["unknown_metrics"] = unknown
 
     assert ts is not None  # no reasons means ts parsed
-    quality = quality_score(values, utility, asset, ts, received_ms, device_quality, rules)
+    quality = quality_score(values, utility, asset, ts, received_ms, device_quality, rules, in_range)
     if quality < rules.quality_threshold:
         why = f"low_quality: {quality:.3f} below {rules.quality_threshold}"
         return Validated(None, [why], sensor_id, len(unknown))
@@ -319,29 +322,36 @@ def validate(payload: Any, received_ms: int, rules: Rules, source: str = "kafka"
 
 def _values(
     raw_values: Any, raw_units: Any, rules: Rules, reasons: list[str]
-) -> tuple[dict[str, float], dict[str, str], list[str], list[str]]:
-    """Canonical values and units; appends reasons; returns (values, units, missing metrics, unknown metrics)."""
+) -> tuple[dict[str, float], dict[str, str], list[str], list[str], float]:
+    """Canonical values and units; appends reasons.
+
+    Returns (values, units, missing metrics, unknown metrics, range score): the range part of the
+    quality score (:func:`services.ingest.quality.range_score`), worked out here where each value
+    meets its spec anyway.
+    """
     if raw_values is None:
         reasons.append("missing_field: values")
-        return {}, {}, [], []
+        return {}, {}, [], [], 1.0
     if not isinstance(raw_values, dict):
         reasons.append(f"invalid_field: values must be an object of metric -> number, got {type(raw_values).__name__}")
-        return {}, {}, [], []
+        return {}, {}, [], [], 1.0
     if raw_units is None:
-        raw_units = {}
+        raw_units = _NO_UNITS
     elif not isinstance(raw_units, dict):
         reasons.append(f"invalid_units: units must be an object of metric -> unit, got {type(raw_units).__name__}")
-        raw_units = {}
+        raw_units = _NO_UNITS
     if len(raw_values) > rules.max_metrics:
         reasons.append(f"too_many_metrics: {len(raw_values)} (limit {rules.max_metrics})")
-        return {}, {}, [], []
+        return {}, {}, [], [], 1.0
 
     values: dict[str, float] = {}
     units: dict[str, str] = {}
     missing: list[str] = []
     unknown: list[str] = []
+    worst = 1.0
     specs = rules.metrics
     known_names = rules.valid_names
+    named_units = rules.named_units
     for raw_name, value in raw_values.items():
         name = known_names.get(raw_name)
         if name is None:
@@ -373,11 +383,11 @@ def _values(
         if not isfinite(number):
             reasons.append(f"non_finite: {raw_name}={number}")
             continue
-        unit = raw_units.get(raw_name)
+        unit = raw_units.get(raw_name) if raw_units else None
         if unit is None and raw_name != name:
-            unit = raw_units.get(name)
+            unit = raw_units.get(name) if raw_units else None
             if unit is None:
-                unit = rules.named_units.get(raw_name)
+                unit = named_units.get(raw_name)
         if unit is not None and not isinstance(unit, str):
             reasons.append(f"invalid_units: unit of {raw_name} must be a string, got {_short(unit)}")
             continue
@@ -403,8 +413,12 @@ def _values(
             shown = f"{number:.6g} {spec.unit}"
             reasons.append(f"out_of_range: {name}={shown} outside [{spec.lo:g}, {spec.hi:g}]")
             continue
+        if not spec.soft_lo <= number <= spec.soft_hi:
+            score = spec.range_score(number)
+            if score < worst:
+                worst = score
         values[name] = number
         units[name] = spec.unit
     if not values and not reasons:
         reasons.append("no_values: no metric with a number" + (f" (missing: {', '.join(missing)})" if missing else ""))
-    return values, units, missing, unknown
+    return values, units, missing, unknown, worst
