@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 
 from services.ingest.quality import quality_score
-from services.ingest.rules import Rules
+from services.ingest.rules import MetricSpec, Rules
 from services.ingest.units import conversion
 from shared.records import UTILITIES, Reading
 
@@ -349,9 +349,8 @@ def _values(
     missing: list[str] = []
     unknown: list[str] = []
     worst = 1.0
-    specs = rules.metrics
     known_names = rules.valid_names
-    named_units = rules.named_units
+    plans = rules.unit_plans
     for raw_name, value in raw_values.items():
         name = known_names.get(raw_name)
         if name is None:
@@ -383,31 +382,26 @@ def _values(
         if not isfinite(number):
             reasons.append(f"non_finite: {raw_name}={number}")
             continue
-        unit = raw_units.get(raw_name) if raw_units else None
-        if unit is None and raw_name != name:
-            unit = raw_units.get(name) if raw_units else None
-            if unit is None:
-                unit = named_units.get(raw_name)
-        if unit is not None and not isinstance(unit, str):
-            reasons.append(f"invalid_units: unit of {raw_name} must be a string, got {_short(unit)}")
+        given = raw_units.get(raw_name) if raw_units else None
+        if given is None and raw_units and raw_name != name:
+            given = raw_units.get(name)
+        if given is not None and not isinstance(given, str):
+            reasons.append(f"invalid_units: unit of {raw_name} must be a string, got {_short(given)}")
             continue
-        spec = specs.get(name)
+        plan = plans.get((raw_name, given))
+        if plan is None:
+            plan = unit_plan(rules, raw_name, name, given)
+        spec, conv, text = plan
         if spec is None:
-            if rules.strict_unknown:
-                reasons.append(
-                    f"unknown_metric: {_short(raw_name)} is not a metric of the ranges file (unknown metrics are strict)"
-                )
+            if conv is None:  # refused: text is the reason
+                reasons.append(text)  # type: ignore[arg-type]
                 continue
             unknown.append(name)
             values[name] = number
-            if unit:
-                units[name] = unit
+            if text:
+                units[name] = text
             continue
-        if unit is not None and unit != spec.unit:
-            conv = conversion(spec.unit, unit)
-            if conv is None:
-                reasons.append(f"unknown_unit: {_short(unit)} is not a unit of {name} (canonical {spec.unit})")
-                continue
+        if conv is not None:
             number = number * conv[0] + conv[1]
         if not spec.lo <= number <= spec.hi:
             shown = f"{number:.6g} {spec.unit}"
@@ -422,3 +416,41 @@ def _values(
     if not values and not reasons:
         reasons.append("no_values: no metric with a number" + (f" (missing: {', '.join(missing)})" if missing else ""))
     return values, units, missing, unknown, worst
+
+
+#: What a metric spelling with a given unit (or none) comes to: (spec, conversion, text). A known metric:
+#: (its spec, (scale, offset) or None when the value is already in its unit, None); an unknown one accepted:
+#: (None, (1.0, 0.0), its unit or ""); refused: (None, None, the reason).
+UnitPlan = tuple[MetricSpec | None, tuple[float, float] | None, str | None]
+
+
+def unit_plan(rules: Rules, raw_name: str, name: str, given: str | None) -> UnitPlan:
+    """The plan of ``raw_name`` (canonical ``name``) sent in unit ``given`` (None: no unit sent); memoised in rules."""
+    unit = given
+    if unit is None and raw_name != name:
+        unit = rules.named_units.get(raw_name)
+    spec = rules.metrics.get(name)
+    plan: UnitPlan
+    if spec is None:
+        if rules.strict_unknown:
+            why = f"unknown_metric: {_short(raw_name)} is not a metric of the ranges file (unknown metrics are strict)"
+            plan = (None, None, why)
+        else:
+            plan = (None, (1.0, 0.0), unit or "")
+    elif unit is not None and unit != spec.unit:
+        conv = conversion(spec.unit, unit)
+        if conv is None:
+            plan = (None, None, f"unknown_unit: {_short(unit)} is not a unit of {name} (canonical {spec.unit})")
+        else:
+            plan = (spec, conv, None)
+    else:
+        plan = (spec, None, None)
+    if given is None or len(given) <= 64:  # a unit longer than any real one is not worth memory
+        plans = rules.unit_plans
+        if len(plans) >= _PLANS_LIMIT:
+            plans.clear()
+        plans[(raw_name, given)] = plan
+    return plan
+
+
+_PLANS_LIMIT = 10_000
