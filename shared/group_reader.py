@@ -12,6 +12,14 @@ pause, then one message at a time, the one that fails twice set aside with its e
 a set-aside message's offset is committed at once, so a restart never reads it again. Broker errors
 reconnect (with backoff) and read again from the committed offsets.
 
+A hard crash (segfault, OOM kill) raises nothing, so with ``pump_crash_guard`` each fetch's first
+offsets are committed before it is processed with a *guard* in the offset's metadata (the range,
+as :class:`shared.pump.Suspect` encodes it; one broker round trip), cleared by the commit after it.
+A worker that finds a guard when it first fetches a partition processes that range one message at
+a time, each under its own guard, and sets aside the message whose guard it finds after the next
+restart ("the worker died while processing this message alone"): replayed into a crash at most
+once more, as in the pump.
+
 Topics are looked for every ``topic_check_s``: only those that exist are subscribed (aiokafka
 logs an error per retry for a missing one); a new one is read from its start.
 """
@@ -25,9 +33,11 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import OffsetAndMetadata
 
 from shared.poison import SetAside, isolate
+from shared.pump import Suspect
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -78,6 +88,10 @@ class GroupReader:
         self.batches = 0
         self.set_aside = 0
         self.last_error = ""
+        # As the pump's crash guard (shared.pump), in the group's committed offsets' metadata.
+        self.guard = settings.pump_crash_guard
+        self.checked: set[TopicPartition] = set()  # partitions whose guard was looked at since their assignment
+        self.suspects: dict[TopicPartition, Suspect] = {}
 
     def check(self) -> tuple[bool, str]:
         # Trouble with topics someone else writes does not make the service unready: its other inputs still work.
@@ -91,6 +105,7 @@ class GroupReader:
         backoff = 0.5
         while True:
             self.consumer = consumer = self._consumer()
+            self.checked, self.suspects = set(), {}  # read again from the group after a reconnect
             try:
                 self.producer = await self._start()
                 await consumer.start()
@@ -123,18 +138,98 @@ class GroupReader:
                 await asyncio.sleep(1.0)
                 continue
             fetched = await consumer.getmany(timeout_ms=1000, max_records=self.batch_size)
-            records = [r for batch in fetched.values() for r in batch]
-            if not records:
+            fetched = {tp: batch for tp, batch in fetched.items() if batch}
+            if not fetched:
                 continue
-            self.set_aside += await isolate(
-                records,
-                self.handle,
-                self._set_aside,
-                service=self.service,
-                backoff_s=self.settings.pump_retry_backoff_s,
-            )
-            await consumer.commit({tp: batch[-1].offset + 1 for tp, batch in fetched.items() if batch})
+            if self.guard:
+                await self._load_guards(consumer, fetched)
+            records: list[Any] = []
+            for tp, batch in fetched.items():
+                suspect = self.suspects.get(tp)
+                if suspect is not None:
+                    # Where a worker died: one message at a time, each under its own guard.
+                    careful = [r for r in batch if r.offset <= suspect.last]
+                    for record in careful:
+                        await self._alone(consumer, tp, suspect, record)
+                    if careful and careful[-1].offset >= suspect.last:
+                        del self.suspects[tp]
+                    batch = batch[len(careful) :]
+                records.extend(batch)
+            if records:
+                await self._process(consumer, records)
             self.batches += 1
+
+    async def _process(self, consumer: AIOKafkaConsumer, records: list[Any]) -> None:
+        """A fetch (less any suspect range) under one guard per partition, by the poison rule; then committed."""
+        first: dict[TopicPartition, int] = {}
+        last: dict[TopicPartition, int] = {}
+        for r in records:
+            tp = TopicPartition(r.topic, r.partition)
+            first.setdefault(tp, r.offset)
+            last[tp] = r.offset
+        if self.guard:
+            await consumer.commit(
+                {tp: OffsetAndMetadata(o, Suspect(o, last[tp]).encode().decode()) for tp, o in first.items()}
+            )
+        self.set_aside += await isolate(
+            records, self.handle, self._set_aside, service=self.service, backoff_s=self.settings.pump_retry_backoff_s
+        )
+        await consumer.commit({tp: OffsetAndMetadata(o + 1, "") for tp, o in last.items()})
+
+    async def _alone(self, consumer: AIOKafkaConsumer, tp: TopicPartition, suspect: Suspect, record: Any) -> None:
+        """One message of a range a worker died in; the one it died on alone is set aside."""
+        if suspect.died_at == record.offset:
+            log.error(
+                "%s: %s partition %d offset %d killed the worker when processed alone; setting it aside",
+                self.service,
+                record.topic,
+                record.partition,
+                record.offset,
+            )
+            await self._set_aside(record, ["the worker died while processing this message alone"])
+            return
+        guard = Suspect(suspect.first, suspect.last, at=record.offset)
+        await consumer.commit({tp: OffsetAndMetadata(record.offset, guard.encode().decode())})
+        self.set_aside += await isolate(
+            [record], self.handle, self._set_aside, service=self.service, backoff_s=self.settings.pump_retry_backoff_s
+        )
+        await consumer.commit({tp: OffsetAndMetadata(record.offset + 1, "")})
+
+    async def _load_guards(self, consumer: AIOKafkaConsumer, fetched: dict[TopicPartition, list[Any]]) -> None:
+        """For partitions fetched for the first time since they were assigned: a guard left in the group's offsets.
+
+        A guard is committed (as the offset's metadata) before a fetch is processed and cleared by the commit
+        after it: one still there means a worker stopped inside that range (a hard crash: nothing else leaves it).
+        """
+        assigned = consumer.assignment()
+        self.checked &= assigned
+        self.suspects = {tp: s for tp, s in self.suspects.items() if tp in assigned}
+        unknown = [tp for tp in fetched if tp not in self.checked]
+        if not unknown:
+            return
+        admin = AIOKafkaAdminClient(**self.settings.kafka_client_options())
+        await admin.start()
+        try:
+            committed = await admin.list_consumer_group_offsets(self.group, partitions=unknown)
+        finally:
+            await admin.close()
+        for tp in unknown:
+            self.checked.add(tp)
+            meta = committed.get(tp)
+            guard = Suspect.decode(meta.metadata.encode()) if meta is not None and meta.metadata else None
+            if guard is None or not guard.first <= meta.offset <= guard.last:  # type: ignore[union-attr]
+                continue
+            log.warning(
+                "%s %s: %s partition %d offsets %d..%d were being processed when a worker stopped; "
+                "processing them one at a time",
+                self.service,
+                self.name,
+                tp.topic,
+                tp.partition,
+                meta.offset,  # type: ignore[union-attr]
+                guard.last,
+            )
+            self.suspects[tp] = Suspect(meta.offset, guard.last, alone=True, died_at=guard.died_at)  # type: ignore[union-attr]
 
     async def _set_aside(self, record: Any, reasons: list[str]) -> None:
         """Set aside, then commit past it: the records before it in its partition are done (one at a time)."""
