@@ -148,8 +148,9 @@ class Rules:
         return self._named_units  # type: ignore[attr-defined]
 
     @property
-    def unit_plans(self) -> dict[tuple[str, str | None], Any]:
-        """Memo of (metric spelling, unit sent) -> what validation does with it (``validation.unit_plan``)."""
+    def unit_plans(self) -> dict[str | tuple[str, str], Any]:
+        """Memo of metric spelling (no unit sent) or (spelling, unit sent) -> what validation does with it
+        (``validation.unit_plan``)."""
         return self._unit_plans  # type: ignore[attr-defined]
 
     def canonical_name(self, name: str) -> str:

@@ -235,10 +235,28 @@ def validate(payload: Any, received_ms: int, rules: Rules, source: str = "kafka"
         return Validated(None, [f"not_an_object: got {type(payload).__name__}"])
     reasons: list[str] = []
     limit = rules.max_field_chars
-    sensor_id = _text_field(payload, "sensor_id", reasons, limit)
-    site = _text_field(payload, "site", reasons, limit)
-    zone = _text_field(payload, "zone", reasons, limit)
-    asset = _text_field(payload, "asset", reasons, limit).strip().lower()
+    # The usual case (four plain texts) inline; anything else through _text_field, which says what is wrong.
+    get = payload.get
+    sensor_id, site, zone, asset = get("sensor_id"), get("site"), get("zone"), get("asset")
+    if not (
+        type(sensor_id) is str
+        and type(site) is str
+        and type(zone) is str
+        and type(asset) is str
+        and 0 < len(sensor_id) <= limit
+        and 0 < len(site) <= limit
+        and 0 < len(zone) <= limit
+        and 0 < len(asset) <= limit
+        and not sensor_id.isspace()
+        and not site.isspace()
+        and not zone.isspace()
+        and not asset.isspace()
+    ):
+        sensor_id = _text_field(payload, "sensor_id", reasons, limit)
+        site = _text_field(payload, "site", reasons, limit)
+        zone = _text_field(payload, "zone", reasons, limit)
+        asset = _text_field(payload, "asset", reasons, limit)
+    asset = asset.strip().lower()
 
     utility = payload.get("utility")
     if utility in UTILITIES:
@@ -388,7 +406,7 @@ def _values(
         if given is not None and not isinstance(given, str):
             reasons.append(f"invalid_units: unit of {raw_name} must be a string, got {_short(given)}")
             continue
-        plan = plans.get((raw_name, given))
+        plan = plans.get(raw_name if given is None else (raw_name, given))
         if plan is None:
             plan = unit_plan(rules, raw_name, name, given)
         spec, conv, text = plan
@@ -449,7 +467,7 @@ def unit_plan(rules: Rules, raw_name: str, name: str, given: str | None) -> Unit
         plans = rules.unit_plans
         if len(plans) >= _PLANS_LIMIT:
             plans.clear()
-        plans[(raw_name, given)] = plan
+        plans[raw_name if given is None else (raw_name, given)] = plan
     return plan
 
 
