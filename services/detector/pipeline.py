@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -19,11 +20,23 @@ from services.detector import aggregates
 from services.detector.model import AnomalyModel
 from services.detector.profiles import Profile, ProfileSet
 from services.detector.reasons import explain
-from services.detector.state import pack, remap, unpack
+from services.detector.state import pack, rebaseline, remap, unpack
 from shared.mlops.monitor import DriftMonitor
 from shared.records import Anomaly, Reading, Score
 
 log = logging.getLogger(__name__)
+
+#: ``extra`` field in which ingest names the cumulative counters of a reading that went down (reset, new meter).
+COUNTER_RESETS = "counter_resets"
+
+
+def counter_resets(reading: Reading, metrics: tuple[str, ...]) -> frozenset[str]:
+    """The counters among ``metrics`` that ingest flagged as reset in ``reading`` (``extra.counter_resets``)."""
+    extra = reading.extra
+    flagged = extra.get(COUNTER_RESETS) if type(extra) is dict else None
+    if type(flagged) is not list:
+        return frozenset()
+    return frozenset(m for m in flagged if type(m) is str and m in metrics)
 
 
 @dataclass
@@ -102,8 +115,50 @@ class Scorer:
             profiles[profile.name] = profile
             groups.setdefault((profile.name, self.store.metrics_for(profile, r)), []).append(i)
         for (pname, metrics), rows in groups.items():
-            self._score_group(profiles[pname], metrics, [readings[i] for i in rows], load_state, result)
+            batch = [readings[i] for i in rows]
+            if any(COUNTER_RESETS in r.extra for r in batch if r.extra):
+                self._score_with_resets(profiles[pname], metrics, batch, load_state, result)
+            else:
+                self._score_group(profiles[pname], metrics, batch, load_state, result)
         return result
+
+    def _score_with_resets(
+        self,
+        profile: Profile,
+        metrics: tuple[str, ...],
+        batch: list[Reading],
+        load_state: Callable[[str], Any],
+        result: BatchResult,
+    ) -> None:
+        """A group holding counter resets: a counter's reset is not an anomaly, its old level no baseline.
+
+        The batch is scored in segments, each reading with a reset starting one, and that sensor's
+        statistics of the reset counters start afresh before it (:func:`~services.detector.state.rebaseline`):
+        the counter warms up again from its new level. State updates are causal and exact whatever the
+        batching, so the segments score every other reading as one batch would.
+        """
+        starts = [i for i, r in enumerate(batch) if r.extra and counter_resets(r, metrics)]
+        if not starts:
+            self._score_group(profile, metrics, batch, load_state, result)
+            return
+        bounds = sorted({0, *starts, len(batch)})
+        carried: dict[str, Any] = {}  # states left by the earlier segments of this group
+
+        for a, b in pairwise(bounds):
+            segment = batch[a:b]
+            first = segment[0]
+            forget = counter_resets(first, metrics) if first.extra else frozenset()
+
+            def load(sid: str, first: Reading = first, forget: frozenset[str] = forget) -> Any:
+                raw = carried[sid] if sid in carried else load_state(sid)
+                if forget and sid == first.sensor_id and raw is not None:
+                    old, vector = raw if isinstance(raw, tuple) else unpack(raw)
+                    raw = (metrics, rebaseline(remap(vector, old, metrics), metrics, forget))
+                return raw
+
+            self._score_group(profile, metrics, segment, load, result)
+            for r in segment:
+                carried[r.sensor_id] = result.states[r.sensor_id]
 
     def _score_group(
         self,
