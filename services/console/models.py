@@ -11,15 +11,14 @@ import asyncio
 from typing import Any
 
 from services.console.api import ConsoleApi
-from services.console.upstream import Upstream, UpstreamError, service_token
+from services.console.upstream import Upstream, UpstreamError
 
 
 class ModelsView:
-    def __init__(self, api: ConsoleApi) -> None:
+    def __init__(self, api: ConsoleApi, token: str) -> None:
         self.api = api
         # the detector is found where the pipeline view reads its /metrics (FLOWWATCH_CONSOLE_METRICS_TARGETS)
         url = api.cs.targets().get("detector")
-        token = service_token(api.cs.service_token, api.tokens)
         self.detector = Upstream("detector", url, token, api.cs.upstream_timeout_s) if url else None
 
     async def _ask(self, path: str, user: str) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from services.console.api import ConsoleApi, errors
 from services.console.auth import role_of
 from services.console.metrics import API_REQUESTS
 from services.console.models import ModelsView
+from services.console.upstream import service_token
 from shared.service import ServiceState
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,7 @@ def mount(app: faust.App, state: ServiceState, api: ConsoleApi, dist: Path) -> N
     page("/api/report", "report", get=api.planners_report)
     page("/api/report.csv", "report-csv", get=api.planners_report_csv)
     page("/api/pipeline", "pipeline", get=api.pipeline)
-    page("/api/models", "models", get=ModelsView(api).get)
+    page("/api/models", "models", get=ModelsView(api, service_token(api.cs.service_token, state.tokens)).get)
     page("/api/reports", "reports", get=api.list_reports)
     page("/api/reports/{id}/triage", "triage", post=api.triage)
     page("/api/users", "users", get=api.list_users, post=api.add_user)
