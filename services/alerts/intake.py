@@ -82,6 +82,9 @@ class AnomalyIntake:
                 batch_size=asettings.batch_size,
                 within_s=asettings.batch_within_s,
                 mirror_group=f"{app.conf.id}-anomalies",
+                # Before the pump, the app's own group read anomalies: a worker upgraded in place goes on
+                # from there instead of replaying (and notifying again) the topic's whole retention.
+                inherit_group=app.conf.id,
             ),
             ANOMALIES.partitions_for(settings),
         )
