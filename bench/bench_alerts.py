@@ -103,10 +103,18 @@ class Receiver:
         await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
 
 
-def consumed(url: str) -> float:
+def metric(text: str, pattern: str) -> float | None:
+    m = re.search(pattern + r" ([0-9.e+]+)", text)
+    return float(m.group(1)) if m else None
+
+
+def progress(url: str) -> tuple[float, float | None]:
+    """Anomalies read by the evaluate stage, and rule hits still waiting for the state stage (None: no metric)."""
     text = httpx.get(f"{url}/metrics", timeout=5).text
-    m = re.search(r'flowwatch_events_in_total\{service="alerts",topic="anomalies"\} ([0-9.e+]+)', text)
-    return float(m.group(1)) if m else 0.0
+    read = metric(text, r'flowwatch_events_in_total\{service="alerts",topic="anomalies"\}') or 0.0
+    forwarded = metric(text, r'flowwatch_alerts_observations_total\{stage="forwarded"\}')
+    applied = metric(text, r'flowwatch_alerts_observations_total\{stage="applied"\}')
+    return read, None if forwarded is None else forwarded - (applied or 0.0)
 
 
 async def produce_all(producer: AIOKafkaProducer, topic: str, messages: list[tuple[bytes, bytes]]) -> None:
@@ -115,18 +123,36 @@ async def produce_all(producer: AIOKafkaProducer, topic: str, messages: list[tup
     await asyncio.gather(*futures)
 
 
+async def applied(proc: ServiceProcess, timeout: float = 300) -> bool:
+    """Wait until the state stage has applied every rule hit the evaluate stage sent on (False: no such metric)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        _, waiting = progress(proc.url)
+        if waiting is None:
+            return False
+        if waiting <= 0:
+            return True
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the state stage still had {waiting} rule hits to apply after {timeout} s")
+        await asyncio.sleep(0.25)
+
+
 async def throughput_round(proc: ServiceProcess, producer: AIOKafkaProducer, topic: str, messages) -> dict:
-    before = consumed(proc.url)
+    """Seconds until the worker has absorbed the round: read it, and (where the metric exists) applied its hits."""
+    before = progress(proc.url)[0]
     started = time.monotonic()
     await produce_all(producer, topic, messages)
     produced_s = time.monotonic() - started
     deadline = time.monotonic() + 300
-    while consumed(proc.url) - before < len(messages):
+    while (read := progress(proc.url)[0]) - before < len(messages):
         if time.monotonic() > deadline:
-            raise TimeoutError(f"worker consumed {consumed(proc.url) - before} of {len(messages)} in 300 s")
+            raise TimeoutError(f"worker read {read - before} of {len(messages)} in 300 s")
         await asyncio.sleep(0.25)  # rendering /metrics costs the worker CPU: do not poll hard
+    read_s = time.monotonic() - started
+    state_measured = await applied(proc)
     elapsed = time.monotonic() - started
-    return {"messages": len(messages), "seconds": round(elapsed, 3), "produce_seconds": round(produced_s, 3),
+    return {"messages": len(messages), "seconds": round(elapsed, 3), "read_seconds": round(read_s, 3),
+            "state_stage_measured": state_measured, "produce_seconds": round(produced_s, 3),
             "per_s": round(len(messages) / elapsed)}  # fmt: skip
 
 
@@ -188,7 +214,8 @@ async def one_round(code: Path, label: str, r: int) -> dict:
         repeating = await throughput_round(proc, producer, topic, msgs)
         msgs = [(f"f{r}-s{s}".encode(), dumps(anomaly(f"f{r}-s{s}", f"f{r}-z{s % 5}", now))) for s in range(10_000)]
         flood = await throughput_round(proc, producer, topic, msgs)
-        await quiet(receiver)  # latency is measured on an idle worker
+        await applied(proc)  # latency is measured on an idle worker: nothing left for the state stage
+        await quiet(receiver)  # and the rounds' notifications delivered
         latencies = []
         for i in range(200):
             zone = f"lat{i}"

@@ -39,7 +39,7 @@ from services.alerts.dispatcher import Dispatcher, Integrations
 from services.alerts.evaluate import INPUTS, FloodGate, decode_internal, evaluate_batch, internal_messages
 from services.alerts.image import TableImage
 from services.alerts.intake import AnomalyIntake
-from services.alerts.metrics import EVALUATED
+from services.alerts.metrics import EVALUATED, OBSERVATIONS
 from services.alerts.mirror import Mirror
 from services.alerts.overlay import Overlay
 from services.alerts.processor import Processor, Schedule
@@ -213,6 +213,7 @@ def create_app(
                 EVALUATED.labels(name).inc(n)
             for p, value in internal_messages(result, config, settings.partitions):
                 await events.send(value=value, partition=p)
+            OBSERVATIONS.labels("forwarded").inc(len(result.observations))
             BATCH_SIZE.labels("alerts", "evaluate").observe(len(batch))
             BATCH_SECONDS.labels("alerts", "evaluate").observe(time.perf_counter() - started)
 
@@ -266,6 +267,8 @@ def create_app(
                             continue
                         last_tick[partition] = now
                     changes = proc.handle(value, partition, now)
+                    if value["type"] == "obs":
+                        OBSERVATIONS.labels("applied").inc(len(value["obs"]))
                     pending_mirror.update(changes.alerts)
                     pending_mirror.update(dict.fromkeys(changes.removed))
                     dispatch.update((e["id"], e) for e in changes.dispatch)

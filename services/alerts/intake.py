@@ -26,7 +26,7 @@ from aiokafka import AIOKafkaProducer
 
 from services.alerts.config import Config
 from services.alerts.evaluate import FloodGate, evaluate_batch, internal_messages
-from services.alerts.metrics import EVALUATED
+from services.alerts.metrics import EVALUATED, OBSERVATIONS
 from services.alerts.settings import AlertsSettings
 from shared import deadletter
 from shared.batching import Outbox, PartitionMap, start_output_producer
@@ -43,6 +43,7 @@ class Intake:
     """An evaluated fetch whose observations are on their way to the events topic."""
 
     records: int
+    observations: int
     evaluated: dict[str, int]
     rejected: int
     acked: asyncio.Future[Any]
@@ -123,11 +124,15 @@ class AnomalyIntake:
             )
             box.add(self.deadletter_name, deadletter.target_partition(rec.key, dl, dl.partitions, rec.partition),
                     rec.key, value)  # fmt: skip
-        return Intake(len(records), dict(result.evaluated), len(result.rejected), await box.send(), started)
+        acked = await box.send()
+        return Intake(
+            len(records), len(result.observations), dict(result.evaluated), len(result.rejected), acked, started
+        )
 
     async def complete(self, batch: Intake) -> None:
         await batch.acked
         EVENTS_IN.labels(SERVICE, ANOMALIES.name).inc(batch.records)
+        OBSERVATIONS.labels("forwarded").inc(batch.observations)
         for topic, n in batch.evaluated.items():
             EVALUATED.labels(topic).inc(n)
         if batch.rejected:
