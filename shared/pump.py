@@ -42,6 +42,7 @@ What stays Faust's, and how the pump follows it:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import time
@@ -164,6 +165,10 @@ class PumpConfig:
     # Where a message whose processing fails twice goes: None picks readings.quarantine for the readings
     # topics and the deadletter topic for any other.
     set_aside_topic: str | None = None
+    # The consumer group that read the topic before a pump did (a Faust agent's): a partition without a
+    # checkpoint starts at that group's committed offset, not at the beginning (an upgrade does not replay
+    # the topic's whole retention). None, or no offset committed there: the beginning.
+    inherit_group: str | None = None
 
 
 @dataclass(slots=True)
@@ -304,12 +309,15 @@ class Pump:
         tps = [TopicPartition(self.topic, p) for p in sorted(wanted)]
         self.consumer.assign(tps)
         offsets = self.checkpointed_offsets(wanted)
+        inherited = await self._inherited_offsets([tp for tp in tps if tp.partition not in offsets])
         for tp in tps:
             done = offsets.get(tp.partition)
-            if done is None:
-                await self.consumer.seek_to_beginning(tp)
-            else:
+            if done is not None:
                 self.consumer.seek(tp, done + 1)
+            elif tp in inherited:
+                self.consumer.seek(tp, inherited[tp])
+            else:
+                await self.consumer.seek_to_beginning(tp)
         self.assigned = set(wanted)
         # A guard beyond the checkpoint: the worker died (or the batch raised) while processing that range.
         suspects = {p: s for p, s in self.suspects.items() if p in wanted}
@@ -329,6 +337,31 @@ class Pump:
                     suspects[p] = guard
         self.suspects = suspects
         log.info("%s consuming %s partitions %s from %s", self.config.service, self.topic, sorted(wanted), offsets)
+
+    async def _inherited_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        """The next offsets ``config.inherit_group`` committed for ``tps`` (those it committed)."""
+        group = self.config.inherit_group
+        if not tps or not group:
+            return {}
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        admin = AIOKafkaAdminClient(**self.settings.kafka_client_options())
+        try:
+            await admin.start()
+            committed = await admin.list_consumer_group_offsets(group, partitions=tps)
+        except KafkaError as exc:
+            # Reading from the beginning repeats outputs (consumers are idempotent); it never loses input.
+            log.warning("%s: offsets of group %s not readable, %s starts at the beginning: %s",
+                        self.config.service, group, self.topic, exc)  # fmt: skip
+            return {}
+        finally:
+            with contextlib.suppress(Exception):
+                await admin.close()
+        found = {tp: meta.offset for tp, meta in committed.items() if meta is not None and meta.offset >= 0}
+        if found:
+            log.info("%s: %s partitions without a checkpoint start where group %s left them: %s",
+                     self.config.service, self.topic, group, {tp.partition: o for tp, o in found.items()})  # fmt: skip
+        return found
 
     def guard_of(self, partition: int) -> Suspect | None:
         with event_context(self.event(partition)):
