@@ -1,21 +1,26 @@
 """Alerts benchmark: anomalies/s one worker absorbs, and anomaly → webhook latency p50/p99.
 
-Runs one real alerts worker (``python -m services.alerts worker``) on the local stack
-with a fresh topic prefix, a local webhook receiver on 127.0.0.1, and writes
-bench/results/alerts.json. Throughput is the median of three rounds:
+Each round runs one real alerts worker (``python -m services.alerts worker``) on the local
+stack with a fresh topic prefix and a local webhook receiver on 127.0.0.1:
 
 * ``repeating``: 30,000 anomalies from 1,500 sensors in 100 zones (each sensor
   flagged 20 times) — what a bad hour looks like;
 * ``flood``: 10,000 anomalies from 10,000 different sensors in 5 zones — the worst
-  case for state (every anomaly a new alert until the rate limit folds them).
+  case for state (every anomaly a new alert until the rate limit folds them);
+* latency: once the worker is quiet again, 200 anomalies, each the first of a new zone
+  (a new group), produced one by one by a producer without linger (as the detector's);
+  the time until the webhook receiver has the notification. group_wait is 0 here and the
+  tick 100 ms, so this is the pipeline's own latency: add group_wait in production.
 
-Latency: 200 anomalies, each the first of a new zone (a new group), produced one by
-one; the time until the webhook receiver has the notification. group_wait is 0 here
-and the tick 100 ms, so this is the pipeline's own latency: add group_wait in production.
+Three rounds (``--rounds``); the result is the median over rounds of each round's figures.
+``--baseline DIR`` runs another checkout's service (``git archive REV | tar -x -C DIR``) in
+alternate rounds of the same run, so before and after share the machine's load. Writes
+bench/results/alerts.json.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import re
@@ -34,6 +39,7 @@ from aiokafka import AIOKafkaProducer
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.bench_latency_e2e import CodeProcess  # noqa: E402
 from shared.codec import dumps, loads  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 from shared.topics import create_all  # noqa: E402
@@ -97,10 +103,18 @@ class Receiver:
         await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
 
 
-def consumed(url: str) -> float:
+def metric(text: str, pattern: str) -> float | None:
+    m = re.search(pattern + r" ([0-9.e+]+)", text)
+    return float(m.group(1)) if m else None
+
+
+def progress(url: str) -> tuple[float, float | None]:
+    """Anomalies read by the evaluate stage, and rule hits still waiting for the state stage (None: no metric)."""
     text = httpx.get(f"{url}/metrics", timeout=5).text
-    m = re.search(r'flowwatch_events_in_total\{service="alerts",topic="anomalies"\} ([0-9.e+]+)', text)
-    return float(m.group(1)) if m else 0.0
+    read = metric(text, r'flowwatch_events_in_total\{service="alerts",topic="anomalies"\}') or 0.0
+    forwarded = metric(text, r'flowwatch_alerts_observations_total\{stage="forwarded"\}')
+    applied = metric(text, r'flowwatch_alerts_observations_total\{stage="applied"\}')
+    return read, None if forwarded is None else forwarded - (applied or 0.0)
 
 
 async def produce_all(producer: AIOKafkaProducer, topic: str, messages: list[tuple[bytes, bytes]]) -> None:
@@ -109,22 +123,63 @@ async def produce_all(producer: AIOKafkaProducer, topic: str, messages: list[tup
     await asyncio.gather(*futures)
 
 
+async def applied(proc: ServiceProcess, timeout: float = 300) -> bool:
+    """Wait until the state stage has applied every rule hit the evaluate stage sent on (False: no such metric)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        _, waiting = progress(proc.url)
+        if waiting is None:
+            return False
+        if waiting <= 0:
+            return True
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the state stage still had {waiting} rule hits to apply after {timeout} s")
+        await asyncio.sleep(0.25)
+
+
 async def throughput_round(proc: ServiceProcess, producer: AIOKafkaProducer, topic: str, messages) -> dict:
-    before = consumed(proc.url)
+    """Seconds until the worker has absorbed the round: read it, and (where the metric exists) applied its hits."""
+    before = progress(proc.url)[0]
     started = time.monotonic()
     await produce_all(producer, topic, messages)
     produced_s = time.monotonic() - started
     deadline = time.monotonic() + 300
-    while consumed(proc.url) - before < len(messages):
+    while (read := progress(proc.url)[0]) - before < len(messages):
         if time.monotonic() > deadline:
-            raise TimeoutError(f"worker consumed {consumed(proc.url) - before} of {len(messages)} in 300 s")
+            raise TimeoutError(f"worker read {read - before} of {len(messages)} in 300 s")
         await asyncio.sleep(0.25)  # rendering /metrics costs the worker CPU: do not poll hard
+    read_s = time.monotonic() - started
+    state_measured = await applied(proc)
     elapsed = time.monotonic() - started
-    return {"messages": len(messages), "seconds": round(elapsed, 3), "produce_seconds": round(produced_s, 3),
+    return {"messages": len(messages), "seconds": round(elapsed, 3), "read_seconds": round(read_s, 3),
+            "state_stage_measured": state_measured, "produce_seconds": round(produced_s, 3),
             "per_s": round(len(messages) / elapsed)}  # fmt: skip
 
 
-async def main() -> dict:
+async def quiet(receiver: Receiver, for_s: float = 3.0) -> None:
+    """Wait until no notification has arrived for ``for_s`` (the rounds' notifications drained)."""
+    last, quiet_since = receiver.count, time.monotonic()
+    while time.monotonic() - quiet_since < for_s:
+        await asyncio.sleep(0.25)
+        if receiver.count != last:
+            last, quiet_since = receiver.count, time.monotonic()
+
+
+def quantiles(latencies: list[float], lost: int) -> dict:
+    latencies = sorted(latencies)
+    q = statistics.quantiles(latencies, n=100) if len(latencies) >= 2 else [float("nan")] * 99
+    return {
+        "p50": round(statistics.median(latencies), 1) if latencies else None,
+        "p90": round(q[89], 1),
+        "p99": round(q[98], 1),
+        "max": round(latencies[-1], 1) if latencies else None,
+        "samples": len(latencies),
+        "lost": lost,
+    }
+
+
+async def one_round(code: Path, label: str, r: int) -> dict:
+    """A fresh worker of checkout ``code``: the throughput rounds, then the latency samples on the quiet worker."""
     base = Settings.from_env("alerts")
     tmp = Path(tempfile.mkdtemp(prefix="bench-alerts-"))
     settings = base.replace(topic_prefix=f"bench{uuid.uuid4().hex[:8]}.", data_dir=tmp / "data", partitions=4)
@@ -133,95 +188,113 @@ async def main() -> dict:
     await receiver.start()
     config = tmp / "alerts.yaml"
     config.write_text(CONFIG.format(url=f"http://127.0.0.1:{receiver.port}/hook"))
-    proc = ServiceProcess(
-        "alerts",
-        settings,
-        extra_env={
-            "FLOWWATCH_ALERTS_CONFIG_PATH": str(config),
-            "FLOWWATCH_ALERTS_TICK_INTERVAL_S": "0.1",
-            "FLOWWATCH_ALERTS_BATCH_WITHIN_S": "0.01",
-            "FLOWWATCH_LOG_LEVEL": "WARNING",
-        },
-    )
+    env = {
+        "FLOWWATCH_ALERTS_CONFIG_PATH": str(config),
+        "FLOWWATCH_ALERTS_TICK_INTERVAL_S": "0.1",
+        "FLOWWATCH_ALERTS_BATCH_WITHIN_S": "0.01",
+        "FLOWWATCH_LOG_LEVEL": "WARNING",
+    }
+    proc = CodeProcess("alerts", settings, code, env)
     proc.start()
     producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, linger_ms=10, max_batch_size=512 * 1024)
     await producer.start()
+    single = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, linger_ms=0)
+    await single.start()
     topic = settings.topic("anomalies")
     try:
         await asyncio.to_thread(proc.wait_ready, 120)
         now = int(time.time() * 1000)
         await produce_all(producer, topic, [(b"warm", dumps(anomaly("warm", "warm", now)))])
         await asyncio.sleep(2)
-
-        repeating, flood = [], []
-        for r in range(3):
-            msgs = [
-                (f"r{r}-s{s}".encode(), dumps(anomaly(f"r{r}-s{s}", f"r{r}-z{s % 100}", now)))
-                for _ in range(20)
-                for s in range(1500)
-            ]
-            repeating.append(await throughput_round(proc, producer, topic, msgs))
-            print(f"round {r} repeating: {repeating[-1]}", file=sys.stderr)
-            msgs = [(f"f{r}-s{s}".encode(), dumps(anomaly(f"f{r}-s{s}", f"f{r}-z{s % 5}", now))) for s in range(10_000)]
-            flood.append(await throughput_round(proc, producer, topic, msgs))
-            print(f"round {r} flood: {flood[-1]}", file=sys.stderr)
-        # Let the rounds' notifications drain: latency is measured on an idle worker.
-        last, quiet_since = receiver.count, time.monotonic()
-        while time.monotonic() - quiet_since < 3:
-            await asyncio.sleep(0.25)
-            if receiver.count != last:
-                last, quiet_since = receiver.count, time.monotonic()
-
+        msgs = [
+            (f"r{r}-s{s}".encode(), dumps(anomaly(f"r{r}-s{s}", f"r{r}-z{s % 100}", now)))
+            for _ in range(20)
+            for s in range(1500)
+        ]
+        repeating = await throughput_round(proc, producer, topic, msgs)
+        msgs = [(f"f{r}-s{s}".encode(), dumps(anomaly(f"f{r}-s{s}", f"f{r}-z{s % 5}", now))) for s in range(10_000)]
+        flood = await throughput_round(proc, producer, topic, msgs)
+        await applied(proc)  # latency is measured on an idle worker: nothing left for the state stage
+        await quiet(receiver)  # and the rounds' notifications delivered
         latencies = []
         for i in range(200):
             zone = f"lat{i}"
             sent = time.time()
-            await produce_all(producer, topic, [(zone.encode(), dumps(anomaly(f"lat-{i}", zone, int(sent * 1000))))])
+            await produce_all(single, topic, [(zone.encode(), dumps(anomaly(f"lat-{i}", zone, int(sent * 1000))))])
             deadline = time.monotonic() + 10
             while zone not in receiver.arrivals and time.monotonic() < deadline:
                 await asyncio.sleep(0.002)
             if zone in receiver.arrivals:
                 latencies.append((receiver.arrivals[zone] - sent) * 1000)
         slowest = sorted(range(len(latencies)), key=lambda i: -latencies[i])[:5]
-        print(f"slowest samples (index, ms): {[(i, round(latencies[i])) for i in slowest]}", file=sys.stderr)
-        latencies.sort()
-        q = statistics.quantiles(latencies, n=100) if len(latencies) >= 2 else [float("nan")] * 99
-        result = {
-            "anomalies_per_s": statistics.median(r["per_s"] for r in repeating),
-            "anomalies_per_s_flood": statistics.median(r["per_s"] for r in flood),
-            "latency_ms": {
-                "p50": round(statistics.median(latencies), 1),
-                "p99": round(q[98], 1),
-                "max": round(latencies[-1], 1),
-                "deciles": [round(x, 1) for x in statistics.quantiles(latencies, n=10)],
-                "samples": len(latencies),
-                "lost": 200 - len(latencies),
-            },
-            "rounds": {"repeating": repeating, "flood": flood},
+        out = {
+            "repeating": repeating,
+            "flood": flood,
+            "latency_ms": quantiles(latencies, 200 - len(latencies)),
+            "slowest_samples": [(i, round(latencies[i])) for i in slowest],
             "webhook_notifications": receiver.count,
-            "setup": {
-                "workers": 1,
-                "partitions": settings.partitions,
-                "tick_interval_s": 0.1,
-                "group_wait_s": 0,
-                "cores": os.cpu_count(),
-                "note": "median of 3 rounds; throughput includes producing the round",
-            },
+            "loadavg_1m": round(os.getloadavg()[0], 2),
         }
+        print(f"{label} round {r + 1}: {dumps(out).decode()}", file=sys.stderr)
+        return out
     finally:
         await producer.stop()
+        await single.stop()
         proc.stop()
         await receiver.runner.cleanup()
         await delete_topics(settings)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def medians(rounds: list[dict]) -> dict:
+    def med(values: list[float | None]) -> float | None:
+        got = [v for v in values if v is not None]
+        return round(statistics.median(got), 1) if got else None
+
+    return {
+        "anomalies_per_s": med([r["repeating"]["per_s"] for r in rounds]),
+        "anomalies_per_s_flood": med([r["flood"]["per_s"] for r in rounds]),
+        "latency_ms": {q: med([r["latency_ms"][q] for r in rounds]) for q in ("p50", "p90", "p99", "max")},
+        "lost": sum(r["latency_ms"]["lost"] for r in rounds),
+    }
+
+
+async def main(args: argparse.Namespace) -> dict:
+    variants = [("now", ROOT)]
+    if args.baseline:
+        variants.insert(0, ("baseline", Path(args.baseline).resolve()))
+    rounds: dict[str, list[dict]] = {label: [] for label, _ in variants}
+    for r in range(args.rounds):
+        for label, code in variants if r % 2 == 0 else variants[::-1]:
+            rounds[label].append(await one_round(code, label, r))
+    by_variant = {label: medians(rs) for label, rs in rounds.items()}
+    now = by_variant["now"]
+    result = {
+        **{k: now[k] for k in ("anomalies_per_s", "anomalies_per_s_flood", "latency_ms")},
+        "targets": {"latency_p99_ms": 50, "anomalies_per_s": 20_000},
+        "median_of_rounds": by_variant,
+        "rounds": rounds,
+        "setup": {
+            "workers": 1,
+            "partitions": 4,
+            "tick_interval_s": 0.1,
+            "batch_within_s": 0.01,
+            "group_wait_s": 0,
+            "group_interval_s": 1,
+            "cores": os.cpu_count(),
+            "baseline": str(args.baseline or ""),
+            "note": "median over rounds of each round's figures; a fresh worker per round; throughput includes "
+            "producing the round; rounds of 'baseline' and 'now' alternate on the same machine",
+        },
+    }
     return result
 
 
-async def run() -> dict:
+async def run(args: argparse.Namespace) -> dict:
     """main(), cancelled cleanly on SIGTERM/SIGINT so the worker and topics are always cleaned up."""
     import signal
 
-    task = asyncio.ensure_future(main())
+    task = asyncio.ensure_future(main(args))
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, task.cancel)
@@ -229,7 +302,10 @@ async def run() -> dict:
 
 
 if __name__ == "__main__":
-    out = asyncio.run(run())
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--baseline", help="another checkout whose service runs in alternate rounds (before/after)")
+    out = asyncio.run(run(p.parse_args()))
     path = ROOT / "bench" / "results" / "alerts.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(dumps(out).decode() + "\n")

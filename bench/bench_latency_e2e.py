@@ -16,12 +16,8 @@ a change, ``git archive REV | tar -x -C DIR``) in alternate rounds of the same r
 share the machine's load; both are reported, with the ratio. The machine is shared: the JSON holds the
 load average before and after each round and every service's CPU share over the measured window.
 
-``--console-clients [N]`` (N = 50 when omitted) asks what the console's live feed costs the pipeline: rounds
-"quiet" (the five services alone) alternate with rounds "live" (the same plus the console worker and N SSE
-clients on its ``/api/live``, every event, with the admin Bearer token), each on the current checkout; both are
-reported with the ratio live / quiet, the clients' received events and the console's CPU share. The clients run
-in a process of their own (``--sse``), as browsers would be elsewhere, so they cannot delay the bench's own
-timing consumer. Writes bench/results/latency_e2e_console.json then.
+``--sse URL N`` runs N SSE clients on a console's ``/api/live`` until SIGTERM (a process of its own, as
+browsers would be elsewhere); bench/bench_console_live.py uses it for what the live feed costs the pipeline.
 
 Writes bench/results/latency_e2e.json.
 """
@@ -52,7 +48,7 @@ sys.path.insert(0, str(ROOT))
 
 from shared.settings import Settings  # noqa: E402
 from shared.topics import ANOMALIES, READINGS_CLEAN, SCORES, create_all  # noqa: E402
-from tests.helpers import API_TOKEN, ServiceProcess, delete_topics, free_port  # noqa: E402
+from tests.helpers import ServiceProcess, delete_topics, free_port  # noqa: E402
 
 SERVICES = ["ingest", "detector", "forecaster", "alerts", "history"]  # scripts/demo.py's
 STAGES = ("clean", "scores", "anomalies", "webhook")
@@ -315,9 +311,7 @@ def train_forecaster(model_dir: Path) -> None:
     train(history, ForecasterSettings(), model_dir, epochs=1, seed=3, promote="production")
 
 
-async def one_round(
-    args: argparse.Namespace, code: Path, label: str, models: Path, tmp: Path, clients: int = 0
-) -> dict[str, Any]:
+async def one_round(args: argparse.Namespace, code: Path, label: str, models: Path, tmp: Path) -> dict[str, Any]:
     from tests.history_helpers import scratch_database
 
     prefix = f"e2e{uuid.uuid4().hex[:8]}."
@@ -330,7 +324,6 @@ async def one_round(
     config.parent.mkdir(parents=True, exist_ok=True)
     config.write_text(ALERTS_CONFIG.format(url=f"http://127.0.0.1:{receiver.port}/hook"))
     procs: dict[str, CodeProcess] = {}
-    sse: asyncio.subprocess.Process | None = None
     stop = asyncio.Event()
     arrivals: dict[str, list[tuple[int, float]]] = {s: [] for s in STAGES if s != "webhook"}
     try:
@@ -342,29 +335,8 @@ async def one_round(
             }
             for name in SERVICES:
                 procs[name] = CodeProcess(name, settings, code, env).start()
-            if clients:
-                targets = ",".join(f"{n}={p.url}" for n, p in procs.items())
-                console_env = {
-                    **env,
-                    "FLOWWATCH_CONSOLE_DATABASE_URL": db,
-                    "FLOWWATCH_CONSOLE_HISTORY_URL": procs["history"].url,
-                    "FLOWWATCH_CONSOLE_ALERTS_URL": procs["alerts"].url,
-                    "FLOWWATCH_CONSOLE_METRICS_TARGETS": targets,
-                }
-                procs["console"] = CodeProcess("console", settings, code, console_env).start()
             for name in procs:
                 await asyncio.to_thread(procs[name].wait_ready, 300)
-            if clients:
-                sse = await asyncio.create_subprocess_exec(
-                    sys.executable,
-                    str(Path(__file__).resolve()),
-                    "--sse",
-                    procs["console"].url,
-                    str(clients),
-                    stdout=asyncio.subprocess.PIPE,
-                    env={**os.environ, "FLOWWATCH_BENCH_TOKEN": API_TOKEN},
-                )
-                await asyncio.sleep(3.0)  # every client connected and past its hello
             for name in ("ingest", "detector"):  # ready may mean "no partitions assigned" for a moment
                 await asyncio.to_thread(wait_reading, procs[name], 120)
             consumer = asyncio.ensure_future(timed_consumer(settings, stop, arrivals))
@@ -385,12 +357,10 @@ async def one_round(
             started_ms = time.time() * 1000
             await asyncio.sleep(args.warmup)
             cpu0 = {n: cpu_seconds(p.proc.pid) for n, p in procs.items() if p.proc}
-            if sse:
-                cpu0["sse_clients"] = cpu_seconds(sse.pid)
             t0 = time.monotonic()
             out, _ = await gen.communicate()
             window_s = time.monotonic() - t0
-            pids = {n: p.proc.pid for n, p in procs.items() if p.proc} | ({"sse_clients": sse.pid} if sse else {})
+            pids = {n: p.proc.pid for n, p in procs.items() if p.proc}
             cpu = {n: round((cpu_seconds(pids[n]) - c) / window_s, 3) for n, c in cpu0.items()}
             # Until the outputs stop coming (a loaded machine may still be working off a backlog).
             deadline = time.monotonic() + args.drain
@@ -404,11 +374,6 @@ async def one_round(
             stop.set()
             await consumer
             load_after = os.getloadavg()
-            live: dict[str, Any] = {}
-            if sse:
-                sse.terminate()
-                sse_out, _ = await sse.communicate()
-                live = orjson.loads(sse_out.splitlines()[-1]) if sse_out else {"failed": "no report"}
             generated = orjson.loads(out.splitlines()[-1]) if out else {}
             lo = started_ms + args.warmup * 1000
             lats = {stage: [lat for ts, lat in got if ts >= lo] for stage, got in arrivals.items()}
@@ -416,9 +381,6 @@ async def one_round(
             dead = [n for n, p in procs.items() if p.proc and p.proc.poll() is not None]
     finally:
         stop.set()
-        if sse and sse.returncode is None:
-            sse.terminate()
-            await sse.wait()
         for p in procs.values():
             p.stop()
             if args.logs:
@@ -437,8 +399,6 @@ async def one_round(
         "load_avg_1m_after": round(load_after[0], 2),
         "services_died": dead,
     }
-    if clients:
-        result["live_clients"] = live
     print(f"{label}: " + orjson.dumps({k: result[k] for k in ("latency_ms", "cpu_share")}).decode(), file=sys.stderr)
     return result
 
@@ -463,19 +423,17 @@ def medians(rounds: list[dict[str, Any]]) -> dict[str, Any]:
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="bench-e2e-"))
-    variants = [("now", ROOT, 0)]
+    variants = [("now", ROOT)]
     if args.baseline:
-        variants.insert(0, ("baseline", Path(args.baseline).resolve(), 0))
-    if args.console_clients:
-        variants = [("quiet", ROOT, 0), ("live", ROOT, args.console_clients)]
+        variants.insert(0, ("baseline", Path(args.baseline).resolve()))
     try:
         models = tmp / "models"
         await asyncio.to_thread(train_forecaster, models)
-        rounds: dict[str, list[dict[str, Any]]] = {label: [] for label, _, _ in variants}
+        rounds: dict[str, list[dict[str, Any]]] = {label: [] for label, _ in variants}
         for r in range(args.rounds):
-            for label, code, clients in variants if r % 2 == 0 else variants[::-1]:
+            for label, code in variants if r % 2 == 0 else variants[::-1]:
                 print(f"==> round {r + 1}/{args.rounds}: {label} ({code})", file=sys.stderr)
-                rounds[label].append(await one_round(args, code, label, models, tmp, clients))
+                rounds[label].append(await one_round(args, code, label, models, tmp))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     result: dict[str, Any] = {
@@ -495,8 +453,6 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             "of each round's quantiles; rounds of 'baseline' and 'now' alternate on the same machine",
         },
     }
-    if args.console_clients:
-        return with_console_verdict(result, rounds, args.console_clients)
     now = result["median_of_rounds_ms"]["now"]
     result["targets_met"] = {stage: (now[stage]["p99"] or 1e9) < t for stage, t in TARGETS_P99_MS.items()}
     if args.baseline:
@@ -508,28 +464,6 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             }
             for stage in STAGES
         }
-    return result
-
-
-def with_console_verdict(result: dict[str, Any], rounds: dict[str, list[dict[str, Any]]], clients: int) -> dict:
-    """live / quiet of the medians, and the issue's criterion: reading → score p99 raised by at most 10 %."""
-    quiet, live = result["median_of_rounds_ms"]["quiet"], result["median_of_rounds_ms"]["live"]
-    result["ratio_live_over_quiet"] = {
-        stage: {
-            q: round(live[stage][q] / quiet[stage][q], 3) if live[stage][q] and quiet[stage][q] else None
-            for q in ("p50", "p90", "p99")
-        }
-        for stage in STAGES
-    }
-    ratio = result["ratio_live_over_quiet"]["scores"]["p99"]
-    result["criterion_scores_p99_within_10pct"] = ratio is not None and ratio <= 1.10
-    result["live_clients"] = {
-        "clients": clients,
-        "events_per_round": [r.get("live_clients", {}).get("events") for r in rounds["live"]],
-        "dropped_per_round": [r.get("live_clients", {}).get("dropped") for r in rounds["live"]],
-        "console_cpu_share_per_round": [r["cpu_share"].get("console") for r in rounds["live"]],
-    }
-    result["setup"]["note"] += "; rounds 'quiet' (five services) and 'live' (plus console and SSE clients) alternate"
     return result
 
 
@@ -563,17 +497,9 @@ def cli() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--logs", help="directory to keep the services' logs in")
     p.add_argument("--baseline", help="another checkout whose services run in alternate rounds (before/after)")
-    p.add_argument(
-        "--console-clients",
-        type=int,
-        nargs="?",
-        const=50,
-        default=0,
-        help="alternate rounds without and with the console and N (50) live SSE clients",
-    )
     args = p.parse_args()
     out = asyncio.run(run(args))
-    path = ROOT / "bench" / "results" / ("latency_e2e_console.json" if args.console_clients else "latency_e2e.json")
+    path = ROOT / "bench" / "results" / "latency_e2e.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode() + "\n")
     for label, m in out["median_of_rounds_ms"].items():

@@ -26,7 +26,7 @@ What stays Faust's, and how the pump follows it:
   fails the job is rewound to the last checkpoint and the pump reads again from there
   (outputs are at-least-once; their consumers are idempotent). A failed checkpoint is kept
   for the next one. Neither stops the pump.
-* Poison. A batch whose processing raises is retried once, after ``pump_retry_backoff_s``,
+* Poison (the rule of :mod:`shared.poison`). A batch whose processing raises is retried once, after ``pump_retry_backoff_s``,
   from the last checkpoint (a job that declares itself ``stateless`` has nothing to undo: only
   that batch is read again, so the outputs of the batches before it are not written twice); if it fails again its messages are processed one at a time, each
   retried once, and a message that fails twice is set aside — quarantined (readings topics,
@@ -42,6 +42,7 @@ What stays Faust's, and how the pump follows it:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import time
@@ -54,13 +55,12 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from shared.batching import Outbox, PartitionEvent, PartitionMap, persisted, write_many
-from shared.deadletter import dead_letter, quarantine, target_partition
-from shared.metrics import CONSUMER_LAG, DEAD_LETTERS, Counter
+from shared.batching import Outbox, PartitionEvent, persisted, write_many
+from shared.metrics import CONSUMER_LAG, Counter
+from shared.poison import JOB_FAILURES, SetAside, failed_twice
 from shared.service import tables_recovered
 from shared.settings import Settings
 from shared.streaming import event_context
-from shared.topics import DEADLETTER, READINGS_CLEAN, READINGS_QUARANTINE, READINGS_RAW
 
 log = logging.getLogger(__name__)
 
@@ -74,16 +74,6 @@ CHECKPOINT_ERRORS = Counter(
     "flowwatch_pump_checkpoint_errors_total", "Checkpoints that failed (retried at the next one)", ["service"]
 )
 BATCHES = Counter("flowwatch_pump_batches_total", "Fetched batches finished (outputs acknowledged)", ["service"])
-JOB_FAILURES = Counter(
-    "flowwatch_pump_job_failures_total",
-    "Batches or single messages whose processing raised (retried, then isolated)",
-    ["service"],
-)
-SET_ASIDE = Counter(
-    "flowwatch_pump_set_aside_total",
-    "Messages a pump quarantined or dead-lettered because processing them failed twice or killed the worker",
-    ["service"],
-)
 GUARD_KEY = b"guard:%d"
 
 Undo = Callable[[], None]
@@ -175,6 +165,10 @@ class PumpConfig:
     # Where a message whose processing fails twice goes: None picks readings.quarantine for the readings
     # topics and the deadletter topic for any other.
     set_aside_topic: str | None = None
+    # The consumer group that read the topic before a pump did (a Faust agent's): a partition without a
+    # checkpoint starts at that group's committed offset, not at the beginning (an upgrade does not replay
+    # the topic's whole retention). None, or no offset committed there: the beginning.
+    inherit_group: str | None = None
 
 
 @dataclass(slots=True)
@@ -238,12 +232,8 @@ class Pump:
         self.last_batch_at = time.monotonic()
         self._events: dict[int, PartitionEvent] = {}
         self.suspects: dict[int, Suspect] = {}
-        readings = {settings.topic(READINGS_RAW.name), settings.topic(READINGS_CLEAN.name)}
-        self.aside_is_reading = config.set_aside_topic is None and config.topic in readings
-        self.aside_topic = config.set_aside_topic or settings.topic(
-            (READINGS_QUARANTINE if self.aside_is_reading else DEADLETTER).name
-        )
-        self.aside_partitions: PartitionMap | None = None
+        self.aside = SetAside(settings, config.service, config.topic, config.set_aside_topic)
+        self.aside_topic = self.aside.topic
 
     # --- partitions and offsets ---------------------------------------------------------------
 
@@ -319,12 +309,15 @@ class Pump:
         tps = [TopicPartition(self.topic, p) for p in sorted(wanted)]
         self.consumer.assign(tps)
         offsets = self.checkpointed_offsets(wanted)
+        inherited = await self._inherited_offsets([tp for tp in tps if tp.partition not in offsets])
         for tp in tps:
             done = offsets.get(tp.partition)
-            if done is None:
-                await self.consumer.seek_to_beginning(tp)
-            else:
+            if done is not None:
                 self.consumer.seek(tp, done + 1)
+            elif tp in inherited:
+                self.consumer.seek(tp, inherited[tp])
+            else:
+                await self.consumer.seek_to_beginning(tp)
         self.assigned = set(wanted)
         # A guard beyond the checkpoint: the worker died (or the batch raised) while processing that range.
         suspects = {p: s for p, s in self.suspects.items() if p in wanted}
@@ -344,6 +337,31 @@ class Pump:
                     suspects[p] = guard
         self.suspects = suspects
         log.info("%s consuming %s partitions %s from %s", self.config.service, self.topic, sorted(wanted), offsets)
+
+    async def _inherited_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        """The next offsets ``config.inherit_group`` committed for ``tps`` (those it committed)."""
+        group = self.config.inherit_group
+        if not tps or not group:
+            return {}
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        admin = AIOKafkaAdminClient(**self.settings.kafka_client_options())
+        try:
+            await admin.start()
+            committed = await admin.list_consumer_group_offsets(group, partitions=tps)
+        except KafkaError as exc:
+            # Reading from the beginning repeats outputs (consumers are idempotent); it never loses input.
+            log.warning("%s: offsets of group %s not readable, %s starts at the beginning: %s",
+                        self.config.service, group, self.topic, exc)  # fmt: skip
+            return {}
+        finally:
+            with contextlib.suppress(Exception):
+                await admin.close()
+        found = {tp: meta.offset for tp, meta in committed.items() if meta is not None and meta.offset >= 0}
+        if found:
+            log.info("%s: %s partitions without a checkpoint start where group %s left them: %s",
+                     self.config.service, self.topic, group, {tp.partition: o for tp, o in found.items()})  # fmt: skip
+        return found
 
     def guard_of(self, partition: int) -> Suspect | None:
         with event_context(self.event(partition)):
@@ -537,7 +555,7 @@ class Pump:
                 type(error).__name__,
                 error,
             )
-            await self._set_aside(record, [f"processing failed twice: {type(error).__name__}: {error}"])
+            await self._set_aside(record, [failed_twice(error)])
             self.finished[p] = record.offset
             return True
         except KafkaError as exc:
@@ -548,35 +566,7 @@ class Pump:
         """Quarantine (readings) or dead-letter (other topics) one message, with why; waits for the broker."""
         producer = self.job.producer
         assert producer is not None
-        if self.aside_partitions is None:
-            self.aside_partitions = PartitionMap(len(await producer.partitions_for(self.aside_topic)))
-        service = self.config.service
-        key = record.key or None
-        try:  # kept as the JSON it was when it is JSON (shared.deadletter falls back to text when needed)
-            decoded, decoded_ok = orjson.loads(record.value or b""), True
-        except orjson.JSONDecodeError:
-            decoded, decoded_ok = None, False
-        if self.aside_is_reading:
-            sensor = key.decode("utf-8", "replace") if key else None
-            value = quarantine(record.value, reasons, service, sensor_id=sensor, decoded=decoded, decoded_ok=decoded_ok)
-        else:
-            value = dead_letter(
-                record.value,
-                reasons,
-                service,
-                self.topic,
-                key=key,
-                partition=record.partition,
-                offset=record.offset,
-                decoded=decoded,
-                decoded_ok=decoded_ok,
-            )
-            DEAD_LETTERS.labels(service, self.topic).inc()
-        parts = self.aside_partitions
-        box = Outbox(producer)
-        box.add(self.aside_topic, target_partition(key, parts, parts.partitions, record.partition), key, value)
-        await box.flush()
-        SET_ASIDE.labels(service).inc()
+        await self.aside.put(producer, record, reasons, self.topic)
 
     async def checkpoint(self, guards: Mapping[int, Suspect] | None = None) -> dict[int, int]:
         """Write the job's changed state and the finished offsets (and ``guards``), durable together.

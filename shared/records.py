@@ -208,6 +208,33 @@ class ModelEvent(Record):
 
 
 @dataclass(slots=True)
+class DriftEvent(Record):
+    """A model's inputs, scores or errors drifted from its reference, or came back (drift), keyed by
+    ``service/group``. ``kind``: ``psi`` (``value`` the largest PSI of the group's ``columns``) or ``adwin``
+    (``value`` the forecast error's mean after the change, ``before`` before it)."""
+
+    service: str
+    group: str  # a detector profile, a forecaster zone
+    kind: str  # "psi" | "adwin"
+    status: str  # "drifted" | "stable"
+    value: float
+    threshold: float
+    ts: int  # event time of the newest data judged
+    model: str = ""
+    version: str = ""
+    before: float | None = None
+    columns: dict[str, float | None] = field(default_factory=dict)
+    references: dict[str, str] = field(default_factory=dict)  # column -> card version or "warm-up"
+    rows: int = 0
+    window_s: int = 0
+    site: str = ""
+    zone: str = ""
+    utility: str = ""
+    emitted_at: int = 0
+    v: int = 1
+
+
+@dataclass(slots=True)
 class Feedback(Record):
     """An operator's verdict on an alert (feedback), for retraining."""
 

@@ -6,7 +6,8 @@ storms, rocksdb tables under the data dir, web server on the configured host,
 at-least-once processing) and mounts ``/health``, ``/ready`` and ``/metrics`` (open, for probes and scrapers) and
 ``/openapi.json`` (the service's API description). Faust's own ``/table``, ``/router``,
 ``/graph`` and statistics views are off: they serve table contents and cluster topology
-to anyone. Every other view requires a token: :meth:`ServiceState.api_page`.
+to anyone. Every other view requires a caller of its role: :meth:`ServiceState.api_page` (one method) or
+:meth:`ServiceState.guarded` (a view of several methods), through the service's :class:`shared.auth.Guard`.
 
 Readiness means: joined the consumer group, with an assignment that covers every partition of
 the group's topics and tables (see :func:`group_assignment`), not rebalancing, tables recovered,
@@ -28,7 +29,7 @@ from typing import Any
 import faust
 
 from shared import codec as _codec  # noqa: F401 - registers the orjson codec with Faust
-from shared.auth import TokenStore, require_role
+from shared.auth import PUBLIC, Guard, PrincipalSource, TokenStore, ViewFn, require_role
 from shared.logs import logging_config, setup_logging
 from shared.metrics import CONSUMER_LAG, CONTENT_TYPE_LATEST, READY, exposition
 from shared.openapi import document
@@ -124,13 +125,30 @@ class ServiceState:
     joined: bool = False
     started_at: float = field(default_factory=time.monotonic)
     tokens: TokenStore = field(default_factory=TokenStore)
+    #: the bearer tokens, plus any other principal source the service adds (:meth:`add_principal_source`)
+    guard: Guard = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.guard = Guard(self.tokens, [])
+
+    def add_principal_source(self, source: PrincipalSource, missing: str = "") -> None:
+        """Let callers without a bearer token be known another way (the console's session cookies);
+        ``missing`` replaces the 401 message for a request that has neither."""
+        self.guard.sources = [*self.guard.sources, source]
+        if missing:
+            self.guard.missing = missing
+
+    def guarded(self, role: str, fn: ViewFn) -> ViewFn:
+        """The view method ``fn(view, request, **kw)`` answering 401/403 unless its caller has ``role`` or
+        above (viewer < operator < admin; :data:`shared.auth.PUBLIC` for none); the one way every service
+        guards its API views. The view reads its caller with :func:`shared.auth.principal_of`."""
+        return fn if role == PUBLIC else require_role(self.guard, role)(fn)
 
     def api_page(self, path: str, role: str = "viewer") -> Callable[[Any], Any]:
-        """``@app.page(path)`` for a function view that needs a token of ``role`` or above (viewer < operator
-        < admin); the one way every service guards its API views."""
+        """``@app.page(path)`` for a function view (GET) guarded by :meth:`guarded`."""
 
         def decorate(fn: Any) -> Any:
-            return self.app.page(path)(require_role(self.tokens, role)(fn))
+            return self.app.page(path)(self.guarded(role, fn))
 
         return decorate
 

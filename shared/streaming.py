@@ -17,10 +17,11 @@ Two things then need care:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import weakref
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
 from faust.streams import _current_event
@@ -45,6 +46,93 @@ def event_context(event: EventT) -> Iterator[None]:
         yield
     finally:
         _current_event.reset(token)
+
+
+async def take_ready(stream: Any, max_: int, idle_s: float) -> AsyncIterator[list[EventT]]:
+    """Batches of at most ``max_`` events, each handed over as soon as nothing more is ready to read.
+
+    Faust's ``stream.take_events(max_, within)`` hands a batch over only when it is full or every ``within``
+    seconds, so at a steady trickle each event waits up to ``within`` in every stage it passes (a poll).
+    Here the first event starts a batch, the events already delivered to the stream's channel join it, and
+    it goes: a backlog gives full batches, a trickle batches of one, and nothing waits for more to arrive
+    (``idle_s`` only bounds how long an idle stream sleeps between checks for a stop). Events are
+    acknowledged after the batch is processed, as with ``take_events`` (whose code this is, with another
+    hand-over condition; it uses the same Stream internals). A batch is cheap only if the work per batch
+    is: the caller's fixed cost per batch is paid once per event at a trickle.
+    """
+    buffer: list[Any] = []
+    events: list[EventT] = []
+    ready = asyncio.Event()
+    consumed = asyncio.Event()
+    consuming: asyncio.Future[None] | None = None
+    enable_acks = stream.enable_acks
+    channel_it = aiter(stream.channel)
+    queue = getattr(stream.channel, "queue", None)
+
+    def pending() -> bool:
+        """Whether events already delivered to the stream's channel are still on their way to the buffer."""
+        return queue is not None and not queue.empty()
+
+    async def add_to_buffer(value: Any) -> Any:
+        nonlocal consuming
+        try:
+            waiting = consuming
+            if waiting is not None:  # a batch is being processed: its buffer must not change meanwhile
+                await waiting
+                if consuming is waiting:
+                    consuming = None
+            buffer.append(value)
+            event = stream.current_event
+            if event is None:
+                raise RuntimeError("take_ready found no current event")
+            events.append(event)
+            ready.set()
+            if len(buffer) >= max_:
+                consumed.clear()
+                await stream.wait(consumed)  # strictly max_ per batch
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # as take_events: the stream crashes with the error
+            log.exception("error adding to a take_ready buffer: %r", exc)
+            await stream.crash(exc)
+        return value
+
+    stream.enable_acks = False  # acked below, once the batch is processed
+    stream.add_processor(add_to_buffer)
+    stream._enable_passive(channel_it)
+    try:
+        while not stream.should_stop:
+            await stream.wait_for_stopped(ready, timeout=idle_s)
+            if not buffer:
+                continue
+            # Let what is already fetched reach the buffer: it goes once a few turns of the loop in a row add
+            # nothing (more turns while the channel still holds events, each takes a few to arrive).
+            idle = 0
+            while len(buffer) < max_ and idle < (_IDLE_TURNS_PENDING if pending() else _IDLE_TURNS):
+                before = len(buffer)
+                await asyncio.sleep(0)
+                idle = 0 if len(buffer) != before else idle + 1
+            consuming = asyncio.get_running_loop().create_future()
+            try:
+                yield list(events)
+            finally:
+                buffer.clear()
+                for event in events:
+                    await stream.ack(event)
+                events.clear()
+                if not consuming.done():
+                    consuming.set_result(None)
+                ready.clear()
+                consumed.set()
+    finally:
+        stream.enable_acks = enable_acks
+        stream._processors.remove(add_to_buffer)
+
+
+#: Turns of the event loop without a new event after which take_ready hands its batch over (more while the
+#: stream's channel is not empty).
+_IDLE_TURNS = 3
+_IDLE_TURNS_PENDING = 20
 
 
 def decode_events(

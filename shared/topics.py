@@ -18,6 +18,7 @@ from shared.records import (
     Alert,
     Anomaly,
     DeadLetter,
+    DriftEvent,
     Feedback,
     IncidentLabel,
     LeakReport,
@@ -118,6 +119,14 @@ LABELS = TopicSpec(
     partitions=1,
     retention_ms=30 * DAY_MS,
 )
+DRIFT = TopicSpec(
+    "drift",
+    "service/group",
+    DriftEvent,
+    "A model's inputs, scores or forecast errors drifted from its reference (or came back); alerts: ModelDrift.",
+    partitions=1,
+    retention_ms=30 * DAY_MS,
+)
 REPORTS = TopicSpec(
     "reports",
     "zone (or none)",
@@ -157,6 +166,7 @@ REGISTRY: tuple[TopicSpec, ...] = (
     DEADLETTER,
     FEEDBACK,
     MODELS,
+    DRIFT,
     LABELS,
     REPORTS,
     DETECTOR_ZONE_PARTIALS,

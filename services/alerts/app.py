@@ -5,13 +5,18 @@ Two stages, both thin over pure code:
 * ``evaluate`` (input partitions, micro-batches, no state): anomalies, risk, sensor
   events and quarantined readings → rule hits merged per fingerprint → the internal
   events topic, keyed by the shard labels (``global.shard_by``, default site/zone),
-  so every alert, group and inhibition of a zone lives on one partition.
+  so every alert, group and inhibition of a zone lives on one partition. Anomalies,
+  the input that floods, are read by a pump (:mod:`services.alerts.intake`), the
+  others by an agent; both hand a batch over as soon as nothing more is ready.
 * ``alert_state`` (internal events, micro-batches split by partition): alert
-  lifecycle, groups, outbox. Events go through write-back overlays of the tables;
+  lifecycle, groups, outbox. Events go through write-back overlays of decoded
+  in-memory images of the tables (:mod:`services.alerts.image`);
   each changed key is then written once per batch inside an event context of its
   partition (pitfall 10), so the changelog and the rocksdb partition are the right
   ones and recovery restores them. A timer sends a ``tick`` to each partition this
   worker owns: timers run *inside* stream iteration, so their writes are recovered too.
+  A group made due by a batch (a new alert with ``group_wait: 0``) flushes at the end of
+  that batch; the tick is for the timers (group_wait, group_interval, repeat, resolve).
 
 Deliveries run beside the stream (:mod:`services.alerts.dispatcher`) so a slow
 receiver never stalls a partition.
@@ -31,9 +36,10 @@ import httpx
 from services.alerts.api import AlertsApi, mount
 from services.alerts.config import Config, load_config
 from services.alerts.dispatcher import Dispatcher, Integrations
-from services.alerts.evaluate import INPUTS, FloodGate, decode_internal, evaluate_batch
-from services.alerts.labels import shard_partition
-from services.alerts.metrics import EVALUATED
+from services.alerts.evaluate import INPUTS, FloodGate, decode_internal, evaluate_batch, internal_messages
+from services.alerts.image import TableImage
+from services.alerts.intake import AnomalyIntake
+from services.alerts.metrics import EVALUATED, OBSERVATIONS
 from services.alerts.mirror import Mirror
 from services.alerts.overlay import Overlay
 from services.alerts.processor import Processor, Schedule
@@ -46,11 +52,10 @@ from shared.codec import dumps, loads
 from shared.metrics import BATCH_SECONDS, BATCH_SIZE, DEAD_LETTERS, DECODE_ERRORS, EVENTS_IN, EVENTS_OUT
 from shared.service import base_app
 from shared.settings import Settings
-from shared.streaming import event_context
-from shared.topics import ALERTS_DLQ, DEADLETTER, FEEDBACK
+from shared.streaming import event_context, take_ready
+from shared.topics import ALERTS_DLQ, ANOMALIES, DEADLETTER, FEEDBACK
 
 log = logging.getLogger(__name__)
-OBS_PER_MESSAGE = 500  # keeps an internal message well under Kafka's 1 MB default
 
 
 def create_app(
@@ -66,13 +71,18 @@ def create_app(
         openapi=Path(__file__).with_name("openapi.yaml"),
         broker_session_timeout=asettings.session_timeout_s,
         broker_rebalance_timeout=max(asettings.session_timeout_s, 10.0),
+        # Every hop of an alert (evaluate -> events, the outbox intent before a delivery, results) is one
+        # record waited for: a linger would add itself to each. aiokafka keeps one request in flight per
+        # broker, so what is produced meanwhile still goes out as one batch.
+        producer_linger_ms=0,
     )
     # The alerts API also takes the tokens of its own older variable, besides everyone's FLOWWATCH_API_TOKENS.
     tokens = state.tokens
     tokens.extend(TokenStore.load(asettings.tokens_env, asettings.tokens_file))
     raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
 
-    by_topic = {settings.topic(name): name for name in INPUTS}
+    # Anomalies come in floods: they are read by the intake's pump (below), the other inputs by an agent.
+    by_topic = {settings.topic(name): name for name in INPUTS if name != ANOMALIES.name}
     inputs = app.topic(*by_topic, internal=False, **raw)
     events = app.topic(f"{app.conf.id}-events", internal=True, partitions=settings.partitions, **raw)
     silence_commands = app.topic(f"{app.conf.id}-silence-commands", internal=True, partitions=1, **raw)
@@ -168,6 +178,8 @@ def create_app(
     )
 
     gate = FloodGate()
+    intake = AnomalyIntake(app, settings, asettings, config, events.get_topic_name(), gate)
+    intake.pump.install(state, "anomalies")
 
     async def dead_letter_inputs(batch: list[Any], rejected: list[tuple[int, str]]) -> None:
         """Input records that are not records of their topic: dead-lettered with why (all acknowledged first)."""
@@ -189,7 +201,7 @@ def create_app(
 
     @app.agent(inputs)
     async def evaluate(stream: Any) -> None:
-        async for batch in stream.take_events(asettings.batch_size, within=asettings.batch_within_s):
+        async for batch in take_ready(stream, asettings.batch_size, asettings.batch_within_s):
             started = time.perf_counter()
             items = [(by_topic[e.message.topic], e.value) for e in batch]
             for name in {n for n, _ in items}:
@@ -199,23 +211,14 @@ def create_app(
                 await dead_letter_inputs(batch, result.rejected)
             for name, n in result.evaluated.items():
                 EVALUATED.labels(name).inc(n)
-            # One message per destination partition per batch, not one per alert.
-            per_partition: dict[int, list[Any]] = {}
-            for obs in result.observations:
-                p = shard_partition(obs.labels, config.shard_by, settings.partitions)
-                per_partition.setdefault(p, []).append(obs)  # orjson writes dataclasses natively
-            for p, items in per_partition.items():
-                for i in range(0, len(items), OBS_PER_MESSAGE):
-                    await events.send(value=dumps({"type": "obs", "obs": items[i : i + OBS_PER_MESSAGE]}), partition=p)
-            for (source, start), n in result.quarantined.items():
-                await events.send(
-                    value=dumps({"type": "qcount", "source": source, "window_start": start, "n": n}),
-                    partition=shard_partition({}, config.shard_by, settings.partitions),
-                )
+            for p, value in internal_messages(result, config, settings.partitions):
+                await events.send(value=value, partition=p)
+            OBSERVATIONS.labels("forwarded").inc(len(result.observations))
             BATCH_SIZE.labels("alerts", "evaluate").observe(len(batch))
             BATCH_SECONDS.labels("alerts", "evaluate").observe(time.perf_counter() - started)
 
     last_tick: dict[int, float] = {}
+    images = {name: TableImage(t) for name, t in state_tables.items()}
     schedule = Schedule()
     pending_counts: dict[str, int] = {}
 
@@ -223,6 +226,8 @@ def create_app(
     async def _forget_schedule(sender: Any, assigned: Any, **_: Any) -> None:
         # Another worker may have changed these partitions' tables meanwhile: look again.
         schedule.reset()
+        for image in images.values():
+            image.reset()
 
     # Mirror writes are batched: one Redis round trip per tick instead of one per event.
     pending_mirror: dict[str, dict[str, Any] | None] = {}
@@ -237,13 +242,13 @@ def create_app(
 
     @app.agent(events)
     async def alert_state(stream: Any) -> None:
-        async for batch in stream.take_events(asettings.batch_size, within=asettings.batch_within_s):
+        async for batch in take_ready(stream, asettings.batch_size, asettings.batch_within_s):
             by_partition: dict[int, list[Any]] = {}
             for event in batch:
                 by_partition.setdefault(event.message.partition, []).append(event)
             for partition, evs in by_partition.items():
                 started = time.perf_counter()
-                overlays = {name: Overlay(t) for name, t in state_tables.items()}
+                overlays = {name: Overlay(image.view(partition)) for name, image in images.items()}
                 proc = Processor(
                     config, asettings, **overlays, silences=silences_t, schedule=schedule, pending_counts=pending_counts
                 )
@@ -262,13 +267,16 @@ def create_app(
                             continue
                         last_tick[partition] = now
                     changes = proc.handle(value, partition, now)
+                    if value["type"] == "obs":
+                        OBSERVATIONS.labels("applied").inc(len(value["obs"]))
                     pending_mirror.update(changes.alerts)
                     pending_mirror.update(dict.fromkeys(changes.removed))
                     dispatch.update((e["id"], e) for e in changes.dispatch)
-                # A group this batch made due (group_wait 0, or a timer that just expired) flushes now,
-                # not at the next tick.
+                # A group this batch made due (group_wait 0, or a timer that just expired) flushes now, not at
+                # the next tick; so does a partition the schedule does not know yet (after a start or a
+                # rebalance), which is scanned as a tick would (a scan of the partition's image in memory).
                 now = time.time()
-                if now >= schedule.next_flush.get(partition, float("inf")):
+                if now >= schedule.next_flush.get(partition, 0.0):
                     last_tick[partition] = now
                     changes = proc.handle({"type": "tick"}, partition, now)
                     pending_mirror.update(changes.alerts)
@@ -351,6 +359,11 @@ def create_app(
             else (False, "Redis unreachable: the API answers 503 and delivery dedup is degraded")
         ),
     )
+
+    @app.on_before_shutdown.connect
+    async def _stop_intake(sender: Any, **_: Any) -> None:
+        await intake.pump.on_revoked()
+        await intake.stop()
 
     async def _close() -> None:
         await dispatcher.close()

@@ -99,6 +99,44 @@ class Integrations:
                 raise DeliveryError(f"kafka {type(exc).__name__}: {exc}", True) from None
 
 
+class CoalescedFlush:
+    """A producer flush shared by every caller waiting at once; each call returns after a flush that began after it.
+
+    Every delivery must see its outbox entry acknowledged by the broker first (step 1 below); with hundreds
+    of deliveries in flight after a busy batch, a flush each (Faust's producer flush walks its whole buffer)
+    was half the worker's time (bench/bench_alerts.py, py-spy). A flush that starts after a call covers
+    every write made before the call, so the calls that arrive while one flush runs all wait for the next.
+    """
+
+    def __init__(self, flush: Callable[[], Awaitable[None]]) -> None:
+        self._flush = flush
+        self._next: asyncio.Future[None] | None = None
+        self._lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def __call__(self) -> None:
+        if self._next is None:
+            self._next = asyncio.get_running_loop().create_future()
+            task = asyncio.ensure_future(self._run(self._next))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        await asyncio.shield(self._next)
+
+    async def _run(self, done: asyncio.Future[None]) -> None:
+        async with self._lock:  # after the flush in progress, which began too early for these callers
+            if self._next is done:
+                self._next = None  # callers from now on need a flush that begins later
+            try:
+                await self._flush()
+            except asyncio.CancelledError:
+                done.cancel()
+                raise
+            except Exception as exc:  # noqa: BLE001 - every waiting caller gets it (their deliveries retry)
+                done.set_exception(exc)
+            else:
+                done.set_result(None)
+
+
 class Dispatcher:
     def __init__(
         self,
@@ -116,7 +154,7 @@ class Dispatcher:
         self.integrations = integrations
         self.redis = redis
         self.key_prefix = key_prefix
-        self.flush = flush
+        self.flush = CoalescedFlush(flush)
         self.report = report
         self.dead_letter = dead_letter
         self.worker_id = uuid.uuid4().hex

@@ -17,13 +17,14 @@ from typing import Any
 
 from services.alerts.config import Config
 from services.alerts.engine import fold, limit_key
+from services.alerts.labels import shard_partition
 from services.alerts.metrics import RULE_ERRORS, RULE_HITS
 from services.alerts.rules import Observation, Rule, merge
-from shared.codec import loads
+from shared.codec import dumps, loads
 from shared.deadletter import encodable
 from shared.metrics import DECODE_ERRORS
-from shared.records import Anomaly, LeakReport, QuarantinedReading, Record, Risk, SensorEvent
-from shared.topics import ANOMALIES, READINGS_QUARANTINE, REPORTS, RISK, SENSOR_EVENTS
+from shared.records import Anomaly, DriftEvent, LeakReport, QuarantinedReading, Record, Risk, SensorEvent
+from shared.topics import ANOMALIES, DRIFT, READINGS_QUARANTINE, REPORTS, RISK, SENSOR_EVENTS
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ INPUTS: dict[str, tuple[str, type[Record]]] = {
     SENSOR_EVENTS.name: ("sensor_event", SensorEvent),
     READINGS_QUARANTINE.name: ("quarantine", QuarantinedReading),
     REPORTS.name: ("report", LeakReport),
+    DRIFT.name: ("drift", DriftEvent),
 }
 
 
@@ -142,6 +144,30 @@ def evaluate_batch(
         RULE_HITS.labels(name).inc(n)
     result.observations = merge(hits)
     return result
+
+
+#: Observations per internal message: keeps one well under Kafka's 1 MB default.
+OBS_PER_MESSAGE = 500
+
+
+def internal_messages(result: BatchResult, config: Config, partitions: int) -> list[tuple[int, bytes]]:
+    """``(events partition, value)`` for a batch's results: one message per destination partition, not per alert.
+
+    Observations go to the partition of their shard labels (``global.shard_by``), so every alert, group
+    and inhibition of a zone lives on one partition; quarantine counts to the partition of no labels.
+    """
+    per_partition: dict[int, list[Observation]] = {}
+    for obs in result.observations:
+        per_partition.setdefault(shard_partition(obs.labels, config.shard_by, partitions), []).append(obs)
+    out = []
+    for p, items in per_partition.items():
+        for i in range(0, len(items), OBS_PER_MESSAGE):
+            # orjson writes dataclasses natively
+            out.append((p, dumps({"type": "obs", "obs": items[i : i + OBS_PER_MESSAGE]})))
+    for (source, start), n in result.quarantined.items():
+        value = dumps({"type": "qcount", "source": source, "window_start": start, "n": n})
+        out.append((shard_partition({}, config.shard_by, partitions), value))
+    return out
 
 
 def decode_internal(raw: bytes) -> dict[str, Any]:

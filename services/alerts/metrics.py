@@ -9,6 +9,12 @@ EVALUATED = Counter(
     "Input records decoded and evaluated against the rules (the others are dead-lettered)",
     ["topic"],
 )
+OBSERVATIONS = Counter(
+    "flowwatch_alerts_observations_total",
+    "Rule hits (merged per alert and batch) sent on by the evaluate stage (forwarded) and applied to the alert "
+    "state (applied); the difference is what the state stage still has to do",
+    ["stage"],
+)
 RULE_HITS = Counter("flowwatch_alerts_rule_hits_total", "Input records that matched a rule", ["rule"])
 RULE_ERRORS = Counter(
     "flowwatch_alerts_rule_errors_total", "Records a rule matched but could not render (missing field)", ["rule"]

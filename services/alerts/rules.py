@@ -1,6 +1,6 @@
 """Alert rules: conditions on an input record that fire (or resolve) an alert with templated labels.
 
-A rule reads one *source* (``anomaly``, ``risk``, ``sensor_event``, ``quarantine``, ``report``),
+A rule reads one *source* (``anomaly``, ``risk``, ``sensor_event``, ``quarantine``, ``report``, ``drift``),
 checks its ``when`` conditions (all must hold) and renders labels and annotations
 from the record's fields with ``str.format`` templates (``"{zone}"``,
 ``"{probability:.0%}"``, ``"{class_probs[leak]:.2f}"``). ``resolve_when`` conditions
@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from services.alerts.labels import fingerprint
-from shared.records import Anomaly, LeakReport, Risk, SensorEvent
+from shared.records import Anomaly, DriftEvent, LeakReport, Risk, SensorEvent
 
 #: Fields of the synthetic record a ``quarantine`` rule sees: readings quarantined per source per window.
 QUARANTINE_FIELDS = ("source", "count", "window_s", "window_start", "ts")
@@ -32,6 +32,7 @@ SOURCES: dict[str, tuple[str, ...]] = {
     "sensor_event": tuple(f.name for f in dataclasses.fields(SensorEvent)),
     "quarantine": QUARANTINE_FIELDS,
     "report": tuple(f.name for f in dataclasses.fields(LeakReport)),
+    "drift": tuple(f.name for f in dataclasses.fields(DriftEvent)),
 }
 
 

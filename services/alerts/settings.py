@@ -31,7 +31,11 @@ class AlertsSettings:
     tokens_file: str = _doc("", "File with API tokens, one `role token [name]` per line (`#` comments).")
     external_url: str = _doc("", "Base URL of this service as operators reach it (webhook `externalURL`).")
     batch_size: int = _doc(1000, "Max input records evaluated per micro-batch.")
-    batch_within_s: float = _doc(0.05, "Max seconds to wait to fill a micro-batch.")
+    batch_within_s: float = _doc(
+        0.05,
+        "Longest an idle stage sleeps between checks for a stop, in seconds. A micro-batch is whatever has "
+        "arrived: nothing waits to fill one (shared.streaming.take_ready).",
+    )
     max_attempts: int = _doc(5, "Delivery attempts per notification before it goes to alerts.dlq.")
     backoff_base_s: float = _doc(0.5, "First retry delay; doubles each attempt, with full jitter.")
     backoff_max_s: float = _doc(30.0, "Upper bound of one retry delay.")

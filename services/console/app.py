@@ -14,6 +14,7 @@ from typing import Any
 import faust
 
 from services.console.api import ConsoleApi
+from services.console.auth import MISSING, session_source
 from services.console.infra import Infra
 from services.console.live import Feed, Hub
 from services.console.network import Topology
@@ -25,7 +26,7 @@ from shared.cache import Cache
 from shared.codec import dumps
 from shared.service import base_app
 from shared.settings import Settings
-from shared.topics import FEEDBACK, REPORTS, faust_topic
+from shared.topics import REPORTS, faust_topic
 
 
 def create_app(settings: Settings | None = None, console_settings: ConsoleSettings | None = None) -> faust.App:
@@ -37,18 +38,14 @@ def create_app(settings: Settings | None = None, console_settings: ConsoleSettin
     hub = Hub(cs.live_queue, cs.live_max_clients)
     feed = Feed(settings, hub)
     health = PipelineHealth(cs.targets())
-    reports, feedback = faust_topic(app, REPORTS, settings), faust_topic(app, FEEDBACK, settings)
+    reports = faust_topic(app, REPORTS, settings)
     infra = Infra(settings, cache, feed)
 
     async def send_report(record: dict[str, Any]) -> None:
         await (await reports.send(value=dumps(record)))
 
-    async def send_feedback(record: dict[str, Any]) -> None:
-        await (await feedback.send(key=record["fingerprint"].encode(), value=dumps(record)))
-
     api = ConsoleApi(
         cs,
-        state.tokens,
         Topology.load(cs.network_file),
         cache,
         Upstream("history", cs.history_url, token, cs.upstream_timeout_s),
@@ -56,11 +53,11 @@ def create_app(settings: Settings | None = None, console_settings: ConsoleSettin
         hub,
         health,
         send_report,
-        send_feedback,
         infra.status,
     )
     infra.pool = lambda: api.pool
-    mount(app, api, Path(cs.web_dist) if cs.web_dist else Path(__file__).with_name("web") / "dist")
+    state.add_principal_source(session_source(lambda: api.users), missing=MISSING)
+    mount(app, state, api, Path(cs.web_dist) if cs.web_dist else Path(__file__).with_name("web") / "dist")
     # No consumer group: "joined" means the live feed reads from the topics' ends.
     state.add_check("live_feed", feed.check)
     state.add_check("database", lambda: (api.pool is not None, "connected" if api.pool else "connecting"))

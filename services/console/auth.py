@@ -1,22 +1,25 @@
-"""Who is calling: a session cookie (with its CSRF token on state-changing requests) or a bearer token.
+"""How the console knows its caller: the shared :class:`shared.auth.Guard` (bearer tokens) with the console's
+sessions as a second principal source, and the role each API handler needs.
 
-Roles are the API tokens' (viewer < operator < admin); ``public`` needs nothing. 401 without a
-session or token, 403 for a role too low or a missing/wrong ``X-CSRF-Token`` with a session cookie.
-A bearer token needs no CSRF token: a browser never adds it to a request on its own.
+Roles are the API tokens' (viewer < operator < admin); ``public`` needs nothing. 401 without a session
+or token, 403 for a role too low or a missing/wrong ``X-CSRF-Token`` with a session cookie on a
+state-changing request. A bearer token needs no CSRF token: a browser never adds it to a request on its own.
 """
 
 from __future__ import annotations
 
-import hmac
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from services.console.users import Users
-from shared.auth import ROLES, AuthError, TokenStore, authorize
+from shared.auth import PUBLIC, ROLES, AuthConfigError, AuthError, SessionInfo, SessionSource
 
 COOKIE = "fw_session"
 CSRF_HEADER = "X-CSRF-Token"
-SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
+#: the 401 message of a request with neither a session cookie nor a bearer token
+MISSING = "log in first (POST /api/login) or send a bearer token"
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
 
 class ApiError(Exception):
@@ -26,33 +29,30 @@ class ApiError(Exception):
         self.headers = headers
 
 
-@dataclass(frozen=True)
-class Caller:
-    name: str
-    role: str
-    csrf: str = ""
-    session_id: str = ""
+def needs(role: str) -> Callable[[F], F]:
+    """Declare the role an API handler needs (``public``: none); the routes guard it with the shared guard.
+    A handler without a declaration needs ``viewer``: closed by default."""
+    if role != PUBLIC and role not in ROLES:
+        raise AuthConfigError(f"unknown role {role!r}")
+
+    def mark(fn: F) -> F:
+        fn.role = role  # type: ignore[attr-defined]
+        return fn
+
+    return mark
 
 
-async def caller(request: Any, role: str, tokens: TokenStore, users: Users) -> Caller:
-    """The caller allowed ``role``, else :class:`ApiError` (401/403)."""
-    header = request.headers.get("Authorization")
-    if header:
-        try:
-            p = authorize(tokens, header, role)
-        except AuthError as exc:
-            raise ApiError(exc.status, str(exc), exc.headers) from None
-        return Caller(p.name, p.role)
-    session_id = request.cookies.get(COOKIE, "")
-    if not session_id:
-        raise ApiError(401, "log in first (POST /api/login) or send a bearer token")
-    session = await users.session(session_id)
-    if session is None:
-        raise ApiError(401, "the session has ended or is unknown; log in again")
-    if request.method not in SAFE_METHODS:
-        given = request.headers.get(CSRF_HEADER, "")
-        if not hmac.compare_digest(given.encode(errors="surrogatepass"), session.csrf.encode()):
-            raise ApiError(403, f"missing or wrong {CSRF_HEADER} header (the csrf value of /api/me)")
-    if ROLES[session.role] < ROLES[role]:
-        raise ApiError(403, f"role {session.role!r} may not do this; needs {role!r} or above")
-    return Caller(session.username, session.role, session.csrf, session_id)
+def role_of(handler: Callable[..., Any]) -> str:
+    return getattr(handler, "role", "viewer")
+
+
+def session_source(users: Callable[[], Users | None]) -> SessionSource:
+    """The console's sessions (PostgreSQL, :class:`Users`) as a principal source; 503 until its database is up."""
+
+    async def lookup(session_id: str) -> SessionInfo | None:
+        store = users()
+        if store is None:
+            raise AuthError(503, "the console is still connecting to its database", {"Retry-After": "5"})
+        return await store.session(session_id)
+
+    return SessionSource(COOKIE, lookup, CSRF_HEADER)

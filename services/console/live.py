@@ -41,7 +41,7 @@ def frame(event: str, data: bytes) -> bytes:
 
 @dataclass(eq=False)
 class Client:
-    """One SSE connection: its wanted events and a bounded queue of frames."""
+    """One SSE connection: its wanted events and a bounded queue of ``(event, SSE frame)``."""
 
     events: frozenset[str]
     size: int
@@ -49,14 +49,14 @@ class Client:
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     dropped: int = 0
 
-    def offer(self, event: str, data: bytes) -> None:
+    def offer(self, event: str, framed: bytes) -> None:
         if event not in self.events:
             return
         if len(self.queue) >= self.size:
             self.queue.popleft()
             self.dropped += 1
             LIVE_DROPPED.labels(event).inc()
-        self.queue.append((event, data))
+        self.queue.append((event, framed))
         self.ready.set()
 
     def take(self) -> list[tuple[str, bytes]]:
@@ -87,8 +87,13 @@ class Hub:
         LIVE_CLIENTS.set(len(self.clients))
 
     def publish(self, event: str, data: bytes) -> None:
+        """Offer one record to every client; framed once here, not once per client (the fan-out's cost must
+        not grow with the clients more than it has to: it shares the CPU with the pipeline)."""
+        if not self.clients:
+            return
+        framed = frame(event, data)
         for client in self.clients:
-            client.offer(event, data)
+            client.offer(event, framed)
 
 
 def normalise(raw: bytes | None) -> bytes | None:
@@ -145,6 +150,9 @@ class Feed:
     def fan_out(self, topic: str, values: Iterable[bytes | None]) -> None:
         event = self.by_topic[topic]
         n = 0
+        if not self.hub.clients:  # nobody to tell: no decoding either
+            LIVE_EVENTS.labels(event).inc(sum(1 for _ in values))
+            return
         for raw in values:
             data = normalise(raw)
             if data is None:

@@ -18,29 +18,39 @@ from aiohttp import web as aioweb
 from faust.web import Request, View
 
 from services.console.api import ConsoleApi, errors
+from services.console.auth import role_of
 from services.console.metrics import API_REQUESTS
+from services.console.models import ModelsView
+from services.console.upstream import service_token
+from shared.service import ServiceState
 
 log = logging.getLogger(__name__)
 NOT_BUILT = "front end not built: run make console-web"
 
 
-def mount(app: faust.App, api: ConsoleApi, dist: Path) -> None:
+def mount(app: faust.App, state: ServiceState, api: ConsoleApi, dist: Path) -> None:
     def handler(endpoint: str, fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-        guarded = errors(fn)
+        answer = errors(fn)
 
-        async def run(self: View, request: Request, **kw: Any) -> Any:
+        async def respond(self: View, request: Request, **kw: Any) -> Any:
             try:
-                result, code, headers = await guarded(request, **kw)
+                result, code, headers = await answer(request, **kw)
             except Exception:
                 log.exception("%s %s failed", request.method, request.path)
                 result, code, headers = {"error": "internal error; see the console log"}, 500, None
             if isinstance(result, aioweb.StreamResponse):
-                API_REQUESTS.labels(endpoint, str(result.status)).inc()
                 return result
-            API_REQUESTS.labels(endpoint, str(code)).inc()
             return aioweb.Response(
                 body=orjson.dumps(result), status=code, content_type="application/json", headers=headers
             )
+
+        # The service's shared guard (bearer token or session) admits the caller before the handler runs.
+        guarded = state.guarded(role_of(fn), respond)
+
+        async def run(self: View, request: Request, **kw: Any) -> Any:
+            response = await guarded(self, request, **kw)
+            API_REQUESTS.labels(endpoint, str(response.status)).inc()
+            return response
 
         return run
 
@@ -76,6 +86,7 @@ def mount(app: faust.App, api: ConsoleApi, dist: Path) -> None:
     page("/api/report", "report", get=api.planners_report)
     page("/api/report.csv", "report-csv", get=api.planners_report_csv)
     page("/api/pipeline", "pipeline", get=api.pipeline)
+    page("/api/models", "models", get=ModelsView(api, service_token(api.cs.service_token, state.tokens)).get)
     page("/api/reports", "reports", get=api.list_reports)
     page("/api/reports/{id}/triage", "triage", post=api.triage)
     page("/api/users", "users", get=api.list_users, post=api.add_user)

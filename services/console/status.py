@@ -1,5 +1,5 @@
-"""What the network looks like now: zone and sensor state from Redis (the services' read cache), with what
-only history knows (anomaly counts, what is usual for a sensor, its reasons) read from the history database.
+"""What the network looks like now: zone and sensor state from Redis (the services' read cache). What only
+history knows (anomaly counts, losses, what is usual for a sensor) comes from the history API.
 
 Status of a zone: ``at_risk`` when its latest risk is at or above ``incident_threshold`` and not ``normal``,
 else ``anomalous`` when one of its sensors' latest score is anomalous, else ``normal``.
@@ -7,16 +7,12 @@ else ``anomalous`` when one of its sensors' latest score is anomalous, else ``no
 
 from __future__ import annotations
 
-import time
 from typing import Any
-
-import asyncpg
 
 from services.console.network import Topology
 from shared.cache import Cache
 
 INCIDENT_THRESHOLD = 0.5
-HOUR_MS = 3_600_000
 
 
 def zone_status(risk: dict[str, Any] | None, anomalous: bool) -> str:
@@ -26,10 +22,9 @@ def zone_status(risk: dict[str, Any] | None, anomalous: bool) -> str:
 
 
 class Status:
-    def __init__(self, topology: Topology, cache: Cache, db: asyncpg.Pool):
+    def __init__(self, topology: Topology, cache: Cache):
         self.topology = topology
         self.cache = cache
-        self.db = db
 
     async def zone_states(self) -> list[dict[str, Any]]:
         """Every zone's status, probability and incident type (Redis: risk per zone, score per sensor)."""
@@ -51,24 +46,6 @@ class Status:
                 }
             )
         return out
-
-    async def anomalies_since(self, since_ms: int) -> int:
-        return int(await self.db.fetchval("SELECT count(*) FROM anomalies WHERE ts >= $1", since_ms) or 0)
-
-    async def loss_today(self) -> dict[str, Any]:
-        """Estimated loss of the incidents active today (UTC), from the history store's incidents."""
-        day = int(time.time() // 86400 * 86400 * 1000)
-        row = await self.db.fetchrow(
-            "SELECT coalesce(sum(loss_volume), 0) AS volume, coalesce(sum(loss_cost), 0) AS cost, "
-            "max(loss_unit) AS unit, max(currency) AS currency FROM incidents WHERE end_ts >= $1",
-            day,
-        )
-        return {
-            "volume": float(row["volume"]),
-            "cost": float(row["cost"]),
-            "unit": row["unit"] or "m3",
-            "currency": row["currency"] or "",
-        }
 
     async def zone(self, zone_id: str) -> dict[str, Any] | None:
         z = self.topology.zone(zone_id)
@@ -103,36 +80,12 @@ class Status:
             else None,
         }
 
-    async def risk_points(self, zone_id: str, start: int, to: int) -> list[dict[str, Any]]:
-        rows = await self.db.fetch(
-            "SELECT ts, probability, incident_type FROM risk WHERE zone = $1 AND ts >= $2 AND ts < $3 ORDER BY ts "
-            "LIMIT 20000",
-            zone_id,
-            start,
-            to,
-        )
-        return [dict(r) for r in rows]
-
     async def sensor(self, sensor_id: str) -> dict[str, Any] | None:
         s = self.topology.sensor(sensor_id)
         if s is None:
             return None
         cached = await self.cache.get("sensor", sensor_id) or {}
         score = await self.cache.get("score", sensor_id) or {}
-        since = int(time.time() * 1000) - 24 * HOUR_MS
-        reasons = await self.db.fetch(
-            "SELECT reason, max(ts) AS ts FROM anomalies WHERE sensor_id = $1 AND ts >= $2 GROUP BY reason "
-            "ORDER BY 2 DESC LIMIT 5",
-            sensor_id,
-            since,
-        )
-        # What is usual: the mean and spread of its one-minute means over the last day.
-        usual = await self.db.fetch(
-            "SELECT metric, avg(sum / count) AS mean, coalesce(stddev_samp(sum / count), 0) AS std FROM rollups "
-            "WHERE sensor_id = $1 AND minute >= $2 AND count > 0 GROUP BY metric",
-            sensor_id,
-            since,
-        )
         return {
             "id": s.id,
             "site": s.site,
@@ -143,6 +96,4 @@ class Status:
             "score": score.get("score"),
             "threshold": score.get("threshold"),
             "anomalous": bool(score.get("is_anomaly")),
-            "reasons": [r["reason"] for r in reasons],
-            "usual": {r["metric"]: {"mean": float(r["mean"]), "std": float(r["std"])} for r in usual},
         }

@@ -12,7 +12,6 @@ import hashlib
 import re
 import secrets
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -20,6 +19,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 from shared.auth import ROLES
+from shared.auth import SessionInfo as Session
 
 NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
 MIN_PASSWORD = 10
@@ -37,13 +37,6 @@ class UserError(ValueError):
         super().__init__(f"{field}: {message}")
         self.field = field
         self.status = status
-
-
-@dataclass(frozen=True)
-class Session:
-    username: str
-    role: str
-    csrf: str
 
 
 def now_ms() -> int:

@@ -27,6 +27,8 @@ from services.detector.settings import DetectorSettings
 from services.detector.state import Layout
 from shared.codec import dumps, loads
 from shared.metrics import DECODE_ERRORS, EVENTS_OUT
+from shared.mlops.monitor import DriftMonitor
+from shared.mlops.monitor import check as drift_check
 from shared.registry import ModelRegistry
 from shared.service import base_app
 from shared.settings import Settings
@@ -74,8 +76,13 @@ def create_app(settings: Settings | None = None, detector_settings: DetectorSett
     )
     profiles = ProfileSet.load(ds.profiles_file)
     store = ModelStore(profiles, ds.zscore_threshold)
-    serving = ModelServing(store, ModelRegistry(settings.model_dir), ds.model_prefix, ds.model_alias)
-    scorer = Scorer(store, ds.aggregate_window_s * 1000, ds.reason_metrics, ds.emit_scores, packed=False)
+    monitor = (
+        DriftMonitor(SERVICE, ds.drift_window_s * 1000, ds.drift_reference_s * 1000, ds.drift_bucket_s * 1000)
+        if ds.drift_check_s > 0
+        else None
+    )
+    serving = ModelServing(store, ModelRegistry(settings.model_dir), ds.model_prefix, ds.model_alias, monitor)
+    scorer = Scorer(store, ds.aggregate_window_s * 1000, ds.reason_metrics, ds.emit_scores, False, monitor)
     engine = DetectorEngine(app, settings, ds, scorer)
     app.detector = engine  # type: ignore[attr-defined]
     window_ms, grace_ms = ds.aggregate_window_s * 1000, ds.aggregate_grace_s * 1000
@@ -156,6 +163,12 @@ def create_app(settings: Settings | None = None, detector_settings: DetectorSett
     async def sweep_states() -> None:
         await engine.sweep()
 
+    if monitor is not None:
+
+        @app.timer(interval=ds.drift_check_s, name="detector-drift")
+        async def check_drift() -> None:
+            await drift_check(monitor, app, settings, serving.model_of, ds.drift_window_s)
+
     @app.timer(interval=10.0)
     async def model_gauge() -> None:
         TRAINED_PROFILES.set(len(serving.serving))
@@ -199,6 +212,13 @@ def create_app(settings: Settings | None = None, detector_settings: DetectorSett
                 "lag": engine.pump.lag,
             }
         )
+
+    @health.api_page("/detector/drift", "viewer")
+    async def drift_view(web: Any, request: Any) -> Any:
+        """Per profile: drift status, PSI per column over the window, where each reference came from."""
+        if monitor is None:
+            return web.json({"enabled": False, "profiles": {}})
+        return web.json({"enabled": True, "window_s": ds.drift_window_s, "profiles": monitor.snapshot()})
 
     @health.api_page("/detector/models", "viewer")
     async def models_view(web: Any, request: Any) -> Any:

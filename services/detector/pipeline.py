@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -19,10 +20,23 @@ from services.detector import aggregates
 from services.detector.model import AnomalyModel
 from services.detector.profiles import Profile, ProfileSet
 from services.detector.reasons import explain
-from services.detector.state import pack, remap, unpack
+from services.detector.state import pack, rebaseline, remap, unpack
+from shared.mlops.monitor import DriftMonitor
 from shared.records import Anomaly, Reading, Score
 
 log = logging.getLogger(__name__)
+
+#: ``extra`` field in which ingest names the cumulative counters of a reading that went down (reset, new meter).
+COUNTER_RESETS = "counter_resets"
+
+
+def counter_resets(reading: Reading, metrics: tuple[str, ...]) -> frozenset[str]:
+    """The counters among ``metrics`` that ingest flagged as reset in ``reading`` (``extra.counter_resets``)."""
+    extra = reading.extra
+    flagged = extra.get(COUNTER_RESETS) if type(extra) is dict else None
+    if type(flagged) is not list:
+        return frozenset()
+    return frozenset(m for m in flagged if type(m) is str and m in metrics)
 
 
 @dataclass
@@ -81,6 +95,7 @@ class Scorer:
         reason_metrics: int = 3,
         emit_scores: bool = True,
         packed: bool = True,
+        monitor: DriftMonitor | None = None,
     ):
         # packed=False: states come and go as (metrics, vector) and the caller packs them when it
         # persists them (the engine keeps them unpacked in memory between checkpoints)
@@ -89,6 +104,7 @@ class Scorer:
         self.window_ms = window_ms
         self.reason_metrics = reason_metrics
         self.emit_scores = emit_scores
+        self.monitor = monitor  # drift: each group's inputs and score, histogrammed (shared.mlops.monitor)
 
     def process(self, readings: list[Reading], load_state: Callable[[str], Any]) -> BatchResult:
         result = BatchResult()
@@ -99,8 +115,50 @@ class Scorer:
             profiles[profile.name] = profile
             groups.setdefault((profile.name, self.store.metrics_for(profile, r)), []).append(i)
         for (pname, metrics), rows in groups.items():
-            self._score_group(profiles[pname], metrics, [readings[i] for i in rows], load_state, result)
+            batch = [readings[i] for i in rows]
+            if any(COUNTER_RESETS in r.extra for r in batch if r.extra):
+                self._score_with_resets(profiles[pname], metrics, batch, load_state, result)
+            else:
+                self._score_group(profiles[pname], metrics, batch, load_state, result)
         return result
+
+    def _score_with_resets(
+        self,
+        profile: Profile,
+        metrics: tuple[str, ...],
+        batch: list[Reading],
+        load_state: Callable[[str], Any],
+        result: BatchResult,
+    ) -> None:
+        """A group holding counter resets: a counter's reset is not an anomaly, its old level no baseline.
+
+        The batch is scored in segments, each reading with a reset starting one, and that sensor's
+        statistics of the reset counters start afresh before it (:func:`~services.detector.state.rebaseline`):
+        the counter warms up again from its new level. State updates are causal and exact whatever the
+        batching, so the segments score every other reading as one batch would.
+        """
+        starts = [i for i, r in enumerate(batch) if r.extra and counter_resets(r, metrics)]
+        if not starts:
+            self._score_group(profile, metrics, batch, load_state, result)
+            return
+        bounds = sorted({0, *starts, len(batch)})
+        carried: dict[str, Any] = {}  # states left by the earlier segments of this group
+
+        for a, b in pairwise(bounds):
+            segment = batch[a:b]
+            first = segment[0]
+            forget = counter_resets(first, metrics) if first.extra else frozenset()
+
+            def load(sid: str, first: Reading = first, forget: frozenset[str] = forget) -> Any:
+                raw = carried[sid] if sid in carried else load_state(sid)
+                if forget and sid == first.sensor_id and raw is not None:
+                    old, vector = raw if isinstance(raw, tuple) else unpack(raw)
+                    raw = (metrics, rebaseline(remap(vector, old, metrics), metrics, forget))
+                return raw
+
+            self._score_group(profile, metrics, segment, load, result)
+            for r in segment:
+                carried[r.sensor_id] = result.states[r.sensor_id]
 
     def _score_group(
         self,
@@ -139,6 +197,11 @@ class Scorer:
         result.flagged[model.name] = result.flagged.get(model.name, 0) + int(scored.anomaly.sum())
         for sid, row in sensors.items():
             result.states[sid] = pack(metrics, state[row]) if self.packed else (metrics, state[row].copy())
+        if self.monitor is not None:
+            # the score as retrain's reference holds it: the reading's own ensemble score in thresholds
+            columns = {m: x[:, j] for j, m in enumerate(metrics)}
+            columns["score"] = scored.raw / scored.threshold if scored.threshold > 0 else scored.raw
+            self.monitor.observe(profile.name, ts, columns)
 
         threshold = float(scored.threshold)
         top = min(self.reason_metrics, len(metrics))

@@ -16,6 +16,8 @@ from typing import Any
 from services.detector.model import AnomalyModel
 from services.detector.pipeline import ModelStore
 from shared.codec import loads
+from shared.mlops.card import card_reference
+from shared.mlops.monitor import DriftMonitor
 from shared.records import ModelEvent
 from shared.registry import ModelRegistry, RegistryError, check_event
 from shared.streaming import send_dead_letter
@@ -27,9 +29,15 @@ class ModelServing:
     """Loads each profile's promoted model into a :class:`ModelStore`; remembers what it serves."""
 
     def __init__(
-        self, store: ModelStore, registry: ModelRegistry, prefix: str = "detector-", alias: str = "production"
+        self,
+        store: ModelStore,
+        registry: ModelRegistry,
+        prefix: str = "detector-",
+        alias: str = "production",
+        monitor: DriftMonitor | None = None,
     ):
         self.store = store
+        self.monitor = monitor
         self.registry = registry
         self.prefix = prefix
         self.alias = alias
@@ -65,10 +73,16 @@ class ModelServing:
         model.version = version
         model.name = profile
         self.store.set_trained(profile, model)
+        if self.monitor is not None:  # drift is now judged against what this version was trained on
+            self.monitor.set_reference(profile, card_reference(mv.path, profile), f"{name} {version}")
         self.serving[profile] = version
         self.errors.pop(profile, None)
         log.info("serving model %s %s for profile %s", name, version, profile, extra={"profile": profile})
         return True
+
+    def model_of(self, profile: str) -> tuple[str, str]:
+        """Registry name and version serving ``profile`` (version ``statistical`` without a trained model)."""
+        return self.registry_name(profile), self.serving.get(profile, "statistical")
 
     def on_event(self, event: ModelEvent) -> bool:
         if event.alias != self.alias or not event.name.startswith(self.prefix):

@@ -94,6 +94,21 @@ class DetectorSettings:
     )
     state_sweep_s: float = _doc(600.0, "How often (seconds) the state table is swept for expired sensors.")
 
+    drift_window_s: int = _doc(
+        24 * 3600,
+        "Drift: the PSI of each profile's inputs and score is computed over this much of the newest event time "
+        "(a whole day by default: a shorter window sees the daily cycle itself as drift; docs/mlops.md).",
+    )
+    drift_reference_s: int = _doc(
+        24 * 3600,
+        "Drift: a column the model card has no training reference for (or a profile without a trained model) "
+        "takes the first this-many seconds of event time the worker sees under the model as its reference.",
+    )
+    drift_bucket_s: int = _doc(3600, "Drift: histograms are kept in buckets of this much event time (seconds).")
+    drift_check_s: float = _doc(
+        60.0, "How often (seconds) drift is computed and transitions are published on `drift`; 0 turns drift off."
+    )
+
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> DetectorSettings:
         values = env_values(cls, ENV_PREFIX, env)

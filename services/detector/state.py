@@ -203,6 +203,16 @@ def remap(vector: np.ndarray, old: tuple[str, ...], new: tuple[str, ...]) -> np.
     return out
 
 
+def rebaseline(vector: np.ndarray, metrics: tuple[str, ...], forget: frozenset[str]) -> np.ndarray:
+    """``vector`` with the statistics of the metrics in ``forget`` started afresh, the others kept.
+
+    For a cumulative counter that was reset (or a replaced meter): its old level says nothing about
+    the new one, so it warms up again like a new metric instead of being judged against it.
+    """
+    kept = tuple(m for m in metrics if m not in forget)
+    return remap(remap(vector, metrics, kept), kept, metrics)
+
+
 class RollingState:
     """Vectorised update of many sensors' states; one instance per metric list and config."""
 

@@ -29,6 +29,7 @@ from typing import Any
 
 import faust
 
+from services.forecaster.drift import ForecastDrift
 from services.forecaster.features import FeatureConfig
 from services.forecaster.folding import ReadingsFolder
 from services.forecaster.metrics import (
@@ -50,6 +51,7 @@ from shared.cache import Cache
 from shared.codec import dumps, loads
 from shared.limits import LabelSet, NewIdBudget
 from shared.metrics import BATCH_SECONDS, BATCH_SIZE, DECODE_ERRORS, EVENTS_IN, EVENTS_OUT
+from shared.mlops.monitor import publish as publish_drift
 from shared.records import ModelEvent
 from shared.registry import check_event
 from shared.service import base_app
@@ -101,6 +103,8 @@ def create_app(settings: Settings | None = None, forecaster_settings: Forecaster
     app.forecaster["folder"] = folder  # type: ignore[attr-defined]
     started = time.monotonic()
     zone_labels = LabelSet(fs.metric_zones)
+    drift = ForecastDrift(fs, zone_labels) if fs.drift_check_s > 0 else None
+    key_metrics = fs.key_metric_by_utility
     new_zones = NewIdBudget(fs.new_zones_per_minute)
 
     # partials partition -> source partition -> watermark; rebuilt from the next broadcasts after a restart
@@ -204,6 +208,8 @@ def create_app(settings: Settings | None = None, forecaster_settings: Forecaster
                 {k: dumps(states[k.decode()].to_dict()) for k in last_event if k.decode() in states},
                 last_event,
             )
+            if risks and drift is not None:
+                drift.observe(risks, key_metrics)
             if risks:
                 EVENTS_OUT.labels(SERVICE, RISK.name).inc(len(risks))
                 await cache.set_many("risk", latest)
@@ -245,6 +251,12 @@ def create_app(settings: Settings | None = None, forecaster_settings: Forecaster
             if others:
                 marks[str(p)] = max(others)
         await folder.broadcast(marks)
+
+    if drift is not None:
+
+        @app.timer(fs.drift_check_s)
+        async def check_drift() -> None:
+            await publish_drift(app, settings, drift.take_events())
 
     @app.timer(fs.zone_sweep_s)
     async def expire_zones() -> None:

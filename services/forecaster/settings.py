@@ -113,6 +113,20 @@ class ForecasterSettings:
     )
     zone_sweep_s: float = _doc(600.0, "How often (seconds) the `zones` table is swept for expired zones.")
     top_features: int = _doc(3, "Contributing features listed in each risk record.")
+    drift_window_s: int = _doc(
+        24 * 3600,
+        "Drift: the PSI of each zone's key-metric totals is computed over this much of the newest event time (a "
+        "whole day: a shorter window sees the daily cycle as drift; docs/mlops.md).",
+    )
+    drift_reference_s: int = _doc(
+        24 * 3600, "Drift: each zone's first this-many seconds of event time are its reference for the PSI."
+    )
+    drift_bucket_s: int = _doc(3600, "Drift: histograms are kept in buckets of this much event time (seconds).")
+    drift_check_s: float = _doc(
+        60.0,
+        "How often (seconds) drift (PSI, and the ADWIN on the forecast error) is published on `drift`; 0 turns "
+        "drift off.",
+    )
 
     @property
     def step_ms(self) -> int:

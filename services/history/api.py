@@ -20,13 +20,20 @@ import orjson
 from aiohttp import web as aioweb
 from faust.web import Request, Response, View
 
-from services.history import queries
+from services.history import queries, report
 from services.history.metrics import API_REQUESTS
 from services.history.queries import Params, QueryError
 from services.history.settings import HistorySettings
+from services.history.store import Partitions
 from shared.auth import USER_HEADER, AuthError, Principal, TokenStore, authorize
 
-JSON_COLUMNS = {"top_metrics", "reasons", "labels", "annotations", "metrics", "values"}
+JSON_COLUMNS = {"top_metrics", "reasons", "labels", "annotations", "metrics", "values", "payload"}
+NOTE_KINDS = ("ack", "comment", "assign", "verdict")
+TRIAGE = ("confirmed", "rejected")
+REPORT_COLUMNS = (
+    "r.id, r.ts, r.site, r.zone, r.text, r.payload, t.status, t.author AS triage_by, t.ts AS triage_at, "
+    "t.note AS triage_note"
+)
 EXPORTS = ("anomalies", "episodes", "alerts", "series", "reports", "quarantine")
 
 
@@ -53,6 +60,7 @@ class HistoryApi:
         self.hs = hs
         self.tokens = tokens
         self.send_feedback = send_feedback
+        self.partitions = Partitions(hs.partition_days)
         self.pool: asyncpg.Pool | None = None
 
     async def open(self) -> None:
@@ -75,10 +83,13 @@ class HistoryApi:
     def params(self, request: Request) -> Params:
         return Params(request.query, self.hs)
 
-    async def fetch(self, sql: str, args: list[Any]) -> list[dict[str, Any]]:
+    def _pool(self) -> asyncpg.Pool:
         if self.pool is None:
             raise ApiError(503, "the history store is not connected yet")
-        return [_row(r) for r in await self.pool.fetch(sql, *args)]
+        return self.pool
+
+    async def fetch(self, sql: str, args: list[Any]) -> list[dict[str, Any]]:
+        return [_row(r) for r in await self._pool().fetch(sql, *args)]
 
     async def body(self, request: Request) -> dict[str, Any]:
         raw = await request.read()
@@ -192,6 +203,156 @@ class HistoryApi:
             "step": step,
             "frames": [{"ts": ts, "zones": list(zones.values())} for ts, zones in sorted(frames.items())],
         }
+
+    async def risk(self, request: Request) -> Any:
+        self.authorize(request, "viewer")
+        return {"points": await self.fetch(*queries.risk(self.params(request)))}
+
+    async def summary(self, request: Request) -> Any:
+        self.authorize(request, "viewer")
+        p = self.params(request)
+        start, to = p.span(3_600_000)
+        anomalies, incidents, open_sites = await asyncio.gather(*(self.fetch(s, a) for s, a in queries.summary(p)))
+        loss = incidents[0]
+        return {
+            "from": start,
+            "to": to,
+            "anomalies": anomalies[0]["n"],
+            "incidents": loss["incidents"],
+            "loss": {
+                "volume": loss["volume"],
+                "cost": loss["cost"],
+                "unit": loss["unit"] or "m3",
+                "currency": loss["currency"] or "",
+            },
+            "open_incident_sites": [r["site"] for r in open_sites],
+        }
+
+    async def sensor_profile(self, request: Request, sensor_id: str) -> Any:
+        self.authorize(request, "viewer")
+        reasons, usual = await asyncio.gather(
+            *(self.fetch(s, a) for s, a in queries.sensor_profile(self.params(request), sensor_id))
+        )
+        return {
+            "sensor_id": sensor_id,
+            "reasons": [r["reason"] for r in reasons],
+            "usual": {r["metric"]: {"mean": r["mean"], "std": r["std"]} for r in usual},
+        }
+
+    async def report(self, request: Request) -> Any:
+        self.authorize(request, "viewer")
+        start, to = self.params(request).span(30 * queries.DAY_MS)
+        return await report.build(self._pool(), start, to)
+
+    # --- alert notes (the console's acks, comments, assignments and verdicts, by its delegate token) -----
+
+    async def alert_note(self, request: Request, fingerprint: str) -> Any:
+        who = self.authorize(request, "operator")
+        body = await self.body(request)
+        kind = body.get("kind")
+        if kind not in NOTE_KINDS:
+            raise ApiError(400, f"parameter 'kind': one of {', '.join(NOTE_KINDS)}")
+        note = _text(body, "note", 5000)
+        _storable(fingerprint, "fingerprint")
+        now = int(time.time() * 1000)
+        async with self._pool().acquire() as conn:
+            await self.partitions.ensure(conn, "alert_log", [now])
+            await conn.execute(
+                "INSERT INTO alert_log (fingerprint, ts, kind, status, author, note) VALUES ($1, $2, $3, '', $4, $5) "
+                "ON CONFLICT DO NOTHING",
+                fingerprint[:500],
+                now,
+                kind,
+                who.name,
+                note,
+            )
+        return {"fingerprint": fingerprint[:500], "ts": now, "kind": kind, "author": who.name, "note": note}
+
+    async def alert_annotations(self, request: Request) -> Any:
+        """Per alert: its comments, its latest assignee and its latest verdict."""
+        self.authorize(request, "viewer")
+        fps = [f.strip() for f in self.params(request).get("fingerprints").split(",") if f.strip()]
+        if len(fps) > 1000:
+            raise QueryError("fingerprints", "at most 1000")
+        notes, verdicts = await asyncio.gather(
+            self.fetch(
+                "SELECT fingerprint, ts, kind, author, note FROM alert_log WHERE fingerprint = ANY($1) "
+                "AND kind IN ('comment', 'assign') ORDER BY ts",
+                [fps],
+            ),
+            self.fetch(
+                "SELECT DISTINCT ON (fingerprint) fingerprint, verdict FROM feedback WHERE fingerprint = ANY($1) "
+                "ORDER BY fingerprint, ts DESC",
+                [fps],
+            ),
+        )
+        out = {fp: {"fingerprint": fp, "comments": [], "assignee": None, "verdict": None} for fp in fps}
+        for n in notes:
+            if n["kind"] == "comment":
+                out[n["fingerprint"]]["comments"].append({"by": n["author"], "at": n["ts"], "text": n["note"]})
+            else:
+                out[n["fingerprint"]]["assignee"] = n["note"] or None
+        for v in verdicts:
+            out[v["fingerprint"]]["verdict"] = v["verdict"]
+        return {"items": list(out.values())}
+
+    # --- public leak reports and their triage -----------------------------------------------------
+
+    async def reports(self, request: Request) -> Any:
+        self.authorize(request, "operator")  # names and contacts of the public
+        p = self.params(request)
+        status = p.choice("status", ("new", *TRIAGE))
+        limit, _ = p.page()
+        items = await self.fetch(
+            f"SELECT {REPORT_COLUMNS} FROM reports r LEFT JOIN console_report_triage t ON t.report_id = r.id "
+            "WHERE ($1 = '' OR coalesce(t.status, 'new') = $1) ORDER BY r.ts DESC LIMIT $2",
+            [status, limit],
+        )
+        return {"items": items}
+
+    async def _report(self, report_id: str) -> dict[str, Any]:
+        rows = await self.fetch(
+            f"SELECT {REPORT_COLUMNS} FROM reports r LEFT JOIN console_report_triage t ON t.report_id = r.id "
+            "WHERE r.id = $1",
+            [report_id[:200]],
+        )
+        if not rows:
+            raise ApiError(404, f"no report {report_id[:64]!r}")
+        return rows[0]
+
+    async def triage(self, request: Request, report_id: str) -> Any:
+        """Confirm or reject a public report; a confirmation is a verdict on ``feedback`` (for retraining)."""
+        who = self.authorize(request, "operator")
+        body = await self.body(request)
+        status = body.get("status")
+        if status not in TRIAGE:
+            raise ApiError(400, "parameter 'status': confirmed or rejected")
+        note = _text(body, "note", 2000)
+        _storable(report_id, "id")
+        found = await self._report(report_id)
+        now = int(time.time() * 1000)
+        await self._pool().execute(
+            "INSERT INTO console_report_triage (report_id, status, author, note, ts) VALUES ($1, $2, $3, $4, $5) "
+            "ON CONFLICT (report_id) DO UPDATE SET status = $2, author = $3, note = $4, ts = $5",
+            found["id"],
+            status,
+            who.name,
+            note,
+            now,
+        )
+        if status == "confirmed":
+            await self.send_feedback(
+                {
+                    "fingerprint": f"report-{found['id']}",
+                    "verdict": "true_positive",
+                    "ts": now,
+                    "author": who.name,
+                    "comment": note,
+                    "labels": {"alertname": "PublicLeakReport", "site": found["site"], "report_id": found["id"]},
+                    "v": 1,
+                }
+            )
+        return await self._report(report_id)
 
     # --- annotations ----------------------------------------------------------------------------
 
@@ -332,6 +493,22 @@ class HistoryApi:
         return response
 
 
+def _storable(value: str, name: str) -> None:
+    """400 for text PostgreSQL cannot hold (NUL) or no encoder can write (unpaired surrogates)."""
+    if "\x00" in value or any("\ud800" <= c <= "\udfff" for c in value):
+        raise ApiError(400, f"parameter {name!r}: contains NUL or unpaired surrogate characters")
+
+
+def _text(body: dict[str, Any], name: str, limit: int) -> str:
+    value = body.get(name, "")
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise ApiError(400, f"parameter {name!r}: must be text")
+    _storable(value, name)
+    return value[:limit]
+
+
 def _cell(value: Any) -> Any:
     if isinstance(value, (dict, list)):
         return orjson.dumps(value).decode()
@@ -391,6 +568,14 @@ def mount(app: faust.App, api: HistoryApi) -> None:
     page("/v1/history/episodes/{episode_id}/assign", "assign", post=api.assign)
     page("/v1/history/episodes/{episode_id}/verdict", "verdict", post=api.verdict)
     page("/v1/history/alerts", "alerts", get=api.alerts)
+    page("/v1/history/alerts/annotations", "alert-annotations", get=api.alert_annotations)
+    page("/v1/history/alerts/{fingerprint}/notes", "alert-notes", post=api.alert_note)
+    page("/v1/history/reports", "reports", get=api.reports)
+    page("/v1/history/reports/{report_id}/triage", "triage", post=api.triage)
     page("/v1/history/zones/{zone}/losses", "losses", get=api.losses)
     page("/v1/history/playback", "playback", get=api.playback)
+    page("/v1/history/risk", "risk", get=api.risk)
+    page("/v1/history/summary", "summary", get=api.summary)
+    page("/v1/history/sensors/{sensor_id}/profile", "sensor-profile", get=api.sensor_profile)
+    page("/v1/history/report", "report", get=api.report)
     page("/v1/history/export.csv", "export", get=api.export)

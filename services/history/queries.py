@@ -344,3 +344,51 @@ def playback(p: Params) -> tuple[list[tuple[str, list[Any]]], int, int, int]:
         f"WHERE e.start_ts < {hi} AND e.end_ts >= {lo}{zone_filter.replace('site', 'e.site')} GROUP BY 1, 2, 3 ORDER BY 1"
     )
     return [(risk_sql, args), (agg_sql, args), (ep_sql, args)], start, to, step
+
+
+def risk(p: Params) -> tuple[str, list[Any]]:
+    """A zone's risk probability and incident type over time (the forecaster's records as stored)."""
+    zone = p.get("zone")
+    if not zone:
+        raise QueryError("zone", "is required")
+    start, to = p.span(6 * 3_600_000)
+    w = Where()
+    w.add("zone = {}", zone)
+    w.add("ts >= {} AND ts < {}", start, to)
+    w.equal("site", p.get("site"))
+    return f"SELECT ts, probability, incident_type FROM risk WHERE {w.sql} ORDER BY ts LIMIT 20000", w.args
+
+
+def summary(p: Params) -> list[tuple[str, list[Any]]]:
+    """Over the span: the anomalies, and the estimated loss of the incidents active in it; and the sites with an
+    incident open now."""
+    start, to = p.span(3_600_000)
+    return [
+        ("SELECT count(*) AS n FROM anomalies WHERE ts >= $1 AND ts < $2", [start, to]),
+        (
+            "SELECT coalesce(sum(loss_volume), 0)::float8 AS volume, coalesce(sum(loss_cost), 0)::float8 AS cost, "
+            "max(loss_unit) AS unit, max(currency) AS currency, count(*) AS incidents FROM incidents "
+            "WHERE start_ts < $2 AND end_ts >= $1",
+            [start, to],
+        ),
+        ("SELECT DISTINCT site FROM incidents WHERE state = 'open' ORDER BY site", []),
+    ]
+
+
+def sensor_profile(p: Params, sensor: str) -> list[tuple[str, list[Any]]]:
+    """What is usual for a sensor over the span (mean and spread of its one-minute means per metric), and the
+    reasons of its latest anomalies."""
+    start, to = p.span()
+    return [
+        (
+            "SELECT reason, max(ts) AS ts FROM anomalies WHERE sensor_id = $1 AND ts >= $2 AND ts < $3 "
+            "GROUP BY reason ORDER BY 2 DESC LIMIT 5",
+            [sensor, start, to],
+        ),
+        (
+            "SELECT metric, avg(sum / count)::float8 AS mean, coalesce(stddev_samp(sum / count), 0)::float8 AS std "
+            "FROM rollups WHERE sensor_id = $1 AND minute >= $2 AND minute < $3 AND count > 0 GROUP BY metric "
+            "ORDER BY metric",
+            [sensor, start, to],
+        ),
+    ]

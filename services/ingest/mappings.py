@@ -79,6 +79,9 @@ class Ref:
 class Template:
     parts: tuple[str | Ref, ...]
     literal: str | None = None  # the text, when the template has no placeholder (set by parse_template)
+    # (prefix, ref, suffix) when the template is one placeholder between literals, the usual case
+    # ("gas-{location|slug}"): rendered without the general loop (set by parse_template)
+    one: tuple[str, Ref, str] | None = None
 
 
 def parse_ref(text: str, where: str) -> Ref:
@@ -111,7 +114,12 @@ def parse_template(raw: Any, where: str) -> Template:
     if any(isinstance(p, str) and ("{" in p or "}" in p) for p in parts):
         raise MappingConfigError(f"{where}: unbalanced braces in {text!r}")
     parts = parts or [""]
-    return Template(tuple(parts), parts[0] if len(parts) == 1 and isinstance(parts[0], str) else None)
+    refs = [i for i, p in enumerate(parts) if isinstance(p, Ref)]
+    one = None
+    if len(refs) == 1:
+        i = refs[0]
+        one = ("".join(parts[:i]), parts[i], "".join(parts[i + 1 :]))  # type: ignore[arg-type]
+    return Template(tuple(parts), parts[0] if len(parts) == 1 and isinstance(parts[0], str) else None, one)  # type: ignore[arg-type]
 
 
 def lookup(obj: Any, path: tuple[str, ...]) -> Any:
@@ -134,6 +142,13 @@ class Context:
     groups: dict[str, str] = field(default_factory=dict)
 
     def ref(self, ref: Ref, where: str) -> Any:
+        path = ref.path
+        if len(path) == 1 and not self.groups:  # a top-level field, the usual case
+            message = self.message
+            key = path[0]
+            if key in message:
+                return message[key]
+            raise MappingError(self.mapping, where, f"missing field {key}")
         if ref.segment is not None:
             if self.topic is None:
                 raise MappingError(
@@ -154,17 +169,35 @@ class Context:
         literal = template.literal
         if literal is not None:
             return literal
-        out: list[str] = []
-        for part in template.parts:
-            if isinstance(part, str):
-                out.append(part)
-                continue
-            value = self.ref(part, where)
+        one = template.one
+        if one is not None:
+            return one[0] + self._text(one[1], where) + one[2]
+        return "".join(part if isinstance(part, str) else self._text(part, where) for part in template.parts)
+
+    def _text(self, ref: Ref, where: str) -> str:
+        value = self.ref(ref, where)
+        if type(value) is not str:
             if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-                raise MappingError(self.mapping, where, f"{{{part.text}}} is {type(value).__name__}, not text")
-            text = str(value)
-            out.append(_FILTERS[part.transform](text) if part.transform else text)
-        return "".join(out)
+                raise MappingError(self.mapping, where, f"{{{ref.text}}} is {type(value).__name__}, not text")
+            value = str(value)
+        return filtered(ref.transform, value) if ref.transform else value
+
+
+_FILTERED: dict[tuple[str, str], str] = {}
+
+
+def filtered(transform: str, text: str) -> str:
+    """``text`` through a template filter; memoised when short (a fleet repeats its station and building names)."""
+    if len(text) > 80:
+        return _FILTERS[transform](text)
+    key = (transform, text)
+    out = _FILTERED.get(key)
+    if out is None:
+        out = _FILTERS[transform](text)
+        if len(_FILTERED) >= 16_384:
+            _FILTERED.clear()
+        _FILTERED[key] = out
+    return out
 
 
 def number(value: Any) -> Any:
@@ -222,15 +255,14 @@ class PayloadMapping:
         if not isinstance(message, dict):
             raise MappingError(self.name, "message", f"expected a JSON object, got {type(message).__name__}")
         ctx = Context(self.name, message, topic.split("/") if topic is not None else None)
-        where = ".".join(self.ts_field)
         try:
             raw_ts = lookup(message, self.ts_field)
         except KeyError as exc:
-            raise MappingError(self.name, where, f"missing field {exc.args[0]}") from None
+            raise MappingError(self.name, ".".join(self.ts_field), f"missing field {exc.args[0]}") from None
         try:
             ts = timeformats.to_epoch_ms(raw_ts, self.ts_format, self.tz)
         except (timeformats.TimeFormatError, OverflowError, ValueError) as exc:
-            raise MappingError(self.name, where, str(exc)) from None
+            raise MappingError(self.name, ".".join(self.ts_field), str(exc)) from None
         out = [self._reading(spec, ctx, ts) for spec in self.readings]
         if self.channels is not None:
             out.extend(self._channels(self.channels, ctx, ts))
@@ -248,9 +280,10 @@ class PayloadMapping:
                 where = spec.values_from.text
                 raise MappingError(self.name, where, f"expected an object of metrics, got {type(source).__name__}")
             exclude = spec.exclude
-            for k, v in source.items():
-                if k not in exclude:
-                    values[k] = v if type(v) is not str else number(v)
+            if exclude:
+                values = {k: v if type(v) is not str else number(v) for k, v in source.items() if k not in exclude}
+            else:
+                values = {k: v if type(v) is not str else number(v) for k, v in source.items()}
         for metric, ref in spec.values.items():
             values[metric] = number(ctx.ref(ref, f"values.{metric}"))
         reading["values"] = values

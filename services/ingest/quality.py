@@ -51,10 +51,12 @@ def quality_score(
     received_ms: int,
     device_quality: float | None,
     rules: Rules,
+    in_range: float | None = None,
 ) -> float:
+    """``in_range``: :func:`range_score` of ``values`` when the caller has it (validation works it out)."""
     score = (
         rules.w_completeness * completeness(values, rules.expected_for(utility, asset))
-        + rules.w_range * range_score(values, rules)
+        + rules.w_range * (range_score(values, rules) if in_range is None else in_range)
         + rules.w_staleness * staleness(ts, received_ms, rules)
     )
     if device_quality is not None:

@@ -131,6 +131,7 @@ class Rules:
         object.__setattr__(self, "_names", {})
         object.__setattr__(self, "_expected_memo", {})
         object.__setattr__(self, "_named_units", {})
+        object.__setattr__(self, "_unit_plans", {})
         twins = {of: spec.name for spec in self.metrics.values() for of in spec.counter_of}
         object.__setattr__(self, "counter_twin", twins)
         object.__setattr__(self, "counters", frozenset(s.name for s in self.metrics.values() if s.counter_of))
@@ -145,6 +146,12 @@ class Rules:
     def named_units(self) -> dict[str, str]:
         """Memo of unit-suffixed spellings -> the unit their name gives (``"pressure_psi"`` -> ``"psi"``)."""
         return self._named_units  # type: ignore[attr-defined]
+
+    @property
+    def unit_plans(self) -> dict[str | tuple[str, str], Any]:
+        """Memo of metric spelling (no unit sent) or (spelling, unit sent) -> what validation does with it
+        (``validation.unit_plan``)."""
+        return self._unit_plans  # type: ignore[attr-defined]
 
     def canonical_name(self, name: str) -> str:
         """The metric name a device's spelling stands for (``"Temp"`` -> ``"temperature"``,

@@ -109,7 +109,8 @@ class SensorState:
         if self.count == 0 or reading.ts <= self.newest_ts:
             return []
         last = self.last_values
-        return [c for c in counters.intersection(reading.values) if c in last and reading.values[c] < last[c]]
+        values = reading.values
+        return [c for c in counters if c in values and c in last and values[c] < last[c]]
 
     def _identify(self, reading: Reading) -> None:
         self.site, self.zone, self.utility, self.asset = reading.site, reading.zone, reading.utility, reading.asset

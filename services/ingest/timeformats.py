@@ -70,9 +70,37 @@ def to_epoch_ms(value: Any, fmt: str, tz: tzinfo) -> int:
         dt = datetime.fromisoformat(text) if fmt == "iso" else datetime.strptime(text, fmt)
     except ValueError:
         raise TimeFormatError(f"{text[:40]!r} is not in format {fmt!r}") from None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=tz)
-    return round(dt.timestamp() * 1000)
+    if dt.tzinfo is not None:
+        return round(dt.timestamp() * 1000)
+    return round(((dt - _EPOCH).total_seconds() - _offset_s(dt, tz)) * 1000)
+
+
+_EPOCH = datetime(1970, 1, 1)
+_HOUR = timedelta(hours=1) - timedelta(microseconds=1)
+_OFFSETS: dict[tuple[Any, ...], float] = {}
+_OFFSETS_LIMIT = 65_536
+
+
+def _offset_s(local: datetime, tz: tzinfo) -> float:
+    """UTC offset (seconds) of the naive ``local`` in ``tz``, as ``local.replace(tzinfo=tz)`` has it.
+
+    Memoised per zone and local hour: a zone's offset (zoneinfo's is a few µs to look up) is the same
+    through an hour unless a transition falls inside it, and such an hour is never memoised.
+    """
+    key = (tz, local.year, local.month, local.day, local.hour)
+    offset = _OFFSETS.get(key)
+    if offset is None:
+        start = local.replace(minute=0, second=0, microsecond=0, tzinfo=tz)
+        delta = start.utcoffset()
+        offset = delta.total_seconds() if delta is not None else 0.0
+        end = (start.replace(tzinfo=None) + _HOUR).replace(tzinfo=tz).utcoffset()
+        if end != delta:  # a transition inside this hour: exact, not memoised
+            exact = local.replace(tzinfo=tz).utcoffset()
+            return exact.total_seconds() if exact is not None else 0.0
+        if len(_OFFSETS) >= _OFFSETS_LIMIT:
+            _OFFSETS.clear()
+        _OFFSETS[key] = offset
+    return offset
 
 
 def _number(value: Any) -> float:

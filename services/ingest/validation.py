@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 
 from services.ingest.quality import quality_score
-from services.ingest.rules import Rules
+from services.ingest.rules import MetricSpec, Rules
 from services.ingest.units import conversion
 from shared.records import UTILITIES, Reading
 
@@ -96,6 +96,9 @@ def _int_as_orjson(digits: str) -> int | float:
     """An integer literal as orjson reads it: beyond 64 bits a float (orjson cannot write bigger ints)."""
     value = int(digits)
     return value if -(2**63) <= value < 2**64 else float(value)
+
+
+_NO_UNITS: dict[str, Any] = {}
 
 
 def deeper_than(value: Any, limit: int) -> bool:
@@ -232,10 +235,28 @@ def validate(payload: Any, received_ms: int, rules: Rules, source: str = "kafka"
         return Validated(None, [f"not_an_object: got {type(payload).__name__}"])
     reasons: list[str] = []
     limit = rules.max_field_chars
-    sensor_id = _text_field(payload, "sensor_id", reasons, limit)
-    site = _text_field(payload, "site", reasons, limit)
-    zone = _text_field(payload, "zone", reasons, limit)
-    asset = _text_field(payload, "asset", reasons, limit).strip().lower()
+    # The usual case (four plain texts) inline; anything else through _text_field, which says what is wrong.
+    get = payload.get
+    sensor_id, site, zone, asset = get("sensor_id"), get("site"), get("zone"), get("asset")
+    if not (
+        type(sensor_id) is str
+        and type(site) is str
+        and type(zone) is str
+        and type(asset) is str
+        and 0 < len(sensor_id) <= limit
+        and 0 < len(site) <= limit
+        and 0 < len(zone) <= limit
+        and 0 < len(asset) <= limit
+        and not sensor_id.isspace()
+        and not site.isspace()
+        and not zone.isspace()
+        and not asset.isspace()
+    ):
+        sensor_id = _text_field(payload, "sensor_id", reasons, limit)
+        site = _text_field(payload, "site", reasons, limit)
+        zone = _text_field(payload, "zone", reasons, limit)
+        asset = _text_field(payload, "asset", reasons, limit)
+    asset = asset.strip().lower()
 
     utility = payload.get("utility")
     if utility in UTILITIES:
@@ -268,7 +289,7 @@ def validate(payload: Any, received_ms: int, rules: Rules, source: str = "kafka"
         reasons.append(f"invalid_quality: {_short(device_quality)} is not a number in [0, 1]")
         device_quality = None
 
-    values, units, missing, unknown = _values(payload.get("values"), payload.get("units"), rules, reasons)
+    values, units, missing, unknown, in_range = _values(payload.get("values"), payload.get("units"), rules, reasons)
 
     if reasons:
         return Validated(None, reasons, sensor_id or None, len(unknown))
@@ -296,7 +317,7 @@ def validate(payload: Any, received_ms: int, rules: Rules, source: str = "kafka"
         extra["unknown_metrics"] = unknown
 
     assert ts is not None  # no reasons means ts parsed
-    quality = quality_score(values, utility, asset, ts, received_ms, device_quality, rules)
+    quality = quality_score(values, utility, asset, ts, received_ms, device_quality, rules, in_range)
     if quality < rules.quality_threshold:
         why = f"low_quality: {quality:.3f} below {rules.quality_threshold}"
         return Validated(None, [why], sensor_id, len(unknown))
@@ -319,29 +340,35 @@ def validate(payload: Any, received_ms: int, rules: Rules, source: str = "kafka"
 
 def _values(
     raw_values: Any, raw_units: Any, rules: Rules, reasons: list[str]
-) -> tuple[dict[str, float], dict[str, str], list[str], list[str]]:
-    """Canonical values and units; appends reasons; returns (values, units, missing metrics, unknown metrics)."""
+) -> tuple[dict[str, float], dict[str, str], list[str], list[str], float]:
+    """Canonical values and units; appends reasons.
+
+    Returns (values, units, missing metrics, unknown metrics, range score): the range part of the
+    quality score (:func:`services.ingest.quality.range_score`), worked out here where each value
+    meets its spec anyway.
+    """
     if raw_values is None:
         reasons.append("missing_field: values")
-        return {}, {}, [], []
+        return {}, {}, [], [], 1.0
     if not isinstance(raw_values, dict):
         reasons.append(f"invalid_field: values must be an object of metric -> number, got {type(raw_values).__name__}")
-        return {}, {}, [], []
+        return {}, {}, [], [], 1.0
     if raw_units is None:
-        raw_units = {}
+        raw_units = _NO_UNITS
     elif not isinstance(raw_units, dict):
         reasons.append(f"invalid_units: units must be an object of metric -> unit, got {type(raw_units).__name__}")
-        raw_units = {}
+        raw_units = _NO_UNITS
     if len(raw_values) > rules.max_metrics:
         reasons.append(f"too_many_metrics: {len(raw_values)} (limit {rules.max_metrics})")
-        return {}, {}, [], []
+        return {}, {}, [], [], 1.0
 
     values: dict[str, float] = {}
     units: dict[str, str] = {}
     missing: list[str] = []
     unknown: list[str] = []
-    specs = rules.metrics
+    worst = 1.0
     known_names = rules.valid_names
+    plans = rules.unit_plans
     for raw_name, value in raw_values.items():
         name = known_names.get(raw_name)
         if name is None:
@@ -373,38 +400,75 @@ def _values(
         if not isfinite(number):
             reasons.append(f"non_finite: {raw_name}={number}")
             continue
-        unit = raw_units.get(raw_name)
-        if unit is None and raw_name != name:
-            unit = raw_units.get(name)
-            if unit is None:
-                unit = rules.named_units.get(raw_name)
-        if unit is not None and not isinstance(unit, str):
-            reasons.append(f"invalid_units: unit of {raw_name} must be a string, got {_short(unit)}")
+        given = raw_units.get(raw_name) if raw_units else None
+        if given is None and raw_units and raw_name != name:
+            given = raw_units.get(name)
+        if given is not None and not isinstance(given, str):
+            reasons.append(f"invalid_units: unit of {raw_name} must be a string, got {_short(given)}")
             continue
-        spec = specs.get(name)
+        plan = plans.get(raw_name if given is None else (raw_name, given))
+        if plan is None:
+            plan = unit_plan(rules, raw_name, name, given)
+        spec, conv, text = plan
         if spec is None:
-            if rules.strict_unknown:
-                reasons.append(
-                    f"unknown_metric: {_short(raw_name)} is not a metric of the ranges file (unknown metrics are strict)"
-                )
+            if conv is None:  # refused: text is the reason
+                reasons.append(text)  # type: ignore[arg-type]
                 continue
             unknown.append(name)
             values[name] = number
-            if unit:
-                units[name] = unit
+            if text:
+                units[name] = text
             continue
-        if unit is not None and unit != spec.unit:
-            conv = conversion(spec.unit, unit)
-            if conv is None:
-                reasons.append(f"unknown_unit: {_short(unit)} is not a unit of {name} (canonical {spec.unit})")
-                continue
+        if conv is not None:
             number = number * conv[0] + conv[1]
         if not spec.lo <= number <= spec.hi:
             shown = f"{number:.6g} {spec.unit}"
             reasons.append(f"out_of_range: {name}={shown} outside [{spec.lo:g}, {spec.hi:g}]")
             continue
+        if not spec.soft_lo <= number <= spec.soft_hi:
+            score = spec.range_score(number)
+            if score < worst:
+                worst = score
         values[name] = number
         units[name] = spec.unit
     if not values and not reasons:
         reasons.append("no_values: no metric with a number" + (f" (missing: {', '.join(missing)})" if missing else ""))
-    return values, units, missing, unknown
+    return values, units, missing, unknown, worst
+
+
+#: What a metric spelling with a given unit (or none) comes to: (spec, conversion, text). A known metric:
+#: (its spec, (scale, offset) or None when the value is already in its unit, None); an unknown one accepted:
+#: (None, (1.0, 0.0), its unit or ""); refused: (None, None, the reason).
+UnitPlan = tuple[MetricSpec | None, tuple[float, float] | None, str | None]
+
+
+def unit_plan(rules: Rules, raw_name: str, name: str, given: str | None) -> UnitPlan:
+    """The plan of ``raw_name`` (canonical ``name``) sent in unit ``given`` (None: no unit sent); memoised in rules."""
+    unit = given
+    if unit is None and raw_name != name:
+        unit = rules.named_units.get(raw_name)
+    spec = rules.metrics.get(name)
+    plan: UnitPlan
+    if spec is None:
+        if rules.strict_unknown:
+            why = f"unknown_metric: {_short(raw_name)} is not a metric of the ranges file (unknown metrics are strict)"
+            plan = (None, None, why)
+        else:
+            plan = (None, (1.0, 0.0), unit or "")
+    elif unit is not None and unit != spec.unit:
+        conv = conversion(spec.unit, unit)
+        if conv is None:
+            plan = (None, None, f"unknown_unit: {_short(unit)} is not a unit of {name} (canonical {spec.unit})")
+        else:
+            plan = (spec, conv, None)
+    else:
+        plan = (spec, None, None)
+    if given is None or len(given) <= 64:  # a unit longer than any real one is not worth memory
+        plans = rules.unit_plans
+        if len(plans) >= _PLANS_LIMIT:
+            plans.clear()
+        plans[raw_name if given is None else (raw_name, given)] = plan
+    return plan
+
+
+_PLANS_LIMIT = 10_000

@@ -68,6 +68,14 @@ def _common(p: argparse.ArgumentParser, defaults: SimulatorSettings, faults: str
     )
     g.add_argument("--incident-scale", type=float, default=incident_scale, help="incident duration multiplier")
     g.add_argument("--incidents", default=None, help="incident weights, e.g. leak=1,spike=2 (others off)")
+    g.add_argument(
+        "--regime-shift",
+        default=None,
+        metavar="AT",
+        help="the network changes regime at AT (a time, or a duration after the start such as 2h): every zone's "
+        "demand, and all that follows it, becomes --regime-factor times what it was (no incident, no label)",
+    )
+    g.add_argument("--regime-factor", type=float, default=1.6, help="demand multiplier of --regime-shift")
 
 
 def build_parser(defaults: SimulatorSettings | None = None) -> argparse.ArgumentParser:
@@ -168,14 +176,29 @@ def _network(args: argparse.Namespace) -> Network:
     return Network.default(args.seed, scale=args.scale)
 
 
-def _config(args: argparse.Namespace, **extra: Any) -> SimConfig:
+def _config(args: argparse.Namespace, start_ms: int, **extra: Any) -> SimConfig:
     return SimConfig(
         anomaly_fraction=args.anomaly_fraction,
         incident_weights=_weights(args.incidents),
         incident_scale=args.incident_scale,
         faults=FaultConfig.parse(args.faults),
+        regime_shift_ms=regime_shift_ms(args.regime_shift, start_ms),
+        regime_factor=args.regime_factor,
         **extra,
     )
+
+
+def regime_shift_ms(at: str | None, start_ms: int) -> int | None:
+    """``--regime-shift``: a duration after the start (``90m``, ``2h``) or a time (ISO 8601, or a bare number:
+    epoch ms)."""
+    if not at:
+        return None
+    if at.strip().isdigit():
+        return int(at)
+    try:
+        return start_ms + parse_duration_ms(at)
+    except ValueError:
+        return parse_time_ms(at)
 
 
 def _speed(text: str) -> float | None:
@@ -197,7 +220,7 @@ def cmd_network(args: argparse.Namespace) -> int:
 
 
 def cmd_history(args: argparse.Namespace) -> int:
-    sim = Simulator(_network(args), _config(args), seed=args.seed)
+    sim = Simulator(_network(args), _config(args, parse_time_ms(args.start)), seed=args.seed)
     fmt = args.format or None
     progress = not args.no_progress and sys.stderr.isatty()
     if fmt == "wide-csv":
@@ -317,8 +340,6 @@ async def cmd_run(args: argparse.Namespace, sim_settings: SimulatorSettings) -> 
             raise ValueError("--rate must be positive")
         # Sensors report more often, so the network as a whole sends --rate readings per simulated second.
         interval_scale = net.natural_rate() / args.rate
-    sim = Simulator(net, _config(args, interval_scale=interval_scale), seed=args.seed)
-    engine = sim.engine()
     duration_ms = parse_duration_ms(args.duration) if args.duration else None
     if args.start:
         start_ms = parse_time_ms(args.start)
@@ -326,6 +347,8 @@ async def cmd_run(args: argparse.Namespace, sim_settings: SimulatorSettings) -> 
         start_ms = now_ms() - duration_ms  # a backfill that catches up with the present as it ends
     else:
         start_ms = now_ms()
+    sim = Simulator(net, _config(args, start_ms, interval_scale=interval_scale), seed=args.seed)
+    engine = sim.engine()
     sink = _make_sink(args, settings, sim_settings, [s.id for s in net.sensors], [s.site for s in net.sensors])
     unknown = set(args.site or ()) - {s.site for s in net.sensors}
     if unknown:

@@ -55,10 +55,16 @@ class SimConfig:
     aligned: bool = False
     #: Readings per generation block (a performance knob; part of what the seed reproduces).
     block_rows: int = 40_000
+    #: A regime shift: from this time (epoch ms) on, every zone's demand is ``regime_factor`` times what it was
+    #: (flows, loads, pressures and everything that follows demand move to a new normal; no incident, no label).
+    regime_shift_ms: int | None = None
+    regime_factor: float = 1.6
 
     def validate(self) -> None:
         if not 0.0 <= self.anomaly_fraction <= 0.9:
             raise ValueError(f"anomaly_fraction={self.anomaly_fraction} must be within 0..0.9")
+        if self.regime_factor <= 0:
+            raise ValueError(f"regime_factor={self.regime_factor} must be positive")
         if self.incident_scale <= 0 or self.interval_scale <= 0:
             raise ValueError("incident_scale and interval_scale must be positive")
         unknown = set(self.incident_weights) - set(KINDS)
@@ -177,6 +183,8 @@ class Engine:
             offset_ms=((site_offset + np.array([z.phase_h for z in zones])) * HOUR_MS).astype(np.int64),
             scale=np.array([z.scale for z in zones]),
             weather_phase=weather,
+            shift_ms=config.regime_shift_ms,
+            shift_factor=config.regime_factor,
         )
         self.present = np.zeros((n, M), dtype=bool)
         self.noise_rel = np.zeros((n, M))

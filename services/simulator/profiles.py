@@ -145,9 +145,20 @@ class ZoneDemand:
     offset_ms: np.ndarray  # int64, site UTC offset + zone phase shift
     scale: np.ndarray  # zone demand multiplier
     weather_phase: np.ndarray  # [S, 3] radians
+    # a regime shift (``SimConfig.regime_shift_ms``): from this time on every zone's demand is multiplied by
+    # ``shift_factor`` — a new normal, not an incident: no label, no end
+    shift_ms: int | None = None
+    shift_factor: float = 1.0
 
     def take(self, idx: np.ndarray) -> ZoneDemand:
-        return ZoneDemand(self.profile[idx], self.offset_ms[idx], self.scale[idx], self.weather_phase[idx])
+        return ZoneDemand(
+            self.profile[idx],
+            self.offset_ms[idx],
+            self.scale[idx],
+            self.weather_phase[idx],
+            self.shift_ms,
+            self.shift_factor,
+        )
 
     def local_hours(self, t_ms: np.ndarray) -> np.ndarray:
         return ((t_ms + self.offset_ms) % DAY_MS) / HOUR_MS
@@ -175,7 +186,10 @@ class ZoneDemand:
         season = 1 + _SEASON[self.profile] * np.cos(2 * np.pi * (doy - _SEASON_PEAK[self.profile]) / 365.25)
         waves = np.sin(2 * np.pi * days[..., None] / _WEATHER_PERIODS_D + self.weather_phase).sum(axis=-1) / 3
         weather = 1 + _WEATHER[self.profile] * waves
-        return np.clip(daily, 0.05, None) * season * weather * self.scale
+        out = np.clip(daily, 0.05, None) * season * weather * self.scale
+        if self.shift_ms is not None:
+            out = out * np.where(t_ms >= self.shift_ms, self.shift_factor, 1.0)
+        return out
 
     def integral(self, t_ms: np.ndarray) -> np.ndarray:
         """Normalised running integral of the weekday curve minus its mean, in [-1, 1]: drains by day."""

@@ -88,6 +88,16 @@ def plot_drift(report: dict[str, Any], directory: Path) -> list[str]:
     return ["drift.png"]
 
 
+def card_reference(directory: Path, group: str) -> dict[str, Any]:
+    """The training reference a version's card keeps for ``group`` (``{column: reference}``; empty without)."""
+    try:
+        card = orjson.loads((Path(directory) / CARD).read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return {}
+    ref = (card.get("reference") or {}).get(group) if isinstance(card, dict) else None
+    return ref if isinstance(ref, dict) else {}
+
+
 def versions_summary(registry: Any, name: str, profile: str | None = None, last: int = 5) -> dict[str, Any]:
     """The newest ``last`` versions of a model with what their cards say (decision, reasons, this profile's
     metrics, drift), and its aliases: what an API shows about a model's lifecycle."""

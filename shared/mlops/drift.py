@@ -40,8 +40,17 @@ def psi(ref: dict[str, Any], values: np.ndarray) -> float | None:
     if len(v) < MIN_ROWS:
         return None
     edges = np.asarray(ref["edges"], dtype=np.float64)
+    return psi_counts(ref, np.bincount(np.searchsorted(edges, v, side="right"), minlength=len(edges) + 1))
+
+
+def psi_counts(ref: dict[str, Any], counts: np.ndarray) -> float | None:
+    """PSI of a histogram over the reference's bins (what the workers keep instead of the values)."""
+    counts = np.asarray(counts, dtype=np.float64)
+    n = counts.sum()
+    if n < MIN_ROWS:
+        return None
     q = np.maximum(np.asarray(ref["shares"], dtype=np.float64), _EPS)
-    p = np.maximum(np.bincount(np.searchsorted(edges, v, side="right"), minlength=len(q)) / len(v), _EPS)
+    p = np.maximum(counts / n, _EPS)
     return float(np.sum((p - q) * np.log(p / q)))
 
 

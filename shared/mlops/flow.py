@@ -3,11 +3,12 @@
 The service supplies a :class:`Trainer` (its ``offline/retrain.py``); everything else is here so that
 both services take the same flags and write the same report:
 
-1. read ``readings.clean`` by time (``--since``, ``--until``) and the ground truth (``labels``,
+1. read ``readings.clean`` by time (``--since``, ``--until``; or, ``--source history``, the history store's
+   minute rollups: :mod:`shared.mlops.rollups`) and the ground truth (``labels``,
    ``feedback`` with the ``alerts`` they judge, confirmed ``reports``) from Kafka;
 2. split by time: the most recent ``--holdout`` share of the window is never trained on;
 3. ``--if-drifted``: stop here (decision ``skipped``) unless the held-out window drifted from production's
-   training reference;
+   training reference, or a running worker's latest event on ``drift`` says one of its groups drifted;
 4. fit the candidate on the rest, evaluate candidate and production on the held-out window;
 5. the gate (:mod:`shared.mlops.gate`) decides; the candidate is registered either way with its card
    (a rejected version keeps no alias); promoted: the alias moves and ``models`` hears of it.
@@ -25,6 +26,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -40,7 +42,7 @@ from shared.mlops.source import TooLittleData, read_topics
 from shared.mlops.truth import REPORT_LOOKBACK_MS, Truth, assemble
 from shared.mlops.window import Window
 from shared.registry import ModelRegistry, RegistryError, publish_event
-from shared.topics import ALERTS, FEEDBACK, LABELS, READINGS_CLEAN, REPORTS
+from shared.topics import ALERTS, DRIFT, FEEDBACK, LABELS, READINGS_CLEAN, REPORTS
 
 log = logging.getLogger(__name__)
 DAY_MS = 86_400_000
@@ -69,6 +71,10 @@ class Trainer(Protocol):
 
     def registry_name(self, profile: str) -> str: ...
 
+    def history_frame(self, since_ms: int, until_ms: int) -> pd.DataFrame:
+        """``--source history``: the window's readings from the history store (raises ValueError, with why,
+        when the service cannot train on them)."""
+
     def save(self, model: Any, directory: Path) -> dict[str, Any]:
         """Write the model's files into ``directory``; returns metadata for the registry."""
 
@@ -90,21 +96,36 @@ def add_arguments(parser: argparse.ArgumentParser, settings: Any) -> None:
     parser.add_argument(
         "--if-drifted", action="store_true", help="retrain only when the recent data drifted (PSI) from production's"
     )
+    parser.add_argument(
+        "--source",
+        choices=("kafka", "history"),
+        default="kafka",
+        help="readings from readings.clean on Kafka, or the history store's minute rollups (forecaster only)",
+    )
     parser.add_argument("--min-rows", type=int, default=1000, help="fewer readings in the window is an error")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=sys.stderr.isatty())
 
 
-def load_window(settings: Any, window: Window, progress: bool) -> tuple[pd.DataFrame, Truth, dict[str, int]]:
-    """The readings of the window and the ground truth that may concern them, from Kafka."""
+def load_window(
+    settings: Any, window: Window, progress: bool, history: Callable[[int, int], pd.DataFrame] | None = None
+) -> tuple[pd.DataFrame, Truth, dict[str, int], list[dict[str, Any]]]:
+    """The readings of the window (from Kafka, or ``history``), the ground truth that may concern them and the
+    drift events (from Kafka)."""
     spans = {
         READINGS_CLEAN.name: (window.since_ms, window.until_ms),
         LABELS.name: (None, None),  # an incident may have started before the window
         FEEDBACK.name: (window.since_ms, None),  # verdicts come after the alert
         ALERTS.name: (window.since_ms - DAY_MS, None),
         REPORTS.name: (window.since_ms, window.until_ms + REPORT_LOOKBACK_MS),
+        DRIFT.name: (None, None),  # the workers' latest verdicts, however old
     }
+    if history is not None:
+        del spans[READINGS_CLEAN.name]
     got = read_topics(settings, spans, progress)
-    frame, unusable = readings_frame(got[READINGS_CLEAN.name][0])
+    if history is not None:
+        frame, unusable = history(window.since_ms, window.until_ms), 0
+    else:
+        frame, unusable = readings_frame(got[READINGS_CLEAN.name][0])
     frame = frame[(frame["ts"] >= window.since_ms) & (frame["ts"] < window.until_ms)].reset_index(drop=True)
     truth = assemble(got[LABELS.name][0], got[FEEDBACK.name][0], got[ALERTS.name][0], got[REPORTS.name][0]).within(
         window.since_ms, window.until_ms
@@ -112,7 +133,7 @@ def load_window(settings: Any, window: Window, progress: bool) -> tuple[pd.DataF
     undecodable = {t: bad for t, (_v, bad) in got.items() if bad}
     if unusable:
         undecodable["readings_unusable"] = unusable
-    return frame, truth, undecodable
+    return frame, truth, undecodable, [e for e in got[DRIFT.name][0] if isinstance(e, dict)]
 
 
 def production_reference(registry: ModelRegistry, names: dict[str, str], versions: dict[str, str]) -> dict[str, Any]:
@@ -130,9 +151,22 @@ def production_reference(registry: ModelRegistry, names: dict[str, str], version
     return out
 
 
-def skip_reason(drift: dict[str, Any]) -> str | None:
+def drifted_in_workers(events: list[dict[str, Any]], service: str) -> list[str]:
+    """The groups (``profile (psi)``, ``zone (adwin)``) of ``service`` whose latest event on the ``drift`` topic
+    (the running workers' monitors, :mod:`shared.mlops.monitor`) says ``drifted``."""
+    latest: dict[tuple[str, str], str] = {}
+    for e in events:  # one partition: in the order they were published
+        if e.get("service") == service:
+            latest[(str(e.get("group")), str(e.get("kind")))] = str(e.get("status"))
+    return sorted(f"{g} ({k})" for (g, k), status in latest.items() if status == "drifted")
+
+
+def skip_reason(drift: dict[str, Any], workers: list[str] | None = None) -> str | None:
     """Why ``--if-drifted`` need not retrain (None: retrain). Only a measured absence of drift skips: without
-    a reference to compare with (no production model, or one without a card) the retrain goes ahead."""
+    a reference to compare with (no production model, or one without a card) the retrain goes ahead, and so it
+    does when a running worker last said a group drifted (``workers``, from :func:`drifted_in_workers`)."""
+    if workers:
+        return None
     if drift.get("level") in ("stable", "moderate"):
         return f"no drift: largest PSI {drift['max_psi']:.3f} is under {drift['threshold']}"
     return None
@@ -146,10 +180,10 @@ def retrain(trainer: Trainer, settings: Any, args: argparse.Namespace) -> dict[s
     if args.gate:
         gate = GateConfig.from_dict(orjson.loads(args.gate.read_bytes()), trainer.gate)
     window = Window.parse(args.since, args.until, args.holdout)
-    say(
-        f"reading {settings.topic(READINGS_CLEAN.name)} from {window.describe()['since']} to {window.describe()['until']}"
-    )
-    frame, truth, undecodable = load_window(settings, window, args.progress)
+    where = "the history store's rollups" if args.source == "history" else settings.topic(READINGS_CLEAN.name)
+    say(f"reading {where} from {window.describe()['since']} to {window.describe()['until']}")
+    history = trainer.history_frame if args.source == "history" else None
+    frame, truth, undecodable, drift_events = load_window(settings, window, args.progress, history)
     t_read = time.monotonic() - t0
     if len(frame) < args.min_rows:
         raise TooLittleData(
@@ -182,6 +216,7 @@ def retrain(trainer: Trainer, settings: Any, args: argparse.Namespace) -> dict[s
             "zones": int(frame["zone"].nunique()),
             "first_ms": int(frame["ts"].min()),
             "last_ms": int(frame["ts"].max()),
+            "source": args.source,
             "label_sources": truth.sources,
             "truth": {
                 "records": truth.counts,
@@ -196,8 +231,12 @@ def retrain(trainer: Trainer, settings: Any, args: argparse.Namespace) -> dict[s
     references = production_reference(registry, names, prod_versions)
     recent = trainer.drift_columns({p: m for p, m in production.items() if p in references}, frame, split, truth)
     report["drift"] = driftmod.compare(references, recent)
-    say(f"drift against production's training data: {report['drift']['level']} (max PSI {report['drift']['max_psi']})")
-    why_not = skip_reason(report["drift"]) if args.if_drifted else None
+    report["drift"]["workers"] = drifted_in_workers(drift_events, trainer.service)
+    say(
+        f"drift against production's training data: {report['drift']['level']} (max PSI "
+        f"{report['drift']['max_psi']}); drifted in the workers: {report['drift']['workers'] or 'none'}"
+    )
+    why_not = skip_reason(report["drift"], report["drift"]["workers"]) if args.if_drifted else None
     if why_not:
         report.update(decision="skipped", reasons=[why_not])
         return report
@@ -216,6 +255,7 @@ def retrain(trainer: Trainer, settings: Any, args: argparse.Namespace) -> dict[s
         decision=decision.name,
         reasons=decision.reasons,
         improvements=decision.improvements,
+        not_judged=decision.not_judged,
         metrics={"candidate": cand_metrics, "production": prod_metrics},
         # the reference leaves out the first quarter of training, while the sensors' baselines were still young
         reference=driftmod.references(trainer.drift_columns(candidate, train, (3 * first_ms + split) // 4, truth)),

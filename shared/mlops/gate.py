@@ -6,8 +6,10 @@ For every profile the candidate was judged on, and every rule whose metric both 
    better, a maximum otherwise), whatever production does.
 2. **No regression**: it may not be worse than production on the same window by more than the rule's
    margin: ``max(margin, margin_rel * |production|)``.
-   A rule with a ``support`` is skipped for a profile whose count of that name (incidents, verdicts) is
-   under ``min_support``: too few to tell skill from luck.
+   A rule with a ``support`` is not judged for a profile whose count of that name (incidents, verdicts) is
+   under ``min_support`` — too few to tell skill from luck — and the decision says so (``not judged: ...``
+   in its reasons): such a rule neither blocks nor passes silently. What must hold however small the
+   support is a rule without one (the detector's ``incidents_caught``: no fewer incidents caught).
 3. **Better**: at least one rule of one profile must improve by more than ``min_gain`` (a copy of
    production is not promoted). Without a production model the candidate is compared with what the
    service runs without one (the detector's statistical z-score; for the forecaster, nothing: floors only).
@@ -71,6 +73,7 @@ class Decision:
     promoted: bool
     reasons: list[str] = field(default_factory=list)
     improvements: list[str] = field(default_factory=list)
+    not_judged: list[str] = field(default_factory=list)  # rules skipped for too little support, and why
 
     @property
     def name(self) -> str:
@@ -85,6 +88,7 @@ def decide(candidate: Metrics, production: Metrics | None, config: GateConfig) -
     """Apply the gate; ``reasons`` say why it was rejected (or, when promoted, what improved)."""
     blocked: list[str] = []
     gains: list[str] = []
+    skipped: list[str] = []
     judged = 0
     for profile in sorted(candidate):
         cand = candidate[profile]
@@ -94,6 +98,12 @@ def decide(candidate: Metrics, production: Metrics | None, config: GateConfig) -
             if c is None:
                 continue
             if rule.support is not None and (cand.get(rule.support) or 0) < rule.min_support:
+                p = prod.get(rule.metric)
+                was = f" (production {_fmt(p)})" if p is not None else ""
+                skipped.append(
+                    f"not judged: {profile}: {rule.metric} {_fmt(c)}{was} on {cand.get(rule.support) or 0} "
+                    f"{rule.support}, under the {rule.min_support} needed"
+                )
                 continue
             judged += 1
             if rule.floor is not None and (c < rule.floor if rule.higher_is_better else c > rule.floor):
@@ -111,10 +121,12 @@ def decide(candidate: Metrics, production: Metrics | None, config: GateConfig) -
             elif gain > config.min_gain:
                 gains.append(f"{profile}: {rule.metric} {_fmt(p)} -> {_fmt(c)}")
     if not judged:
-        return Decision(False, ["no metric could be measured on the held-out window (no rows, or no ground truth)"])
+        why = "no metric could be measured on the held-out window (no rows, or no ground truth)"
+        return Decision(False, [why, *skipped], [], skipped)
     if blocked:
-        return Decision(False, blocked, gains)
+        return Decision(False, blocked + skipped, gains, skipped)
     if production and not gains:
-        return Decision(False, [f"not better than production on any metric by more than {config.min_gain}"])
+        why = f"not better than production on any metric by more than {config.min_gain}"
+        return Decision(False, [why, *skipped], [], skipped)
     reasons = gains or ["no production model to compare with; every floor is met"]
-    return Decision(True, reasons, gains)
+    return Decision(True, reasons + skipped, gains, skipped)

@@ -6,8 +6,13 @@ of some of its sensors) that were anomalous, and intervals an operator called a 
   alert's ``starts_at`` .. ``ends_at`` on the ``alerts`` topic (or, when the alert is not found there, the
   ``verdict_lookback_ms`` before the verdict). ``true_positive`` -> an incident, ``false_positive`` -> a false
   alarm. The alert's ``sensor`` and ``zone`` labels say where.
-* ``reports``: public leak reports an operator confirmed (``confirmed: true`` or ``status: confirmed``): the
-  zone was anomalous in the ``report_lookback_ms`` before the report.
+* ``reports``: public leak reports an operator confirmed — ``confirmed: true`` or ``status: confirmed`` on the
+  record, or the console's triage (a ``true_positive`` verdict on ``feedback`` whose labels carry the
+  ``report_id``) — the report's zone (its whole site when the reporter could not name a zone) was anomalous
+  in the ``report_lookback_ms`` before the report.
+
+Acknowledged episodes are not truth: an acknowledgement says an operator saw the alert, not that it was
+real. A verdict on an episode (history's ``/verdict``) reaches ``feedback`` and is read as one.
 
 Pure: lists of decoded records in, :class:`Truth` out.
 """
@@ -36,9 +41,15 @@ class Interval:
     kind: str = ""
     source: str = "labels"  # labels | verdict | report
     ident: str = ""
+    site: str = ""  # with no zone and no sensors: the whole site (a public report names a locality, a site)
 
-    def covers(self, sensor_id: str, zone: str) -> bool:
-        return (sensor_id in self.sensors) if self.sensors else zone == self.zone
+    def where(self, sensors: np.ndarray, zones: np.ndarray, sites: np.ndarray | None) -> np.ndarray:
+        """Which rows (arrays of a long frame's sensor, zone and site) the interval is about, at any time."""
+        if self.sensors:
+            return np.isin(sensors, self.sensors)
+        if self.zone or sites is None:
+            return zones == self.zone
+        return sites == self.site
 
 
 @dataclass
@@ -69,12 +80,12 @@ class Truth:
         ts = frame["ts"].to_numpy(dtype=np.int64)
         sensors = frame["sensor_id"].astype(str).to_numpy()
         zones = frame["zone"].astype(str).to_numpy()
+        sites = frame["site"].astype(str).to_numpy() if "site" in frame else None
         for inc in self.incidents:
             when = (ts >= inc.start_ms) & (ts < inc.end_ms)
             if not when.any():
                 continue
-            where = np.isin(sensors, inc.sensors) if inc.sensors else zones == inc.zone
-            out |= when & where
+            out |= when & inc.where(sensors, zones, sites)
         return out
 
 
@@ -120,6 +131,8 @@ def assemble(
             truth.counts["labels"] += 1
         except (TypeError, ValueError):
             truth.rejected["labels"] += 1
+    reports = [r for r in reports if isinstance(r, dict)]
+    by_id = {str(r.get("id")): r for r in reports if r.get("id")}
     windows = _alert_windows(alerts)
     latest: dict[str, Feedback] = {}  # an operator may change their mind: the last verdict counts
     for raw in feedback:
@@ -134,6 +147,14 @@ def assemble(
         if fb.fingerprint not in latest or latest[fb.fingerprint].ts <= fb.ts:
             latest[fb.fingerprint] = fb
     for fp, fb in latest.items():
+        report_id = str(fb.labels.get("report_id") or "")
+        if report_id:  # the console's triage of a public report: the report says where and when
+            report = by_id.get(report_id)
+            if report is None or fb.verdict != "true_positive":
+                truth.rejected["reports"] += 1
+                continue
+            reports.append({**report, "confirmed": True, "site": report.get("site") or fb.labels.get("site", "")})
+            continue
         start, end = windows.get(fp, (0, 0))
         ts = int(fb.ts)
         if not start:
@@ -149,19 +170,20 @@ def assemble(
         )
         (truth.incidents if fb.verdict == "true_positive" else truth.false_alarms).append(iv)
         truth.counts["verdicts"] += 1
-    for r in reports:
-        if not isinstance(r, dict) or not (r.get("confirmed") is True or r.get("status") == "confirmed"):
-            continue
+    confirmed: dict[str, dict[str, Any]] = {}  # by id: a report confirmed twice (record and triage) counts once
+    for i, r in enumerate(reports):
+        if r.get("confirmed") is True or r.get("status") == "confirmed":
+            confirmed[str(r.get("id") or f"#{i}")] = r
+    for ident, r in confirmed.items():
         try:
             ts = int(r.get("ts") or r.get("received_ms"))
-            zone = str(r["zone"])
-        except (KeyError, TypeError, ValueError):
+            zone, site = str(r.get("zone") or ""), str(r.get("site") or "")
+            if not zone and not site:
+                raise ValueError("a report with neither zone nor site")
+        except (TypeError, ValueError):
             truth.rejected["reports"] += 1
             continue
-        truth.incidents.append(
-            Interval(
-                ts - report_lookback_ms, ts, zone, (), str(r.get("kind") or "leak"), "report", str(r.get("id", ""))
-            )
-        )
+        kind = str(r.get("kind") or "leak")
+        truth.incidents.append(Interval(ts - report_lookback_ms, ts, zone, (), kind, "report", ident, site))
         truth.counts["reports"] += 1
     return truth

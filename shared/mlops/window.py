@@ -18,10 +18,13 @@ class Window:
 
     @classmethod
     def parse(cls, since: str, until: str | None = None, holdout: float = 0.3, now_ms: int | None = None) -> Window:
-        """``since`` is a duration back from ``until`` (``7d``, ``20m``) or a time; ``until`` a time (default now)."""
+        """``since`` is a duration back from ``until`` (``7d``, ``20m``) or a time (ISO 8601, or a bare number:
+        epoch ms, as ``until`` takes it); ``until`` a time (default now)."""
         now = int(time.time() * 1000) if now_ms is None else now_ms
         end = now if until in (None, "", "now") else parse_time_ms(until)
         try:
+            if since.strip().isdigit():
+                raise ValueError("a bare number is a time")
             start = end - parse_duration_ms(since)
         except ValueError:
             start = parse_time_ms(since)

@@ -182,6 +182,7 @@ ENDPOINTS: list[tuple[str, str, str, dict[str, Any] | None]] = [
     ("GET", "/api/report", "viewer", None),
     ("GET", "/api/report.csv", "viewer", None),
     ("GET", "/api/pipeline", "viewer", None),
+    ("GET", "/api/models", "viewer", None),
     ("GET", "/api/reports", "operator", None),
     ("POST", "/api/reports/nope/triage", "operator", {"status": "confirmed"}),
     ("GET", "/api/users", "admin", None),
@@ -445,6 +446,12 @@ def test_pipeline_health_names_the_services_and_the_infrastructure(cstack: Stack
         len(s["zones"]) for s in users["viewer"].request("GET", "/api/network").json()["sites"]
     )
     assert set(overview["kpis"]["firing"]) == {"critical", "warning", "info"}
+
+
+def test_models_say_why_the_detector_cannot_be_asked(cstack: Stack, users: dict[str, Browser]) -> None:
+    answer = users["viewer"].request("GET", "/api/models").json()["detector"]
+    for part in ("models", "drift"):  # this stack runs no detector: each part says so, the view still answers
+        assert answer[part] == {"ok": False, "error": "no detector in FLOWWATCH_CONSOLE_METRICS_TARGETS"}
 
 
 def test_path_outside_the_front_end_is_not_served(cstack: Stack, tmp_path: Path) -> None:

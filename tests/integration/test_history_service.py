@@ -275,10 +275,54 @@ async def test_history_keeps_everything_once_and_serves_it(settings, db) -> None
         # the verdict also went to `feedback`, and came back into the store from there
         await wait_for(lambda: _count(db, "SELECT count(*) FROM feedback WHERE fingerprint = 'fp1'"), what="feedback")
 
+        # the console's notes on an alert, written with an operator's (the console's delegate) token
+        assert (
+            _post(worker, "/v1/history/alerts/fp1/notes", {"kind": "comment", "note": "crew sent"}).json()["author"]
+            == "otto"
+        )
+        assert _post(worker, "/v1/history/alerts/fp1/notes", {"kind": "assign", "note": "crew 3"}).status_code == 200
+        assert _post(worker, "/v1/history/alerts/fp1/notes", {"kind": "shout"}).status_code == 400
+        assert _post(worker, "/v1/history/alerts/fp1/notes", {"kind": "ack"}, token=VIEWER).status_code == 403
+        notes = _get(worker, "/v1/history/alerts/annotations", fingerprints="fp1,nope").json()["items"]
+        assert (notes[0]["fingerprint"], notes[0]["assignee"], notes[0]["verdict"]) == (
+            "fp1",
+            "crew 3",
+            "true_positive",
+        )
+        assert "crew sent" in [c["text"] for c in notes[0]["comments"]]
+        assert notes[1] == {"fingerprint": "nope", "comments": [], "assignee": None, "verdict": None}
+        # public reports and their triage (operators only: they hold the public's names and contacts)
+        assert _get(worker, "/v1/history/reports").status_code == 403
+        reports = _get(worker, "/v1/history/reports", token=OPERATOR).json()["items"]
+        assert [(r["id"], r["status"], r["text"]) for r in reports] == [("r1", None, "water on the street")]
+        triaged = _post(worker, "/v1/history/reports/r1/triage", {"status": "confirmed", "note": "seen"}).json()
+        assert (triaged["status"], triaged["triage_by"], triaged["triage_note"]) == ("confirmed", "otto", "seen")
+        assert _get(worker, "/v1/history/reports", token=OPERATOR, status="new").json()["items"] == []
+        assert _post(worker, "/v1/history/reports/nope/triage", {"status": "rejected"}).status_code == 404
+        assert _post(worker, "/v1/history/reports/r1/triage", {"status": "maybe"}).status_code == 400
+        await wait_for(
+            lambda: _count(db, "SELECT count(*) FROM feedback WHERE fingerprint = 'report-r1'"), what="report verdict"
+        )
+
         losses = _get(worker, "/v1/history/zones/z1/losses", **span).json()["days"]
         assert sum(d["volume"] for d in losses) == pytest.approx(10.0) and sum(
             d["cost"] for d in losses
         ) == pytest.approx(5.0)
+        # what the console reads through this API rather than from the tables
+        risk = _get(worker, "/v1/history/risk", zone="z1", **span).json()["points"]
+        assert [(r["ts"], r["probability"], r["incident_type"]) for r in risk] == [
+            (t0 + k * MIN, 0.8, "leak") for k in range(5)
+        ]
+        assert _get(worker, "/v1/history/risk", **span).json()["parameter"] == "zone"
+        summary = _get(worker, "/v1/history/summary", **span).json()
+        assert summary["anomalies"] == 5 and summary["incidents"] == 1 and summary["open_incident_sites"] == ["s1"]
+        assert summary["loss"]["unit"] == "m3" and summary["loss"]["currency"] == "EUR"
+        profile = _get(worker, "/v1/history/sensors/a/profile", **span).json()
+        assert profile["usual"]["flow"]["mean"] == pytest.approx(29.5) and profile["usual"]["pressure"]["std"] == 0
+        assert profile["reasons"] and _get(worker, "/v1/history/sensors/zz/profile", **span).json()["usual"] == {}
+        ranked = _get(worker, "/v1/history/report", **span).json()["zones"]
+        assert [(z["site"], z["zone"], z["incidents"], z["risk_max"]) for z in ranked] == [("s1", "z1", 1, 0.8)]
+        assert _get(worker, "/v1/history/report", token=None, **span).status_code == 401
         frames = _get(worker, "/v1/history/playback", **{"from": str(t0), "to": str(t0 + 10 * MIN)}, step="5m").json()[
             "frames"
         ]

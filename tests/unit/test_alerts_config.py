@@ -42,7 +42,7 @@ def error(mutate, env=ENV) -> str:
 
 def test_default_config_loads_and_routes_critical_to_oncall():
     config = load_config(DEFAULT_CONFIG, env={})
-    assert {r.source for r in config.rules} == {"anomaly", "risk", "sensor_event", "quarantine", "report"}
+    assert {r.source for r in config.rules} == {"anomaly", "risk", "sensor_event", "quarantine", "report", "drift"}
     routes = config.route.match({"alertname": "ZoneIncidentRisk", "severity": "critical", "site": "s", "zone": "z"})
     assert [r.receiver for r in routes] == ["oncall"]
     assert [r.receiver for r in config.route.match({"severity": "warning"})] == ["stream"]

@@ -361,3 +361,43 @@ async def test_an_unexpected_error_is_retried_then_given_up_never_forever():
         await with_retries(broken, max_attempts=3, base_s=0.01, cap_s=0.01, sleep=sleep)
     assert info.value.attempts == 3 and info.value.retryable and "unexpected KeyError" in str(info.value)
     assert len(sleeps) == 2
+
+
+async def test_coalesced_flush_covers_every_caller_with_a_flush_that_began_after_it():
+    import asyncio
+
+    from services.alerts.dispatcher import CoalescedFlush
+
+    log: list[str] = []
+    writes = 0
+    release = asyncio.Event()
+
+    async def flush() -> None:
+        seen = writes  # what this flush covers: the writes made before it began
+        log.append(f"start {seen}")
+        await release.wait()
+        log.append(f"end {seen}")
+
+    shared = CoalescedFlush(flush)
+    writes = 1
+    first = [asyncio.ensure_future(shared()) for _ in range(50)]  # one flush for all fifty
+    while not log:
+        await asyncio.sleep(0)
+    writes = 2  # made while that flush runs: it cannot cover them
+    later = [asyncio.ensure_future(shared()) for _ in range(50)]
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert log == ["start 1"] and not any(t.done() for t in first + later)
+    release.set()
+    await asyncio.gather(*first)
+    await asyncio.gather(*later)
+    assert log == ["start 1", "end 1", "start 2", "end 2"]
+
+    async def failing() -> None:
+        raise RuntimeError("broker away")
+
+    broken = CoalescedFlush(failing)
+    results = await asyncio.gather(broken(), broken(), return_exceptions=True)
+    assert [type(r) for r in results] == [RuntimeError, RuntimeError]
+    await shared()  # a new call after everything settled starts a new flush
+    assert log[-2:] == ["start 2", "end 2"] and len(log) == 6

@@ -12,8 +12,8 @@ from services.console import public
 from services.console.live import Hub, frame, normalise
 from services.console.pipeline_health import parse, quantile
 from services.console.ratelimit import RateLimit
-from services.console.report import to_csv
 from services.console.users import UserError, check_name, check_password, hash_password, verify_password
+from services.history.report import to_csv
 from shared.auth import USER_HEADER, AuthError, TokenStore, authorize
 from shared.openapi import document
 
@@ -30,8 +30,12 @@ def test_a_slow_client_loses_its_own_oldest_updates_and_nobody_else_s() -> None:
         if i % 2:
             assert [d for _, d in fast.take()]  # the fast client keeps up
     hub.publish("risk", b"{}")
-    assert [d for _, d in slow.take()] == [b'{"i":2}', b'{"i":3}', b'{"i":4}'] and slow.dropped == 2
-    assert fast.dropped == 0 and fast.take() == [("anomaly", b'{"i":4}'), ("risk", b"{}")]
+    assert [d for _, d in slow.take()] == [frame("anomaly", b'{"i":%d}' % i) for i in (2, 3, 4)]
+    assert slow.dropped == 2
+    assert fast.dropped == 0 and fast.take() == [
+        ("anomaly", frame("anomaly", b'{"i":4}')),
+        ("risk", frame("risk", b"{}")),
+    ]
     hub.leave(slow)
     hub.publish("anomaly", b"{}")
     assert slow.take() == []

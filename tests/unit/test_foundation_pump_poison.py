@@ -75,7 +75,7 @@ def make(app: faust.App, job: Any, guard: bool = True) -> Pump:
     pump = Pump(app, settings, job, config, partitions=2)
     pump.consumer = Consumer()  # type: ignore[assignment]
     pump.assigned = {0}
-    pump.aside_partitions = PartitionMap(2)
+    pump.aside.partitions = PartitionMap(2)
     return pump
 
 
@@ -174,7 +174,7 @@ async def test_other_topics_dead_letter_with_origin(app: faust.App) -> None:
     settings = Settings(pump_retry_backoff_s=0.0)
     config = PumpConfig(service="pumptest", topic="zone-partials", progress_table="poison-progress")
     pump = Pump(app, settings, job, config, partitions=2)
-    pump.consumer, pump.assigned, pump.aside_partitions = Consumer(), {1}, PartitionMap(1)  # type: ignore[assignment]
+    pump.consumer, pump.assigned, pump.aside.partitions = Consumer(), {1}, PartitionMap(1)  # type: ignore[assignment]
     batch = messages([b"poison"], partition=1, start=7)
     assert await pump._process(batch) is False
     assert await pump._process(batch) is True

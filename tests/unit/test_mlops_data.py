@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 
 from shared.mlops import drift
-from shared.mlops.flow import skip_reason
+from shared.mlops.flow import drifted_in_workers, skip_reason
 from shared.mlops.frame import readings_frame
-from shared.mlops.truth import VERDICT_LOOKBACK_MS, assemble
+from shared.mlops.truth import REPORT_LOOKBACK_MS, VERDICT_LOOKBACK_MS, assemble
 from shared.mlops.window import Window
 
 NOW = 1_800_000_000_000
@@ -26,6 +26,8 @@ def test_window_parses_durations_and_times_and_splits_the_data_it_holds() -> Non
     assert w.until_ms - w.since_ms == 24 * H
     with pytest.raises(ValueError, match="not before"):
         Window.parse("2026-12-03T00:00:00Z", "2026-12-02T00:00:00Z")
+    # a bare number is epoch ms for --since as for --until (not seconds back)
+    assert Window.parse(str(NOW - H), str(NOW)).since_ms == NOW - H
     with pytest.raises(ValueError):
         Window.parse("soon", None)
     with pytest.raises(ValueError, match="between 0 and 1"):
@@ -104,6 +106,38 @@ def test_truth_from_labels_verdicts_joined_with_their_alerts_and_confirmed_repor
     assert len(truth.within(0, 1000).incidents) == 1
 
 
+def test_a_public_report_confirmed_in_the_console_is_truth_for_its_zone_or_its_whole_site() -> None:
+    reports = [
+        {"id": "r1", "ts": 5 * H, "site": "oldtown", "zone": "", "text": "water in the street"},
+        {"id": "r2", "ts": 6 * H, "site": "oldtown", "zone": "z2", "text": "", "confirmed": True},
+    ]
+    triage = [  # what the console sends on feedback when an operator confirms a report
+        {
+            "fingerprint": f"report-{rid}",
+            "verdict": "true_positive",
+            "ts": 7 * H,
+            "labels": {"alertname": "PublicLeakReport", "site": "oldtown", "report_id": rid},
+        }
+        for rid in ("r1", "r2", "r-unknown")
+    ]
+    truth = assemble(feedback=triage, reports=reports)
+    assert truth.counts == {"labels": 0, "verdicts": 0, "reports": 2}  # r2 confirmed twice counts once
+    assert truth.rejected == {"labels": 0, "verdicts": 0, "reports": 1}  # a report not on the topic
+    by_id = {i.ident: i for i in truth.incidents}
+    assert (by_id["r1"].zone, by_id["r1"].site, by_id["r1"].end_ms) == ("", "oldtown", 5 * H)
+    assert by_id["r1"].start_ms == 5 * H - REPORT_LOOKBACK_MS and by_id["r2"].zone == "z2"
+    frame = pd.DataFrame(
+        {
+            "sensor_id": ["a", "b", "c", "d"],
+            "site": ["oldtown", "oldtown", "riverside", "oldtown"],
+            "zone": ["z1", "z2", "z9", "z1"],
+            "ts": [5 * H - 60_000, 5 * H - 60_000, 5 * H - 60_000, 5 * H + 60_000],
+        }
+    )
+    # a site-wide report covers every zone of its site before the report, no other site, nothing after
+    assert truth.anomalous(frame).tolist() == [True, True, False, False]
+
+
 def test_psi_is_small_on_the_same_distribution_and_large_after_a_shift() -> None:
     rng = np.random.default_rng(1)
     ref = drift.reference(rng.normal(0, 1, 5000))
@@ -127,3 +161,19 @@ def test_if_drifted_skips_only_when_drift_was_measured_and_is_absent() -> None:
     )
     assert skip_reason(shifted) is None
     assert skip_reason(drift.compare({}, {"pump": {"score": np.ones(300)}})) is None  # nothing to compare with
+
+
+def test_if_drifted_retrains_when_a_worker_last_said_drifted() -> None:
+    stable = drift.compare(
+        drift.references({"pump": {"score": np.linspace(0, 1, 500)}}), {"pump": {"score": np.linspace(0, 1, 300)}}
+    )
+    events = [
+        {"service": "detector", "group": "pump", "kind": "psi", "status": "drifted"},
+        {"service": "detector", "group": "pipe", "kind": "psi", "status": "drifted"},
+        {"service": "forecaster", "group": "z1", "kind": "adwin", "status": "drifted"},
+        {"service": "detector", "group": "pump", "kind": "psi", "status": "stable"},  # came back since
+    ]
+    assert drifted_in_workers(events, "detector") == ["pipe (psi)"]
+    assert drifted_in_workers(events, "forecaster") == ["z1 (adwin)"]
+    assert skip_reason(stable, drifted_in_workers(events, "detector")) is None
+    assert "no drift" in skip_reason(stable, drifted_in_workers(events[:1] + events[3:], "detector"))

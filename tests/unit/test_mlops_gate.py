@@ -65,12 +65,40 @@ def test_equal_to_production_is_not_promoted() -> None:
     assert not d.promoted and "not better than production" in d.reasons[0]
 
 
-def test_rules_without_enough_support_do_not_decide() -> None:
+def test_rules_without_enough_support_do_not_decide_but_are_not_silent() -> None:
     # two incidents: recall-like metrics move by halves; the f1 drop is reported but does not block
     prod = {"pump": {"f1": 1.0, "false_alarms": 4.0, "incidents": 2}}
     cand = {"pump": {"f1": 0.5, "false_alarms": 1.0, "incidents": 2}}
     d = decide(cand, prod, GATE)
-    assert d.promoted and d.reasons == ["pump: false_alarms 4 -> 1"]
+    said = "not judged: pump: f1 0.5 (production 1) on 2 incidents, under the 3 needed"
+    assert d.promoted and d.reasons == ["pump: false_alarms 4 -> 1", said] and d.not_judged == [said]
+    assert d.improvements == ["pump: false_alarms 4 -> 1"]
+
+
+def test_the_detectors_gate_rejects_a_candidate_catching_fewer_incidents_however_few_there_are() -> None:
+    """The bench's pump row: the candidate was quieter everywhere but caught 0 of 2 held-out incidents where
+    the statistical detector caught 1. The shares (support 2 < 3) are not judged; the count must not drop."""
+    from services.detector.offline.retrain import GATE as DETECTOR
+
+    prod = {
+        "pump": {"f1": 0.011, "recall": 0.2, "false_alarms_per_sensor_day": 17.7, "incidents_detected": 0.5}
+        | {"incidents_caught": 1, "incidents": 2, "verdicts": 0},
+        "gas": {"false_alarms_per_sensor_day": 7.6, "incidents": 0, "verdicts": 0},
+    }
+    cand = {
+        "pump": {"f1": 0.0, "recall": 0.0, "false_alarms_per_sensor_day": 0.0, "incidents_detected": 0.0}
+        | {"incidents_caught": 0, "incidents": 2, "verdicts": 0},
+        "gas": {"false_alarms_per_sensor_day": 0.0, "incidents": 0, "verdicts": 0},
+    }
+    d = decide(cand, prod, DETECTOR)
+    assert not d.promoted
+    assert d.reasons[0] == "pump: incidents_caught 0 is worse than production's 1 by more than the margin 0"
+    assert {r.split(":")[2].split()[0] for r in d.not_judged} == {"f1", "recall", "incidents_detected"}
+    # catching the same one: the quieter candidate goes through, and says what it could not be judged on
+    cand["pump"]["incidents_caught"], cand["pump"]["incidents_detected"] = 1, 0.5
+    d = decide(cand, prod, DETECTOR)
+    assert d.promoted and "pump: false_alarms_per_sensor_day 17.7 -> 0" in d.improvements
+    assert any(r.startswith("not judged: pump: recall 0") for r in d.reasons)
 
 
 def test_nothing_measurable_is_rejected() -> None:

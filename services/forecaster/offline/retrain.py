@@ -64,7 +64,7 @@ def labels_of(truth: Truth) -> list[IncidentLabel]:
             sensors=list(i.sensors),
         )
         for i in truth.incidents
-        if (i.kind or "leak") in LABEL_TO_CLASS
+        if (i.kind or "leak") in LABEL_TO_CLASS and i.zone  # a site-wide report names no zone to label
     ]
 
 
@@ -156,6 +156,24 @@ class ForecasterTrainer:
             str(utility): {m: part[m].to_numpy(dtype=np.float64) for m in metrics if part[m].notna().any()}
             for utility, part in frame.groupby("utility")
         }
+
+    def history_frame(self, since_ms: int, until_ms: int) -> pd.DataFrame:
+        """The history store's minute rollups of the window (``FLOWWATCH_HISTORY_DATABASE_URL`` and its TLS
+        settings): the forecaster works on step means of the zones, which minute means feed as well."""
+        import asyncio
+
+        from services.history.settings import HistorySettings
+        from services.history.store import connect
+        from shared.mlops.rollups import read_rollups
+
+        async def read() -> pd.DataFrame:
+            conn = await connect(HistorySettings.from_env(), timeout=30)
+            try:
+                return await read_rollups(conn, since_ms, until_ms)
+            finally:
+                await conn.close()
+
+        return asyncio.run(read())
 
     def save(self, predictor: Any, directory: Path) -> dict[str, Any]:
         return {**predictor.save(directory), "kind": "forecaster"}

@@ -1,6 +1,7 @@
-"""The planners' report: for a period, zones ranked by incidents, risk and estimated losses, with daily trends.
+"""The planners' report (``GET /v1/history/report``, the console's report page and CSV): for a period, zones
+ranked by incidents, risk and estimated losses, with daily trends.
 
-Read from the history database (incidents and risk, written by the history sink). Ranking: incidents,
+Read from the history store's incidents and risk. Ranking: incidents,
 then estimated loss cost, then peak risk, all descending.
 """
 
