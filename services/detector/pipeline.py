@@ -116,7 +116,8 @@ class Scorer:
             groups.setdefault((profile.name, self.store.metrics_for(profile, r)), []).append(i)
         for (pname, metrics), rows in groups.items():
             batch = [readings[i] for i in rows]
-            if any(COUNTER_RESETS in r.extra for r in batch if r.extra):
+            # extra comes from outside: anything JSON, not always an object
+            if any(type(r.extra) is dict and COUNTER_RESETS in r.extra for r in batch):
                 self._score_with_resets(profiles[pname], metrics, batch, load_state, result)
             else:
                 self._score_group(profiles[pname], metrics, batch, load_state, result)

@@ -104,3 +104,13 @@ def test_rebaseline_starts_only_the_forgotten_metrics_afresh() -> None:
         old, new, empty = (v[block].reshape(per, 2) for v in (vector, out, fresh))
         assert new[:, 0] == pytest.approx(old[:, 0]), name  # flow kept
         np.testing.assert_array_equal(new[:, 1], empty[:, 1])  # volume_total afresh
+
+
+@pytest.mark.parametrize("extra", [3.5, 7, "counter_resets", ["counter_resets"], None])
+def test_an_extra_that_is_not_an_object_neither_raises_nor_changes_a_score(extra: object) -> None:
+    # extra is whatever JSON a device sent: the batch is scored as if the field were absent (the topic fuzzer
+    # found a float here failing whole batches)
+    readings = stream(flagged=False)[:200]
+    odd = list(readings)
+    odd[100] = Reading.from_dict({**readings[100].to_dict(), "extra": extra})
+    assert [s.score for s in run(odd, 50)[0]] == [s.score for s in run(readings, 50)[0]]
