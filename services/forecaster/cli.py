@@ -50,7 +50,10 @@ def train_cmd(argv: list[str]) -> int:
     p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--warmup-hours", type=float, default=6.0, help="history spent warming up the zone baselines")
     p.add_argument(
-        "--report-dir", type=Path, default=None, help="where train-report.json goes (default: the version dir)"
+        "--report-dir",
+        type=Path,
+        default=None,
+        help="also write train-report.json here (the version dir always holds one, sealed with the model)",
     )
     p.add_argument("--promote", metavar="ALIAS", default=None, help="point ALIAS (e.g. production) at the new version")
     p.add_argument("--publish", action="store_true", help="with --promote: send the models event so workers reload now")
@@ -72,7 +75,8 @@ def train_cmd(argv: list[str]) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    write_report(report, (args.report_dir or version.path) / "train-report.json")
+    if args.report_dir is not None:  # the version holds its own copy, sealed with it
+        write_report(report, args.report_dir / "train-report.json")
     m = report["risk"]
     f = report["forecast"]["clean"]
     print(f"registered {version.name} {version.version} at {version.path}")

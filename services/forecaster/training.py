@@ -70,6 +70,8 @@ def train(
     meta: dict[str, Any] = {}
     with registry.create(settings.model_name, meta) as tmp:
         meta.update(model_metadata(predictor, report, tmp))
+        # inside the version before it is sealed: a file added after would fail the sha256 check at every load
+        write_report(report, tmp / "train-report.json")
     version = registry.last_created
     report["model"] = {"name": version.name, "version": version.version, "path": str(version.path)}
     if promote:

@@ -144,3 +144,18 @@ def test_cli_evaluate_without_a_model_says_how_to_get_one(tmp_path: Path, capsys
     code = evaluate_cmd(["--synthetic", "0.3", "--model-dir", str(tmp_path / "empty"), "--out", str(tmp_path / "o")])
     assert code == 1
     assert "no versions" in capsys.readouterr().err
+
+
+def test_cli_train_registers_a_version_the_workers_can_load(tmp_path: Path) -> None:
+    # make demo trains its first model this way: a report written into the version after it was sealed made
+    # every load fail the sha256 check ("files differ … train-report.json"), and the demo forecaster never got ready
+    from services.forecaster.cli import train_cmd
+    from services.forecaster.training import load_predictor
+
+    models, reports = tmp_path / "models", tmp_path / "reports"
+    argv = ["--synthetic", "1.0", "--epochs", "1", "--model-dir", str(models), "--promote", "production"]
+    assert train_cmd([*argv, "--report-dir", str(reports)]) == 0
+    predictor = load_predictor(models, SETTINGS.model_name, alias="production")
+    assert predictor is not None
+    sealed = orjson.loads(next(models.rglob("train-report.json")).read_bytes())
+    assert sealed["risk"] == orjson.loads((reports / "train-report.json").read_bytes())["risk"]
