@@ -115,12 +115,7 @@ class Scorer:
             profiles[profile.name] = profile
             groups.setdefault((profile.name, self.store.metrics_for(profile, r)), []).append(i)
         for (pname, metrics), rows in groups.items():
-            batch = [readings[i] for i in rows]
-            # extra comes from outside: anything JSON, not always an object
-            if any(type(r.extra) is dict and COUNTER_RESETS in r.extra for r in batch):
-                self._score_with_resets(profiles[pname], metrics, batch, load_state, result)
-            else:
-                self._score_group(profiles[pname], metrics, batch, load_state, result)
+            self._score_with_resets(profiles[pname], metrics, [readings[i] for i in rows], load_state, result)
         return result
 
     def _score_with_resets(
@@ -131,15 +126,16 @@ class Scorer:
         load_state: Callable[[str], Any],
         result: BatchResult,
     ) -> None:
-        """A group holding counter resets: a counter's reset is not an anomaly, its old level no baseline.
+        """A group, in segments at its counter resets: a counter's reset is not an anomaly, its old level no baseline.
 
         The batch is scored in segments, each reading with a reset starting one, and that sensor's
         statistics of the reset counters start afresh before it (:func:`~services.detector.state.rebaseline`):
         the counter warms up again from its new level. State updates are causal and exact whatever the
         batching, so the segments score every other reading as one batch would.
         """
+        # extra comes from outside: any JSON (counter_resets reads only an object's list of names)
         starts = [i for i, r in enumerate(batch) if r.extra and counter_resets(r, metrics)]
-        if not starts:
+        if not starts:  # the common case: one segment
             self._score_group(profile, metrics, batch, load_state, result)
             return
         bounds = sorted({0, *starts, len(batch)})
