@@ -71,6 +71,10 @@ def decode(value: bytes | None, max_id_chars: int = 200) -> tuple[Reading | None
         type(k) is str and type(v) in (int, float) and math.isfinite(v) for k, v in values.items()
     ):
         return None, "invalid: values must be a map of numbers (finite, by metric name)"
+    if not values:
+        # ingest refuses these too (no_values); under a profile that takes its metrics from the reading there
+        # would be nothing to score
+        return None, "invalid: values holds no metric"
     return r, ""
 
 

@@ -358,6 +358,8 @@ class AnomalyModel:
     def contributions(self, feats: np.ndarray) -> np.ndarray:
         """Share of each metric in the row's deviation (rows sum to 1)."""
         m = len(self.metrics)
+        if m == 0:
+            return np.zeros((len(feats), 0))
         if self.scaler is not None:
             dev = self.scaler.transform(feats[:, self._cols]) ** 2
             per_metric = dev.reshape(len(feats), -1, m).sum(axis=1)

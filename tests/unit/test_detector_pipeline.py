@@ -189,6 +189,12 @@ def test_a_replayed_batch_is_scored_again_but_does_not_change_the_state():
             b'{"sensor_id": "a", "ts": 1, "site": "", "zone": "", "utility": "", "asset": "", "values": {"p": "7"}}',
             "map of numbers",
         ),
+        (
+            # under the default profile (metrics from the reading) this scored with no metric and raised
+            # ZeroDivisionError, failing its batch (found by the topic fuzzer)
+            b'{"sensor_id": "a", "ts": 1, "site": "", "zone": "", "utility": "zz", "asset": "", "values": {}}',
+            "no metric",
+        ),
     ],
 )
 def test_messages_that_are_not_readings_are_refused_with_a_reason(raw, why):
@@ -231,3 +237,12 @@ def test_readings_scored_are_counted_even_when_only_anomalies_are_published() ->
     quiet = make_scorer(emit_scores=False).process(readings, {}.get)
     assert sum(quiet.scored.values()) == len(readings)
     assert quiet.anomalies and len(quiet.scores) == sum(quiet.flagged.values()) == len(quiet.anomalies)
+
+
+def test_a_model_without_metrics_explains_nothing_rather_than_raising() -> None:
+    # a reading with no values is refused by decode; the model still must not divide by its metric count
+    store = ModelStore(ProfileSet.load(DEFAULT_PROFILES_FILE))
+    empty = Reading.from_dict({**reading("e1", 0, 400.0).to_dict(), "utility": "zz", "asset": "", "values": {}})
+    assert store.metrics_for(store.profiles.for_reading(empty), empty) == ()
+    result = Scorer(store).process([empty], {}.get)
+    assert len(result.scores) == 1 and not result.anomalies
