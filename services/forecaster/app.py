@@ -289,7 +289,7 @@ def create_app(settings: Settings | None = None, forecaster_settings: Forecaster
                 "utility": st.utility,
                 "last_step_ts": (st.last_step + 1) * st.step_ms if st.last_step >= 0 else None,
                 "open_steps": sorted(st.open),
-                "sensors": len(st.sens),
+                "sensors": len(st.sensors),
                 "late_partials": st.late,
                 "forecast_next": st.pending,
                 "incident": st.incident,

@@ -22,7 +22,7 @@ def newest_event_ms(raw: bytes) -> int:
         st = ZoneState.from_bytes(raw)
     except Exception:  # noqa: BLE001 - an unreadable state is expired, not a crash
         return -1
-    return max(st.wm.values(), default=-1)
+    return max(st.watermarks.values(), default=-1)
 
 
 def sweep_zones(zones: Any, topic: str, partitions: int, cutoff_ms: int, limit: int = 10_000) -> list[str]:

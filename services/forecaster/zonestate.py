@@ -21,26 +21,36 @@ from typing import Any
 import numpy as np
 import orjson
 
-from services.forecaster.features import METRIC_FEATURES, FeatureConfig
+from services.forecaster.features import METRIC_FEATURES, ZONE_FEATURES, FeatureConfig
 from services.forecaster.partials import Partial, empty_bucket, merge_bucket
 from shared.records import UTILITIES
 
 Z_CLIP = 50.0
 HUBER_K = 3.0
 TOTAL = "#total"  # profile key suffix of a key metric's zone total
+READINGS, SENSORS = "__n", "__ns"  # baselines of the readings and of the sensors a zone reports per step
+STATE_VERSION = 2
 _NF = len(METRIC_FEATURES)
 
 
 def slog(z: float) -> float:
     """Signed log: keeps the sign and order of a z-score but tames its tail for the network."""
-    z = max(-Z_CLIP, min(Z_CLIP, z))
+    z = _clip(z, Z_CLIP)
     return math.copysign(math.log1p(abs(z)), z)
 
 
-def _sd(stat: list[float], mu_for_floor: float | None = None) -> float:
-    """Standard deviation of an EW baseline ``[n, mu, var]``, floored so a flat signal cannot divide by zero."""
-    mu = stat[1] if mu_for_floor is None else mu_for_floor
-    return math.sqrt(max(stat[2], 0.0)) + 1e-3 * abs(mu) + 1e-6
+def _floored_sd(var: float, mu: float) -> float:
+    """A standard deviation floored by the level it spreads around, so a flat signal cannot divide by zero."""
+    return math.sqrt(var if var > 0.0 else 0.0) + 1e-3 * abs(mu) + 1e-6
+
+
+def _sd(stat: list[float]) -> float:
+    """Floored standard deviation of an EW baseline ``[n, mu, var]``."""
+    return _floored_sd(stat[2], stat[1])
+
+
+def _clip(x: float, limit: float) -> float:
+    return -limit if x < -limit else limit if x > limit else x
 
 
 def _ew_update(stat: list[float], x: float, alpha: float) -> None:
@@ -49,8 +59,7 @@ def _ew_update(stat: list[float], x: float, alpha: float) -> None:
     a = max(alpha, 1.0 / (n + 1.0))
     d = x - mu
     if n >= 10:
-        lim = HUBER_K * (math.sqrt(var if var > 0.0 else 0.0) + 1e-3 * abs(mu) + 1e-6)
-        d = -lim if d < -lim else lim if d > lim else d
+        d = _clip(d, HUBER_K * _floored_sd(var, mu))
     stat[0] = n + 1.0
     stat[1] = mu + a * d
     stat[2] = (1.0 - a) * (var + a * d * d)
@@ -94,8 +103,7 @@ def profile_update(prof: list[list[float]], step: int, step_s: int, x: float, da
                 a = max(day_alpha, 1.0 / (slot[0] + 1.0))
                 d = avg - slot[1]
                 if slot[3] >= 5:  # an incident that filled the hour moves the profile by a bounded step only
-                    lim = HUBER_K * (math.sqrt(max(slot[2], 0.0)) + 1e-3 * abs(slot[1]) + 1e-6)
-                    d = -lim if d < -lim else lim if d > lim else d
+                    d = _clip(d, HUBER_K * _floored_sd(slot[2], slot[1]))
                 prof[int(acc[0]) % 24] = [slot[0] + 1.0, slot[1] + a * d, slot[2], slot[3]]
         acc = prof[24] = [float(abs_hour), 0.0, 0.0]
     acc[1] += 1.0
@@ -104,7 +112,7 @@ def profile_update(prof: list[list[float]], step: int, step_s: int, x: float, da
     if expect is not None:
         slot = prof[int(abs_hour % 24)]
         resid = x - expect
-        if slot[3] >= 10 and abs(resid) > HUBER_K * (math.sqrt(max(slot[2], 0.0)) + 1e-3 * abs(expect) + 1e-6):
+        if slot[3] >= 10 and abs(resid) > HUBER_K * _floored_sd(slot[2], expect):
             return  # an outlier (an incident, most likely) must not widen what counts as usual
         a = max(day_alpha / 20.0, 1.0 / (slot[3] + 1.0))
         slot[2] = (1.0 - a) * slot[2] + a * resid * resid
@@ -144,26 +152,41 @@ class Step:
     expected: dict[str, list[float]] = field(default_factory=dict)
 
 
+#: Position of each per-metric feature in a metric's block, and of each zone feature after the blocks.
+_AT = {name: i for i, name in enumerate(METRIC_FEATURES)}
+_ZONE_AT = {name: i for i, name in enumerate(ZONE_FEATURES)}
+
+
+@dataclass(slots=True)
+class SensorDeviations:
+    """How the sensors of one metric stood against their own baselines in a step."""
+
+    zs: list[float] = field(default_factory=list)  # each sensor's step mean, in its own standard deviations
+    spike: float = 0.0  # the most extreme single value of any sensor, in its standard deviations
+    repeats: int = 0  # sensors whose step mean repeated their previous one exactly (stuck)
+    seen: int = 0
+
+
 class ZoneState:
     __slots__ = (
-        "base",
+        "baselines",
         "closed",
-        "hist",
+        "history",
         "incident",
+        "incident_loss",
         "last_step",
         "late",
-        "off",
+        "offsets",
         "open",
         "pending",
-        "prof",
-        "recent",
-        "sens",
+        "profiles",
+        "recent_z",
+        "sensors",
         "site",
         "step_ms",
         "units",
-        "util",
-        "vol",
-        "wm",
+        "utility_counts",
+        "watermarks",
         "zone",
     )
 
@@ -171,51 +194,48 @@ class ZoneState:
         self.zone = zone
         self.step_ms = step_ms
         self.site = ""
-        self.util: dict[str, int] = {}  # readings per utility (decayed), to name the zone's utility
+        self.utility_counts: dict[str, int] = {}  # readings per utility (decayed), to name the zone's utility
         self.units: dict[str, str] = {}
-        self.wm: dict[str, int] = {}  # source partition -> max event ts
-        self.off: dict[str, int] = {}  # source partition -> max offset applied (dedup after redelivery)
+        self.watermarks: dict[str, int] = {}  # source partition -> max event ts
+        self.offsets: dict[str, int] = {}  # source partition -> max offset applied (dedup after redelivery)
         self.open: dict[int, dict[str, Any]] = {}  # step -> merged bucket stats
         self.closed = -1  # highest step closed
         self.last_step = -1  # highest step closed that had data
         self.late = 0  # partial steps that arrived after their step closed
-        self.base: dict[str, list[float]] = {}  # metric (and __n, __ns) -> [n, mu, var]
-        self.prof: dict[str, list[list[float]]] = {}  # metric -> 24 x [n, mu, var]
-        self.sens: dict[
-            str, dict[str, Any]
-        ] = {}  # sensor -> {"_b": last step, metric: [n, mu, var], "_m": {metric: last mean}}
-        self.recent: dict[str, list[float]] = {}  # metric -> last z_hour values (for d1/d4)
-        self.hist: dict[
-            str, list[float]
-        ] = {}  # key metric -> last window_steps step means (counterfactual in incidents)
+        self.baselines: dict[str, list[float]] = {}  # metric (and __n, __ns) -> [n, mu, var]
+        self.profiles: dict[str, list[list[float]]] = {}  # metric -> 24 x [n, mu, var] + the open hour
+        # sensor -> {"seen": last step with data, "stats": {metric: [n, mu, var]}, "last": {metric: last mean}}
+        self.sensors: dict[str, dict[str, Any]] = {}
+        self.recent_z: dict[str, list[float]] = {}  # metric -> last z_hour values (for d1/d4)
+        self.history: dict[str, list[float]] = {}  # key metric -> last window_steps totals (frozen in incidents)
         self.pending: dict[str, list[float]] = {}  # key metric -> forecast [q10, q50, q90] for the next step
         self.incident: dict[str, Any] | None = None  # ongoing incident: since_ms, type, steps
-        self.vol: list[float] | None = None  # [incident since_ms, volume lost so far]
+        self.incident_loss: list[float] | None = None  # [incident since_ms, volume lost so far]
 
     # -- (de)serialisation: the table value is a plain dict (orjson) ------------------------------
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "v": 1,
+            "v": STATE_VERSION,
             "zone": self.zone,
             "step_ms": self.step_ms,
             "site": self.site,
-            "util": self.util,
+            "utility_counts": self.utility_counts,
             "units": self.units,
-            "wm": self.wm,
-            "off": self.off,
+            "watermarks": self.watermarks,
+            "offsets": self.offsets,
             "open": {str(k): v for k, v in self.open.items()},
             "closed": self.closed,
             "last_step": self.last_step,
             "late": self.late,
-            "base": self.base,
-            "prof": self.prof,
-            "sens": self.sens,
-            "recent": self.recent,
-            "hist": self.hist,
+            "baselines": self.baselines,
+            "profiles": self.profiles,
+            "sensors": self.sensors,
+            "recent_z": self.recent_z,
+            "history": self.history,
             "pending": self.pending,
             "incident": self.incident,
-            "vol": self.vol,
+            "incident_loss": self.incident_loss,
         }
 
     @classmethod
@@ -226,50 +246,53 @@ class ZoneState:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ZoneState:
         """A state that takes over ``d`` (freshly decoded, not shared: updating the state changes it)."""
+        if d.get("v", 1) == 1:
+            d = _from_version_1(d)
         s = cls(d["zone"], int(d["step_ms"]))
         s.site = d.get("site", "")
-        s.util = dict(d.get("util", {}))
+        s.utility_counts = dict(d.get("utility_counts", {}))
         s.units = dict(d.get("units", {}))
-        s.wm = dict(d.get("wm", {}))
-        s.off = dict(d.get("off", {}))
+        s.watermarks = dict(d.get("watermarks", {}))
+        s.offsets = dict(d.get("offsets", {}))
         s.open = {int(k): v for k, v in d.get("open", {}).items()}
         s.closed = int(d.get("closed", -1))
         s.last_step = int(d.get("last_step", -1))
         s.late = int(d.get("late", 0))
-        s.base = d.get("base", {})
-        s.prof = d.get("prof", {})
-        s.sens = d.get("sens", {})
-        s.recent = d.get("recent", {})
-        s.hist = d.get("hist", {})
+        s.baselines = d.get("baselines", {})
+        s.profiles = d.get("profiles", {})
+        s.sensors = d.get("sensors", {})
+        s.recent_z = d.get("recent_z", {})
+        s.history = d.get("history", {})
         s.pending = d.get("pending", {})
         s.incident = d.get("incident")
-        s.vol = d.get("vol")
+        s.incident_loss = d.get("incident_loss")
         return s
 
     # -- input ----------------------------------------------------------------------------------
 
     @property
     def utility(self) -> str:
-        return max(self.util, key=self.util.__getitem__) if self.util else ""
+        return max(self.utility_counts, key=self.utility_counts.__getitem__) if self.utility_counts else ""
 
     def ingest(self, partial: Partial) -> bool:
         """Merge one partial; returns False when it was a duplicate (already applied after a redelivery)."""
         offs = partial.get("off", {})
-        if offs and all(o <= self.off.get(p, -1) for p, o in offs.items()):
+        if offs and all(o <= self.offsets.get(p, -1) for p, o in offs.items()):
             return False
         for p, o in offs.items():
-            if o > self.off.get(p, -1):
-                self.off[p] = o
+            if o > self.offsets.get(p, -1):
+                self.offsets[p] = o
         for p, ts in partial.get("wm", {}).items():
-            if ts > self.wm.get(p, -1):
-                self.wm[p] = ts
+            if ts > self.watermarks.get(p, -1):
+                self.watermarks[p] = ts
         if partial.get("site"):
             self.site = partial["site"]
+        counts = self.utility_counts
         for u, n in partial.get("u", {}).items():
-            self.util[u] = self.util.get(u, 0) + n
-        if sum(self.util.values()) > 1_000_000:
+            counts[u] = counts.get(u, 0) + n
+        if sum(counts.values()) > 1_000_000:
             # bounded, and recent readings weigh more: halve the counts now and then
-            self.util = {u: n // 2 for u, n in self.util.items()}
+            self.utility_counts = {u: n // 2 for u, n in counts.items()}
         self.units.update(partial.get("units", {}))
         for key, bucket in partial.get("b", {}).items():
             step = int(key)
@@ -302,8 +325,9 @@ class ZoneState:
         if not self.open:
             return []
         source_wm = source_wm or {}
-        names = set(self.wm) | set(source_wm) | {str(p) for p in range(partitions)}
-        progress = min(max(self.wm.get(p, -1), source_wm.get(p, -1)) for p in names) if names else -1
+        mine = self.watermarks
+        names = set(mine) | set(source_wm) | {str(p) for p in range(partitions)}
+        progress = min(max(mine.get(p, -1), source_wm.get(p, -1)) for p in names) if names else -1
         limit = progress - lateness_ms
         ready = sorted(s for s in self.open if (s + 1) * self.step_ms <= limit)
         excess = len(self.open) - len(ready) - max_open_steps
@@ -315,162 +339,184 @@ class ZoneState:
     # -- closing a step: features against the baselines, then baseline updates ---------------------
 
     def close_step(self, step: int, cfg: FeatureConfig) -> Step:
+        """Close ``step``: its features, measured against the baselines before the step moves them."""
         bucket = self.open.pop(step, None) or empty_bucket()
         gap = step - self.last_step if self.last_step >= 0 else 1
         self.closed = max(self.closed, step)
         self.last_step = step
-        alpha = cfg.baseline_alpha
-        index = cfg.metric_index
-        feats = np.zeros(len(cfg.metrics) * _NF + 5 + len(UTILITIES), dtype=np.float32)
-        metrics = bucket["m"]
-        sensors = bucket["s"]
-        sqrt, log, log1p, copysign = math.sqrt, math.log, math.log1p, math.copysign
-
-        def slog(z: float) -> float:
-            z = -Z_CLIP if z < -Z_CLIP else Z_CLIP if z > Z_CLIP else z
-            return copysign(log1p(abs(z)), z)
-
-        # per sensor: deviation from its own baseline (measured before the baseline moves), then update
-        per_metric: dict[str, list] = {}  # metric -> [zs, max spike, repeats, seen]
-        for sensor, accs in sensors.items():
-            st = self.sens.get(sensor)
-            if st is None:
-                st = self.sens[sensor] = {"_b": step, "_m": {}}
-            st["_b"] = step
-            last_means = st["_m"]
-            for metric, sacc in accs.items():
-                smean = sacc[1] / sacc[0]
-                sb = st.get(metric)
-                if sb is None:
-                    st[metric] = [1.0, smean, 0.0]
-                    last_means[metric] = smean
-                    continue
-                if sb[0] >= 3 and metric in index:
-                    mu = sb[1]
-                    ssd = sqrt(sb[2] if sb[2] > 0.0 else 0.0) + 1e-3 * abs(mu) + 1e-6
-                    agg = per_metric.get(metric)
-                    if agg is None:
-                        agg = per_metric[metric] = [[], 0.0, 0, 0]
-                    agg[0].append((smean - mu) / ssd)
-                    spike = max(abs(sacc[3] - mu), abs(sacc[2] - mu)) / ssd
-                    if spike > agg[1]:
-                        agg[1] = spike
-                    agg[3] += 1
-                    if last_means.get(metric) == smean:
-                        agg[2] += 1
-                _ew_update(sb, smean, alpha)
-                last_means[metric] = smean
-
-        actual: dict[str, float] = {}
-        for metric, acc in metrics.items():
-            n, total, sumsq, lo, hi = acc
-            mean = total / n
-            actual[metric] = mean
-            base = self.base.get(metric)
-            prof = self.prof.get(metric)
-            if prof is None:
-                prof = self.prof[metric] = new_profile()
-            expect = profile_expect(prof, step, cfg.step_s)
-            i = index.get(metric)
-            if i is not None and base is not None:
-                std = sqrt(max(sumsq / n - mean * mean, 0.0))
-                sd = _sd(base)
-                o = i * _NF
-                feats[o] = 1.0
-                feats[o + 1] = slog((mean - base[1]) / sd)
-                ref = expect[0] if expect is not None else base[1]
-                if expect is not None:
-                    psd = sqrt(expect[1] if expect[1] > 0.0 else 0.0) + 1e-3 * abs(expect[0]) + 1e-6
-                    z_hour = slog((mean - expect[0]) / psd)
-                else:
-                    z_hour = slog((mean - base[1]) / sd)
-                feats[o + 2] = z_hour
-                rel = (mean - ref) / (abs(ref) + sd)
-                feats[o + 3] = -5.0 if rel < -5.0 else 5.0 if rel > 5.0 else rel
-                feats[o + 4] = log((std + 1e-6) / sd)
-                feats[o + 5] = slog((hi - lo) / sd)
-                agg = per_metric.get(metric)
-                if agg is not None:
-                    zs = sorted(agg[0])
-                    feats[o + 6] = slog(zs[len(zs) // 2])
-                    feats[o + 7] = slog(max(zs[0], zs[-1], key=abs))
-                    feats[o + 8] = slog(agg[1])
-                    feats[o + 9] = agg[2] / agg[3]
-                rec = self.recent.get(metric)
-                if rec:
-                    feats[o + 10] = z_hour - rec[-1]
-                    feats[o + 11] = z_hour - sum(rec) / len(rec)
-                    self.recent[metric] = [*rec[-3:], z_hour]
-                else:
-                    self.recent[metric] = [z_hour]
-            # baselines move after the features were measured against them
-            if base is None:
-                self.base[metric] = [1.0, mean, 0.0]
-            else:
-                _ew_update(base, mean, alpha)
-            profile_update(prof, step, cfg.step_s, mean, cfg.profile_alpha)
-
-        z = len(cfg.metrics) * _NF
-        n_read = float(bucket["n"])
-        n_sens = float(len(sensors))
-        bn = self.base.get("__n")
-        bs = self.base.get("__ns")
-        feats[z] = log((n_read + 1.0) / (bn[1] + 1.0)) if bn else 0.0
-        feats[z + 1] = log((n_sens + 1.0) / (bs[1] + 1.0)) if bs else 0.0
-        feats[z + 2] = log1p(max(gap - 1, 0))
-        angle = 2.0 * math.pi * (((step * cfg.step_s) % 86400) / 86400.0)
-        feats[z + 3] = math.sin(angle)
-        feats[z + 4] = math.cos(angle)
-        util = self.utility
-        if util in UTILITIES:
-            feats[z + 5 + UTILITIES.index(util)] = 1.0
-        for key, x in (("__n", n_read), ("__ns", n_sens)):
-            if key in self.base:
-                _ew_update(self.base[key], x, alpha)
-            else:
-                self.base[key] = [1.0, x, 0.0]
-
-        ttl = cfg.sensor_ttl_steps
-        if len(self.sens) > len(sensors):
-            for sensor in [s for s, st in self.sens.items() if step - st["_b"] > ttl]:
-                del self.sens[sensor]
-
-        # key metrics are rates that add up (flow, power): the zone's total is the sum over its sensors,
-        # a sensor that skipped this step counting with its last value (so one lost reading is not a dip)
-        keyed = {}
-        units = {}
-        profile: dict[str, tuple[float | None, float | None]] = {}
-        for utility in self.util:
-            km = cfg.key_metric(utility)
-            if km and km in actual:
-                total = 0.0
-                for st in self.sens.values():
-                    last = st["_m"].get(km)
-                    if last is not None and step - st["_b"] <= cfg.window_steps:
-                        total += last
-                keyed[km] = total
-                if km in self.units:
-                    units[km] = self.units[km]
-                # the usual zone total at this hour and the next: the forecast's seasonal inputs
-                slots = self.prof.get(km + TOTAL)
-                if slots is None:
-                    slots = self.prof[km + TOTAL] = new_profile()
-                profile_update(slots, step, cfg.step_s, total, cfg.profile_alpha)
-                profile[km] = (
-                    profile_expect_raw(slots, step + 1, cfg.step_s),
-                    profile_expect_raw(slots, step, cfg.step_s),
-                )
+        blocks = len(cfg.metrics) * _NF
+        feats = np.zeros(blocks + len(ZONE_FEATURES), dtype=np.float32)
+        deviations = self._sensor_deviations(step, bucket["s"], cfg)
+        means = self._metric_features(step, bucket["m"], deviations, cfg, feats)
+        self._zone_features(step, gap, bucket, cfg, feats[blocks:])
+        if len(self.sensors) > len(bucket["s"]):
+            self._forget_quiet_sensors(step, cfg.sensor_ttl_steps)
+        actual, units, profile = self._key_totals(step, means, cfg)
         return Step(
             zone=self.zone,
             site=self.site,
-            utility=util,
+            utility=self.utility,
             step=step,
             ts=(step + 1) * self.step_ms,
             features=feats,
-            actual=keyed,
+            actual=actual,
             units=units,
             profile=profile,
         )
+
+    def _sensor_deviations(
+        self, step: int, sensors: dict[str, dict[str, list[float]]], cfg: FeatureConfig
+    ) -> dict[str, SensorDeviations]:
+        """Each sensor against its own baseline (measured before the baseline moves), then the baseline update."""
+        alpha = cfg.baseline_alpha
+        index = cfg.metric_index
+        found: dict[str, SensorDeviations] = {}
+        for sensor, accs in sensors.items():
+            st = self.sensors.get(sensor)
+            if st is None:
+                st = self.sensors[sensor] = {"seen": step, "stats": {}, "last": {}}
+            st["seen"] = step
+            stats, last_means = st["stats"], st["last"]
+            for metric, acc in accs.items():
+                mean = acc[1] / acc[0]
+                sb = stats.get(metric)
+                if sb is None:
+                    stats[metric] = [1.0, mean, 0.0]
+                    last_means[metric] = mean
+                    continue
+                if sb[0] >= 3 and metric in index:
+                    mu = sb[1]
+                    sd = _floored_sd(sb[2], mu)
+                    dev = found.get(metric)
+                    if dev is None:
+                        dev = found[metric] = SensorDeviations()
+                    dev.zs.append((mean - mu) / sd)
+                    spike = max(abs(acc[3] - mu), abs(acc[2] - mu)) / sd
+                    if spike > dev.spike:
+                        dev.spike = spike
+                    dev.seen += 1
+                    if last_means.get(metric) == mean:
+                        dev.repeats += 1
+                _ew_update(sb, mean, alpha)
+                last_means[metric] = mean
+        return found
+
+    def _metric_features(
+        self,
+        step: int,
+        metrics: dict[str, list[float]],
+        deviations: dict[str, SensorDeviations],
+        cfg: FeatureConfig,
+        feats: np.ndarray,
+    ) -> dict[str, float]:
+        """Each model metric's block of ``METRIC_FEATURES``; then its baseline and profile move. Returns the
+        step mean of every metric the zone reported."""
+        index = cfg.metric_index
+        means: dict[str, float] = {}
+        for metric, (n, total, sumsq, lo, hi) in metrics.items():
+            mean = total / n
+            means[metric] = mean
+            base = self.baselines.get(metric)
+            prof = self.profiles.get(metric)
+            if prof is None:
+                prof = self.profiles[metric] = new_profile()
+            i = index.get(metric)
+            if i is not None and base is not None:
+                expect = profile_expect(prof, step, cfg.step_s)
+                row = feats[i * _NF : (i + 1) * _NF]
+                sd = _sd(base)
+                row[_AT["present"]] = 1.0
+                row[_AT["z_base"]] = slog((mean - base[1]) / sd)
+                if expect is not None:
+                    ref = expect[0]
+                    z_hour = slog((mean - expect[0]) / _floored_sd(expect[1], expect[0]))
+                else:
+                    ref = base[1]
+                    z_hour = slog((mean - base[1]) / sd)
+                row[_AT["z_hour"]] = z_hour
+                row[_AT["rel_hour"]] = _clip((mean - ref) / (abs(ref) + sd), 5.0)
+                row[_AT["spread"]] = math.log((math.sqrt(max(sumsq / n - mean * mean, 0.0)) + 1e-6) / sd)
+                row[_AT["range"]] = slog((hi - lo) / sd)
+                dev = deviations.get(metric)
+                if dev is not None:
+                    zs = sorted(dev.zs)
+                    row[_AT["sensor_median_z"]] = slog(zs[len(zs) // 2])
+                    row[_AT["sensor_max_z"]] = slog(max(zs[0], zs[-1], key=abs))
+                    row[_AT["sensor_spike"]] = slog(dev.spike)
+                    row[_AT["repeat_frac"]] = dev.repeats / dev.seen
+                recent = self.recent_z.get(metric)
+                if recent:
+                    row[_AT["d1"]] = z_hour - recent[-1]
+                    row[_AT["d4"]] = z_hour - sum(recent) / len(recent)
+                    self.recent_z[metric] = [*recent[-3:], z_hour]
+                else:
+                    self.recent_z[metric] = [z_hour]
+            # baselines move after the features were measured against them
+            if base is None:
+                self.baselines[metric] = [1.0, mean, 0.0]
+            else:
+                _ew_update(base, mean, cfg.baseline_alpha)
+            profile_update(prof, step, cfg.step_s, mean, cfg.profile_alpha)
+        return means
+
+    def _zone_features(self, step: int, gap: int, bucket: dict[str, Any], cfg: FeatureConfig, row: np.ndarray) -> None:
+        """``ZONE_FEATURES`` into ``row``: how much the zone reported against the usual, gaps, time of day."""
+        readings = float(bucket["n"])
+        sensors = float(len(bucket["s"]))
+        usual_readings = self.baselines.get(READINGS)
+        usual_sensors = self.baselines.get(SENSORS)
+        row[_ZONE_AT["count_ratio"]] = math.log((readings + 1.0) / (usual_readings[1] + 1.0)) if usual_readings else 0.0
+        row[_ZONE_AT["sensor_ratio"]] = math.log((sensors + 1.0) / (usual_sensors[1] + 1.0)) if usual_sensors else 0.0
+        row[_ZONE_AT["gap_steps"]] = math.log1p(max(gap - 1, 0))
+        angle = 2.0 * math.pi * (((step * cfg.step_s) % 86400) / 86400.0)
+        row[_ZONE_AT["hour_sin"]] = math.sin(angle)
+        row[_ZONE_AT["hour_cos"]] = math.cos(angle)
+        utility = self.utility
+        if utility in UTILITIES:
+            row[_ZONE_AT[f"utility_{utility}"]] = 1.0
+        for key, x in ((READINGS, readings), (SENSORS, sensors)):
+            if key in self.baselines:
+                _ew_update(self.baselines[key], x, cfg.baseline_alpha)
+            else:
+                self.baselines[key] = [1.0, x, 0.0]
+
+    def _forget_quiet_sensors(self, step: int, ttl_steps: int) -> None:
+        for sensor in [s for s, st in self.sensors.items() if step - st["seen"] > ttl_steps]:
+            del self.sensors[sensor]
+
+    def _key_totals(
+        self, step: int, means: dict[str, float], cfg: FeatureConfig
+    ) -> tuple[dict[str, float], dict[str, str], dict[str, tuple[float | None, float | None]]]:
+        """The zone total of each key metric it reported, its unit, and its usual total at this step and the next.
+
+        Key metrics are rates that add up (flow, power): the zone's total is the sum over its sensors, a sensor
+        that skipped this step counting with its last value (so one lost reading is not a dip).
+        """
+        totals: dict[str, float] = {}
+        units: dict[str, str] = {}
+        profile: dict[str, tuple[float | None, float | None]] = {}
+        for utility in self.utility_counts:
+            km = cfg.key_metric(utility)
+            if not km or km not in means:
+                continue
+            total = 0.0
+            for st in self.sensors.values():
+                last = st["last"].get(km)
+                if last is not None and step - st["seen"] <= cfg.window_steps:
+                    total += last
+            totals[km] = total
+            if km in self.units:
+                units[km] = self.units[km]
+            # the usual zone total at this hour and the next: the forecast's seasonal inputs
+            slots = self.profiles.get(km + TOTAL)
+            if slots is None:
+                slots = self.profiles[km + TOTAL] = new_profile()
+            profile_update(slots, step, cfg.step_s, total, cfg.profile_alpha)
+            profile[km] = (
+                profile_expect_raw(slots, step + 1, cfg.step_s),
+                profile_expect_raw(slots, step, cfg.step_s),
+            )
+        return totals, units, profile
 
     # -- forecast history ----------------------------------------------------------------------
 
@@ -480,7 +526,7 @@ class ZoneState:
         Uses the history as it is now (the caller appends steps in order) and the
         profile as it was when ``step`` closed (later steps of the batch may have moved it).
         """
-        hist = self.hist.get(metric)
+        hist = self.history.get(metric)
         if not hist:
             return None
         w = cfg.window_steps
@@ -506,16 +552,44 @@ class ZoneState:
         if frozen:
             return
         for metric, value in step.actual.items():
-            hist = self.hist.get(metric, [])
-            self.hist[metric] = [*hist[-(cfg.window_steps - 1) :], float(value)]
+            hist = self.history.get(metric, [])
+            self.history[metric] = [*hist[-(cfg.window_steps - 1) :], float(value)]
 
     # -- incident volume, carried from step to step (and batch to batch) ----------------------------
 
     def incident_volume(self, incident: dict[str, Any] | None) -> float:
         """Volume lost so far by ``incident`` before the current step (0 for a new incident)."""
-        if incident is None or self.vol is None or self.vol[0] != incident["since_ms"]:
+        loss = self.incident_loss
+        if incident is None or loss is None or loss[0] != incident["since_ms"]:
             return 0.0
-        return float(self.vol[1])
+        return float(loss[1])
 
     def set_incident_volume(self, incident: dict[str, Any] | None) -> None:
-        self.vol = None if incident is None else [incident["since_ms"], incident["volume"]]
+        self.incident_loss = None if incident is None else [incident["since_ms"], incident["volume"]]
+
+
+_VERSION_1_NAMES = {
+    "util": "utility_counts",
+    "wm": "watermarks",
+    "off": "offsets",
+    "base": "baselines",
+    "prof": "profiles",
+    "recent": "recent_z",
+    "hist": "history",
+    "vol": "incident_loss",
+}
+
+
+def _from_version_1(d: dict[str, Any]) -> dict[str, Any]:
+    """A state written before the names were spelled out (v1 kept each sensor's metric stats beside its
+    ``_b``/``_m`` keys, where a metric of either name would have overwritten them)."""
+    out = {_VERSION_1_NAMES.get(k, k): v for k, v in d.items() if k != "sens"}
+    out["sensors"] = {
+        sensor: {
+            "seen": st.get("_b", -1),
+            "stats": {m: v for m, v in st.items() if m not in ("_b", "_m")},
+            "last": st.get("_m", {}),
+        }
+        for sensor, st in d.get("sens", {}).items()
+    }
+    return out

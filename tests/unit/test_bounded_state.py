@@ -134,7 +134,7 @@ async def test_states_of_sensors_silent_beyond_the_ttl_are_deleted_from_the_tabl
 
 def zone(name: str, newest: int) -> bytes:
     st = ZoneState(name, 60_000)
-    st.wm = {"0": newest}
+    st.watermarks = {"0": newest}
     return dumps(st.to_dict())
 
 

@@ -265,10 +265,10 @@ def test_state_stays_bounded() -> None:
         items = [(reading(f"s{k}", T0 + k * STEP_MS, flow=1.0 + k), 0, k)]
         proc.process(states, [partial_of(items)], {"0": T0 + k * STEP_MS})
     st = states["z1"]
-    assert len(st.sens) <= cfg.sensor_ttl_steps + 2
-    assert len(st.hist["water.flow"]) == cfg.window_steps
+    assert len(st.sensors) <= cfg.sensor_ttl_steps + 2
+    assert len(st.history["water.flow"]) == cfg.window_steps
     assert len(st.open) <= 2
-    assert all(len(slots) == 25 for slots in st.prof.values())  # 24 hour slots + the open hour
+    assert all(len(slots) == 25 for slots in st.profiles.values())  # 24 hour slots + the open hour
 
 
 # -- losses -----------------------------------------------------------------------------------------
@@ -367,3 +367,18 @@ def test_settings_from_env_and_their_validation() -> None:
     assert FeatureConfig.from_dict(cfg.to_dict()) == cfg
     assert cfg.key_metric("water") == "water.flow" and cfg.key_metric("steam") is None
     assert math.isclose(cfg.baseline_alpha, 1 - 0.5 ** (1 / s.baseline_half_life_steps))
+
+
+def test_a_state_written_before_the_names_were_spelled_out_is_read_as_it_was() -> None:
+    # tables and changelogs written by the previous release hold version 1 (short names, each sensor's metric
+    # stats beside its "_b"/"_m" keys): a worker of this release takes them over unchanged
+    rng = np.random.default_rng(9)
+    _, states = run_steps([{"flow": 100.0 + rng.normal(0, 2), "pressure": 400 + rng.normal(0, 1)} for _ in range(30)])
+    now = states["z1"].to_dict()
+    short = {"utility_counts": "util", "watermarks": "wm", "offsets": "off", "baselines": "base", "profiles": "prof"}
+    short |= {"recent_z": "recent", "history": "hist", "incident_loss": "vol"}
+    v1 = {short.get(k, k): v for k, v in now.items() if k not in ("sensors", "v")}
+    v1["v"] = 1
+    v1["sens"] = {s: {"_b": st["seen"], "_m": st["last"], **st["stats"]} for s, st in now["sensors"].items()}
+    assert now["sensors"] and now["baselines"] and now["watermarks"]
+    assert ZoneState.from_bytes(orjson.dumps(v1)).to_dict() == now
