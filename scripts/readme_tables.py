@@ -32,7 +32,7 @@ def _service_settings(service: str) -> Callable[[], str]:
             for obj in vars(module).values()
             if isinstance(obj, type) and obj.__module__ == module.__name__ and hasattr(obj, "__dataclass_fields__")
         )
-        prefix = getattr(module, "ENV_PREFIX", getattr(module, "PREFIX", f"FLOWWATCH_{service.upper()}_"))
+        prefix = getattr(module, "ENV_PREFIX", f"FLOWWATCH_{service.upper()}_")
         return settings_table(cls, prefix)
 
     return render

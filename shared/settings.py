@@ -11,7 +11,7 @@ import dataclasses
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Self
 
 ENV_PREFIX = "FLOWWATCH_"
 _PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -161,6 +161,35 @@ class Settings:
     def to_env(self) -> dict[str, str]:
         """The ``FLOWWATCH_*`` variables that reproduce these settings in a child process."""
         return env_of(self, ENV_PREFIX)
+
+
+class ServiceSettings:
+    """The knobs one service has beyond :class:`Settings`: a frozen dataclass that derives from this.
+
+    Its variables are ``ENV_PREFIX`` + the field name (or a field's own ``env``); a field declared with
+    ``_doc(secret=True)`` never shows in a repr or a log line. Cross-field checks go in :meth:`validate`.
+    """
+
+    ENV_PREFIX: ClassVar[str]
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> Self:
+        """Settings from the environment (or ``<variable>_FILE``); ``overrides`` win over it."""
+        values = env_values(cls, cls.ENV_PREFIX, env)
+        values.update(overrides)
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        """Raise ValueError naming the variable when fields contradict each other."""
+
+    def replace(self, **changes: Any) -> Self:
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+
+    def to_env(self) -> dict[str, str]:
+        """The variables that reproduce these settings in a child process."""
+        return env_of(self, self.ENV_PREFIX)
 
 
 def env_values(cls: type, prefix: str, env: dict[str, str] | None = None) -> dict[str, Any]:

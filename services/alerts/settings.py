@@ -8,17 +8,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import ClassVar
 
-from shared.settings import _doc, env_of, env_values
+from shared.settings import ServiceSettings, _doc
 
 ENV_PREFIX = "FLOWWATCH_ALERTS_"
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "config" / "alerts.yaml"
 
 
 @dataclass(frozen=True)
-class AlertsSettings:
+class AlertsSettings(ServiceSettings):
     """Runtime settings of the alerts service. Read with :meth:`from_env`."""
+
+    ENV_PREFIX: ClassVar[str] = ENV_PREFIX
 
     config_path: Path = _doc(DEFAULT_CONFIG, "Rules, routing, inhibition, receivers and mute intervals (YAML).")
     tick_interval_s: float = _doc(
@@ -84,12 +86,3 @@ class AlertsSettings:
         60.0,
         "Kafka consumer session timeout: how long a crashed worker keeps its partitions before another takes over.",
     )
-
-    @classmethod
-    def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> AlertsSettings:
-        values = env_values(cls, ENV_PREFIX, env)
-        values.update(overrides)
-        return cls(**values)
-
-    def to_env(self) -> dict[str, str]:
-        return env_of(self, ENV_PREFIX)

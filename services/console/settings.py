@@ -6,18 +6,19 @@ these are the knobs only the console has. ``python -m services.console settings`
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import ClassVar
 
-from shared.settings import _doc, env_values
+from shared.settings import ServiceSettings, _doc
 
 ENV_PREFIX = "FLOWWATCH_CONSOLE_"
 
 
 @dataclass(frozen=True)
-class ConsoleSettings:
+class ConsoleSettings(ServiceSettings):
     """Where the console finds its users and the other services, and how it guards logins and the live feed."""
+
+    ENV_PREFIX: ClassVar[str] = ENV_PREFIX
 
     database_url: str = _doc(
         "postgresql://postgres@127.0.0.1:5432/flowwatch",
@@ -62,15 +63,6 @@ class ConsoleSettings:
     trust_forwarded_for: bool = _doc(
         False, "Take the client address from X-Forwarded-For (only behind a proxy that sets it) for rate limits."
     )
-
-    @classmethod
-    def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> ConsoleSettings:
-        values = env_values(cls, ENV_PREFIX, env)
-        values.update(overrides)
-        return cls(**values)
-
-    def replace(self, **changes: Any) -> ConsoleSettings:
-        return dataclasses.replace(self, **changes)
 
     def targets(self) -> dict[str, str]:
         out = {}

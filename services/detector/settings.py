@@ -7,20 +7,21 @@ are ``shared.settings.Settings``; these are the knobs only the detector has.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import ClassVar
 
-from shared.settings import _doc, env_of, env_values
+from shared.settings import ServiceSettings, _doc
 
 ENV_PREFIX = "FLOWWATCH_DETECTOR_"
 DEFAULT_PROFILES_FILE = Path(__file__).with_name("profiles.yaml")
 
 
 @dataclass(frozen=True)
-class DetectorSettings:
+class DetectorSettings(ServiceSettings):
     """How the detector batches, which models it uses, what it emits."""
+
+    ENV_PREFIX: ClassVar[str] = ENV_PREFIX
 
     batch_size: int = _doc(2000, "Most readings scored in one micro-batch.")
     batch_wait_s: float = _doc(
@@ -108,15 +109,3 @@ class DetectorSettings:
     drift_check_s: float = _doc(
         60.0, "How often (seconds) drift is computed and transitions are published on `drift`; 0 turns drift off."
     )
-
-    @classmethod
-    def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> DetectorSettings:
-        values = env_values(cls, ENV_PREFIX, env)
-        values.update(overrides)
-        return cls(**values)
-
-    def replace(self, **changes: Any) -> DetectorSettings:
-        return dataclasses.replace(self, **changes)
-
-    def to_env(self) -> dict[str, str]:
-        return env_of(self, ENV_PREFIX)

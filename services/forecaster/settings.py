@@ -7,9 +7,9 @@ timestamp, so a replay of last week's data gives the same risks as living throug
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import ClassVar
 
-from shared.settings import _doc, env_of, env_values
+from shared.settings import ServiceSettings, _doc
 
 ENV_PREFIX = "FLOWWATCH_FORECASTER_"
 
@@ -30,8 +30,10 @@ def parse_mapping(raw: str) -> dict[str, str]:
 
 
 @dataclass(frozen=True)
-class ForecasterSettings:
+class ForecasterSettings(ServiceSettings):
     """Runtime settings of the forecaster service. Read with :meth:`from_env`."""
+
+    ENV_PREFIX: ClassVar[str] = ENV_PREFIX
 
     step_s: int = _doc(60, "Length of one time step (feature bucket) in seconds of event time.")
     horizon_steps: int = _doc(15, "Risk horizon in steps: probability of an incident now or within this many steps.")
@@ -140,14 +142,6 @@ class ForecasterSettings:
     def tariff_by_utility(self) -> dict[str, float]:
         return {k: float(v) for k, v in parse_mapping(self.tariffs).items()}
 
-    @classmethod
-    def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> ForecasterSettings:
-        values = env_values(cls, ENV_PREFIX, env)
-        values.update(overrides)
-        settings = cls(**values)
-        settings.validate()
-        return settings
-
     def validate(self) -> None:
         if self.step_s <= 0 or self.horizon_steps <= 0 or self.window_steps < 4:
             raise ValueError("step_s and horizon_steps must be positive and window_steps at least 4")
@@ -159,9 +153,6 @@ class ForecasterSettings:
             raise ValueError("profile_alpha must be in (0, 1]")
         self.key_metric_by_utility  # noqa: B018 - raises on a malformed mapping
         self.tariff_by_utility  # noqa: B018
-
-    def to_env(self) -> dict[str, str]:
-        return env_of(self, ENV_PREFIX)
 
 
 if __name__ == "__main__":

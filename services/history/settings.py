@@ -6,20 +6,21 @@ these are the knobs only history has. ``python -m services.history settings`` pr
 
 from __future__ import annotations
 
-import dataclasses
 import ssl
 from dataclasses import dataclass
-from typing import Any
+from typing import ClassVar
 
-from shared.settings import _doc, env_values
+from shared.settings import ServiceSettings, _doc
 
 ENV_PREFIX = "FLOWWATCH_HISTORY_"
 DAY_S = 24 * 3600
 
 
 @dataclass(frozen=True)
-class HistorySettings:
+class HistorySettings(ServiceSettings):
     """Where history is kept, how the sink batches, how episodes are cut, how much is kept."""
+
+    ENV_PREFIX: ClassVar[str] = ENV_PREFIX
 
     database_url: str = _doc(
         "postgresql://postgres@127.0.0.1:5432/flowwatch",
@@ -68,15 +69,6 @@ class HistorySettings:
     max_points: int = _doc(20_000, "Most points (steps x series) one series or playback query may return.")
     max_csv_rows: int = _doc(1_000_000, "Most rows one CSV export streams.")
     query_timeout_s: float = _doc(30.0, "Statement timeout (seconds) of API queries.")
-
-    @classmethod
-    def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> HistorySettings:
-        values = env_values(cls, ENV_PREFIX, env)
-        values.update(overrides)
-        return cls(**values)
-
-    def replace(self, **changes: Any) -> HistorySettings:
-        return dataclasses.replace(self, **changes)
 
     def ssl_context(self) -> ssl.SSLContext | str | None:
         """What asyncpg's ``ssl`` argument needs for ``db_sslmode`` (None: as the URL says)."""

@@ -7,12 +7,11 @@ the table for the README.
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import ClassVar
 
-from shared.settings import _doc, env_values
+from shared.settings import ServiceSettings, _doc
 
 ENV_PREFIX = "FLOWWATCH_INGEST_"
 DEFAULT_RANGES_FILE = Path(__file__).with_name("ranges.yaml")
@@ -21,8 +20,10 @@ UNKNOWN_METRIC_POLICIES = ("accept", "strict")
 
 
 @dataclass(frozen=True)
-class IngestSettings:
+class IngestSettings(ServiceSettings):
     """What ingest accepts, how it batches, and how it watches sensors."""
+
+    ENV_PREFIX: ClassVar[str] = ENV_PREFIX
 
     ranges_file: str = _doc(
         "",
@@ -150,6 +151,7 @@ class IngestSettings:
         "besides API tokens of role operator or above. With neither configured the endpoint refuses every request "
         "(closed by default). Never logged.",
         env="FLOWWATCH_INGEST_TOKEN",
+        secret=True,
     )
     token_file: str = _doc(
         "",
@@ -157,22 +159,8 @@ class IngestSettings:
         env="FLOWWATCH_INGEST_TOKEN_FILE",
     )
 
-    @classmethod
-    def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> IngestSettings:
-        values = env_values(cls, ENV_PREFIX, env)
-        values.update(overrides)
-        return cls(**values)
-
-    def replace(self, **changes: Any) -> IngestSettings:
-        return dataclasses.replace(self, **changes)
-
     def resolved_token(self) -> str:
         """The configured token ('' when none); the file wins over the variable."""
         if self.token_file:
             return Path(self.token_file).read_text().strip()
         return self.token.strip()
-
-    def __repr__(self) -> str:
-        # The token must not reach a log line through a repr.
-        shown = {f.name: ("***" if f.name == "token" and self.token else getattr(self, f.name)) for f in fields(self)}
-        return f"IngestSettings({', '.join(f'{k}={v!r}' for k, v in shown.items())})"

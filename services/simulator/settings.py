@@ -5,18 +5,19 @@ The broker, MQTT URL and topic prefix come from the shared :class:`shared.settin
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, fields
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
-from shared.settings import _doc, env_values
+from shared.settings import ServiceSettings, _doc
 
-PREFIX = "FLOWWATCH_SIMULATOR_"
+ENV_PREFIX = "FLOWWATCH_SIMULATOR_"
 
 
 @dataclass(frozen=True)
-class SimulatorSettings:
+class SimulatorSettings(ServiceSettings):
     """Defaults of ``python -m services.simulator``; every one can also be given as a flag."""
+
+    ENV_PREFIX: ClassVar[str] = ENV_PREFIX
 
     seed: int = _doc(7, "Seed of everything random: the same seed gives the same readings, faults and incidents.")
     network: str = _doc("", "Network description (YAML or JSON); empty means the default network.")
@@ -42,24 +43,16 @@ class SimulatorSettings:
     kafka_batch_bytes: int = _doc(1_048_576, "Maximum bytes of one producer batch per partition.")
     tick_ms: int = _doc(100, "Pacing granularity of real-time runs: readings due within a tick go out together.")
 
+    # Flags left unset (None) keep the environment's value.
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> SimulatorSettings:
-        values = env_values(cls, PREFIX, env)
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
+        return super().from_env(env, **{k: v for k, v in overrides.items() if v is not None})
 
     def replace(self, **changes: Any) -> SimulatorSettings:
-        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
-
-    def __repr__(self) -> str:  # secrets never reach a log line through repr
-        shown = {
-            f.name: ("***" if f.metadata.get("secret") and getattr(self, f.name) else getattr(self, f.name))
-            for f in fields(self)
-        }
-        return f"SimulatorSettings({shown})"
+        return super().replace(**{k: v for k, v in changes.items() if v is not None})
 
 
 if __name__ == "__main__":
     from shared.settings import settings_table
 
-    print(settings_table(SimulatorSettings, PREFIX))
+    print(settings_table(SimulatorSettings, ENV_PREFIX))
