@@ -1,14 +1,15 @@
-"""Parsing of the times and durations the CLIs and APIs accept (the simulator's start and duration, retrain's window)."""
+"""Parsing of the times and durations the CLIs, the APIs and the config files accept."""
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
-_UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "min": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
+_UNITS_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 _PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|min|s|m|h|d|w)")
 
 Moment = str | int | float | datetime | np.datetime64
@@ -19,26 +20,46 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def parse_duration_ms(value: Span) -> int:
-    """``"90s"``, ``"1h30m"``, ``"7d"``, ``"250ms"``, a timedelta, or a number of seconds -> milliseconds."""
+def parse_duration_s(value: Span) -> float:
+    """``"90s"``, ``"1h30m"``, ``"7d"``, ``"500ms"``, ``"15 min"``, a bare number or a number of seconds, or a
+    timedelta -> seconds. The one parser of durations in the project (CLIs, the alerts config, the APIs): negative,
+    infinite, empty or unitless-after-a-unit values are refused with ValueError."""
+    seconds: float
+    if isinstance(value, bool):
+        raise ValueError(f"not a duration: {value!r}")
     if isinstance(value, timedelta):
-        return int(value.total_seconds() * 1000)
-    if isinstance(value, int | float):
-        return round(value * 1000)
+        seconds = value.total_seconds()
+    elif isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        seconds = _text_duration_s(value)
+    else:
+        raise ValueError(f"not a duration: {value!r} (use e.g. 90s, 15m, 2h, 7d, 1h30m)")
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"not a duration: {value!r} (a duration is finite and not negative)")
+    return seconds
+
+
+def parse_duration_ms(value: Span) -> int:
+    """:func:`parse_duration_s` in whole milliseconds."""
+    return round(parse_duration_s(value) * 1000)
+
+
+def _text_duration_s(value: str) -> float:
     text = value.strip().lower().replace(" ", "")
     try:
-        return round(float(text) * 1000)
+        return float(text)
     except ValueError:
         pass
     pos, total = 0, 0.0
     for match in _PART.finditer(text):
         if match.start() != pos:
             break
-        total += float(match.group(1)) * _UNITS_MS[match.group(2)]
+        total += float(match.group(1)) * _UNITS_S[match.group(2)]
         pos = match.end()
     if pos != len(text) or not text:
-        raise ValueError(f"not a duration: {value!r} (use e.g. 90s, 15m, 2h, 7d, 1h30m)")
-    return round(total)
+        raise ValueError(f"not a duration: {value!r} (use e.g. 500ms, 90s, 15m, 2h, 7d, 1h30m)")
+    return total
 
 
 def parse_time_ms(value: Moment) -> int:

@@ -20,10 +20,10 @@ from typing import Any, TypeVar
 
 import yaml
 
-from services.alerts.durations import parse_duration
 from services.alerts.matchers import Matcher, MatcherError, match_all, parse_matchers
 from services.alerts.rules import SOURCES, RateLimit, Rule, RuleError, check_template, parse_condition
 from services.alerts.timeintervals import IntervalError, TimeInterval, parse_time_range
+from shared.timeutil import parse_duration_s
 
 T = TypeVar("T")
 DEFAULT_SHARD_BY = ("site", "zone")
@@ -185,7 +185,7 @@ def _bool(value: Any) -> bool:
 
 
 def _positive(value: Any) -> float:
-    seconds = parse_duration(value)
+    seconds = parse_duration_s(value)
     if seconds <= 0:
         raise ValueError("must be greater than zero")
     return seconds
@@ -331,7 +331,7 @@ def _parse_route(file: str, spec: Any, path: str, parent: Route | None) -> Route
         path=path,
         receiver=ctx.get(spec, "receiver", str, inherit.get("receiver", ...)),
         group_by=ctx.get(spec, "group_by", _str_list, inherit.get("group_by", ("alertname",))),
-        group_wait_s=ctx.get(spec, "group_wait", parse_duration, inherit.get("group_wait_s", 30.0)),
+        group_wait_s=ctx.get(spec, "group_wait", parse_duration_s, inherit.get("group_wait_s", 30.0)),
         group_interval_s=ctx.get(spec, "group_interval", _positive, inherit.get("group_interval_s", 300.0)),
         repeat_interval_s=ctx.get(spec, "repeat_interval", _positive, inherit.get("repeat_interval_s", 4 * 3600.0)),
         matchers=ctx.get(spec, "matchers", parse_matchers, ()),

@@ -22,7 +22,6 @@ import asyncpg
 import orjson
 from aiohttp import web as aioweb
 
-from services.alerts.durations import parse_duration
 from services.console import public
 from services.console.auth import COOKIE, ApiError, needs
 from services.console.live import Hub, frame
@@ -37,6 +36,7 @@ from services.console.users import UserError, Users
 from services.history import report
 from shared.auth import Principal, principal_of
 from shared.cache import Cache
+from shared.timeutil import parse_duration_s
 
 log = logging.getLogger(__name__)
 MAX_BODY = 64 * 1024
@@ -466,7 +466,7 @@ class ConsoleApi:
         who = principal_of(request)
         body = await self.body(request)
         try:
-            seconds = parse_duration(body.get("duration"))
+            seconds = parse_duration_s(body.get("duration"))
         except ValueError as exc:
             raise ApiError(400, f"duration: {exc}") from None
         if seconds <= 0:

@@ -14,10 +14,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from services.history.settings import HistorySettings
+from shared.timeutil import parse_duration_ms
 
 DAY_MS = 86_400_000
-_DURATION = re.compile(r"^(\d+)\s*(ms|s|m|h|d|w)?$")
-_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": DAY_MS, "w": 7 * DAY_MS, None: 1000}
 DIMENSIONS = {
     "site": "site",
     "zone": "zone",
@@ -39,10 +38,10 @@ class QueryError(ValueError):
 
 def duration_ms(text: str, param: str) -> int:
     """``90``, ``90s``, ``5m``, ``1h``, ``7d``, ``2w``, ``500ms`` -> milliseconds (a bare number is seconds)."""
-    m = _DURATION.match(text.strip())
-    if not m:
-        raise QueryError(param, f"{text!r} is not a duration like 30s, 5m, 1h or 7d")
-    return int(m[1]) * _UNIT_MS[m[2]]
+    try:
+        return parse_duration_ms(text)
+    except ValueError:
+        raise QueryError(param, f"{text!r} is not a duration like 30s, 5m, 1h or 7d") from None
 
 
 def time_ms(text: str, param: str) -> int:
