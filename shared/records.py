@@ -268,6 +268,23 @@ class LeakReport(Record):
     v: int = 1
 
 
+#: The incident mechanisms an :class:`IncidentLabel` names: what the simulator injects, what the forecaster maps to
+#: its risk classes and what retrain reads as labels. Append only (models and label files use the names).
+INCIDENT_TYPES: tuple[str, ...] = (
+    "leak",
+    "burst",
+    "contamination",
+    "pump_cavitation",
+    "bearing_fault",
+    "stuck_sensor",
+    "drift",
+    "spike",
+    "overconsumption",
+    "gas_pressure_excursion",
+    "tampering",
+)
+
+
 @dataclass(slots=True)
 class IncidentLabel(Record):
     """Ground truth of an injected incident (labels), written by the simulator."""

@@ -24,22 +24,23 @@ RISK_CLASSES: tuple[str, ...] = (
 INCIDENT_CLASSES: tuple[str, ...] = RISK_CLASSES[1:]
 CLASS_INDEX = {name: i for i, name in enumerate(RISK_CLASSES)}
 
-#: Incident label type (simulator, user CSV) -> risk class.
-LABEL_TO_CLASS: dict[str, str] = {
+#: Risk class of each incident mechanism (every one of shared.records.INCIDENT_TYPES, a unit test checks).
+MECHANISM_CLASS: dict[str, str] = {
     "leak": "leak",
     "burst": "burst",
     "contamination": "contamination",
     "pump_cavitation": "pump_fault",
     "bearing_fault": "pump_fault",
-    "pump_fault": "pump_fault",
     "stuck_sensor": "sensor_fault",
     "drift": "sensor_fault",
     "spike": "sensor_fault",
-    "sensor_fault": "sensor_fault",
     "overconsumption": "overconsumption",
     "gas_pressure_excursion": "gas_pressure_excursion",
     "tampering": "tampering",
 }
+
+#: Incident label type (simulator, user CSV) -> risk class: the mechanisms, and each class by its own name.
+LABEL_TO_CLASS: dict[str, str] = {**MECHANISM_CLASS, **{c: c for c in INCIDENT_CLASSES}}
 
 #: Classes whose loss is extra volume over the forecast (the key metric runs high).
 VOLUME_LOSS_CLASSES = frozenset({"leak", "burst", "overconsumption"})

@@ -24,7 +24,7 @@ import numpy as np
 
 from services.simulator.network import Network
 from services.simulator.units import METRIC_INDEX, METRICS
-from shared.records import IncidentLabel
+from shared.records import INCIDENT_TYPES, IncidentLabel
 
 HOUR_S = 3600.0
 _M = len(METRICS)
@@ -338,7 +338,6 @@ KINDS: dict[str, IncidentKind] = {
         lambda rng: {"reported_fraction": rng.uniform(0.15, 0.5)},
     ),
 }
-INCIDENT_TYPES: tuple[str, ...] = tuple(KINDS)
 
 DEFAULT_WEIGHTS: dict[str, float] = {
     "leak": 1.0,

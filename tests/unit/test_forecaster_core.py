@@ -8,7 +8,7 @@ import numpy as np
 import orjson
 import pytest
 
-from services.forecaster.classes import CLASS_INDEX, LABEL_TO_CLASS, RISK_CLASSES, risk_class
+from services.forecaster.classes import CLASS_INDEX, LABEL_TO_CLASS, MECHANISM_CLASS, RISK_CLASSES, risk_class
 from services.forecaster.dataset import ZoneLabels
 from services.forecaster.features import METRIC_FEATURES, FeatureConfig
 from services.forecaster.losses import account_loss, incident_transition, volume_unit
@@ -322,19 +322,13 @@ def test_rate_units_convert_to_volumes() -> None:
 
 
 def test_every_simulator_incident_type_maps_to_a_risk_class() -> None:
-    for kind in (
-        "leak",
-        "burst",
-        "contamination",
-        "pump_cavitation",
-        "bearing_fault",
-        "stuck_sensor",
-        "drift",
-        "spike",
-        "overconsumption",
-        "gas_pressure_excursion",
-        "tampering",
-    ):
+    from services.simulator.incidents import KINDS
+    from shared.records import INCIDENT_TYPES
+
+    # one vocabulary: what the simulator injects is what the forecaster classifies
+    assert tuple(KINDS) == INCIDENT_TYPES
+    assert set(MECHANISM_CLASS) == set(INCIDENT_TYPES)
+    for kind in INCIDENT_TYPES:
         assert risk_class(kind) in RISK_CLASSES[1:]
     assert set(LABEL_TO_CLASS.values()) == set(RISK_CLASSES[1:])
     with pytest.raises(ValueError, match="unknown incident type"):
