@@ -44,7 +44,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import orjson  # noqa: E402
 
-from services.forecaster import synthetic  # noqa: E402
+from services.forecaster.offline import synthetic  # noqa: E402
 from services.forecaster.partials import fold  # noqa: E402
 from services.forecaster.pipeline import ZoneProcessor  # noqa: E402
 from services.forecaster.settings import ForecasterSettings  # noqa: E402
@@ -80,7 +80,7 @@ class TimedModels:
 
 
 def train_model(model_dir: Path) -> None:
-    from services.forecaster.training import train
+    from services.forecaster.offline.training import train
 
     history = synthetic.generate(days=2.0, zones=ZONES, incident_rate_per_day=6.0, seed=5)
     train(history, ForecasterSettings(), model_dir, epochs=5, seed=1, promote="production")
@@ -274,7 +274,7 @@ async def worker_round(model_dir: Path, wire: list[tuple[bytes, bytes]], expecte
 
 
 def main() -> int:
-    from services.forecaster.training import load_predictor
+    from services.forecaster.offline.training import load_predictor
 
     model_dir = Path(tempfile.mkdtemp(prefix="bench-forecaster-models-"))
     try:

@@ -303,9 +303,9 @@ async def timed_consumer(settings: Settings, stop: asyncio.Event, out: dict[str,
 
 def train_forecaster(model_dir: Path) -> None:
     """The forecaster is ready only with a model: a small one (as the fault tests train) is enough here."""
-    from services.forecaster import synthetic
+    from services.forecaster.offline import synthetic
+    from services.forecaster.offline.training import train
     from services.forecaster.settings import ForecasterSettings
-    from services.forecaster.training import train
 
     history = synthetic.generate(days=1.0, zones={"water": 2, "energy": 1}, incident_rate_per_day=6.0, seed=21)
     train(history, ForecasterSettings(), model_dir, epochs=1, seed=3, promote="production")

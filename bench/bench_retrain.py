@@ -25,7 +25,7 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from services.forecaster.history import History  # noqa: E402
+from services.forecaster.offline.history import History  # noqa: E402
 from services.simulator.simulator import Simulator  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 from shared.topics import create_all  # noqa: E402

@@ -8,7 +8,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
-from services.forecaster.history import History
+from services.forecaster.offline.history import History
 from shared.codec import dumps
 from shared.settings import Settings
 from shared.topics import LABELS, READINGS_CLEAN

@@ -25,12 +25,12 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
 
 
 def _history(args: argparse.Namespace, fs: ForecasterSettings):
-    from services.forecaster import history as hist
+    from services.forecaster.offline import history as hist
 
     if args.data is not None:
         return hist.load(args.data)
     if args.synthetic is not None:
-        from services.forecaster import synthetic
+        from services.forecaster.offline import synthetic
 
         return synthetic.generate(days=args.synthetic, step_s=fs.step_s, seed=args.seed)
     return hist.simulate(args.simulate, start=args.start, seed=args.seed)
@@ -59,7 +59,7 @@ def train_cmd(argv: list[str]) -> int:
     p.add_argument("--publish", action="store_true", help="with --promote: send the models event so workers reload now")
     args = p.parse_args(argv)
     settings, fs, model_dir = _settings(args)
-    from services.forecaster.training import train, write_report
+    from services.forecaster.offline.training import train, write_report
 
     try:
         history = _history(args, fs)
@@ -112,7 +112,7 @@ def evaluate_cmd(argv: list[str]) -> int:
     p.add_argument("--from-ms", type=int, default=None, help="score from this time (default: the model's test split)")
     args = p.parse_args(argv)
     _, fs, model_dir = _settings(args)
-    from services.forecaster.training import evaluate
+    from services.forecaster.offline.training import evaluate
 
     try:
         history = _history(args, fs)

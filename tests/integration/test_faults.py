@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from services.forecaster import synthetic
+from services.forecaster.offline import synthetic
 from services.forecaster.settings import ForecasterSettings
 from shared.settings import Settings
 from shared.topics import create_all
@@ -39,7 +39,7 @@ def report(scenario: str, started: float, **figures: object) -> None:
 
 def train_small_model(model_dir: Path) -> None:
     """The forecaster is ready only with a model: a small one is enough to exercise its crash path."""
-    from services.forecaster.training import train
+    from services.forecaster.offline.training import train
 
     history = synthetic.generate(days=1.0, zones={"water": 2, "energy": 1}, incident_rate_per_day=6.0, seed=21)
     train(history, ForecasterSettings(), model_dir, epochs=1, seed=3, promote="production")

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from services.forecaster import synthetic
+from services.forecaster.offline import synthetic
 from services.forecaster.settings import ForecasterSettings
 from shared.settings import Settings
 from tests.helpers import ServiceProcess, collect, produce
@@ -30,7 +30,7 @@ ENV = {
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from services.forecaster.training import train
+    from services.forecaster.offline.training import train
 
     root = tmp_path_factory.mktemp("forecaster-crash-models")
     history = synthetic.generate(days=2.0, zones=ZONES, incident_rate_per_day=6.0, seed=21)

@@ -18,8 +18,8 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from services.forecaster import synthetic
-from services.forecaster.history import History
+from services.forecaster.offline import synthetic
+from services.forecaster.offline.history import History
 from services.forecaster.partials import fold
 from services.forecaster.pipeline import ZoneProcessor
 from services.forecaster.settings import ForecasterSettings
@@ -36,7 +36,7 @@ LEAK_START_H, LEAK_HOURS = 26.0, 2.0  # 02:00 on the second day: night flow, wit
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from services.forecaster.training import train
+    from services.forecaster.offline.training import train
 
     root = tmp_path_factory.mktemp("forecaster-models")
     history = synthetic.generate(
@@ -115,7 +115,7 @@ async def feed(settings: Settings, proc: ServiceProcess, msgs: list[tuple[bytes,
 
 def offline(history: History, until_ms: int, model_dir: Path) -> dict[tuple[str, int], dict]:
     """The same readings through the same pipeline in-process: what `evaluate` computes."""
-    from services.forecaster.training import load_predictor
+    from services.forecaster.offline.training import load_predictor
 
     settings = ForecasterSettings()
     predictor, _ = load_predictor(model_dir, settings.model_name, settings.model_alias)

@@ -10,9 +10,9 @@ SERVICES = ["ingest", "detector", "forecaster", "alerts"]
 
 def _give_forecaster_a_model(model_dir) -> None:
     """The forecaster is ready only once a model is loaded: train a tiny one (about 10 s)."""
-    from services.forecaster import synthetic
+    from services.forecaster.offline import synthetic
+    from services.forecaster.offline.training import train
     from services.forecaster.settings import ForecasterSettings
-    from services.forecaster.training import train
 
     history = synthetic.generate(days=1.5, zones={"water": 1, "energy": 1, "gas": 1}, incident_rate_per_day=4.0, seed=1)
     train(history, ForecasterSettings(), model_dir, epochs=2, seed=1, promote="production")

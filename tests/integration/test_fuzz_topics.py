@@ -23,7 +23,7 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer
 
-from services.forecaster import synthetic
+from services.forecaster.offline import synthetic
 from services.forecaster.settings import ForecasterSettings
 from shared.codec import loads
 from shared.settings import Settings
@@ -39,7 +39,7 @@ VALID = 300
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from services.forecaster.training import train
+    from services.forecaster.offline.training import train
 
     root = tmp_path_factory.mktemp("fuzz-models")
     history = synthetic.generate(days=0.5, zones={"water": 1}, incident_rate_per_day=6.0, seed=5)

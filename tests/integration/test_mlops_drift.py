@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from services.forecaster.history import History
+from services.forecaster.offline.history import History
 from services.simulator.engine import SimConfig
 from services.simulator.simulator import Simulator
 from shared.mlops.drift import DRIFT, MODERATE

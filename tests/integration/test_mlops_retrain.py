@@ -18,7 +18,7 @@ import httpx
 import orjson
 import pytest
 
-from services.forecaster.history import History
+from services.forecaster.offline.history import History
 from services.simulator.simulator import Simulator
 from shared.mlops.card import CARD
 from shared.registry import ModelRegistry

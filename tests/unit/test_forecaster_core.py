@@ -9,9 +9,9 @@ import orjson
 import pytest
 
 from services.forecaster.classes import CLASS_INDEX, LABEL_TO_CLASS, MECHANISM_CLASS, RISK_CLASSES, risk_class
-from services.forecaster.dataset import ZoneLabels
 from services.forecaster.features import METRIC_FEATURES, FeatureConfig
 from services.forecaster.losses import account_loss, incident_transition, volume_unit
+from services.forecaster.offline.dataset import ZoneLabels
 from services.forecaster.partials import fold, merge_bucket
 from services.forecaster.pipeline import ZoneProcessor
 from services.forecaster.settings import ForecasterSettings, parse_mapping

@@ -11,9 +11,9 @@ import numpy as np
 import orjson
 import pytest
 
-from services.forecaster import synthetic
-from services.forecaster.dataset import replay
-from services.forecaster.history import History
+from services.forecaster.offline import synthetic
+from services.forecaster.offline.dataset import replay
+from services.forecaster.offline.history import History
 from services.forecaster.partials import fold
 from services.forecaster.pipeline import ZoneProcessor
 from services.forecaster.settings import ForecasterSettings
@@ -29,7 +29,7 @@ def history() -> History:
 
 @pytest.fixture(scope="module")
 def trained(history: History, tmp_path_factory: pytest.TempPathFactory):
-    from services.forecaster.training import train
+    from services.forecaster.offline.training import train
 
     model_dir = tmp_path_factory.mktemp("models")
     version, report = train(history, SETTINGS, model_dir, epochs=30, seed=3)
@@ -52,7 +52,7 @@ def test_training_beats_the_naive_baselines_on_held_out_data(trained) -> None:
 
 
 def test_the_registered_model_serves_exactly_what_was_trained(trained, history: History) -> None:
-    from services.forecaster.training import load_predictor
+    from services.forecaster.offline.training import load_predictor
 
     model_dir, version, _report = trained
     predictor, mv = load_predictor(model_dir, SETTINGS.model_name, version=version.version)
@@ -97,7 +97,7 @@ def _serve(predictor, history: History, batch: int, partitions: int) -> dict[tup
 
 
 def test_serving_gives_the_same_outputs_whatever_the_batching(trained, history: History) -> None:
-    from services.forecaster.training import load_predictor
+    from services.forecaster.offline.training import load_predictor
 
     model_dir, version, _ = trained
     predictor, _mv = load_predictor(model_dir, SETTINGS.model_name, version=version.version)
@@ -119,7 +119,7 @@ def test_serving_gives_the_same_outputs_whatever_the_batching(trained, history: 
 def test_evaluate_replays_through_serving_and_writes_report_and_plots(
     trained, history: History, tmp_path: Path
 ) -> None:
-    from services.forecaster.training import evaluate
+    from services.forecaster.offline.training import evaluate
 
     model_dir, version, train_report = trained
     report = evaluate(history, SETTINGS, model_dir, tmp_path, version=version.version)
@@ -150,7 +150,7 @@ def test_cli_train_registers_a_version_the_workers_can_load(tmp_path: Path) -> N
     # make demo trains its first model this way: a report written into the version after it was sealed made
     # every load fail the sha256 check ("files differ … train-report.json"), and the demo forecaster never got ready
     from services.forecaster.cli import train_cmd
-    from services.forecaster.training import load_predictor
+    from services.forecaster.offline.training import load_predictor
 
     models, reports = tmp_path / "models", tmp_path / "reports"
     argv = ["--synthetic", "1.0", "--epochs", "1", "--model-dir", str(models), "--promote", "production"]

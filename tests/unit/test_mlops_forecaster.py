@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.forecaster import synthetic
+from services.forecaster.offline import synthetic
 from services.forecaster.offline.retrain import PROFILE, ForecasterTrainer, labels_of
 from services.forecaster.settings import ForecasterSettings
 from shared.mlops.gate import decide

@@ -22,10 +22,10 @@ import numpy as np
 import pandas as pd
 
 from services.forecaster.classes import LABEL_TO_CLASS
-from services.forecaster.dataset import ZoneLabels, replay
-from services.forecaster.history import NON_METRIC, History
+from services.forecaster.offline.dataset import ZoneLabels, replay
+from services.forecaster.offline.history import NON_METRIC, History
+from services.forecaster.offline.training import evaluate_records, fit, load_predictor
 from services.forecaster.settings import ForecasterSettings
-from services.forecaster.training import evaluate_records, fit, load_predictor
 from shared.mlops.gate import GateConfig, Metrics, Rule
 from shared.mlops.source import TooLittleData
 from shared.mlops.truth import Truth

@@ -16,10 +16,10 @@ import numpy as np
 import orjson
 
 from services.forecaster.classes import RISK_CLASSES
-from services.forecaster.dataset import ZoneLabels, metric_vocabulary, replay
-from services.forecaster.evaluation import classification_report, forecast_report, plots, prior_probs
 from services.forecaster.features import FeatureConfig
-from services.forecaster.history import History
+from services.forecaster.offline.dataset import ZoneLabels, metric_vocabulary, replay
+from services.forecaster.offline.evaluation import classification_report, forecast_report, plots, prior_probs
+from services.forecaster.offline.history import History
 from services.forecaster.settings import ForecasterSettings
 from shared.records import Risk
 from shared.registry import ModelRegistry, ModelVersion

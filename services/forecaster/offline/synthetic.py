@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from services.forecaster.history import History
+from services.forecaster.offline.history import History
 from shared.records import IncidentLabel
 
 HOUR_MS = 3_600_000

@@ -16,7 +16,7 @@ import numpy as np
 
 from services.forecaster.classes import CLASS_INDEX, risk_class
 from services.forecaster.features import FeatureConfig
-from services.forecaster.history import History
+from services.forecaster.offline.history import History
 from services.forecaster.partials import fold
 from services.forecaster.pipeline import Models, ZoneProcessor
 from services.forecaster.settings import ForecasterSettings
