@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from services.forecaster.offline.history import History
-from shared.records import IncidentLabel
+from shared.records import INCIDENT_TYPES, IncidentLabel
 
 HOUR_MS = 3_600_000
 
@@ -22,17 +22,8 @@ KINDS: dict[str, dict] = {
         "sensors": [("pipe", {"flow": 120.0, "pressure": 430.0})] * 4
         + [("quality", {"chlorine": 0.6, "turbidity": 0.4})]
         + [("pump", {"power": 45.0, "current": 80.0, "vibration": 2.0})],
-        "incidents": [
-            "leak",
-            "burst",
-            "contamination",
-            "pump_cavitation",
-            "bearing_fault",
-            "stuck_sensor",
-            "drift",
-            "spike",
-            "tampering",
-        ],
+        # every mechanism but those of the other utilities
+        "incidents": [t for t in INCIDENT_TYPES if t not in ("overconsumption", "gas_pressure_excursion")],
     },
     "energy": {
         "utility": "energy",
