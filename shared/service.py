@@ -237,9 +237,18 @@ class ServiceState:
 
 
 def base_app(
-    settings: Settings, *, app_id: str | None = None, openapi: Path | None = None, **conf: Any
+    settings: Settings,
+    *,
+    app_id: str | None = None,
+    openapi: Path | None = None,
+    session_timeout_s: float = 60.0,
+    **conf: Any,
 ) -> tuple[faust.App, ServiceState]:
-    """A configured Faust app with /health, /ready, /metrics and (given its file) /openapi.json mounted."""
+    """A configured Faust app with /health, /ready, /metrics and (given its file) /openapi.json mounted.
+
+    ``session_timeout_s`` is the service's consumer-group session: heartbeats go at a quarter of it (3 s at
+    most) and a rebalance may take as long (10 s at least), the same rule for every service.
+    """
     setup_logging(settings.service, settings.log_level)
     settings.table_dir.mkdir(parents=True, exist_ok=True)
     options: dict[str, Any] = {
@@ -266,9 +275,9 @@ def base_app(
         "table_standby_replicas": settings.standby_replicas,
         "broker_credentials": settings.kafka_credentials(),
         # Against rebalance storms (pitfall 1): generous session, quick heartbeats.
-        "broker_session_timeout": 60.0,
-        "broker_heartbeat_interval": 3.0,
-        "broker_rebalance_timeout": 60.0,
+        "broker_session_timeout": session_timeout_s,
+        "broker_heartbeat_interval": min(3.0, session_timeout_s / 4),
+        "broker_rebalance_timeout": max(session_timeout_s, 10.0),
         "consumer_auto_offset_reset": "earliest",
         # A topic that appears after the worker joined (a new changelog on a fresh broker, an input created
         # late) is seen at the next metadata refresh, which rejoins the group so it gets assigned: every

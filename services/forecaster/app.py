@@ -61,9 +61,7 @@ def create_app(settings: Settings | None = None, forecaster_settings: Forecaster
     app, state = base_app(
         settings,
         openapi=OPENAPI,
-        broker_session_timeout=fs.session_timeout_s,
-        broker_heartbeat_interval=min(3.0, fs.session_timeout_s / 4),
-        broker_rebalance_timeout=max(fs.session_timeout_s, 10.0),
+        session_timeout_s=fs.session_timeout_s,
     )
     partials_topic = faust_topic(app, FORECASTER_ZONE_PARTIALS, settings)
     risk_topic = faust_topic(app, RISK, settings)
