@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from services.simulator import FaultConfig, Network, SimConfig, Simulator  # noqa: E402
 from services.simulator.encode import Encoder  # noqa: E402
-from services.simulator.engine import Batch  # noqa: E402
+from services.simulator.generator import Batch  # noqa: E402
 from services.simulator.runner import Runner, RunOptions  # noqa: E402
 from services.simulator.sinks import KafkaSink  # noqa: E402
 from shared.settings import Settings  # noqa: E402

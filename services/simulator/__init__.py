@@ -6,8 +6,8 @@ The Python API (see docs/simulator.md)::
     df, labels = Simulator(Network.default(7), SimConfig(), seed=7).history("2024-03-04", "7d", step="60s")
 """
 
-from services.simulator.engine import Batch, SimConfig
 from services.simulator.faults import FaultConfig
+from services.simulator.generator import Batch, SimConfig
 from services.simulator.incidents import INCIDENT_TYPES
 from services.simulator.labels import label_readings, read_labels, write_labels
 from services.simulator.network import Network, NetworkError

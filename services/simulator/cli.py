@@ -25,9 +25,9 @@ from typing import Any
 
 import orjson
 
-from services.simulator.engine import SimConfig
 from services.simulator.faults import PRESETS, FaultConfig
 from services.simulator.formats import FORMATS, FormatEncoder, http_url, kafka_topic, mqtt_root
+from services.simulator.generator import SimConfig
 from services.simulator.incidents import DEFAULT_WEIGHTS, INCIDENT_TYPES
 from services.simulator.labels import LabelFile, labels_path_for
 from services.simulator.network import Network, NetworkError

@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import orjson
 
-from services.simulator.engine import Batch, Engine
 from services.simulator.faults import DETAIL_CODE, DETAILS, FAULT_CODE
+from services.simulator.generator import Batch, Engine
 from services.simulator.hashing import uniform
 from services.simulator.units import CANONICAL_UNITS, METRIC_INDEX, METRICS, SENTINELS, conversion, decimals_for
 

@@ -28,8 +28,8 @@ import numpy as np
 import orjson
 
 from services.simulator.encode import Encoder, corrupt
-from services.simulator.engine import Batch, Engine
 from services.simulator.faults import DETAIL_CODE, FAULT_CODE
+from services.simulator.generator import Batch, Engine
 from services.simulator.units import DECIMALS, METRICS
 
 FORMATS = ("native", "gas-station", "building-energy", "water-meter", "scada-wide")

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from services.simulator.engine import Batch, Engine
 from services.simulator.faults import DETAILS, FAULTS
+from services.simulator.generator import Batch, Engine
 from services.simulator.units import METRICS
 
 ID_COLUMNS = ("sensor_id", "site", "zone", "utility", "asset")

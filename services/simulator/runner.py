@@ -21,9 +21,9 @@ import numpy as np
 import orjson
 
 from services.simulator.encode import Encoder
-from services.simulator.engine import Batch, Engine
 from services.simulator.faults import DETAILS, FAULTS
 from services.simulator.formats import FormatEncoder
+from services.simulator.generator import Batch, Engine
 from services.simulator.labels import LabelFile
 from services.simulator.sinks import Sink
 from shared.records import IncidentLabel

@@ -16,8 +16,8 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from services.simulator.encode import Encoder
-from services.simulator.engine import Batch, Engine, SimConfig
 from services.simulator.frames import Vocab, arrow_schema, iso_index, to_arrow, to_frame, wide, wide_labels
+from services.simulator.generator import Batch, Engine, SimConfig
 from services.simulator.labels import labels_path_for, write_labels
 from services.simulator.network import Network
 from shared.records import IncidentLabel

@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from services.forecaster.offline.history import History
-from services.simulator.engine import SimConfig
+from services.simulator.generator import SimConfig
 from services.simulator.simulator import Simulator
 from shared.mlops.drift import DRIFT, MODERATE
 from shared.mlops.monitor import NO_CARD, group_level

@@ -11,7 +11,7 @@ from services.alerts.evaluate import evaluate_batch
 from services.alerts.settings import DEFAULT_CONFIG
 from services.forecaster.drift import ForecastDrift, relative_error
 from services.forecaster.settings import ForecasterSettings
-from services.simulator.engine import METRIC_INDEX, Engine, SimConfig
+from services.simulator.generator import METRIC_INDEX, Engine, SimConfig
 from services.simulator.network import Network
 from shared.codec import dumps
 from shared.mlops import drift as driftmod

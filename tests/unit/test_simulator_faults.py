@@ -10,8 +10,8 @@ import pytest
 
 from services.simulator import FaultConfig, Network, SimConfig, Simulator
 from services.simulator.encode import Encoder
-from services.simulator.engine import Batch
 from services.simulator.faults import FAULT_CODE
+from services.simulator.generator import Batch
 
 START = "2024-03-04T00:00:00Z"
 NET = Network.default(7)

@@ -19,9 +19,9 @@ from services.ingest.validation import validate
 from services.simulator import FaultConfig, Network, SimConfig, Simulator
 from services.simulator.cli import main
 from services.simulator.encode import Encoder
-from services.simulator.engine import Batch
 from services.simulator.faults import FAULT_CODE
 from services.simulator.formats import FORMATS, MQTT_ROOTS, FormatEncoder, http_url, kafka_topic
+from services.simulator.generator import Batch
 
 RULES = Rules.load(IngestSettings(max_age_s=0))
 SHIPPED = mappings.load()

@@ -10,7 +10,7 @@ import pytest
 
 from services.simulator import FaultConfig, Network, SimConfig, Simulator
 from services.simulator.encode import Encoder
-from services.simulator.engine import Batch
+from services.simulator.generator import Batch
 from services.simulator.units import CANONICAL_UNITS, DEVICE_UNITS, METRIC_INDEX, conversion
 
 
