@@ -26,7 +26,6 @@ import os
 import re
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -179,38 +178,7 @@ def quantiles(latencies: list[float], lost: int) -> dict:
     }
 
 
-# CPU time, not wall time: on this shared machine a syscall that waits for the CPU is not the worker's cost.
-PROFILED = """
-import cProfile, runpy, sys, time
-sys.argv = [{module!r}, "worker", "--loglevel", "warn"]
-profile = cProfile.Profile(time.process_time)
-try:
-    profile.runcall(runpy.run_module, {module!r}, run_name="__main__", alter_sys=True)
-except SystemExit:
-    pass
-finally:
-    profile.dump_stats({out!r})
-"""
-
-
-class ProfiledProcess(CodeProcess):
-    """The worker under cProfile (``--profile``): the stats are written when it stops."""
-
-    def __init__(self, *args: object, out: Path) -> None:
-        super().__init__(*args)  # type: ignore[arg-type]
-        self.out = out
-
-    def start(self) -> ProfiledProcess:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", PROFILED.format(out=str(self.out), module=f"services.{self.service}")],
-            cwd=self.code, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-        return self
-
-
-async def one_round(code: Path, label: str, r: int, profile: Path | None = None) -> dict:
+async def one_round(code: Path, label: str, r: int) -> dict:
     """A fresh worker of checkout ``code``: the throughput rounds, then the latency samples on the quiet worker."""
     base = Settings.from_env("alerts")
     tmp = Path(tempfile.mkdtemp(prefix="bench-alerts-"))
@@ -226,12 +194,7 @@ async def one_round(code: Path, label: str, r: int, profile: Path | None = None)
         "FLOWWATCH_ALERTS_BATCH_WITHIN_S": "0.01",
         "FLOWWATCH_LOG_LEVEL": "WARNING",
     }
-    if profile is not None:
-        proc: CodeProcess = ProfiledProcess(
-            "alerts", settings, code, env, out=profile.with_suffix(f".{label}{r}.pstats")
-        )
-    else:
-        proc = CodeProcess("alerts", settings, code, env)
+    proc = CodeProcess("alerts", settings, code, env)
     proc.start()
     producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, linger_ms=10, max_batch_size=512 * 1024)
     await producer.start()
@@ -303,7 +266,7 @@ async def main(args: argparse.Namespace) -> dict:
     rounds: dict[str, list[dict]] = {label: [] for label, _ in variants}
     for r in range(args.rounds):
         for label, code in variants if r % 2 == 0 else variants[::-1]:
-            rounds[label].append(await one_round(code, label, r, args.profile))
+            rounds[label].append(await one_round(code, label, r))
     by_variant = {label: medians(rs) for label, rs in rounds.items()}
     now = by_variant["now"]
     result = {
@@ -342,7 +305,6 @@ if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--baseline", help="another checkout whose service runs in alternate rounds (before/after)")
-    p.add_argument("--profile", type=Path, help="run each worker under cProfile; stats to PATH.<variant><round>.pstats")
     out = asyncio.run(run(p.parse_args()))
     path = ROOT / "bench" / "results" / "alerts.json"
     path.parent.mkdir(parents=True, exist_ok=True)
