@@ -146,8 +146,8 @@ def check_template(template: Any, fields: tuple[str, ...]) -> str:
     return template
 
 
-#: Label sets remembered per rule (about 1 KB each) before the memory starts again.
-IDENTITIES_KEPT = 50_000
+#: Label sets remembered per rule (about 1 KB each, so ~20 MB at most) before the memory starts again.
+IDENTITIES_KEPT = 20_000
 
 
 def _root(field_name: str) -> str:
