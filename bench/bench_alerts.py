@@ -26,6 +26,7 @@ import os
 import re
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -202,7 +203,7 @@ async def one_round(code: Path, label: str, r: int) -> dict:
     await single.start()
     topic = settings.topic("anomalies")
     try:
-        await asyncio.to_thread(proc.wait_ready, 120)
+        await asyncio.to_thread(proc.wait_ready, 300)  # a start-up at a load average of 13 took over 120 s
         now = int(time.time() * 1000)
         await produce_all(producer, topic, [(b"warm", dumps(anomaly("warm", "warm", now)))])
         await asyncio.sleep(2)
@@ -259,6 +260,58 @@ def medians(rounds: list[dict]) -> dict:
     }
 
 
+# The two stages' own CPU per anomaly, in one process, without Kafka, tables or deliveries: the repeating round's
+# 30,000 anomalies through evaluate_batch (1,000 a batch, as the pump's fetches), then their internal messages
+# through the state stage (32 messages a batch per partition, over overlays of dicts, each batch closed by the
+# end-of-batch flush). CPU time, so the machine's other load changes it little. Run with the checkout on
+# sys.path (the code measured); it uses only what both versions have.
+STAGES = """
+import json, sys, time
+import yaml
+from bench.bench_alerts import CONFIG, anomaly
+from services.alerts import processor as P
+from services.alerts.config import parse_config
+from services.alerts.evaluate import FloodGate, decode_internal, evaluate_batch, internal_messages
+from services.alerts.overlay import Overlay
+from services.alerts.settings import AlertsSettings
+from shared.codec import dumps
+
+config = parse_config(yaml.safe_load(CONFIG.format(url="http://127.0.0.1:1/hook")))
+now = int(time.time() * 1000)
+recs = [("anomalies", dumps(anomaly(f"s{i}", f"z{i % 100}", now))) for _ in range(20) for i in range(1500)]
+gate, msgs = FloodGate(), []
+t0 = time.process_time()
+for i in range(0, len(recs), 1000):
+    msgs += internal_messages(evaluate_batch(config, recs[i : i + 1000], 60, gate=gate), config, 4)
+t1 = time.process_time()
+tables = {n: {} for n in ("alerts", "groups", "outbox", "limits", "counters", "inhibitors")}
+schedule, pending, fuse = P.Schedule(), {}, getattr(P, "fuse", lambda values: values)
+for i in range(0, len(msgs), 32):
+    by_p = {}
+    for p, v in msgs[i : i + 32]:
+        by_p.setdefault(p, []).append(v)
+    for p, vals in by_p.items():
+        overlays = {n: Overlay(t) for n, t in tables.items()}
+        proc = P.Processor(config, AlertsSettings(), **overlays, silences={}, schedule=schedule, pending_counts=pending)
+        for v in fuse([decode_internal(v) for v in vals]):
+            proc.handle(v, p, time.time())
+        proc.handle({"type": "tick"}, p, time.time())
+        for o in overlays.values():
+            o.flush()
+t2 = time.process_time()
+print(json.dumps({"evaluate_per_s": round(len(recs) / (t1 - t0)), "state_per_s": round(len(recs) / (t2 - t1)),
+                  "alerts": len(tables["alerts"]), "groups": len(tables["groups"])}))
+"""
+
+
+def stage_cpu(code: Path) -> dict:
+    """One run of :data:`STAGES` over checkout ``code`` (its services, this bench's workload)."""
+    env = {**os.environ, "PYTHONPATH": f"{code}{os.pathsep}{ROOT}"}
+    script = f"import sys; sys.path[:0] = [{str(code)!r}, {str(ROOT)!r}]\n" + STAGES
+    out = subprocess.run([sys.executable, "-c", script], env=env, cwd=code, capture_output=True, check=True)
+    return loads(out.stdout.splitlines()[-1])
+
+
 async def main(args: argparse.Namespace) -> dict:
     variants = [("now", ROOT)]
     if args.baseline:
@@ -268,12 +321,21 @@ async def main(args: argparse.Namespace) -> dict:
         for label, code in variants if r % 2 == 0 else variants[::-1]:
             rounds[label].append(await one_round(code, label, r))
     by_variant = {label: medians(rs) for label, rs in rounds.items()}
+    stages: dict[str, list[dict]] = {label: [] for label, _ in variants}
+    for r in range(args.stage_runs):
+        for label, code in variants if r % 2 == 0 else variants[::-1]:
+            stages[label].append(await asyncio.to_thread(stage_cpu, code))
+    for label, runs in stages.items():
+        by_variant[label]["stages_cpu"] = {
+            k: statistics.median(run[k] for run in runs) for k in ("evaluate_per_s", "state_per_s")
+        } if runs else {}  # fmt: skip
     now = by_variant["now"]
     result = {
         **{k: now[k] for k in ("anomalies_per_s", "anomalies_per_s_flood", "latency_ms")},
         "targets": {"latency_p99_ms": 50, "anomalies_per_s": 20_000},
         "median_of_rounds": by_variant,
         "rounds": rounds,
+        "stage_runs": stages,
         "setup": {
             "workers": 1,
             "partitions": 4,
@@ -305,6 +367,7 @@ if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--baseline", help="another checkout whose service runs in alternate rounds (before/after)")
+    p.add_argument("--stage-runs", type=int, default=5, help="in-process CPU-time runs of the two stages per variant")
     out = asyncio.run(run(p.parse_args()))
     path = ROOT / "bench" / "results" / "alerts.json"
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -42,7 +42,7 @@ from services.alerts.intake import AnomalyIntake
 from services.alerts.metrics import EVALUATED, OBSERVATIONS
 from services.alerts.mirror import Mirror
 from services.alerts.overlay import Overlay
-from services.alerts.processor import Processor, Schedule
+from services.alerts.processor import Processor, Schedule, fuse
 from services.alerts.settings import AlertsSettings
 from services.alerts.silences import Limits, collectable, stored
 from shared import deadletter
@@ -253,6 +253,7 @@ def create_app(
                     config, asettings, **overlays, silences=silences_t, schedule=schedule, pending_counts=pending_counts
                 )
                 dispatch: dict[str, dict[str, Any]] = {}
+                values = []
                 for event in evs:
                     try:
                         value = decode_internal(event.value)
@@ -260,15 +261,18 @@ def create_app(
                         DECODE_ERRORS.labels("alerts", "events").inc()
                         log.warning("undecodable internal event skipped: %s", exc)
                         continue
-                    now = time.time()
                     if value["type"] == "tick":
                         # Ticks can queue up behind a backlog; one per interval is enough.
+                        now = time.time()
                         if now - last_tick.get(partition, 0.0) < asettings.tick_interval_s * 0.5:
                             continue
                         last_tick[partition] = now
-                    changes = proc.handle(value, partition, now)
-                    if value["type"] == "obs":
-                        OBSERVATIONS.labels("applied").inc(len(value["obs"]))
+                    elif value["type"] == "obs":
+                        OBSERVATIONS.labels("applied").inc(len(value.get("obs") or ()))
+                    values.append(value)
+                # the batch's rule hits merged per alert (a backlog of fetches holds a repeating sensor many times)
+                for value in fuse(values):
+                    changes = proc.handle(value, partition, time.time())
                     pending_mirror.update(changes.alerts)
                     pending_mirror.update(dict.fromkeys(changes.removed))
                     dispatch.update((e["id"], e) for e in changes.dispatch)

@@ -203,13 +203,20 @@ class Dispatcher:
         labels = {"id": nid, "receiver": receiver, "integration": integration}
         # (1) the intent (outbox entry) is durable in the changelog before any byte is sent.
         await self.flush()
-        done = await self._redis("exists", self._key("notify-done", nid))
-        if done and done is not _FAILED:
+        lease_ms = int(self.settings.lease_s * 1000)
+        # (2) the done marker and the lease in one round trip (Redis down: deliver anyway, at-least-once)
+        done, got = await self._pipeline(
+            lambda p: p.exists(self._key("notify-done", nid)).set(
+                self._key("notify-lease", nid), self.worker_id, nx=True, px=lease_ms
+            ),
+            (False, True),
+        )
+        if done:
             NOTIFICATIONS.labels(receiver, integration, "duplicate_skipped").inc()
+            if got:
+                await self._release(nid)
             await self.report(entry["partition"], {**labels, "type": "result", "outcome": "delivered"})
             return
-        lease_ms = int(self.settings.lease_s * 1000)
-        got = await self._redis("set", self._key("notify-lease", nid), self.worker_id, nx=True, px=lease_ms)
         if not got:
             return  # another worker (or a dead one, until the lease expires) holds it; the next tick looks again
 
@@ -253,21 +260,35 @@ class Dispatcher:
             return
         finally:
             renew.cancel()
-        # (3) remember the success before anything else can fail.
-        await self._redis("set", self._key("notify-done", nid), "delivered", ex=self.settings.done_ttl_s)
+        # (3) remember the success before anything else can fail (the lease goes in the same round trip).
+        await self._pipeline(
+            lambda p: p.set(self._key("notify-done", nid), "delivered", ex=self.settings.done_ttl_s).eval(
+                RELEASE, 1, self._key("notify-lease", nid), self.worker_id
+            ),
+            (None, None),
+        )
         if self.failpoint == "after_done":
             os.kill(os.getpid(), signal.SIGKILL)
         DELIVERY_SECONDS.labels(receiver, integration).observe(max(0.0, time.time() - entry["created_at"]))
-        await self._release(nid)
         await self.report(
             entry["partition"], {**labels, "type": "result", "outcome": "delivered", "attempts": attempts}
         )
 
+    async def _pipeline(self, build: Callable[[Any], Any], failed: tuple[Any, ...]) -> tuple[Any, ...]:
+        """Commands in one round trip (not a transaction); ``failed`` stands for their replies when Redis is down."""
+        try:
+            return tuple(await build(self.redis.pipeline(transaction=False)).execute())
+        except Exception as exc:  # noqa: BLE001 - Redis down: deliver anyway (at-least-once), count it
+            IDEMPOTENCY_DEGRADED.inc()
+            log.warning("redis failed during delivery; idempotency degraded: %s", exc)
+            return failed
+
     async def _release(self, nid: str) -> None:
-        key = self._key("notify-lease", nid)
-        holder = await self._redis("get", key)
-        if holder is not _FAILED and holder is not None and holder.decode() == self.worker_id:
-            await self._redis("delete", key)
+        await self._redis("eval", RELEASE, 1, self._key("notify-lease", nid), self.worker_id)
+
+
+#: Deletes a lease only if this worker holds it (an expired one may be another worker's by now).
+RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 
 
 _FAILED = object()

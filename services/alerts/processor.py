@@ -60,6 +60,46 @@ class Changes:
     dispatch: list[dict[str, Any]] = field(default_factory=list)
 
 
+def fuse(values: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A partition's events of one micro-batch with each run of ``obs`` events made one, hits merged per alert.
+
+    The evaluate stage merges the hits of one fetch; a backlog brings the state stage many
+    fetches at once, and a sensor flagged again in each is then one hit per fetch. Applied one
+    by one, every hit after the first only adds to the alert's count: merged here, the first
+    hit keeps its place and its ``ts`` (``starts_at`` of a new alert), counts add up and the
+    last hit's annotations win (unless it has none): what applying them in turn gives. A
+    resolve ends the merge of its alert (hits after it start a new one); other events keep
+    their place in between.
+    """
+    out: list[dict[str, Any]] = []
+    run: list[dict[str, Any]] | None = None
+    at: dict[str, int] = {}  # fingerprint -> index in run of the hit that later hits of the alert join
+    for value in values:
+        if value.get("type") != "obs":
+            out.append(value)
+            run = None
+            continue
+        if run is None:
+            run, at = [], {}
+            out.append({"type": "obs", "obs": run})
+        for obs in value.get("obs") or ():
+            fp = obs.get("fingerprint")
+            i = at.get(fp) if fp is not None else None
+            if obs.get("resolve"):
+                at.pop(fp, None)
+                run.append(obs)
+            elif i is None:
+                if fp is not None:
+                    at[fp] = len(run)
+                run.append(obs)
+            else:
+                first = run[i]
+                # an update with no annotations keeps the alert's (engine.apply_observation)
+                annotations = obs.get("annotations") or first.get("annotations")
+                run[i] = {**first, "count": first.get("count", 1) + obs.get("count", 1), "annotations": annotations}
+    return out
+
+
 class Processor:
     def __init__(
         self,

@@ -138,12 +138,21 @@ def check_template(template: Any, fields: tuple[str, ...]) -> str:
     for _, field_name, _, _ in parsed:
         if field_name is None:
             continue
-        root = re.split(r"[.\[]", field_name, maxsplit=1)[0]
+        root = _root(field_name)
         if root == "" or root.isdigit():
             raise RuleError(f"template {template!r}: use named fields like {{zone}}, not positional ones")
         if root not in fields:
             raise RuleError(f"template {template!r}: unknown field {root!r} (known: {', '.join(fields)})")
     return template
+
+
+#: Label sets remembered per rule (about 1 KB each, so ~20 MB at most) before the memory starts again.
+IDENTITIES_KEPT = 20_000
+
+
+def _root(field_name: str) -> str:
+    """The record field a template's replacement field starts with (``extra[a]`` and ``a.b`` read ``extra``, ``a``)."""
+    return re.split(r"[.\[]", field_name, maxsplit=1)[0]
 
 
 @dataclass(frozen=True)
@@ -165,6 +174,34 @@ class Rule:
     resolve_after_s: float
     resolve_when: tuple[Condition, ...] = ()
     rate_limit: RateLimit | None = None
+    # The fields the label templates read, and the labels and fingerprint already made from their values: a
+    # sensor flagged again renders the same labels, and rendering and hashing them was most of evaluating it.
+    label_fields: tuple[str, ...] = dataclasses.field(default=(), init=False, compare=False, repr=False)
+    identities: dict[tuple[tuple[Any, ...], tuple[type, ...]], tuple[dict[str, str], str]] = dataclasses.field(
+        default_factory=dict, init=False, compare=False, repr=False
+    )
+
+    def __post_init__(self) -> None:
+        fields = {_root(name) for t in self.labels.values() for _, name, _, _ in string.Formatter().parse(t) if name}
+        object.__setattr__(self, "label_fields", tuple(sorted(fields)))
+
+    def _identity(self, record: Mapping[str, Any]) -> tuple[dict[str, str], str]:
+        """The alert's labels and fingerprint for this record (KeyError/ValueError: cannot render)."""
+        try:
+            values = tuple(record[f] for f in self.label_fields)
+            # with the types: 1, 1.0 and True are equal keys but render as "1", "1.0" and "True"
+            key = (values, tuple(map(type, values)))
+            known = self.identities.get(key)
+        except (KeyError, TypeError):  # missing (rendering raises below) or unhashable: not cached
+            key, known = None, None
+        if known is None:
+            labels = {"alertname": self.name, **self._render(self.labels, record)}
+            known = (labels, fingerprint(labels))
+            if key is not None:
+                if len(self.identities) >= IDENTITIES_KEPT:  # bounded (pitfall 8)
+                    self.identities.clear()
+                self.identities[key] = known
+        return known
 
     def _render(self, templates: Mapping[str, str], record: Mapping[str, Any]) -> dict[str, str]:
         out = {}
@@ -180,13 +217,13 @@ class Rule:
         resolves = bool(self.resolve_when) and all(c.holds(record) for c in self.resolve_when)
         if not fires and not resolves:
             return None
-        labels = {"alertname": self.name, **self._render(self.labels, record)}
+        labels, fp = self._identity(record)
         annotations = self._render(self.annotations, record) if fires else {}
         ts = record.get("ts")
         return Observation(
-            fingerprint=fingerprint(labels),
+            fingerprint=fp,
             rule=self.name,
-            labels=labels,
+            labels=dict(labels),  # a copy: the cached one must never change
             annotations=annotations,
             ts=int(ts) if isinstance(ts, (int, float)) else 0,
             resolve=not fires,
