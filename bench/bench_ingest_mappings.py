@@ -10,8 +10,8 @@ to (the broker round trips are the same for every path and are measured by bench
   mapping, the native JSON it writes to readings.raw) and then the same pipeline: readings/s counts
   the readings the messages become (gas-station: 1 per message, building-energy 2, scada-wide 31).
 
-``--baseline DIR`` also runs ``default`` on another checkout (``git archive <rev> | tar -x -C DIR``),
-so the ratio says whether the default path got slower with this code. Every measurement runs in a
+``--baseline DIR`` also runs every mode on another checkout (``git archive <rev> | tar -x -C DIR``), in
+the same rounds, so the ratios say what this code changed on each path. Every measurement runs in a
 fresh subprocess, in interleaved rounds (the machine is shared); medians are reported, of readings/s
 by the wall clock and per CPU-second of the process (the one to quote on a busy machine).
 
@@ -21,6 +21,7 @@ Writes bench/results/ingest_mappings.json.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import random
@@ -113,6 +114,9 @@ def measure(mode: str, readings: int) -> dict[str, Any]:
                 out.extend(i.value for i in items)
             return out
 
+    # As the worker's pump does (shared/pump.py): long-lived objects frozen, young ones collected less often.
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 50)
     clean = 0
     start = time.perf_counter()
     cpu = time.process_time()
@@ -142,7 +146,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--readings", type=int, default=100_000, help="readings per round and mode")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--baseline", type=Path, help="another checkout to run the default path on (the base)")
+    parser.add_argument("--baseline", type=Path, help="another checkout to run every mode on too (the base)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results/ingest_mappings.json")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # a single measurement in this process (the rounds' child)
     args = parser.parse_args()
@@ -152,8 +156,8 @@ def main() -> int:
 
     runs: dict[str, list[dict[str, Any]]] = {}
     plan = [(mode, ROOT) for mode in MODES]
-    if args.baseline:
-        plan.insert(0, ("default@baseline", args.baseline.resolve()))
+    if args.baseline:  # interleaved: each round runs every mode on the baseline, then on this code
+        plan = [(f"{mode}@baseline", args.baseline.resolve()) for mode in MODES] + plan
     for r in range(args.rounds):
         for name, code in plan:
             result = _round(name.split("@")[0], args.readings, code)
@@ -176,8 +180,8 @@ def main() -> int:
         "runs": runs,
     }
     if args.baseline:
-        report["default_over_baseline"] = round(medians["default"] / medians["default@baseline"], 3)
-        report["default_over_baseline_cpu"] = round(cpu["default"] / cpu["default@baseline"], 3)
+        report["over_baseline"] = {m: round(medians[m] / medians[f"{m}@baseline"], 3) for m in MODES}
+        report["over_baseline_cpu"] = {m: round(cpu[m] / cpu[f"{m}@baseline"], 3) for m in MODES}
         report["baseline"] = str(args.baseline)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")

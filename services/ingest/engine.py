@@ -97,16 +97,18 @@ def to_inbound(record: Any) -> Inbound:
             request = value
         elif name == H_FORWARDED:
             forwarded = True
+    stamp = record.timestamp
+    # positional: once per message, and keywords cost a little more
     return Inbound(
-        value=record.value,
-        key=record.key,
-        partition=record.partition,
-        offset=record.offset,
-        received_ms=record.timestamp if record.timestamp and record.timestamp > 0 else now_ms(),
-        source=source,
-        request=request,
-        forwarded=forwarded,
-        headers=headers,
+        record.value,
+        record.key,
+        record.partition,
+        record.offset,
+        stamp if stamp and stamp > 0 else now_ms(),
+        source,
+        request,
+        forwarded,
+        headers,
     )
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import tzinfo
 from pathlib import Path
@@ -214,6 +214,136 @@ def number(value: Any) -> Any:
     return value
 
 
+# --- compiling: a mapping's readings as closures --------------------------------------------
+
+#: Reads one value out of a message (and its MQTT topic's segments); raises MappingError naming the key.
+Getter = Callable[[dict[str, Any], "list[str] | None"], Any]
+#: Makes one native reading of a message, given its UTC epoch ms.
+ReadingPlan = Callable[[dict[str, Any], "list[str] | None", int], dict[str, Any]]
+
+
+def _getter(mapping: str, ref: Ref, where: str) -> Getter:
+    """A closure reading ``ref`` (as :meth:`Context.ref` without channel groups) with its errors."""
+    if ref.segment is not None:
+        segment, text = ref.segment, ref.text
+
+        def segment_of(message: dict[str, Any], topic: list[str] | None) -> Any:
+            if topic is None:
+                raise MappingError(mapping, where, f"{{{text}}} needs an MQTT topic, and this message has none")
+            try:
+                return topic[segment]
+            except IndexError:
+                raise MappingError(mapping, where, f"the topic has no segment {segment}") from None
+
+        return segment_of
+    path = ref.path
+    if len(path) == 1:
+        key = path[0]
+
+        def field_of(message: dict[str, Any], topic: list[str] | None) -> Any:
+            try:
+                return message[key]
+            except KeyError:
+                raise MappingError(mapping, where, f"missing field {key}") from None
+
+        return field_of
+
+    def path_of(message: dict[str, Any], topic: list[str] | None) -> Any:
+        try:
+            return lookup(message, path)
+        except KeyError as exc:
+            raise MappingError(mapping, where, f"missing field {exc.args[0]}") from None
+
+    return path_of
+
+
+def _text_getter(mapping: str, ref: Ref, where: str) -> Getter:
+    """A closure giving ``ref`` as text through its filter (as :meth:`Context._text`)."""
+    get = _getter(mapping, ref, where)
+    transform, text = ref.transform, ref.text
+
+    def text_of(message: dict[str, Any], topic: list[str] | None) -> str:
+        value = get(message, topic)
+        if type(value) is not str:
+            if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+                raise MappingError(mapping, where, f"{{{text}}} is {type(value).__name__}, not text")
+            value = str(value)
+        return filtered(transform, value) if transform else value
+
+    return text_of
+
+
+def _template_getter(mapping: str, template: Template, where: str) -> Getter:
+    """A closure rendering ``template`` (as :meth:`Context.render`)."""
+    literal = template.literal
+    if literal is not None:
+        return lambda message, topic: literal
+    if template.one is not None:
+        prefix, ref, suffix = template.one
+        text_of = _text_getter(mapping, ref, where)
+        if not prefix and not suffix:
+            return text_of
+        return lambda message, topic: prefix + text_of(message, topic) + suffix
+    parts = tuple(
+        (lambda message, topic, p=part: p) if isinstance(part, str) else _text_getter(mapping, part, where)
+        for part in template.parts
+    )
+    return lambda message, topic: "".join(part(message, topic) for part in parts)
+
+
+def _compile_reading(mapping: str, spec: ReadingSpec) -> ReadingPlan:
+    """One reading of a mapping as a closure: the same dict, keys in the same order, the same errors."""
+    # The reading starts as a copy of a dict holding the literal fields, with every key in its final
+    # order (identity, ts, values, units, quality: as the mapping wrote them before it was compiled).
+    base: dict[str, Any] = {name: t.literal for name, t in spec.identity.items()}
+    base |= {"ts": 0, "values": None}
+    if spec.units:
+        base["units"] = None
+    if spec.quality is not None:
+        base["quality"] = None
+    identity = tuple(
+        (name, _template_getter(mapping, t, name)) for name, t in spec.identity.items() if t.literal is None
+    )
+    values_from = _getter(mapping, spec.values_from, "values_from") if spec.values_from is not None else None
+    source_text = spec.values_from.text if spec.values_from is not None else ""
+    exclude = spec.exclude
+    fields = tuple((metric, _getter(mapping, ref, f"values.{metric}")) for metric, ref in spec.values.items())
+    units = tuple((metric, _template_getter(mapping, t, f"units.{metric}")) for metric, t in spec.units.items())
+    quality = _getter(mapping, spec.quality, "quality") if spec.quality is not None else None
+    quality_text = spec.quality.text if spec.quality is not None else ""
+    scale = spec.quality_scale
+
+    def reading_of(message: dict[str, Any], topic: list[str] | None, ts: int) -> dict[str, Any]:
+        reading = base.copy()
+        for name, get in identity:
+            reading[name] = get(message, topic)
+        reading["ts"] = ts
+        if values_from is not None:
+            source = values_from(message, topic)
+            if not isinstance(source, dict):
+                why = f"expected an object of metrics, got {type(source).__name__}"
+                raise MappingError(mapping, source_text, why)
+            if exclude:
+                values = {k: v if type(v) is not str else number(v) for k, v in source.items() if k not in exclude}
+            else:
+                values = {k: v if type(v) is not str else number(v) for k, v in source.items()}
+        else:
+            values = {}
+        for metric, get in fields:
+            values[metric] = number(get(message, topic))
+        reading["values"] = values
+        if units:
+            reading["units"] = {metric: get(message, topic) for metric, get in units}
+        if quality is not None:
+            value = number(quality(message, topic))
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise MappingError(mapping, quality_text, f"quality must be a number, got {type(value).__name__}")
+            reading["quality"] = value / scale
+        return reading
+
+    return reading_of
+
+
 # --- the mapping ---------------------------------------------------------------------------
 
 
@@ -250,52 +380,38 @@ class PayloadMapping:
     readings: tuple[ReadingSpec, ...]
     channels: ChannelSpec | None
 
+    # The mapping compiled once into a plan of closures (see :func:`_compile_reading`): the spec is
+    # not interpreted again per message. Not a field: two equal mappings compare equal.
+    _plans: tuple[ReadingPlan, ...] = field(default=(), init=False, compare=False, repr=False)
+    _ts: Callable[[Any], int] = field(default=int, init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        plans = tuple(_compile_reading(self.name, spec) for spec in self.readings)
+        object.__setattr__(self, "_plans", plans)
+        object.__setattr__(self, "_ts", timeformats.parser(self.ts_format, self.tz))
+
     def apply(self, message: Any, topic: str | None = None) -> list[dict[str, Any]]:
         """The native readings of one decoded message; :class:`MappingError` when it cannot be read."""
         if not isinstance(message, dict):
             raise MappingError(self.name, "message", f"expected a JSON object, got {type(message).__name__}")
-        ctx = Context(self.name, message, topic.split("/") if topic is not None else None)
+        ts_field = self.ts_field
         try:
-            raw_ts = lookup(message, self.ts_field)
+            raw_ts = message[ts_field[0]] if len(ts_field) == 1 else lookup(message, ts_field)
         except KeyError as exc:
-            raise MappingError(self.name, ".".join(self.ts_field), f"missing field {exc.args[0]}") from None
+            missing = exc.args[0] if len(ts_field) > 1 else ts_field[0]
+            raise MappingError(self.name, ".".join(ts_field), f"missing field {missing}") from None
         try:
-            ts = timeformats.to_epoch_ms(raw_ts, self.ts_format, self.tz)
+            ts = self._ts(raw_ts)
         except (timeformats.TimeFormatError, OverflowError, ValueError) as exc:
-            raise MappingError(self.name, ".".join(self.ts_field), str(exc)) from None
-        out = [self._reading(spec, ctx, ts) for spec in self.readings]
+            raise MappingError(self.name, ".".join(ts_field), str(exc)) from None
+        segments = topic.split("/") if topic is not None else None
+        out = [plan(message, segments, ts) for plan in self._plans]
         if self.channels is not None:
+            ctx = Context(self.name, message, segments)
             out.extend(self._channels(self.channels, ctx, ts))
         if len(out) > MAX_READINGS_PER_MESSAGE:
             raise MappingError(self.name, "message", f"{len(out)} readings (limit {MAX_READINGS_PER_MESSAGE})")
         return out
-
-    def _reading(self, spec: ReadingSpec, ctx: Context, ts: int) -> dict[str, Any]:
-        reading: dict[str, Any] = {name: ctx.render(t, name) for name, t in spec.identity.items()}
-        reading["ts"] = ts
-        values: dict[str, Any] = {}
-        if spec.values_from is not None:
-            source = ctx.ref(spec.values_from, "values_from")
-            if not isinstance(source, dict):
-                where = spec.values_from.text
-                raise MappingError(self.name, where, f"expected an object of metrics, got {type(source).__name__}")
-            exclude = spec.exclude
-            if exclude:
-                values = {k: v if type(v) is not str else number(v) for k, v in source.items() if k not in exclude}
-            else:
-                values = {k: v if type(v) is not str else number(v) for k, v in source.items()}
-        for metric, ref in spec.values.items():
-            values[metric] = number(ctx.ref(ref, f"values.{metric}"))
-        reading["values"] = values
-        if spec.units:
-            reading["units"] = {metric: ctx.render(t, f"units.{metric}") for metric, t in spec.units.items()}
-        if spec.quality is not None:
-            quality = number(ctx.ref(spec.quality, "quality"))
-            if isinstance(quality, bool) or not isinstance(quality, (int, float)):
-                why = f"quality must be a number, got {type(quality).__name__}"
-                raise MappingError(self.name, spec.quality.text, why)
-            reading["quality"] = quality / spec.quality_scale
-        return reading
 
     def _channels(self, spec: ChannelSpec, ctx: Context, ts: int) -> Iterator[dict[str, Any]]:
         grouped: dict[str, dict[str, Any]] = {}

@@ -53,12 +53,23 @@ def quality_score(
     rules: Rules,
     in_range: float | None = None,
 ) -> float:
-    """``in_range``: :func:`range_score` of ``values`` when the caller has it (validation works it out)."""
+    """``in_range``: :func:`range_score` of ``values`` when the caller has it (validation works it out).
+
+    Once per reading: the usual cases of :func:`completeness` and :func:`staleness` are inlined
+    (the same arithmetic, without two calls).
+    """
+    expected = rules.expected_for(utility, asset)
+    complete = len(expected.intersection(values)) / len(expected) if expected else 1.0
+    if received_ms - ts <= rules.stale_after_ms or rules.max_age_ms <= 0:
+        fresh = 1.0
+    else:
+        fresh = staleness(ts, received_ms, rules)
     score = (
-        rules.w_completeness * completeness(values, rules.expected_for(utility, asset))
+        rules.w_completeness * complete
         + rules.w_range * (range_score(values, rules) if in_range is None else in_range)
-        + rules.w_staleness * staleness(ts, received_ms, rules)
+        + rules.w_staleness * fresh
     )
     if device_quality is not None:
         score *= float(device_quality)
-    return round(min(1.0, max(0.0, score)), 4)
+    # min(1.0, max(0.0, score)) without the calls (score is finite; -0.0 becomes 0.0 as max() made it)
+    return round(score if 0.0 < score < 1.0 else (1.0 if score >= 1.0 else 0.0), 4)

@@ -229,6 +229,38 @@ def test_ids_from_topic_segments_and_fields() -> None:
     assert (r["sensor_id"], r["site"], r["zone"]) == ("ST9-7", "north", "zone-a-1")
 
 
+def test_a_mapped_reading_keeps_its_fields_in_order_and_each_message_its_own_values() -> None:
+    """The compiled plan starts each reading from a copy of its literal fields: the native JSON keeps the
+    order identity, ts, values, units, quality, and no reading shares its dicts with another."""
+    mp = one(
+        {
+            "ts": {"field": "meta.t", "format": "epoch_ms"},
+            "defaults": {"site": "{topic[1]}", "utility": "water", "asset": "pipe"},
+            "readings": [
+                {
+                    "sensor_id": "{topic[2]|upper}-{meta.id}-{kind}",
+                    "zone": "z1",
+                    "values_from": "v",
+                    "exclude": ["note"],
+                    "values": {"level": "lvl"},
+                    "units": {"flow": "{u}"},
+                    "quality": "q",
+                    "quality_scale": 100,
+                }
+            ],
+        }
+    )
+    first = {"meta": {"t": NOW, "id": 3}, "kind": "a", "v": {"flow": "2.5", "note": "x"}, "lvl": 1, "u": "L/s", "q": 50}
+    second = {**first, "meta": {"t": NOW + 1, "id": 4}, "v": {"flow": 7}}
+    [r1] = mp.apply(first, "plant/north/st9")
+    [r2] = mp.apply(second, "plant/north/st9")
+    assert list(r1) == ["sensor_id", "site", "zone", "utility", "asset", "ts", "values", "units", "quality"]
+    assert r1 == {"sensor_id": "ST9-3-a", "site": "north", "zone": "z1", "utility": "water", "asset": "pipe",
+                  "ts": NOW, "values": {"flow": 2.5, "level": 1}, "units": {"flow": "L/s"}, "quality": 0.5}  # fmt: skip
+    assert (r2["sensor_id"], r2["ts"], r2["values"]) == ("ST9-4-a", NOW + 1, {"flow": 7, "level": 1})
+    assert r1["values"] is not r2["values"] and r1["units"] is not r2["units"]
+
+
 @pytest.mark.parametrize(
     ("message", "topic", "reason"),
     [
