@@ -235,6 +235,17 @@ def alerts_report(readings: list[Any], flags: dict, severity: dict, truth: dict,
     out["alerts"] = len(alerts)
     out["alerts_explained_by_incident"] = sum(1 for _, _, inc in alerts if inc)
     out["notifications"] = len(notes)
+    # what a rule labelled per zone (no sensor, no severity) would make of the same anomalies
+    zone_last: dict[tuple, int] = {}
+    zone_alerts = 0
+    for r in sorted(readings, key=lambda r: r.ts):
+        if flags.get((r.sensor_id, r.ts)):
+            fp = (r.site, r.zone, r.utility)
+            if fp not in zone_last or r.ts - zone_last[fp] > resolve_ms:
+                zone_alerts += 1
+            zone_last[fp] = r.ts
+    out["alerts_if_labelled_per_zone"] = zone_alerts
+    out["alerts_if_labelled_per_zone_per_10min"] = round(zone_alerts * WINDOW_MS / max(t1 - t0, 1), 1)
     return out
 
 
