@@ -16,7 +16,7 @@ optimistic and the thresholds too tight.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +89,15 @@ class ModelConfig:
     # alarmed members: a specialist is not drowned by the others), "max"
     fusion: str = "mean"
     score_halflife: float = 2.0  # causal smoothing of the ensemble score, in readings
+    # The statistical mode (a profile with no trained model) has no calibration on normal data to stand on:
+    # a fixed z threshold on the largest |z| of several metrics, against baselines that may be minutes old.
+    # It flags nothing until a metric's baseline has seen statistical_warmup readings (a mean and sigma of
+    # ten readings swing too much to judge a reading by) and needs a deviation that lasts: its score is
+    # smoothed with statistical_halflife readings. On `make demo`'s first 30 minutes (bench/bench_demo_alarms.py)
+    # this took false flags from 2.2 % to 0.5 % of the normal readings and kept every incident it found
+    # beyond chance. A fitted model uses warmup and score_halflife, calibrated on its own scores.
+    statistical_warmup: int = 60
+    statistical_halflife: float = 8.0
     off_ratio: float = 0.9  # an episode ends when the smoothed score falls below off_ratio * threshold
     min_train_rows: int = 50
     # the reconstruction member needs this many training rows per metric: a few hundred rows of
@@ -136,8 +145,7 @@ class AnomalyModel:
         self.metrics = tuple(metrics)
         self.config = config or ModelConfig()
         self.name = name
-        self.rolling = RollingState(self.metrics, self.config.state)
-        self.rolling.track_shift = "shift" in self.config.detectors
+        self.rolling = self._rolling(statistical=True)
         self.scaler: Scaler | None = None
         self.detectors: list[Detector] = [ZScoreDetector(self.config.zscore_threshold)]
         self.threshold = 1.0
@@ -154,7 +162,16 @@ class AnomalyModel:
         pos = {b: i for i, b in enumerate(FEATURE_BLOCKS)}
         self._cols = np.concatenate([np.arange(pos[b] * m, (pos[b] + 1) * m) for b in self.config.blocks])
         self._z_cols = np.arange(pos[self.config.zscore_block] * m, (pos[self.config.zscore_block] + 1) * m)
-        self._a_score = alpha(self.config.score_halflife)
+        self._a_score = alpha(self.config.statistical_halflife)
+
+    def _rolling(self, statistical: bool) -> RollingState:
+        """The rolling state of the statistical mode (its longer warm-up) or of a fitted model."""
+        state = self.config.state
+        if statistical and self.config.statistical_warmup > state.warmup:
+            state = replace(state, warmup=self.config.statistical_warmup)
+        rolling = RollingState(self.metrics, state)
+        rolling.track_shift = "shift" in self.config.detectors
+        return rolling
 
     # ------------------------------------------------------------------ properties
     @property
@@ -181,6 +198,9 @@ class AnomalyModel:
         while its rolling state is still young, are not used for training.
         """
         cfg = self.config
+        # a fitted model leaves the statistical mode's warm-up and smoothing behind: it calibrates its own
+        self.rolling = self._rolling(statistical=False)
+        self._a_score = alpha(cfg.score_halflife)
         idx = np.zeros(len(x), dtype=np.int64) if sensor_idx is None else np.asarray(sensor_idx, dtype=np.int64)
         n_sensors = int(idx.max()) + 1 if len(idx) else 1
         state = self.rolling.layout.empty(n_sensors)

@@ -132,7 +132,9 @@ def test_model_round_trips_through_its_directory(tmp_path):
 
 
 def test_hysteresis_keeps_an_episode_open_until_the_score_falls_below_the_off_level():
-    model = AnomalyModel(("v",), ModelConfig(score_halflife=0.01, off_ratio=0.5))
+    model = AnomalyModel(
+        ("v",), ModelConfig(statistical_halflife=0.01, off_ratio=0.5)
+    )  # unfitted: the statistical smoothing
     model.threshold = 1.0
     state = model.layout.empty(1)
     raw = np.array([0.2, 1.2, 0.8, 0.6, 0.4, 0.9])
