@@ -47,8 +47,8 @@ def simulate(minutes: float, rate: float, seed: int, start: str) -> tuple[list[A
     from services.ingest.settings import IngestSettings
     from services.simulator import Network, Simulator
     from services.simulator.encode import Encoder
-    from services.simulator.engine import SimConfig
     from services.simulator.faults import FaultConfig
+    from services.simulator.generator import SimConfig
     from services.simulator.settings import SimulatorSettings
     from shared.batching import PartitionMap
     from shared.timeutil import parse_time_ms

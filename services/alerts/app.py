@@ -69,8 +69,7 @@ def create_app(
     app, state = base_app(
         settings,
         openapi=Path(__file__).with_name("openapi.yaml"),
-        broker_session_timeout=asettings.session_timeout_s,
-        broker_rebalance_timeout=max(asettings.session_timeout_s, 10.0),
+        session_timeout_s=asettings.session_timeout_s,
         # Every hop of an alert (evaluate -> events, the outbox intent before a delivery, results) is one
         # record waited for: a linger would add itself to each. aiokafka keeps one request in flight per
         # broker, so what is produced meanwhile still goes out as one batch.

@@ -33,8 +33,7 @@ def create_app(settings: Settings | None = None, ingest_settings: IngestSettings
     app, state = base_app(
         settings,
         openapi=Path(__file__).with_name("openapi.yaml"),
-        broker_session_timeout=isettings.session_timeout_s,
-        broker_heartbeat_interval=min(3.0, isettings.session_timeout_s / 4),
+        session_timeout_s=isettings.session_timeout_s,
     )
     ingest = Ingest(app, settings, isettings, rules, mappings.load(isettings.mappings_file))
     pump = ingest.pump
