@@ -254,6 +254,19 @@ def wait_reading(proc: ServiceProcess, timeout: float) -> bool:
     return False
 
 
+def rss_mb(pid: int) -> dict[str, float]:
+    """Resident memory of a process now and at its peak (MiB), from /proc (Linux)."""
+    out: dict[str, float] = {}
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                out["rss" if key == "VmRSS" else "peak"] = round(int(value.split()[0]) / 1024, 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return out
+
+
 def cpu_seconds(pid: int) -> float:
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -362,6 +375,8 @@ async def one_round(args: argparse.Namespace, code: Path, label: str, models: Pa
             window_s = time.monotonic() - t0
             pids = {n: p.proc.pid for n, p in procs.items() if p.proc}
             cpu = {n: round((cpu_seconds(pids[n]) - c) / window_s, 3) for n, c in cpu0.items()}
+            # every sensor has been seen by now (the generator cycles through the fleet): memory at this fleet size
+            rss = {n: rss_mb(pid) for n, pid in pids.items()}
             # Until the outputs stop coming (a loaded machine may still be working off a backlog).
             deadline = time.monotonic() + args.drain
             counts: tuple[int, ...] = ()
@@ -395,11 +410,13 @@ async def one_round(args: argparse.Namespace, code: Path, label: str, models: Pa
         "generated": generated,
         "webhook_notifications": receiver.notifications,
         "cpu_share": cpu,  # CPU seconds per second of each service over the measured window
+        "rss_mb": rss,  # each service's resident memory (MiB) at the end of the load, and its peak
         "load_avg_1m_before": round(load_before[0], 2),
         "load_avg_1m_after": round(load_after[0], 2),
         "services_died": dead,
     }
-    print(f"{label}: " + orjson.dumps({k: result[k] for k in ("latency_ms", "cpu_share")}).decode(), file=sys.stderr)
+    shown = ("latency_ms", "cpu_share", "rss_mb")
+    print(f"{label}: " + orjson.dumps({k: result[k] for k in shown}).decode(), file=sys.stderr)
     return result
 
 
@@ -418,6 +435,16 @@ def medians(rounds: list[dict[str, Any]]) -> dict[str, Any]:
             for q in ("p50", "p90", "p99", "max")
         }
         out[stage]["samples"] = sum(p.get("samples", 0) for p in per)
+    out["rss_mb"] = {
+        name: round(statistics.median(r["rss_mb"][name]["rss"] for r in rounds), 1)
+        for name in SERVICES
+        if all(r.get("rss_mb", {}).get(name, {}).get("rss") for r in rounds)
+    }
+    out["cpu_share"] = {
+        name: round(statistics.median(r["cpu_share"][name] for r in rounds), 3)
+        for name in SERVICES
+        if all(name in r.get("cpu_share", {}) for r in rounds)
+    }
     return out
 
 
@@ -497,9 +524,10 @@ def cli() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--logs", help="directory to keep the services' logs in")
     p.add_argument("--baseline", help="another checkout whose services run in alternate rounds (before/after)")
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "latency_e2e.json")
     args = p.parse_args()
     out = asyncio.run(run(args))
-    path = ROOT / "bench" / "results" / "latency_e2e.json"
+    path = args.out
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode() + "\n")
     for label, m in out["median_of_rounds_ms"].items():
