@@ -345,6 +345,7 @@ async def one_round(args: argparse.Namespace, code: Path, label: str, models: Pa
                 "FLOWWATCH_ALERTS_CONFIG_PATH": str(config),
                 "FLOWWATCH_HISTORY_DATABASE_URL": db,
                 "FLOWWATCH_LOG_LEVEL": "WARNING",
+                **dict(kv.split("=", 1) for kv in args.env),
             }
             for name in SERVICES:
                 procs[name] = CodeProcess(name, settings, code, env).start()
@@ -473,6 +474,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             "measured_s": args.seconds,
             "warmup_s": args.warmup,
             "spikes_per_s": args.spikes_per_s,
+            "env": args.env,
             "services": SERVICES,
             "cores": os.cpu_count(),
             "group_wait_s": 0,
@@ -524,6 +526,13 @@ def cli() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--logs", help="directory to keep the services' logs in")
     p.add_argument("--baseline", help="another checkout whose services run in alternate rounds (before/after)")
+    p.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra environment for every service (repeatable), e.g. lifting the new-sensor budgets for a large fleet",
+    )
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "latency_e2e.json")
     args = p.parse_args()
     out = asyncio.run(run(args))
