@@ -126,7 +126,7 @@ def main() -> int:
         label: {
             models: {
                 size: {
-                    key: statistics.median(r[models][size][key] for r in rs)
+                    key: round(statistics.median(r[models][size][key] for r in rs), 3)
                     for key in ("ms_per_batch", "us_per_reading", "readings_per_cpu_s")
                 }
                 for size in rs[0][models]
