@@ -390,6 +390,8 @@ async def one_round(args: argparse.Namespace, code: Path, label: str, models: Pa
             stop.set()
             await consumer
             load_after = os.getloadavg()
+            # and once the outputs have stopped (a service behind at the end of the load holds more by then)
+            rss_drained = {n: rss_mb(pid) for n, pid in pids.items()}
             generated = orjson.loads(out.splitlines()[-1]) if out else {}
             lo = started_ms + args.warmup * 1000
             lats = {stage: [lat for ts, lat in got if ts >= lo] for stage, got in arrivals.items()}
@@ -412,6 +414,8 @@ async def one_round(args: argparse.Namespace, code: Path, label: str, models: Pa
         "webhook_notifications": receiver.notifications,
         "cpu_share": cpu,  # CPU seconds per second of each service over the measured window
         "rss_mb": rss,  # each service's resident memory (MiB) at the end of the load, and its peak
+        "rss_mb_drained": rss_drained,
+        "received": {stage: len(got) for stage, got in arrivals.items()},  # whatever their send time
         "load_avg_1m_before": round(load_before[0], 2),
         "load_avg_1m_after": round(load_after[0], 2),
         "services_died": dead,
