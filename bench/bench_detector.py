@@ -272,7 +272,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "sensors": args.sensors,
         "partitions": args.partitions,
         "cpus": os.cpu_count(),
-        "target_per_s": 20_000,
+        "target_per_s": 50_000,  # issue 19 (ensemble on, one worker, through the broker)
+        "env": args.env,
     }
 
     batched = base.replace(
@@ -283,7 +284,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     )
     await create_all(batched, out=open(os.devnull, "w"))
     out["models"] = train_models(batched, sensors)
-    env = {"FLOWWATCH_DETECTOR_BATCH_SIZE": str(args.batch_size), "FLOWWATCH_LOG_LEVEL": "WARNING"}
+    extra = dict(kv.split("=", 1) for kv in args.env)
+    env = {"FLOWWATCH_DETECTOR_BATCH_SIZE": str(args.batch_size), "FLOWWATCH_LOG_LEVEL": "WARNING", **extra}
     run = await drain_rounds(batched, sensors, args.readings, args.rounds, env, args.timeout)
     detail = run["ready"]["models"]["detail"]
     if not all(f"{name}: {version}" in detail for name, version in out["models"].items()):
@@ -310,7 +312,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         partitions=args.partitions,
     )
     await create_all(per_event, out=open(os.devnull, "w"))
-    env1 = {"FLOWWATCH_DETECTOR_BATCH_SIZE": "1", "FLOWWATCH_LOG_LEVEL": "WARNING"}
+    env1 = {"FLOWWATCH_DETECTOR_BATCH_SIZE": "1", "FLOWWATCH_LOG_LEVEL": "WARNING", **extra}
     single = await drain_rounds(per_event, sensors, args.per_event_readings, 1, env1, args.timeout)
     out.update(
         per_event_readings=single["produced"],
@@ -336,6 +338,9 @@ def main() -> int:
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--per-event-readings", type=int, default=2000)
     parser.add_argument("--timeout", type=float, default=600)
+    parser.add_argument(
+        "--env", action="append", default=[], metavar="KEY=VALUE", help="extra environment for both workers"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "detector.json")
     args = parser.parse_args()
     result = asyncio.run(main_async(args))

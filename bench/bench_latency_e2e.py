@@ -254,6 +254,19 @@ def wait_reading(proc: ServiceProcess, timeout: float) -> bool:
     return False
 
 
+def rss_mb(pid: int) -> dict[str, float]:
+    """Resident memory of a process now and at its peak (MiB), from /proc (Linux)."""
+    out: dict[str, float] = {}
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                out["rss" if key == "VmRSS" else "peak"] = round(int(value.split()[0]) / 1024, 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return out
+
+
 def cpu_seconds(pid: int) -> float:
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -332,6 +345,7 @@ async def one_round(args: argparse.Namespace, code: Path, label: str, models: Pa
                 "FLOWWATCH_ALERTS_CONFIG_PATH": str(config),
                 "FLOWWATCH_HISTORY_DATABASE_URL": db,
                 "FLOWWATCH_LOG_LEVEL": "WARNING",
+                **dict(kv.split("=", 1) for kv in args.env),
             }
             for name in SERVICES:
                 procs[name] = CodeProcess(name, settings, code, env).start()
@@ -362,6 +376,8 @@ async def one_round(args: argparse.Namespace, code: Path, label: str, models: Pa
             window_s = time.monotonic() - t0
             pids = {n: p.proc.pid for n, p in procs.items() if p.proc}
             cpu = {n: round((cpu_seconds(pids[n]) - c) / window_s, 3) for n, c in cpu0.items()}
+            # every sensor has been seen by now (the generator cycles through the fleet): memory at this fleet size
+            rss = {n: rss_mb(pid) for n, pid in pids.items()}
             # Until the outputs stop coming (a loaded machine may still be working off a backlog).
             deadline = time.monotonic() + args.drain
             counts: tuple[int, ...] = ()
@@ -374,6 +390,8 @@ async def one_round(args: argparse.Namespace, code: Path, label: str, models: Pa
             stop.set()
             await consumer
             load_after = os.getloadavg()
+            # and once the outputs have stopped (a service behind at the end of the load holds more by then)
+            rss_drained = {n: rss_mb(pid) for n, pid in pids.items()}
             generated = orjson.loads(out.splitlines()[-1]) if out else {}
             lo = started_ms + args.warmup * 1000
             lats = {stage: [lat for ts, lat in got if ts >= lo] for stage, got in arrivals.items()}
@@ -395,11 +413,15 @@ async def one_round(args: argparse.Namespace, code: Path, label: str, models: Pa
         "generated": generated,
         "webhook_notifications": receiver.notifications,
         "cpu_share": cpu,  # CPU seconds per second of each service over the measured window
+        "rss_mb": rss,  # each service's resident memory (MiB) at the end of the load, and its peak
+        "rss_mb_drained": rss_drained,
+        "received": {stage: len(got) for stage, got in arrivals.items()},  # whatever their send time
         "load_avg_1m_before": round(load_before[0], 2),
         "load_avg_1m_after": round(load_after[0], 2),
         "services_died": dead,
     }
-    print(f"{label}: " + orjson.dumps({k: result[k] for k in ("latency_ms", "cpu_share")}).decode(), file=sys.stderr)
+    shown = ("latency_ms", "cpu_share", "rss_mb")
+    print(f"{label}: " + orjson.dumps({k: result[k] for k in shown}).decode(), file=sys.stderr)
     return result
 
 
@@ -418,6 +440,16 @@ def medians(rounds: list[dict[str, Any]]) -> dict[str, Any]:
             for q in ("p50", "p90", "p99", "max")
         }
         out[stage]["samples"] = sum(p.get("samples", 0) for p in per)
+    out["rss_mb"] = {
+        name: round(statistics.median(r["rss_mb"][name]["rss"] for r in rounds), 1)
+        for name in SERVICES
+        if all(r.get("rss_mb", {}).get(name, {}).get("rss") for r in rounds)
+    }
+    out["cpu_share"] = {
+        name: round(statistics.median(r["cpu_share"][name] for r in rounds), 3)
+        for name in SERVICES
+        if all(name in r.get("cpu_share", {}) for r in rounds)
+    }
     return out
 
 
@@ -446,6 +478,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             "measured_s": args.seconds,
             "warmup_s": args.warmup,
             "spikes_per_s": args.spikes_per_s,
+            "env": args.env,
             "services": SERVICES,
             "cores": os.cpu_count(),
             "group_wait_s": 0,
@@ -497,9 +530,17 @@ def cli() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--logs", help="directory to keep the services' logs in")
     p.add_argument("--baseline", help="another checkout whose services run in alternate rounds (before/after)")
+    p.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra environment for every service (repeatable), e.g. lifting the new-sensor budgets for a large fleet",
+    )
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "latency_e2e.json")
     args = p.parse_args()
     out = asyncio.run(run(args))
-    path = ROOT / "bench" / "results" / "latency_e2e.json"
+    path = args.out
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode() + "\n")
     for label, m in out["median_of_rounds_ms"].items():

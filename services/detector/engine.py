@@ -121,8 +121,7 @@ class DetectorEngine:
             in_flight=ds.batches_in_flight,
             checkpoint_s=ds.checkpoint_s,
             mirror_group=f"{app.conf.id}-readings",
-            # Each micro-batch pays the models' fixed costs once: at low rates, wait up to batch_wait_s for a
-            # fuller fetch rather than score a handful of readings at a time (docs/performance.md measures both).
+            # 1 by default: a fetch returns what has arrived, so only an idle pump waits (docs/performance.md).
             fill_bytes=ds.batch_fill_bytes,
         )
         self.pump = Pump(app, settings, self, config, partitions)
@@ -199,7 +198,7 @@ class DetectorEngine:
                 self._quarantine(box, None, self.new_sensors.reason(r.source), r.sensor_id.encode(), None, r)
                 partitions.pop(r.sensor_id, None)
         # A scoring error raises out of here: the pump retries the batch, then isolates the reading that fails.
-        if self.ds.compute_in_thread and readings:
+        if self.ds.compute_in_thread and len(readings) >= max(1, self.ds.thread_min_readings):
             result = await asyncio.to_thread(self.scorer.process, readings, states.get)
         else:
             result = self.scorer.process(readings, states.get)

@@ -15,6 +15,7 @@ optimistic and the thresholds too tight.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -398,7 +399,9 @@ class AnomalyModel:
 
         A ``late`` reading is smoothed against its sensor's current score but leaves it as it was.
         """
-        with single_threaded():
+        # only the scaled members (PCA, K-Means, LOF, IsolationForest) reach BLAS/OpenMP; limiting the pools costs
+        # ~0.1 ms a call (each library's thread count set and restored), most of a small batch's statistical scoring
+        with single_threaded() if self.scaler is not None else contextlib.nullcontext():
             members = self.member_scores(feats)
         raw = self.fuse(np.vstack(list(members.values()))) if members else np.zeros(len(feats))
         rules = self.rule_scores(feats)

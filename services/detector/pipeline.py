@@ -274,14 +274,14 @@ class Scorer:
         )
         order = np.argsort(codes, kind="stable")
         sorted_codes = codes[order]
-        starts = np.r_[0, np.flatnonzero(np.diff(sorted_codes)) + 1]
+        starts = np.concatenate(([0], np.flatnonzero(np.diff(sorted_codes)) + 1))
         sub = x[order]
         seen = ~np.isnan(sub)
         count = np.add.reduceat(seen, starts, axis=0)
         sums = np.add.reduceat(np.where(seen, sub, 0.0), starts, axis=0)
         mins = np.minimum.reduceat(np.where(seen, sub, np.inf), starts, axis=0)
         maxs = np.maximum.reduceat(np.where(seen, sub, -np.inf), starts, axis=0)
-        n = np.diff(np.r_[starts, len(batch)])
+        n = np.diff(np.append(starts, len(batch)))
         flagged = np.add.reduceat(flags[order].astype(np.int64), starts)
         last_ts = np.maximum.reduceat(ts[order], starts)
         keys = list(cells)

@@ -26,13 +26,13 @@ class DetectorSettings(ServiceSettings):
     batch_size: int = _doc(2000, "Most readings scored in one micro-batch.")
     batch_wait_s: float = _doc(
         0.1,
-        "Longest a fetch waits (seconds) for `batch_fill_bytes` to arrive; bounds the latency added at low rates.",
+        "Longest an idle fetch waits (seconds) for readings (or for `batch_fill_bytes` of them); a backlog never waits.",
     )
     batch_fill_bytes: int = _doc(
-        512 * 1024,
-        "Bytes the broker gathers before answering a fetch (or `batch_wait_s` passes): fuller batches at low rates, "
-        "each paying the models' fixed cost once, for up to `batch_wait_s` of latency per reading. 1 hands over "
-        "whatever has arrived (measured slower on 2 shared cores at 500 readings/s: docs/performance.md).",
+        1,
+        "Bytes the broker gathers before answering a fetch (or `batch_wait_s` passes). 1: whatever has arrived goes "
+        "at once, and a backlog makes full batches by itself. More makes fuller batches at low rates, each paying the "
+        "models' per-batch cost once, for up to `batch_wait_s` of latency per reading (docs/performance.md).",
     )
     profiles_file: Path = _doc(
         DEFAULT_PROFILES_FILE,
@@ -66,6 +66,11 @@ class DetectorSettings(ServiceSettings):
     )
     compute_in_thread: bool = _doc(
         True, "Run feature extraction and scoring in a worker thread so the event loop keeps heartbeating."
+    )
+    thread_min_readings: int = _doc(
+        500,
+        "Smallest micro-batch scored in the worker thread (with `compute_in_thread`); smaller ones are scored on "
+        "the event loop: a few milliseconds, less than the hand-off and the GIL switches a thread costs them.",
     )
     session_timeout_s: float = _doc(
         60.0,

@@ -6,6 +6,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from sklearn.ensemble._iforest import _average_path_length
 
 from services.detector.detectors import (
     BlockMaxDetector,
@@ -152,6 +153,25 @@ def test_isolation_forest_fast_scoring_equals_scikit_learn():
     det = IsolationForestDetector(seed=3).fit(correlated(700, 12))
     rows = correlated(300, 13) * 1.7
     np.testing.assert_allclose(det.score(rows), -det.model.score_samples(rows), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("rows", [1, 7, 300])
+def test_learned_detectors_score_exactly_as_through_scikit_learns_checked_calls(rows):
+    """The scoring paths that skip scikit-learn's input checks give the checked calls' results bit for bit."""
+    train, x = correlated(700, 12), correlated(rows, 13) * 1.7
+    forest = IsolationForestDetector(seed=3).fit(train)
+    depths = np.zeros(rows)
+    xs = np.ascontiguousarray(x, dtype=np.float32)
+    m = forest.model
+    for tree, dpl, apl in zip(m.estimators_, m._decision_path_lengths, m._average_path_length_per_tree, strict=True):
+        leaves = tree.apply(xs, check_input=False)
+        depths += dpl[leaves] + apl[leaves] - 1.0
+    expected = 2.0 ** (-depths / (len(m.estimators_) * _average_path_length([m._max_samples])[0]))
+    np.testing.assert_array_equal(forest.score(x), expected)
+    np.testing.assert_array_equal(forest.score(x), expected)  # the cached denominator
+    kmeans = KMeansDetector(clusters=4).fit(train)
+    assert kmeans.model is not None
+    np.testing.assert_array_equal(kmeans.score(x), kmeans.model.transform(x).min(axis=1))
 
 
 def test_oof_scale_gives_a_drifting_column_a_larger_unit():
