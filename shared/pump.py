@@ -138,7 +138,9 @@ class Checkpoint:
         self, table: Any, by_partition: Mapping[int, Mapping[bytes, Any]], encode: Callable[[Any], bytes] | None = None
     ) -> int:
         """Stage ``{partition: {key: value}}`` for ``table`` (see :func:`shared.batching.write_many`)."""
-        if table not in self.tables:
+        # By identity: a Faust table is a Mapping, and `in` would compare contents — every row of every table read
+        # from rocksdb at each checkpoint, and a second table equal to the first (both empty at start) never added.
+        if all(t is not table for t in self.tables):
             self.tables.append(table)
         return write_many(table, self.box, by_partition, self.event_for, encode)
 

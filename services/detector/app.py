@@ -70,9 +70,7 @@ def create_app(settings: Settings | None = None, detector_settings: DetectorSett
     app, health = base_app(
         settings,
         openapi=OPENAPI,
-        broker_session_timeout=ds.session_timeout_s,
-        broker_heartbeat_interval=min(3.0, ds.session_timeout_s / 4),
-        broker_rebalance_timeout=max(ds.session_timeout_s, 10.0),
+        session_timeout_s=ds.session_timeout_s,
     )
     profiles = ProfileSet.load(ds.profiles_file)
     store = ModelStore(profiles, ds.zscore_threshold)
