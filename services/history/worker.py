@@ -573,6 +573,7 @@ class Sink:
         self.written = 0
         self.pending: asyncio.Future[None] | None = None
         self.generation = 0  # rebalances seen: a fetch made across one is dropped (read again after the seek)
+        self.stopping = False
         self.sought: dict[TopicPartition, int] = {}  # where each partition was sought at its last assignment
         self.on_assigned: Callable[[], None] = lambda: None
 
@@ -633,7 +634,7 @@ class Sink:
     async def run(self) -> None:
         """Read, write, repeat; a database or broker failure is retried, never fatal."""
         backoff = 1.0
-        while True:
+        while not self.stopping:
             try:
                 if not self.started:
                     await self.start()
@@ -641,6 +642,9 @@ class Sink:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - the sink must outlive any outage; it says why on /ready
+                if self.stopping:
+                    # stop() let go of the consumer under the loop: not an outage, and nothing to connect again
+                    return
                 self.error = f"{type(exc).__name__}: {exc}"
                 log.error("history sink: %s; retrying in %.0fs", self.error, backoff)
                 await self._reset()
@@ -676,7 +680,7 @@ class Sink:
         gc.set_threshold(50_000, 20, 50)
         last_retention = last_idle_close = time.monotonic()
         within_ms = max(1, int(self.hs.batch_within_s * 1000))
-        while True:
+        while not self.stopping:
             generation = self.generation
             fetched = await self.consumer.getmany(
                 timeout_ms=0 if self.pending else within_ms, max_records=self.hs.batch_size
@@ -812,6 +816,7 @@ class Sink:
 
     async def stop(self) -> None:
         """Commit the batch in flight, then let go of Kafka and PostgreSQL."""
+        self.stopping = True
         async with self.lock:
             pending, self.pending = self.pending, None
             if pending is not None:

@@ -352,5 +352,15 @@ async def test_history_keeps_everything_once_and_serves_it(settings, db) -> None
         assert await _count(db, "SELECT count(*) FROM anomalies") == 6
         after = await _rows(db, "SELECT * FROM episodes ORDER BY start_ts")
         assert len(after) == 2 and after[1]["anomaly_count"] == 3 and after[1]["end_ts"] == later[1]["ts"] + MIN
+
+        # A stop is quiet: the sink stops reading before it lets go of Kafka (it used to find its consumer gone,
+        # log "history sink: AttributeError ...; retrying" and connect to Kafka and PostgreSQL again while exiting).
+        logged = worker.log_path.stat().st_size
+        worker.stop()
+        assert worker.proc is not None and worker.proc.returncode is not None
+        with open(worker.log_path, "rb") as f:
+            f.seek(logged)
+            at_stop = f.read().decode(errors="replace")
+        assert "history sink:" not in at_stop and "Traceback" not in at_stop, at_stop[-2000:]
     finally:
         worker.stop()
