@@ -57,7 +57,6 @@ class ZoneProcessor:
         self.models = models
         self.on_step = on_step
         self.tariffs = settings.tariff_by_utility
-        self.feature_names = config.risk_feature_names
         self.duplicates = 0
         self.late = 0
         self.model_seconds = 0.0  # time inside the two model calls, summed (the worker observes it per batch)
@@ -88,6 +87,12 @@ class ZoneProcessor:
         """Merge partials, then close what ``source_wm`` (source partition -> watermark) says is complete."""
         touched = self.ingest(states, partials)
         return self.close_ready(states, touched, source_wm)
+
+    def use(self, models: Any) -> None:
+        """Serve ``models`` from the next batch on, with the feature configuration they were trained with."""
+        if models is not self.models:
+            self.config = models.config
+            self.models = models
 
     def close_ready(
         self,
@@ -208,9 +213,10 @@ class ZoneProcessor:
                     entry["deviation"] = (step.actual[metric] - mid) / max(hi - lo, 1e-9)
             forecast[metric] = entry
         order = np.argsort(-np.abs(contrib))[: self.settings.top_features]
+        names = self.config.risk_feature_names
         top = [
             {
-                "feature": self.feature_names[j],
+                "feature": names[j],
                 "contribution": round(float(contrib[j]), 5),
                 "value": round(float(step.features[j]), 4),
             }

@@ -81,18 +81,10 @@ class ZoneScorer:
         # partials partition -> zones with open steps, looked at again when that partition's watermarks move
         self.waiting = WaitingZones(settings.partitions, source_partitions, fs.lateness_s * 1000)
 
-    def use_model(self) -> None:
-        """Point the processor at the holder's current model (between batches only)."""
-        predictor = self.holder.predictor
-        processor = self.processor
-        if predictor is not None and processor.models is not predictor:
-            processor.config = predictor.config
-            processor.feature_names = predictor.config.risk_feature_names
-            processor.models = predictor
-
     async def score(self, events: list[Any]) -> None:
         t0 = time.perf_counter()
-        self.use_model()
+        if self.holder.predictor is not None:  # a model swapped in by a reload serves from this batch on
+            self.processor.use(self.holder.predictor)
         if not self.waiting.seeded:  # zones restored from the changelog may hold open steps
             self.waiting.seed(list(self.zones.data.keys()))
         got = await self._gather(events)
@@ -184,7 +176,7 @@ class ZoneScorer:
         for q, batch in partials.items():
             marks = source_wm.get(q)
             zone_wm.update(dict.fromkeys(processor.ingest(states, batch), marks))
-        return processor.close_ready(states, zone_wm, zone_wm=zone_wm)
+        return processor.close_ready(states, list(zone_wm), zone_wm=zone_wm)
 
     async def _publish(self, risks: list[Any]) -> dict[str, Any]:
         """Send the risk records and wait for their acks; the latest per zone, for the cache."""

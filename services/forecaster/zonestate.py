@@ -348,14 +348,15 @@ class ZoneState:
         feats = np.zeros(blocks + len(ZONE_FEATURES), dtype=np.float32)
         deviations = self._sensor_deviations(step, bucket["s"], cfg)
         means = self._metric_features(step, bucket["m"], deviations, cfg, feats)
-        self._zone_features(step, gap, bucket, cfg, feats[blocks:])
+        utility = self.utility
+        self._zone_features(step, gap, bucket, utility, cfg, feats[blocks:])
         if len(self.sensors) > len(bucket["s"]):
             self._forget_quiet_sensors(step, cfg.sensor_ttl_steps)
         actual, units, profile = self._key_totals(step, means, cfg)
         return Step(
             zone=self.zone,
             site=self.site,
-            utility=self.utility,
+            utility=utility,
             step=step,
             ts=(step + 1) * self.step_ms,
             features=feats,
@@ -459,7 +460,9 @@ class ZoneState:
             profile_update(prof, step, cfg.step_s, mean, cfg.profile_alpha)
         return means
 
-    def _zone_features(self, step: int, gap: int, bucket: dict[str, Any], cfg: FeatureConfig, row: np.ndarray) -> None:
+    def _zone_features(
+        self, step: int, gap: int, bucket: dict[str, Any], utility: str, cfg: FeatureConfig, row: np.ndarray
+    ) -> None:
         """``ZONE_FEATURES`` into ``row``: how much the zone reported against the usual, gaps, time of day."""
         readings = float(bucket["n"])
         sensors = float(len(bucket["s"]))
@@ -471,7 +474,6 @@ class ZoneState:
         angle = 2.0 * math.pi * (((step * cfg.step_s) % 86400) / 86400.0)
         row[_ZONE_AT["hour_sin"]] = math.sin(angle)
         row[_ZONE_AT["hour_cos"]] = math.cos(angle)
-        utility = self.utility
         if utility in UTILITIES:
             row[_ZONE_AT[f"utility_{utility}"]] = 1.0
         for key, x in ((READINGS, readings), (SENSORS, sensors)):
