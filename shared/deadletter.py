@@ -11,12 +11,16 @@ model events, partials — that could not be used) here, so the rules are the sa
   escapes to six bytes a character). The record says so (``truncated``, ``payload_bytes``), and
   reasons are bounded too, so a quarantine record always fits well under the topic's
   ``max.message.bytes`` and can never be refused by the broker and retried forever.
-- **One partition rule.** Keyed records go where their key hashes (``partition_of(key)``);
-  unkeyed ones stay on the partition number of the message they came from, modulo the target's
-  partition count, so a poison partition's quarantine stays ordered with it.
+- **One partition rule** (:func:`target_partition`). Keyed records go where their key hashes
+  (``partition_of(key)``); unkeyed ones stay on the partition number of the message they came
+  from, modulo the target's partition count, so a poison partition's quarantine stays ordered
+  with it; with no such message, partition 0.
+- **One key rule** (:func:`quarantined`). A quarantine record is keyed by the message's own key,
+  else by the sensor id found in it; its ``sensor_id`` is the one found, else the key.
 
 The functions are pure: callers add the returned ``(partition, key, value)`` to their own outbox
-(:class:`shared.batching.Outbox`) or send it with their producer.
+(:class:`shared.batching.Outbox`) or send it with their producer. Every quarantine record of a
+service goes through :func:`quarantined` (a pump's job: :meth:`shared.pump.BatchJob.quarantine`).
 """
 
 from __future__ import annotations
@@ -141,6 +145,41 @@ def quarantine(
         payload_bytes=size,
     )
     return dumps(record)
+
+
+def quarantined(
+    raw: bytes | bytearray | memoryview | str | None,
+    reasons: list[str],
+    source: str,
+    partition_of: Partitioner,
+    partitions: int,
+    *,
+    key: bytes | None = None,
+    sensor_id: str | None = None,
+    source_partition: int | None = None,
+    decoded: Any = None,
+    decoded_ok: bool = False,
+    received_ms: int | None = None,
+) -> tuple[int, bytes | None, bytes]:
+    """A quarantine record and where it goes: ``(partition, key, value)`` on a topic of ``partitions`` partitions.
+
+    ``key`` is the message's own key; ``source_partition`` the partition it was read from (None when it
+    was never on a topic); ``sensor_id`` the sensor it names, when that is known (one that cannot be
+    written as a key is not kept).
+    """
+    if not key:
+        key = None
+        if sensor_id:
+            try:
+                key = sensor_id.encode()
+            except UnicodeEncodeError:
+                sensor_id = None
+    elif sensor_id is None:
+        sensor_id = key.decode("utf-8", "replace")
+    value = quarantine(
+        raw, reasons, source, decoded=decoded, decoded_ok=decoded_ok, sensor_id=sensor_id, received_ms=received_ms
+    )
+    return target_partition(key, partition_of, partitions, source_partition), key, value
 
 
 def dead_letter(

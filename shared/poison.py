@@ -32,7 +32,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from shared.batching import Outbox, PartitionMap
-from shared.deadletter import dead_letter, quarantine, target_partition
+from shared.deadletter import dead_letter, quarantined, target_partition
 from shared.metrics import DEAD_LETTERS, Counter
 from shared.settings import Settings
 from shared.topics import DEADLETTER, READINGS_CLEAN, READINGS_QUARANTINE, READINGS_RAW
@@ -87,10 +87,18 @@ class SetAside:
             decoded, decoded_ok = orjson.loads(record.value or b""), True
         except orjson.JSONDecodeError:
             decoded, decoded_ok = None, False
+        parts = self.partitions
         if self.quarantines:
-            sensor = key.decode("utf-8", "replace") if key else None
-            value = quarantine(
-                record.value, reasons, self.source, sensor_id=sensor, decoded=decoded, decoded_ok=decoded_ok
+            partition, key, value = quarantined(
+                record.value,
+                reasons,
+                self.source,
+                parts,
+                parts.partitions,
+                key=key,
+                source_partition=record.partition,
+                decoded=decoded,
+                decoded_ok=decoded_ok,
             )
         else:
             value = dead_letter(
@@ -104,10 +112,10 @@ class SetAside:
                 decoded=decoded,
                 decoded_ok=decoded_ok,
             )
+            partition = target_partition(key, parts, parts.partitions, record.partition)
             DEAD_LETTERS.labels(self.service, origin).inc()
-        parts = self.partitions
         box = Outbox(producer)
-        box.add(self.topic, target_partition(key, parts, parts.partitions, record.partition), key, value)
+        box.add(self.topic, partition, key, value)
         await box.flush()
         SET_ASIDE.labels(self.service).inc()
 

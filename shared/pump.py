@@ -49,18 +49,20 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from shared.batching import Outbox, PartitionEvent, persisted, write_many
-from shared.metrics import CONSUMER_LAG, Counter
+from shared.batching import Outbox, PartitionEvent, PartitionMap, persisted, start_output_producer, write_many
+from shared.deadletter import quarantined
+from shared.metrics import BATCH_SECONDS, BATCH_SIZE, CONSUMER_LAG, EVENTS_IN, Counter
 from shared.poison import JOB_FAILURES, SetAside, failed_twice
 from shared.service import tables_recovered
 from shared.settings import Settings
 from shared.streaming import event_context
+from shared.topics import READINGS_QUARANTINE
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +117,9 @@ class PumpJob(Protocol):
     def rewind(self) -> None:
         """Drop everything since the last checkpoint; the pump then reads again from there."""
 
+    async def stop(self) -> None:
+        """Stop the output producer (after the pump's last checkpoint)."""
+
 
 def keeps_state(job: PumpJob) -> bool:
     """Whether a batch changes the job's state for the next ones (``stateless = True`` on the job says it does not).
@@ -124,6 +129,191 @@ def keeps_state(job: PumpJob) -> bool:
     nothing to undo: only the failed batch is read again, and the outputs of the ones before it stand.
     """
     return not getattr(job, "stateless", False)
+
+
+W = TypeVar("W")
+
+
+@dataclass(slots=True)
+class Batch(Generic[W]):
+    """A submitted batch: what the job decided (``work``), and its outputs on their way to the broker."""
+
+    work: W
+    size: int  # messages read
+    acked: asyncio.Future[Any]
+    started: float  # perf_counter() when the batch was handed over
+
+
+class BatchJob(Generic[W]):
+    """The :class:`PumpJob` plumbing every pump job shares; a service writes only what it decides per batch.
+
+    A subclass sets ``config`` (its :class:`PumpConfig`) and the output topics, and writes:
+
+    * :meth:`decide` — a fetch's records into ``box`` (an :class:`Outbox` sent once :meth:`decide` returns);
+      returns what :meth:`finish` needs;
+    * :meth:`finish` — accounting once the broker acknowledged the batch (its own metrics, caches);
+    * :meth:`write_state` — the entries of ``dirty`` (changed since the last checkpoint) into a checkpoint;
+    * optionally :meth:`prepare` (before the producer starts), :meth:`started` (once it has),
+      :meth:`forget` (in-memory state) and :meth:`close` (after the producer stopped).
+
+    The base owns the output producer (one, started once, whoever asks first), the partition map of every
+    output topic (``partition_of[topic]``), the stand-in events for table access (:meth:`event`), the
+    partitions the pump reads here now (``local``, kept current by the pump), checkpoint staging with its
+    undo, the standard batch metrics (events in, batch size, batch seconds, by ``batch_kind``) and quarantine
+    records (:meth:`quarantine`, :func:`shared.deadletter.quarantined`: one partition rule). ``app.py`` builds
+    the pump around the job: ``Pump.around(app, job)``.
+    """
+
+    stateless = False  # True: a batch changes nothing the next batches depend on (see keeps_state)
+    batch_kind = "batch"  # the ``kind`` label of the batch size and seconds histograms
+
+    def __init__(self, settings: Settings, config: PumpConfig, partitions: int, outputs: Iterable[str]) -> None:
+        self.settings = settings
+        self.config = config
+        self.service = config.service
+        self.topic = config.topic
+        self.partitions = partitions  # of the input topic and the job's tables
+        self.quarantine_name = settings.topic(READINGS_QUARANTINE.name)
+        self.outputs = tuple(dict.fromkeys(outputs))
+        self.producer: AIOKafkaProducer | None = None
+        self.partition_of: dict[str, PartitionMap] = {}
+        self.dirty: dict[Any, Any] = {}  # changed since the last checkpoint; see write_state
+        self.local: frozenset[int] = frozenset()  # partitions the pump reads here now (set by the pump)
+        self._events: dict[int, PartitionEvent] = {}
+        self._start_lock = asyncio.Lock()
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> str:
+        """Start the output producer and learn the output topics' partition counts (the first caller does)."""
+        if self.producer is not None:
+            return ""
+        async with self._start_lock:
+            if self.producer is None:
+                await self.prepare()
+                producer, maps = await start_output_producer(self.settings, self.service, self.outputs)
+                self.partition_of = maps
+                self.started()
+                self.producer = producer  # last: a job with a producer is ready for batches
+        return ""
+
+    async def stop(self) -> None:
+        if self.producer is not None:
+            await self.producer.stop()
+        await self.close()
+
+    def ready_check(self) -> tuple[bool, str]:
+        if self.producer is None:
+            return False, "output producer not started yet"
+        return True, "producer up"
+
+    async def prepare(self) -> None:
+        """Before the output producer starts (a slow warm-up that must precede the first batch)."""
+
+    def started(self) -> None:
+        """Once the output producer is up and ``partition_of`` is known."""
+
+    async def close(self) -> None:
+        """After the output producer stopped."""
+
+    # --- partitions ---------------------------------------------------------------------------
+
+    def event(self, partition: int) -> PartitionEvent:
+        """A stand-in event for ``partition`` of the input topic (table reads and writes go to that partition)."""
+        event = self._events.get(partition)
+        if event is None:
+            event = self._events[partition] = PartitionEvent(self.topic, partition)
+        return event
+
+    def local_partitions(self) -> set[int]:
+        """Partitions of the input topic being read here now."""
+        return set(self.local)
+
+    # --- batches ------------------------------------------------------------------------------
+
+    async def submit(self, records: list[Any]) -> Batch[W]:
+        """Decide a batch and start producing its outputs; :meth:`complete` waits for the acks."""
+        if self.producer is None:
+            await self.start()
+        assert self.producer is not None
+        started = time.perf_counter()
+        box = Outbox(self.producer)
+        work = await self.decide(records, box)
+        return Batch(work, len(records), await box.send(), started)
+
+    async def complete(self, batch: Batch[W]) -> W:
+        """Wait for a batch's acks, then count it: the standard metrics, then the job's :meth:`finish`."""
+        await batch.acked
+        elapsed = time.perf_counter() - batch.started
+        service, kind = self.service, self.batch_kind
+        EVENTS_IN.labels(service, self.topic).inc(batch.size)
+        BATCH_SIZE.labels(service, kind).observe(batch.size)
+        BATCH_SECONDS.labels(service, kind).observe(elapsed)
+        self.finish(batch.work, elapsed)
+        return batch.work
+
+    async def decide(self, records: list[Any], box: Outbox) -> W:
+        """Decide a fetch of aiokafka ``ConsumerRecord``s: outputs into ``box``; what :meth:`finish` needs."""
+        raise NotImplementedError
+
+    def finish(self, work: W, elapsed: float) -> None:
+        """Account for a batch whose outputs the broker acknowledged (``elapsed``: seconds since submit)."""
+
+    def quarantine(
+        self,
+        box: Outbox,
+        raw: Any,
+        reasons: list[str],
+        *,
+        source: str | None = None,
+        key: bytes | None = None,
+        sensor_id: str | None = None,
+        source_partition: int | None = None,
+        decoded: Any = None,
+        decoded_ok: bool = False,
+    ) -> None:
+        """One readings.quarantine record into ``box`` (:func:`shared.deadletter.quarantined`)."""
+        pmap = self.partition_of[self.quarantine_name]
+        partition, key, value = quarantined(
+            raw,
+            reasons,
+            source or self.service,
+            pmap,
+            pmap.partitions,
+            key=key,
+            sensor_id=sensor_id,
+            source_partition=source_partition,
+            decoded=decoded,
+            decoded_ok=decoded_ok,
+        )
+        box.add(self.quarantine_name, partition, key, value)
+
+    # --- checkpoints and rewinds --------------------------------------------------------------
+
+    def stage(self, checkpoint: Checkpoint) -> Undo | None:
+        """Write ``dirty`` into ``checkpoint`` (:meth:`write_state`); the undo marks it dirty again."""
+        if not self.dirty:
+            return None
+        dirty, self.dirty = self.dirty, {}
+        self.write_state(checkpoint, dirty)
+
+        def undo() -> None:
+            for key, value in dirty.items():
+                self.dirty.setdefault(key, value)
+
+        return undo
+
+    def write_state(self, checkpoint: Checkpoint, dirty: dict[Any, Any]) -> None:
+        """Stage the state of ``dirty``'s entries into ``checkpoint`` (:meth:`Checkpoint.write`)."""
+        raise NotImplementedError(f"{type(self).__name__} marks state dirty but does not write it")
+
+    def forget(self) -> None:
+        """Drop in-memory state (partitions may change hands; the tables hold the truth)."""
+
+    def rewind(self) -> None:
+        """Drop everything since the last checkpoint; the pump then reads again from there."""
+        self.dirty.clear()
+        self.forget()
 
 
 class Checkpoint:
@@ -221,7 +411,9 @@ class Pump:
             help=f"Last checkpointed offset per partition of {config.topic}",
         )
         self.consumer: AIOKafkaConsumer | None = None
-        self.assigned: set[int] = set()
+        self._assigned: set[int] = set()
+        self._paused = True
+        self.assigned = set()
         self.lock = asyncio.Lock()  # held while a batch is in flight; rebalances wait for it
         self.paused = True
         self.error = ""
@@ -237,7 +429,35 @@ class Pump:
         self.aside = SetAside(settings, config.service, config.topic, config.set_aside_topic)
         self.aside_topic = self.aside.topic
 
+    @classmethod
+    def around(cls, app: Any, job: BatchJob[Any]) -> Pump:
+        """The pump that reads ``job.config.topic`` for ``job`` (its tables have ``job.partitions`` partitions)."""
+        return cls(app, job.settings, job, job.config, job.partitions)
+
     # --- partitions and offsets ---------------------------------------------------------------
+
+    # What the pump reads is told to its job as it changes (BatchJob.local), so the job never asks the pump.
+    @property
+    def assigned(self) -> set[int]:
+        return self._assigned
+
+    @assigned.setter
+    def assigned(self, partitions: set[int]) -> None:
+        self._assigned = partitions
+        self._tell_job()
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    @paused.setter
+    def paused(self, paused: bool) -> None:
+        self._paused = paused
+        self._tell_job()
+
+    def _tell_job(self) -> None:
+        if isinstance(self.job, BatchJob):
+            self.job.local = frozenset() if self._paused else frozenset(self._assigned)
 
     def event(self, partition: int) -> PartitionEvent:
         """A stand-in event for ``partition`` (table reads and writes go to that partition)."""
@@ -617,6 +837,11 @@ class Pump:
             if self.consumer is not None and self.assigned:
                 self.consumer.assign([])
             self.assigned = set()
+
+    async def stop(self) -> None:
+        """At shutdown: finish, checkpoint, stop reading, then stop the job (its output producer)."""
+        await self.on_revoked()
+        await self.job.stop()
 
     async def run(self) -> None:
         if not await self._start():

@@ -27,7 +27,7 @@ from services.ingest.rules import Rules
 from services.ingest.sensors import ACCEPTED, DUPLICATE, SensorState
 from services.ingest.validation import decode, reason_code, validate
 from services.ingest.wire import reading_bytes
-from shared.deadletter import quarantine, target_partition
+from shared.deadletter import quarantined
 from shared.records import Reading
 
 log = logging.getLogger(__name__)
@@ -223,29 +223,20 @@ class BatchProcessor:
     def _quarantine(
         self, out: Outcome, msg: Inbound, decoded: Any, decoded_ok: bool, reasons: list[str], sensor_id: str | None
     ) -> None:
-        key = _key(sensor_id)
-        value = quarantine(
+        partition, key, value = quarantined(
             msg.value,
             reasons,
             msg.source,
+            self.partition_of,
+            self.partitions,
+            sensor_id=sensor_id,
+            source_partition=msg.partition,
             decoded=decoded,
             decoded_ok=decoded_ok,
-            sensor_id=sensor_id if key is not None else None,
             received_ms=msg.received_ms,
         )
-        partition = target_partition(key, self.partition_of, self.partitions, msg.partition)
         out.quarantined.append(Quarantined(partition, key, value))
         for code in {reason_code(r) for r in reasons}:
             out.reasons[code] += 1
         if msg.request is not None:
             out.verdicts.append((msg.request, QUARANTINED, reasons))
-
-
-def _key(sensor_id: str | None) -> bytes | None:
-    """The key of a quarantine record: the sensor id when there is one that can be a key."""
-    if not sensor_id:
-        return None
-    try:
-        return sensor_id.encode()
-    except UnicodeEncodeError:
-        return None
