@@ -157,7 +157,7 @@ class BatchJob(Generic[W]):
       :meth:`forget` (in-memory state) and :meth:`close` (after the producer stopped).
 
     The base owns the output producer (one, started once, whoever asks first), the partition map of every
-    output topic (``partition_of[topic]``), the stand-in events for table access (:meth:`event`), the
+    output topic (``partition_maps[topic]``), the stand-in events for table access (:meth:`event`), the
     partitions the pump reads here now (``local``, kept current by the pump), checkpoint staging with its
     undo, the standard batch metrics (events in, batch size, batch seconds, by ``batch_kind``) and quarantine
     records (:meth:`quarantine`, :func:`shared.deadletter.quarantined`: one partition rule). ``app.py`` builds
@@ -172,11 +172,12 @@ class BatchJob(Generic[W]):
         self.config = config
         self.service = config.service
         self.topic = config.topic
+        self.topic_label = config.topic  # the ``topic`` label of flowwatch_events_in_total
         self.partitions = partitions  # of the input topic and the job's tables
         self.quarantine_name = settings.topic(READINGS_QUARANTINE.name)
         self.outputs = tuple(dict.fromkeys(outputs))
         self.producer: AIOKafkaProducer | None = None
-        self.partition_of: dict[str, PartitionMap] = {}
+        self.partition_maps: dict[str, PartitionMap] = {}
         self.dirty: dict[Any, Any] = {}  # changed since the last checkpoint; see write_state
         self.local: frozenset[int] = frozenset()  # partitions the pump reads here now (set by the pump)
         self._events: dict[int, PartitionEvent] = {}
@@ -192,7 +193,7 @@ class BatchJob(Generic[W]):
             if self.producer is None:
                 await self.prepare()
                 producer, maps = await start_output_producer(self.settings, self.service, self.outputs)
-                self.partition_of = maps
+                self.partition_maps = maps
                 self.started()
                 self.producer = producer  # last: a job with a producer is ready for batches
         return ""
@@ -211,7 +212,7 @@ class BatchJob(Generic[W]):
         """Before the output producer starts (a slow warm-up that must precede the first batch)."""
 
     def started(self) -> None:
-        """Once the output producer is up and ``partition_of`` is known."""
+        """Once the output producer is up and ``partition_maps`` is known."""
 
     async def close(self) -> None:
         """After the output producer stopped."""
@@ -246,7 +247,7 @@ class BatchJob(Generic[W]):
         await batch.acked
         elapsed = time.perf_counter() - batch.started
         service, kind = self.service, self.batch_kind
-        EVENTS_IN.labels(service, self.topic).inc(batch.size)
+        EVENTS_IN.labels(service, self.topic_label).inc(batch.size)
         BATCH_SIZE.labels(service, kind).observe(batch.size)
         BATCH_SECONDS.labels(service, kind).observe(elapsed)
         self.finish(batch.work, elapsed)
@@ -273,7 +274,7 @@ class BatchJob(Generic[W]):
         decoded_ok: bool = False,
     ) -> None:
         """One readings.quarantine record into ``box`` (:func:`shared.deadletter.quarantined`)."""
-        pmap = self.partition_of[self.quarantine_name]
+        pmap = self.partition_maps[self.quarantine_name]
         partition, key, value = quarantined(
             raw,
             reasons,

@@ -2,7 +2,7 @@
 
 ``python -m tests.ingest_poison worker`` runs ``python -m services.ingest worker`` with one change: a
 fetch of mapped source messages that holds :data:`POISON` makes the door's handling raise (a
-``RuntimeError`` out of :meth:`~services.ingest.engine.Ingest.map_items`), the way a bug beyond the
+``RuntimeError`` out of :meth:`~services.ingest.worker.Ingest.map_items`), the way a bug beyond the
 per-message mapping errors would; one that holds :data:`KILLER` kills the worker outright (SIGKILL to
 itself). Those mapping errors are quarantined message by message and never raise; these take the
 door's whole fetch down with them.
@@ -21,7 +21,7 @@ ERROR = "this door cannot handle a poison message"
 
 
 def install() -> None:
-    from services.ingest.engine import Ingest
+    from services.ingest.worker import Ingest
 
     original = Ingest.map_items
 

@@ -1,6 +1,6 @@
 """The detector service's Faust app: `create_app(settings)` and the module-level `app` for the CLI.
 
-- readings.clean -> :class:`~services.detector.engine.DetectorEngine` (the readings pump,
+- readings.clean -> :class:`~services.detector.worker.DetectorEngine` (the readings pump,
   micro-batches, the ``detector-sensor-state`` and ``detector-progress`` tables) -> scores,
   anomalies, zone partials, Redis.
 - zone partials -> the ``detector-aggregate`` agent (per-zone open windows in the
@@ -18,17 +18,18 @@ from typing import Any
 import faust
 
 from services.detector import aggregates
-from services.detector.engine import DetectorEngine
 from services.detector.metrics import AGGREGATES_EMITTED, MODEL_LOADS, TRAINED_PROFILES
 from services.detector.pipeline import ModelStore, Scorer
 from services.detector.profiles import ProfileSet
 from services.detector.serving import ModelServing, watch_models
 from services.detector.settings import DetectorSettings
 from services.detector.state import Layout
+from services.detector.worker import DetectorEngine
 from shared.codec import dumps, loads
 from shared.metrics import DECODE_ERRORS, EVENTS_OUT
 from shared.mlops.monitor import DriftMonitor
 from shared.mlops.monitor import check as drift_check
+from shared.pump import Pump
 from shared.registry import ModelRegistry
 from shared.service import base_app
 from shared.settings import Settings
@@ -82,6 +83,7 @@ def create_app(settings: Settings | None = None, detector_settings: DetectorSett
     serving = ModelServing(store, ModelRegistry(settings.model_dir), ds.model_prefix, ds.model_alias, monitor)
     scorer = Scorer(store, ds.aggregate_window_s * 1000, ds.reason_metrics, ds.emit_scores, False, monitor)
     engine = DetectorEngine(app, settings, ds, scorer)
+    pump = Pump.around(app, engine)
     app.detector = engine  # type: ignore[attr-defined]
     window_ms, grace_ms = ds.aggregate_window_s * 1000, ds.aggregate_grace_s * 1000
     aggregates_name = settings.topic(AGGREGATES.name)
@@ -100,7 +102,7 @@ def create_app(settings: Settings | None = None, detector_settings: DetectorSett
     MODEL_LOADS.inc(len(changed))
     TRAINED_PROFILES.set(len(serving.serving))
     health.add_check("models", serving.readiness)
-    engine.pump.install(health, "readings")
+    pump.install(health, "readings")
     statistical = [p for p in profiles.by_name if p not in serving.serving]
     if statistical:
         log.warning(
@@ -159,7 +161,8 @@ def create_app(settings: Settings | None = None, detector_settings: DetectorSett
 
     @app.timer(interval=ds.state_sweep_s, name="detector-state-sweep")
     async def sweep_states() -> None:
-        await engine.sweep()
+        async with pump.lock:  # between batches: a deletion never races a checkpoint
+            await engine.sweep()
 
     if monitor is not None:
 
@@ -174,14 +177,13 @@ def create_app(settings: Settings | None = None, detector_settings: DetectorSett
     @app.on_before_shutdown.connect
     async def _stop(sender: Any, **_: Any) -> None:
         stop_watch.set()
-        await engine.pump.on_revoked()
-        await engine.stop()
+        await pump.stop()
 
     @health.api_page("/detector/state/{sensor_id}", "viewer")
     async def sensor_view(web: Any, request: Any, sensor_id: str) -> Any:
         raw = engine.memory.get(sensor_id)
         if raw is None:
-            for p in engine.owned_partitions():
+            for p in pump.owned_partitions():
                 raw = engine.load_state(sensor_id, p)
                 if raw is not None:
                     break
@@ -207,7 +209,7 @@ def create_app(settings: Settings | None = None, detector_settings: DetectorSett
                 "batch_seconds_max": seconds[-1] if seconds else None,
                 "batch_size_mean": round(sum(sizes) / len(sizes), 1) if sizes else None,
                 "batch_size": ds.batch_size,
-                "lag": engine.pump.lag,
+                "lag": pump.lag,
             }
         )
 

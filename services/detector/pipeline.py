@@ -1,6 +1,6 @@
 """One micro-batch of clean readings in, scores, anomalies, zone partials and new sensor states out.
 
-Pure: no Kafka, no Faust. The engine (services.detector.engine) hands over the decoded
+Pure: no Kafka, no Faust. The engine (services.detector.worker) hands over the decoded
 readings and a way to read a sensor's stored state; it gets back everything to write and send. Readings
 are grouped by model profile (and metric list) and each group is scored with a
 few vectorised calls, whatever the number of sensors in it.

@@ -1,6 +1,6 @@
 """The detector's work on each micro-batch of readings.clean: score, publish, checkpoint states.
 
-:class:`DetectorEngine` is the :class:`~shared.pump.PumpJob` of the detector's
+:class:`DetectorEngine` is the :class:`~shared.pump.BatchJob` of the detector's
 :class:`~shared.pump.Pump`, which reads readings.clean in ``getmany`` fetches outside Faust's
 per-message consumer path (why, and how it follows Faust's assignment and recovery: see
 :mod:`shared.pump`).
@@ -25,20 +25,17 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
-
 from services.detector import aggregates, kernels
 from services.detector import metrics as m
 from services.detector.pipeline import BatchResult, Scorer
 from services.detector.settings import DetectorSettings
 from services.detector.state import Layout, pack, unpack
-from shared.batching import Outbox, PartitionMap, start_output_producer
+from shared.batching import Outbox, PartitionMap
 from shared.cache import Cache
 from shared.codec import dumps, loads
-from shared.deadletter import quarantine, target_partition
 from shared.limits import NewIdBudget
-from shared.metrics import BATCH_SECONDS, BATCH_SIZE, DECODE_ERRORS, EVENTS_IN, EVENTS_OUT
-from shared.pump import Checkpoint, Pump, PumpConfig, Undo
+from shared.metrics import DECODE_ERRORS, EVENTS_OUT
+from shared.pump import BatchJob, Checkpoint, PumpConfig
 from shared.records import Reading
 from shared.settings import Settings
 from shared.streaming import event_context
@@ -79,23 +76,19 @@ def decode(value: bytes | None, max_id_chars: int = 200) -> tuple[Reading | None
 
 
 @dataclass(slots=True)
-class Submitted:
-    """A micro-batch whose outputs are on their way to the broker."""
+class Scored:
+    """What a micro-batch decided, for :meth:`DetectorEngine.finish`."""
 
     partitions: dict[str, int]  # sensor -> its readings.clean partition
     result: BatchResult
     readings: int
     quarantined: int
-    acked: asyncio.Future[Any]
-    started: float
 
 
-class DetectorEngine:
+class DetectorEngine(BatchJob[Scored]):
+    batch_kind = "score"
+
     def __init__(self, app: Any, settings: Settings, ds: DetectorSettings, scorer: Scorer) -> None:
-        self.app = app
-        self.settings = settings
-        self.ds = ds
-        self.scorer = scorer
         self.clean_name = settings.topic(READINGS_CLEAN.name)
         self.names = {
             "scores": settings.topic(SCORES.name),
@@ -104,14 +97,6 @@ class DetectorEngine:
             "partials": settings.topic(DETECTOR_ZONE_PARTIALS.name),
         }
         partitions = READINGS_CLEAN.partitions_for(settings)
-        self.states = app.Table(
-            "detector-sensor-state",
-            help="Rolling state per sensor (packed vector)",
-            key_type=bytes,
-            value_type=bytes,
-            default=None,
-            partitions=partitions,
-        )
         config = PumpConfig(
             service=SERVICE,
             topic=self.clean_name,
@@ -124,12 +109,21 @@ class DetectorEngine:
             # 1 by default: a fetch returns what has arrived, so only an idle pump waits (docs/performance.md).
             fill_bytes=ds.batch_fill_bytes,
         )
-        self.pump = Pump(app, settings, self, config, partitions)
+        super().__init__(settings, config, partitions, self.names.values())
+        self.app = app
+        self.ds = ds
+        self.scorer = scorer
+        self.states = app.Table(
+            "detector-sensor-state",
+            help="Rolling state per sensor (packed vector)",
+            key_type=bytes,
+            value_type=bytes,
+            default=None,
+            partitions=partitions,
+        )
         self.cache = Cache(
             settings.redis_url, prefix=settings.topic_prefix, ttl_s=settings.cache_ttl_s, service=SERVICE
         )
-        self.producer: AIOKafkaProducer | None = None
-        self.partition_of: dict[str, PartitionMap] = {}
         # latest state (metrics, vector) of every sensor seen since the assignment; packed at checkpoints
         self.memory: dict[str, tuple[tuple[str, ...], Any]] = {}
         self.dirty: dict[str, int] = {}  # sensor -> partition, changed since the last checkpoint
@@ -141,25 +135,17 @@ class DetectorEngine:
 
     # --- start-up and partitions ------------------------------------------------------------
 
-    async def start(self) -> str:
-        """Start the output producer and learn the output topics' partition counts."""
-        if self.producer is not None:
-            return ""
+    async def prepare(self) -> None:
         # Before the first batch, and before /ready: compiling the kernels takes seconds on a cold cache.
         await asyncio.to_thread(kernels.warm_up)
-        producer, maps = await start_output_producer(self.settings, SERVICE, list(self.names.values()))
-        for kind, name in self.names.items():
-            self.partition_of[kind] = maps[name]
-        self.producer = producer
-        return ""
 
-    def owned_partitions(self) -> set[int]:
-        return self.pump.owned_partitions()
+    async def close(self) -> None:
+        await self.cache.close()
 
     def load_state(self, sensor_id: str, partition: int) -> tuple[tuple[str, ...], Any] | None:
         hit = self.memory.get(sensor_id)
         if hit is None:
-            with event_context(self.pump.event(partition)):
+            with event_context(self.event(partition)):
                 raw = self.states.get(sensor_id.encode())
             if raw is not None:
                 try:
@@ -174,19 +160,16 @@ class DetectorEngine:
 
     # --- one micro-batch ----------------------------------------------------------------------
 
-    async def submit(self, records: list[Any]) -> Submitted:
-        assert self.producer is not None
-        started = time.perf_counter()
+    async def decide(self, records: list[Any], box: Outbox) -> Scored:
         readings: list[Reading] = []
         partitions: dict[str, int] = {}
-        box = Outbox(self.producer)
         bad = 0
         max_id = self.ds.max_id_chars
         for rec in records:
             r, why = decode(rec.value, max_id)
             if r is None:
                 bad += 1
-                self._quarantine(box, rec.value, why, rec.key or None, rec.partition)
+                self._quarantine(box, rec.value, why, key=rec.key, source_partition=rec.partition)
                 continue
             readings.append(r)
             partitions[r.sensor_id] = rec.partition
@@ -195,7 +178,8 @@ class DetectorEngine:
             readings, refused = self._within_budget(readings, states)
             for r in refused:
                 bad += 1
-                self._quarantine(box, None, self.new_sensors.reason(r.source), r.sensor_id.encode(), None, r)
+                why = self.new_sensors.reason(r.source)
+                self._quarantine(box, None, why, sensor_id=r.sensor_id, decoded=r.to_dict(), decoded_ok=True)
                 partitions.pop(r.sensor_id, None)
         # A scoring error raises out of here: the pump retries the batch, then isolates the reading that fails.
         if self.ds.compute_in_thread and len(readings) >= max(1, self.ds.thread_min_readings):
@@ -204,12 +188,9 @@ class DetectorEngine:
             result = self.scorer.process(readings, states.get)
         for sid, blob in result.states.items():
             self.memory[sid] = blob
-        pscores, panom, ppart = (
-            self.partition_of["scores"],
-            self.partition_of["anomalies"],
-            self.partition_of["partials"],
-        )
         scores_t, anomalies_t, partials_t = self.names["scores"], self.names["anomalies"], self.names["partials"]
+        maps = self.partition_maps
+        pscores, panom, ppart = maps[scores_t], maps[anomalies_t], maps[partials_t]
         for s in result.scores:
             key = s.sensor_id.encode()
             box.add(scores_t, pscores(key), key, dumps(s))
@@ -219,7 +200,7 @@ class DetectorEngine:
         for zone, partial in result.partials.items():
             key = zone.encode()
             box.add(partials_t, ppart(key), key, dumps(partial))
-        return Submitted(partitions, result, len(readings), bad, await box.send(), started)
+        return Scored(partitions, result, len(readings), bad)
 
     def _within_budget(self, readings: list[Reading], states: dict[str, Any]) -> tuple[list[Reading], list[Reading]]:
         """Readings of sensors that may be created now, and those of new sensors beyond their source's budget."""
@@ -233,31 +214,14 @@ class DetectorEngine:
             return readings, []
         return [r for r in readings if r.sensor_id not in refused], [r for r in readings if r.sensor_id in refused]
 
-    def _quarantine(
-        self,
-        box: Outbox,
-        raw: bytes | None,
-        why: str,
-        key: bytes | None,
-        source_partition: int | None,
-        reading: Reading | None = None,
-    ) -> None:
-        """One quarantine record (shared.deadletter: bounded, always encodable, one partition rule)."""
-        pmap = self.partition_of["quarantine"]
-        sensor = key.decode("utf-8", "replace") if key else None
-        if reading is not None:
-            value = quarantine(None, [why], SERVICE, decoded=reading.to_dict(), decoded_ok=True, sensor_id=sensor)
-        else:
-            value = quarantine(raw, [why], SERVICE, sensor_id=sensor)
-        box.add(self.names["quarantine"], target_partition(key, pmap, pmap.partitions, source_partition), key, value)
+    def _quarantine(self, box: Outbox, raw: bytes | None, why: str, **where: Any) -> None:
+        self.quarantine(box, raw, [why], **where)
         m.QUARANTINED.labels(why.split(":")[0]).inc()
 
-    async def complete(self, sub: Submitted) -> None:
-        """Wait for a batch's acks; then its offsets and states count for the next checkpoint."""
-        await sub.acked
+    def finish(self, sub: Scored, elapsed: float) -> None:
+        """A batch the broker acknowledged: its states count for the next checkpoint; totals, metrics, cache."""
         self.dirty.update(sub.partitions)
         result = sub.result
-        elapsed = time.perf_counter() - sub.started
         self.recent.append((elapsed, sub.readings + sub.quarantined))
         t = self.totals
         t["batches"] += 1
@@ -265,13 +229,10 @@ class DetectorEngine:
         t["anomalies"] += len(result.anomalies)
         t["late"] += result.late
         t["quarantined"] += sub.quarantined
-        EVENTS_IN.labels(SERVICE, self.clean_name).inc(sub.readings + sub.quarantined)
         if sub.quarantined:
             DECODE_ERRORS.labels(SERVICE, self.clean_name).inc(sub.quarantined)
         EVENTS_OUT.labels(SERVICE, self.names["scores"]).inc(len(result.scores))
         EVENTS_OUT.labels(SERVICE, self.names["anomalies"]).inc(len(result.anomalies))
-        BATCH_SIZE.labels(SERVICE, "score").observe(sub.readings + sub.quarantined)
-        BATCH_SECONDS.labels(SERVICE, "score").observe(elapsed)
         if result.late:
             m.LATE.inc(result.late)
         if result.bad_states:
@@ -311,11 +272,8 @@ class DetectorEngine:
         if counts:
             await self.cache.incr_many("zone_anomalies", counts)
 
-    def stage(self, checkpoint: Checkpoint) -> Undo | None:
+    def write_state(self, checkpoint: Checkpoint, dirty: dict[str, int]) -> None:
         """The states of the sensors changed since the last checkpoint, once per sensor, in its partition."""
-        if not self.dirty:
-            return None
-        dirty, self.dirty = self.dirty, {}
         states: dict[int, dict[bytes, bytes]] = {}
         for sid, partition in dirty.items():
             held = self.memory.get(sid)
@@ -329,54 +287,37 @@ class DetectorEngine:
             self.memory = {sid: self.memory[sid] for sid in dirty if sid in self.memory}
             m.STATES_EVICTED.labels("memory").inc()
 
-        def undo() -> None:
-            for sid, p in dirty.items():
-                self.dirty.setdefault(sid, p)
-
-        return undo
-
     async def sweep(self, now_ms: int | None = None, limit: int = 10_000) -> int:
         """Delete the states of sensors silent for longer than ``state_ttl_s`` (event time); returns how many.
 
-        Runs between batches (under the pump's lock) and skips sensors held in memory, so a deletion never
-        races a checkpoint of the same sensor; Faust's producer is flushed before the lock is released.
+        Call between batches (``async with pump.lock``). It skips sensors held in memory, so a deletion never
+        races a checkpoint of the same sensor, and flushes Faust's producer before it returns.
         """
         ttl_ms = self.ds.state_ttl_s * 1000
         if ttl_ms <= 0:
             return 0
         cutoff = (now_ms if now_ms is not None else int(time.time() * 1000)) - ttl_ms
         pmap = PartitionMap(self.states.partitions)
-        async with self.pump.lock:
-            local = self.pump.local_partitions()
-            stale: list[tuple[int, bytes]] = []
-            for key, raw in list(self.states.data.items()):
-                p = pmap(key)
-                if p not in local or key.decode("utf-8", "replace") in self.memory:
-                    continue
-                try:
-                    metrics, vec = unpack(raw)
-                    last_ts = int(vec[Layout(len(metrics)).TS])
-                except (ValueError, IndexError):
-                    last_ts = -1  # unreadable: as good as gone
-                if last_ts < cutoff:
-                    stale.append((p, key))
-                    if len(stale) >= limit:
-                        break
-            for p, key in stale:
-                with event_context(self.pump.event(p)):
-                    del self.states[key]
-            if stale:
-                await self.app.producer.flush()
+        local = self.local
+        stale: list[tuple[int, bytes]] = []
+        for key, raw in list(self.states.data.items()):
+            p = pmap(key)
+            if p not in local or key.decode("utf-8", "replace") in self.memory:
+                continue
+            try:
+                metrics, vec = unpack(raw)
+                last_ts = int(vec[Layout(len(metrics)).TS])
+            except (ValueError, IndexError):
+                last_ts = -1  # unreadable: as good as gone
+            if last_ts < cutoff:
+                stale.append((p, key))
+                if len(stale) >= limit:
+                    break
+        for p, key in stale:
+            with event_context(self.event(p)):
+                del self.states[key]
         if stale:
+            await self.app.producer.flush()
             m.STATES_EVICTED.labels("expired").inc(len(stale))
             log.info("deleted the state of %d sensors silent for more than %ds", len(stale), self.ds.state_ttl_s)
         return len(stale)
-
-    def rewind(self) -> None:
-        self.dirty.clear()
-        self.forget()
-
-    async def stop(self) -> None:
-        if self.producer is not None:
-            await self.producer.stop()
-        await self.cache.close()

@@ -3,7 +3,7 @@
 Two stages, thin over pure code:
 
 * stage 1 (readings.clean, keyed by sensor; no state): the readings pump
-  (:mod:`shared.pump`) hands each fetch to :class:`~services.forecaster.folding.ReadingsFolder`,
+  (:mod:`shared.pump`) hands each fetch to :class:`~services.forecaster.worker.ReadingsFolder`,
   which folds it into one partial per zone (:mod:`services.forecaster.partials`) and sends
   those to the internal ``forecaster.zone-partials`` topic keyed by zone — a map-side
   combine instead of repartitioning every reading.
@@ -28,7 +28,6 @@ import faust
 
 from services.forecaster.drift import ForecastDrift
 from services.forecaster.features import FeatureConfig
-from services.forecaster.folding import ReadingsFolder
 from services.forecaster.metrics import (
     ZONES_EXPIRED,
 )
@@ -37,12 +36,14 @@ from services.forecaster.retention import sweep_zones
 from services.forecaster.runtime import ModelHolder
 from services.forecaster.scoring import ZoneScorer
 from services.forecaster.settings import ForecasterSettings
+from services.forecaster.worker import ReadingsFolder
 from services.forecaster.zonestate import ZoneState
 from shared.cache import Cache
 from shared.codec import loads
 from shared.limits import LabelSet
 from shared.metrics import DECODE_ERRORS
 from shared.mlops.monitor import publish as publish_drift
+from shared.pump import Pump
 from shared.records import ModelEvent
 from shared.registry import check_event
 from shared.service import base_app
@@ -80,7 +81,8 @@ def create_app(settings: Settings | None = None, forecaster_settings: Forecaster
     # A backlog waiting at start is read once the model load has been tried (as in stage 2): with a model
     # in the registry its steps get risk records instead of only warming up the zones' state.
     folder = ReadingsFolder(app, settings, fs, partials_topic.get_topic_name(), holder.first_attempt.wait)
-    folder.pump.install(state, "readings")
+    pump = Pump.around(app, folder)
+    pump.install(state, "readings")
     app.forecaster["folder"] = folder  # type: ignore[attr-defined]
     started = time.monotonic()
     zone_labels = LabelSet(fs.metric_zones)
@@ -119,7 +121,7 @@ def create_app(settings: Settings | None = None, forecaster_settings: Forecaster
     # this worker does see; before any data there is nothing to follow, so nothing is assumed.
     @app.timer(max(1.0, min(fs.idle_partition_s / 2, 5.0)))
     async def idle_watermarks() -> None:
-        last_wm, pump = folder.last_wm, folder.pump
+        last_wm = folder.last_wm
         if not last_wm:
             return
         now = time.monotonic()
@@ -180,8 +182,7 @@ def create_app(settings: Settings | None = None, forecaster_settings: Forecaster
 
     @app.on_before_shutdown.connect
     async def _stop(sender: Any, **_: Any) -> None:
-        await folder.pump.on_revoked()
-        await folder.stop()
+        await pump.stop()
 
     return app
 

@@ -1,6 +1,6 @@
 """Stage 1 of the forecaster: readings.clean fetches folded into zone partials and watermarks.
 
-:class:`ReadingsFolder` is the :class:`~shared.pump.PumpJob` of the forecaster's
+:class:`ReadingsFolder` is the :class:`~shared.pump.BatchJob` of the forecaster's
 :class:`~shared.pump.Pump`, which reads readings.clean in ``getmany`` fetches outside Faust's
 per-message consumer path (why and how: :mod:`shared.pump`). Each fetch is folded into one
 partial per zone (:func:`services.forecaster.partials.fold`); the partials, then one
@@ -15,24 +15,21 @@ folded again; stage 2 skips a partial it has already applied (offsets per source
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from services.forecaster.metrics import BAD_READINGS
 from services.forecaster.partials import fold
 from services.forecaster.settings import ForecasterSettings
-from shared.batching import Outbox, PartitionMap, start_output_producer
+from shared.batching import Outbox, PartitionMap
 from shared.codec import dumps, loads
-from shared.deadletter import quarantine, target_partition
-from shared.metrics import BATCH_SECONDS, BATCH_SIZE, DECODE_ERRORS, EVENTS_IN, EVENTS_OUT
-from shared.pump import Checkpoint, Pump, PumpConfig, Undo
+from shared.metrics import DECODE_ERRORS, EVENTS_OUT
+from shared.pump import BatchJob, PumpConfig
 from shared.settings import Settings
 from shared.topics import READINGS_CLEAN, READINGS_QUARANTINE
 
@@ -42,20 +39,18 @@ SERVICE = "forecaster"
 
 @dataclass(slots=True)
 class Folding:
-    """A folded fetch whose partials are on their way to the broker."""
+    """What a folded fetch sent, for :meth:`ReadingsFolder.finish`."""
 
-    readings: int
     partials: int
     bad: int
     reason: str  # of the first unusable reading, for the log
-    acked: asyncio.Future[Any]
-    started: float
 
 
-class ReadingsFolder:
+class ReadingsFolder(BatchJob[Folding]):
     # Stage 1 keeps nothing between fetches that its outputs depend on: a fetch that raised is read again
     # alone, without the pump rewinding (and repeating) the fetches before it.
     stateless = True
+    batch_kind = "fold"
 
     def __init__(
         self,
@@ -65,18 +60,8 @@ class ReadingsFolder:
         partials_topic: str,
         before_reading: Callable[[], Awaitable[Any]] | None = None,
     ) -> None:
-        self.settings = settings
-        self.before_reading = before_reading
-        self.fs = fs
-        self.step_ms = fs.step_ms
         self.readings_name = settings.topic(READINGS_CLEAN.name)
-        self.quarantine_name = settings.topic(READINGS_QUARANTINE.name)
         self.partials_name = partials_topic
-        self.producer: AIOKafkaProducer | None = None
-        self.partials_of: PartitionMap | None = None
-        self.quarantine_of: PartitionMap | None = None
-        self.last_wm: dict[str, int] = {}  # readings partition -> newest event time seen here
-        self.last_event_at: dict[int, float] = {}  # readings partition -> monotonic time of its last reading
         config = PumpConfig(
             service=SERVICE,
             topic=self.readings_name,
@@ -90,29 +75,28 @@ class ReadingsFolder:
             # and keeps the partials few at low rates (one per zone per fetch, not per reading).
             fill_bytes=512 * 1024,
         )
-        self.pump = Pump(app, settings, self, config, READINGS_CLEAN.partitions_for(settings))
+        outputs = (partials_topic, settings.topic(READINGS_QUARANTINE.name))
+        super().__init__(settings, config, READINGS_CLEAN.partitions_for(settings), outputs)
+        self.topic_label = READINGS_CLEAN.name  # the forecaster's metrics name topics without the prefix
+        self.before_reading = before_reading
+        self.fs = fs
+        self.step_ms = fs.step_ms
+        self.partials_of: PartitionMap | None = None
+        self.last_wm: dict[str, int] = {}  # readings partition -> newest event time seen here
+        self.last_event_at: dict[int, float] = {}  # readings partition -> monotonic time of its last reading
 
-    async def start(self) -> str:
-        if self.producer is not None:
-            return ""
+    async def prepare(self) -> None:
         if self.before_reading is not None:
             await self.before_reading()
-        producer, maps = await start_output_producer(self.settings, SERVICE, [self.partials_name, self.quarantine_name])
-        self.partials_of, self.quarantine_of = maps[self.partials_name], maps[self.quarantine_name]
-        self.producer = producer
-        return ""
 
-    async def stop(self) -> None:
-        if self.producer is not None:
-            await self.producer.stop()
+    def started(self) -> None:
+        self.partials_of = self.partition_maps[self.partials_name]
 
-    async def submit(self, records: list[Any]) -> Folding:
-        assert self.producer is not None and self.partials_of is not None and self.quarantine_of is not None
-        started = time.perf_counter()
+    async def decide(self, records: list[Any], box: Outbox) -> Folding:
+        assert self.partials_of is not None
         now = time.monotonic()
-        box = Outbox(self.producer)
         items: list[tuple[Any, int, int]] = []
-        bad: list[tuple[Any, str, bytes | None, int]] = []
+        bad: list[tuple[Any, str, bytes | None, int | None]] = []
         seen: set[int] = set()
         for rec in records:
             seen.add(rec.partition)
@@ -129,7 +113,7 @@ class ReadingsFolder:
         for p in seen:
             self.last_event_at[p] = now
         folded = fold(items, self.step_ms)
-        bad.extend((reading, why, None, 0) for reading, why in folded.bad)
+        bad.extend((reading, why, None, None) for reading, why in folded.bad)
         partials_of = self.partials_of
         for zone, partial in folded.partials.items():
             key = zone.encode()
@@ -142,9 +126,7 @@ class ReadingsFolder:
             self._broadcast(box, folded.watermarks)
         for payload, reason, key, partition in bad:
             self._quarantine(box, payload, reason, key, partition)
-        return Folding(
-            len(records), len(folded.partials), len(bad), bad[0][1] if bad else "", await box.send(), started
-        )
+        return Folding(len(folded.partials), len(bad), bad[0][1] if bad else "")
 
     def _broadcast(self, box: Outbox, marks: dict[str, int]) -> None:
         """Watermarks to every partials partition, after the partials (per partition they follow them)."""
@@ -153,19 +135,16 @@ class ReadingsFolder:
         for q in range(self.partials_of.partitions):
             box.add(self.partials_name, q, None, mark)
 
-    def _quarantine(self, box: Outbox, payload: Any, reason: str, key: bytes | None, partition: int) -> None:
-        """One quarantine record (shared.deadletter: bounded, always encodable, one partition rule)."""
-        assert self.quarantine_of is not None
+    def _quarantine(self, box: Outbox, payload: Any, reason: str, key: bytes | None, partition: int | None) -> None:
+        """One quarantine record: the raw message, or the decoded reading the fold could not use."""
         sensor = payload.get("sensor_id") if isinstance(payload, dict) else None
         if type(sensor) is not str:
             sensor = None
-        key = key or (sensor.encode() if sensor else None)
+        where: dict[str, Any] = {"key": key, "sensor_id": sensor, "source_partition": partition}
         if isinstance(payload, (bytes, bytearray)) or payload is None:
-            value = quarantine(payload, [reason], SERVICE, sensor_id=sensor)
+            self.quarantine(box, payload, [reason], **where)
         else:
-            value = quarantine(None, [reason], SERVICE, decoded=payload, decoded_ok=True, sensor_id=sensor)
-        pmap = self.quarantine_of
-        box.add(self.quarantine_name, target_partition(key, pmap, pmap.partitions, partition), key, value)
+            self.quarantine(box, None, [reason], decoded=payload, decoded_ok=True, **where)
 
     async def broadcast(self, marks: dict[str, int]) -> None:
         """Send watermarks on their own (idle partitions); after any partials already sent."""
@@ -180,24 +159,15 @@ class ReadingsFolder:
             # watermarks again on its next tick. Raised out of the timer it would stop the worker.
             log.warning("idle-partition watermarks not sent (again at the next tick): %s", exc)
 
-    async def complete(self, batch: Folding) -> None:
-        await batch.acked
-        EVENTS_IN.labels(SERVICE, READINGS_CLEAN.name).inc(batch.readings)
+    def finish(self, batch: Folding, elapsed: float) -> None:
         EVENTS_OUT.labels(SERVICE, "zone-partials").inc(batch.partials)
-        BATCH_SIZE.labels(SERVICE, "fold").observe(batch.readings)
-        BATCH_SECONDS.labels(SERVICE, "fold").observe(time.perf_counter() - batch.started)
         if batch.bad:
             DECODE_ERRORS.labels(SERVICE, READINGS_CLEAN.name).inc(batch.bad)
             BAD_READINGS.inc(batch.bad)
             EVENTS_OUT.labels(SERVICE, READINGS_QUARANTINE.name).inc(batch.bad)
             log.warning("quarantined %d readings the forecaster cannot use: %s", batch.bad, batch.reason)
 
-    def stage(self, checkpoint: Checkpoint) -> Undo | None:
-        return None  # nothing but the pump's offsets: stage 1 folds without state
-
     def forget(self) -> None:
+        # Nothing is ever dirty (stage 1 folds without state): a checkpoint holds only the pump's offsets.
         self.last_wm.clear()
         self.last_event_at.clear()
-
-    def rewind(self) -> None:
-        self.forget()

@@ -14,12 +14,13 @@ from typing import Any
 import faust
 
 from services.ingest import mappings
-from services.ingest.engine import Ingest
 from services.ingest.http import ReadingsEndpoint, install
 from services.ingest.mqtt import MqttBridge
 from services.ingest.rules import Rules
 from services.ingest.settings import IngestSettings
 from services.ingest.sources import MappedSources
+from services.ingest.worker import Ingest
+from shared.pump import Pump
 from shared.service import base_app
 from shared.settings import Settings
 
@@ -36,7 +37,7 @@ def create_app(settings: Settings | None = None, ingest_settings: IngestSettings
         session_timeout_s=isettings.session_timeout_s,
     )
     ingest = Ingest(app, settings, isettings, rules, mappings.load(isettings.mappings_file))
-    pump = ingest.pump
+    pump = Pump.around(app, ingest)
     app.flowwatch_ingest = ingest  # type: ignore[attr-defined]
 
     @app.agent(ingest.events_topic, name="ingest-sensor-events")

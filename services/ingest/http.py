@@ -37,7 +37,7 @@ from shared.auth import AuthError, TokenStore, authorize
 from shared.batching import Outbox
 
 if TYPE_CHECKING:
-    from services.ingest.engine import Ingest
+    from services.ingest.worker import Ingest
 
 log = logging.getLogger(__name__)
 

@@ -42,8 +42,8 @@ from services.ingest.pipeline import H_MAPPING, H_SOURCE
 from shared.batching import Outbox
 
 if TYPE_CHECKING:
-    from services.ingest.engine import Ingest
     from services.ingest.settings import IngestSettings
+    from services.ingest.worker import Ingest
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ The pump turns a fetch of readings.raw into :class:`Inbound` items and the engin
 calls :meth:`BatchProcessor.process`; the :class:`Outcome` says what to produce where,
 which sensor states changed, and what each HTTP request waiting on a reading should
 hear. The engine then produces everything, waits for the broker's acks, and only then
-counts the batch's offsets as finished for the next checkpoint (``services.ingest.engine``),
+counts the batch's offsets as finished for the next checkpoint (``services.ingest.worker``),
 so a crash can repeat work but never lose a reading.
 
 Co-partitioning: sensor state lives in the partition of its sensor_id (Kafka's

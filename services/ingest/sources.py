@@ -3,7 +3,7 @@
 A mapping's ``kafka:`` topics (prefixed by ``FLOWWATCH_TOPIC_PREFIX`` like every flowwatch topic)
 are read by a :class:`~shared.group_reader.GroupReader` in the consumer group ``<app id>-sources``
 (so several workers share them), in ``getmany`` fetches: each fetch is mapped
-(:meth:`~services.ingest.engine.Ingest.map_items`: the decode limits first, then the mapping), its
+(:meth:`~services.ingest.worker.Ingest.map_items`: the decode limits first, then the mapping), its
 readings written to readings.raw keyed by sensor_id and its failures to readings.quarantine
 (``mapping_error`` naming the mapping and the field, or the decode reason). The offsets are
 committed only after the broker acknowledged all of it, so a crash or a broker outage repeats a
@@ -39,7 +39,7 @@ from shared.group_reader import GroupReader
 from shared.topics import READINGS_QUARANTINE
 
 if TYPE_CHECKING:
-    from services.ingest.engine import Ingest
+    from services.ingest.worker import Ingest
 
 #: How often (seconds) the reader looks for source topics created since it started.
 TOPIC_CHECK_S = 30.0

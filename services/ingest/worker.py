@@ -1,16 +1,16 @@
 """The heart of ingest inside the Faust worker: batches, state, checkpoints, silence, cache.
 
-Per fetch of readings.raw (``Ingest`` is the :class:`~shared.pump.PumpJob` of ingest's
+Per fetch of readings.raw (``Ingest`` is the :class:`~shared.pump.BatchJob` of ingest's
 :class:`~shared.pump.Pump`, which reads readings.raw outside Faust's per-message consumer
 path; why and how: :mod:`shared.pump`):
 
 1. decode and validate every message (pure functions, :mod:`services.ingest.pipeline`) and
    admit valid readings against their sensor's state (duplicates, lateness);
 2. produce clean readings, quarantined inputs and forwarded readings as one record batch per
-   topic-partition (:class:`~shared.batching.Outbox`) — :meth:`Ingest.submit`;
+   topic-partition (:class:`~shared.batching.Outbox`) — :meth:`Ingest.decide`;
 3. once the broker acknowledged them (a few batches may be in flight meanwhile), count the
    batch as finished, tell waiting HTTP requests their verdicts and queue each sensor's
-   latest reading for Redis — :meth:`Ingest.complete`.
+   latest reading for Redis — :meth:`Ingest.finish`.
 
 Every ``FLOWWATCH_INGEST_CHECKPOINT_S`` (and before a rebalance or shutdown) the changed
 sensor states and, per partition, the offset of the last message whose outputs were
@@ -28,15 +28,12 @@ its sensors it already announced.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import faust
 import orjson
-from aiokafka import AIOKafkaProducer
 
 from services.ingest import metrics as m
 from services.ingest.mappings import PayloadMapping, expand
@@ -57,12 +54,11 @@ from services.ingest.settings import IngestSettings
 from services.ingest.validation import reason_code
 from services.ingest.verdicts import VerdictBoard
 from services.ingest.wire import reading_dict
-from shared.batching import Outbox, PartitionMap, start_output_producer
+from shared.batching import Outbox, PartitionMap
 from shared.cache import Cache
 from shared.codec import dumps
-from shared.deadletter import quarantine, target_partition
-from shared.metrics import BATCH_SECONDS, BATCH_SIZE, EVENTS_IN, EVENTS_OUT
-from shared.pump import Checkpoint, Pump, PumpConfig, Undo
+from shared.metrics import EVENTS_OUT
+from shared.pump import BatchJob, Checkpoint, PumpConfig
 from shared.records import SensorEvent
 from shared.settings import Settings
 from shared.streaming import decode_events, event_context, last_event_per_key, write_once_per_key
@@ -112,18 +108,10 @@ def to_inbound(record: Any) -> Inbound:
     )
 
 
-@dataclass(slots=True)
-class Submitted:
-    """A batch whose outputs are on their way to the broker."""
-
-    batch: list[Inbound]
-    outcome: Outcome
-    acked: asyncio.Future[Any]
-    started: float
-
-
-class Ingest:
+class Ingest(BatchJob[tuple[list[Inbound], Outcome]]):
     """Everything of ingest that lives inside the Faust worker."""
+
+    batch_kind = "readings"
 
     def __init__(
         self,
@@ -133,36 +121,10 @@ class Ingest:
         rules: Rules,
         mappings: dict[str, PayloadMapping] | None = None,
     ) -> None:
-        self.app = app
-        self.settings = settings
-        self.isettings = isettings
-        self.rules = rules
-        self.mappings = mappings or {}
-        self.events_topic = faust_topic(app, SENSOR_EVENTS, settings)
         self.raw_name = settings.topic(READINGS_RAW.name)
         self.clean_name = settings.topic(READINGS_CLEAN.name)
-        self.quarantine_name = settings.topic(READINGS_QUARANTINE.name)
         self.events_name = settings.topic(SENSOR_EVENTS.name)
-        # Keys are raw bytes (sensor_id); values are JSON (Faust's json codec, which is orjson when installed).
-        table_opts: dict[str, Any] = {
-            "key_type": bytes,
-            "default": None,
-            "partitions": READINGS_RAW.partitions_for(settings),
-        }
-        self.sensors = app.Table("sensors", help="Per-sensor state (SensorState) keyed by sensor_id", **table_opts)
-        self.silence = app.Table("silence", help="Sensors announced silent, keyed by sensor_id", **table_opts)
-        self.board = VerdictBoard()
-        self.cache = Cache(
-            settings.redis_url, prefix=settings.topic_prefix, ttl_s=settings.cache_ttl_s, service=SERVICE
-        )
-        self.cache_pending: dict[str, Any] = {}
-        self.silent: set[str] = set()
-        self._silence_loaded = False
-        self.producer: AIOKafkaProducer | None = None
-        self.partition_of: PartitionMap | None = None
-        self.processor: BatchProcessor | None = None
-        self._start_lock = asyncio.Lock()
-        self.dirty: dict[str, SensorState] = {}  # changed since the last checkpoint
+        partitions = READINGS_RAW.partitions_for(settings)
         config = PumpConfig(
             service=SERVICE,
             topic=self.raw_name,
@@ -175,47 +137,50 @@ class Ingest:
             # sensor state follows readings.raw's partition into readings.clean, and silence into sensor.events
             copartitioned=(self.clean_name, self.events_name),
         )
-        self.pump = Pump(app, settings, self, config, READINGS_RAW.partitions_for(settings))
+        outputs = (self.raw_name, self.clean_name, settings.topic(READINGS_QUARANTINE.name), self.events_name)
+        super().__init__(settings, config, partitions, outputs)
+        self.app = app
+        self.isettings = isettings
+        self.rules = rules
+        self.mappings = mappings or {}
+        self.events_topic = faust_topic(app, SENSOR_EVENTS, settings)
+        # Keys are raw bytes (sensor_id); values are JSON (Faust's json codec, which is orjson when installed).
+        table_opts: dict[str, Any] = {
+            "key_type": bytes,
+            "default": None,
+            "partitions": partitions,
+        }
+        self.sensors = app.Table("sensors", help="Per-sensor state (SensorState) keyed by sensor_id", **table_opts)
+        self.silence = app.Table("silence", help="Sensors announced silent, keyed by sensor_id", **table_opts)
+        self.board = VerdictBoard()
+        self.cache = Cache(
+            settings.redis_url, prefix=settings.topic_prefix, ttl_s=settings.cache_ttl_s, service=SERVICE
+        )
+        self.cache_pending: dict[str, Any] = {}
+        self.silent: set[str] = set()
+        self._silence_loaded = False
+        self.partition_of: PartitionMap | None = None  # readings.clean's: sensor_id -> partition
+        self.processor: BatchProcessor | None = None
+        self.dirty: dict[str, SensorState] = {}  # changed since the last checkpoint
 
     # --- start-up -----------------------------------------------------------------------
 
     async def ensure_started(self) -> None:
-        """Start the output producer and learn the partition counts (first caller does it)."""
-        if self.processor is not None:
-            return
-        async with self._start_lock:
-            if self.processor is not None:
-                return
-            names = (self.raw_name, self.clean_name, self.quarantine_name, self.events_name)
-            producer, maps = await start_output_producer(self.settings, SERVICE, names)
-            self.producer = producer
-            self.partition_of = maps[self.clean_name]
-            self.processor = BatchProcessor(
-                self.rules,
-                partition_of=self.partition_of,
-                load_state=self._load_state,
-                new_sensors=NewSensorLimit(self.isettings.new_sensors_per_min, time.monotonic),
-            )
-            log.info("ingest output producer started; %d partitions", self.partition_of.partitions)
+        """Start the output producer and learn the partition counts (the doors call it too; first caller does it)."""
+        await self.start()
 
-    async def start(self) -> str:
-        """The pump's start: the output producer (the pump checks the partition counts)."""
-        await self.ensure_started()
-        return ""
+    def started(self) -> None:
+        self.partition_of = self.partition_maps[self.clean_name]
+        self.processor = BatchProcessor(
+            self.rules,
+            partition_of=self.partition_of,
+            load_state=self._load_state,
+            new_sensors=NewSensorLimit(self.isettings.new_sensors_per_min, time.monotonic),
+        )
+        log.info("ingest output producer started; %d partitions", self.partition_of.partitions)
 
-    async def stop(self) -> None:
-        if self.producer is not None:
-            await self.producer.stop()
+    async def close(self) -> None:
         await self.cache.close()
-
-    def ready_check(self) -> tuple[bool, str]:
-        if self.processor is None:
-            return False, "output producer not started yet"
-        return True, "producer up"
-
-    def local_partitions(self) -> set[int]:
-        """Partitions whose readings this worker is processing now (the pump's assignment)."""
-        return self.pump.local_partitions()
 
     def forget(self) -> None:
         """Drop in-memory state after a checkpoint, before partitions may change hands."""
@@ -225,7 +190,7 @@ class Ingest:
         self._silence_loaded = False
 
     def _load_state(self, sensor_id: str, msg: Inbound) -> SensorState | None:
-        with event_context(self.pump.event(msg.partition)):
+        with event_context(self.event(msg.partition)):
             data = self.sensors.get(sensor_id.encode())
         return SensorState.from_dict(data) if data else None
 
@@ -252,10 +217,10 @@ class Ingest:
         decoded: Any = None,
     ) -> None:
         """An input a door decided itself (too large, or a mapped message that makes no reading), counted."""
-        assert self.partition_of is not None
-        target = target_partition(key, self.partition_of, self.partition_of.partitions, partition)
-        record = quarantine(value, reasons, source, decoded=decoded, decoded_ok=decoded is not None)
-        box.add(self.quarantine_name, target, key, record)
+        self.quarantine(
+            box, value, reasons, source=source, key=key, source_partition=partition, decoded=decoded,
+            decoded_ok=decoded is not None,
+        )  # fmt: skip
         m.QUARANTINED.inc()
         for code in {reason_code(r) for r in reasons}:
             m.QUARANTINE_REASONS.labels(code).inc()
@@ -309,21 +274,18 @@ class Ingest:
 
     # --- one fetch of readings.raw ---------------------------------------------------------
 
-    async def submit(self, records: list[Any]) -> Submitted:
-        """Decide a batch and start producing its outputs; :meth:`complete` waits for the acks.
+    async def decide(self, records: list[Any], box: Outbox) -> tuple[list[Inbound], Outcome]:
+        """Decide a batch into ``box``; :meth:`finish` accounts for it once the broker has the outputs.
 
         The pump keeps a few batches in flight so the worker decodes the next fetch while the
         broker acknowledges the last one. States are marked for the next checkpoint now; the
         pump drains every batch in flight before a checkpoint, so only acknowledged work is
         ever checkpointed.
         """
-        await self.ensure_started()
-        assert self.processor is not None and self.producer is not None
-        started = time.perf_counter()
+        assert self.processor is not None
         batch = [to_inbound(r) for r in records]
         outcome = self.processor.process(batch)
         self.dirty.update(outcome.states)
-        box = Outbox(self.producer)
         for partition, reading, encoded in outcome.clean:
             box.add(self.clean_name, partition, reading.sensor_id.encode(), encoded)
         for q in outcome.quarantined:
@@ -331,53 +293,38 @@ class Ingest:
         for partition, sensor_id, msg in outcome.forward:
             headers = [(k, v) for k, v in msg.headers if k != H_FORWARDED] + [(H_FORWARDED, b"1")]
             box.add(self.raw_name, partition, sensor_id.encode(), msg.value or b"", headers)
-        return Submitted(batch, outcome, await box.send(), started)
+        return batch, outcome
 
-    async def complete(self, sub: Submitted) -> Outcome:
-        """Wait for a submitted batch's acks, then count it as finished (offsets, verdicts, metrics)."""
-        await sub.acked
-        batch, outcome = sub.batch, sub.outcome
+    def finish(self, work: tuple[list[Inbound], Outcome], elapsed: float) -> None:
+        """Count a batch the broker acknowledged (verdicts, cache, metrics)."""
+        batch, outcome = work
         pending = self.cache_pending
         for _, reading, _ in outcome.clean:
             pending[reading.sensor_id] = reading
-        self._account(batch, outcome, time.perf_counter() - sub.started)
+        self._account(batch, outcome)
         for item, status, reasons in outcome.verdicts:
             self.board.resolve(item, status, reasons)
-        return outcome
 
     def rewind(self) -> None:
         """Forget everything since the last checkpoint; the pump then re-reads from there."""
-        self.forget()
-        self.dirty.clear()
+        super().rewind()
         self.cache_pending.clear()
 
-    def stage(self, checkpoint: Checkpoint) -> Undo | None:
+    def write_state(self, checkpoint: Checkpoint, dirty: dict[str, SensorState]) -> None:
         """The sensor states changed since the last checkpoint, once per sensor, in its partition."""
-        if not self.dirty:
-            return None
         assert self.partition_of is not None
-        dirty, self.dirty = self.dirty, {}
         partition_of = self.partition_of
         states: dict[int, dict[bytes, Any]] = {}
         for sensor_id, state in dirty.items():
             states.setdefault(partition_of(sensor_id), {})[sensor_id.encode()] = state.to_dict()
         checkpoint.write(self.sensors, states, orjson.dumps)
 
-        def undo() -> None:
-            for sensor_id, state in dirty.items():
-                self.dirty.setdefault(sensor_id, state)
-
-        return undo
-
-    def _account(self, batch: list[Inbound], outcome: Outcome, elapsed: float) -> None:
+    def _account(self, batch: list[Inbound], outcome: Outcome) -> None:
         sources: dict[str, int] = {}
         for msg in batch:
             sources[msg.source] = sources.get(msg.source, 0) + 1
         for source, n in sources.items():
             m.INPUTS.labels(source).inc(n)
-        EVENTS_IN.labels(SERVICE, self.raw_name).inc(len(batch))
-        BATCH_SIZE.labels(SERVICE, "readings").observe(len(batch))
-        BATCH_SECONDS.labels(SERVICE, "readings").observe(elapsed)
         if outcome.clean:
             utilities: dict[str, int] = {}
             for _, reading, _ in outcome.clean:
@@ -437,7 +384,7 @@ class Ingest:
         self._silence_loaded = True
 
     async def check_silence(self) -> tuple[list[SensorState], list[SensorState]]:
-        """Publish ``silent``/``back`` for this worker's sensors; returns them (for tests)."""
+        """Publish ``silent``/``back`` for the sensors of the partitions read here; returns them (for tests)."""
         if self.app.rebalancing or self.app.in_recovery:
             return [], []
         await self.ensure_started()
@@ -498,7 +445,7 @@ class Ingest:
         stale = [s for s, st in states.items() if 0 < st.last_seen_ms < cutoff and s not in self.dirty]
         for sensor_id in stale:
             key = sensor_id.encode()
-            with event_context(self.pump.event(self.partition_of(sensor_id))):
+            with event_context(self.event(self.partition_of(sensor_id))):
                 for table in (self.sensors, self.silence):
                     if table.get(key) is not None:
                         del table[key]

@@ -12,11 +12,11 @@ import orjson
 import pytest
 
 from services.detector import aggregates
-from services.detector.engine import DetectorEngine
 from services.detector.pipeline import ModelStore, Scorer
 from services.detector.profiles import ProfileSet
 from services.detector.settings import DEFAULT_PROFILES_FILE, DetectorSettings
 from services.detector.state import Layout, pack
+from services.detector.worker import DetectorEngine
 from services.forecaster import partials as fpartials
 from services.forecaster.retention import sweep_zones
 from services.forecaster.zonestate import ZoneState
@@ -66,8 +66,8 @@ def engine() -> DetectorEngine:
     scorer = Scorer(ModelStore(ProfileSet.load(DEFAULT_PROFILES_FILE)), packed=False)
     eng = DetectorEngine(app, settings, ds, scorer)
     eng.producer = CapturingProducer()  # type: ignore[assignment]
-    eng.partition_of = {kind: PartitionMap(2) for kind in eng.names}
-    eng.pump.assigned, eng.pump.paused = {0, 1}, False
+    eng.partition_maps = {name: PartitionMap(2) for name in eng.names.values()}
+    eng.local = frozenset({0, 1})  # what the pump reads here (it tells its job)
     return eng
 
 
@@ -77,7 +77,7 @@ async def test_readings_of_new_sensors_beyond_the_budget_are_quarantined_with_th
     values = [orjson.dumps(fuzz.reading(f"new-{i}", fuzz.T0 + j)) for j in range(2) for i in range(5)]
     sub = await engine.submit(messages(values))
     await engine.complete(sub)
-    assert sub.readings == 6 and sub.quarantined == 4  # 3 new sensors (2 readings each); 2 refused
+    assert sub.work.readings == 6 and sub.work.quarantined == 4  # 3 new sensors (2 readings each); 2 refused
     quarantine = [orjson.loads(v) for _, _, v in engine.producer.messages(engine.names["quarantine"])]  # type: ignore[union-attr]
     assert sorted({q["sensor_id"] for q in quarantine}) == ["new-3", "new-4"]
     assert {q["reasons"][0] for q in quarantine} == {
@@ -85,7 +85,7 @@ async def test_readings_of_new_sensors_beyond_the_budget_are_quarantined_with_th
     }
     assert quarantine[0]["payload"]["sensor_id"] in {"new-3", "new-4"}  # the reading, for a person to look at
     again = await engine.submit(messages([orjson.dumps(fuzz.reading("new-0", fuzz.T0 + 5))]))
-    assert again.readings == 1  # a known sensor is never limited
+    assert again.work.readings == 1  # a known sensor is never limited
 
 
 async def test_memory_keeps_at_most_its_bound_after_a_checkpoint(engine: DetectorEngine) -> None:
@@ -94,7 +94,7 @@ async def test_memory_keeps_at_most_its_bound_after_a_checkpoint(engine: Detecto
     values = [orjson.dumps(fuzz.reading(f"m-{i}", fuzz.T0)) for i in range(3)]
 
     async def checkpoint() -> None:
-        cp = Checkpoint(engine.producer, engine.pump.event)  # type: ignore[arg-type]
+        cp = Checkpoint(engine.producer, engine.event)  # type: ignore[arg-type]
         engine.stage(cp)
         await cp.commit()
 

@@ -198,14 +198,14 @@ def test_a_replayed_batch_is_scored_again_but_does_not_change_the_state():
     ],
 )
 def test_messages_that_are_not_readings_are_refused_with_a_reason(raw, why):
-    from services.detector.engine import decode
+    from services.detector.worker import decode
 
     reading_, reason = decode(raw)
     assert reading_ is None and why in reason
 
 
 def test_a_clean_reading_decodes():
-    from services.detector.engine import decode
+    from services.detector.worker import decode
 
     r, reason = decode(
         b'{"sensor_id": "a", "ts": 5, "site": "s", "zone": "z", "utility": "water", "asset": "pipe", "values": {"p": 1.5}}'

@@ -18,8 +18,8 @@ import orjson
 import pytest
 from aiokafka.errors import KafkaConnectionError
 
-from services.forecaster.folding import ReadingsFolder
 from services.forecaster.settings import ForecasterSettings
+from services.forecaster.worker import ReadingsFolder
 from shared.batching import PartitionMap
 from shared.pump import REWINDS, Checkpoint, Pump, PumpConfig
 from shared.settings import Settings
@@ -171,7 +171,8 @@ async def test_stage_one_sends_partials_before_their_watermark_and_quarantines_t
     fs = ForecasterSettings()
     folder = ReadingsFolder(app, Settings(), fs, "partials")
     producer = folder.producer = CapturingProducer()  # type: ignore[assignment]
-    folder.partials_of, folder.quarantine_of = PartitionMap(3), PartitionMap(2)
+    folder.partition_maps = {"partials": PartitionMap(3), folder.quarantine_name: PartitionMap(2)}
+    folder.started()
     t = 1_700_000_000_000
     records = [
         SimpleNamespace(partition=0, offset=100, key=b"a", value=reading("a", "z1", t)),
@@ -182,7 +183,7 @@ async def test_stage_one_sends_partials_before_their_watermark_and_quarantines_t
     ]
     batch = await folder.submit(records)
     await folder.complete(batch)
-    assert batch.readings == 5 and batch.partials == 2 and batch.bad == 2
+    assert batch.size == 5 and batch.work.partials == 2 and batch.work.bad == 2
 
     per_partition: dict[int, list[dict[str, Any]]] = {}
     for partition, _key, value in producer.messages("partials"):
