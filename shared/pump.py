@@ -5,7 +5,9 @@ about 120-150 µs per message before an agent sees it (two ``wait_first`` task p
 sensors, an ack per event), so even an agent that does nothing tops out near 6,000-7,000
 messages/s. A :class:`Pump` reads the topic with its own aiokafka consumer in ``getmany``
 batches (one Python call per fetch, not per message) and hands each fetch to a
-:class:`PumpJob` — the service's own work — as one micro-batch.
+:class:`PumpJob` — the service's own work — as one micro-batch. A service writes its job on
+:class:`BatchJob` (``worker.py``), which holds the plumbing every job shares, and its ``app.py``
+builds the pump around it: ``Pump.around(app, job).install(state, name)``.
 
 What stays Faust's, and how the pump follows it:
 
