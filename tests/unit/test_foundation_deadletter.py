@@ -6,7 +6,16 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.deadletter import PAYLOAD_LIMIT, bounded_payload, cut_text, dead_letter, quarantine, target_partition
+from shared.batching import PartitionMap
+from shared.deadletter import (
+    PAYLOAD_LIMIT,
+    bounded_payload,
+    cut_text,
+    dead_letter,
+    quarantine,
+    quarantined,
+    target_partition,
+)
 
 # Kafka's default max.message.bytes; every record must fit with room for the batch overhead.
 MAX_MESSAGE_BYTES = 1_048_588
@@ -60,6 +69,22 @@ def test_one_partition_rule() -> None:
     assert target_partition(b"key", lambda k: 5, 8, 3) == 5
     assert target_partition(None, lambda k: 5, 4, 6) == 2
     assert target_partition(None, lambda k: 5, 4, None) == 0
+
+
+def test_one_key_rule_for_quarantine_records() -> None:
+    pmap = PartitionMap(4)
+    # the message's own key: the partition of the key, and the key as the sensor id
+    p, key, value = quarantined(b"x", ["r"], "kafka", pmap, 4, key=b"s-1", source_partition=3)
+    assert (p, key, orjson.loads(value)["sensor_id"]) == (pmap(b"s-1"), b"s-1", "s-1")
+    # no key, but a sensor id found in the message: keyed by it
+    p, key, value = quarantined(b"x", ["r"], "kafka", pmap, 4, sensor_id="s-2", source_partition=3)
+    assert (p, key, orjson.loads(value)["sensor_id"]) == (pmap(b"s-2"), b"s-2", "s-2")
+    # neither: the partition it was read from (modulo the target's count), else 0
+    assert quarantined(b"x", ["r"], "kafka", pmap, 4, source_partition=6)[:2] == (2, None)
+    assert quarantined(b"x", ["r"], "kafka", pmap, 4, key=b"")[:2] == (0, None)
+    # a sensor id that cannot be a key (a lone surrogate) is not kept
+    p, key, value = quarantined(b"x", ["r"], "kafka", pmap, 4, sensor_id="s\udc80", source_partition=1)
+    assert (p, key, orjson.loads(value)["sensor_id"]) == (1, None, None)
 
 
 @settings(max_examples=300, deadline=None)

@@ -21,7 +21,8 @@ from aiokafka.errors import KafkaConnectionError
 from services.forecaster.settings import ForecasterSettings
 from services.forecaster.worker import ReadingsFolder
 from shared.batching import PartitionMap
-from shared.pump import REWINDS, Checkpoint, Pump, PumpConfig
+from shared.metrics import EVENTS_IN
+from shared.pump import REWINDS, BatchJob, Checkpoint, Pump, PumpConfig
 from shared.settings import Settings
 
 
@@ -70,37 +71,29 @@ class CapturingProducer:
         return [(p, k, v) for t, p, batch in self.sent if t == topic for k, v in batch]
 
 
-class Job:
-    """A job with one state table: ``dirty`` rows are staged at the checkpoint."""
+class Job(BatchJob[Any]):
+    """A job with one state table: ``dirty`` rows (key -> (partition, value)) are staged at the checkpoint."""
 
     def __init__(self, app: faust.App) -> None:
+        config = PumpConfig(service="pumptest", topic="readings", progress_table="pumptest-progress")
+        super().__init__(Settings(), config, 2, ())
         self.producer: Any = CapturingProducer()
         self.table = app.Table("job-state", key_type=bytes, value_type=bytes, default=None, partitions=2)
-        self.dirty: dict[bytes, tuple[int, bytes]] = {}
         self.rewound = 0
         self.forgotten = 0
 
-    def stage(self, checkpoint: Checkpoint) -> Any:
-        if not self.dirty:
-            return None
-        dirty, self.dirty = self.dirty, {}
+    def write_state(self, checkpoint: Checkpoint, dirty: dict[Any, Any]) -> None:
         rows: dict[int, dict[bytes, bytes]] = {}
         for key, (partition, value) in dirty.items():
             rows.setdefault(partition, {})[key] = value
         checkpoint.write(self.table, rows)
-
-        def undo() -> None:
-            for key, held in dirty.items():
-                self.dirty.setdefault(key, held)
-
-        return undo
 
     def forget(self) -> None:
         self.forgotten += 1
 
     def rewind(self) -> None:
         self.rewound += 1
-        self.dirty.clear()
+        super().rewind()
 
 
 @pytest.fixture
@@ -181,9 +174,11 @@ async def test_stage_one_sends_partials_before_their_watermark_and_quarantines_t
         SimpleNamespace(partition=0, offset=101, key=b"d", value=orjson.dumps({"sensor_id": "d", "ts": t})),
         SimpleNamespace(partition=0, offset=102, key=b"a", value=reading("a", "z1", t + 60_000)),
     ]
+    read = EVENTS_IN.labels("forecaster", "readings.clean")._value.get()
     batch = await folder.submit(records)
     await folder.complete(batch)
     assert batch.size == 5 and batch.work.partials == 2 and batch.work.bad == 2
+    assert EVENTS_IN.labels("forecaster", "readings.clean")._value.get() == read + 5  # its label has no prefix
 
     per_partition: dict[int, list[dict[str, Any]]] = {}
     for partition, _key, value in producer.messages("partials"):
@@ -252,3 +247,15 @@ def test_a_checkpoint_tells_its_tables_apart_by_identity_not_by_their_rows() -> 
         cp.write(table, {})
     assert len(cp.tables) == 2 and cp.tables[0] is sensors and cp.tables[1] is progress
     assert sensors.compared == 0 and progress.compared == 0
+
+
+async def test_the_pump_tells_its_job_which_partitions_it_reads(app: faust.App) -> None:
+    job = Job(app)
+    pump = Pump.around(app, job)
+    assert pump.topic == "readings" and pump.progress.partitions == 2
+    pump.assigned = {0, 1}
+    assert job.local_partitions() == set()  # assigned, but not reading until the tables are recovered
+    pump.paused = False
+    assert job.local_partitions() == {0, 1} == pump.local_partitions()
+    await pump.on_revoked()
+    assert job.local_partitions() == set() and job.forgotten == 1
