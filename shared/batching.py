@@ -101,6 +101,20 @@ class PartitionEvent:
         self.message = SimpleNamespace(topic=topic, partition=partition)
 
 
+class PartitionEvents:
+    """The :class:`PartitionEvent` of each partition of ``topic``, made once: ``events(partition)``."""
+
+    def __init__(self, topic: str) -> None:
+        self.topic = topic
+        self._made: dict[int, PartitionEvent] = {}
+
+    def __call__(self, partition: int) -> PartitionEvent:
+        event = self._made.get(partition)
+        if event is None:
+            event = self._made[partition] = PartitionEvent(self.topic, partition)
+        return event
+
+
 #: Largest key + value one record may have: under the broker's default ``max.message.bytes`` (1,048,588) with room
 #: for the record and batch headers. A larger record would be refused by the broker on every attempt.
 MAX_RECORD_BYTES = 1_000_000

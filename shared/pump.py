@@ -57,7 +57,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from shared.batching import Outbox, PartitionEvent, PartitionMap, persisted, start_output_producer, write_many
+from shared.batching import Outbox, PartitionEvents, PartitionMap, persisted, start_output_producer, write_many
 from shared.deadletter import quarantined
 from shared.metrics import BATCH_SECONDS, BATCH_SIZE, CONSUMER_LAG, EVENTS_IN, Counter
 from shared.poison import JOB_FAILURES, SetAside, failed_twice
@@ -182,7 +182,9 @@ class BatchJob(Generic[W]):
         self.partition_maps: dict[str, PartitionMap] = {}
         self.dirty: dict[Any, Any] = {}  # changed since the last checkpoint; see write_state
         self.local: frozenset[int] = frozenset()  # partitions the pump reads here now (set by the pump)
-        self._events: dict[int, PartitionEvent] = {}
+        # A stand-in event per partition of the input topic: table reads and writes in ``event_context(event(p))``
+        # go to partition p.
+        self.event = PartitionEvents(self.topic)
         self._start_lock = asyncio.Lock()
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -220,13 +222,6 @@ class BatchJob(Generic[W]):
         """After the output producer stopped."""
 
     # --- partitions ---------------------------------------------------------------------------
-
-    def event(self, partition: int) -> PartitionEvent:
-        """A stand-in event for ``partition`` of the input topic (table reads and writes go to that partition)."""
-        event = self._events.get(partition)
-        if event is None:
-            event = self._events[partition] = PartitionEvent(self.topic, partition)
-        return event
 
     def local_partitions(self) -> set[int]:
         """Partitions of the input topic being read here now."""
@@ -427,7 +422,7 @@ class Pump:
         self.lags: dict[int, int] = {}
         self.lag = 0
         self.last_batch_at = time.monotonic()
-        self._events: dict[int, PartitionEvent] = {}
+        self.event = PartitionEvents(self.topic)  # stand-in events for the progress table's partitions
         self.suspects: dict[int, Suspect] = {}
         self.aside = SetAside(settings, config.service, config.topic, config.set_aside_topic)
         self.aside_topic = self.aside.topic
@@ -461,13 +456,6 @@ class Pump:
     def _tell_job(self) -> None:
         if isinstance(self.job, BatchJob):
             self.job.local = frozenset() if self._paused else frozenset(self._assigned)
-
-    def event(self, partition: int) -> PartitionEvent:
-        """A stand-in event for ``partition`` (table reads and writes go to that partition)."""
-        event = self._events.get(partition)
-        if event is None:
-            event = self._events[partition] = PartitionEvent(self.topic, partition)
-        return event
 
     def owned_partitions(self) -> set[int]:
         """Partitions of the topic this worker owns: those of its active progress table partitions."""
