@@ -149,7 +149,8 @@ class Batch(Generic[W]):
 class BatchJob(Generic[W]):
     """The :class:`PumpJob` plumbing every pump job shares; a service writes only what it decides per batch.
 
-    A subclass sets ``config`` (its :class:`PumpConfig`) and the output topics, and writes:
+    A subclass hands ``__init__`` its :class:`PumpConfig`, the input topic's partition count and its output
+    topics (readings.quarantine among them if it quarantines), and writes:
 
     * :meth:`decide` — a fetch's records into ``box`` (an :class:`Outbox` sent once :meth:`decide` returns);
       returns what :meth:`finish` needs;
@@ -159,7 +160,7 @@ class BatchJob(Generic[W]):
       :meth:`forget` (in-memory state) and :meth:`close` (after the producer stopped).
 
     The base owns the output producer (one, started once, whoever asks first), the partition map of every
-    output topic (``partition_maps[topic]``), the stand-in events for table access (:meth:`event`), the
+    output topic (``partition_maps[topic]``), the stand-in events for table access (``event(partition)``), the
     partitions the pump reads here now (``local``, kept current by the pump), checkpoint staging with its
     undo, the standard batch metrics (events in, batch size, batch seconds, by ``batch_kind``) and quarantine
     records (:meth:`quarantine`, :func:`shared.deadletter.quarantined`: one partition rule). ``app.py`` builds
