@@ -160,6 +160,7 @@ class Dispatcher:
         self.worker_id = uuid.uuid4().hex
         self.in_flight: dict[str, asyncio.Task[None]] = {}
         self.semaphore = asyncio.Semaphore(concurrency)
+        self.closed = False
         # Crash-test failpoint: SIGKILL this process right after a delivery is marked done and
         # before its result is reported (the window the done marker exists for). Tests only.
         self.failpoint = os.environ.get("FLOWWATCH_ALERTS_FAILPOINT", "")
@@ -169,11 +170,15 @@ class Dispatcher:
 
     def submit(self, entry: dict[str, Any]) -> None:
         nid = entry["id"]
-        if nid in self.in_flight:
+        if nid in self.in_flight or self.closed:  # closed: the entry stays in the outbox for the next owner
             return
         self.in_flight[nid] = asyncio.ensure_future(self._run(entry))
 
-    async def close(self) -> None:
+    async def close(self, grace_s: float = 0.0) -> None:
+        """Take nothing new; give the deliveries in flight ``grace_s`` to finish, then cancel the rest."""
+        self.closed = True
+        if self.in_flight and grace_s > 0:
+            await asyncio.wait(list(self.in_flight.values()), timeout=grace_s)
         for task in list(self.in_flight.values()):
             task.cancel()
         await asyncio.gather(*self.in_flight.values(), return_exceptions=True)
