@@ -174,14 +174,20 @@ class Dispatcher:
             return
         self.in_flight[nid] = asyncio.ensure_future(self._run(entry))
 
-    async def close(self, grace_s: float = 0.0) -> None:
-        """Take nothing new; give the deliveries in flight ``grace_s`` to finish, then cancel the rest."""
+    async def close(self, grace_s: float = 0.0) -> tuple[int, int]:
+        """Take nothing new; give the deliveries in flight ``grace_s`` to finish, then cancel the rest.
+
+        Returns (finished, cancelled); a cancelled delivery's entry stays in the outbox for the next owner.
+        """
         self.closed = True
-        if self.in_flight and grace_s > 0:
-            await asyncio.wait(list(self.in_flight.values()), timeout=grace_s)
-        for task in list(self.in_flight.values()):
+        running = list(self.in_flight.values())
+        if running and grace_s > 0:
+            await asyncio.wait(running, timeout=grace_s)
+        late = [task for task in running if not task.done()]
+        for task in late:
             task.cancel()
-        await asyncio.gather(*self.in_flight.values(), return_exceptions=True)
+        await asyncio.gather(*running, return_exceptions=True)
+        return len(running) - len(late), len(late)
 
     async def _redis(self, op: str, *args: Any, **kw: Any) -> Any:
         try:

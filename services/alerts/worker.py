@@ -274,8 +274,15 @@ class AlertsWorker:
         self.closed = True
         await self.intake.pump.on_revoked()
         await self.intake.stop()
-        await self.dispatcher.close(grace_s=DELIVERY_GRACE_S)
+        finished, cancelled = await self.dispatcher.close(grace_s=DELIVERY_GRACE_S)
+        mirrored = len(self.mirror_writer.pending)
         await self.mirror_writer.flush()
         await self.http.aclose()
         await self.cache.close()
-        log.info("alerts worker closed: anomaly intake, deliveries, Redis mirror, HTTP client and Redis released")
+        log.info(
+            "alerts worker closed: anomaly intake stopped; deliveries in flight %d finished, %d cancelled (left in "
+            "the outbox); %d last alert changes mirrored; HTTP client and Redis closed",
+            finished,
+            cancelled,
+            mirrored,
+        )
