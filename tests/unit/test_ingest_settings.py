@@ -12,11 +12,11 @@ from pathlib import Path
 import orjson
 import pytest
 
-from shared.cli import normalise_loglevel
 from services.ingest.http import check_token, read_body
 from services.ingest.mqtt import client_id, parse_mqtt_url, redact
 from services.ingest.settings import IngestSettings
 from shared.auth import TokenStore
+from shared.cli import normalise_loglevel
 
 ROOT = Path(__file__).resolve().parents[2]
 
