@@ -123,9 +123,7 @@ def test_bad_inputs_fail_with_a_reason(tmp_path, capsys):
     bad_time.write_text("timestamp,a\nyesterday,1\n")
     with pytest.raises(DataError, match="not ISO 8601"):
         read_stream(bad_time)
-    code = detector_cli.main(
-        ["score", "--data", str(good), "--model-dir", str(tmp_path / "none"), "--output", "o"]
-    )
+    code = detector_cli.main(["score", "--data", str(good), "--model-dir", str(tmp_path / "none"), "--output", "o"])
     assert code == 2 and "run `python -m services.detector fit` first" in capsys.readouterr().err
     fit_csv(good, tmp_path / "m")
     other = tmp_path / "other.csv"
