@@ -20,11 +20,11 @@ service's ``usage_errors``, printed as one ``error:`` line); 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from shared.logs import setup_logging
 
@@ -52,8 +52,9 @@ class ServiceCli:
     service: str
     summary: str
     commands: Mapping[str, Command]
-    # Imports and returns the Faust app (None for a service without a worker, the simulator).
-    app: Callable[[], Any] | None = None
+    # The module of the Faust app (its ``app``), imported only for ``worker`` and Faust's commands;
+    # None for a service without a worker (the simulator).
+    app: str | None = None
     # Errors that mean "this cannot be used as given" (a config, a data file): exit 2 with one line.
     usage_errors: tuple[type[BaseException], ...] = ()
     log_level: str = "WARNING"  # of the ops commands, unless --log-level says otherwise
@@ -129,7 +130,7 @@ class ServiceCli:
         if level is not None and not any(a in ("--loglevel", "-l") or a.startswith("--loglevel=") for a in argv):
             argv = ["--loglevel", level, *argv]
         try:
-            app = self.app() if self.app is not None else None
+            app = importlib.import_module(self.app).app if self.app is not None else None
         except self.usage_errors as exc:
             print(f"error: {exc}", file=sys.stderr)
             return USAGE

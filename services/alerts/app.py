@@ -59,7 +59,7 @@ def create_app(
     )
     worker.intake.pump.install(state, "anomalies")
 
-    @app.agent(worker.input_topic())
+    @app.agent(worker.input_topic)
     async def evaluate(stream: Any) -> None:
         await worker.inputs.run(stream)
 

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import faust
 import httpx
 
 from services.alerts.config import ConfigError, load_config
@@ -169,12 +168,6 @@ def resend_dlq_cmd(argv: list[str]) -> int:
     return 1 if failed else 0
 
 
-def _app() -> faust.App:
-    from services.alerts.app import app
-
-    return app
-
-
 CLI = ServiceCli(
     "alerts",
     "The alerts service: rules over anomalies, risk and sensor events; grouped, routed notifications.",
@@ -182,7 +175,7 @@ CLI = ServiceCli(
         "check-config": Command(check_config, "validate the rules/routing YAML and the API tokens (exit 0 or 2)"),
         "resend-dlq": Command(resend_dlq_cmd, "re-send the notifications on alerts.dlq through the current config"),
     },
-    app=_app,
+    app="services.alerts.app",
     usage_errors=(ConfigError,),
 )
 

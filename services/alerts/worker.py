@@ -231,14 +231,12 @@ class AlertsWorker:
         )
         gate = FloodGate()
         self.inputs = InputStage(settings, asettings, config, gate, self.out)
+        self.input_topic = app.topic(*self.inputs.by_topic, internal=False, **RAW)
         self.intake = AnomalyIntake(app, settings, asettings, config, self.out.events.get_topic_name(), gate)
         self.mirror_writer = MirrorWriter(self.mirror)
         self.state = StateStage(config, asettings, self.tables, self.silences, self.dispatcher, self.mirror_writer)
         self.silence_keeper = SilenceKeeper(self.silences, self.cache, self.out, asettings)
         self.closed = False
-
-    def input_topic(self) -> Any:
-        return self.app.topic(*self.inputs.by_topic, internal=False, **RAW)
 
     def config_check(self) -> tuple[bool, str]:
         return True, f"{self.config.path}: {len(self.config.rules)} rules, {len(self.config.receivers)} receivers"

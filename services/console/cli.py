@@ -101,12 +101,6 @@ def settings(argv: list[str]) -> int:
     return 0
 
 
-def _app() -> Any:
-    from services.console.app import app
-
-    return app
-
-
 CLI = ServiceCli(
     "console",
     "The console service: the operators' and the public's web front end over the history and alerts APIs.",
@@ -114,7 +108,7 @@ CLI = ServiceCli(
         "users": Command(users, "manage console users: add, passwd, list, disable, enable, role"),
         "settings": Command(settings, "print the console settings table (markdown)", options=False),
     },
-    app=_app,
+    app="services.console.app",
 )
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
 
 import orjson
 
@@ -149,12 +148,6 @@ def evaluate_real(argv: list[str]) -> int:
     return run(argv)
 
 
-def _app() -> Any:
-    from services.detector.app import app
-
-    return app
-
-
 CLI = ServiceCli(
     "detector",
     "The detector: every clean reading scored for anomalies by its profile's streaming model.",
@@ -166,7 +159,7 @@ CLI = ServiceCli(
         "evaluate-real": Command(evaluate_real, "evaluate on the real labelled recordings"),
         "settings": Command(settings_table, "print the detector settings table (markdown)", options=False),
     },
-    app=_app,
+    app="services.detector.app",
 )
 
 

@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import sys
 from pathlib import Path
-from typing import Any
 
 from services.forecaster.settings import ForecasterSettings
 from shared.cli import Command, ServiceCli
@@ -144,12 +143,6 @@ def retrain_cmd(argv: list[str]) -> int:
     return run(ForecasterTrainer, Settings.from_env("forecaster"), argv, "python -m services.forecaster retrain")
 
 
-def _app() -> Any:
-    from services.forecaster.app import app
-
-    return app
-
-
 CLI = ServiceCli(
     "forecaster",
     "The forecaster: per-zone risk of each incident type from the clean readings.",
@@ -158,7 +151,7 @@ CLI = ServiceCli(
         "evaluate": Command(evaluate_cmd, "replay history through the serving pipeline with a registered model"),
         "retrain": Command(retrain_cmd, "the scheduled retrain: window, train, gate, promote"),
     },
-    app=_app,
+    app="services.forecaster.app",
 )
 
 

@@ -11,7 +11,6 @@ import argparse
 import asyncio
 import sys
 import time
-from typing import Any
 
 from services.history import store
 from services.history.settings import ENV_PREFIX, HistorySettings
@@ -62,12 +61,6 @@ def settings(argv: list[str]) -> int:
     return 0
 
 
-def _app() -> Any:
-    from services.history.app import app
-
-    return app
-
-
 CLI = ServiceCli(
     "history",
     "The history service: every kept topic into PostgreSQL, and the history API.",
@@ -78,7 +71,7 @@ CLI = ServiceCli(
         ),
         "settings": Command(settings, "print the history settings table (markdown)", options=False),
     },
-    app=_app,
+    app="services.history.app",
 )
 
 

@@ -14,7 +14,6 @@ import sys
 import time
 from collections import Counter
 
-import faust
 import orjson
 
 from services.ingest import mappings
@@ -121,12 +120,6 @@ def cmd_settings(argv: list[str]) -> int:
     return 0
 
 
-def _app() -> faust.App:
-    from services.ingest.app import app
-
-    return app
-
-
 CLI = ServiceCli(
     "ingest",
     "The ingest service: readings from HTTP, MQTT and Kafka validated into readings.clean or quarantined.",
@@ -136,7 +129,7 @@ CLI = ServiceCli(
         "ranges": Command(cmd_ranges, "print the metric ranges and units in effect", options=False),
         "settings": Command(cmd_settings, "print the ingest settings table (markdown)", options=False),
     },
-    app=_app,
+    app="services.ingest.app",
     usage_errors=(ConfigError,),
 )
 
