@@ -39,7 +39,7 @@ receivers:
 
 async def test_a_stop_finishes_deliveries_in_flight_and_releases_everything(settings, tmp_path) -> None:
     receiver = await WebhookReceiver().start()
-    receiver.behaviours["/hook"] = Behaviour(hold_first_s=3.0)
+    receiver.behaviours["/hook"] = Behaviour(hold_first_s=2.0)
     config = tmp_path / "alerts.yaml"
     config.write_text(CONFIG.format(hook=receiver.url("/hook")))
     worker = alerts_process(settings, config)
