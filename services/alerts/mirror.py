@@ -96,6 +96,7 @@ class MirrorWriter:
         self.mirror = mirror
         self.max_pending = max_pending
         self.pending: dict[str, dict[str, Any] | None] = {}
+        self.closed = False
 
     def add(self, changes: Mapping[str, dict[str, Any] | None]) -> None:
         self.pending.update(changes)
@@ -105,8 +106,15 @@ class MirrorWriter:
         return len(self.pending) >= self.max_pending
 
     async def flush(self) -> None:
-        if not self.pending:
+        if not self.pending or self.closed:
             return
         batch, self.pending = self.pending, {}
         await self.mirror.put_alerts({fp: a for fp, a in batch.items() if a is not None})
         await self.mirror.remove_alerts([fp for fp, a in batch.items() if a is None])
+
+    async def close(self) -> int:
+        """The last writes; after them nothing reaches Redis from here. Returns how many there were."""
+        last = len(self.pending)
+        await self.flush()
+        self.closed = True
+        return last

@@ -273,8 +273,7 @@ class AlertsWorker:
         await self.intake.pump.on_revoked()
         await self.intake.stop()
         finished, cancelled = await self.dispatcher.close(grace_s=DELIVERY_GRACE_S)
-        mirrored = len(self.mirror_writer.pending)
-        await self.mirror_writer.flush()
+        mirrored = await self.mirror_writer.close()
         await self.http.aclose()
         await self.cache.close()
         log.info(
