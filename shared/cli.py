@@ -24,7 +24,7 @@ import importlib
 import logging
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from shared.logs import setup_logging
 
@@ -59,7 +59,6 @@ class ServiceCli:
     usage_errors: tuple[type[BaseException], ...] = ()
     log_level: str = "WARNING"  # of the ops commands, unless --log-level says otherwise
     epilog: str = ""  # examples, after the list of commands
-    faust_commands: Sequence[str] = field(default=(), repr=False)
 
     @property
     def prog(self) -> str:
@@ -103,8 +102,8 @@ class ServiceCli:
             if not command.options:
                 argparse.ArgumentParser(prog=f"{self.prog} {name}", description=command.help).parse_args(rest)
             return self._run(command, rest, level)
-        if self.app is not None and name in self._faust_commands():
-            return self._faust(name, rest, level)
+        if self.app is not None and name in _faust_commands():
+            return self._faust(self.app, name, rest, level)
         print(f"{self.prog}: unknown command {name!r}\n\n{self.usage()}", file=sys.stderr)
         return USAGE
 
@@ -119,18 +118,11 @@ class ServiceCli:
         except KeyboardInterrupt:
             return INTERRUPTED
 
-    def _faust_commands(self) -> Sequence[str]:
-        if self.faust_commands:
-            return self.faust_commands
-        from faust.cli.faust import cli as faust_cli
-
-        return list(faust_cli.commands)
-
-    def _faust(self, name: str, argv: list[str], level: str | None) -> int:
+    def _faust(self, module: str, name: str, argv: list[str], level: str | None) -> int:
         if level is not None and not any(a in ("--loglevel", "-l") or a.startswith("--loglevel=") for a in argv):
             argv = ["--loglevel", level, *argv]
         try:
-            app = importlib.import_module(self.app).app if self.app is not None else None
+            app = importlib.import_module(module).app
         except self.usage_errors as exc:
             print(f"error: {exc}", file=sys.stderr)
             return USAGE
@@ -138,6 +130,12 @@ class ServiceCli:
         sys.argv[:] = [sys.argv[0], *normalise_loglevel([name, *argv])]
         app.main()
         return OK
+
+
+def _faust_commands() -> list[str]:
+    from faust.cli.faust import cli as faust_cli
+
+    return list(faust_cli.commands)
 
 
 def normalise_loglevel(argv: list[str]) -> list[str]:
