@@ -25,6 +25,7 @@ import logging
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from shared.logs import setup_logging
 
@@ -130,6 +131,19 @@ class ServiceCli:
         sys.argv[:] = [sys.argv[0], *normalise_loglevel([name, *argv])]
         app.main()
         return OK
+
+
+def settings_command(settings: type, env_prefix: str, service: str) -> Command:
+    """``settings``: the service's settings table in markdown, as the README shows it (paths relative)."""
+
+    def run(argv: list[str]) -> int:
+        from shared.settings import settings_table
+
+        root = str(Path(__file__).resolve().parents[1]) + "/"
+        print(settings_table(settings, env_prefix).replace(root, ""))
+        return OK
+
+    return Command(run, f"print the {service} settings table (markdown)", options=False)
 
 
 def _faust_commands() -> list[str]:

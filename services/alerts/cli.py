@@ -2,6 +2,7 @@
 
 check-config [PATH]              validate the rules/routing YAML and the API tokens, exit 0 (valid) or 2
 resend-dlq [--dry-run] [--max N] re-send the notifications on alerts.dlq through the current config
+settings                         print the alerts settings table (markdown)
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ import httpx
 from services.alerts.config import ConfigError, load_config
 from services.alerts.delivery import DeliveryError, with_retries
 from services.alerts.dispatcher import Integrations
-from services.alerts.settings import AlertsSettings
+from services.alerts.settings import ENV_PREFIX, AlertsSettings
 from shared.auth import AuthConfigError, TokenStore
-from shared.cli import Command, ServiceCli
+from shared.cli import Command, ServiceCli, settings_command
 from shared.codec import dumps, loads
 from shared.settings import Settings
 from shared.topics import ALERTS_DLQ
@@ -174,6 +175,7 @@ CLI = ServiceCli(
     {
         "check-config": Command(check_config, "validate the rules/routing YAML and the API tokens (exit 0 or 2)"),
         "resend-dlq": Command(resend_dlq_cmd, "re-send the notifications on alerts.dlq through the current config"),
+        "settings": settings_command(AlertsSettings, ENV_PREFIX, "alerts"),
     },
     app="services.alerts.app",
     usage_errors=(ConfigError,),

@@ -25,7 +25,7 @@ import asyncpg
 from services.console.settings import ENV_PREFIX, ConsoleSettings
 from services.console.users import UserError, Users
 from shared.auth import ROLES
-from shared.cli import Command, ServiceCli
+from shared.cli import Command, ServiceCli, settings_command
 
 PASSWORD_ENV = "FLOWWATCH_CONSOLE_PASSWORD"
 
@@ -94,19 +94,12 @@ def users(argv: list[str]) -> int:
     return 0
 
 
-def settings(argv: list[str]) -> int:
-    from shared.settings import settings_table
-
-    print(settings_table(ConsoleSettings, ENV_PREFIX))
-    return 0
-
-
 CLI = ServiceCli(
     "console",
     "The console service: the operators' and the public's web front end over the history and alerts APIs.",
     {
         "users": Command(users, "manage console users: add, passwd, list, disable, enable, role"),
-        "settings": Command(settings, "print the console settings table (markdown)", options=False),
+        "settings": settings_command(ConsoleSettings, ENV_PREFIX, "console"),
     },
     app="services.console.app",
 )

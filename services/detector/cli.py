@@ -13,7 +13,8 @@ import orjson
 
 from services.detector.model import ModelConfig
 from services.detector.offline import DataError, fit_csv, offline_config, score_csv
-from shared.cli import Command, ServiceCli
+from services.detector.settings import ENV_PREFIX, DetectorSettings
+from shared.cli import Command, ServiceCli, settings_command
 
 
 def _config(path: Path | None) -> ModelConfig:
@@ -125,15 +126,6 @@ def train(argv: list[str]) -> int:
     return 1 if failed else 0
 
 
-def settings_table(argv: list[str]) -> int:
-    from services.detector.settings import ENV_PREFIX, DetectorSettings
-    from shared.settings import settings_table as table
-
-    root = str(Path(__file__).resolve().parents[2]) + "/"
-    print(table(DetectorSettings, ENV_PREFIX).replace(root, ""))
-    return 0
-
-
 def retrain(argv: list[str]) -> int:
     from services.detector.offline.retrain import DetectorTrainer
     from shared.mlops.flow import main as run
@@ -157,7 +149,7 @@ CLI = ServiceCli(
         "train": Command(train, "train each profile's streaming model on a history of readings and register it"),
         "retrain": Command(retrain, "the scheduled retrain: window, train, gate, promote"),
         "evaluate-real": Command(evaluate_real, "evaluate on the real labelled recordings"),
-        "settings": Command(settings_table, "print the detector settings table (markdown)", options=False),
+        "settings": settings_command(DetectorSettings, ENV_PREFIX, "detector"),
     },
     app="services.detector.app",
 )

@@ -1,4 +1,4 @@
-"""The forecaster's command line: ``worker`` and the ops commands ``train``, ``evaluate`` and ``retrain``."""
+"""The forecaster's command line: ``worker`` and the ops commands ``train``, ``evaluate``, ``retrain`` and ``settings``."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import asyncio
 import sys
 from pathlib import Path
 
-from services.forecaster.settings import ForecasterSettings
-from shared.cli import Command, ServiceCli
+from services.forecaster.settings import ENV_PREFIX, ForecasterSettings
+from shared.cli import Command, ServiceCli, settings_command
 from shared.settings import Settings
 
 
@@ -150,6 +150,7 @@ CLI = ServiceCli(
         "train": Command(train_cmd, "train, evaluate and register a model"),
         "evaluate": Command(evaluate_cmd, "replay history through the serving pipeline with a registered model"),
         "retrain": Command(retrain_cmd, "the scheduled retrain: window, train, gate, promote"),
+        "settings": settings_command(ForecasterSettings, ENV_PREFIX, "forecaster"),
     },
     app="services.forecaster.app",
 )

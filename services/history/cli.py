@@ -14,7 +14,7 @@ import time
 
 from services.history import store
 from services.history.settings import ENV_PREFIX, HistorySettings
-from shared.cli import Command, ServiceCli
+from shared.cli import Command, ServiceCli, settings_command
 
 
 async def _migrate() -> list[int]:
@@ -54,13 +54,6 @@ def retention(argv: list[str]) -> int:
     return 0
 
 
-def settings(argv: list[str]) -> int:
-    from shared.settings import settings_table
-
-    print(settings_table(HistorySettings, ENV_PREFIX))
-    return 0
-
-
 CLI = ServiceCli(
     "history",
     "The history service: every kept topic into PostgreSQL, and the history API.",
@@ -69,7 +62,7 @@ CLI = ServiceCli(
         "retention": Command(
             retention, "drop partitions and rows older than the retention settings, once", options=False
         ),
-        "settings": Command(settings, "print the history settings table (markdown)", options=False),
+        "settings": settings_command(HistorySettings, ENV_PREFIX, "history"),
     },
     app="services.history.app",
 )

@@ -21,7 +21,7 @@ from services.ingest.payloads import Item, PayloadError, csv_items, split_items
 from services.ingest.rules import ConfigError, Rules
 from services.ingest.settings import ENV_PREFIX, IngestSettings
 from services.ingest.validation import decode, reason_code, validate
-from shared.cli import Command, ServiceCli
+from shared.cli import Command, ServiceCli, settings_command
 
 
 def cmd_check(argv: list[str]) -> int:
@@ -113,13 +113,6 @@ def cmd_ranges(argv: list[str]) -> int:
     return 0
 
 
-def cmd_settings(argv: list[str]) -> int:
-    from shared.settings import settings_table
-
-    print(settings_table(IngestSettings, ENV_PREFIX))
-    return 0
-
-
 CLI = ServiceCli(
     "ingest",
     "The ingest service: readings from HTTP, MQTT and Kafka validated into readings.clean or quarantined.",
@@ -127,7 +120,7 @@ CLI = ServiceCli(
         "check": Command(cmd_check, "validate readings (JSON, JSON array, NDJSON; CSV through a mapping) offline"),
         "mappings": Command(cmd_mappings, "list the payload mappings in effect and their doors", options=False),
         "ranges": Command(cmd_ranges, "print the metric ranges and units in effect", options=False),
-        "settings": Command(cmd_settings, "print the ingest settings table (markdown)", options=False),
+        "settings": settings_command(IngestSettings, ENV_PREFIX, "ingest"),
     },
     app="services.ingest.app",
     usage_errors=(ConfigError,),

@@ -32,10 +32,10 @@ from services.simulator.generator import SimConfig
 from services.simulator.incidents import DEFAULT_WEIGHTS, INCIDENT_TYPES
 from services.simulator.labels import LabelFile, labels_path_for
 from services.simulator.network import Network, NetworkError
-from services.simulator.settings import SimulatorSettings
+from services.simulator.settings import ENV_PREFIX, SimulatorSettings
 from services.simulator.simulator import Simulator
 from services.simulator.sinks import FileSink, HttpSink, KafkaSink, MqttSink, Sink, SinkError
-from shared.cli import Command, ServiceCli
+from shared.cli import Command, ServiceCli, settings_command
 from shared.settings import Settings
 from shared.timeutil import iso_ms, now_ms, parse_duration_ms, parse_time_ms
 from shared.topics import LABELS, READINGS_RAW
@@ -476,6 +476,7 @@ CLI = ServiceCli(
         "history": Command(_command("history"), "write a time range of readings to a file, faster than real time"),
         "run": Command(_command("run"), "stream the network into a sink: real time, accelerated, or at full speed"),
         "replay": Command(_command("replay"), "stream a CSV (timestamp + sensor columns) into a sink"),
+        "settings": settings_command(SimulatorSettings, ENV_PREFIX, "simulator"),
     },
     usage_errors=(ValueError, NetworkError, KeyError),
     log_level="INFO",
