@@ -269,7 +269,10 @@ STAGES = """
 import json, sys, time
 import yaml
 from bench.bench_alerts import CONFIG, anomaly
-from services.alerts import processor as P
+try:
+    from services.alerts import pipeline as P
+except ImportError:  # before the alerts modules were renamed (processor.py -> pipeline.py)
+    from services.alerts import processor as P
 from services.alerts.config import parse_config
 from services.alerts.evaluate import FloodGate, decode_internal, evaluate_batch, internal_messages
 from services.alerts.overlay import Overlay

@@ -325,11 +325,3 @@ def base_app(
             return web.json(spec)
 
     return app, state
-
-
-def run_cli(app: faust.App, commands: dict[str, Callable[[list[str]], int]], argv: list[str]) -> int:
-    """Dispatch ``python -m services.<name> <command>``: our ops commands, else Faust's CLI (worker, ...)."""
-    if len(argv) > 1 and argv[1] in commands:
-        return commands[argv[1]](argv[2:])
-    app.main()
-    return 0

@@ -16,7 +16,7 @@ from typing import Any
 import faust
 from faust.web import Request, Response, View
 
-from services.alerts import engine
+from services.alerts import transitions
 from services.alerts.config import Config
 from services.alerts.matchers import Matcher, MatcherError, parse_matchers
 from services.alerts.metrics import API_REQUESTS
@@ -122,12 +122,12 @@ class AlertsApi:
         now_ms = int(time.time() * 1000)
         alerts = [a for a in alerts if all(m.matches(a["labels"]) for m in matchers)]
         firing = [a for a in alerts if a["status"] == "firing"]
-        sup = engine.Suppression.build(self.config, silences, firing, now_ms)
+        sup = transitions.Suppression.build(self.config, silences, firing, now_ms)
         out = []
         for a in alerts:
             silenced = sup.silenced_by(a["labels"]) if a["status"] == "firing" else []
             inhibited = a["status"] == "firing" and sup.inhibited(a)
-            view = engine.alert_view(a, self.config.external_url)
+            view = transitions.alert_view(a, self.config.external_url)
             view.update(
                 {
                     "updatedAt": rfc3339(a["updated_at"]),

@@ -11,6 +11,7 @@ or file the config names, checked to exist at start, and never printed.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections.abc import Callable
@@ -130,6 +131,10 @@ class Config:
     time_intervals: dict[str, TimeInterval] = field(default_factory=dict)
     shard_by: tuple[str, ...] = DEFAULT_SHARD_BY
     external_url: str = ""
+
+    def with_external_url(self, url: str) -> Config:
+        """This config with the API's public URL from the settings, which wins over the file's when set."""
+        return dataclasses.replace(self, external_url=url) if url else self
 
     def rules_for(self, source: str) -> list[Rule]:
         return [r for r in self.rules if r.source == source]

@@ -160,6 +160,7 @@ class Dispatcher:
         self.worker_id = uuid.uuid4().hex
         self.in_flight: dict[str, asyncio.Task[None]] = {}
         self.semaphore = asyncio.Semaphore(concurrency)
+        self.closed = False
         # Crash-test failpoint: SIGKILL this process right after a delivery is marked done and
         # before its result is reported (the window the done marker exists for). Tests only.
         self.failpoint = os.environ.get("FLOWWATCH_ALERTS_FAILPOINT", "")
@@ -169,14 +170,24 @@ class Dispatcher:
 
     def submit(self, entry: dict[str, Any]) -> None:
         nid = entry["id"]
-        if nid in self.in_flight:
+        if nid in self.in_flight or self.closed:  # closed: the entry stays in the outbox for the next owner
             return
         self.in_flight[nid] = asyncio.ensure_future(self._run(entry))
 
-    async def close(self) -> None:
-        for task in list(self.in_flight.values()):
+    async def close(self, grace_s: float = 0.0) -> tuple[int, int]:
+        """Take nothing new; give the deliveries in flight ``grace_s`` to finish, then cancel the rest.
+
+        Returns (finished, cancelled); a cancelled delivery's entry stays in the outbox for the next owner.
+        """
+        self.closed = True
+        running = list(self.in_flight.values())
+        if running and grace_s > 0:
+            await asyncio.wait(running, timeout=grace_s)
+        late = [task for task in running if not task.done()]
+        for task in late:
             task.cancel()
-        await asyncio.gather(*self.in_flight.values(), return_exceptions=True)
+        await asyncio.gather(*running, return_exceptions=True)
+        return len(running) - len(late), len(late)
 
     async def _redis(self, op: str, *args: Any, **kw: Any) -> Any:
         try:

@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from services.alerts.config import Config
-from services.alerts.engine import fold, limit_key
 from services.alerts.labels import shard_partition
 from services.alerts.metrics import RULE_ERRORS, RULE_HITS
 from services.alerts.rules import Observation, Rule, merge
+from services.alerts.transitions import fold, limit_key
 from shared.codec import dumps, loads
 from shared.deadletter import encodable
 from shared.metrics import DECODE_ERRORS

@@ -83,3 +83,38 @@ class Mirror:
             except Exception as exc:  # noqa: BLE001
                 self.cache._failed("zrem", exc)
         return [found[fp] for fp in fps if fp in found]
+
+
+class MirrorWriter:
+    """Alert changes waiting for the mirror: written in one Redis round trip per tick, not one per event.
+
+    ``pending`` maps a fingerprint to its latest alert, or None when the alert was forgotten;
+    what is lost in a crash is only the mirror's lag, the tables stay the truth.
+    """
+
+    def __init__(self, mirror: Mirror, max_pending: int = 1000) -> None:
+        self.mirror = mirror
+        self.max_pending = max_pending
+        self.pending: dict[str, dict[str, Any] | None] = {}
+        self.closed = False
+
+    def add(self, changes: Mapping[str, dict[str, Any] | None]) -> None:
+        self.pending.update(changes)
+
+    @property
+    def full(self) -> bool:
+        return len(self.pending) >= self.max_pending
+
+    async def flush(self) -> None:
+        if not self.pending or self.closed:
+            return
+        batch, self.pending = self.pending, {}
+        await self.mirror.put_alerts({fp: a for fp, a in batch.items() if a is not None})
+        await self.mirror.remove_alerts([fp for fp, a in batch.items() if a is None])
+
+    async def close(self) -> int:
+        """The last writes; after them nothing reaches Redis from here. Returns how many there were."""
+        last = len(self.pending)
+        await self.flush()
+        self.closed = True
+        return last

@@ -1,13 +1,8 @@
-"""`python -m services.console <command>`: `worker` runs the service; users and settings are ops tools."""
+"""`python -m services.console <command>`: the commands are in services/console/cli.py (`--help` lists them)."""
 
 import sys
 
-from services.console import cli
+from services.console.cli import main
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] in cli.COMMANDS:
-        sys.exit(cli.main(sys.argv))
-    from services.console.app import app
-    from shared.service import run_cli
-
-    sys.exit(run_cli(app, cli.COMMANDS, sys.argv))
+    sys.exit(main())

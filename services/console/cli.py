@@ -1,4 +1,4 @@
-"""Ops commands of the console service (kept apart from the Faust app so they start fast).
+"""The console service's command line: ``worker`` and the ops commands (they start fast: no Faust app).
 
 users add NAME --role R       add a user; the password from FLOWWATCH_CONSOLE_PASSWORD, stdin (piped) or a prompt
 users passwd NAME             set a new password (same sources); ends the user's sessions
@@ -25,6 +25,7 @@ import asyncpg
 from services.console.settings import ENV_PREFIX, ConsoleSettings
 from services.console.users import UserError, Users
 from shared.auth import ROLES
+from shared.cli import Command, ServiceCli, settings_command
 
 PASSWORD_ENV = "FLOWWATCH_CONSOLE_PASSWORD"
 
@@ -93,15 +94,16 @@ def users(argv: list[str]) -> int:
     return 0
 
 
-def settings(argv: list[str]) -> int:
-    from shared.settings import settings_table
+CLI = ServiceCli(
+    "console",
+    "The console service: the operators' and the public's web front end over the history and alerts APIs.",
+    {
+        "users": Command(users, "manage console users: add, passwd, list, disable, enable, role"),
+        "settings": settings_command(ConsoleSettings, ENV_PREFIX, "console"),
+    },
+    app="services.console.app",
+)
 
-    print(settings_table(ConsoleSettings, ENV_PREFIX))
-    return 0
 
-
-COMMANDS: dict[str, Callable[[list[str]], int]] = {"users": users, "settings": settings}
-
-
-def main(argv: list[str]) -> int:
-    return COMMANDS[argv[1]](argv[2:])
+def main(argv: list[str] | None = None) -> int:
+    return CLI.main(argv)

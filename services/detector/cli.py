@@ -1,12 +1,11 @@
-"""Ops commands of the detector: the offline contract (fit, score) and model management.
+"""The detector's command line: ``worker``, the offline contract (fit, score) and model management.
 
-Kept apart from the Faust app so `fit` and `score` start fast and never touch a broker.
+The ops commands never import the Faust app: `fit` and `score` start fast and never touch a broker.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
@@ -14,6 +13,8 @@ import orjson
 
 from services.detector.model import ModelConfig
 from services.detector.offline import DataError, fit_csv, offline_config, score_csv
+from services.detector.settings import ENV_PREFIX, DetectorSettings
+from shared.cli import Command, ServiceCli, settings_command
 
 
 def _config(path: Path | None) -> ModelConfig:
@@ -125,15 +126,6 @@ def train(argv: list[str]) -> int:
     return 1 if failed else 0
 
 
-def settings_table(argv: list[str]) -> int:
-    from services.detector.settings import ENV_PREFIX, DetectorSettings
-    from shared.settings import settings_table as table
-
-    root = str(Path(__file__).resolve().parents[2]) + "/"
-    print(table(DetectorSettings, ENV_PREFIX).replace(root, ""))
-    return 0
-
-
 def retrain(argv: list[str]) -> int:
     from services.detector.offline.retrain import DetectorTrainer
     from shared.mlops.flow import main as run
@@ -148,16 +140,20 @@ def evaluate_real(argv: list[str]) -> int:
     return run(argv)
 
 
-COMMANDS = {
-    "fit": fit,
-    "score": score,
-    "train": train,
-    "retrain": retrain,
-    "evaluate-real": evaluate_real,
-    "settings": settings_table,
-}
+CLI = ServiceCli(
+    "detector",
+    "The detector: every clean reading scored for anomalies by its profile's streaming model.",
+    {
+        "fit": Command(fit, "fit the anomaly model on a CSV of normal operation"),
+        "score": Command(score, "score a CSV with a fitted model (causal, in order)"),
+        "train": Command(train, "train each profile's streaming model on a history of readings and register it"),
+        "retrain": Command(retrain, "the scheduled retrain: window, train, gate, promote"),
+        "evaluate-real": Command(evaluate_real, "evaluate on the real labelled recordings"),
+        "settings": settings_command(DetectorSettings, ENV_PREFIX, "detector"),
+    },
+    app="services.detector.app",
+)
 
 
-def main(argv: list[str]) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
-    return COMMANDS[argv[1]](argv[2:])
+def main(argv: list[str] | None = None) -> int:
+    return CLI.main(argv)

@@ -1,14 +1,14 @@
-"""Ops commands: ``train`` and ``evaluate`` (``python -m services.forecaster <command> --help``)."""
+"""The forecaster's command line: ``worker`` and the ops commands ``train``, ``evaluate``, ``retrain`` and ``settings``."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
-from services.forecaster.settings import ForecasterSettings
+from services.forecaster.settings import ENV_PREFIX, ForecasterSettings
+from shared.cli import Command, ServiceCli, settings_command
 from shared.settings import Settings
 
 
@@ -72,9 +72,9 @@ def train_cmd(argv: list[str]) -> int:
             seed=args.seed,
             promote=args.promote,
         )
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError) as exc:  # history or options it cannot use
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return 2
     if args.report_dir is not None:  # the version holds its own copy, sealed with it
         write_report(report, args.report_dir / "train-report.json")
     m = report["risk"]
@@ -117,7 +117,10 @@ def evaluate_cmd(argv: list[str]) -> int:
     try:
         history = _history(args, fs)
         report = evaluate(history, fs, model_dir, args.out, version=args.version, from_ms=args.from_ms)
-    except (ValueError, FileNotFoundError, LookupError) as exc:
+    except (ValueError, FileNotFoundError) as exc:  # history or options it cannot use
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except LookupError as exc:  # no model to evaluate
         print(f"error: {exc}", file=sys.stderr)
         return 1
     r, f = report["risk"], report["forecast"]["clean"]
@@ -140,4 +143,18 @@ def retrain_cmd(argv: list[str]) -> int:
     return run(ForecasterTrainer, Settings.from_env("forecaster"), argv, "python -m services.forecaster retrain")
 
 
-COMMANDS: dict[str, Callable[[list[str]], int]] = {"train": train_cmd, "evaluate": evaluate_cmd, "retrain": retrain_cmd}
+CLI = ServiceCli(
+    "forecaster",
+    "The forecaster: per-zone risk of each incident type from the clean readings.",
+    {
+        "train": Command(train_cmd, "train, evaluate and register a model"),
+        "evaluate": Command(evaluate_cmd, "replay history through the serving pipeline with a registered model"),
+        "retrain": Command(retrain_cmd, "the scheduled retrain: window, train, gate, promote"),
+        "settings": settings_command(ForecasterSettings, ENV_PREFIX, "forecaster"),
+    },
+    app="services.forecaster.app",
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return CLI.main(argv)

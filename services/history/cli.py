@@ -1,4 +1,4 @@
-"""Ops commands of the history service (kept apart from the Faust app so they start fast).
+"""The history service's command line: ``worker`` and the ops commands (they start fast: no Faust app).
 
 migrate     apply pending schema migrations (idempotent); prints what it applied
 retention   drop partitions and rows older than the retention settings, once
@@ -11,10 +11,10 @@ import argparse
 import asyncio
 import sys
 import time
-from collections.abc import Callable
 
 from services.history import store
 from services.history.settings import ENV_PREFIX, HistorySettings
+from shared.cli import Command, ServiceCli, settings_command
 
 
 async def _migrate() -> list[int]:
@@ -54,15 +54,19 @@ def retention(argv: list[str]) -> int:
     return 0
 
 
-def settings(argv: list[str]) -> int:
-    from shared.settings import settings_table
+CLI = ServiceCli(
+    "history",
+    "The history service: every kept topic into PostgreSQL, and the history API.",
+    {
+        "migrate": Command(migrate, "apply pending schema migrations (idempotent); prints what it applied"),
+        "retention": Command(
+            retention, "drop partitions and rows older than the retention settings, once", options=False
+        ),
+        "settings": settings_command(HistorySettings, ENV_PREFIX, "history"),
+    },
+    app="services.history.app",
+)
 
-    print(settings_table(HistorySettings, ENV_PREFIX))
-    return 0
 
-
-COMMANDS: dict[str, Callable[[list[str]], int]] = {"migrate": migrate, "retention": retention, "settings": settings}
-
-
-def main(argv: list[str]) -> int:
-    return COMMANDS[argv[1]](argv[2:])
+def main(argv: list[str] | None = None) -> int:
+    return CLI.main(argv)

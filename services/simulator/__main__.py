@@ -1,4 +1,4 @@
-"""`python -m services.simulator <command>`: network, history, run, replay (see --help)."""
+"""`python -m services.simulator <command>`: the commands are in services/simulator/cli.py (`--help` lists them)."""
 
 import sys
 

@@ -1,6 +1,6 @@
 """``python -m services.simulator <command>``: network, history, run, replay.
 
-Examples::
+Examples:
 
     python -m services.simulator network --out net.yaml               # the default network, expanded
     python -m services.simulator history --start 2024-03-04 --duration 7d --step 60s --out data/history.parquet
@@ -19,6 +19,7 @@ import asyncio
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -31,10 +32,10 @@ from services.simulator.generator import SimConfig
 from services.simulator.incidents import DEFAULT_WEIGHTS, INCIDENT_TYPES
 from services.simulator.labels import LabelFile, labels_path_for
 from services.simulator.network import Network, NetworkError
-from services.simulator.settings import SimulatorSettings
+from services.simulator.settings import ENV_PREFIX, SimulatorSettings
 from services.simulator.simulator import Simulator
 from services.simulator.sinks import FileSink, HttpSink, KafkaSink, MqttSink, Sink, SinkError
-from shared.logs import setup_logging
+from shared.cli import Command, ServiceCli, settings_command
 from shared.settings import Settings
 from shared.timeutil import iso_ms, now_ms, parse_duration_ms, parse_time_ms
 from shared.topics import LABELS, READINGS_RAW
@@ -86,7 +87,6 @@ def build_parser(defaults: SimulatorSettings | None = None) -> argparse.Argument
         epilog=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--log-level", default="INFO")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("network", help="print the network; --out writes its expanded description")
@@ -447,23 +447,45 @@ async def cmd_replay(args: argparse.Namespace, sim_settings: SimulatorSettings) 
     return 0 if sink.stats.failed == 0 else 2
 
 
+def _command(name: str) -> Callable[[list[str]], int]:
+    """One subcommand of :func:`build_parser`; options it cannot use are usage errors (exit 2, one line)."""
+
+    def run(argv: list[str]) -> int:
+        sim_settings = SimulatorSettings.from_env()
+        args = build_parser(sim_settings).parse_args([name, *argv])
+        try:
+            if name == "network":
+                return cmd_network(args)
+            if name == "history":
+                return cmd_history(args)
+            if name == "run":
+                return asyncio.run(cmd_run(args, sim_settings))
+            return asyncio.run(cmd_replay(args, sim_settings))
+        except (SinkError, OSError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+
+    return run
+
+
+CLI = ServiceCli(
+    "simulator",
+    "The simulator and load generator: a utility network's readings, with labelled incidents.",
+    {
+        "network": Command(_command("network"), "print the network; --out writes its expanded description"),
+        "history": Command(_command("history"), "write a time range of readings to a file, faster than real time"),
+        "run": Command(_command("run"), "stream the network into a sink: real time, accelerated, or at full speed"),
+        "replay": Command(_command("replay"), "stream a CSV (timestamp + sensor columns) into a sink"),
+        "settings": settings_command(SimulatorSettings, ENV_PREFIX, "simulator"),
+    },
+    usage_errors=(ValueError, NetworkError, KeyError),
+    log_level="INFO",
+    epilog=__doc__.split("\n", 1)[1],
+)
+
+
 def main(argv: list[str] | None = None) -> int:
-    sim_settings = SimulatorSettings.from_env()
-    args = build_parser(sim_settings).parse_args(argv)
-    setup_logging("simulator", args.log_level)
-    try:
-        if args.command == "network":
-            return cmd_network(args)
-        if args.command == "history":
-            return cmd_history(args)
-        if args.command == "run":
-            return asyncio.run(cmd_run(args, sim_settings))
-        return asyncio.run(cmd_replay(args, sim_settings))
-    except (ValueError, NetworkError, SinkError, OSError, KeyError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+    return CLI.main(argv)
 
 
 __all__ = ["build_parser", "main", "replace"]

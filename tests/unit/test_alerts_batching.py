@@ -7,7 +7,7 @@ import pytest
 from services.alerts.config import parse_config
 from services.alerts.labels import fingerprint
 from services.alerts.overlay import Overlay
-from services.alerts.processor import Processor, Schedule, fuse
+from services.alerts.pipeline import Processor, Schedule, fuse
 from services.alerts.settings import AlertsSettings
 
 pytestmark = pytest.mark.unit
@@ -121,3 +121,42 @@ def test_a_rules_labels_are_made_once_per_label_values_and_stay_exact(config):
     assert rule.evaluate({**record("s1", "z1", 5), "zone": ["x"]}).labels["zone"] == "['x']"
     with pytest.raises(KeyError):
         rule.evaluate({k: v for k, v in record("s1", "z1", 6).items() if k != "zone"})
+
+
+def test_apply_events_decodes_skips_and_flushes_a_due_group_at_the_end_of_the_batch(config) -> None:
+    # The state stage's one apply block (worker.StateStage over pipeline.apply_events): an undecodable event is
+    # skipped, a tick right after another is dropped, hits are applied, and the group they made due (group_wait 0)
+    # is flushed before the batch ends, its notification handed out for delivery once.
+    from services.alerts.pipeline import TickGate, apply_events
+    from shared.codec import dumps
+
+    tables = {k: {} for k in NAMES}
+    now = [1000.0]
+    proc = Processor(config, AlertsSettings(coalesce_s=0.0), **tables, silences={}, schedule=Schedule())
+    ticks = TickGate(interval_s=1.0)
+    raws = [
+        b"{not json",
+        dumps({"no": "type"}),
+        dumps({"type": "tick"}),
+        dumps({"type": "tick"}),
+        dumps(hits(config, record("s1", "z1", 1), record("s2", "z1", 2))),
+    ]
+    outcome = apply_events(proc, raws, 0, ticks, clock=lambda: now[0])
+    fps = {fingerprint({"alertname": "A", "site": "a", "zone": "z1", "sensor": s}) for s in ("s1", "s2")}
+    assert set(outcome.mirror) == fps and all(a["status"] == "firing" for a in outcome.mirror.values())
+    [entry] = outcome.dispatch.values()
+    assert {a["labels"]["sensor"] for a in entry["notification"]["alerts"]} == {"s1", "s2"}
+    assert entry["id"] in tables["outbox"]
+    # the tick in the batch ran at 1000 s and the end-of-batch flush since: the next tick is due half an interval on
+    assert not ticks.admit(0, 1000.4) and ticks.admit(0, 1000.6)
+
+
+def test_outcome_keeps_the_last_word_on_each_alert() -> None:
+    from services.alerts.pipeline import Changes, Outcome
+
+    outcome = Outcome()
+    outcome.add(Changes(alerts={"a": {"v": 1}, "b": {"v": 1}}, dispatch=[{"id": "n1", "x": 1}]))
+    outcome.add(Changes(removed=["a"], dispatch=[{"id": "n1", "x": 2}]))
+    outcome.add(Changes(alerts={"a": {"v": 2}}))
+    assert outcome.mirror == {"a": {"v": 2}, "b": {"v": 1}}
+    assert outcome.dispatch == {"n1": {"id": "n1", "x": 2}}

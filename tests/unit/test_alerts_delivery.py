@@ -11,7 +11,7 @@ import pytest
 from services.alerts import delivery
 from services.alerts.config import EmailConfig, WebhookConfig, parse_config
 from services.alerts.delivery import DeliveryError, backoff_delay, email_message, send_webhook, with_retries
-from services.alerts.processor import Processor
+from services.alerts.pipeline import Processor
 from services.alerts.settings import AlertsSettings
 from shared.auth import AuthConfigError, TokenStore
 from shared.codec import loads
@@ -256,7 +256,7 @@ def test_overlay_reads_its_writes_and_flushes_each_key_once():
 def test_schedule_survives_batches_and_wakes_a_new_group():
     """The app runs a fresh Processor over overlays per batch with one shared Schedule."""
     from services.alerts.overlay import Overlay
-    from services.alerts.processor import Schedule
+    from services.alerts.pipeline import Schedule
 
     data = {
         "rules": [{"name": "A", "source": "anomaly", "when": ["score >= threshold"], "labels": {"site": "{site}", "zone": "{zone}"}}],

@@ -7,7 +7,7 @@ import pytest
 from services.alerts.config import parse_config
 from services.alerts.image import TableImage
 from services.alerts.overlay import Overlay
-from services.alerts.processor import Processor, Schedule
+from services.alerts.pipeline import Processor, Schedule
 from services.alerts.settings import AlertsSettings
 
 pytestmark = pytest.mark.unit

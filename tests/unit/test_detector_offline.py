@@ -123,16 +123,14 @@ def test_bad_inputs_fail_with_a_reason(tmp_path, capsys):
     bad_time.write_text("timestamp,a\nyesterday,1\n")
     with pytest.raises(DataError, match="not ISO 8601"):
         read_stream(bad_time)
-    code = detector_cli.main(
-        ["x", "score", "--data", str(good), "--model-dir", str(tmp_path / "none"), "--output", "o"]
-    )
+    code = detector_cli.main(["score", "--data", str(good), "--model-dir", str(tmp_path / "none"), "--output", "o"])
     assert code == 2 and "run `python -m services.detector fit` first" in capsys.readouterr().err
     fit_csv(good, tmp_path / "m")
     other = tmp_path / "other.csv"
     pd.DataFrame({"timestamp": ["2021-01-02T00:00:00"], "b": [1.0]}).to_csv(other, index=False)
     with pytest.raises(DataError, match="missing: a"):
         score_csv(other, tmp_path / "m", tmp_path / "o.csv")
-    code = detector_cli.main(["x", "fit", "--data", str(tmp_path / "nope.csv"), "--model-dir", str(tmp_path / "m2")])
+    code = detector_cli.main(["fit", "--data", str(tmp_path / "nope.csv"), "--model-dir", str(tmp_path / "m2")])
     assert code == 2 and "no such file" in capsys.readouterr().err
 
 
@@ -157,7 +155,6 @@ def test_train_command_registers_and_promotes_one_model_per_profile(tmp_path, ca
     sim.history("2024-03-04T00:00:00Z", "2d", step="300s").to_parquet(tmp_path / "history.parquet")
     code = detector_cli.main(
         [
-            "x",
             "train",
             "--data",
             str(tmp_path / "history.parquet"),
@@ -177,7 +174,6 @@ def test_train_command_registers_and_promotes_one_model_per_profile(tmp_path, ca
     assert "detector-pipe v1" in out
     bad = detector_cli.main(
         [
-            "x",
             "train",
             "--data",
             str(tmp_path / "history.parquet"),

@@ -12,11 +12,11 @@ from pathlib import Path
 import orjson
 import pytest
 
-from services.ingest.__main__ import _normalise_loglevel
 from services.ingest.http import check_token, read_body
 from services.ingest.mqtt import client_id, parse_mqtt_url, redact
 from services.ingest.settings import IngestSettings
 from shared.auth import TokenStore
+from shared.cli import normalise_loglevel
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -127,8 +127,8 @@ def test_mqtt_client_id_is_stable_across_restarts_and_persistent_by_default() ->
 
 
 def test_loglevel_names_of_the_logging_module_are_accepted() -> None:
-    assert _normalise_loglevel(["x", "worker", "--loglevel", "warning"]) == ["x", "worker", "--loglevel", "warn"]
-    assert _normalise_loglevel(["x", "worker", "--loglevel=critical"]) == ["x", "worker", "--loglevel=crit"]
+    assert normalise_loglevel(["worker", "--loglevel", "warning"]) == ["worker", "--loglevel", "warn"]
+    assert normalise_loglevel(["worker", "--loglevel=critical"]) == ["worker", "--loglevel=crit"]
 
 
 def test_check_command_validates_offline(tmp_path: Path) -> None:

@@ -139,4 +139,4 @@ def test_run_sends_only_the_sensors_a_format_and_the_sites_describe(tmp_path) ->
     messages = [orjson.loads(line) for line in out.read_bytes().splitlines()]
     assert len(messages) == 300 and {m["sensor_id"] for m in messages} <= wanted
     assert len({m["sensor_id"] for m in messages}) > 1
-    assert main([*args, "--site", "atlantis"]) == 1
+    assert main([*args, "--site", "atlantis"]) == 2  # usage: no such site

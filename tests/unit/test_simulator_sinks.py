@@ -184,7 +184,7 @@ def test_cli_wide_csv_is_the_detector_format(tmp_path: Path, capsys) -> None:
 
 
 def test_cli_errors_are_one_line(tmp_path: Path, capsys) -> None:
-    assert main(["history", "--duration", "soon", "--out", str(tmp_path / "x.parquet")]) == 1
+    assert main(["history", "--duration", "soon", "--out", str(tmp_path / "x.parquet")]) == 2  # usage
     assert "not a duration" in capsys.readouterr().err
-    assert main(["run", "--sink", "file", "--count", "1"]) == 1
+    assert main(["run", "--sink", "file", "--count", "1"]) == 2
     assert "--out" in capsys.readouterr().err

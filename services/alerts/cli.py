@@ -1,4 +1,9 @@
-"""Ops commands: ``check-config`` and ``resend-dlq`` (run as Helm Jobs or by a person at a shell)."""
+"""The alerts service's command line: ``worker`` and the ops commands (run as Helm Jobs or by a person at a shell).
+
+check-config [PATH]              validate the rules/routing YAML and the API tokens, exit 0 (valid) or 2
+resend-dlq [--dry-run] [--max N] re-send the notifications on alerts.dlq through the current config
+settings                         print the alerts settings table (markdown)
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,6 @@ import argparse
 import asyncio
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,15 +19,18 @@ import httpx
 from services.alerts.config import ConfigError, load_config
 from services.alerts.delivery import DeliveryError, with_retries
 from services.alerts.dispatcher import Integrations
-from services.alerts.settings import AlertsSettings
+from services.alerts.settings import ENV_PREFIX, AlertsSettings
 from shared.auth import AuthConfigError, TokenStore
+from shared.cli import Command, ServiceCli, settings_command
 from shared.codec import dumps, loads
 from shared.settings import Settings
 from shared.topics import ALERTS_DLQ
 
 
 def check_config(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m services.alerts check-config")
+    parser = argparse.ArgumentParser(
+        prog="python -m services.alerts check-config", description="Validate the rules/routing YAML and the API tokens."
+    )
     parser.add_argument("path", nargs="?", help="config file (default: FLOWWATCH_ALERTS_CONFIG_PATH)")
     args = parser.parse_args(argv)
     asettings = AlertsSettings.from_env()
@@ -162,4 +169,18 @@ def resend_dlq_cmd(argv: list[str]) -> int:
     return 1 if failed else 0
 
 
-COMMANDS: dict[str, Callable[[list[str]], int]] = {"check-config": check_config, "resend-dlq": resend_dlq_cmd}
+CLI = ServiceCli(
+    "alerts",
+    "The alerts service: rules over anomalies, risk and sensor events; grouped, routed notifications.",
+    {
+        "check-config": Command(check_config, "validate the rules/routing YAML and the API tokens (exit 0 or 2)"),
+        "resend-dlq": Command(resend_dlq_cmd, "re-send the notifications on alerts.dlq through the current config"),
+        "settings": settings_command(AlertsSettings, ENV_PREFIX, "alerts"),
+    },
+    app="services.alerts.app",
+    usage_errors=(ConfigError,),
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return CLI.main(argv)

@@ -1,7 +1,10 @@
-"""What the alert-state agent does with each event on its partition, over table-like mappings.
+"""The pure core of the state stage: a partition's internal events in, alert changes and deliveries out.
 
-The Faust agent hands in its tables (dicts in unit tests) and the event's
-partition; every write is a reassignment of a whole value (pitfall 4). Events:
+No Kafka, no Faust: the worker (:mod:`services.alerts.worker`) hands in table-like mappings
+(dicts in unit tests) and the events' partition; every write is a reassignment of a whole
+value (pitfall 4). :func:`apply_events` runs one micro-batch of a partition through a
+:class:`Processor` and says what changed (:class:`Outcome`); the state machine it applies
+is :mod:`services.alerts.transitions`. Events:
 
 * ``obs``       rule hits (fire or resolve), many fingerprints of this partition per event
 * ``qcount``    quarantined readings counted by a worker in one window
@@ -14,15 +17,17 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import MutableMapping
+from collections.abc import Callable, Iterable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.alerts import engine
+from services.alerts import transitions
 from services.alerts.config import Config
-from services.alerts.metrics import ALERT_TRANSITIONS, NOTIFICATIONS, RULE_ERRORS
+from services.alerts.evaluate import decode_internal
+from services.alerts.metrics import ALERT_TRANSITIONS, NOTIFICATIONS, OBSERVATIONS, RULE_ERRORS
 from services.alerts.rules import Observation
 from services.alerts.settings import AlertsSettings
+from shared.metrics import DECODE_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +65,77 @@ class Changes:
     dispatch: list[dict[str, Any]] = field(default_factory=list)
 
 
+@dataclass
+class TickGate:
+    """Ticks can queue up behind a backlog: one per half tick interval and partition is enough."""
+
+    interval_s: float
+    last: dict[int, float] = field(default_factory=dict)
+
+    def admit(self, partition: int, now_s: float) -> bool:
+        if now_s - self.last.get(partition, 0.0) < self.interval_s * 0.5:
+            return False
+        self.last[partition] = now_s
+        return True
+
+    def ran(self, partition: int, now_s: float) -> None:
+        self.last[partition] = now_s
+
+
+@dataclass
+class Outcome:
+    """What a partition's micro-batch changed: alerts for the Redis mirror (None: removed), deliveries by id."""
+
+    mirror: dict[str, dict[str, Any] | None] = field(default_factory=dict)
+    dispatch: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def add(self, changes: Changes) -> None:
+        self.mirror.update(changes.alerts)
+        self.mirror.update(dict.fromkeys(changes.removed))
+        self.dispatch.update((e["id"], e) for e in changes.dispatch)
+
+
+def decode_events(
+    raws: Iterable[bytes], partition: int, ticks: TickGate, clock: Callable[[], float]
+) -> list[dict[str, Any]]:
+    """The batch's internal events, decoded; an undecodable one is counted and skipped, a surplus tick dropped."""
+    values = []
+    for raw in raws:
+        try:
+            value = decode_internal(raw)
+        except ValueError as exc:
+            DECODE_ERRORS.labels("alerts", "events").inc()
+            log.warning("undecodable internal event skipped: %s", exc)
+            continue
+        if value["type"] == "tick":
+            if not ticks.admit(partition, clock()):
+                continue
+        elif value["type"] == "obs":
+            OBSERVATIONS.labels("applied").inc(len(value.get("obs") or ()))
+        values.append(value)
+    return values
+
+
+def apply_events(
+    proc: Processor, raws: Iterable[bytes], partition: int, ticks: TickGate, clock: Callable[[], float] = time.time
+) -> Outcome:
+    """One micro-batch of a partition's internal events through ``proc``, then the partition's due timers.
+
+    The batch's rule hits are merged per alert first (:func:`fuse`: a backlog of fetches holds a repeating
+    sensor many times). A group this batch made due (group_wait 0, or a timer that just expired) flushes
+    now, not at the next tick; so does a partition the schedule does not know yet (after a start or a
+    rebalance), which is scanned as a tick would (a scan of the partition's image in memory).
+    """
+    outcome = Outcome()
+    for value in fuse(decode_events(raws, partition, ticks, clock)):
+        outcome.add(proc.handle(value, partition, clock()))
+    now = clock()
+    if now >= proc.schedule.next_flush.get(partition, 0.0):
+        ticks.ran(partition, now)
+        outcome.add(proc.handle({"type": "tick"}, partition, now))
+    return outcome
+
+
 def fuse(values: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """A partition's events of one micro-batch with each run of ``obs`` events made one, hits merged per alert.
 
@@ -94,7 +170,7 @@ def fuse(values: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 run.append(obs)
             else:
                 first = run[i]
-                # an update with no annotations keeps the alert's (engine.apply_observation)
+                # an update with no annotations keeps the alert's (transitions.apply_observation)
                 annotations = obs.get("annotations") or first.get("annotations")
                 run[i] = {**first, "count": first.get("count", 1) + obs.get("count", 1), "annotations": annotations}
     return out
@@ -149,20 +225,20 @@ class Processor:
         prev = self.alerts.get(obs.fingerprint)
         rule = self.config.rule(obs.rule)
         if rule is not None and rule.rate_limit and not obs.resolve and (prev is None or prev["status"] != "firing"):
-            key = engine.limit_key(rule, obs.labels)
-            obs, window = engine.rate_limit(rule, obs, self.limits.get(key), now_ms)
+            key = transitions.limit_key(rule, obs.labels)
+            obs, window = transitions.rate_limit(rule, obs, self.limits.get(key), now_ms)
             # partition and length let the sweep of this partition forget the window later (pitfall 8).
             self.limits[key] = {**window, "partition": partition, "per_ms": int(rule.rate_limit.per_s * 1000)}
             prev = self.alerts.get(obs.fingerprint)
-        new = engine.apply_observation(prev, obs, now_ms, partition)
+        new = transitions.apply_observation(prev, obs, now_ms, partition)
         if new is None:
             return
         if self._coalesce(obs, prev, new, now_ms):
             return
         self._store_alert(obs.fingerprint, prev, new, changes)
         if new["status"] == "firing" and (prev is None or prev["status"] != "firing"):
-            for route, key, glabels in engine.routes_for(self.config, new["labels"]):
-                group = engine.add_to_group(
+            for route, key, glabels in transitions.routes_for(self.config, new["labels"]):
+                group = transitions.add_to_group(
                     self.groups.get(key), route, key, glabels, obs.fingerprint, now_s, partition
                 )
                 if group is not None:
@@ -196,7 +272,7 @@ class Processor:
         changes.alerts[fp] = new
         if prev is None or prev["status"] != new["status"]:
             ALERT_TRANSITIONS.labels(new["rule"], new["status"]).inc()
-            if engine.is_inhibitor(self.config, new["labels"]):
+            if transitions.is_inhibitor(self.config, new["labels"]):
                 if new["status"] == "firing":
                     self.inhibitors[fp] = {"fingerprint": fp, "labels": new["labels"], "partition": new["partition"]}
                 elif self.inhibitors.get(fp) is not None:
@@ -229,7 +305,7 @@ class Processor:
         alert = self.alerts.get(value["fingerprint"])
         if alert is None:
             return
-        new = engine.acknowledge(alert, value.get("by", ""), int(now_s * 1000), value.get("comment", ""))
+        new = transitions.acknowledge(alert, value.get("by", ""), int(now_s * 1000), value.get("comment", ""))
         self._store_alert(value["fingerprint"], alert, new, changes)
 
     def on_result(self, value: dict[str, Any]) -> None:
@@ -276,7 +352,7 @@ class Processor:
                 del self.limits[key]
 
     def _resolve_if_quiet(self, fp: str, alert: dict[str, Any], now_ms: int, changes: Changes) -> dict[str, Any]:
-        resolved = engine.resolve_if_quiet(alert, now_ms)
+        resolved = transitions.resolve_if_quiet(alert, now_ms)
         if resolved is None:
             return alert
         self._store_alert(fp, alert, resolved, changes)
@@ -296,9 +372,9 @@ class Processor:
                         self._resolve_if_quiet(fp, alert, now_ms, changes)
             sources = [i for i in self.inhibitors.values() if i and i.get("partition") == partition]
             silences = [x for x in self.silences.values() if x]
-            suppression = engine.Suppression.build(self.config, silences, sources, now_ms)
+            suppression = transitions.Suppression.build(self.config, silences, sources, now_ms)
             for key, group in due:
-                flush = engine.flush_group(self.config, group, self.alerts, suppression, now_s)
+                flush = transitions.flush_group(self.config, group, self.alerts, suppression, now_s)
                 if flush is None:
                     continue
                 if flush.group is None:

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from services.alerts import engine
+from services.alerts import transitions
 from services.alerts.config import parse_config
 from services.alerts.labels import fingerprint
 from services.alerts.matchers import MatcherError, parse_matcher
@@ -105,17 +105,17 @@ class World:
             now_ms = int(now_s * 1000)
             prev = self.alerts.get(obs.fingerprint)
             if (prev is None or prev["status"] != "firing") and not obs.resolve and rule.rate_limit:
-                key = engine.limit_key(rule, obs.labels)
-                obs, window = engine.rate_limit(rule, obs, self.limits.get(key), now_ms)
+                key = transitions.limit_key(rule, obs.labels)
+                obs, window = transitions.rate_limit(rule, obs, self.limits.get(key), now_ms)
                 self.limits[key] = window
                 prev = self.alerts.get(obs.fingerprint)
-            new = engine.apply_observation(prev, obs, now_ms)
+            new = transitions.apply_observation(prev, obs, now_ms)
             if new is None:
                 continue
             self.alerts[obs.fingerprint] = new
             if new["status"] == "firing":
-                for route, key, glabels in engine.routes_for(self.config, new["labels"]):
-                    g = engine.add_to_group(self.groups.get(key), route, key, glabels, obs.fingerprint, now_s, 0)
+                for route, key, glabels in transitions.routes_for(self.config, new["labels"]):
+                    g = transitions.add_to_group(self.groups.get(key), route, key, glabels, obs.fingerprint, now_s, 0)
                     if g is not None:
                         self.groups[key] = g
 
@@ -133,15 +133,15 @@ class World:
     def tick(self, now_s):
         now_ms = int(now_s * 1000)
         for fp, a in list(self.alerts.items()):
-            r = engine.resolve_if_quiet(a, now_ms)
+            r = transitions.resolve_if_quiet(a, now_ms)
             if r:
                 self.alerts[fp] = r
-        sup = engine.Suppression.build(
+        sup = transitions.Suppression.build(
             self.config, self.silences, [a for a in self.alerts.values() if a["status"] == "firing"], now_ms
         )
         out = []
         for key, g in list(self.groups.items()):
-            f = engine.flush_group(self.config, g, self.alerts, sup, now_s)
+            f = transitions.flush_group(self.config, g, self.alerts, sup, now_s)
             if f is None:
                 continue
             if f.group is None:
@@ -290,7 +290,7 @@ def test_ack_stops_repeats_but_not_changes(config):
     w.observe("anomaly", anomaly("s1"), T0)
     w.tick(T0 + 10)
     fp = next(iter(w.alerts))
-    w.alerts[fp] = engine.acknowledge(w.alerts[fp], "ann", int(T0 * 1000))
+    w.alerts[fp] = transitions.acknowledge(w.alerts[fp], "ann", int(T0 * 1000))
     assert w.keep_firing(("s1",), T0 + 30, T0 + 3800) == []  # repeat suppressed
     [n] = w.keep_firing(("s1", "s2"), T0 + 3800, T0 + 3900)
     assert len(n["alerts"]) == 2
