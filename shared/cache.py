@@ -21,6 +21,13 @@ from shared.metrics import CACHE_ERRORS
 log = logging.getLogger(__name__)
 
 
+#: SET key value EX ttl for every key (the last argument is the TTL). Redis loads it once per connection
+#: pool (EVALSHA; redis-py sends the script again when the server answers NOSCRIPT).
+_SET_MANY = (
+    "local ttl = ARGV[#ARGV] for i, key in ipairs(KEYS) do redis.call('SET', key, ARGV[i], 'EX', ttl) end return #KEYS"
+)
+
+
 class Cache:
     """One pooled asyncio Redis client with flowwatch's key naming and TTLs."""
 
@@ -36,6 +43,7 @@ class Cache:
         self.client = aioredis.Redis.from_url(
             url, socket_timeout=0.5, socket_connect_timeout=0.5, retry_on_timeout=False, health_check_interval=30
         )
+        self._set_script = self.client.register_script(_SET_MANY)
 
     def key(self, kind: str, ident: str) -> str:
         """``flowwatch:<prefix><kind>:<id>``, e.g. ``flowwatch:sensor:s-001``."""
@@ -53,11 +61,13 @@ class Cache:
         """Write many ``id -> value`` entries in one round trip."""
         if not items:
             return True
+        ttl = ttl_s or self.ttl_s
+        keys = [self.key(kind, ident) for ident in items]
         try:
-            async with self.client.pipeline(transaction=False) as pipe:
-                for ident, value in items.items():
-                    pipe.set(self.key(kind, ident), dumps(value), ex=ttl_s or self.ttl_s)
-                await pipe.execute()
+            # One script call for the lot: redis-py spends ~25 us of the caller's CPU on each command
+            # of a pipeline (packing, and a timeout context per reply) and ~3 us a key this way, which
+            # mattered for ingest and the detector, who write every sensor once a second.
+            await self._set_script(keys=keys, args=[*map(dumps, items.values()), ttl])
             return True
         except Exception as exc:  # noqa: BLE001 - any Redis failure degrades to "no cache"
             self._failed("set", exc)
