@@ -17,11 +17,14 @@ import faust
 import orjson
 import pytest
 from aiokafka.errors import KafkaConnectionError
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from services.forecaster.folding import ReadingsFolder
 from services.forecaster.settings import ForecasterSettings
 from shared.batching import PartitionMap
-from shared.pump import REWINDS, Checkpoint, Pump, PumpConfig
+from shared.pump import REWINDS, Checkpoint, Pump, PumpConfig, offset_ranges
 from shared.settings import Settings
 
 
@@ -251,3 +254,14 @@ def test_a_checkpoint_tells_its_tables_apart_by_identity_not_by_their_rows() -> 
         cp.write(table, {})
     assert len(cp.tables) == 2 and cp.tables[0] is sensors and cp.tables[1] is progress
     assert sensors.compared == 0 and progress.compared == 0
+
+
+@hsettings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 5), st.integers(0, 10**12)), max_size=60))
+def test_offset_ranges_are_the_first_and_last_offset_of_each_partition(pairs: list[tuple[int, int]]) -> None:
+    records = [SimpleNamespace(partition=p, offset=o) for p, o in pairs]
+    expected: dict[int, tuple[int, int]] = {}
+    for p in {p for p, _ in pairs}:
+        offsets = [o for p2, o in pairs if p2 == p]
+        expected[p] = (min(offsets), max(offsets))
+    assert offset_ranges(records) == expected

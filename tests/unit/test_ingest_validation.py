@@ -121,6 +121,29 @@ def test_valid_reading_is_normalised() -> None:
     assert 0.5 <= r.quality <= 1.0
 
 
+def test_every_field_of_a_valid_reading_lands_in_its_place() -> None:
+    # validate builds the Reading positionally (the hot path): every field must still be where it belongs.
+    result = validate(reading(site="site-a", zone="zone-b", asset="Pump", note="n1"), NOW, RULES, "mqtt")
+    assert result.ok, result.reasons
+    assert result.reading is not None
+    assert result.reading.to_dict() == {
+        "sensor_id": "north-dma1-pipe03",
+        "ts": NOW - 1000,
+        "site": "site-a",
+        "zone": "zone-b",
+        "utility": "water",
+        "asset": "pump",
+        "values": {"pressure": 431.2, "flow": 118.4},
+        "units": {"pressure": "kPa", "flow": "m3/h"},
+        "quality": result.reading.quality,
+        "extra": {"note": "n1", "device_quality": 0.97},
+        "received_ms": NOW,
+        "source": "mqtt",
+        "v": 1,
+    }
+    assert 0.0 < result.reading.quality <= 1.0
+
+
 def test_unknown_fields_go_to_extra_and_unknown_metrics_are_kept_and_counted() -> None:
     result = validate(
         reading(firmware="2.1", extra={"gateway": "gw-7"}, values={"pressure": 400.0, "flow": 80.0, "battery": 3.7}),
