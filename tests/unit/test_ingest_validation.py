@@ -8,7 +8,11 @@ from pathlib import Path
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
+from services.ingest.quality import completeness, quality_score, range_score, staleness
 from services.ingest.rules import ConfigError, Rules
 from services.ingest.settings import IngestSettings
 from services.ingest.units import conversion, normalise_unit, to_canonical
@@ -317,3 +321,35 @@ def test_a_bad_ranges_file_fails_at_load_naming_the_entry(tmp_path: Path, text: 
 def test_iso_parse_matches_datetime() -> None:
     dt = datetime(2025, 6, 1, 12, 30, 15, 250000, tzinfo=UTC)
     assert parse_ts(dt.isoformat()) == int(dt.timestamp() * 1000)
+
+
+_AGED_RULES = Rules.load(IngestSettings(max_age_s=3600, stale_after_s=60))
+
+
+@hsettings(max_examples=300, deadline=None)
+@given(
+    kind=st.sampled_from(
+        [("water", "pump"), ("water", "pipe"), ("gas", "gas_station"), ("energy", "meter"), ("x", "y")]
+    ),
+    metrics=st.lists(st.sampled_from(sorted(RULES.metrics)), max_size=8, unique=True),
+    scale=st.floats(0.0, 1.2),
+    age_s=st.integers(0, 4000),
+    device=st.one_of(st.none(), st.floats(0.0, 1.0)),
+    rules=st.sampled_from([RULES, _AGED_RULES]),
+)
+def test_quality_score_is_the_documented_formula(kind, metrics, scale, age_s, device, rules) -> None:
+    # The hot path's shortcuts (completeness without a set, a memo of round()) give exactly the formula.
+    values = {m: rules.metrics[m].lo + scale * (rules.metrics[m].hi - rules.metrics[m].lo) for m in metrics}
+    utility, asset = kind
+    ts = NOW - age_s * 1000
+    expected = rules.expected_for(utility, asset)
+    score = (
+        rules.w_completeness * completeness(values, expected)
+        + rules.w_range * range_score(values, rules)
+        + rules.w_staleness * staleness(ts, NOW, rules)
+    )
+    if device is not None:
+        score *= device
+    want = round(min(1.0, max(0.0, score)), 4)
+    assert quality_score(values, utility, asset, ts, NOW, device, rules) == want
+    assert quality_score(values, utility, asset, ts, NOW, device, rules, range_score(values, rules)) == want
