@@ -23,9 +23,10 @@ from hypothesis import strategies as st
 
 from services.forecaster.folding import ReadingsFolder
 from services.forecaster.settings import ForecasterSettings
-from shared.batching import PartitionMap
+from shared.batching import Outbox, PartitionEvent, PartitionMap, write_many
 from shared.pump import REWINDS, Checkpoint, Pump, PumpConfig, offset_ranges
 from shared.settings import Settings
+from shared.streaming import event_context
 
 
 class Batch:
@@ -265,3 +266,30 @@ def test_offset_ranges_are_the_first_and_last_offset_of_each_partition(pairs: li
         offsets = [o for p2, o in pairs if p2 == p]
         expected[p] = (min(offsets), max(offsets))
     assert offset_ranges(records) == expected
+
+
+@pytest.mark.parametrize("store", ["rocksdb://", "memory://"])
+def test_write_many_stores_what_the_tables_codec_would_and_the_same_bytes_go_to_the_changelog(
+    tmp_path: Any, store: str
+) -> None:
+    # A rocksdb store is handed the changelog's bytes (encoded once); they must be what the table's own codec
+    # writes, so that reads and recovery decode the same values. A memory store keeps the values themselves.
+    rocks = faust.App("write-many-test", store=store, datadir=str(tmp_path), autodiscover=False)
+    table = rocks.Table("sensors", key_type=bytes, default=None, partitions=4)
+    rows = {
+        2: {b"s-1": {"sensor_id": "s-1", "last_values": {"p": 431.25}, "recent_back": [0, 1000], "q": None}},
+        3: {b"s-2": {"sensor_id": "s-2", "last_values": {}, "recent_back": [], "q": 0.97}},
+    }
+    box = Outbox(None)  # type: ignore[arg-type]
+    events = {p: PartitionEvent(table.changelog_topic.get_topic_name(), p) for p in rows}
+    assert write_many(table, box, rows, events.__getitem__, orjson.dumps) == 2
+    sent = {(topic, p): records for (topic, p), records in box._pending.items()}
+    for p, items in rows.items():
+        with event_context(events[p]):
+            for key, value in items.items():
+                assert table.data[key] == value
+                if store == "rocksdb://":
+                    assert table.data._get(key) == table.data._encode_value(value)
+        assert sent[(table.changelog_topic.get_topic_name(), p)] == [
+            (key, orjson.dumps(value), ()) for key, value in items.items()
+        ]
