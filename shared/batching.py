@@ -28,6 +28,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import murmur2
+from faust.stores.base import SerializedStore
 from faust.types import TP
 
 from shared.streaming import event_context
@@ -207,11 +208,21 @@ def write_many(
     store = table.data
     changelog = table.changelog_topic.get_topic_name()
     written = 0
+    # A store that keeps bytes (rocksdb) gets the changelog's bytes rather than encoding the value
+    # a second time: recovery reads the changelog with the table's codec, so ``encode`` must give
+    # what that codec gives anyway (orjson for a json table). The encoding was ~40 % of a
+    # checkpoint's store writes (ingest writes every sensor's state once a second).
+    put = store._set if encode is not None and isinstance(store, SerializedStore) else None
     for partition, items in by_partition.items():
         with event_context(event_for(partition)):
             for key, value in items.items():
-                store[key] = value
-                outbox.add(changelog, partition, key, value if encode is None else encode(value))
+                if put is not None:
+                    data = encode(value)  # type: ignore[misc]
+                    put(store._encode_key(key), data)
+                    outbox.add(changelog, partition, key, data)
+                else:
+                    store[key] = value
+                    outbox.add(changelog, partition, key, value if encode is None else encode(value))
                 written += 1
     return written
 

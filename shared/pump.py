@@ -387,11 +387,18 @@ class Suspect:
 
 def offset_ranges(records: list[Any]) -> dict[int, tuple[int, int]]:
     """partition -> (first, last) offset of ``records``."""
-    ranges: dict[int, tuple[int, int]] = {}
+    # Once per message of every fetch: no tuple, min() or max() per message (a fifth of the cost).
+    ranges: dict[int, list[int]] = {}
     for r in records:
-        first, last = ranges.get(r.partition, (r.offset, r.offset))
-        ranges[r.partition] = (min(first, r.offset), max(last, r.offset))
-    return ranges
+        partition, offset = r.partition, r.offset
+        seen = ranges.get(partition)
+        if seen is None:
+            ranges[partition] = [offset, offset]
+        elif offset > seen[1]:
+            seen[1] = offset
+        elif offset < seen[0]:
+            seen[0] = offset
+    return {p: (first, last) for p, (first, last) in ranges.items()}
 
 
 class Pump:
@@ -647,17 +654,17 @@ class Pump:
         return not after or await self._submit(after)
 
     async def _submit(self, records: list[Any]) -> bool:
-        offsets = {p: last for p, (_, last) in offset_ranges(records).items()}
+        ranges = offset_ranges(records)
+        offsets = {p: last for p, (_, last) in ranges.items()}
         try:
             if self.settings.pump_crash_guard:
-                await self._guard({p: Suspect(first, last) for p, (first, last) in offset_ranges(records).items()})
+                await self._guard({p: Suspect(first, last) for p, (first, last) in ranges.items()})
             self.inflight.append((offsets, await self.job.submit(records)))
         except KafkaError as exc:
             await self._rewind(exc)
             return False
         except Exception as exc:  # noqa: BLE001 - any job error: retry, then isolate; never stop the pump
             JOB_FAILURES.labels(self.config.service).inc()
-            ranges = offset_ranges(records)
             for p, (first, last) in ranges.items():
                 self.suspects[p] = Suspect(first, last)
             what = f"a batch of {len(records)} messages raised (retried once, then one message at a time)"

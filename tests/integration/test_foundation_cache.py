@@ -31,3 +31,42 @@ async def test_redis_down_degrades_to_counted_misses() -> None:
     assert cache.misses == 3
     assert CACHE_ERRORS.labels("test-down", "set")._value.get() == before + 1
     await cache.close()
+
+
+async def test_set_many_writes_every_entry_with_its_ttl(stack) -> None:
+    # set_many is one script call per batch: every key written, each with the TTL asked for.
+    cache = Cache(stack.redis_url, prefix=f"t{uuid.uuid4().hex[:8]}:", ttl_s=60, service="test")
+    entries = {f"s-{i}": {"i": i, "name": f"sensor {i}", "values": {"p": i / 7}} for i in range(600)}
+    try:
+        assert await cache.set_many("sensor", entries)
+        assert await cache.set_many("alert", {"a-1": [1, 2]}, ttl_s=7)
+        assert await cache.get_many("sensor", list(entries)) == entries
+        ttls = [await cache.client.ttl(cache.key("sensor", ident)) for ident in ("s-0", "s-299", "s-599")]
+        assert all(0 < t <= 60 for t in ttls)
+        assert await cache.get("alert", "a-1") == [1, 2]
+        assert 0 < await cache.client.ttl(cache.key("alert", "a-1")) <= 7
+        assert cache.misses == 0
+    finally:
+        await cache.client.delete(*await cache.client.keys(cache.prefix + "*"))
+        await cache.close()
+
+
+async def test_a_server_that_refuses_the_script_gets_the_same_writes_by_pipeline(stack) -> None:
+    cache = Cache(stack.redis_url, prefix=f"t{uuid.uuid4().hex[:8]}:", ttl_s=60, service="test")
+    # A script the server refuses (an unknown command inside it), as one whose ACL forbids scripting would.
+    cache._set_script = cache.client.register_script("return redis.call('NO-SUCH-COMMAND')")
+    try:
+        assert await cache.set_many("sensor", {"s-1": {"score": 1.5}, "s-2": [1, 2]})
+        assert cache._set_script is None  # pipelines from now on
+        assert await cache.set_many("sensor", {"s-3": "x"}, ttl_s=9)
+        assert await cache.get_many("sensor", ["s-1", "s-2", "s-3"]) == {
+            "s-1": {"score": 1.5},
+            "s-2": [1, 2],
+            "s-3": "x",
+        }
+        assert 0 < await cache.client.ttl(cache.key("sensor", "s-1")) <= 60
+        assert 0 < await cache.client.ttl(cache.key("sensor", "s-3")) <= 9
+        assert cache.misses == 0
+    finally:
+        await cache.client.delete(*await cache.client.keys(cache.prefix + "*"))
+        await cache.close()

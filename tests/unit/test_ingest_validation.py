@@ -8,7 +8,11 @@ from pathlib import Path
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
+from services.ingest.quality import completeness, quality_score, range_score, staleness
 from services.ingest.rules import ConfigError, Rules
 from services.ingest.settings import IngestSettings
 from services.ingest.units import conversion, normalise_unit, to_canonical
@@ -119,6 +123,29 @@ def test_valid_reading_is_normalised() -> None:
     assert r.values["temperature"] == pytest.approx(10.0)
     assert r.units == {"pressure": "kPa", "flow": "m3/h", "temperature": "C"}
     assert 0.5 <= r.quality <= 1.0
+
+
+def test_every_field_of_a_valid_reading_lands_in_its_place() -> None:
+    # validate builds the Reading positionally (the hot path): every field must still be where it belongs.
+    result = validate(reading(site="site-a", zone="zone-b", asset="Pump", note="n1"), NOW, RULES, "mqtt")
+    assert result.ok, result.reasons
+    assert result.reading is not None
+    assert result.reading.to_dict() == {
+        "sensor_id": "north-dma1-pipe03",
+        "ts": NOW - 1000,
+        "site": "site-a",
+        "zone": "zone-b",
+        "utility": "water",
+        "asset": "pump",
+        "values": {"pressure": 431.2, "flow": 118.4},
+        "units": {"pressure": "kPa", "flow": "m3/h"},
+        "quality": result.reading.quality,
+        "extra": {"note": "n1", "device_quality": 0.97},
+        "received_ms": NOW,
+        "source": "mqtt",
+        "v": 1,
+    }
+    assert 0.0 < result.reading.quality <= 1.0
 
 
 def test_unknown_fields_go_to_extra_and_unknown_metrics_are_kept_and_counted() -> None:
@@ -294,3 +321,35 @@ def test_a_bad_ranges_file_fails_at_load_naming_the_entry(tmp_path: Path, text: 
 def test_iso_parse_matches_datetime() -> None:
     dt = datetime(2025, 6, 1, 12, 30, 15, 250000, tzinfo=UTC)
     assert parse_ts(dt.isoformat()) == int(dt.timestamp() * 1000)
+
+
+_AGED_RULES = Rules.load(IngestSettings(max_age_s=3600, stale_after_s=60))
+
+
+@hsettings(max_examples=300, deadline=None)
+@given(
+    kind=st.sampled_from(
+        [("water", "pump"), ("water", "pipe"), ("gas", "gas_station"), ("energy", "meter"), ("x", "y")]
+    ),
+    metrics=st.lists(st.sampled_from(sorted(RULES.metrics)), max_size=8, unique=True),
+    scale=st.floats(0.0, 1.2),
+    age_s=st.integers(0, 4000),
+    device=st.one_of(st.none(), st.floats(0.0, 1.0)),
+    rules=st.sampled_from([RULES, _AGED_RULES]),
+)
+def test_quality_score_is_the_documented_formula(kind, metrics, scale, age_s, device, rules) -> None:
+    # The hot path's shortcuts (completeness without a set, a memo of round()) give exactly the formula.
+    values = {m: rules.metrics[m].lo + scale * (rules.metrics[m].hi - rules.metrics[m].lo) for m in metrics}
+    utility, asset = kind
+    ts = NOW - age_s * 1000
+    expected = rules.expected_for(utility, asset)
+    score = (
+        rules.w_completeness * completeness(values, expected)
+        + rules.w_range * range_score(values, rules)
+        + rules.w_staleness * staleness(ts, NOW, rules)
+    )
+    if device is not None:
+        score *= device
+    want = round(min(1.0, max(0.0, score)), 4)
+    assert quality_score(values, utility, asset, ts, NOW, device, rules) == want
+    assert quality_score(values, utility, asset, ts, NOW, device, rules, range_score(values, rules)) == want
