@@ -28,6 +28,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import murmur2
+from faust.stores.base import SerializedStore
 from faust.types import TP
 
 from shared.streaming import event_context
@@ -184,20 +185,27 @@ def write_many(
 ) -> int:
     """Put ``{partition: {key: value}}`` into ``table``'s local store and its changelog (via ``outbox``).
 
-    ``event_for(partition)`` gives a stand-in event (:class:`PartitionEvent`). The store encodes
-    values with the table's own serializer; the changelog gets ``encode(value)`` — pass the
-    table's codec (e.g. ``orjson.dumps`` for a json table), or nothing when the values already
-    are ``bytes`` (a raw table). Synchronous: nothing is sent until the caller flushes
-    ``outbox`` and passes the result to :func:`persisted`.
+    ``event_for(partition)`` gives a stand-in event (:class:`PartitionEvent`). The changelog gets
+    ``encode(value)`` — pass the table's codec (e.g. ``orjson.dumps`` for a json table), or nothing
+    when the values already are ``bytes`` (a raw table) — and a serialising store (rocksdb) the same
+    bytes: what recovery would put there from the changelog, encoded once rather than a second time
+    by the table's serializer (Faust's json, a tenth of ingest's CPU at checkpoints of 1,000
+    sensors). Synchronous: nothing is sent until the caller flushes ``outbox`` and passes the result
+    to :func:`persisted`.
     """
     store = table.data
     changelog = table.changelog_topic.get_topic_name()
+    serialised = isinstance(store, SerializedStore)
     written = 0
     for partition, items in by_partition.items():
         with event_context(event_for(partition)):
             for key, value in items.items():
-                store[key] = value
-                outbox.add(changelog, partition, key, value if encode is None else encode(value))
+                raw = value if encode is None else encode(value)
+                if serialised:
+                    store._set(store._encode_key(key), raw)
+                else:
+                    store[key] = value
+                outbox.add(changelog, partition, key, raw)
                 written += 1
     return written
 

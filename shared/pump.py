@@ -786,7 +786,8 @@ class Pump:
 
     async def _publish_progress(self, done: dict[int, int]) -> None:
         """Consumer lag for /metrics, and the checkpointed offsets for external lag tools (best effort)."""
-        assert self.consumer is not None
+        if self.consumer is None:
+            return
         if self.config.mirror_group:
             offsets = {TopicPartition(self.topic, p): o + 1 for p, o in done.items() if p in self.assigned}
             if offsets:
