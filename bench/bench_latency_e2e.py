@@ -297,33 +297,39 @@ def cpu_seconds(pid: int) -> float:
         return 0.0
 
 
-def gc_pauses(proc: ServiceProcess) -> dict[str, Any]:
-    """The service's garbage collections since it started (``flowwatch_gc_pause_seconds``): count, seconds, and
-    how many stopped the process for more than 10 and 50 ms."""
+def histograms(proc: ServiceProcess) -> dict[str, Any]:
+    """From the service's /metrics, since it started: its garbage collections (``flowwatch_gc_pause_seconds``)
+    and how long its pump's periodic checkpoints kept it from reading (``flowwatch_pump_checkpoint_hold_seconds``):
+    count, seconds, and how many took over 10 / 50 / 100 ms."""
     try:
         text = httpx.get(f"{proc.url}/metrics", timeout=5).text
     except httpx.HTTPError:
         return {}
-    count = total = 0.0
-    within: dict[str, float] = {"0.01": 0.0, "0.05": 0.0}
-    for line in text.splitlines():
-        if not line.startswith("flowwatch_gc_pause_seconds"):
-            continue
-        name, _, value = line.rpartition(" ")
-        if name.startswith("flowwatch_gc_pause_seconds_count"):
-            count += float(value)
-        elif name.startswith("flowwatch_gc_pause_seconds_sum"):
-            total += float(value)
-        else:
-            for bound in within:
-                if f'le="{bound}"' in name:
-                    within[bound] += float(value)
-    return {
-        "collections": int(count),
-        "seconds": round(total, 3),
-        "over_10ms": int(count - within["0.01"]),
-        "over_50ms": int(count - within["0.05"]),
-    }
+    out: dict[str, Any] = {}
+    for metric, name in (
+        ("flowwatch_gc_pause_seconds", "gc_pauses"),
+        ("flowwatch_pump_checkpoint_hold_seconds", "checkpoint_holds"),
+    ):
+        count = total = 0.0
+        within = {"0.01": 0.0, "0.05": 0.0, "0.1": 0.0}
+        for line in text.splitlines():
+            if not line.startswith(metric):
+                continue
+            key, _, value = line.rpartition(" ")
+            if key.startswith(f"{metric}_count"):
+                count += float(value)
+            elif key.startswith(f"{metric}_sum"):
+                total += float(value)
+            else:
+                for bound in within:
+                    if f'le="{bound}"' in key:
+                        within[bound] += float(value)
+        out[name] = {
+            "count": int(count),
+            "seconds": round(total, 3),
+            **{f"over_{int(float(b) * 1000)}ms": int(count - n) for b, n in within.items()},
+        }
+    return out
 
 
 def summary(values: list[float]) -> dict[str, Any]:
@@ -433,7 +439,7 @@ async def one_round(args: argparse.Namespace, code: Path, label: str, models: Pa
             cpu = {n: round((cpu_seconds(pids[n]) - c) / window_s, 3) for n, c in cpu0.items()}
             # every sensor has been seen by now (the generator cycles through the fleet): memory at this fleet size
             rss = {n: rss_mb(pid) for n, pid in pids.items()}
-            gcs = {n: await asyncio.to_thread(gc_pauses, p) for n, p in procs.items()}
+            held = {n: await asyncio.to_thread(histograms, p) for n, p in procs.items()}
             # Until the outputs stop coming (a loaded machine may still be working off a backlog).
             deadline = time.monotonic() + args.drain
             counts: tuple[int, ...] = ()
@@ -480,13 +486,13 @@ async def one_round(args: argparse.Namespace, code: Path, label: str, models: Pa
         "cpu_share": cpu,  # CPU seconds per second of each service over the measured window
         "rss_mb": rss,  # each service's resident memory (MiB) at the end of the load, and its peak
         "rss_mb_drained": rss_drained,
-        "gc_pauses": gcs,  # each service's collections from its start to the end of the load
+        "stalls": held,  # each service's GC pauses and checkpoint holds from its start to the end of the load
         "received": {stage: len(got) for stage, got in arrivals.items()},  # whatever their send time
         "load_avg_1m_before": round(load_before[0], 2),
         "load_avg_1m_after": round(load_after[0], 2),
         "services_died": dead,
     }
-    shown = ("latency_ms", "written_ms", "cpu_share", "gc_pauses")
+    shown = ("latency_ms", "written_ms", "cpu_share", "stalls")
     print(f"{label}: " + orjson.dumps({k: result[k] for k in shown}).decode(), file=sys.stderr)
     return result
 

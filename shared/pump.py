@@ -77,6 +77,12 @@ CHECKPOINT_ERRORS = Counter(
     "flowwatch_pump_checkpoint_errors_total", "Checkpoints that failed (retried at the next one)", ["service"]
 )
 BATCHES = Counter("flowwatch_pump_batches_total", "Fetched batches finished (outputs acknowledged)", ["service"])
+CHECKPOINT_HOLDS = Histogram(
+    "flowwatch_pump_checkpoint_hold_seconds",
+    "How long a periodic checkpoint keeps the pump from reading (batches in flight finished, state taken)",
+    ["service"],
+    buckets=LATENCY_BUCKETS,
+)
 GC_PAUSES = Histogram(
     "flowwatch_gc_pause_seconds",
     "Garbage collections of the process (every task and thread stops meanwhile), by generation",
@@ -761,6 +767,7 @@ class Pump:
                         if await self.drain():
                             # Taken here, between two batches; written beside the loop, which reads on meanwhile.
                             self.writing = asyncio.ensure_future(self._periodic_checkpoint(self._stage()))
+                        CHECKPOINT_HOLDS.labels(cfg.service).observe(time.monotonic() - now)
         except Exception as exc:
             # A job bug: say so on /ready and /health (a restart replays from the last checkpoint).
             self.crashed = True
