@@ -33,6 +33,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -226,12 +227,33 @@ class Receiver:
                 self.latencies.append((starts, now_ms - starts))
         return web.Response(text="ok")
 
-    async def start(self) -> None:
+    async def _serve(self) -> None:
         app = web.Application()
         app.router.add_post("/hook", self.handle)
         self.runner = web.AppRunner(app, handle_signals=False)
         await self.runner.setup()
         await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+
+    def start(self) -> None:
+        """Serve on an event loop of its own thread: the bench's consumer decoding thousands of records in one
+        turn of its loop must not hold a webhook (and its arrival time) up."""
+        self.loop = asyncio.new_event_loop()
+        up = threading.Event()
+
+        def serve() -> None:
+            asyncio.set_event_loop(self.loop)
+            self.loop.run_until_complete(self._serve())
+            up.set()
+            self.loop.run_forever()
+
+        self.thread = threading.Thread(target=serve, name="webhook-receiver", daemon=True)
+        self.thread.start()
+        up.wait(30)
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(30)
 
 
 def _parse_ms(text: str) -> int:
@@ -275,6 +297,41 @@ def cpu_seconds(pid: int) -> float:
         return 0.0
 
 
+def histograms(proc: ServiceProcess) -> dict[str, Any]:
+    """From the service's /metrics, since it started: its garbage collections (``flowwatch_gc_pause_seconds``)
+    and how long its pump's periodic checkpoints kept it from reading (``flowwatch_pump_checkpoint_hold_seconds``):
+    count, seconds, and how many took over 10 / 50 / 100 ms."""
+    try:
+        text = httpx.get(f"{proc.url}/metrics", timeout=5).text
+    except httpx.HTTPError:
+        return {}
+    out: dict[str, Any] = {}
+    for metric, name in (
+        ("flowwatch_gc_pause_seconds", "gc_pauses"),
+        ("flowwatch_pump_checkpoint_hold_seconds", "checkpoint_holds"),
+    ):
+        count = total = 0.0
+        within = {"0.01": 0.0, "0.05": 0.0, "0.1": 0.0}
+        for line in text.splitlines():
+            if not line.startswith(metric):
+                continue
+            key, _, value = line.rpartition(" ")
+            if key.startswith(f"{metric}_count"):
+                count += float(value)
+            elif key.startswith(f"{metric}_sum"):
+                total += float(value)
+            else:
+                for bound in within:
+                    if f'le="{bound}"' in key:
+                        within[bound] += float(value)
+        out[name] = {
+            "count": int(count),
+            "seconds": round(total, 3),
+            **{f"over_{int(float(b) * 1000)}ms": int(count - n) for b, n in within.items()},
+        }
+    return out
+
+
 def summary(values: list[float]) -> dict[str, Any]:
     if len(values) < 2:
         return {"samples": len(values)}
@@ -288,7 +345,9 @@ def summary(values: list[float]) -> dict[str, Any]:
     }
 
 
-async def timed_consumer(settings: Settings, stop: asyncio.Event, out: dict[str, list[tuple[int, float]]]) -> None:
+async def timed_consumer(
+    settings: Settings, stop: asyncio.Event, out: dict[str, list[tuple[int, float, float]]]
+) -> None:
     topics = {"clean": READINGS_CLEAN, "scores": SCORES, "anomalies": ANOMALIES}
     names = {settings.topic(t.name): stage for stage, t in topics.items()}
     tps = [
@@ -302,14 +361,16 @@ async def timed_consumer(settings: Settings, stop: asyncio.Event, out: dict[str,
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         while not stop.is_set():
-            batch = await consumer.getmany(timeout_ms=50, max_records=20_000)
+            # Small takes: the arrival time is stamped after aiokafka decoded the whole take.
+            batch = await consumer.getmany(timeout_ms=50, max_records=1_000)
             now_ms = time.time() * 1000
             for tp, records in batch.items():
                 stage = out[names[tp.topic]]
                 for r in records:
                     ts = orjson.loads(r.value).get("ts")
                     if isinstance(ts, int):
-                        stage.append((ts, now_ms - ts))
+                        # and when the service wrote it: the record's CreateTime, set by the service's producer
+                        stage.append((ts, now_ms - ts, r.timestamp - ts))
     finally:
         await consumer.stop()
 
@@ -332,13 +393,13 @@ async def one_round(args: argparse.Namespace, code: Path, label: str, models: Pa
     settings = base.replace(topic_prefix=prefix, data_dir=tmp / prefix / "data", model_dir=models)
     await create_all(settings, out=open(os.devnull, "w"))
     receiver = Receiver()
-    await receiver.start()
+    receiver.start()
     config = tmp / prefix / "alerts.yaml"
     config.parent.mkdir(parents=True, exist_ok=True)
     config.write_text(ALERTS_CONFIG.format(url=f"http://127.0.0.1:{receiver.port}/hook"))
     procs: dict[str, CodeProcess] = {}
     stop = asyncio.Event()
-    arrivals: dict[str, list[tuple[int, float]]] = {s: [] for s in STAGES if s != "webhook"}
+    arrivals: dict[str, list[tuple[int, float, float]]] = {s: [] for s in STAGES if s != "webhook"}
     try:
         async with scratch_database() as db:
             env = {
@@ -378,6 +439,7 @@ async def one_round(args: argparse.Namespace, code: Path, label: str, models: Pa
             cpu = {n: round((cpu_seconds(pids[n]) - c) / window_s, 3) for n, c in cpu0.items()}
             # every sensor has been seen by now (the generator cycles through the fleet): memory at this fleet size
             rss = {n: rss_mb(pid) for n, pid in pids.items()}
+            held = {n: await asyncio.to_thread(histograms, p) for n, p in procs.items()}
             # Until the outputs stop coming (a loaded machine may still be working off a backlog).
             deadline = time.monotonic() + args.drain
             counts: tuple[int, ...] = ()
@@ -394,9 +456,15 @@ async def one_round(args: argparse.Namespace, code: Path, label: str, models: Pa
             rss_drained = {n: rss_mb(pid) for n, pid in pids.items()}
             generated = orjson.loads(out.splitlines()[-1]) if out else {}
             lo = started_ms + args.warmup * 1000
-            lats = {stage: [lat for ts, lat in got if ts >= lo] for stage, got in arrivals.items()}
+            lats = {stage: [lat for ts, lat, _ in got if ts >= lo] for stage, got in arrivals.items()}
+            written = {stage: [at for ts, _, at in got if ts >= lo] for stage, got in arrivals.items()}
             lats["webhook"] = [lat for ts, lat in receiver.latencies if ts >= lo]
             dead = [n for n, p in procs.items() if p.proc and p.proc.poll() is not None]
+            if args.samples:
+                # every (send ts, latency) per stage, for a look at when the slow readings were sent (stalls)
+                samples = {**arrivals, "webhook": receiver.latencies}
+                Path(args.samples).mkdir(parents=True, exist_ok=True)
+                (Path(args.samples) / f"{label}-{prefix}json").write_bytes(orjson.dumps(samples))
     finally:
         stop.set()
         for p in procs.values():
@@ -404,23 +472,27 @@ async def one_round(args: argparse.Namespace, code: Path, label: str, models: Pa
             if args.logs:
                 Path(args.logs).mkdir(parents=True, exist_ok=True)
                 shutil.copy(p.log_path, Path(args.logs) / f"{label}-{prefix}{p.service}.log")
-        await receiver.runner.cleanup()
+        receiver.stop()
         await delete_topics(settings)
         shutil.rmtree(tmp / prefix, ignore_errors=True)
     result = {
         "code": label,
         "latency_ms": {stage: summary(v) for stage, v in lats.items()},
+        # the reading's send → the service's write of the output (the record's CreateTime): the same path without
+        # the bench's own consumer (a bench process short of CPU on a loaded machine shows up as the difference)
+        "written_ms": {stage: summary(v) for stage, v in written.items()},
         "generated": generated,
         "webhook_notifications": receiver.notifications,
         "cpu_share": cpu,  # CPU seconds per second of each service over the measured window
         "rss_mb": rss,  # each service's resident memory (MiB) at the end of the load, and its peak
         "rss_mb_drained": rss_drained,
+        "stalls": held,  # each service's GC pauses and checkpoint holds from its start to the end of the load
         "received": {stage: len(got) for stage, got in arrivals.items()},  # whatever their send time
         "load_avg_1m_before": round(load_before[0], 2),
         "load_avg_1m_after": round(load_after[0], 2),
         "services_died": dead,
     }
-    shown = ("latency_ms", "cpu_share", "rss_mb")
+    shown = ("latency_ms", "written_ms", "cpu_share", "stalls")
     print(f"{label}: " + orjson.dumps({k: result[k] for k in shown}).decode(), file=sys.stderr)
     return result
 
@@ -435,11 +507,19 @@ def medians(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     rounds = [r for r in rounds if complete(r)] or rounds
     for stage in STAGES:
         per = [r["latency_ms"].get(stage, {}) for r in rounds]
+        # over the rounds that have the stage (a round behind enough to see no spike has no webhook sample)
         out[stage] = {
-            q: round(statistics.median(p[q] for p in per), 1) if all(q in p for p in per) else None
+            q: round(statistics.median(p[q] for p in per if q in p), 1) if any(q in p for p in per) else None
             for q in ("p50", "p90", "p99", "max")
         }
         out[stage]["samples"] = sum(p.get("samples", 0) for p in per)
+    out["written_ms"] = {}
+    for stage in STAGES[:-1]:
+        per = [r.get("written_ms", {}).get(stage, {}) for r in rounds]
+        out["written_ms"][stage] = {
+            q: round(statistics.median(p[q] for p in per if q in p), 1) if any(q in p for p in per) else None
+            for q in ("p50", "p90", "p99", "max")
+        }
     out["rss_mb"] = {
         name: round(statistics.median(r["rss_mb"][name]["rss"] for r in rounds), 1)
         for name in SERVICES
@@ -529,6 +609,7 @@ def cli() -> None:
     p.add_argument("--spikes-per-s", type=float, default=4.0)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--logs", help="directory to keep the services' logs in")
+    p.add_argument("--samples", help="directory to write every (send ts, latency) per stage and round to")
     p.add_argument("--baseline", help="another checkout whose services run in alternate rounds (before/after)")
     p.add_argument(
         "--env",

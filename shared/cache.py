@@ -22,6 +22,9 @@ from shared.metrics import CACHE_ERRORS
 
 log = logging.getLogger(__name__)
 
+#: Entries per Redis pipeline: the caller's event loop runs between two (other work is not held up for long).
+PIPELINE_CHUNK = 250
+
 
 #: SET key value EX ttl for every key (the last argument is the TTL). Redis loads it once per connection
 #: pool (EVALSHA; redis-py sends the script again when the server answers NOSCRIPT).
@@ -60,7 +63,7 @@ class Cache:
             log.warning("redis %s failed (pipeline continues without cache): %s", op, exc)
 
     async def set_many(self, kind: str, items: Mapping[str, Any], ttl_s: int | None = None) -> bool:
-        """Write many ``id -> value`` entries in one round trip."""
+        """Write many ``id -> value`` entries in one script call (pipelines if the server refuses scripts)."""
         if not items:
             return True
         ttl = ttl_s or self.ttl_s
@@ -109,16 +112,19 @@ class Cache:
         return {i: loads(r) for i, r in zip(idents, raws, strict=True) if r is not None}
 
     async def incr_many(self, kind: str, counts: Mapping[str, int], ttl_s: int | None = None) -> bool:
-        """Add to counters (e.g. anomaly counts per zone) in one round trip."""
+        """Add to counters (e.g. anomaly counts per zone), a pipeline per :data:`PIPELINE_CHUNK` of them."""
         if not counts:
             return True
+        ttl = ttl_s or self.ttl_s
+        entries = list(counts.items())
         try:
-            async with self.client.pipeline(transaction=False) as pipe:
-                for ident, n in counts.items():
-                    k = self.key(kind, ident)
-                    pipe.incrby(k, n)
-                    pipe.expire(k, ttl_s or self.ttl_s)
-                await pipe.execute()
+            for start in range(0, len(entries), PIPELINE_CHUNK):
+                async with self.client.pipeline(transaction=False) as pipe:
+                    for ident, n in entries[start : start + PIPELINE_CHUNK]:
+                        k = self.key(kind, ident)
+                        pipe.incrby(k, n)
+                        pipe.expire(k, ttl)
+                    await pipe.execute()
             return True
         except Exception as exc:  # noqa: BLE001
             self._failed("incr", exc)

@@ -19,7 +19,10 @@ What stays Faust's, and how the pump follows it:
 * Offsets. Every ``checkpoint_s`` (and before a rebalance or a shutdown) the job's changed
   state and the last finished offset per partition are written to the tables together (one
   :class:`~shared.batching.Outbox`, durable together); a restarted worker resumes after its
-  checkpoint with the checkpointed state, so replaying is deterministic. Kafka group offsets
+  checkpoint with the checkpointed state, so replaying is deterministic. A periodic checkpoint is
+  taken between two batches (once those in flight are acknowledged) and written beside the loop,
+  which reads on meanwhile; anything that needs the tables to be the truth (a rewind, the next
+  checkpoint, a rebalance) waits for it first. Kafka group offsets
   are not used; they are mirrored under ``mirror_group`` so standard lag tools see progress.
 * Rebalances. Faust awaits :meth:`Pump.on_revoked` before it hands partitions over: the pump
   finishes the batches in flight, checkpoints and stops reading. It reads again only once the
@@ -59,7 +62,7 @@ from aiokafka.errors import KafkaError
 
 from shared.batching import Outbox, PartitionEvents, PartitionMap, persisted, start_output_producer, write_many
 from shared.deadletter import quarantined
-from shared.metrics import BATCH_SECONDS, BATCH_SIZE, CONSUMER_LAG, EVENTS_IN, Counter
+from shared.metrics import BATCH_SECONDS, BATCH_SIZE, CONSUMER_LAG, EVENTS_IN, LATENCY_BUCKETS, Counter, Histogram
 from shared.poison import JOB_FAILURES, SetAside, failed_twice
 from shared.service import tables_recovered
 from shared.settings import Settings
@@ -78,6 +81,18 @@ CHECKPOINT_ERRORS = Counter(
     "flowwatch_pump_checkpoint_errors_total", "Checkpoints that failed (retried at the next one)", ["service"]
 )
 BATCHES = Counter("flowwatch_pump_batches_total", "Fetched batches finished (outputs acknowledged)", ["service"])
+CHECKPOINT_HOLDS = Histogram(
+    "flowwatch_pump_checkpoint_hold_seconds",
+    "How long a periodic checkpoint keeps the pump from reading (batches in flight finished, state taken)",
+    ["service"],
+    buckets=LATENCY_BUCKETS,
+)
+GC_PAUSES = Histogram(
+    "flowwatch_gc_pause_seconds",
+    "Garbage collections of the process (every task and thread stops meanwhile), by generation",
+    ["service", "generation"],
+    buckets=LATENCY_BUCKETS,
+)
 GUARD_KEY = b"guard:%d"
 
 Undo = Callable[[], None]
@@ -316,24 +331,49 @@ class BatchJob(Generic[W]):
 
 
 class Checkpoint:
-    """Table rows staged into one :class:`Outbox`; :meth:`commit` makes them durable together."""
+    """Table rows staged into one :class:`Outbox`; :meth:`commit` makes them durable together.
+
+    :meth:`write` only takes the rows (values the job will not change any more: a snapshot); encoding them and
+    writing the local stores happens in :meth:`commit`, a chunk of rows at a time with the event loop let go
+    between chunks, so a pump goes on reading while a checkpoint of many sensors is written (a checkpoint of
+    1,000 sensor states held the pump's loop 100-350 ms every ``checkpoint_s`` at once: the stall behind the
+    end-to-end p99, docs/performance.md).
+    """
+
+    #: Rows written between two turns of the event loop.
+    CHUNK = 256
 
     def __init__(self, producer: AIOKafkaProducer, event_for: Callable[[int], Any]) -> None:
         self.box = Outbox(producer)
         self.event_for = event_for
         self.tables: list[Any] = []
+        self.staged: list[tuple[Any, Mapping[int, Mapping[bytes, Any]], Callable[[Any], bytes] | None]] = []
+        self.rows = 0
 
     def write(
         self, table: Any, by_partition: Mapping[int, Mapping[bytes, Any]], encode: Callable[[Any], bytes] | None = None
     ) -> int:
-        """Stage ``{partition: {key: value}}`` for ``table`` (see :func:`shared.batching.write_many`)."""
+        """Stage ``{partition: {key: value}}`` for ``table`` (written by :meth:`commit`, see
+        :func:`shared.batching.write_many`)."""
         # By identity: a Faust table is a Mapping, and `in` would compare contents — every row of every table read
         # from rocksdb at each checkpoint, and a second table equal to the first (both empty at start) never added.
         if all(t is not table for t in self.tables):
             self.tables.append(table)
-        return write_many(table, self.box, by_partition, self.event_for, encode)
+        self.staged.append((table, by_partition, encode))
+        staged = sum(len(items) for items in by_partition.values())
+        self.rows += staged
+        return staged
 
     async def commit(self) -> None:
+        staged, self.staged = self.staged, []
+        for table, by_partition, encode in staged:
+            for partition, items in by_partition.items():
+                rows = list(items.items())
+                for start in range(0, len(rows), self.CHUNK):
+                    chunk = dict(rows[start : start + self.CHUNK])
+                    write_many(table, self.box, {partition: chunk}, self.event_for, encode)
+                    if len(rows) > self.CHUNK:
+                        await asyncio.sleep(0)
         last = await self.box.flush()
         for table in self.tables:
             persisted(table, last)
@@ -385,6 +425,34 @@ class Suspect:
             return None
 
 
+@dataclass(slots=True)
+class Staged:
+    """A checkpoint taken but not yet written: its rows, the offsets they cover, and how to undo the taking."""
+
+    checkpoint: Checkpoint
+    finished: dict[int, int]
+    undo: Undo | None
+
+
+_gc_timed: set[str] = set()
+
+
+def _time_collections(service: str) -> None:
+    """Time every garbage collection of the process into :data:`GC_PAUSES` (once per process and service)."""
+    if service in _gc_timed:
+        return
+    _gc_timed.add(service)
+    started = [0.0]
+
+    def collected(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+        else:
+            GC_PAUSES.labels(service, str(info.get("generation", ""))).observe(time.perf_counter() - started[0])
+
+    gc.callbacks.append(collected)
+
+
 def offset_ranges(records: list[Any]) -> dict[int, tuple[int, int]]:
     """partition -> (first, last) offset of ``records``."""
     # Once per message of every fetch: no tuple, min() or max() per message (a fifth of the cost).
@@ -426,6 +494,7 @@ class Pump:
         self.started = False
         self.crashed = False
         self.inflight: deque[tuple[dict[int, int], InFlight]] = deque()
+        self.writing: asyncio.Future[None] | None = None  # the periodic checkpoint being written beside the loop
         self.finished: dict[int, int] = {}  # partition -> last offset whose outputs were acknowledged
         self.lags: dict[int, int] = {}
         self.lag = 0
@@ -621,6 +690,8 @@ class Pump:
         # checkpoint counts. Drop the in-memory state and read again from the checkpointed offsets.
         log.error("%s: %s; rewinding to the last checkpoint: %s", self.config.service, what, exc)
         REWINDS.labels(self.config.service).inc()
+        # A checkpoint being written covers acknowledged work only: let it land, the rewind starts from it.
+        await self._written()
         for _, batch in self.inflight:
             batch.acked.cancel()
         self.inflight.clear()
@@ -794,29 +865,48 @@ class Pump:
 
         Call with no batch in flight (after :meth:`drain`). Returns the offsets checkpointed.
         """
+        await self._written()
+        return await self._commit(self._stage(guards))
+
+    def _stage(self, guards: Mapping[int, Suspect] | None = None) -> Staged | None:
+        """Take the job's changed state and the finished offsets (and ``guards``) as they are now.
+
+        Synchronous, so nothing is processed between the state and the offsets it belongs to.
+        """
         producer = self.job.producer
         if producer is None:
-            return {}
+            return None
         finished, self.finished = self.finished, {}
         cp = Checkpoint(producer, self.event)
         undo = self.job.stage(cp)
-        if not cp.box.count and not finished and not guards:
-            return {}
+        if not cp.rows and not finished and not guards:
+            return None
         rows: dict[int, dict[bytes, bytes]] = {p: {b"%d" % p: b"%d" % offset} for p, offset in finished.items()}
         for p, guard in (guards or {}).items():
             rows.setdefault(p, {})[GUARD_KEY % p] = guard.encode()
+        cp.write(self.progress, rows)
+        return Staged(cp, finished, undo)
+
+    async def _commit(self, staged: Staged | None) -> dict[int, int]:
+        if staged is None:
+            return {}
         try:
-            cp.write(self.progress, rows)
-            await cp.commit()
+            await staged.checkpoint.commit()
         except BaseException:
             # Not durable: keep both for the next checkpoint.
-            if undo is not None:
-                undo()
-            for p, offset in finished.items():
+            if staged.undo is not None:
+                staged.undo()
+            for p, offset in staged.finished.items():
                 self.finished.setdefault(p, offset)
             raise
         CHECKPOINTS.labels(self.config.service).inc()
-        return finished
+        return staged.finished
+
+    async def _written(self) -> None:
+        """Wait for the periodic checkpoint being written beside the loop, if any (its job errors raise here)."""
+        task, self.writing = self.writing, None
+        if task is not None:
+            await task
 
     async def _settle(self) -> None:
         """Finish, checkpoint and stop reading (before partitions change hands or at shutdown)."""
@@ -851,6 +941,7 @@ class Pump:
         # a few objects per message and frees them within the batch (halved the p99 in the benches).
         gc.freeze()
         gc.set_threshold(50_000, 20, 50)
+        _time_collections(self.config.service)
         cfg = self.config
         within_ms = max(1, int(cfg.within_s * 1000))
         window = max(1, cfg.in_flight)
@@ -892,11 +983,15 @@ class Pump:
                     except KafkaError as exc:
                         await self._rewind(exc)
                         continue
+                    if self.writing is not None and self.writing.done():
+                        await self._written()  # a job error in the checkpoint stops the pump, as it would inline
                     now = time.monotonic()
-                    if now - last_checkpoint >= cfg.checkpoint_s:
+                    if now - last_checkpoint >= cfg.checkpoint_s and self.writing is None:
                         last_checkpoint = now
                         if await self.drain():
-                            await self._periodic_checkpoint()
+                            # Taken here, between two batches; written beside the loop, which reads on meanwhile.
+                            self.writing = asyncio.ensure_future(self._periodic_checkpoint(self._stage()))
+                        CHECKPOINT_HOLDS.labels(cfg.service).observe(time.monotonic() - now)
         except Exception as exc:
             # A job bug: say so on /ready and /health (a restart replays from the last checkpoint).
             self.crashed = True
@@ -904,20 +999,26 @@ class Pump:
             log.exception("%s", self.error)
             raise
         finally:
+            with contextlib.suppress(Exception):
+                await self._written()
             await self.consumer.stop()
 
-    async def _periodic_checkpoint(self) -> None:
+    async def _periodic_checkpoint(self, staged: Staged | None) -> None:
         try:
-            done = await self.checkpoint()
+            done = await self._commit(staged)
         except KafkaError as exc:
             CHECKPOINT_ERRORS.labels(self.config.service).inc()
             log.error("%s: checkpoint failed; retrying at the next one: %s", self.config.service, exc)
             return
-        await self._publish_progress(done)
+        try:
+            await self._publish_progress(done)
+        except KafkaError as exc:  # best effort, beside the loop: the assignment may have changed meanwhile
+            log.debug("%s: progress not published: %s", self.config.service, exc)
 
     async def _publish_progress(self, done: dict[int, int]) -> None:
         """Consumer lag for /metrics, and the checkpointed offsets for external lag tools (best effort)."""
-        assert self.consumer is not None
+        if self.consumer is None:
+            return
         if self.config.mirror_group:
             offsets = {TopicPartition(self.topic, p): o + 1 for p, o in done.items() if p in self.assigned}
             if offsets:

@@ -158,6 +158,74 @@ async def test_a_failed_produce_rewinds_the_job_to_the_last_checkpoint(app: faus
     assert REWINDS.labels("pumptest")._value.get() == before + 1
 
 
+class HeldProducer(CapturingProducer):
+    """Acknowledges nothing until ``release()``: a broker slow to take a checkpoint."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: list[tuple[asyncio.Future[Any], Any]] = []
+
+    async def send_batch(self, batch: Batch, topic: str, *, partition: int) -> asyncio.Future[Any]:
+        acked = await super().send_batch(batch, topic, partition=partition)
+        held: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.held.append((held, acked.result()))
+        return held
+
+    def release(self) -> None:
+        for future, meta in self.held:
+            future.set_result(meta)
+        self.held.clear()
+
+
+async def test_a_periodic_checkpoint_is_taken_at_once_and_the_next_waits_until_it_is_written(app: faust.App) -> None:
+    job = Job(app)
+    job.producer = HeldProducer()
+    pump = make_pump(app, job)
+    job.dirty = {b"s1": (0, b"state-1")}
+    pump.finished = {0: 41}
+    # Taken now (what was done so far), written beside the pump's loop: what is done next is not in it.
+    pump.writing = asyncio.ensure_future(pump._periodic_checkpoint(pump._stage()))
+    job.dirty = {b"s1": (0, b"state-2")}
+    pump.finished = {0: 50}
+    second = asyncio.ensure_future(pump.checkpoint())
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert not second.done()  # the tables must hold the first before the second is taken
+    assert [k for _, k, _ in job.producer.messages(pump.progress.changelog_topic.get_topic_name())] == [b"0"]
+    job.producer.release()
+    for _ in range(20):
+        await asyncio.sleep(0)
+        job.producer.release()
+    assert await second == {0: 50}
+    assert pump.writing is None
+    state_log = job.producer.messages(job.table.changelog_topic.get_topic_name())
+    progress_log = job.producer.messages(pump.progress.changelog_topic.get_topic_name())
+    assert state_log == [(0, b"s1", b"state-1"), (0, b"s1", b"state-2")]
+    assert progress_log == [(0, b"0", b"41"), (0, b"0", b"50")]
+    assert pump.checkpointed_offsets([0]) == {0: 50}
+
+
+async def test_a_large_checkpoint_lets_other_work_run_while_it_is_written(app: faust.App) -> None:
+    job = Job(app)
+    pump = make_pump(app, job)
+    rows = 3 * Checkpoint.CHUNK
+    job.dirty = {b"s%d" % i: (i % 2, b"state") for i in range(rows)}
+    written_at_turn: list[int] = []
+
+    async def other_work() -> None:  # a batch of the pump's loop, say
+        written_at_turn.append(len(job.table.data))
+
+    staged = pump._stage()
+    commit = asyncio.ensure_future(pump._commit(staged))
+    await asyncio.sleep(0)  # the commit starts writing
+    await other_work()
+    await commit
+    assert 0 < written_at_turn[0] < rows  # it ran between two chunks
+    assert (
+        len(job.table.data) == rows and len(job.producer.messages(job.table.changelog_topic.get_topic_name())) == rows
+    )
+
+
 def reading(sensor: str, zone: str, ts: int) -> bytes:
     return orjson.dumps(
         {"sensor_id": sensor, "zone": zone, "site": "s1", "utility": "water", "ts": ts, "values": {"flow": 1.5}}
