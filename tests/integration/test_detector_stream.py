@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from services.detector.offline.training import fit_profile
 from services.detector.profiles import ProfileSet
 from services.detector.settings import DEFAULT_PROFILES_FILE
-from services.detector.training import fit_profile
 from shared.cache import Cache
 from shared.records import Reading
 from shared.registry import ModelRegistry, publish_event

@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from services.detector.evaluation import rig
-from services.detector.evaluation.evaluate import confusion, evaluate, metrics
 from services.detector.offline import DataError, fit_csv, read_stream, score_csv
+from services.detector.offline.evaluation import rig
+from services.detector.offline.evaluation.evaluate import confusion, evaluate, metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 
