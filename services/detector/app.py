@@ -5,7 +5,8 @@
   anomalies, zone partials, Redis.
 - zone partials -> the ``detector-aggregate`` agent (per-zone open windows in the
   ``detector-zone-windows`` table, written once per zone per batch) -> aggregates.
-- models topic -> hot swap of a profile's model (every worker, group-less consumer).
+- models topic -> hot swap of a profile's model (:mod:`shared.model_follower`: every worker, group-less
+  consumer, and a poll of the registry).
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ import faust
 
 from services.detector import aggregates
 from services.detector.engine import DetectorEngine
-from services.detector.metrics import AGGREGATES_EMITTED, MODEL_LOADS, TRAINED_PROFILES
+from services.detector.metrics import AGGREGATES_EMITTED, TRAINED_PROFILES
 from services.detector.pipeline import ModelStore, Scorer
 from services.detector.profiles import ProfileSet
-from services.detector.serving import ModelServing, watch_models
+from services.detector.serving import ModelServing
 from services.detector.settings import DetectorSettings
 from services.detector.state import Layout
 from shared.codec import dumps, loads
@@ -96,8 +97,7 @@ def create_app(settings: Settings | None = None, detector_settings: DetectorSett
         help="Open aggregate windows per zone",
     )
 
-    changed = serving.refresh()
-    MODEL_LOADS.inc(len(changed))
+    serving.refresh_now("start")
     TRAINED_PROFILES.set(len(serving.serving))
     health.add_check("models", serving.readiness)
     engine.pump.install(health, "readings")
@@ -151,7 +151,7 @@ def create_app(settings: Settings | None = None, detector_settings: DetectorSett
 
     @app.task
     async def follow_models() -> None:
-        await watch_models(serving, settings, stop_watch, ds.model_poll_s, app)
+        await serving.follow(app, settings, stop_watch, ds.model_poll_s)
 
     @app.timer(interval=ds.cache_flush_s, name="detector-cache")
     async def flush_cache() -> None:
@@ -223,7 +223,7 @@ def create_app(settings: Settings | None = None, detector_settings: DetectorSett
         _, detail = serving.readiness()
         lifecycle = await asyncio.to_thread(serving.lifecycle)
         return web.json(
-            {"serving": serving.serving, "errors": serving.errors, "detail": detail, "lifecycle": lifecycle}
+            {"serving": serving.versions(), "errors": serving.errors, "detail": detail, "lifecycle": lifecycle}
         )
 
     return app
