@@ -34,6 +34,7 @@ from shared.registry import ModelRegistry
 from shared.service import base_app
 from shared.settings import Settings
 from shared.streaming import dead_letter_event, event_context, write_once_per_key
+from shared.table_route import table_page
 from shared.topics import AGGREGATES, DETECTOR_ZONE_PARTIALS, faust_topic
 
 log = logging.getLogger("services.detector")
@@ -177,7 +178,7 @@ def create_app(settings: Settings | None = None, detector_settings: DetectorSett
         await engine.pump.on_revoked()
         await engine.stop()
 
-    @health.api_page("/detector/state/{sensor_id}", "viewer")
+    @table_page(health, "/detector/state/{sensor_id}", engine.states, "sensor_id")
     async def sensor_view(web: Any, request: Any, sensor_id: str) -> Any:
         raw = engine.memory.get(sensor_id)
         if raw is None:
@@ -186,7 +187,7 @@ def create_app(settings: Settings | None = None, detector_settings: DetectorSett
                 if raw is not None:
                     break
         if raw is None:
-            return web.json({"sensor_id": sensor_id, "error": "no state for this sensor on this worker"}, status=404)
+            return web.json({"sensor_id": sensor_id, "error": "no state for this sensor"}, status=404)
         return web.json(state_summary(sensor_id, raw))
 
     @health.api_page("/detector/stats", "viewer")

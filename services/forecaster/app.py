@@ -45,6 +45,7 @@ from shared.limits import LabelSet
 from shared.mlops.monitor import publish as publish_drift
 from shared.service import base_app
 from shared.settings import Settings
+from shared.table_route import table_page
 from shared.topics import FORECASTER_ZONE_PARTIALS, READINGS_CLEAN, RISK, faust_topic
 
 log = logging.getLogger(__name__)
@@ -134,11 +135,11 @@ def create_app(settings: Settings | None = None, forecaster_settings: Forecaster
     async def follow_model() -> None:
         await holder.follow(app, settings, stop_following, fs.model_poll_s)
 
-    @state.api_page("/zones/{zone}", "viewer")
+    @table_page(state, "/zones/{zone}", zones, "zone")
     async def zone_view(web: Any, request: Any, zone: str) -> Any:
         value = zones.get(zone.encode())
         if value is None:
-            return web.json({"error": f"zone {zone!r} is not known to this worker"}, status=404)
+            return web.json({"error": f"zone {zone!r} is not known"}, status=404)
         st = ZoneState.from_bytes(value)
         return web.json(
             {
