@@ -152,7 +152,7 @@ def create_app(settings: Settings | None = None, forecaster_settings: Forecaster
                 "late_partials": st.late,
                 "forecast_next": st.pending,
                 "incident": st.incident,
-                "model": holder.readiness()[1],
+                "model": holder.serving_label(),
             }
         )
 

@@ -39,6 +39,11 @@ class ModelHolder(ModelFollower[Any]):
         """The :class:`~services.forecaster.model.Predictor` serving, None before the first load."""
         return self.model(self.settings.model_name)
 
+    def serving_label(self) -> str:
+        """``name:version`` serving, or why nothing is."""
+        version = self.version(self.settings.model_name)
+        return f"{self.settings.model_name}:{version}" if version else self.readiness()[1]
+
     def _load_predictor(self, slot: str, mv: ModelVersion) -> Any:
         from services.forecaster.model import Predictor  # imports TensorFlow (first call only)
 
