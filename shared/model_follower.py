@@ -109,8 +109,7 @@ class ModelFollower(Generic[M]):
         self.last_check = 0.0
         self.tried = False  # a refresh has run (loaded, failed, or found nothing to load)
         self._lock = threading.Lock()  # one load at a time: a poll and an event never load the same version twice
-        # set once the first refresh has been tried (loaded, failed, or nothing to load)
-        self.first_attempt = asyncio.Event()
+        self.first_attempt = asyncio.Event()  # :attr:`tried`, for the event loop to wait on
 
     # what is served
 
@@ -174,6 +173,7 @@ class ModelFollower(Generic[M]):
                     self.errors[slot] = f"cannot read model registry {self.registry.root}: {exc}"
                     continue
                 if version is None or self.version(slot) == version:
+                    self.errors.pop(slot, None)  # what failed is no longer wanted (or the registry is back)
                     continue
                 if self._swap(slot, version, reason):
                     changed.append(f"{slot}={version}")

@@ -77,6 +77,8 @@ def test_a_model_that_cannot_be_loaded_is_refused_and_the_current_one_keeps_serv
     assert f.refresh_now("poll") == []  # the registry refuses files that do not match their digests
     assert f.model("pump") == "good" and tampered in f.errors["pump"]
     assert sample("model_load_errors_total") == errors + 2
+    registry.promote("m-pump", "v1")  # back to the version serving: the failure is no longer wanted
+    assert f.refresh_now("poll") == [] and "load errors" not in f.readiness()[1]
     good = save(registry, "m-pump", "better")
     registry.promote("m-pump", good)
     assert f.refresh_now("poll") == [f"pump={good}"]
