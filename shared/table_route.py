@@ -4,8 +4,8 @@
 A table's key lives on one worker: the one assigned the key's partition of the table's changelog. Faust's
 assignor knows which worker that is (every member's ``canonical_url``, shared with the group assignment),
 so a worker asked about a key it does not hold forwards the request there and relays the answer, status
-and all. As in Faust's ``app.table_route``: the owner is ``app.router.key_store(table, key)``; when it is
-this worker the view answers. Unlike it:
+and all. As in Faust's ``app.table_route`` (``app.router.key_store(table, key)``): when the owner is this
+worker the view answers. Unlike it:
 
 * the caller's token is checked first, here (no unauthenticated request is ever forwarded), and sent along
   so the owner checks it too;
@@ -25,6 +25,7 @@ from typing import Any
 
 import httpx
 
+from shared.batching import kafka_partition
 from shared.service import ServiceState
 
 log = logging.getLogger(__name__)
@@ -37,12 +38,20 @@ ViewFn = Callable[..., Any]
 
 
 def owner_url(app: Any, table: Any, key: bytes) -> str | None:
-    """The base URL of the worker holding ``key`` in ``table``; None when it is this one or nobody is known."""
-    try:
-        url = str(app.router.key_store(table.name, key)).rstrip("/")
-    except (KeyError, AttributeError):  # no assignment metadata (yet) for that partition
-        return None
-    return None if url == str(app.conf.canonical_url).rstrip("/") else url
+    """The base URL of the worker holding ``key`` in ``table``; None when it is this one or nobody is known.
+
+    What ``app.router.key_store`` answers, without its need for producer metadata of the changelog topic
+    (a worker that has not written to a table yet has none, and Faust then fails inside aiokafka): the key's
+    partition by Kafka's default partitioner, looked up in the group's changelog distribution.
+    """
+    topic = table.changelog_topic.get_topic_name()
+    partition = kafka_partition(key, table.partitions or app.conf.topic_partitions)
+    own = str(app.conf.canonical_url).rstrip("/")
+    for url, topics in app.assignor.tables_metadata().items():
+        if partition in topics.get(topic, ()):
+            url = str(url).rstrip("/")
+            return None if url == own else url
+    return None  # no assignment metadata (yet) for that partition
 
 
 def routed(app: Any, table: Any, key_param: str) -> Callable[[ViewFn], ViewFn]:
