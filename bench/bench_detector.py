@@ -46,9 +46,9 @@ from aiokafka.structs import TopicPartition
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from services.detector.offline.training import fit_profile  # noqa: E402
 from services.detector.profiles import ProfileSet  # noqa: E402
 from services.detector.settings import DEFAULT_PROFILES_FILE  # noqa: E402
-from services.detector.training import fit_profile  # noqa: E402
 from shared.registry import ModelRegistry  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 from shared.topics import create_all  # noqa: E402

@@ -38,10 +38,10 @@ def measure(code: Path, repeats: int) -> dict[str, Any]:
     import pandas as pd
 
     from services.detector import kernels
+    from services.detector.offline.training import fit_profile
     from services.detector.pipeline import ModelStore, Scorer
     from services.detector.profiles import ProfileSet
     from services.detector.settings import DetectorSettings
-    from services.detector.training import fit_profile
     from shared.mlops.monitor import DriftMonitor
     from shared.records import Reading
 

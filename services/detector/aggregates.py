@@ -3,7 +3,7 @@
 The scoring agent turns each micro-batch into *partials* (one per zone and window)
 and sends them to an internal topic keyed by zone, so one agent instance owns a
 zone's windows whichever partitions its sensors live on. Partials merge by
-addition (count, sums, min, max), so the merge is order-free.
+addition (count, sums, min, max: :mod:`shared.window_stats`), so the merge is order-free.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import math
 import re
 from typing import Any
 
+from shared import window_stats
 from shared.records import Aggregate
 
 Partial = dict[str, Any]  # {"n": int, "anomalies": int, "ts": max ts, "m": {metric: [n, sum, min, max]}}
@@ -63,16 +64,8 @@ def add_reading(p: Partial, values: dict[str, float], anomaly: bool, ts_ms: int)
     p["ts"] = max(p.get("ts", 0), ts_ms)
     stats = p.setdefault("m", {})
     for metric, v in values.items():
-        if v != v:  # NaN: nothing measured
-            continue
-        s = stats.get(metric)
-        if s is None:
-            stats[metric] = [1, v, v, v]
-        else:
-            s[0] += 1
-            s[1] += v
-            s[2] = min(s[2], v)
-            s[3] = max(s[3], v)
+        if v == v:  # NaN: nothing measured
+            window_stats.add(stats, metric, v)
 
 
 def merge(a: Partial, b: Partial) -> Partial:
@@ -80,11 +73,8 @@ def merge(a: Partial, b: Partial) -> Partial:
         "n": a.get("n", 0) + b.get("n", 0),
         "anomalies": a.get("anomalies", 0) + b.get("anomalies", 0),
         "ts": max(a.get("ts", 0), b.get("ts", 0)),
-        "m": {k: list(v) for k, v in a.get("m", {}).items()},
+        "m": window_stats.merged(a.get("m", {}), b.get("m", {})),
     }
-    for metric, s in b.get("m", {}).items():
-        t = out["m"].get(metric)
-        out["m"][metric] = list(s) if t is None else [t[0] + s[0], t[1] + s[1], min(t[2], s[2]), max(t[3], s[3])]
     return out
 
 
@@ -104,7 +94,8 @@ def apply(
 def to_record(key: str, ws: int, p: Partial, window_ms: int) -> Aggregate:
     site, zone, utility = [*key.split("/", 2), "", ""][:3]
     metrics = {
-        m: {"count": s[0], "mean": s[1] / s[0], "min": s[2], "max": s[3]} for m, s in sorted(p.get("m", {}).items())
+        m: {"count": s[0], "mean": window_stats.mean(s), "min": s[2], "max": s[3]}
+        for m, s in sorted(p.get("m", {}).items())
     }
     return Aggregate(
         window_start=ws,

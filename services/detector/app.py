@@ -5,7 +5,8 @@
   anomalies, zone partials, Redis.
 - zone partials -> the ``detector-aggregate`` agent (per-zone open windows in the
   ``detector-zone-windows`` table, written once per zone per batch) -> aggregates.
-- models topic -> hot swap of a profile's model (every worker, group-less consumer).
+- models topic -> hot swap of a profile's model (:mod:`shared.model_follower`: every worker, group-less
+  consumer, and a poll of the registry).
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ from typing import Any
 import faust
 
 from services.detector import aggregates
-from services.detector.metrics import AGGREGATES_EMITTED, MODEL_LOADS, TRAINED_PROFILES
+from services.detector.metrics import AGGREGATES_EMITTED, TRAINED_PROFILES
 from services.detector.pipeline import ModelStore, Scorer
 from services.detector.profiles import ProfileSet
-from services.detector.serving import ModelServing, watch_models
+from services.detector.serving import ModelServing
 from services.detector.settings import DetectorSettings
 from services.detector.state import Layout
 from services.detector.worker import DetectorEngine
@@ -34,6 +35,7 @@ from shared.registry import ModelRegistry
 from shared.service import base_app
 from shared.settings import Settings
 from shared.streaming import dead_letter_event, event_context, write_once_per_key
+from shared.table_route import table_page
 from shared.topics import AGGREGATES, DETECTOR_ZONE_PARTIALS, faust_topic
 
 log = logging.getLogger("services.detector")
@@ -98,8 +100,7 @@ def create_app(settings: Settings | None = None, detector_settings: DetectorSett
         help="Open aggregate windows per zone",
     )
 
-    changed = serving.refresh()
-    MODEL_LOADS.inc(len(changed))
+    serving.refresh_now("start")
     TRAINED_PROFILES.set(len(serving.serving))
     health.add_check("models", serving.readiness)
     pump.install(health, "readings")
@@ -153,7 +154,7 @@ def create_app(settings: Settings | None = None, detector_settings: DetectorSett
 
     @app.task
     async def follow_models() -> None:
-        await watch_models(serving, settings, stop_watch, ds.model_poll_s, app)
+        await serving.follow(app, settings, stop_watch, ds.model_poll_s)
 
     @app.timer(interval=ds.cache_flush_s, name="detector-cache")
     async def flush_cache() -> None:
@@ -179,7 +180,7 @@ def create_app(settings: Settings | None = None, detector_settings: DetectorSett
         stop_watch.set()
         await pump.stop()
 
-    @health.api_page("/detector/state/{sensor_id}", "viewer")
+    @table_page(health, "/detector/state/{sensor_id}", engine.states, "sensor_id")
     async def sensor_view(web: Any, request: Any, sensor_id: str) -> Any:
         raw = engine.memory.get(sensor_id)
         if raw is None:
@@ -188,7 +189,7 @@ def create_app(settings: Settings | None = None, detector_settings: DetectorSett
                 if raw is not None:
                     break
         if raw is None:
-            return web.json({"sensor_id": sensor_id, "error": "no state for this sensor on this worker"}, status=404)
+            return web.json({"sensor_id": sensor_id, "error": "no state for this sensor"}, status=404)
         return web.json(state_summary(sensor_id, raw))
 
     @health.api_page("/detector/stats", "viewer")
@@ -225,7 +226,7 @@ def create_app(settings: Settings | None = None, detector_settings: DetectorSett
         _, detail = serving.readiness()
         lifecycle = await asyncio.to_thread(serving.lifecycle)
         return web.json(
-            {"serving": serving.serving, "errors": serving.errors, "detail": detail, "lifecycle": lifecycle}
+            {"serving": serving.versions(), "errors": serving.errors, "detail": detail, "lifecycle": lifecycle}
         )
 
     return app

@@ -68,9 +68,9 @@ def score(argv: list[str]) -> int:
 
 
 def train(argv: list[str]) -> int:
+    from services.detector.offline.training import fit_profile, profile_rows, read_history
     from services.detector.profiles import ProfileError, ProfileSet
     from services.detector.settings import DetectorSettings
-    from services.detector.training import fit_profile, profile_rows, read_history
     from shared.registry import ModelRegistry, publish_event
     from shared.settings import Settings
 
@@ -135,7 +135,7 @@ def retrain(argv: list[str]) -> int:
 
 
 def evaluate_real(argv: list[str]) -> int:
-    from services.detector.evaluation.real import main as run
+    from services.detector.offline.evaluation.real import main as run
 
     return run(argv)
 

@@ -9,12 +9,15 @@ calibration quantile of normal data". The ensemble averages those ratios.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-from sklearn.cluster import KMeans
-from sklearn.ensemble import IsolationForest
-from sklearn.ensemble._iforest import _average_path_length
-from sklearn.neighbors import LocalOutlierFactor
+
+# scikit-learn is imported by the detectors that use it, when one is built or scored: a model of only the
+# offline detectors (what `detector score` loads) then starts without its ~2 CPU s of imports
+if TYPE_CHECKING:
+    from sklearn.cluster import KMeans
+    from sklearn.neighbors import LocalOutlierFactor
 
 
 @dataclass
@@ -70,6 +73,8 @@ class IsolationForestDetector(Detector):
     name = "iforest"
 
     def __init__(self, n_estimators: int = 64, max_samples: int | str = "auto", seed: int = 0):
+        from sklearn.ensemble import IsolationForest
+
         self.model = IsolationForest(n_estimators=n_estimators, max_samples=max_samples, random_state=seed)
 
     def fit(self, x: np.ndarray) -> IsolationForestDetector:
@@ -103,6 +108,8 @@ class IsolationForestDetector(Detector):
             depths += dpl[leaves] + apl[leaves] - 1.0
         denominator = getattr(self, "_denominator", None)
         if denominator is None:  # a constant of the fitted forest (a model loaded from disk has none yet)
+            from sklearn.ensemble._iforest import _average_path_length
+
             denominator = self._denominator = len(forest.estimators_) * _average_path_length([max_samples])[0]
         if denominator == 0:
             return np.ones(len(xs))
@@ -121,6 +128,8 @@ class KMeansDetector(Detector):
         self.model: KMeans | None = None
 
     def fit(self, x: np.ndarray) -> KMeansDetector:
+        from sklearn.cluster import KMeans
+
         k = max(1, min(self.clusters, len(x) // 10))
         self.model = KMeans(n_clusters=k, n_init=4, random_state=self.seed).fit(x)
         self.threshold = float(np.percentile(self.score(x), self.percentile))
@@ -149,6 +158,8 @@ class LOFDetector(Detector):
         # a micro-batch several times faster than 20 neighbours in a tree over all rows.
         if len(x) > self.max_samples:
             x = x[np.linspace(0, len(x) - 1, self.max_samples).astype(np.int64)]
+        from sklearn.neighbors import LocalOutlierFactor
+
         self.model = LocalOutlierFactor(
             n_neighbors=min(self.neighbours, len(x) - 1), novelty=True, algorithm="brute"
         ).fit(x)

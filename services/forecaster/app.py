@@ -14,11 +14,13 @@ Two stages, thin over pure code:
 
 The model is loaded at start in a thread (TensorFlow is imported then); until it is
 loaded /ready says why and zone state keeps warming up without risk records. A
-``models`` event for our model, or a changed alias seen by the poll timer, hot-swaps it.
+``models`` event for our model (every worker hears it), or a changed alias seen by the registry poll, hot-swaps
+it (:mod:`shared.model_follower`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from pathlib import Path
@@ -33,23 +35,19 @@ from services.forecaster.metrics import (
 )
 from services.forecaster.pipeline import ZoneProcessor
 from services.forecaster.retention import sweep_zones
-from services.forecaster.runtime import ModelHolder
 from services.forecaster.scoring import ZoneScorer
+from services.forecaster.serving import ModelHolder
 from services.forecaster.settings import ForecasterSettings
 from services.forecaster.worker import ReadingsFolder
 from services.forecaster.zonestate import ZoneState
 from shared.cache import Cache
-from shared.codec import loads
 from shared.limits import LabelSet
-from shared.metrics import DECODE_ERRORS
 from shared.mlops.monitor import publish as publish_drift
 from shared.pump import Pump
-from shared.records import ModelEvent
-from shared.registry import check_event
 from shared.service import base_app
 from shared.settings import Settings
-from shared.streaming import dead_letter_event
-from shared.topics import FORECASTER_ZONE_PARTIALS, MODELS, READINGS_CLEAN, RISK, faust_topic
+from shared.table_route import table_page
+from shared.topics import FORECASTER_ZONE_PARTIALS, READINGS_CLEAN, RISK, faust_topic
 
 log = logging.getLogger(__name__)
 SERVICE = "forecaster"
@@ -66,13 +64,12 @@ def create_app(settings: Settings | None = None, forecaster_settings: Forecaster
     )
     partials_topic = faust_topic(app, FORECASTER_ZONE_PARTIALS, settings)
     risk_topic = faust_topic(app, RISK, settings)
-    models_topic = faust_topic(app, MODELS, settings)
     # bytes in and out: Faust then uses the raw serializer for both store and changelog, and the value
     # encoding (orjson of ZoneState.to_dict) stays ours
     zones = app.Table("zones", default=None, key_type=bytes, value_type=bytes, partitions=settings.partitions)
 
     holder = ModelHolder(fs, settings.model_dir)
-    state.add_check("model", holder.check)
+    state.add_check("model", holder.readiness)
     source_partitions = READINGS_CLEAN.partitions_for(settings)
     processor = ZoneProcessor(FeatureConfig.from_settings(fs), fs, None, source_partitions=source_partitions)
     cache = Cache(settings.redis_url, prefix=settings.topic_prefix, ttl_s=settings.cache_ttl_s, service=SERVICE)
@@ -99,22 +96,6 @@ def create_app(settings: Settings | None = None, forecaster_settings: Forecaster
         await holder.first_attempt.wait()
         async for events in stream.take_events(fs.batch_size, fs.batch_within_s):
             await scorer.score(events)
-
-    @app.agent(models_topic)
-    async def model_events(stream: Any) -> None:
-        async for events in stream.take_events(100, 1.0):
-            for ev in events:
-                try:
-                    event = ModelEvent.from_dict(loads(ev.value or b""))
-                    why = check_event(event)
-                except (ValueError, TypeError) as exc:
-                    why = f"undecodable: {type(exc).__name__}: {exc}"
-                if why:
-                    DECODE_ERRORS.labels(SERVICE, MODELS.name).inc()
-                    await dead_letter_event(app, settings, SERVICE, ev, [f"models event: {why}"])
-                    continue
-                if event.name == fs.model_name and event.alias == fs.model_alias:
-                    await holder.refresh(f"{event.action} event: {event.name} {event.alias} -> {event.version}")
 
     # An idle readings partition (no sensor hashes to it) must not hold every zone back until max_open_steps.
     # A partition idle for idle_partition_s with nothing waiting in it follows the event time of the partitions
@@ -150,20 +131,17 @@ def create_app(settings: Settings | None = None, forecaster_settings: Forecaster
                 ZONES_EXPIRED.inc(len(gone))
                 log.info("deleted %d zones silent for more than %ds", len(gone), fs.zone_ttl_s)
 
+    stop_following = asyncio.Event()
+
     @app.task
-    async def load_model() -> None:
-        await holder.refresh("start")
+    async def follow_model() -> None:
+        await holder.follow(app, settings, stop_following, fs.model_poll_s)
 
-    # Every worker polls the registry too: a models event reaches one consumer of the group only.
-    @app.timer(fs.model_poll_s)
-    async def poll_model() -> None:
-        await holder.refresh("registry poll")
-
-    @state.api_page("/zones/{zone}", "viewer")
+    @table_page(state, "/zones/{zone}", zones, "zone")
     async def zone_view(web: Any, request: Any, zone: str) -> Any:
         value = zones.get(zone.encode())
         if value is None:
-            return web.json({"error": f"zone {zone!r} is not known to this worker"}, status=404)
+            return web.json({"error": f"zone {zone!r} is not known"}, status=404)
         st = ZoneState.from_bytes(value)
         return web.json(
             {
@@ -176,12 +154,13 @@ def create_app(settings: Settings | None = None, forecaster_settings: Forecaster
                 "late_partials": st.late,
                 "forecast_next": st.pending,
                 "incident": st.incident,
-                "model": holder.check()[1],
+                "model": holder.serving_label(),
             }
         )
 
     @app.on_before_shutdown.connect
     async def _stop(sender: Any, **_: Any) -> None:
+        stop_following.set()
         await pump.stop()
 
     return app

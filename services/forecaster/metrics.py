@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from shared.metrics import LATENCY_BUCKETS, Counter, Gauge, Histogram
+from shared.model_follower import FollowerMetrics
 
 STEPS_CLOSED = Counter(
     "flowwatch_forecaster_steps_closed_total", "Zone steps closed (one risk record each when a model is loaded)"
@@ -23,9 +24,7 @@ INFERENCE_SECONDS = Histogram(
     "Time in the two model calls per stage-2 micro-batch that closed steps",
     buckets=LATENCY_BUCKETS,
 )
-MODEL_LOADED = Gauge("flowwatch_forecaster_model_loaded", "1 for the model version being served", ["version"])
-MODEL_LOAD_ERRORS = Counter(
-    "flowwatch_forecaster_model_load_errors_total", "Failed model loads (the previous model stays)"
-)
+# flowwatch_forecaster_model_loads_total, _model_load_errors_total, _model_loaded{model,version}
+MODELS = FollowerMetrics.for_service("forecaster")
 ZONE_PROBABILITY = Gauge("flowwatch_forecaster_incident_probability", "Latest incident probability per zone", ["zone"])
 ZONES_EXPIRED = Counter("flowwatch_forecaster_zones_expired_total", "Zone states deleted after zone_ttl_s of silence")

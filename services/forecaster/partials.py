@@ -2,7 +2,7 @@
 
 readings.clean is keyed by sensor, but features are per zone. Instead of
 repartitioning every reading by zone, each micro-batch is folded into one small
-message per zone holding sum/count/min/max per step and metric (and per sensor),
+message per zone holding sum/count/min/max per step and metric (and per sensor; :mod:`shared.window_stats`),
 which stage 2 merges in the zone's table. That moves a few hundred messages per
 second through the repartition topic instead of tens of thousands.
 
@@ -35,6 +35,8 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
+
+from shared.window_stats import add, add_squared, merge_into
 
 Partial = dict[str, Any]
 MAX_TS = 1 << 53  # event times beyond this are not epoch milliseconds (and lose precision as floats)
@@ -118,61 +120,22 @@ def fold(items: Iterable[tuple[Any, int, int]], step_ms: int) -> Folded:
             if not isfinite(x):
                 continue
             key = f"{utility}.{name}"
-            acc = metrics.get(key)
-            if acc is None:
-                metrics[key] = [1, x, x * x, x, x]
-                if name in units:
-                    part["units"][key] = units[name]
-            else:
-                acc[0] += 1
-                acc[1] += x
-                acc[2] += x * x
-                if x < acc[3]:
-                    acc[3] = x
-                if x > acc[4]:
-                    acc[4] = x
-            sacc = sens.get(key)
-            if sacc is None:
-                sens[key] = [1, x, x, x]
-            else:
-                sacc[0] += 1
-                sacc[1] += x
-                if x < sacc[2]:
-                    sacc[2] = x
-                if x > sacc[3]:
-                    sacc[3] = x
+            if add_squared(metrics, key, x) and name in units:
+                part["units"][key] = units[name]
+            add(sens, key, x)
     return Folded(out, bad, marks)
 
 
 def merge_bucket(into: dict[str, Any], other: dict[str, Any]) -> None:
     """Add one partial step's statistics into another (both dicts as in the module doc)."""
     into["n"] += other["n"]
-    metrics = into["m"]
-    for key, acc in other["m"].items():
-        mine = metrics.get(key)
-        if mine is None:
-            metrics[key] = list(acc)
-        else:
-            mine[0] += acc[0]
-            mine[1] += acc[1]
-            mine[2] += acc[2]
-            mine[3] = min(mine[3], acc[3])
-            mine[4] = max(mine[4], acc[4])
+    merge_into(into["m"], other["m"])
     sensors = into["s"]
     for sensor, accs in other["s"].items():
-        mine_s = sensors.get(sensor)
-        if mine_s is None:
-            sensors[sensor] = {k: list(v) for k, v in accs.items()}
-            continue
-        for key, acc in accs.items():
-            mine = mine_s.get(key)
-            if mine is None:
-                mine_s[key] = list(acc)
-            else:
-                mine[0] += acc[0]
-                mine[1] += acc[1]
-                mine[2] = min(mine[2], acc[2])
-                mine[3] = max(mine[3], acc[3])
+        mine = sensors.get(sensor)
+        if mine is None:
+            mine = sensors[sensor] = {}
+        merge_into(mine, accs)
 
 
 def empty_bucket() -> dict[str, Any]:

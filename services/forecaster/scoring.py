@@ -24,7 +24,7 @@ from services.forecaster.drift import ForecastDrift
 from services.forecaster.metrics import DUPLICATES, INFERENCE_SECONDS, LATE_STEPS, STEPS_CLOSED, ZONE_PROBABILITY
 from services.forecaster.partials import problem as partial_problem
 from services.forecaster.pipeline import ZoneProcessor
-from services.forecaster.runtime import ModelHolder
+from services.forecaster.serving import ModelHolder
 from services.forecaster.settings import ForecasterSettings
 from services.forecaster.waiting import WaitingZones
 from services.forecaster.zonestate import ZoneState

@@ -10,9 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from services.detector.offline.training import fit_profile
 from services.detector.profiles import ProfileSet
 from services.detector.settings import DEFAULT_PROFILES_FILE
-from services.detector.training import fit_profile
+from shared.batching import kafka_partition
 from shared.cache import Cache
 from shared.records import Reading
 from shared.registry import ModelRegistry, publish_event
@@ -127,6 +128,47 @@ async def test_a_promoted_model_is_hot_swapped_without_restart(settings):
         assert {s["model_version"] for s in scores} == {version}
         ready = httpx.get(f"{det.url}/ready").json()
         assert f"pipe: {version}" in ready["models"]["detail"]
+
+
+async def test_any_worker_answers_for_any_sensor_from_the_worker_that_holds_it(settings):
+    """/detector/state/<id> on either of two workers: the one asked about a sensor of the other's partition
+    forwards the request there (token checked first); a sensor nobody holds is a 404 from both."""
+    data, _ = readings(sensors=8, n=20, seed=5)
+    sensors = sorted({r.sensor_id for r in data})
+    assert {kafka_partition(s.encode(), settings.partitions) for s in sensors} == {0, 1}  # both workers hold some
+    workers = [
+        ServiceProcess("detector", settings.replace(web_port=0, data_dir=settings.data_dir / f"w{i}"), FAST).start()
+        for i in range(2)
+    ]
+    try:
+
+        async def settled():  # each worker reads one readings partition
+            details = [w.wait_ready(timeout=120)["readings"]["detail"] for w in workers]
+            return sorted(d.split(",")[0] for d in details) == ["partitions [0]", "partitions [1]"]
+
+        assert await wait_for(settled, 120)
+        await produce(settings, "readings.clean", [(r.sensor_id.encode(), r) for r in data])
+        assert len(await consume(settings, "scores", len(data), timeout=90)) == len(data)
+
+        def state(w: ServiceProcess, sensor: str, headers=AUTH) -> httpx.Response:
+            return httpx.get(f"{w.url}/detector/state/{sensor}", headers=headers, timeout=20)
+
+        async def all_counted():
+            return all(state(workers[0], s).json().get("readings") == 20 for s in sensors)
+
+        assert await wait_for(all_counted, 60), [state(workers[0], s).json() for s in sensors]
+        for sensor in sensors:
+            answers = [state(w, sensor) for w in workers]
+            assert [a.status_code for a in answers] == [200, 200], (sensor, [a.text for a in answers])
+            assert answers[0].json() == answers[1].json() and answers[0].json()["sensor_id"] == sensor
+        for w in workers:
+            missing = state(w, "nobody-has-this-sensor")
+            assert missing.status_code == 404 and missing.json()["error"] == "no state for this sensor"
+            assert state(w, sensors[0], headers={}).status_code == 401  # refused here, never forwarded
+            assert state(w, sensors[0], headers={"Authorization": "Bearer wrong"}).status_code == 401
+    finally:
+        for w in workers:
+            w.stop()
 
 
 @pytest.fixture(autouse=True)

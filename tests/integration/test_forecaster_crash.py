@@ -1,6 +1,6 @@
 """The forecaster's stage 1 on the shared pump, on the real stack: a worker killed mid-stream (SIGKILL) resumes
 from its checkpoint (no zone step lost, the readings checkpointed before the kill not read again), and two workers
-split the readings between them and serve exactly what one would."""
+split the readings between them, serve exactly what one would, and either answers /zones/<zone> for any zone."""
 
 from __future__ import annotations
 
@@ -9,12 +9,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from services.forecaster.offline import synthetic
 from services.forecaster.settings import ForecasterSettings
 from shared.settings import Settings
-from tests.helpers import ServiceProcess, collect, produce
+from tests.helpers import AUTH, ServiceProcess, collect, produce
 from tests.integration.test_forecaster_stack import consumed, offline
 
 # Killing and restarting a forecaster waits out Kafka session timeouts and reloads TensorFlow: minutes on a busy
@@ -125,6 +126,16 @@ async def test_two_workers_split_the_readings_and_serve_what_one_would(settings:
             s, "risk", lambda rs: len({(r["zone"], r["ts"]) for r in rs} & expected.keys()) >= len(expected), 120
         )
         counts = [consumed(w) for w in workers]
+        # any worker answers for any zone: one that does not hold it forwards to the one that does
+        zones = sorted({r["zone"] for r in risks})
+        for zone in zones:
+            answers = [httpx.get(f"{w.url}/zones/{zone}", headers=AUTH, timeout=20) for w in workers]
+            assert [a.status_code for a in answers] == [200, 200], (zone, [a.text for a in answers])
+            assert answers[0].json() == answers[1].json() and answers[0].json()["zone"] == zone
+        for w in workers:
+            missing = httpx.get(f"{w.url}/zones/no-such-zone", headers=AUTH, timeout=20)
+            assert missing.status_code == 404 and "no-such-zone" in missing.json()["error"]
+            assert httpx.get(f"{w.url}/zones/{zones[0]}", timeout=20).status_code == 401
     finally:
         for w in workers:
             w.stop()

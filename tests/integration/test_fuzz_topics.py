@@ -160,11 +160,15 @@ async def test_hostile_inputs_on_every_input_topic_are_accounted_for_and_stop_no
         alive_and_ready(detector)
         alive_and_ready(forecaster)
 
-        # Internal topics. The detector reads models with a group-less consumer from the end: probe until it hears.
+        # Internal topics. Both services read models with a group-less consumer from the end: probe until both hear.
         dl = Tally(s, ["deadletter"])
+
+        def both_heard(seen: dict[str, list[Any]]) -> bool:
+            return all(letters(seen["deadletter"], svc, "models", "probe") for svc in ("detector", "forecaster"))
+
         for n in range(120):
             await produce(s, "models", [(b"probe-%d" % n, b"not an event")])
-            if await dl.until(lambda seen: any(letters(seen["deadletter"], "detector", "models", "probe")), 1.0):
+            if await dl.until(both_heard, 1.0):
                 break
         internal_at = time.monotonic()
         await produce(s, "models", [(b"fzm-%d" % i, v) for i, v in enumerate(models)])

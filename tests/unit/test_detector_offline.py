@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from services.detector.evaluation import rig
-from services.detector.evaluation.evaluate import confusion, evaluate, metrics
 from services.detector.offline import DataError, fit_csv, read_stream, score_csv
+from services.detector.offline.evaluation import rig
+from services.detector.offline.evaluation.evaluate import confusion, evaluate, metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -63,6 +63,25 @@ def test_cli_fit_and_score_follow_the_contract(recording, detectors):
     assert (
         result.loc[rec.test["anomaly"] == 1, "score"].median() > result.loc[rec.test["anomaly"] == 0, "score"].median()
     )
+
+
+def test_score_with_the_offline_default_starts_without_service_or_sklearn_imports(recording, tmp_path):
+    """`detector score` is a one-stream tool: its start-up must not pay for scikit-learn (~2 CPU s), Faust,
+    Kafka clients or TensorFlow when the model does not use them."""
+    _, train, test, _ = recording
+    model_dir = tmp_path / "model"
+    assert cli("fit", "--data", str(train), "--model-dir", str(model_dir)).returncode == 0
+    heavy = ("sklearn", "faust", "aiokafka", "tensorflow")
+    probe = (
+        "import sys; from services.detector import cli; "
+        f"code = cli.main(['detector', 'score', '--data', {str(test)!r}, '--model-dir', {str(model_dir)!r}, "
+        f"'--output', {str(tmp_path / 'out.csv')!r}]); "
+        f"print(code, sorted(m for m in {heavy!r} if m in sys.modules))"
+    )
+    run = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines()[-1] == "0 []", run.stdout
+    assert len(pd.read_csv(tmp_path / "out.csv")) > 0
 
 
 def test_offline_default_finds_rig_incidents_without_crying_wolf(tmp_path):

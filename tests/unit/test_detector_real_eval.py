@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from services.detector.evaluation.real import _split, batadal_score, episodes, rates
+from services.detector.offline.evaluation.real import _split, batadal_score, episodes, rates
 
 
 def test_rates_follow_the_skab_definitions():

@@ -233,7 +233,7 @@ def test_a_served_versions_card_gives_its_profile_the_training_reference(tmp_pat
     serving = ModelServing(ModelStore(profiles), registry, monitor=m)
     m.observe("pump", np.array([1]), {"flow": np.array([1.0])})  # what the statistical model saw
     assert serving.model_of("pump") == ("detector-pump", "statistical")
-    assert serving.refresh() == ["pump=v1"]
+    assert serving.refresh_now("test") == ["pump=v1"]
     assert serving.model_of("pump") == ("detector-pump", "v1") and "pump" not in m.groups  # started afresh
     feed(m, 0, 4, 3.0, columns=("score", "flow"))
     [t] = m.evaluate()

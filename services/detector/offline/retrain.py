@@ -25,9 +25,9 @@ import numpy as np
 import pandas as pd
 
 from services.detector.model import AnomalyModel, Scored
+from services.detector.offline.training import fit_profile, profile_rows
 from services.detector.profiles import Profile, ProfileSet
 from services.detector.settings import DetectorSettings
-from services.detector.training import fit_profile, profile_rows
 from shared.mlops.gate import GateConfig, Metrics, Rule
 from shared.mlops.source import TooLittleData
 from shared.mlops.truth import Truth

@@ -29,9 +29,9 @@ import numpy as np
 import orjson
 import pandas as pd
 
-from services.detector.evaluation.evaluate import confusion
 from services.detector.model import ModelConfig
 from services.detector.offline import DataError, fit_csv, offline_config, score_csv
+from services.detector.offline.evaluation.evaluate import confusion
 
 SKAB_TRAIN_ROWS = 400
 SKAB_TIME = "datetime"

@@ -1,6 +1,6 @@
 """Precision and recall of the streaming detector on the simulator's labelled incidents.
 
-    python -m services.detector.evaluation.simulator_eval [--train-days 2] [--test-days 1] [--seed 7]
+    python -m services.detector.offline.evaluation.simulator_eval [--train-days 2] [--test-days 1] [--seed 7]
 
 The simulator's network runs for a few days: the first days build every sensor's
 rolling state and time-of-day profile and train one pooled model per profile,
@@ -22,11 +22,11 @@ import numpy as np
 import orjson
 import pandas as pd
 
-from services.detector.evaluation.evaluate import confusion, metrics
+from services.detector.offline.evaluation.evaluate import confusion, metrics
+from services.detector.offline.training import fit_profile, profile_rows
 from services.detector.pipeline import ModelStore, Scorer
 from services.detector.profiles import ProfileSet
 from services.detector.settings import DEFAULT_PROFILES_FILE
-from services.detector.training import fit_profile, profile_rows
 from shared.records import Reading
 
 META = ("sensor_id", "ts", "site", "zone", "utility", "asset")
@@ -118,7 +118,9 @@ def evaluate(seed: int = 7, train_days: int = 2, test_days: int = 1, step: str =
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m services.detector.evaluation.simulator_eval", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m services.detector.offline.evaluation.simulator_eval", description=__doc__
+    )
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--train-days", type=int, default=2)
     parser.add_argument("--test-days", type=int, default=1)

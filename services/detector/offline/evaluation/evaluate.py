@@ -1,6 +1,6 @@
 """Evaluate the offline contract on rig-like recordings: per recording and pooled F1, precision, recall, FAR.
 
-    python -m services.detector.evaluation.evaluate [--recordings 16] [--seed 100] [--out results.json]
+    python -m services.detector.offline.evaluation.evaluate [--recordings 16] [--seed 100] [--out results.json]
 
 Each recording is written to CSV files and goes through exactly what the issue's
 evaluation runs: ``fit`` on the training CSV, ``score`` on the test CSV, rows
@@ -25,9 +25,9 @@ import pandas as pd
 from sklearn.ensemble import IsolationForest
 
 from services.detector.detectors import PCADetector
-from services.detector.evaluation import rig
 from services.detector.model import ModelConfig
 from services.detector.offline import fit_csv, read_stream, score_csv
+from services.detector.offline.evaluation import rig
 
 
 def confusion(truth: np.ndarray, pred: np.ndarray) -> dict[str, int]:
@@ -93,7 +93,9 @@ def evaluate(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m services.detector.evaluation.evaluate", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m services.detector.offline.evaluation.evaluate", description=__doc__
+    )
     parser.add_argument("--recordings", type=int, default=16)
     parser.add_argument("--seed", type=int, default=100, help="first recording's seed")
     parser.add_argument("--out", type=Path, help="write the full results as JSON here")
