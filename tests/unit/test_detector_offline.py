@@ -74,7 +74,7 @@ def test_score_with_the_offline_default_starts_without_service_or_sklearn_import
     heavy = ("sklearn", "faust", "aiokafka", "tensorflow")
     probe = (
         "import sys; from services.detector import cli; "
-        f"code = cli.main(['detector', 'score', '--data', {str(test)!r}, '--model-dir', {str(model_dir)!r}, "
+        f"code = cli.main(['score', '--data', {str(test)!r}, '--model-dir', {str(model_dir)!r}, "
         f"'--output', {str(tmp_path / 'out.csv')!r}]); "
         f"print(code, sorted(m for m in {heavy!r} if m in sys.modules))"
     )
