@@ -19,6 +19,7 @@ from services.alerts.settings import AlertsSettings
 from services.alerts.silences import Limits
 from services.alerts.worker import AlertsWorker
 from shared.auth import TokenStore
+from shared.pump import Pump
 from shared.service import base_app
 from shared.settings import Settings
 
@@ -57,7 +58,8 @@ def create_app(
             max_silences=asettings.silence_max_count,
         ),
     )
-    worker.intake.pump.install(state, "anomalies")
+    pump = Pump.around(app, worker.intake)
+    pump.install(state, "anomalies")
 
     @app.agent(worker.input_topic)
     async def evaluate(stream: Any) -> None:
@@ -92,6 +94,7 @@ def create_app(
 
     @app.on_before_shutdown.connect
     async def _shutdown(sender: Any, **_: Any) -> None:
+        await pump.stop()  # the anomaly intake first: nothing new is evaluated while the worker lets go
         await worker.close()
 
     return app

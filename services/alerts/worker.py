@@ -232,7 +232,7 @@ class AlertsWorker:
         gate = FloodGate()
         self.inputs = InputStage(settings, asettings, config, gate, self.out)
         self.input_topic = app.topic(*self.inputs.by_topic, internal=False, **RAW)
-        self.intake = AnomalyIntake(app, settings, asettings, config, self.out.events.get_topic_name(), gate)
+        self.intake = AnomalyIntake(settings, asettings, config, self.out.events.get_topic_name(), gate, app.conf.id)
         self.mirror_writer = MirrorWriter(self.mirror)
         self.state = StateStage(config, asettings, self.tables, self.silences, self.dispatcher, self.mirror_writer)
         self.silence_keeper = SilenceKeeper(self.silences, self.cache, self.out, asettings)
@@ -261,7 +261,7 @@ class AlertsWorker:
     async def close(self) -> None:
         """The stop: Faust has stopped consuming; release what this worker holds, in order, once.
 
-        The anomaly intake stops first (its pump, then its producer); deliveries in flight get
+        The anomaly intake's pump (and its producer) has stopped before (``app.py``); deliveries in flight get
         :data:`DELIVERY_GRACE_S` to finish (their results still reach the events topic: the app's
         producer is flushed after this), then the last mirror writes go to Redis, and only then the
         HTTP client and the Redis connections close. Timers and agents that run on until Faust
@@ -270,8 +270,6 @@ class AlertsWorker:
         if self.closed:
             return
         self.closed = True
-        await self.intake.pump.on_revoked()
-        await self.intake.stop()
         finished, cancelled = await self.dispatcher.close(grace_s=DELIVERY_GRACE_S)
         mirrored = await self.mirror_writer.close()
         await self.http.aclose()
