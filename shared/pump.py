@@ -197,6 +197,7 @@ class BatchJob(Generic[W]):
         self.producer: AIOKafkaProducer | None = None
         self.partition_maps: dict[str, PartitionMap] = {}
         self.dirty: dict[Any, Any] = {}  # changed since the last checkpoint; see write_state
+        self.unwritten: dict[Any, Any] = {}  # staged into the checkpoint being written; see unsaved
         self.local: frozenset[int] = frozenset()  # partitions the pump reads here now (set by the pump)
         # A stand-in event per partition of the input topic: table reads and writes in ``event_context(event(p))``
         # go to partition p.
@@ -309,13 +310,30 @@ class BatchJob(Generic[W]):
         if not self.dirty:
             return None
         dirty, self.dirty = self.dirty, {}
+        # Until the pump has written the checkpoint (beside its loop, see Checkpoint.commit) the table still
+        # holds the older rows of these entries: what reads state on a miss asks unsaved() first.
+        self.unwritten = dirty
         self.write_state(checkpoint, dirty)
 
         def undo() -> None:
             for key, value in dirty.items():
                 self.dirty.setdefault(key, value)
+            self.unwritten = {}
 
         return undo
+
+    def written(self) -> None:
+        """The last staged checkpoint is durable: the tables hold every entry it took."""
+        self.unwritten = {}
+
+    def unsaved(self, key: Any) -> Any:
+        """The entry of ``key`` changed since the tables last took it (dirty, or staged and being written), or None.
+
+        A job that drops entries from memory (eviction, a bounded cache) and reads the table on a miss must ask
+        this first: the table is behind for these entries.
+        """
+        value = self.dirty.get(key)
+        return value if value is not None else self.unwritten.get(key)
 
     def write_state(self, checkpoint: Checkpoint, dirty: dict[Any, Any]) -> None:
         """Stage the state of ``dirty``'s entries into ``checkpoint`` (:meth:`Checkpoint.write`)."""
@@ -899,6 +917,9 @@ class Pump:
             for p, offset in staged.finished.items():
                 self.finished.setdefault(p, offset)
             raise
+        written = getattr(self.job, "written", None)
+        if written is not None:
+            written()
         CHECKPOINTS.labels(self.config.service).inc()
         return staged.finished
 

@@ -190,6 +190,10 @@ class Ingest(BatchJob[tuple[list[Inbound], Outcome]]):
         self._silence_loaded = False
 
     def _load_state(self, sensor_id: str, msg: Inbound) -> SensorState | None:
+        # Dropped from the processor's bounded cache but not yet in the table (or being written there now).
+        unsaved = self.unsaved(sensor_id)
+        if unsaved is not None:
+            return unsaved  # type: ignore[no-any-return]
         with event_context(self.event(msg.partition)):
             data = self.sensors.get(sensor_id.encode())
         return SensorState.from_dict(data) if data else None
@@ -442,7 +446,7 @@ class Ingest(BatchJob[tuple[list[Inbound], Outcome]]):
             return 0
         cutoff = now - ttl_ms
         states = self.processor.states
-        stale = [s for s, st in states.items() if 0 < st.last_seen_ms < cutoff and s not in self.dirty]
+        stale = [s for s, st in states.items() if 0 < st.last_seen_ms < cutoff and self.unsaved(s) is None]
         for sensor_id in stale:
             key = sensor_id.encode()
             with event_context(self.event(self.partition_of(sensor_id))):

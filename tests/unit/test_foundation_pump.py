@@ -205,6 +205,39 @@ async def test_a_periodic_checkpoint_is_taken_at_once_and_the_next_waits_until_i
     assert pump.checkpointed_offsets([0]) == {0: 50}
 
 
+async def test_state_being_written_beside_the_loop_is_read_from_the_job_not_from_the_table(app: faust.App) -> None:
+    # While a checkpoint is written beside the loop the table still holds the older row: a job that dropped the
+    # entry from memory and reads it again on a miss must get what it staged (unsaved), never the table's row.
+    job = Job(app)
+    job.producer = HeldProducer()
+    pump = make_pump(app, job)
+    job.dirty = {b"s1": (0, b"state-1")}
+    pump.finished = {0: 41}
+    pump.writing = asyncio.ensure_future(pump._periodic_checkpoint(pump._stage()))
+    assert job.dirty == {} and job.unsaved(b"s1") == (0, b"state-1")
+    job.dirty = {b"s1": (0, b"state-2")}  # changed again meanwhile: the newer entry wins
+    assert job.unsaved(b"s1") == (0, b"state-2")
+    job.dirty = {}
+    for _ in range(20):
+        await asyncio.sleep(0)
+        job.producer.release()
+    await pump._written()
+    assert job.unsaved(b"s1") is None  # durable: the table is the truth again
+    with event_context(pump.event(0)):
+        assert job.table[b"s1"] == b"state-1"
+
+
+async def test_a_failed_checkpoint_puts_what_it_took_back_into_dirty(app: faust.App) -> None:
+    job = Job(app)
+    pump = make_pump(app, job)
+    job.dirty = {b"s1": (0, b"state-1")}
+    job.producer.fail_next = 1
+    with pytest.raises(KafkaConnectionError):
+        await pump.checkpoint()
+    assert job.dirty == {b"s1": (0, b"state-1")} and job.unwritten == {}
+    assert job.unsaved(b"s1") == (0, b"state-1")
+
+
 async def test_a_large_checkpoint_lets_other_work_run_while_it_is_written(app: faust.App) -> None:
     job = Job(app)
     pump = make_pump(app, job)
