@@ -4,8 +4,12 @@ Every service ``make demo`` runs (ingest, detector, forecaster, alerts, history)
 the local stack with a fresh topic prefix, a scratch history database and a small forecaster model. A load
 generator (its own process, as a device fleet would be) writes ``--rate`` readings/s of ``--sensors`` pipe
 sensors to readings.raw, each stamped with its send time as its ``ts`` (epoch ms); every few hundred
-milliseconds one sensor not seen anomalous before sends a spike. The bench consumes readings.clean,
-scores and anomalies and takes, per message, arrival here - ``ts``; a local webhook receiver on a route with
+milliseconds one sensor not seen anomalous before sends a spike. The bench's output topics (readings.clean,
+scores, anomalies) are created with ``message.timestamp.type=LogAppendTime``, so each record carries the time
+the broker appended it: a reading's latency to a stage is that append time - ``ts`` (``appended_ms``, what the
+targets judge: the moment the output exists for any consumer). The bench also consumes those topics and reports
+arrival here - ``ts`` (``latency_ms``): on a machine short of CPU the bench's own consumer falls behind, and
+that shows only in the arrival figures. A local webhook receiver on a route with
 ``group_wait: 0`` (one group per sensor) takes arrival - ``startsAt`` (the anomalous reading's ts) of the
 first notification of each alert. Readings sent during the first ``--warmup`` seconds (new sensors, JIT
 compilation, Faust's first rebalance settling) are not counted.
@@ -345,10 +349,39 @@ def summary(values: list[float]) -> dict[str, Any]:
     }
 
 
+OUTPUT_STAGES = {"clean": READINGS_CLEAN, "scores": SCORES, "anomalies": ANOMALIES}
+
+
+async def stamp_appends(settings: Settings) -> None:
+    """The output topics take the broker's append time as each record's timestamp (this bench's topics only).
+
+    No service reads these topics' record timestamps (ingest reads readings.raw's, which keeps CreateTime).
+    """
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    admin = AIOKafkaAdminClient(**settings.kafka_client_options(), client_id="bench-e2e")
+    await admin.start()
+    try:
+        await admin.alter_configs(
+            [
+                ConfigResource(
+                    ConfigResourceType.TOPIC,
+                    settings.topic(t.name),
+                    # the whole set: AlterConfigs resets what it is not given to the broker's defaults
+                    configs={**t.config(), "message.timestamp.type": "LogAppendTime"},
+                )
+                for t in OUTPUT_STAGES.values()
+            ]
+        )
+    finally:
+        await admin.close()
+
+
 async def timed_consumer(
     settings: Settings, stop: asyncio.Event, out: dict[str, list[tuple[int, float, float]]]
 ) -> None:
-    topics = {"clean": READINGS_CLEAN, "scores": SCORES, "anomalies": ANOMALIES}
+    topics = OUTPUT_STAGES
     names = {settings.topic(t.name): stage for stage, t in topics.items()}
     tps = [
         TopicPartition(settings.topic(t.name), p) for t in topics.values() for p in range(t.partitions_for(settings))
@@ -369,7 +402,7 @@ async def timed_consumer(
                 for r in records:
                     ts = orjson.loads(r.value).get("ts")
                     if isinstance(ts, int):
-                        # and when the service wrote it: the record's CreateTime, set by the service's producer
+                        # and when the broker appended it (LogAppendTime: stamp_appends)
                         stage.append((ts, now_ms - ts, r.timestamp - ts))
     finally:
         await consumer.stop()
@@ -392,6 +425,7 @@ async def one_round(args: argparse.Namespace, code: Path, label: str, models: Pa
     base = Settings.from_env()
     settings = base.replace(topic_prefix=prefix, data_dir=tmp / prefix / "data", model_dir=models)
     await create_all(settings, out=open(os.devnull, "w"))
+    await stamp_appends(settings)
     receiver = Receiver()
     receiver.start()
     config = tmp / prefix / "alerts.yaml"
@@ -457,7 +491,7 @@ async def one_round(args: argparse.Namespace, code: Path, label: str, models: Pa
             generated = orjson.loads(out.splitlines()[-1]) if out else {}
             lo = started_ms + args.warmup * 1000
             lats = {stage: [lat for ts, lat, _ in got if ts >= lo] for stage, got in arrivals.items()}
-            written = {stage: [at for ts, _, at in got if ts >= lo] for stage, got in arrivals.items()}
+            appended = {stage: [at for ts, _, at in got if ts >= lo] for stage, got in arrivals.items()}
             lats["webhook"] = [lat for ts, lat in receiver.latencies if ts >= lo]
             dead = [n for n, p in procs.items() if p.proc and p.proc.poll() is not None]
             if args.samples:
@@ -478,9 +512,9 @@ async def one_round(args: argparse.Namespace, code: Path, label: str, models: Pa
     result = {
         "code": label,
         "latency_ms": {stage: summary(v) for stage, v in lats.items()},
-        # the reading's send → the service's write of the output (the record's CreateTime): the same path without
-        # the bench's own consumer (a bench process short of CPU on a loaded machine shows up as the difference)
-        "written_ms": {stage: summary(v) for stage, v in written.items()},
+        # the reading's send → the broker's append of the output (LogAppendTime): the same path without the
+        # bench's own consumer (a bench process short of CPU on a loaded machine shows up as the difference)
+        "appended_ms": {stage: summary(v) for stage, v in appended.items()},
         "generated": generated,
         "webhook_notifications": receiver.notifications,
         "cpu_share": cpu,  # CPU seconds per second of each service over the measured window
@@ -492,7 +526,7 @@ async def one_round(args: argparse.Namespace, code: Path, label: str, models: Pa
         "load_avg_1m_after": round(load_after[0], 2),
         "services_died": dead,
     }
-    shown = ("latency_ms", "written_ms", "cpu_share", "stalls")
+    shown = ("appended_ms", "latency_ms", "cpu_share", "stalls")
     print(f"{label}: " + orjson.dumps({k: result[k] for k in shown}).decode(), file=sys.stderr)
     return result
 
@@ -513,10 +547,10 @@ def medians(rounds: list[dict[str, Any]]) -> dict[str, Any]:
             for q in ("p50", "p90", "p99", "max")
         }
         out[stage]["samples"] = sum(p.get("samples", 0) for p in per)
-    out["written_ms"] = {}
+    out["appended_ms"] = {}
     for stage in STAGES[:-1]:
-        per = [r.get("written_ms", {}).get(stage, {}) for r in rounds]
-        out["written_ms"][stage] = {
+        per = [r.get("appended_ms", {}).get(stage, {}) for r in rounds]
+        out["appended_ms"][stage] = {
             q: round(statistics.median(p[q] for p in per if q in p), 1) if any(q in p for p in per) else None
             for q in ("p50", "p90", "p99", "max")
         }
@@ -562,12 +596,15 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             "services": SERVICES,
             "cores": os.cpu_count(),
             "group_wait_s": 0,
-            "note": "latency = arrival at the bench (or the webhook) - the reading's send time; median over rounds "
-            "of each round's quantiles; rounds of 'baseline' and 'now' alternate on the same machine",
+            "note": "appended_ms = the broker's append time of the output (LogAppendTime) - the reading's send "
+            "time; latency_ms = arrival at the bench's consumer (or the webhook receiver) - the send time; median "
+            "over rounds of each round's quantiles; rounds of 'baseline' and 'now' alternate on the same machine; "
+            "targets: scores by appended_ms, webhook by arrival at the receiver",
         },
     }
     now = result["median_of_rounds_ms"]["now"]
-    result["targets_met"] = {stage: (now[stage]["p99"] or 1e9) < t for stage, t in TARGETS_P99_MS.items()}
+    judged = {**now["appended_ms"], "webhook": now["webhook"]}
+    result["targets_met"] = {stage: (judged[stage]["p99"] or 1e9) < t for stage, t in TARGETS_P99_MS.items()}
     if args.baseline:
         before = result["median_of_rounds_ms"]["baseline"]
         result["speedup"] = {
@@ -626,8 +663,13 @@ def cli() -> None:
     path.write_text(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode() + "\n")
     for label, m in out["median_of_rounds_ms"].items():
         print(
-            f"e2e latency ({label}): "
-            + "; ".join(f"{s} p50 {m[s]['p50']} / p99 {m[s]['p99']} ms" for s in STAGES)
+            f"e2e latency ({label}), appended: "
+            + "; ".join(
+                f"{s} p50 {m['appended_ms'][s]['p50']} / p99 {m['appended_ms'][s]['p99']} ms" for s in STAGES[:-1]
+            )
+            + f"; webhook p50 {m['webhook']['p50']} / p99 {m['webhook']['p99']} ms"
+            + "; at the bench's consumer: "
+            + "; ".join(f"{s} p50 {m[s]['p50']} / p99 {m[s]['p99']} ms" for s in STAGES[:-1])
             + f" -> {path}"
         )
 
