@@ -18,8 +18,10 @@ worker the view answers. Unlike it:
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -35,6 +37,18 @@ FORWARDED_HEADERS = ("Authorization", "X-Flowwatch-Token")
 FORWARD_TIMEOUT_S = 10.0
 
 ViewFn = Callable[..., Any]
+
+# One client per event loop, kept for the worker's life: a new httpx client builds an SSL context and a
+# connection pool (tens of ms of CPU) and would open a new connection to the owner for every request.
+_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = weakref.WeakKeyDictionary()
+
+
+def _client() -> httpx.AsyncClient:
+    loop = asyncio.get_running_loop()
+    client = _clients.get(loop)
+    if client is None or client.is_closed:
+        client = _clients[loop] = httpx.AsyncClient(timeout=FORWARD_TIMEOUT_S)
+    return client
 
 
 def owner_url(app: Any, table: Any, key: bytes) -> str | None:
@@ -77,8 +91,7 @@ async def forward(web: Any, request: Any, base_url: str) -> Any:
     headers = {ROUTED: "1", **{h: request.headers[h] for h in FORWARDED_HEADERS if request.headers.get(h)}}
     target = base_url + str(request.rel_url)
     try:
-        async with httpx.AsyncClient(timeout=FORWARD_TIMEOUT_S) as client:
-            answer = await client.get(target, headers=headers)
+        answer = await _client().get(target, headers=headers)
     except httpx.HTTPError as exc:
         log.warning("forwarding %s to its owner %s failed: %s", request.path, base_url, exc)
         return web.json(
