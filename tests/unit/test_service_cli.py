@@ -70,6 +70,23 @@ def test_no_command_or_an_unknown_one_is_a_usage_error(service: str, capsys: pyt
     assert "unknown command 'no-such-command'" in capsys.readouterr().err
 
 
+def test_the_faust_commands_handed_over_are_faust_s_own() -> None:
+    from faust.cli.faust import cli as faust_cli
+
+    from shared.cli import FAUST_COMMANDS
+
+    assert set(faust_cli.commands) == FAUST_COMMANDS
+
+
+def test_a_mistyped_command_does_not_import_faust() -> None:
+    code = (
+        "import sys; from shared.cli import ServiceCli; "
+        "status = ServiceCli('history', 'the history', {}, app='services.history.app').main(['no-such-command']); "
+        "assert status == 2, status; assert 'faust' not in sys.modules, 'faust imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={"PYTHONPATH": str(ROOT)}, check=True)
+
+
 def test_a_command_without_options_refuses_arguments(capsys: pytest.CaptureFixture[str]) -> None:
     assert run_main("history", "settings", "--what") == 2
     assert "unrecognized arguments: --what" in capsys.readouterr().err
