@@ -34,7 +34,7 @@ from shared.limits import LabelSet, NewIdBudget
 from shared.metrics import BATCH_SECONDS, BATCH_SIZE, DECODE_ERRORS, EVENTS_IN, EVENTS_OUT
 from shared.settings import Settings
 from shared.streaming import dead_letter_event, event_context, write_once_per_key
-from shared.topics import RISK
+from shared.topics import FORECASTER_ZONE_PARTIALS, RISK
 
 log = logging.getLogger(__name__)
 SERVICE = "forecaster"
@@ -66,6 +66,8 @@ class ZoneScorer:
     ) -> None:
         self.app = app
         self.settings = settings
+        # the ``topic`` label of the events counters: the full name, as every pump and agent gives it
+        self.partials_topic = settings.topic(FORECASTER_ZONE_PARTIALS.name)
         self.fs = fs
         self.zones = zones
         self.risk_topic = risk_topic
@@ -108,9 +110,9 @@ class ZoneScorer:
         if risks and self.drift is not None:
             self.drift.observe(risks, self.key_metrics)
         if risks:
-            EVENTS_OUT.labels(SERVICE, RISK.name).inc(len(risks))
+            EVENTS_OUT.labels(SERVICE, self.settings.topic(RISK.name)).inc(len(risks))
             await self.cache.set_many("risk", latest)
-        EVENTS_IN.labels(SERVICE, "zone-partials").inc(len(events))
+        EVENTS_IN.labels(SERVICE, self.partials_topic).inc(len(events))
         BATCH_SIZE.labels(SERVICE, "score").observe(len(events))
         BATCH_SECONDS.labels(SERVICE, "score").observe(time.perf_counter() - t0)
 
@@ -127,7 +129,7 @@ class ZoneScorer:
             except (ValueError, TypeError) as exc:
                 why = f"undecodable: {type(exc).__name__}: {exc}"
             if why:  # never merged into a zone's state: dead-lettered with the reason
-                DECODE_ERRORS.labels(SERVICE, "zone-partials").inc()
+                DECODE_ERRORS.labels(SERVICE, self.partials_topic).inc()
                 await dead_letter_event(self.app, self.settings, SERVICE, ev, [f"zone partial: {why}"])
                 continue
             if "zone" not in message:

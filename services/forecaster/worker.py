@@ -75,9 +75,9 @@ class ReadingsFolder(BatchJob[Folding]):
             # and keeps the partials few at low rates (one per zone per fetch, not per reading).
             fill_bytes=512 * 1024,
         )
-        outputs = (partials_topic, settings.topic(READINGS_QUARANTINE.name))
+        self.quarantine_name = settings.topic(READINGS_QUARANTINE.name)
+        outputs = (partials_topic, self.quarantine_name)
         super().__init__(settings, config, READINGS_CLEAN.partitions_for(settings), outputs)
-        self.topic_label = READINGS_CLEAN.name  # the forecaster's metrics name topics without the prefix
         self.before_reading = before_reading
         self.fs = fs
         self.step_ms = fs.step_ms
@@ -160,11 +160,11 @@ class ReadingsFolder(BatchJob[Folding]):
             log.warning("idle-partition watermarks not sent (again at the next tick): %s", exc)
 
     def finish(self, batch: Folding, elapsed: float) -> None:
-        EVENTS_OUT.labels(SERVICE, "zone-partials").inc(batch.partials)
+        EVENTS_OUT.labels(SERVICE, self.partials_name).inc(batch.partials)
         if batch.bad:
-            DECODE_ERRORS.labels(SERVICE, READINGS_CLEAN.name).inc(batch.bad)
+            DECODE_ERRORS.labels(SERVICE, self.readings_name).inc(batch.bad)
             BAD_READINGS.inc(batch.bad)
-            EVENTS_OUT.labels(SERVICE, READINGS_QUARANTINE.name).inc(batch.bad)
+            EVENTS_OUT.labels(SERVICE, self.quarantine_name).inc(batch.bad)
             log.warning("quarantined %d readings the forecaster cannot use: %s", batch.bad, batch.reason)
 
     def forget(self) -> None:

@@ -329,7 +329,7 @@ async def publish(app: Any, settings: Any, events: list[DriftEvent]) -> None:
         await app.producer.send(topic, f"{e.service}/{e.group}".encode(), dumps(e), None, None, None)
         DRIFT_EVENTS.labels(e.service, e.status).inc()
         log.warning("%s %s: %s (%s %.3f, threshold %s)", e.service, e.group, e.status, e.kind, e.value, e.threshold)
-    EVENTS_OUT.labels(events[0].service, DRIFT_TOPIC.name).inc(len(events))
+    EVENTS_OUT.labels(events[0].service, topic).inc(len(events))
 
 
 async def check(

@@ -87,7 +87,9 @@ def messages(history: History, until_ms: int, from_ms: int = 0) -> list[tuple[by
 
 def consumed(proc: ServiceProcess) -> float:
     for line in httpx.get(f"{proc.url}/metrics", timeout=5).text.splitlines():
-        if line.startswith('flowwatch_events_in_total{service="forecaster",topic="readings.clean"}'):
+        if line.startswith(
+            f'flowwatch_events_in_total{{service="forecaster",topic="{proc.settings.topic("readings.clean")}"}}'
+        ):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
 
