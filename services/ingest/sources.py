@@ -25,6 +25,7 @@ its start (the group has no offset for it yet).
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaProducer
@@ -32,10 +33,11 @@ from aiokafka import AIOKafkaProducer
 from services.ingest import metrics as m
 from services.ingest.mappings import PayloadMapping
 from services.ingest.payloads import Item
-from services.ingest.pipeline import H_MAPPING, H_SOURCE
+from services.ingest.pipeline import H_MAPPING, H_SOURCE, Inbound
 from services.ingest.validation import reason_code
 from shared.batching import Outbox
 from shared.group_reader import GroupReader
+from shared.pump import Pump
 from shared.topics import READINGS_QUARANTINE
 
 if TYPE_CHECKING:
@@ -56,7 +58,7 @@ def counted(reasons: list[str]) -> None:
 class MappedSources:
     """Every mapped source topic of this worker's mappings, read by one consumer group."""
 
-    def __init__(self, ingest: Ingest) -> None:
+    def __init__(self, ingest: Ingest, pump: Pump | None = None) -> None:
         self.ingest = ingest
         settings = ingest.settings
         isettings = ingest.isettings
@@ -84,6 +86,9 @@ class MappedSources:
             topic_check_s=TOPIC_CHECK_S,
         )
         self._spread = 0
+        # The readings pump, to hand it mapped readings of its partitions (None: all take readings.raw).
+        self.pump = pump
+        self.max_line_bytes = isettings.max_line_bytes
 
     def check(self) -> tuple[bool, str]:
         return self.reader.check()
@@ -97,9 +102,13 @@ class MappedSources:
         return self.ingest.producer
 
     async def handle(self, records: list[Any]) -> None:
-        """Map and write one fetch (aiokafka records of the source topics); returns once the broker has all of it.
+        """Map and write one fetch (aiokafka records of the source topics); returns once all of it is durable.
 
-        Everything is collected before anything is sent, so a fetch that raises has written nothing.
+        With the pump given, mapped readings of sensors whose readings.raw partition this worker reads go
+        straight to the pipeline in the pump's turn (:meth:`shared.pump.Pump.beside`, which returns once
+        their outputs are acknowledged and the state they changed is checkpointed); the others go to
+        readings.raw. What goes to readings.raw and readings.quarantine is collected before anything is
+        sent and sent last, so a fetch that raises before the pump's turn has written nothing.
         """
         ingest = self.ingest
         assert ingest.producer is not None
@@ -107,8 +116,62 @@ class MappedSources:
         for r in records:
             by_topic.setdefault(r.topic, []).append(Item(r.value if isinstance(r.value, bytes) else b"", None))
         box = Outbox(ingest.producer)
+        mapped: list[tuple[str, list[Item]]] = []
         for topic, messages in by_topic.items():
             items = ingest.map_items(self.routes[topic], messages)
-            ingest.write_items(box, "kafka", items, self.headers[topic], self._spread)
-            self._spread += len(items)
+            if self.pump is not None:
+                direct = [i for i in items if self.may_skip_raw(i)]
+                if direct:
+                    mapped.append((topic, direct))
+                    items = [i for i in items if not self.may_skip_raw(i)]
+            self._write_raw(box, topic, items)
+        if mapped:
+            for topic, items in await self._direct(mapped):
+                self._write_raw(box, topic, items)
         await box.flush()
+
+    def may_skip_raw(self, item: Item) -> bool:
+        """A mapped reading the pipeline can take without readings.raw: a sensor to own it, nothing decided at the door.
+
+        Those decided at the door (mapping errors; too large for readings.raw, quarantined with the door's
+        record) and those without a sensor_id (no owner: the pipeline quarantines them) take readings.raw as
+        before.
+        """
+        return item.reasons is None and item.sensor_id is not None and len(item.value) <= self.max_line_bytes
+
+    async def _direct(self, mapped: list[tuple[str, list[Item]]]) -> list[tuple[str, list[Item]]]:
+        """Hand the readings of sensors owned here to the pipeline; returns those that must take readings.raw."""
+        ingest = self.ingest
+        assert self.pump is not None and ingest.partition_of is not None
+        partition_of = ingest.partition_of
+        others: list[tuple[str, list[Item]]] = []
+        handed: list[Inbound] = []
+
+        async def submit(local: frozenset[int]) -> Any:
+            received = int(time.time() * 1000)
+            for topic, items in mapped:
+                elsewhere: list[Item] = []
+                for item in items:
+                    sensor_id: str = item.sensor_id  # type: ignore[assignment]  # may_skip_raw: never None
+                    partition = partition_of(sensor_id)
+                    if partition in local:
+                        # positional, as worker.to_inbound: not read from readings.raw, so no offset
+                        handed.append(Inbound(item.value, sensor_id.encode(), partition, -1, received, "kafka",
+                                              None, False, (), item.decoded))  # fmt: skip
+                    else:
+                        elsewhere.append(item)
+                if elsewhere:
+                    others.append((topic, elsewhere))
+            return await ingest.submit_mapped(handed) if handed else None
+
+        if await self.pump.beside(submit):
+            m.SOURCE_DIRECT.inc(len(handed))
+            return others
+        # Not read here now, or lost to a rewind (outputs may have gone out: at-least-once, as a replay):
+        # through readings.raw, whose owner decides, with the state the tables hold.
+        return mapped
+
+    def _write_raw(self, box: Outbox, topic: str, items: list[Item]) -> None:
+        if items:
+            self.ingest.write_items(box, "kafka", items, self.headers[topic], self._spread)
+            self._spread += len(items)
