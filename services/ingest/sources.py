@@ -26,6 +26,7 @@ its start (the group has no offset for it yet).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaProducer
@@ -53,6 +54,32 @@ def counted(reasons: list[str]) -> None:
     for code in {reason_code(r) for r in reasons}:
         m.QUARANTINE_REASONS.labels(code).inc()
     m.INPUTS.labels("kafka").inc()
+
+
+def owned_here(
+    mapped: list[tuple[str, list[Item]]], local: frozenset[int], partition_of: Callable[[str], int], received_ms: int
+) -> tuple[list[Inbound], list[tuple[str, list[Item]]]]:
+    """The mapped readings of sensors in ``local`` partitions as the pipeline's input, and the others (by topic).
+
+    ``local``: the readings.raw partitions this worker reads now, whose sensors' state it holds.
+    """
+    mine: list[Inbound] = []
+    others: list[tuple[str, list[Item]]] = []
+    for topic, items in mapped:
+        elsewhere: list[Item] = []
+        for item in items:
+            sensor_id = item.sensor_id
+            assert sensor_id is not None  # MappedSources.may_skip_raw
+            partition = partition_of(sensor_id)
+            if partition in local:
+                # positional, as worker.to_inbound; not read from readings.raw, so no offset
+                mine.append(Inbound(item.value, sensor_id.encode(), partition, -1, received_ms, "kafka",
+                                    None, False, (), item.decoded))  # fmt: skip
+            else:
+                elsewhere.append(item)
+        if elsewhere:
+            others.append((topic, elsewhere))
+    return mine, others
 
 
 class MappedSources:
@@ -148,21 +175,10 @@ class MappedSources:
         handed: list[Inbound] = []
 
         async def submit(local: frozenset[int]) -> Any:
-            received = int(time.time() * 1000)
-            for topic, items in mapped:
-                elsewhere: list[Item] = []
-                for item in items:
-                    sensor_id: str = item.sensor_id  # type: ignore[assignment]  # may_skip_raw: never None
-                    partition = partition_of(sensor_id)
-                    if partition in local:
-                        # positional, as worker.to_inbound: not read from readings.raw, so no offset
-                        handed.append(Inbound(item.value, sensor_id.encode(), partition, -1, received, "kafka",
-                                              None, False, (), item.decoded))  # fmt: skip
-                    else:
-                        elsewhere.append(item)
-                if elsewhere:
-                    others.append((topic, elsewhere))
-            return await ingest.submit_mapped(handed) if handed else None
+            mine, elsewhere = owned_here(mapped, local, partition_of, int(time.time() * 1000))
+            handed.extend(mine)
+            others.extend(elsewhere)
+            return await ingest.submit_mapped(mine) if mine else None
 
         if await self.pump.beside(submit):
             m.SOURCE_DIRECT.inc(len(handed))
