@@ -10,6 +10,14 @@ committed only after the broker acknowledged all of it, so a crash or a broker o
 fetch but never loses one (readings.clean consumers are idempotent on sensor_id and ts). From
 readings.raw on, the readings take the one validation path.
 
+The readings of sensors whose readings.raw partition this worker reads skip readings.raw (unless
+``FLOWWATCH_INGEST_SOURCES_DIRECT=false``): in the readings pump's turn (:meth:`shared.pump.Pump.beside`)
+they go, already decoded, to the same pipeline (:meth:`~services.ingest.worker.Ingest.submit_mapped`),
+and the pump checkpoints the state they changed before the door returns, so the fetch's offsets are
+committed only once that state is durable: a crash replays the fetch, whose readings the state then
+recognises. When the pump reads nothing here (starting, rebalancing) or the work is lost to a rewind,
+they take readings.raw. The source topic is then the record of what arrived (docs/ingest.md).
+
 A fetch whose handling raises (a bug met by some message, beyond the per-message mapping errors)
 follows the poison rule of :mod:`shared.poison`: retried, then one message at a time, the one that
 fails twice quarantined with ``processing failed twice: <error>`` (source ``kafka``) and counted in
