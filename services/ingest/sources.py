@@ -155,10 +155,13 @@ class MappedSources:
         for topic, messages in by_topic.items():
             items = ingest.map_items(self.routes[topic], messages)
             if self.pump is not None:
-                direct = [i for i in items if self.may_skip_raw(i)]
+                direct: list[Item] = []
+                rest: list[Item] = []
+                for item in items:
+                    (direct if self.may_skip_raw(item) else rest).append(item)
                 if direct:
                     mapped.append((topic, direct))
-                    items = [i for i in items if not self.may_skip_raw(i)]
+                    items = rest
             self._write_raw(box, topic, items)
         if mapped:
             for topic, items in await self._direct(mapped):
