@@ -1,5 +1,6 @@
-"""A worker killed (SIGKILL) while mapped source readings skip readings.raw: after a restart none is lost, and
-the sensor state took each reading exactly once (its count), on the real stack.
+"""Mapped source readings that skip readings.raw, on the real stack: a worker killed (SIGKILL) mid-stream and
+restarted loses none, and the sensor state took each reading exactly once (its count); with two workers, the
+readings of sensors the other worker owns take readings.raw.
 
 The direct route commits a source fetch's offsets only once the checkpoint covering the state it changed is
 written; a kill before that replays the fetch, whose readings the state then recognises (readings.clean may
@@ -9,6 +10,7 @@ repeat them, as after a kill on the readings.raw route).
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import time
 import uuid
@@ -54,6 +56,11 @@ async def settings_(stack: Settings, tmp_path: Path) -> AsyncIterator[Settings]:
 
 def baku(epoch_s: int) -> str:
     return datetime.fromtimestamp(epoch_s, ZoneInfo("Asia/Baku")).replace(tzinfo=None).isoformat()
+
+
+def owns_partitions(proc: ServiceProcess) -> bool:
+    detail = httpx.get(f"{proc.url}/ready", timeout=5).json()["readings"]["detail"]
+    return re.match(r"partitions \[\d", detail) is not None
 
 
 def direct_total(proc: ServiceProcess) -> float:
@@ -125,3 +132,59 @@ async def test_a_killed_worker_loses_no_direct_reading_and_its_state_takes_each_
         assert counts == {f"gas-{tag}-{i}": PER_STATION for i in range(STATIONS)}, orjson.dumps(counts)
     finally:
         ingest.stop()
+
+
+async def test_with_two_workers_readings_of_sensors_owned_elsewhere_take_readings_raw(settings_: Settings) -> None:
+    """Each door hands over only what its worker owns; the rest reaches the owner through readings.raw, so every
+    sensor's state (one worker's) takes every reading of it once."""
+    s = settings_
+    tag = uuid.uuid4().hex[:6]
+    start = int(time.time()) - 3600
+    per = 5
+    messages = [
+        (None, {**GAS, "location": f"{tag} {i}", "timestamp": baku(start + j)}) for j in range(per) for i in range(40)
+    ]
+    wanted = {(f"gas-{tag}-{i}", (start + j) * 1000) for i in range(40) for j in range(per)}
+    env = {
+        "FLOWWATCH_INGEST_MAX_AGE_S": "0",
+        "FLOWWATCH_INGEST_CACHE_FLUSH_S": "0.3",
+        "FLOWWATCH_INGEST_SESSION_TIMEOUT_S": "10",
+        "FLOWWATCH_INGEST_MQTT_ENABLED": "false",
+    }
+    one = ServiceProcess("ingest", s, extra_env=env)
+    two = ServiceProcess("ingest", s.replace(data_dir=s.data_dir / "two"), extra_env=env)
+    try:
+        one.start()
+        two.start()
+        await asyncio.gather(asyncio.to_thread(one.wait_ready, 120), asyncio.to_thread(two.wait_ready, 120))
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not all(owns_partitions(p) for p in (one, two)):
+            await asyncio.sleep(0.5)
+        assert all(owns_partitions(p) for p in (one, two)), (one.tail(), two.tail())
+
+        await produce(s, "gas-station.raw", messages)
+
+        def seen(ms: list[dict[str, Any]]) -> set[tuple[str, int]]:
+            return {(m["sensor_id"], m["ts"]) for m in ms if tag in m["sensor_id"]}
+
+        clean = await collect(s, "readings.clean", lambda ms: wanted <= seen(ms), timeout=90)
+        assert seen(clean) == wanted, (one.tail(40), two.tail(40))
+        raw = seen(await collect(s, "readings.raw", lambda ms: False, timeout=3))
+        direct = direct_total(one) + direct_total(two)
+        assert raw and direct > 0, (len(raw), direct)  # both routes taken
+        assert direct + len(raw) == len(wanted)  # each reading one way or the other
+        cache = Cache(s.redis_url, prefix=s.topic_prefix)
+        try:
+            counts: dict[str, int] = {}
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and set(counts.values()) != {per}:
+                for i in range(40):
+                    cached = await cache.get("sensor", f"gas-{tag}-{i}")
+                    counts[f"gas-{tag}-{i}"] = cached["stats"]["count"] if cached else 0
+                await asyncio.sleep(0.3)
+        finally:
+            await cache.close()
+        assert set(counts.values()) == {per}, counts  # every reading of a sensor judged by its one owner
+    finally:
+        one.stop()
+        two.stop()
