@@ -52,7 +52,7 @@ import gc
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -717,6 +717,34 @@ class Pump:
         self.job.rewind()
         if self.assigned:
             await self._reassign(set(self.assigned))
+
+    async def beside(self, submit: Callable[[frozenset[int]], Awaitable[InFlight | None]]) -> bool:
+        """Work from another input of the job, in the pump's turn, made durable before this returns.
+
+        ``submit(partitions)`` gets the partitions read here now (whose state this worker owns) and is called
+        under the pump's lock, so no batch, rebalance, rewind or checkpoint taking runs meanwhile; it hands the
+        job what belongs to those partitions (changing its state, as a batch of the topic would) and returns
+        the submitted batch, or None. The pump then finishes everything in flight and checkpoints: True means
+        the state that work changed is in the tables, so the caller may commit its own input's offsets (they
+        are not in the checkpoint: a crash before that commit replays the input, which the state then
+        recognises). False: nothing is read here now (``submit`` not called), or the work was lost to a rewind;
+        the caller must get it done another way (through the pump's topic).
+        """
+        async with self.lock:
+            if self.paused or self.crashed or not self.assigned or not self._settled():
+                return False
+            try:
+                batch = await submit(frozenset(self.assigned))
+            except KafkaError as exc:
+                await self._rewind(exc)
+                return False
+            except Exception as exc:  # noqa: BLE001 - the job may have changed state half way: undo, never stop
+                JOB_FAILURES.labels(self.config.service).inc()
+                await self._rewind(exc, "work handed to the pump beside its topic raised")
+                return False
+            if batch is not None:
+                self.inflight.append(({}, batch))  # no offset of the pump's topic: the caller commits its own
+            return await self._durable()
 
     # --- poison: failed batches, isolated messages, guards against hard crashes ------------------
 

@@ -56,7 +56,7 @@ def create_app(settings: Settings | None = None, ingest_settings: IngestSettings
     async def cache() -> None:
         await ingest.flush_cache()
 
-    sources = MappedSources(ingest)
+    sources = MappedSources(ingest, pump if isettings.sources_direct else None)
     if sources.routes:
         state.add_check("sources", sources.check)
 

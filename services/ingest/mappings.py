@@ -454,7 +454,7 @@ def expand(
         return [], [str(exc)], message
     limit = rules.max_field_chars
     # Everything in a mapped reading came out of decode (orjson-writable) or is text or a number made here.
-    return [Item(orjson.dumps(r), key_of(r, limit)) for r in readings], [], message
+    return [Item(orjson.dumps(r), key_of(r, limit), decoded=r) for r in readings], [], message
 
 
 def table(known: Mapping[str, PayloadMapping]) -> str:

@@ -12,7 +12,11 @@ from shared.metrics import LATENCY_BUCKETS, Counter, Gauge, Histogram
 
 SERVICE = "ingest"
 
-INPUTS = Counter("flowwatch_ingest_inputs_total", "Messages taken from readings.raw", ["source"])
+INPUTS = Counter(
+    "flowwatch_ingest_inputs_total",
+    "Inputs decided: messages of readings.raw, and mapped readings of Kafka source topics that skip it",
+    ["source"],
+)
 ACCEPTED = Counter("flowwatch_ingest_accepted_total", "Readings written to readings.clean", ["utility"])
 QUARANTINED = Counter("flowwatch_ingest_quarantined_total", "Inputs written to readings.quarantine")
 QUARANTINE_REASONS = Counter(
@@ -32,6 +36,10 @@ MAPPED_MESSAGES = Counter(
 )
 MAPPED_READINGS = Counter(
     "flowwatch_ingest_mapped_readings_total", "Readings made by a payload mapping, by mapping", ["mapping"]
+)
+SOURCE_DIRECT = Counter(
+    "flowwatch_ingest_source_direct_total",
+    "Mapped readings of Kafka source topics handed to the pipeline without readings.raw (counted in inputs too)",
 )
 SENSOR_EVENTS = Counter("flowwatch_ingest_sensor_events_total", "Sensor silent/back events published", ["kind"])
 HTTP_REQUESTS = Counter("flowwatch_ingest_http_requests_total", "POST /v1/readings requests by status", ["status"])

@@ -33,7 +33,9 @@ class Item:
     sensor_id: str | None
     reasons: list[str] | None = None  # decided at the door (a mapped message that makes no reading)
     message: int = 0  # index of the message it came from (a mapped message may make many items)
-    decoded: Any = None  # the message as decoded, kept in the quarantine record of an item decided at the door
+    # an item decided at the door: the message as decoded, kept in its quarantine record; a mapped reading: the
+    # reading itself (``value`` is its JSON), so the Kafka source door can hand it on without decoding it again
+    decoded: Any = None
 
 
 def key_of(obj: Any, max_chars: int = 200) -> str | None:

@@ -92,6 +92,13 @@ class IngestSettings(ServiceSettings):
         "Most sensor ids never seen before that one door (http, mqtt or kafka) may introduce per minute and worker; "
         "readings of further new sensors are quarantined (`too_many_new_sensors`). 0: no limit.",
     )
+    sources_direct: bool = _doc(
+        True,
+        "Mapped readings of Kafka source topics whose sensor's readings.raw partition this worker reads skip "
+        "readings.raw: the door hands them to the pipeline and commits the source offsets once the state they "
+        "changed is checkpointed (the source topic is then their record of arrival). false: every mapped reading "
+        "is written to readings.raw first, as the HTTP and MQTT doors do.",
+    )
     batch_size: int = _doc(5000, "Most readings processed in one micro-batch (one fetch of readings.raw).")
     session_timeout_s: float = _doc(
         60.0,

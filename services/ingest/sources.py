@@ -10,6 +10,14 @@ committed only after the broker acknowledged all of it, so a crash or a broker o
 fetch but never loses one (readings.clean consumers are idempotent on sensor_id and ts). From
 readings.raw on, the readings take the one validation path.
 
+The readings of sensors whose readings.raw partition this worker reads skip readings.raw (unless
+``FLOWWATCH_INGEST_SOURCES_DIRECT=false``): in the readings pump's turn (:meth:`shared.pump.Pump.beside`)
+they go, already decoded, to the same pipeline (:meth:`~services.ingest.worker.Ingest.submit_mapped`),
+and the pump checkpoints the state they changed before the door returns, so the fetch's offsets are
+committed only once that state is durable: a crash replays the fetch, whose readings the state then
+recognises. When the pump reads nothing here (starting, rebalancing) or the work is lost to a rewind,
+they take readings.raw. The source topic is then the record of what arrived (docs/ingest.md).
+
 A fetch whose handling raises (a bug met by some message, beyond the per-message mapping errors)
 follows the poison rule of :mod:`shared.poison`: retried, then one message at a time, the one that
 fails twice quarantined with ``processing failed twice: <error>`` (source ``kafka``) and counted in
@@ -25,6 +33,8 @@ its start (the group has no offset for it yet).
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaProducer
@@ -32,10 +42,11 @@ from aiokafka import AIOKafkaProducer
 from services.ingest import metrics as m
 from services.ingest.mappings import PayloadMapping
 from services.ingest.payloads import Item
-from services.ingest.pipeline import H_MAPPING, H_SOURCE
+from services.ingest.pipeline import H_MAPPING, H_SOURCE, Inbound
 from services.ingest.validation import reason_code
 from shared.batching import Outbox
 from shared.group_reader import GroupReader
+from shared.pump import Pump
 from shared.topics import READINGS_QUARANTINE
 
 if TYPE_CHECKING:
@@ -53,10 +64,36 @@ def counted(reasons: list[str]) -> None:
     m.INPUTS.labels("kafka").inc()
 
 
+def owned_here(
+    mapped: list[tuple[str, list[Item]]], local: frozenset[int], partition_of: Callable[[str], int], received_ms: int
+) -> tuple[list[Inbound], list[tuple[str, list[Item]]]]:
+    """The mapped readings of sensors in ``local`` partitions as the pipeline's input, and the others (by topic).
+
+    ``local``: the readings.raw partitions this worker reads now, whose sensors' state it holds.
+    """
+    mine: list[Inbound] = []
+    others: list[tuple[str, list[Item]]] = []
+    for topic, items in mapped:
+        elsewhere: list[Item] = []
+        for item in items:
+            sensor_id = item.sensor_id
+            assert sensor_id is not None  # MappedSources.may_skip_raw
+            partition = partition_of(sensor_id)
+            if partition in local:
+                # positional, as worker.to_inbound; not read from readings.raw, so no offset
+                mine.append(Inbound(item.value, sensor_id.encode(), partition, -1, received_ms, "kafka",
+                                    None, False, (), item.decoded))  # fmt: skip
+            else:
+                elsewhere.append(item)
+        if elsewhere:
+            others.append((topic, elsewhere))
+    return mine, others
+
+
 class MappedSources:
     """Every mapped source topic of this worker's mappings, read by one consumer group."""
 
-    def __init__(self, ingest: Ingest) -> None:
+    def __init__(self, ingest: Ingest, pump: Pump | None = None) -> None:
         self.ingest = ingest
         settings = ingest.settings
         isettings = ingest.isettings
@@ -84,6 +121,9 @@ class MappedSources:
             topic_check_s=TOPIC_CHECK_S,
         )
         self._spread = 0
+        # The readings pump, to hand it mapped readings of its partitions (None: all take readings.raw).
+        self.pump = pump
+        self.max_line_bytes = isettings.max_line_bytes
 
     def check(self) -> tuple[bool, str]:
         return self.reader.check()
@@ -97,9 +137,13 @@ class MappedSources:
         return self.ingest.producer
 
     async def handle(self, records: list[Any]) -> None:
-        """Map and write one fetch (aiokafka records of the source topics); returns once the broker has all of it.
+        """Map and write one fetch (aiokafka records of the source topics); returns once all of it is durable.
 
-        Everything is collected before anything is sent, so a fetch that raises has written nothing.
+        With the pump given, mapped readings of sensors whose readings.raw partition this worker reads go
+        straight to the pipeline in the pump's turn (:meth:`shared.pump.Pump.beside`, which returns once
+        their outputs are acknowledged and the state they changed is checkpointed); the others go to
+        readings.raw. What goes to readings.raw and readings.quarantine is collected before anything is
+        sent and sent last, so a fetch that raises before the pump's turn has written nothing.
         """
         ingest = self.ingest
         assert ingest.producer is not None
@@ -107,8 +151,54 @@ class MappedSources:
         for r in records:
             by_topic.setdefault(r.topic, []).append(Item(r.value if isinstance(r.value, bytes) else b"", None))
         box = Outbox(ingest.producer)
+        mapped: list[tuple[str, list[Item]]] = []
         for topic, messages in by_topic.items():
             items = ingest.map_items(self.routes[topic], messages)
-            ingest.write_items(box, "kafka", items, self.headers[topic], self._spread)
-            self._spread += len(items)
+            if self.pump is not None:
+                direct: list[Item] = []
+                rest: list[Item] = []
+                for item in items:
+                    (direct if self.may_skip_raw(item) else rest).append(item)
+                if direct:
+                    mapped.append((topic, direct))
+                    items = rest
+            self._write_raw(box, topic, items)
+        if mapped:
+            for topic, items in await self._direct(mapped):
+                self._write_raw(box, topic, items)
         await box.flush()
+
+    def may_skip_raw(self, item: Item) -> bool:
+        """A mapped reading the pipeline can take without readings.raw: a sensor to own it, nothing decided at the door.
+
+        Those decided at the door (mapping errors; too large for readings.raw, quarantined with the door's
+        record) and those without a sensor_id (no owner: the pipeline quarantines them) take readings.raw as
+        before.
+        """
+        return item.reasons is None and item.sensor_id is not None and len(item.value) <= self.max_line_bytes
+
+    async def _direct(self, mapped: list[tuple[str, list[Item]]]) -> list[tuple[str, list[Item]]]:
+        """Hand the readings of sensors owned here to the pipeline; returns those that must take readings.raw."""
+        ingest = self.ingest
+        assert self.pump is not None and ingest.partition_of is not None
+        partition_of = ingest.partition_of
+        others: list[tuple[str, list[Item]]] = []
+        handed: list[Inbound] = []
+
+        async def submit(local: frozenset[int]) -> Any:
+            mine, elsewhere = owned_here(mapped, local, partition_of, int(time.time() * 1000))
+            handed.extend(mine)
+            others.extend(elsewhere)
+            return await ingest.submit_mapped(mine) if mine else None
+
+        if await self.pump.beside(submit):
+            m.SOURCE_DIRECT.inc(len(handed))
+            return others
+        # Not read here now, or lost to a rewind (outputs may have gone out: at-least-once, as a replay):
+        # through readings.raw, whose owner decides, with the state the tables hold.
+        return mapped
+
+    def _write_raw(self, box: Outbox, topic: str, items: list[Item]) -> None:
+        if items:
+            self.ingest.write_items(box, "kafka", items, self.headers[topic], self._spread)
+            self._spread += len(items)

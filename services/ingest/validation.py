@@ -151,6 +151,19 @@ def decode(
     return value, None
 
 
+def decoded_within(raw: bytes, value: Any, max_bytes: int | None, max_depth: int | None) -> str | None:
+    """What :func:`decode` would refuse ``raw`` for, when ``value`` is already what it decodes to (None: nothing).
+
+    For a reading built in the worker and written as ``raw`` (a mapped reading the Kafka source door hands
+    the pipeline directly, see :mod:`services.ingest.sources`): the same limits, without parsing it again.
+    """
+    if max_bytes is not None and len(raw) > max_bytes:
+        return f"too_large: {len(raw)} bytes (limit {max_bytes})"
+    if max_depth is not None and raw.count(b"[") + raw.count(b"{") > max_depth and deeper_than(value, max_depth):
+        return f"too_deep: arrays/objects nested more than {max_depth} levels"
+    return None
+
+
 def _decode_lenient(raw: bytes | bytearray | memoryview | str, first_error: str) -> tuple[Any, str | None]:
     """What orjson refused: NaN/Infinity read by the standard library, or the reason it is not JSON."""
     if "not valid UTF-8" in first_error:

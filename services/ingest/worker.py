@@ -58,7 +58,7 @@ from shared.batching import Outbox, PartitionMap
 from shared.cache import Cache
 from shared.codec import dumps
 from shared.metrics import EVENTS_OUT
-from shared.pump import BatchJob, Checkpoint, PumpConfig
+from shared.pump import Batch, BatchJob, Checkpoint, PumpConfig
 from shared.records import SensorEvent
 from shared.settings import Settings
 from shared.streaming import decode_events, event_context, last_event_per_key, write_once_per_key
@@ -286,8 +286,23 @@ class Ingest(BatchJob[tuple[list[Inbound], Outcome]]):
         pump drains every batch in flight before a checkpoint, so only acknowledged work is
         ever checkpointed.
         """
+        return self.decide_inbound([to_inbound(r) for r in records], box)
+
+    async def submit_mapped(self, batch: list[Inbound]) -> Batch[tuple[list[Inbound], Outcome]]:
+        """Readings the Kafka source door mapped (already decoded), decided as a fetch of readings.raw would be.
+
+        The same pipeline, state, outputs and accounting (:meth:`finish`); called in the pump's turn
+        (:meth:`shared.pump.Pump.beside`), for sensors whose partitions this worker reads.
+        """
+        assert self.producer is not None
+        started = time.perf_counter()
+        box = Outbox(self.producer)
+        work = self.decide_inbound(batch, box)
+        return Batch(work, len(batch), await box.send(), started)
+
+    def decide_inbound(self, batch: list[Inbound], box: Outbox) -> tuple[list[Inbound], Outcome]:
+        """:meth:`decide` for messages already in the pipeline's shape."""
         assert self.processor is not None
-        batch = [to_inbound(r) for r in records]
         outcome = self.processor.process(batch)
         self.dirty.update(outcome.states)
         for partition, reading, encoded in outcome.clean:

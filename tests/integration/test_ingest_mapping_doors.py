@@ -22,14 +22,17 @@ import orjson
 import pytest
 import pytest_asyncio
 import yaml
+from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from services.ingest.mappings import _read
-from services.ingest.settings import DEFAULT_MAPPINGS_FILE
+from services.ingest import mappings
+from services.ingest.mappings import _read, expand
+from services.ingest.rules import Rules
+from services.ingest.settings import DEFAULT_MAPPINGS_FILE, IngestSettings
 from shared.cache import Cache
 from shared.settings import Settings
 from shared.topics import create_all
-from tests.helpers import ServiceProcess, collect, delete_topics, produce
+from tests.helpers import ServiceProcess, collect, consume, delete_topics, produce
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -295,3 +298,73 @@ async def test_the_simulators_gas_station_format_over_mqtt(ingest: ServiceProces
     assert {m["source"] for m in got} == {"mqtt"} and {m["site"] for m in got} == {"gas-pipeline"}
     oldtown = {f"gas-{x.id}" for x in net.sensors if x.site == "oldtown"}
     assert {m["sensor_id"] for m in got} <= oldtown
+
+
+def metric(proc: ServiceProcess, name: str) -> float:
+    for line in httpx.get(f"{proc.url}/metrics", timeout=5).text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.split()[-1])
+    return 0.0
+
+
+async def test_mapped_source_readings_skip_readings_raw_with_the_outcome_they_had_through_it(
+    ingest: ServiceProcess,
+) -> None:
+    """The Kafka source door hands the readings of sensors this worker owns to the pipeline directly: the same
+    readings.clean and readings.quarantine records (content and headers) as the door's readings.raw route."""
+    s = ingest.settings
+    tag = uuid.uuid4().hex[:6]
+    mapping = mappings.load()["gas-station"]
+    rules = Rules.load(IngestSettings())
+    # The old route, as the door took it: the mapped reading written to readings.raw keyed by sensor_id.
+    via_raw = []
+    for msg in (station(f"r{tag}"), station(f"r{tag}bad", pressure_kpa=-99999)):
+        [item], reasons, _ = expand(mapping, orjson.dumps(msg), rules)
+        assert not reasons
+        via_raw.append((item.sensor_id.encode(), item.value))  # type: ignore[union-attr]
+    direct_before = metric(ingest, "flowwatch_ingest_source_direct_total")
+    await produce(
+        s, "gas-station.raw", [(None, station(f"d{tag}")), (None, station(f"d{tag}bad", pressure_kpa=-99999))]
+    )
+    producer = AIOKafkaProducer(**s.kafka_client_options())
+    await producer.start()
+    try:
+        for key, value in via_raw:
+            await producer.send_and_wait(
+                s.topic("readings.raw"),
+                value,
+                key=key,
+                headers=[("fw-source", b"kafka"), ("fw-mapping", b"gas-station")],
+            )
+    finally:
+        await producer.stop()
+
+    def by_tag(records: list[Any]) -> dict[str, Any]:
+        return {rec.key.decode(): rec for rec in records if rec.key and tag in rec.key.decode()}
+
+    ids = {f"gas-{p}{tag}" for p in "dr"}
+    bad = {f"gas-{p}{tag}bad" for p in "dr"}
+    await collect(s, "readings.clean", lambda ms: ids <= {m["sensor_id"] for m in ms}, timeout=60)
+    await collect(s, "readings.quarantine", lambda ms: bad <= {m.get("sensor_id") for m in ms}, timeout=60)
+    clean = by_tag(await consume(s, "readings.clean", 10**6, timeout=3, decode=False))
+    quarantined = by_tag(await consume(s, "readings.quarantine", 10**6, timeout=3, decode=False))
+    raw = by_tag(await consume(s, "readings.raw", 10**6, timeout=3, decode=False))
+    assert set(clean) == ids and set(quarantined) == bad, ingest.tail(60)
+    assert not any(k.startswith(f"gas-d{tag}") for k in raw), "the direct route wrote readings.raw"
+    assert metric(ingest, "flowwatch_ingest_source_direct_total") - direct_before == 2
+
+    def same(direct: Any, old: Any) -> None:
+        assert direct.headers == old.headers
+        a, b = orjson.loads(direct.value), orjson.loads(old.value)
+        for rec in (a, b):  # what names the station, and when it arrived
+            rec.pop("received_ms")
+            rec.pop("sensor_id")
+            payload = rec.get("payload", rec)
+            payload.pop("zone")
+            payload.pop("sensor_id", None)
+        assert a == b
+
+    same(clean[f"gas-d{tag}"], clean[f"gas-r{tag}"])
+    same(quarantined[f"gas-d{tag}bad"], quarantined[f"gas-r{tag}bad"])
+    reasons = orjson.loads(quarantined[f"gas-d{tag}bad"].value)["reasons"]
+    assert reasons[0].startswith("out_of_range: pressure=-99999 kPa"), reasons
