@@ -12,7 +12,7 @@ from pathlib import Path
 import orjson
 
 from services.detector.model import ModelConfig
-from services.detector.offline import DataError, fit_csv, offline_config, score_csv
+from services.detector.offline import DataError, fit_csv, offline_config, score_file
 from services.detector.settings import ENV_PREFIX, DetectorSettings
 from shared.cli import Command, ServiceCli, settings_command
 
@@ -57,11 +57,11 @@ def score(argv: list[str]) -> int:
     parser.add_argument("--time-column", default="timestamp", help="name of the ISO 8601 time column")
     args = parser.parse_args(argv)
     try:
-        out = score_csv(args.data, args.model_dir, args.output, args.time_column)
+        out = score_file(args.data, args.model_dir, args.output, args.time_column)
     except (DataError, FileNotFoundError, TypeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    flagged = int(out["anomaly"].sum())
+    flagged = int(out.anomaly.sum())
     share = flagged / len(out) if len(out) else 0.0
     print(f"scored {len(out)} rows, {flagged} anomalous ({share:.1%}); wrote {args.output}")
     return 0
