@@ -112,7 +112,7 @@ def _epoch_ms(path: Path, raw: pd.Series) -> np.ndarray:
     return ((parsed - epoch) // pd.Timedelta(milliseconds=1)).to_numpy(dtype=np.int64)
 
 
-def _numbers(column: tuple[str, ...] | list[str]) -> np.ndarray:
+def _numbers(column: list[str]) -> np.ndarray:
     values = plain_csv.parse_numbers(column)
     if values is not None:
         return values
@@ -147,7 +147,7 @@ def read_columns(path: Path | str, time_column: str = "timestamp") -> Stream:
     values = np.empty((len(raw_time), len(sensors)))
     for j, name in enumerate(sensors):
         values[:, j] = _numbers(columns[names.index(name)])
-    return Stream(sensors, values, ts, list(raw_time))
+    return Stream(sensors, values, ts, raw_time)
 
 
 def _read_with_pandas(path: Path, sep: str, time_column: str) -> Stream:
@@ -212,9 +212,7 @@ def score_frame(model: AnomalyModel, x: np.ndarray, ts: np.ndarray, state: np.nd
     return model.score(state, feats, idx), feats, state
 
 
-def score_file(
-    data: Path | str, model_dir: Path | str, output: Path | str, time_column: str = "timestamp"
-) -> Scores:
+def score_file(data: Path | str, model_dir: Path | str, output: Path | str, time_column: str = "timestamp") -> Scores:
     """Score a CSV stream with the model in ``model_dir`` and write ``timestamp,score,anomaly`` to ``output``."""
     model = AnomalyModel.load(model_dir)
     stream = read_columns(data, time_column)

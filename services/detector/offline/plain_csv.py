@@ -17,6 +17,7 @@ the file (or that column) with pandas, as before. Where the two could differ the
 from __future__ import annotations
 
 import csv
+import io
 import re
 from pathlib import Path
 
@@ -28,75 +29,95 @@ _INFINITE = {"inf": np.inf, "+inf": np.inf, "-inf": -np.inf, "infinity": np.inf,
 _INFINITE["-infinity"] = -np.inf
 _PLAIN = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)", re.ASCII)
 _DIGIT = re.compile(r"\d", re.ASCII)
+_NOT_PLAIN = re.compile(r"[^0-9.+\n-]")
+#: What makes the csv module quote a field (QUOTE_MINIMAL, as pandas writes).
+_QUOTED = re.compile(r'[,"\r\n]')
 _ISO = re.compile(
     r"(\d{4})-(\d{2})-(\d{2})(?:[T ](\d{2}):(\d{2})(?::(\d{2})(?:\.(\d{1,9}))?)?(Z|[+-]\d{2}:?\d{2})?)?", re.ASCII
 )
-_ZERO, _NINE, _DOT, _PLUS, _MINUS = (ord(c) for c in "09.+-")
+_ZERO, _NINE, _PLUS, _MINUS = (ord(c) for c in "09+-")
 
 
-def read_rows(path: Path, sep: str) -> tuple[list[str], list[tuple[str, ...]]] | None:
+def read_rows(path: Path, sep: str) -> tuple[list[str], list[list[str]]] | None:
     """``(header, columns)`` of a regular CSV, or None for anything pandas must read.
 
-    Regular: UTF-8, well-formed quoting, every row as wide as the header, header names unique and not
-    empty once stripped; blank lines are skipped (as pandas does). At least one data row.
+    Regular: UTF-8, well-formed quoting, every row as wide as the header (at least two columns),
+    header names unique and not empty once stripped, at least one data row; blank lines are skipped,
+    as pandas does.
     """
     try:
-        with open(path, newline="", encoding="utf-8-sig") as fh:
-            rows = [row for row in csv.reader(fh, delimiter=sep, strict=True) if row]
-    except (csv.Error, UnicodeDecodeError, OSError):
+        text = path.read_bytes().decode("utf-8-sig")
+    except (UnicodeDecodeError, OSError):
         return None
-    if len(rows) < 2:
-        return None
-    header, width = rows[0], len(rows[0])
-    names = [name.strip() for name in header]
-    if "" in names or len(set(names)) != width or any(len(row) != width for row in rows):
-        return None
-    return names, list(zip(*rows[1:], strict=True))
-
-
-def parse_numbers(texts: tuple[str, ...] | list[str]) -> np.ndarray | None:
-    """float64 of each text as ``pd.to_numeric(text.strip(), errors="coerce")`` gives it, or None (use pandas)."""
-    arr = np.array(texts, dtype=str)
-    n, width = len(arr), arr.dtype.itemsize // 4
-    if width == 0:
-        return np.full(n, np.nan)
-    codes = arr.view(np.uint32).reshape(n, width)
-    digit = (codes - _ZERO) <= (_NINE - _ZERO)  # unsigned: below '0' wraps round
-    dots = (codes == _DOT).sum(axis=1)
-    digits = digit.sum(axis=1)
-    sign = (codes[:, 0] == _PLUS) | (codes[:, 0] == _MINUS)
-    other = ~(digit | (codes == _DOT) | (codes == 0))
-    other[:, 0] &= ~sign
-    plain = ~other.any(axis=1) & (dots <= 1) & (digits >= 1) & (digits <= EXACT_DIGITS)
-    if plain.all():
-        values = np.array(texts, dtype=np.float64)
+    if "\r\n" in text and '"' not in text:
+        text = text.replace("\r\n", "\n")
+    if '"' in text or "\r" in text or "\0" in text:
+        rows = _csv_rows(text, sep)
+        if rows is None:
+            return None
+        header, body = rows[0], rows[1:]
+        if any(len(row) != len(header) for row in body):
+            return None
+        columns = [list(column) for column in zip(*body, strict=True)]
     else:
-        values = np.empty(n)
-        values[plain] = np.array(arr[plain].tolist(), dtype=np.float64)
-        for i in np.flatnonzero(~plain):
-            value = _odd_number(str(arr[i]))
+        # the common case, a field never quoted: str.split is several times faster than the csv module
+        lines = [line for line in text.split("\n") if line]
+        if len(lines) < 2:
+            return None
+        header = lines[0].split(sep)
+        width = len(header)
+        if any(line.count(sep) != width - 1 for line in lines):
+            return None
+        fields = sep.join(lines[1:]).split(sep)
+        columns = [fields[j::width] for j in range(width)]
+    names = [name.strip() for name in header]
+    if len(names) < 2 or "" in names or len(set(names)) != len(names) or not columns[0]:
+        return None
+    return names, columns
+
+
+def _csv_rows(text: str, sep: str) -> list[list[str]] | None:
+    try:
+        rows = [row for row in csv.reader(io.StringIO(text, newline=""), delimiter=sep, strict=True) if row]
+    except csv.Error:
+        return None
+    return rows if len(rows) >= 2 else None
+
+
+def parse_numbers(texts: list[str]) -> np.ndarray | None:
+    """float64 of each text as ``pd.to_numeric(text.strip(), errors="coerce")`` gives it, or None (use pandas)."""
+    values: np.ndarray | None = None
+    if max(map(len, texts), default=0) <= EXACT_DIGITS and _NOT_PLAIN.search("\n".join(texts)) is None:
+        # only digits, dots and signs, at most 15 of them: what float() takes of that is a plain decimal
+        try:
+            values = np.array(texts, dtype=np.float64)
+        except ValueError:
+            values = None
+    if values is None:
+        values = np.empty(len(texts))
+        for i, text in enumerate(texts):
+            value = _number(text)
             if value is None:
                 return None
             values[i] = value
     # pandas reads a column of integers as integers: "-0" is then 0, not -0.0
-    negative_zero = (values == 0) & np.signbit(values)
-    if negative_zero.any() and not (dots[negative_zero] > 0).all():
+    negative_zero = np.flatnonzero((values == 0) & np.signbit(values))
+    if any("." not in texts[i] for i in negative_zero):
         return None
     return values
 
 
-def _odd_number(text: str) -> float | None:
-    """A text that is not a plain decimal: its value if pandas surely reads it so, else None."""
+def _number(text: str) -> float | None:
+    """One text's value if pandas surely reads it so, else None."""
     text = text.strip()
-    plain = _PLAIN.fullmatch(text)
-    if plain is not None and len(_DIGIT.findall(text)) <= EXACT_DIGITS:
+    if _PLAIN.fullmatch(text) is not None and len(_DIGIT.findall(text)) <= EXACT_DIGITS:
         return float(text)
     if _DIGIT.search(text) is None:
         return _INFINITE.get(text.lower(), np.nan)
     return None
 
 
-def parse_iso_times(texts: tuple[str, ...] | list[str]) -> np.ndarray | None:
+def parse_iso_times(texts: list[str]) -> np.ndarray | None:
     """Epoch milliseconds (floored) of ISO 8601 time stamps of one layout, or None (use pandas).
 
     What ``pd.to_datetime(text.strip(), utc=True, format="ISO8601")`` gives: a stamp without a zone is
@@ -188,7 +209,11 @@ def write_scores(path: Path | str, times: list[str], score: np.ndarray, anomaly:
     # pandas writes a float column with numpy's shortest repr (str of float64) and NaN as an empty field
     text = score.astype(str)
     text[np.isnan(score)] = ""
+    rows = zip(times, text.tolist(), np.array(["0", "1"])[anomaly].tolist(), strict=True)
     with open(path, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh, lineterminator="\n")
-        writer.writerow(("timestamp", "score", "anomaly"))
-        writer.writerows(zip(times, text.tolist(), anomaly.astype(np.int64).tolist(), strict=True))
+        fh.write("timestamp,score,anomaly\n")
+        if _QUOTED.search("".join(times)) is None:
+            # nothing to quote (the usual case): joined lines, three times faster than the csv module
+            fh.writelines(f"{line}\n" for line in map(",".join, rows))
+        else:
+            csv.writer(fh, lineterminator="\n").writerows(rows)
