@@ -45,6 +45,7 @@ def test_built_kernels_equal_the_jit_kernels(build, monkeypatch, late):
     model = AnomalyModel([f"m{j}" for j in range(m)])
     model.threshold = 1.3
     x, ts, idx = stream(2500, sensors, m, seed=11)
+    assert hasattr(kernels.rolling_run, "py_func") and hasattr(kernels.persist_run, "py_func")  # the JIT's
     results = []
     for rolling_run, persist_run in (
         (kernels.rolling_run, kernels.persist_run),
