@@ -159,6 +159,7 @@ def test_numbers_are_read_as_pandas_reads_them():
     rng = random.Random(7)
     odd = ["", " ", "nan", "NaN", "inf", "-Infinity", "n/a", "-", ".", "+", "1_000", "3,5", "0x10", "1.2.3", "12abc"]
     odd += ["\u0663", "\uff11\uff12", "-0.0", "+0", "00012", ".5", "5.", "-.5", "\t7\t", "True", "1e5", "9" * 18]
+    odd += ["valve 3", "ID123", "5 kPa", "\x1f5", "\u00a05", "\t5\x0b", "1 000"]
     checked = 0
     for _ in range(400):
         texts = []

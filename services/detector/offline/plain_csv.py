@@ -29,6 +29,10 @@ _INFINITE = {"inf": np.inf, "+inf": np.inf, "-inf": -np.inf, "infinity": np.inf,
 _INFINITE["-infinity"] = -np.inf
 _PLAIN = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)", re.ASCII)
 _DIGIT = re.compile(r"\d", re.ASCII)
+_NOT_NUMERIC = re.compile(r"[^0-9.+eE-]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+#: ASCII white space: what both Python's and Arrow's strip take away.
+_SPACE = " \t\n\r\f\v"
 #: What makes the csv module quote a field (QUOTE_MINIMAL, as pandas writes).
 _QUOTED = re.compile(r'[,"\r\n]')
 _ISO = re.compile(
@@ -137,12 +141,23 @@ def _plain_decimals(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _number(text: str) -> float | None:
-    """One text's value if pandas surely reads it so, else None."""
-    text = text.strip()
+    """One text's value if pandas surely reads it so, else None.
+
+    pandas reads a number as ``[+-]digits[.digits][(e|E)[+-]digits]``, or ``inf``/``infinity``: a text
+    with a digit and any other character is missing. Only ASCII is judged here (which characters count
+    as white space differs between Python and pandas' Arrow strings beyond it).
+    """
+    if not text.isascii():
+        return None
+    text = text.strip(_SPACE)
+    if _CONTROL.search(text) is not None:
+        return None
     if _PLAIN.fullmatch(text) is not None and len(_DIGIT.findall(text)) <= EXACT_DIGITS:
         return float(text)
     if _DIGIT.search(text) is None:
         return _INFINITE.get(text.lower(), np.nan)
+    if _NOT_NUMERIC.search(text) is not None:
+        return np.nan
     return None
 
 
@@ -152,7 +167,7 @@ def parse_iso_times(texts: list[str]) -> np.ndarray | None:
     What ``pd.to_datetime(text.strip(), utc=True, format="ISO8601")`` gives: a stamp without a zone is
     UTC, one with an offset is converted to UTC.
     """
-    stripped = [t.strip() for t in texts]
+    stripped = [t.strip(_SPACE) for t in texts]
     if not stripped:
         return None
     first = _ISO.fullmatch(stripped[0])
