@@ -8,16 +8,22 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import orjson
 
-from services.detector.model import ModelConfig
-from services.detector.offline import DataError, fit_csv, offline_config, score_csv
 from services.detector.settings import ENV_PREFIX, DetectorSettings
 from shared.cli import Command, ServiceCli, settings_command
 
+# the model (numpy, the kernels) is imported by the commands that use it: `score` first chooses how its
+# kernels load (services.detector.compiled)
+if TYPE_CHECKING:
+    from services.detector.model import ModelConfig
+
 
 def _config(path: Path | None) -> ModelConfig:
+    from services.detector.offline import DataError, offline_config
+
     if path is None:
         return offline_config()
     try:
@@ -35,6 +41,8 @@ def fit(argv: list[str]) -> int:
     parser.add_argument("--time-column", default="timestamp", help="name of the ISO 8601 time column")
     parser.add_argument("--config", type=Path, help="JSON file overriding ModelConfig fields")
     args = parser.parse_args(argv)
+    from services.detector.offline import DataError, fit_csv
+
     try:
         model = fit_csv(args.data, args.model_dir, args.time_column, _config(args.config))
     except DataError as exc:
@@ -55,15 +63,32 @@ def score(argv: list[str]) -> int:
     parser.add_argument("--model-dir", type=Path, required=True, help="directory written by `fit`")
     parser.add_argument("--output", type=Path, required=True, help="CSV to write: timestamp,score,anomaly")
     parser.add_argument("--time-column", default="timestamp", help="name of the ISO 8601 time column")
+    parser.add_argument(
+        "--jit", action="store_true", help="numba's JIT kernels even when `build-kernels` has built them"
+    )
     args = parser.parse_args(argv)
+    if not args.jit:
+        from services.detector import compiled
+
+        compiled.use_ahead_of_time()
+    from services.detector.offline import DataError, score_file
+
     try:
-        out = score_csv(args.data, args.model_dir, args.output, args.time_column)
+        out = score_file(args.data, args.model_dir, args.output, args.time_column)
     except (DataError, FileNotFoundError, TypeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    flagged = int(out["anomaly"].sum())
+    flagged = int(out.anomaly.sum())
     share = flagged / len(out) if len(out) else 0.0
     print(f"scored {len(out)} rows, {flagged} anomalous ({share:.1%}); wrote {args.output}")
+    return 0
+
+
+def build_kernels(argv: list[str]) -> int:
+    from services.detector import compiled
+
+    path = compiled.build()
+    print(f"kernels built ahead of time: {path} (`score` loads them without numba)")
     return 0
 
 
@@ -146,6 +171,11 @@ CLI = ServiceCli(
     {
         "fit": Command(fit, "fit the anomaly model on a CSV of normal operation"),
         "score": Command(score, "score a CSV with a fitted model (causal, in order)"),
+        "build-kernels": Command(
+            build_kernels,
+            "compile the scoring kernels ahead of time (a C compiler): `score` then starts without numba",
+            options=False,
+        ),
         "train": Command(train, "train each profile's streaming model on a history of readings and register it"),
         "retrain": Command(retrain, "the scheduled retrain: window, train, gate, promote"),
         "evaluate-real": Command(evaluate_real, "evaluate on the real labelled recordings"),

@@ -19,7 +19,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
+
+from services.detector.compiled import njit  # numba's, imported when a kernel is jitted
 
 HOURS = 24
 
