@@ -511,6 +511,7 @@ class Pump:
         self.error = ""
         self.started = False
         self.crashed = False
+        self.stopping = False  # stop() was called: the run loop ends instead of reading again
         self.inflight: deque[tuple[dict[int, int], InFlight]] = deque()
         self.writing: asyncio.Future[None] | None = None  # the periodic checkpoint being written beside the loop
         self.finished: dict[int, int] = {}  # partition -> last offset whose outputs were acknowledged
@@ -949,7 +950,8 @@ class Pump:
             self.assigned = set()
 
     async def stop(self) -> None:
-        """At shutdown: finish, checkpoint, stop reading, then stop the job (its output producer)."""
+        """At shutdown: finish, checkpoint, stop reading for good, then stop the job (its output producer)."""
+        self.stopping = True  # the loop must not take the partitions (still Faust's until it stops) up again
         await self.on_revoked()
         await self.job.stop()
 
@@ -968,7 +970,7 @@ class Pump:
         window = max(1, cfg.in_flight)
         last_checkpoint = time.monotonic()
         try:
-            while True:
+            while not self.stopping:
                 if not self._settled():
                     self.paused = True
                     await asyncio.sleep(0.1)
