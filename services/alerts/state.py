@@ -132,6 +132,9 @@ class StateJob(BatchJob[Applied]):
             # Before the pump, the app's own group read the events topic (the alert_state agent): a worker
             # upgraded in place goes on from there instead of applying its whole retention again.
             inherit_group=group_id,
+            # The alerts worker writes this topic itself (rule hits, ticks, results): a guard's round trip before
+            # each batch would only add itself to every first notification (the agent had none either).
+            crash_guard=False,
         )
         super().__init__(settings, pump_config, settings.partitions, ())
         self.topic_label = "events"
