@@ -12,6 +12,10 @@ stack with a fresh topic prefix and a local webhook receiver on 127.0.0.1:
   the time until the webhook receiver has the notification. group_wait is 0 here and the
   tick 100 ms, so this is the pipeline's own latency: add group_wait in production.
 
+Each throughput round also reads the worker's CPU time (``/proc/<pid>/stat``): anomalies per CPU-second
+are what a worker costs whatever share of the machine it got (the figure to compare on a loaded machine),
+and ``worker_cpu_ms_per_sample`` is the worker's CPU per latency sample (an anomaly, its alert, its webhook).
+
 Three rounds (``--rounds``); the result is the median over rounds of each round's figures.
 ``--baseline DIR`` runs another checkout's service (``git archive REV | tar -x -C DIR``) in
 alternate rounds of the same run, so before and after share the machine's load. Writes
@@ -138,9 +142,22 @@ async def applied(proc: ServiceProcess, timeout: float = 300) -> bool:
         await asyncio.sleep(0.25)
 
 
+def cpu_seconds(proc: ServiceProcess) -> float:
+    """CPU time (user + system) the worker process has used so far."""
+    assert proc.proc is not None
+    with open(f"/proc/{proc.proc.pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def throughput_round(proc: ServiceProcess, producer: AIOKafkaProducer, topic: str, messages) -> dict:
-    """Seconds until the worker has absorbed the round: read it, and (where the metric exists) applied its hits."""
+    """Seconds until the worker has absorbed the round: read it, and (where the metric exists) applied its hits.
+
+    Also the worker's CPU seconds meanwhile (deliveries the round set off included): anomalies per CPU-second
+    say what the worker costs whatever share of the machine it got.
+    """
     before = progress(proc.url)[0]
+    cpu_before = cpu_seconds(proc)
     started = time.monotonic()
     await produce_all(producer, topic, messages)
     produced_s = time.monotonic() - started
@@ -152,9 +169,11 @@ async def throughput_round(proc: ServiceProcess, producer: AIOKafkaProducer, top
     read_s = time.monotonic() - started
     state_measured = await applied(proc)
     elapsed = time.monotonic() - started
+    cpu = cpu_seconds(proc) - cpu_before
     return {"messages": len(messages), "seconds": round(elapsed, 3), "read_seconds": round(read_s, 3),
             "state_stage_measured": state_measured, "produce_seconds": round(produced_s, 3),
-            "per_s": round(len(messages) / elapsed)}  # fmt: skip
+            "per_s": round(len(messages) / elapsed), "worker_cpu_s": round(cpu, 2),
+            "per_cpu_s": round(len(messages) / cpu) if cpu > 0 else None}  # fmt: skip
 
 
 async def quiet(receiver: Receiver, for_s: float = 3.0) -> None:
@@ -218,6 +237,7 @@ async def one_round(code: Path, label: str, r: int) -> dict:
         await applied(proc)  # latency is measured on an idle worker: nothing left for the state stage
         await quiet(receiver)  # and the rounds' notifications delivered
         latencies = []
+        cpu_before = cpu_seconds(proc)
         for i in range(200):
             zone = f"lat{i}"
             sent = time.time()
@@ -227,11 +247,13 @@ async def one_round(code: Path, label: str, r: int) -> dict:
                 await asyncio.sleep(0.002)
             if zone in receiver.arrivals:
                 latencies.append((receiver.arrivals[zone] - sent) * 1000)
+        latency_cpu_ms = (cpu_seconds(proc) - cpu_before) * 1000 / 200
         slowest = sorted(range(len(latencies)), key=lambda i: -latencies[i])[:5]
         out = {
             "repeating": repeating,
             "flood": flood,
             "latency_ms": quantiles(latencies, 200 - len(latencies)),
+            "worker_cpu_ms_per_sample": round(latency_cpu_ms, 2),  # an anomaly, its alert and its webhook
             "slowest_samples": [(i, round(latencies[i])) for i in slowest],
             "webhook_notifications": receiver.count,
             "loadavg_1m": round(os.getloadavg()[0], 2),
@@ -254,7 +276,11 @@ def medians(rounds: list[dict]) -> dict:
 
     return {
         "anomalies_per_s": med([r["repeating"]["per_s"] for r in rounds]),
+        "anomalies_per_cpu_s": med([r["repeating"].get("per_cpu_s") for r in rounds]),
         "anomalies_per_s_flood": med([r["flood"]["per_s"] for r in rounds]),
+        "anomalies_per_cpu_s_flood": med([r["flood"].get("per_cpu_s") for r in rounds]),
+        "worker_cpu_ms_per_latency_sample": med([r.get("worker_cpu_ms_per_sample") for r in rounds]),
+        "loadavg_1m": med([r.get("loadavg_1m") for r in rounds]),
         "latency_ms": {q: med([r["latency_ms"][q] for r in rounds]) for q in ("p50", "p90", "p99", "max")},
         "lost": sum(r["latency_ms"]["lost"] for r in rounds),
     }
@@ -334,7 +360,7 @@ async def main(args: argparse.Namespace) -> dict:
         } if runs else {}  # fmt: skip
     now = by_variant["now"]
     result = {
-        **{k: now[k] for k in ("anomalies_per_s", "anomalies_per_s_flood", "latency_ms")},
+        **{k: now[k] for k in ("anomalies_per_s", "anomalies_per_cpu_s", "anomalies_per_s_flood", "latency_ms")},
         "targets": {"latency_p99_ms": 50, "anomalies_per_s": 20_000},
         "median_of_rounds": by_variant,
         "rounds": rounds,

@@ -418,6 +418,9 @@ class PumpConfig:
     # checkpoint starts at that group's committed offset, not at the beginning (an upgrade does not replay
     # the topic's whole retention). None, or no offset committed there: the beginning.
     inherit_group: str | None = None
+    # False: no guard before each batch whatever ``pump_crash_guard`` says (one broker round trip a batch less),
+    # for a topic only the service itself writes, whose messages cannot kill the worker outright.
+    crash_guard: bool = True
 
 
 @dataclass(slots=True)
@@ -511,6 +514,8 @@ class Pump:
         self.error = ""
         self.started = False
         self.crashed = False
+        self.stopping = False  # stop() was called: the run loop ends instead of reading again
+        self.crash_guard = settings.pump_crash_guard and config.crash_guard
         self.inflight: deque[tuple[dict[int, int], InFlight]] = deque()
         self.writing: asyncio.Future[None] | None = None  # the periodic checkpoint being written beside the loop
         self.finished: dict[int, int] = {}  # partition -> last offset whose outputs were acknowledged
@@ -774,7 +779,7 @@ class Pump:
         ranges = offset_ranges(records)
         offsets = {p: last for p, (_, last) in ranges.items()}
         try:
-            if self.settings.pump_crash_guard:
+            if self.crash_guard:
                 await self._guard({p: Suspect(first, last) for p, (first, last) in ranges.items()})
             self.inflight.append((offsets, await self.job.submit(records)))
         except KafkaError as exc:
@@ -825,7 +830,7 @@ class Pump:
         # Everything before the range is made durable first, so a failure rolls back only what follows; with
         # the range's guard, so a hard crash in the retry below is known after the restart.
         guard = Suspect(suspect.first, suspect.last)
-        if not await self._durable({partition: guard} if self.settings.pump_crash_guard else None):
+        if not await self._durable({partition: guard} if self.crash_guard else None):
             return False
         if not suspect.alone:
             try:
@@ -869,7 +874,7 @@ class Pump:
             suspect.at = record.offset
             error: Exception | None = None
             for attempt in range(2):
-                if not await self._durable({p: suspect} if self.settings.pump_crash_guard else None):
+                if not await self._durable({p: suspect} if self.crash_guard else None):
                     return False
                 try:
                     self.inflight.append(({p: record.offset}, await self.job.submit([record])))
@@ -977,7 +982,8 @@ class Pump:
             self.assigned = set()
 
     async def stop(self) -> None:
-        """At shutdown: finish, checkpoint, stop reading, then stop the job (its output producer)."""
+        """At shutdown: finish, checkpoint, stop reading for good, then stop the job (its output producer)."""
+        self.stopping = True  # the loop must not take the partitions (still Faust's until it stops) up again
         await self.on_revoked()
         await self.job.stop()
 
@@ -996,7 +1002,7 @@ class Pump:
         window = max(1, cfg.in_flight)
         last_checkpoint = time.monotonic()
         try:
-            while True:
+            while not self.stopping:
                 if not self._settled():
                     self.paused = True
                     await asyncio.sleep(0.1)

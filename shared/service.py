@@ -236,6 +236,20 @@ class ServiceState:
         return stalled
 
 
+class QuietWorker(faust.Worker):
+    """Faust's worker without its terminal spinner.
+
+    At log level WARNING or above, Faust's worker adds a spinner handler at DEBUG and sets the root logger to
+    DEBUG, so that the spinner turns on every record. From then on every ``log.debug`` of every library (httpcore,
+    redis, faust, mode) builds a ``LogRecord`` that no handler writes: ~6 % of a webhook delivery's time in the
+    alerts worker (py-spy, docs/performance.md), and the same tax on every service run at WARNING (the benches).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.spinner = None
+
+
 def base_app(
     settings: Settings,
     *,
@@ -289,6 +303,7 @@ def base_app(
         "key_serializer": "raw",
         "value_serializer": "orjson",
         "logging_config": logging_config(settings.service, settings.log_level),
+        "Worker": QuietWorker,
     }
     options.update(conf)
     app = faust.App(app_id or f"{settings.topic_prefix}flowwatch-{settings.service}", **options)

@@ -1,7 +1,7 @@
 """The HTTP API, Alertmanager-flavoured: alerts, acks, silences, feedback. Token auth with roles.
 
 Reads come from the Redis mirror (alerts) and the silences table; writes become
-events on Kafka that the owning agent applies, so the tables stay the only source
+events on Kafka that the owning worker applies, so the tables stay the only source
 of truth. Every refusal is a 4xx with a JSON ``{"error": ...}`` saying why.
 """
 

@@ -2,7 +2,7 @@
 
 Two stages (see :mod:`services.alerts.worker`): stage 1 evaluates the inputs by the rules
 (anomalies through a pump, the other inputs through an agent) onto the internal events topic;
-stage 2, an agent on that topic, keeps alerts, groups and the outbox. Deliveries run beside
+stage 2, a pump on that topic (:mod:`services.alerts.state`), keeps alerts, groups and the outbox. Deliveries run beside
 the stream (:mod:`services.alerts.dispatcher`) so a slow receiver never stalls a partition.
 """
 
@@ -58,16 +58,14 @@ def create_app(
             max_silences=asettings.silence_max_count,
         ),
     )
-    pump = Pump.around(app, worker.intake)
-    pump.install(state, "anomalies")
+    intake = Pump.around(app, worker.intake)
+    intake.install(state, "anomalies")
+    state_pump = Pump.around(app, worker.state_job)
+    state_pump.install(state, "events")
 
     @app.agent(worker.input_topic)
     async def evaluate(stream: Any) -> None:
         await worker.inputs.run(stream)
-
-    @app.agent(out.events)
-    async def alert_state(stream: Any) -> None:
-        await worker.state.run(stream)
 
     @app.agent(out.silence_commands)
     async def silence_writer(stream: Any) -> None:
@@ -94,7 +92,8 @@ def create_app(
 
     @app.on_before_shutdown.connect
     async def _shutdown(sender: Any, **_: Any) -> None:
-        await pump.stop()  # the anomaly intake first: nothing new is evaluated while the worker lets go
+        await intake.stop()  # the anomaly intake first: nothing new is evaluated while the worker lets go
+        await state_pump.stop()  # then the state stage, checkpointed: deliveries in flight still report results
         await worker.close()
 
     return app

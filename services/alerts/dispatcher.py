@@ -2,7 +2,7 @@
 
 The at-least-once protocol, per notification id (``nid``):
 
-1. The state agent writes the outbox entry to its table (the intent) and the
+1. The state stage writes the outbox entry to its table (the intent) and the
    dispatcher *flushes the producer* before the first attempt, so the intent is
    in the changelog before anything leaves the process. A crash before that
    point loses nothing: the tick that made the entry is re-processed.
@@ -11,7 +11,7 @@ The at-least-once protocol, per notification id (``nid``):
    of sending concurrently; a crashed sender's lease lapses after ``lease_s``.
 3. Before sending, the Redis *done* marker is checked; after a 2xx it is set
    (synchronously, before anything else). Then a ``result`` event goes to the
-   entry's partition and the agent deletes the entry.
+   entry's partition and the state stage deletes the entry.
    A crash after the send but before the entry is deleted is therefore caught by
    the done marker: no second send.
 4. The one window left is a crash *while the request is in flight*: the receiver

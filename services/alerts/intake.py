@@ -17,6 +17,7 @@ more hit of a firing alert (at-least-once, as with the agent's uncommitted offse
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,7 +57,9 @@ class AnomalyIntake(BatchJob[Intake]):
         events_topic: str,
         gate: FloodGate,
         group_id: str,
+        declare: Callable[[], Awaitable[None]],
     ) -> None:
+        self.declare = declare
         self.events_name = events_topic
         self.deadletter_name = settings.topic(DEADLETTER.name)
         pump_config = PumpConfig(
@@ -77,6 +80,9 @@ class AnomalyIntake(BatchJob[Intake]):
         self.asettings = asettings
         self.rules = config
         self.gate = gate
+
+    async def prepare(self) -> None:
+        await self.declare()  # the events topic, before its partition count is asked (a missing one is auto-created)
 
     async def decide(self, records: list[Any], box: Outbox) -> Intake:
         result = evaluate_batch(

@@ -38,6 +38,10 @@ class Outputs:
         self.feedback_topic = app.topic(settings.topic(FEEDBACK.name), internal=False, **RAW)
         self.receivers: dict[str, Any] = {}  # topics of Kafka receivers, made on first use
 
+    async def declare_events(self) -> None:
+        """Create the internal events topic if it is missing: read by a pump, not an agent, Faust does not."""
+        await self.events.maybe_declare()
+
     async def event(self, value: dict[str, Any], *, key: bytes | None = None, partition: int | None = None) -> None:
         await (await self.events.send(key=key, value=dumps(value), partition=partition))
 

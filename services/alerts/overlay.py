@@ -1,6 +1,6 @@
 """A write-back view of a table for one micro-batch: reads see the batch's own writes; each key is written once.
 
-The alert-state agent processes a batch of events per partition through overlays
+The state stage processes a batch of events per partition through overlays
 and then flushes them inside that partition's event context, so a key changed by
 500 events in a batch costs one changelog write, not 500 (design: state updated
 once per key per batch).

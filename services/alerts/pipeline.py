@@ -50,6 +50,18 @@ class Schedule:
         if partition in self.next_flush:
             self.next_flush[partition] = min(self.next_flush[partition], at)
 
+    def note_outbox(self, partition: int, at: float) -> None:
+        if partition in self.next_outbox:
+            self.next_outbox[partition] = min(self.next_outbox[partition], at)
+
+    def due(self, partition: int, now_s: float) -> bool:
+        """Whether a tick would find a timer due on ``partition`` (one never scanned always has)."""
+        return now_s >= min(
+            self.next_flush.get(partition, 0.0),
+            self.next_sweep.get(partition, 0.0),
+            self.next_outbox.get(partition, 0.0),
+        )
+
     def reset(self) -> None:
         self.next_flush.clear()
         self.next_sweep.clear()
@@ -324,10 +336,10 @@ class Processor:
             self._sweep(partition, now_ms, changes)
             sched.next_sweep[partition] = now_s + self.settings.sweep_interval_s
         if now_s >= sched.next_outbox.get(partition, 0.0):
-            for entry in list(self.outbox.values()):
-                if entry is not None and entry.get("partition") == partition:
-                    changes.dispatch.append(entry)
-            sched.next_outbox[partition] = now_s + self.settings.outbox_scan_interval_s
+            waiting = [e for e in list(self.outbox.values()) if e is not None and e.get("partition") == partition]
+            changes.dispatch += waiting
+            # An empty outbox needs no look until something is enqueued (_enqueue brings the look forward).
+            sched.next_outbox[partition] = now_s + self.settings.outbox_scan_interval_s if waiting else float("inf")
         if now_s >= sched.next_flush.get(partition, 0.0):
             self._flush_groups(partition, now_s, changes)
 
@@ -408,3 +420,4 @@ class Processor:
                 "notification": {**payload, "id": nid},
             }
             changes.dispatch.append(entry)
+            self.schedule.note_outbox(partition, now_s + self.settings.outbox_scan_interval_s)

@@ -5,12 +5,12 @@
 * stage 1 on the inputs other than anomalies (:class:`InputStage`, an agent) and on anomalies
   (:class:`~services.alerts.intake.AnomalyIntake`, a pump): records → rule hits → the internal
   events topic, keyed by the shard labels, through the pure :mod:`services.alerts.evaluate`;
-* stage 2 (:class:`StateStage`, an agent on the events topic): each partition's micro-batch through
-  the pure :func:`services.alerts.pipeline.apply_events` over write-back overlays of decoded
-  in-memory images of the tables; each changed key is then written once per batch inside an event
-  context of its partition (pitfall 10), so the changelog and the rocksdb partition are the right
-  ones. The tick timer sends a ``tick`` to each partition this worker owns: timers run *inside*
-  stream iteration, so their writes are recovered too;
+* stage 2 (:class:`~services.alerts.state.StateJob`, a pump on the events topic): each partition's
+  share of a fetch through :class:`~services.alerts.state.StateStage` (the pure
+  :func:`services.alerts.pipeline.apply_events` over write-back overlays of decoded in-memory images
+  of the tables); each changed key is written once per batch inside an event context of its partition
+  (pitfall 10). The tick timer sends a ``tick`` to each partition read here that has a timer due:
+  timers run as events of the partition, so their writes are recovered too;
 * the silences (:class:`SilenceKeeper`): one writer of the global silences table;
 * the resources (producer of the intake, Redis, the HTTP client, the dispatcher), released in order
   by :meth:`AlertsWorker.close` when the worker stops.
@@ -29,21 +29,19 @@ import httpx
 from services.alerts.config import Config
 from services.alerts.dispatcher import Dispatcher, Integrations
 from services.alerts.evaluate import INPUTS, FloodGate, evaluate_batch, internal_messages
-from services.alerts.image import TableImage
 from services.alerts.intake import AnomalyIntake
 from services.alerts.metrics import EVALUATED, OBSERVATIONS
 from services.alerts.mirror import Mirror, MirrorWriter
 from services.alerts.outputs import RAW, Outputs
-from services.alerts.overlay import Overlay
-from services.alerts.pipeline import Processor, Schedule, TickGate, apply_events
 from services.alerts.settings import AlertsSettings
 from services.alerts.silences import collectable, stored
+from services.alerts.state import StateJob, StateStage
 from shared.cache import Cache
 from shared.codec import dumps, loads
 from shared.metrics import BATCH_SECONDS, BATCH_SIZE, EVENTS_IN
 from shared.service import ServiceState
 from shared.settings import Settings
-from shared.streaming import event_context, take_ready
+from shared.streaming import take_ready
 from shared.topics import ANOMALIES
 
 log = logging.getLogger(__name__)
@@ -86,69 +84,6 @@ class InputStage:
             OBSERVATIONS.labels("forwarded").inc(len(result.observations))
             BATCH_SIZE.labels("alerts", "evaluate").observe(len(batch))
             BATCH_SECONDS.labels("alerts", "evaluate").observe(time.perf_counter() - started)
-
-
-class StateStage:
-    """Stage 2: alert lifecycle, groups and the outbox, one partition's micro-batch at a time."""
-
-    def __init__(
-        self,
-        config: Config,
-        asettings: AlertsSettings,
-        tables: dict[str, Any],
-        silences: Any,
-        dispatcher: Dispatcher,
-        mirror: MirrorWriter,
-    ) -> None:
-        self.config = config
-        self.asettings = asettings
-        self.silences = silences
-        self.dispatcher = dispatcher
-        self.mirror = mirror
-        self.images = {name: TableImage(table) for name, table in tables.items()}
-        self.schedule = Schedule()
-        self.ticks = TickGate(asettings.tick_interval_s)
-        # Hits not yet written to a coalesced alert (Processor._coalesce); kept across batches.
-        self.pending_counts: dict[str, int] = {}
-
-    def forget(self) -> None:
-        """After a rebalance: another worker may have changed these partitions' tables meanwhile."""
-        self.schedule.reset()
-        for image in self.images.values():
-            image.reset()
-
-    async def run(self, stream: AsyncIterable[Any]) -> None:
-        async for batch in take_ready(stream, self.asettings.batch_size, self.asettings.batch_within_s):
-            by_partition: dict[int, list[Any]] = {}
-            for event in batch:
-                by_partition.setdefault(event.message.partition, []).append(event)
-            for partition, events in by_partition.items():
-                self.apply(partition, events)
-            if self.mirror.full:
-                await self.mirror.flush()
-
-    def apply(self, partition: int, events: list[Any]) -> None:
-        started = time.perf_counter()
-        overlays = {name: Overlay(image.view(partition)) for name, image in self.images.items()}
-        proc = Processor(
-            self.config,
-            self.asettings,
-            **overlays,
-            silences=self.silences,
-            schedule=self.schedule,
-            pending_counts=self.pending_counts,
-        )
-        outcome = apply_events(proc, (e.value for e in events), partition, self.ticks)
-        # Each changed key is written once, in the context of an event of its partition (pitfall 10).
-        with event_context(events[-1]):
-            for overlay in overlays.values():
-                overlay.flush()
-        self.mirror.add(outcome.mirror)
-        for entry in outcome.dispatch.values():
-            if proc.outbox.get(entry["id"]) is not None:
-                self.dispatcher.submit(entry)
-        BATCH_SIZE.labels("alerts", "state").observe(len(events))
-        BATCH_SECONDS.labels("alerts", "state").observe(time.perf_counter() - started)
 
 
 class SilenceKeeper:
@@ -232,9 +167,21 @@ class AlertsWorker:
         gate = FloodGate()
         self.inputs = InputStage(settings, asettings, config, gate, self.out)
         self.input_topic = app.topic(*self.inputs.by_topic, internal=False, **RAW)
-        self.intake = AnomalyIntake(settings, asettings, config, self.out.events.get_topic_name(), gate, app.conf.id)
+        self.intake = AnomalyIntake(
+            settings, asettings, config, self.out.events.get_topic_name(), gate, app.conf.id, self.out.declare_events
+        )
         self.mirror_writer = MirrorWriter(self.mirror)
-        self.state = StateStage(config, asettings, self.tables, self.silences, self.dispatcher, self.mirror_writer)
+        self.state = StateStage(config, asettings, self.tables, self.silences, self.mirror_writer)
+        self.state_job = StateJob(
+            settings,
+            asettings,
+            self.out.events,
+            self.out.declare_events,
+            app.conf.id,
+            self.state,
+            self.dispatcher,
+            self.dispatcher.flush,
+        )
         self.silence_keeper = SilenceKeeper(self.silences, self.cache, self.out, asettings)
         self.closed = False
 
@@ -242,17 +189,20 @@ class AlertsWorker:
         return True, f"{self.config.path}: {len(self.config.rules)} rules, {len(self.config.receivers)} receivers"
 
     async def tick(self) -> None:
-        """Mirror what changed, then a ``tick`` to each events partition this worker owns (their timers)."""
+        """Mirror what changed, then a ``tick`` to each events partition read here that has a timer due.
+
+        The tick goes through the events topic so its writes are applied and changelogged like any event's; a
+        partition with nothing due (the in-memory schedule says when it next is) costs no message.
+        """
         if self.closed:
             return
         await self.mirror_writer.flush()
         if not self.service_state.joined or self.app.rebalancing:
             return
-        events = self.out.events
-        name = events.get_topic_name()
-        for tp in self.app.assignor.assigned_actives():
-            if tp.topic == name:
-                await events.send(key=None, value=dumps({"type": "tick", "ts": time.time()}), partition=tp.partition)
+        now = time.time()
+        for partition in sorted(self.state_job.local):
+            if self.state.needs_look(partition, now):
+                await self.out.events.send(key=None, value=dumps({"type": "tick", "ts": now}), partition=partition)
 
     async def probe_redis(self) -> None:
         if not self.closed:

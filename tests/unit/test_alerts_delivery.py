@@ -286,6 +286,36 @@ def test_schedule_survives_batches_and_wakes_a_new_group():
     assert schedule.next_flush[0] == 1001.6 + 300
 
 
+def test_a_partition_needs_a_tick_only_when_a_timer_is_due():
+    """Ticks go only to partitions the schedule says need a look: an empty outbox is not rescanned every second."""
+    from services.alerts.pipeline import Schedule
+
+    data = {
+        "rules": [{"name": "A", "source": "anomaly", "when": ["score >= threshold"], "labels": {"site": "{site}", "zone": "{zone}"}, "resolve_after": "1h"}],
+        "route": {"receiver": "r", "group_by": ["site", "zone"], "group_wait": "0s"},
+        "receivers": [{"name": "r", "kafka_configs": [{"topic": "alerts"}]}],
+    }  # fmt: skip
+    config = parse_config(data, "t.yaml", {})
+    tables = {k: {} for k in ("alerts", "groups", "outbox", "limits", "counters", "inhibitors")}
+    schedule = Schedule()
+    settings = AlertsSettings(outbox_scan_interval_s=1.0, sweep_interval_s=30.0)
+    proc = Processor(config, settings, **tables, silences={}, schedule=schedule)
+    assert schedule.due(0, 1000.0)  # never scanned (a start, a rebalance): due at once
+    proc.handle({"type": "tick"}, 0, 1000.0)
+    assert not schedule.due(0, 1001.5) and not schedule.due(0, 1029.9)  # nothing waits: only the sweep
+    assert schedule.due(0, 1030.0)
+    record = {"sensor_id": "s", "ts": 1, "site": "a", "zone": "z", "utility": "w", "asset": "p", "score": 1.0,
+              "threshold": 0.5, "model_version": "1", "reason": "r"}  # fmt: skip
+    proc.handle({"type": "obs", "obs": [config.rules[0].evaluate(record).to_dict()]}, 0, 1002.0)
+    changes = proc.handle({"type": "tick"}, 0, 1002.0)  # group_wait 0: flushed, one entry in the outbox
+    [entry] = changes.dispatch
+    assert not schedule.due(0, 1002.5) and schedule.due(0, 1003.0)  # an entry waits: rescanned after 1 s
+    assert proc.handle({"type": "tick"}, 0, 1003.0).dispatch == [entry]  # still undelivered: sent again
+    proc.handle({"type": "result", "id": entry["id"], "outcome": "delivered"}, 0, 1003.5)
+    proc.handle({"type": "tick"}, 0, 1004.0)  # the rescan finds the outbox empty: no more looks for it
+    assert tables["outbox"] == {} and not schedule.due(0, 1010.0)
+
+
 def test_a_noisy_alert_is_rewritten_at_most_every_coalesce_seconds():
     data = {
         "rules": [{"name": "A", "source": "anomaly", "when": ["score >= threshold"], "labels": {"site": "{site}", "zone": "{zone}"},
