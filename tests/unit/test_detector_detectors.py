@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import replace
 
 import numpy as np
@@ -172,6 +173,23 @@ def test_learned_detectors_score_exactly_as_through_scikit_learns_checked_calls(
     kmeans = KMeansDetector(clusters=4).fit(train)
     assert kmeans.model is not None
     np.testing.assert_array_equal(kmeans.score(x), kmeans.model.transform(x).min(axis=1))
+
+
+@pytest.mark.parametrize("rows", [1, 7, 300])
+def test_lof_scores_as_scikit_learns_score_samples(rows):
+    """The compiled neighbour search gives scikit-learn's LOF scores (same squared distances; sums in another order)."""
+    train = np.column_stack([correlated(900, 12), correlated(900, 14)])
+    x = np.column_stack([correlated(rows, 13), correlated(rows, 15)]) * 1.7
+    x[0] = train[5]  # a query on a reference point: distance 0
+    det = LOFDetector().fit(train)
+    assert det.model is not None
+    expected = -det.model.score_samples(x)
+    np.testing.assert_allclose(det.score(x), expected, rtol=1e-12, atol=0)
+    restored = pickle.loads(pickle.dumps(det))  # the kernel's copy of the reference set is rebuilt, not saved
+    assert "_ref" not in pickle.loads(pickle.dumps(det)).__dict__
+    np.testing.assert_allclose(restored.score(x), expected, rtol=1e-12, atol=0)
+    det.fit(correlated(400, 16) @ np.ones((3, 6)))  # refitted: scored against the new reference set
+    np.testing.assert_allclose(det.score(x), -det.model.score_samples(x), rtol=1e-12, atol=0)
 
 
 def test_oof_scale_gives_a_drifting_column_a_larger_unit():
