@@ -46,28 +46,42 @@ log = logging.getLogger(__name__)
 SERVICE = "detector"
 
 
+NOT_NUMBERS = "invalid: values must be a map of numbers (finite, by metric name)"
+ID_FIELDS = ("sensor_id", "site", "zone", "utility", "asset", "source")
+
+
+def _id_name(r: Reading, value: Any) -> str:
+    """The first id field of ``r`` holding ``value``."""
+    return next(name for name in ID_FIELDS if getattr(r, name) is value)
+
+
 def decode(value: bytes | None, max_id_chars: int = 200) -> tuple[Reading | None, str]:
     """A reading from its wire bytes, or the reason it is not one."""
     try:
         data = loads(value or b"")
         if not isinstance(data, dict):
             return None, f"undecodable: expected a JSON object, got {type(data).__name__}"
-        r = Reading.from_dict(data)
+        try:
+            # what ingest writes has exactly the record's fields: built directly, without from_dict's filtering
+            r = Reading(**data)
+        except TypeError:
+            r = Reading.from_dict(data)  # fields it does not know (a newer writer) are left out; a missing one raises
     except (ValueError, TypeError) as exc:
         return None, f"undecodable: {type(exc).__name__}: {exc}"
     if type(r.sensor_id) is not str or not r.sensor_id:
         return None, "invalid: missing sensor_id"
     if type(r.ts) is not int:
         return None, "invalid: ts is not an integer (epoch ms)"
-    for name in ("sensor_id", "site", "zone", "utility", "asset", "source"):
-        v = getattr(r, name)
+    for v in (r.sensor_id, r.site, r.zone, r.utility, r.asset, r.source):
         if type(v) is not str or len(v) > max_id_chars:
-            return None, f"invalid: {name} must be text of at most {max_id_chars} characters"
+            return None, f"invalid: {_id_name(r, v)} must be text of at most {max_id_chars} characters"
     values = r.values
-    if type(values) is not dict or not all(
-        type(k) is str and type(v) in (int, float) and math.isfinite(v) for k, v in values.items()
-    ):
-        return None, "invalid: values must be a map of numbers (finite, by metric name)"
+    if type(values) is not dict:
+        return None, NOT_NUMBERS
+    isfinite = math.isfinite
+    for k, v in values.items():
+        if type(k) is not str or (type(v) is not float and type(v) is not int) or not isfinite(v):
+            return None, NOT_NUMBERS
     if not values:
         # ingest refuses these too (no_values); under a profile that takes its metrics from the reading there
         # would be nothing to score
