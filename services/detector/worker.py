@@ -36,7 +36,7 @@ from shared.codec import dumps, loads
 from shared.limits import NewIdBudget
 from shared.metrics import DECODE_ERRORS, EVENTS_OUT
 from shared.pump import BatchJob, Checkpoint, PumpConfig
-from shared.records import Reading
+from shared.records import Reading, Score
 from shared.settings import Settings
 from shared.streaming import event_context
 from shared.topics import ANOMALIES, DETECTOR_ZONE_PARTIALS, READINGS_CLEAN, READINGS_QUARANTINE, SCORES
@@ -141,7 +141,7 @@ class DetectorEngine(BatchJob[Scored]):
         # latest state (metrics, vector) of every sensor seen since the assignment; packed at checkpoints
         self.memory: dict[str, tuple[tuple[str, ...], Any]] = {}
         self.dirty: dict[str, int] = {}  # sensor -> partition, changed since the last checkpoint
-        self.cache_latest: dict[str, dict[str, Any]] = {}
+        self.cache_latest: dict[str, Score] = {}  # the latest score of each sensor since the last flush
         self.cache_counts: dict[str, int] = {}
         self.recent: collections.deque[tuple[float, int]] = collections.deque(maxlen=20_000)
         self.new_sensors = NewIdBudget(ds.new_sensors_per_minute)
@@ -257,23 +257,12 @@ class DetectorEngine(BatchJob[Scored]):
             if n:
                 m.ANOMALIES.labels(name).inc(n)
         if self.ds.cache_enabled and (result.scores or result.anomalies):
-            latest = {
-                s.sensor_id: {
-                    "ts": s.ts,
-                    "score": s.score,
-                    "threshold": s.threshold,
-                    "is_anomaly": s.is_anomaly,
-                    "model_version": s.model_version,
-                    "zone": s.zone,
-                }
-                for s in result.scores
-            }
             flagged: dict[str, int] = {}
             for a in result.anomalies:
                 key = aggregates.zone_key(a.site, a.zone, a.utility)
                 flagged[key] = flagged.get(key, 0) + 1
-            # coalesced: a sensor scored many times between flushes costs one Redis write
-            self.cache_latest.update(latest)
+            # coalesced: a sensor scored many times between flushes costs one Redis write (and one entry, built then)
+            self.cache_latest.update({s.sensor_id: s for s in result.scores})
             for key, n in flagged.items():
                 self.cache_counts[key] = self.cache_counts.get(key, 0) + n
 
@@ -282,7 +271,18 @@ class DetectorEngine(BatchJob[Scored]):
         latest, self.cache_latest = self.cache_latest, {}
         counts, self.cache_counts = self.cache_counts, {}
         if latest:
-            await self.cache.set_many("score", latest)
+            entries = {
+                sid: {
+                    "ts": s.ts,
+                    "score": s.score,
+                    "threshold": s.threshold,
+                    "is_anomaly": s.is_anomaly,
+                    "model_version": s.model_version,
+                    "zone": s.zone,
+                }
+                for sid, s in latest.items()
+            }
+            await self.cache.set_many("score", entries)
         if counts:
             await self.cache.incr_many("zone_anomalies", counts)
 
