@@ -222,7 +222,6 @@ class Scorer:
         best = np.argsort(-contrib, axis=1)[:, :top] if len(metrics) else np.zeros((len(batch), 0), dtype=np.int64)
         best_share = np.round(np.take_along_axis(contrib, best, axis=1), 3).tolist()
         best_names = np.array(metrics, dtype=object)[best].tolist()
-        best = best.tolist()
         score_list = np.round(scored.score, 4).tolist()
         flag_list = scored.anomaly.tolist()
         thr = round(threshold, 4)
