@@ -291,8 +291,88 @@ def persist_run(
             row[4] += 1.0
 
 
+@njit(cache=True)
+def lof_run(
+    xy: np.ndarray,
+    xx: np.ndarray,
+    yy: np.ndarray,
+    kdist: np.ndarray,
+    lrd_fit: np.ndarray,
+    k: int,
+    out: np.ndarray,
+) -> None:
+    """Local outlier factor of query rows against a fitted reference set, from their dot products ``xy``.
+
+    What scikit-learn's ``LocalOutlierFactor.score_samples`` computes (negated), brute force: per query row
+    the ``k`` references nearest by ``yy - 2 xy`` (its ``EuclideanArgKmin`` ranks by this, the query's own
+    squared norm ``xx`` added after the search), their distances ``sqrt(max(that + xx, 0))``, reachability
+    distances ``max(distance, k-distance of the reference)`` and the mean of the references' densities over
+    the row's. A selection kept in a sorted array of ``k`` instead of a sort of every distance.
+    """
+    n, r = xy.shape
+    best = np.empty(k)
+    who = np.empty(k, dtype=np.int64)
+    for i in range(n):
+        filled = 0
+        for j in range(r):
+            v = yy[j] - 2.0 * xy[i, j]
+            if filled == k:
+                if not v < best[k - 1]:
+                    continue
+                t = k - 1
+            else:
+                t = filled
+                filled += 1
+            while t > 0 and best[t - 1] > v:
+                best[t] = best[t - 1]
+                who[t] = who[t - 1]
+                t -= 1
+            best[t] = v
+            who[t] = j
+        reach = 0.0
+        for t in range(filled):
+            d = math.sqrt(_max(best[t] + xx[i], 0.0))
+            reach += _max(d, kdist[who[t]])
+        lrd = 1.0 / (reach / filled + 1e-10)
+        ratios = 0.0
+        for t in range(filled):
+            ratios += lrd_fit[who[t]] / lrd
+        out[i] = ratios / filled
+
+
+@njit(cache=True)
+def forest_run(
+    x: np.ndarray,
+    starts: np.ndarray,
+    left: np.ndarray,
+    right: np.ndarray,
+    feature: np.ndarray,
+    threshold: np.ndarray,
+    leaf: np.ndarray,
+    out: np.ndarray,
+) -> None:
+    """Sum over the trees of an isolation forest of each row's leaf value (``IsolationForestDetector.score``).
+
+    The trees' nodes are concatenated (tree ``t`` from ``starts[t]``, child indices relative to it); ``feature``
+    is the column of ``x`` (float32, as scikit-learn's ``apply`` reads it) a node splits on, ``leaf`` the
+    leaf's path length less one. The same comparisons as ``tree_.apply`` (a float32 value against the float64
+    threshold, ``<=`` goes left) and the same sum, tree by tree: bit-identical for rows without NaN.
+    """
+    out[:] = 0.0
+    for t in range(len(starts) - 1):  # tree by tree, as scikit-learn: one tree's nodes stay in cache
+        base = starts[t]
+        for i in range(x.shape[0]):
+            node = base
+            while left[node] != -1:
+                if x[i, feature[node]] <= threshold[node]:
+                    node = base + left[node]
+                else:
+                    node = base + right[node]
+            out[i] += leaf[node]
+
+
 def warm_up() -> None:
-    """Compile (or load from the cache) both kernels now, so the first batch does not pay for it."""
+    """Compile (or load from the cache) the kernels now, so the first batch does not pay for it."""
     from services.detector.model import AnomalyModel
 
     model = AnomalyModel(["a"])
@@ -300,3 +380,8 @@ def warm_up() -> None:
     idx = np.zeros(2, dtype=np.int64)
     feats = model.features(state, np.array([[1.0], [2.0]]), np.array([0.0, 1000.0]), idx, np.zeros(2, dtype=bool))
     model._persist(state, feats[:, 0], idx, np.zeros(2, dtype=bool))
+    lof_run(np.zeros((1, 2)), np.zeros(1), np.zeros(2), np.zeros(2), np.ones(2), 1, np.empty(1))
+    one = np.zeros(1, dtype=np.int64)
+    forest_run(
+        np.zeros((1, 1), np.float32), np.array([0, 1]), one - 1, one - 1, one, np.zeros(1), np.ones(1), one * 0.0
+    )

@@ -172,17 +172,27 @@ class Scorer:
             (sensors.setdefault(r.sensor_id, len(sensors)) for r in batch), dtype=np.int64, count=len(batch)
         )
         state = layout.empty(len(sensors))
+        width = layout.width
+        rows: list[int] = []
+        vectors: list[np.ndarray] = []
         for sid, row in sensors.items():
             raw = load_state(sid)
             if raw is None:
                 continue
             try:
                 old_metrics, vec = raw if isinstance(raw, tuple) else unpack(raw)
-                state[row] = remap(vec, old_metrics, metrics)
+                if old_metrics != metrics or len(vec) != width:
+                    vec = remap(vec, old_metrics, metrics)
             except (ValueError, IndexError) as exc:  # a corrupt state must not stop the stream: start afresh
                 result.bad_states += 1
                 log.warning("state of sensor %s unreadable (%s); starting it afresh", sid, exc)
-        x = np.array([[r.values.get(m, np.nan) for m in metrics] for r in batch], dtype=np.float64).reshape(
+                continue
+            rows.append(row)
+            vectors.append(vec)
+        if rows:
+            state[rows] = vectors  # one copy into the matrix, not one numpy call per sensor
+        nan = np.nan
+        x = np.array([r.values.get(m, nan) for r in batch for m in metrics], dtype=np.float64).reshape(
             len(batch), len(metrics)
         )
         ts = np.fromiter((r.ts for r in batch), dtype=np.float64, count=len(batch))
@@ -192,8 +202,13 @@ class Scorer:
         result.late += int(late.sum())
         result.scored[model.name] = result.scored.get(model.name, 0) + len(batch)
         result.flagged[model.name] = result.flagged.get(model.name, 0) + int(scored.anomaly.sum())
-        for sid, row in sensors.items():
-            result.states[sid] = pack(metrics, state[row]) if self.packed else (metrics, state[row].copy())
+        states = result.states
+        if self.packed:
+            for sid, vec in zip(sensors, state, strict=True):
+                states[sid] = pack(metrics, vec)
+        else:
+            for sid, vec in zip(sensors, state, strict=True):
+                states[sid] = (metrics, vec.copy())  # a copy: a view would keep the batch's whole matrix alive
         if self.monitor is not None:
             # the score as retrain's reference holds it: the reading's own ensemble score in thresholds
             columns = {m: x[:, j] for j, m in enumerate(metrics)}
@@ -206,28 +221,29 @@ class Scorer:
         contrib = scored.contributions
         best = np.argsort(-contrib, axis=1)[:, :top] if len(metrics) else np.zeros((len(batch), 0), dtype=np.int64)
         best_share = np.round(np.take_along_axis(contrib, best, axis=1), 3).tolist()
-        best = best.tolist()
+        best_names = np.array(metrics, dtype=object)[best].tolist()
         score_list = np.round(scored.score, 4).tolist()
         flag_list = scored.anomaly.tolist()
         thr = round(threshold, 4)
-        version = model.version
+        version, name = model.version, model.name
+        scores, emit = result.scores, self.emit_scores
         for i, r in enumerate(batch):
             flagged = flag_list[i]
-            if self.emit_scores or flagged:
-                result.scores.append(
+            if emit or flagged:
+                scores.append(
                     Score(
-                        sensor_id=r.sensor_id,
-                        ts=r.ts,
-                        site=r.site,
-                        zone=r.zone,
-                        utility=r.utility,
-                        asset=r.asset,
-                        score=score_list[i],
-                        threshold=thr,
-                        is_anomaly=flagged,
-                        model=model.name,
-                        model_version=version,
-                        contributions={metrics[j]: c for j, c in zip(best[i], best_share[i], strict=True) if c > 0},
+                        r.sensor_id,
+                        r.ts,
+                        r.site,
+                        r.zone,
+                        r.utility,
+                        r.asset,
+                        score_list[i],
+                        thr,
+                        flagged,
+                        name,
+                        version,
+                        {n: c for n, c in zip(best_names[i], best_share[i], strict=True) if c > 0},
                     )
                 )
             if flagged:
@@ -263,12 +279,9 @@ class Scorer:
     ) -> None:
         """Zone/window partials of a group: one reduction per statistic over all cells at once."""
         window = self.window_ms
-        cells: dict[tuple[str, int], int] = {}
+        cells: dict[tuple[str, str, str, int], int] = {}
         codes = np.fromiter(
-            (
-                cells.setdefault((aggregates.zone_key(r.site, r.zone, r.utility), r.ts - r.ts % window), len(cells))
-                for r in batch
-            ),
+            (cells.setdefault((r.site, r.zone, r.utility, r.ts - r.ts % window), len(cells)) for r in batch),
             dtype=np.int64,
             count=len(batch),
         )
@@ -286,7 +299,8 @@ class Scorer:
         last_ts = np.maximum.reduceat(ts[order], starts)
         keys = list(cells)
         for c, code in enumerate(sorted_codes[starts].tolist()):
-            key, ws = keys[code]
+            site, zone, utility, ws = keys[code]
+            key = aggregates.zone_key(site, zone, utility)
             partial = {
                 "n": int(n[c]),
                 "anomalies": int(flagged[c]),

@@ -163,8 +163,14 @@ def occurrence(idx: np.ndarray) -> np.ndarray:
 
 def pack(metrics: tuple[str, ...], vector: np.ndarray) -> bytes:
     """A sensor's state as table bytes: ``FW1``, header length, JSON metric names, float64 vector."""
+    return _prefix(tuple(metrics)) + np.ascontiguousarray(vector, dtype="<f8").tobytes()
+
+
+@lru_cache(maxsize=1024)
+def _prefix(metrics: tuple[str, ...]) -> bytes:
+    """What precedes the vector for ``metrics`` (a few metric lists serve every sensor: packed once each)."""
     header = orjson.dumps(list(metrics))
-    return b"FW1" + len(header).to_bytes(2, "little") + header + np.ascontiguousarray(vector, dtype="<f8").tobytes()
+    return b"FW1" + len(header).to_bytes(2, "little") + header
 
 
 def unpack(data: bytes) -> tuple[tuple[str, ...], np.ndarray]:

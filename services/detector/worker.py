@@ -36,7 +36,7 @@ from shared.codec import dumps, loads
 from shared.limits import NewIdBudget
 from shared.metrics import DECODE_ERRORS, EVENTS_OUT
 from shared.pump import BatchJob, Checkpoint, PumpConfig
-from shared.records import Reading
+from shared.records import Reading, Score
 from shared.settings import Settings
 from shared.streaming import event_context
 from shared.topics import ANOMALIES, DETECTOR_ZONE_PARTIALS, READINGS_CLEAN, READINGS_QUARANTINE, SCORES
@@ -46,28 +46,42 @@ log = logging.getLogger(__name__)
 SERVICE = "detector"
 
 
+NOT_NUMBERS = "invalid: values must be a map of numbers (finite, by metric name)"
+ID_FIELDS = ("sensor_id", "site", "zone", "utility", "asset", "source")
+
+
+def _id_name(r: Reading, value: Any) -> str:
+    """The first id field of ``r`` holding ``value``."""
+    return next(name for name in ID_FIELDS if getattr(r, name) is value)
+
+
 def decode(value: bytes | None, max_id_chars: int = 200) -> tuple[Reading | None, str]:
     """A reading from its wire bytes, or the reason it is not one."""
     try:
         data = loads(value or b"")
         if not isinstance(data, dict):
             return None, f"undecodable: expected a JSON object, got {type(data).__name__}"
-        r = Reading.from_dict(data)
+        try:
+            # what ingest writes has exactly the record's fields: built directly, without from_dict's filtering
+            r = Reading(**data)
+        except TypeError:
+            r = Reading.from_dict(data)  # fields it does not know (a newer writer) are left out; a missing one raises
     except (ValueError, TypeError) as exc:
         return None, f"undecodable: {type(exc).__name__}: {exc}"
     if type(r.sensor_id) is not str or not r.sensor_id:
         return None, "invalid: missing sensor_id"
     if type(r.ts) is not int:
         return None, "invalid: ts is not an integer (epoch ms)"
-    for name in ("sensor_id", "site", "zone", "utility", "asset", "source"):
-        v = getattr(r, name)
+    for v in (r.sensor_id, r.site, r.zone, r.utility, r.asset, r.source):
         if type(v) is not str or len(v) > max_id_chars:
-            return None, f"invalid: {name} must be text of at most {max_id_chars} characters"
+            return None, f"invalid: {_id_name(r, v)} must be text of at most {max_id_chars} characters"
     values = r.values
-    if type(values) is not dict or not all(
-        type(k) is str and type(v) in (int, float) and math.isfinite(v) for k, v in values.items()
-    ):
-        return None, "invalid: values must be a map of numbers (finite, by metric name)"
+    if type(values) is not dict:
+        return None, NOT_NUMBERS
+    isfinite = math.isfinite
+    for k, v in values.items():
+        if type(k) is not str or (type(v) is not float and type(v) is not int) or not isfinite(v):
+            return None, NOT_NUMBERS
     if not values:
         # ingest refuses these too (no_values); under a profile that takes its metrics from the reading there
         # would be nothing to score
@@ -127,7 +141,7 @@ class DetectorEngine(BatchJob[Scored]):
         # latest state (metrics, vector) of every sensor seen since the assignment; packed at checkpoints
         self.memory: dict[str, tuple[tuple[str, ...], Any]] = {}
         self.dirty: dict[str, int] = {}  # sensor -> partition, changed since the last checkpoint
-        self.cache_latest: dict[str, dict[str, Any]] = {}
+        self.cache_latest: dict[str, Score] = {}  # the latest score of each sensor since the last flush
         self.cache_counts: dict[str, int] = {}
         self.recent: collections.deque[tuple[float, int]] = collections.deque(maxlen=20_000)
         self.new_sensors = NewIdBudget(ds.new_sensors_per_minute)
@@ -243,23 +257,12 @@ class DetectorEngine(BatchJob[Scored]):
             if n:
                 m.ANOMALIES.labels(name).inc(n)
         if self.ds.cache_enabled and (result.scores or result.anomalies):
-            latest = {
-                s.sensor_id: {
-                    "ts": s.ts,
-                    "score": s.score,
-                    "threshold": s.threshold,
-                    "is_anomaly": s.is_anomaly,
-                    "model_version": s.model_version,
-                    "zone": s.zone,
-                }
-                for s in result.scores
-            }
             flagged: dict[str, int] = {}
             for a in result.anomalies:
                 key = aggregates.zone_key(a.site, a.zone, a.utility)
                 flagged[key] = flagged.get(key, 0) + 1
-            # coalesced: a sensor scored many times between flushes costs one Redis write
-            self.cache_latest.update(latest)
+            # coalesced: a sensor scored many times between flushes costs one Redis write (and one entry, built then)
+            self.cache_latest.update({s.sensor_id: s for s in result.scores})
             for key, n in flagged.items():
                 self.cache_counts[key] = self.cache_counts.get(key, 0) + n
 
@@ -268,7 +271,18 @@ class DetectorEngine(BatchJob[Scored]):
         latest, self.cache_latest = self.cache_latest, {}
         counts, self.cache_counts = self.cache_counts, {}
         if latest:
-            await self.cache.set_many("score", latest)
+            entries = {
+                sid: {
+                    "ts": s.ts,
+                    "score": s.score,
+                    "threshold": s.threshold,
+                    "is_anomaly": s.is_anomaly,
+                    "model_version": s.model_version,
+                    "zone": s.zone,
+                }
+                for sid, s in latest.items()
+            }
+            await self.cache.set_many("score", entries)
         if counts:
             await self.cache.incr_many("zone_anomalies", counts)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import replace
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 from sklearn.ensemble._iforest import _average_path_length
 
 from services.detector.detectors import (
+    FOREST_WALK_MAX_ROWS,
     BlockMaxDetector,
     IsolationForestDetector,
     KMeansDetector,
@@ -172,6 +174,57 @@ def test_learned_detectors_score_exactly_as_through_scikit_learns_checked_calls(
     kmeans = KMeansDetector(clusters=4).fit(train)
     assert kmeans.model is not None
     np.testing.assert_array_equal(kmeans.score(x), kmeans.model.transform(x).min(axis=1))
+
+
+def test_isolation_forest_compiled_walk_equals_each_trees_apply_with_feature_subsets_and_missing_values():
+    """The one-loop walk of every tree gives what each fitted tree's ``apply`` gives, bit for bit."""
+    train, x = correlated(700, 12) @ np.ones((3, 5)), correlated(200, 13) @ np.ones((3, 5)) * 1.7
+    x[3, 2] = np.nan  # a batch with a missing value goes through scikit-learn's trees
+
+    def tree_by_tree(det: IsolationForestDetector, rows: np.ndarray) -> np.ndarray:
+        m, xs = det.model, np.ascontiguousarray(rows, dtype=np.float32)
+        depths = np.zeros(len(xs))
+        for tree, cols, dpl, apl in zip(
+            m.estimators_,
+            m.estimators_features_,
+            m._decision_path_lengths,
+            m._average_path_length_per_tree,
+            strict=True,
+        ):
+            leaves = tree.apply(np.ascontiguousarray(xs[:, cols]), check_input=False)
+            depths += dpl[leaves] + apl[leaves] - 1.0
+        return 2.0 ** (-depths / (len(m.estimators_) * _average_path_length([m._max_samples])[0]))
+
+    det = IsolationForestDetector(seed=5)
+    det.model.set_params(max_features=0.6)  # each tree sees 3 of the 5 columns
+    det.fit(train)
+    assert any(len(cols) < 5 for cols in det.model.estimators_features_)
+    np.testing.assert_array_equal(det.score(x[4:]), tree_by_tree(det, x[4:]))
+    np.testing.assert_array_equal(det.score(x), tree_by_tree(det, x))
+    big = np.tile(x[4:], (6, 1))  # beyond FOREST_WALK_MAX_ROWS: scikit-learn's trees one by one
+    assert len(big) > FOREST_WALK_MAX_ROWS
+    np.testing.assert_array_equal(det.score(big), tree_by_tree(det, big))
+    assert "_flat" not in pickle.loads(pickle.dumps(det)).__dict__
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(det)).score(x[4:]), tree_by_tree(det, x[4:]))
+    det.fit(train[::-1] * 2.0)  # refitted in place: walked with its new trees
+    np.testing.assert_array_equal(det.score(x[4:]), tree_by_tree(det, x[4:]))
+
+
+@pytest.mark.parametrize("rows", [1, 7, 300])
+def test_lof_scores_as_scikit_learns_score_samples(rows):
+    """The compiled neighbour search gives scikit-learn's LOF scores (same squared distances; sums in another order)."""
+    train = np.column_stack([correlated(900, 12), correlated(900, 14)])
+    x = np.column_stack([correlated(rows, 13), correlated(rows, 15)]) * 1.7
+    x[0] = train[5]  # a query on a reference point: distance 0
+    det = LOFDetector().fit(train)
+    assert det.model is not None
+    expected = -det.model.score_samples(x)
+    np.testing.assert_allclose(det.score(x), expected, rtol=1e-12, atol=0)
+    restored = pickle.loads(pickle.dumps(det))  # the kernel's copy of the reference set is rebuilt, not saved
+    assert "_ref" not in pickle.loads(pickle.dumps(det)).__dict__
+    np.testing.assert_allclose(restored.score(x), expected, rtol=1e-12, atol=0)
+    det.fit(correlated(400, 16) @ np.ones((3, 6)))  # refitted: scored against the new reference set
+    np.testing.assert_allclose(det.score(x), -det.model.score_samples(x), rtol=1e-12, atol=0)
 
 
 def test_oof_scale_gives_a_drifting_column_a_larger_unit():

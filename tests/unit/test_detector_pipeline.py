@@ -246,3 +246,54 @@ def test_a_model_without_metrics_explains_nothing_rather_than_raising() -> None:
     assert store.metrics_for(store.profiles.for_reading(empty), empty) == ()
     result = Scorer(store).process([empty], {}.get)
     assert len(result.scores) == 1 and not result.anomalies
+
+
+def test_a_reading_with_a_field_the_detector_does_not_know_decodes_without_it():
+    from services.detector.worker import decode
+
+    r, reason = decode(
+        b'{"sensor_id": "a", "ts": 5, "site": "s", "zone": "z", "utility": "water", "asset": "pipe", '
+        b'"values": {"p": 1.5}, "added_later": {"x": 1}}'
+    )
+    assert reason == "" and r.sensor_id == "a" and not hasattr(r, "added_later")
+    long_source = (
+        b'{"sensor_id": "a", "ts": 5, "site": "s", "zone": "z", "utility": "water", "asset": "pipe", '
+        b'"values": {"p": 1.5}, "source": "' + b"x" * 201 + b'"}'
+    )
+    assert decode(long_source) == (None, "invalid: source must be text of at most 200 characters")
+
+
+def test_the_ensemble_scores_a_realistic_batch_as_with_scikit_learns_own_lof(monkeypatch):
+    """LOF's compiled neighbour search against scikit-learn's ``score_samples``, through the whole scorer:
+    the same flags, anomalies and reasons, scores equal to float rounding (the state's smoothed score too)."""
+    from services.detector.detectors import LOFDetector
+
+    store = ModelStore(ProfileSet([Profile("pipe", {"asset": "pipe"}, ("pressure", "flow"))]))
+    train = stream_of(20, 80)
+    x = np.array([[r.values["pressure"], r.values["flow"]] for r in train])
+    model = AnomalyModel(("pressure", "flow"), store.profiles.by_name["pipe"].model_config(), name="pipe")
+    model.fit(x, np.array([r.ts for r in train]), np.array([int(r.sensor_id[1:]) for r in train]))
+    assert "lof" in {d.name for d in model.detectors}
+    store.set_trained("pipe", model)
+    rng = np.random.default_rng(4)
+    live = [
+        reading(f"s{s}", i, 480 + rng.normal(0, 4) - (150.0 if s < 3 and 95 <= i < 110 else 0.0))
+        for i in range(80, 130)
+        for s in range(20)
+    ]
+
+    def scored_by(scorer: Scorer) -> tuple[list, list, dict]:
+        scores, anomalies, states, _ = run(scorer, live, 250)
+        return scores, anomalies, states
+
+    fast = scored_by(Scorer(store))
+    monkeypatch.setattr(LOFDetector, "score", lambda self, rows: -self.model.score_samples(rows))
+    checked = scored_by(Scorer(store))
+    assert fast[1], "the level drop must be flagged"
+    assert [s.is_anomaly for s in fast[0]] == [s.is_anomaly for s in checked[0]]
+    np.testing.assert_allclose([s.score for s in fast[0]], [s.score for s in checked[0]], rtol=1e-9, atol=1e-12)
+    assert [(a.sensor_id, a.ts, a.reason, a.severity) for a in fast[1]] == [
+        (a.sensor_id, a.ts, a.reason, a.severity) for a in checked[1]
+    ]
+    for sid, packed in fast[2].items():
+        np.testing.assert_allclose(unpack(packed)[1], unpack(checked[2][sid])[1], rtol=1e-12, atol=0)
