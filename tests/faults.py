@@ -31,30 +31,11 @@ from aiokafka import AIOKafkaConsumer
 from services.ingest.validation import parse_ts
 from shared.settings import Settings
 from tests.helpers import ROOT, ServiceProcess
-from tests.integration.test_alerts_harness import TOKENS, TOKENS_ENV, WebhookReceiver, alerts_process
+from tests.integration.test_alerts_harness import TOKENS, TOKENS_ENV, WebhookReceiver, alerts_process, anomaly_config
 from tests.stack_instance import StackInstance
 
 Key = tuple[str, int]
 ADMIN = {"Authorization": f"Bearer {TOKENS['admin']}"}
-
-ALERTS_CONFIG = """
-rules:
-  - name: SensorAnomaly
-    source: anomaly
-    when: ["score >= threshold"]
-    labels: {{site: "{{site}}", zone: "{{zone}}", sensor: "{{sensor_id}}", severity: "{{severity}}"}}
-    annotations: {{summary: "Anomaly on {{sensor_id}}"}}
-    resolve_after: 1h
-route:
-  receiver: hook
-  group_by: [site, zone, alertname]
-  group_wait: 500ms
-  group_interval: 1s
-  repeat_interval: 1h
-receivers:
-  - name: hook
-    webhook_configs: [{{url: "{hook}"}}]
-"""
 
 # Short sessions and checkpoints: a killed worker's partitions move in seconds, and little is replayed.
 COMMON_ENV = {"FLOWWATCH_API_TOKENS": TOKENS_ENV, "FLOWWATCH_LOG_LEVEL": "WARNING"}
@@ -285,7 +266,7 @@ class Pipeline:
         env = {**COMMON_ENV, **SERVICE_ENV[name]}
         if name == "alerts":
             config = self.workdir / "alerts.yaml"
-            config.write_text(ALERTS_CONFIG.format(hook=self.receiver.url("/hook")))
+            config.write_text(anomaly_config(self.receiver.url("/hook"), group_wait="500ms", resolve_after="1h"))
             return alerts_process(self.settings, config, **env)
         return ServiceProcess(name, self.settings, extra_env=env)
 

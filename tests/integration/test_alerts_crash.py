@@ -16,37 +16,31 @@ from __future__ import annotations
 import asyncio
 
 from tests.helpers import produce
-from tests.integration.test_alerts_harness import Behaviour, WebhookReceiver, alerts_process, anomaly, until
+from tests.integration.test_alerts_harness import (
+    Behaviour,
+    WebhookReceiver,
+    alerts_process,
+    anomaly,
+    anomaly_config,
+    until,
+)
 
-CONFIG = """
-rules:
-  - name: SensorAnomaly
-    source: anomaly
-    when: ["score >= threshold"]
-    labels: {{site: "{{site}}", zone: "{{zone}}", sensor: "{{sensor_id}}", severity: "{{severity}}"}}
-    annotations: {{summary: "Anomaly on {{sensor_id}}"}}
-    resolve_after: 10m
-route:
-  receiver: hook
-  group_by: [site, zone, alertname]
-  group_wait: 500ms
-  group_interval: 1s
-  repeat_interval: 1h
-  routes:
-    - receiver: slow
-      matchers: ['zone="k2"']
-receivers:
-  - name: hook
-    webhook_configs: [{{url: "{hook}"}}]
-  - name: slow
-    webhook_configs: [{{url: "{slow}", timeout: 20s}}]
-"""
+
+def config_text(hook: str, slow: str, hook_options: str = "") -> str:
+    """Anomalies of zone k2 go to a slow receiver (20 s timeout), the rest to ``hook``."""
+    return anomaly_config(
+        hook,
+        group_wait="500ms",
+        hook_options=hook_options,
+        routes="  routes:\n    - receiver: slow\n      matchers: ['zone=\"k2\"']\n",
+        receivers=f'  - name: slow\n    webhook_configs: [{{url: "{slow}", timeout: 20s}}]\n',
+    )
 
 
 async def test_worker_killed_during_delivery_no_duplicate_no_loss(settings, tmp_path):
     receiver = await WebhookReceiver().start()
     config = tmp_path / "alerts.yaml"
-    config.write_text(CONFIG.format(hook=receiver.url("/hook"), slow=receiver.url("/slow")))
+    config.write_text(config_text(receiver.url("/hook"), receiver.url("/slow")))
     loop = asyncio.get_running_loop()
     procs = []
 
@@ -100,8 +94,7 @@ async def test_rebalance_during_delivery_sends_each_notification_once(settings, 
     # Every delivery takes 20 s: the second worker joins and takes partitions while they are in flight.
     receiver.behaviours["/hook"] = Behaviour(hold_s=20)
     config = tmp_path / "alerts.yaml"
-    text = CONFIG.format(hook=receiver.url("/hook"), slow=receiver.url("/slow"))
-    config.write_text(text.replace(f'url: "{receiver.url("/hook")}"', f'url: "{receiver.url("/hook")}", timeout: 40s'))
+    config.write_text(config_text(receiver.url("/hook"), receiver.url("/slow"), hook_options=", timeout: 40s"))
     a = alerts_process(settings, config)
     b = alerts_process(settings.replace(data_dir=tmp_path / "worker-b"), config)  # its own rocksdb
     zones = [f"r{i}" for i in range(6)]

@@ -25,6 +25,47 @@ TOKENS = {
 }
 TOKENS_ENV = ",".join(f"{role}:{tok}:{role}-user" for role, tok in TOKENS.items())
 
+# One rule for every anomaly at or above its threshold, grouped per site and zone, to a webhook "hook".
+_ANOMALY_CONFIG = """
+rules:
+  - name: SensorAnomaly
+    source: anomaly
+    when: ["score >= threshold"]
+    labels: {{site: "{{site}}", zone: "{{zone}}", sensor: "{{sensor_id}}", severity: "{{severity}}"}}
+    annotations: {{summary: "Anomaly on {{sensor_id}}"}}
+    resolve_after: {resolve_after}
+route:
+  receiver: hook
+  group_by: [site, zone, alertname]
+  group_wait: {group_wait}
+  group_interval: 1s
+  repeat_interval: 1h
+{routes}receivers:
+  - name: hook
+    webhook_configs: [{{url: "{hook}"{hook_options}}}]
+{receivers}"""
+
+
+def anomaly_config(
+    hook: str,
+    *,
+    group_wait: str = "0s",
+    resolve_after: str = "10m",
+    hook_options: str = "",
+    routes: str = "",
+    receivers: str = "",
+) -> str:
+    """The alerts config most tests run: ``hook_options`` adds to the webhook's settings (``, timeout: 20s``);
+    ``routes`` (under ``route:``) and ``receivers`` (after ``hook``) are YAML lines, indented, for more."""
+    return _ANOMALY_CONFIG.format(
+        hook=hook,
+        group_wait=group_wait,
+        resolve_after=resolve_after,
+        hook_options=hook_options,
+        routes=routes,
+        receivers=receivers,
+    )
+
 
 @dataclass
 class Hit:

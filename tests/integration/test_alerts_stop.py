@@ -15,33 +15,21 @@ import asyncio
 import orjson
 
 from tests.helpers import produce
-from tests.integration.test_alerts_harness import Behaviour, WebhookReceiver, alerts_process, anomaly, until
-
-CONFIG = """
-rules:
-  - name: SensorAnomaly
-    source: anomaly
-    when: ["score >= threshold"]
-    labels: {{site: "{{site}}", zone: "{{zone}}", sensor: "{{sensor_id}}", severity: "{{severity}}"}}
-    annotations: {{summary: "Anomaly on {{sensor_id}}"}}
-    resolve_after: 10m
-route:
-  receiver: hook
-  group_by: [site, zone, alertname]
-  group_wait: 0s
-  group_interval: 1s
-  repeat_interval: 1h
-receivers:
-  - name: hook
-    webhook_configs: [{{url: "{hook}", timeout: 20s}}]
-"""
+from tests.integration.test_alerts_harness import (
+    Behaviour,
+    WebhookReceiver,
+    alerts_process,
+    anomaly,
+    anomaly_config,
+    until,
+)
 
 
 async def test_a_stop_finishes_deliveries_in_flight_and_releases_everything(settings, tmp_path) -> None:
     receiver = await WebhookReceiver().start()
     receiver.behaviours["/hook"] = Behaviour(hold_first_s=2.0)
     config = tmp_path / "alerts.yaml"
-    config.write_text(CONFIG.format(hook=receiver.url("/hook")))
+    config.write_text(anomaly_config(receiver.url("/hook"), hook_options=", timeout: 20s"))
     worker = alerts_process(settings, config)
     worker.args = ["--loglevel", "info"]  # the stop's own lines are at INFO
     try:

@@ -177,14 +177,21 @@ class HeldProducer(CapturingProducer):
         self.held.clear()
 
 
-async def test_a_periodic_checkpoint_is_taken_at_once_and_the_next_waits_until_it_is_written(app: faust.App) -> None:
+def writing_beside(app: faust.App) -> tuple[Job, Pump]:
+    """A pump whose periodic checkpoint (s1 = state-1, partition 0 up to offset 41) is being written beside its
+    loop, by a producer that holds every send until released."""
     job = Job(app)
     job.producer = HeldProducer()
     pump = make_pump(app, job)
     job.dirty = {b"s1": (0, b"state-1")}
     pump.finished = {0: 41}
-    # Taken now (what was done so far), written beside the pump's loop: what is done next is not in it.
     pump.writing = asyncio.ensure_future(pump._periodic_checkpoint(pump._stage()))
+    return job, pump
+
+
+async def test_a_periodic_checkpoint_is_taken_at_once_and_the_next_waits_until_it_is_written(app: faust.App) -> None:
+    # Taken now (what was done so far), written beside the pump's loop: what is done next is not in it.
+    job, pump = writing_beside(app)
     job.dirty = {b"s1": (0, b"state-2")}
     pump.finished = {0: 50}
     second = asyncio.ensure_future(pump.checkpoint())
@@ -208,12 +215,7 @@ async def test_a_periodic_checkpoint_is_taken_at_once_and_the_next_waits_until_i
 async def test_state_being_written_beside_the_loop_is_read_from_the_job_not_from_the_table(app: faust.App) -> None:
     # While a checkpoint is written beside the loop the table still holds the older row: a job that dropped the
     # entry from memory and reads it again on a miss must get what it staged (unsaved), never the table's row.
-    job = Job(app)
-    job.producer = HeldProducer()
-    pump = make_pump(app, job)
-    job.dirty = {b"s1": (0, b"state-1")}
-    pump.finished = {0: 41}
-    pump.writing = asyncio.ensure_future(pump._periodic_checkpoint(pump._stage()))
+    job, pump = writing_beside(app)
     assert job.dirty == {} and job.unsaved(b"s1") == (0, b"state-1")
     job.dirty = {b"s1": (0, b"state-2")}  # changed again meanwhile: the newer entry wins
     assert job.unsaved(b"s1") == (0, b"state-2")
