@@ -94,6 +94,9 @@ class ServiceCli:
             level, args = args[1], args[2:]
         elif args and args[0].startswith("--log-level="):
             level, args = args[0].split("=", 1)[1], args[1:]
+        if level is not None and level.upper() not in logging.getLevelNamesMapping():
+            print(f"{self.prog}: unknown log level {level!r} (DEBUG, INFO, WARNING, ERROR, CRITICAL)", file=sys.stderr)
+            return USAGE
         if not args or args[0] in HELP:
             print(self.usage(), file=sys.stdout if args else sys.stderr)
             return OK if args else USAGE

@@ -246,14 +246,19 @@ class BatchJob(Generic[W]):
 
     # --- batches ------------------------------------------------------------------------------
 
-    async def submit(self, records: list[Any]) -> Batch[W]:
-        """Decide a batch and start producing its outputs; :meth:`complete` waits for the acks."""
+    async def submit(
+        self, records: list[Any], decide: Callable[[list[Any], Outbox], Awaitable[W]] | None = None
+    ) -> Batch[W]:
+        """Decide a batch and start producing its outputs; :meth:`complete` waits for the acks.
+
+        ``decide``: another input's decision in place of :meth:`decide` (work handed over by :meth:`Pump.beside`).
+        """
         if self.producer is None:
             await self.start()
         assert self.producer is not None
         started = time.perf_counter()
         box = Outbox(self.producer)
-        work = await self.decide(records, box)
+        work = await (decide or self.decide)(records, box)
         return Batch(work, len(records), await box.send(), started)
 
     async def complete(self, batch: Batch[W]) -> W:
@@ -515,6 +520,7 @@ class Pump:
         self.started = False
         self.crashed = False
         self.stopping = False  # stop() was called: the run loop ends instead of reading again
+        self.failed: Exception | None = None  # a job error met beside the loop (beside()), raised in the loop
         self.crash_guard = settings.pump_crash_guard and config.crash_guard
         self.inflight: deque[tuple[dict[int, int], InFlight]] = deque()
         self.writing: asyncio.Future[None] | None = None  # the periodic checkpoint being written beside the loop
@@ -578,6 +584,16 @@ class Pump:
             if value is not None:
                 out[p] = int(value)
         return out
+
+    def done_through(self, partition: int) -> int:
+        """The last offset of ``partition`` whose batch is finished (outputs acknowledged), -1 when none is known.
+
+        Finished since the last checkpoint, else checkpointed (while a checkpoint is being written beside the
+        loop this may be older than the truth: never newer).
+        """
+        if partition in self.finished:
+            return self.finished[partition]
+        return self.checkpointed_offsets([partition]).get(partition, -1)
 
     def _settled(self) -> bool:
         return not self.app.rebalancing and tables_recovered(self.app)
@@ -736,7 +752,7 @@ class Pump:
         the caller must get it done another way (through the pump's topic).
         """
         async with self.lock:
-            if self.paused or self.crashed or not self.assigned or not self._settled():
+            if self.stopping or self.paused or self.crashed or not self.assigned or not self._settled():
                 return False
             try:
                 batch = await submit(frozenset(self.assigned))
@@ -747,9 +763,14 @@ class Pump:
                 JOB_FAILURES.labels(self.config.service).inc()
                 await self._rewind(exc, "work handed to the pump beside its topic raised")
                 return False
-            if batch is not None:
-                self.inflight.append(({}, batch))  # no offset of the pump's topic: the caller commits its own
-            return await self._durable()
+            if batch is None:
+                return True  # nothing of this worker's: no state changed, no checkpoint to wait for
+            self.inflight.append(({}, batch))  # no offset of the pump's topic: the caller commits its own
+            try:
+                return await self._durable()
+            except Exception as exc:  # noqa: BLE001 - a job error in the checkpoint: the pump's loop stops on it
+                self.failed = exc
+                return False
 
     # --- poison: failed batches, isolated messages, guards against hard crashes ------------------
 
@@ -1010,6 +1031,8 @@ class Pump:
                 wanted = self.owned_partitions()
                 if self.paused or wanted != self.assigned:
                     async with self.lock:
+                        if self.stopping:  # stop() revoked everything while this waited for the lock
+                            break
                         if self.assigned - wanted:
                             await self._settle()
                         else:
@@ -1024,6 +1047,8 @@ class Pump:
                     timeout_ms=0 if self.inflight else within_ms, max_records=cfg.batch_size
                 )
                 async with self.lock:
+                    if self.failed is not None:
+                        raise self.failed
                     if self.paused:
                         continue  # a revoke came in while fetching: these are read again after reassignment
                     records = [r for batch in fetched.values() for r in batch]

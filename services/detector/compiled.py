@@ -28,7 +28,7 @@ from typing import Any
 KERNELS_SOURCE = Path(__file__).with_name("kernels.py")
 BUILD_DIR = KERNELS_SOURCE.parent / "__pycache__"
 #: The kernels callers run; the helpers they call are compiled into them.
-EXPORTED = ("rolling_run", "persist_run")
+EXPORTED = ("rolling_run", "persist_run", "lof_run", "forest_run")
 
 _wanted = False
 _loaded: ModuleType | None = None
@@ -71,8 +71,11 @@ def load(directory: Path) -> ModuleType | None:
     spec = importlib.util.spec_from_file_location(path.name.split(".")[0], path)
     if spec is None or spec.loader is None:
         return None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    try:
+        module = importlib.util.module_from_spec(spec)  # an extension module is opened here
+        spec.loader.exec_module(module)
+    except (ImportError, OSError):  # a damaged or foreign build: the JIT kernels serve, as without one
+        return None
     return module
 
 

@@ -164,7 +164,7 @@ class ReadingsEndpoint:
                 return 413, {"error": str(TooManyItems(len(items), isettings.http_max_items))}, None
 
         try:
-            await ingest.ensure_started()
+            await ingest.start()
         except (KafkaError, OSError) as exc:
             return 503, {"error": f"Kafka unavailable: {type(exc).__name__}"}, {"Retry-After": "5"}
         local = sorted(ingest.local_partitions())

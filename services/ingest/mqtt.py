@@ -132,7 +132,7 @@ class MqttBridge:
         kwargs = parse_mqtt_url(self.url, isettings)
         while True:
             try:
-                await self.ingest.ensure_started()
+                await self.ingest.start()
                 client = aiomqtt.Client(
                     **kwargs,
                     identifier=identifier,

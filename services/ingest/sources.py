@@ -90,6 +90,15 @@ def owned_here(
     return mine, others
 
 
+def caught_up(local: frozenset[int], written: dict[int, int], done_through: Callable[[int], int]) -> frozenset[int]:
+    """The partitions of ``local`` whose readings.raw the pump has decided up to what this door wrote there.
+
+    ``written``: partition -> the last offset the door wrote to readings.raw (a fallback, a sensor owned elsewhere
+    then). Until the pump is past it, a newer reading of the same sensor taken directly would make those look late.
+    """
+    return frozenset(p for p in local if p not in written or done_through(p) >= written[p])
+
+
 class MappedSources:
     """Every mapped source topic of this worker's mappings, read by one consumer group."""
 
@@ -123,6 +132,10 @@ class MappedSources:
         self._spread = 0
         # The readings pump, to hand it mapped readings of its partitions (None: all take readings.raw).
         self.pump = pump
+        self.raw_name = ingest.raw_name
+        # partition -> the last readings.raw offset this door wrote: readings of that partition go to the pipeline
+        # directly only once the pump has finished up to it, so a sensor's readings are decided in order.
+        self.raw_written: dict[int, int] = {}
         self.max_line_bytes = isettings.max_line_bytes
 
     def check(self) -> tuple[bool, str]:
@@ -132,7 +145,7 @@ class MappedSources:
         await self.reader.run()
 
     async def start(self) -> AIOKafkaProducer:
-        await self.ingest.ensure_started()
+        await self.ingest.start()
         assert self.ingest.producer is not None
         return self.ingest.producer
 
@@ -166,7 +179,9 @@ class MappedSources:
         if mapped:
             for topic, items in await self._direct(mapped):
                 self._write_raw(box, topic, items)
-        await box.flush()
+        for (topic, partition), last in (await box.flush()).items():
+            if topic == self.raw_name:
+                self.raw_written[partition] = last
 
     def may_skip_raw(self, item: Item) -> bool:
         """A mapped reading the pipeline can take without readings.raw: a sensor to own it, nothing decided at the door.
@@ -186,6 +201,10 @@ class MappedSources:
         handed: list[Inbound] = []
 
         async def submit(local: frozenset[int]) -> Any:
+            # Not before the pump has decided what this door wrote to readings.raw (a fallback, a sensor that was
+            # elsewhere): a newer reading taken first would make those look late.
+            assert self.pump is not None
+            local = caught_up(local, self.raw_written, self.pump.done_through)
             mine, elsewhere = owned_here(mapped, local, partition_of, int(time.time() * 1000))
             handed.extend(mine)
             others.extend(elsewhere)

@@ -165,10 +165,6 @@ class Ingest(BatchJob[tuple[list[Inbound], Outcome]]):
 
     # --- start-up -----------------------------------------------------------------------
 
-    async def ensure_started(self) -> None:
-        """Start the output producer and learn the partition counts (the doors call it too; first caller does it)."""
-        await self.start()
-
     def started(self) -> None:
         self.partition_of = self.partition_maps[self.clean_name]
         self.processor = BatchProcessor(
@@ -294,11 +290,10 @@ class Ingest(BatchJob[tuple[list[Inbound], Outcome]]):
         The same pipeline, state, outputs and accounting (:meth:`finish`); called in the pump's turn
         (:meth:`shared.pump.Pump.beside`), for sensors whose partitions this worker reads.
         """
-        assert self.producer is not None
-        started = time.perf_counter()
-        box = Outbox(self.producer)
-        work = self.decide_inbound(batch, box)
-        return Batch(work, len(batch), await box.send(), started)
+        return await self.submit(batch, self._decide_mapped)
+
+    async def _decide_mapped(self, batch: list[Inbound], box: Outbox) -> tuple[list[Inbound], Outcome]:
+        return self.decide_inbound(batch, box)
 
     def decide_inbound(self, batch: list[Inbound], box: Outbox) -> tuple[list[Inbound], Outcome]:
         """:meth:`decide` for messages already in the pipeline's shape."""
@@ -406,7 +401,7 @@ class Ingest(BatchJob[tuple[list[Inbound], Outcome]]):
         """Publish ``silent``/``back`` for the sensors of the partitions read here; returns them (for tests)."""
         if self.app.rebalancing or self.app.in_recovery:
             return [], []
-        await self.ensure_started()
+        await self.start()
         assert self.partition_of is not None and self.producer is not None
         local = self.local_partitions()
         if not local:

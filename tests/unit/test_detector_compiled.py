@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -102,4 +103,30 @@ def test_a_change_to_the_kernels_names_another_build(monkeypatch, tmp_path):
     same = compiled.build_name()
     source.write_bytes(source.read_bytes() + b"\n# changed\n")
     assert compiled.build_name() != same
+
+
+def test_a_build_of_other_kernels_is_not_loaded(build, monkeypatch, tmp_path):
+    # the current build, copied under its name, loads; once the source changes that file is not the build any more
+    source = tmp_path / "kernels.py"
+    source.write_bytes(compiled.KERNELS_SOURCE.read_bytes())
+    monkeypatch.setattr(compiled, "KERNELS_SOURCE", source)
+    shutil.copy(compiled.build_path(compiled.BUILD_DIR), compiled.build_path(tmp_path))
+    assert compiled.load(tmp_path) is not None
+    source.write_bytes(source.read_bytes() + b"\n# changed\n")
     assert compiled.load(tmp_path) is None  # no build for this source: the JIT kernels are used
+
+
+def test_a_damaged_build_is_not_loaded(monkeypatch, tmp_path):
+    monkeypatch.setattr(compiled, "BUILD_DIR", tmp_path)
+    compiled.build_path(tmp_path).write_bytes(b"not a shared object")
+    assert compiled.load(tmp_path) is None
+
+
+def test_every_kernel_called_from_python_is_in_the_build():
+    # a kernel left out would run as plain Python in a `score` that uses the build
+    public = {
+        name
+        for name, fn in vars(kernels).items()
+        if not name.startswith("_") and hasattr(fn, "py_func") and fn.py_func.__module__ == kernels.__name__
+    }
+    assert public == set(compiled.EXPORTED)

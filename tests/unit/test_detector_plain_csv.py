@@ -132,7 +132,6 @@ def test_a_plain_file_without_quotes_or_junk_takes_no_pandas_at_all(tmp_path):
         'timestamp,a\n2026-01-01,"1\n2026-01-02,2\n',  # a quote never closed
         "timestamp,a\n2026-01-01T25:00:00,1\n",  # hour 25: pandas' error message
         "timestamp,a\n2300-01-01T00:00:00,1\n",  # beyond pandas' nanosecond range
-        "timestamp,a\n",  # no rows
         "\ufefftimestamp,a\n2026-01-01,1.5\n",  # a byte order mark
         "timestamp,a,b\n2026-01-01,-0,1\n2026-01-02,1,1.5e3\n",  # -0 among integers, an exponent
     ],
@@ -243,3 +242,29 @@ def test_score_on_a_plain_csv_imports_no_pandas(tmp_path):
     run = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     assert run.stdout.splitlines()[-1] == "0 []", run.stdout
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("timestamp,a\n", "no data rows"),
+        ("timestamp,a\n9999-12-31T23:00:00Z,1\n", "outside what can be scored"),
+    ],
+)
+def test_a_file_that_cannot_be_scored_is_a_data_error(tmp_path: Path, text: str, why: str) -> None:
+    path = tmp_path / "in.csv"
+    path.write_text(text)
+    with pytest.raises(DataError, match=why):
+        read_columns(path)
+
+
+def test_a_directory_is_not_a_file(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="not a file"):
+        read_columns(tmp_path)
+
+
+def test_a_nul_inside_a_number_is_missing_as_pandas_reads_it(tmp_path: Path) -> None:
+    path = tmp_path / "in.csv"
+    path.write_bytes(b"timestamp,a\n2026-01-01T00:00:00Z,1\x002\n2026-01-01T00:00:01Z,3\n")
+    got = read_columns(path).values[:, 0]
+    assert np.isnan(got[0]) and got[1] == 3.0

@@ -404,3 +404,19 @@ def test_write_many_stores_what_the_tables_codec_would_and_the_same_bytes_go_to_
         assert sent[(table.changelog_topic.get_topic_name(), p)] == [
             (key, orjson.dumps(value), ()) for key, value in items.items()
         ]
+
+
+async def test_done_through_is_what_is_finished_else_what_is_checkpointed(app: faust.App) -> None:
+    job = Job(app)
+    job.producer = HeldProducer()
+    pump = make_pump(app, job)
+    assert pump.done_through(0) == -1
+    pump.finished = {0: 41}
+    assert pump.done_through(0) == 41
+    pump.writing = asyncio.ensure_future(pump._periodic_checkpoint(pump._stage()))
+    assert pump.finished == {}  # taken into the checkpoint being written
+    for _ in range(20):
+        await asyncio.sleep(0)
+        job.producer.release()
+    await pump._written()
+    assert pump.done_through(0) == 41  # now from the progress table

@@ -180,8 +180,8 @@ async def test_mqtt_reconnects_with_capped_jittered_backoff(monkeypatch: pytest.
         settings = types.SimpleNamespace(topic_prefix="t.")
         mappings: dict[str, object] = {}
 
-        async def ensure_started(self) -> None:
-            return None
+        async def start(self) -> str:
+            return ""
 
     monkeypatch.setattr(mqtt_mod.aiomqtt, "Client", Refused)
     monkeypatch.setattr(mqtt_mod.asyncio, "sleep", fake_sleep)

@@ -15,7 +15,7 @@ from services.ingest.payloads import Item
 from services.ingest.pipeline import BatchProcessor, Inbound, Outcome
 from services.ingest.rules import Rules
 from services.ingest.settings import IngestSettings
-from services.ingest.sources import owned_here
+from services.ingest.sources import caught_up, owned_here
 from shared.batching import PartitionMap
 
 SHIPPED = mappings.load()
@@ -98,3 +98,11 @@ def test_the_size_limit_holds_for_a_reading_handed_over() -> None:
     small = dataclasses.replace(rules, max_line_bytes=len(item.value) - 1)
     out = same_outcome(small, [item])
     assert list(out.reasons) == ["too_large"]
+
+
+def test_a_partition_the_door_wrote_to_readings_raw_waits_until_the_pump_is_past_it() -> None:
+    done = {0: 10, 1: 4}
+    written = {0: 10, 1: 7}  # partition 1's fallback readings (offsets up to 7) are not decided yet
+    assert caught_up(frozenset({0, 1, 2}), written, lambda p: done.get(p, -1)) == {0, 2}
+    done[1] = 7
+    assert caught_up(frozenset({0, 1, 2}), written, lambda p: done.get(p, -1)) == {0, 1, 2}

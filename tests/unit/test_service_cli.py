@@ -78,6 +78,11 @@ def test_the_faust_commands_handed_over_are_faust_s_own() -> None:
     assert set(faust_cli.commands) == FAUST_COMMANDS
 
 
+def test_an_unknown_log_level_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_main("history", "--log-level", "bogus", "settings") == 2
+    assert "unknown log level 'bogus'" in capsys.readouterr().err
+
+
 def test_a_mistyped_command_does_not_import_faust() -> None:
     code = (
         "import sys; from shared.cli import ServiceCli; "

@@ -109,7 +109,10 @@ def _epoch_ms(path: Path, raw: pd.Series) -> np.ndarray:
         first = raw[parsed.isna()].iloc[0]
         raise DataError(f"{path}: {bad} rows have a time that is not ISO 8601 (nor dd/mm/yy HH), first {first!r}")
     epoch = pd.Timestamp(0, tz="UTC")
-    return ((parsed - epoch) // pd.Timedelta(milliseconds=1)).to_numpy(dtype=np.int64)
+    try:
+        return ((parsed - epoch) // pd.Timedelta(milliseconds=1)).to_numpy(dtype=np.int64)
+    except (pd.errors.OutOfBoundsDatetime, OverflowError) as exc:
+        raise DataError(f"{path}: a time is outside what can be scored: {exc}") from None
 
 
 def _numbers(column: list[str]) -> np.ndarray:
@@ -127,9 +130,15 @@ def _no_time_column(path: Path, time_column: str, names: list[str]) -> DataError
 
 def read_columns(path: Path | str, time_column: str = "timestamp") -> Stream:
     """The sensor columns and times of a CSV stream (pandas only for what the plain reader declines)."""
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: no such file")
+    stream = _read_columns(Path(path), time_column)
+    if not len(stream.ts):
+        raise DataError(f"{path}: no data rows")
+    return stream
+
+
+def _read_columns(path: Path, time_column: str) -> Stream:
+    if not path.is_file():
+        raise DataError(f"{path}: no such file" if not path.exists() else f"{path}: not a file")
     sep = _separator(path)
     table = plain_csv.read_rows(path, sep)
     if table is None:

@@ -54,6 +54,8 @@ def read_rows(path: Path, sep: str) -> tuple[list[str], list[list[str]]] | None:
         text = path.read_bytes().decode("utf-8-sig")
     except (UnicodeDecodeError, OSError):
         return None
+    if "\0" in text:
+        return None  # the number reader takes NUL for padding; pandas reads such a field as missing
     if "\r\n" in text and '"' not in text:
         text = text.replace("\r\n", "\n")
     if '"' in text or "\r" in text or "\0" in text:
