@@ -39,7 +39,7 @@ What stays Faust's, and how the pump follows it:
   :func:`shared.deadletter.dead_letter`) with the error — and the rest goes on. A hard crash
   (segfault, OOM kill) raises nothing, so with ``pump_crash_guard`` no batch is processed before
   its offsets are in the progress table (a *guard*). A guard is written ahead: it covers the
-  batch's offsets and ``guard_ahead`` more per partition, so the batches that follow within it
+  batch's offsets and ``pump_guard_ahead`` more per partition, so the batches that follow within it
   start without a broker round trip of their own (a guard before every batch was one awaited
   round trip, queued behind the previous batch's outputs, added to every reading); a settle
   (rebalance, shutdown) cuts the guards back to what is finished. A restart that finds a guard
@@ -445,10 +445,6 @@ class PumpConfig:
     # False: no guard before each batch whatever ``pump_crash_guard`` says (one broker round trip a batch less),
     # for a topic only the service itself writes, whose messages cannot kill the worker outright.
     crash_guard: bool = True
-    # A guard covers this many offsets per partition beyond the batch it is written for, so the batches that
-    # follow within it start without a broker round trip of their own. After a hard crash the range is processed
-    # one message at a time (as far as the log reached at the restart): more of them, the larger this is.
-    guard_ahead: int = 1000
 
 
 @dataclass(slots=True)
@@ -915,12 +911,12 @@ class Pump:
         return True
 
     async def _guard_ahead(self, ranges: Mapping[int, tuple[int, int]]) -> None:
-        """Guard a batch's ranges and ``guard_ahead`` offsets beyond each, so the next batches need none.
+        """Guard a batch's ranges and ``pump_guard_ahead`` offsets beyond each, so the next batches need none.
 
         Every partition the batch holds is guarded afresh (not only the one that ran out), so their guards run
         out together: one round trip rather than one per partition.
         """
-        ahead = max(0, self.config.guard_ahead)
+        ahead = max(0, self.settings.pump_guard_ahead)
         await self._guard({p: Suspect(first, last + ahead) for p, (first, last) in ranges.items()})
 
     async def _guard(self, guards: Mapping[int, Suspect]) -> None:

@@ -74,10 +74,8 @@ def messages(values: list[bytes], partition: int = 0, start: int = 0) -> list[An
 
 
 def make(app: faust.App, job: Any, guard: bool = True, ahead: int = 1000) -> Pump:
-    settings = Settings(pump_retry_backoff_s=0.0, pump_crash_guard=guard)
-    config = PumpConfig(
-        service="pumptest", topic=settings.topic("readings.clean"), progress_table="poison-progress", guard_ahead=ahead
-    )
+    settings = Settings(pump_retry_backoff_s=0.0, pump_crash_guard=guard, pump_guard_ahead=ahead)
+    config = PumpConfig(service="pumptest", topic=settings.topic("readings.clean"), progress_table="poison-progress")
     pump = Pump(app, settings, job, config, partitions=2)
     pump.consumer = Consumer()  # type: ignore[assignment]
     pump.assigned = {0}
