@@ -521,9 +521,9 @@ def _watch_loop(service: str) -> None:
     loop.call_at(first, tick, first)
 
 
-def _oldest_age(records: list[Any]) -> float:
-    """Seconds since the oldest of ``records`` was written (its record timestamp, epoch ms)."""
-    oldest = min(r.timestamp for r in records)
+def _oldest_age(fetched: Mapping[Any, list[Any]]) -> float:
+    """Seconds since the first record of the fetch's partitions was written (its record timestamp, epoch ms)."""
+    oldest = min(records[0].timestamp for records in fetched.values())
     return max(0.0, time.time() - oldest / 1000)
 
 
@@ -1160,7 +1160,7 @@ class Pump:
                 )
                 if fetched:
                     fetch_wait(time.perf_counter() - fetching)
-                    age(max(_oldest_age(batch) for batch in fetched.values()))
+                    age(_oldest_age(fetched))
                 async with self.lock:
                     if self.failed is not None:
                         raise self.failed
