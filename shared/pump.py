@@ -126,8 +126,8 @@ class InFlight(Protocol):
 class PumpJob(Protocol):
     """The service's work on each fetched batch.
 
-    ``producer`` is the job's output producer (started by :meth:`start`); checkpoints go
-    through it too.
+    ``producer`` is the job's output producer (started by :meth:`start`); the pump's guards and
+    checkpoints go through a producer of the pump's own once it runs (through this one before).
     """
 
     producer: AIOKafkaProducer | None
@@ -559,6 +559,10 @@ class Pump:
             help=f"Last checkpointed offset per partition of {config.topic}",
         )
         self.consumer: AIOKafkaConsumer | None = None
+        # Guards and checkpoints go through a producer of their own (the job's until it is started): aiokafka sends
+        # one request at a time per broker and producer, so through the job's they would queue behind a batch's
+        # outputs, and a batch's outputs behind a checkpoint of every changed state.
+        self.progress_producer: AIOKafkaProducer | None = None
         self._assigned: set[int] = set()
         self._paused = True
         self.assigned = set()
@@ -680,8 +684,12 @@ class Pump:
             fetch_max_bytes=32 * 1024 * 1024,
         )
         await self.consumer.start()
+        self.progress_producer, _ = await start_output_producer(self.settings, f"{cfg.service}-progress", ())
         self.started = True
         return True
+
+    def _progress_producer(self) -> AIOKafkaProducer | None:
+        return self.progress_producer or self.job.producer
 
     async def _reassign(self, wanted: set[int]) -> None:
         """Follow Faust's assignment: start each partition where its last checkpoint ended."""
@@ -921,7 +929,7 @@ class Pump:
 
     async def _guard(self, guards: Mapping[int, Suspect]) -> None:
         """Durably record what is about to be processed (read back after a hard crash)."""
-        producer = self.job.producer
+        producer = self._progress_producer()
         assert producer is not None
         for p in guards:
             self.guarded.pop(p, None)  # unknown until acknowledged (a failed write may or may not have landed)
@@ -1044,7 +1052,7 @@ class Pump:
 
         Synchronous, so nothing is processed between the state and the offsets it belongs to.
         """
-        producer = self.job.producer
+        producer = self._progress_producer()
         if producer is None:
             return None
         finished, self.finished = self.finished, {}
@@ -1115,6 +1123,13 @@ class Pump:
         self.stopping = True  # the loop must not take the partitions (still Faust's until it stops) up again
         await self.on_revoked()
         await self.job.stop()
+        await self._stop_progress_producer()
+
+    async def _stop_progress_producer(self) -> None:
+        """Guards and checkpoints go through the job's producer from now on (a settle may still come)."""
+        producer, self.progress_producer = self.progress_producer, None
+        if producer is not None:
+            await producer.stop()
 
     async def run(self) -> None:
         if not await self._start():
@@ -1197,6 +1212,7 @@ class Pump:
             with contextlib.suppress(Exception):
                 await self._written()
             await self.consumer.stop()
+            await self._stop_progress_producer()
 
     async def _periodic_checkpoint(self, staged: Staged | None) -> None:
         try:
