@@ -471,6 +471,7 @@ async def one_round(args: argparse.Namespace, code: Path, label: str, models: Pa
                 "FLOWWATCH_HISTORY_DATABASE_URL": db,
                 "FLOWWATCH_LOG_LEVEL": "WARNING",
                 **dict(kv.split("=", 1) for kv in args.env),
+                **(dict(kv.split("=", 1) for kv in args.env_now) if label == "now" else {}),
             }
             for name in SERVICES:
                 procs[name] = CodeProcess(name, settings, code, env).start()
@@ -625,6 +626,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             "warmup_s": args.warmup,
             "spikes_per_s": args.spikes_per_s,
             "env": args.env,
+            "env_now": args.env_now,
             "services": SERVICES,
             "cores": os.cpu_count(),
             "group_wait_s": 0,
@@ -686,6 +688,14 @@ def cli() -> None:
         default=[],
         metavar="KEY=VALUE",
         help="extra environment for every service (repeatable), e.g. lifting the new-sensor budgets for a large fleet",
+    )
+    p.add_argument(
+        "--env-now",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra environment for this checkout's rounds only: with --baseline naming a copy of this checkout, "
+        "a setting's before/after in one run",
     )
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "latency_e2e.json")
     args = p.parse_args()
