@@ -707,11 +707,14 @@ class Pump:
             else:
                 await self.consumer.seek_to_beginning(tp)
         self.assigned = set(wanted)
-        self.guarded = {}  # what the table holds is read back below; the next batch writes its own guard
+        # The guards this pump wrote and saw acknowledged have no crash behind them (a rewind, more partitions):
+        # their ranges are read again as batches. Any other guard is read back below; either way the next batch
+        # writes a guard of its own.
+        own, self.guarded = self.guarded, {}
         # A guard beyond the checkpoint: the worker died (or the batch raised) while processing that range.
         suspects = {p: s for p, s in self.suspects.items() if p in wanted}
         for p in wanted:
-            if p not in suspects:
+            if p not in suspects and p not in own:
                 done = offsets.get(p, -1)
                 guard = self.guard_of(p)
                 if guard is not None and guard.last > done:
@@ -761,7 +764,11 @@ class Pump:
         if guard is None or self.consumer is None:
             return guard
         tp = TopicPartition(self.topic, partition)
-        end = (await self.consumer.end_offsets([tp]))[tp] - 1
+        try:
+            end = (await self.consumer.end_offsets([tp]))[tp] - 1
+        except KafkaError as exc:
+            log.warning("%s: end of %s unknown, its guard is taken whole: %s", self.config.service, tp, exc)
+            return guard
         if end < guard.first:
             return None
         guard.last = min(guard.last, end)

@@ -15,6 +15,7 @@ from typing import Any
 import faust
 import orjson
 import pytest
+from aiokafka.errors import KafkaConnectionError
 
 from shared.batching import PartitionMap
 from shared.pump import GUARD_KEY, JOB_FAILURES, Pump, PumpConfig, Suspect
@@ -145,10 +146,11 @@ async def test_after_a_hard_crash_the_guarded_range_goes_alone_and_its_killer_is
     assert guard == Suspect(0, 1 + 1000, alone=True)  # written ahead for offsets 0-1: it covers this batch too
     pump.consumer.end[0] = 5  # type: ignore[union-attr]  # the log: offsets 0-4
 
-    def restart() -> None:
+    def restart() -> None:  # a new process: nothing in memory
         pump.inflight.clear()
         pump.finished.clear()
         pump.suspects = {}
+        pump.guarded = {}
         job.rewind()
 
     restart()
@@ -212,10 +214,11 @@ async def test_a_hard_crash_in_a_batch_under_an_earlier_guard_is_found_and_its_k
     assert len(guards_written(pump, job)) == 1
     pump.consumer.end[0] = 6  # type: ignore[union-attr]  # offsets 0-5 in the log at the restart
 
-    def restart() -> None:
+    def restart() -> None:  # a new process: nothing in memory
         pump.inflight.clear()
         pump.finished.clear()
         pump.suspects = {}
+        pump.guarded = {}
         job.rewind()
 
     log = messages([b"a", b"b", b"c", b"kill", b"e", b"f"])
@@ -234,6 +237,17 @@ async def test_a_hard_crash_in_a_batch_under_an_earlier_guard_is_found_and_its_k
     assert pump.checkpointed_offsets([0]) == {0: 5} and pump.suspects == {}
     assert await pump._process(messages([b"g"], start=6)) is True  # a batch again, under a guard of its own
     assert job.submitted[-1] == [6] and guards_written(pump, job)[-1] == Suspect(6, 16, alone=True)
+
+
+async def test_a_rewind_reads_the_range_of_its_own_guard_again_as_batches(app: faust.App) -> None:
+    job = PoisonJob(app)
+    pump = make(app, job, ahead=10)
+    assert await pump._process(messages([b"a"] * 3)) is True  # guarded 0-12
+    await pump._rewind(KafkaConnectionError("broker gone"))  # no crash: the outputs did not reach the broker
+    assert pump.suspects == {} and pump.consumer.position == {0: None}  # type: ignore[union-attr]
+    assert await pump._process(messages([b"a"] * 3)) is True
+    assert job.submitted == [[0, 1, 2], [0, 1, 2]]  # a batch again, under a guard written afresh
+    assert len(guards_written(pump, job)) == 2
 
 
 async def test_a_guard_whose_write_failed_covers_nothing(app: faust.App) -> None:
