@@ -301,39 +301,69 @@ def cpu_seconds(pid: int) -> float:
         return 0.0
 
 
-def histograms(proc: ServiceProcess) -> dict[str, Any]:
-    """From the service's /metrics, since it started: its garbage collections (``flowwatch_gc_pause_seconds``)
-    and how long its pump's periodic checkpoints kept it from reading (``flowwatch_pump_checkpoint_hold_seconds``):
-    count, seconds, and how many took over 10 / 50 / 100 ms."""
+def metrics_text(proc: ServiceProcess) -> str:
     try:
-        text = httpx.get(f"{proc.url}/metrics", timeout=5).text
+        return httpx.get(f"{proc.url}/metrics", timeout=5).text
     except httpx.HTTPError:
+        return ""
+
+
+def histograms(proc: ServiceProcess, since: str = "") -> dict[str, Any]:
+    """From the service's /metrics, since ``since`` (an earlier :func:`metrics_text`; its start when empty): its garbage collections (``flowwatch_gc_pause_seconds``),
+    how long its pump's periodic checkpoints kept it from reading (``flowwatch_pump_checkpoint_hold_seconds``), how
+    late its event loop ran a timer (``flowwatch_event_loop_lag_seconds``) and where its pump's batches spent their
+    time (``flowwatch_pump_step_seconds``, per step): count, seconds, mean, p50/p99 (the bucket bound reached) and
+    how many took over 10 / 50 / 100 ms."""
+    text = metrics_text(proc)
+    if not text:
         return {}
     out: dict[str, Any] = {}
     for metric, name in (
         ("flowwatch_gc_pause_seconds", "gc_pauses"),
         ("flowwatch_pump_checkpoint_hold_seconds", "checkpoint_holds"),
+        ("flowwatch_event_loop_lag_seconds", "loop_lag"),
     ):
-        count = total = 0.0
-        within = {"0.01": 0.0, "0.05": 0.0, "0.1": 0.0}
-        for line in text.splitlines():
-            if not line.startswith(metric):
+        out[name] = _histogram(text, metric, since=since)
+    steps = {line.split('step="', 1)[1].split('"', 1)[0] for line in text.splitlines() if "_step_seconds_count" in line}
+    for step in sorted(steps):
+        out[f"pump_{step}"] = _histogram(text, "flowwatch_pump_step_seconds", f'step="{step}"', since)
+    batch = _histogram(text, "flowwatch_batch_size", since=since)
+    out["batch_size"] = (
+        {"count": batch["count"], "mean": round(batch["seconds"] / batch["count"], 1)} if batch["count"] else {}
+    )
+    return out
+
+
+def _histogram(text: str, metric: str, having: str = "", since: str = "") -> dict[str, Any]:
+    """One histogram of a Prometheus exposition, its label sets summed (those with ``having`` only), less what
+    the exposition ``since`` held."""
+    count = total = 0.0
+    buckets: dict[float, float] = {}
+    for sign, exposition in ((1.0, text), (-1.0, since)):
+        for line in exposition.splitlines():
+            if not line.startswith(metric) or having not in line:
                 continue
             key, _, value = line.rpartition(" ")
             if key.startswith(f"{metric}_count"):
-                count += float(value)
+                count += sign * float(value)
             elif key.startswith(f"{metric}_sum"):
-                total += float(value)
-            else:
-                for bound in within:
-                    if f'le="{bound}"' in key:
-                        within[bound] += float(value)
-        out[name] = {
-            "count": int(count),
-            "seconds": round(total, 3),
-            **{f"over_{int(float(b) * 1000)}ms": int(count - n) for b, n in within.items()},
-        }
-    return out
+                total += sign * float(value)
+            elif key.startswith(f"{metric}_bucket"):
+                bound = float(key.split('le="', 1)[1].split('"', 1)[0])
+                buckets[bound] = buckets.get(bound, 0.0) + sign * float(value)
+
+    def quantile(q: float) -> float | None:
+        return next((b * 1000 for b, n in sorted(buckets.items()) if n >= q * count), None) if count else None
+
+    within = {b: buckets.get(b, 0.0) for b in (0.01, 0.05, 0.1)}
+    return {
+        "count": int(count),
+        "seconds": round(total, 3),
+        "mean_ms": round(total / count * 1000, 2) if count else None,
+        "p50_le_ms": quantile(0.5),
+        "p99_le_ms": quantile(0.99),
+        **{f"over_{int(b * 1000)}ms": int(count - n) for b, n in within.items()},
+    }
 
 
 def summary(values: list[float]) -> dict[str, Any]:
@@ -441,6 +471,7 @@ async def one_round(args: argparse.Namespace, code: Path, label: str, models: Pa
                 "FLOWWATCH_HISTORY_DATABASE_URL": db,
                 "FLOWWATCH_LOG_LEVEL": "WARNING",
                 **dict(kv.split("=", 1) for kv in args.env),
+                **(dict(kv.split("=", 1) for kv in args.env_now) if label == "now" else {}),
             }
             for name in SERVICES:
                 procs[name] = CodeProcess(name, settings, code, env).start()
@@ -466,6 +497,7 @@ async def one_round(args: argparse.Namespace, code: Path, label: str, models: Pa
             started_ms = time.time() * 1000
             await asyncio.sleep(args.warmup)
             cpu0 = {n: cpu_seconds(p.proc.pid) for n, p in procs.items() if p.proc}
+            metrics0 = {n: await asyncio.to_thread(metrics_text, p) for n, p in procs.items()}
             t0 = time.monotonic()
             out, _ = await gen.communicate()
             window_s = time.monotonic() - t0
@@ -473,7 +505,7 @@ async def one_round(args: argparse.Namespace, code: Path, label: str, models: Pa
             cpu = {n: round((cpu_seconds(pids[n]) - c) / window_s, 3) for n, c in cpu0.items()}
             # every sensor has been seen by now (the generator cycles through the fleet): memory at this fleet size
             rss = {n: rss_mb(pid) for n, pid in pids.items()}
-            held = {n: await asyncio.to_thread(histograms, p) for n, p in procs.items()}
+            held = {n: await asyncio.to_thread(histograms, p, metrics0[n]) for n, p in procs.items()}
             # Until the outputs stop coming (a loaded machine may still be working off a backlog).
             deadline = time.monotonic() + args.drain
             counts: tuple[int, ...] = ()
@@ -520,7 +552,8 @@ async def one_round(args: argparse.Namespace, code: Path, label: str, models: Pa
         "cpu_share": cpu,  # CPU seconds per second of each service over the measured window
         "rss_mb": rss,  # each service's resident memory (MiB) at the end of the load, and its peak
         "rss_mb_drained": rss_drained,
-        "stalls": held,  # each service's GC pauses and checkpoint holds from its start to the end of the load
+        # each service's GC pauses, checkpoint holds, event-loop lag and pump steps over the measured window
+        "stalls": held,
         "received": {stage: len(got) for stage, got in arrivals.items()},  # whatever their send time
         "load_avg_1m_before": round(load_before[0], 2),
         "load_avg_1m_after": round(load_after[0], 2),
@@ -593,6 +626,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             "warmup_s": args.warmup,
             "spikes_per_s": args.spikes_per_s,
             "env": args.env,
+            "env_now": args.env_now,
             "services": SERVICES,
             "cores": os.cpu_count(),
             "group_wait_s": 0,
@@ -654,6 +688,14 @@ def cli() -> None:
         default=[],
         metavar="KEY=VALUE",
         help="extra environment for every service (repeatable), e.g. lifting the new-sensor budgets for a large fleet",
+    )
+    p.add_argument(
+        "--env-now",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra environment for this checkout's rounds only: with --baseline naming a copy of this checkout, "
+        "a setting's before/after in one run",
     )
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "latency_e2e.json")
     args = p.parse_args()

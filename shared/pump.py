@@ -37,11 +37,16 @@ What stays Faust's, and how the pump follows it:
   retried once, and a message that fails twice is set aside — quarantined (readings topics,
   :func:`shared.deadletter.quarantine`) or dead-lettered (other topics,
   :func:`shared.deadletter.dead_letter`) with the error — and the rest goes on. A hard crash
-  (segfault, OOM kill) raises nothing, so with ``pump_crash_guard`` every batch's offsets are
-  written to the progress table before it is processed (a *guard*); a restart that finds a
-  guard beyond the checkpoint processes that range one message at a time, each under its own
-  guard, and sets aside the message whose guard it finds after the next restart. A message
-  is thus replayed into a crash at most once more.
+  (segfault, OOM kill) raises nothing, so with ``pump_crash_guard`` no batch is processed before
+  its offsets are in the progress table (a *guard*). A guard is written ahead: it covers the
+  batch's offsets and ``pump_guard_ahead`` more per partition, so the batches that follow within it
+  start without a broker round trip of their own (a guard before every batch was one awaited
+  round trip, queued behind the previous batch's outputs, added to every reading); a settle
+  (rebalance, shutdown) cuts the guards back to what is finished. A restart that finds a guard
+  beyond the checkpoint processes that range — as far as the log reached: the dead worker read
+  nothing beyond — one message at a time, each under its own guard, and sets aside the message
+  whose guard it finds after the next restart. A message is thus replayed into a crash at most
+  once more.
 """
 
 from __future__ import annotations
@@ -93,6 +98,20 @@ GC_PAUSES = Histogram(
     ["service", "generation"],
     buckets=LATENCY_BUCKETS,
 )
+STEP_SECONDS = Histogram(
+    "flowwatch_pump_step_seconds",
+    "Where a pump's batch spends its time: the oldest message's age when fetched by its record timestamp (age), "
+    "the wait in the fetch (fetch), the crash guard's round trip (guard), deciding and handing the outputs to the "
+    "producer (submit), and from then until the broker acknowledged them (acked)",
+    ["service", "step"],
+    buckets=LATENCY_BUCKETS,
+)
+LOOP_LAG = Histogram(
+    "flowwatch_event_loop_lag_seconds",
+    "How late a timer of the process's event loop fired (a callback or CPU held the loop)",
+    ["service"],
+    buckets=LATENCY_BUCKETS,
+)
 GUARD_KEY = b"guard:%d"
 
 Undo = Callable[[], None]
@@ -107,8 +126,8 @@ class InFlight(Protocol):
 class PumpJob(Protocol):
     """The service's work on each fetched batch.
 
-    ``producer`` is the job's output producer (started by :meth:`start`); checkpoints go
-    through it too.
+    ``producer`` is the job's output producer (started by :meth:`start`); the pump's guards and
+    checkpoints go through a producer of the pump's own once it runs (through this one before).
     """
 
     producer: AIOKafkaProducer | None
@@ -479,6 +498,35 @@ def _time_collections(service: str) -> None:
     gc.callbacks.append(collected)
 
 
+_loop_watched: set[str] = set()
+
+#: How often the loop watcher's timer is due (seconds): a hold shorter than this may go unseen.
+LOOP_TICK_S = 0.02
+
+
+def _watch_loop(service: str) -> None:
+    """Time how late a timer of the event loop fires into :data:`LOOP_LAG` (once per process and service)."""
+    if service in _loop_watched:
+        return
+    _loop_watched.add(service)
+    loop = asyncio.get_running_loop()
+    observe = LOOP_LAG.labels(service).observe
+
+    def tick(due: float) -> None:
+        now = loop.time()
+        observe(max(0.0, now - due))
+        loop.call_at(now + LOOP_TICK_S, tick, now + LOOP_TICK_S)
+
+    first = loop.time() + LOOP_TICK_S
+    loop.call_at(first, tick, first)
+
+
+def _oldest_age(fetched: Mapping[Any, list[Any]]) -> float:
+    """Seconds since the first record of the fetch's partitions was written (its record timestamp, epoch ms)."""
+    oldest = min(records[0].timestamp for records in fetched.values())
+    return max(0.0, time.time() - oldest / 1000)
+
+
 def offset_ranges(records: list[Any]) -> dict[int, tuple[int, int]]:
     """partition -> (first, last) offset of ``records``."""
     # Once per message of every fetch: no tuple, min() or max() per message (a fifth of the cost).
@@ -511,6 +559,10 @@ class Pump:
             help=f"Last checkpointed offset per partition of {config.topic}",
         )
         self.consumer: AIOKafkaConsumer | None = None
+        # Guards and checkpoints go through a producer of their own (the job's until it is started): aiokafka sends
+        # one request at a time per broker and producer, so through the job's they would queue behind a batch's
+        # outputs, and a batch's outputs behind a checkpoint of every changed state.
+        self.progress_producer: AIOKafkaProducer | None = None
         self._assigned: set[int] = set()
         self._paused = True
         self.assigned = set()
@@ -530,6 +582,9 @@ class Pump:
         self.last_batch_at = time.monotonic()
         self.event = PartitionEvents(self.topic)  # stand-in events for the progress table's partitions
         self.suspects: dict[int, Suspect] = {}
+        # partition -> (first, last) of its guard as durable in the progress table, written by this pump;
+        # a batch within it needs no guard of its own
+        self.guarded: dict[int, tuple[int, int]] = {}
         self.aside = SetAside(settings, config.service, config.topic, config.set_aside_topic)
         self.aside_topic = self.aside.topic
 
@@ -629,8 +684,12 @@ class Pump:
             fetch_max_bytes=32 * 1024 * 1024,
         )
         await self.consumer.start()
+        self.progress_producer, _ = await start_output_producer(self.settings, f"{cfg.service}-progress", ())
         self.started = True
         return True
+
+    def _progress_producer(self) -> AIOKafkaProducer | None:
+        return self.progress_producer or self.job.producer
 
     async def _reassign(self, wanted: set[int]) -> None:
         """Follow Faust's assignment: start each partition where its last checkpoint ended."""
@@ -648,12 +707,19 @@ class Pump:
             else:
                 await self.consumer.seek_to_beginning(tp)
         self.assigned = set(wanted)
+        # The guards this pump wrote and saw acknowledged have no crash behind them (a rewind, more partitions):
+        # their ranges are read again as batches. Any other guard is read back below; either way the next batch
+        # writes a guard of its own.
+        own, self.guarded = self.guarded, {}
         # A guard beyond the checkpoint: the worker died (or the batch raised) while processing that range.
         suspects = {p: s for p, s in self.suspects.items() if p in wanted}
         for p in wanted:
-            if p not in suspects:
+            if p not in suspects and p not in own:
+                done = offsets.get(p, -1)
                 guard = self.guard_of(p)
-                if guard is not None and guard.last > offsets.get(p, -1):
+                if guard is not None and guard.last > done:
+                    guard = await self._clipped(p, guard)
+                if guard is not None and guard.last > done:
                     log.warning(
                         "%s: %s partition %d offsets %d..%d were being processed when a worker stopped; "
                         "processing them one at a time",
@@ -691,6 +757,22 @@ class Pump:
             log.info("%s: %s partitions without a checkpoint start where group %s left them: %s",
                      self.config.service, self.topic, group, {tp.partition: o for tp, o in found.items()})  # fmt: skip
         return found
+
+    async def _clipped(self, partition: int, guard: Suspect | None) -> Suspect | None:
+        """``guard`` cut at the end of the log: a guard written ahead also covers offsets that did not exist yet, and
+        a worker that died never processed a message appended after that (None: nothing it covers exists)."""
+        if guard is None or self.consumer is None:
+            return guard
+        tp = TopicPartition(self.topic, partition)
+        try:
+            end = (await self.consumer.end_offsets([tp]))[tp] - 1
+        except KafkaError as exc:
+            log.warning("%s: end of %s unknown, its guard is taken whole: %s", self.config.service, tp, exc)
+            return guard
+        if end < guard.first:
+            return None
+        guard.last = min(guard.last, end)
+        return guard
 
     def guard_of(self, partition: int) -> Suspect | None:
         with event_context(self.event(partition)):
@@ -799,10 +881,19 @@ class Pump:
     async def _submit(self, records: list[Any]) -> bool:
         ranges = offset_ranges(records)
         offsets = {p: last for p, (_, last) in ranges.items()}
+        service = self.config.service
         try:
-            if self.crash_guard:
-                await self._guard({p: Suspect(first, last) for p, (first, last) in ranges.items()})
-            self.inflight.append((offsets, await self.job.submit(records)))
+            if self.crash_guard and not self._covered(ranges):
+                guarding = time.perf_counter()
+                await self._guard_ahead(ranges)
+                STEP_SECONDS.labels(service, "guard").observe(time.perf_counter() - guarding)
+            submitting = time.perf_counter()
+            batch = await self.job.submit(records)
+            sent = time.perf_counter()
+            STEP_SECONDS.labels(service, "submit").observe(sent - submitting)
+            acked = STEP_SECONDS.labels(service, "acked")
+            batch.acked.add_done_callback(lambda _: acked.observe(time.perf_counter() - sent))
+            self.inflight.append((offsets, batch))
         except KafkaError as exc:
             await self._rewind(exc)
             return False
@@ -825,13 +916,36 @@ class Pump:
             return False
         return True
 
+    def _covered(self, ranges: Mapping[int, tuple[int, int]]) -> bool:
+        """Whether a durable guard of this pump covers every offset of ``ranges``."""
+        guarded = self.guarded
+        for p, (first, last) in ranges.items():
+            g = guarded.get(p)
+            if g is None or first < g[0] or last > g[1]:
+                return False
+        return True
+
+    async def _guard_ahead(self, ranges: Mapping[int, tuple[int, int]]) -> None:
+        """Guard a batch's ranges and ``pump_guard_ahead`` offsets beyond each, so the next batches need none.
+
+        Every partition the batch holds is guarded afresh (not only the one that ran out), so their guards run
+        out together: one round trip rather than one per partition.
+        """
+        ahead = max(0, self.settings.pump_guard_ahead)
+        await self._guard({p: Suspect(first, last + ahead) for p, (first, last) in ranges.items()})
+
     async def _guard(self, guards: Mapping[int, Suspect]) -> None:
         """Durably record what is about to be processed (read back after a hard crash)."""
-        producer = self.job.producer
+        producer = self._progress_producer()
         assert producer is not None
+        for p in guards:
+            self.guarded.pop(p, None)  # unknown until acknowledged (a failed write may or may not have landed)
         cp = Checkpoint(producer, self.event)
         cp.write(self.progress, {p: {GUARD_KEY % p: g.encode()} for p, g in guards.items()})
         await cp.commit()
+        for p, g in guards.items():
+            if g.at is None:
+                self.guarded[p] = (g.first, g.last)
 
     async def _durable(self, guards: Mapping[int, Suspect] | None = None) -> bool:
         """Finish what is in flight and checkpoint (with ``guards``); False after a rewind."""
@@ -945,7 +1059,7 @@ class Pump:
 
         Synchronous, so nothing is processed between the state and the offsets it belongs to.
         """
-        producer = self.job.producer
+        producer = self._progress_producer()
         if producer is None:
             return None
         finished, self.finished = self.finished, {}
@@ -956,6 +1070,7 @@ class Pump:
         rows: dict[int, dict[bytes, bytes]] = {p: {b"%d" % p: b"%d" % offset} for p, offset in finished.items()}
         for p, guard in (guards or {}).items():
             rows.setdefault(p, {})[GUARD_KEY % p] = guard.encode()
+            self.guarded.pop(p, None)
         cp.write(self.progress, rows)
         return Staged(cp, finished, undo)
 
@@ -987,11 +1102,19 @@ class Pump:
         """Finish, checkpoint and stop reading (before partitions change hands or at shutdown)."""
         if await self.drain():
             try:
-                await self.checkpoint()
+                await self.checkpoint(self._trimmed_guards())
             except KafkaError as exc:
                 CHECKPOINT_ERRORS.labels(self.config.service).inc()
                 log.error("checkpoint before a rebalance failed; the next owner replays from the last one: %s", exc)
         self.job.forget()
+
+    def _trimmed_guards(self) -> dict[int, Suspect]:
+        """This pump's guards cut back to what is finished (an empty range), for the checkpoint of a settle.
+
+        A guard written ahead covers offsets not processed yet: left as it is, the next owner of the partition (or
+        this worker after a clean restart) would take them for a crash and process them one at a time.
+        """
+        return {p: Suspect(done + 1, done) for p in self.guarded for done in (self.done_through(p),)}
 
     async def on_revoked(self) -> None:
         """Awaited by Faust before it takes partitions away (and at shutdown): finish, checkpoint, stop."""
@@ -1007,6 +1130,13 @@ class Pump:
         self.stopping = True  # the loop must not take the partitions (still Faust's until it stops) up again
         await self.on_revoked()
         await self.job.stop()
+        await self._stop_progress_producer()
+
+    async def _stop_progress_producer(self) -> None:
+        """Guards and checkpoints go through the job's producer from now on (a settle may still come)."""
+        producer, self.progress_producer = self.progress_producer, None
+        if producer is not None:
+            await producer.stop()
 
     async def run(self) -> None:
         if not await self._start():
@@ -1018,7 +1148,10 @@ class Pump:
         gc.freeze()
         gc.set_threshold(50_000, 20, 50)
         _time_collections(self.config.service)
+        _watch_loop(self.config.service)
         cfg = self.config
+        fetch_wait = STEP_SECONDS.labels(cfg.service, "fetch").observe
+        age = STEP_SECONDS.labels(cfg.service, "age").observe
         within_ms = max(1, int(cfg.within_s * 1000))
         window = max(1, cfg.in_flight)
         last_checkpoint = time.monotonic()
@@ -1043,9 +1176,13 @@ class Pump:
                     await asyncio.sleep(0.2)
                     continue
                 # With batches in flight, take what is already fetched rather than wait for more.
+                fetching = time.perf_counter()
                 fetched = await self.consumer.getmany(
                     timeout_ms=0 if self.inflight else within_ms, max_records=cfg.batch_size
                 )
+                if fetched:
+                    fetch_wait(time.perf_counter() - fetching)
+                    age(_oldest_age(fetched))
                 async with self.lock:
                     if self.failed is not None:
                         raise self.failed
@@ -1082,6 +1219,7 @@ class Pump:
             with contextlib.suppress(Exception):
                 await self._written()
             await self.consumer.stop()
+            await self._stop_progress_producer()
 
     async def _periodic_checkpoint(self, staged: Staged | None) -> None:
         try:

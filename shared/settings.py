@@ -75,9 +75,15 @@ class Settings:
     kafka_ssl_keyfile: str = _doc("", "Client private key for mutual TLS.")
     pump_crash_guard: bool = _doc(
         True,
-        "Before each batch of a readings pump, record its offsets in the progress table (one broker round trip), "
+        "Before a batch of a readings pump, record its offsets in the progress table (one broker round trip), "
         "so a message that kills the worker outright (segfault, OOM kill) is processed alone after the restart and "
         "set aside if it kills it again, instead of being replayed into the same crash forever.",
+    )
+    pump_guard_ahead: int = _doc(
+        1000,
+        "Offsets per partition a crash guard covers beyond the batch it is written for: the batches within it "
+        "start without a guard round trip of their own. After a hard crash that range (as far as the log reached) "
+        "is processed one message at a time. 0: a guard before every batch.",
     )
     pump_retry_backoff_s: float = _doc(
         1.0,

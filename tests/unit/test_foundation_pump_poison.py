@@ -15,6 +15,7 @@ from typing import Any
 import faust
 import orjson
 import pytest
+from aiokafka.errors import KafkaConnectionError
 
 from shared.batching import PartitionMap
 from shared.pump import GUARD_KEY, JOB_FAILURES, Pump, PumpConfig, Suspect
@@ -52,6 +53,7 @@ class PoisonJob(Job):
 class Consumer:
     def __init__(self) -> None:
         self.position: dict[int, int | None] = {}
+        self.end: dict[int, int] = {}  # partition -> its log end offset (the next offset to be written)
 
     def assign(self, tps: list[Any]) -> None:
         pass
@@ -62,6 +64,9 @@ class Consumer:
     async def seek_to_beginning(self, tp: Any) -> None:
         self.position[tp.partition] = None
 
+    async def end_offsets(self, tps: list[Any]) -> dict[Any, int]:
+        return {tp: self.end.get(tp.partition, 1 << 40) for tp in tps}
+
 
 def messages(values: list[bytes], partition: int = 0, start: int = 0) -> list[Any]:
     return [
@@ -69,8 +74,8 @@ def messages(values: list[bytes], partition: int = 0, start: int = 0) -> list[An
     ]
 
 
-def make(app: faust.App, job: Any, guard: bool = True) -> Pump:
-    settings = Settings(pump_retry_backoff_s=0.0, pump_crash_guard=guard)
+def make(app: faust.App, job: Any, guard: bool = True, ahead: int = 1000) -> Pump:
+    settings = Settings(pump_retry_backoff_s=0.0, pump_crash_guard=guard, pump_guard_ahead=ahead)
     config = PumpConfig(service="pumptest", topic=settings.topic("readings.clean"), progress_table="poison-progress")
     pump = Pump(app, settings, job, config, partitions=2)
     pump.consumer = Consumer()  # type: ignore[assignment]
@@ -138,17 +143,19 @@ async def test_after_a_hard_crash_the_guarded_range_goes_alone_and_its_killer_is
     with pytest.raises(WorkerDied):  # the process dies mid-batch: nothing of it is checkpointed
         await pump._process(batch)
     guard = Suspect.decode(app.tables["poison-progress"].data[GUARD_KEY % 0])
-    assert guard == Suspect(2, 4, alone=True)
+    assert guard == Suspect(0, 1 + 1000, alone=True)  # written ahead for offsets 0-1: it covers this batch too
+    pump.consumer.end[0] = 5  # type: ignore[union-attr]  # the log: offsets 0-4
 
-    def restart() -> None:
+    def restart() -> None:  # a new process: nothing in memory
         pump.inflight.clear()
         pump.finished.clear()
         pump.suspects = {}
+        pump.guarded = {}
         job.rewind()
 
     restart()
     await pump._reassign({0})
-    assert pump.suspects == {0: Suspect(2, 4, alone=True)}  # read back from the progress table
+    assert pump.suspects == {0: Suspect(0, 4, alone=True)}  # read back from the progress table, cut at the log's end
     with pytest.raises(WorkerDied):  # alone, under its own guard: it kills the worker once more
         await pump._process(batch)
     assert job.submitted[-2:] == [[2], [3]]
@@ -167,6 +174,92 @@ async def test_after_a_hard_crash_the_guarded_range_goes_alone_and_its_killer_is
     restart()
     await pump._reassign({0})
     assert pump.suspects == {}  # the guard is behind the checkpoint: nothing suspect any more
+
+
+def guards_written(pump: Pump, job: Any, partition: int = 0) -> list[Suspect | None]:
+    changelog = pump.progress.changelog_topic.get_topic_name()
+    return [Suspect.decode(v) for p, k, v in job.producer.messages(changelog) if k == GUARD_KEY % partition]
+
+
+async def test_a_guard_covers_the_batches_within_its_reach_and_a_settle_cuts_it_back(app: faust.App) -> None:
+    job = PoisonJob(app)
+    pump = make(app, job, ahead=10)
+    assert await pump._process(messages([b"a"] * 3)) is True  # offsets 0-2: guarded through 12
+    assert await pump._process(messages([b"a"] * 3, start=3)) is True
+    assert await pump._process(messages([b"a"] * 4, start=9)) is True  # 9-12: still within
+    assert guards_written(pump, job) == [Suspect(0, 12, alone=True)]
+    assert await pump._process(messages([b"a"] * 2, start=13)) is True  # beyond: a guard of its own, ahead again
+    assert guards_written(pump, job)[1:] == [Suspect(13, 24, alone=True)]
+    assert await pump.drain()
+    assert sorted(job.done) == [0, 1, 2, 3, 4, 5, 9, 10, 11, 12, 13, 14]
+
+    await pump._settle()  # a rebalance or a shutdown: finished, checkpointed, the guard cut back
+    assert pump.checkpointed_offsets([0]) == {0: 14}
+    assert guards_written(pump, job)[-1] == Suspect(15, 14, alone=True)
+    pump.consumer.end[0] = 30  # type: ignore[union-attr]  # more was written meanwhile
+    await pump._reassign({0})
+    assert pump.suspects == {}  # nothing taken for a crash: the next batch goes as a batch
+    assert await pump._process(messages([b"a"] * 2, start=15)) is True
+    assert job.submitted[-1] == [15, 16]
+
+
+async def test_a_hard_crash_in_a_batch_under_an_earlier_guard_is_found_and_its_killer_set_aside(
+    app: faust.App,
+) -> None:
+    job = PoisonJob(app)
+    pump = make(app, job, ahead=10)
+    assert await pump._process(messages([b"a", b"b"])) and await pump.drain()  # guarded 0-11, not checkpointed
+    with pytest.raises(WorkerDied):  # no guard of its own: the one written for 0-1 covers it
+        await pump._process(messages([b"c", b"kill"], start=2))
+    assert len(guards_written(pump, job)) == 1
+    pump.consumer.end[0] = 6  # type: ignore[union-attr]  # offsets 0-5 in the log at the restart
+
+    def restart() -> None:  # a new process: nothing in memory
+        pump.inflight.clear()
+        pump.finished.clear()
+        pump.suspects = {}
+        pump.guarded = {}
+        job.rewind()
+
+    log = messages([b"a", b"b", b"c", b"kill", b"e", b"f"])
+    restart()
+    await pump._reassign({0})
+    assert pump.suspects == {0: Suspect(0, 5, alone=True)}  # the whole guard, as far as the log reached
+    with pytest.raises(WorkerDied):  # alone: the killer kills once more, under its own guard
+        await pump._process(log)
+    restart()
+    await pump._reassign({0})
+    assert pump.suspects[0].died_at == 3
+    assert await pump._process(log[3:]) is True
+    assert [a["payload"] for a in map(orjson.loads, (v for _, _, v in job.producer.messages(pump.aside_topic)))] == [
+        "kill"
+    ]
+    assert pump.checkpointed_offsets([0]) == {0: 5} and pump.suspects == {}
+    assert await pump._process(messages([b"g"], start=6)) is True  # a batch again, under a guard of its own
+    assert job.submitted[-1] == [6] and guards_written(pump, job)[-1] == Suspect(6, 16, alone=True)
+
+
+async def test_a_rewind_reads_the_range_of_its_own_guard_again_as_batches(app: faust.App) -> None:
+    job = PoisonJob(app)
+    pump = make(app, job, ahead=10)
+    assert await pump._process(messages([b"a"] * 3)) is True  # guarded 0-12
+    await pump._rewind(KafkaConnectionError("broker gone"))  # no crash: the outputs did not reach the broker
+    assert pump.suspects == {} and pump.consumer.position == {0: None}  # type: ignore[union-attr]
+    assert await pump._process(messages([b"a"] * 3)) is True
+    assert job.submitted == [[0, 1, 2], [0, 1, 2]]  # a batch again, under a guard written afresh
+    assert len(guards_written(pump, job)) == 2
+
+
+async def test_a_guard_whose_write_failed_covers_nothing(app: faust.App) -> None:
+    job = PoisonJob(app)
+    pump = make(app, job, ahead=10)
+    job.producer.fail_next = 1  # the guard of the first batch does not reach the broker
+    assert await pump._process(messages([b"a"])) is False  # rewound, nothing processed
+    assert job.submitted == [] and pump.guarded == {}
+    assert await pump._process(messages([b"a"])) is True  # guarded again before it is processed
+    assert job.submitted == [[0]]
+    written = guards_written(pump, job)[0]
+    assert written is not None and written.first == 0 and written.last >= 0
 
 
 async def test_other_topics_dead_letter_with_origin(app: faust.App) -> None:
