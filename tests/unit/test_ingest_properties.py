@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import orjson
@@ -108,3 +109,33 @@ def test_split_items_reads_a_body_or_refuses_it_cleanly(body: bytes) -> None:
         assert all(isinstance(i.value, bytes) for i in items)
         if not items:
             assert orjson.loads(body) == []  # an empty array: a request with nothing in it
+
+
+# Spellings of known metrics (plain, unit-suffixed, aliased, twice the same metric) with numbers in and out of range.
+metric_values = st.dictionaries(
+    st.sampled_from(["pressure", "pressure_kpa", "pressure_bar", "flow", "flow_lps", "temperature_c", "temperature_f",
+                     "total_flow_m3", "density_kg_m3", "ph", "Temp", "battery"]),  # fmt: skip
+    st.floats(-1e6, 1e6) | st.integers(-(10**6), 10**6) | st.sampled_from([0.0, -0.0, 1e308, 10**400, math.nan]),
+    min_size=1,
+    max_size=6,
+)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    metric_values,
+    st.none() | st.dictionaries(st.sampled_from(["pressure", "pressure_kpa", "flow", "temperature_c", "ph"]),
+                                st.sampled_from(["psi", "bar", "kPa", "°F", "L/s", "?"]) | json_scalars),  # fmt: skip
+)
+def test_a_reading_decides_the_same_whether_its_spellings_were_seen_before(values, units) -> None:
+    """Validation memoises what each spelling (and unit) comes to; the second sighting takes a shorter path."""
+    rules = dataclasses.replace(RULES)  # the same rules with memos of their own, empty
+    payload = {"sensor_id": "s", "ts": NOW, "site": "a", "zone": "b", "utility": "water", "asset": "pipe",
+               "values": values}  # fmt: skip
+    if units is not None:
+        payload["units"] = units
+    first = validate(payload, NOW, rules)
+    second = validate(payload, NOW, rules)
+    assert second == first
+    if first.ok:
+        assert orjson.dumps(second.reading.values) == orjson.dumps(first.reading.values)  # -0.0 stays -0.0
