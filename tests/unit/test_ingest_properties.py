@@ -112,9 +112,11 @@ def test_split_items_reads_a_body_or_refuses_it_cleanly(body: bytes) -> None:
 
 
 # Spellings of known metrics (plain, unit-suffixed, aliased, twice the same metric) with numbers in and out of range.
+SPELLINGS = ["pressure", "pressure_kpa", "pressure_bar", "flow", "flow_lps", "temperature_c", "temperature_f"]
+SPELLINGS += ["total_flow_m3", "density_kg_m3", "ph", "Temp", "battery"]
+UNITS = st.sampled_from(["psi", "bar", "kPa", "°F", "L/s", "?"]) | json_scalars
 metric_values = st.dictionaries(
-    st.sampled_from(["pressure", "pressure_kpa", "pressure_bar", "flow", "flow_lps", "temperature_c", "temperature_f",
-                     "total_flow_m3", "density_kg_m3", "ph", "Temp", "battery"]),  # fmt: skip
+    st.sampled_from(SPELLINGS),
     st.floats(-1e6, 1e6) | st.integers(-(10**6), 10**6) | st.sampled_from([0.0, -0.0, 1e308, 10**400, math.nan]),
     min_size=1,
     max_size=6,
@@ -124,8 +126,7 @@ metric_values = st.dictionaries(
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
 @given(
     metric_values,
-    st.none() | st.dictionaries(st.sampled_from(["pressure", "pressure_kpa", "flow", "temperature_c", "ph"]),
-                                st.sampled_from(["psi", "bar", "kPa", "°F", "L/s", "?"]) | json_scalars),  # fmt: skip
+    st.none() | st.dictionaries(st.sampled_from(["pressure", "pressure_kpa", "flow", "temperature_c", "ph"]), UNITS),
 )
 def test_a_reading_decides_the_same_whether_its_spellings_were_seen_before(values, units) -> None:
     """Validation memoises what each spelling (and unit) comes to; the second sighting takes a shorter path."""
