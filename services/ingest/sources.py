@@ -165,8 +165,9 @@ class MappedSources:
             by_topic.setdefault(r.topic, []).append(Item(r.value if isinstance(r.value, bytes) else b"", None))
         box = Outbox(ingest.producer)
         mapped: list[tuple[str, list[Item]]] = []
-        for topic, messages in by_topic.items():
-            items = ingest.map_items(self.routes[topic], messages)
+        for topic in list(by_topic):
+            # popped: the fetch's messages are not held while the pipeline works (fewer objects for the collector)
+            items = ingest.map_items(self.routes[topic], by_topic.pop(topic))
             if self.pump is not None:
                 # What the pipeline can take without readings.raw: a sensor to own it, nothing decided at the
                 # door. Those decided at the door (mapping errors; too large for readings.raw, quarantined with

@@ -300,8 +300,9 @@ class Ingest(BatchJob[tuple[list[Inbound], Outcome]]):
         assert self.processor is not None
         outcome = self.processor.process(batch)
         self.dirty.update(outcome.states)
+        add, clean = box.add, self.clean_name
         for partition, reading, encoded in outcome.clean:
-            box.add(self.clean_name, partition, reading.sensor_id.encode(), encoded)
+            add(clean, partition, reading.sensor_id.encode(), encoded)
         for q in outcome.quarantined:
             box.add(self.quarantine_name, q.partition, q.key, q.value)
         for partition, sensor_id, msg in outcome.forward:
