@@ -390,9 +390,14 @@ def _values(
                 break
         if raw_units:
             given = raw_units.get(raw_name)
-            if type(given) is not str:
+            if given is None:  # no unit sent for this one (units for others): as without units,
+                hit = fast.get(raw_name)
+                if hit is not None and hit[0] != raw_name and raw_units.get(hit[0]) is not None:
+                    break  # unless its unit came under the canonical name
+            elif type(given) is str:
+                hit = fast.get((raw_name, given))
+            else:
                 break
-            hit = fast.get((raw_name, given))
         else:
             hit = fast.get(raw_name)
         if hit is None:
