@@ -139,6 +139,18 @@ async def drain(consumer: AIOKafkaConsumer, count: int, timeout: float) -> list[
     return out
 
 
+def gc_pauses(url: str) -> tuple[float, int]:
+    """Seconds and number of the worker's garbage collections since its pump started (its /metrics)."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    seconds, count = 0.0, 0
+    for line in text.splitlines():
+        if line.startswith("flowwatch_gc_pause_seconds_sum{"):
+            seconds += float(line.rsplit(" ", 1)[1])
+        elif line.startswith("flowwatch_gc_pause_seconds_count{"):
+            count += int(float(line.rsplit(" ", 1)[1]))
+    return seconds, count
+
+
 class CpuSampler:
     """The worker's CPU time (user+system, from /proc) sampled every 50 ms, to normalise for a busy machine."""
 
@@ -216,6 +228,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     rounds: list[float] = []
     per_cpu_s: list[float] = []
+    gc_s: list[float] = []
+    gc_n: list[int] = []
     load_at_start = os.getloadavg()[0]
     await consumer.start()
     proc = ServiceProcess("ingest", settings, extra_env=env)
@@ -230,6 +244,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             await asyncio.to_thread(proc.wait_ready, 180)
             got = await drain(consumer, args.readings, timeout=300)
             sampler.stop()
+            pauses, collections = await asyncio.to_thread(gc_pauses, proc.url)
+            gc_s.append(pauses)
+            gc_n.append(collections)
             stamps = [t for t, _ in got]
             first, last = min(stamps) / 1000, max(stamps) / 1000
             seconds = last - first
@@ -238,7 +255,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             per_cpu_s.append(args.readings / cpu if cpu > 0 else 0.0)
             print(
                 f"round {r + 1}: {args.readings} readings in {seconds:.2f}s = {rounds[-1]:,.0f}/s; "
-                f"worker CPU {cpu:.2f}s = {per_cpu_s[-1]:,.0f} readings per CPU-second",
+                f"worker CPU {cpu:.2f}s = {per_cpu_s[-1]:,.0f} readings per CPU-second; "
+                f"garbage collections {collections} taking {pauses:.2f}s",
                 flush=True,
             )
 
@@ -280,6 +298,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "throughput_median_per_s": round(statistics.median(rounds)),
         "readings_per_worker_cpu_second": [round(x) for x in per_cpu_s],
         "readings_per_worker_cpu_second_median": round(statistics.median(per_cpu_s)),
+        # the collector's pauses over the worker's life since its pump started (start-up and drain)
+        "gc_collections": gc_n,
+        "gc_pause_seconds": [round(x, 3) for x in gc_s],
         "machine_load_avg_1m_at_start": load_at_start,
         "machine_load_avg_1m_at_end": os.getloadavg()[0],
         "cpus": os.cpu_count(),

@@ -38,7 +38,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.bench_ingest import CpuSampler, drain  # noqa: E402
+from bench.bench_ingest import CpuSampler, drain, gc_pauses  # noqa: E402
 from bench.bench_ingest_mappings import _mapped_inputs  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 from shared.topics import create_all  # noqa: E402
@@ -76,6 +76,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     wall: list[float] = []
     per_cpu_s: list[float] = []
+    gc_s: list[float] = []
+    gc_n: list[int] = []
     start_ms = int(time.time() * 1000) - 24 * 3_600_000
     load_at_start = os.getloadavg()[0]
     await consumer.start()
@@ -93,15 +95,19 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             await asyncio.to_thread(proc.wait_ready, 180)
             got = await drain(consumer, made, timeout=600)
             sampler.stop()
+            pauses, collections = await asyncio.to_thread(gc_pauses, proc.url)
             stamps = [t for t, _ in got]
             first, last = min(stamps) / 1000, max(stamps) / 1000
             seconds = last - first
             cpu = sampler.cpu_between(first, last)
             wall.append(made / seconds)
             per_cpu_s.append(made / cpu if cpu > 0 else 0.0)
+            gc_s.append(pauses)
+            gc_n.append(collections)
             print(
                 f"round {r + 1}: {made} readings in {seconds:.2f}s = {wall[-1]:,.0f}/s; "
-                f"worker CPU {cpu:.2f}s = {per_cpu_s[-1]:,.0f} readings per CPU-second",
+                f"worker CPU {cpu:.2f}s = {per_cpu_s[-1]:,.0f} readings per CPU-second; "
+                f"garbage collections {collections} taking {pauses:.2f}s",
                 flush=True,
             )
     finally:
@@ -119,6 +125,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "readings_per_s_median": round(statistics.median(wall)),
         "readings_per_worker_cpu_second": [round(x) for x in per_cpu_s],
         "readings_per_worker_cpu_second_median": round(statistics.median(per_cpu_s)),
+        # the collector's pauses over the worker's life since its pump started (start-up and drain)
+        "gc_collections": gc_n,
+        "gc_pause_seconds": [round(x, 3) for x in gc_s],
         # issue 16: through a mapping, one worker (by the wall clock)
         "target_per_s": TARGET_PER_S,
         "target_met": statistics.median(wall) >= TARGET_PER_S,

@@ -141,7 +141,11 @@ class Outbox:
         size = len(value) + (len(key) if key else 0)
         if size > MAX_RECORD_BYTES:
             raise RecordTooLarge(f"a record of {size} bytes for {topic} is over the {MAX_RECORD_BYTES}-byte limit")
-        self._pending.setdefault((topic, partition), []).append((key, value, headers))
+        # get before setdefault: no empty list made (and dropped) per message
+        pending = self._pending.get((topic, partition))
+        if pending is None:
+            pending = self._pending[(topic, partition)] = []
+        pending.append((key, value, headers))
         self.count += 1
 
     async def send(self) -> asyncio.Future[dict[tuple[str, int], int]]:

@@ -183,20 +183,21 @@ class Context:
         return filtered(ref.transform, value) if ref.transform else value
 
 
-_FILTERED: dict[tuple[str, str], str] = {}
+#: filter -> {text -> filtered text}
+_FILTERED: dict[str, dict[str, str]] = {}
 
 
 def filtered(transform: str, text: str) -> str:
     """``text`` through a template filter; memoised when short (a fleet repeats its station and building names)."""
     if len(text) > 80:
         return _FILTERS[transform](text)
-    key = (transform, text)
-    out = _FILTERED.get(key)
+    memo = _FILTERED.setdefault(transform, {})
+    out = memo.get(text)
     if out is None:
         out = _FILTERS[transform](text)
-        if len(_FILTERED) >= 16_384:
-            _FILTERED.clear()
-        _FILTERED[key] = out
+        if len(memo) >= 16_384:
+            memo.clear()
+        memo[text] = out
     return out
 
 
@@ -257,10 +258,32 @@ def _getter(mapping: str, ref: Ref, where: str) -> Getter:
     return path_of
 
 
-def _text_getter(mapping: str, ref: Ref, where: str) -> Getter:
-    """A closure giving ``ref`` as text through its filter (as :meth:`Context._text`)."""
-    get = _getter(mapping, ref, where)
+def _text_getter(mapping: str, ref: Ref, where: str, prefix: str = "", suffix: str = "") -> Getter:
+    """A closure giving ``prefix`` + ``ref`` as text through its filter + ``suffix`` (as :meth:`Context.render`
+    of a template with one placeholder)."""
     transform, text = ref.transform, ref.text
+    affixed = bool(prefix or suffix)
+    if ref.segment is None and len(ref.path) == 1:
+        # A top-level field, the usual placeholder: one closure, no call per step.
+        key = ref.path[0]
+        memo = _FILTERED.setdefault(transform, {}) if transform else None
+
+        def field_text(message: dict[str, Any], topic: list[str] | None) -> str:
+            try:
+                value = message[key]
+            except KeyError:
+                raise MappingError(mapping, where, f"missing field {key}") from None
+            if type(value) is not str:
+                if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+                    raise MappingError(mapping, where, f"{{{text}}} is {type(value).__name__}, not text")
+                value = str(value)
+            if memo is not None:
+                hit = memo.get(value)
+                value = hit if hit is not None else filtered(transform, value)
+            return prefix + value + suffix if affixed else value
+
+        return field_text
+    get = _getter(mapping, ref, where)
 
     def text_of(message: dict[str, Any], topic: list[str] | None) -> str:
         value = get(message, topic)
@@ -268,7 +291,8 @@ def _text_getter(mapping: str, ref: Ref, where: str) -> Getter:
             if isinstance(value, bool) or not isinstance(value, (str, int, float)):
                 raise MappingError(mapping, where, f"{{{text}}} is {type(value).__name__}, not text")
             value = str(value)
-        return filtered(transform, value) if transform else value
+        value = filtered(transform, value) if transform else value
+        return prefix + value + suffix if affixed else value
 
     return text_of
 
@@ -280,10 +304,7 @@ def _template_getter(mapping: str, template: Template, where: str) -> Getter:
         return lambda message, topic: literal
     if template.one is not None:
         prefix, ref, suffix = template.one
-        text_of = _text_getter(mapping, ref, where)
-        if not prefix and not suffix:
-            return text_of
-        return lambda message, topic: prefix + text_of(message, topic) + suffix
+        return _text_getter(mapping, ref, where, prefix, suffix)
     parts = tuple(
         (lambda message, topic, p=part: p) if isinstance(part, str) else _text_getter(mapping, part, where)
         for part in template.parts
@@ -325,6 +346,8 @@ def _compile_reading(mapping: str, spec: ReadingSpec) -> ReadingPlan:
                 raise MappingError(mapping, source_text, why)
             if exclude:
                 values = {k: v if type(v) is not str else number(v) for k, v in source.items() if k not in exclude}
+            elif str not in map(type, source.values()):  # numbers as sent, the usual case: a copy in C
+                values = dict(source)
             else:
                 values = {k: v if type(v) is not str else number(v) for k, v in source.items()}
         else:
@@ -454,7 +477,7 @@ def expand(
         return [], [str(exc)], message
     limit = rules.max_field_chars
     # Everything in a mapped reading came out of decode (orjson-writable) or is text or a number made here.
-    return [Item(orjson.dumps(r), key_of(r, limit), decoded=r) for r in readings], [], message
+    return [Item(orjson.dumps(r), key_of(r, limit), None, 0, r) for r in readings], [], message
 
 
 def table(known: Mapping[str, PayloadMapping]) -> str:

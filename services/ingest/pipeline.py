@@ -170,9 +170,14 @@ class BatchProcessor:
         rules = self.rules
         decoded = msg.decoded
         if decoded is not None:
-            error = decoded_within(msg.value or b"", decoded, rules.max_line_bytes, rules.max_json_depth)
-            if error is not None:
-                decoded = None  # as decode() leaves it: the quarantine keeps the text
+            value = msg.value or b""
+            # decoded_within's usual answer without the call: within the size, fewer brackets than the depth
+            if len(value) > rules.max_line_bytes or value.count(b"[") + value.count(b"{") > rules.max_json_depth:
+                error = decoded_within(value, decoded, rules.max_line_bytes, rules.max_json_depth)
+                if error is not None:
+                    decoded = None  # as decode() leaves it: the quarantine keeps the text
+            else:
+                error = None
         elif msg.value is None:
             error = "malformed_json: empty message"
         else:
@@ -193,7 +198,9 @@ class BatchProcessor:
         if target != msg.partition and not msg.forwarded:
             out.forward.append((target, sensor_id, msg))
             return
-        state = self.state_for(sensor_id, msg)
+        state = self.states.get(sensor_id)
+        if state is None:
+            state = self.state_for(sensor_id, msg)
         if state is None:
             why = f"too_many_new_sensors: {msg.source} introduced more than {self.new_sensors.per_min} new sensors this minute"  # type: ignore[union-attr]
             self._quarantine(out, msg, decoded, True, [why], sensor_id)

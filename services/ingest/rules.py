@@ -132,6 +132,7 @@ class Rules:
         object.__setattr__(self, "_expected_memo", {})
         object.__setattr__(self, "_named_units", {})
         object.__setattr__(self, "_unit_plans", {})
+        object.__setattr__(self, "_metric_plans", {})
         twins = {of: spec.name for spec in self.metrics.values() for of in spec.counter_of}
         object.__setattr__(self, "counter_twin", twins)
         object.__setattr__(self, "counters", frozenset(s.name for s in self.metrics.values() if s.counter_of))
@@ -152,6 +153,12 @@ class Rules:
         """Memo of metric spelling (no unit sent) or (spelling, unit sent) -> what validation does with it
         (``validation.unit_plan``)."""
         return self._unit_plans  # type: ignore[attr-defined]
+
+    @property
+    def metric_plans(self) -> dict[str | tuple[str, str], Any]:
+        """The plans of :attr:`unit_plans` that accept a number into a known metric, flat for the hot path:
+        same key -> (canonical name, unit, lo, hi, soft_lo, soft_hi, (scale, offset) or None, spec)."""
+        return self._metric_plans  # type: ignore[attr-defined]
 
     def canonical_name(self, name: str) -> str:
         """The metric name a device's spelling stands for (``"Temp"`` -> ``"temperature"``,

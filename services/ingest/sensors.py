@@ -110,7 +110,11 @@ class SensorState:
             return []
         last = self.last_values
         values = reading.values
-        return [c for c in counters if c in values and c in last and values[c] < last[c]]
+        # A plain loop: once per reading of a meter, and a reset is rare (no list built for the usual answer).
+        for c in counters:
+            if c in values and c in last and values[c] < last[c]:
+                return [c for c in counters if c in values and c in last and values[c] < last[c]]
+        return []
 
     def _identify(self, reading: Reading) -> None:
         self.site, self.zone, self.utility, self.asset = reading.site, reading.zone, reading.utility, reading.asset

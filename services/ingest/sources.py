@@ -77,7 +77,7 @@ def owned_here(
         elsewhere: list[Item] = []
         for item in items:
             sensor_id = item.sensor_id
-            assert sensor_id is not None  # MappedSources.may_skip_raw
+            assert sensor_id is not None  # MappedSources.handle hands only those with one
             partition = partition_of(sensor_id)
             if partition in local:
                 # positional, as worker.to_inbound; not read from readings.raw, so no offset
@@ -165,13 +165,22 @@ class MappedSources:
             by_topic.setdefault(r.topic, []).append(Item(r.value if isinstance(r.value, bytes) else b"", None))
         box = Outbox(ingest.producer)
         mapped: list[tuple[str, list[Item]]] = []
-        for topic, messages in by_topic.items():
-            items = ingest.map_items(self.routes[topic], messages)
+        for topic in list(by_topic):
+            # popped: the fetch's messages are not held while the pipeline works (fewer objects for the collector)
+            items = ingest.map_items(self.routes[topic], by_topic.pop(topic))
             if self.pump is not None:
+                # What the pipeline can take without readings.raw: a sensor to own it, nothing decided at the
+                # door. Those decided at the door (mapping errors; too large for readings.raw, quarantined with
+                # the door's record) and those without a sensor_id (no owner: the pipeline quarantines them)
+                # take readings.raw as before.
                 direct: list[Item] = []
                 rest: list[Item] = []
+                limit = self.max_line_bytes
                 for item in items:
-                    (direct if self.may_skip_raw(item) else rest).append(item)
+                    if item.reasons is None and item.sensor_id is not None and len(item.value) <= limit:
+                        direct.append(item)
+                    else:
+                        rest.append(item)
                 if direct:
                     mapped.append((topic, direct))
                     items = rest
@@ -182,15 +191,6 @@ class MappedSources:
         for (topic, partition), last in (await box.flush()).items():
             if topic == self.raw_name:
                 self.raw_written[partition] = last
-
-    def may_skip_raw(self, item: Item) -> bool:
-        """A mapped reading the pipeline can take without readings.raw: a sensor to own it, nothing decided at the door.
-
-        Those decided at the door (mapping errors; too large for readings.raw, quarantined with the door's
-        record) and those without a sensor_id (no owner: the pipeline quarantines them) take readings.raw as
-        before.
-        """
-        return item.reasons is None and item.sensor_id is not None and len(item.value) <= self.max_line_bytes
 
     async def _direct(self, mapped: list[tuple[str, list[Item]]]) -> list[tuple[str, list[Item]]]:
         """Hand the readings of sensors owned here to the pipeline; returns those that must take readings.raw."""

@@ -81,6 +81,7 @@ def parser(fmt: str, tz: tzinfo) -> Callable[[Any], int]:
     if fmt != "iso":
         return lambda value: to_epoch_ms(value, fmt, tz)
     fromisoformat = datetime.fromisoformat
+    offsets = _OFFSETS
 
     def iso(value: Any) -> int:
         if type(value) is not str:
@@ -92,7 +93,11 @@ def parser(fmt: str, tz: tzinfo) -> Callable[[Any], int]:
             raise TimeFormatError(f"{text[:40]!r} is not in format {fmt!r}") from None
         if dt.tzinfo is not None:
             return round(dt.timestamp() * 1000)
-        return round(((dt - _EPOCH).total_seconds() - _offset_s(dt, tz)) * 1000)
+        # _offset_s's memo read here (its key), the call only on a miss
+        offset = offsets.get((tz, dt.year, dt.month, dt.day, dt.hour))
+        if offset is None:
+            offset = _offset_s(dt, tz)
+        return round(((dt - _EPOCH).total_seconds() - offset) * 1000)
 
     return iso
 

@@ -284,8 +284,11 @@ def validate(payload: Any, received_ms: int, rules: Rules, source: str = "kafka"
     else:
         utility = utility.strip().lower()
 
-    ts_raw = payload.get("ts")
-    ts = parse_ts(ts_raw) if ts_raw is not None else None
+    ts_raw = get("ts")
+    if type(ts_raw) is int and _MS_THRESHOLD <= ts_raw < _MAX_TS_MS:
+        ts: int | None = ts_raw  # epoch ms, as parse_ts gives it (a mapped reading's, the usual native one's)
+    else:
+        ts = parse_ts(ts_raw) if ts_raw is not None else None
     if ts_raw is None:
         reasons.append("missing_field: ts")
     elif ts is None:
@@ -370,9 +373,56 @@ def _values(
 
     values: dict[str, float] = {}
     units: dict[str, str] = {}
+    worst = 1.0
+    # The usual reading first: every metric a known spelling in a unit seen before, a number within its
+    # hard range. Anything else (a first sighting, a unit missing or not text, a duplicate, a value out of
+    # range or not a finite number) starts again on the general path below, which says what is wrong:
+    # nothing here appends a reason, so the outcome is the general path's by construction.
+    fast = rules.metric_plans
+    for raw_name, value in raw_values.items():
+        kind = type(value)
+        if kind is not float:
+            if kind is not int:
+                break
+            try:
+                value = float(value)
+            except OverflowError:
+                break
+        if raw_units:
+            given = raw_units.get(raw_name)
+            if given is None:  # no unit sent for this one (units for others): as without units,
+                hit = fast.get(raw_name)
+                if hit is not None and hit[0] != raw_name and raw_units.get(hit[0]) is not None:
+                    break  # unless its unit came under the canonical name
+            elif type(given) is str:
+                hit = fast.get((raw_name, given))
+            else:
+                break
+        else:
+            hit = fast.get(raw_name)
+        if hit is None:
+            break
+        name, unit, lo, hi, soft_lo, soft_hi, conv, spec = hit
+        if name in values:
+            break
+        if conv is not None:
+            value = value * conv[0] + conv[1]
+        if not lo <= value <= hi:  # NaN and infinities fail too (the bounds are finite)
+            break
+        if not soft_lo <= value <= soft_hi:
+            score = spec.range_score(value)
+            if score < worst:
+                worst = score
+        values[name] = value
+        units[name] = unit
+    else:
+        if values:
+            return values, units, [], [], worst
+    values = {}
+    units = {}
+    worst = 1.0
     missing: list[str] = []
     unknown: list[str] = []
-    worst = 1.0
     known_names = rules.valid_names
     plans = rules.unit_plans
     for raw_name, value in raw_values.items():
@@ -471,9 +521,15 @@ def unit_plan(rules: Rules, raw_name: str, name: str, given: str | None) -> Unit
         plan = (spec, None, None)
     if given is None or len(given) <= 64:  # a unit longer than any real one is not worth memory
         plans = rules.unit_plans
+        flat = rules.metric_plans
         if len(plans) >= _PLANS_LIMIT:
             plans.clear()
-        plans[raw_name if given is None else (raw_name, given)] = plan
+            flat.clear()
+        key = raw_name if given is None else (raw_name, given)
+        plans[key] = plan
+        spec, conv, _ = plan
+        if spec is not None and isfinite(spec.lo) and isfinite(spec.hi):
+            flat[key] = (name, spec.unit, spec.lo, spec.hi, spec.soft_lo, spec.soft_hi, conv, spec)
     return plan
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import orjson
@@ -108,3 +109,37 @@ def test_split_items_reads_a_body_or_refuses_it_cleanly(body: bytes) -> None:
         assert all(isinstance(i.value, bytes) for i in items)
         if not items:
             assert orjson.loads(body) == []  # an empty array: a request with nothing in it
+
+
+# Spellings of known metrics (plain, unit-suffixed, aliased, twice the same metric) with numbers in and out of range.
+SPELLINGS = ["pressure", "pressure_kpa", "pressure_bar", "flow", "flow_lps", "temperature_c", "temperature_f"]
+SPELLINGS += ["total_flow_m3", "density_kg_m3", "ph", "Temp", "battery"]
+UNITS = st.sampled_from(["psi", "bar", "kPa", "°F", "L/s", "?"]) | json_scalars
+metric_values = st.dictionaries(
+    st.sampled_from(SPELLINGS),
+    st.floats(-1e6, 1e6) | st.integers(-(10**6), 10**6) | st.sampled_from([0.0, -0.0, 1e308, 10**400, math.nan]),
+    min_size=1,
+    max_size=6,
+)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    metric_values,
+    st.none() | st.dictionaries(st.sampled_from(["pressure", "pressure_kpa", "flow", "temperature_c", "ph"]), UNITS),
+)
+def test_a_reading_decides_the_same_whether_its_spellings_were_seen_before(values, units) -> None:
+    """Validation memoises what each spelling (and unit) comes to; a spelling seen before takes a shorter path."""
+    payload = {"sensor_id": "s", "ts": NOW, "site": "a", "zone": "b", "utility": "water", "asset": "pipe",
+               "values": values}  # fmt: skip
+    if units is not None:
+        payload["units"] = units
+    cold = validate(payload, NOW, dataclasses.replace(RULES))  # the same rules with memos of their own, empty
+    warm = dataclasses.replace(RULES)
+    # the spellings seen first without units, in their own unit each, then as sent
+    validate({**payload, "units": None, "values": {k: 1.0 for k in values}}, NOW, warm)
+    for _ in range(2):
+        again = validate(payload, NOW, warm)
+        assert again == cold
+        if cold.ok:
+            assert orjson.dumps(again.reading.values) == orjson.dumps(cold.reading.values)  # -0.0 stays -0.0
