@@ -28,7 +28,7 @@ import httpx
 
 from services.alerts.config import Config
 from services.alerts.dispatcher import Dispatcher, Integrations
-from services.alerts.evaluate import INPUTS, FloodGate, evaluate_batch, internal_messages
+from services.alerts.evaluate import INPUTS, FloodGate, Shards, evaluate_batch, internal_messages
 from services.alerts.intake import AnomalyIntake
 from services.alerts.metrics import EVALUATED, OBSERVATIONS
 from services.alerts.mirror import Mirror, MirrorWriter
@@ -61,6 +61,7 @@ class InputStage:
         self.gate = gate
         self.out = out
         self.partitions = settings.partitions
+        self.shards = Shards(config.shard_by, settings.partitions)
         self.by_topic = {settings.topic(name): name for name in INPUTS if name != ANOMALIES.name}
 
     async def run(self, stream: AsyncIterable[Any]) -> None:
@@ -79,7 +80,7 @@ class InputStage:
                 )
             for name, n in result.evaluated.items():
                 EVALUATED.labels(name).inc(n)
-            for p, value in internal_messages(result, self.config, self.partitions):
+            for p, value in internal_messages(result, self.config, self.partitions, self.shards):
                 await self.out.events.send(value=value, partition=p)
             OBSERVATIONS.labels("forwarded").inc(len(result.observations))
             BATCH_SIZE.labels("alerts", "evaluate").observe(len(batch))
