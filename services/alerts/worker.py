@@ -161,7 +161,6 @@ class AlertsWorker:
             Integrations(config, self.http, self.out.kafka_send),
             self.cache.client,
             self.cache.key("", ""),
-            flush=app.producer.flush,
             report=self.out.report,
             dead_letter=self.out.dead_letter_notification,
         )
@@ -181,7 +180,6 @@ class AlertsWorker:
             app.conf.id,
             self.state,
             self.dispatcher,
-            self.dispatcher.flush,
         )
         self.silence_keeper = SilenceKeeper(self.silences, self.cache, self.out, asettings)
         self.closed = False

@@ -156,9 +156,6 @@ async def test_dispatcher_strips_header_injection_and_dead_letters_what_cannot_b
     dead: list[dict] = []
     results: list[dict] = []
 
-    async def nothing() -> None:
-        return None
-
     async def report(partition: int, value: dict) -> None:
         results.append(value)
 
@@ -172,7 +169,7 @@ async def test_dispatcher_strips_header_injection_and_dead_letters_what_cannot_b
         asettings = AlertsSettings(max_attempts=3, backoff_base_s=0.01, backoff_max_s=0.02)
         dispatcher = Dispatcher(
             asettings, Integrations(config, http, None), cache.client, cache.key("", uuid.uuid4().hex),
-            flush=nothing, report=report, dead_letter=dead_letter,
+            report=report, dead_letter=dead_letter,
         )  # fmt: skip
         evil = copy.deepcopy(NOTIFICATION)
         evil["id"] = "n-evil"
