@@ -34,10 +34,8 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import httpx
-
 from services.alerts.config import Config, EmailConfig, KafkaConfig, WebhookConfig
-from services.alerts.delivery import DeliveryError, send_email, send_webhook, with_retries
+from services.alerts.delivery import DeliveryError, WebhookClient, send_email, send_webhook, with_retries
 from services.alerts.metrics import ATTEMPT_FAILURES, DELIVERY_SECONDS, IDEMPOTENCY_DEGRADED, NOTIFICATIONS
 from services.alerts.settings import AlertsSettings
 
@@ -73,7 +71,7 @@ def alert_records(notification: dict[str, Any]) -> list[dict[str, Any]]:
 class Integrations:
     """Sends one notification through one integration of a receiver (one attempt)."""
 
-    def __init__(self, config: Config, http: httpx.AsyncClient, kafka_send: KafkaSend):
+    def __init__(self, config: Config, http: WebhookClient, kafka_send: KafkaSend):
         self.config = config
         self.http = http
         self.kafka_send = kafka_send

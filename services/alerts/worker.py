@@ -24,9 +24,9 @@ from collections.abc import AsyncIterable
 from typing import Any
 
 import faust
-import httpx
 
 from services.alerts.config import Config
+from services.alerts.delivery import WebhookClient
 from services.alerts.dispatcher import Dispatcher, Integrations
 from services.alerts.evaluate import INPUTS, FloodGate, Shards, evaluate_batch, internal_messages
 from services.alerts.intake import AnomalyIntake
@@ -155,7 +155,7 @@ class AlertsWorker:
         )
         self.mirror = Mirror(self.cache)
         self.redis = RedisHealth(self.cache)
-        self.http = httpx.AsyncClient(follow_redirects=False)
+        self.http = WebhookClient()
         self.dispatcher = Dispatcher(
             asettings,
             Integrations(config, self.http, self.out.kafka_send),

@@ -140,9 +140,8 @@ async def test_dispatcher_strips_header_injection_and_dead_letters_what_cannot_b
     import types
     import uuid
 
-    import httpx
-
     from services.alerts.config import Receiver
+    from services.alerts.delivery import WebhookClient
     from services.alerts.dispatcher import Dispatcher, Integrations
     from services.alerts.settings import AlertsSettings
     from shared.cache import Cache
@@ -152,7 +151,7 @@ async def test_dispatcher_strips_header_injection_and_dead_letters_what_cannot_b
     controller = Controller(sink, hostname="127.0.0.1", port=port)
     controller.start()
     cache = Cache(settings.redis_url, prefix=settings.topic_prefix)
-    http = httpx.AsyncClient()
+    http = WebhookClient()
     dead: list[dict] = []
     results: list[dict] = []
 

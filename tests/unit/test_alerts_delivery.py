@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import copy
 import random
+import socket
 
-import httpx
 import pytest
+from aiohttp import web
 
 from services.alerts import delivery
 from services.alerts.config import EmailConfig, WebhookConfig, parse_config
-from services.alerts.delivery import DeliveryError, backoff_delay, email_message, send_webhook, with_retries
+from services.alerts.delivery import (
+    DeliveryError,
+    WebhookClient,
+    backoff_delay,
+    email_message,
+    send_webhook,
+    with_retries,
+)
 from services.alerts.pipeline import Processor
 from services.alerts.settings import AlertsSettings
 from shared.auth import AuthConfigError, TokenStore
@@ -42,49 +52,87 @@ NOTIFICATION = {
 }
 
 
-def client(handler) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=httpx.MockTransport(handler))
+@contextlib.asynccontextmanager
+async def receiver(handler):
+    """A real HTTP server on 127.0.0.1 answering every POST with ``handler(request)``, and a client for it."""
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", handler)
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    http = WebhookClient()
+    try:
+        yield f"http://127.0.0.1:{port}", http
+    finally:
+        await http.aclose()
+        await runner.cleanup()
 
 
 async def test_webhook_is_signed_and_keyed_and_truncated():
     seen = []
 
-    def handler(request: httpx.Request) -> httpx.Response:
-        seen.append(request)
-        return httpx.Response(200)
+    async def handler(request: web.Request) -> web.Response:
+        seen.append((dict(request.headers), await request.read()))
+        return web.Response(text="ok")
 
-    cfg = WebhookConfig(url="http://r/hook", secret=b"k3y", max_alerts=2)
-    async with client(handler) as http:
+    async with receiver(handler) as (url, http):
+        cfg = WebhookConfig(url=f"{url}/hook", secret=b"k3y", max_alerts=2)
         assert await send_webhook(http, cfg, NOTIFICATION) == 200
-    [req] = seen
-    body = req.content
+    [(headers, body)] = seen
     payload = loads(body)
     assert payload["truncatedAlerts"] == 1 and len(payload["alerts"]) == 2 and "id" not in payload
-    assert req.headers["Idempotency-Key"] == "n-1"
-    ts = req.headers[delivery.TIMESTAMP_HEADER]
-    assert delivery.verify(b"k3y", ts, body, req.headers[delivery.SIGNATURE_HEADER])
-    assert not delivery.verify(b"other", ts, body, req.headers[delivery.SIGNATURE_HEADER])
+    assert headers["Idempotency-Key"] == "n-1" and headers["Content-Type"] == "application/json"
+    ts = headers[delivery.TIMESTAMP_HEADER]
+    assert delivery.verify(b"k3y", ts, body, headers[delivery.SIGNATURE_HEADER])
+    assert not delivery.verify(b"other", ts, body, headers[delivery.SIGNATURE_HEADER])
 
 
 @pytest.mark.parametrize(
     ("status", "retryable"),
-    [(500, True), (503, True), (429, True), (408, True), (400, False), (404, False), (401, False)],
+    [(500, True), (503, True), (429, True), (408, True), (400, False), (404, False), (401, False), (302, False)],
 )
 async def test_http_status_classification(status, retryable):
-    async with client(lambda r: httpx.Response(status, text="why")) as http:
+    async def handler(request: web.Request) -> web.Response:
+        # a redirect is an answer, not followed: the hook named in the config is where notifications go
+        return web.Response(status=status, text="why\nnot", headers={"Location": "/elsewhere"})
+
+    async with receiver(handler) as (url, http):
         with pytest.raises(DeliveryError) as info:
-            await send_webhook(http, WebhookConfig(url="http://r/x"), NOTIFICATION)
-    assert info.value.retryable is retryable and f"HTTP {status}" in str(info.value)
+            await send_webhook(http, WebhookConfig(url=f"{url}/x"), NOTIFICATION)
+    assert info.value.retryable is retryable and str(info.value) == f"HTTP {status}: why not"
 
 
 async def test_timeouts_and_connection_errors_are_retryable():
-    def boom(request):
-        raise httpx.ConnectTimeout("slow")
+    async def slow(request: web.Request) -> web.Response:
+        await asyncio.sleep(5)
+        return web.Response(text="late")
 
-    async with client(boom) as http:
-        with pytest.raises(DeliveryError, match="timeout") as info:
-            await send_webhook(http, WebhookConfig(url="http://r/x", timeout_s=0.5), NOTIFICATION)
-    assert info.value.retryable
+    async with receiver(slow) as (url, http):
+        with pytest.raises(DeliveryError, match=r"timeout after 0\.2s") as info:
+            await send_webhook(http, WebhookConfig(url=f"{url}/x", timeout_s=0.2), NOTIFICATION)
+        assert info.value.retryable
+        with socket.socket() as sock:  # a port nothing listens on once this is closed
+            sock.bind(("127.0.0.1", 0))
+            closed = sock.getsockname()[1]
+        with pytest.raises(DeliveryError, match="ClientConnectorError") as info:
+            await send_webhook(http, WebhookConfig(url=f"http://127.0.0.1:{closed}/x"), NOTIFICATION)
+        assert info.value.retryable
+
+
+async def test_one_connection_carries_deliveries_one_after_another():
+    peers = []
+
+    async def handler(request: web.Request) -> web.Response:
+        await request.read()
+        peers.append(request.transport.get_extra_info("peername"))
+        return web.Response(text="ok")
+
+    async with receiver(handler) as (url, http):
+        for _ in range(5):
+            assert await send_webhook(http, WebhookConfig(url=f"{url}/hook"), NOTIFICATION) == 200
+    assert len(peers) == 5 and len(set(peers)) == 1  # kept alive: no new connection per notification
 
 
 async def test_with_retries_backs_off_and_stops_on_permanent_errors():
