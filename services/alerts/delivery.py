@@ -26,6 +26,8 @@ from typing import Any
 
 import aiohttp
 import certifi
+from aiohttp.helpers import get_env_proxy_for_url
+from yarl import URL
 
 from services.alerts.config import EmailConfig, WebhookConfig
 from shared.codec import dumps
@@ -79,18 +81,32 @@ class WebhookClient:
     httpx's connection pool cost ~2-4 ms of CPU per POST here (it checks every pooled connection's socket for
     each request), aiohttp's ~0.3-0.5 ms (client and server in one process, bench/bench_alerts.py): the
     deliveries were the largest share of the worker's CPU after a busy round and most of what a trickle costs.
-    Redirects are not followed (a 3xx is an answer, not a success); proxies from the environment are honoured,
-    as they were.
+    Redirects are not followed (a 3xx is an answer, not a success); a proxy from the environment
+    (``HTTP(S)_PROXY``, ``NO_PROXY``) is used, as it was, looked up once per URL (aiohttp's ``trust_env`` reads the
+    environment and parses ``~/.netrc`` on every request).
     """
 
     def __init__(self) -> None:
         self._session: aiohttp.ClientSession | None = None
+        self._proxies: dict[str, tuple[URL | None, aiohttp.BasicAuth | None]] = {}
 
     def session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             connector = aiohttp.TCPConnector(limit=100, ssl=trusted_cas())
-            self._session = aiohttp.ClientSession(connector=connector, trust_env=True)
+            self._session = aiohttp.ClientSession(connector=connector)
         return self._session
+
+    def proxy(self, url: str) -> tuple[URL | None, aiohttp.BasicAuth | None]:
+        """The proxy (and its credentials) the environment names for ``url``; (None, None) for none."""
+        found = self._proxies.get(url)
+        if found is None:
+            try:
+                found = get_env_proxy_for_url(URL(url))
+            except (LookupError, ValueError):
+                found = (None, None)
+            if len(self._proxies) < 1000:  # one per receiver URL; bounded all the same
+                self._proxies[url] = found
+        return found
 
     async def aclose(self) -> None:
         if self._session is not None:
@@ -110,6 +126,7 @@ async def send_webhook(client: WebhookClient, cfg: WebhookConfig, notification: 
     }
     if cfg.secret:
         headers[SIGNATURE_HEADER] = sign(cfg.secret, ts, body)
+    proxy, proxy_auth = client.proxy(cfg.url)
     try:
         async with client.session().post(
             cfg.url,
@@ -117,6 +134,8 @@ async def send_webhook(client: WebhookClient, cfg: WebhookConfig, notification: 
             headers=headers,
             timeout=aiohttp.ClientTimeout(total=cfg.timeout_s),
             allow_redirects=False,
+            proxy=proxy,
+            proxy_auth=proxy_auth,
         ) as resp:
             # Read (a bounded part of) the answer within the timeout: a connection read to its end is used again.
             answer = await resp.content.read(MAX_ANSWER_BYTES)

@@ -135,6 +135,19 @@ async def test_one_connection_carries_deliveries_one_after_another():
     assert len(peers) == 5 and len(set(peers)) == 1  # kept alive: no new connection per notification
 
 
+def test_a_proxy_named_in_the_environment_is_used_except_where_no_proxy_says(monkeypatch):
+    monkeypatch.setenv("HTTP_PROXY", "http://user:pw@proxy.example:3128")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,internal.example")
+    http = WebhookClient()
+    proxy, auth = http.proxy("http://hooks.example/x")
+    assert str(proxy) == "http://proxy.example:3128" and auth is not None and auth.login == "user"
+    assert http.proxy("http://127.0.0.1:9/x") == (None, None) and http.proxy("http://internal.example/y") == (
+        None,
+        None,
+    )
+    assert http.proxy("https://hooks.example/x") == (None, None)  # no HTTPS_PROXY
+
+
 async def test_with_retries_backs_off_and_stops_on_permanent_errors():
     sleeps: list[float] = []
 
