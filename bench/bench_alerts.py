@@ -4,7 +4,9 @@ Each round runs one real alerts worker (``python -m services.alerts worker``) on
 stack with a fresh topic prefix and a local webhook receiver on 127.0.0.1:
 
 * ``repeating``: 30,000 anomalies from 1,500 sensors in 100 zones (each sensor
-  flagged 20 times) — what a bad hour looks like;
+  flagged 20 times) — what a bad hour looks like; written as record batches (a producer
+  ``send`` per message was slower than the worker), timed until the worker has read and
+  applied them all;
 * ``flood``: 10,000 anomalies from 10,000 different sensors in 5 zones — the worst
   case for state (every anomaly a new alert until the rate limit folds them);
 * latency: once the worker is quiet again, 200 anomalies, each the first of a new zone
@@ -29,6 +31,7 @@ import asyncio
 import os
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -45,6 +48,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.bench_latency_e2e import CodeProcess  # noqa: E402
+from shared.batching import Outbox, PartitionMap  # noqa: E402
 from shared.codec import dumps, loads  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 from shared.topics import create_all  # noqa: E402
@@ -128,7 +132,20 @@ async def produce_all(producer: AIOKafkaProducer, topic: str, messages: list[tup
     await asyncio.gather(*futures)
 
 
-async def applied(proc: ServiceProcess, timeout: float = 300) -> bool:
+async def produce_batched(producer: AIOKafkaProducer, topic: str, messages: list[tuple[bytes, bytes]]) -> None:
+    """A round's anomalies as record batches, each key on the partition Kafka's default partitioner gives it.
+
+    ``producer.send`` per message took 1-2 s for 30,000 on this machine, beside the worker on the same two
+    cores: the round could not be absorbed faster than the bench wrote it (docs/performance.md, third pass).
+    """
+    partition = PartitionMap(len(await producer.partitions_for(topic)))
+    box = Outbox(producer)
+    for key, value in messages:
+        box.add(topic, partition(key), key, value)
+    await box.flush()
+
+
+async def applied(proc: ServiceProcess, timeout: float = 300, poll_s: float = 0.25) -> bool:
     """Wait until the state stage has applied every rule hit the evaluate stage sent on (False: no such metric)."""
     deadline = time.monotonic() + timeout
     while True:
@@ -139,40 +156,77 @@ async def applied(proc: ServiceProcess, timeout: float = 300) -> bool:
             return True
         if time.monotonic() > deadline:
             raise TimeoutError(f"the state stage still had {waiting} rule hits to apply after {timeout} s")
-        await asyncio.sleep(0.25)
+        await asyncio.sleep(poll_s)
+
+
+def cpu_times(proc: ServiceProcess) -> tuple[float, float]:
+    """CPU time (user, system) the worker process has used so far."""
+    assert proc.proc is not None
+    with open(f"/proc/{proc.proc.pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def cpu_seconds(proc: ServiceProcess) -> float:
     """CPU time (user + system) the worker process has used so far."""
-    assert proc.proc is not None
-    with open(f"/proc/{proc.proc.pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return sum(cpu_times(proc))
 
 
-async def throughput_round(proc: ServiceProcess, producer: AIOKafkaProducer, topic: str, messages) -> dict:
+class Profile:
+    """py-spy sampling the worker over one throughput round (``--profile DIR``): raw stacks, one file a round."""
+
+    def __init__(self, proc: ServiceProcess, out: Path | None) -> None:
+        self.proc, self.out, self.spy = proc, out, None
+
+    def __enter__(self) -> Profile:
+        if self.out is not None:
+            assert self.proc.proc is not None
+            spy = Path(sys.executable).with_name("py-spy")
+            cmd = [str(spy), "record", "-p", str(self.proc.proc.pid), "-r", "250", "-f", "raw", "-o", str(self.out)]
+            self.spy = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(0.5)  # py-spy attached before the round starts
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.spy is not None:
+            self.spy.send_signal(signal.SIGINT)  # py-spy writes what it sampled and exits
+            self.spy.wait(timeout=30)
+
+
+async def throughput_round(
+    proc: ServiceProcess, producer: AIOKafkaProducer, topic: str, messages, profile: Path | None = None
+) -> dict:
     """Seconds until the worker has absorbed the round: read it, and (where the metric exists) applied its hits.
 
     Also the worker's CPU seconds meanwhile (deliveries the round set off included): anomalies per CPU-second
     say what the worker costs whatever share of the machine it got.
     """
+    with Profile(proc, profile):
+        return await _throughput_round(proc, producer, topic, messages)
+
+
+async def _throughput_round(proc: ServiceProcess, producer: AIOKafkaProducer, topic: str, messages) -> dict:
     before = progress(proc.url)[0]
-    cpu_before = cpu_seconds(proc)
+    user_before, sys_before = cpu_times(proc)
     started = time.monotonic()
-    await produce_all(producer, topic, messages)
+    await produce_batched(producer, topic, messages)
     produced_s = time.monotonic() - started
     deadline = time.monotonic() + 300
     while (read := progress(proc.url)[0]) - before < len(messages):
         if time.monotonic() > deadline:
             raise TimeoutError(f"worker read {read - before} of {len(messages)} in 300 s")
-        await asyncio.sleep(0.25)  # rendering /metrics costs the worker CPU: do not poll hard
+        # Rendering /metrics costs the worker CPU: polled hard only near the end, which it then times to ~20 ms.
+        await asyncio.sleep(0.25 if read - before < 0.9 * len(messages) else 0.02)
     read_s = time.monotonic() - started
-    state_measured = await applied(proc)
+    state_measured = await applied(proc, poll_s=0.02)
     elapsed = time.monotonic() - started
-    cpu = cpu_seconds(proc) - cpu_before
+    user, system = (a - b for a, b in zip(cpu_times(proc), (user_before, sys_before), strict=True))
+    cpu = user + system
     return {"messages": len(messages), "seconds": round(elapsed, 3), "read_seconds": round(read_s, 3),
             "state_stage_measured": state_measured, "produce_seconds": round(produced_s, 3),
             "per_s": round(len(messages) / elapsed), "worker_cpu_s": round(cpu, 2),
+            "worker_sys_cpu_s": round(system, 2),
             "per_cpu_s": round(len(messages) / cpu) if cpu > 0 else None}  # fmt: skip
 
 
@@ -198,7 +252,7 @@ def quantiles(latencies: list[float], lost: int) -> dict:
     }
 
 
-async def one_round(code: Path, label: str, r: int) -> dict:
+async def one_round(code: Path, label: str, r: int, profile: Path | None = None) -> dict:
     """A fresh worker of checkout ``code``: the throughput rounds, then the latency samples on the quiet worker."""
     base = Settings.from_env("alerts")
     tmp = Path(tempfile.mkdtemp(prefix="bench-alerts-"))
@@ -231,9 +285,11 @@ async def one_round(code: Path, label: str, r: int) -> dict:
             for _ in range(20)
             for s in range(1500)
         ]
-        repeating = await throughput_round(proc, producer, topic, msgs)
+        prof = profile / f"{label}-{r + 1}-repeating.raw" if profile else None
+        repeating = await throughput_round(proc, producer, topic, msgs, prof)
         msgs = [(f"f{r}-s{s}".encode(), dumps(anomaly(f"f{r}-s{s}", f"f{r}-z{s % 5}", now))) for s in range(10_000)]
-        flood = await throughput_round(proc, producer, topic, msgs)
+        prof = profile / f"{label}-{r + 1}-flood.raw" if profile else None
+        flood = await throughput_round(proc, producer, topic, msgs, prof)
         await applied(proc)  # latency is measured on an idle worker: nothing left for the state stage
         await quiet(receiver)  # and the rounds' notifications delivered
         latencies = []
@@ -348,7 +404,7 @@ async def main(args: argparse.Namespace) -> dict:
     rounds: dict[str, list[dict]] = {label: [] for label, _ in variants}
     for r in range(args.rounds):
         for label, code in variants if r % 2 == 0 else variants[::-1]:
-            rounds[label].append(await one_round(code, label, r))
+            rounds[label].append(await one_round(code, label, r, args.profile))
     by_variant = {label: medians(rs) for label, rs in rounds.items()}
     stages: dict[str, list[dict]] = {label: [] for label, _ in variants}
     for r in range(args.stage_runs):
@@ -383,7 +439,6 @@ async def main(args: argparse.Namespace) -> dict:
 
 async def run(args: argparse.Namespace) -> dict:
     """main(), cancelled cleanly on SIGTERM/SIGINT so the worker and topics are always cleaned up."""
-    import signal
 
     task = asyncio.ensure_future(main(args))
     loop = asyncio.get_running_loop()
@@ -396,6 +451,9 @@ if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--baseline", help="another checkout whose service runs in alternate rounds (before/after)")
+    p.add_argument(
+        "--profile", type=Path, help="directory for py-spy's raw stacks of the worker in each throughput round"
+    )
     p.add_argument("--stage-runs", type=int, default=5, help="in-process CPU-time runs of the two stages per variant")
     out = asyncio.run(run(p.parse_args()))
     path = ROOT / "bench" / "results" / "alerts.json"

@@ -134,11 +134,12 @@ class Outbox:
 
     def __init__(self, producer: AIOKafkaProducer) -> None:
         self.producer = producer
-        self._pending: dict[tuple[str, int], list[tuple[bytes | None, bytes, Headers]]] = {}
+        self._pending: dict[tuple[str, int], list[tuple[bytes | None, bytes | None, Headers]]] = {}
         self.count = 0
 
-    def add(self, topic: str, partition: int, key: bytes | None, value: bytes, headers: Headers = ()) -> None:
-        size = len(value) + (len(key) if key else 0)
+    def add(self, topic: str, partition: int, key: bytes | None, value: bytes | None, headers: Headers = ()) -> None:
+        """One message; a ``None`` value is a tombstone (a table row deleted in its changelog)."""
+        size = (len(value) if value else 0) + (len(key) if key else 0)
         if size > MAX_RECORD_BYTES:
             raise RecordTooLarge(f"a record of {size} bytes for {topic} is over the {MAX_RECORD_BYTES}-byte limit")
         # get before setdefault: no empty list made (and dropped) per message
@@ -165,7 +166,9 @@ class Outbox:
                     futures.append(await _send_closed(producer, batch, topic, partition))
                     batch = producer.create_batch()
                     if batch.append(key=key, value=value, timestamp=None, headers=list(headers)) is None:
-                        raise ValueError(f"a message of {len(value)} bytes does not fit a record batch for {topic}")
+                        raise ValueError(
+                            f"a message of {len(value or b'')} bytes does not fit a record batch for {topic}"
+                        )
             if batch.record_count():
                 counts.append(batch.record_count())
                 futures.append(await _send_closed(producer, batch, topic, partition))

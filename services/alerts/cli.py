@@ -14,10 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from services.alerts.config import ConfigError, load_config
-from services.alerts.delivery import DeliveryError, with_retries
+from services.alerts.delivery import DeliveryError, WebhookClient, with_retries
 from services.alerts.dispatcher import Integrations
 from services.alerts.settings import ENV_PREFIX, AlertsSettings
 from shared.auth import AuthConfigError, TokenStore
@@ -91,7 +89,8 @@ async def resend_dlq(
         await asyncio.gather(*futures)
 
     try:
-        async with httpx.AsyncClient() as http:
+        http = WebhookClient()
+        try:
             integrations = Integrations(config, http, kafka_send)
             last = time.monotonic()
 
@@ -140,6 +139,8 @@ async def resend_dlq(
                         await consumer.commit(
                             {TopicPartition(tp.topic, tp.partition): OffsetAndMetadata(rec.offset + 1, "")}
                         )
+        finally:
+            await http.aclose()
     finally:
         await consumer.stop()
         await producer.stop()

@@ -2,10 +2,11 @@
 
 The at-least-once protocol, per notification id (``nid``):
 
-1. The state stage writes the outbox entry to its table (the intent) and the
-   dispatcher *flushes the producer* before the first attempt, so the intent is
-   in the changelog before anything leaves the process. A crash before that
-   point loses nothing: the tick that made the entry is re-processed.
+1. The state stage writes the outbox entry to its table (the intent) and submits
+   it here only once the broker has acknowledged the batch's changelog records
+   (:class:`~services.alerts.state.StateJob`), so the intent is in the changelog
+   before anything leaves the process. A crash before that point loses nothing:
+   the events that made the entry are applied again.
 2. A Redis lease (``SET NX PX``, renewed while the sender lives) guards the send:
    after a rebalance the new owner of the partition sees the lease and waits instead
    of sending concurrently; a crashed sender's lease lapses after ``lease_s``.
@@ -33,10 +34,8 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import httpx
-
 from services.alerts.config import Config, EmailConfig, KafkaConfig, WebhookConfig
-from services.alerts.delivery import DeliveryError, send_email, send_webhook, with_retries
+from services.alerts.delivery import DeliveryError, WebhookClient, send_email, send_webhook, with_retries
 from services.alerts.metrics import ATTEMPT_FAILURES, DELIVERY_SECONDS, IDEMPOTENCY_DEGRADED, NOTIFICATIONS
 from services.alerts.settings import AlertsSettings
 
@@ -72,7 +71,7 @@ def alert_records(notification: dict[str, Any]) -> list[dict[str, Any]]:
 class Integrations:
     """Sends one notification through one integration of a receiver (one attempt)."""
 
-    def __init__(self, config: Config, http: httpx.AsyncClient, kafka_send: KafkaSend):
+    def __init__(self, config: Config, http: WebhookClient, kafka_send: KafkaSend):
         self.config = config
         self.http = http
         self.kafka_send = kafka_send
@@ -99,44 +98,6 @@ class Integrations:
                 raise DeliveryError(f"kafka {type(exc).__name__}: {exc}", True) from None
 
 
-class CoalescedFlush:
-    """A producer flush shared by every caller waiting at once; each call returns after a flush that began after it.
-
-    Every delivery must see its outbox entry acknowledged by the broker first (step 1 below); with hundreds
-    of deliveries in flight after a busy batch, a flush each (Faust's producer flush walks its whole buffer)
-    was half the worker's time (bench/bench_alerts.py, py-spy). A flush that starts after a call covers
-    every write made before the call, so the calls that arrive while one flush runs all wait for the next.
-    """
-
-    def __init__(self, flush: Callable[[], Awaitable[None]]) -> None:
-        self._flush = flush
-        self._next: asyncio.Future[None] | None = None
-        self._lock = asyncio.Lock()
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    async def __call__(self) -> None:
-        if self._next is None:
-            self._next = asyncio.get_running_loop().create_future()
-            task = asyncio.ensure_future(self._run(self._next))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-        await asyncio.shield(self._next)
-
-    async def _run(self, done: asyncio.Future[None]) -> None:
-        async with self._lock:  # after the flush in progress, which began too early for these callers
-            if self._next is done:
-                self._next = None  # callers from now on need a flush that begins later
-            try:
-                await self._flush()
-            except asyncio.CancelledError:
-                done.cancel()
-                raise
-            except Exception as exc:  # noqa: BLE001 - every waiting caller gets it (their deliveries retry)
-                done.set_exception(exc)
-            else:
-                done.set_result(None)
-
-
 class Dispatcher:
     def __init__(
         self,
@@ -145,7 +106,6 @@ class Dispatcher:
         redis: Any,
         key_prefix: str,
         *,
-        flush: Callable[[], Awaitable[None]],
         report: Callable[[int, dict[str, Any]], Awaitable[None]],
         dead_letter: Callable[[dict[str, Any]], Awaitable[None]],
         concurrency: int = 32,
@@ -154,7 +114,6 @@ class Dispatcher:
         self.integrations = integrations
         self.redis = redis
         self.key_prefix = key_prefix
-        self.flush = CoalescedFlush(flush)
         self.report = report
         self.dead_letter = dead_letter
         self.worker_id = uuid.uuid4().hex
@@ -212,8 +171,7 @@ class Dispatcher:
     async def _deliver(self, entry: dict[str, Any]) -> None:
         nid, receiver, integration = entry["id"], entry["receiver"], entry["integration"]
         labels = {"id": nid, "receiver": receiver, "integration": integration}
-        # (1) the intent (outbox entry) is durable in the changelog before any byte is sent.
-        await self.flush()
+        # (1) the intent (outbox entry) is durable in the changelog: the state stage submits it only then.
         lease_ms = int(self.settings.lease_s * 1000)
         # (2) the done marker and the lease in one round trip (Redis down: deliver anyway, at-least-once)
         done, got = await self._pipeline(

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from services.alerts.config import Config
-from services.alerts.evaluate import FloodGate, evaluate_batch, internal_messages
+from services.alerts.evaluate import FloodGate, Shards, evaluate_batch, internal_messages
 from services.alerts.metrics import EVALUATED, OBSERVATIONS
 from services.alerts.settings import AlertsSettings
 from shared import deadletter
@@ -80,6 +80,7 @@ class AnomalyIntake(BatchJob[Intake]):
         self.asettings = asettings
         self.rules = config
         self.gate = gate
+        self.shards: Shards | None = None  # made once the events topic's partition count is known
 
     async def prepare(self) -> None:
         await self.declare()  # the events topic, before its partition count is asked (a missing one is auto-created)
@@ -92,7 +93,9 @@ class AnomalyIntake(BatchJob[Intake]):
             gate=self.gate,
         )
         events = self.partition_maps[self.events_name]
-        for partition, value in internal_messages(result, self.rules, events.partitions):
+        if self.shards is None or self.shards.partitions != events.partitions:
+            self.shards = Shards(self.rules.shard_by, events.partitions)
+        for partition, value in internal_messages(result, self.rules, events.partitions, self.shards):
             box.add(self.events_name, partition, None, value)
         dl = self.partition_maps[self.deadletter_name]
         for i, reason in result.rejected:

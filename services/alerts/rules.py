@@ -81,6 +81,12 @@ class Condition:
     value: Any
     text: str
     value_path: tuple[str, ...] = ()
+    # ``holds`` made for this condition's shape once: a field of the record (nearly every condition) is one
+    # ``get``, where the general path walk checked ``isinstance(Mapping)`` per step; same results.
+    check: Callable[[Mapping[str, Any]], bool] = dataclasses.field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "check", _checker(self))
 
     def holds(self, record: Mapping[str, Any]) -> bool:
         got = _lookup(record, self.path)
@@ -88,6 +94,47 @@ class Condition:
             return False
         want = _lookup(record, self.value_path) if self.value_path else self.value
         return want is not _MISSING and _OPS[self.op](got, want)
+
+
+def _checker(cond: Condition) -> Callable[[Mapping[str, Any]], bool]:
+    """:meth:`Condition.holds` for a record that is a dict (as every record the rules see is)."""
+    op = _OPS[cond.op]
+    if len(cond.path) != 1 or len(cond.value_path) > 1:
+        return cond.holds
+    name = cond.path[0]
+    if cond.value_path:
+        other = cond.value_path[0]
+
+        def against_field(record: Mapping[str, Any]) -> bool:
+            got = record.get(name, _MISSING)
+            if got is _MISSING:
+                return False
+            want = record.get(other, _MISSING)
+            return want is not _MISSING and op(got, want)
+
+        return against_field
+    want = cond.value
+
+    def against_value(record: Mapping[str, Any]) -> bool:
+        got = record.get(name, _MISSING)
+        return got is not _MISSING and op(got, want)
+
+    return against_value
+
+
+def _all_hold(conditions: tuple[Condition, ...]) -> Callable[[Mapping[str, Any]], bool]:
+    """One call that is ``all(c.holds(record) for c in conditions)`` (in order, stopping at the first that fails)."""
+    checks = tuple(c.check for c in conditions)
+    if len(checks) == 1:
+        return checks[0]
+
+    def all_hold(record: Mapping[str, Any]) -> bool:
+        for check in checks:
+            if not check(record):
+                return False
+        return True
+
+    return all_hold
 
 
 def _lookup(record: Mapping[str, Any], path: tuple[str, ...]) -> Any:
@@ -150,6 +197,16 @@ def check_template(template: Any, fields: tuple[str, ...]) -> str:
 IDENTITIES_KEPT = 20_000
 
 
+def _values_of(names: tuple[str, ...]) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:
+    """``tuple(record[n] for n in names)`` as one ``itemgetter`` call (which returns a bare value for one name)."""
+    if not names:
+        return lambda record: ()
+    get = operator.itemgetter(*names)
+    if len(names) > 1:
+        return get  # type: ignore[return-value]
+    return lambda record: (get(record),)
+
+
 def _root(field_name: str) -> str:
     """The record field a template's replacement field starts with (``extra[a]`` and ``a.b`` read ``extra``, ``a``)."""
     return re.split(r"[.\[]", field_name, maxsplit=1)[0]
@@ -180,15 +237,24 @@ class Rule:
     identities: dict[tuple[tuple[Any, ...], tuple[type, ...]], tuple[dict[str, str], str]] = dataclasses.field(
         default_factory=dict, init=False, compare=False, repr=False
     )
+    # ``when`` and ``resolve_when`` as one call each, and the label fields' values in one C call (made once)
+    fires: Callable[[Mapping[str, Any]], bool] = dataclasses.field(init=False, compare=False, repr=False)
+    resolves: Callable[[Mapping[str, Any]], bool] | None = dataclasses.field(init=False, compare=False, repr=False)
+    label_values: Callable[[Mapping[str, Any]], tuple[Any, ...]] = dataclasses.field(
+        init=False, compare=False, repr=False
+    )
 
     def __post_init__(self) -> None:
         fields = {_root(name) for t in self.labels.values() for _, name, _, _ in string.Formatter().parse(t) if name}
         object.__setattr__(self, "label_fields", tuple(sorted(fields)))
+        object.__setattr__(self, "fires", _all_hold(self.when))
+        object.__setattr__(self, "resolves", _all_hold(self.resolve_when) if self.resolve_when else None)
+        object.__setattr__(self, "label_values", _values_of(self.label_fields))
 
     def _identity(self, record: Mapping[str, Any]) -> tuple[dict[str, str], str]:
         """The alert's labels and fingerprint for this record (KeyError/ValueError: cannot render)."""
         try:
-            values = tuple(record[f] for f in self.label_fields)
+            values = self.label_values(record)
             # with the types: 1, 1.0 and True are equal keys but render as "1", "1.0" and "True"
             key = (values, tuple(map(type, values)))
             known = self.identities.get(key)
@@ -213,21 +279,22 @@ class Rule:
 
     def evaluate(self, record: Mapping[str, Any]) -> Observation | None:
         """The alert this record fires or resolves, or None. Raises KeyError/ValueError on a record it cannot render."""
-        fires = all(c.holds(record) for c in self.when)
-        resolves = bool(self.resolve_when) and all(c.holds(record) for c in self.resolve_when)
-        if not fires and not resolves:
+        fires = self.fires(record)
+        if not fires and (self.resolves is None or not self.resolves(record)):
             return None
         labels, fp = self._identity(record)
         annotations = self._render(self.annotations, record) if fires else {}
         ts = record.get("ts")
+        # positional, in the field order: fingerprint, rule, labels (a copy: the cached one must never change),
+        # annotations, ts, resolve, resolve_after_s
         return Observation(
-            fingerprint=fp,
-            rule=self.name,
-            labels=dict(labels),  # a copy: the cached one must never change
-            annotations=annotations,
-            ts=int(ts) if isinstance(ts, (int, float)) else 0,
-            resolve=not fires,
-            resolve_after_s=self.resolve_after_s,
+            fp,
+            self.name,
+            labels.copy(),
+            annotations,
+            int(ts) if isinstance(ts, (int, float)) else 0,
+            not fires,
+            self.resolve_after_s,
         )
 
 

@@ -12,10 +12,12 @@ topic and the state tables have the same partition count, so the pump's progress
 partition *p* on the worker that owns partition *p* of every state table (exactly one per group key).
 
 Each fetch, per partition (:class:`StateStage`): the pure :func:`~services.alerts.pipeline.apply_events`
-over write-back overlays of the decoded table images; each changed key written once to its table (Faust's
-changelog) in the partition's stand-in event context. A batch counts as done once Faust's producer has
-flushed those writes; only then do its deliveries start (the outbox intent is in the changelog before
-anything leaves the process) and only then can its offsets be checkpointed (``events-progress``). After a
+over write-back overlays of the decoded table images; each changed key written once to its table's local
+store and, in the batch's own :class:`~shared.batching.Outbox`, to its changelog (one record batch per
+changelog partition, :class:`~services.alerts.image.ChangelogWriter`, in place of Faust's per-key path) in
+the partition's stand-in event context. A batch counts as done once the broker has acknowledged that box;
+only then do its deliveries start (the outbox intent is in the changelog before anything leaves the
+process) and only then can its offsets be checkpointed (``events-progress``). After a
 crash the events since the checkpoint are applied again over tables that may already hold them: a hit
 counts once more, a result or a tick repeats harmlessly (at-least-once, as the agent's uncommitted offsets
 were). An upgraded worker starts where the app's consumer group left the topic (``inherit_group``).
@@ -23,7 +25,6 @@ were). An upgraded worker starts where the app's consumer group left the topic (
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,7 +33,7 @@ from services.alerts.config import Config
 from services.alerts.dispatcher import Dispatcher
 from services.alerts.image import TableImage
 from services.alerts.mirror import MirrorWriter
-from services.alerts.overlay import Overlay
+from services.alerts.overlay import DELETED, Overlay
 from services.alerts.pipeline import Processor, Schedule, TickGate, apply_events
 from services.alerts.settings import AlertsSettings
 from shared.batching import Outbox
@@ -64,6 +65,11 @@ class StateStage:
         # Hits not yet written to a coalesced alert (Processor._coalesce); kept across batches.
         self.pending_counts: dict[str, int] = {}
 
+    def persisted(self, last_offsets: dict[tuple[str, int], int]) -> None:
+        """A batch's box is on the broker: its changelog records need not be replayed into the stores."""
+        for image in self.images.values():
+            image.persisted(last_offsets)
+
     def forget(self) -> None:
         """After a rebalance or a rewind: the tables are the truth, read them again."""
         self.schedule.reset()
@@ -74,11 +80,14 @@ class StateStage:
         """Whether a tick would find anything due on ``partition`` (a partition not scheduled yet always does)."""
         return self.schedule.due(partition, now_s)
 
-    def apply(self, partition: int, values: list[bytes], event: Any) -> tuple[list[dict[str, Any]], int]:
+    def apply(
+        self, partition: int, values: list[bytes], event: Any, box: Outbox | None = None
+    ) -> tuple[list[dict[str, Any]], int]:
         """One partition's events; returns the deliveries it made due and how many table keys it wrote.
 
         ``event`` stands in for an event of the partition: the writes go to its changelog partition
-        (pitfall 10), each changed key once, by reassigning the whole value (pitfall 4).
+        (pitfall 10), each changed key once, by reassigning the whole value (pitfall 4); with ``box``, the
+        changelog records go into it (:meth:`TableImage.commit`) and are durable once it is acknowledged.
         """
         overlays = {name: Overlay(image.view(partition)) for name, image in self.images.items()}
         proc = Processor(
@@ -92,8 +101,8 @@ class StateStage:
         outcome = apply_events(proc, values, partition, self.ticks)
         written = 0
         with event_context(event):
-            for overlay in overlays.values():
-                written += overlay.flush()
+            for name, overlay in overlays.items():
+                written += self.images[name].commit(partition, overlay.take(), box, DELETED)
         self.mirror.add(outcome.mirror)
         dispatch = [entry for entry in outcome.dispatch.values() if proc.outbox.get(entry["id"]) is not None]
         return dispatch, written
@@ -119,7 +128,6 @@ class StateJob(BatchJob[Applied]):
         group_id: str,
         stage: StateStage,
         dispatcher: Dispatcher,
-        flush: Callable[[], Awaitable[None]],
     ) -> None:
         self.declare = declare
         pump_config = PumpConfig(
@@ -140,17 +148,9 @@ class StateJob(BatchJob[Applied]):
         self.topic_label = "events"
         self.core = stage
         self.dispatcher = dispatcher
-        self.flush = flush
 
     async def prepare(self) -> None:
         await self.declare()  # before anyone asks for its partitions (a missing topic would be auto-created)
-
-    async def submit(self, records: list[Any]) -> Batch[Applied]:
-        batch = await super().submit(records)
-        if batch.work.written:
-            # The table writes went through Faust's producer: the batch is done when they are on the broker.
-            batch.acked = asyncio.ensure_future(_after(batch.acked, self.flush()))
-        return batch
 
     async def decide(self, records: list[Any], box: Outbox) -> Applied:
         by_partition: dict[int, list[bytes]] = {}
@@ -158,12 +158,18 @@ class StateJob(BatchJob[Applied]):
             by_partition.setdefault(r.partition, []).append(r.value or b"")
         applied = Applied()
         for partition, values in by_partition.items():
-            dispatch, written = self.core.apply(partition, values, self.event(partition))
+            # The table writes go into the batch's box: the batch is done (and its deliveries may start) only
+            # once the broker has them.
+            dispatch, written = self.core.apply(partition, values, self.event(partition), box)
             applied.dispatch += dispatch
             applied.written += written
         if self.core.mirror.full:
             await self.core.mirror.flush()
         return applied
+
+    async def complete(self, batch: Batch[Applied]) -> Applied:
+        self.core.persisted(await batch.acked)  # what Faust's own ack callback records for a table write
+        return await super().complete(batch)
 
     def finish(self, work: Applied, elapsed: float) -> None:
         for entry in work.dispatch:
@@ -171,8 +177,3 @@ class StateJob(BatchJob[Applied]):
 
     def forget(self) -> None:
         self.core.forget()
-
-
-async def _after(acked: asyncio.Future[Any], flushed: Awaitable[None]) -> Any:
-    await flushed
-    return await acked

@@ -24,11 +24,11 @@ from collections.abc import AsyncIterable
 from typing import Any
 
 import faust
-import httpx
 
 from services.alerts.config import Config
+from services.alerts.delivery import WebhookClient
 from services.alerts.dispatcher import Dispatcher, Integrations
-from services.alerts.evaluate import INPUTS, FloodGate, evaluate_batch, internal_messages
+from services.alerts.evaluate import INPUTS, FloodGate, Shards, evaluate_batch, internal_messages
 from services.alerts.intake import AnomalyIntake
 from services.alerts.metrics import EVALUATED, OBSERVATIONS
 from services.alerts.mirror import Mirror, MirrorWriter
@@ -61,6 +61,7 @@ class InputStage:
         self.gate = gate
         self.out = out
         self.partitions = settings.partitions
+        self.shards = Shards(config.shard_by, settings.partitions)
         self.by_topic = {settings.topic(name): name for name in INPUTS if name != ANOMALIES.name}
 
     async def run(self, stream: AsyncIterable[Any]) -> None:
@@ -79,7 +80,7 @@ class InputStage:
                 )
             for name, n in result.evaluated.items():
                 EVALUATED.labels(name).inc(n)
-            for p, value in internal_messages(result, self.config, self.partitions):
+            for p, value in internal_messages(result, self.config, self.partitions, self.shards):
                 await self.out.events.send(value=value, partition=p)
             OBSERVATIONS.labels("forwarded").inc(len(result.observations))
             BATCH_SIZE.labels("alerts", "evaluate").observe(len(batch))
@@ -154,13 +155,12 @@ class AlertsWorker:
         )
         self.mirror = Mirror(self.cache)
         self.redis = RedisHealth(self.cache)
-        self.http = httpx.AsyncClient(follow_redirects=False)
+        self.http = WebhookClient()
         self.dispatcher = Dispatcher(
             asettings,
             Integrations(config, self.http, self.out.kafka_send),
             self.cache.client,
             self.cache.key("", ""),
-            flush=app.producer.flush,
             report=self.out.report,
             dead_letter=self.out.dead_letter_notification,
         )
@@ -180,7 +180,6 @@ class AlertsWorker:
             app.conf.id,
             self.state,
             self.dispatcher,
-            self.dispatcher.flush,
         )
         self.silence_keeper = SilenceKeeper(self.silences, self.cache, self.out, asettings)
         self.closed = False

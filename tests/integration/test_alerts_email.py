@@ -140,9 +140,8 @@ async def test_dispatcher_strips_header_injection_and_dead_letters_what_cannot_b
     import types
     import uuid
 
-    import httpx
-
     from services.alerts.config import Receiver
+    from services.alerts.delivery import WebhookClient
     from services.alerts.dispatcher import Dispatcher, Integrations
     from services.alerts.settings import AlertsSettings
     from shared.cache import Cache
@@ -152,12 +151,9 @@ async def test_dispatcher_strips_header_injection_and_dead_letters_what_cannot_b
     controller = Controller(sink, hostname="127.0.0.1", port=port)
     controller.start()
     cache = Cache(settings.redis_url, prefix=settings.topic_prefix)
-    http = httpx.AsyncClient()
+    http = WebhookClient()
     dead: list[dict] = []
     results: list[dict] = []
-
-    async def nothing() -> None:
-        return None
 
     async def report(partition: int, value: dict) -> None:
         results.append(value)
@@ -172,7 +168,7 @@ async def test_dispatcher_strips_header_injection_and_dead_letters_what_cannot_b
         asettings = AlertsSettings(max_attempts=3, backoff_base_s=0.01, backoff_max_s=0.02)
         dispatcher = Dispatcher(
             asettings, Integrations(config, http, None), cache.client, cache.key("", uuid.uuid4().hex),
-            flush=nothing, report=report, dead_letter=dead_letter,
+            report=report, dead_letter=dead_letter,
         )  # fmt: skip
         evil = copy.deepcopy(NOTIFICATION)
         evil["id"] = "n-evil"

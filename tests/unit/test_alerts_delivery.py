@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import copy
 import random
+import socket
 
-import httpx
 import pytest
+from aiohttp import web
 
 from services.alerts import delivery
 from services.alerts.config import EmailConfig, WebhookConfig, parse_config
-from services.alerts.delivery import DeliveryError, backoff_delay, email_message, send_webhook, with_retries
+from services.alerts.delivery import (
+    DeliveryError,
+    WebhookClient,
+    backoff_delay,
+    email_message,
+    send_webhook,
+    with_retries,
+)
 from services.alerts.pipeline import Processor
 from services.alerts.settings import AlertsSettings
 from shared.auth import AuthConfigError, TokenStore
@@ -42,49 +52,100 @@ NOTIFICATION = {
 }
 
 
-def client(handler) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=httpx.MockTransport(handler))
+@contextlib.asynccontextmanager
+async def receiver(handler):
+    """A real HTTP server on 127.0.0.1 answering every POST with ``handler(request)``, and a client for it."""
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", handler)
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    http = WebhookClient()
+    try:
+        yield f"http://127.0.0.1:{port}", http
+    finally:
+        await http.aclose()
+        await runner.cleanup()
 
 
 async def test_webhook_is_signed_and_keyed_and_truncated():
     seen = []
 
-    def handler(request: httpx.Request) -> httpx.Response:
-        seen.append(request)
-        return httpx.Response(200)
+    async def handler(request: web.Request) -> web.Response:
+        seen.append((dict(request.headers), await request.read()))
+        return web.Response(text="ok")
 
-    cfg = WebhookConfig(url="http://r/hook", secret=b"k3y", max_alerts=2)
-    async with client(handler) as http:
+    async with receiver(handler) as (url, http):
+        cfg = WebhookConfig(url=f"{url}/hook", secret=b"k3y", max_alerts=2)
         assert await send_webhook(http, cfg, NOTIFICATION) == 200
-    [req] = seen
-    body = req.content
+    [(headers, body)] = seen
     payload = loads(body)
     assert payload["truncatedAlerts"] == 1 and len(payload["alerts"]) == 2 and "id" not in payload
-    assert req.headers["Idempotency-Key"] == "n-1"
-    ts = req.headers[delivery.TIMESTAMP_HEADER]
-    assert delivery.verify(b"k3y", ts, body, req.headers[delivery.SIGNATURE_HEADER])
-    assert not delivery.verify(b"other", ts, body, req.headers[delivery.SIGNATURE_HEADER])
+    assert headers["Idempotency-Key"] == "n-1" and headers["Content-Type"] == "application/json"
+    ts = headers[delivery.TIMESTAMP_HEADER]
+    assert delivery.verify(b"k3y", ts, body, headers[delivery.SIGNATURE_HEADER])
+    assert not delivery.verify(b"other", ts, body, headers[delivery.SIGNATURE_HEADER])
 
 
 @pytest.mark.parametrize(
     ("status", "retryable"),
-    [(500, True), (503, True), (429, True), (408, True), (400, False), (404, False), (401, False)],
+    [(500, True), (503, True), (429, True), (408, True), (400, False), (404, False), (401, False), (302, False)],
 )
 async def test_http_status_classification(status, retryable):
-    async with client(lambda r: httpx.Response(status, text="why")) as http:
+    async def handler(request: web.Request) -> web.Response:
+        # a redirect is an answer, not followed: the hook named in the config is where notifications go
+        return web.Response(status=status, text="why\nnot", headers={"Location": "/elsewhere"})
+
+    async with receiver(handler) as (url, http):
         with pytest.raises(DeliveryError) as info:
-            await send_webhook(http, WebhookConfig(url="http://r/x"), NOTIFICATION)
-    assert info.value.retryable is retryable and f"HTTP {status}" in str(info.value)
+            await send_webhook(http, WebhookConfig(url=f"{url}/x"), NOTIFICATION)
+    assert info.value.retryable is retryable and str(info.value) == f"HTTP {status}: why not"
 
 
 async def test_timeouts_and_connection_errors_are_retryable():
-    def boom(request):
-        raise httpx.ConnectTimeout("slow")
+    async def slow(request: web.Request) -> web.Response:
+        await asyncio.sleep(5)
+        return web.Response(text="late")
 
-    async with client(boom) as http:
-        with pytest.raises(DeliveryError, match="timeout") as info:
-            await send_webhook(http, WebhookConfig(url="http://r/x", timeout_s=0.5), NOTIFICATION)
-    assert info.value.retryable
+    async with receiver(slow) as (url, http):
+        with pytest.raises(DeliveryError, match=r"timeout after 0\.2s") as info:
+            await send_webhook(http, WebhookConfig(url=f"{url}/x", timeout_s=0.2), NOTIFICATION)
+        assert info.value.retryable
+        with socket.socket() as sock:  # a port nothing listens on once this is closed
+            sock.bind(("127.0.0.1", 0))
+            closed = sock.getsockname()[1]
+        with pytest.raises(DeliveryError, match="ClientConnectorError") as info:
+            await send_webhook(http, WebhookConfig(url=f"http://127.0.0.1:{closed}/x"), NOTIFICATION)
+        assert info.value.retryable
+
+
+async def test_one_connection_carries_deliveries_one_after_another():
+    peers = []
+
+    async def handler(request: web.Request) -> web.Response:
+        await request.read()
+        peers.append(request.transport.get_extra_info("peername"))
+        return web.Response(text="ok")
+
+    async with receiver(handler) as (url, http):
+        for _ in range(5):
+            assert await send_webhook(http, WebhookConfig(url=f"{url}/hook"), NOTIFICATION) == 200
+    assert len(peers) == 5 and len(set(peers)) == 1  # kept alive: no new connection per notification
+
+
+def test_a_proxy_named_in_the_environment_is_used_except_where_no_proxy_says(monkeypatch):
+    monkeypatch.setenv("HTTP_PROXY", "http://user:pw@proxy.example:3128")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,internal.example")
+    http = WebhookClient()
+    proxy, auth = http.proxy("http://hooks.example/x")
+    assert str(proxy) == "http://proxy.example:3128" and auth is not None and auth.login == "user"
+    assert http.proxy("http://127.0.0.1:9/x") == (None, None) and http.proxy("http://internal.example/y") == (
+        None,
+        None,
+    )
+    assert http.proxy("https://hooks.example/x") == (None, None)  # no HTTPS_PROXY
 
 
 async def test_with_retries_backs_off_and_stops_on_permanent_errors():
@@ -391,43 +452,3 @@ async def test_an_unexpected_error_is_retried_then_given_up_never_forever():
         await with_retries(broken, max_attempts=3, base_s=0.01, cap_s=0.01, sleep=sleep)
     assert info.value.attempts == 3 and info.value.retryable and "unexpected KeyError" in str(info.value)
     assert len(sleeps) == 2
-
-
-async def test_coalesced_flush_covers_every_caller_with_a_flush_that_began_after_it():
-    import asyncio
-
-    from services.alerts.dispatcher import CoalescedFlush
-
-    log: list[str] = []
-    writes = 0
-    release = asyncio.Event()
-
-    async def flush() -> None:
-        seen = writes  # what this flush covers: the writes made before it began
-        log.append(f"start {seen}")
-        await release.wait()
-        log.append(f"end {seen}")
-
-    shared = CoalescedFlush(flush)
-    writes = 1
-    first = [asyncio.ensure_future(shared()) for _ in range(50)]  # one flush for all fifty
-    while not log:
-        await asyncio.sleep(0)
-    writes = 2  # made while that flush runs: it cannot cover them
-    later = [asyncio.ensure_future(shared()) for _ in range(50)]
-    for _ in range(5):
-        await asyncio.sleep(0)
-    assert log == ["start 1"] and not any(t.done() for t in first + later)
-    release.set()
-    await asyncio.gather(*first)
-    await asyncio.gather(*later)
-    assert log == ["start 1", "end 1", "start 2", "end 2"]
-
-    async def failing() -> None:
-        raise RuntimeError("broker away")
-
-    broken = CoalescedFlush(failing)
-    results = await asyncio.gather(broken(), broken(), return_exceptions=True)
-    assert [type(r) for r in results] == [RuntimeError, RuntimeError]
-    await shared()  # a new call after everything settled starts a new flush
-    assert log[-2:] == ["start 2", "end 2"] and len(log) == 6
