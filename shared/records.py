@@ -107,7 +107,7 @@ class SensorEvent(Record):
     v: int = 1
 
 
-@dataclass  # no slots: orjson writes a dataclass from its __dict__ ~2.5x faster (one per reading)
+@dataclass(slots=True)
 class Score(Record):
     """The anomaly score of one reading (scores), keyed by sensor_id."""
 
@@ -126,7 +126,7 @@ class Score(Record):
     v: int = 1
 
 
-@dataclass  # no slots: orjson writes a dataclass from its __dict__ ~2.5x faster (one per reading)
+@dataclass(slots=True)
 class Anomaly(Record):
     """A flagged reading with the metrics behind it and a sentence a person can read."""
 
