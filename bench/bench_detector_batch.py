@@ -4,9 +4,9 @@ What a micro-batch costs whatever its size decides whether batches may be small 
 goes as soon as it is read) without the detector spending its CPU on per-batch overhead. Measured in-process,
 no broker: the scorer as the worker builds it (drift monitor on), readings of 2,000 pipe and pump sensors
 round-robin (bench_detector's fleet), each size scored repeatedly against the states the earlier batches left;
-the median CPU time per call. Two model sets: ``statistical`` (no trained model: the z-score detector, what
-the end-to-end bench runs) and ``ensemble`` (pipe and pump models trained as bench_detector trains them:
-z-score, PCA, K-Means, LOF, IsolationForest).
+the median CPU time per call, the garbage collector set as the worker's pump sets it. Two model sets:
+``statistical`` (no trained model: the z-score detector, what the end-to-end bench runs) and ``ensemble``
+(pipe and pump models trained as bench_detector trains them: z-score, PCA, K-Means, LOF, IsolationForest).
 
 ``--baseline DIR`` measures another checkout (``git archive REV | tar -x -C DIR``) too, each variant in a
 process of its own, alternating, so before and after share the machine's load. Writes
@@ -16,6 +16,7 @@ bench/results/detector_batch.json.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import statistics
 import subprocess
@@ -68,6 +69,11 @@ def measure(code: Path, repeats: int) -> dict[str, Any]:
         scorer = Scorer(store, ds.aggregate_window_s * 1000, ds.reason_metrics, ds.emit_scores, False, monitor)
         rng = np.random.default_rng(5)
         memory: dict[str, Any] = {}
+        # the collector as the worker's pump sets it (shared.pump): start-up objects frozen, young generation large.
+        # Without it every batch pays full collections over the models' and libraries' objects.
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(50_000, 20, 50)
         position = [0, 100]
 
         def batch(n: int, position: list[int] = position, rng: Any = rng) -> list[Reading]:

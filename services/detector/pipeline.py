@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from itertools import pairwise
+from itertools import chain, pairwise, repeat
+from operator import attrgetter, itemgetter
 from typing import Any
 
 import numpy as np
@@ -108,14 +109,20 @@ class Scorer:
 
     def process(self, readings: list[Reading], load_state: Callable[[str], Any]) -> BatchResult:
         result = BatchResult()
-        groups: dict[tuple[str, tuple[str, ...]], list[int]] = {}
+        groups: dict[tuple[str, tuple[str, ...]], list[Reading]] = {}
         profiles: dict[str, Profile] = {}
-        for i, r in enumerate(readings):
-            profile = self.store.profiles.for_reading(r)
-            profiles[profile.name] = profile
-            groups.setdefault((profile.name, self.store.metrics_for(profile, r)), []).append(i)
-        for (pname, metrics), rows in groups.items():
-            self._score_with_resets(profiles[pname], metrics, [readings[i] for i in rows], load_state, result)
+        for_reading = self.store.profiles.for_reading
+        metrics_for = self.store.metrics_for
+        for r in readings:
+            profile = for_reading(r)
+            key = (profile.name, metrics_for(profile, r))
+            group = groups.get(key)
+            if group is None:
+                group = groups[key] = []
+                profiles[profile.name] = profile
+            group.append(r)
+        for (pname, metrics), batch in groups.items():
+            self._score_with_resets(profiles[pname], metrics, batch, load_state, result)
         return result
 
     def _score_with_resets(
@@ -134,8 +141,14 @@ class Scorer:
         batching, so the segments score every other reading as one batch would.
         """
         # extra comes from outside: any JSON (counter_resets reads only an object's list of names)
-        starts = [i for i, r in enumerate(batch) if r.extra and counter_resets(r, metrics)]
-        if not starts:  # the common case: one segment
+        extras = list(map(_EXTRA, batch))
+        if not any(extras):  # the common case: no reading says anything of its counters
+            self._score_group(profile, metrics, batch, load_state, result)
+            return
+        starts = [
+            i for i, (r, extra) in enumerate(zip(batch, extras, strict=True)) if extra and counter_resets(r, metrics)
+        ]
+        if not starts:
             self._score_group(profile, metrics, batch, load_state, result)
             return
         bounds = sorted({0, *starts, len(batch)})
@@ -167,10 +180,18 @@ class Scorer:
     ) -> None:
         model = self.store.model_for(profile, metrics)
         layout = model.layout
-        sensors: dict[str, int] = {}
-        idx = np.fromiter(
-            (sensors.setdefault(r.sensor_id, len(sensors)) for r in batch), dtype=np.int64, count=len(batch)
-        )
+        n = len(batch)
+        # the readings' fields as columns (the Score of each reading is built from them in one C-level map)
+        sids = [r.sensor_id for r in batch]
+        stamps = [r.ts for r in batch]
+        sites = [r.site for r in batch]
+        zones = [r.zone for r in batch]
+        utilities = [r.utility for r in batch]
+        assets = [r.asset for r in batch]
+        sensors = dict.fromkeys(sids)  # the group's sensors in order of first reading
+        for row, sid in enumerate(sensors):
+            sensors[sid] = row
+        idx = np.fromiter(map(sensors.__getitem__, sids), dtype=np.int64, count=n)
         state = layout.empty(len(sensors))
         width = layout.width
         rows: list[int] = []
@@ -189,26 +210,25 @@ class Scorer:
                 continue
             rows.append(row)
             vectors.append(vec)
-        if rows:
+        if len(rows) == len(sensors):  # every sensor has a state (the steady case): copied straight into the matrix
+            np.concatenate(vectors, out=state.reshape(-1))
+        elif rows:
             state[rows] = vectors  # one copy into the matrix, not one numpy call per sensor
-        nan = np.nan
-        x = np.array([r.values.get(m, nan) for r in batch for m in metrics], dtype=np.float64).reshape(
-            len(batch), len(metrics)
-        )
-        ts = np.fromiter((r.ts for r in batch), dtype=np.float64, count=len(batch))
-        late = np.zeros(len(batch), dtype=bool)
+        x = _values(batch, metrics)
+        ts = np.fromiter(stamps, dtype=np.float64, count=n)
+        late = np.zeros(n, dtype=bool)
         feats = model.features(state, x, ts, idx, late)
         scored = model.score(state, feats, idx, late)
         result.late += int(late.sum())
-        result.scored[model.name] = result.scored.get(model.name, 0) + len(batch)
-        result.flagged[model.name] = result.flagged.get(model.name, 0) + int(scored.anomaly.sum())
+        result.scored[model.name] = result.scored.get(model.name, 0) + n
+        flag_rows = np.flatnonzero(scored.anomaly).tolist()
+        result.flagged[model.name] = result.flagged.get(model.name, 0) + len(flag_rows)
         states = result.states
         if self.packed:
-            for sid, vec in zip(sensors, state, strict=True):
-                states[sid] = pack(metrics, vec)
+            states.update(zip(sensors, map(pack, repeat(metrics), state), strict=True))
         else:
-            for sid, vec in zip(sensors, state, strict=True):
-                states[sid] = (metrics, vec.copy())  # a copy: a view would keep the batch's whole matrix alive
+            # copies: a view would keep the batch's whole matrix alive
+            states.update(zip(sensors, zip(repeat(metrics), map(np.ndarray.copy, state)), strict=True))
         if self.monitor is not None:
             # the score as retrain's reference holds it: the reading's own ensemble score in thresholds
             columns = {m: x[:, j] for j, m in enumerate(metrics)}
@@ -219,72 +239,100 @@ class Scorer:
         top = min(self.reason_metrics, len(metrics))
         tz = model.config.state.tz_offset_h
         contrib = scored.contributions
-        best = np.argsort(-contrib, axis=1)[:, :top] if len(metrics) else np.zeros((len(batch), 0), dtype=np.int64)
-        best_share = np.round(np.take_along_axis(contrib, best, axis=1), 3).tolist()
-        best_names = np.array(metrics, dtype=object)[best].tolist()
         score_list = np.round(scored.score, 4).tolist()
-        flag_list = scored.anomaly.tolist()
         thr = round(threshold, 4)
         version, name = model.version, model.name
-        scores, emit = result.scores, self.emit_scores
-        for i, r in enumerate(batch):
-            flagged = flag_list[i]
-            if emit or flagged:
-                scores.append(
-                    Score(
-                        r.sensor_id,
-                        r.ts,
-                        r.site,
-                        r.zone,
-                        r.utility,
-                        r.asset,
-                        score_list[i],
-                        thr,
-                        flagged,
-                        name,
-                        version,
-                        {n: c for n, c in zip(best_names[i], best_share[i], strict=True) if c > 0},
-                    )
+        emit = self.emit_scores
+        # the top contributions of each scored reading: of every reading, or only of the flagged ones
+        pick = slice(None) if emit else flag_rows
+        if len(metrics):
+            best = np.argsort(-contrib[pick], axis=1)[:, :top]
+            shares = np.round(np.take_along_axis(contrib[pick], best, axis=1), 3)
+            contributions = list(map(dict, map(zip, np.array(metrics, dtype=object)[best].tolist(), shares.tolist())))
+            for i in np.flatnonzero((shares <= 0).any(axis=1)).tolist():  # a share of 0 is not a contribution
+                contributions[i] = {m: c for m, c in contributions[i].items() if c > 0}
+        else:
+            contributions = [{} for _ in range(n if emit else len(flag_rows))]
+        flags = [False] * n
+        for i in flag_rows:
+            flags[i] = True
+        if emit:
+            result.scores.extend(
+                map(
+                    Score,
+                    sids,
+                    stamps,
+                    sites,
+                    zones,
+                    utilities,
+                    assets,
+                    score_list,
+                    repeat(thr),
+                    flags,
+                    repeat(name),
+                    repeat(version),
+                    contributions,
                 )
-            if flagged:
-                reason, tops = explain(metrics, feats[i], contrib[i], r.units, r.ts, tz, top)
-                ratio = score_list[i] / threshold if threshold > 0 else 0.0
-                result.anomalies.append(
-                    Anomaly(
-                        sensor_id=r.sensor_id,
-                        ts=r.ts,
-                        site=r.site,
-                        zone=r.zone,
-                        utility=r.utility,
-                        asset=r.asset,
-                        score=score_list[i],
-                        threshold=thr,
-                        model_version=version,
-                        reason=reason,
-                        top_metrics=tops,
-                        values=dict(r.values),
-                        severity="critical" if ratio >= 2.0 else "warning",
-                    )
+            )
+        else:
+            result.scores.extend(
+                Score(
+                    sids[i],
+                    stamps[i],
+                    sites[i],
+                    zones[i],
+                    utilities[i],
+                    assets[i],
+                    score_list[i],
+                    thr,
+                    True,
+                    name,
+                    version,
+                    c,
                 )
-        self._aggregate(batch, metrics, x, scored.anomaly, ts, result)
+                for i, c in zip(flag_rows, contributions, strict=True)
+            )
+        for i in flag_rows:
+            r = batch[i]
+            reason, tops = explain(metrics, feats[i], contrib[i], r.units, r.ts, tz, top)
+            ratio = score_list[i] / threshold if threshold > 0 else 0.0
+            result.anomalies.append(
+                Anomaly(
+                    sensor_id=r.sensor_id,
+                    ts=r.ts,
+                    site=r.site,
+                    zone=r.zone,
+                    utility=r.utility,
+                    asset=r.asset,
+                    score=score_list[i],
+                    threshold=thr,
+                    model_version=version,
+                    reason=reason,
+                    top_metrics=tops,
+                    values=dict(r.values),
+                    severity="critical" if ratio >= 2.0 else "warning",
+                )
+            )
+        window = self.window_ms
+        cells = list(zip(sites, zones, utilities, [t - t % window for t in stamps], strict=True))
+        self._aggregate(cells, metrics, x, scored.anomaly, ts, result)
 
     def _aggregate(
         self,
-        batch: list[Reading],
+        cells: list[tuple[str, str, str, int]],
         metrics: tuple[str, ...],
         x: np.ndarray,
         flags: np.ndarray,
         ts: np.ndarray,
         result: BatchResult,
     ) -> None:
-        """Zone/window partials of a group: one reduction per statistic over all cells at once."""
-        window = self.window_ms
-        cells: dict[tuple[str, str, str, int], int] = {}
-        codes = np.fromiter(
-            (cells.setdefault((r.site, r.zone, r.utility, r.ts - r.ts % window), len(cells)) for r in batch),
-            dtype=np.int64,
-            count=len(batch),
-        )
+        """Zone/window partials of a group: one reduction per statistic over all cells at once.
+
+        ``cells`` holds each reading's (site, zone, utility, window start).
+        """
+        keys = list(dict.fromkeys(cells))  # in order of first reading
+        code_of = {cell: c for c, cell in enumerate(keys)}
+        codes = np.fromiter(map(code_of.__getitem__, cells), dtype=np.int64, count=len(cells))
         order = np.argsort(codes, kind="stable")
         sorted_codes = codes[order]
         starts = np.concatenate(([0], np.flatnonzero(np.diff(sorted_codes)) + 1))
@@ -294,10 +342,9 @@ class Scorer:
         sums = np.add.reduceat(np.where(seen, sub, 0.0), starts, axis=0)
         mins = np.minimum.reduceat(np.where(seen, sub, np.inf), starts, axis=0)
         maxs = np.maximum.reduceat(np.where(seen, sub, -np.inf), starts, axis=0)
-        n = np.diff(np.append(starts, len(batch)))
+        n = np.diff(np.append(starts, len(cells)))
         flagged = np.add.reduceat(flags[order].astype(np.int64), starts)
         last_ts = np.maximum.reduceat(ts[order], starts)
-        keys = list(cells)
         for c, code in enumerate(sorted_codes[starts].tolist()):
             site, zone, utility, ws = keys[code]
             key = aggregates.zone_key(site, zone, utility)
@@ -314,3 +361,21 @@ class Scorer:
             cell = result.partials.setdefault(key, {})
             wkey = str(ws)
             cell[wkey] = aggregates.merge(cell[wkey], partial) if wkey in cell else partial
+
+
+_EXTRA = attrgetter("extra")
+_VALUES = attrgetter("values")
+
+
+def _values(batch: list[Reading], metrics: tuple[str, ...]) -> np.ndarray:
+    """The ``(readings, metrics)`` matrix of the readings' values, NaN where a reading lacks a metric."""
+    n, m = len(batch), len(metrics)
+    if m:
+        # each reading's values in one C call; a reading without one of the metrics takes the general way
+        values = map(itemgetter(*metrics), map(_VALUES, batch))
+        try:
+            return np.fromiter(values if m == 1 else chain.from_iterable(values), np.float64, n * m).reshape(n, m)
+        except (KeyError, TypeError, ValueError):
+            pass
+    nan = np.nan
+    return np.array([r.values.get(k, nan) for r in batch for k in metrics], dtype=np.float64).reshape(n, m)
