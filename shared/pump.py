@@ -43,8 +43,9 @@ What stays Faust's, and how the pump follows it:
   start without a broker round trip of their own (a guard before every batch was one awaited
   round trip, queued behind the previous batch's outputs, added to every reading); a settle
   (rebalance, shutdown) cuts the guards back to what is finished. A restart that finds a guard
-  beyond the checkpoint processes that range — as far as the log reached: the dead worker read
-  nothing beyond — one message at a time, each under its own guard, and sets aside the message
+  beyond the checkpoint processes that range — cut at the log's end at the restart, so at most a
+  batch (``batch_size``) and ``pump_guard_ahead`` offsets per partition — one message at a time,
+  each under its own guard, and sets aside the message
   whose guard it finds after the next restart. A message is thus replayed into a crash at most
   once more.
 """
@@ -585,6 +586,10 @@ class Pump:
         # partition -> (first, last) of its guard as durable in the progress table, written by this pump;
         # a batch within it needs no guard of its own
         self.guarded: dict[int, tuple[int, int]] = {}
+        # Partitions whose guard in the progress table may be one this process wrote ahead (acknowledged or not:
+        # the table's local store holds it either way) and has not cut back yet. A live process has no crash
+        # behind them: a rewind reads them again as batches, and a settle cuts them back.
+        self.ahead: set[int] = set()
         self.aside = SetAside(settings, config.service, config.topic, config.set_aside_topic)
         self.aside_topic = self.aside.topic
 
@@ -670,6 +675,8 @@ class Pump:
             log.error("%s cannot read %s: %s", self.config.service, self.topic, self.error)
             return False
         cfg = self.config
+        # Before the consumer: a start that fails here (as the job's producer's would) leaves nothing running.
+        self.progress_producer, _ = await start_output_producer(self.settings, f"{cfg.service}-progress", ())
         self.consumer = AIOKafkaConsumer(
             **self.settings.kafka_client_options(),
             client_id=f"{self.settings.topic_prefix}flowwatch-{cfg.service}-pump",
@@ -684,7 +691,6 @@ class Pump:
             fetch_max_bytes=32 * 1024 * 1024,
         )
         await self.consumer.start()
-        self.progress_producer, _ = await start_output_producer(self.settings, f"{cfg.service}-progress", ())
         self.started = True
         return True
 
@@ -707,10 +713,12 @@ class Pump:
             else:
                 await self.consumer.seek_to_beginning(tp)
         self.assigned = set(wanted)
-        # The guards this pump wrote and saw acknowledged have no crash behind them (a rewind, more partitions):
-        # their ranges are read again as batches. Any other guard is read back below; either way the next batch
-        # writes a guard of its own.
-        own, self.guarded = self.guarded, {}
+        # The guards this process wrote ahead have no crash behind them (a rewind, more partitions), whether their
+        # write was acknowledged or failed: their ranges are read again as batches. Any other guard is read back
+        # below; either way the next batch writes a guard of its own.
+        self.ahead &= wanted  # one given up meanwhile was cut back by the settle (or is the next owner's to find)
+        own = self.ahead | set(self.guarded)
+        self.guarded = {}
         # A guard beyond the checkpoint: the worker died (or the batch raised) while processing that range.
         suspects = {p: s for p, s in self.suspects.items() if p in wanted}
         for p in wanted:
@@ -892,7 +900,7 @@ class Pump:
             sent = time.perf_counter()
             STEP_SECONDS.labels(service, "submit").observe(sent - submitting)
             acked = STEP_SECONDS.labels(service, "acked")
-            batch.acked.add_done_callback(lambda _: acked.observe(time.perf_counter() - sent))
+            batch.acked.add_done_callback(lambda f: f.cancelled() or acked.observe(time.perf_counter() - sent))
             self.inflight.append((offsets, batch))
         except KafkaError as exc:
             await self._rewind(exc)
@@ -940,6 +948,7 @@ class Pump:
         assert producer is not None
         for p in guards:
             self.guarded.pop(p, None)  # unknown until acknowledged (a failed write may or may not have landed)
+        self.ahead.update(guards)  # in the local store from here on, landed or not
         cp = Checkpoint(producer, self.event)
         cp.write(self.progress, {p: {GUARD_KEY % p: g.encode()} for p, g in guards.items()})
         await cp.commit()
@@ -1071,6 +1080,7 @@ class Pump:
         for p, guard in (guards or {}).items():
             rows.setdefault(p, {})[GUARD_KEY % p] = guard.encode()
             self.guarded.pop(p, None)
+            self.ahead.discard(p)  # replaced in the table by this guard
         cp.write(self.progress, rows)
         return Staged(cp, finished, undo)
 
@@ -1114,7 +1124,7 @@ class Pump:
         A guard written ahead covers offsets not processed yet: left as it is, the next owner of the partition (or
         this worker after a clean restart) would take them for a crash and process them one at a time.
         """
-        return {p: Suspect(done + 1, done) for p in self.guarded for done in (self.done_through(p),)}
+        return {p: Suspect(done + 1, done) for p in self.ahead & self.assigned for done in (self.done_through(p),)}
 
     async def on_revoked(self) -> None:
         """Awaited by Faust before it takes partitions away (and at shutdown): finish, checkpoint, stop."""

@@ -114,6 +114,27 @@ class WebhookClient:
             self._session = None
 
 
+def client_error(exc: aiohttp.ClientError, url: str) -> str:
+    """What went wrong, without the receiver's URL beyond its origin: a webhook URL is often its credential
+    (Slack-style), and aiohttp puts it in some errors' text (a proxy's 407, an invalid URL), which goes to the
+    logs and the dead letters."""
+    name = type(exc).__name__
+    if isinstance(exc, aiohttp.InvalidURL):
+        return f"{name}: the receiver's URL is not valid"
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return f"{name}: {exc.status} {exc.message}"
+    text = str(exc)
+    try:
+        parsed = URL(url)
+        forms, origin = {url, str(parsed)}, str(parsed.origin())
+    except ValueError:
+        forms, origin = {url}, "the receiver"
+    for form in forms:
+        if form:
+            text = text.replace(form, origin)
+    return f"{name}: {text}" if text else name
+
+
 async def send_webhook(client: WebhookClient, cfg: WebhookConfig, notification: dict[str, Any]) -> int:
     body = dumps(webhook_payload(notification, cfg.max_alerts))
     ts = str(int(time.time()))
@@ -143,7 +164,7 @@ async def send_webhook(client: WebhookClient, cfg: WebhookConfig, notification: 
     except TimeoutError as exc:
         raise DeliveryError(f"timeout after {cfg.timeout_s}s: {type(exc).__name__}", True) from None
     except aiohttp.ClientError as exc:
-        raise DeliveryError(f"{type(exc).__name__}: {exc}", True) from None
+        raise DeliveryError(client_error(exc, cfg.url), True) from None
     if status < 300:
         return status
     snippet = answer.decode("utf-8", "replace")[:200].replace("\n", " ")

@@ -25,6 +25,7 @@ were). An upgraded worker starts where the app's consumer group left the topic (
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,6 +41,8 @@ from shared.batching import Outbox
 from shared.pump import Batch, BatchJob, PumpConfig
 from shared.settings import Settings
 from shared.streaming import event_context
+
+log = logging.getLogger(__name__)
 
 SERVICE = "alerts"
 
@@ -168,7 +171,11 @@ class StateJob(BatchJob[Applied]):
         return applied
 
     async def complete(self, batch: Batch[Applied]) -> Applied:
-        self.core.persisted(await batch.acked)  # what Faust's own ack callback records for a table write
+        last = await batch.acked  # a broker error raises here: the pump rewinds
+        try:
+            self.core.persisted(last)  # what Faust's own ack callback records for a table write
+        except Exception:  # recovery then replays more of the changelog; the deliveries must go out all the same
+            log.exception("alerts: the table stores' changelog offsets could not be recorded")
         return await super().complete(batch)
 
     def finish(self, work: Applied, elapsed: float) -> None:

@@ -249,7 +249,7 @@ class Scorer:
             best = np.argsort(-contrib[pick], axis=1)[:, :top]
             shares = np.round(np.take_along_axis(contrib[pick], best, axis=1), 3)
             contributions = list(map(dict, map(zip, np.array(metrics, dtype=object)[best].tolist(), shares.tolist())))
-            for i in np.flatnonzero((shares <= 0).any(axis=1)).tolist():  # a share of 0 is not a contribution
+            for i in np.flatnonzero(~(shares > 0).all(axis=1)).tolist():  # a share of 0 (or NaN) is not a contribution
                 contributions[i] = {m: c for m, c in contributions[i].items() if c > 0}
         else:
             contributions = [{} for _ in range(n if emit else len(flag_rows))]

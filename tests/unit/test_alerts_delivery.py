@@ -8,8 +8,10 @@ import copy
 import random
 import socket
 
+import aiohttp
 import pytest
 from aiohttp import web
+from yarl import URL
 
 from services.alerts import delivery
 from services.alerts.config import EmailConfig, WebhookConfig, parse_config
@@ -17,6 +19,7 @@ from services.alerts.delivery import (
     DeliveryError,
     WebhookClient,
     backoff_delay,
+    client_error,
     email_message,
     send_webhook,
     with_retries,
@@ -452,3 +455,24 @@ async def test_an_unexpected_error_is_retried_then_given_up_never_forever():
         await with_retries(broken, max_attempts=3, base_s=0.01, cap_s=0.01, sleep=sleep)
     assert info.value.attempts == 3 and info.value.retryable and "unexpected KeyError" in str(info.value)
     assert len(sleeps) == 2
+
+
+def test_a_client_error_never_carries_the_receivers_url_beyond_its_origin() -> None:
+    # A Slack-style webhook URL is the credential; aiohttp puts it in a proxy's 407 and in InvalidURL's text.
+    url = "https://hooks.example.com/services/T000/B000/SECRETTOKEN"
+
+    class Request:
+        real_url = URL(url)
+        method = "POST"
+        headers: dict[str, str] = {}
+
+    proxy = aiohttp.ClientHttpProxyError(Request(), (), status=407, message="Proxy Authentication Required")
+    assert "SECRETTOKEN" in str(proxy)  # what the delivery error used to say
+    errors = [
+        client_error(proxy, url),
+        client_error(aiohttp.InvalidURL(url), url),
+        client_error(aiohttp.ClientConnectionError(f"cannot reach {url}"), url),
+    ]
+    assert not any("SECRETTOKEN" in e or "/services/" in e for e in errors)
+    assert errors[0] == "ClientHttpProxyError: 407 Proxy Authentication Required"
+    assert errors[2] == "ClientConnectionError: cannot reach https://hooks.example.com"
