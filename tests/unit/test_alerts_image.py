@@ -99,3 +99,35 @@ def test_the_state_stage_over_images_decides_as_over_the_tables():
     imaged, sent_imaged = run(lambda table, image: image.view(0))
     assert imaged == direct and sent_imaged == sent_direct
     assert len(sent_direct) >= 4  # three groups told at once (group_wait 0), then changes and resolutions
+
+
+def test_a_faust_tables_batch_goes_to_its_store_and_into_the_box_as_faust_would_write_its_changelog():
+    import faust
+
+    from shared.batching import Outbox, PartitionEvent
+    from shared.streaming import event_context
+
+    app = faust.App("image-test", store="memory://", autodiscover=False)
+    schema = faust.Schema(key_type=str, key_serializer="json", value_serializer="orjson")
+    table = app.Table("alerts-img", partitions=2, schema=schema)  # as the alerts worker declares its tables
+    changelog = table.changelog_topic.get_topic_name()
+    image = TableImage(table)
+    box = Outbox(producer=None)  # type: ignore[arg-type]  # nothing is sent here: what is collected is checked
+    gone = object()
+    with event_context(PartitionEvent(changelog, 1)):
+        table.data["old"] = {"partition": 1, "v": 0}  # in the store before the image loads
+        assert image.commit(1, {"new": {"partition": 1, "v": 2}, "old": gone, "never": gone}, box, gone) == 2
+        assert table.get("new") == {"partition": 1, "v": 2} and table.get("old") is None
+    records = box._pending[(changelog, 1)]
+
+    def dumps_key(key):
+        return app.serializers.dumps_key(str, key, serializer="json")
+
+    def dumps_value(value):
+        return app.serializers.dumps_value(None, value, serializer="orjson")
+
+    assert [(key, value) for key, value, _ in records] == [
+        (dumps_key("new"), dumps_value({"partition": 1, "v": 2})),  # the bytes Faust's changelog would hold
+        (dumps_key("old"), None),  # a deleted row is a tombstone, as Faust writes one
+    ]
+    assert box.count == 2 and image.view(1).get("old") is None
