@@ -84,6 +84,16 @@ def make(app: faust.App, job: Any, guard: bool = True, ahead: int = 1000) -> Pum
     return pump
 
 
+def restart(pump: Pump, job: Any) -> None:
+    """What a new process starts with: the tables (the progress table's guards among them), nothing in memory."""
+    pump.inflight.clear()
+    pump.finished.clear()
+    pump.suspects = {}
+    pump.guarded = {}
+    pump.ahead = set()
+    job.rewind()
+
+
 @pytest.fixture
 def app() -> faust.App:
     return faust.App("pump-poison-test", store="memory://", autodiscover=False)
@@ -146,22 +156,14 @@ async def test_after_a_hard_crash_the_guarded_range_goes_alone_and_its_killer_is
     assert guard == Suspect(0, 1 + 1000, alone=True)  # written ahead for offsets 0-1: it covers this batch too
     pump.consumer.end[0] = 5  # type: ignore[union-attr]  # the log: offsets 0-4
 
-    def restart() -> None:  # a new process: nothing in memory
-        pump.inflight.clear()
-        pump.finished.clear()
-        pump.suspects = {}
-        pump.guarded = {}
-        pump.ahead = set()
-        job.rewind()
-
-    restart()
+    restart(pump, job)
     await pump._reassign({0})
     assert pump.suspects == {0: Suspect(0, 4, alone=True)}  # read back from the progress table, cut at the log's end
     with pytest.raises(WorkerDied):  # alone, under its own guard: it kills the worker once more
         await pump._process(batch)
     assert job.submitted[-2:] == [[2], [3]]
 
-    restart()
+    restart(pump, job)
     await pump._reassign({0})
     assert pump.suspects[0].died_at == 3
     assert await pump._process(batch[1:]) is True  # the checkpoint was after offset 2
@@ -172,7 +174,7 @@ async def test_after_a_hard_crash_the_guarded_range_goes_alone_and_its_killer_is
     assert aside[0]["reasons"] == ["the worker died while processing this message alone"]
     assert pump.checkpointed_offsets([0]) == {0: 4} and pump.suspects == {}
 
-    restart()
+    restart(pump, job)
     await pump._reassign({0})
     assert pump.suspects == {}  # the guard is behind the checkpoint: nothing suspect any more
 
@@ -215,21 +217,13 @@ async def test_a_hard_crash_in_a_batch_under_an_earlier_guard_is_found_and_its_k
     assert len(guards_written(pump, job)) == 1
     pump.consumer.end[0] = 6  # type: ignore[union-attr]  # offsets 0-5 in the log at the restart
 
-    def restart() -> None:  # a new process: nothing in memory
-        pump.inflight.clear()
-        pump.finished.clear()
-        pump.suspects = {}
-        pump.guarded = {}
-        pump.ahead = set()
-        job.rewind()
-
     log = messages([b"a", b"b", b"c", b"kill", b"e", b"f"])
-    restart()
+    restart(pump, job)
     await pump._reassign({0})
     assert pump.suspects == {0: Suspect(0, 5, alone=True)}  # the whole guard, as far as the log reached
     with pytest.raises(WorkerDied):  # alone: the killer kills once more, under its own guard
         await pump._process(log)
-    restart()
+    restart(pump, job)
     await pump._reassign({0})
     assert pump.suspects[0].died_at == 3
     assert await pump._process(log[3:]) is True
