@@ -717,7 +717,7 @@ class Pump:
         # write was acknowledged or failed: their ranges are read again as batches. Any other guard is read back
         # below; either way the next batch writes a guard of its own.
         self.ahead &= wanted  # one given up meanwhile was cut back by the settle (or is the next owner's to find)
-        own = self.ahead | set(self.guarded)
+        own = set(self.ahead)  # every partition in ``guarded`` is in ``ahead`` too (added before the write)
         self.guarded = {}
         # A guard beyond the checkpoint: the worker died (or the batch raised) while processing that range.
         suspects = {p: s for p, s in self.suspects.items() if p in wanted}
