@@ -20,9 +20,11 @@ What stays Faust's, and how the pump follows it:
   state and the last finished offset per partition are written to the tables together (one
   :class:`~shared.batching.Outbox`, durable together); a restarted worker resumes after its
   checkpoint with the checkpointed state, so replaying is deterministic. A periodic checkpoint is
-  taken between two batches (once those in flight are acknowledged) and written beside the loop,
-  which reads on meanwhile; anything that needs the tables to be the truth (a rewind, the next
-  checkpoint, a rebalance) waits for it first. Kafka group offsets
+  taken between two batches, with the batches in flight in it, and written beside the loop once the
+  broker has acknowledged their outputs (never before: a checkpoint covers acknowledged work only;
+  if one of them fails, the checkpoint is dropped and the rewind starts from the one before), while
+  the loop reads on; anything that needs the tables to be the truth (a rewind, the next checkpoint,
+  a rebalance) waits for it first. Kafka group offsets
   are not used; they are mirrored under ``mirror_group`` so standard lag tools see progress.
 * Rebalances. Faust awaits :meth:`Pump.on_revoked` before it hands partitions over: the pump
   finishes the batches in flight, checkpoints and stops reading. It reads again only once the
@@ -89,7 +91,7 @@ CHECKPOINT_ERRORS = Counter(
 BATCHES = Counter("flowwatch_pump_batches_total", "Fetched batches finished (outputs acknowledged)", ["service"])
 CHECKPOINT_HOLDS = Histogram(
     "flowwatch_pump_checkpoint_hold_seconds",
-    "How long a periodic checkpoint keeps the pump from reading (batches in flight finished, state taken)",
+    "How long a periodic checkpoint keeps the pump from reading (the changed state taken)",
     ["service"],
     buckets=LATENCY_BUCKETS,
 )
@@ -1063,15 +1065,20 @@ class Pump:
         await self._written()
         return await self._commit(self._stage(guards))
 
-    def _stage(self, guards: Mapping[int, Suspect] | None = None) -> Staged | None:
+    def _stage(self, guards: Mapping[int, Suspect] | None = None, in_flight: bool = False) -> Staged | None:
         """Take the job's changed state and the finished offsets (and ``guards``) as they are now.
 
-        Synchronous, so nothing is processed between the state and the offsets it belongs to.
+        Synchronous, so nothing is processed between the state and the offsets it belongs to. ``in_flight``: the
+        state includes what the batches in flight changed, so their offsets are in it too; such a checkpoint may
+        be written only once the broker has acknowledged them (:meth:`_periodic_checkpoint`).
         """
         producer = self._progress_producer()
         if producer is None:
             return None
         finished, self.finished = self.finished, {}
+        if in_flight:
+            for offsets, _ in self.inflight:
+                finished.update(offsets)  # oldest first: the newest batch's last offset wins
         cp = Checkpoint(producer, self.event)
         undo = self.job.stage(cp)
         if not cp.rows and not finished and not guards:
@@ -1185,11 +1192,8 @@ class Pump:
                 if not self.assigned:
                     await asyncio.sleep(0.2)
                     continue
-                # With batches in flight, take what is already fetched rather than wait for more.
                 fetching = time.perf_counter()
-                fetched = await self.consumer.getmany(
-                    timeout_ms=0 if self.inflight else within_ms, max_records=cfg.batch_size
-                )
+                fetched = await self._fetch(within_ms)
                 if fetched:
                     fetch_wait(time.perf_counter() - fetching)
                     age(_oldest_age(fetched))
@@ -1201,11 +1205,9 @@ class Pump:
                     records = [r for batch in fetched.values() for r in batch]
                     if records and not await self._process(records):
                         continue
-                    # Finish the oldest batches: those acknowledged, those beyond the window, all when idle.
+                    # Finish the oldest batches: those acknowledged, and those beyond the window.
                     try:
-                        while self.inflight and (
-                            self.inflight[0][1].acked.done() or len(self.inflight) > window or not records
-                        ):
+                        while self.inflight and (self.inflight[0][1].acked.done() or len(self.inflight) > window):
                             await self._complete_oldest()
                     except KafkaError as exc:
                         await self._rewind(exc)
@@ -1215,9 +1217,11 @@ class Pump:
                     now = time.monotonic()
                     if now - last_checkpoint >= cfg.checkpoint_s and self.writing is None:
                         last_checkpoint = now
-                        if await self.drain():
-                            # Taken here, between two batches; written beside the loop, which reads on meanwhile.
-                            self.writing = asyncio.ensure_future(self._periodic_checkpoint(self._stage()))
+                        # Taken here, between two batches, with those in flight: written beside the loop once the
+                        # broker has their outputs. Waiting for them here held every reading behind a round trip.
+                        acks = [batch.acked for _, batch in self.inflight]
+                        staged = self._stage(in_flight=True)
+                        self.writing = asyncio.ensure_future(self._periodic_checkpoint(staged, acks))
                         CHECKPOINT_HOLDS.labels(cfg.service).observe(time.monotonic() - now)
         except Exception as exc:
             # A job bug: say so on /ready and /health (a restart replays from the last checkpoint).
@@ -1231,7 +1235,42 @@ class Pump:
             await self.consumer.stop()
             await self._stop_progress_producer()
 
-    async def _periodic_checkpoint(self, staged: Staged | None) -> None:
+    async def _fetch(self, within_ms: int) -> dict[TopicPartition, list[Any]]:
+        """The next fetch: what is fetched already, else whatever comes first — data (within ``within_ms``) or the
+        acknowledgement of the oldest batch in flight (``{}``: finish it).
+
+        Waiting for every batch in flight whenever nothing was fetched yet made a reading that arrived meanwhile
+        wait out a broker round trip as well.
+        """
+        assert self.consumer is not None
+        consumer, most = self.consumer, self.config.batch_size
+        if not self.inflight:
+            return await consumer.getmany(timeout_ms=within_ms, max_records=most)
+        fetched = await consumer.getmany(timeout_ms=0, max_records=most)
+        oldest = self.inflight[0][1].acked
+        if fetched or oldest.done():
+            return fetched
+        fetch = asyncio.ensure_future(consumer.getmany(timeout_ms=within_ms, max_records=most))
+        try:
+            await asyncio.wait((fetch, oldest), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not fetch.done():
+                # Cancelled while it waits for data, it has taken nothing: what arrives is there for the next fetch.
+                fetch.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await fetch
+        return fetch.result() if not fetch.cancelled() else {}
+
+    async def _periodic_checkpoint(self, staged: Staged | None, acks: Iterable[asyncio.Future[Any]] = ()) -> None:
+        acks = list(acks)
+        if staged is not None and acks:
+            await asyncio.wait(acks, return_when=asyncio.FIRST_EXCEPTION)
+            if not all(f.done() and not f.cancelled() and f.exception() is None for f in acks):
+                # A batch it covers did not reach the broker: the loop rewinds to the checkpoint before this one.
+                if staged.undo is not None:
+                    staged.undo()
+                log.info("%s: a checkpoint was dropped: a batch it covers was not acknowledged", self.config.service)
+                return
         try:
             done = await self._commit(staged)
         except KafkaError as exc:

@@ -296,8 +296,8 @@ class DetectorEngine(BatchJob[Scored]):
         checkpoint.write(self.states, states)
         self.totals["checkpoints"] += 1
         if len(self.memory) > self.ds.memory_sensors:
-            # Nothing is in flight at a checkpoint: every state but those staged now is durable in the table
-            # already (kept, as the undo below needs them should this checkpoint fail).
+            # Every state but those staged now (which include what the batches in flight changed) is durable in
+            # the table already (kept, as the undo needs them should this checkpoint fail).
             self.memory = {sid: self.memory[sid] for sid in dirty if sid in self.memory}
             m.STATES_EVICTED.labels("memory").inc()
 

@@ -284,8 +284,8 @@ class Ingest(BatchJob[tuple[list[Inbound], Outcome]]):
 
         The pump keeps a few batches in flight so the worker decodes the next fetch while the
         broker acknowledges the last one. States are marked for the next checkpoint now; the
-        pump drains every batch in flight before a checkpoint, so only acknowledged work is
-        ever checkpointed.
+        pump writes a checkpoint that holds batches in flight only once the broker has
+        acknowledged them, so only acknowledged work is ever checkpointed.
         """
         return self.decide_inbound([to_inbound(r) for r in records], box)
 

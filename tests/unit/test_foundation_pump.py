@@ -10,6 +10,7 @@ before the watermark that covers them, and quarantines what it cannot use with t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from types import SimpleNamespace
 from typing import Any
 
@@ -259,6 +260,107 @@ async def test_a_large_checkpoint_lets_other_work_run_while_it_is_written(app: f
     assert (
         len(job.table.data) == rows and len(job.producer.messages(job.table.changelog_topic.get_topic_name())) == rows
     )
+
+
+def in_flight(pump: Pump, *offsets: dict[int, int]) -> list[asyncio.Future[Any]]:
+    """Batches in flight on ``pump`` (one per ``offsets``), unacknowledged; returns their acks, oldest first."""
+    loop = asyncio.get_running_loop()
+    for o in offsets:
+        pump.inflight.append((o, SimpleNamespace(acked=loop.create_future())))
+    return [batch.acked for _, batch in pump.inflight]
+
+
+async def turns(n: int = 20) -> None:
+    for _ in range(n):
+        await asyncio.sleep(0)
+
+
+async def test_a_periodic_checkpoint_holds_the_batches_in_flight_and_is_written_once_the_broker_has_them(
+    app: faust.App,
+) -> None:
+    # Taken without waiting for the batches in flight (the pump reads on), it takes the state they changed and
+    # their offsets, so it must not reach the tables before the broker has their outputs.
+    job = Job(app)
+    pump = make_pump(app, job)
+    pump.finished = {0: 9}
+    first, second = in_flight(pump, {0: 10}, {0: 20, 1: 5})
+    job.dirty = {b"s1": (0, b"state after both batches")}
+    pump.writing = asyncio.ensure_future(pump._periodic_checkpoint(pump._stage(in_flight=True), [first, second]))
+    await turns()
+    first.set_result(None)
+    await turns()
+    assert job.producer.sent == [] and not pump.writing.done()
+    second.set_result(None)
+    await pump._written()
+    assert pump.checkpointed_offsets([0, 1]) == {0: 20, 1: 5}
+    assert job.producer.messages(job.table.changelog_topic.get_topic_name()) == [
+        (0, b"s1", b"state after both batches")
+    ]
+
+
+async def test_a_periodic_checkpoint_holding_a_batch_the_broker_refused_is_dropped(app: faust.App) -> None:
+    # The loop rewinds on that batch to the checkpoint before: nothing of this one may be in the tables.
+    job = Job(app)
+    pump = make_pump(app, job)
+    first, second = in_flight(pump, {0: 10}, {0: 20})
+    job.dirty = {b"s1": (0, b"state after both batches")}
+    pump.writing = asyncio.ensure_future(pump._periodic_checkpoint(pump._stage(in_flight=True), [first, second]))
+    await turns()
+    first.set_exception(KafkaConnectionError("broker gone"))
+    await pump._written()  # at once: the second batch's ack is not waited for
+    assert job.producer.sent == [] and pump.checkpointed_offsets([0]) == {}
+    assert job.dirty == {b"s1": (0, b"state after both batches")} and job.unwritten == {}
+    assert pump.finished == {}  # the offsets in flight are not taken for finished ones
+    assert await pump.drain() is False and job.rewound == 1
+
+
+class Consumer:
+    """``getmany`` as aiokafka's: what has arrived, else wait up to ``timeout_ms`` for something to arrive."""
+
+    def __init__(self) -> None:
+        self.records: dict[Any, list[Any]] = {}
+        self.arrived = asyncio.Event()
+        self.waits: list[int] = []
+
+    def deliver(self, partition: int, *offsets: int) -> None:
+        self.records.setdefault(partition, []).extend(SimpleNamespace(partition=partition, offset=o) for o in offsets)
+        self.arrived.set()
+
+    async def getmany(self, timeout_ms: int = 0, max_records: int | None = None) -> dict[Any, list[Any]]:
+        if not self.records and timeout_ms:
+            self.waits.append(timeout_ms)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.arrived.wait(), timeout_ms / 1000)
+        records, self.records = self.records, {}
+        self.arrived.clear()
+        return records
+
+
+async def test_with_batches_in_flight_a_fetch_returns_what_comes_first_data_or_the_oldest_acknowledgement(
+    app: faust.App,
+) -> None:
+    pump = make_pump(app, Job(app))
+    consumer = Consumer()
+    pump.consumer = consumer  # type: ignore[assignment]
+    long = 60_000  # ms: a test that waited for it would time out
+    oldest, _ = in_flight(pump, {0: 10}, {0: 20})
+
+    fetch = asyncio.ensure_future(pump._fetch(long))
+    await turns()
+    assert not fetch.done()  # nothing fetched, nothing acknowledged: it waits for either
+    consumer.deliver(0, 21, 22)
+    assert [r.offset for rs in (await fetch).values() for r in rs] == [21, 22]  # data first: not held for the ack
+
+    fetch = asyncio.ensure_future(pump._fetch(long))
+    await turns()
+    oldest.set_result(None)
+    assert await fetch == {}  # the ack first: the loop finishes that batch without waiting for data
+    consumer.deliver(0, 23)  # arrived after the waiting fetch was given up: taken by the next one
+    assert [r.offset for rs in (await pump._fetch(long)).values() for r in rs] == [23]
+
+    pump.inflight.clear()
+    consumer.deliver(1, 5)
+    assert list(await pump._fetch(long)) == [1]  # nothing in flight: an ordinary fetch
 
 
 def reading(sensor: str, zone: str, ts: int) -> bytes:
