@@ -142,7 +142,6 @@ def evaluate_batch(
     bad: dict[str, int] = {}
     hit_counts: dict[str, int] = {}
     hitting: list[tuple[int, str, list[tuple[Rule, Observation]]]] = []  # (index, topic, its hits)
-    by_source: dict[str, list[Rule]] = {}
     for i, (topic, raw) in enumerate(items):
         source, cls = INPUTS[topic]
         try:
@@ -156,9 +155,7 @@ def evaluate_batch(
             start = int(now_s * 1000) // window_ms * window_ms
             result.quarantined[(str(record.get("source") or "unknown"), start)] += 1
             continue
-        rules = by_source.get(source)
-        if rules is None:
-            rules = by_source[source] = config.rules_for(source)
+        rules = config.rules_for(source)
         found: list[tuple[Rule, Observation]] = []
         for rule in rules:
             try:
