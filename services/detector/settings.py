@@ -57,9 +57,10 @@ class DetectorSettings(ServiceSettings):
     emit_scores: bool = _doc(True, "Publish every reading's score on `scores` (anomalies are always published).")
     reason_metrics: int = _doc(3, "Contributing metrics listed with each anomaly.")
     checkpoint_s: float = _doc(
-        1.0,
+        5.0,
         "How often (seconds) changed sensor states and consumed offsets are written to the tables (once per "
-        "sensor); after a crash at most this much is scored again, from the checkpointed state.",
+        "sensor); after a crash at most this much is scored again, from the checkpointed state. Shorter costs CPU "
+        "on every reading's path (at 1 s, a tenth of the worker's CPU at 5,000 readings/s of 1,000 sensors).",
     )
     batches_in_flight: int = _doc(
         2, "Micro-batches whose outputs may await the broker's acknowledgement while the next one is scored."

@@ -106,9 +106,11 @@ class IngestSettings(ServiceSettings):
         "another worker or to the restarted one. Lower fails over faster; higher rides out long pauses.",
     )
     checkpoint_s: float = _doc(
-        1.0,
+        5.0,
         "How often (seconds) sensor states and read offsets are checkpointed to the tables. After a crash, readings "
-        "since the last checkpoint are processed (and written to readings.clean) again; none is lost.",
+        "since the last checkpoint are processed (and written to readings.clean) again; none is lost. Each "
+        "checkpoint writes every sensor changed since the last one: shorter costs CPU on every reading's path "
+        "(at 1 s, a tenth of the worker's CPU at 5,000 readings/s of 1,000 sensors).",
     )
     batches_in_flight: int = _doc(
         3, "Batches whose outputs may await the broker's acknowledgement while the next ones are decoded."
