@@ -43,7 +43,9 @@ What stays Faust's, and how the pump follows it:
   its offsets are in the progress table (a *guard*). A guard is written ahead: it covers the
   batch's offsets and ``pump_guard_ahead`` more per partition, so the batches that follow within it
   start without a broker round trip of their own (a guard before every batch was one awaited
-  round trip, queued behind the previous batch's outputs, added to every reading); a settle
+  round trip, queued behind the previous batch's outputs, added to every reading), and once half of
+  that reach is used the next guards are written beside the batches, so while readings flow no batch
+  waits for one (the old guard stands until the broker has the new one); a settle
   (rebalance, shutdown) cuts the guards back to what is finished. A restart that finds a guard
   beyond the checkpoint processes that range — cut at the log's end at the restart, so at most a
   batch (``batch_size``) and ``pump_guard_ahead`` offsets per partition — one message at a time,
@@ -592,6 +594,8 @@ class Pump:
         # the table's local store holds it either way) and has not cut back yet. A live process has no crash
         # behind them: a rewind reads them again as batches, and a settle cuts them back.
         self.ahead: set[int] = set()
+        # The next guards, written while the batches within the current ones go on (see _submit); None when idle.
+        self.renewing: asyncio.Future[None] | None = None
         self.aside = SetAside(settings, config.service, config.topic, config.set_aside_topic)
         self.aside_topic = self.aside.topic
 
@@ -702,6 +706,7 @@ class Pump:
     async def _reassign(self, wanted: set[int]) -> None:
         """Follow Faust's assignment: start each partition where its last checkpoint ended."""
         assert self.consumer is not None
+        await self._renewed()
         tps = [TopicPartition(self.topic, p) for p in sorted(wanted)]
         self.consumer.assign(tps)
         offsets = self.checkpointed_offsets(wanted)
@@ -823,6 +828,7 @@ class Pump:
         REWINDS.labels(self.config.service).inc()
         # A checkpoint being written covers acknowledged work only: let it land, the rewind starts from it.
         await self._written()
+        await self._renewed()  # its partitions are in ``ahead``: read again as batches below
         for _, batch in self.inflight:
             batch.acked.cancel()
         self.inflight.clear()
@@ -893,10 +899,15 @@ class Pump:
         offsets = {p: last for p, (_, last) in ranges.items()}
         service = self.config.service
         try:
-            if self.crash_guard and not self._covered(ranges):
-                guarding = time.perf_counter()
-                await self._guard_ahead(ranges)
-                STEP_SECONDS.labels(service, "guard").observe(time.perf_counter() - guarding)
+            if self.crash_guard:
+                if not self._covered(ranges) and self.renewing is not None:
+                    await self._renewed()  # the guards being renewed may cover this batch
+                if not self._covered(ranges):
+                    guarding = time.perf_counter()
+                    await self._guard_ahead(ranges)
+                    STEP_SECONDS.labels(service, "guard").observe(time.perf_counter() - guarding)
+                elif self.renewing is None and self._running_out(ranges):
+                    self.renewing = asyncio.ensure_future(self._renew(ranges))
             submitting = time.perf_counter()
             batch = await self.job.submit(records)
             sent = time.perf_counter()
@@ -935,6 +946,42 @@ class Pump:
                 return False
         return True
 
+    def _running_out(self, ranges: Mapping[int, tuple[int, int]]) -> bool:
+        """Whether a guard covering ``ranges`` has less than half of ``pump_guard_ahead`` left beyond them."""
+        half = self.settings.pump_guard_ahead // 2
+        guarded = self.guarded
+        return any(last + half > guarded[p][1] for p, (_, last) in ranges.items())
+
+    async def _renew(self, ranges: Mapping[int, tuple[int, int]]) -> None:
+        """Write the guards that follow the current ones while the batches within those go on.
+
+        Started before the batch at ``ranges`` is decided, so each of the new guards (from that batch's first offset)
+        and the one it replaces cover that batch and every one after it up to the old guard's end: whichever is in
+        the table when a worker dies covers what it was deciding. Until the broker acknowledges them the old ones
+        stand (``guarded``); a batch beyond those waits for this first (:meth:`_submit`). Waiting for a guard once
+        the old one had run out held every reading of that moment behind a broker round trip.
+        """
+        ahead = max(0, self.settings.pump_guard_ahead)
+        guards = {p: Suspect(first, last + ahead) for p, (first, last) in ranges.items()}
+        producer = self._progress_producer()
+        assert producer is not None
+        self.ahead.update(guards)  # in the local store from here on, landed or not
+        cp = Checkpoint(producer, self.event)
+        cp.write(self.progress, {p: {GUARD_KEY % p: g.encode()} for p, g in guards.items()})
+        try:
+            await cp.commit()
+        except Exception as exc:  # noqa: BLE001 - beside the loop: the old guards stand, the next batch guards anew
+            log.warning("%s: renewing the crash guards failed (the current ones stand): %s", self.config.service, exc)
+            return
+        for p, g in guards.items():
+            self.guarded[p] = (g.first, g.last)
+
+    async def _renewed(self) -> None:
+        """Wait for the guards being renewed, if any (before anything else writes guards or reads ``guarded``)."""
+        task, self.renewing = self.renewing, None
+        if task is not None:
+            await task
+
     async def _guard_ahead(self, ranges: Mapping[int, tuple[int, int]]) -> None:
         """Guard a batch's ranges and ``pump_guard_ahead`` offsets beyond each, so the next batches need none.
 
@@ -946,6 +993,7 @@ class Pump:
 
     async def _guard(self, guards: Mapping[int, Suspect]) -> None:
         """Durably record what is about to be processed (read back after a hard crash)."""
+        await self._renewed()  # written after it: the table ends with these
         producer = self._progress_producer()
         assert producer is not None
         for p in guards:
@@ -1062,6 +1110,7 @@ class Pump:
 
         Call with no batch in flight (after :meth:`drain`). Returns the offsets checkpointed.
         """
+        await self._renewed()  # its guards land before these rows (and a guard among them)
         await self._written()
         return await self._commit(self._stage(guards))
 
@@ -1151,6 +1200,8 @@ class Pump:
 
     async def _stop_progress_producer(self) -> None:
         """Guards and checkpoints go through the job's producer from now on (a settle may still come)."""
+        with contextlib.suppress(Exception):
+            await self._renewed()
         producer, self.progress_producer = self.progress_producer, None
         if producer is not None:
             await producer.stop()

@@ -82,8 +82,9 @@ class Settings:
     pump_guard_ahead: int = _doc(
         1000,
         "Offsets per partition a crash guard covers beyond the batch it is written for: the batches within it "
-        "start without a guard round trip of their own. After a hard crash the guarded range (the batch and these "
-        "offsets, cut at the log's end) is processed one message at a time. 0: a guard before every batch.",
+        "start without a guard round trip of their own, and the next guard is written beside them once half of "
+        "this is used. After a hard crash the guarded range (the batch and these offsets, cut at the log's end) is "
+        "processed one message at a time. 0: a guard before every batch.",
     )
     pump_retry_backoff_s: float = _doc(
         1.0,

@@ -91,6 +91,9 @@ def restart(pump: Pump, job: Any) -> None:
     pump.suspects = {}
     pump.guarded = {}
     pump.ahead = set()
+    if pump.renewing is not None:  # died with it: landed or not (the caller lets it land first when it should)
+        pump.renewing.cancel()
+        pump.renewing = None
     job.rewind()
 
 
@@ -184,15 +187,21 @@ def guards_written(pump: Pump, job: Any, partition: int = 0) -> list[Suspect | N
     return [Suspect.decode(v) for p, k, v in job.producer.messages(changelog) if k == GUARD_KEY % partition]
 
 
-async def test_a_guard_covers_the_batches_within_its_reach_and_a_settle_cuts_it_back(app: faust.App) -> None:
+async def test_a_guard_covers_the_batches_within_its_reach_is_renewed_before_it_runs_out_and_a_settle_cuts_it_back(
+    app: faust.App,
+) -> None:
     job = PoisonJob(app)
     pump = make(app, job, ahead=10)
     assert await pump._process(messages([b"a"] * 3)) is True  # offsets 0-2: guarded through 12
     assert await pump._process(messages([b"a"] * 3, start=3)) is True
-    assert await pump._process(messages([b"a"] * 4, start=9)) is True  # 9-12: still within
     assert guards_written(pump, job) == [Suspect(0, 12, alone=True)]
-    assert await pump._process(messages([b"a"] * 2, start=13)) is True  # beyond: a guard of its own, ahead again
-    assert guards_written(pump, job)[1:] == [Suspect(13, 24, alone=True)]
+    # 9-12: within, but less than half of the 10 ahead left: the next guard is written beside this batch
+    assert await pump._process(messages([b"a"] * 4, start=9)) is True
+    await pump._renewed()
+    assert guards_written(pump, job) == [Suspect(0, 12, alone=True), Suspect(9, 22, alone=True)]
+    assert pump.guarded == {0: (9, 22)}
+    assert await pump._process(messages([b"a"] * 2, start=13)) is True  # beyond the first: within the renewed one
+    assert len(guards_written(pump, job)) == 2 and pump.renewing is None
     assert await pump.drain()
     assert sorted(job.done) == [0, 1, 2, 3, 4, 5, 9, 10, 11, 12, 13, 14]
 
@@ -204,6 +213,47 @@ async def test_a_guard_covers_the_batches_within_its_reach_and_a_settle_cuts_it_
     assert pump.suspects == {}  # nothing taken for a crash: the next batch goes as a batch
     assert await pump._process(messages([b"a"] * 2, start=15)) is True
     assert job.submitted[-1] == [15, 16]
+
+
+async def test_a_renewal_of_the_guards_that_fails_leaves_the_current_ones_and_the_next_batch_guards_anew(
+    app: faust.App,
+) -> None:
+    job = PoisonJob(app)
+    pump = make(app, job, ahead=10)
+    assert await pump._process(messages([b"a"] * 3)) is True  # guarded 0-12
+    job.producer.fail_next = 1  # the renewal's write
+    assert await pump._process(messages([b"a"] * 4, start=9)) is True
+    await pump._renewed()
+    assert pump.guarded == {0: (0, 12)} and pump.ahead == {0}
+    assert await pump._process(messages([b"a"] * 2, start=13)) is True  # beyond: a guard of its own, as before
+    assert guards_written(pump, job)[-1] == Suspect(13, 24, alone=True) and pump.guarded == {0: (13, 24)}
+
+
+@pytest.mark.parametrize("renewal_landed", [False, True])
+async def test_a_worker_that_dies_while_its_guards_are_renewed_is_found_under_either_guard(
+    app: faust.App, renewal_landed: bool
+) -> None:
+    job = PoisonJob(app)
+    pump = make(app, job, ahead=10)
+    assert await pump._process(messages([b"a"] * 3)) is True and await pump.drain()  # guarded 0-12
+    await pump.checkpoint()
+    with pytest.raises(WorkerDied):  # offsets 9-12 start the renewal (9-22), then offset 10 kills the worker
+        await pump._process(messages([b"a", b"kill", b"a", b"a"], start=9))
+    if renewal_landed:
+        await pump._renewed()
+    pump.consumer.end[0] = 13  # type: ignore[union-attr]
+    restart(pump, job)
+    await pump._reassign({0})
+    first = 9 if renewal_landed else 0
+    assert pump.suspects == {0: Suspect(first, 12, alone=True)}
+    with pytest.raises(WorkerDied):  # alone, under its own guard: offset 10 kills it once more
+        await pump._process(messages([b"a", b"kill", b"a", b"a"], start=9))
+    restart(pump, job)
+    await pump._reassign({0})
+    assert await pump._process(messages([b"kill", b"a", b"a"], start=10)) is True
+    aside = [orjson.loads(v) for _, _, v in job.producer.messages(pump.aside_topic)]
+    assert [a["payload"] for a in aside] == ["kill"]
+    assert sorted(job.done) == [0, 1, 2, 9, 11, 12]
 
 
 async def test_a_hard_crash_in_a_batch_under_an_earlier_guard_is_found_and_its_killer_set_aside(
