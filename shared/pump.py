@@ -596,6 +596,7 @@ class Pump:
         self.ahead: set[int] = set()
         # The next guards, written while the batches within the current ones go on (see _submit); None when idle.
         self.renewing: asyncio.Future[None] | None = None
+        self.reached: dict[int, int] = {}  # partition -> the last offset handed to the job (since the assignment)
         self.aside = SetAside(settings, config.service, config.topic, config.set_aside_topic)
         self.aside_topic = self.aside.topic
 
@@ -726,6 +727,7 @@ class Pump:
         self.ahead &= wanted  # one given up meanwhile was cut back by the settle (or is the next owner's to find)
         own = set(self.ahead)  # every partition in ``guarded`` is in ``ahead`` too (added before the write)
         self.guarded = {}
+        self.reached = {}
         # A guard beyond the checkpoint: the worker died (or the batch raised) while processing that range.
         suspects = {p: s for p, s in self.suspects.items() if p in wanted}
         for p in wanted:
@@ -906,8 +908,11 @@ class Pump:
                     guarding = time.perf_counter()
                     await self._guard_ahead(ranges)
                     STEP_SECONDS.labels(service, "guard").observe(time.perf_counter() - guarding)
-                elif self.renewing is None and self._running_out(ranges):
-                    self.renewing = asyncio.ensure_future(self._renew(ranges))
+                elif self.renewing is None:
+                    due = self._running_out(ranges)
+                    if due:
+                        self.renewing = asyncio.ensure_future(self._renew(due))
+                self.reached.update(offsets)
             submitting = time.perf_counter()
             batch = await self.job.submit(records)
             sent = time.perf_counter()
@@ -946,20 +951,35 @@ class Pump:
                 return False
         return True
 
-    def _running_out(self, ranges: Mapping[int, tuple[int, int]]) -> bool:
-        """Whether a guard covering ``ranges`` has less than half of ``pump_guard_ahead`` left beyond them."""
+    def _running_out(self, ranges: Mapping[int, tuple[int, int]]) -> dict[int, tuple[int, int]]:
+        """The guarded partitions with less than half of ``pump_guard_ahead`` left beyond where they are.
+
+        Where they are: the batch about to be decided (``ranges``) for its partitions, else just past the last
+        offset decided (``(next, next - 1)``). Every such partition is renewed, not only the batch's: a fetch often
+        holds one partition, and a guard left to run out meanwhile would hold its next batch behind a round trip.
+        """
         half = self.settings.pump_guard_ahead // 2
-        guarded = self.guarded
-        return any(last + half > guarded[p][1] for p, (_, last) in ranges.items())
+        due: dict[int, tuple[int, int]] = {}
+        for p, (_, end) in self.guarded.items():
+            at = ranges.get(p)
+            if at is None:
+                last = self.reached.get(p)
+                if last is None:
+                    continue
+                at = (last + 1, last)
+            if at[1] + half > end:
+                due[p] = at
+        return due
 
     async def _renew(self, ranges: Mapping[int, tuple[int, int]]) -> None:
         """Write the guards that follow the current ones while the batches within those go on.
 
-        Started before the batch at ``ranges`` is decided, so each of the new guards (from that batch's first offset)
-        and the one it replaces cover that batch and every one after it up to the old guard's end: whichever is in
-        the table when a worker dies covers what it was deciding. Until the broker acknowledges them the old ones
-        stand (``guarded``); a batch beyond those waits for this first (:meth:`_submit`). Waiting for a guard once
-        the old one had run out held every reading of that moment behind a broker round trip.
+        Started before the batch at hand is decided, each new guard from where its partition is (``ranges``: that
+        batch's first offset, or the next to be read): it and the guard it replaces both cover that batch and every
+        one after it up to the old guard's end, so whichever is in the table when a worker dies covers what it was
+        deciding. Until the broker acknowledges them the old ones stand (``guarded``); a batch beyond those waits
+        for this first (:meth:`_submit`). Waiting for a guard once the old one had run out held every reading of
+        that moment behind a broker round trip.
         """
         ahead = max(0, self.settings.pump_guard_ahead)
         guards = {p: Suspect(first, last + ahead) for p, (first, last) in ranges.items()}

@@ -229,6 +229,26 @@ async def test_a_renewal_of_the_guards_that_fails_leaves_the_current_ones_and_th
     assert guards_written(pump, job)[-1] == Suspect(13, 24, alone=True) and pump.guarded == {0: (13, 24)}
 
 
+async def test_a_renewal_covers_every_partition_running_out_not_only_those_of_the_batch_at_hand(
+    app: faust.App,
+) -> None:
+    # A fetch often holds one partition: a guard renewed only with its partition's batches would run out whenever
+    # that partition's turn came while another renewal was in flight.
+    job = PoisonJob(app)
+    pump = make(app, job, ahead=10)
+    pump.assigned = {0, 1}
+    assert await pump._process(messages([b"a"] * 3) + messages([b"a"] * 3, partition=1)) is True  # both to 12
+    assert await pump._process(messages([b"a"] * 6, start=3)) is True  # partition 0 renews (3-18), not landed yet
+    assert await pump._process(messages([b"a"] * 6, partition=1, start=3)) is True  # 1 runs short meanwhile
+    await pump._renewed()
+    assert guards_written(pump, job, 1) == [Suspect(0, 12, alone=True)]
+    assert await pump._process(messages([b"a"], start=9)) is True  # partition 0 only: 1 is renewed beside it
+    await pump._renewed()
+    assert guards_written(pump, job, 1) == [Suspect(0, 12, alone=True), Suspect(9, 18, alone=True)]
+    assert await pump._process(messages([b"a"] * 6, partition=1, start=9)) is True  # 9-14: beyond 12, within 18
+    assert len(guards_written(pump, job, 1)) == 2 and len(guards_written(pump, job, 0)) == 2
+
+
 @pytest.mark.parametrize("renewal_landed", [False, True])
 async def test_a_worker_that_dies_while_its_guards_are_renewed_is_found_under_either_guard(
     app: faust.App, renewal_landed: bool
