@@ -902,8 +902,9 @@ class Pump:
         service = self.config.service
         try:
             if self.crash_guard:
-                if not self._covered(ranges) and self.renewing is not None:
-                    await self._renewed()  # the guards being renewed may cover this batch
+                renewing = self.renewing
+                if renewing is not None and (renewing.done() or not self._covered(ranges)):
+                    await self._renewed()  # landed (or failed): it counts from here; in flight: it may cover this batch
                 if not self._covered(ranges):
                     guarding = time.perf_counter()
                     await self._guard_ahead(ranges)

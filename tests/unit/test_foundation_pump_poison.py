@@ -215,6 +215,26 @@ async def test_a_guard_covers_the_batches_within_its_reach_is_renewed_before_it_
     assert job.submitted[-1] == [15, 16]
 
 
+async def test_while_batches_flow_only_the_first_waits_for_a_guard(app: faust.App) -> None:
+    job = PoisonJob(app)
+    pump = make(app, job, ahead=10)
+    waited: list[int] = []
+    guard_ahead = pump._guard_ahead
+
+    async def counted(ranges: Any) -> None:
+        waited.append(min(first for first, _ in ranges.values()))
+        await guard_ahead(ranges)
+
+    pump._guard_ahead = counted  # type: ignore[method-assign]
+    for start in range(0, 60, 3):
+        assert await pump._process(messages([b"a"] * 3, start=start)) is True
+        for _ in range(20):  # the broker's acknowledgements arrive between two fetches
+            await asyncio.sleep(0)
+    assert waited == [0]
+    assert len(guards_written(pump, job)) > 5 and pump.guarded[0][1] >= 59 + 5
+    assert await pump.drain() and sorted(job.done) == list(range(60))
+
+
 async def test_a_renewal_of_the_guards_that_fails_leaves_the_current_ones_and_the_next_batch_guards_anew(
     app: faust.App,
 ) -> None:
