@@ -375,10 +375,10 @@ def _size_bound(specs: tuple[ReadingSpec, ...]) -> tuple[int, int] | None:
     reading takes from the message is written in at most 8 times the bytes it took there (a number: at most 24
     characters, from at least 3 — ``1e5`` -> ``100000.0``, ``"1"`` -> ``1.0``, ``0`` -> ``"0"``; text at most 3
     times, a case filter's longest expansion, as orjson escapes no more than JSON text must), each such value at
-    most the whole message;
-    literal text at most 6 times its UTF-8 (``\\u00XX`` escapes); ``ts`` an integer of 64 bits (the caller checks),
-    ``quality`` a float. None when a reading can nest deeper than its message (a metric read from a top-level field
-    sits one level deeper than it did; ``values_from`` members sit where they did) or holds an MQTT topic's segment.
+    most the whole message; literal text at most 6 times its UTF-8 (``\\u00XX`` escapes); ``ts`` an integer of 64
+    bits (the caller checks), ``quality`` a float. None when a reading can nest deeper than its message (a metric
+    read from a top-level field sits one level deeper than it did; ``values_from`` members sit where they did) or
+    holds an MQTT topic's segment.
     """
     fixed = 64  # braces, and ts (20 digits at most) and quality (24 characters at most)
     refs = 0
