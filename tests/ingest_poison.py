@@ -25,12 +25,12 @@ def install() -> None:
 
     original = Ingest.map_items
 
-    def map_items(self: Ingest, mapping: Any, messages: list[Any], topic: str | None = None) -> Any:
+    def map_items(self: Ingest, mapping: Any, messages: list[Any], topic: str | None = None, lazy: bool = False) -> Any:
         if any(KILLER in msg.value for msg in messages):
             os.kill(os.getpid(), signal.SIGKILL)  # what a segfault or the OOM killer does: no unwinding
         if any(POISON in msg.value for msg in messages):
             raise RuntimeError(ERROR)
-        return original(self, mapping, messages, topic)
+        return original(self, mapping, messages, topic, lazy)
 
     Ingest.map_items = map_items  # type: ignore[method-assign]
 

@@ -367,6 +367,36 @@ def _compile_reading(mapping: str, spec: ReadingSpec) -> ReadingPlan:
     return reading_of
 
 
+def _size_bound(specs: tuple[ReadingSpec, ...]) -> tuple[int, int] | None:
+    """``(fixed, per_byte)``: the native JSON of any reading of ``specs`` that a message of ``n`` bytes (decoded
+    within the depth limit) becomes is at most ``fixed + per_byte * n`` bytes and no deeper than the limit.
+
+    So the Kafka source door can hand such a reading on without writing it (:func:`expand`, ``lazy``). Each value a
+    reading takes from the message is written in at most 8 times the bytes it took there (a number: at most 24
+    characters, from at least 3 — ``1e5`` -> ``100000.0``, ``"1"`` -> ``1.0``, ``0`` -> ``"0"``; text at most 3
+    times, a case filter's longest expansion, as orjson escapes no more than JSON text must), each such value at
+    most the whole message; literal text at most 6 times its UTF-8 (``\\u00XX`` escapes); ``ts`` an integer of 64
+    bits (the caller checks), ``quality`` a float. None when a reading can nest deeper than its message (a metric
+    read from a top-level field sits one level deeper than it did; ``values_from`` members sit where they did) or
+    holds an MQTT topic's segment.
+    """
+    fixed = 64  # braces, and ts (20 digits at most) and quality (24 characters at most)
+    refs = 0
+    for spec in specs:
+        if any(len(ref.path) < 2 for ref in spec.values.values()):
+            return None
+        templates = [*spec.identity.values(), *spec.units.values()]
+        if any(isinstance(part, Ref) and part.segment is not None for t in templates for part in t.parts):
+            return None  # an MQTT topic's segment is not in the message (and the Kafka door has no topic)
+        names = [*spec.identity, *spec.values, *spec.units, "ts", "values", "units", "quality"]
+        literal = sum(len(part.encode()) for t in templates for part in t.parts if isinstance(part, str))
+        literal += sum(len(name.encode()) for name in names)
+        fixed += 6 * literal + 8 * len(names) + 4 * len(templates)
+        refs += sum(1 for t in templates for part in t.parts if isinstance(part, Ref))
+        refs += len(spec.values) + (spec.values_from is not None) + (spec.quality is not None)
+    return fixed, 8 * refs
+
+
 # --- the mapping ---------------------------------------------------------------------------
 
 
@@ -407,11 +437,20 @@ class PayloadMapping:
     # not interpreted again per message. Not a field: two equal mappings compare equal.
     _plans: tuple[ReadingPlan, ...] = field(default=(), init=False, compare=False, repr=False)
     _ts: Callable[[Any], int] = field(default=int, init=False, compare=False, repr=False)
+    # (fixed, per_byte) of _size_bound; None for channels (scada-wide) and readings that can nest deeper
+    _bound: tuple[int, int] | None = field(default=None, init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         plans = tuple(_compile_reading(self.name, spec) for spec in self.readings)
         object.__setattr__(self, "_plans", plans)
         object.__setattr__(self, "_ts", timeformats.parser(self.ts_format, self.tz))
+        object.__setattr__(self, "_bound", _size_bound(self.readings) if self.channels is None else None)
+
+    def within(self, message_bytes: int, max_bytes: int) -> bool:
+        """True when every reading a message of ``message_bytes`` (decoded within the limits) becomes is, written
+        as JSON, within ``max_bytes`` and the depth limit, for a 64-bit ``ts`` (see :func:`_size_bound`)."""
+        bound = self._bound
+        return bound is not None and bound[0] + bound[1] * message_bytes <= max_bytes
 
     def apply(self, message: Any, topic: str | None = None) -> list[dict[str, Any]]:
         """The native readings of one decoded message; :class:`MappingError` when it cannot be read."""
@@ -459,14 +498,22 @@ class PayloadMapping:
         yield from grouped.values()
 
 
+#: The integers orjson writes (a mapped reading's ts must be one to be left unwritten).
+_INT_LO, _INT_HI = -(2**63), 2**64
+
+
 def expand(
-    mapping: PayloadMapping, raw: bytes, rules: Rules, topic: str | None = None
+    mapping: PayloadMapping, raw: bytes, rules: Rules, topic: str | None = None, lazy: bool = False
 ) -> tuple[list[Item], list[str], Any]:
     """``(readings, [], message)``: the readings (native JSON, keyed by sensor_id) one message becomes, or
     ``([], reasons, message)`` when it cannot; ``message`` is the decoded message (None when not decoded).
 
     The message is decoded within the same limits as a native reading (``too_large``,
     ``too_deep``, ``malformed_json``, ...), so a mapped door is no wider than the native one.
+
+    ``lazy`` (the Kafka source door, which hands most readings to the pipeline as dicts): readings known to be
+    within the size and depth limits without writing them (:meth:`PayloadMapping.within`) get ``value`` None;
+    :func:`services.ingest.payloads.written` writes one when it has to travel as bytes after all.
     """
     message, error = decode(raw, rules.max_line_bytes, rules.max_json_depth)
     if error is not None:
@@ -476,6 +523,8 @@ def expand(
     except MappingError as exc:
         return [], [str(exc)], message
     limit = rules.max_field_chars
+    if lazy and readings and mapping.within(len(raw), rules.max_line_bytes) and _INT_LO <= readings[0]["ts"] < _INT_HI:
+        return [Item(None, key_of(r, limit), None, 0, r) for r in readings], [], message
     # Everything in a mapped reading came out of decode (orjson-writable) or is text or a number made here.
     return [Item(orjson.dumps(r), key_of(r, limit), None, 0, r) for r in readings], [], message
 

@@ -29,13 +29,23 @@ class PayloadError(ValueError):
 
 @dataclass(slots=True)
 class Item:
-    value: bytes
+    # None: a mapped reading not written yet (``decoded`` holds it; see mappings.expand's ``lazy``)
+    value: bytes | None
     sensor_id: str | None
     reasons: list[str] | None = None  # decided at the door (a mapped message that makes no reading)
     message: int = 0  # index of the message it came from (a mapped message may make many items)
     # an item decided at the door: the message as decoded, kept in its quarantine record; a mapped reading: the
     # reading itself (``value`` is its JSON), so the Kafka source door can hand it on without decoding it again
     decoded: Any = None
+
+
+def written(items: list[Item]) -> list[Item]:
+    """``items`` with every mapped reading that was left unwritten (``value`` None) written as its native JSON."""
+    for item in items:
+        if item.value is None:
+            # the bytes expand writes when not lazy: the same dict through the same encoder
+            item.value = orjson.dumps(item.decoded)
+    return items
 
 
 def key_of(obj: Any, max_chars: int = 200) -> str | None:

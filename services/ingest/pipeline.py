@@ -23,6 +23,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from services.ingest.rules import Rules
 from services.ingest.sensors import ACCEPTED, DUPLICATE, SensorState
 from services.ingest.validation import decode, decoded_within, reason_code, validate
@@ -60,8 +62,15 @@ class Inbound:
     forwarded: bool = False
     headers: Sequence[tuple[str, bytes]] = ()
     # What ``value`` decodes to, when the worker built it (a mapped reading handed over by the Kafka source
-    # door, not read from readings.raw): held to the same limits, not parsed again.
+    # door, not read from readings.raw): held to the same limits, not parsed again. ``value`` None beside it: the
+    # door knew the reading within the limits without writing it (mappings.expand's ``lazy``).
     decoded: Any = None
+
+    def raw(self) -> bytes | None:
+        """The message's bytes: ``value``, or a mapped reading's native JSON when the door left it unwritten."""
+        if self.value is None and self.decoded is not None:
+            return orjson.dumps(self.decoded)  # what the door would have written (mappings.expand)
+        return self.value
 
 
 @dataclass(slots=True)
@@ -170,9 +179,11 @@ class BatchProcessor:
         rules = self.rules
         decoded = msg.decoded
         if decoded is not None:
-            value = msg.value or b""
+            value = msg.value
+            if value is None:  # a mapped reading the door knew within the limits (mappings.PayloadMapping.within)
+                error = None
             # decoded_within's usual answer without the call: within the size, fewer brackets than the depth
-            if len(value) > rules.max_line_bytes or value.count(b"[") + value.count(b"{") > rules.max_json_depth:
+            elif len(value) > rules.max_line_bytes or value.count(b"[") + value.count(b"{") > rules.max_json_depth:
                 error = decoded_within(value, decoded, rules.max_line_bytes, rules.max_json_depth)
                 if error is not None:
                     decoded = None  # as decode() leaves it: the quarantine keeps the text
@@ -239,7 +250,7 @@ class BatchProcessor:
         self, out: Outcome, msg: Inbound, decoded: Any, decoded_ok: bool, reasons: list[str], sensor_id: str | None
     ) -> None:
         partition, key, value = quarantined(
-            msg.value,
+            msg.raw(),
             reasons,
             msg.source,
             self.partition_of,

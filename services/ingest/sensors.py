@@ -81,8 +81,13 @@ class SensorState:
             if len(recent) > memory:
                 del recent[: len(recent) - memory]
             self.newest_ts = ts
-            self._identify(reading)
-            self._accepted(reading)
+            # _identify and _accepted inline: the usual reading (the sensor's next one), once per reading
+            self.site, self.zone, self.utility, self.asset = reading.site, reading.zone, reading.utility, reading.asset
+            self.count += 1
+            if reading.received_ms > self.last_seen_ms:
+                self.last_seen_ms = reading.received_ms
+            self.last_values = reading.values
+            self.last_quality = reading.quality
             return ACCEPTED
         if ts == newest:
             self.duplicates += 1

@@ -41,7 +41,7 @@ from aiokafka import AIOKafkaProducer
 
 from services.ingest import metrics as m
 from services.ingest.mappings import PayloadMapping
-from services.ingest.payloads import Item
+from services.ingest.payloads import Item, written
 from services.ingest.pipeline import H_MAPPING, H_SOURCE, Inbound
 from services.ingest.validation import reason_code
 from shared.batching import Outbox
@@ -167,7 +167,8 @@ class MappedSources:
         mapped: list[tuple[str, list[Item]]] = []
         for topic in list(by_topic):
             # popped: the fetch's messages are not held while the pipeline works (fewer objects for the collector)
-            items = ingest.map_items(self.routes[topic], by_topic.pop(topic))
+            # lazy: the readings handed to the pipeline are not written as JSON (those that take readings.raw are)
+            items = ingest.map_items(self.routes[topic], by_topic.pop(topic), None, self.pump is not None)
             if self.pump is not None:
                 # What the pipeline can take without readings.raw: a sensor to own it, nothing decided at the
                 # door. Those decided at the door (mapping errors; too large for readings.raw, quarantined with
@@ -177,7 +178,8 @@ class MappedSources:
                 rest: list[Item] = []
                 limit = self.max_line_bytes
                 for item in items:
-                    if item.reasons is None and item.sensor_id is not None and len(item.value) <= limit:
+                    value = item.value
+                    if item.reasons is None and item.sensor_id is not None and (value is None or len(value) <= limit):
                         direct.append(item)
                     else:
                         rest.append(item)
@@ -219,5 +221,5 @@ class MappedSources:
 
     def _write_raw(self, box: Outbox, topic: str, items: list[Item]) -> None:
         if items:
-            self.ingest.write_items(box, "kafka", items, self.headers[topic], self._spread)
+            self.ingest.write_items(box, "kafka", written(items), self.headers[topic], self._spread)
             self._spread += len(items)

@@ -232,10 +232,12 @@ class Ingest(BatchJob[tuple[list[Inbound], Outcome]]):
         m.INPUTS.labels(source).inc()
         EVENTS_OUT.labels(SERVICE, self.quarantine_name).inc()
 
-    def map_items(self, mapping: PayloadMapping, messages: list[Item], topic: str | None = None) -> list[Item]:
+    def map_items(
+        self, mapping: PayloadMapping, messages: list[Item], topic: str | None = None, lazy: bool = False
+    ) -> list[Item]:
         """The readings the messages become with ``mapping``; a message that makes none is one item with reasons.
 
-        Each item's ``message`` is the index of the message it came from.
+        Each item's ``message`` is the index of the message it came from. ``lazy``: see :func:`expand`.
         """
         out: list[Item] = []
         rules = self.rules
@@ -245,7 +247,7 @@ class Ingest(BatchJob[tuple[list[Inbound], Outcome]]):
                 out.append(Item(msg.value, None, msg.reasons, index))
                 continue
             try:
-                readings, reasons, decoded = expand(mapping, msg.value, rules, topic)
+                readings, reasons, decoded = expand(mapping, msg.value, rules, topic, lazy)
             except Exception as exc:  # a bug met by one message: that message is quarantined, the rest go on
                 log.exception("mapping %s could not read one message", mapping.name)
                 readings, reasons, decoded = [], [f"internal_error: {type(exc).__name__}"], None
@@ -312,7 +314,7 @@ class Ingest(BatchJob[tuple[list[Inbound], Outcome]]):
             box.add(self.quarantine_name, q.partition, q.key, q.value)
         for partition, sensor_id, msg in outcome.forward:
             headers = [(k, v) for k, v in msg.headers if k != H_FORWARDED] + [(H_FORWARDED, b"1")]
-            box.add(self.raw_name, partition, sensor_id.encode(), msg.value or b"", headers)
+            box.add(self.raw_name, partition, sensor_id.encode(), msg.raw() or b"", headers)
         return batch, outcome
 
     def finish(self, work: tuple[list[Inbound], Outcome], elapsed: float) -> None:

@@ -17,10 +17,10 @@ from hypothesis import strategies as st
 
 from services.ingest import mappings, timeformats
 from services.ingest.mappings import MappingConfigError, expand, from_mapping
-from services.ingest.payloads import PayloadError, TooManyItems, csv_items
+from services.ingest.payloads import PayloadError, TooManyItems, csv_items, written
 from services.ingest.rules import Rules
 from services.ingest.settings import IngestSettings
-from services.ingest.validation import reason_code, validate
+from services.ingest.validation import deeper_than, reason_code, validate
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = Rules.load(IngestSettings(max_age_s=0))  # the shipped samples are from the past
@@ -315,6 +315,97 @@ def test_the_decode_limits_apply_before_the_mapping() -> None:
     assert reason_code(expand(mp, orjson.dumps(deep), Rules.load(IngestSettings(max_json_depth=4)))[1][0]) == "too_deep"
     assert reason_code(expand(mp, b"{not json", RULES)[1][0]) == "malformed_json"
     assert reason_code(expand(mp, b'{"a": "\\ud800"}', RULES)[1][0]) == "lone_surrogate"
+
+
+# --- a reading left unwritten (the Kafka source door's direct route) -----------------------
+
+#: Every kind of value a reading takes from a message: templates with each filter, literal text that JSON escapes,
+#: values_from and a metric from a nested field, units from a field, a quality.
+WIDE = {
+    "ts": {"field": "t", "format": "epoch_ms"},
+    "defaults": {"site": "sïte-\u0001{a|upper}", "utility": "water", "asset": "{b|lower}"},
+    "readings": [
+        {"sensor_id": "x-{a|slug}-{a}-{n}", "zone": "{deep.z}", "values_from": "m", "values": {"p": "deep.v"},
+         "units": {"p": "{u}"}, "quality": "deep.q", "quality_scale": 3},
+        {"sensor_id": "{n}{n}{b}", "values_from": "deep.m"},
+    ],
+}  # fmt: skip
+# Raw JSON as a sender may write it, as short as it gets: numbers written longer by orjson (1e5 -> 100000.0), text
+# that a case filter lengthens (ΐ -> Ϊ́, ß -> SS, İ -> i̇), control characters, empty text.
+NUMBER_TOKENS = [
+    "0",
+    "-0",
+    "7",
+    "1e5",
+    "1e9",
+    "1e15",
+    "9e15",
+    "1E300",
+    "5e-324",
+    "-1e-7",
+    "0.5",
+    "NaN",
+    "18446744073709551616",
+]
+TEXT_TOKENS = ['""', '"ΐ"', '"ß"', '"İ"', '"\\u0001"', '"\\u0390x"', '"1e5"', '"1"', '" 2 "', '"nan"', '"A b_C"']
+token = st.sampled_from(NUMBER_TOKENS + TEXT_TOKENS)
+member = st.one_of(token, token.map(lambda t: f"[{t},[{t}]]"))
+members = st.dictionaries(st.sampled_from(["pressure_kpa", "flow_m3h", "ΐ", "x"]), member, max_size=4).map(
+    lambda d: "{" + ",".join(f'"{k}":{v}' for k, v in d.items()) + "}"
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    a=st.sampled_from([*TEXT_TOKENS, "1e5", "5e-324", "0"]),
+    b=st.sampled_from(TEXT_TOKENS),
+    n=st.sampled_from(NUMBER_TOKENS[:11]),
+    z=st.sampled_from(TEXT_TOKENS),
+    v=member,
+    q=st.sampled_from(["0", "1", "0.5", "3e-300"]),
+    m=members,
+    deep_m=members,
+    u=st.sampled_from(TEXT_TOKENS),
+)
+def test_a_readings_json_is_within_the_mappings_bound(a, b, n, z, v, q, m, deep_m, u) -> None:
+    """What lets the door leave a reading unwritten: its JSON within ``fixed + per_byte * message bytes`` and no
+    deeper than the message's limit, for messages written as tightly as JSON allows."""
+    mp = one(WIDE)
+    fixed, per_byte = mp._bound  # type: ignore[misc]
+    raw = (
+        f'{{"t":{NOW},"a":{a},"b":{b},"n":{n},"u":{u},"deep":{{"z":{z},"v":{v},"q":{q},"m":{deep_m}}},"m":{m}}}'
+    ).encode()
+    for depth in (3, 4, 5):
+        rules = Rules.load(IngestSettings(max_age_s=0, max_json_depth=depth))
+        items, reasons, _ = expand(mp, raw, rules)
+        if reasons:  # a template of a nested field, or too deep for this limit: nothing to bound
+            continue
+        for item in items:
+            assert item.value is not None and len(item.value) <= fixed + per_byte * len(raw)
+            assert not deeper_than(item.decoded, depth)
+
+
+def test_lazy_readings_are_those_known_within_the_limits_and_written_as_before() -> None:
+    raw = orjson.dumps(GAS)
+    eager, _, _ = expand(SHIPPED["gas-station"], raw, RULES)
+    lazy, _, _ = expand(SHIPPED["gas-station"], raw, RULES, None, True)
+    assert [i.value for i in lazy] == [None]
+    assert [i.value for i in written(lazy)] == [i.value for i in eager]
+    assert [(i.sensor_id, i.decoded) for i in lazy] == [(i.sensor_id, i.decoded) for i in eager]
+    # Over the limit by the bound (not by its JSON): written, so the door checks its size as before.
+    fixed, per_byte = SHIPPED["gas-station"]._bound  # type: ignore[misc]
+    tight = Rules.load(IngestSettings(max_age_s=0, max_line_bytes=fixed + per_byte * len(raw) - 1))
+    assert [i.value for i in expand(SHIPPED["gas-station"], raw, tight, None, True)[0]] == [i.value for i in eager]
+    # A ts orjson cannot write (an epoch far beyond 64 bits): written, so expand fails as it always did.
+    epoch = one({"ts": {"field": "t", "format": "epoch_ms"}, "defaults": {"site": "s", "zone": "z",
+                 "utility": "gas", "asset": "a"}, "readings": [{"sensor_id": "s", "values_from": "v"}]})  # fmt: skip
+    with pytest.raises(TypeError):
+        expand(epoch, b'{"t": 1e300, "v": {"pressure_kpa": 1}}', RULES, None, True)
+    # Never lazy: a metric from a top-level field (one level deeper in the reading), channels, topic segments.
+    building = {"timestamp": "2026-12-03T10:00:00Z", "building": "A", "floor": 3, "electricity_kwh": 1, "water_l": 2}
+    assert all(i.value for i in expand(SHIPPED["building-energy"], orjson.dumps(building), RULES, None, True)[0])
+    assert SHIPPED["building-energy"]._bound is None and SHIPPED["scada-wide"]._bound is None
+    assert one(TOPIC_MAPPING)._bound is None
 
 
 def test_one_message_cannot_make_unbounded_readings() -> None:

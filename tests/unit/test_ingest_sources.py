@@ -54,8 +54,9 @@ def decide(rules: Rules, items: list[Item], direct: bool) -> Outcome:
     return processor.process(batch)
 
 
-def same_outcome(rules: Rules, items: list[Item]) -> Outcome:
-    via_raw, direct = decide(rules, items, False), decide(rules, items, True)
+def same_outcome(rules: Rules, items: list[Item], lazy: list[Item] | None = None) -> Outcome:
+    """``lazy``: the same readings as the door hands them over when it leaves them unwritten (``value`` None)."""
+    via_raw, direct = decide(rules, items, False), decide(rules, items if lazy is None else lazy, True)
     assert [(p, r, b) for p, r, b in direct.clean] == [(p, r, b) for p, r, b in via_raw.clean]
     assert direct.quarantined == via_raw.quarantined
     assert {k: s.to_dict() for k, s in direct.states.items()} == {k: s.to_dict() for k, s in via_raw.states.items()}
@@ -83,12 +84,17 @@ def test_a_mapped_reading_handed_over_is_decided_as_through_readings_raw(station
     """Values in and out of range, of the wrong type, unknown, null; duplicates; nesting beyond the depth limit."""
     rules = DEEP_RULES
     items: list[Item] = []
+    lazy: list[Item] = []
     for station, second in zip(stations, seconds, strict=False):
         message = {"timestamp": f"2026-01-25T07:50:0{second}", "location": station, "sensors": values}
         readings, _, _ = expand(SHIPPED["gas-station"], orjson.dumps(message), rules)
         items.extend(readings)  # none when the message itself is too deep (the door quarantines it)
+        lazy.extend(expand(SHIPPED["gas-station"], orjson.dumps(message), rules, None, True)[0])
     assert all(i.decoded is not None for i in items)
+    assert all(i.value is None for i in lazy)
     same_outcome(rules, items)
+    # Left unwritten: the same verdicts, clean readings and quarantine records (their payload written when needed).
+    same_outcome(rules, items, lazy)
 
 
 def test_the_size_limit_holds_for_a_reading_handed_over() -> None:

@@ -353,3 +353,59 @@ def test_quality_score_is_the_documented_formula(kind, metrics, scale, age_s, de
     want = round(min(1.0, max(0.0, score)), 4)
     assert quality_score(values, utility, asset, ts, NOW, device, rules) == want
     assert quality_score(values, utility, asset, ts, NOW, device, rules, range_score(values, rules)) == want
+
+
+@hsettings(max_examples=300, deadline=None)
+@given(
+    kind=st.sampled_from([("water", "pump"), ("water", "pipe"), ("gas", "gas_station"), ("energy", "meter")]),
+    metrics=st.lists(st.sampled_from(sorted(RULES.metrics)), min_size=1, max_size=8, unique=True),
+    scale=st.sampled_from([0.5, 0.45, 0.02, 0.98]),
+    age_s=st.sampled_from([0, 30, 61, 3000]),
+    device=st.sampled_from([None, 1.0, 0.8]),
+    rules=st.sampled_from([RULES, _AGED_RULES, Rules.load(IngestSettings(max_age_s=0))]),
+)
+def test_validation_scores_a_reading_as_quality_score_does(kind, metrics, scale, age_s, device, rules) -> None:
+    """The usual reading (complete, fresh, within the usual ranges, no device quality) takes the full score without
+    the call; every reading, usual or not, gets what quality_score gives."""
+    utility, asset = kind
+    if scale == 0.5:  # the usual reading: every expected metric, each in the middle of its usual range
+        metrics = sorted({*metrics, *rules.expected_for(utility, asset)})
+    specs = {m: rules.metrics[m] for m in metrics}
+    values = {m: s.lo + scale * (s.hi - s.lo) for m, s in specs.items()}
+    if scale == 0.5:
+        values = {
+            m: (s.soft_lo + s.soft_hi) / 2 if math.isfinite(s.soft_hi - s.soft_lo) else values[m]
+            for m, s in specs.items()
+        }
+    payload = reading(
+        utility=utility,
+        asset=asset,
+        ts=NOW - age_s * 1000,
+        values=values,
+        units={m: rules.metrics[m].unit for m in metrics},
+        quality=device,
+    )
+    if device is None:
+        del payload["quality"]
+    checked = validate(payload, NOW, rules)
+    score = quality_score(values, utility, asset, NOW - age_s * 1000, NOW, device, rules)
+    if score < rules.quality_threshold:
+        assert [reason_code(r) for r in checked.reasons] == ["low_quality"]
+    else:
+        assert checked.reading is not None and checked.reading.quality == score
+    usual = values.keys() >= rules.expected_for(utility, asset) and range_score(values, rules) == 1.0
+    if usual and (age_s <= 60 or rules.max_age_ms <= 0) and device is None:
+        assert checked.reading is not None and checked.reading.quality == rules.full_quality
+
+
+def test_the_usual_reading_gets_the_full_score() -> None:
+    payload = reading(values={"pressure": 431.2, "flow": 118.4, "temperature": 12.0}, units={})
+    del payload["quality"]
+    checked = validate(payload, NOW, RULES)
+    values = checked.reading.values  # type: ignore[union-attr]
+    assert range_score(values, RULES) == 1.0 and values.keys() >= RULES.expected_for("water", "pipe")
+    assert (
+        checked.reading.quality
+        == RULES.full_quality
+        == quality_score(values, "water", "pipe", NOW - 1000, NOW, None, RULES)
+    )  # type: ignore[union-attr]
