@@ -482,6 +482,7 @@ class Staged:
     checkpoint: Checkpoint
     finished: dict[int, int]
     undo: Undo | None
+    acked: dict[int, int]  # of ``finished``, the offsets whose outputs were acknowledged when it was taken
 
 
 _gc_timed: set[str] = set()
@@ -1146,6 +1147,7 @@ class Pump:
         if producer is None:
             return None
         finished, self.finished = self.finished, {}
+        acked = dict(finished)
         if in_flight:
             for offsets, _ in self.inflight:
                 finished.update(offsets)  # oldest first: the newest batch's last offset wins
@@ -1159,7 +1161,7 @@ class Pump:
             self.guarded.pop(p, None)
             self.ahead.discard(p)  # replaced in the table by this guard
         cp.write(self.progress, rows)
-        return Staged(cp, finished, undo)
+        return Staged(cp, finished, undo, acked)
 
     async def _commit(self, staged: Staged | None) -> dict[int, int]:
         if staged is None:
@@ -1327,10 +1329,11 @@ class Pump:
             await asyncio.wait((fetch, oldest), return_when=asyncio.FIRST_COMPLETED)
         finally:
             if not fetch.done():
-                # Cancelled while it waits for data, it has taken nothing: what arrives is there for the next fetch.
+                # Cancelled while it waits for data, it has taken nothing (aiokafka's fetched_records drains only
+                # without waiting): what arrives is there for the next fetch. Its fetch_context is left counted,
+                # which only a subscribe()d consumer's idle check reads; the pump assigns.
                 fetch.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await fetch
+                await asyncio.wait((fetch,))  # unlike awaiting it, lets a cancel of this task itself through
         return fetch.result() if not fetch.cancelled() else {}
 
     async def _periodic_checkpoint(self, staged: Staged | None, acks: Iterable[asyncio.Future[Any]] = ()) -> None:
@@ -1339,8 +1342,11 @@ class Pump:
             await asyncio.wait(acks, return_when=asyncio.FIRST_EXCEPTION)
             if not all(f.done() and not f.cancelled() and f.exception() is None for f in acks):
                 # A batch it covers did not reach the broker: the loop rewinds to the checkpoint before this one.
+                # Should it not (an error aiokafka does not raise), what was acknowledged goes to the next one.
                 if staged.undo is not None:
                     staged.undo()
+                for p, offset in staged.acked.items():
+                    self.finished.setdefault(p, offset)
                 log.info("%s: a checkpoint was dropped: a batch it covers was not acknowledged", self.config.service)
                 return
         try:

@@ -6,7 +6,9 @@ The at-least-once protocol, per notification id (``nid``):
    it here only once the broker has acknowledged the batch's changelog records
    (:class:`~services.alerts.state.StateJob`), so the intent is in the changelog
    before anything leaves the process. A crash before that point loses nothing:
-   the events that made the entry are applied again.
+   the events that made the entry are applied again (their offsets are checkpointed
+   only with acknowledged batches); one after it but before the entry was submitted
+   here leaves it in the outbox table, which the next tick's scan sends.
 2. A Redis lease (``SET NX PX``, renewed while the sender lives) guards the send:
    after a rebalance the new owner of the partition sees the lease and waits instead
    of sending concurrently; a crashed sender's lease lapses after ``lease_s``.

@@ -1,10 +1,6 @@
-"""TableImage: the state stage's decoded per-partition copy of a table; the table stays the truth. And the stage
-starts a batch's deliveries only once the broker has its table writes."""
+"""TableImage: the state stage's decoded per-partition copy of a table; the table stays the truth."""
 
 from __future__ import annotations
-
-import asyncio
-from types import SimpleNamespace
 
 import pytest
 
@@ -13,9 +9,6 @@ from services.alerts.image import TableImage
 from services.alerts.overlay import Overlay
 from services.alerts.pipeline import Processor, Schedule
 from services.alerts.settings import AlertsSettings
-from services.alerts.state import Applied, StateJob
-from shared.pump import Batch
-from shared.settings import Settings
 
 pytestmark = pytest.mark.unit
 
@@ -139,26 +132,3 @@ def test_a_faust_tables_batch_goes_to_its_store_and_into_the_box_as_faust_would_
     ]
     assert box.count == 2 and image.view(1).get("old") is None
 
-
-async def test_the_state_stage_starts_deliveries_only_once_the_broker_has_the_batchs_table_writes():
-    # A notification whose alert state is not durable could be sent again after a crash (the state says not sent
-    # yet): StateJob hands a batch's deliveries to the dispatcher in complete(), after the acknowledgement only.
-    submitted: list[dict] = []
-    persisted: list[dict] = []
-    stage = SimpleNamespace(persisted=persisted.append)
-    dispatcher = SimpleNamespace(submit=submitted.append)
-    events = SimpleNamespace(get_topic_name=lambda: "alerts-events")
-
-    async def declare() -> None:
-        return None
-
-    job = StateJob(Settings(), AlertsSettings(), events, declare, "alerts", stage, dispatcher)  # type: ignore[arg-type]
-    acked: asyncio.Future = asyncio.get_running_loop().create_future()
-    entry = {"id": "n1", "receiver": "ops"}
-    completing = asyncio.ensure_future(job.complete(Batch(Applied(dispatch=[entry], written=1), 1, acked, 0.0)))
-    for _ in range(20):
-        await asyncio.sleep(0)
-    assert submitted == [] and not completing.done()
-    acked.set_result({("alerts-state-changelog", 0): 7})
-    await completing
-    assert submitted == [entry] and persisted == [{("alerts-state-changelog", 0): 7}]

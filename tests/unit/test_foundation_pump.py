@@ -302,16 +302,34 @@ async def test_a_periodic_checkpoint_holding_a_batch_the_broker_refused_is_dropp
     # The loop rewinds on that batch to the checkpoint before: nothing of this one may be in the tables.
     job = Job(app)
     pump = make_pump(app, job)
+    pump.finished = {1: 4}  # acknowledged before the checkpoint was taken
     first, second = in_flight(pump, {0: 10}, {0: 20})
     job.dirty = {b"s1": (0, b"state after both batches")}
     pump.writing = asyncio.ensure_future(pump._periodic_checkpoint(pump._stage(in_flight=True), [first, second]))
     await turns()
     first.set_exception(KafkaConnectionError("broker gone"))
     await pump._written()  # at once: the second batch's ack is not waited for
-    assert job.producer.sent == [] and pump.checkpointed_offsets([0]) == {}
+    assert job.producer.sent == [] and pump.checkpointed_offsets([0, 1]) == {}
     assert job.dirty == {b"s1": (0, b"state after both batches")} and job.unwritten == {}
-    assert pump.finished == {}  # the offsets in flight are not taken for finished ones
+    assert pump.finished == {1: 4}  # back for the next one; the offsets in flight are not taken for finished ones
     assert await pump.drain() is False and job.rewound == 1
+
+
+async def test_a_rewind_for_a_batch_that_raised_lets_the_checkpoint_waiting_for_the_ones_before_land_first(
+    app: faust.App,
+) -> None:
+    # The batches it holds were fine (a later one raised in the job): once acknowledged, it is the rewind's start.
+    job = Job(app)
+    pump = make_pump(app, job)
+    (ack,) = in_flight(pump, {0: 10})
+    job.dirty = {b"s1": (0, b"state after the batch")}
+    pump.writing = asyncio.ensure_future(pump._periodic_checkpoint(pump._stage(in_flight=True), [ack]))
+    rewind = asyncio.ensure_future(pump._rewind(ValueError("cannot score"), "a batch raised"))
+    await turns()
+    assert not rewind.done() and job.rewound == 0
+    ack.set_result(None)
+    await rewind
+    assert pump.checkpointed_offsets([0]) == {0: 10} and job.rewound == 1 and not pump.inflight
 
 
 class Consumer:
