@@ -131,4 +131,3 @@ def test_a_faust_tables_batch_goes_to_its_store_and_into_the_box_as_faust_would_
         (dumps_key("old"), None),  # a deleted row is a tombstone, as Faust writes one
     ]
     assert box.count == 2 and image.view(1).get("old") is None
-
