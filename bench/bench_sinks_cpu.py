@@ -55,18 +55,27 @@ def counter(text: str, name: str) -> float:
     return 0.0
 
 
-def postgres_cpu() -> float:
-    """CPU seconds of every PostgreSQL process on the machine (the sink's writes cost the server too; other
-    sessions' use of the same server counts as well, so this is a lead, not a measure)."""
+async def backend_pids(db: str) -> list[int]:
+    """The PostgreSQL server processes serving the history worker (its sink and API connections)."""
+    import asyncpg
+
+    conn = await asyncpg.connect(db)
+    try:
+        rows = await conn.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    finally:
+        await conn.close()
+    return [r["pid"] for r in rows]
+
+
+def cpu_of(pids: list[int]) -> float:
     total = 0.0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    for pid in pids:
         try:
-            text = stat.read_text()
-        except OSError:
-            continue
-        if "(postgres)" in text:
-            fields = text.rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            total += cpu_seconds(pid)
+        except (OSError, IndexError):
+            pass  # gone (a connection the worker closed): its CPU is not counted
     return total
 
 
@@ -139,13 +148,14 @@ async def one_round(args: argparse.Namespace, code: Path, label: str, models: Pa
             await asyncio.sleep(args.warmup)
             pids = {n: p.proc.pid for n, p in procs.items() if p.proc}
             cpu0 = {n: cpu_seconds(pid) for n, pid in pids.items()}
-            pg0 = postgres_cpu()
+            backends = await backend_pids(db)
+            pg0 = cpu_of(backends)
             m0 = await asyncio.to_thread(metrics_text, procs["history"])
             t0 = time.monotonic()
             sent = await feed
             window = time.monotonic() - t0
             share = {n: (cpu_seconds(pids[n]) - c) / window for n, c in cpu0.items()}
-            pg = (postgres_cpu() - pg0) / window
+            pg = (cpu_of(backends) - pg0) / window
             m1 = await asyncio.to_thread(metrics_text, procs["history"])
             per_s = {
                 k: round((counter(m1, name) - counter(m0, name)) / window, 1) for k, name in HISTORY_COUNTERS.items()
@@ -163,7 +173,7 @@ async def one_round(args: argparse.Namespace, code: Path, label: str, models: Pa
         "readings_per_s": round(rate),
         "cpu_share": {n: round(v, 3) for n, v in share.items()},
         "us_per_reading": {n: round(v / rate * 1e6, 1) for n, v in share.items()},
-        "postgres_cpu_share": round(pg, 3),
+        "postgres_backends_cpu_share": round(pg, 3),  # the server's side of the sink's writes
         "history_per_s": per_s,
         "load_avg_1m_before": round(load_before[0], 2),
         "load_avg_1m_after": round(load_after[0], 2),
@@ -197,6 +207,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             }
             for n in SERVICES
         }
+        out[label]["history_postgres_backends_cpu_share_median"] = round(
+            statistics.median(r["postgres_backends_cpu_share"] for r in mine), 3
+        )
+        out[label]["history_batches_per_s_median"] = statistics.median(r["history_per_s"]["batches"] for r in mine)
     return out
 
 
