@@ -195,28 +195,6 @@ async def insert_rows(
     return await conn.fetch(sql, *columns)
 
 
-async def upsert_by_copy(conn: asyncpg.Connection, table: str, rows: list[tuple[Any, ...]], conflict: str) -> None:
-    """What :func:`insert_rows` does (no RETURNING), the rows sent by binary COPY into a temporary table first.
-
-    Why: asyncpg's array encoder asks every element of every array whether it is itself an array, through
-    ``collections.abc`` checks in Python (~0.3 µs an element, a row of rollups has ten): at 5,000 readings/s a
-    quarter of the sink's CPU. COPY encodes each value by its column's codec alone. The staging table lives as
-    long as the connection (created here if missing: a transaction that failed took it with it) and is emptied by
-    the statement that reads it, and by every commit.
-    """
-    if not rows:
-        return
-    cols = COLUMNS[table]
-    stage = f"{table}_in"
-    names = ", ".join(f'"{c}"' for c, _ in cols)
-    defs = ", ".join(f'"{c}" {t}' for c, t in cols)
-    await conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {stage} ({defs}) ON COMMIT DELETE ROWS")
-    await conn.copy_records_to_table(stage, records=rows, columns=[c for c, _ in cols])
-    await conn.execute(
-        f"WITH u AS (DELETE FROM {stage} RETURNING *) INSERT INTO {table} ({names}) SELECT {names} FROM u {conflict}"
-    )
-
-
 EPISODE_FIELDS = (
     "sensor_id",
     "site",
@@ -373,7 +351,7 @@ async def write_batch(
     if batch.quarantine_counts:
         await partitions.ensure(conn, "quarantine_counts", {k[0] for k in batch.quarantine_counts})
 
-    await upsert_by_copy(
+    await insert_rows(
         conn,
         "rollups",
         rollups,
