@@ -47,6 +47,8 @@ class Gathered:
     partials: dict[int, list[dict[str, Any]]] = field(default_factory=dict)  # partials partition -> partials
     last_event: dict[bytes, Any] = field(default_factory=dict)  # zone key -> its latest event (for the write)
     recheck: dict[str, int] = field(default_factory=dict)  # waiting zone -> its partials partition
+    # zone key -> its table value as read by the new-zone check (read once a batch, not again to load the state)
+    values: dict[bytes, Any] = field(default_factory=dict)
 
 
 class ZoneScorer:
@@ -90,7 +92,7 @@ class ZoneScorer:
         if not self.waiting.seeded:  # zones restored from the changelog may hold open steps
             self.waiting.seed(list(self.zones.data.keys()))
         got = await self._gather(events)
-        states = self._load_states(got.last_event)
+        states = self._load_states(got.last_event, got.values)
         processor = self.processor
         dup0, late0, model0 = processor.duplicates, processor.late, processor.model_seconds
         risks = await asyncio.get_running_loop().run_in_executor(None, self._process, states, got.partials, got.recheck)
@@ -142,7 +144,8 @@ class ZoneScorer:
             key = message["zone"].encode()
             if key not in got.last_event and key not in known and self.fs.new_zones_per_minute > 0:
                 with event_context(ev):
-                    is_new = self.zones.get(key) is None
+                    value = got.values[key] = self.zones.get(key)
+                is_new = value is None
                 site = message.get("site", "")
                 if is_new and not self.new_zones.allow(site):
                     await dead_letter_event(self.app, self.settings, SERVICE, ev, [self.new_zones.reason(site)])
@@ -157,11 +160,14 @@ class ZoneScorer:
                     got.recheck[key.decode()] = q
         return got
 
-    def _load_states(self, last_event: dict[bytes, Any]) -> dict[str, ZoneState]:
+    def _load_states(self, last_event: dict[bytes, Any], read: dict[bytes, Any]) -> dict[str, ZoneState]:
         states: dict[str, ZoneState] = {}
         for key, ev in last_event.items():
-            with event_context(ev):
-                value = self.zones.get(key)
+            if key in read:
+                value = read[key]
+            else:
+                with event_context(ev):
+                    value = self.zones.get(key)
             if value is not None:
                 try:
                     states[key.decode()] = ZoneState.from_bytes(value)
