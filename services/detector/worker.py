@@ -202,6 +202,9 @@ class DetectorEngine(BatchJob[Scored]):
             result = self.scorer.process(readings, states.get)
         for sid, blob in result.states.items():
             self.memory[sid] = blob
+        # Marked now, not once acknowledged: the pump takes a checkpoint with the batches in flight in it (their
+        # offsets, so their states too) and writes it only once the broker has them.
+        self.dirty.update(partitions)
         scores_t, anomalies_t, partials_t = self.names["scores"], self.names["anomalies"], self.names["partials"]
         maps = self.partition_maps
         pscores, panom, ppart = maps[scores_t], maps[anomalies_t], maps[partials_t]
@@ -233,8 +236,7 @@ class DetectorEngine(BatchJob[Scored]):
         m.QUARANTINED.labels(why.split(":")[0]).inc()
 
     def finish(self, sub: Scored, elapsed: float) -> None:
-        """A batch the broker acknowledged: its states count for the next checkpoint; totals, metrics, cache."""
-        self.dirty.update(sub.partitions)
+        """A batch the broker acknowledged: totals, metrics, cache."""
         result = sub.result
         self.recent.append((elapsed, sub.readings + sub.quarantined))
         t = self.totals

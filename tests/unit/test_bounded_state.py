@@ -107,6 +107,22 @@ async def test_memory_keeps_at_most_its_bound_after_a_checkpoint(engine: Detecto
     assert engine.load_state("m-1", PartitionMap(2)("m-1")) is not None  # read back from the table
 
 
+async def test_a_checkpoint_taken_with_a_batch_in_flight_holds_the_states_that_batch_changed(
+    engine: DetectorEngine,
+) -> None:
+    # The pump takes a periodic checkpoint with the batches in flight in it (their offsets, written once the broker
+    # has them): a sensor only they changed must be in it too, or a restart would go on past its readings with its
+    # older state.
+    from shared.pump import Checkpoint
+
+    in_flight = await engine.submit(messages([orjson.dumps(fuzz.reading("f-1", fuzz.T0))]))  # not completed
+    cp = Checkpoint(engine.producer, engine.event)  # type: ignore[arg-type]
+    engine.stage(cp)
+    await cp.commit()
+    assert b"f-1" in engine.states.data
+    await engine.complete(in_flight)
+
+
 async def test_states_of_sensors_silent_beyond_the_ttl_are_deleted_from_the_table(engine: DetectorEngine) -> None:
     lay = Layout(2)
     for sid, ts in (("old", fuzz.T0), ("fresh", fuzz.T0 + 10 * 86_400_000)):
