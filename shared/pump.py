@@ -147,7 +147,8 @@ class PumpJob(Protocol):
         """Wait for a submitted batch's acks (``await batch.acked``), then account for it."""
 
     def stage(self, checkpoint: Checkpoint) -> Undo | None:
-        """Write the state changed since the last checkpoint into ``checkpoint``.
+        """Write the state changed since the last checkpoint into ``checkpoint`` (and into ``checkpoint.box`` any
+        message that must be durable with it).
 
         Returns how to mark it changed again should the checkpoint fail.
         """
@@ -1153,7 +1154,7 @@ class Pump:
                 finished.update(offsets)  # oldest first: the newest batch's last offset wins
         cp = Checkpoint(producer, self.event)
         undo = self.job.stage(cp)
-        if not cp.rows and not finished and not guards:
+        if not cp.rows and not cp.box.count and not finished and not guards:  # box: what a job sends with it
             return None
         rows: dict[int, dict[bytes, bytes]] = {p: {b"%d" % p: b"%d" % offset} for p, offset in finished.items()}
         for p, guard in (guards or {}).items():

@@ -35,7 +35,7 @@ from shared.cache import Cache
 from shared.codec import dumps, loads
 from shared.limits import NewIdBudget
 from shared.metrics import DECODE_ERRORS, EVENTS_OUT
-from shared.pump import BatchJob, Checkpoint, PumpConfig
+from shared.pump import BatchJob, Checkpoint, PumpConfig, Undo
 from shared.records import Reading, Score
 from shared.settings import Settings
 from shared.streaming import event_context
@@ -143,6 +143,9 @@ class DetectorEngine(BatchJob[Scored]):
         self.dirty: dict[str, int] = {}  # sensor -> partition, changed since the last checkpoint
         self.cache_latest: dict[str, Score] = {}  # the latest score of each sensor since the last flush
         self.cache_counts: dict[str, int] = {}
+        # zone key -> window start -> partial, of the batches decided since they last went out (see _partials)
+        self.held: dict[str, dict[str, dict]] = {}
+        self.held_since = time.monotonic()
         self.recent: collections.deque[tuple[float, int]] = collections.deque(maxlen=20_000)
         self.new_sensors = NewIdBudget(ds.new_sensors_per_minute)
         self.totals = {"batches": 0, "readings": 0, "anomalies": 0, "late": 0, "quarantined": 0, "checkpoints": 0}
@@ -205,19 +208,67 @@ class DetectorEngine(BatchJob[Scored]):
         # Marked now, not once acknowledged: the pump takes a checkpoint with the batches in flight in it (their
         # offsets, so their states too) and writes it only once the broker has them.
         self.dirty.update(partitions)
-        scores_t, anomalies_t, partials_t = self.names["scores"], self.names["anomalies"], self.names["partials"]
+        scores_t, anomalies_t = self.names["scores"], self.names["anomalies"]
         maps = self.partition_maps
-        pscores, panom, ppart = maps[scores_t], maps[anomalies_t], maps[partials_t]
+        pscores, panom = maps[scores_t], maps[anomalies_t]
         for s in result.scores:
             key = s.sensor_id.encode()
             box.add(scores_t, pscores(key), key, dumps(s))
         for a in result.anomalies:
             key = a.sensor_id.encode()
             box.add(anomalies_t, panom(key), key, dumps(a))
-        for zone, partial in result.partials.items():
-            key = zone.encode()
-            box.add(partials_t, ppart(key), key, dumps(partial))
+        self._hold(result.partials)
+        if time.monotonic() - self.held_since >= self.ds.partials_every_s:
+            self._send_held(box)
         return Scored(partitions, result, len(readings), bad)
+
+    # --- zone partials ------------------------------------------------------------------------
+
+    def _hold(self, partials: dict[str, dict[str, dict]]) -> None:
+        """Merge a batch's zone partials into those held (the aggregator's own merge, so its windows end the same)."""
+        held, merge = self.held, aggregates.merge
+        for zone, windows in partials.items():
+            have = held.get(zone)
+            if have is None:
+                held[zone] = dict(windows)
+                continue
+            for ws, p in windows.items():
+                have[ws] = merge(have[ws], p) if ws in have else p
+
+    def _send_held(self, box: Outbox) -> dict[str, dict[str, dict]]:
+        """The held partials into ``box``, one message per zone; returns them (to hold again should it fail).
+
+        Into a batch's box they are durable with that batch; into a checkpoint's, with the checkpoint: either way
+        before (or with) the offsets of the readings they sum up, so a crash replays what did not go out.
+        """
+        held, self.held = self.held, {}
+        self.held_since = time.monotonic()
+        if held:
+            topic = self.names["partials"]
+            part = self.partition_maps[topic]
+            for zone, windows in held.items():
+                key = zone.encode()
+                box.add(topic, part(key), key, dumps(windows))
+        return held
+
+    def stage(self, checkpoint: Checkpoint) -> Undo | None:
+        """The changed states, and the partials held, into ``checkpoint``: a checkpoint must not take the offsets
+        of readings whose partials have not gone out."""
+        undo_states = super().stage(checkpoint)
+        held = self._send_held(checkpoint.box)
+        if not held:
+            return undo_states
+
+        def undo() -> None:
+            if undo_states is not None:
+                undo_states()
+            self._hold(held)
+
+        return undo
+
+    def rewind(self) -> None:
+        self.held = {}  # the readings they sum up are read again from the checkpoint
+        super().rewind()
 
     def _within_budget(self, readings: list[Reading], states: dict[str, Any]) -> tuple[list[Reading], list[Reading]]:
         """Readings of sensors that may be created now, and those of new sensors beyond their source's budget."""
