@@ -147,8 +147,8 @@ class PumpJob(Protocol):
         """Wait for a submitted batch's acks (``await batch.acked``), then account for it."""
 
     def stage(self, checkpoint: Checkpoint) -> Undo | None:
-        """Write the state changed since the last checkpoint into ``checkpoint`` (and into ``checkpoint.box`` any
-        message that must be durable with it).
+        """Write the state changed since the last checkpoint into ``checkpoint`` (and into ``checkpoint.ahead`` any
+        message that must be on the broker before the checkpoint's offsets are).
 
         Returns how to mark it changed again should the checkpoint fail.
         """
@@ -393,6 +393,10 @@ class Checkpoint:
 
     def __init__(self, producer: AIOKafkaProducer, event_for: Callable[[int], Any]) -> None:
         self.box = Outbox(producer)
+        # Messages a job sends with the checkpoint that must be on the broker before its rows are (a job's outputs
+        # held across batches: the offsets must not pass readings whose outputs are not out). Flushed first.
+        self.ahead = Outbox(producer)
+        self.ahead_sent = False  # the broker has ``ahead``: whatever befalls the rows, those are out
         self.event_for = event_for
         self.tables: list[Any] = []
         self.staged: list[tuple[Any, Mapping[int, Mapping[bytes, Any]], Callable[[Any], bytes] | None]] = []
@@ -413,6 +417,9 @@ class Checkpoint:
         return staged
 
     async def commit(self) -> None:
+        if self.ahead.count:
+            await self.ahead.flush()
+            self.ahead_sent = True
         staged, self.staged = self.staged, []
         for table, by_partition, encode in staged:
             for partition, items in by_partition.items():
@@ -1154,7 +1161,7 @@ class Pump:
                 finished.update(offsets)  # oldest first: the newest batch's last offset wins
         cp = Checkpoint(producer, self.event)
         undo = self.job.stage(cp)
-        if not cp.rows and not cp.box.count and not finished and not guards:  # box: what a job sends with it
+        if not cp.rows and not cp.ahead.count and not finished and not guards:
             return None
         rows: dict[int, dict[bytes, bytes]] = {p: {b"%d" % p: b"%d" % offset} for p, offset in finished.items()}
         for p, guard in (guards or {}).items():

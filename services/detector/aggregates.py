@@ -1,7 +1,7 @@
 """Tumbling-window summaries per site, zone and utility: built per micro-batch, merged, closed by event time.
 
-The scoring agent turns each micro-batch into *partials* (one per zone and window)
-and sends them to an internal topic keyed by zone, so one agent instance owns a
+The scoring worker turns each micro-batch into *partials* (one per zone and window),
+merges them across batches for ``partials_every_s`` and sends them to an internal topic keyed by zone, so one agent instance owns a
 zone's windows whichever partitions its sensors live on. Partials merge by
 addition (count, sums, min, max: :mod:`shared.window_stats`), so the merge is order-free.
 """

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import faust
+from aiokafka.errors import KafkaError
 
 from services.detector import aggregates
 from services.detector.metrics import AGGREGATES_EMITTED, TRAINED_PROFILES
@@ -159,6 +160,16 @@ def create_app(settings: Settings | None = None, detector_settings: DetectorSett
     @app.timer(interval=ds.cache_flush_s, name="detector-cache")
     async def flush_cache() -> None:
         await engine.flush_cache()
+
+    if ds.partials_every_s > 0:
+
+        @app.timer(interval=ds.partials_every_s, name="detector-partials")
+        async def send_partials() -> None:
+            async with pump.lock:  # between batches and checkpoints, which take the held partials too
+                try:
+                    await engine.send_due_partials()
+                except KafkaError as exc:  # held again: they go with the next batch or checkpoint
+                    log.warning("zone partials not sent (held for the next batch): %s", exc)
 
     @app.timer(interval=ds.state_sweep_s, name="detector-state-sweep")
     async def sweep_states() -> None:

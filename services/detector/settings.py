@@ -56,9 +56,10 @@ class DetectorSettings(ServiceSettings):
     )
     partials_every_s: float = _doc(
         0.5,
-        "How often (seconds) the zone partials of the batches scored meanwhile go to the aggregator, merged per zone "
-        "and window (and with every checkpoint). 0: each batch sends its own, one message per zone, which the "
-        "aggregator reads at ~120 µs each: at small batches as much CPU as the scoring.",
+        "Zone partials of the batches scored meanwhile are merged per zone and window and go to the aggregator with "
+        "the first batch this many seconds after the last send (from a timer when no batch comes), and ahead of every "
+        "checkpoint. 0: each batch sends its own, one message per zone, which the aggregator reads at ~120 µs each: "
+        "at small batches as much CPU as the scoring.",
     )
     emit_scores: bool = _doc(True, "Publish every reading's score on `scores` (anomalies are always published).")
     reason_metrics: int = _doc(3, "Contributing metrics listed with each anomaly.")

@@ -6,8 +6,10 @@ per-message consumer path (why, and how it follows Faust's assignment and recove
 :mod:`shared.pump`).
 
 Per micro-batch: decode, score (in a thread, so heartbeats keep flowing), then the
-scores, anomalies, zone partials and quarantined messages go out as one record batch
-per topic-partition; once the broker has acknowledged them the batch counts as done.
+scores, anomalies and quarantined messages go out as one record batch per
+topic-partition; once the broker has acknowledged them the batch counts as done. Zone
+partials are merged across batches and go out with the first batch ``partials_every_s``
+after the last send, ahead of each checkpoint, or from a timer when no batch comes.
 At each checkpoint the states of the sensors that changed (once per sensor, however
 many readings it had) are written to ``detector-sensor-state`` together with the pump's
 offsets, so a restart resumes exactly there: readings after the checkpoint are scored
@@ -143,7 +145,7 @@ class DetectorEngine(BatchJob[Scored]):
         self.dirty: dict[str, int] = {}  # sensor -> partition, changed since the last checkpoint
         self.cache_latest: dict[str, Score] = {}  # the latest score of each sensor since the last flush
         self.cache_counts: dict[str, int] = {}
-        # zone key -> window start -> partial, of the batches decided since they last went out (see _partials)
+        # zone key -> window start -> partial, of the batches decided since they last went out (_hold, _send_held)
         self.held: dict[str, dict[str, dict]] = {}
         self.held_since = time.monotonic()
         self.recent: collections.deque[tuple[float, int]] = collections.deque(maxlen=20_000)
@@ -252,19 +254,38 @@ class DetectorEngine(BatchJob[Scored]):
         return held
 
     def stage(self, checkpoint: Checkpoint) -> Undo | None:
-        """The changed states, and the partials held, into ``checkpoint``: a checkpoint must not take the offsets
-        of readings whose partials have not gone out."""
+        """The changed states into ``checkpoint``, and the partials held ahead of it: its offsets must not pass
+        readings whose partials have not gone out."""
         undo_states = super().stage(checkpoint)
-        held = self._send_held(checkpoint.box)
+        held = self._send_held(checkpoint.ahead)
         if not held:
             return undo_states
 
         def undo() -> None:
             if undo_states is not None:
                 undo_states()
-            self._hold(held)
+            if not checkpoint.ahead_sent:  # sent, they are out: held again they would count twice
+                self._hold(held)
 
         return undo
+
+    async def send_due_partials(self) -> bool:
+        """Send the held partials once ``partials_every_s`` has passed with no batch to take them (an idle input);
+        True when some went out. Call between batches (``async with pump.lock``).
+
+        Without it they would wait for the next checkpoint (``checkpoint_s``, as long as the aggregate grace) while
+        other workers' partials moved the aggregator's watermark past their windows.
+        """
+        if not self.held or self.producer is None or time.monotonic() - self.held_since < self.ds.partials_every_s:
+            return False
+        box = Outbox(self.producer)
+        held = self._send_held(box)
+        try:
+            await box.flush()
+        except Exception:
+            self._hold(held)  # with the next batch or checkpoint (some may have landed: at least once)
+            raise
+        return True
 
     def rewind(self) -> None:
         self.held = {}  # the readings they sum up are read again from the checkpoint

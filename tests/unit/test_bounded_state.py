@@ -7,6 +7,8 @@ partial checks are pure.
 
 from __future__ import annotations
 
+import copy
+
 import faust
 import orjson
 import pytest
@@ -160,15 +162,54 @@ async def test_held_partials_are_held_again_when_their_checkpoint_fails_and_drop
 
     engine.ds = DetectorSettings(**{**engine.ds.__dict__, "partials_every_s": 3600.0})
     await engine.complete(await engine.submit(messages([orjson.dumps(fuzz.reading("q-0", fuzz.T0))])))
-    held = {zone: dict(windows) for zone, windows in engine.held.items()}
-    assert held
+    held = copy.deepcopy(engine.held)
+    dirty = dict(engine.dirty)
+    assert held and dirty
     cp = Checkpoint(engine.producer, engine.event)  # type: ignore[arg-type]
     undo = engine.stage(cp)
-    assert engine.held == {} and undo is not None
-    undo()  # the checkpoint did not reach the broker
-    assert engine.held == held
+    assert engine.held == {} and engine.dirty == {} and undo is not None
+    undo()  # the checkpoint did not reach the broker, its partials neither
+    assert engine.held == held and engine.dirty == dirty
+    cp = Checkpoint(engine.producer, engine.event)  # type: ignore[arg-type]
+    undo = engine.stage(cp)
+    assert undo is not None
+    cp.ahead_sent = True  # its partials went out, then its rows failed
+    undo()
+    assert engine.held == {} and engine.dirty == dirty  # held again they would count twice
+    await engine.complete(await engine.submit(messages([orjson.dumps(fuzz.reading("q-0", fuzz.T0 + 1))], start=1)))
     engine.rewind()  # the readings are read again from the checkpoint: their partials are made again
     assert engine.held == {}
+
+
+async def test_partials_go_out_in_a_batch_then_with_the_checkpoint_each_once_and_as_the_aggregator_takes_them(
+    engine: DetectorEngine,
+) -> None:
+    from shared.pump import Checkpoint
+
+    engine.ds = DetectorSettings(**{**engine.ds.__dict__, "partials_every_s": 0.0})
+    batch = [orjson.dumps(fuzz.reading(f"r-{i}", fuzz.T0)) for i in range(2)]
+    await engine.complete(await engine.submit(messages(batch)))  # due at once: in the batch's box
+    assert partials_sent(engine) and engine.held == {}
+    engine.ds = DetectorSettings(**{**engine.ds.__dict__, "partials_every_s": 3600.0})
+    for j in range(1, 3):
+        batch = [orjson.dumps(fuzz.reading(f"r-{i}", fuzz.T0 + j * 1000)) for i in range(2)]
+        await engine.complete(await engine.submit(messages(batch, start=2 * j)))
+    cp = Checkpoint(engine.producer, engine.event)  # type: ignore[arg-type]
+    engine.stage(cp)
+    await cp.commit()
+    sent = partials_sent(engine)
+    assert sum(p["n"] for _, windows in sent for p in windows.values()) == 6
+    assert all(aggregates.problem(windows, key) == "" for key, windows in sent)
+
+
+async def test_held_partials_go_out_from_the_timer_when_no_batch_comes(engine: DetectorEngine) -> None:
+    engine.ds = DetectorSettings(**{**engine.ds.__dict__, "partials_every_s": 3600.0})
+    await engine.complete(await engine.submit(messages([orjson.dumps(fuzz.reading("t-0", fuzz.T0))])))
+    assert await engine.send_due_partials() is False and partials_sent(engine) == []  # not due yet
+    engine.ds = DetectorSettings(**{**engine.ds.__dict__, "partials_every_s": 0.0})
+    assert await engine.send_due_partials() is True
+    assert sum(p["n"] for _, windows in partials_sent(engine) for p in windows.values()) == 1
+    assert engine.held == {} and await engine.send_due_partials() is False
 
 
 async def test_states_of_sensors_silent_beyond_the_ttl_are_deleted_from_the_table(engine: DetectorEngine) -> None:

@@ -262,6 +262,29 @@ async def test_a_large_checkpoint_lets_other_work_run_while_it_is_written(app: f
     )
 
 
+async def test_what_a_job_sends_ahead_of_a_checkpoint_is_on_the_broker_before_the_checkpoints_rows(
+    app: faust.App,
+) -> None:
+    # A job that holds outputs across batches (the detector's zone partials) hands them to the checkpoint: its
+    # offsets must not become durable before they are out, and a checkpoint with nothing else is still written.
+    job = Job(app)
+    pump = make_pump(app, job)
+
+    def stage(checkpoint: Checkpoint) -> None:
+        checkpoint.ahead.add("partials", 0, b"zone", b"held")
+
+    job.stage = stage  # type: ignore[method-assign]
+    staged = pump._stage()
+    assert staged is not None  # only the held outputs: written all the same
+    pump.finished = {0: 7}
+    staged = pump._stage()
+    assert staged is not None
+    await pump._commit(staged)
+    topics = [t for t, _, _ in job.producer.sent]
+    assert topics.index("partials") < topics.index(pump.progress.changelog_topic.get_topic_name())
+    assert staged.checkpoint.ahead_sent
+
+
 def in_flight(pump: Pump, *offsets: dict[int, int]) -> list[asyncio.Future[Any]]:
     """Batches in flight on ``pump`` (one per ``offsets``), unacknowledged; returns their acks, oldest first."""
     loop = asyncio.get_running_loop()
