@@ -991,20 +991,10 @@ class Pump:
         for this first (:meth:`_submit`). Waiting for a guard once the old one had run out held every reading of
         that moment behind a broker round trip.
         """
-        ahead = max(0, self.settings.pump_guard_ahead)
-        guards = {p: Suspect(first, last + ahead) for p, (first, last) in ranges.items()}
-        producer = self._progress_producer()
-        assert producer is not None
-        self.ahead.update(guards)  # in the local store from here on, landed or not
-        cp = Checkpoint(producer, self.event)
-        cp.write(self.progress, {p: {GUARD_KEY % p: g.encode()} for p, g in guards.items()})
         try:
-            await cp.commit()
+            await self._write_guards(self._reaching_ahead(ranges))
         except Exception as exc:  # noqa: BLE001 - beside the loop: the old guards stand, the next batch guards anew
             log.warning("%s: renewing the crash guards failed (the current ones stand): %s", self.config.service, exc)
-            return
-        for p, g in guards.items():
-            self.guarded[p] = (g.first, g.last)
 
     async def _renewed(self) -> None:
         """Wait for the guards being renewed, if any (before anything else writes guards or reads ``guarded``)."""
@@ -1018,16 +1008,25 @@ class Pump:
         Every partition the batch holds is guarded afresh (not only the one that ran out), so their guards run
         out together: one round trip rather than one per partition.
         """
+        await self._guard(self._reaching_ahead(ranges))
+
+    def _reaching_ahead(self, ranges: Mapping[int, tuple[int, int]]) -> dict[int, Suspect]:
+        """Guards of ``ranges`` reaching ``pump_guard_ahead`` offsets beyond each."""
         ahead = max(0, self.settings.pump_guard_ahead)
-        await self._guard({p: Suspect(first, last + ahead) for p, (first, last) in ranges.items()})
+        return {p: Suspect(first, last + ahead) for p, (first, last) in ranges.items()}
 
     async def _guard(self, guards: Mapping[int, Suspect]) -> None:
         """Durably record what is about to be processed (read back after a hard crash)."""
         await self._renewed()  # written after it: the table ends with these
-        producer = self._progress_producer()
-        assert producer is not None
         for p in guards:
             self.guarded.pop(p, None)  # unknown until acknowledged (a failed write may or may not have landed)
+        await self._write_guards(guards)
+
+    async def _write_guards(self, guards: Mapping[int, Suspect]) -> None:
+        """Write ``guards`` to the progress table; once acknowledged, those of ranges (not of one message) cover
+        batches (``guarded``). A failed write raises, leaving ``guarded`` as it was."""
+        producer = self._progress_producer()
+        assert producer is not None
         self.ahead.update(guards)  # in the local store from here on, landed or not
         cp = Checkpoint(producer, self.event)
         cp.write(self.progress, {p: {GUARD_KEY % p: g.encode()} for p, g in guards.items()})

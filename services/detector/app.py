@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import faust
-from aiokafka.errors import KafkaError
 
 from services.detector import aggregates
 from services.detector.metrics import AGGREGATES_EMITTED, TRAINED_PROFILES
@@ -168,7 +167,7 @@ def create_app(settings: Settings | None = None, detector_settings: DetectorSett
             async with pump.lock:  # between batches and checkpoints, which take the held partials too
                 try:
                     await engine.send_due_partials()
-                except KafkaError as exc:  # held again: they go with the next batch or checkpoint
+                except Exception as exc:  # noqa: BLE001 - held again: they go with the next batch or checkpoint
                     log.warning("zone partials not sent (held for the next batch): %s", exc)
 
     @app.timer(interval=ds.state_sweep_s, name="detector-state-sweep")
