@@ -99,7 +99,7 @@ def _ewma(m: float, v: float, x: float, a: float, lim: float, seen: bool, first:
     return m + a * d, (1 - a) * (v + a * d * d)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _step(
     row: np.ndarray,
     xr: np.ndarray,
@@ -223,7 +223,7 @@ def _step(
     row[1] = t
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def rolling_run(
     state: np.ndarray,
     x: np.ndarray,
@@ -257,7 +257,7 @@ def rolling_run(
             _step(row, x[i], ts[i], m, off, params, scale, has_scale, drift, has_drift, track_shift, out[i])
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def persist_run(
     state: np.ndarray,
     raw: np.ndarray,
@@ -291,7 +291,7 @@ def persist_run(
             row[4] += 1.0
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def lof_run(
     xy: np.ndarray,
     xx: np.ndarray,
@@ -340,7 +340,7 @@ def lof_run(
         out[i] = ratios / filled
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def forest_run(
     x: np.ndarray,
     starts: np.ndarray,
