@@ -13,6 +13,7 @@ import re
 from typing import Any
 
 from shared import window_stats
+from shared.codec import dumps
 from shared.records import Aggregate
 
 Partial = dict[str, Any]  # {"n": int, "anomalies": int, "ts": max ts, "m": {metric: [n, sum, min, max]}}
@@ -48,6 +49,32 @@ def problem(partials: Any, key: Any) -> str:
         ):
             return "m must map metrics to [count, sum, min, max]"
     return ""
+
+
+#: Largest zone-partials message written: half the broker's record limit (:data:`shared.batching.MAX_RECORD_BYTES`).
+MESSAGE_BYTES = 500_000
+
+
+def messages(windows: dict[str, Partial], limit: int = MESSAGE_BYTES) -> list[bytes]:
+    """A zone's partials as messages of at most ``limit`` bytes: split by windows, and a window too big alone by its
+    metrics (the pieces after the first count no readings, so the aggregator's merge adds them up to the whole).
+
+    One message per zone could grow past what the broker takes (many windows held, or a zone whose sensors report
+    many metric names), and a message it refuses would be refused again on every retry.
+    """
+    value = dumps(windows)
+    if len(value) <= limit:
+        return [value]
+    items = list(windows.items())
+    if len(items) > 1:
+        half = len(items) // 2
+        return messages(dict(items[:half]), limit) + messages(dict(items[half:]), limit)
+    (ws, p), metrics = items[0], list(items[0][1].get("m", {}).items())
+    if len(metrics) < 2:  # a metric's four numbers and its name: over the limit only with an absurd limit
+        raise ValueError(f"a zone partial of {len(value)} bytes cannot be split under {limit} bytes")
+    half = len(metrics) // 2
+    rest = {"n": 0, "anomalies": 0, "ts": p.get("ts", 0), "m": dict(metrics[half:])}
+    return messages({ws: {**p, "m": dict(metrics[:half])}}, limit) + messages({ws: rest}, limit)
 
 
 def zone_key(site: str, zone: str, utility: str) -> str:

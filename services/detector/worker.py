@@ -238,7 +238,8 @@ class DetectorEngine(BatchJob[Scored]):
                 have[ws] = merge(have[ws], p) if ws in have else p
 
     def _send_held(self, box: Outbox) -> dict[str, dict[str, dict]]:
-        """The held partials into ``box``, one message per zone; returns them (to hold again should it fail).
+        """The held partials into ``box``, one message per zone (more when over ``aggregates.MESSAGE_BYTES``); returns
+        them (to hold again should it fail).
 
         Into a batch's box they are durable with that batch; into a checkpoint's, with the checkpoint: either way
         before (or with) the offsets of the readings they sum up, so a crash replays what did not go out.
@@ -250,7 +251,8 @@ class DetectorEngine(BatchJob[Scored]):
             part = self.partition_maps[topic]
             for zone, windows in held.items():
                 key = zone.encode()
-                box.add(topic, part(key), key, dumps(windows))
+                for value in aggregates.messages(windows):
+                    box.add(topic, part(key), key, value)
         return held
 
     def stage(self, checkpoint: Checkpoint) -> Undo | None:

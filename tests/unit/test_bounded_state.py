@@ -268,3 +268,58 @@ def test_zone_partials_are_checked_before_they_are_merged() -> None:
     for bad in fuzz.DETECTOR_BREAKS:
         assert aggregates.problem(bad, b"z") != "", bad
     assert aggregates.problem({}, b"\xff") != "" and aggregates.problem({}, None) != ""
+
+
+def merged(messages: list[bytes]) -> dict[str, dict]:
+    out: dict[str, dict] = {}
+    for value in messages:
+        for ws, p in orjson.loads(value).items():
+            out[ws] = aggregates.merge(out[ws], p) if ws in out else p
+    return out
+
+
+def test_a_zones_partials_too_big_for_one_message_go_in_several_that_add_up_to_them() -> None:
+    # many windows held, and one window whose sensors report thousands of metric names: split by windows, then by
+    # metrics, each piece under the limit and as the aggregator takes it, the pieces merging back to the whole
+    windows = {
+        str(60_000 * w): {"n": 3, "anomalies": 1, "ts": 60_000 * w + 5, "m": {"flow": [3, 7.5, 2.0, 3.0]}}
+        for w in range(400)
+    }
+    windows["0"]["m"] = {f"metric-{i:05d}-{'x' * 40}": [1, float(i), float(i), float(i)] for i in range(3_000)}
+    whole = dumps(windows)
+    assert len(whole) > 200_000
+    pieces = aggregates.messages(windows, limit=20_000)
+    assert len(pieces) > 10 and all(len(v) <= 20_000 for v in pieces)
+    assert all(aggregates.problem(orjson.loads(v), b"site/zone/water") == "" for v in pieces)
+    assert merged(pieces) == orjson.loads(whole)  # n and anomalies counted once: the metric pieces carry none
+    assert aggregates.messages(windows) == [whole]  # under the real limit: one message, as before
+    with pytest.raises(ValueError):
+        aggregates.messages({"0": {"n": 1, "anomalies": 0, "ts": 1, "m": {"flow": [1, 1.0, 1.0, 1.0]}}}, limit=10)
+
+
+async def test_held_partials_over_the_record_limit_go_out_in_pieces_the_broker_takes(engine: DetectorEngine) -> None:
+    # Held for a checkpoint, a zone's partials could pass the broker's record limit; one message would be refused on
+    # every retry (and the checkpoint with it).
+    from shared.batching import MAX_RECORD_BYTES
+    from shared.pump import Checkpoint
+
+    engine.held = {
+        "s/z/water": {
+            str(60_000 * w): {
+                "n": 1,
+                "anomalies": 0,
+                "ts": 60_000 * w,
+                "m": {f"m{i}": [1, 1.5, 1.5, 1.5] for i in range(40)},
+            }
+            for w in range(1_500)
+        }
+    }
+    assert len(dumps(engine.held["s/z/water"])) > MAX_RECORD_BYTES
+    cp = Checkpoint(engine.producer, engine.event)  # type: ignore[arg-type]
+    engine.stage(cp)
+    await cp.commit()
+    sent = engine.producer.messages(engine.names["partials"])  # type: ignore[union-attr]
+    assert len(sent) >= 3 and all(len(v) <= aggregates.MESSAGE_BYTES for _, _, v in sent)
+    assert {k for _, k, _ in sent} == {b"s/z/water"} and len({p for p, _, _ in sent}) == 1  # one zone, one partition
+    assert sum(p["n"] for p in merged([v for _, _, v in sent]).values()) == 1_500
+    assert engine.held == {}
