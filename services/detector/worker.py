@@ -175,7 +175,10 @@ class DetectorEngine(BatchJob[Scored]):
         return hit
 
     def forget(self) -> None:
+        # Held partials sum up readings past the last durable checkpoint (a settle whose checkpoint failed keeps
+        # them): whoever reads those partitions next reads the readings again and makes them again.
         self.memory.clear()
+        self.held = {}
 
     # --- one micro-batch ----------------------------------------------------------------------
 
@@ -288,10 +291,6 @@ class DetectorEngine(BatchJob[Scored]):
             self._hold(held)  # with the next batch or checkpoint (some may have landed: at least once)
             raise
         return True
-
-    def rewind(self) -> None:
-        self.held = {}  # the readings they sum up are read again from the checkpoint
-        super().rewind()
 
     def _within_budget(self, readings: list[Reading], states: dict[str, Any]) -> tuple[list[Reading], list[Reading]]:
         """Readings of sensors that may be created now, and those of new sensors beyond their source's budget."""
