@@ -37,7 +37,7 @@ from services.detector.settings import DetectorSettings
 from services.detector.state import Layout, pack, unpack
 from shared.batching import Outbox, PartitionMap
 from shared.cache import Cache
-from shared.codec import dumps, loads
+from shared.codec import dumps_record, loads
 from shared.limits import NewIdBudget
 from shared.metrics import DECODE_ERRORS, EVENTS_OUT
 from shared.pump import BatchJob, Checkpoint, PumpConfig, Undo
@@ -293,10 +293,10 @@ class DetectorEngine(BatchJob[Scored]):
         pscores, panom = maps[scores_t], maps[anomalies_t]
         for s in result.scores:
             key = s.sensor_id.encode()
-            box.add(scores_t, pscores(key), key, dumps(s))
+            box.add(scores_t, pscores(key), key, dumps_record(s))
         for a in result.anomalies:
             key = a.sensor_id.encode()
-            box.add(anomalies_t, panom(key), key, dumps(a))
+            box.add(anomalies_t, panom(key), key, dumps_record(a))
         self._hold(result.partials)
         if time.monotonic() - self.held_since >= self.ds.partials_every_s:
             self._send_held(box)
