@@ -75,8 +75,10 @@ class Rules:
     #: Derived from ``metrics`` (set in __post_init__): the cumulative counters, and metric -> its counter.
     counters: frozenset[str] = field(init=False, default=frozenset())
     counter_twin: Mapping[str, str] = field(init=False, default_factory=dict)
-    #: Derived from the weights (set in __post_init__): the quality score when every part of it is 1.
+    #: Derived from the weights (set in __post_init__): the quality score when every part of it is 1, and the same
+    #: before it is clamped and rounded (what a device's own quality multiplies).
     full_quality: float = field(init=False, default=1.0)
+    full_score: float = field(init=False, default=1.0)
 
     @classmethod
     def load(cls, settings: IngestSettings | None = None) -> Rules:
@@ -142,6 +144,7 @@ class Rules:
         # The quality score of a complete, fresh reading within its usual ranges and without a device quality: every
         # part 1 (quality.quality_score's arithmetic, worked out once; validation takes it without the call).
         full = self.w_completeness * 1.0 + self.w_range * 1.0 + self.w_staleness * 1.0
+        object.__setattr__(self, "full_score", full)
         full = (1.0 if full >= 1.0 else 0.0) if not 0.0 < full < 1.0 else round(full, 4)
         object.__setattr__(self, "full_quality", full)
 
