@@ -79,6 +79,12 @@ class Rules:
     #: before it is clamped and rounded (what a device's own quality multiplies).
     full_quality: float = field(init=False, default=1.0)
     full_score: float = field(init=False, default=1.0)
+    #: Two memos as plain attributes for the hot path, where a property or a method is a call per reading:
+    #: :attr:`metric_plans`, and :meth:`expected_for`'s (utility, asset) -> metrics (a kind not looked up yet: absent).
+    flat_plans: dict[str | tuple[str, str], Any] = field(init=False, repr=False, compare=False, default_factory=dict)
+    expected_known: dict[tuple[str, str], frozenset[str]] = field(
+        init=False, repr=False, compare=False, default_factory=dict
+    )
 
     @classmethod
     def load(cls, settings: IngestSettings | None = None) -> Rules:
@@ -133,10 +139,10 @@ class Rules:
     def __post_init__(self) -> None:
         # Memo tables for the hot path; bounded so arbitrary input cannot grow them forever.
         object.__setattr__(self, "_names", {})
-        object.__setattr__(self, "_expected_memo", {})
+        object.__setattr__(self, "_expected_memo", self.expected_known)
         object.__setattr__(self, "_named_units", {})
         object.__setattr__(self, "_unit_plans", {})
-        object.__setattr__(self, "_metric_plans", {})
+        object.__setattr__(self, "_metric_plans", self.flat_plans)
         twins = {of: spec.name for spec in self.metrics.values() for of in spec.counter_of}
         object.__setattr__(self, "counter_twin", twins)
         object.__setattr__(self, "counters", frozenset(s.name for s in self.metrics.values() if s.counter_of))

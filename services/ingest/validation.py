@@ -99,6 +99,8 @@ def _int_as_orjson(digits: str) -> int | float:
 
 
 _NO_UNITS: dict[str, Any] = {}
+# No missing or unknown metrics, from the usual path of _values: one list, only ever read (validate copies none).
+_NONE: list[str] = []
 
 
 def deeper_than(value: Any, limit: int) -> bool:
@@ -346,7 +348,7 @@ def validate(payload: Any, received_ms: int, rules: Rules, source: str = "kafka"
     if (
         in_range == 1.0
         and (received_ms - ts <= rules.stale_after_ms or rules.max_age_ms <= 0)
-        and values.keys() >= rules.expected_for(utility, asset)
+        and values.keys() >= (rules.expected_known.get((utility, asset)) or rules.expected_for(utility, asset))
     ):
         # what quality_score gives when every part is 1, without working the parts out again
         quality = rules.full_quality if device_quality is None else device_scaled(rules.full_score, device_quality)
@@ -392,7 +394,7 @@ def _values(
     # hard range. Anything else (a first sighting, a unit missing or not text, a duplicate, a value out of
     # range or not a finite number) starts again on the general path below, which says what is wrong:
     # nothing here appends a reason, so the outcome is the general path's by construction.
-    fast = rules.metric_plans
+    fast = rules.flat_plans
     for raw_name, value in raw_values.items():
         kind = type(value)
         if kind is not float:
@@ -431,7 +433,7 @@ def _values(
         units[name] = unit
     else:
         if values:
-            return values, units, [], [], worst
+            return values, units, _NONE, _NONE, worst
     values = {}
     units = {}
     worst = 1.0
