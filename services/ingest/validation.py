@@ -360,7 +360,7 @@ def validate(payload: Any, received_ms: int, rules: Rules, source: str = "kafka"
     # Positional, in Reading's field order: a third of the cost of keywords, once per reading
     # (test_validation checks the fields land where they belong).
     reading = Reading(sensor_id, ts, site, zone, utility, asset, values, units, quality, extra, received_ms, source)
-    return Validated(reading, [], sensor_id, len(unknown))
+    return Validated(reading, reasons, sensor_id, len(unknown))  # reasons: empty here (no list made for it)
 
 
 def _values(

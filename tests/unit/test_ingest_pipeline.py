@@ -12,7 +12,7 @@ from services.ingest.pipeline import CLEAN, QUARANTINED, BatchProcessor, Inbound
 from services.ingest.rules import Rules
 from services.ingest.sensors import ACCEPTED, DUPLICATE, LATE, SensorState, silence_transitions
 from services.ingest.verdicts import VerdictBoard
-from services.ingest.wire import reading_bytes
+from services.ingest.wire import reading_bytes, reading_dict
 from shared.batching import PartitionMap, kafka_partition
 from shared.records import Reading
 
@@ -199,6 +199,8 @@ def test_partitioning_matches_kafkas_default_partitioner() -> None:
 def test_reading_bytes_is_the_records_dict() -> None:
     r = Reading("a", NOW, "s", "z", "gas", "pipe", {"pressure": 1.5}, {"pressure": "kPa"}, 0.9, {"k": [1]}, NOW, "mqtt")
     assert orjson.loads(reading_bytes(r)) == dataclasses.asdict(r)
+    # byte for byte, the fields in the record's order (what readings.clean has always carried)
+    assert reading_bytes(r) == orjson.dumps(dataclasses.asdict(r)) == orjson.dumps(reading_dict(r))
 
 
 def test_split_items_object_array_ndjson() -> None:
