@@ -114,6 +114,23 @@ def to_inbound(record: Any) -> Inbound:
     )
 
 
+def to_inbounds(records: list[Any]) -> list[Inbound]:
+    """:func:`to_inbound` of each record; one without headers (a Kafka producer's) without the call per record."""
+    batch: list[Inbound] = []
+    add = batch.append
+    for record in records:
+        if record.headers:
+            add(to_inbound(record))
+            continue
+        stamp = record.timestamp
+        add(
+            Inbound(
+                record.value, record.key, record.partition, record.offset, stamp if stamp and stamp > 0 else now_ms()
+            )
+        )
+    return batch
+
+
 class Ingest(BatchJob[tuple[list[Inbound], Outcome]]):
     """Everything of ingest that lives inside the Faust worker."""
 
@@ -290,24 +307,7 @@ class Ingest(BatchJob[tuple[list[Inbound], Outcome]]):
         pump writes a checkpoint that holds batches in flight only once the broker has
         acknowledged them, so only acknowledged work is ever checkpointed.
         """
-        batch: list[Inbound] = []
-        add = batch.append
-        for record in records:
-            if record.headers:
-                add(to_inbound(record))
-                continue
-            # to_inbound's answer for a record without headers (a Kafka producer's), without the call per record
-            stamp = record.timestamp
-            add(
-                Inbound(
-                    record.value,
-                    record.key,
-                    record.partition,
-                    record.offset,
-                    stamp if stamp and stamp > 0 else now_ms(),
-                )
-            )
-        return self.decide_inbound(batch, box)
+        return self.decide_inbound(to_inbounds(records), box)
 
     async def submit_mapped(self, batch: list[Inbound]) -> Batch[tuple[list[Inbound], Outcome]]:
         """Readings the Kafka source door mapped (already decoded), decided as a fetch of readings.raw would be.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import orjson
 import pytest
@@ -264,3 +265,26 @@ def test_a_permissive_payload_with_a_huge_integer_is_judged_and_encodable() -> N
     assert len(out.quarantined) == 1
     quarantined = quarantined_record(out.quarantined[0])
     assert quarantined["payload"]["big"] == 1e23
+
+
+def test_records_become_what_to_inbound_makes_of_each() -> None:
+    """The batch path skips to_inbound's call for records without headers; the Inbound must be the same."""
+    from aiokafka.structs import ConsumerRecord
+
+    from services.ingest.worker import to_inbound, to_inbounds
+
+    def record(offset: int, stamp: int | None, headers: tuple[tuple[str, bytes], ...] = ()) -> ConsumerRecord:
+        return ConsumerRecord("raw", offset % 3, offset, stamp, 0, b"k%d" % offset, b"{}", None, 2, 2, headers)
+
+    records = [
+        record(0, NOW),
+        record(1, NOW + 1, (("fw-source", b"http"), ("fw-request", b"r1"))),
+        record(2, NOW + 2, (("fw-forwarded", b"1"),)),
+        record(3, NOW + 3, (("fw-source", b"bogus"),)),
+        record(4, NOW + 4),
+    ]
+    assert to_inbounds(records) == [to_inbound(r) for r in records]
+    # no broker time: the worker's clock, either way
+    before = int(time.time() * 1000)
+    for got in to_inbounds([record(5, 0), record(6, None), record(7, -1)]):
+        assert before <= got.received_ms <= int(time.time() * 1000)
