@@ -200,8 +200,12 @@ class BatchProcessor:
             error = "malformed_json: empty message"
         else:
             value = msg.value
-            # decode()'s usual answer without the call: within the size, fewer brackets than the depth, JSON
-            if len(value) <= rules.max_line_bytes and value.count(b"[") + value.count(b"{") <= rules.max_json_depth:
+            # decode()'s usual answer without the call: within the size, fewer brackets than the depth, JSON.
+            # A reading seldom holds an array: a memchr for "[" spares the count of them (a byte loop each).
+            if (
+                len(value) <= rules.max_line_bytes
+                and value.count(b"{") + (value.count(b"[") if b"[" in value else 0) <= rules.max_json_depth
+            ):
                 try:
                     decoded, error = loads(value), None
                 except JSONDecodeError:  # decode() says why, or reads what orjson refuses (NaN)

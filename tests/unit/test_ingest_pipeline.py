@@ -12,6 +12,7 @@ from services.ingest.payloads import PayloadError, TooManyItems, split_items
 from services.ingest.pipeline import CLEAN, QUARANTINED, BatchProcessor, Inbound, Quarantined
 from services.ingest.rules import Rules
 from services.ingest.sensors import ACCEPTED, DUPLICATE, LATE, SensorState, silence_transitions
+from services.ingest.validation import decode, reason_code
 from services.ingest.verdicts import VerdictBoard
 from services.ingest.wire import reading_bytes, reading_dict
 from shared.batching import PartitionMap, kafka_partition
@@ -288,3 +289,27 @@ def test_records_become_what_to_inbound_makes_of_each() -> None:
     before = int(time.time() * 1000)
     for got in to_inbounds([record(5, 0), record(6, None), record(7, -1)]):
         assert before <= got.received_ms <= int(time.time() * 1000)
+
+
+@pytest.mark.parametrize("opening", ["[", "{"])
+def test_the_batch_path_refuses_what_decode_refuses_as_too_deep(opening: str) -> None:
+    """The pipeline decodes the usual message without decode()'s call; nesting past the limit, in arrays or in
+    objects, is still quarantined as too_deep with the text kept, and nesting within it (arrays too) is not."""
+    depth = RULES.max_json_depth
+
+    def nested(levels: int) -> object:
+        value: object = 1
+        for _ in range(levels):
+            value = [value] if opening == "[" else {"k": value}
+        return value
+
+    deep = raw(good("deep", NOW - 1000, firmware=nested(depth)))
+    fine = raw(good("fine", NOW - 1000, firmware=nested(depth - 2)))  # the payload object and one level of it
+    out = processor().process([deep, fine])
+
+    assert [r.sensor_id for _, r, _ in out.clean] == ["fine"]
+    [q] = out.quarantined
+    record = quarantined_record(q)
+    assert [reason_code(r) for r in record["reasons"]] == ["too_deep"]
+    assert record["reasons"][0] == decode(deep.value, RULES.max_line_bytes, depth)[1]  # type: ignore[arg-type]
+    assert isinstance(record["payload"], str)  # kept as text, as decode leaves it
