@@ -16,6 +16,11 @@ Latency: readings are then produced at a steady ``--rate`` for ``--seconds``; th
 of each is its readings.clean append time minus its readings.raw append time (the reading's
 ``received_ms``): decode, validate, state, produce and the micro-batch wait included.
 
+``--baseline DIR`` runs another checkout's worker (``git archive REV | tar -x -C DIR``, with ``.venv``
+linked) in the same run: each round writes one backlog to both workers' topics (each has its own topics
+and state) and drains it with one, then the other, the order alternating round by round; the latency
+phase runs on each too. Both are in the JSON (``baseline``, ``over_baseline``, ``over_baseline_cpu``).
+
 Writes bench/results/ingest.json.
 """
 
@@ -43,9 +48,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.bench_latency_e2e import CodeProcess  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 from shared.topics import create_all  # noqa: E402
-from tests.helpers import ServiceProcess, delete_topics, produce  # noqa: E402
+from tests.helpers import delete_topics, produce  # noqa: E402
 
 ASSETS = [
     ("water", "pipe", {"pressure": (430, 620, "kPa"), "flow": (40, 260, "m3/h")}),
@@ -195,78 +201,81 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def run(args: argparse.Namespace) -> dict[str, Any]:
-    rng = random.Random(7)
-    work = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
-    settings = Settings.from_env("ingest").replace(
-        topic_prefix=f"bench{uuid.uuid4().hex[:8]}.", data_dir=work / "data", partitions=args.partitions
-    )
-    await create_all(settings, out=open("/dev/null", "w"))
-    sensors = make_sensors(args.sensors, rng)
-    clock = Clock(int(time.time() * 1000) - 6 * 3600 * 1000)
+class Variant:
+    """One checkout's worker with topics, state and a readings.clean reader of its own (``--baseline``: two)."""
 
-    def backlog(n: int) -> list[tuple[bytes, bytes]]:
-        out = []
-        for i in range(n):
-            s = sensors[i % len(sensors)]
-            out.append((s["sensor_id"].encode(), payload(s, clock.tick(s["sensor_id"]), rng)))
-        return out
+    def __init__(self, label: str, code: Path, args: argparse.Namespace, work: Path) -> None:
+        self.label = label
+        self.code = code
+        self.settings = Settings.from_env("ingest").replace(
+            topic_prefix=f"bench{uuid.uuid4().hex[:8]}.", data_dir=work / label, partitions=args.partitions
+        )
+        env = {
+            "FLOWWATCH_INGEST_MQTT_ENABLED": "false",
+            "FLOWWATCH_INGEST_MAX_AGE_S": "0",  # the backlog is stamped hours ago on purpose
+            "FLOWWATCH_LOG_LEVEL": "WARNING",
+        }
+        self.proc = CodeProcess("ingest", self.settings, code, env)
+        self.consumer = AIOKafkaConsumer(
+            self.settings.topic("readings.clean"),
+            bootstrap_servers=self.settings.bootstrap_servers,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            group_id=None,
+            max_partition_fetch_bytes=8 << 20,
+            fetch_max_bytes=64 << 20,
+        )
+        self.rounds: list[float] = []
+        self.per_cpu_s: list[float] = []
+        self.loads: list[float] = []
+        self.gc_s: list[float] = []
+        self.gc_n: list[int] = []
+        self.latencies: list[float] = []
+        self.metrics_text = ""
 
-    consumer = AIOKafkaConsumer(
-        settings.topic("readings.clean"),
-        bootstrap_servers=settings.bootstrap_servers,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        group_id=None,
-        max_partition_fetch_bytes=8 << 20,
-        fetch_max_bytes=64 << 20,
-    )
-    env = {
-        "FLOWWATCH_INGEST_MQTT_ENABLED": "false",
-        "FLOWWATCH_INGEST_MAX_AGE_S": "0",  # the backlog is stamped hours ago on purpose
-        "FLOWWATCH_LOG_LEVEL": "WARNING",
-    }
-    rounds: list[float] = []
-    per_cpu_s: list[float] = []
-    gc_s: list[float] = []
-    gc_n: list[int] = []
-    load_at_start = os.getloadavg()[0]
-    await consumer.start()
-    proc = ServiceProcess("ingest", settings, extra_env=env)
-    try:
-        for r in range(args.rounds):
-            # A fresh backlog while the worker is down, so it drains it alone (restarting also replays recovery).
-            proc.stop()
-            await produce(settings, "readings.raw", backlog(args.readings))
+    async def start(self) -> None:
+        await create_all(self.settings, out=open("/dev/null", "w"))
+        await self.consumer.start()
+
+    async def round(self, r: int, messages: list[tuple[bytes, bytes]]) -> None:
+        """Drain ``messages`` written while the worker is down (restarting also replays its recovery)."""
+        proc, n = self.proc, len(messages)
+        proc.stop()
+        await produce(self.settings, "readings.raw", messages)
+        proc.start()
+        sampler = CpuSampler(proc.proc.pid)  # type: ignore[union-attr]
+        sampler.start()
+        await asyncio.to_thread(proc.wait_ready, 180)
+        got = await drain(self.consumer, n, timeout=300)
+        sampler.stop()
+        pauses, collections = await asyncio.to_thread(gc_pauses, proc.url)
+        self.gc_s.append(pauses)
+        self.gc_n.append(collections)
+        stamps = [t for t, _ in got]
+        first, last = min(stamps) / 1000, max(stamps) / 1000
+        seconds = last - first
+        cpu = sampler.cpu_between(first, last)
+        self.rounds.append(n / seconds)
+        self.per_cpu_s.append(n / cpu if cpu > 0 else 0.0)
+        self.loads.append(os.getloadavg()[0])
+        print(
+            f"round {r + 1} {self.label}: {n} readings in {seconds:.2f}s = {self.rounds[-1]:,.0f}/s; "
+            f"worker CPU {cpu:.2f}s = {self.per_cpu_s[-1]:,.0f} readings per CPU-second; "
+            f"garbage collections {collections} taking {pauses:.2f}s; load {self.loads[-1]:.2f}",
+            flush=True,
+        )
+
+    async def latency(self, args: argparse.Namespace, backlog: Any) -> None:
+        """Readings at a steady rate below capacity: readings.clean append time - readings.raw append time."""
+        proc = self.proc
+        if proc.proc is None or proc.proc.poll() is not None:
             proc.start()
-            sampler = CpuSampler(proc.proc.pid)
-            sampler.start()
             await asyncio.to_thread(proc.wait_ready, 180)
-            got = await drain(consumer, args.readings, timeout=300)
-            sampler.stop()
-            pauses, collections = await asyncio.to_thread(gc_pauses, proc.url)
-            gc_s.append(pauses)
-            gc_n.append(collections)
-            stamps = [t for t, _ in got]
-            first, last = min(stamps) / 1000, max(stamps) / 1000
-            seconds = last - first
-            cpu = sampler.cpu_between(first, last)
-            rounds.append(args.readings / seconds)
-            per_cpu_s.append(args.readings / cpu if cpu > 0 else 0.0)
-            print(
-                f"round {r + 1}: {args.readings} readings in {seconds:.2f}s = {rounds[-1]:,.0f}/s; "
-                f"worker CPU {cpu:.2f}s = {per_cpu_s[-1]:,.0f} readings per CPU-second; "
-                f"garbage collections {collections} taking {pauses:.2f}s",
-                flush=True,
-            )
-
-        # Latency at a steady rate below capacity.
-        producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, linger_ms=1)
+        producer = AIOKafkaProducer(bootstrap_servers=self.settings.bootstrap_servers, linger_ms=1)
         await producer.start()
-        latencies: list[float] = []
         try:
             total = int(args.rate * args.seconds)
-            topic = settings.topic("readings.raw")
+            topic = self.settings.topic("readings.raw")
             started = time.monotonic()
             step = 0.01
             sent = 0
@@ -277,44 +286,97 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 sent = due
                 await asyncio.sleep(step)
             await producer.flush()
-            got = await drain(consumer, total, timeout=120)
-            latencies = [(t - received) / 1000 for t, received in got]
+            got = await drain(self.consumer, total, timeout=120)
+            self.latencies = [(t - received) / 1000 for t, received in got]
         finally:
             await producer.stop()
-        metrics_text = httpx.get(f"{proc.url}/metrics", timeout=5).text
-    finally:
-        await consumer.stop()
+        self.metrics_text = httpx.get(f"{proc.url}/metrics", timeout=5).text
         proc.stop()
-        await delete_topics(settings)
+
+    async def close(self) -> None:
+        await self.consumer.stop()
+        self.proc.stop()
+        await delete_topics(self.settings)
+
+    def report(self) -> dict[str, Any]:
+        latencies = self.latencies
+        return {
+            "code": str(self.code),
+            "throughput_per_s": [round(x) for x in self.rounds],
+            "throughput_median_per_s": round(statistics.median(self.rounds)),
+            "readings_per_worker_cpu_second": [round(x) for x in self.per_cpu_s],
+            "readings_per_worker_cpu_second_median": round(statistics.median(self.per_cpu_s)),
+            "machine_load_avg_1m_after_each_round": self.loads,
+            # the collector's pauses over the worker's life since its pump started (start-up and drain)
+            "gc_collections": self.gc_n,
+            "gc_pause_seconds": [round(x, 3) for x in self.gc_s],
+            "latency_readings": len(latencies),
+            "latency_p50_ms": round(percentile(latencies, 0.50) * 1000, 2),
+            "latency_p99_ms": round(percentile(latencies, 0.99) * 1000, 2),
+            "latency_max_ms": round(max(latencies) * 1000, 2),
+            "worker_duplicates_total": _metric(self.metrics_text, "flowwatch_ingest_duplicates_total"),
+            "worker_quarantined_total": _metric(self.metrics_text, "flowwatch_ingest_quarantined_total"),
+        }
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    rng = random.Random(7)
+    work = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
+    sensors = make_sensors(args.sensors, rng)
+    clock = Clock(int(time.time() * 1000) - 6 * 3600 * 1000)
+
+    def backlog(n: int) -> list[tuple[bytes, bytes]]:
+        out = []
+        for i in range(n):
+            s = sensors[i % len(sensors)]
+            out.append((s["sensor_id"].encode(), payload(s, clock.tick(s["sensor_id"]), rng)))
+        return out
+
+    variants = [Variant("now", ROOT, args, work)]
+    if args.baseline:
+        variants.insert(0, Variant("baseline", args.baseline.resolve(), args, work))
+    load_at_start = os.getloadavg()[0]
+    started_at = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+    try:
+        for v in variants:
+            await v.start()
+        for r in range(args.rounds):
+            # The same backlog for every variant of a round, which alternate in order round by round.
+            messages = backlog(args.readings)
+            for v in variants if r % 2 == 0 else variants[::-1]:
+                await v.round(r, messages)
+        for v in variants:
+            await v.latency(args, backlog)
+    finally:
+        for v in variants:
+            await v.close()
         shutil.rmtree(work, ignore_errors=True)
-    return {
+    now = variants[-1].report()
+    result: dict[str, Any] = {
         "benchmark": "ingest",
         "what": "readings/s from readings.raw to readings.clean, one worker, real broker; latency raw->clean",
         "readings_per_round": args.readings,
         "rounds": args.rounds,
         "sensors": args.sensors,
         "partitions": args.partitions,
-        "throughput_per_s": [round(x) for x in rounds],
-        "throughput_median_per_s": round(statistics.median(rounds)),
-        "readings_per_worker_cpu_second": [round(x) for x in per_cpu_s],
-        "readings_per_worker_cpu_second_median": round(statistics.median(per_cpu_s)),
-        # the collector's pauses over the worker's life since its pump started (start-up and drain)
-        "gc_collections": gc_n,
-        "gc_pause_seconds": [round(x, 3) for x in gc_s],
+        **{k: v for k, v in now.items() if k != "code"},
+        "started_at": started_at,
         "machine_load_avg_1m_at_start": load_at_start,
         "machine_load_avg_1m_at_end": os.getloadavg()[0],
         "cpus": os.cpu_count(),
         "latency_rate_per_s": args.rate,
-        "latency_readings": len(latencies),
-        "latency_p50_ms": round(percentile(latencies, 0.50) * 1000, 2),
-        "latency_p99_ms": round(percentile(latencies, 0.99) * 1000, 2),
-        "latency_max_ms": round(max(latencies) * 1000, 2),
-        "worker_duplicates_total": _metric(metrics_text, "flowwatch_ingest_duplicates_total"),
-        "worker_quarantined_total": _metric(metrics_text, "flowwatch_ingest_quarantined_total"),
         # issue 19 item 4: native readings, one worker, through the broker (by the wall clock)
         "target_per_s": TARGET_PER_S,
-        "target_met": statistics.median(rounds) >= TARGET_PER_S,
+        "target_met": now["throughput_median_per_s"] >= TARGET_PER_S,
     }
+    if args.baseline:
+        base = variants[0].report()
+        result["baseline"] = base
+        result["over_baseline"] = round(now["throughput_median_per_s"] / base["throughput_median_per_s"], 3)
+        result["over_baseline_cpu"] = round(
+            now["readings_per_worker_cpu_second_median"] / base["readings_per_worker_cpu_second_median"], 3
+        )
+    return result
 
 
 def _metric(text: str, name: str) -> float:
@@ -333,6 +395,11 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=5_000, help="readings/s for the latency phase")
     parser.add_argument("--seconds", type=float, default=10, help="length of the latency phase")
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results/ingest.json")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="another checkout (git archive REV | tar -x -C DIR) whose worker runs the same rounds, alternating",
+    )
     args = parser.parse_args()
     result = asyncio.run(run(args))
     args.out.parent.mkdir(parents=True, exist_ok=True)

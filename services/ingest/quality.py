@@ -73,8 +73,17 @@ def quality_score(
         + rules.w_staleness * fresh
     )
     if device_quality is not None:
-        score *= float(device_quality)
+        return device_scaled(score, device_quality)
     # min(1.0, max(0.0, score)) without the calls (score is finite; -0.0 becomes 0.0 as max() made it)
+    if not 0.0 < score < 1.0:
+        return 1.0 if score >= 1.0 else 0.0
+    return _rounded(score)
+
+
+def device_scaled(score: float, device_quality: float) -> float:
+    """:func:`quality_score`'s last step when the device sent its own quality: the parts' ``score`` times it, in 0..1,
+    rounded. Validation calls it alone for a complete, fresh reading within its usual ranges (``rules.full_score``)."""
+    score *= float(device_quality)
     if not 0.0 < score < 1.0:
         return 1.0 if score >= 1.0 else 0.0
     return _rounded(score)

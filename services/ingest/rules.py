@@ -75,8 +75,16 @@ class Rules:
     #: Derived from ``metrics`` (set in __post_init__): the cumulative counters, and metric -> its counter.
     counters: frozenset[str] = field(init=False, default=frozenset())
     counter_twin: Mapping[str, str] = field(init=False, default_factory=dict)
-    #: Derived from the weights (set in __post_init__): the quality score when every part of it is 1.
+    #: Derived from the weights (set in __post_init__): the quality score when every part of it is 1, and the same
+    #: before it is clamped and rounded (what a device's own quality multiplies).
     full_quality: float = field(init=False, default=1.0)
+    full_score: float = field(init=False, default=1.0)
+    #: Two memos as plain attributes for the hot path, where a property or a method is a call per reading:
+    #: :attr:`metric_plans`, and :meth:`expected_for`'s (utility, asset) -> metrics (a kind not looked up yet: absent).
+    flat_plans: dict[str | tuple[str, str], Any] = field(init=False, repr=False, compare=False, default_factory=dict)
+    expected_known: dict[tuple[str, str], frozenset[str]] = field(
+        init=False, repr=False, compare=False, default_factory=dict
+    )
 
     @classmethod
     def load(cls, settings: IngestSettings | None = None) -> Rules:
@@ -131,10 +139,10 @@ class Rules:
     def __post_init__(self) -> None:
         # Memo tables for the hot path; bounded so arbitrary input cannot grow them forever.
         object.__setattr__(self, "_names", {})
-        object.__setattr__(self, "_expected_memo", {})
+        object.__setattr__(self, "_expected_memo", self.expected_known)
         object.__setattr__(self, "_named_units", {})
         object.__setattr__(self, "_unit_plans", {})
-        object.__setattr__(self, "_metric_plans", {})
+        object.__setattr__(self, "_metric_plans", self.flat_plans)
         twins = {of: spec.name for spec in self.metrics.values() for of in spec.counter_of}
         object.__setattr__(self, "counter_twin", twins)
         object.__setattr__(self, "counters", frozenset(s.name for s in self.metrics.values() if s.counter_of))
@@ -142,6 +150,7 @@ class Rules:
         # The quality score of a complete, fresh reading within its usual ranges and without a device quality: every
         # part 1 (quality.quality_score's arithmetic, worked out once; validation takes it without the call).
         full = self.w_completeness * 1.0 + self.w_range * 1.0 + self.w_staleness * 1.0
+        object.__setattr__(self, "full_score", full)
         full = (1.0 if full >= 1.0 else 0.0) if not 0.0 < full < 1.0 else round(full, 4)
         object.__setattr__(self, "full_quality", full)
 

@@ -79,7 +79,10 @@ class SensorState:
                 self.interval_ms += _INTERVAL_ALPHA * (delta - self.interval_ms)
             recent.append(ts)
             if len(recent) > memory:
-                del recent[: len(recent) - memory]
+                if len(recent) == memory + 1:  # the usual case, without the slice
+                    del recent[0]
+                else:
+                    del recent[: len(recent) - memory]
             self.newest_ts = ts
             # _identify and _accepted inline: the usual reading (the sensor's next one), once per reading
             self.site, self.zone, self.utility, self.asset = reading.site, reading.zone, reading.utility, reading.asset

@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from services.ingest.quality import quality_score
+from services.ingest.quality import device_scaled, quality_score
 from services.ingest.rules import MetricSpec, Rules
 from services.ingest.units import conversion
 from shared.records import UTILITIES, Reading
@@ -99,6 +99,8 @@ def _int_as_orjson(digits: str) -> int | float:
 
 
 _NO_UNITS: dict[str, Any] = {}
+# No missing or unknown metrics, from the usual path of _values: one list, only ever read (validate copies none).
+_NONE: list[str] = []
 
 
 def deeper_than(value: Any, limit: int) -> bool:
@@ -308,17 +310,23 @@ def validate(payload: Any, received_ms: int, rules: Rules, source: str = "kafka"
         reasons.append(f"invalid_quality: {_short(device_quality)} is not a number in [0, 1]")
         device_quality = None
 
-    values, units, missing, unknown, in_range = _values(payload.get("values"), payload.get("units"), rules, reasons)
+    raw_units = get("units")
+    values, units, missing, unknown, in_range = _values(get("values"), raw_units, rules, reasons)
 
     if reasons:
         return Validated(None, reasons, sensor_id or None, len(unknown))
 
     extra: dict[str, Any] = {}
-    if not payload.keys() <= KNOWN_FIELDS:  # a set comparison in C; the loop keeps the order sent
+    given_extra = "extra" in payload
+    # No field beyond the contract's, known without looking at every key: the seven fields a valid reading has and
+    # the optional ones not null are all there, so a payload of that many keys has no other (else: the set comparison).
+    if len(payload) != 7 + (raw_units is not None) + (device_quality is not None) + given_extra and not (
+        payload.keys() <= KNOWN_FIELDS  # a set comparison in C; the loop keeps the order sent
+    ):
         for key, value in payload.items():
             if key not in KNOWN_FIELDS:
                 extra[key] = value
-    if "extra" in payload:
+    if given_extra:
         given = payload["extra"]
         if isinstance(given, dict):
             extra.update(given)
@@ -339,11 +347,11 @@ def validate(payload: Any, received_ms: int, rules: Rules, source: str = "kafka"
     assert ts is not None  # no reasons means ts parsed
     if (
         in_range == 1.0
-        and device_quality is None
         and (received_ms - ts <= rules.stale_after_ms or rules.max_age_ms <= 0)
-        and values.keys() >= rules.expected_for(utility, asset)
+        and values.keys() >= (rules.expected_known.get((utility, asset)) or rules.expected_for(utility, asset))
     ):
-        quality = rules.full_quality  # what quality_score gives when every part is 1, without the call
+        # what quality_score gives when every part is 1, without working the parts out again
+        quality = rules.full_quality if device_quality is None else device_scaled(rules.full_score, device_quality)
     else:
         quality = quality_score(values, utility, asset, ts, received_ms, device_quality, rules, in_range)
     if quality < rules.quality_threshold:
@@ -352,7 +360,7 @@ def validate(payload: Any, received_ms: int, rules: Rules, source: str = "kafka"
     # Positional, in Reading's field order: a third of the cost of keywords, once per reading
     # (test_validation checks the fields land where they belong).
     reading = Reading(sensor_id, ts, site, zone, utility, asset, values, units, quality, extra, received_ms, source)
-    return Validated(reading, [], sensor_id, len(unknown))
+    return Validated(reading, reasons, sensor_id, len(unknown))  # reasons: empty here (no list made for it)
 
 
 def _values(
@@ -386,7 +394,7 @@ def _values(
     # hard range. Anything else (a first sighting, a unit missing or not text, a duplicate, a value out of
     # range or not a finite number) starts again on the general path below, which says what is wrong:
     # nothing here appends a reason, so the outcome is the general path's by construction.
-    fast = rules.metric_plans
+    fast = rules.flat_plans
     for raw_name, value in raw_values.items():
         kind = type(value)
         if kind is not float:
@@ -425,7 +433,7 @@ def _values(
         units[name] = unit
     else:
         if values:
-            return values, units, [], [], worst
+            return values, units, _NONE, _NONE, worst
     values = {}
     units = {}
     worst = 1.0

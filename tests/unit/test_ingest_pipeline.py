@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import orjson
 import pytest
@@ -11,8 +12,9 @@ from services.ingest.payloads import PayloadError, TooManyItems, split_items
 from services.ingest.pipeline import CLEAN, QUARANTINED, BatchProcessor, Inbound, Quarantined
 from services.ingest.rules import Rules
 from services.ingest.sensors import ACCEPTED, DUPLICATE, LATE, SensorState, silence_transitions
+from services.ingest.validation import decode, reason_code
 from services.ingest.verdicts import VerdictBoard
-from services.ingest.wire import reading_bytes
+from services.ingest.wire import reading_bytes, reading_dict
 from shared.batching import PartitionMap, kafka_partition
 from shared.records import Reading
 
@@ -199,6 +201,8 @@ def test_partitioning_matches_kafkas_default_partitioner() -> None:
 def test_reading_bytes_is_the_records_dict() -> None:
     r = Reading("a", NOW, "s", "z", "gas", "pipe", {"pressure": 1.5}, {"pressure": "kPa"}, 0.9, {"k": [1]}, NOW, "mqtt")
     assert orjson.loads(reading_bytes(r)) == dataclasses.asdict(r)
+    # byte for byte, the fields in the record's order (what readings.clean has always carried)
+    assert reading_bytes(r) == orjson.dumps(dataclasses.asdict(r)) == orjson.dumps(reading_dict(r))
 
 
 def test_split_items_object_array_ndjson() -> None:
@@ -262,3 +266,50 @@ def test_a_permissive_payload_with_a_huge_integer_is_judged_and_encodable() -> N
     assert len(out.quarantined) == 1
     quarantined = quarantined_record(out.quarantined[0])
     assert quarantined["payload"]["big"] == 1e23
+
+
+def test_records_become_what_to_inbound_makes_of_each() -> None:
+    """The batch path skips to_inbound's call for records without headers; the Inbound must be the same."""
+    from aiokafka.structs import ConsumerRecord
+
+    from services.ingest.worker import to_inbound, to_inbounds
+
+    def record(offset: int, stamp: int | None, headers: tuple[tuple[str, bytes], ...] = ()) -> ConsumerRecord:
+        return ConsumerRecord("raw", offset % 3, offset, stamp, 0, b"k%d" % offset, b"{}", None, 2, 2, headers)
+
+    records = [
+        record(0, NOW),
+        record(1, NOW + 1, (("fw-source", b"http"), ("fw-request", b"r1"))),
+        record(2, NOW + 2, (("fw-forwarded", b"1"),)),
+        record(3, NOW + 3, (("fw-source", b"bogus"),)),
+        record(4, NOW + 4),
+    ]
+    assert to_inbounds(records) == [to_inbound(r) for r in records]
+    # no broker time: the worker's clock, either way
+    before = int(time.time() * 1000)
+    for got in to_inbounds([record(5, 0), record(6, None), record(7, -1)]):
+        assert before <= got.received_ms <= int(time.time() * 1000)
+
+
+@pytest.mark.parametrize("opening", ["[", "{"])
+def test_the_batch_path_refuses_what_decode_refuses_as_too_deep(opening: str) -> None:
+    """The pipeline decodes the usual message without decode()'s call; nesting past the limit, in arrays or in
+    objects, is still quarantined as too_deep with the text kept, and nesting within it (arrays too) is not."""
+    depth = RULES.max_json_depth
+
+    def nested(levels: int) -> object:
+        value: object = 1
+        for _ in range(levels):
+            value = [value] if opening == "[" else {"k": value}
+        return value
+
+    deep = raw(good("deep", NOW - 1000, firmware=nested(depth)))
+    fine = raw(good("fine", NOW - 1000, firmware=nested(depth - 2)))  # the payload object and one level of it
+    out = processor().process([deep, fine])
+
+    assert [r.sensor_id for _, r, _ in out.clean] == ["fine"]
+    [q] = out.quarantined
+    record = quarantined_record(q)
+    assert [reason_code(r) for r in record["reasons"]] == ["too_deep"]
+    assert record["reasons"][0] == decode(deep.value, RULES.max_line_bytes, depth)[1]  # type: ignore[arg-type]
+    assert isinstance(record["payload"], str)  # kept as text, as decode leaves it

@@ -256,6 +256,34 @@ def test_reasons_about_deep_or_huge_values_stay_short() -> None:
     assert not result.ok and all(len(r) < 200 for r in result.reasons)
 
 
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"firmware": "2.1"},  # one field beyond the contract
+        {"firmware": "2.1", "quality": None},  # ... beside a null optional one (counted present, not given)
+        {"firmware": "2.1", "units": None, "quality": None, "extra": None},
+        {"firmware": None, "units": None},
+        {"firmware": "2.1", "extra": {"gateway": "gw-7"}},
+        {"firmware": "2.1", "units": "drop"},  # an optional field absent, one beyond the contract in its place
+        {"firmware": "2.1", "quality": "drop"},
+        {"firmware": "2.1", "units": "drop", "quality": "drop"},
+    ],
+)
+def test_every_field_beyond_the_contract_goes_to_extra(fields) -> None:
+    """Validation counts the payload's keys to skip looking at each one; a null or absent field must not hide
+    another."""
+    payload = {k: v for k, v in reading(**fields).items() if v != "drop"}
+    result = validate(payload, NOW, RULES)
+    assert result.ok
+    extra = result.reading.extra  # type: ignore[union-attr]
+    assert "firmware" in extra and extra["firmware"] == fields["firmware"]
+    assert all(k not in extra for k in ("units", "quality", "sensor_id", "values"))
+    if isinstance(fields.get("extra"), dict):
+        assert extra["gateway"] == "gw-7"
+    elif "extra" in fields:
+        assert extra["extra"] is None
+
+
 def test_a_large_extra_is_refused() -> None:
     small = validate(reading(note="x" * 100), NOW, RULES)
     assert small.ok and small.reading.extra["note"] == "x" * 100
@@ -361,7 +389,8 @@ def test_quality_score_is_the_documented_formula(kind, metrics, scale, age_s, de
     metrics=st.lists(st.sampled_from(sorted(RULES.metrics)), min_size=1, max_size=8, unique=True),
     scale=st.sampled_from([0.5, 0.45, 0.02, 0.98]),
     age_s=st.sampled_from([0, 30, 61, 3000]),
-    device=st.sampled_from([None, 1.0, 0.8]),
+    # a device's own quality on the usual reading takes a shortcut too (quality.device_scaled): odd fractions, 0, 1
+    device=st.sampled_from([None, 1.0, 0.8, 0.97, 0.123456789, 1, 0]),
     rules=st.sampled_from([RULES, _AGED_RULES, Rules.load(IngestSettings(max_age_s=0))]),
 )
 def test_validation_scores_a_reading_as_quality_score_does(kind, metrics, scale, age_s, device, rules) -> None:

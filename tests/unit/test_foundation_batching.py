@@ -1,0 +1,69 @@
+"""Outbox (shared/batching.py): what reaches the record batches is what was added, headers included."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+from typing import Any
+
+from aiokafka.producer.message_accumulator import BatchBuilder
+from aiokafka.record.default_records import DefaultRecordBatch
+
+from shared import batching
+from shared.batching import Outbox
+
+
+class _Producer:
+    """Real aiokafka record batches, kept instead of sent."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, int, bytes]] = []
+
+    def create_batch(self) -> BatchBuilder:
+        return BatchBuilder(1 << 20, 0)
+
+    async def send_batch(self, batch: BatchBuilder, topic: str, partition: int) -> asyncio.Future[Any]:
+        self.sent.append((topic, partition, bytes(batch._build())))
+        done = asyncio.get_running_loop().create_future()
+        done.set_result(SimpleNamespace(topic=topic, partition=partition, offset=0))
+        return done
+
+
+def _records(data: bytes) -> list[tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]]:
+    return [(r.key, r.value, list(r.headers)) for r in DefaultRecordBatch(data)]
+
+
+def test_outbox_sends_each_message_with_its_own_headers() -> None:
+    producer = _Producer()
+    box = Outbox(producer)  # type: ignore[arg-type]
+    box.add("t", 0, b"a", b"1")
+    box.add("t", 0, b"b", b"2", [("fw-source", b"http"), ("fw-request", b"r1")])
+    box.add("t", 0, b"c", b"3", (("fw-forwarded", b"1"),))
+    box.add("t", 1, None, b"4")
+    box.add("t", 0, b"d", None)  # a tombstone
+
+    last = asyncio.run(box.flush())
+
+    sent = {(topic, partition): _records(data) for topic, partition, data in producer.sent}
+    assert sent[("t", 0)] == [
+        (b"a", b"1", []),
+        (b"b", b"2", [("fw-source", b"http"), ("fw-request", b"r1")]),
+        (b"c", b"3", [("fw-forwarded", b"1")]),
+        (b"d", None, []),
+    ]
+    assert sent[("t", 1)] == [(None, b"4", [])]
+    assert last == {("t", 0): 3, ("t", 1): 0}
+    # messages without headers share one empty list: it must still be empty after they were written
+    assert batching._NO_HEADERS == []
+
+
+def test_partition_map_known_is_the_memo() -> None:
+    """A hot loop looks ``known`` up first and calls the map only on a miss: both must give one partition."""
+    pm = batching.PartitionMap(12, max_size=2)
+    assert pm.known("s-1") is None
+    first = pm("s-1")
+    assert pm.known("s-1") == first == batching.kafka_partition(b"s-1", 12)
+    pm("s-2")
+    pm("s-3")  # the memo is full: cleared, then s-3 remembered
+    assert pm.known("s-1") is None and pm.known("s-3") == batching.kafka_partition(b"s-3", 12)
+    assert pm("s-1") == first
