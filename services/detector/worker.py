@@ -60,6 +60,8 @@ def _id_name(r: Reading, value: Any) -> str:
     return next(name for name in ID_FIELDS if getattr(r, name) is value)
 
 
+DEFAULT_SOURCE: str = Reading.__dataclass_fields__["source"].default  # type: ignore[assignment]
+
 #: An ``extra`` longer than this goes the checked way: shorter, it cannot nest as deep as orjson refuses (its depth
 #: counts from the message's top, while ``extra`` is read alone).
 EXTRA_FAST_BYTES = 1_000
@@ -92,10 +94,13 @@ def _wire(max_id_chars: int) -> msgspec.json.Decoder[Any]:
             # any JSON, read by orjson as the checked way reads it (msgspec's depth bound is the interpreter's)
             ("extra", msgspec.Raw, msgspec.Raw(b"{}")),
             ("received_ms", int64, 0),
-            ("source", ident, "kafka"),
+            ("source", ident, DEFAULT_SOURCE),
             ("v", int64, 1),
         ],
         gc=False,
+        # a field it does not know is skipped unread by msgspec (a number out of range, bad UTF-8, any depth):
+        # a newer writer's reading goes the checked way, which reads it whole
+        forbid_unknown_fields=True,
     )
     return msgspec.json.Decoder(wire)
 
@@ -107,14 +112,18 @@ def decode(value: bytes | None, max_id_chars: int = 200) -> tuple[Reading | None
     in Python took ~3.5 (docs/performance.md); whatever it refuses is decoded again by :func:`_checked`, which says
     why, so what is taken and the reasons are what they always were.
     """
+    if max_id_chars < len(DEFAULT_SOURCE):  # msgspec does not check a default: the checked way says it is too long
+        return _checked(value, max_id_chars)
     try:
         w = _wire(max_id_chars).decode(value or b"")
+        raw = bytes(w.extra)
+        if len(raw) > EXTRA_FAST_BYTES:
+            return _checked(value, max_id_chars)
+        # what ingest writes, mostly: no parse. Otherwise orjson reads it as the checked way would: msgspec only
+        # skipped over it (a number out of range or bad UTF-8 inside is found here)
+        extra = {} if raw == b"{}" else loads(raw)
     except Exception:  # noqa: BLE001 - any refusal (not JSON, not UTF-8, a check, a shape): the checked way says why
         return _checked(value, max_id_chars)
-    raw = bytes(w.extra)
-    if len(raw) > EXTRA_FAST_BYTES:
-        return _checked(value, max_id_chars)
-    extra = {} if raw == b"{}" else loads(raw)  # what ingest writes, mostly: no parse
     return Reading(
         w.sensor_id,
         w.ts,

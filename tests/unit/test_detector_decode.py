@@ -13,6 +13,7 @@ import orjson
 import pytest
 from hypothesis import given
 from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from services.detector.worker import _checked, _wire, decode
 from shared.records import Reading
@@ -121,3 +122,66 @@ def test_a_reading_as_ingest_writes_it_takes_the_fast_way(monkeypatch: pytest.Mo
     expected = worker._checked(written, 200)
     monkeypatch.setattr(worker, "_checked", lambda *_: pytest.fail("went the checked way"))
     assert repr(worker.decode(written)) == repr(expected)
+
+
+# JSON written token by token, so values a JSON writer never makes reach every field: numbers out of a float's range
+# or beyond 64 bits, odd spellings, escapes, bad UTF-8, literals that are not JSON, in known and unknown fields.
+NUMBER_TEXT = st.one_of(
+    st.from_regex(r"\A-?(0|[1-9][0-9]{0,24})(\.[0-9]{1,20})?([eE][-+]?[0-9]{1,3})?\Z"),
+    st.integers(-(2**70), 2**70).map(str),
+    st.sampled_from(["-0", "-0.0", "1E5", "1e-400", "1e400", "4.9e-324", "NaN", "Infinity", "01", "1.", "+1"]),
+)
+STRING_TEXT = st.one_of(
+    st.text(max_size=8).map(lambda t: orjson.dumps(t).decode()),
+    st.sampled_from(['"\\ud800"', '"\\u0000"', '"\\ud83d\\ude00"', '"\x01"', '"\udcff"', '"a\\tb"']),
+)
+ANY_TEXT = st.recursive(
+    st.one_of(NUMBER_TEXT, STRING_TEXT, st.sampled_from(["true", "false", "null", "[]", "{}", "[1,]", "tru"])),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3).map(lambda xs: "[" + ",".join(xs) + "]"),
+        st.lists(st.tuples(STRING_TEXT, inner), max_size=3).map(
+            lambda kv: "{" + ",".join(f"{k}:{v}" for k, v in kv) + "}"
+        ),
+    ),
+    max_leaves=6,
+)
+BASE = {
+    "sensor_id": '"a"',
+    "ts": "1",
+    "site": '"s"',
+    "zone": '"z"',
+    "utility": '"u"',
+    "asset": '"p"',
+    "values": '{"x":1}',
+}
+
+
+@st.composite
+def token_messages(draw: st.DrawFn) -> bytes:
+    fields = list(BASE.items())
+    for _ in range(draw(st.integers(0, 4))):
+        name = draw(st.sampled_from([f.name for f in dataclasses.fields(Reading)] + ["added_later"]))
+        if name == "values" and draw(st.booleans()):
+            pairs = draw(st.lists(st.tuples(STRING_TEXT, NUMBER_TEXT), max_size=3))
+            value = "{" + ",".join(f"{k}:{v}" for k, v in pairs) + "}"
+        elif name in ("ts", "quality", "received_ms", "v") and draw(st.booleans()):
+            value = draw(NUMBER_TEXT)
+        else:
+            value = draw(ANY_TEXT)
+        if draw(st.booleans()):
+            fields = [(k, v) for k, v in fields if k != name]
+        fields.append((name, value))
+    space = draw(st.sampled_from(["", " ", "\n"]))
+    text = (
+        "{"
+        + ",".join(f'{space}"{k}"{space}:{space}{v}' for k, v in fields)
+        + "}"
+        + draw(st.sampled_from(["", " ", " x"]))
+    )
+    return text.encode("utf-8", "surrogatepass")
+
+
+@hsettings(max_examples=1500, deadline=None)
+@given(token_messages(), st.sampled_from([200, 3, 1]))
+def test_json_written_token_by_token_decodes_as_the_checks_in_python_decode_it(raw: bytes, max_id: int) -> None:
+    same(raw, max_id)
