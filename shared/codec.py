@@ -25,7 +25,9 @@ def dumps(obj: Any) -> bytes:
 
 
 def _plain(obj: Any) -> Any:
-    """What msgspec does not write itself: numpy scalars and arrays, as orjson writes them."""
+    """What msgspec does not write itself: numpy scalars and arrays, as Python numbers and lists (a float32 as the
+    float64 it widens to, 0.10000000149011612 where orjson writes 0.1: the records written this way hold Python
+    numbers, numpy goes through ``tolist()`` before them)."""
     tolist = getattr(obj, "tolist", None)
     if tolist is None:
         raise TypeError(f"cannot write a {type(obj).__name__} as JSON")

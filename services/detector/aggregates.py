@@ -8,6 +8,7 @@ addition (count, sums, min, max: :mod:`shared.window_stats`), so the merge is or
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from typing import Any
@@ -15,6 +16,8 @@ from typing import Any
 from shared import window_stats
 from shared.codec import dumps
 from shared.records import Aggregate
+
+log = logging.getLogger(__name__)
 
 Partial = dict[str, Any]  # {"n": int, "anomalies": int, "ts": max ts, "m": {metric: [n, sum, min, max]}}
 
@@ -56,25 +59,53 @@ MESSAGE_BYTES = 500_000
 
 
 def messages(windows: dict[str, Partial], limit: int = MESSAGE_BYTES) -> list[bytes]:
-    """A zone's partials as messages of at most ``limit`` bytes: split by windows, and a window too big alone by its
-    metrics (the pieces after the first count no readings, so the aggregator's merge adds them up to the whole).
+    """A zone's partials as messages of at most ``limit`` bytes: whole windows, oldest first, as many as fit in each.
 
-    One message per zone could grow past what the broker takes (many windows held, or a zone whose sensors report
-    many metric names), and a message it refuses would be refused again on every retry.
+    One message per zone could grow past what the broker takes (many windows held), and a message it refuses would
+    be refused again on every retry. A window is never split: the aggregator could close it between two pieces. One
+    over the limit alone (thousands of metric names in one zone) keeps the metrics that fit, in name order, and says
+    so in the log.
     """
     value = dumps(windows)
     if len(value) <= limit:
         return [value]
-    items = list(windows.items())
-    if len(items) > 1:
-        half = len(items) // 2
-        return messages(dict(items[:half]), limit) + messages(dict(items[half:]), limit)
-    (ws, p), metrics = items[0], list(items[0][1].get("m", {}).items())
-    if len(metrics) < 2:  # a metric's four numbers and its name: over the limit only with an absurd limit
-        raise ValueError(f"a zone partial of {len(value)} bytes cannot be split under {limit} bytes")
-    half = len(metrics) // 2
-    rest = {"n": 0, "anomalies": 0, "ts": p.get("ts", 0), "m": dict(metrics[half:])}
-    return messages({ws: {**p, "m": dict(metrics[:half])}}, limit) + messages({ws: rest}, limit)
+    out: list[bytes] = []
+    part: dict[str, Partial] = {}
+    size = 2  # the braces
+    for ws in sorted(windows, key=int):
+        p = windows[ws]
+        one = len(dumps({ws: p})) - 1  # in a message: its own bytes less the braces, plus a comma
+        if one >= limit:
+            p = _fitted(ws, p, limit)
+            one = len(dumps({ws: p})) - 1
+        if part and size + one > limit:
+            out.append(dumps(part))
+            part, size = {}, 2
+        part[ws] = p
+        size += one
+    out.append(dumps(part))
+    return out
+
+
+def _fitted(ws: str, p: Partial, limit: int) -> Partial:
+    """Window ``ws`` with as many of its metrics (in name order) as fit in a message of ``limit`` bytes alone."""
+    stats = p.get("m", {})
+    kept: dict[str, Any] = {}
+    size = len(dumps({ws: {**p, "m": {}}}))
+    for name in sorted(stats):
+        entry = len(dumps({name: stats[name]}))  # its braces stand for the comma before it, with a byte to spare
+        if size + entry > limit:
+            break
+        kept[name] = stats[name]
+        size += entry
+    log.warning(
+        "zone window %s has %d metrics, over %d bytes in one message: sent with the first %d by name",
+        ws,
+        len(stats),
+        limit,
+        len(kept),
+    )
+    return {**p, "m": kept}
 
 
 def zone_key(site: str, zone: str, utility: str) -> str:

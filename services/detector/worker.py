@@ -331,15 +331,16 @@ class DetectorEngine(BatchJob[Scored]):
         Into a batch's box they are durable with that batch; into a checkpoint's, with the checkpoint: either way
         before (or with) the offsets of the readings they sum up, so a crash replays what did not go out.
         """
-        held, self.held = self.held, {}
-        self.held_since = time.monotonic()
+        held = self.held
         if held:
             topic = self.names["partials"]
             part = self.partition_maps[topic]
-            for zone, windows in held.items():
-                key = zone.encode()
-                for value in aggregates.messages(windows):
+            written = [(zone.encode(), aggregates.messages(windows)) for zone, windows in held.items()]
+            for key, values in written:  # written first: should that raise, they are still held
+                for value in values:
                     box.add(topic, part(key), key, value)
+        self.held = {}
+        self.held_since = time.monotonic()
         return held
 
     def stage(self, checkpoint: Checkpoint) -> Undo | None:

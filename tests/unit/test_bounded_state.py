@@ -288,23 +288,34 @@ def merged(messages: list[bytes]) -> dict[str, dict]:
     return out
 
 
-def test_a_zones_partials_too_big_for_one_message_go_in_several_that_add_up_to_them() -> None:
-    # many windows held, and one window whose sensors report thousands of metric names: split by windows, then by
-    # metrics, each piece under the limit and as the aggregator takes it, the pieces merging back to the whole
+def test_a_zones_partials_too_big_for_one_message_go_in_several_of_whole_windows(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Many windows held: whole windows, oldest first, each message under the limit and as the aggregator takes it
+    # (a window split in two could be closed between the halves). One window with thousands of metric names, over
+    # the limit alone, keeps its counts and the metrics that fit, in name order, and says so.
     windows = {
         str(60_000 * w): {"n": 3, "anomalies": 1, "ts": 60_000 * w + 5, "m": {"flow": [3, 7.5, 2.0, 3.0]}}
-        for w in range(400)
+        for w in reversed(range(400))
     }
-    windows["0"]["m"] = {f"metric-{i:05d}-{'x' * 40}": [1, float(i), float(i), float(i)] for i in range(3_000)}
     whole = dumps(windows)
-    assert len(whole) > 200_000
-    pieces = aggregates.messages(windows, limit=20_000)
-    assert len(pieces) > 10 and all(len(v) <= 20_000 for v in pieces)
+    assert len(whole) > 20_000
+    pieces = aggregates.messages(windows, limit=2_000)
+    assert len(pieces) > 10 and all(len(v) <= 2_000 for v in pieces)
     assert all(aggregates.problem(orjson.loads(v), b"site/zone/water") == "" for v in pieces)
-    assert merged(pieces) == orjson.loads(whole)  # n and anomalies counted once: the metric pieces carry none
+    starts = [int(ws) for v in pieces for ws in orjson.loads(v)]
+    assert starts == sorted(starts) and len(starts) == 400  # each window once, whole, oldest first
+    assert merged(pieces) == orjson.loads(whole)
     assert aggregates.messages(windows) == [whole]  # under the real limit: one message, as before
-    with pytest.raises(ValueError):
-        aggregates.messages({"0": {"n": 1, "anomalies": 0, "ts": 1, "m": {"flow": [1, 1.0, 1.0, 1.0]}}}, limit=10)
+    wide = {"n": 7, "anomalies": 2, "ts": 5, "m": {f"m-{i:05d}-{'x' * 40}": [1, 1.0, 1.0, 1.0] for i in range(3_000)}}
+    out = aggregates.messages({"60000": windows["60000"], "0": wide}, limit=20_000)
+    assert all(len(v) <= 20_000 for v in out)
+    got = merged(out)
+    kept = got["0"]
+    assert (kept["n"], kept["anomalies"], kept["ts"]) == (7, 2, 5)
+    assert 100 < len(kept["m"]) < 3_000 and list(kept["m"]) == sorted(wide["m"])[: len(kept["m"])]
+    assert got["60000"] == windows["60000"]
+    assert "sent with the first" in caplog.text
 
 
 async def test_held_partials_over_the_record_limit_go_out_in_pieces_the_broker_takes(engine: DetectorEngine) -> None:
