@@ -40,7 +40,8 @@ _RECORDS = msgspec.json.Encoder(enc_hook=_plain)
 def dumps_record(record: Record) -> bytes:
     """A record of plain fields (text, numbers, flags, lists and maps of them) as :func:`dumps` writes it, 2.6 times
     faster: msgspec (0.70 against 1.84 µs a score). The one difference in bytes: an exponent has no ``+`` (``1e16``
-    for ``1e+16``), the same number to every JSON reader. For the hot writers (the detector's scores)."""
+    for ``1e+16``), the same number to every JSON reader. For the hot writers: ingest's clean readings, the detector's scores and
+    anomalies."""
     return _RECORDS.encode(record)
 
 

@@ -24,12 +24,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from orjson import JSONDecodeError, loads
 
 from services.ingest.rules import Rules
 from services.ingest.sensors import ACCEPTED, DUPLICATE, SensorState
 from services.ingest.validation import decode, decoded_within, reason_code, validate
-from services.ingest.wire import reading_bytes
+from shared.codec import dumps_record
 from shared.deadletter import quarantined
 from shared.records import Reading
 
@@ -199,19 +198,7 @@ class BatchProcessor:
         elif msg.value is None:
             error = "malformed_json: empty message"
         else:
-            value = msg.value
-            # decode()'s usual answer without the call: within the size, fewer brackets than the depth, JSON.
-            # A reading seldom holds an array: a memchr for "[" spares the count of them (a byte loop each).
-            if (
-                len(value) <= rules.max_line_bytes
-                and value.count(b"{") + (value.count(b"[") if b"[" in value else 0) <= rules.max_json_depth
-            ):
-                try:
-                    decoded, error = loads(value), None
-                except JSONDecodeError:  # decode() says why, or reads what orjson refuses (NaN)
-                    decoded, error = decode(value, rules.max_line_bytes, rules.max_json_depth)
-            else:
-                decoded, error = decode(value, rules.max_line_bytes, rules.max_json_depth)
+            decoded, error = decode(msg.value, rules.max_line_bytes, rules.max_json_depth)
         if error is None:
             checked = validate(decoded, msg.received_ms, rules, msg.source)
             reasons = checked.reasons
@@ -245,7 +232,7 @@ class BatchProcessor:
             # A counter going down is a reset or a new meter, not a measurement: flagged for consumers.
             reading.extra["counter_resets"] = resets
         # Encoded before admitting: a reading that cannot be written must not change its sensor's state.
-        encoded = reading_bytes(reading)
+        encoded = dumps_record(reading)
         verdict = state.admit(reading, rules.lateness_ms, rules.dedup_memory)
         out.states[sensor_id] = state
         if verdict == ACCEPTED:

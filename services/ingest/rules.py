@@ -79,8 +79,10 @@ class Rules:
     #: before it is clamped and rounded (what a device's own quality multiplies).
     full_quality: float = field(init=False, default=1.0)
     full_score: float = field(init=False, default=1.0)
-    #: Two memos as plain attributes for the hot path, where a property or a method is a call per reading:
-    #: :attr:`metric_plans`, and :meth:`expected_for`'s (utility, asset) -> metrics (a kind not looked up yet: absent).
+    #: Two memos as plain attributes for the hot path, where a property or a method is a call per reading. The plans
+    #: of :attr:`unit_plans` that accept a number into a known metric, flat: same key -> (canonical name, unit, lo,
+    #: hi, soft_lo, soft_hi, (scale, offset) or None, spec); and :meth:`expected_for`'s (utility, asset) -> metrics
+    #: (a kind not looked up yet: absent).
     flat_plans: dict[str | tuple[str, str], Any] = field(init=False, repr=False, compare=False, default_factory=dict)
     expected_known: dict[tuple[str, str], frozenset[str]] = field(
         init=False, repr=False, compare=False, default_factory=dict
@@ -139,10 +141,8 @@ class Rules:
     def __post_init__(self) -> None:
         # Memo tables for the hot path; bounded so arbitrary input cannot grow them forever.
         object.__setattr__(self, "_names", {})
-        object.__setattr__(self, "_expected_memo", self.expected_known)
         object.__setattr__(self, "_named_units", {})
         object.__setattr__(self, "_unit_plans", {})
-        object.__setattr__(self, "_metric_plans", self.flat_plans)
         twins = {of: spec.name for spec in self.metrics.values() for of in spec.counter_of}
         object.__setattr__(self, "counter_twin", twins)
         object.__setattr__(self, "counters", frozenset(s.name for s in self.metrics.values() if s.counter_of))
@@ -170,12 +170,6 @@ class Rules:
         (``validation.unit_plan``)."""
         return self._unit_plans  # type: ignore[attr-defined]
 
-    @property
-    def metric_plans(self) -> dict[str | tuple[str, str], Any]:
-        """The plans of :attr:`unit_plans` that accept a number into a known metric, flat for the hot path:
-        same key -> (canonical name, unit, lo, hi, soft_lo, soft_hi, (scale, offset) or None, spec)."""
-        return self._metric_plans  # type: ignore[attr-defined]
-
     def canonical_name(self, name: str) -> str:
         """The metric name a device's spelling stands for (``"Temp"`` -> ``"temperature"``,
         ``"pressure_psi"`` -> ``"pressure"`` with its unit in :attr:`named_units`); name must be valid."""
@@ -202,7 +196,7 @@ class Rules:
 
     def expected_for(self, utility: str, asset: str) -> frozenset[str]:
         """The metrics a healthy device of this kind sends (empty: unknown kind, counts as complete)."""
-        memo: dict[tuple[str, str], frozenset[str]] = self._expected_memo  # type: ignore[attr-defined]
+        memo = self.expected_known
         hit = memo.get((utility, asset))
         if hit is None:
             hit = frozenset(self.expected.get(f"{utility}/{asset}") or self.expected.get(asset) or ())

@@ -1,13 +1,13 @@
-"""Fast encoding of the records ingest writes.
+"""A clean reading as a dict, as readings.clean carries it (the Redis cache's latest reading per sensor).
 
-A unit test checks these match ``dataclasses.asdict`` of the records, so they cannot drift.
+The reading itself goes to readings.clean by :func:`shared.codec.dumps_record`. A unit test checks both match
+``dataclasses.asdict`` of the record, so they cannot drift.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from shared.codec import dumps_record
 from shared.records import Reading
 
 
@@ -27,13 +27,3 @@ def reading_dict(r: Reading) -> dict[str, Any]:
         "source": r.source,
         "v": r.v,
     }
-
-
-def reading_bytes(r: Reading) -> bytes:
-    """The clean reading as readings.clean carries it, by :func:`shared.codec.dumps_record` (msgspec): 0.68 µs, where
-    orjson took 2.1 for :func:`reading_dict`'s literal (test_reading_bytes_is_the_records_dict holds them equal).
-
-    Everything in ``extra`` came out of a JSON decoder and passed validation's check that orjson writes it, which
-    msgspec writes too (it takes any integer, any depth orjson takes).
-    """
-    return dumps_record(r)

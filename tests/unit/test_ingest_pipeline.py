@@ -14,8 +14,9 @@ from services.ingest.rules import Rules
 from services.ingest.sensors import ACCEPTED, DUPLICATE, LATE, SensorState, silence_transitions
 from services.ingest.validation import decode, reason_code
 from services.ingest.verdicts import VerdictBoard
-from services.ingest.wire import reading_bytes, reading_dict
+from services.ingest.wire import reading_dict
 from shared.batching import PartitionMap, kafka_partition
+from shared.codec import dumps_record
 from shared.records import Reading
 
 NOW = 1_709_510_400_000
@@ -198,11 +199,11 @@ def test_partitioning_matches_kafkas_default_partitioner() -> None:
         assert PartitionMap(12)(sid) == kafka_partition(key, 12)
 
 
-def test_reading_bytes_is_the_records_dict() -> None:
+def test_a_clean_readings_bytes_and_dict_are_the_records() -> None:
     r = Reading("a", NOW, "s", "z", "gas", "pipe", {"pressure": 1.5}, {"pressure": "kPa"}, 0.9, {"k": [1]}, NOW, "mqtt")
-    assert orjson.loads(reading_bytes(r)) == dataclasses.asdict(r)
+    assert orjson.loads(dumps_record(r)) == dataclasses.asdict(r) == reading_dict(r)
     # byte for byte, the fields in the record's order (what readings.clean has always carried)
-    assert reading_bytes(r) == orjson.dumps(dataclasses.asdict(r)) == orjson.dumps(reading_dict(r))
+    assert dumps_record(r) == orjson.dumps(dataclasses.asdict(r)) == orjson.dumps(reading_dict(r))
 
 
 def test_split_items_object_array_ndjson() -> None:
