@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -46,14 +47,18 @@ from aiokafka.structs import TopicPartition
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench_ingest import CpuSampler  # noqa: E402
+from bench_latency_e2e import CodeProcess  # noqa: E402
+
 from services.detector.offline.training import fit_profile  # noqa: E402
 from services.detector.profiles import ProfileSet  # noqa: E402
 from services.detector.settings import DEFAULT_PROFILES_FILE  # noqa: E402
 from shared.registry import ModelRegistry  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 from shared.topics import create_all  # noqa: E402
-from tests.helpers import AUTH, ServiceProcess, delete_topics  # noqa: E402
+from tests.helpers import AUTH, delete_topics  # noqa: E402
 
+TARGET_PER_S = 50_000  # issue 19 (ensemble on, one worker, through the broker)
 T0 = 1_717_200_000_000
 STEP_MS = 10_000
 
@@ -195,43 +200,61 @@ async def offsets(settings: Settings, topic: str) -> int:
         await consumer.stop()
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+class Variant:
+    """One checkout's worker, with topics, state and models of its own (``--baseline``: two, drained alternately)."""
 
+    def __init__(self, label: str, code: Path, base: Settings, work: Path, partitions: int) -> None:
+        self.label = label
+        self.code = code
+        self.settings = base.replace(
+            topic_prefix=f"bd{uuid.uuid4().hex[:8]}.",
+            data_dir=work / label,
+            model_dir=work / f"{label}-models",
+            partitions=partitions,
+        )
+        self.produced = 0
+        self.throughput: list[float] = []
+        self.per_cpu_s: list[float] = []
+        self.loads: list[float] = []
+        self.stats: dict[str, Any] = {}
+        self.ready: dict[str, Any] = {}
 
-async def drain_rounds(
-    settings: Settings, sensors: list, per_round: int, rounds: int, env: dict[str, str], timeout: float
-) -> dict[str, Any]:
-    """Run one worker; for each round write a backlog, wait until it is scored, measure."""
-    readings_per_sensor = max(1, per_round // len(sensors))
-    results, cpu = [], []
-    produced = 0
-    # the first backlog is waiting before the worker starts
-    produced += await produce_backlog(settings, sensors, range(readings_per_sensor), seed=10)
-    with ServiceProcess("detector", settings, env) as det:
-        pid = det.proc.pid
-        for r in range(rounds):
-            if r:
-                base = r * readings_per_sensor
-                c0 = cpu_seconds(pid)
-                produced += await produce_backlog(
-                    settings, sensors, range(base, base + readings_per_sensor), seed=10 + r
-                )
-            else:
-                c0 = cpu_seconds(pid)
-            total, first, last = await scores_span(settings, produced, timeout)
-            c1 = cpu_seconds(pid)
-            n = readings_per_sensor * len(sensors)
-            if total < produced:
-                raise RuntimeError(f"only {total} of {produced} readings scored within {timeout}s:\n{det.tail()}")
-            if r:  # rounds after the first: span of this round's scores only
-                _, first, last = await round_span(settings, produced - n)
-            results.append(n / max((last - first) / 1000.0, 1e-3))
-            cpu.append(n / max(c1 - c0, 1e-6))
-        stats = httpx.get(f"{det.url}/detector/stats", headers=AUTH, timeout=10).json()
-        ready = httpx.get(f"{det.url}/ready", timeout=10).json()
-    return {"throughput": results, "per_cpu_second": cpu, "stats": stats, "ready": ready, "produced": produced}
+    async def drain(self, sensors: list, k: range, seed: int, env: dict[str, str], timeout: float) -> None:
+        """Write one backlog while the worker is stopped, start it, wait until every reading is scored, measure.
+
+        The worker restarts for every round (as bench_ingest's does): the bench's own producer then never shares
+        the machine with a drain it measures. Readings/s by the scores' append times; the worker's CPU between the
+        first and the last of them (start-up and recovery not counted).
+        """
+        n = len(k) * len(sensors)
+        self.produced += await produce_backlog(self.settings, sensors, k, seed=seed)
+        det = CodeProcess("detector", self.settings, self.code, env)
+        det.start()
+        try:
+            sampler = CpuSampler(det.proc.pid)  # type: ignore[union-attr]
+            sampler.start()
+            try:
+                total, _, _ = await scores_span(self.settings, self.produced, timeout)
+            finally:
+                sampler.stop()
+            if total < self.produced:
+                raise RuntimeError(f"only {total} of {self.produced} readings scored within {timeout}s:\n{det.tail()}")
+            _, first, last = await round_span(self.settings, self.produced - n)
+            cpu = sampler.cpu_between(first / 1000, last / 1000)
+            self.throughput.append(n / max((last - first) / 1000.0, 1e-3))
+            self.per_cpu_s.append(n / cpu if cpu > 0 else 0.0)
+            self.loads.append(round(os.getloadavg()[0], 2))
+            await asyncio.to_thread(det.wait_ready, 120)
+            self.stats = httpx.get(f"{det.url}/detector/stats", headers=AUTH, timeout=10).json()
+            self.ready = httpx.get(f"{det.url}/ready", timeout=10).json()
+        finally:
+            det.stop()
+        print(
+            f"{self.label}: {n} readings, {self.throughput[-1]:,.0f}/s, {self.per_cpu_s[-1]:,.0f} per worker "
+            f"CPU-second, load {self.loads[-1]}",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 async def round_span(settings: Settings, start_count: int) -> tuple[int, int, int]:
@@ -264,7 +287,7 @@ async def round_span(settings: Settings, start_count: int) -> tuple[int, int, in
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     base = Settings.from_env("detector")
-    tmp = Path(tempfile.mkdtemp(prefix="bench-detector-"))
+    work = Path(tempfile.mkdtemp(prefix="bench-detector-"))
     sensors = sensor_table(args.sensors)
     out: dict[str, Any] = {
         "benchmark": "detector",
@@ -272,61 +295,86 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "sensors": args.sensors,
         "partitions": args.partitions,
         "cpus": os.cpu_count(),
-        "target_per_s": 50_000,  # issue 19 (ensemble on, one worker, through the broker)
+        "target_per_s": TARGET_PER_S,
         "env": args.env,
+        "started_at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "machine_load_avg_1m_at_start": os.getloadavg()[0],
     }
-
-    batched = base.replace(
-        topic_prefix=f"bd{uuid.uuid4().hex[:8]}.",
-        data_dir=tmp / "batched",
-        model_dir=tmp / "models",
-        partitions=args.partitions,
-    )
-    await create_all(batched, out=open(os.devnull, "w"))
-    out["models"] = train_models(batched, sensors)
     extra = dict(kv.split("=", 1) for kv in args.env)
     env = {"FLOWWATCH_DETECTOR_BATCH_SIZE": str(args.batch_size), "FLOWWATCH_LOG_LEVEL": "WARNING", **extra}
-    run = await drain_rounds(batched, sensors, args.readings, args.rounds, env, args.timeout)
-    detail = run["ready"]["models"]["detail"]
-    if not all(f"{name}: {version}" in detail for name, version in out["models"].items()):
-        raise RuntimeError(f"the worker did not serve the trained models: {detail}")
-    out.update(
-        readings_per_round=args.readings,
-        rounds=args.rounds,
-        batch_size=args.batch_size,
-        throughput_per_s=[round(x) for x in run["throughput"]],
-        throughput_median_per_s=round(statistics.median(run["throughput"])),
-        readings_per_worker_cpu_second=[round(x) for x in run["per_cpu_second"]],
-        readings_per_worker_cpu_second_median=round(statistics.median(run["per_cpu_second"])),
-        batch_seconds_p50=run["stats"]["batch_seconds_p50"],
-        batch_seconds_p99=run["stats"]["batch_seconds_p99"],
-        batch_size_mean=run["stats"]["batch_size_mean"],
-        anomalies=run["stats"]["anomalies"],
-        models_detail=run["ready"]["models"]["detail"],
-    )
-
-    per_event = base.replace(
-        topic_prefix=f"be{uuid.uuid4().hex[:8]}.",
-        data_dir=tmp / "per-event",
-        model_dir=tmp / "models",
-        partitions=args.partitions,
-    )
-    await create_all(per_event, out=open(os.devnull, "w"))
-    env1 = {"FLOWWATCH_DETECTOR_BATCH_SIZE": "1", "FLOWWATCH_LOG_LEVEL": "WARNING", **extra}
-    single = await drain_rounds(per_event, sensors, args.per_event_readings, 1, env1, args.timeout)
-    out.update(
-        per_event_readings=single["produced"],
-        per_event_throughput_per_s=round(single["throughput"][0]),
-        per_event_readings_per_worker_cpu_second=round(single["per_cpu_second"][0]),
-        per_event_batch_seconds_p50=single["stats"]["batch_seconds_p50"],
-        per_event_batch_seconds_p99=single["stats"]["batch_seconds_p99"],
-        speedup_over_per_event=round(statistics.median(run["throughput"]) / single["throughput"][0], 1),
-        speedup_over_per_event_cpu=round(statistics.median(run["per_cpu_second"]) / single["per_cpu_second"][0], 1),
-        machine_load_avg_1m_at_end=os.getloadavg()[0],
-    )
-    await delete_topics(batched)
-    await delete_topics(per_event)
+    variants = [Variant("now", ROOT, base, work, args.partitions)]
+    if args.baseline:
+        variants.insert(0, Variant("baseline", args.baseline.resolve(), base, work, args.partitions))
+    per_sensor = max(1, args.readings // len(sensors))
+    try:
+        models = {}
+        for v in variants:
+            await create_all(v.settings, out=open(os.devnull, "w"))
+            models[v.label] = train_models(v.settings, sensors)
+        for r in range(args.rounds):
+            # the same backlog for every variant of a round; the order alternates round by round
+            for v in variants if r % 2 == 0 else variants[::-1]:
+                await v.drain(sensors, range(r * per_sensor, (r + 1) * per_sensor), 10 + r, env, args.timeout)
+        for v in variants:
+            detail = v.ready["models"]["detail"]
+            if not all(f"{name}: {version}" in detail for name, version in models[v.label].items()):
+                raise RuntimeError(f"the {v.label} worker did not serve the trained models: {detail}")
+        now = variants[-1]
+        out["models"] = models["now"]
+        out.update(
+            readings_per_round=per_sensor * len(sensors),
+            rounds=args.rounds,
+            batch_size=args.batch_size,
+            **report(now),
+            anomalies=now.stats["anomalies"],
+            models_detail=now.ready["models"]["detail"],
+        )
+        out["target_met"] = out["throughput_median_per_s"] >= TARGET_PER_S
+        if args.baseline:
+            then = variants[0]
+            out["baseline"] = {"code": str(then.code), **report(then)}
+            out["over_baseline"] = round(out["throughput_median_per_s"] / out["baseline"]["throughput_median_per_s"], 3)
+            out["over_baseline_cpu"] = round(
+                out["readings_per_worker_cpu_second_median"] / out["baseline"]["readings_per_worker_cpu_second_median"],
+                3,
+            )
+        if args.per_event_readings > 0:
+            # one reading per batch: one feature step, one ensemble call, one table write each
+            single = Variant("per-event", ROOT, base, work, args.partitions)
+            await create_all(single.settings, out=open(os.devnull, "w"))
+            train_models(single.settings, sensors)
+            env1 = {**env, "FLOWWATCH_DETECTOR_BATCH_SIZE": "1"}
+            await single.drain(sensors, range(max(1, args.per_event_readings // len(sensors))), 10, env1, args.timeout)
+            variants.append(single)
+            out.update(
+                per_event_readings=single.produced,
+                per_event_throughput_per_s=round(single.throughput[0]),
+                per_event_readings_per_worker_cpu_second=round(single.per_cpu_s[0]),
+                per_event_batch_seconds_p50=single.stats["batch_seconds_p50"],
+                per_event_batch_seconds_p99=single.stats["batch_seconds_p99"],
+                speedup_over_per_event=round(out["throughput_median_per_s"] / single.throughput[0], 1),
+                speedup_over_per_event_cpu=round(out["readings_per_worker_cpu_second_median"] / single.per_cpu_s[0], 1),
+            )
+        out["machine_load_avg_1m_at_end"] = os.getloadavg()[0]
+    finally:
+        for v in variants:
+            await delete_topics(v.settings)
+        shutil.rmtree(work, ignore_errors=True)
     return out
+
+
+def report(v: Variant) -> dict[str, Any]:
+    """A variant's rounds; the batch times are its last round's worker's (``/detector/stats``)."""
+    return {
+        "throughput_per_s": [round(x) for x in v.throughput],
+        "throughput_median_per_s": round(statistics.median(v.throughput)),
+        "readings_per_worker_cpu_second": [round(x) for x in v.per_cpu_s],
+        "readings_per_worker_cpu_second_median": round(statistics.median(v.per_cpu_s)),
+        "load_avg_1m_after_rounds": v.loads,
+        "batch_seconds_p50": v.stats["batch_seconds_p50"],
+        "batch_seconds_p99": v.stats["batch_seconds_p99"],
+        "batch_size_mean": v.stats["batch_size_mean"],
+    }
 
 
 def main() -> int:
@@ -341,6 +389,7 @@ def main() -> int:
     parser.add_argument(
         "--env", action="append", default=[], metavar="KEY=VALUE", help="extra environment for both workers"
     )
+    parser.add_argument("--baseline", type=Path, help="another checkout's worker, drained alternately (before/after)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "detector.json")
     args = parser.parse_args()
     result = asyncio.run(main_async(args))
