@@ -10,7 +10,6 @@ import pytest
 from sklearn.ensemble._iforest import _average_path_length
 
 from services.detector.detectors import (
-    FOREST_WALK_MAX_ROWS,
     BlockMaxDetector,
     IsolationForestDetector,
     KMeansDetector,
@@ -201,9 +200,23 @@ def test_isolation_forest_compiled_walk_equals_each_trees_apply_with_feature_sub
     assert any(len(cols) < 5 for cols in det.model.estimators_features_)
     np.testing.assert_array_equal(det.score(x[4:]), tree_by_tree(det, x[4:]))
     np.testing.assert_array_equal(det.score(x), tree_by_tree(det, x))
-    big = np.tile(x[4:], (6, 1))  # beyond FOREST_WALK_MAX_ROWS: scikit-learn's trees one by one
-    assert len(big) > FOREST_WALK_MAX_ROWS
-    np.testing.assert_array_equal(det.score(big), tree_by_tree(det, big))
+    for rows in (1, 7, 8, 9, 1001):  # eight rows at a time, and the rows left over one by one
+        batch = np.tile(x[4:], (6, 1))[:rows]
+        np.testing.assert_array_equal(det.score(batch), tree_by_tree(det, batch))
+    # values on the thresholds and on the float32 values either side of each: the walk compares a float32 row with
+    # a float32 threshold where the trees compare it with their float64 one
+    cols = np.concatenate(
+        [
+            np.asarray(c)[t.tree_.feature[t.tree_.children_left != -1]]
+            for t, c in zip(det.model.estimators_, det.model.estimators_features_, strict=True)
+        ]
+    )
+    cuts = np.concatenate([t.tree_.threshold[t.tree_.children_left != -1] for t in det.model.estimators_])
+    near = np.tile(x[4:5].astype(np.float32), (3 * len(cuts), 1))
+    on = cuts.astype(np.float32)
+    for k, value in enumerate((on, np.nextafter(on, np.float32(np.inf)), np.nextafter(on, np.float32(-np.inf)))):
+        near[np.arange(len(cuts)) + k * len(cuts), cols] = value
+    np.testing.assert_array_equal(det.score(near), tree_by_tree(det, near))
     assert "_flat" not in pickle.loads(pickle.dumps(det)).__dict__
     np.testing.assert_array_equal(pickle.loads(pickle.dumps(det)).score(x[4:]), tree_by_tree(det, x[4:]))
     det.fit(train[::-1] * 2.0)  # refitted in place: walked with its new trees
