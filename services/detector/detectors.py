@@ -206,9 +206,18 @@ class KMeansDetector(Detector):
 
     def score(self, x: np.ndarray) -> np.ndarray:
         assert self.model is not None
-        # ``transform`` less its input checks (they cost more than the distances for a small micro-batch): the
-        # C-ordered float64 array they would have made, to the same distance computation
-        return self.model._transform(np.ascontiguousarray(x, dtype=np.float64)).min(axis=1)
+        xs = np.ascontiguousarray(x, dtype=np.float64)  # the C-ordered float64 array ``transform``'s checks make
+        centres = self.model.cluster_centers_
+        if centres.dtype != np.float64:
+            return self.model._transform(xs).min(axis=1)
+        # scikit-learn's ``euclidean_distances`` for float64, the same operations in the same order, less its checks
+        # and array-API dispatch: ~0.12 ms a call, a third of a 10-reading batch's scoring (sqrt is monotonic, so
+        # the nearest centre is the same before and after it)
+        distances = -2 * (xs @ centres.T)
+        distances += np.einsum("ij,ij->i", xs, xs)[:, None]
+        distances += np.einsum("ij,ij->i", centres, centres)[None, :]
+        np.maximum(distances, 0, out=distances)
+        return np.sqrt(distances).min(axis=1)
 
 
 class LOFDetector(Detector):

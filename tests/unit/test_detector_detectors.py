@@ -172,7 +172,8 @@ def test_learned_detectors_score_exactly_as_through_scikit_learns_checked_calls(
     np.testing.assert_array_equal(forest.score(x), expected)  # the cached denominator
     kmeans = KMeansDetector(clusters=4).fit(train)
     assert kmeans.model is not None
-    np.testing.assert_array_equal(kmeans.score(x), kmeans.model.transform(x).min(axis=1))
+    for scale in (1e-9, 1.0, 1e6):  # distances computed as scikit-learn's, not merely close to them
+        np.testing.assert_array_equal(kmeans.score(x * scale), kmeans.model.transform(x * scale).min(axis=1))
 
 
 def test_isolation_forest_compiled_walk_equals_each_trees_apply_with_feature_subsets_and_missing_values():
