@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from services.detector.numeric import nan_to_num
+
 # scikit-learn is imported by the detectors that use it, when one is built or scored: a model of only the
 # offline detectors (what `detector score` loads) then starts without its ~2 CPU s of imports
 if TYPE_CHECKING:
@@ -370,7 +372,7 @@ class ReconstructionDetector(Detector):
         return self
 
     def score(self, feats: np.ndarray) -> np.ndarray:
-        r = self.pca.residuals(np.nan_to_num(self.scaler.transform(feats[:, self.cols])))
+        r = self.pca.residuals(nan_to_num(self.scaler.transform(feats[:, self.cols])))
         return (r * r).sum(axis=1)
 
 
@@ -438,7 +440,7 @@ class EnvelopeDetector(Detector):
                     sub = x[here]
                     beyond = np.maximum(self.state_lo[k, s] - sub, sub - self.state_hi[k, s])
                     out[here] = np.maximum(out[here], beyond)
-        return np.nan_to_num(np.maximum(out, 0.0) / self.unit)
+        return nan_to_num(np.maximum(out, 0.0) / self.unit)
 
     def score(self, feats: np.ndarray) -> np.ndarray:
         if not len(self.cols):

@@ -36,6 +36,7 @@ from services.detector.detectors import (
     make_detector,
     oof_scale,
 )
+from services.detector.numeric import nan_to_num
 from services.detector.state import FEATURE_BLOCKS, Layout, RollingState, StateConfig, alpha, ewma_rows, occurrence
 
 _POOLS: ThreadpoolController | None = None
@@ -358,7 +359,7 @@ class AnomalyModel:
         xs = None
         if self.scaler is not None:
             # an absurd reading (1e300) must give a large score, not an exception inside scikit-learn
-            xs = np.clip(np.nan_to_num(self.scaler.transform(feats[:, self._cols]), nan=0.0), -1e6, 1e6)
+            xs = np.clip(nan_to_num(self.scaler.transform(feats[:, self._cols]), nan=0.0), -1e6, 1e6)
         for det in self.detectors:
             if isinstance(det, ZScoreDetector):
                 s = det.score(feats[:, self._z_cols])
@@ -366,15 +367,13 @@ class AnomalyModel:
                 s = det.score(feats)
             else:
                 s = det.score(xs)
-            out[det.name] = np.minimum(np.nan_to_num(s / det.threshold, nan=cap, posinf=cap), cap)
+            out[det.name] = np.minimum(nan_to_num(s / det.threshold, nan=cap, posinf=cap), cap)
         return out
 
     def rule_scores(self, feats: np.ndarray) -> dict[str, np.ndarray]:
         """Each rule member's score / its threshold: 1.0 flags on its own."""
         cap = self.config.ratio_cap
-        return {
-            r.name: np.minimum(np.nan_to_num(r.score(feats) / r.threshold), cap) for r in getattr(self, "rules", [])
-        }
+        return {r.name: np.minimum(nan_to_num(r.score(feats) / r.threshold), cap) for r in getattr(self, "rules", [])}
 
     def contributions(self, feats: np.ndarray) -> np.ndarray:
         """Share of each metric in the row's deviation (rows sum to 1)."""
@@ -386,7 +385,7 @@ class AnomalyModel:
             per_metric = dev.reshape(len(feats), -1, m).sum(axis=1)
         else:
             per_metric = feats[:, self._z_cols] ** 2
-        per_metric = np.nan_to_num(per_metric)
+        per_metric = nan_to_num(per_metric)
         if getattr(self, "rules", None) and any(r.name == "flatline" for r in self.rules):
             # a stuck metric explains the flag, however ordinary its value
             flat = self.block(feats, "flat")
