@@ -10,8 +10,10 @@ kernels are imported (``detector score`` does) then gets the built kernels when 
 and numba's JIT (as every other process) when none does. Same code, same IEEE operations, no fastmath:
 the built kernels give the JIT kernels' results bit for bit (tests/unit/test_detector_compiled.py).
 
-The exported kernels take arrays of any layout (numba's ``A``): the compiled wrapper checks only an
-argument's item size, so a kernel must never assume a layout its caller might not give.
+The exported kernels take arrays of any layout (numba's ``A``), so a kernel must never assume a layout its caller
+might not give. The compiled wrapper does not check an argument's dtype: one other than the exported signature's
+crashes the process (or, of the same size, is read as the wrong type). The dtypes a caller passes are therefore kept
+in :mod:`services.detector.kernels` beside the kernels (``FOREST_DTYPES``), whose source names the build.
 """
 
 from __future__ import annotations

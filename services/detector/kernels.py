@@ -340,6 +340,12 @@ def lof_run(
         out[i] = ratios / filled
 
 
+#: dtypes of :func:`forest_run`'s node arrays (roots, steps, child, column, threshold, value) after its rows (float32):
+#: the signature the ahead-of-time build exports (warm_up's call), which a caller must pass exactly. Kept here, so that
+#: changing them changes the build's name (the source's hash) with them.
+FOREST_DTYPES = (np.int64, np.int64, np.int32, np.int32, np.float32, np.float64)
+
+
 @njit(cache=True, inline="always")
 def _descend(x: np.ndarray, i: int, node: int, child: np.ndarray, column: np.ndarray, threshold: np.ndarray) -> int:
     # no branch on the comparison: which child is read depends on it (a mispredicted branch a level cost more)
@@ -412,15 +418,8 @@ def warm_up() -> None:
     feats = model.features(state, np.array([[1.0], [2.0]]), np.array([0.0, 1000.0]), idx, np.zeros(2, dtype=bool))
     model._persist(state, feats[:, 0], idx, np.zeros(2, dtype=bool))
     lof_run(np.zeros((1, 2)), np.zeros(1), np.zeros(2), np.zeros(2), np.ones(2), 1, np.empty(1))
-    # one tree of one leaf; the arrays' dtypes are the signature the ahead-of-time build exports
-    node = np.zeros(1, dtype=np.int32)
-    forest_run(
-        np.zeros((1, 1), np.float32),
-        np.zeros(1, np.int64),
-        np.zeros(1, np.int64),
-        np.zeros(2, np.int32),
-        node,
-        np.zeros(1, np.float32),
-        np.ones(1),
-        np.empty(1),
+    # one tree of one leaf, in the dtypes the ahead-of-time build exports
+    roots, steps, child, column, threshold, value = (
+        np.zeros(2 if k == 2 else 1, t) for k, t in enumerate(FOREST_DTYPES)
     )
+    forest_run(np.zeros((1, 1), np.float32), roots, steps, child, column, threshold, value, np.empty(1))

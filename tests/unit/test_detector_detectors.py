@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from sklearn.ensemble._iforest import _average_path_length
 
+from services.detector import kernels
 from services.detector.detectors import (
     BlockMaxDetector,
     IsolationForestDetector,
@@ -176,7 +177,7 @@ def test_learned_detectors_score_exactly_as_through_scikit_learns_checked_calls(
         np.testing.assert_array_equal(kmeans.score(x * scale), kmeans.model.transform(x * scale).min(axis=1))
 
 
-def test_isolation_forest_compiled_walk_equals_each_trees_apply_with_feature_subsets_and_missing_values():
+def test_isolation_forest_compiled_walk_equals_each_trees_apply_with_feature_subsets_and_missing_values(monkeypatch):
     """The one-loop walk of every tree gives what each fitted tree's ``apply`` gives, bit for bit."""
     train, x = correlated(700, 12) @ np.ones((3, 5)), correlated(200, 13) @ np.ones((3, 5)) * 1.7
     x[3, 2] = np.nan  # a batch with a missing value goes through scikit-learn's trees
@@ -201,22 +202,29 @@ def test_isolation_forest_compiled_walk_equals_each_trees_apply_with_feature_sub
     assert any(len(cols) < 5 for cols in det.model.estimators_features_)
     np.testing.assert_array_equal(det.score(x[4:]), tree_by_tree(det, x[4:]))
     np.testing.assert_array_equal(det.score(x), tree_by_tree(det, x))
+    walked: list[int] = []  # the compiled walk serves these batches, not the fallback
+    monkeypatch.setattr(
+        kernels, "forest_run", lambda xs, *rest, real=kernels.forest_run: walked.append(len(xs)) or real(xs, *rest)
+    )
     for rows in (1, 7, 8, 9, 1001):  # eight rows at a time, and the rows left over one by one
         batch = np.tile(x[4:], (6, 1))[:rows]
         np.testing.assert_array_equal(det.score(batch), tree_by_tree(det, batch))
+    assert walked == [1, 7, 8, 9, 1001]
     # values on the thresholds and on the float32 values either side of each: the walk compares a float32 row with
-    # a float32 threshold where the trees compare it with their float64 one
-    cols = np.concatenate(
-        [
-            np.asarray(c)[t.tree_.feature[t.tree_.children_left != -1]]
-            for t, c in zip(det.model.estimators_, det.model.estimators_features_, strict=True)
-        ]
-    )
-    cuts = np.concatenate([t.tree_.threshold[t.tree_.children_left != -1] for t in det.model.estimators_])
-    near = np.tile(x[4:5].astype(np.float32), (3 * len(cuts), 1))
-    on = cuts.astype(np.float32)
-    for k, value in enumerate((on, np.nextafter(on, np.float32(np.inf)), np.nextafter(on, np.float32(-np.inf)))):
-        near[np.arange(len(cuts)) + k * len(cuts), cols] = value
+    # a float32 threshold where the trees compare it with their float64 one. Each node's row is a training row that
+    # reaches it, so every split is tested where it decides.
+    rows_near: list[np.ndarray] = []
+    for tree, tree_cols in zip(det.model.estimators_, det.model.estimators_features_, strict=True):
+        t, cols = tree.tree_, np.asarray(tree_cols)
+        reach = tree.decision_path(np.ascontiguousarray(train[:, cols], dtype=np.float32)).tocsc()
+        for node in np.flatnonzero(t.children_left != -1):
+            base = train[reach[:, node].indices[0]].astype(np.float32)
+            on = np.float32(t.threshold[node])
+            for value in (on, np.nextafter(on, np.float32(np.inf)), np.nextafter(on, np.float32(-np.inf))):
+                row = base.copy()
+                row[cols[t.feature[node]]] = value
+                rows_near.append(row)
+    near = np.array(rows_near)
     np.testing.assert_array_equal(det.score(near), tree_by_tree(det, near))
     assert "_flat" not in pickle.loads(pickle.dumps(det)).__dict__
     np.testing.assert_array_equal(pickle.loads(pickle.dumps(det)).score(x[4:]), tree_by_tree(det, x[4:]))
