@@ -5,20 +5,27 @@ for the pipe and pump profiles, per-sensor rolling state in the Faust table (cha
 included), scores for every reading, anomalies with reasons, zone aggregates and the
 Redis cache.
 
-Throughput: ``--readings`` clean readings (``--sensors`` sensors, mostly pipes and some
-pumps, keyed by sensor_id) are written to readings.clean *before* the worker starts (or
-between rounds); the worker drains the backlog. Readings/s = readings / (last - first
-``scores`` append time), so start-up and this script are not counted. ``--rounds``
-backlogs are drained by the same worker; the median is reported, with the worker's
-readings per CPU second (the machine is shared; CPU time is the steadier number).
+Throughput: each of ``--rounds`` rounds writes ``--readings`` clean readings (``--sensors``
+sensors, mostly pipes and some pumps, keyed by sensor_id) to readings.clean while the worker
+is stopped, then starts it; it drains the backlog (its states from the rounds before restored
+from its table). Readings/s = readings / (last - first ``scores`` append time) of the round,
+so start-up and this script are not counted, and the script's producer never shares the
+machine with a drain (until 2026-12-06 later rounds were written while the worker read them).
+The worker's CPU time between those two instants (sampled every 50 ms) gives readings per
+worker CPU-second, the steadier number on a shared machine. Medians of the rounds.
+
+``--baseline DIR``: another checkout's worker (its own topics, state and models, trained by this
+checkout's code) drains the same backlogs, the order alternating round by round, so before and
+after share the machine's load; ``over_baseline`` and ``over_baseline_cpu`` are the ratios of
+the medians.
 
 Micro-batch latency: the worker's own processing time per micro-batch (decode, features,
-ensemble, table writes, sends queued), p50 and p99 over every batch of the rounds
-(``/detector/stats``).
+ensemble, table writes, sends queued), p50 and p99 over the batches of the last round's worker
+(``/detector/stats``; ``anomalies`` is that worker's count too).
 
-Per-event: a second worker with ``FLOWWATCH_DETECTOR_BATCH_SIZE=1`` (one reading per
-batch: one feature step, one ensemble call, one table write each) drains
-``--per-event-readings`` readings in the same run; speed-up = batched / per-event.
+Per-event: a worker with ``FLOWWATCH_DETECTOR_BATCH_SIZE=1`` (one reading per batch: one
+feature step, one ensemble call, one table write each) drains ``--per-event-readings``
+readings in the same run; speed-up = batched / per-event.
 
 Writes bench/results/detector.json.
 """
@@ -34,6 +41,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -158,44 +166,20 @@ async def produce_backlog(settings: Settings, sensors: list[dict[str, Any]], rou
     return n
 
 
-async def scores_span(settings: Settings, expected: int, timeout: float) -> tuple[int, int, int]:
-    """Wait until ``scores`` holds ``expected`` messages; (count, first append ms, last append ms)."""
+async def scores_written(settings: Settings, expected: int, timeout: float, alive: Callable[[], bool]) -> int:
+    """Wait until ``scores`` holds ``expected`` messages, the worker has died or ``timeout`` has passed; the count."""
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, group_id=None, enable_auto_commit=False)
     await consumer.start()
     try:
         topic = settings.topic("scores")
+        await consumer._client.force_metadata_update()
         parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or []]
-        if not parts:
-            await consumer._client.force_metadata_update()
-            parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or []]
         deadline = time.monotonic() + timeout
         while True:
-            ends = await consumer.end_offsets(parts)
-            total = sum(ends.values())
-            if total >= expected or time.monotonic() > deadline:
-                break
+            total = sum((await consumer.end_offsets(parts)).values())
+            if total >= expected or time.monotonic() > deadline or not alive():
+                return total
             await asyncio.sleep(0.25)
-        consumer.assign(parts)
-        first, last = [], []
-        for tp in parts:
-            if ends[tp] == 0:
-                continue
-            for offset, bucket in ((0, first), (ends[tp] - 1, last)):
-                consumer.seek(tp, offset)
-                got = await consumer.getmany(tp, timeout_ms=5000, max_records=1)
-                bucket.extend(r.timestamp for r in got.get(tp, []))
-        return total, min(first), max(last)
-    finally:
-        await consumer.stop()
-
-
-async def offsets(settings: Settings, topic: str) -> int:
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, group_id=None)
-    await consumer.start()
-    try:
-        await consumer._client.force_metadata_update()
-        parts = [TopicPartition(settings.topic(topic), p) for p in consumer.partitions_for_topic(settings.topic(topic))]
-        return sum((await consumer.end_offsets(parts)).values())
     finally:
         await consumer.stop()
 
@@ -234,15 +218,20 @@ class Variant:
             sampler = CpuSampler(det.proc.pid)  # type: ignore[union-attr]
             sampler.start()
             try:
-                total, _, _ = await scores_span(self.settings, self.produced, timeout)
+                alive = lambda: det.proc is not None and det.proc.poll() is None  # noqa: E731
+                total = await scores_written(self.settings, self.produced, timeout, alive)
             finally:
                 sampler.stop()
             if total < self.produced:
                 raise RuntimeError(f"only {total} of {self.produced} readings scored within {timeout}s:\n{det.tail()}")
-            _, first, last = await round_span(self.settings, self.produced - n)
+            total, first, last = await round_span(self.settings, self.produced - n)
+            if total != self.produced:  # a reading scored twice, or a short read, would shift the round's span
+                raise RuntimeError(f"read back {total} scores for {self.produced} readings: the span would be wrong")
             cpu = sampler.cpu_between(first / 1000, last / 1000)
+            if cpu <= 0:
+                raise RuntimeError(f"no CPU time sampled for the {self.label} worker between its first and last score")
             self.throughput.append(n / max((last - first) / 1000.0, 1e-3))
-            self.per_cpu_s.append(n / cpu if cpu > 0 else 0.0)
+            self.per_cpu_s.append(n / cpu)
             self.loads.append(round(os.getloadavg()[0], 2))
             await asyncio.to_thread(det.wait_ready, 120)
             self.stats = httpx.get(f"{det.url}/detector/stats", headers=AUTH, timeout=10).json()
@@ -341,11 +330,11 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         if args.per_event_readings > 0:
             # one reading per batch: one feature step, one ensemble call, one table write each
             single = Variant("per-event", ROOT, base, work, args.partitions)
+            variants.append(single)  # its topics go with the others' whatever happens
             await create_all(single.settings, out=open(os.devnull, "w"))
             train_models(single.settings, sensors)
             env1 = {**env, "FLOWWATCH_DETECTOR_BATCH_SIZE": "1"}
             await single.drain(sensors, range(max(1, args.per_event_readings // len(sensors))), 10, env1, args.timeout)
-            variants.append(single)
             out.update(
                 per_event_readings=single.produced,
                 per_event_throughput_per_s=round(single.throughput[0]),
@@ -387,7 +376,7 @@ def main() -> int:
     parser.add_argument("--per-event-readings", type=int, default=2000)
     parser.add_argument("--timeout", type=float, default=600)
     parser.add_argument(
-        "--env", action="append", default=[], metavar="KEY=VALUE", help="extra environment for both workers"
+        "--env", action="append", default=[], metavar="KEY=VALUE", help="extra environment for every worker"
     )
     parser.add_argument("--baseline", type=Path, help="another checkout's worker, drained alternately (before/after)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "detector.json")
