@@ -254,6 +254,13 @@ def _short(value: Any) -> str:
 
 def validate(payload: Any, received_ms: int, rules: Rules, source: str = "kafka") -> Validated:
     """Check and normalise one decoded input. Never raises for any JSON value."""
+    checked = check(payload, received_ms, rules, source)
+    return checked if type(checked) is Validated else Validated(checked, [], checked.sensor_id)
+
+
+def check(payload: Any, received_ms: int, rules: Rules, source: str = "kafka") -> Reading | Validated:
+    """:func:`validate` for the hot path: the usual outcome, a clean reading with no unknown metric, is the
+    :class:`Reading` itself (no :class:`Validated` made for it, ~0.15 µs a reading); anything else the Validated."""
     if not isinstance(payload, dict):
         return Validated(None, [f"not_an_object: got {type(payload).__name__}"])
     reasons: list[str] = []
@@ -365,7 +372,7 @@ def validate(payload: Any, received_ms: int, rules: Rules, source: str = "kafka"
     # Positional, in Reading's field order: a third of the cost of keywords, once per reading
     # (test_validation checks the fields land where they belong).
     reading = Reading(sensor_id, ts, site, zone, utility, asset, values, units, quality, extra, received_ms, source)
-    return Validated(reading, reasons, sensor_id, len(unknown))  # reasons: empty here (no list made for it)
+    return reading if not unknown else Validated(reading, reasons, sensor_id, len(unknown))  # reasons: empty here
 
 
 def _values(
