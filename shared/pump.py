@@ -64,6 +64,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any, Generic, Protocol, TypeVar
 
 import orjson
@@ -557,6 +558,12 @@ def offset_ranges(records: list[Any]) -> dict[int, tuple[int, int]]:
     return {p: (first, last) for p, (first, last) in ranges.items()}
 
 
+def fetched_ranges(fetched: Mapping[Any, list[Any]]) -> dict[int, tuple[int, int]]:
+    """:func:`offset_ranges` of one fetch of one topic, from each partition's first and last record: a fetch holds a
+    partition's records in offset order (Kafka's order), so no loop over the messages (~0.5 % of ingest's CPU)."""
+    return {tp.partition: (records[0].offset, records[-1].offset) for tp, records in fetched.items() if records}
+
+
 class Pump:
     def __init__(self, app: Any, settings: Settings, job: PumpJob, config: PumpConfig, partitions: int) -> None:
         self.app = app
@@ -883,10 +890,11 @@ class Pump:
 
     # --- poison: failed batches, isolated messages, guards against hard crashes ------------------
 
-    async def _process(self, records: list[Any]) -> bool:
-        """Submit a fetch; ranges under suspicion go one step more carefully. False after a rewind."""
+    async def _process(self, records: list[Any], ranges: dict[int, tuple[int, int]] | None = None) -> bool:
+        """Submit a fetch (``ranges``: its :func:`offset_ranges`, when known); ranges under suspicion go one step
+        more carefully. False after a rewind."""
         if not self.suspects:
-            return await self._submit(records)
+            return await self._submit(records, ranges)
         suspects = self.suspects
         before, after = [], []
         careful: dict[int, list[Any]] = {}
@@ -905,8 +913,9 @@ class Pump:
                 return False
         return not after or await self._submit(after)
 
-    async def _submit(self, records: list[Any]) -> bool:
-        ranges = offset_ranges(records)
+    async def _submit(self, records: list[Any], ranges: dict[int, tuple[int, int]] | None = None) -> bool:
+        if ranges is None:
+            ranges = offset_ranges(records)
         offsets = {p: last for p, (_, last) in ranges.items()}
         service = self.config.service
         try:
@@ -1283,8 +1292,8 @@ class Pump:
                         raise self.failed
                     if self.paused:
                         continue  # a revoke came in while fetching: these are read again after reassignment
-                    records = [r for batch in fetched.values() for r in batch]
-                    if records and not await self._process(records):
+                    records = list(chain.from_iterable(fetched.values()))
+                    if records and not await self._process(records, fetched_ranges(fetched)):
                         continue
                     # Finish the oldest batches: those acknowledged, and those beyond the window.
                     try:

@@ -27,7 +27,7 @@ import orjson
 
 from services.ingest.rules import Rules
 from services.ingest.sensors import ACCEPTED, DUPLICATE, SensorState
-from services.ingest.validation import decode, decoded_within, reason_code, validate
+from services.ingest.validation import Validated, check, decode, decoded_within, reason_code
 from shared.codec import dumps_record
 from shared.deadletter import quarantined
 from shared.records import Reading
@@ -199,17 +199,19 @@ class BatchProcessor:
             error = "malformed_json: empty message"
         else:
             decoded, error = decode(msg.value, rules.max_line_bytes, rules.max_json_depth)
-        if error is None:
-            checked = validate(decoded, msg.received_ms, rules, msg.source)
-            reasons = checked.reasons
-            out.unknown_metrics += checked.unknown_metrics
-        else:
-            checked = None
-            reasons = [error]
-        reading = checked.reading if checked is not None else None
-        if reading is None:
-            self._quarantine(out, msg, decoded, error is None, reasons, checked.sensor_id if checked else None)
+        if error is not None:
+            self._quarantine(out, msg, decoded, False, [error], None)
             return
+        reading = check(decoded, msg.received_ms, rules, msg.source)
+        unknown = 0
+        if type(reading) is Validated:
+            checked = reading
+            unknown = checked.unknown_metrics
+            out.unknown_metrics += unknown
+            reading = checked.reading
+            if reading is None:
+                self._quarantine(out, msg, decoded, True, checked.reasons, checked.sensor_id)
+                return
         sensor_id = reading.sensor_id
         target = self.known_partition(sensor_id)
         if target is None:
@@ -238,7 +240,7 @@ class BatchProcessor:
         if verdict == ACCEPTED:
             if resets:
                 state.counter_resets += len(resets)
-            if checked.unknown_metrics:  # type: ignore[union-attr]
+            if unknown:
                 state.unknown_metrics += 1
             out.clean.append((target, reading, encoded))
             if msg.request is not None:

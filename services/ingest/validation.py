@@ -154,8 +154,9 @@ def decode(
 
 def _bytes_nesting_bound(raw: bytes) -> int:
     """How deep ``raw`` could nest at most: its ``{`` and ``[``, counted in C. A reading seldom holds an array, and a
-    memchr for ``[`` spares counting them (a byte loop)."""
-    return raw.count(b"{") + (raw.count(b"[") if b"[" in raw else 0)
+    search for ``[`` spares counting them (a byte loop). ``find``, not ``in``: a ``bytes`` operand of ``in`` is
+    first tried as an integer (an exception made and cleared in C), 165 against 75 ns on a 350-byte reading."""
+    return raw.count(b"{") + (raw.count(b"[") if raw.find(b"[") >= 0 else 0)
 
 
 def decoded_within(raw: bytes, value: Any, max_bytes: int | None, max_depth: int | None) -> str | None:
@@ -254,6 +255,13 @@ def _short(value: Any) -> str:
 
 def validate(payload: Any, received_ms: int, rules: Rules, source: str = "kafka") -> Validated:
     """Check and normalise one decoded input. Never raises for any JSON value."""
+    checked = check(payload, received_ms, rules, source)
+    return checked if type(checked) is Validated else Validated(checked, [], checked.sensor_id)
+
+
+def check(payload: Any, received_ms: int, rules: Rules, source: str = "kafka") -> Reading | Validated:
+    """:func:`validate` for the hot path: the usual outcome, a clean reading with no unknown metric, is the
+    :class:`Reading` itself (no :class:`Validated` made for it, ~0.15 µs a reading); anything else the Validated."""
     if not isinstance(payload, dict):
         return Validated(None, [f"not_an_object: got {type(payload).__name__}"])
     reasons: list[str] = []
@@ -365,7 +373,7 @@ def validate(payload: Any, received_ms: int, rules: Rules, source: str = "kafka"
     # Positional, in Reading's field order: a third of the cost of keywords, once per reading
     # (test_validation checks the fields land where they belong).
     reading = Reading(sensor_id, ts, site, zone, utility, asset, values, units, quality, extra, received_ms, source)
-    return Validated(reading, reasons, sensor_id, len(unknown))  # reasons: empty here (no list made for it)
+    return reading if not unknown else Validated(reading, reasons, sensor_id, len(unknown))  # reasons: empty here
 
 
 def _values(

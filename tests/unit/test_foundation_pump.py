@@ -17,6 +17,7 @@ from typing import Any
 import faust
 import orjson
 import pytest
+from aiokafka import TopicPartition
 from aiokafka.errors import KafkaConnectionError
 from hypothesis import given
 from hypothesis import settings as hsettings
@@ -26,7 +27,7 @@ from services.forecaster.settings import ForecasterSettings
 from services.forecaster.worker import ReadingsFolder
 from shared.batching import Outbox, PartitionEvent, PartitionMap, write_many
 from shared.metrics import EVENTS_IN
-from shared.pump import REWINDS, BatchJob, Checkpoint, Pump, PumpConfig, offset_ranges
+from shared.pump import REWINDS, BatchJob, Checkpoint, Pump, PumpConfig, fetched_ranges, offset_ranges
 from shared.settings import Settings
 from shared.streaming import event_context
 
@@ -520,6 +521,18 @@ def test_offset_ranges_are_the_first_and_last_offset_of_each_partition(pairs: li
         offsets = [o for p2, o in pairs if p2 == p]
         expected[p] = (min(offsets), max(offsets))
     assert offset_ranges(records) == expected
+
+
+@hsettings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.integers(0, 5), st.lists(st.integers(0, 10**12), max_size=20), max_size=6))
+def test_a_fetchs_ranges_are_offset_ranges_of_its_records(offsets: dict[int, list[int]]) -> None:
+    # A fetch as aiokafka gives it: per partition, its records in offset order (some partitions with none).
+    fetched = {
+        TopicPartition("readings", p): [SimpleNamespace(partition=p, offset=o) for o in sorted(set(found))]
+        for p, found in offsets.items()
+    }
+    records = [r for batch in fetched.values() for r in batch]
+    assert fetched_ranges(fetched) == offset_ranges(records)
 
 
 @pytest.mark.parametrize("store", ["rocksdb://", "memory://"])

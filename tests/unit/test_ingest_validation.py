@@ -16,8 +16,9 @@ from services.ingest.quality import completeness, quality_score, range_score, st
 from services.ingest.rules import ConfigError, Rules
 from services.ingest.settings import IngestSettings
 from services.ingest.units import conversion, normalise_unit, to_canonical
-from services.ingest.validation import decode, parse_ts, reason_code, validate
+from services.ingest.validation import Validated, check, decode, parse_ts, reason_code, validate
 from services.simulator.units import CANONICAL_UNITS
+from shared.records import Reading
 
 NOW = 1_709_510_400_000  # 2024-03-04T00:00:00Z
 RULES = Rules.load()
@@ -159,6 +160,31 @@ def test_unknown_fields_go_to_extra_and_unknown_metrics_are_kept_and_counted() -
     assert result.reading.values["battery"] == 3.7
     assert "battery" not in result.reading.units
     assert result.unknown_metrics == 1
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        reading(),
+        reading(values={"pressure": 400.0, "flow": 80.0, "battery": 3.7}),  # clean, one unknown metric
+        reading(values={"pressure": 400.0, "flow": None}),  # clean, a missing metric
+        reading(ts="yesterday"),
+        reading(utility="steam", quality=2),
+        [1, 2],
+    ],
+)
+def test_check_is_validate_with_the_usual_reading_alone(payload) -> None:
+    checked = check(payload, NOW, RULES)
+    if type(checked) is Reading:  # clean without unknown metrics: the reading itself
+        assert validate(payload, NOW, RULES) == Validated(checked, [], checked.sensor_id, 0)
+    else:
+        assert checked == validate(payload, NOW, RULES)
+        assert checked.reading is None or checked.unknown_metrics > 0
+
+
+def test_check_gives_the_usual_clean_reading_as_a_reading() -> None:
+    assert type(check(reading(), NOW, RULES)) is Reading
+    assert type(check(reading(values={"pressure": 400.0, "battery": 3.7}), NOW, RULES)) is Validated
 
 
 def test_null_value_is_a_missing_metric_not_a_refusal() -> None:
