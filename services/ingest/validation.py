@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from math import isfinite
-from typing import Any
+from typing import Any, final
 
 import orjson
 
@@ -78,6 +78,7 @@ def reason_code(reason: str) -> str:
     return code if code in _KNOWN_CODES else "internal_error"
 
 
+@final  # check() tells a Validated from a Reading by its exact type
 @dataclass(slots=True)
 class Validated:
     """The outcome for one input: a clean reading, or the reasons it was refused."""

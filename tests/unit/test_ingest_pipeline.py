@@ -149,6 +149,22 @@ def test_a_mixed_batch_is_split_exactly() -> None:
     assert set(out.states) == {"a", "b"}
 
 
+def test_unknown_metrics_are_counted_for_the_batch_whether_the_reading_is_written_or_refused() -> None:
+    # what feeds the worker's unknown-metrics counter: a clean reading's and a refused one's (strict mode refuses
+    # the metric itself, with its own reason, and counts it there instead)
+    def counted(proc: BatchProcessor, values: dict) -> tuple[int, int, int]:
+        out = proc.process([raw(good("a", NOW, values=values))])
+        return len(out.clean), len(out.quarantined), out.unknown_metrics
+
+    assert counted(processor(), {"pressure": 420.0, "flow": 90.0, "gizmo_level": 1.0}) == (1, 0, 1)
+    assert counted(processor(), {"pressure": 99_999.0, "gizmo_level": 1.0}) == (0, 1, 1)
+    assert counted(processor(), {"pressure": 420.0, "flow": 90.0}) == (1, 0, 0)
+    strict = BatchProcessor(
+        dataclasses.replace(RULES, strict_unknown=True), partition_of=PM, load_state=lambda sid, msg: None
+    )
+    assert counted(strict, {"pressure": 420.0, "flow": 90.0, "gizmo_level": 1.0}) == (0, 1, 0)
+
+
 def test_readings_in_a_foreign_partition_are_forwarded_once() -> None:
     p = PM("a")
     wrong = (p + 1) % 4
