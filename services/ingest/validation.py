@@ -401,9 +401,31 @@ def _values(
         reasons.append(f"too_many_metrics: {len(raw_values)} (limit {rules.max_metrics})")
         return {}, {}, [], [], 1.0
 
+    worst = 1.0
+    # The usual reading of all: every metric sent under its canonical name, in its canonical unit (given for each, in
+    # the same order), as a float within its hard range. Then the reading's values and units are the ones sent, key
+    # for key and in order, and are taken as they are (no dicts built and freed, ~0.3 µs a reading); anything else
+    # goes on to the paths below, which would give equal dicts for such a reading.
+    if raw_values and len(raw_units) == len(raw_values):
+        canonical = rules.canonical_plans
+        for (raw_name, value), (unit_name, given) in zip(raw_values.items(), raw_units.items(), strict=True):
+            if type(value) is not float or unit_name != raw_name:
+                break
+            hit = canonical.get(raw_name)
+            if hit is None or given != hit[0]:
+                break
+            _, lo, hi, soft_lo, soft_hi, spec = hit
+            if not lo <= value <= hi:  # NaN and infinities fail too (the bounds are finite)
+                break
+            if not soft_lo <= value <= soft_hi:
+                score = spec.range_score(value)
+                if score < worst:
+                    worst = score
+        else:
+            return raw_values, raw_units, _NONE, _NONE, worst
+        worst = 1.0
     values: dict[str, float] = {}
     units: dict[str, str] = {}
-    worst = 1.0
     # The usual reading first: every metric a known spelling in a unit seen before, a number within its
     # hard range. Anything else (a first sighting, a unit missing or not text, a duplicate, a value out of
     # range or not a finite number) starts again on the general path below, which says what is wrong:
@@ -560,6 +582,8 @@ def unit_plan(rules: Rules, raw_name: str, name: str, given: str | None) -> Unit
         spec, conv, _ = plan
         if spec is not None and isfinite(spec.lo) and isfinite(spec.hi):
             flat[key] = (name, spec.unit, spec.lo, spec.hi, spec.soft_lo, spec.soft_hi, conv, spec)
+            if given is not None and conv is None and raw_name == name:  # then given == spec.unit
+                rules.canonical_plans[name] = (spec.unit, spec.lo, spec.hi, spec.soft_lo, spec.soft_hi, spec)
     return plan
 
 
