@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import orjson
 
 from services.ingest.rules import Rules
@@ -48,9 +49,13 @@ H_FORWARDED = "fw-forwarded"
 H_MAPPING = "fw-mapping"  # the payload mapping a door read the message with (provenance only)
 
 
-@dataclass(slots=True)
-class Inbound:
-    """One message of readings.raw as the pipeline sees it."""
+class Inbound(msgspec.Struct, gc=False):
+    """One message of readings.raw as the pipeline sees it.
+
+    A msgspec struct, made in C (~35 against ~170 ns for a slotted dataclass, once per message); ``gc=False``:
+    what it holds (bytes, numbers, text, headers, a decoded reading) never refers back to it, so the collector
+    need not track it.
+    """
 
     value: bytes | None
     key: bytes | None
@@ -85,6 +90,7 @@ class Outcome:
     duplicates: int = 0
     reasons: Counter[str] = field(default_factory=Counter)  # reason code -> count
     unknown_metrics: int = 0
+    inputs: dict[str, int] | None = None  # messages per door, when the caller knew them without counting
 
 
 @dataclass(slots=True)
