@@ -29,7 +29,7 @@ import orjson
 from services.ingest.rules import Rules
 from services.ingest.sensors import ACCEPTED, DUPLICATE, SensorState
 from services.ingest.validation import Validated, check, decode, decoded_within, reason_code
-from shared.codec import dumps_record
+from shared.codec import encode_record
 from shared.deadletter import quarantined
 from shared.records import Reading
 
@@ -240,7 +240,7 @@ class BatchProcessor:
             # A counter going down is a reset or a new meter, not a measurement: flagged for consumers.
             reading.extra["counter_resets"] = resets
         # Encoded before admitting: a reading that cannot be written must not change its sensor's state.
-        encoded = dumps_record(reading)
+        encoded = encode_record(reading)  # shared.codec.dumps_record without its call
         verdict = state.admit(reading, rules.lateness_ms, rules.dedup_memory)
         out.states[sensor_id] = state
         if verdict == ACCEPTED:

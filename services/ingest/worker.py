@@ -79,7 +79,9 @@ def now_ms() -> int:
 
 _SOURCE_VALUES = frozenset(s.encode() for s in SOURCES)
 _SOURCE_OF = attrgetter("source")
+_PARTITION_OF = itemgetter(0)
 _READING_OF = itemgetter(1)
+_ENCODED_OF = itemgetter(2)
 _UTILITY_OF = attrgetter("utility")
 _SENSOR_ID_OF = attrgetter("sensor_id")
 
@@ -336,9 +338,14 @@ class Ingest(BatchJob[tuple[list[Inbound], Outcome]]):
         assert self.processor is not None
         outcome = self.processor.process(batch)
         self.dirty.update(outcome.states)
-        add, clean = box.add, self.clean_name
-        for partition, reading, encoded in outcome.clean:
-            add(clean, partition, reading.sensor_id.encode(), encoded)
+        clean = outcome.clean
+        # in C up to the Outbox's loop: partitions, the readings' sensor_ids as keys, their JSON
+        box.add_all(
+            self.clean_name,
+            map(_PARTITION_OF, clean),
+            map(str.encode, map(_SENSOR_ID_OF, map(_READING_OF, clean))),
+            map(_ENCODED_OF, clean),
+        )
         for q in outcome.quarantined:
             box.add(self.quarantine_name, q.partition, q.key, q.value)
         for partition, sensor_id, msg in outcome.forward:

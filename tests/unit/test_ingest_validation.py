@@ -545,3 +545,16 @@ def test_the_usual_reading_keeps_the_dicts_it_was_sent_with() -> None:
     psi = reading(units={"pressure": "psi", "flow": "m3/h"}, values={"pressure": 62.5, "flow": 118.4})
     got = check(psi, NOW, RULES)
     assert got.values["pressure"] == pytest.approx(430.92, abs=0.01) and got.units["pressure"] == "kPa"
+
+
+def test_the_asset_kind_is_folded_the_same_the_first_time_and_after() -> None:
+    import services.ingest.validation as v
+
+    for sent in (" Pump ", "PUMP", "pump", "Gas_Station\t", "\u00c9tang"):
+        first = check(reading(asset=sent), NOW, RULES)
+        again = check(reading(asset=sent), NOW, RULES)  # from the memo
+        assert first.asset == again.asset == sent.strip().lower()
+    v._FOLDED.clear()
+    for n in range(v._FOLDED_LIMIT + 5):  # the memo stays bounded and right when it starts over
+        assert v._fold(f" K{n} ") == f"k{n}"
+    assert len(v._FOLDED) <= v._FOLDED_LIMIT
