@@ -558,3 +558,22 @@ def test_the_asset_kind_is_folded_the_same_the_first_time_and_after() -> None:
     for n in range(v._FOLDED_LIMIT + 5):  # the memo stays bounded and right when it starts over
         assert v._fold(f" K{n} ") == f"k{n}"
     assert len(v._FOLDED) <= v._FOLDED_LIMIT
+
+
+@hsettings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(st.floats(0.0, 1.0), st.sampled_from([0, 1, -0.0, 0.5, 0.97])), min_size=1, max_size=6))
+def test_a_device_quality_scales_the_full_score_the_same_from_the_memo(qualities) -> None:
+    """Each usual reading's quality is quality_score's, whether the device's own quality was met before or not."""
+    from services.ingest.quality import device_scaled
+
+    fresh = Rules.load()
+    for q in qualities + qualities:  # every value a second time: from the memo
+        payload = reading(quality=q)
+        got = check(payload, NOW, fresh)
+        want = quality_score(payload["values"], "water", "pipe", NOW - 1000, NOW, q, fresh)
+        assert want == device_scaled(fresh.full_score, q)
+        if want < fresh.quality_threshold:
+            assert type(got) is Validated and [reason_code(r) for r in got.reasons] == ["low_quality"]
+            assert got.reasons == [f"low_quality: {want:.3f} below {fresh.quality_threshold}"]
+        else:
+            assert type(got) is Reading and got.quality == want and type(got.quality) is float
