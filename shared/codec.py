@@ -7,6 +7,7 @@ which keeps encoding off the hot path's profile.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import msgspec
@@ -43,6 +44,10 @@ def dumps_record(record: Record) -> bytes:
     for ``1e+16``), the same number to every JSON reader. For the hot writers: ingest's clean readings, the detector's scores and
     anomalies."""
     return _RECORDS.encode(record)
+
+
+#: :func:`dumps_record` without the Python call around it (~50 ns), for a loop that writes one record per message.
+encode_record: Callable[[Any], bytes] = _RECORDS.encode
 
 
 def loads(data: bytes | bytearray | memoryview | str) -> Any:

@@ -26,6 +26,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Annotated, Any
 
 import msgspec
@@ -37,7 +38,7 @@ from services.detector.settings import DetectorSettings
 from services.detector.state import Layout, pack, unpack
 from shared.batching import Outbox, PartitionMap
 from shared.cache import Cache
-from shared.codec import dumps_record, loads
+from shared.codec import dumps_record, encode_record, loads
 from shared.limits import NewIdBudget
 from shared.metrics import DECODE_ERRORS, EVENTS_OUT
 from shared.pump import BatchJob, Checkpoint, PumpConfig, Undo
@@ -59,6 +60,8 @@ def _id_name(r: Reading, value: Any) -> str:
     """The first id field of ``r`` holding ``value``."""
     return next(name for name in ID_FIELDS if getattr(r, name) is value)
 
+
+_SENSOR_ID = attrgetter("sensor_id")
 
 DEFAULT_SOURCE: str = Reading.__dataclass_fields__["source"].default  # type: ignore[assignment]
 
@@ -300,9 +303,8 @@ class DetectorEngine(BatchJob[Scored]):
         scores_t, anomalies_t = self.names["scores"], self.names["anomalies"]
         maps = self.partition_maps
         pscores, panom = maps[scores_t], maps[anomalies_t]
-        for s in result.scores:
-            key = s.sensor_id.encode()
-            box.add(scores_t, pscores(key), key, dumps_record(s))
+        keys = list(map(str.encode, map(_SENSOR_ID, result.scores)))
+        box.add_all(scores_t, map(pscores, keys), keys, map(encode_record, result.scores))
         for a in result.anomalies:
             key = a.sensor_id.encode()
             box.add(anomalies_t, panom(key), key, dumps_record(a))

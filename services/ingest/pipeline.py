@@ -23,12 +23,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import orjson
 
 from services.ingest.rules import Rules
 from services.ingest.sensors import ACCEPTED, DUPLICATE, SensorState
 from services.ingest.validation import Validated, check, decode, decoded_within, reason_code
-from shared.codec import dumps_record
+from shared.codec import encode_record
 from shared.deadletter import quarantined
 from shared.records import Reading
 
@@ -48,9 +49,13 @@ H_FORWARDED = "fw-forwarded"
 H_MAPPING = "fw-mapping"  # the payload mapping a door read the message with (provenance only)
 
 
-@dataclass(slots=True)
-class Inbound:
-    """One message of readings.raw as the pipeline sees it."""
+class Inbound(msgspec.Struct, gc=False):
+    """One message of readings.raw as the pipeline sees it.
+
+    A msgspec struct, made in C (~35 against ~170 ns for a slotted dataclass, once per message); ``gc=False``:
+    what it holds (bytes, numbers, text, headers, a decoded reading) never refers back to it, so the collector
+    need not track it.
+    """
 
     value: bytes | None
     key: bytes | None
@@ -85,6 +90,7 @@ class Outcome:
     duplicates: int = 0
     reasons: Counter[str] = field(default_factory=Counter)  # reason code -> count
     unknown_metrics: int = 0
+    inputs: dict[str, int] | None = None  # messages per door, when the caller knew them without counting
 
 
 @dataclass(slots=True)
@@ -234,7 +240,7 @@ class BatchProcessor:
             # A counter going down is a reset or a new meter, not a measurement: flagged for consumers.
             reading.extra["counter_resets"] = resets
         # Encoded before admitting: a reading that cannot be written must not change its sensor's state.
-        encoded = dumps_record(reading)
+        encoded = encode_record(reading)  # shared.codec.dumps_record without its call
         verdict = state.admit(reading, rules.lateness_ms, rules.dedup_memory)
         out.states[sensor_id] = state
         if verdict == ACCEPTED:

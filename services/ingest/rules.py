@@ -84,6 +84,13 @@ class Rules:
     #: hi, soft_lo, soft_hi, (scale, offset) or None, spec); and :meth:`expected_for`'s (utility, asset) -> metrics
     #: (a kind not looked up yet: absent).
     flat_plans: dict[str | tuple[str, str], Any] = field(init=False, repr=False, compare=False, default_factory=dict)
+    #: A third, for the usual reading: a metric's canonical name, sent in its canonical unit (no conversion) ->
+    #: (unit, lo, hi, soft_lo, soft_hi, spec); filled by ``validation.unit_plan`` beside :attr:`flat_plans`, and
+    #: bounded by the metrics of the ranges file (nothing else is its own canonical name with a spec).
+    canonical_plans: dict[str, Any] = field(init=False, repr=False, compare=False, default_factory=dict)
+    #: A device's own quality -> the quality of a complete, fresh reading within its usual ranges that sent it
+    #: (``quality.device_scaled(full_score, q)``; a fleet sends a few values): filled by validation, bounded.
+    full_scaled: dict[float, float] = field(init=False, repr=False, compare=False, default_factory=dict)
     expected_known: dict[tuple[str, str], frozenset[str]] = field(
         init=False, repr=False, compare=False, default_factory=dict
     )

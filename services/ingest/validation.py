@@ -147,7 +147,10 @@ def decode(
         if max_depth is None:
             return value, None
     if max_depth is not None:
-        bound = _bytes_nesting_bound(raw) if type(raw) is bytes else _nesting_bound(raw)
+        if type(raw) is bytes:  # _bytes_nesting_bound inline: once per message
+            bound = raw.count(b"{") + (raw.count(b"[") if raw.find(b"[") >= 0 else 0)
+        else:
+            bound = _nesting_bound(raw)
         if bound > max_depth and deeper_than(value, max_depth):
             return None, f"too_deep: arrays/objects nested more than {max_depth} levels"
     return value, None
@@ -260,6 +263,35 @@ def validate(payload: Any, received_ms: int, rules: Rules, source: str = "kafka"
     return checked if type(checked) is Validated else Validated(checked, [], checked.sensor_id)
 
 
+#: Memo of asset kinds as sent -> as kept (stripped, lower case): a look-up where folding made a new string per reading.
+_FOLDED: dict[str, str] = {}
+
+
+def _fold(asset: str) -> str:
+    folded = asset.strip().lower()
+    if len(_FOLDED) >= _FOLDED_LIMIT:
+        _FOLDED.clear()
+    _FOLDED[asset] = folded
+    return folded
+
+
+_FOLDED_LIMIT = 10_000
+
+
+def _full_scaled(rules: Rules, device_quality: float) -> float:
+    """``device_scaled(rules.full_score, device_quality)``, memoised in ``rules.full_scaled``. Equal keys give equal
+    answers: 1 and 1.0, 0, 0.0 and -0.0 all scale the same (NaN and bools never get here: validation refuses them)."""
+    quality = device_scaled(rules.full_score, device_quality)
+    memo = rules.full_scaled
+    if len(memo) >= _SCALED_LIMIT:
+        memo.clear()
+    memo[device_quality] = quality
+    return quality
+
+
+_SCALED_LIMIT = 4096
+
+
 def check(payload: Any, received_ms: int, rules: Rules, source: str = "kafka") -> Reading | Validated:
     """:func:`validate` for the hot path: the usual outcome, a clean reading with no unknown metric, is the
     :class:`Reading` itself (no :class:`Validated` made for it, ~0.15 µs a reading); anything else the Validated."""
@@ -288,7 +320,10 @@ def check(payload: Any, received_ms: int, rules: Rules, source: str = "kafka") -
         site = _text_field(payload, "site", reasons, limit)
         zone = _text_field(payload, "zone", reasons, limit)
         asset = _text_field(payload, "asset", reasons, limit)
-    asset = asset.strip().lower()
+    folded = _FOLDED.get(asset)
+    if folded is None:
+        folded = _fold(asset)
+    asset = folded
 
     utility = payload.get("utility")
     if utility in UTILITIES:
@@ -365,7 +400,12 @@ def check(payload: Any, received_ms: int, rules: Rules, source: str = "kafka") -
         and values.keys() >= (rules.expected_known.get((utility, asset)) or rules.expected_for(utility, asset))
     ):
         # what quality_score gives when every part is 1, without working the parts out again
-        quality = rules.full_quality if device_quality is None else device_scaled(rules.full_score, device_quality)
+        if device_quality is None:
+            quality = rules.full_quality
+        else:
+            quality = rules.full_scaled.get(device_quality)  # two calls less, once per reading that sends its own
+            if quality is None:
+                quality = _full_scaled(rules, device_quality)
     else:
         quality = quality_score(values, utility, asset, ts, received_ms, device_quality, rules, in_range)
     if quality < rules.quality_threshold:
@@ -401,9 +441,33 @@ def _values(
         reasons.append(f"too_many_metrics: {len(raw_values)} (limit {rules.max_metrics})")
         return {}, {}, [], [], 1.0
 
+    worst = 1.0
+    # The usual reading of all: every metric sent under its canonical name, in its canonical unit (given for each, in
+    # the same order), as a float within its hard range. Then the reading's values and units are the ones sent, key
+    # for key and in order, and are taken as they are (no dicts built and freed, ~0.3 µs a reading); anything else
+    # goes on to the paths below, which would give equal dicts for such a reading.
+    if raw_values and len(raw_units) == len(raw_values):
+        canonical = rules.canonical_plans
+        # No strict=: the lengths are equal (above), and any keyword sends zip() down its slow path (~1,600
+        # instructions a reading, callgrind)
+        for (raw_name, value), (unit_name, given) in zip(raw_values.items(), raw_units.items()):  # noqa: B905
+            if type(value) is not float or unit_name != raw_name:
+                break
+            hit = canonical.get(raw_name)
+            if hit is None or given != hit[0]:
+                break
+            _, lo, hi, soft_lo, soft_hi, spec = hit
+            if not lo <= value <= hi:  # NaN and infinities fail too (the bounds are finite)
+                break
+            if not soft_lo <= value <= soft_hi:
+                score = spec.range_score(value)
+                if score < worst:
+                    worst = score
+        else:
+            return raw_values, raw_units, _NONE, _NONE, worst
+        worst = 1.0
     values: dict[str, float] = {}
     units: dict[str, str] = {}
-    worst = 1.0
     # The usual reading first: every metric a known spelling in a unit seen before, a number within its
     # hard range. Anything else (a first sighting, a unit missing or not text, a duplicate, a value out of
     # range or not a finite number) starts again on the general path below, which says what is wrong:
@@ -560,6 +624,8 @@ def unit_plan(rules: Rules, raw_name: str, name: str, given: str | None) -> Unit
         spec, conv, _ = plan
         if spec is not None and isfinite(spec.lo) and isfinite(spec.hi):
             flat[key] = (name, spec.unit, spec.lo, spec.hi, spec.soft_lo, spec.soft_hi, conv, spec)
+            if given is not None and conv is None and raw_name == name:  # then given == spec.unit
+                rules.canonical_plans[name] = (spec.unit, spec.lo, spec.hi, spec.soft_lo, spec.soft_hi, spec)
     return plan
 
 

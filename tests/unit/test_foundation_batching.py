@@ -57,6 +57,45 @@ def test_outbox_sends_each_message_with_its_own_headers() -> None:
     assert batching._NO_HEADERS == []
 
 
+def test_add_all_is_add_of_each_message() -> None:
+    """Partitions interleaved and repeated, a key None, a tombstone, and a topic another message already opened."""
+    partitions = [0, 0, 1, 1, 0, 2, 2, 1]
+    keys = [b"a", b"b", None, b"c", b"d", b"e", b"f", b"g"]
+    values = [b"1", b"2", b"3", None, b"5", b"6", b"7", b"8"]
+
+    def sent(fill: Any) -> tuple[dict[tuple[str, int], Any], dict[tuple[str, int], int], int]:
+        producer = _Producer()
+        box = Outbox(producer)  # type: ignore[arg-type]
+        box.add("u", 1, b"x", b"0")
+        box.add("t", 1, b"y", b"0", [("fw-source", b"http")])
+        fill(box)
+        count = box.count
+        last = asyncio.run(box.flush())
+        return {(topic, partition): _records(data) for topic, partition, data in producer.sent}, last, count
+
+    def each(box: Outbox) -> None:
+        for partition, key, value in zip(partitions, keys, values, strict=True):
+            box.add("t", partition, key, value)
+
+    def together(box: Outbox) -> None:
+        box.add_all("t", iter(partitions), iter(keys), iter(values))
+
+    assert sent(together) == sent(each)
+    assert sent(together)[2] == 10
+
+
+def test_add_all_refuses_a_record_too_large_after_adding_the_ones_before() -> None:
+    box = Outbox(_Producer())  # type: ignore[arg-type]
+    big = b"x" * (batching.MAX_RECORD_BYTES + 1)
+    try:
+        box.add_all("t", [0, 0, 1], [b"a", b"b", b"c"], [b"1", big, b"3"])
+    except batching.RecordTooLarge:
+        pass
+    else:
+        raise AssertionError("a record over the limit was taken")
+    assert box.count == 1 and box._pending == {("t", 0): [(b"a", b"1", ())]}
+
+
 def test_partition_map_known_is_the_memo() -> None:
     """A hot loop looks ``known`` up first and calls the map only on a miss: both must give one partition."""
     pm = batching.PartitionMap(12, max_size=2)

@@ -308,6 +308,40 @@ def test_records_become_what_to_inbound_makes_of_each() -> None:
         assert before <= got.received_ms <= int(time.time() * 1000)
 
 
+def test_the_inputs_counted_per_door_are_the_sources_of_the_batch() -> None:
+    """A fetch without headers is counted as Kafka's without a pass over it; any other is counted message by message."""
+    import asyncio
+
+    from aiokafka.structs import ConsumerRecord
+
+    from services.ingest import metrics as m
+    from services.ingest.worker import Ingest
+    from shared.batching import Outbox
+
+    ingest = Ingest.__new__(Ingest)  # the batch path alone: no Faust app, no broker
+    ingest.processor, ingest.dirty, ingest.cache_pending, ingest.board = processor(), {}, {}, VerdictBoard()
+    ingest.clean_name, ingest.raw_name, ingest.quarantine_name = "clean", "raw", "quarantine"
+
+    def record(n: int, headers: tuple[tuple[str, bytes], ...] = ()) -> ConsumerRecord:
+        value = orjson.dumps(good(f"in{n}", NOW - 1000))
+        return ConsumerRecord("raw", PM(f"in{n}"), n, NOW, 0, None, value, None, 0, len(value), headers)
+
+    def counted() -> dict[str, float]:
+        return {source: m.INPUTS.labels(source)._value.get() for source in ("kafka", "http", "mqtt")}
+
+    plain = [record(0), record(1), record(2)]
+    mixed = [record(3), record(4, (("fw-source", b"http"),)), record(5, (("fw-request", b"r5"),))]
+    for records, expected in ((plain, {"kafka": 3}), (mixed, {"kafka": 2, "http": 1}), ([], {})):
+        before = counted()
+        work = asyncio.run(ingest.decide(records, Outbox(None)))  # type: ignore[arg-type]
+        assert len(work[1].clean) == len(records)
+        ingest.finish(work, 0.0)
+        after = counted()
+        assert {source: after[source] - before[source] for source in after if after[source] != before[source]} == (
+            expected
+        )
+
+
 @pytest.mark.parametrize("opening", ["[", "{"])
 def test_the_batch_path_refuses_what_decode_refuses_as_too_deep(opening: str) -> None:
     """The pipeline decodes the usual message without decode()'s call; nesting past the limit, in arrays or in

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from datetime import UTC, datetime
 from pathlib import Path
@@ -464,3 +465,115 @@ def test_the_usual_reading_gets_the_full_score() -> None:
         == RULES.full_quality
         == quality_score(values, "water", "pipe", NOW - 1000, NOW, None, RULES)
     )  # type: ignore[union-attr]
+
+
+# --- the usual reading's values and units, taken as sent --------------------------------------
+
+_METRIC = st.sampled_from(
+    ["pressure", "flow", "ph", "temperature", "bearing_temperature", "temp", "Pressure", "pressure_psi", "battery"]
+)
+_UNIT_OF = {
+    "pressure": ["kPa", "psi", "bar"],
+    "flow": ["m3/h", "L/s"],
+    "ph": ["pH"],
+    "temperature": ["C", "K"],
+    "bearing_temperature": ["C"],
+}
+_NUMBER = st.one_of(
+    st.floats(-200.0, 30_000.0, allow_nan=False),  # within and beyond the soft and hard ranges
+    st.integers(-200, 30_000),
+    st.sampled_from([math.nan, math.inf, None, 10**400]),
+)
+
+
+@st.composite
+def _values_and_units(draw):
+    names = draw(st.lists(_METRIC, min_size=1, max_size=5, unique=True))
+    values = {name: draw(_NUMBER) for name in names}
+    units = {name: draw(st.sampled_from(_UNIT_OF.get(name, ["kPa"]))) for name in names}
+    order = draw(st.permutations(list(units)))
+    units = {name: units[name] for name in order}
+    if draw(st.booleans()):
+        units.pop(draw(st.sampled_from(order)))  # a metric without its unit
+    if draw(st.booleans()):
+        units["flow" if "flow" not in units else "level"] = "m3/h"  # a unit for a metric not sent
+    return values, units
+
+
+@hsettings(max_examples=400, deadline=None)
+@given(_values_and_units())
+def test_the_values_and_units_taken_as_sent_are_what_the_general_path_gives(given_values) -> None:
+    values, units = given_values
+    payload = reading(values=values, units=units)
+    fresh = Rules.load()  # nothing memoised: the first look at each metric takes the general path
+    first = validate(copy.deepcopy(payload), NOW, fresh)
+    sent = copy.deepcopy(payload)
+    again = validate(sent, NOW, fresh)  # the memos filled: the usual reading is taken as sent
+    assert again.reasons == first.reasons
+    if first.reading is None:
+        assert again.reading is None
+        return
+    # order and types too (an int made a float, a unit in the values' order)
+    assert repr(list(again.reading.values.items())) == repr(list(first.reading.values.items()))
+    assert repr(list(again.reading.units.items())) == repr(list(first.reading.units.items()))
+    assert again.reading == first.reading
+    canonical = (
+        list(values) == list(units)
+        and all(type(v) is float for v in values.values())
+        and all(units[name] == fresh.metrics[name].unit for name in values if name in fresh.metrics)
+        and all(name in fresh.metrics for name in values)
+    )
+    if canonical:  # the shortcut was taken (else this test would not check it)
+        assert again.reading.values is sent["values"] and again.reading.units is sent["units"]
+
+
+def test_the_usual_reading_keeps_the_dicts_it_was_sent_with() -> None:
+    payload = reading()
+    check(dict(payload), NOW, RULES)  # the plans memoised
+    got = check(payload, NOW, RULES)
+    assert got.values is payload["values"] and got.units is payload["units"]
+    assert got.values == {"pressure": 431.2, "flow": 118.4} and got.units == {"pressure": "kPa", "flow": "m3/h"}
+    # in another order, or in another unit, they are built as before
+    swapped = reading(units={"flow": "m3/h", "pressure": "kPa"})
+    got = check(swapped, NOW, RULES)
+    assert got.units is not swapped["units"] and list(got.units) == ["pressure", "flow"]
+    # the same unit for both: only the names tell the order apart
+    values = {"temperature": 12.0, "bearing_temperature": 40.0}
+    check(reading(values=dict(values), units={"temperature": "C", "bearing_temperature": "C"}), NOW, RULES)
+    got = check(reading(values=values, units={"bearing_temperature": "C", "temperature": "C"}), NOW, RULES)
+    assert list(got.units) == ["temperature", "bearing_temperature"]
+    psi = reading(units={"pressure": "psi", "flow": "m3/h"}, values={"pressure": 62.5, "flow": 118.4})
+    got = check(psi, NOW, RULES)
+    assert got.values["pressure"] == pytest.approx(430.92, abs=0.01) and got.units["pressure"] == "kPa"
+
+
+def test_the_asset_kind_is_folded_the_same_the_first_time_and_after() -> None:
+    import services.ingest.validation as v
+
+    for sent in (" Pump ", "PUMP", "pump", "Gas_Station\t", "\u00c9tang"):
+        first = check(reading(asset=sent), NOW, RULES)
+        again = check(reading(asset=sent), NOW, RULES)  # from the memo
+        assert first.asset == again.asset == sent.strip().lower()
+    v._FOLDED.clear()
+    for n in range(v._FOLDED_LIMIT + 5):  # the memo stays bounded and right when it starts over
+        assert v._fold(f" K{n} ") == f"k{n}"
+    assert len(v._FOLDED) <= v._FOLDED_LIMIT
+
+
+@hsettings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(st.floats(0.0, 1.0), st.sampled_from([0, 1, -0.0, 0.5, 0.97])), min_size=1, max_size=6))
+def test_a_device_quality_scales_the_full_score_the_same_from_the_memo(qualities) -> None:
+    """Each usual reading's quality is quality_score's, whether the device's own quality was met before or not."""
+    from services.ingest.quality import device_scaled
+
+    fresh = Rules.load()
+    for q in qualities + qualities:  # every value a second time: from the memo
+        payload = reading(quality=q)
+        got = check(payload, NOW, fresh)
+        want = quality_score(payload["values"], "water", "pipe", NOW - 1000, NOW, q, fresh)
+        assert want == device_scaled(fresh.full_score, q)
+        if want < fresh.quality_threshold:
+            assert type(got) is Validated and [reason_code(r) for r in got.reasons] == ["low_quality"]
+            assert got.reasons == [f"low_quality: {want:.3f} below {fresh.quality_threshold}"]
+        else:
+            assert type(got) is Reading and got.quality == want and type(got.quality) is float
