@@ -444,7 +444,7 @@ def _values(
     worst = 1.0
     # The usual reading of all: every metric sent under its canonical name, in its canonical unit (given for each, in
     # the same order), as a float within its hard range. Then the reading's values and units are the ones sent, key
-    # for key and in order, and are taken as they are (no dicts built and freed, ~0.3 µs a reading); anything else
+    # for key and in order, and are taken as they are (two dicts fewer built and freed a reading); anything else
     # goes on to the paths below, which would give equal dicts for such a reading.
     if raw_values and len(raw_units) == len(raw_values):
         canonical = rules.canonical_plans
