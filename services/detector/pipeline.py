@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from itertools import chain, pairwise, repeat
-from operator import attrgetter, itemgetter
+from itertools import chain, count, pairwise, repeat
+from operator import attrgetter, itemgetter, mod, sub
 from typing import Any
 
 import numpy as np
@@ -21,7 +21,7 @@ from services.detector import aggregates
 from services.detector.model import AnomalyModel
 from services.detector.profiles import Profile, ProfileSet
 from services.detector.reasons import explain
-from services.detector.state import pack, rebaseline, remap, unpack
+from services.detector.state import Layout, pack, rebaseline, remap, unpack
 from shared.mlops.monitor import DriftMonitor
 from shared.records import Anomaly, Reading, Score
 
@@ -78,12 +78,15 @@ class ModelStore:
         return model
 
     def metrics_for(self, profile: Profile, reading: Reading) -> tuple[str, ...]:
+        metrics = self.fixed_metrics(profile)
+        return tuple(sorted(reading.values)) if metrics is None else metrics
+
+    def fixed_metrics(self, profile: Profile) -> tuple[str, ...] | None:
+        """The metrics of every reading of ``profile``; None when they are each reading's own."""
         model = self.trained.get(profile.name)
         if model is not None:
             return model.metrics
-        if profile.metrics:
-            return profile.metrics
-        return tuple(sorted(reading.values))
+        return profile.metrics or None
 
 
 class Scorer:
@@ -111,15 +114,22 @@ class Scorer:
         result = BatchResult()
         groups: dict[tuple[str, tuple[str, ...]], list[Reading]] = {}
         profiles: dict[str, Profile] = {}
-        for_reading = self.store.profiles.for_reading
-        metrics_for = self.store.metrics_for
+        # profile name -> its group, for a profile whose metrics are not each reading's own: the
+        # common case then costs one profile lookup and one dict get per reading
+        fixed: dict[str, list[Reading]] = {}
+        store = self.store
+        for_reading = store.profiles.for_reading
         for r in readings:
             profile = for_reading(r)
-            key = (profile.name, metrics_for(profile, r))
-            group = groups.get(key)
+            group = fixed.get(profile.name)
             if group is None:
-                group = groups[key] = []
-                profiles[profile.name] = profile
+                key = (profile.name, store.metrics_for(profile, r))
+                group = groups.get(key)
+                if group is None:
+                    group = groups[key] = []
+                    profiles[profile.name] = profile
+                    if store.fixed_metrics(profile) is not None:
+                        fixed[profile.name] = group
             group.append(r)
         for (pname, metrics), batch in groups.items():
             self._score_with_resets(profiles[pname], metrics, batch, load_state, result)
@@ -141,10 +151,10 @@ class Scorer:
         batching, so the segments score every other reading as one batch would.
         """
         # extra comes from outside: any JSON (counter_resets reads only an object's list of names)
-        extras = list(map(_EXTRA, batch))
-        if not any(extras):  # the common case: no reading says anything of its counters
+        if not any(map(_EXTRA, batch)):  # the common case: no reading says anything of its counters
             self._score_group(profile, metrics, batch, load_state, result)
             return
+        extras = list(map(_EXTRA, batch))
         starts = [
             i for i, (r, extra) in enumerate(zip(batch, extras, strict=True)) if extra and counter_resets(r, metrics)
         ]
@@ -188,32 +198,12 @@ class Scorer:
         zones = [r.zone for r in batch]
         utilities = [r.utility for r in batch]
         assets = [r.asset for r in batch]
-        sensors = dict.fromkeys(sids)  # the group's sensors in order of first reading
-        for row, sid in enumerate(sensors):
-            sensors[sid] = row
-        idx = np.fromiter(map(sensors.__getitem__, sids), dtype=np.int64, count=n)
-        state = layout.empty(len(sensors))
-        width = layout.width
-        rows: list[int] = []
-        vectors: list[np.ndarray] = []
-        for sid, row in sensors.items():
-            raw = load_state(sid)
-            if raw is None:
-                continue
-            try:
-                old_metrics, vec = raw if isinstance(raw, tuple) else unpack(raw)
-                if old_metrics != metrics or len(vec) != width:
-                    vec = remap(vec, old_metrics, metrics)
-            except (ValueError, IndexError) as exc:  # a corrupt state must not stop the stream: start afresh
-                result.bad_states += 1
-                log.warning("state of sensor %s unreadable (%s); starting it afresh", sid, exc)
-                continue
-            rows.append(row)
-            vectors.append(vec)
-        if len(rows) == len(sensors):  # every sensor has a state (the steady case): copied straight into the matrix
-            np.concatenate(vectors, out=state.reshape(-1))
-        elif rows:
-            state[rows] = vectors  # one copy into the matrix, not one numpy call per sensor
+        sensors = dict(zip(dict.fromkeys(sids), count()))  # the group's sensors (-> row) in order of first reading
+        if len(sensors) == n:  # one reading per sensor (the common case): reading i is row i
+            idx = np.arange(n, dtype=np.int64)
+        else:
+            idx = np.fromiter(map(sensors.__getitem__, sids), dtype=np.int64, count=n)
+        state = self._load(layout, metrics, sensors, load_state, result)
         x = _values(batch, metrics)
         ts = np.fromiter(stamps, dtype=np.float64, count=n)
         late = np.zeros(n, dtype=bool)
@@ -246,9 +236,10 @@ class Scorer:
         # the top contributions of each scored reading: of every reading, or only of the flagged ones
         pick = slice(None) if emit else flag_rows
         if len(metrics):
-            best = np.argsort(-contrib[pick], axis=1)[:, :top]
-            shares = np.round(np.take_along_axis(contrib[pick], best, axis=1), 3)
-            contributions = list(map(dict, map(zip, np.array(metrics, dtype=object)[best].tolist(), shares.tolist())))
+            picked = contrib[pick]
+            best = np.argsort(-picked, axis=1)[:, :top]
+            shares = np.round(np.take_along_axis(picked, best, axis=1), 3)
+            contributions = _dicts(np.array(metrics, dtype=object)[best].tolist(), shares.tolist(), top)
             for i in np.flatnonzero(~(shares > 0).all(axis=1)).tolist():  # a share of 0 (or NaN) is not a contribution
                 contributions[i] = {m: c for m, c in contributions[i].items() if c > 0}
         else:
@@ -314,8 +305,44 @@ class Scorer:
                 )
             )
         window = self.window_ms
-        cells = list(zip(sites, zones, utilities, [t - t % window for t in stamps], strict=True))
+        cells = list(zip(sites, zones, utilities, map(sub, stamps, map(mod, stamps, repeat(window))), strict=True))
         self._aggregate(cells, metrics, x, scored.anomaly, ts, result)
+
+    def _load(
+        self,
+        layout: Layout,
+        metrics: tuple[str, ...],
+        sensors: dict[str, int],
+        load_state: Callable[[str], Any],
+        result: BatchResult,
+    ) -> np.ndarray:
+        """The group's state matrix (a row per sensor) from their stored states in any form: unpacked or packed,
+        kept for other metrics or by an older layout, corrupt (counted in ``bad_states``) or none (a fresh row)."""
+        width = layout.width
+        rows: list[int] = []
+        vectors: list[np.ndarray] = []
+        for sid, row in sensors.items():
+            raw = load_state(sid)
+            if raw is None:
+                continue
+            try:
+                old_metrics, vec = raw if isinstance(raw, tuple) else unpack(raw)
+                if old_metrics != metrics or len(vec) != width:
+                    vec = remap(vec, old_metrics, metrics)
+            except (ValueError, IndexError) as exc:  # a corrupt state must not stop the stream: start afresh
+                result.bad_states += 1
+                log.warning("state of sensor %s unreadable (%s); starting it afresh", sid, exc)
+                continue
+            rows.append(row)
+            vectors.append(vec)
+        if len(rows) == len(sensors):  # every sensor has a state (the steady case): copied straight into the matrix
+            state = np.empty((len(rows), width))  # (no fresh rows to initialise)
+            np.concatenate(vectors, out=state.reshape(-1))
+            return state
+        state = layout.empty(len(sensors))
+        if rows:
+            state[rows] = vectors  # one copy into the matrix, not one numpy call per sensor
+        return state
 
     def _aggregate(
         self,
@@ -330,15 +357,15 @@ class Scorer:
 
         ``cells`` holds each reading's (site, zone, utility, window start).
         """
-        keys = list(dict.fromkeys(cells))  # in order of first reading
-        code_of = {cell: c for c, cell in enumerate(keys)}
-        codes = np.fromiter(map(code_of.__getitem__, cells), dtype=np.int64, count=len(cells))
+        # a cell's code is its first reading's position: codes in order of first reading, one hash a reading
+        first: dict[tuple[str, str, str, int], int] = {}
+        codes = np.fromiter(map(first.setdefault, cells, count()), dtype=np.int64, count=len(cells))
         order = np.argsort(codes, kind="stable")
         sorted_codes = codes[order]
         starts = np.concatenate(([0], np.flatnonzero(np.diff(sorted_codes)) + 1))
         sub = x[order]
         seen = ~np.isnan(sub)
-        count = np.add.reduceat(seen, starts, axis=0)
+        counts = np.add.reduceat(seen, starts, axis=0)
         sums = np.add.reduceat(np.where(seen, sub, 0.0), starts, axis=0)
         mins = np.minimum.reduceat(np.where(seen, sub, np.inf), starts, axis=0)
         maxs = np.maximum.reduceat(np.where(seen, sub, -np.inf), starts, axis=0)
@@ -346,16 +373,16 @@ class Scorer:
         flagged = np.add.reduceat(flags[order].astype(np.int64), starts)
         last_ts = np.maximum.reduceat(ts[order], starts)
         for c, code in enumerate(sorted_codes[starts].tolist()):
-            site, zone, utility, ws = keys[code]
+            site, zone, utility, ws = cells[code]
             key = aggregates.zone_key(site, zone, utility)
             partial = {
                 "n": int(n[c]),
                 "anomalies": int(flagged[c]),
                 "ts": int(last_ts[c]),
                 "m": {
-                    m: [int(count[c, j]), float(sums[c, j]), float(mins[c, j]), float(maxs[c, j])]
+                    m: [int(counts[c, j]), float(sums[c, j]), float(mins[c, j]), float(maxs[c, j])]
                     for j, m in enumerate(metrics)
-                    if count[c, j]
+                    if counts[c, j]
                 },
             }
             cell = result.partials.setdefault(key, {})
@@ -365,6 +392,17 @@ class Scorer:
 
 _EXTRA = attrgetter("extra")
 _VALUES = attrgetter("values")
+
+
+def _dicts(keys: list[list[str]], values: list[list[float]], width: int) -> list[dict[str, float]]:
+    """A dict of each row's keys and values (rows ``width`` long): the usual widths built as dict displays."""
+    if width == 3:
+        return [{a: x, b: y, c: z} for (a, b, c), (x, y, z) in zip(keys, values, strict=True)]
+    if width == 2:
+        return [{a: x, b: y} for (a, b), (x, y) in zip(keys, values, strict=True)]
+    if width == 1:
+        return [{a: x} for (a,), (x,) in zip(keys, values, strict=True)]
+    return list(map(dict, map(zip, keys, values)))
 
 
 def _values(batch: list[Reading], metrics: tuple[str, ...]) -> np.ndarray:

@@ -297,3 +297,98 @@ def test_the_ensemble_scores_a_realistic_batch_as_with_scikit_learns_own_lof(mon
     ]
     for sid, packed in fast[2].items():
         np.testing.assert_allclose(unpack(packed)[1], unpack(checked[2][sid])[1], rtol=1e-12, atol=0)
+
+
+def reading_of(sid: str, i: int, asset: str, values: dict[str, float], zone: str = "z1") -> Reading:
+    return Reading(
+        sensor_id=sid, ts=T0 + i * 5000, site="north", zone=zone, utility="water", asset=asset, values=values
+    )
+
+
+def test_a_profile_without_metrics_groups_its_readings_by_their_own_metrics_among_other_profiles():
+    # "default" lists no metrics: each reading's own make its group; "pipe" lists them: one group
+    batch = [
+        reading("p1", 0, 400.0),
+        reading_of("w1", 0, "widget", {"a": 1.0}),
+        reading("p2", 0, 410.0),
+        reading_of("w2", 0, "widget", {"a": 1.0, "b": 2.0}),
+        reading_of("w3", 0, "widget", {"b": 3.0}),
+        reading("p1", 1, 401.0),
+        reading_of("w4", 0, "widget", {"a": 5.0}),
+    ]
+    result = make_scorer(packed=False).process(batch, {}.get)
+    assert {sid: metrics for sid, (metrics, _) in result.states.items()} == {
+        "p1": ("pressure", "flow"),
+        "p2": ("pressure", "flow"),
+        "w1": ("a",),
+        "w2": ("a", "b"),
+        "w3": ("b",),
+        "w4": ("a",),
+    }
+    # groups in order of their first reading, readings in order within each
+    assert [(s.sensor_id, s.ts) for s in result.scores] == [
+        ("p1", T0),
+        ("p2", T0),
+        ("p1", T0 + 5000),
+        ("w1", T0),
+        ("w4", T0),
+        ("w2", T0),
+        ("w3", T0),
+    ]
+    assert result.scored == {"pipe": 3, "default": 4}
+
+
+def test_contributions_are_the_largest_shares_in_order_without_zero_ones():
+    rng = np.random.default_rng(3)
+    metrics = ("energy", "power", "voltage", "current", "flow")
+    readings = [
+        reading_of(
+            f"m{s}",
+            i,
+            "meter",
+            {m: 100.0 + 10 * j + rng.normal(0, 1 + 5 * (i > 30 and j == s)) for j, m in enumerate(metrics)},
+        )
+        for i in range(40)
+        for s in range(3)
+    ]
+    readings[100].values["power"] = float("nan")  # a missing metric: no share
+    full = make_scorer(reason_metrics=5).process(readings, {}.get).scores
+    assert {5, 4, 3} <= {len(s.contributions) for s in full}  # some readings have metrics of no share
+    for top in (0, 1, 2, 3, 4):
+        scores = make_scorer(reason_metrics=top).process(readings, {}.get).scores
+        for s, f in zip(scores, full, strict=True):
+            shares = list(f.contributions.items())
+            assert list(s.contributions.items()) == shares[:top]
+            assert [c for _, c in shares] == sorted((c for _, c in shares), reverse=True)
+            assert all(c > 0 for _, c in shares)
+
+
+def test_zone_partials_of_interleaved_zones_and_windows_are_each_their_own():
+    zones = ["z1", "z2", "z1", "z3", "z2", "z1"]
+    readings = [
+        reading(f"s{i % 4}", 3 * i, 400.0 + i, flow=float("nan") if i % 5 == 0 else 100.0 + i, zone=zones[i % 6])
+        for i in range(30)
+    ]
+    result = make_scorer(window_ms=30_000).process(readings, {}.get)
+    expected: dict[str, dict[str, dict]] = {}
+    for r in readings:
+        cell = expected.setdefault(f"north/{r.zone}/water", {}).setdefault(str(r.ts - r.ts % 30_000), {"n": 0, "m": {}})
+        cell["n"] += 1
+        for m, v in r.values.items():
+            if v == v:
+                c = cell["m"].setdefault(m, [0, 0.0, np.inf, -np.inf])
+                cell["m"][m] = [c[0] + 1, c[1] + v, min(c[2], v), max(c[3], v)]
+    assert {k: {w: (p["n"], p["m"]) for w, p in cells.items()} for k, cells in result.partials.items()} == {
+        k: {w: (p["n"], p["m"]) for w, p in cells.items()} for k, cells in expected.items()
+    }
+    assert list(result.partials) == ["north/z1/water", "north/z2/water", "north/z3/water"]
+
+
+def test_new_sensors_start_afresh_beside_sensors_with_a_stored_state():
+    states: dict = {}
+    run(make_scorer(packed=False), stream_of(2, 20), 10, states)
+    np.full(200_000, 7.0)  # freed memory a fresh row must not pick up
+    mixed = make_scorer(packed=False).process([reading("s0", 20, 480.0), reading("new", 20, 480.0)], states.get)
+    alone = make_scorer(packed=False).process([reading("new", 20, 480.0)], {}.get)
+    np.testing.assert_array_equal(mixed.states["new"][1], alone.states["new"][1])
+    assert mixed.states["s0"][1][0] == 21
