@@ -133,6 +133,7 @@ class RecordTooLarge(ValueError):
 
 
 _NO_HEADERS: list[tuple[str, bytes]] = []
+_NO_PARTITION_YET = object()
 
 
 class Outbox:
@@ -162,7 +163,7 @@ class Outbox:
         batch, and the partition's list looked up again only when the partition changes (a fetch holds each
         partition's messages together)."""
         pending_of = self._pending
-        last: int | None = None
+        last: object = _NO_PARTITION_YET  # not None: a None partition is a key of its own, as in add()
         pending: list[tuple[bytes | None, bytes | None, Headers]] = []
         added = 0
         try:

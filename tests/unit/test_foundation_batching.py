@@ -96,6 +96,15 @@ def test_add_all_refuses_a_record_too_large_after_adding_the_ones_before() -> No
     assert box.count == 1 and box._pending == {("t", 0): [(b"a", b"1", ())]}
 
 
+def test_add_all_keeps_a_message_whose_partition_is_none_as_add_does() -> None:
+    """A partition of None (the producer's partitioner picks one) is a key of its own, first message included."""
+    each, together = Outbox(_Producer()), Outbox(_Producer())  # type: ignore[arg-type]
+    for partition, key in ((None, b"a"), (None, b"b"), (0, b"c"), (None, b"d")):
+        each.add("t", partition, key, b"v")  # type: ignore[arg-type]
+    together.add_all("t", [None, None, 0, None], [b"a", b"b", b"c", b"d"], [b"v"] * 4)  # type: ignore[list-item]
+    assert together._pending == each._pending and together.count == each.count == 4
+
+
 def test_partition_map_known_is_the_memo() -> None:
     """A hot loop looks ``known`` up first and calls the map only on a miss: both must give one partition."""
     pm = batching.PartitionMap(12, max_size=2)

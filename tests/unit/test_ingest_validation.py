@@ -577,3 +577,16 @@ def test_a_device_quality_scales_the_full_score_the_same_from_the_memo(qualities
             assert got.reasons == [f"low_quality: {want:.3f} below {fresh.quality_threshold}"]
         else:
             assert type(got) is Reading and got.quality == want and type(got.quality) is float
+
+
+def test_the_device_quality_memo_stays_bounded_and_right_when_it_starts_over() -> None:
+    import services.ingest.validation as v
+    from services.ingest.quality import device_scaled
+
+    fresh = Rules.load()
+    qualities = [(n + 1) / (v._SCALED_LIMIT + 10) for n in range(v._SCALED_LIMIT + 5)]
+    for q in qualities:  # each sender may choose any quality in (0, 1]: more than the memo holds
+        check(reading(quality=q), NOW, fresh)
+        assert len(fresh.full_scaled) <= v._SCALED_LIMIT
+    q = qualities[-1]
+    assert fresh.full_scaled[q] == device_scaled(fresh.full_score, q)
