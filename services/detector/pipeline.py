@@ -114,22 +114,23 @@ class Scorer:
         result = BatchResult()
         groups: dict[tuple[str, tuple[str, ...]], list[Reading]] = {}
         profiles: dict[str, Profile] = {}
-        # profile name -> its group, for a profile whose metrics are not each reading's own: the
-        # common case then costs one profile lookup and one dict get per reading
-        fixed: dict[str, list[Reading]] = {}
+        # profile (the object: two may share a name) -> its group, for a profile whose metrics are not each
+        # reading's own: the common case then costs one profile lookup and one dict get per reading
+        fixed: dict[int, list[Reading]] = {}
         store = self.store
         for_reading = store.profiles.for_reading
         for r in readings:
             profile = for_reading(r)
-            group = fixed.get(profile.name)
+            group = fixed.get(id(profile))
             if group is None:
-                key = (profile.name, store.metrics_for(profile, r))
+                metrics = store.fixed_metrics(profile)  # read once: a model promoted meanwhile changes both or neither
+                key = (profile.name, tuple(sorted(r.values)) if metrics is None else metrics)
                 group = groups.get(key)
                 if group is None:
                     group = groups[key] = []
                     profiles[profile.name] = profile
-                    if store.fixed_metrics(profile) is not None:
-                        fixed[profile.name] = group
+                if metrics is not None:
+                    fixed[id(profile)] = group
             group.append(r)
         for (pname, metrics), batch in groups.items():
             self._score_with_resets(profiles[pname], metrics, batch, load_state, result)

@@ -197,11 +197,12 @@ def remap(vector: np.ndarray, old: tuple[str, ...], new: tuple[str, ...]) -> np.
     ln = layout_for(len(new))
     out = ln.empty(1)[0]
     out[: Layout.SCALARS] = vector[: Layout.SCALARS]
+    if not (old and new):  # nothing kept: a fresh state (a counter reset of every metric goes through here)
+        return out
     for name, sl_new in ln.blocks.items():
-        per_old = lo.blocks[name].stop - lo.blocks[name].start
-        rep = per_old // max(len(old), 1)  # 1 for per-metric blocks, 24 for hour-of-day blocks
-        block_old = vector[lo.blocks[name]].reshape(rep, len(old)) if old else np.zeros((rep, 0))
-        block_new = out[sl_new].reshape(rep, len(new))
+        # rows of 1 (per-metric blocks) or 24 (hour-of-day blocks), one column per metric
+        block_old = vector[lo.blocks[name]].reshape(-1, len(old))
+        block_new = out[sl_new].reshape(-1, len(new))
         for j, metric in enumerate(new):
             if metric in old:
                 block_new[:, j] = block_old[:, old.index(metric)]

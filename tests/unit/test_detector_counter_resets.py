@@ -114,3 +114,28 @@ def test_an_extra_that_is_not_an_object_neither_raises_nor_changes_a_score(extra
     odd = list(readings)
     odd[100] = Reading.from_dict({**readings[100].to_dict(), "extra": extra})
     assert [s.score for s in run(odd, 50)[0]] == [s.score for s in run(readings, 50)[0]]
+
+
+def test_a_reset_of_every_metric_of_the_group_scores_the_reading_with_its_statistics_afresh() -> None:
+    # a one-counter meter: the reset leaves no metric to keep (this raised in remap, and the pump set the reading aside)
+    def one(i: int, total: float, reset: bool = False) -> Reading:
+        return Reading(
+            sensor_id="c1",
+            ts=T0 + i * 60_000,
+            site="s",
+            zone="z",
+            utility="water",
+            asset="other",
+            values={"volume_total": total},
+            extra={"counter_resets": ["volume_total"]} if reset else {},
+        )
+
+    readings = [one(i, 100.0 + i) for i in range(30)] + [one(30, 0.5, reset=True), one(31, 1.5)]
+    scores, anomalies = run(readings, 8)
+    assert [s.ts for s in scores] == [r.ts for r in readings] and not anomalies
+    layout = Layout(1)
+    vector = np.arange(layout.width, dtype=np.float64) + 1.0
+    out = rebaseline(vector, ("volume_total",), frozenset({"volume_total"}))
+    fresh = layout.empty(1)[0]
+    assert out[: Layout.SCALARS] == pytest.approx(vector[: Layout.SCALARS])
+    np.testing.assert_array_equal(out[Layout.SCALARS :], fresh[Layout.SCALARS :])

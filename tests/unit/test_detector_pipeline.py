@@ -392,3 +392,25 @@ def test_new_sensors_start_afresh_beside_sensors_with_a_stored_state():
     alone = make_scorer(packed=False).process([reading("new", 20, 480.0)], {}.get)
     np.testing.assert_array_equal(mixed.states["new"][1], alone.states["new"][1])
     assert mixed.states["s0"][1][0] == 21
+
+
+def test_a_profile_sharing_its_name_with_the_catch_all_keeps_its_readings_apart():
+    # a user profile named "default" that matches meters: the catch-all appended after it is "default" too
+    profiles = ProfileSet([Profile("default", {"asset": "meter"}, ("energy", "power"))])
+    assert [(p.name, p.metrics) for p in profiles.profiles] == [("default", ("energy", "power")), ("default", ())]
+    batch = [
+        reading_of("m1", 0, "meter", {"energy": 1.0, "power": 2.0}),
+        reading_of("p1", 0, "pipe", {"pressure": 3.0}),
+        reading_of("m2", 0, "meter", {"energy": 1.5, "power": 2.5}),
+    ]
+    result = Scorer(ModelStore(profiles), packed=False).process(batch, {}.get)
+    assert {sid: metrics for sid, (metrics, _) in result.states.items()} == {
+        "m1": ("energy", "power"),
+        "m2": ("energy", "power"),
+        "p1": ("pressure",),  # its own metrics, not the meters' profile's
+    }
+    assert {s.sensor_id: set(s.contributions) for s in result.scores} == {
+        "m1": {"energy", "power"},
+        "m2": {"energy", "power"},
+        "p1": {"pressure"},
+    }
