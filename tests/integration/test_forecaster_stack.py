@@ -160,7 +160,17 @@ async def test_an_injected_leak_is_named_with_its_zone_before_it_ends(
     assert hit["probability"] >= 0.5
     assert hit["class_probs"]["leak"] == max(hit["class_probs"].values())
     assert hit["site"] == "site-water" and hit["utility"] == "water"
-    assert hit["forecast"]["water.flow"]["actual"] > hit["forecast"]["water.flow"]["expected"]
+    assert {"actual", "expected"} <= set(hit["forecast"]["water.flow"])
+    # The leak shows as flow over the forecast across the records that name it. Not required of the first one alone:
+    # the model is trained here without op determinism, and one trained in the full run named the leak a minute
+    # earlier, at 328.7 against 331.5 expected (its last minute under the forecast).
+    flow = [
+        r["forecast"]["water.flow"]
+        for r in records
+        if r["zone"] == LEAK_ZONE and r["incident_type"] == "leak" and start < r["ts"] < until
+    ]
+    excess = sorted(f["actual"] - f["expected"] for f in flow)
+    assert sum(e > 0 for e in excess) > len(excess) / 2 and excess[len(excess) // 2] > 0, excess
     assert hit["top_features"] and hit["model_version"] == "forecaster:v1"
     # the latest risk of the zone is in Redis
     cache = Cache(env.redis_url, prefix=env.topic_prefix)
